@@ -1,0 +1,37 @@
+//! Typed access to every kernel MPTCP interface Braid uses: the `mptcp_pm`
+//! generic netlink family (commands and event stream), sock_diag dumps,
+//! MPTCP sockets and their socket options, rtnetlink link and address
+//! dumps, and the `net.mptcp.*` sysctls. No policy and no printing here.
+//!
+//! Everything acts on the network namespace of the calling thread; see
+//! [`netns`] to reach another one.
+
+pub mod diag;
+pub mod error;
+pub mod events;
+pub mod genl;
+pub mod info;
+mod netlink;
+pub mod netns;
+pub mod pm;
+pub mod rtnl;
+pub mod socket;
+pub mod sysctl;
+
+pub use error::{Error, Op, Result};
+
+/// The running kernel's release string (uname -r).
+pub fn kernel_release() -> String {
+    // SAFETY: uname fills the struct it is given.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return "unknown".into();
+    }
+    let bytes: Vec<u8> = u
+        .release
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}

@@ -1,0 +1,71 @@
+//! `net.mptcp.*` sysctls of the current network namespace, through
+//! /proc/sys (which always shows the namespace of the calling thread).
+//! Use [`crate::netns::run_in`] to reach another namespace.
+
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+use crate::error::{Error, Op, Result};
+
+const ROOT: &str = "/proc/sys/net/mptcp";
+
+fn path_of(name: &str) -> Result<PathBuf> {
+    let key = name.strip_prefix("net.mptcp.").unwrap_or(name);
+    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(Error::Invalid(format!(
+            "'{name}' is not a net.mptcp sysctl name (expected e.g. net.mptcp.enabled)"
+        )));
+    }
+    Ok(PathBuf::from(ROOT).join(key))
+}
+
+fn sysctl_error(name: &str, e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::NotFound {
+        Error::Invalid(format!(
+            "this kernel has no sysctl {name} (an older kernel, or MPTCP is not built in)"
+        ))
+    } else {
+        Error::io(Op::Sysctl, e)
+    }
+}
+
+/// Read one sysctl, e.g. `enabled` or `net.mptcp.enabled`.
+pub fn read(name: &str) -> Result<String> {
+    let path = path_of(name)?;
+    fs::read_to_string(&path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| sysctl_error(name, e))
+}
+
+pub fn write(name: &str, value: &str) -> Result<()> {
+    let path = path_of(name)?;
+    fs::write(&path, value).map_err(|e| match e.raw_os_error() {
+        Some(libc::EINVAL) => Error::Invalid(format!(
+            "the kernel rejected '{value}' for net.mptcp.{}",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        )),
+        _ => sysctl_error(name, e),
+    })
+}
+
+/// Whether MPTCP sysctls exist at all (MPTCP built in and loaded).
+pub fn available() -> bool {
+    fs::metadata(ROOT).is_ok()
+}
+
+/// Every `net.mptcp.*` sysctl with its value, sorted by name.
+pub fn all() -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let entries = fs::read_dir(ROOT).map_err(|e| sysctl_error("net.mptcp", e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(Op::Sysctl, e))?;
+        let key = entry.file_name().to_string_lossy().into_owned();
+        // Some entries are write-only or unreadable: skip them rather than fail.
+        if let Ok(v) = fs::read_to_string(entry.path()) {
+            out.push((format!("net.mptcp.{key}"), v.trim().to_string()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}

@@ -1,0 +1,137 @@
+//! `braid conns`: MPTCP connections and their subflows from sock_diag.
+
+use braid_kernel::diag::{self, Connection, Subflow};
+use braid_kernel::Result;
+use clap::Args;
+use serde::Serialize;
+
+use crate::names::Interfaces;
+use crate::{print_json, Ctx};
+
+#[derive(Args)]
+pub struct ConnsArgs {
+    /// Include listening sockets.
+    #[arg(long, short = 'a')]
+    all: bool,
+}
+
+#[derive(Serialize)]
+struct SubflowView<'a> {
+    #[serde(flatten)]
+    sf: &'a Subflow,
+    /// Interface holding the subflow's local address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dev: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ConnView<'a> {
+    #[serde(flatten)]
+    conn: &'a Connection,
+    #[serde(rename = "subflows")]
+    subflow_views: Vec<SubflowView<'a>>,
+}
+
+fn dev_of(ifs: Option<&Interfaces>, sf: &Subflow) -> Option<String> {
+    let ifs = ifs?;
+    if sf.bound_ifindex != 0 {
+        return ifs.name(sf.bound_ifindex).map(str::to_string);
+    }
+    ifs.owner_of(sf.local.ip()).map(|l| l.name.clone())
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+pub fn run(ctx: &Ctx, args: ConnsArgs) -> Result<()> {
+    let conns = diag::connections(args.all)?;
+    let ifs = Interfaces::load().ok();
+    let views: Vec<ConnView> = conns
+        .iter()
+        .map(|c| ConnView {
+            conn: c,
+            subflow_views: c
+                .subflows
+                .iter()
+                .map(|sf| SubflowView {
+                    sf,
+                    dev: dev_of(ifs.as_ref(), sf),
+                })
+                .collect(),
+        })
+        .collect();
+    if ctx.json {
+        print_json(&views);
+        return Ok(());
+    }
+    if views.is_empty() {
+        println!("no MPTCP connections");
+        return Ok(());
+    }
+    for v in &views {
+        let c = v.conn;
+        let token = c
+            .token
+            .map(|t| format!("{t:08x}"))
+            .unwrap_or_else(|| "-".into());
+        let mode = if c.fell_back {
+            "  FELL BACK TO TCP"
+        } else {
+            ""
+        };
+        let (sent, recv) = c
+            .info
+            .as_ref()
+            .map(|i| (i.bytes_sent.unwrap_or(0), i.bytes_received.unwrap_or(0)))
+            .unwrap_or((0, 0));
+        println!(
+            "{} -> {}  {}  token {}  subflows {}  sent {} recv {}{}",
+            c.local,
+            c.remote,
+            c.state,
+            token,
+            c.subflows.len(),
+            human_bytes(sent),
+            human_bytes(recv),
+            mode
+        );
+        for s in &v.subflow_views {
+            let sf = s.sf;
+            let backup = match (sf.backup_local, sf.backup_remote) {
+                (true, true) => " backup(both)",
+                (true, false) => " backup",
+                (false, true) => " backup(peer)",
+                _ => "",
+            };
+            let tcp = sf.tcp.as_ref();
+            println!(
+                "  {:<22} -> {:<22} {:<8} {:<11} ids {}/{}{} rtt {:.1}ms cwnd {} retrans {} sent {} recv {}",
+                sf.local.to_string(),
+                sf.remote.to_string(),
+                s.dev.as_deref().unwrap_or("-"),
+                sf.state,
+                sf.local_id,
+                sf.remote_id,
+                backup,
+                tcp.map(|t| t.rtt_us as f64 / 1000.0).unwrap_or(0.0),
+                tcp.map(|t| t.snd_cwnd).unwrap_or(0),
+                tcp.map(|t| t.total_retrans).unwrap_or(0),
+                human_bytes(tcp.and_then(|t| t.bytes_sent).unwrap_or(0)),
+                human_bytes(tcp.and_then(|t| t.bytes_received).unwrap_or(0)),
+            );
+        }
+    }
+    Ok(())
+}

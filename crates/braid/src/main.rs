@@ -1,0 +1,86 @@
+//! `braid`: the command line over Braid's crates. Each subcommand lives in
+//! its own module; this file only parses arguments and reports errors.
+
+mod conns;
+mod endpoint;
+mod monitor;
+mod names;
+mod status;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "braid",
+    version,
+    about = "Braid: the Multipath TCP control plane for Linux",
+    long_about = "Braid keeps the kernel's MPTCP path manager in step with the machine and shows what MPTCP is doing.\nCommands act on the current network namespace, or on the one given with --netns."
+)]
+struct Cli {
+    /// Print JSON instead of text (JSON lines for `monitor`).
+    #[arg(long, short = 'j', global = true)]
+    json: bool,
+    /// Run inside this network namespace (as `ip -n NAME`).
+    #[arg(long, short = 'n', global = true, value_name = "NAME")]
+    netns: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Kernel MPTCP state and what to fix, with the exact commands.
+    Status,
+    /// Manage the in-kernel path manager's endpoints (like `ip mptcp endpoint`).
+    #[command(subcommand, alias = "endpoints", alias = "ep")]
+    Endpoint(endpoint::EndpointCmd),
+    /// Read or set the in-kernel path manager's limits (like `ip mptcp limits`).
+    #[command(subcommand)]
+    Limits(endpoint::LimitsCmd),
+    /// Print MPTCP events live, one line each.
+    Monitor,
+    /// MPTCP connections and their subflows.
+    #[command(alias = "connections")]
+    Conns(conns::ConnsArgs),
+}
+
+/// Output options every command gets.
+pub struct Ctx {
+    pub json: bool,
+}
+
+fn run(cli: Cli) -> Result<(), braid_kernel::Error> {
+    if let Some(ns) = &cli.netns {
+        // The CLI is single-threaded up to here, so the whole process moves.
+        braid_kernel::netns::enter(ns)?;
+    }
+    let ctx = Ctx { json: cli.json };
+    match cli.command {
+        Command::Status => status::run(&ctx),
+        Command::Endpoint(cmd) => endpoint::run_endpoint(&ctx, cmd),
+        Command::Limits(cmd) => endpoint::run_limits(&ctx, cmd),
+        Command::Monitor => monitor::run(&ctx),
+        Command::Conns(args) => conns::run(&ctx, args),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("braid: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Print a value as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("Braid's own types always serialize")
+    );
+}

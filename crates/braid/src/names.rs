@@ -1,0 +1,44 @@
+//! Interface names and addresses, looked up once per command.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use braid_kernel::rtnl::{self, Address, Link};
+use braid_kernel::Result;
+
+pub struct Interfaces {
+    pub links: Vec<Link>,
+    pub addrs: Vec<Address>,
+    by_index: BTreeMap<u32, usize>,
+}
+
+impl Interfaces {
+    pub fn load() -> Result<Self> {
+        let links = rtnl::links()?;
+        let addrs = rtnl::addresses()?;
+        let by_index = links
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.index, i))
+            .collect();
+        Ok(Interfaces {
+            links,
+            addrs,
+            by_index,
+        })
+    }
+
+    pub fn link(&self, index: u32) -> Option<&Link> {
+        self.by_index.get(&index).map(|i| &self.links[*i])
+    }
+
+    pub fn name(&self, index: u32) -> Option<&str> {
+        self.link(index).map(|l| l.name.as_str())
+    }
+
+    /// The interface that holds `addr`, if any does.
+    pub fn owner_of(&self, addr: IpAddr) -> Option<&Link> {
+        let a = self.addrs.iter().find(|a| a.addr == addr)?;
+        self.link(a.ifindex)
+    }
+}
