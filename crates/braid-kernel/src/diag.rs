@@ -127,7 +127,7 @@ struct DumpedSocket {
 }
 
 fn dump(protocol: u32) -> Result<Vec<DumpedSocket>> {
-    let mut sock = NlSocket::open(NETLINK_SOCK_DIAG as isize, Op::SockDiag)?;
+    let mut sock = NlSocket::open(NETLINK_SOCK_DIAG, Op::SockDiag)?;
     let mut out = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         let req = DiagRequest {

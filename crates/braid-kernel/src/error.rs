@@ -66,7 +66,7 @@ pub enum Error {
         extack: Option<String>,
     },
     /// A local I/O failure (socket creation, file access...).
-    #[error("{} failed: {source}{}", .op.describe(), io_hint(.source))]
+    #[error("{} failed: {source}{}", .op.describe(), io_hint(*.op, .source))]
     Io {
         op: Op,
         #[source]
@@ -105,8 +105,11 @@ impl Error {
     }
 }
 
-fn io_hint(e: &io::Error) -> &'static str {
+fn io_hint(op: Op, e: &io::Error) -> &'static str {
     match e.raw_os_error() {
+        Some(libc::EPERM) if op == Op::Netns => {
+            " (entering a network namespace needs CAP_SYS_ADMIN: run as root)"
+        }
         Some(libc::EPERM) | Some(libc::EACCES) => {
             " (this needs CAP_NET_ADMIN: run as root or with that capability)"
         }
@@ -129,7 +132,7 @@ fn kernel_message(op: Op, errno: i32, extack: Option<&str>) -> String {
         (_, libc::EPERM) | (_, libc::EACCES) => {
             "permission denied: this needs CAP_NET_ADMIN; run as root (sudo) or grant the capability".to_string()
         }
-        (Op::AddEndpoint, libc::EEXIST) => {
+        (Op::AddEndpoint, libc::EEXIST | libc::EBUSY) => {
             "an endpoint with this address or id already exists; list them with 'braid endpoint list' and delete or change it first".into()
         }
         (Op::AddEndpoint, libc::EADDRNOTAVAIL) => {

@@ -126,5 +126,5 @@ pub(crate) fn resolve_family(sock: &mut NlSocket, name: &str) -> Result<Family> 
 }
 
 pub(crate) fn open_genl(op: Op) -> Result<NlSocket> {
-    NlSocket::open(NETLINK_GENERIC as isize, op)
+    NlSocket::open(NETLINK_GENERIC, op)
 }

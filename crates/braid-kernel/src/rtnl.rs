@@ -53,7 +53,7 @@ impl Address {
 }
 
 pub(crate) fn open() -> Result<NlSocket> {
-    NlSocket::open(NETLINK_ROUTE as isize, Op::Rtnetlink)
+    NlSocket::open(NETLINK_ROUTE, Op::Rtnetlink)
 }
 
 pub fn link_from_message(msg: &LinkMessage) -> Link {

@@ -116,9 +116,8 @@ pub fn text_line(time: &str, ev: &Event, dev: Option<&str>) -> String {
 
 pub fn run(ctx: &Ctx) -> Result<()> {
     let mut stream = EventStream::subscribe()?;
-    if !ctx.json {
-        eprintln!("braid: listening for MPTCP events (Ctrl-C to stop)");
-    }
+    // On stderr in both modes, so scripts can wait for the subscription.
+    eprintln!("braid: listening for MPTCP events (Ctrl-C to stop)");
     loop {
         let item = stream.next_blocking()?;
         let time = timestamp();
