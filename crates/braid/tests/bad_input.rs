@@ -19,24 +19,66 @@ fn check(out: &Output, expect: &[&str]) {
 fn bad_arguments() {
     let ns = Netns::new("bad");
     ns.ip(&["link", "add", "b0", "type", "veth", "peer", "name", "b1"]);
-    check(&ns.braid(&["endpoint", "add", "10.0.0.256", "subflow"]), &["invalid address", "10.0.0.256"]);
-    check(&ns.braid(&["endpoint", "add", "not-an-ip"]), &["invalid address"]);
-    check(&ns.braid(&["endpoint", "add", "10.0.0.1", "turbo"]), &["unknown endpoint flag 'turbo'", "allowed"]);
-    check(&ns.braid(&["endpoint", "add", "10.0.0.1", "dev", "nosuch0", "subflow"]), &["no interface named 'nosuch0'"]);
-    check(&ns.braid(&["endpoint", "add", "10.0.0.1", "id", "256"]), &["out of range", "1 to 255"]);
-    check(&ns.braid(&["endpoint", "add", "10.0.0.1", "id", "0"]), &["out of range"]);
-    check(&ns.braid(&["endpoint", "add", "10.0.0.1", "id"]), &["needs a value"]);
-    check(&ns.braid(&["endpoint", "del", "id", "42"]), &["no such endpoint"]);
+    check(
+        &ns.braid(&["endpoint", "add", "10.0.0.256", "subflow"]),
+        &["invalid address", "10.0.0.256"],
+    );
+    check(
+        &ns.braid(&["endpoint", "add", "not-an-ip"]),
+        &["invalid address"],
+    );
+    check(
+        &ns.braid(&["endpoint", "add", "10.0.0.1", "turbo"]),
+        &["unknown endpoint flag 'turbo'", "allowed"],
+    );
+    check(
+        &ns.braid(&["endpoint", "add", "10.0.0.1", "dev", "nosuch0", "subflow"]),
+        &["no interface named 'nosuch0'"],
+    );
+    check(
+        &ns.braid(&["endpoint", "add", "10.0.0.1", "id", "256"]),
+        &["out of range", "1 to 255"],
+    );
+    check(
+        &ns.braid(&["endpoint", "add", "10.0.0.1", "id", "0"]),
+        &["out of range"],
+    );
+    check(
+        &ns.braid(&["endpoint", "add", "10.0.0.1", "id"]),
+        &["needs a value"],
+    );
+    check(
+        &ns.braid(&["endpoint", "del", "id", "42"]),
+        &["no such endpoint"],
+    );
     check(&ns.braid(&["endpoint", "set", "id", "3", "signal"]), &[]);
     check(&ns.braid(&["limits", "set", "subflows", "9"]), &["0 to 8"]);
-    check(&ns.braid(&["limits", "set", "turbo", "1"]), &["unknown limit"]);
+    check(
+        &ns.braid(&["limits", "set", "turbo", "1"]),
+        &["unknown limit"],
+    );
     // The kernel's own refusals are explained.
-    check(&ns.braid(&["endpoint", "add", "10.0.0.1", "signal", "fullmesh"]), &["flag combination", "kernel says"]);
+    check(
+        &ns.braid(&["endpoint", "add", "10.0.0.1", "signal", "fullmesh"]),
+        &["flag combination", "kernel says"],
+    );
     ns.braid_ok(&["endpoint", "add", "10.0.0.1", "id", "1", "subflow"]);
-    check(&ns.braid(&["endpoint", "add", "10.0.0.1", "id", "1", "subflow"]), &["already exists"]);
+    check(
+        &ns.braid(&["endpoint", "add", "10.0.0.1", "id", "1", "subflow"]),
+        &["already exists"],
+    );
     // Unknown commands and namespaces.
-    check(&Command::new(BRAID).arg("frobnicate").output().unwrap(), &["frobnicate"]);
-    check(&Command::new(BRAID).args(["-n", "bt-no-such-ns", "status"]).output().unwrap(), &["does not exist"]);
+    check(
+        &Command::new(BRAID).arg("frobnicate").output().unwrap(),
+        &["frobnicate"],
+    );
+    check(
+        &Command::new(BRAID)
+            .args(["-n", "bt-no-such-ns", "status"])
+            .output()
+            .unwrap(),
+        &["does not exist"],
+    );
 }
 
 #[test]

@@ -36,7 +36,10 @@ fn mptcp_to_mptcp_and_to_plain_tcp() {
         c.write_all(b"hello").unwrap();
         let mut back = [0u8; 5];
         c.read_exact(&mut back).unwrap();
-        assert!(socket::is_mptcp_active(&c).unwrap(), "MPTCP to MPTCP must not fall back");
+        assert!(
+            socket::is_mptcp_active(&c).unwrap(),
+            "MPTCP to MPTCP must not fall back"
+        );
         match socket::connection_info(&c).unwrap() {
             ConnectionInfo::Mptcp { info, subflows } => {
                 assert_ne!(info.token, 0);
@@ -59,7 +62,10 @@ fn mptcp_to_mptcp_and_to_plain_tcp() {
         assert_eq!(t, Transport::Mptcp, "the socket is created as MPTCP");
         c.write_all(b"hello").unwrap();
         c.read_exact(&mut back).unwrap();
-        assert!(!socket::is_mptcp_active(&c).unwrap(), "must report the fallback");
+        assert!(
+            !socket::is_mptcp_active(&c).unwrap(),
+            "must report the fallback"
+        );
         assert!(socket::mptcp_info(&c).unwrap().is_none());
         match socket::connection_info(&c).unwrap() {
             ConnectionInfo::Tcp { fell_back, tcp } => {
@@ -70,7 +76,13 @@ fn mptcp_to_mptcp_and_to_plain_tcp() {
         }
         let (server_active, server_info) = server.join().unwrap();
         assert!(!server_active);
-        assert!(matches!(server_info, Some(ConnectionInfo::Tcp { fell_back: false, .. })));
+        assert!(matches!(
+            server_info,
+            Some(ConnectionInfo::Tcp {
+                fell_back: false,
+                ..
+            })
+        ));
     });
 }
 
@@ -78,7 +90,10 @@ fn mptcp_to_mptcp_and_to_plain_tcp() {
 fn tokio_helpers() {
     let ns = Netns::new("tok");
     ns.run(|| {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let (l, t) = socket::listen_tokio("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -109,16 +124,26 @@ fn sysctls_are_per_namespace_and_disabled_mptcp_falls_back() {
     ns.sysctl("net.mptcp.enabled", "0");
     let inside = ns.run(|| braid_kernel::sysctl::read("net.mptcp.enabled").unwrap());
     assert_eq!(inside, "0");
-    assert_eq!(braid_kernel::sysctl::read("enabled").unwrap(), host_before, "the host is untouched");
+    assert_eq!(
+        braid_kernel::sysctl::read("enabled").unwrap(),
+        host_before,
+        "the host is untouched"
+    );
     ns.run(|| {
         let (l, t) = socket::listen("127.0.0.1:0".parse().unwrap()).unwrap();
         assert_eq!(t, Transport::Tcp, "MPTCP disabled: plain TCP");
         drop(l);
     });
     let all = ns.run(|| braid_kernel::sysctl::all().unwrap());
-    assert!(all.iter().any(|(k, v)| k == "net.mptcp.enabled" && v == "0"));
+    assert!(all
+        .iter()
+        .any(|(k, v)| k == "net.mptcp.enabled" && v == "0"));
     // Bad names and values are errors, not panics.
     assert!(braid_kernel::sysctl::read("../../kernel/hostname").is_err());
-    let err = ns.run(|| braid_kernel::sysctl::write("enabled", "banana").unwrap_err().to_string());
+    let err = ns.run(|| {
+        braid_kernel::sysctl::write("enabled", "banana")
+            .unwrap_err()
+            .to_string()
+    });
     assert!(err.contains("rejected") || err.contains("Invalid"), "{err}");
 }

@@ -18,7 +18,8 @@ fn pattern(i: usize) -> u8 {
 fn monitor_and_conns_during_two_path_transfer() {
     let lab = TwoPaths::new("xfer");
     // The client opens its second subflow from path 2, bound to its device.
-    lab.client.braid_ok(&["endpoint", "add", "10.0.2.1", "dev", "c1", "subflow"]);
+    lab.client
+        .braid_ok(&["endpoint", "add", "10.0.2.1", "dev", "c1", "subflow"]);
 
     let monitor = Monitor::start(&lab.client);
 
@@ -36,7 +37,11 @@ fn monitor_and_conns_during_two_path_transfer() {
             if n == 0 {
                 break;
             }
-            bad += buf[..n].iter().enumerate().filter(|(i, b)| **b != pattern(total + i)).count();
+            bad += buf[..n]
+                .iter()
+                .enumerate()
+                .filter(|(i, b)| **b != pattern(total + i))
+                .count();
             total += n;
         }
         (total, bad)
@@ -62,17 +67,31 @@ fn monitor_and_conns_during_two_path_transfer() {
     let mut conns = serde_json::Value::Null;
     let both = wait_for(10, || {
         conns = serde_json::from_str(&lab.client.braid_ok(&["--json", "conns"])).unwrap();
-        conns[0]["subflows"].as_array().is_some_and(|s| s.len() == 2)
+        conns[0]["subflows"]
+            .as_array()
+            .is_some_and(|s| s.len() == 2)
     });
     assert!(both, "expected two subflows, braid conns said: {conns:#}");
     let sf = conns[0]["subflows"].as_array().unwrap();
     let locals: Vec<&str> = sf.iter().map(|s| s["local"].as_str().unwrap()).collect();
-    assert!(locals.iter().any(|l| l.starts_with("10.0.1.1:")), "{locals:?}");
-    assert!(locals.iter().any(|l| l.starts_with("10.0.2.1:")), "{locals:?}");
-    assert!(sf.iter().any(|s| s["dev"] == "c1"), "second subflow on c1: {conns:#}");
+    assert!(
+        locals.iter().any(|l| l.starts_with("10.0.1.1:")),
+        "{locals:?}"
+    );
+    assert!(
+        locals.iter().any(|l| l.starts_with("10.0.2.1:")),
+        "{locals:?}"
+    );
+    assert!(
+        sf.iter().any(|s| s["dev"] == "c1"),
+        "second subflow on c1: {conns:#}"
+    );
     assert_eq!(conns[0]["fell_back"], false);
     let text = lab.client.braid_ok(&["conns"]);
-    assert!(text.contains("10.0.2.1") && text.contains("subflows 2"), "{text}");
+    assert!(
+        text.contains("10.0.2.1") && text.contains("subflows 2"),
+        "{text}"
+    );
 
     go_tx.send(()).unwrap();
     client.join().unwrap();
@@ -93,12 +112,18 @@ fn monitor_and_conns_during_two_path_transfer() {
         }
     }
     let token = token.expect("a created event for our connection");
-    let ours: Vec<&serde_json::Value> = events.iter().filter(|e| e["token"].as_u64() == Some(token)).collect();
+    let ours: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["token"].as_u64() == Some(token))
+        .collect();
     let kinds: Vec<&str> = ours.iter().map(|e| e["event"].as_str().unwrap()).collect();
     for k in ["created", "established", "sub_established", "closed"] {
         assert!(kinds.contains(&k), "missing {k} in {kinds:?}");
     }
-    let sub = ours.iter().find(|e| e["event"] == "sub_established").unwrap();
+    let sub = ours
+        .iter()
+        .find(|e| e["event"] == "sub_established")
+        .unwrap();
     assert_eq!(sub["saddr"], "10.0.2.1", "{sub}");
     assert_eq!(sub["daddr"], "10.0.1.2", "{sub}");
     assert_eq!(sub["dport"], 5000, "{sub}");

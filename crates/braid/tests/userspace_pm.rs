@@ -36,7 +36,10 @@ fn userspace_pm_creates_and_destroys_a_subflow() {
         s.write_all(&[7u8; 4096]).unwrap();
         let mut token = 0;
         assert!(wait_for(5, || {
-            token = socket::mptcp_info(&s).unwrap().map(|i| i.token).unwrap_or(0);
+            token = socket::mptcp_info(&s)
+                .unwrap()
+                .map(|i| i.token)
+                .unwrap_or(0);
             token != 0
         }));
         tok_tx.send(token).unwrap();
@@ -48,26 +51,46 @@ fn userspace_pm_creates_and_destroys_a_subflow() {
     // Everything below runs in the client namespace, like a userspace PM daemon would.
     let result = lab.client.run(move || -> Result<(), String> {
         let mut pm = PathManager::open().map_err(|e| e.to_string())?;
-        let subflows_of = || diag::subflows().unwrap().into_iter().filter(|s| s.token_local == token).collect::<Vec<_>>();
+        let subflows_of = || {
+            diag::subflows()
+                .unwrap()
+                .into_iter()
+                .filter(|s| s.token_local == token)
+                .collect::<Vec<_>>()
+        };
         let remote: SocketAddr = "10.0.2.2:5001".parse().unwrap();
         pm.subflow_create(token, 2, "10.0.2.1".parse().unwrap(), remote, false)
             .map_err(|e| format!("subflow_create: {e}"))?;
-        if !wait_for(5, || subflows_of().iter().any(|s| s.remote == remote && s.state == "established")) {
+        if !wait_for(5, || {
+            subflows_of()
+                .iter()
+                .any(|s| s.remote == remote && s.state == "established")
+        }) {
             return Err(format!("no second subflow: {:?}", subflows_of()));
         }
-        let new = subflows_of().into_iter().find(|s| s.remote == remote).unwrap();
-        pm.set_subflow_backup(token, new.local, remote, true).map_err(|e| format!("set backup: {e}"))?;
-        if !wait_for(5, || subflows_of().iter().any(|s| s.remote == remote && s.backup_local)) {
+        let new = subflows_of()
+            .into_iter()
+            .find(|s| s.remote == remote)
+            .unwrap();
+        pm.set_subflow_backup(token, new.local, remote, true)
+            .map_err(|e| format!("set backup: {e}"))?;
+        if !wait_for(5, || {
+            subflows_of()
+                .iter()
+                .any(|s| s.remote == remote && s.backup_local)
+        }) {
             return Err("backup flag not set".into());
         }
-        pm.subflow_destroy(token, new.local, remote).map_err(|e| format!("subflow_destroy: {e}"))?;
+        pm.subflow_destroy(token, new.local, remote)
+            .map_err(|e| format!("subflow_destroy: {e}"))?;
         if !wait_for(5, || !subflows_of().iter().any(|s| s.remote == remote)) {
             return Err(format!("subflow still there: {:?}", subflows_of()));
         }
         if subflows_of().len() != 1 {
             return Err("the initial subflow should remain".into());
         }
-        pm.announce(token, 5, "10.0.2.1".parse().unwrap(), None).map_err(|e| format!("announce: {e}"))?;
+        pm.announce(token, 5, "10.0.2.1".parse().unwrap(), None)
+            .map_err(|e| format!("announce: {e}"))?;
         Ok(())
     });
     result.unwrap();
@@ -75,8 +98,12 @@ fn userspace_pm_creates_and_destroys_a_subflow() {
     let announced = announced.expect("the server sees the ADD_ADDR");
     assert_eq!(announced["daddr"], "10.0.2.1");
 
-    lab.client.run(move || PathManager::open().unwrap().remove(token, 5)).unwrap();
-    assert!(server_monitor.wait_for(5, |e| e["event"] == "removed" && e["rem_id"] == 5).is_some());
+    lab.client
+        .run(move || PathManager::open().unwrap().remove(token, 5))
+        .unwrap();
+    assert!(server_monitor
+        .wait_for(5, |e| e["event"] == "removed" && e["rem_id"] == 5)
+        .is_some());
 
     // A request for a connection that does not exist is a clear error.
     let err = lab
@@ -84,7 +111,10 @@ fn userspace_pm_creates_and_destroys_a_subflow() {
         .run(|| PathManager::open().unwrap().remove(0xdead_beef, 5))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("userspace path manager") || err.contains("token"), "{err}");
+    assert!(
+        err.contains("userspace path manager") || err.contains("token"),
+        "{err}"
+    );
 
     done_tx.send(()).unwrap();
     client.join().unwrap();

@@ -19,7 +19,10 @@ pub fn unique(tag: &str) -> String {
 }
 
 pub fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("run command");
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("run command");
     assert!(
         out.status.success(),
         "{:?} failed: {}",
@@ -29,8 +32,16 @@ pub fn sh(args: &[&str]) {
 }
 
 pub fn sh_out(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("run command");
-    assert!(out.status.success(), "{:?} failed: {}", args, String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("run command");
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        args,
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -61,12 +72,18 @@ impl Netns {
 
     pub fn sysctl(&self, key: &str, value: &str) {
         let (k, v) = (key.to_string(), value.to_string());
-        braid_kernel::netns::run_in(&self.name, move || braid_kernel::sysctl::write(&k, &v)).unwrap();
+        braid_kernel::netns::run_in(&self.name, move || braid_kernel::sysctl::write(&k, &v))
+            .unwrap();
     }
 
     /// Run `braid -n NS ARGS...`.
     pub fn braid(&self, args: &[&str]) -> Output {
-        Command::new(BRAID).arg("-n").arg(&self.name).args(args).output().expect("run braid")
+        Command::new(BRAID)
+            .arg("-n")
+            .arg(&self.name)
+            .args(args)
+            .output()
+            .expect("run braid")
     }
 
     /// Run braid, require success, return stdout.
@@ -86,7 +103,10 @@ impl Netns {
         braid_kernel::netns::run_in(&self.name, move || Ok(f())).unwrap()
     }
 
-    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         let name = self.name.clone();
         std::thread::spawn(move || {
             braid_kernel::netns::enter(&name).unwrap();
@@ -98,7 +118,9 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace also deletes the veth ends inside it.
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -115,14 +137,33 @@ impl TwoPaths {
         let server = Netns::new(&format!("{tag}s"));
         for k in 0..2 {
             let (c, s) = (format!("c{k}"), format!("s{k}"));
-            client.ip(&["link", "add", &c, "type", "veth", "peer", "name", &s, "netns", &server.name]);
+            client.ip(&[
+                "link",
+                "add",
+                &c,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &s,
+                "netns",
+                &server.name,
+            ]);
             client.ip(&["addr", "add", &format!("10.0.{}.1/24", k + 1), "dev", &c]);
             server.ip(&["addr", "add", &format!("10.0.{}.2/24", k + 1), "dev", &s]);
             client.ip(&["link", "set", &c, "up"]);
             server.ip(&["link", "set", &s, "up"]);
         }
         for ns in [&client, &server] {
-            ns.ip(&["mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4"]);
+            ns.ip(&[
+                "mptcp",
+                "limits",
+                "set",
+                "subflows",
+                "4",
+                "add_addr_accepted",
+                "4",
+            ]);
         }
         TwoPaths { client, server }
     }
@@ -161,13 +202,16 @@ impl Monitor {
             .spawn()
             .expect("start braid monitor");
         let mut banner = String::new();
-        BufReader::new(child.stderr.take().unwrap()).read_line(&mut banner).unwrap();
+        BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut banner)
+            .unwrap();
         assert!(banner.contains("listening"), "monitor said: {banner}");
         let (tx, events) = std::sync::mpsc::channel();
         let stdout = child.stdout.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let v: serde_json::Value = serde_json::from_str(&line).expect("monitor prints JSON lines");
+                let v: serde_json::Value =
+                    serde_json::from_str(&line).expect("monitor prints JSON lines");
                 if tx.send(v).is_err() {
                     break;
                 }
@@ -177,7 +221,11 @@ impl Monitor {
     }
 
     /// The first event matching `pred` within `secs`, keeping none of the others.
-    pub fn wait_for(&self, secs: u64, pred: impl Fn(&serde_json::Value) -> bool) -> Option<serde_json::Value> {
+    pub fn wait_for(
+        &self,
+        secs: u64,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
         loop {
             let left = deadline.checked_duration_since(std::time::Instant::now())?;
