@@ -18,6 +18,9 @@ fn echo_once(listener: TcpListener) -> std::thread::JoinHandle<(bool, Option<Con
         s.write_all(&buf).unwrap();
         let active = socket::is_mptcp_active(&s).unwrap();
         let info = socket::connection_info(&s).ok();
+        // Stay open until the client has looked at its side and closed.
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
         (active, info)
     })
 }
@@ -50,6 +53,7 @@ fn mptcp_to_mptcp_and_to_plain_tcp() {
             }
             other => panic!("expected MPTCP info, got {other:?}"),
         }
+        drop(c);
         let (server_active, server_info) = server.join().unwrap();
         assert!(server_active);
         assert!(matches!(server_info, Some(ConnectionInfo::Mptcp { .. })));
@@ -74,6 +78,7 @@ fn mptcp_to_mptcp_and_to_plain_tcp() {
             }
             other => panic!("expected a fallen-back TCP connection, got {other:?}"),
         }
+        drop(c);
         let (server_active, server_info) = server.join().unwrap();
         assert!(!server_active);
         assert!(matches!(
