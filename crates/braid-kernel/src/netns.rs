@@ -51,3 +51,70 @@ pub fn run_in<T: Send + 'static>(
     .join()
     .map_err(|_| Error::Invalid("a thread inside the network namespace panicked".into()))?
 }
+
+/// Create a named network namespace, as `ip netns add NAME` does: a new
+/// namespace kept alive by a bind mount at /run/netns/NAME.
+pub fn create(name: &str) -> Result<()> {
+    let p = path(name)?;
+    std::fs::create_dir_all("/run/netns").map_err(|e| Error::io(Op::Netns, e))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&p)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::Invalid(format!("network namespace '{name}' already exists"))
+            } else {
+                Error::io(Op::Netns, e)
+            }
+        })?;
+    let target = p.clone();
+    let made = std::thread::spawn(move || -> Result<()> {
+        // SAFETY: plain syscalls on this thread only; the new namespace is
+        // pinned by the bind mount before the thread exits.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {
+            return Err(Error::io(Op::Netns, std::io::Error::last_os_error()));
+        }
+        let src = std::ffi::CString::new("/proc/thread-self/ns/net").unwrap();
+        let dst = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).unwrap();
+        let rc = unsafe {
+            libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null())
+        };
+        if rc < 0 {
+            return Err(Error::io(Op::Netns, std::io::Error::last_os_error()));
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| Error::Invalid("namespace creation thread panicked".into()))?;
+    if made.is_err() {
+        let _ = std::fs::remove_file(&p);
+    }
+    made
+}
+
+/// Delete a named network namespace (unmount and remove its file). The
+/// namespace itself goes when its last user (process or socket) is gone.
+pub fn delete(name: &str) -> Result<()> {
+    let p = path(name)?;
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string path.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    match std::fs::remove_file(&p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(Op::Netns, e)),
+    }
+}
+
+/// Whether a named namespace exists.
+pub fn exists(name: &str) -> bool {
+    path(name).map(|p| p.exists()).unwrap_or(false)
+}
+
+/// Names of all named namespaces.
+pub fn list() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}

@@ -137,3 +137,115 @@ pub fn link_index(name: &str) -> Result<Option<u32>> {
         .find(|l| l.name == name)
         .map(|l| l.index))
 }
+
+// ---- configuration (used by the lab and the daemon's tests) ----
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_route::{
+    address::AddressHeaderFlags,
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
+    rule::{RuleAction, RuleAttribute, RuleMessage},
+    AddressFamily,
+};
+
+fn family_of(ip: &IpAddr) -> AddressFamily {
+    if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+fn route_addr(ip: IpAddr) -> RouteAddress {
+    match ip {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    }
+}
+
+/// Set a link administratively up or down.
+pub fn set_link_up(index: u32, up: bool) -> Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.header.change_mask = LinkFlags::Up;
+    if up {
+        msg.header.flags = LinkFlags::Up;
+    }
+    open()?.request::<_, RouteNetlinkMessage>(RouteNetlinkMessage::SetLink(msg), Kind::Do, 0, Op::Rtnetlink)?;
+    Ok(())
+}
+
+fn address_message(index: u32, addr: IpAddr, prefix_len: u8) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = family_of(&addr);
+    msg.header.prefix_len = prefix_len;
+    msg.header.index = index;
+    // No duplicate address detection: lab and test addresses are usable at once.
+    msg.header.flags = AddressHeaderFlags::Nodad;
+    msg.attributes.push(AddressAttribute::Local(addr));
+    msg.attributes.push(AddressAttribute::Address(addr));
+    msg
+}
+
+pub fn add_address(index: u32, addr: IpAddr, prefix_len: u8) -> Result<()> {
+    let msg = address_message(index, addr, prefix_len);
+    open()?.request::<_, RouteNetlinkMessage>(
+        RouteNetlinkMessage::NewAddress(msg),
+        Kind::Do,
+        NLM_F_CREATE | NLM_F_EXCL,
+        Op::Rtnetlink,
+    )?;
+    Ok(())
+}
+
+pub fn del_address(index: u32, addr: IpAddr, prefix_len: u8) -> Result<()> {
+    let msg = address_message(index, addr, prefix_len);
+    open()?.request::<_, RouteNetlinkMessage>(RouteNetlinkMessage::DelAddress(msg), Kind::Do, 0, Op::Rtnetlink)?;
+    Ok(())
+}
+
+/// Add or replace a route to `dst/prefix_len` out of `oif` in `table`
+/// (254 = main), with an optional preferred source address.
+pub fn replace_route(table: u32, dst: IpAddr, prefix_len: u8, oif: u32, src: Option<IpAddr>) -> Result<()> {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = family_of(&dst);
+    msg.header.destination_prefix_length = prefix_len;
+    msg.header.table = if table < 256 { table as u8 } else { 0 };
+    msg.header.protocol = RouteProtocol::Static;
+    msg.header.scope = RouteScope::Link;
+    msg.header.kind = RouteType::Unicast;
+    if prefix_len > 0 {
+        msg.attributes.push(RouteAttribute::Destination(route_addr(dst)));
+    }
+    msg.attributes.push(RouteAttribute::Oif(oif));
+    msg.attributes.push(RouteAttribute::Table(table));
+    if let Some(s) = src {
+        msg.attributes.push(RouteAttribute::PrefSource(route_addr(s)));
+    }
+    open()?.request::<_, RouteNetlinkMessage>(
+        RouteNetlinkMessage::NewRoute(msg),
+        Kind::Do,
+        NLM_F_CREATE | NLM_F_REPLACE,
+        Op::Rtnetlink,
+    )?;
+    Ok(())
+}
+
+/// Add a policy rule: packets from `src` look up `table`.
+pub fn add_source_rule(src: IpAddr, table: u32, priority: u32) -> Result<()> {
+    let mut msg = RuleMessage::default();
+    msg.header.family = family_of(&src);
+    msg.header.src_len = if src.is_ipv4() { 32 } else { 128 };
+    msg.header.action = RuleAction::ToTable;
+    msg.header.table = if table < 256 { table as u8 } else { 0 };
+    msg.attributes.push(RuleAttribute::Source(src));
+    msg.attributes.push(RuleAttribute::Table(table));
+    msg.attributes.push(RuleAttribute::Priority(priority));
+    open()?.request::<_, RouteNetlinkMessage>(
+        RouteNetlinkMessage::NewRule(msg),
+        Kind::Do,
+        NLM_F_CREATE | NLM_F_EXCL,
+        Op::Rtnetlink,
+    )?;
+    Ok(())
+}

@@ -3,6 +3,7 @@
 
 mod conns;
 mod endpoint;
+mod lab;
 mod monitor;
 mod names;
 mod status;
@@ -44,6 +45,9 @@ enum Command {
     /// MPTCP connections and their subflows.
     #[command(alias = "connections")]
     Conns(conns::ConnsArgs),
+    /// Multipath labs: emulated paths in namespaces, scenarios, comparisons.
+    #[command(subcommand)]
+    Lab(lab::LabCmd),
 }
 
 /// Output options every command gets.
@@ -63,6 +67,7 @@ fn run(cli: Cli) -> Result<(), braid_kernel::Error> {
         Command::Limits(cmd) => endpoint::run_limits(&ctx, cmd),
         Command::Monitor => monitor::run(&ctx),
         Command::Conns(args) => conns::run(&ctx, args),
+        Command::Lab(cmd) => lab::run(&ctx, cmd),
     }
 }
 

@@ -1,0 +1,453 @@
+//! A lab: a client and a server network namespace joined by N paths. Each
+//! path is a pair of TUN devices (one per namespace) bridged by the link
+//! emulator process, with tbf rate limiting on both ends and source
+//! routing in the client so each subflow leaves by its own path.
+//!
+//! Path k (0-based) uses device `p{k}`, client address 10.{k+1}.0.1/24 and
+//! server address 10.{k+1}.0.2/24. State lives in /run/braid/lab/NAME.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use braid_kernel::{netns, rtnl};
+use serde::{Deserialize, Serialize};
+
+use crate::emulator::{self, EmulatorConfig, Request};
+use crate::spec::PathSpec;
+use crate::LabError;
+
+pub const STATE_ROOT: &str = "/run/braid/lab";
+const MAX_PATHS: usize = 8;
+const CLIENT_TABLE_BASE: u32 = 100;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PathInfo {
+    pub dev: String,
+    pub client_addr: IpAddr,
+    pub server_addr: IpAddr,
+    pub prefix_len: u8,
+    /// The setting the lab was built with (restore goes back to it).
+    pub initial: PathSpec,
+    /// The setting in force now.
+    pub spec: PathSpec,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    pub name: String,
+    pub client_ns: String,
+    pub server_ns: String,
+    pub paths: Vec<PathInfo>,
+    pub emulator_pid: u32,
+    pub control: PathBuf,
+}
+
+/// How to build a lab.
+pub struct LabConfig {
+    pub name: String,
+    pub paths: Vec<PathSpec>,
+    /// The `braid` executable, started as `braid lab emulate --config FILE`.
+    pub emulator_exe: PathBuf,
+    /// Paths whose client address is left out at first (added later).
+    pub client_addr_absent: Vec<usize>,
+    pub seed: u64,
+}
+
+pub struct Lab {
+    pub state: LabState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Carrier loss on both ends of the path (a cable pull).
+    Carrier,
+    /// Everything silently dropped; links stay up.
+    Blackhole,
+}
+
+pub fn state_dir(name: &str) -> PathBuf {
+    Path::new(STATE_ROOT).join(name)
+}
+
+pub fn validate_name(name: &str) -> Result<(), LabError> {
+    let ok = !name.is_empty()
+        && name.len() <= 12
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(LabError::Invalid(format!(
+            "invalid lab name '{name}': use 1 to 12 characters from a-z, 0-9 and '-'"
+        )))
+    }
+}
+
+fn client_addr(k: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, k as u8 + 1, 0, 1))
+}
+fn server_addr(k: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, k as u8 + 1, 0, 2))
+}
+
+/// Write a sysctl outside net.mptcp (IPv4 settings) in the calling thread's namespace.
+fn write_proc_sys(path: &str, value: &str) -> Result<(), LabError> {
+    std::fs::write(format!("/proc/sys/{path}"), value)
+        .map_err(|e| LabError::Io(format!("writing /proc/sys/{path}: {e}")))
+}
+
+/// Run `f` inside namespace `ns`, mapping kernel errors.
+fn in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> Result<T, LabError> + Send + 'static,
+) -> Result<T, LabError> {
+    let name = ns.to_string();
+    std::thread::spawn(move || {
+        netns::enter(&name)?;
+        f()
+    })
+    .join()
+    .map_err(|_| LabError::Io(format!("a thread inside namespace {ns} panicked")))?
+}
+
+fn ifindex(name: &str) -> Result<u32, LabError> {
+    rtnl::link_index(name)?.ok_or_else(|| LabError::Io(format!("device {name} is missing")))
+}
+
+/// tbf on `dev` in namespace `ns`. The lab sets up qdiscs with iproute2's
+/// `tc`: no maintained Rust netlink crate builds tbf qdiscs.
+fn apply_rate(ns: &str, dev: &str, rate_bps: Option<u64>) -> Result<(), LabError> {
+    let out = match rate_bps {
+        Some(bps) => {
+            // A burst of ~5 ms of data (at least 2 full packets) and 50 ms of queue.
+            let burst = (bps / 8 / 200).max(3200);
+            Command::new("tc")
+                .args(["-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf"])
+                .args(["rate", &format!("{bps}bit"), "burst", &burst.to_string(), "latency", "50ms"])
+                .output()
+        }
+        None => Command::new("tc").args(["-n", ns, "qdisc", "del", "dev", dev, "root"]).output(),
+    }
+    .map_err(|e| LabError::Io(format!("running tc (install iproute2): {e}")))?;
+    if rate_bps.is_some() && !out.status.success() {
+        return Err(LabError::Io(format!(
+            "tc could not set the rate on {dev}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+impl Lab {
+    /// Build the lab; on any failure everything made so far is removed.
+    pub fn up(cfg: LabConfig) -> Result<Lab, LabError> {
+        validate_name(&cfg.name)?;
+        if cfg.paths.is_empty() || cfg.paths.len() > MAX_PATHS {
+            return Err(LabError::Invalid(format!("a lab has 1 to {MAX_PATHS} paths")));
+        }
+        let dir = state_dir(&cfg.name);
+        let client_ns = format!("{}-c", cfg.name);
+        let server_ns = format!("{}-s", cfg.name);
+        if dir.exists() || netns::exists(&client_ns) || netns::exists(&server_ns) {
+            return Err(LabError::Invalid(format!(
+                "a lab named '{}' is already up: remove it with 'braid lab down --name {}'",
+                cfg.name, cfg.name
+            )));
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| LabError::Io(format!("creating {}: {e}", dir.display())))?;
+        let paths: Vec<PathInfo> = cfg
+            .paths
+            .iter()
+            .enumerate()
+            .map(|(k, spec)| PathInfo {
+                dev: format!("p{k}"),
+                client_addr: client_addr(k),
+                server_addr: server_addr(k),
+                prefix_len: 24,
+                initial: *spec,
+                spec: *spec,
+            })
+            .collect();
+        let mut lab = Lab {
+            state: LabState {
+                name: cfg.name.clone(),
+                client_ns,
+                server_ns,
+                paths,
+                emulator_pid: 0,
+                control: dir.join("control.sock"),
+            },
+        };
+        match lab.build(&cfg) {
+            Ok(()) => Ok(lab),
+            Err(e) => {
+                let _ = teardown(&lab.state.name, Some(&lab.state));
+                Err(e)
+            }
+        }
+    }
+
+    fn build(&mut self, cfg: &LabConfig) -> Result<(), LabError> {
+        let st = &mut self.state;
+        netns::create(&st.client_ns)?;
+        netns::create(&st.server_ns)?;
+        self.save()?;
+        let st = &mut self.state;
+        let dir = state_dir(&st.name);
+        let emu = EmulatorConfig {
+            client_ns: st.client_ns.clone(),
+            server_ns: st.server_ns.clone(),
+            devices: st.paths.iter().map(|p| p.dev.clone()).collect(),
+            paths: st.paths.iter().map(|p| p.spec).collect(),
+            control: st.control.clone(),
+            seed: cfg.seed,
+        };
+        let emu_file = dir.join("emulator.json");
+        std::fs::write(&emu_file, serde_json::to_vec_pretty(&emu).unwrap())
+            .map_err(|e| LabError::Io(format!("writing {}: {e}", emu_file.display())))?;
+        let log = std::fs::File::create(dir.join("emulator.log"))
+            .map_err(|e| LabError::Io(format!("creating the emulator log: {e}")))?;
+        let mut cmd = Command::new(&cfg.emulator_exe);
+        cmd.args(["lab", "emulate", "--config"])
+            .arg(&emu_file)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // Its own session: Ctrl-C in the terminal that made the lab does
+        // not reach it; `braid lab down` ends it.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| LabError::Io(format!("starting the link emulator {}: {e}", cfg.emulator_exe.display())))?;
+        st.emulator_pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if emulator::request(&st.control, &Request::Ping).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(dir.join("emulator.log")).unwrap_or_default();
+                return Err(LabError::Io(format!("the link emulator exited ({status}): {}", log.trim())));
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Io("the link emulator did not start within 10 s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The child is reaped by `down` (kill + waitpid) or by init.
+        std::mem::forget(child);
+        self.save()?;
+
+        let st = self.state.clone();
+        let absent = cfg.client_addr_absent.clone();
+        let paths = st.paths.clone();
+        in_ns(&st.client_ns, move || {
+            write_proc_sys("net/ipv4/conf/all/rp_filter", "0")?;
+            write_proc_sys("net/ipv4/conf/default/rp_filter", "0")?;
+            rtnl::set_link_up(ifindex("lo")?, true)?;
+            for (k, p) in paths.iter().enumerate() {
+                let idx = ifindex(&p.dev)?;
+                write_proc_sys(&format!("net/ipv4/conf/{}/rp_filter", p.dev), "0")?;
+                rtnl::set_link_up(idx, true)?;
+                if !absent.contains(&k) {
+                    rtnl::add_address(idx, p.client_addr, p.prefix_len)?;
+                }
+                let table = CLIENT_TABLE_BASE + k as u32;
+                rtnl::replace_route(table, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, idx, None)?;
+                rtnl::add_source_rule(p.client_addr, table, 1000 + k as u32)?;
+            }
+            // The first path is the default route: the primary.
+            rtnl::replace_route(254, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, ifindex(&paths[0].dev)?, None)?;
+            Ok(())
+        })?;
+        let paths = st.paths.clone();
+        in_ns(&st.server_ns, move || {
+            write_proc_sys("net/ipv4/conf/all/rp_filter", "0")?;
+            write_proc_sys("net/ipv4/conf/default/rp_filter", "0")?;
+            rtnl::set_link_up(ifindex("lo")?, true)?;
+            for p in &paths {
+                let idx = ifindex(&p.dev)?;
+                write_proc_sys(&format!("net/ipv4/conf/{}/rp_filter", p.dev), "0")?;
+                rtnl::set_link_up(idx, true)?;
+                rtnl::add_address(idx, p.server_addr, p.prefix_len)?;
+            }
+            // The server accepts joins and announcements on every path.
+            braid_kernel::pm::PathManager::open()?.set_limits(Some(8), Some(8))?;
+            Ok(())
+        })?;
+        for p in &st.paths {
+            apply_rate(&st.client_ns, &p.dev, p.spec.rate_bps)?;
+            apply_rate(&st.server_ns, &p.dev, p.spec.rate_bps)?;
+        }
+        self.save()
+    }
+
+    fn save(&self) -> Result<(), LabError> {
+        let f = state_dir(&self.state.name).join("state.json");
+        std::fs::write(&f, serde_json::to_vec_pretty(&self.state).unwrap())
+            .map_err(|e| LabError::Io(format!("writing {}: {e}", f.display())))
+    }
+
+    /// Open a lab that is up.
+    pub fn open(name: &str) -> Result<Lab, LabError> {
+        validate_name(name)?;
+        let f = state_dir(name).join("state.json");
+        let bytes = std::fs::read(&f).map_err(|_| {
+            LabError::Invalid(format!("no lab named '{name}' is up (start one with 'braid lab up --name {name}')"))
+        })?;
+        let state: LabState = serde_json::from_slice(&bytes)
+            .map_err(|e| LabError::Io(format!("{} is damaged ({e}): run 'braid lab down --name {name}'", f.display())))?;
+        Ok(Lab { state })
+    }
+
+    pub fn path(&self, k: usize) -> Result<&PathInfo, LabError> {
+        self.state.paths.get(k).ok_or_else(|| {
+            LabError::Invalid(format!("no path {k}: this lab has paths 0 to {}", self.state.paths.len() - 1))
+        })
+    }
+
+    /// Change a path's impairment live.
+    pub fn set(&mut self, k: usize, spec: PathSpec) -> Result<(), LabError> {
+        let p = self.path(k)?.clone();
+        emulator::request(&self.state.control, &Request::Set { path: k, spec })?;
+        if p.spec.rate_bps != spec.rate_bps {
+            apply_rate(&self.state.client_ns, &p.dev, spec.rate_bps)?;
+            apply_rate(&self.state.server_ns, &p.dev, spec.rate_bps)?;
+        }
+        self.state.paths[k].spec = spec;
+        self.save()
+    }
+
+    pub fn cut(&self, k: usize, how: Cut) -> Result<(), LabError> {
+        self.path(k)?;
+        let req = match how {
+            Cut::Carrier => Request::Carrier { path: k, up: false },
+            Cut::Blackhole => Request::Blackhole { path: k, on: true },
+        };
+        emulator::request(&self.state.control, &req).map(|_| ())
+    }
+
+    /// Undo cuts and go back to the path's initial setting and address.
+    pub fn restore(&mut self, k: usize) -> Result<(), LabError> {
+        self.path(k)?;
+        emulator::request(&self.state.control, &Request::Blackhole { path: k, on: false })?;
+        emulator::request(&self.state.control, &Request::Carrier { path: k, up: true })?;
+        let initial = self.state.paths[k].initial;
+        self.set(k, initial)?;
+        if !self.client_addr_present(k)? {
+            self.add_client_addr(k)?;
+        }
+        Ok(())
+    }
+
+    pub fn client_addr_present(&self, k: usize) -> Result<bool, LabError> {
+        let addr = self.path(k)?.client_addr;
+        in_ns(&self.state.client_ns, move || Ok(rtnl::addresses()?.iter().any(|a| a.addr == addr)))
+    }
+
+    /// Give the client its address on path k (and the path's routes back).
+    pub fn add_client_addr(&self, k: usize) -> Result<(), LabError> {
+        let p = self.path(k)?.clone();
+        let first = self.state.paths[0].dev.clone();
+        in_ns(&self.state.client_ns, move || {
+            let idx = ifindex(&p.dev)?;
+            match rtnl::add_address(idx, p.client_addr, p.prefix_len) {
+                Err(braid_kernel::Error::Kernel { errno, .. }) if errno == libc::EEXIST => {}
+                r => r?,
+            }
+            rtnl::replace_route(CLIENT_TABLE_BASE + k as u32, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, idx, None)?;
+            if k == 0 {
+                rtnl::replace_route(254, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, ifindex(&first)?, None)?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn remove_client_addr(&self, k: usize) -> Result<(), LabError> {
+        let p = self.path(k)?.clone();
+        in_ns(&self.state.client_ns, move || {
+            let idx = ifindex(&p.dev)?;
+            match rtnl::del_address(idx, p.client_addr, p.prefix_len) {
+                Err(braid_kernel::Error::Kernel { errno, .. }) if errno == libc::EADDRNOTAVAIL => Ok(()),
+                r => Ok(r?),
+            }
+        })
+    }
+
+    pub fn stats(&self) -> Result<Vec<[emulator::DirCounters; 2]>, LabError> {
+        Ok(emulator::request(&self.state.control, &Request::Stats)?.stats)
+    }
+
+    /// Remove this lab.
+    pub fn down(self) -> Result<(), LabError> {
+        teardown(&self.state.name, Some(&self.state))
+    }
+}
+
+fn pid_is_our_emulator(pid: u32, name: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    text.contains("lab emulate") && text.contains(&format!("/{name}/"))
+}
+
+/// Remove everything a lab made: emulator process, namespaces, state.
+/// Works from the state file, and from the names alone when it is gone.
+pub fn teardown(name: &str, state: Option<&LabState>) -> Result<(), LabError> {
+    validate_name(name)?;
+    let loaded;
+    let state = match state {
+        Some(s) => Some(s),
+        None => {
+            loaded = Lab::open(name).ok();
+            loaded.as_ref().map(|l| &l.state)
+        }
+    };
+    let client_ns = format!("{name}-c");
+    let server_ns = format!("{name}-s");
+    let dir = state_dir(name);
+    if state.is_none() && !dir.exists() && !netns::exists(&client_ns) && !netns::exists(&server_ns) {
+        return Err(LabError::Invalid(format!("no lab named '{name}' is up")));
+    }
+    if let Some(s) = state {
+        let _ = emulator::request(&s.control, &Request::Stop);
+        let pid = s.emulator_pid;
+        if pid != 0 && pid_is_our_emulator(pid, name) {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while pid_is_our_emulator(pid, name) && Instant::now() < deadline {
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                std::thread::sleep(Duration::from_millis(20));
+                unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
+            }
+            if pid_is_our_emulator(pid, name) {
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), 0) };
+            }
+        }
+    }
+    let mut first_err = None;
+    for ns in [&client_ns, &server_ns] {
+        if let Err(e) = netns::delete(ns) {
+            first_err.get_or_insert(LabError::from(e));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Names of labs that are up (from their state directories).
+pub fn list() -> Vec<String> {
+    std::fs::read_dir(STATE_ROOT)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,18 @@
+//! Braid's multipath lab: namespaces joined by emulated paths, traffic and
+//! probes over MPTCP, scenarios, reports and plots.
+
+pub mod emulator;
+pub mod lab;
+pub mod shaper;
+pub mod spec;
+pub mod tun;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Io(String),
+    #[error(transparent)]
+    Kernel(#[from] braid_kernel::Error),
+}
