@@ -2,9 +2,14 @@
 //! probes over MPTCP, scenarios, reports and plots.
 
 pub mod emulator;
+pub mod guard;
 pub mod lab;
+pub mod plot;
+pub mod pm;
+pub mod scenario;
 pub mod shaper;
 pub mod spec;
+pub mod traffic;
 pub mod tun;
 
 #[derive(Debug, thiserror::Error)]

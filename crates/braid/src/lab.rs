@@ -52,6 +52,12 @@ pub enum LabCmd {
         #[arg(long)]
         add: bool,
     },
+    /// Run a scenario in a fresh lab: aggregate, failover-carrier, failover-blackhole, late-interface, flap, lossy-primary.
+    Run(RunArgs),
+    /// Run a scenario with several path managers, one after the other, and compare.
+    Compare(RunArgs),
+    /// The newcomer's tour: aggregate, failover-carrier and late-interface, best path manager vs the kernel alone.
+    Demo(DemoArgs),
     /// (internal) run the link emulator of a lab.
     #[command(hide = true)]
     Emulate {
@@ -82,6 +88,39 @@ pub struct UpArgs {
     /// Let jitter reorder packets.
     #[arg(long)]
     pub reorder: bool,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// aggregate, failover-carrier, failover-blackhole, late-interface, flap or lossy-primary.
+    pub scenario: String,
+    /// Path manager(s): none, kernel, braid, mptcpd (comma-separated for compare).
+    #[arg(long, default_value = "kernel")]
+    pub pm: String,
+    /// How long the traffic runs.
+    #[arg(long, default_value = "10s")]
+    pub duration: String,
+    /// Write per-path goodput over time as SVG.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    #[arg(long, default_value = "40mbit,20mbit")]
+    pub rate: String,
+    #[arg(long, default_value = "10ms,40ms")]
+    pub delay: String,
+    #[arg(long, default_value = "0")]
+    pub jitter: String,
+    #[arg(long, default_value = "0")]
+    pub loss: String,
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// How long each scenario's traffic runs.
+    #[arg(long, default_value = "6s")]
+    pub duration: String,
+    /// Where the SVG plots go.
+    #[arg(long, default_value = "braid-demo")]
+    pub out: PathBuf,
 }
 
 #[derive(Args)]
@@ -224,6 +263,20 @@ fn run_lab(ctx: &Ctx, cmd: LabCmd) -> Result<(), LabError> {
                 _ => Err(LabError::Invalid("say what to do: --remove or --add".into())),
             }
         }
+        LabCmd::Run(a) => {
+            let pms = parse_pms(&a.pm)?;
+            if pms.len() != 1 {
+                return Err(LabError::Invalid("'lab run' takes one --pm; use 'lab compare' for several".into()));
+            }
+            let reports = run_all(&a, &pms)?;
+            output(ctx, &a, &reports)
+        }
+        LabCmd::Compare(a) => {
+            let pms = parse_pms(&a.pm)?;
+            let reports = run_all(&a, &pms)?;
+            output(ctx, &a, &reports)
+        }
+        LabCmd::Demo(d) => demo(ctx, d),
         LabCmd::Emulate { config } => {
             let bytes = std::fs::read(&config)
                 .map_err(|e| LabError::Io(format!("reading {}: {e}", config.display())))?;
@@ -251,4 +304,195 @@ fn print_lab(ctx: &Ctx, lab: &Lab) {
         );
     }
     println!("  try: braid -n {} conns   |   braid lab down --name {}", s.client_ns, s.name);
+}
+
+use braid_lab::pm::PmKind;
+use braid_lab::scenario::{self, Report, RunConfig, Scenario};
+
+fn parse_pms(s: &str) -> Result<Vec<PmKind>, LabError> {
+    s.split(',').map(|p| PmKind::parse(p.trim())).collect()
+}
+
+/// Tear down this process's labs on Ctrl-C or SIGTERM, then exit.
+fn install_signal_teardown() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    if let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                eprintln!("braid: interrupted, removing the lab");
+                braid_lab::guard::teardown_active();
+                std::process::exit(128 + sig);
+            }
+        });
+    }
+}
+
+fn unique_lab_name(i: usize) -> String {
+    format!("r{}x{i}", std::process::id() % 1_000_000)
+}
+
+fn run_config(a: &RunArgs, pm: PmKind, i: usize) -> Result<RunConfig, LabError> {
+    let up = UpArgs {
+        name: String::new(),
+        paths: a.rate.split(',').count().max(a.delay.split(',').count()).max(2),
+        rate: a.rate.clone(),
+        delay: a.delay.clone(),
+        jitter: a.jitter.clone(),
+        loss: a.loss.clone(),
+        reorder: false,
+    };
+    let duration_us = spec::parse_duration_us(&a.duration)?;
+    if duration_us < 2_000_000 {
+        return Err(LabError::Invalid("--duration must be at least 2s".into()));
+    }
+    Ok(RunConfig {
+        scenario: Scenario::parse(&a.scenario)?,
+        pm,
+        paths: path_specs(&up)?,
+        duration: std::time::Duration::from_micros(duration_us),
+        emulator_exe: std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?,
+        lab_name: unique_lab_name(i),
+    })
+}
+
+fn run_all(a: &RunArgs, pms: &[PmKind]) -> Result<Vec<Report>, LabError> {
+    install_signal_teardown();
+    // Refuse up front rather than after minutes of runs.
+    Scenario::parse(&a.scenario)?;
+    for pm in pms {
+        if let Some(why) = pm.unavailable() {
+            return Err(LabError::Invalid(format!("--pm {}: {why}", pm.name())));
+        }
+    }
+    let mut reports = Vec::new();
+    for (i, pm) in pms.iter().enumerate() {
+        let cfg = run_config(a, *pm, i)?;
+        eprintln!("braid: running {} with --pm {} for {:?}", a.scenario, pm.name(), cfg.duration);
+        reports.push(scenario::run(&cfg)?);
+    }
+    Ok(reports)
+}
+
+fn output(ctx: &Ctx, a: &RunArgs, reports: &[Report]) -> Result<(), LabError> {
+    if let Some(p) = &a.plot {
+        let refs: Vec<&Report> = reports.iter().collect();
+        std::fs::write(p, braid_lab::plot::svg(&refs))
+            .map_err(|e| LabError::Io(format!("writing {}: {e}", p.display())))?;
+        eprintln!("braid: plot written to {}", p.display());
+    }
+    if ctx.json {
+        print_json(&reports);
+    } else {
+        print!("{}", table(reports));
+    }
+    Ok(())
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "-".into())
+}
+
+/// One column per report, one row per metric.
+pub fn table(reports: &[Report]) -> String {
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let mut row = |name: &str, f: &dyn Fn(&Report) -> String| {
+        rows.push((name.to_string(), reports.iter().map(f).collect()));
+    };
+    row("path manager", &|r| r.pm.to_string());
+    row("survived", &|r| if r.survived { "yes".into() } else { "NO".into() });
+    row("transport", &|r| r.transport.clone());
+    let has = |f: &dyn Fn(&Report) -> bool| reports.iter().any(f);
+    if has(&|r| r.metrics.goodput_mbps.is_some()) {
+        row("goodput (Mbit/s)", &|r| opt(r.metrics.goodput_mbps, 1));
+        row("per path (Mbit/s)", &|r| {
+            r.metrics.per_path_mbps.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(" / ")
+        });
+    }
+    if has(&|r| r.metrics.aggregation_ratio.is_some()) {
+        row("aggregation ratio", &|r| opt(r.metrics.aggregation_ratio, 2));
+    }
+    if has(&|r| r.metrics.stall_ms.is_some()) {
+        row("stall at failure (ms)", &|r| opt(r.metrics.stall_ms, 0));
+        row("recovery (ms)", &|r| opt(r.metrics.recovery_ms, 0));
+    }
+    if has(&|r| r.metrics.longest_stall_ms.is_some()) {
+        row("longest stall (ms)", &|r| opt(r.metrics.longest_stall_ms, 0));
+    }
+    if has(&|r| r.scenario == "late-interface") {
+        row("new path carries data (ms)", &|r| opt(r.metrics.new_path_ms, 0));
+    }
+    if has(&|r| r.scenario == "flap") {
+        row("primary reused after (ms)", &|r| opt(r.metrics.reuse_ms, 0));
+    }
+    if has(&|r| r.metrics.probe.is_some()) {
+        let p = |f: fn(&braid_lab::traffic::ProbeResult) -> String| move |r: &Report| r.metrics.probe.as_ref().map(f).unwrap_or_else(|| "-".into());
+        row("probe p50 (ms)", &p(|p| format!("{:.1}", p.p50_ms)));
+        row("probe p95 (ms)", &p(|p| format!("{:.1}", p.p95_ms)));
+        row("probe p99 (ms)", &p(|p| format!("{:.1}", p.p99_ms)));
+        row("probe max (ms)", &p(|p| format!("{:.1}", p.max_ms)));
+        row("probe late/lost", &p(|p| format!("{}/{}", p.late, p.lost)));
+    }
+    row("bytes verified", &|r| r.bytes_verified.to_string());
+    row("bytes corrupt", &|r| r.bytes_corrupt.to_string());
+    row("error", &|r| r.error.clone().unwrap_or_else(|| "-".into()));
+    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let widths: Vec<usize> =
+        (0..reports.len()).map(|i| rows.iter().map(|r| r.1[i].len()).max().unwrap_or(0).max(8)).collect();
+    let mut out = String::new();
+    if let Some(first) = reports.first() {
+        out.push_str(&format!("scenario {} ({:.0} s)\n", first.scenario, first.duration_s));
+        for e in &first.events {
+            out.push_str(&format!("  at {:>6.0} ms: {}\n", e.t_ms, e.what));
+        }
+    }
+    for (name, vals) in &rows {
+        out.push_str(&format!("{name:<w0$}"));
+        for (v, w) in vals.iter().zip(&widths) {
+            out.push_str(&format!("  {v:>w$}"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn demo(ctx: &Ctx, d: DemoArgs) -> Result<(), LabError> {
+    let best = [PmKind::Braid, PmKind::Mptcpd].into_iter().find(|p| p.unavailable().is_none());
+    let mut pms = vec![PmKind::Kernel];
+    match best {
+        Some(b) => pms.push(b),
+        None => eprintln!(
+            "braid: comparing the kernel's static endpoints with no endpoints at all ({}; {})",
+            PmKind::Braid.unavailable().unwrap_or_default(),
+            PmKind::Mptcpd.unavailable().unwrap_or_default()
+        ),
+    }
+    if best.is_none() {
+        pms.insert(0, PmKind::None);
+    }
+    std::fs::create_dir_all(&d.out).map_err(|e| LabError::Io(format!("creating {}: {e}", d.out.display())))?;
+    let pm_list = pms.iter().map(|p| p.name()).collect::<Vec<_>>().join(",");
+    let mut all = Vec::new();
+    for sc in ["aggregate", "failover-carrier", "late-interface"] {
+        let a = RunArgs {
+            scenario: sc.into(),
+            pm: pm_list.clone(),
+            duration: d.duration.clone(),
+            plot: Some(d.out.join(format!("{sc}.svg"))),
+            rate: "40mbit,20mbit".into(),
+            delay: "10ms,40ms".into(),
+            jitter: "0".into(),
+            loss: "0".into(),
+        };
+        let reports = run_all(&a, &pms)?;
+        if !ctx.json {
+            println!();
+        }
+        output(ctx, &a, &reports)?;
+        all.extend(reports);
+    }
+    if !ctx.json {
+        println!("\nplots: {}/aggregate.svg, failover-carrier.svg, late-interface.svg", d.out.display());
+        println!("every lab made for the demo has been removed");
+    }
+    Ok(())
 }

@@ -1,0 +1,151 @@
+//! The path managers a scenario can run with, set up on the lab's client.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use braid_kernel::pm::{EndpointFlags, NewEndpoint, PathManager};
+use serde::Serialize;
+
+use crate::lab::Lab;
+use crate::LabError;
+
+pub const MPTCPD: &str = "/usr/libexec/mptcpd";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PmKind {
+    /// No endpoints: single path.
+    None,
+    /// Static in-kernel endpoints set up front.
+    Kernel,
+    /// Braid's own daemon.
+    Braid,
+    /// Debian's mptcpd with --addr-flags=subflow.
+    Mptcpd,
+}
+
+impl PmKind {
+    pub fn parse(s: &str) -> Result<PmKind, LabError> {
+        match s {
+            "none" => Ok(PmKind::None),
+            "kernel" => Ok(PmKind::Kernel),
+            "braid" => Ok(PmKind::Braid),
+            "mptcpd" => Ok(PmKind::Mptcpd),
+            other => Err(LabError::Invalid(format!(
+                "unknown path manager '{other}': choose none, kernel, braid or mptcpd"
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PmKind::None => "none",
+            PmKind::Kernel => "kernel",
+            PmKind::Braid => "braid",
+            PmKind::Mptcpd => "mptcpd",
+        }
+    }
+
+    /// Why this path manager cannot run here, if it cannot.
+    pub fn unavailable(self) -> Option<String> {
+        match self {
+            PmKind::None | PmKind::Kernel => None,
+            PmKind::Braid => Some("Braid's path-manager daemon is not built yet (issue 4); use --pm kernel or mptcpd".into()),
+            PmKind::Mptcpd if !Path::new(MPTCPD).exists() => Some(format!(
+                "mptcpd is not installed ({MPTCPD} is missing): 'apt-get install mptcpd' to compare with it"
+            )),
+            PmKind::Mptcpd => None,
+        }
+    }
+}
+
+/// A running path manager; stopped on drop.
+pub struct RunningPm {
+    child: Option<Child>,
+}
+
+impl Drop for RunningPm {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            for _ in 0..50 {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Configure the client side of `lab` for `kind` and start what it needs.
+pub fn start(kind: PmKind, lab: &Lab) -> Result<RunningPm, LabError> {
+    if let Some(why) = kind.unavailable() {
+        return Err(LabError::Invalid(why));
+    }
+    let st = &lab.state;
+    let extra: Vec<_> = st.paths.iter().skip(1).map(|p| p.client_addr).collect();
+    let ns = st.client_ns.clone();
+    let limit = (st.paths.len() as u32 - 1).clamp(1, 8);
+    braid_kernel::netns::run_in(&ns, move || {
+        let mut pm = PathManager::open()?;
+        pm.flush_endpoints()?;
+        pm.set_limits(Some(limit), Some(limit))?;
+        if kind == PmKind::Kernel {
+            for addr in extra {
+                pm.add_endpoint(&NewEndpoint {
+                    addr,
+                    id: None,
+                    port: None,
+                    flags: EndpointFlags(EndpointFlags::SUBFLOW),
+                    ifindex: None,
+                })?;
+            }
+        }
+        Ok(())
+    })?;
+    let child = match kind {
+        PmKind::Mptcpd => Some(spawn_in_netns(
+            &ns,
+            Command::new(MPTCPD).args([
+                "--path-manager=addr_adv",
+                "--addr-flags=subflow",
+                "--notify-flags=existing,skip_link_local,skip_loopback",
+            ]),
+        )?),
+        _ => None,
+    };
+    if child.is_some() {
+        // Give it time to read the existing addresses.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Ok(RunningPm { child })
+}
+
+/// Start a program inside a named network namespace (setns between fork and exec).
+pub fn spawn_in_netns(ns: &str, cmd: &mut Command) -> Result<Child, LabError> {
+    let file = std::fs::File::open(braid_kernel::netns::path(ns)?)
+        .map_err(|e| LabError::Io(format!("opening namespace {ns}: {e}")))?;
+    let fd = file.as_raw_fd();
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| LabError::Io(format!("starting {:?}: {e}", cmd.get_program())))?;
+    drop(file);
+    Ok(child)
+}

@@ -1,0 +1,289 @@
+//! Scenarios: a lab, a path manager, traffic, and events on a timeline,
+//! measured into one report.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::guard::LabGuard;
+use crate::lab::{Cut, LabConfig};
+use crate::pm::{self, PmKind};
+use crate::spec::PathSpec;
+use crate::traffic::{Bulk, BulkResult, Endpoints, Probe, ProbeResult};
+use crate::LabError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    Aggregate,
+    FailoverCarrier,
+    FailoverBlackhole,
+    LateInterface,
+    Flap,
+    LossyPrimary,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Aggregate,
+        Scenario::FailoverCarrier,
+        Scenario::FailoverBlackhole,
+        Scenario::LateInterface,
+        Scenario::Flap,
+        Scenario::LossyPrimary,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Aggregate => "aggregate",
+            Scenario::FailoverCarrier => "failover-carrier",
+            Scenario::FailoverBlackhole => "failover-blackhole",
+            Scenario::LateInterface => "late-interface",
+            Scenario::Flap => "flap",
+            Scenario::LossyPrimary => "lossy-primary",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Scenario, LabError> {
+        Scenario::ALL.into_iter().find(|x| x.name() == s).ok_or_else(|| {
+            LabError::Invalid(format!(
+                "unknown scenario '{s}': choose one of {}",
+                Scenario::ALL.map(|x| x.name()).join(", ")
+            ))
+        })
+    }
+}
+
+/// How to run a scenario.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub scenario: Scenario,
+    pub pm: PmKind,
+    pub paths: Vec<PathSpec>,
+    pub duration: Duration,
+    pub emulator_exe: PathBuf,
+    /// Unique per run (lab names must not collide).
+    pub lab_name: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TimedEvent {
+    pub t_ms: f64,
+    pub what: String,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Metrics {
+    /// Mean goodput over the measured window, Mbit/s.
+    pub goodput_mbps: Option<f64>,
+    /// Goodput / sum of path rates (aggregate).
+    pub aggregation_ratio: Option<f64>,
+    pub per_path_mbps: Vec<f64>,
+    /// Longest gap between received bytes over the whole run.
+    pub longest_stall_ms: Option<f64>,
+    /// The gap in received data around the failure event.
+    pub stall_ms: Option<f64>,
+    /// From the failure until goodput is back to half of what the surviving
+    /// paths can carry.
+    pub recovery_ms: Option<f64>,
+    /// late-interface: from the address appearing until the path carries data.
+    pub new_path_ms: Option<f64>,
+    /// flap: from the primary's return until it carries data again.
+    pub reuse_ms: Option<f64>,
+    pub probe: Option<ProbeResult>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub pm: &'static str,
+    pub duration_s: f64,
+    pub paths: Vec<PathSpec>,
+    pub survived: bool,
+    pub bytes_sent: u64,
+    pub bytes_verified: u64,
+    pub bytes_corrupt: u64,
+    pub transport: String,
+    pub metrics: Metrics,
+    pub events: Vec<TimedEvent>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Goodput series (Mbit/s per 100 ms): total, then per path.
+    pub series_total_mbps: Vec<f64>,
+    pub series_path_mbps: Vec<Vec<f64>>,
+}
+
+const BULK_PORT: u16 = 5201;
+const PROBE_PORT: u16 = 5202;
+
+fn mbps(bytes_per_bucket: &[u64]) -> Vec<f64> {
+    bytes_per_bucket.iter().map(|b| *b as f64 * 8.0 / 0.1 / 1e6).collect()
+}
+
+fn sleep_until(bulk_t0: u64, t_ms: f64) {
+    let due = bulk_t0 + (t_ms * 1e6) as u64;
+    let now = crate::emulator::mono_ns();
+    if due > now {
+        std::thread::sleep(Duration::from_nanos(due - now));
+    }
+}
+
+/// Run one scenario in a fresh lab that is removed afterwards.
+pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
+    if let Some(why) = cfg.pm.unavailable() {
+        return Err(LabError::Invalid(why));
+    }
+    if cfg.paths.len() < 2 {
+        return Err(LabError::Invalid("scenarios need at least 2 paths".into()));
+    }
+    let mut paths = cfg.paths.clone();
+    if cfg.scenario == Scenario::LossyPrimary {
+        paths[0].loss = 0.10;
+    }
+    let absent = if cfg.scenario == Scenario::LateInterface { vec![1] } else { Vec::new() };
+    let mut guard = LabGuard::up(LabConfig {
+        name: cfg.lab_name.clone(),
+        paths: paths.clone(),
+        emulator_exe: cfg.emulator_exe.clone(),
+        client_addr_absent: absent,
+        seed: 7,
+    })?;
+    let _pm = pm::start(cfg.pm, guard.lab())?;
+    let st = guard.lab().state.clone();
+    let ep = Endpoints {
+        client_ns: st.client_ns.clone(),
+        server_ns: st.server_ns.clone(),
+        server_addr: st.paths[0].server_addr,
+        path_client_addrs: st.paths.iter().map(|p| p.client_addr).collect(),
+    };
+    let d_ms = cfg.duration.as_secs_f64() * 1000.0;
+    let mut events = Vec::new();
+
+    if cfg.scenario == Scenario::LossyPrimary {
+        let probe = Probe::start(&ep, PROBE_PORT, Duration::from_millis(20), cfg.duration, 200.0)?;
+        let p = probe.finish()?;
+        let survived = p.lost == 0 || p.replies > 0;
+        return Ok(Report {
+            scenario: cfg.scenario.name(),
+            pm: cfg.pm.name(),
+            duration_s: cfg.duration.as_secs_f64(),
+            paths,
+            survived,
+            bytes_sent: p.sent * 1024,
+            bytes_verified: (p.replies - p.corrupt) * 1024,
+            bytes_corrupt: p.corrupt * 1024,
+            transport: "mptcp".into(),
+            metrics: Metrics { probe: Some(p), ..Default::default() },
+            events,
+            error: None,
+            series_total_mbps: Vec::new(),
+            series_path_mbps: Vec::new(),
+        });
+    }
+
+    let bulk = Bulk::start(&ep, BULK_PORT, cfg.duration)?;
+    let t0 = bulk.t0();
+    let lab = guard.lab_mut();
+    let mut fail_at = None;
+    let mut restore_at = None;
+    let mut addr_at = None;
+    match cfg.scenario {
+        Scenario::Aggregate | Scenario::LossyPrimary => {}
+        Scenario::FailoverCarrier | Scenario::FailoverBlackhole => {
+            let t = d_ms * 0.4;
+            sleep_until(t0, t);
+            let how = if cfg.scenario == Scenario::FailoverCarrier { Cut::Carrier } else { Cut::Blackhole };
+            lab.cut(0, how)?;
+            events.push(TimedEvent { t_ms: bulk.elapsed_ms(), what: format!("path 0 {}", if how == Cut::Carrier { "loses carrier" } else { "blackholed" }) });
+            fail_at = Some(events.last().unwrap().t_ms);
+        }
+        Scenario::LateInterface => {
+            sleep_until(t0, d_ms * 0.3);
+            lab.add_client_addr(1)?;
+            events.push(TimedEvent { t_ms: bulk.elapsed_ms(), what: "path 1 gets its address".into() });
+            addr_at = Some(events.last().unwrap().t_ms);
+            sleep_until(t0, d_ms * 0.6);
+            lab.cut(0, Cut::Carrier)?;
+            events.push(TimedEvent { t_ms: bulk.elapsed_ms(), what: "path 0 loses carrier".into() });
+            fail_at = Some(events.last().unwrap().t_ms);
+        }
+        Scenario::Flap => {
+            sleep_until(t0, d_ms * 0.3);
+            lab.remove_client_addr(0)?;
+            lab.cut(0, Cut::Carrier)?;
+            events.push(TimedEvent { t_ms: bulk.elapsed_ms(), what: "path 0 goes away (address and carrier)".into() });
+            fail_at = Some(events.last().unwrap().t_ms);
+            sleep_until(t0, d_ms * 0.6);
+            lab.restore(0)?;
+            events.push(TimedEvent { t_ms: bulk.elapsed_ms(), what: "path 0 comes back".into() });
+            restore_at = Some(events.last().unwrap().t_ms);
+        }
+    }
+    let r = bulk.finish()?;
+    drop(_pm);
+    drop(guard);
+    Ok(report(cfg, paths, r, events, fail_at, addr_at, restore_at))
+}
+
+fn report(
+    cfg: &RunConfig,
+    paths: Vec<PathSpec>,
+    r: BulkResult,
+    events: Vec<TimedEvent>,
+    fail_at: Option<f64>,
+    addr_at: Option<f64>,
+    restore_at: Option<f64>,
+) -> Report {
+    let d_ms = cfg.duration.as_secs_f64() * 1000.0;
+    let mut m = Metrics { longest_stall_ms: Some(r.longest_stall_ms), ..Default::default() };
+    // Leave out the first second (slow start) from rates.
+    let window = match fail_at {
+        Some(t) => (t + 1000.0, d_ms),
+        None => (1000.0_f64.min(d_ms / 4.0), d_ms),
+    };
+    let goodput = r.goodput_bps(window.0, window.1);
+    m.goodput_mbps = Some(goodput / 1e6);
+    m.per_path_mbps = (0..paths.len()).map(|k| r.path_goodput_bps(k, window.0, window.1) / 1e6).collect();
+    if cfg.scenario == Scenario::Aggregate {
+        let sum: u64 = paths.iter().map(|p| p.rate_bps.unwrap_or(0)).sum();
+        if sum > 0 {
+            m.aggregation_ratio = Some(goodput / sum as f64);
+        }
+    }
+    if let Some(t) = fail_at {
+        m.stall_ms = Some(r.stall_after(t, 3000.0, d_ms));
+        let survivors: u64 = paths.iter().skip(1).map(|p| p.rate_bps.unwrap_or(0)).sum();
+        let threshold = survivors as f64 * 0.5 * 0.1 / 8.0; // bytes per 100 ms bucket
+        let start = (t / 100.0) as usize;
+        m.recovery_ms = r
+            .buckets
+            .iter()
+            .enumerate()
+            .skip(start + 1)
+            .find(|(_, b)| **b as f64 >= threshold)
+            .map(|(i, _)| (i + 1) as f64 * 100.0 - t);
+    }
+    if let Some(t) = addr_at {
+        m.new_path_ms = r.path_active_after(1, t, 1).map(|x| x - t);
+    }
+    if let Some(t) = restore_at {
+        m.reuse_ms = r.path_active_after(0, t, 1).map(|x| x - t);
+    }
+    Report {
+        scenario: cfg.scenario.name(),
+        pm: cfg.pm.name(),
+        duration_s: cfg.duration.as_secs_f64(),
+        paths,
+        survived: r.survived,
+        bytes_sent: r.bytes_sent,
+        bytes_verified: r.bytes_verified,
+        bytes_corrupt: r.bytes_corrupt,
+        transport: r.transport.clone(),
+        metrics: m,
+        events,
+        error: r.error.clone(),
+        series_total_mbps: mbps(&r.buckets),
+        series_path_mbps: r.path_buckets.iter().map(|b| mbps(b)).collect(),
+    }
+}
