@@ -78,7 +78,13 @@ pub fn create(name: &str) -> Result<()> {
         let src = std::ffi::CString::new("/proc/thread-self/ns/net").unwrap();
         let dst = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).unwrap();
         let rc = unsafe {
-            libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null())
+            libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
         };
         if rc < 0 {
             return Err(Error::io(Op::Netns, std::io::Error::last_os_error()));
@@ -115,6 +121,10 @@ pub fn exists(name: &str) -> bool {
 /// Names of all named namespaces.
 pub fn list() -> Vec<String> {
     std::fs::read_dir("/run/netns")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }

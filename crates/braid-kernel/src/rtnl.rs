@@ -171,7 +171,12 @@ pub fn set_link_up(index: u32, up: bool) -> Result<()> {
     if up {
         msg.header.flags = LinkFlags::Up;
     }
-    open()?.request::<_, RouteNetlinkMessage>(RouteNetlinkMessage::SetLink(msg), Kind::Do, 0, Op::Rtnetlink)?;
+    open()?.request::<_, RouteNetlinkMessage>(
+        RouteNetlinkMessage::SetLink(msg),
+        Kind::Do,
+        0,
+        Op::Rtnetlink,
+    )?;
     Ok(())
 }
 
@@ -200,13 +205,24 @@ pub fn add_address(index: u32, addr: IpAddr, prefix_len: u8) -> Result<()> {
 
 pub fn del_address(index: u32, addr: IpAddr, prefix_len: u8) -> Result<()> {
     let msg = address_message(index, addr, prefix_len);
-    open()?.request::<_, RouteNetlinkMessage>(RouteNetlinkMessage::DelAddress(msg), Kind::Do, 0, Op::Rtnetlink)?;
+    open()?.request::<_, RouteNetlinkMessage>(
+        RouteNetlinkMessage::DelAddress(msg),
+        Kind::Do,
+        0,
+        Op::Rtnetlink,
+    )?;
     Ok(())
 }
 
 /// Add or replace a route to `dst/prefix_len` out of `oif` in `table`
 /// (254 = main), with an optional preferred source address.
-pub fn replace_route(table: u32, dst: IpAddr, prefix_len: u8, oif: u32, src: Option<IpAddr>) -> Result<()> {
+pub fn replace_route(
+    table: u32,
+    dst: IpAddr,
+    prefix_len: u8,
+    oif: u32,
+    src: Option<IpAddr>,
+) -> Result<()> {
     let mut msg = RouteMessage::default();
     msg.header.address_family = family_of(&dst);
     msg.header.destination_prefix_length = prefix_len;
@@ -215,12 +231,14 @@ pub fn replace_route(table: u32, dst: IpAddr, prefix_len: u8, oif: u32, src: Opt
     msg.header.scope = RouteScope::Link;
     msg.header.kind = RouteType::Unicast;
     if prefix_len > 0 {
-        msg.attributes.push(RouteAttribute::Destination(route_addr(dst)));
+        msg.attributes
+            .push(RouteAttribute::Destination(route_addr(dst)));
     }
     msg.attributes.push(RouteAttribute::Oif(oif));
     msg.attributes.push(RouteAttribute::Table(table));
     if let Some(s) = src {
-        msg.attributes.push(RouteAttribute::PrefSource(route_addr(s)));
+        msg.attributes
+            .push(RouteAttribute::PrefSource(route_addr(s)));
     }
     open()?.request::<_, RouteNetlinkMessage>(
         RouteNetlinkMessage::NewRoute(msg),

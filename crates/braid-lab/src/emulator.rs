@@ -21,7 +21,10 @@ use crate::tun;
 use crate::LabError;
 
 pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -105,7 +108,13 @@ fn pump(input: Arc<OwnedFd>, output: Arc<OwnedFd>, dir: Arc<Direction>, stop: Ar
         while queue.peek().is_some_and(|Reverse((t, _, _))| *t <= now) {
             let Reverse((_, _, pkt)) = queue.pop().unwrap();
             // SAFETY: writing a buffer we own to an open descriptor.
-            let n = unsafe { libc::write(output.as_raw_fd(), pkt.as_ptr() as *const libc::c_void, pkt.len()) };
+            let n = unsafe {
+                libc::write(
+                    output.as_raw_fd(),
+                    pkt.as_ptr() as *const libc::c_void,
+                    pkt.len(),
+                )
+            };
             if n > 0 {
                 dir.stats.packets_out.fetch_add(1, Ordering::Relaxed);
                 dir.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
@@ -123,7 +132,11 @@ fn pump(input: Arc<OwnedFd>, output: Arc<OwnedFd>, dir: Arc<Direction>, stop: Ar
             tv_sec: (wait_ns / 1_000_000_000) as libc::time_t,
             tv_nsec: (wait_ns % 1_000_000_000) as libc::c_long,
         };
-        let mut pfd = libc::pollfd { fd: in_fd, events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: in_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
         let rc = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
         if rc <= 0 || pfd.revents & libc::POLLIN == 0 {
@@ -162,9 +175,18 @@ fn counters(d: &Direction) -> DirCounters {
 }
 
 fn handle(req: Request, paths: &[PathState], stop: &AtomicBool) -> Reply {
-    let ok = Reply { ok: true, error: None, stats: Vec::new() };
+    let ok = Reply {
+        ok: true,
+        error: None,
+        stats: Vec::new(),
+    };
     let path = |k: usize| {
-        paths.get(k).ok_or_else(|| format!("no path {k}: this lab has paths 0 to {}", paths.len().saturating_sub(1)))
+        paths.get(k).ok_or_else(|| {
+            format!(
+                "no path {k}: this lab has paths 0 to {}",
+                paths.len().saturating_sub(1)
+            )
+        })
     };
     let result: Result<Reply, String> = match req {
         Request::Ping => Ok(ok),
@@ -193,10 +215,17 @@ fn handle(req: Request, paths: &[PathState], stop: &AtomicBool) -> Reply {
         Request::Stats => Ok(Reply {
             ok: true,
             error: None,
-            stats: paths.iter().map(|p| [counters(&p.dirs[0]), counters(&p.dirs[1])]).collect(),
+            stats: paths
+                .iter()
+                .map(|p| [counters(&p.dirs[0]), counters(&p.dirs[1])])
+                .collect(),
         }),
     };
-    result.unwrap_or_else(|e| Reply { ok: false, error: Some(e), stats: Vec::new() })
+    result.unwrap_or_else(|e| Reply {
+        ok: false,
+        error: Some(e),
+        stats: Vec::new(),
+    })
 }
 
 /// Run the emulator until a `stop` request (or the process is killed: the
@@ -216,9 +245,12 @@ pub fn run(cfg: EmulatorConfig) -> Result<(), LabError> {
                 stats: DirStats::default(),
             })
         });
-        for (d, (input, output)) in [(client_fd.clone(), server_fd.clone()), (server_fd.clone(), client_fd.clone())]
-            .into_iter()
-            .enumerate()
+        for (d, (input, output)) in [
+            (client_fd.clone(), server_fd.clone()),
+            (server_fd.clone(), client_fd.clone()),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let (dir, stop) = (dirs[d].clone(), stop.clone());
             threads.push(
@@ -228,11 +260,20 @@ pub fn run(cfg: EmulatorConfig) -> Result<(), LabError> {
                     .map_err(|e| LabError::Io(format!("spawning emulator thread: {e}")))?,
             );
         }
-        paths.push(PathState { client_fd, server_fd, dirs, carrier: AtomicBool::new(true) });
+        paths.push(PathState {
+            client_fd,
+            server_fd,
+            dirs,
+            carrier: AtomicBool::new(true),
+        });
     }
     let _ = std::fs::remove_file(&cfg.control);
-    let listener = UnixListener::bind(&cfg.control)
-        .map_err(|e| LabError::Io(format!("binding control socket {}: {e}", cfg.control.display())))?;
+    let listener = UnixListener::bind(&cfg.control).map_err(|e| {
+        LabError::Io(format!(
+            "binding control socket {}: {e}",
+            cfg.control.display()
+        ))
+    })?;
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
         let mut line = String::new();
@@ -241,7 +282,11 @@ pub fn run(cfg: EmulatorConfig) -> Result<(), LabError> {
         }
         let reply = match serde_json::from_str::<Request>(&line) {
             Ok(req) => handle(req, &paths, &stop),
-            Err(e) => Reply { ok: false, error: Some(format!("bad request: {e}")), stats: Vec::new() },
+            Err(e) => Reply {
+                ok: false,
+                error: Some(format!("bad request: {e}")),
+                stats: Vec::new(),
+            },
         };
         let _ = writeln!(conn, "{}", serde_json::to_string(&reply).unwrap());
         if stop.load(Ordering::Relaxed) {
@@ -263,14 +308,20 @@ pub fn request(control: &std::path::Path, req: &Request) -> Result<Reply, LabErr
             control.display()
         ))
     })?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok();
-    writeln!(s, "{}", serde_json::to_string(req).unwrap()).map_err(|e| LabError::Io(e.to_string()))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok();
+    writeln!(s, "{}", serde_json::to_string(req).unwrap())
+        .map_err(|e| LabError::Io(e.to_string()))?;
     let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line).map_err(|e| LabError::Io(e.to_string()))?;
+    BufReader::new(&s)
+        .read_line(&mut line)
+        .map_err(|e| LabError::Io(e.to_string()))?;
     let reply: Reply = serde_json::from_str(&line)
         .map_err(|e| LabError::Io(format!("malformed reply from the emulator: {e}")))?;
     if !reply.ok {
-        return Err(LabError::Invalid(reply.error.unwrap_or_else(|| "the emulator refused".into())));
+        return Err(LabError::Invalid(
+            reply.error.unwrap_or_else(|| "the emulator refused".into()),
+        ));
     }
     Ok(reply)
 }

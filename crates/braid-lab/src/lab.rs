@@ -75,7 +75,9 @@ pub fn state_dir(name: &str) -> PathBuf {
 pub fn validate_name(name: &str) -> Result<(), LabError> {
     let ok = !name.is_empty()
         && name.len() <= 12
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.starts_with('-');
     if ok {
         Ok(())
@@ -126,10 +128,19 @@ fn apply_rate(ns: &str, dev: &str, rate_bps: Option<u64>) -> Result<(), LabError
             let burst = (bps / 8 / 200).max(3200);
             Command::new("tc")
                 .args(["-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf"])
-                .args(["rate", &format!("{bps}bit"), "burst", &burst.to_string(), "latency", "50ms"])
+                .args([
+                    "rate",
+                    &format!("{bps}bit"),
+                    "burst",
+                    &burst.to_string(),
+                    "latency",
+                    "50ms",
+                ])
                 .output()
         }
-        None => Command::new("tc").args(["-n", ns, "qdisc", "del", "dev", dev, "root"]).output(),
+        None => Command::new("tc")
+            .args(["-n", ns, "qdisc", "del", "dev", dev, "root"])
+            .output(),
     }
     .map_err(|e| LabError::Io(format!("running tc (install iproute2): {e}")))?;
     if rate_bps.is_some() && !out.status.success() {
@@ -146,7 +157,9 @@ impl Lab {
     pub fn up(cfg: LabConfig) -> Result<Lab, LabError> {
         validate_name(&cfg.name)?;
         if cfg.paths.is_empty() || cfg.paths.len() > MAX_PATHS {
-            return Err(LabError::Invalid(format!("a lab has 1 to {MAX_PATHS} paths")));
+            return Err(LabError::Invalid(format!(
+                "a lab has 1 to {MAX_PATHS} paths"
+            )));
         }
         let dir = state_dir(&cfg.name);
         let client_ns = format!("{}-c", cfg.name);
@@ -157,7 +170,8 @@ impl Lab {
                 cfg.name, cfg.name
             )));
         }
-        std::fs::create_dir_all(&dir).map_err(|e| LabError::Io(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| LabError::Io(format!("creating {}: {e}", dir.display())))?;
         let paths: Vec<PathInfo> = cfg
             .paths
             .iter()
@@ -224,9 +238,12 @@ impl Lab {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| LabError::Io(format!("starting the link emulator {}: {e}", cfg.emulator_exe.display())))?;
+        let mut child = cmd.spawn().map_err(|e| {
+            LabError::Io(format!(
+                "starting the link emulator {}: {e}",
+                cfg.emulator_exe.display()
+            ))
+        })?;
         st.emulator_pid = child.id();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -235,10 +252,15 @@ impl Lab {
             }
             if let Ok(Some(status)) = child.try_wait() {
                 let log = std::fs::read_to_string(dir.join("emulator.log")).unwrap_or_default();
-                return Err(LabError::Io(format!("the link emulator exited ({status}): {}", log.trim())));
+                return Err(LabError::Io(format!(
+                    "the link emulator exited ({status}): {}",
+                    log.trim()
+                )));
             }
             if Instant::now() > deadline {
-                return Err(LabError::Io("the link emulator did not start within 10 s".into()));
+                return Err(LabError::Io(
+                    "the link emulator did not start within 10 s".into(),
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -265,7 +287,13 @@ impl Lab {
                 rtnl::add_source_rule(p.client_addr, table, 1000 + k as u32)?;
             }
             // The first path is the default route: the primary.
-            rtnl::replace_route(254, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, ifindex(&paths[0].dev)?, None)?;
+            rtnl::replace_route(
+                254,
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                0,
+                ifindex(&paths[0].dev)?,
+                None,
+            )?;
             Ok(())
         })?;
         let paths = st.paths.clone();
@@ -301,16 +329,25 @@ impl Lab {
         validate_name(name)?;
         let f = state_dir(name).join("state.json");
         let bytes = std::fs::read(&f).map_err(|_| {
-            LabError::Invalid(format!("no lab named '{name}' is up (start one with 'braid lab up --name {name}')"))
+            LabError::Invalid(format!(
+                "no lab named '{name}' is up (start one with 'braid lab up --name {name}')"
+            ))
         })?;
-        let state: LabState = serde_json::from_slice(&bytes)
-            .map_err(|e| LabError::Io(format!("{} is damaged ({e}): run 'braid lab down --name {name}'", f.display())))?;
+        let state: LabState = serde_json::from_slice(&bytes).map_err(|e| {
+            LabError::Io(format!(
+                "{} is damaged ({e}): run 'braid lab down --name {name}'",
+                f.display()
+            ))
+        })?;
         Ok(Lab { state })
     }
 
     pub fn path(&self, k: usize) -> Result<&PathInfo, LabError> {
         self.state.paths.get(k).ok_or_else(|| {
-            LabError::Invalid(format!("no path {k}: this lab has paths 0 to {}", self.state.paths.len() - 1))
+            LabError::Invalid(format!(
+                "no path {k}: this lab has paths 0 to {}",
+                self.state.paths.len() - 1
+            ))
         })
     }
 
@@ -338,7 +375,10 @@ impl Lab {
     /// Undo cuts and go back to the path's initial setting and address.
     pub fn restore(&mut self, k: usize) -> Result<(), LabError> {
         self.path(k)?;
-        emulator::request(&self.state.control, &Request::Blackhole { path: k, on: false })?;
+        emulator::request(
+            &self.state.control,
+            &Request::Blackhole { path: k, on: false },
+        )?;
         emulator::request(&self.state.control, &Request::Carrier { path: k, up: true })?;
         let initial = self.state.paths[k].initial;
         self.set(k, initial)?;
@@ -350,7 +390,9 @@ impl Lab {
 
     pub fn client_addr_present(&self, k: usize) -> Result<bool, LabError> {
         let addr = self.path(k)?.client_addr;
-        in_ns(&self.state.client_ns, move || Ok(rtnl::addresses()?.iter().any(|a| a.addr == addr)))
+        in_ns(&self.state.client_ns, move || {
+            Ok(rtnl::addresses()?.iter().any(|a| a.addr == addr))
+        })
     }
 
     /// Give the client its address on path k (and the path's routes back).
@@ -363,9 +405,21 @@ impl Lab {
                 Err(braid_kernel::Error::Kernel { errno, .. }) if errno == libc::EEXIST => {}
                 r => r?,
             }
-            rtnl::replace_route(CLIENT_TABLE_BASE + k as u32, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, idx, None)?;
+            rtnl::replace_route(
+                CLIENT_TABLE_BASE + k as u32,
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                0,
+                idx,
+                None,
+            )?;
             if k == 0 {
-                rtnl::replace_route(254, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, ifindex(&first)?, None)?;
+                rtnl::replace_route(
+                    254,
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    0,
+                    ifindex(&first)?,
+                    None,
+                )?;
             }
             Ok(())
         })
@@ -376,7 +430,9 @@ impl Lab {
         in_ns(&self.state.client_ns, move || {
             let idx = ifindex(&p.dev)?;
             match rtnl::del_address(idx, p.client_addr, p.prefix_len) {
-                Err(braid_kernel::Error::Kernel { errno, .. }) if errno == libc::EADDRNOTAVAIL => Ok(()),
+                Err(braid_kernel::Error::Kernel { errno, .. }) if errno == libc::EADDRNOTAVAIL => {
+                    Ok(())
+                }
                 r => Ok(r?),
             }
         })
@@ -393,7 +449,9 @@ impl Lab {
 }
 
 fn pid_is_our_emulator(pid: u32, name: &str) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
     let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
     text.contains("lab emulate") && text.contains(&format!("/{name}/"))
 }
@@ -413,7 +471,8 @@ pub fn teardown(name: &str, state: Option<&LabState>) -> Result<(), LabError> {
     let client_ns = format!("{name}-c");
     let server_ns = format!("{name}-s");
     let dir = state_dir(name);
-    if state.is_none() && !dir.exists() && !netns::exists(&client_ns) && !netns::exists(&server_ns) {
+    if state.is_none() && !dir.exists() && !netns::exists(&client_ns) && !netns::exists(&server_ns)
+    {
         return Err(LabError::Invalid(format!("no lab named '{name}' is up")));
     }
     if let Some(s) = state {
@@ -448,6 +507,10 @@ pub fn teardown(name: &str, state: Option<&LabState>) -> Result<(), LabError> {
 /// Names of labs that are up (from their state directories).
 pub fn list() -> Vec<String> {
     std::fs::read_dir(STATE_ROOT)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }

@@ -1,6 +1,7 @@
 //! Braid's multipath lab: namespaces joined by emulated paths, traffic and
 //! probes over MPTCP, scenarios, reports and plots.
 
+pub mod bench;
 pub mod emulator;
 pub mod guard;
 pub mod lab;

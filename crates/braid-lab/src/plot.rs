@@ -8,10 +8,14 @@ const LEFT: f64 = 60.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 50.0;
-const COLORS: [&str; 8] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
+const COLORS: [&str; 8] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+];
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn nice_max(v: f64) -> f64 {
@@ -61,7 +65,13 @@ fn panel(r: &Report, y0: f64) -> String {
             "<line x1=\"{LEFT}\" x2=\"{x2}\" y1=\"{yy}\" y2=\"{yy}\" stroke=\"#ddd\"/><text x=\"{tx}\" y=\"{ty}\" text-anchor=\"end\">{v:.0}</text>\n"
         ));
     }
-    let step = if t_max > 20.0 { 5.0 } else if t_max > 8.0 { 2.0 } else { 1.0 };
+    let step = if t_max > 20.0 {
+        5.0
+    } else if t_max > 8.0 {
+        2.0
+    } else {
+        1.0
+    };
     let mut t = 0.0;
     while t <= t_max + 1e-9 {
         s.push_str(&format!(
@@ -83,8 +93,11 @@ fn panel(r: &Report, y0: f64) -> String {
         y0 + TOP
     ));
     let line = |series: &[f64], color: &str, width: f64, dash: &str| {
-        let pts: Vec<String> =
-            series.iter().enumerate().map(|(i, v)| format!("{:.1},{:.1}", x((i as f64 + 0.5) * 0.1), y(*v))).collect();
+        let pts: Vec<String> = series
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("{:.1},{:.1}", x((i as f64 + 0.5) * 0.1), y(*v)))
+            .collect();
         format!(
             "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"{width}\" stroke-dasharray=\"{dash}\" points=\"{}\"/>\n",
             pts.join(" ")

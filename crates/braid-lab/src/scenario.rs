@@ -46,12 +46,15 @@ impl Scenario {
     }
 
     pub fn parse(s: &str) -> Result<Scenario, LabError> {
-        Scenario::ALL.into_iter().find(|x| x.name() == s).ok_or_else(|| {
-            LabError::Invalid(format!(
-                "unknown scenario '{s}': choose one of {}",
-                Scenario::ALL.map(|x| x.name()).join(", ")
-            ))
-        })
+        Scenario::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| {
+                LabError::Invalid(format!(
+                    "unknown scenario '{s}': choose one of {}",
+                    Scenario::ALL.map(|x| x.name()).join(", ")
+                ))
+            })
     }
 }
 
@@ -118,7 +121,10 @@ const BULK_PORT: u16 = 5201;
 const PROBE_PORT: u16 = 5202;
 
 fn mbps(bytes_per_bucket: &[u64]) -> Vec<f64> {
-    bytes_per_bucket.iter().map(|b| *b as f64 * 8.0 / 0.1 / 1e6).collect()
+    bytes_per_bucket
+        .iter()
+        .map(|b| *b as f64 * 8.0 / 0.1 / 1e6)
+        .collect()
 }
 
 fn sleep_until(bulk_t0: u64, t_ms: f64) {
@@ -141,7 +147,11 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
     if cfg.scenario == Scenario::LossyPrimary {
         paths[0].loss = 0.10;
     }
-    let absent = if cfg.scenario == Scenario::LateInterface { vec![1] } else { Vec::new() };
+    let absent = if cfg.scenario == Scenario::LateInterface {
+        vec![1]
+    } else {
+        Vec::new()
+    };
     let mut guard = LabGuard::up(LabConfig {
         name: cfg.lab_name.clone(),
         paths: paths.clone(),
@@ -161,7 +171,13 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
     let mut events = Vec::new();
 
     if cfg.scenario == Scenario::LossyPrimary {
-        let probe = Probe::start(&ep, PROBE_PORT, Duration::from_millis(20), cfg.duration, 200.0)?;
+        let probe = Probe::start(
+            &ep,
+            PROBE_PORT,
+            Duration::from_millis(20),
+            cfg.duration,
+            200.0,
+        )?;
         let p = probe.finish()?;
         let survived = p.lost == 0 || p.replies > 0;
         return Ok(Report {
@@ -174,7 +190,10 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
             bytes_verified: (p.replies - p.corrupt) * 1024,
             bytes_corrupt: p.corrupt * 1024,
             transport: "mptcp".into(),
-            metrics: Metrics { probe: Some(p), ..Default::default() },
+            metrics: Metrics {
+                probe: Some(p),
+                ..Default::default()
+            },
             events,
             error: None,
             series_total_mbps: Vec::new(),
@@ -193,30 +212,56 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
         Scenario::FailoverCarrier | Scenario::FailoverBlackhole => {
             let t = d_ms * 0.4;
             sleep_until(t0, t);
-            let how = if cfg.scenario == Scenario::FailoverCarrier { Cut::Carrier } else { Cut::Blackhole };
+            let how = if cfg.scenario == Scenario::FailoverCarrier {
+                Cut::Carrier
+            } else {
+                Cut::Blackhole
+            };
             lab.cut(0, how)?;
-            events.push(TimedEvent { t_ms: bulk.elapsed_ms(), what: format!("path 0 {}", if how == Cut::Carrier { "loses carrier" } else { "blackholed" }) });
+            events.push(TimedEvent {
+                t_ms: bulk.elapsed_ms(),
+                what: format!(
+                    "path 0 {}",
+                    if how == Cut::Carrier {
+                        "loses carrier"
+                    } else {
+                        "blackholed"
+                    }
+                ),
+            });
             fail_at = Some(events.last().unwrap().t_ms);
         }
         Scenario::LateInterface => {
             sleep_until(t0, d_ms * 0.3);
             lab.add_client_addr(1)?;
-            events.push(TimedEvent { t_ms: bulk.elapsed_ms(), what: "path 1 gets its address".into() });
+            events.push(TimedEvent {
+                t_ms: bulk.elapsed_ms(),
+                what: "path 1 gets its address".into(),
+            });
             addr_at = Some(events.last().unwrap().t_ms);
             sleep_until(t0, d_ms * 0.6);
             lab.cut(0, Cut::Carrier)?;
-            events.push(TimedEvent { t_ms: bulk.elapsed_ms(), what: "path 0 loses carrier".into() });
+            events.push(TimedEvent {
+                t_ms: bulk.elapsed_ms(),
+                what: "path 0 loses carrier".into(),
+            });
             fail_at = Some(events.last().unwrap().t_ms);
         }
         Scenario::Flap => {
             sleep_until(t0, d_ms * 0.3);
             lab.remove_client_addr(0)?;
             lab.cut(0, Cut::Carrier)?;
-            events.push(TimedEvent { t_ms: bulk.elapsed_ms(), what: "path 0 goes away (address and carrier)".into() });
+            events.push(TimedEvent {
+                t_ms: bulk.elapsed_ms(),
+                what: "path 0 goes away (address and carrier)".into(),
+            });
             fail_at = Some(events.last().unwrap().t_ms);
             sleep_until(t0, d_ms * 0.6);
             lab.restore(0)?;
-            events.push(TimedEvent { t_ms: bulk.elapsed_ms(), what: "path 0 comes back".into() });
+            events.push(TimedEvent {
+                t_ms: bulk.elapsed_ms(),
+                what: "path 0 comes back".into(),
+            });
             restore_at = Some(events.last().unwrap().t_ms);
         }
     }
@@ -236,7 +281,10 @@ fn report(
     restore_at: Option<f64>,
 ) -> Report {
     let d_ms = cfg.duration.as_secs_f64() * 1000.0;
-    let mut m = Metrics { longest_stall_ms: Some(r.longest_stall_ms), ..Default::default() };
+    let mut m = Metrics {
+        longest_stall_ms: Some(r.longest_stall_ms),
+        ..Default::default()
+    };
     // Leave out the first second (slow start) from rates.
     let window = match fail_at {
         Some(t) => (t + 1000.0, d_ms),
@@ -244,7 +292,9 @@ fn report(
     };
     let goodput = r.goodput_bps(window.0, window.1);
     m.goodput_mbps = Some(goodput / 1e6);
-    m.per_path_mbps = (0..paths.len()).map(|k| r.path_goodput_bps(k, window.0, window.1) / 1e6).collect();
+    m.per_path_mbps = (0..paths.len())
+        .map(|k| r.path_goodput_bps(k, window.0, window.1) / 1e6)
+        .collect();
     if cfg.scenario == Scenario::Aggregate {
         let sum: u64 = paths.iter().map(|p| p.rate_bps.unwrap_or(0)).sum();
         if sum > 0 {

@@ -71,7 +71,12 @@ mod tests {
     use super::*;
 
     fn spec(delay_us: u64, jitter_us: u64, loss: f64) -> PathSpec {
-        PathSpec { delay_us, jitter_us, loss, ..Default::default() }
+        PathSpec {
+            delay_us,
+            jitter_us,
+            loss,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -83,7 +88,9 @@ mod tests {
     #[test]
     fn loss_rate_is_close_to_setting() {
         let mut s = Shaper::new(spec(0, 0, 0.05), 42);
-        let drops = (0..100_000).filter(|i| s.on_packet(*i, 100) == Verdict::Drop).count();
+        let drops = (0..100_000)
+            .filter(|i| s.on_packet(*i, 100) == Verdict::Drop)
+            .count();
         assert!((4_500..5_500).contains(&drops), "{drops}");
     }
 
@@ -92,7 +99,9 @@ mod tests {
         let mut s = Shaper::new(spec(10_000, 5_000, 0.0), 7);
         let mut last = 0;
         for i in 0..10_000u64 {
-            let Verdict::ReleaseAt(t) = s.on_packet(i * 100_000, 100) else { panic!() };
+            let Verdict::ReleaseAt(t) = s.on_packet(i * 100_000, 100) else {
+                panic!()
+            };
             assert!(t >= last);
             assert!(t >= i * 100_000 + 5_000_000 && t <= i * 100_000 + 15_000_000 || t == last);
             last = t;
@@ -101,7 +110,13 @@ mod tests {
 
     #[test]
     fn jitter_with_reordering_can_overtake() {
-        let mut s = Shaper::new(PathSpec { reorder: true, ..spec(10_000, 5_000, 0.0) }, 7);
+        let mut s = Shaper::new(
+            PathSpec {
+                reorder: true,
+                ..spec(10_000, 5_000, 0.0)
+            },
+            7,
+        );
         let times: Vec<u64> = (0..1000u64)
             .map(|i| match s.on_packet(i * 10_000, 100) {
                 Verdict::ReleaseAt(t) => t,

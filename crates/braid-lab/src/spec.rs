@@ -23,11 +23,15 @@ pub struct PathSpec {
 /// Parse a rate: `40mbit`, `1.5gbit`, `500kbit`, `100000bit`, `10mbps` (bytes).
 pub fn parse_rate(s: &str) -> Result<u64, LabError> {
     let t = s.trim().to_ascii_lowercase();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| LabError::Invalid(format!("invalid rate '{s}': expected a number with a unit, e.g. 40mbit")))?;
+    let v: f64 = num.parse().map_err(|_| {
+        LabError::Invalid(format!(
+            "invalid rate '{s}': expected a number with a unit, e.g. 40mbit"
+        ))
+    })?;
     let mult = match unit {
         "" | "bit" => 1.0,
         "kbit" => 1e3,
@@ -45,7 +49,9 @@ pub fn parse_rate(s: &str) -> Result<u64, LabError> {
     };
     let bps = v * mult;
     if !(1000.0..=100e9).contains(&bps) {
-        return Err(LabError::Invalid(format!("rate '{s}' is out of range: from 1kbit to 100gbit")));
+        return Err(LabError::Invalid(format!(
+            "rate '{s}' is out of range: from 1kbit to 100gbit"
+        )));
     }
     Ok(bps as u64)
 }
@@ -56,20 +62,30 @@ pub fn parse_duration_us(s: &str) -> Result<u64, LabError> {
     if t == "0" {
         return Ok(0);
     }
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| LabError::Invalid(format!("invalid duration '{s}': expected e.g. 10ms, 1s, 250us")))?;
+    let v: f64 = num.parse().map_err(|_| {
+        LabError::Invalid(format!(
+            "invalid duration '{s}': expected e.g. 10ms, 1s, 250us"
+        ))
+    })?;
     let mult = match unit {
         "us" => 1.0,
         "ms" => 1e3,
         "s" => 1e6,
-        _ => return Err(LabError::Invalid(format!("invalid duration unit in '{s}': use us, ms or s"))),
+        _ => {
+            return Err(LabError::Invalid(format!(
+                "invalid duration unit in '{s}': use us, ms or s"
+            )))
+        }
     };
     let us = v * mult;
     if us > 60e6 {
-        return Err(LabError::Invalid(format!("duration '{s}' is too long: at most 60s")));
+        return Err(LabError::Invalid(format!(
+            "duration '{s}' is too long: at most 60s"
+        )));
     }
     Ok(us as u64)
 }
@@ -82,9 +98,15 @@ pub fn parse_loss(s: &str) -> Result<f64, LabError> {
     } else {
         t.parse::<f64>()
     }
-    .map_err(|_| LabError::Invalid(format!("invalid loss '{s}': expected a percentage such as 1% or 0.5%")))?;
+    .map_err(|_| {
+        LabError::Invalid(format!(
+            "invalid loss '{s}': expected a percentage such as 1% or 0.5%"
+        ))
+    })?;
     if !(0.0..=1.0).contains(&v) {
-        return Err(LabError::Invalid(format!("loss '{s}' is out of range: 0% to 100%")));
+        return Err(LabError::Invalid(format!(
+            "loss '{s}' is out of range: 0% to 100%"
+        )));
     }
     Ok(v)
 }

@@ -74,7 +74,10 @@ pub struct BulkResult {
 impl BulkResult {
     /// Mean goodput in bit/s over `from_ms..to_ms`.
     pub fn goodput_bps(&self, from_ms: f64, to_ms: f64) -> f64 {
-        let (a, b) = ((from_ms / 100.0) as usize, ((to_ms / 100.0) as usize).min(self.buckets.len()));
+        let (a, b) = (
+            (from_ms / 100.0) as usize,
+            ((to_ms / 100.0) as usize).min(self.buckets.len()),
+        );
         if b <= a {
             return 0.0;
         }
@@ -82,8 +85,13 @@ impl BulkResult {
     }
 
     pub fn path_goodput_bps(&self, k: usize, from_ms: f64, to_ms: f64) -> f64 {
-        let Some(series) = self.path_buckets.get(k) else { return 0.0 };
-        let (a, b) = ((from_ms / 100.0) as usize, ((to_ms / 100.0) as usize).min(series.len()));
+        let Some(series) = self.path_buckets.get(k) else {
+            return 0.0;
+        };
+        let (a, b) = (
+            (from_ms / 100.0) as usize,
+            ((to_ms / 100.0) as usize).min(series.len()),
+        );
         if b <= a {
             return 0.0;
         }
@@ -127,7 +135,10 @@ impl BulkResult {
 
     /// Time from `t_ms` until data arrives again.
     pub fn time_to_data_after(&self, t_ms: f64) -> Option<f64> {
-        self.read_times_ms.iter().find(|r| **r >= t_ms).map(|r| r - t_ms)
+        self.read_times_ms
+            .iter()
+            .find(|r| **r >= t_ms)
+            .map(|r| r - t_ms)
     }
 
     pub fn total_ms(&self) -> f64 {
@@ -192,7 +203,11 @@ impl Bulk {
                 fill_pattern(&mut buf, sent);
                 match s.write(&buf) {
                     Ok(n) => sent += n as u64,
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
                     Err(e) => return (sent, Some(format!("send: {e}"))),
                 }
             }
@@ -238,7 +253,9 @@ impl Bulk {
                 transport: format!("{transport:?}").to_lowercase(),
                 error: None,
             };
-            if transport == socket::Transport::Mptcp && !socket::is_mptcp_active(&s).unwrap_or(false) {
+            if transport == socket::Transport::Mptcp
+                && !socket::is_mptcp_active(&s).unwrap_or(false)
+            {
                 side.transport = "tcp (fell back)".into();
             }
             let mut buf = vec![0u8; 256 * 1024];
@@ -258,7 +275,11 @@ impl Bulk {
                         side.received += n as u64;
                         side.reads.push((mono_ns() - t0, n as u64));
                     }
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
                     Err(e) => {
                         side.error = Some(format!("receive: {e}"));
                         break;
@@ -270,12 +291,22 @@ impl Bulk {
         let t0 = match conn_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(t0)) => t0,
             Ok(Err(e)) => return Err(LabError::Io(e)),
-            Err(_) => return Err(LabError::Io("the traffic client did not connect within 10 s".into())),
+            Err(_) => {
+                return Err(LabError::Io(
+                    "the traffic client did not connect within 10 s".into(),
+                ))
+            }
         };
         let addrs = ep.path_client_addrs.clone();
         let stop2 = stop.clone();
         let sampler = in_thread(&ep.client_ns, move || sample_paths(&addrs, t0, &stop2));
-        Ok(Bulk { t0, server, client, sampler, stop })
+        Ok(Bulk {
+            t0,
+            server,
+            client,
+            sampler,
+            stop,
+        })
     }
 
     /// Milliseconds since the transfer started.
@@ -289,13 +320,24 @@ impl Bulk {
 
     /// Wait for the end and collect the measurements.
     pub fn finish(self) -> Result<BulkResult, LabError> {
-        let client = self.client.join().map_err(|_| LabError::Io("traffic client panicked".into()))??;
+        let client = self
+            .client
+            .join()
+            .map_err(|_| LabError::Io("traffic client panicked".into()))??;
         self.stop.store(true, Ordering::Relaxed);
-        let (sent, server_err) = self.server.join().map_err(|_| LabError::Io("traffic server panicked".into()))??;
-        let path_samples = self.sampler.join().map_err(|_| LabError::Io("sampler panicked".into()))??;
+        let (sent, server_err) = self
+            .server
+            .join()
+            .map_err(|_| LabError::Io("traffic server panicked".into()))??;
+        let path_samples = self
+            .sampler
+            .join()
+            .map_err(|_| LabError::Io("sampler panicked".into()))??;
         let per_bucket = (BUCKET_NS / SAMPLE_NS) as usize;
-        let path_buckets: Vec<Vec<u64>> =
-            path_samples.iter().map(|s| s.chunks(per_bucket).map(|c| c.iter().sum()).collect()).collect();
+        let path_buckets: Vec<Vec<u64>> = path_samples
+            .iter()
+            .map(|s| s.chunks(per_bucket).map(|c| c.iter().sum()).collect())
+            .collect();
         let end_ns = client.reads.last().map(|r| r.0).unwrap_or(0);
         let n_buckets = (end_ns / BUCKET_NS + 1) as usize;
         let mut buckets = vec![0u64; n_buckets];
@@ -313,7 +355,10 @@ impl Bulk {
         if !survived {
             // Data stopped for good: the stall runs to the end of the run.
             let last = client.reads.last().map(|r| r.0 as f64 / 1e6).unwrap_or(0.0);
-            let planned_end = path_buckets.first().map(|b| b.len() as f64 * 100.0).unwrap_or(last);
+            let planned_end = path_buckets
+                .first()
+                .map(|b| b.len() as f64 * 100.0)
+                .unwrap_or(last);
             if planned_end - last > longest.0 {
                 longest = (planned_end - last, last);
             }
@@ -351,8 +396,12 @@ fn sample_paths(addrs: &[IpAddr], t0: u64, stop: &AtomicBool) -> Vec<Vec<u64>> {
         let mut per_path = vec![0u64; addrs.len()];
         if let Ok(sfs) = diag::subflows() {
             for sf in sfs {
-                let Some(k) = addrs.iter().position(|a| *a == sf.local.ip()) else { continue };
-                let Some(rx) = sf.tcp.as_ref().and_then(|t| t.bytes_received) else { continue };
+                let Some(k) = addrs.iter().position(|a| *a == sf.local.ip()) else {
+                    continue;
+                };
+                let Some(rx) = sf.tcp.as_ref().and_then(|t| t.bytes_received) else {
+                    continue;
+                };
                 let prev = last.insert((sf.local, sf.remote), rx).unwrap_or(0);
                 per_path[k] += rx.saturating_sub(prev);
             }
@@ -393,7 +442,10 @@ fn probe_message(seq: u64, ts: u64) -> Vec<u8> {
 
 fn probe_valid(m: &[u8]) -> bool {
     let seq = u64::from_be_bytes(m[..8].try_into().unwrap());
-    m[16..].iter().enumerate().all(|(j, b)| *b == pattern_byte(seq * PROBE_SIZE as u64 + j as u64))
+    m[16..]
+        .iter()
+        .enumerate()
+        .all(|(j, b)| *b == pattern_byte(seq * PROBE_SIZE as u64 + j as u64))
 }
 
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -412,7 +464,13 @@ pub struct Probe {
 }
 
 impl Probe {
-    pub fn start(ep: &Endpoints, port: u16, interval: Duration, duration: Duration, late_ms: f64) -> Result<Probe, LabError> {
+    pub fn start(
+        ep: &Endpoints,
+        port: u16,
+        interval: Duration,
+        duration: Duration,
+        late_ms: f64,
+    ) -> Result<Probe, LabError> {
         let listen = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
         let server = in_thread(&ep.server_ns, move || {
@@ -424,7 +482,9 @@ impl Probe {
                 }
             };
             let _ = ready_tx.send(Ok(()));
-            let Ok((mut s, _)) = listener.accept() else { return };
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
             let _ = s.set_nodelay(true);
             let mut m = vec![0u8; PROBE_SIZE];
             while s.read_exact(&mut m).is_ok() {
@@ -469,7 +529,11 @@ impl Probe {
                                 got.push((seq, (ts - t0) as f64 / 1e6, (now - ts) as f64 / 1e6));
                             }
                         }
-                        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) => {}
                         Err(_) => break,
                     }
                 }
@@ -488,7 +552,9 @@ impl Probe {
                 }
                 sent += 1;
             }
-            let (got, corrupt) = recv.join().map_err(|_| "probe receiver panicked".to_string())?;
+            let (got, corrupt) = recv
+                .join()
+                .map_err(|_| "probe receiver panicked".to_string())?;
             let _ = writer.shutdown(std::net::Shutdown::Both);
             let mut lat: Vec<f64> = got.iter().map(|g| g.2).collect();
             lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -510,7 +576,10 @@ impl Probe {
     }
 
     pub fn finish(self) -> Result<ProbeResult, LabError> {
-        let r = self.client.join().map_err(|_| LabError::Io("probe client panicked".into()))??;
+        let r = self
+            .client
+            .join()
+            .map_err(|_| LabError::Io("probe client panicked".into()))??;
         let _ = self.server.join();
         r.map_err(LabError::Io)
     }
@@ -536,10 +605,17 @@ mod tests {
         let v: Vec<f64> = (1..=100).map(|x| x as f64).collect();
         assert_eq!(percentile(&v, 50.0), 51.0);
         assert_eq!(percentile(&v, 99.0), 99.0);
-        let r = BulkResult { read_times_ms: vec![0.0, 10.0, 500.0, 510.0, 900.0], survived: true, ..Default::default() };
+        let r = BulkResult {
+            read_times_ms: vec![0.0, 10.0, 500.0, 510.0, 900.0],
+            survived: true,
+            ..Default::default()
+        };
         assert_eq!(r.stall_after(100.0, 1000.0, 1000.0), 400.0);
         assert_eq!(r.stall_after(505.0, 1000.0, 1000.0), 390.0);
-        let dead = BulkResult { read_times_ms: vec![0.0, 10.0], ..Default::default() };
+        let dead = BulkResult {
+            read_times_ms: vec![0.0, 10.0],
+            ..Default::default()
+        };
         assert_eq!(dead.stall_after(100.0, 1000.0, 5000.0), 4900.0);
         assert_eq!(r.time_to_data_after(100.0), Some(400.0));
     }

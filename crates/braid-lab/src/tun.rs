@@ -14,13 +14,19 @@ const IFF_NO_PI: libc::c_short = 0x1000;
 /// Create TUN device `name` (layer 3, no packet info header).
 pub fn open_tun(name: &str) -> Result<OwnedFd, LabError> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return Err(LabError::Invalid(format!("interface name '{name}' must be 1 to 15 bytes")));
+        return Err(LabError::Invalid(format!(
+            "interface name '{name}' must be 1 to 15 bytes"
+        )));
     }
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/net/tun")
-        .map_err(|e| LabError::Io(format!("opening /dev/net/tun (is the tun module available?): {e}")))?;
+        .map_err(|e| {
+            LabError::Io(format!(
+                "opening /dev/net/tun (is the tun module available?): {e}"
+            ))
+        })?;
     // SAFETY: ifreq is plain data; we fill the name and flags the ioctl reads.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (i, b) in name.bytes().enumerate() {
@@ -52,7 +58,10 @@ pub fn set_carrier(fd: &OwnedFd, on: bool) -> Result<(), LabError> {
     let mut v: libc::c_int = on as libc::c_int;
     // SAFETY: TUNSETCARRIER reads one int.
     if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETCARRIER, &mut v) } < 0 {
-        return Err(LabError::Io(format!("TUNSETCARRIER: {}", std::io::Error::last_os_error())));
+        return Err(LabError::Io(format!(
+            "TUNSETCARRIER: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     Ok(())
 }

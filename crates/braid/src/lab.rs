@@ -58,6 +58,8 @@ pub enum LabCmd {
     Compare(RunArgs),
     /// The newcomer's tour: aggregate, failover-carrier and late-interface, best path manager vs the kernel alone.
     Demo(DemoArgs),
+    /// Measure the link emulator: added delay, loss, throughput and CPU at a rate.
+    BenchEmulator(BenchArgs),
     /// (internal) run the link emulator of a lab.
     #[command(hide = true)]
     Emulate {
@@ -114,6 +116,18 @@ pub struct RunArgs {
 }
 
 #[derive(Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "100mbit")]
+    pub rate: String,
+    #[arg(long, default_value_t = 10_000)]
+    pub packets: u64,
+    #[arg(long, default_value = "10ms")]
+    pub delay: String,
+    #[arg(long, default_value = "1%")]
+    pub loss: String,
+}
+
+#[derive(Args)]
 pub struct DemoArgs {
     /// How long each scenario's traffic runs.
     #[arg(long, default_value = "6s")]
@@ -155,7 +169,10 @@ fn parse_rate_opt(s: &str) -> Result<Option<u64>, LabError> {
 
 pub fn path_specs(a: &UpArgs) -> Result<Vec<PathSpec>, LabError> {
     if !(1..=8).contains(&a.paths) {
-        return Err(LabError::Invalid(format!("--paths {} is out of range: 1 to 8", a.paths)));
+        return Err(LabError::Invalid(format!(
+            "--paths {} is out of range: 1 to 8",
+            a.paths
+        )));
     }
     let n = a.paths;
     let rates = spec::per_path(&a.rate, n, "rate")?;
@@ -176,13 +193,18 @@ pub fn path_specs(a: &UpArgs) -> Result<Vec<PathSpec>, LabError> {
 }
 
 pub fn parse_path(s: &str) -> Result<usize, LabError> {
-    s.trim_start_matches('p')
-        .parse()
-        .map_err(|_| LabError::Invalid(format!("invalid path '{s}': use its number, 0 for the primary")))
+    s.trim_start_matches('p').parse().map_err(|_| {
+        LabError::Invalid(format!(
+            "invalid path '{s}': use its number, 0 for the primary"
+        ))
+    })
 }
 
 pub fn describe(spec: &PathSpec) -> String {
-    let mut s = spec.rate_bps.map(spec::format_rate).unwrap_or_else(|| "unlimited".into());
+    let mut s = spec
+        .rate_bps
+        .map(spec::format_rate)
+        .unwrap_or_else(|| "unlimited".into());
     s.push_str(&format!(" delay {}ms", spec.delay_us as f64 / 1000.0));
     if spec.jitter_us > 0 {
         s.push_str(&format!(" jitter {}ms", spec.jitter_us as f64 / 1000.0));
@@ -214,7 +236,10 @@ fn run_lab(ctx: &Ctx, cmd: LabCmd) -> Result<(), LabError> {
         }
         LabCmd::Down { name } => lab::teardown(&name, None),
         LabCmd::List => {
-            let labs: Vec<Lab> = lab::list().iter().filter_map(|n| Lab::open(n).ok()).collect();
+            let labs: Vec<Lab> = lab::list()
+                .iter()
+                .filter_map(|n| Lab::open(n).ok())
+                .collect();
             if ctx.json {
                 print_json(&labs.iter().map(|l| &l.state).collect::<Vec<_>>());
             } else if labs.is_empty() {
@@ -244,29 +269,47 @@ fn run_lab(ctx: &Ctx, cmd: LabCmd) -> Result<(), LabError> {
             }
             lab.set(k, spec)
         }
-        LabCmd::Cut { path, name, carrier, blackhole } => {
+        LabCmd::Cut {
+            path,
+            name,
+            carrier,
+            blackhole,
+        } => {
             let k = parse_path(&path)?;
             let how = match (carrier, blackhole) {
                 (_, true) => Cut::Blackhole,
                 (true, false) => Cut::Carrier,
-                _ => return Err(LabError::Invalid("say how to cut: --carrier or --blackhole".into())),
+                _ => {
+                    return Err(LabError::Invalid(
+                        "say how to cut: --carrier or --blackhole".into(),
+                    ))
+                }
             };
             Lab::open(&name)?.cut(k, how)
         }
         LabCmd::Restore { path, name } => Lab::open(&name)?.restore(parse_path(&path)?),
-        LabCmd::Addr { path, name, remove, add } => {
+        LabCmd::Addr {
+            path,
+            name,
+            remove,
+            add,
+        } => {
             let k = parse_path(&path)?;
             let lab = Lab::open(&name)?;
             match (remove, add) {
                 (true, _) => lab.remove_client_addr(k),
                 (_, true) => lab.add_client_addr(k),
-                _ => Err(LabError::Invalid("say what to do: --remove or --add".into())),
+                _ => Err(LabError::Invalid(
+                    "say what to do: --remove or --add".into(),
+                )),
             }
         }
         LabCmd::Run(a) => {
             let pms = parse_pms(&a.pm)?;
             if pms.len() != 1 {
-                return Err(LabError::Invalid("'lab run' takes one --pm; use 'lab compare' for several".into()));
+                return Err(LabError::Invalid(
+                    "'lab run' takes one --pm; use 'lab compare' for several".into(),
+                ));
             }
             let reports = run_all(&a, &pms)?;
             output(ctx, &a, &reports)
@@ -277,11 +320,49 @@ fn run_lab(ctx: &Ctx, cmd: LabCmd) -> Result<(), LabError> {
             output(ctx, &a, &reports)
         }
         LabCmd::Demo(d) => demo(ctx, d),
+        LabCmd::BenchEmulator(b) => {
+            install_signal_teardown();
+            let r = braid_lab::bench::accuracy(
+                std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?,
+                &unique_lab_name(99),
+                spec::parse_rate(&b.rate)?,
+                b.packets,
+                spec::parse_duration_us(&b.delay)?,
+                spec::parse_loss(&b.loss)?,
+            )?;
+            if ctx.json {
+                print_json(&r);
+            } else {
+                println!(
+                    "rate {} ({} packets of {} bytes)",
+                    spec::format_rate(r.rate_bps),
+                    r.packets_sent,
+                    r.packet_bytes
+                );
+                println!("delay: set {:.3} ms, added {:.3} ms (error {:+.3} ms; base {:.3} ms, p99 {:.3} ms)", r.set_delay_ms, r.added_delay_ms, r.delay_error_ms, r.base_delay_ms, r.p99_delay_ms);
+                println!(
+                    "loss: set {:.2}%, measured {:.2}% ({:+.1}% relative)",
+                    r.set_loss * 100.0,
+                    r.measured_loss * 100.0,
+                    r.loss_error_relative * 100.0
+                );
+                println!(
+                    "received {:.1} Mbit/s; emulator CPU {:.0}% of one core",
+                    r.received_bps / 1e6,
+                    r.emulator_cpu * 100.0
+                );
+            }
+            Ok(())
+        }
         LabCmd::Emulate { config } => {
             let bytes = std::fs::read(&config)
                 .map_err(|e| LabError::Io(format!("reading {}: {e}", config.display())))?;
-            let cfg = serde_json::from_slice(&bytes)
-                .map_err(|e| LabError::Invalid(format!("{} is not an emulator config: {e}", config.display())))?;
+            let cfg = serde_json::from_slice(&bytes).map_err(|e| {
+                LabError::Invalid(format!(
+                    "{} is not an emulator config: {e}",
+                    config.display()
+                ))
+            })?;
             braid_lab::emulator::run(cfg)
         }
     }
@@ -293,7 +374,10 @@ fn print_lab(ctx: &Ctx, lab: &Lab) {
         print_json(s);
         return;
     }
-    println!("lab {}: client namespace {}, server namespace {}", s.name, s.client_ns, s.server_ns);
+    println!(
+        "lab {}: client namespace {}, server namespace {}",
+        s.name, s.client_ns, s.server_ns
+    );
     for (k, p) in s.paths.iter().enumerate() {
         println!(
             "  path {k} ({}): client {} <-> server {}  {}",
@@ -303,7 +387,10 @@ fn print_lab(ctx: &Ctx, lab: &Lab) {
             describe(&p.spec)
         );
     }
-    println!("  try: braid -n {} conns   |   braid lab down --name {}", s.client_ns, s.name);
+    println!(
+        "  try: braid -n {} conns   |   braid lab down --name {}",
+        s.client_ns, s.name
+    );
 }
 
 use braid_lab::pm::PmKind;
@@ -334,7 +421,12 @@ fn unique_lab_name(i: usize) -> String {
 fn run_config(a: &RunArgs, pm: PmKind, i: usize) -> Result<RunConfig, LabError> {
     let up = UpArgs {
         name: String::new(),
-        paths: a.rate.split(',').count().max(a.delay.split(',').count()).max(2),
+        paths: a
+            .rate
+            .split(',')
+            .count()
+            .max(a.delay.split(',').count())
+            .max(2),
         rate: a.rate.clone(),
         delay: a.delay.clone(),
         jitter: a.jitter.clone(),
@@ -367,7 +459,12 @@ fn run_all(a: &RunArgs, pms: &[PmKind]) -> Result<Vec<Report>, LabError> {
     let mut reports = Vec::new();
     for (i, pm) in pms.iter().enumerate() {
         let cfg = run_config(a, *pm, i)?;
-        eprintln!("braid: running {} with --pm {} for {:?}", a.scenario, pm.name(), cfg.duration);
+        eprintln!(
+            "braid: running {} with --pm {} for {:?}",
+            a.scenario,
+            pm.name(),
+            cfg.duration
+        );
         reports.push(scenario::run(&cfg)?);
     }
     Ok(reports)
@@ -389,7 +486,8 @@ fn output(ctx: &Ctx, a: &RunArgs, reports: &[Report]) -> Result<(), LabError> {
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
-    v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "-".into())
+    v.map(|x| format!("{x:.digits$}"))
+        .unwrap_or_else(|| "-".into())
 }
 
 /// One column per report, one row per metric.
@@ -399,33 +497,58 @@ pub fn table(reports: &[Report]) -> String {
         rows.push((name.to_string(), reports.iter().map(f).collect()));
     };
     row("path manager", &|r| r.pm.to_string());
-    row("survived", &|r| if r.survived { "yes".into() } else { "NO".into() });
+    row("survived", &|r| {
+        if r.survived {
+            "yes".into()
+        } else {
+            "NO".into()
+        }
+    });
     row("transport", &|r| r.transport.clone());
     let has = |f: &dyn Fn(&Report) -> bool| reports.iter().any(f);
     if has(&|r| r.metrics.goodput_mbps.is_some()) {
         row("goodput (Mbit/s)", &|r| opt(r.metrics.goodput_mbps, 1));
         row("per path (Mbit/s)", &|r| {
-            r.metrics.per_path_mbps.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(" / ")
+            r.metrics
+                .per_path_mbps
+                .iter()
+                .map(|v| format!("{v:.1}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
         });
     }
     if has(&|r| r.metrics.aggregation_ratio.is_some()) {
-        row("aggregation ratio", &|r| opt(r.metrics.aggregation_ratio, 2));
+        row("aggregation ratio", &|r| {
+            opt(r.metrics.aggregation_ratio, 2)
+        });
     }
     if has(&|r| r.metrics.stall_ms.is_some()) {
         row("stall at failure (ms)", &|r| opt(r.metrics.stall_ms, 0));
         row("recovery (ms)", &|r| opt(r.metrics.recovery_ms, 0));
     }
     if has(&|r| r.metrics.longest_stall_ms.is_some()) {
-        row("longest stall (ms)", &|r| opt(r.metrics.longest_stall_ms, 0));
+        row("longest stall (ms)", &|r| {
+            opt(r.metrics.longest_stall_ms, 0)
+        });
     }
     if has(&|r| r.scenario == "late-interface") {
-        row("new path carries data (ms)", &|r| opt(r.metrics.new_path_ms, 0));
+        row("new path carries data (ms)", &|r| {
+            opt(r.metrics.new_path_ms, 0)
+        });
     }
     if has(&|r| r.scenario == "flap") {
         row("primary reused after (ms)", &|r| opt(r.metrics.reuse_ms, 0));
     }
     if has(&|r| r.metrics.probe.is_some()) {
-        let p = |f: fn(&braid_lab::traffic::ProbeResult) -> String| move |r: &Report| r.metrics.probe.as_ref().map(f).unwrap_or_else(|| "-".into());
+        let p = |f: fn(&braid_lab::traffic::ProbeResult) -> String| {
+            move |r: &Report| {
+                r.metrics
+                    .probe
+                    .as_ref()
+                    .map(f)
+                    .unwrap_or_else(|| "-".into())
+            }
+        };
         row("probe p50 (ms)", &p(|p| format!("{:.1}", p.p50_ms)));
         row("probe p95 (ms)", &p(|p| format!("{:.1}", p.p95_ms)));
         row("probe p99 (ms)", &p(|p| format!("{:.1}", p.p99_ms)));
@@ -436,11 +559,15 @@ pub fn table(reports: &[Report]) -> String {
     row("bytes corrupt", &|r| r.bytes_corrupt.to_string());
     row("error", &|r| r.error.clone().unwrap_or_else(|| "-".into()));
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..reports.len()).map(|i| rows.iter().map(|r| r.1[i].len()).max().unwrap_or(0).max(8)).collect();
+    let widths: Vec<usize> = (0..reports.len())
+        .map(|i| rows.iter().map(|r| r.1[i].len()).max().unwrap_or(0).max(8))
+        .collect();
     let mut out = String::new();
     if let Some(first) = reports.first() {
-        out.push_str(&format!("scenario {} ({:.0} s)\n", first.scenario, first.duration_s));
+        out.push_str(&format!(
+            "scenario {} ({:.0} s)\n",
+            first.scenario, first.duration_s
+        ));
         for e in &first.events {
             out.push_str(&format!("  at {:>6.0} ms: {}\n", e.t_ms, e.what));
         }
@@ -456,7 +583,9 @@ pub fn table(reports: &[Report]) -> String {
 }
 
 fn demo(ctx: &Ctx, d: DemoArgs) -> Result<(), LabError> {
-    let best = [PmKind::Braid, PmKind::Mptcpd].into_iter().find(|p| p.unavailable().is_none());
+    let best = [PmKind::Braid, PmKind::Mptcpd]
+        .into_iter()
+        .find(|p| p.unavailable().is_none());
     let mut pms = vec![PmKind::Kernel];
     match best {
         Some(b) => pms.push(b),
@@ -469,7 +598,8 @@ fn demo(ctx: &Ctx, d: DemoArgs) -> Result<(), LabError> {
     if best.is_none() {
         pms.insert(0, PmKind::None);
     }
-    std::fs::create_dir_all(&d.out).map_err(|e| LabError::Io(format!("creating {}: {e}", d.out.display())))?;
+    std::fs::create_dir_all(&d.out)
+        .map_err(|e| LabError::Io(format!("creating {}: {e}", d.out.display())))?;
     let pm_list = pms.iter().map(|p| p.name()).collect::<Vec<_>>().join(",");
     let mut all = Vec::new();
     for sc in ["aggregate", "failover-carrier", "late-interface"] {
@@ -491,7 +621,10 @@ fn demo(ctx: &Ctx, d: DemoArgs) -> Result<(), LabError> {
         all.extend(reports);
     }
     if !ctx.json {
-        println!("\nplots: {}/aggregate.svg, failover-carrier.svg, late-interface.svg", d.out.display());
+        println!(
+            "\nplots: {}/aggregate.svg, failover-carrier.svg, late-interface.svg",
+            d.out.display()
+        );
         println!("every lab made for the demo has been removed");
     }
     Ok(())

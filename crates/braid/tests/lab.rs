@@ -1,0 +1,291 @@
+//! The lab against the real kernel: nothing is left behind by up/down, a
+//! failed up, or an interrupted run; the emulator meets its accuracy goals at
+//! a modest rate; every scenario runs in a short form with sane metrics.
+
+mod common;
+use common::{wait_for, BRAID};
+
+use std::process::Command;
+
+fn braid(args: &[&str]) -> std::process::Output {
+    Command::new(BRAID).args(args).output().expect("run braid")
+}
+
+fn ok_json(args: &[&str]) -> serde_json::Value {
+    let out = braid(args);
+    assert!(
+        out.status.success(),
+        "braid {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON output")
+}
+
+/// Timing-sensitive tests take turns so they do not disturb each other on
+/// a 2-core machine.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lab_name(tag: &str) -> String {
+    format!("t{}{tag}", std::process::id() % 100_000)
+}
+
+fn namespaces() -> Vec<String> {
+    braid_kernel::netns::list()
+}
+
+fn emulators_of(name: &str) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains("lab emulate") && c.contains(&format!("/{name}/")) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+fn assert_gone(name: &str) {
+    assert!(
+        !namespaces()
+            .iter()
+            .any(|n| n.starts_with(&format!("{name}-"))),
+        "namespaces left: {:?}",
+        namespaces()
+    );
+    assert_eq!(emulators_of(name), 0, "emulator process left for {name}");
+    assert!(
+        !std::path::Path::new(&format!("/run/braid/lab/{name}")).exists(),
+        "state left for {name}"
+    );
+}
+
+/// Removes the lab even if the test fails half way.
+struct Down(String);
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = braid(&["lab", "down", "--name", &self.0]);
+    }
+}
+
+#[test]
+fn up_and_down_leave_nothing_behind() {
+    let name = lab_name("ud");
+    let _down = Down(name.clone());
+    let st = ok_json(&[
+        "--json",
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--paths",
+        "3",
+        "--rate",
+        "10mbit",
+        "--delay",
+        "1ms,2ms,3ms",
+    ]);
+    assert_eq!(st["paths"].as_array().unwrap().len(), 3);
+    let client = format!("{name}-c");
+    assert!(namespaces().contains(&client));
+    assert_eq!(emulators_of(&name), 1);
+    let links = braid_kernel::netns::run_in(&client, braid_kernel::rtnl::links).unwrap();
+    for dev in ["p0", "p1", "p2"] {
+        let l = links
+            .iter()
+            .find(|l| l.name == dev)
+            .unwrap_or_else(|| panic!("{dev} missing"));
+        assert!(l.up && l.carrier, "{dev} should be up with carrier");
+    }
+    // A second lab with the same name is refused and breaks nothing.
+    let again = braid(&["lab", "up", "--name", &name]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already up"));
+    assert_eq!(emulators_of(&name), 1);
+    // Live changes work on the running lab.
+    assert!(braid(&["lab", "cut", "1", "--name", &name, "--carrier"])
+        .status
+        .success());
+    let links = braid_kernel::netns::run_in(&client, braid_kernel::rtnl::links).unwrap();
+    assert!(!links.iter().find(|l| l.name == "p1").unwrap().carrier);
+    assert!(braid(&["lab", "restore", "1", "--name", &name])
+        .status
+        .success());
+    assert!(braid(&["lab", "addr", "2", "--name", &name, "--remove"])
+        .status
+        .success());
+    assert!(
+        braid(&["lab", "set", "0", "--name", &name, "--delay", "5ms", "--loss", "1%"])
+            .status
+            .success()
+    );
+    let bad = braid(&["lab", "set", "7", "--name", &name, "--delay", "5ms"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no path 7"));
+    assert!(braid(&["lab", "down", "--name", &name]).status.success());
+    assert_gone(&name);
+    let twice = braid(&["lab", "down", "--name", &name]);
+    assert!(
+        !twice.status.success() && String::from_utf8_lossy(&twice.stderr).contains("no lab named")
+    );
+}
+
+#[test]
+fn bad_lab_arguments_are_clear_errors() {
+    for (args, expect) in [
+        (vec!["lab", "up", "--name", "Bad_Name"], "invalid lab name"),
+        (
+            vec!["lab", "up", "--name", "x1", "--rate", "fast"],
+            "invalid rate",
+        ),
+        (
+            vec!["lab", "up", "--name", "x1", "--delay", "1ms,2ms,3ms"],
+            "3 values but there are 2 paths",
+        ),
+        (
+            vec!["lab", "up", "--name", "x1", "--loss", "120%"],
+            "out of range",
+        ),
+        (vec!["lab", "run", "nosuch"], "unknown scenario"),
+        (
+            vec!["lab", "run", "aggregate", "--pm", "magic"],
+            "unknown path manager",
+        ),
+        (
+            vec!["lab", "cut", "0", "--name", "nolab", "--carrier"],
+            "no lab named",
+        ),
+        (
+            vec!["lab", "cut", "0", "--name", "nolab"],
+            "--carrier or --blackhole",
+        ),
+    ] {
+        let out = braid(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(expect),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"));
+    }
+    assert!(!namespaces().iter().any(|n| n.starts_with("x1-")));
+}
+
+#[test]
+fn interrupted_run_removes_its_lab() {
+    let _turn = heavy();
+    let mut child = Command::new(BRAID)
+        .args([
+            "lab",
+            "run",
+            "aggregate",
+            "--pm",
+            "kernel",
+            "--duration",
+            "30s",
+        ])
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let prefix = format!("r{}x0", child.id() % 1_000_000);
+    assert!(
+        wait_for(15, || namespaces().iter().any(|n| n.starts_with(&prefix))),
+        "the run's lab never appeared"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    assert_gone(&prefix);
+}
+
+#[test]
+fn emulator_delay_and_loss_within_tolerance() {
+    let _turn = heavy();
+    let r = ok_json(&[
+        "--json",
+        "lab",
+        "bench-emulator",
+        "--rate",
+        "20mbit",
+        "--packets",
+        "5000",
+        "--delay",
+        "10ms",
+        "--loss",
+        "10%",
+    ]);
+    let err = r["delay_error_ms"].as_f64().unwrap();
+    assert!(err.abs() < 1.0, "mean added delay off by {err} ms: {r:#}");
+    let rel = r["loss_error_relative"].as_f64().unwrap();
+    assert!(
+        rel.abs() < 0.2,
+        "loss off by {:.0}% relative: {r:#}",
+        rel * 100.0
+    );
+}
+
+fn scenario(name: &str) -> serde_json::Value {
+    let v = ok_json(&[
+        "--json",
+        "lab",
+        "run",
+        name,
+        "--pm",
+        "kernel",
+        "--duration",
+        "3s",
+    ]);
+    let r = v[0].clone();
+    assert_eq!(r["bytes_corrupt"], 0, "{name}: corrupt bytes: {r:#}");
+    assert!(
+        r["bytes_verified"].as_u64().unwrap() > 0,
+        "{name}: nothing verified"
+    );
+    r
+}
+
+#[test]
+fn scenarios_short_form_with_kernel_pm() {
+    let _turn = heavy();
+    let agg = scenario("aggregate");
+    let ratio = agg["metrics"]["aggregation_ratio"].as_f64().unwrap();
+    assert!(
+        ratio > 0.5,
+        "two paths up must beat one path's share: {ratio}"
+    );
+    assert_eq!(agg["survived"], true);
+    let per_path = agg["metrics"]["per_path_mbps"].as_array().unwrap();
+    assert!(
+        per_path.iter().all(|v| v.as_f64().unwrap() > 1.0),
+        "both paths carry data: {per_path:?}"
+    );
+
+    let fc = scenario("failover-carrier");
+    assert_eq!(
+        fc["survived"], true,
+        "a second subflow exists, so it survives: {fc:#}"
+    );
+    assert!(fc["metrics"]["stall_ms"].as_f64().is_some());
+
+    let fb = scenario("failover-blackhole");
+    assert_eq!(fb["survived"], true, "{fb:#}");
+
+    let late = scenario("late-interface");
+    // The kernel alone never opens the late path, so losing the first kills it.
+    assert_eq!(late["survived"], false, "{late:#}");
+    assert!(late["metrics"]["new_path_ms"].is_null());
+
+    let flap = scenario("flap");
+    assert_eq!(flap["survived"], true, "{flap:#}");
+
+    let lossy = scenario("lossy-primary");
+    let probe = &lossy["metrics"]["probe"];
+    assert!(probe["replies"].as_u64().unwrap() > 50, "{probe:#}");
+    assert!(probe["p99_ms"].as_f64().unwrap() >= probe["p50_ms"].as_f64().unwrap());
+}
