@@ -113,10 +113,12 @@ pub fn start(kind: PmKind, lab: &Lab) -> Result<RunningPm, LabError> {
         PmKind::Mptcpd => Some(spawn_in_netns(
             &ns,
             Command::new(MPTCPD).args([
+                "--log=stderr",
                 "--path-manager=addr_adv",
                 "--addr-flags=subflow",
                 "--notify-flags=existing,skip_link_local,skip_loopback",
             ]),
+            &crate::lab::state_dir(&st.name).join("mptcpd.log"),
         )?),
         _ => None,
     };
@@ -127,8 +129,10 @@ pub fn start(kind: PmKind, lab: &Lab) -> Result<RunningPm, LabError> {
     Ok(RunningPm { child })
 }
 
-/// Start a program inside a named network namespace (setns between fork and exec).
-pub fn spawn_in_netns(ns: &str, cmd: &mut Command) -> Result<Child, LabError> {
+/// Start a program inside a named network namespace (setns between fork
+/// and exec), its output going to `log`.
+pub fn spawn_in_netns(ns: &str, cmd: &mut Command, log: &Path) -> Result<Child, LabError> {
+    let log = std::fs::File::create(log).map_err(|e| LabError::Io(format!("creating {}: {e}", log.display())))?;
     let file = std::fs::File::open(braid_kernel::netns::path(ns)?)
         .map_err(|e| LabError::Io(format!("opening namespace {ns}: {e}")))?;
     let fd = file.as_raw_fd();
@@ -142,8 +146,8 @@ pub fn spawn_in_netns(ns: &str, cmd: &mut Command) -> Result<Child, LabError> {
     }
     let child = cmd
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| LabError::Io(e.to_string()))?)
+        .stderr(log)
         .spawn()
         .map_err(|e| LabError::Io(format!("starting {:?}: {e}", cmd.get_program())))?;
     drop(file);
