@@ -105,6 +105,9 @@ pub struct RunArgs {
     /// Write per-path goodput over time as SVG.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Also write the JSON report to this file.
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
     #[arg(long, default_value = "40mbit,20mbit")]
     pub rate: String,
     #[arg(long, default_value = "10ms,40ms")]
@@ -477,6 +480,10 @@ fn output(ctx: &Ctx, a: &RunArgs, reports: &[Report]) -> Result<(), LabError> {
             .map_err(|e| LabError::Io(format!("writing {}: {e}", p.display())))?;
         eprintln!("braid: plot written to {}", p.display());
     }
+    if let Some(p) = &a.save {
+        std::fs::write(p, serde_json::to_vec_pretty(reports).expect("reports serialize"))
+            .map_err(|e| LabError::Io(format!("writing {}: {e}", p.display())))?;
+    }
     if ctx.json {
         print_json(&reports);
     } else {
@@ -608,6 +615,7 @@ fn demo(ctx: &Ctx, d: DemoArgs) -> Result<(), LabError> {
             pm: pm_list.clone(),
             duration: d.duration.clone(),
             plot: Some(d.out.join(format!("{sc}.svg"))),
+            save: None,
             rate: "40mbit,20mbit".into(),
             delay: "10ms,40ms".into(),
             jitter: "0".into(),
