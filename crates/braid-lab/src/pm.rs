@@ -132,7 +132,8 @@ pub fn start(kind: PmKind, lab: &Lab) -> Result<RunningPm, LabError> {
 /// Start a program inside a named network namespace (setns between fork
 /// and exec), its output going to `log`.
 pub fn spawn_in_netns(ns: &str, cmd: &mut Command, log: &Path) -> Result<Child, LabError> {
-    let log = std::fs::File::create(log).map_err(|e| LabError::Io(format!("creating {}: {e}", log.display())))?;
+    let log = std::fs::File::create(log)
+        .map_err(|e| LabError::Io(format!("creating {}: {e}", log.display())))?;
     let file = std::fs::File::open(braid_kernel::netns::path(ns)?)
         .map_err(|e| LabError::Io(format!("opening namespace {ns}: {e}")))?;
     let fd = file.as_raw_fd();

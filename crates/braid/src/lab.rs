@@ -481,8 +481,11 @@ fn output(ctx: &Ctx, a: &RunArgs, reports: &[Report]) -> Result<(), LabError> {
         eprintln!("braid: plot written to {}", p.display());
     }
     if let Some(p) = &a.save {
-        std::fs::write(p, serde_json::to_vec_pretty(reports).expect("reports serialize"))
-            .map_err(|e| LabError::Io(format!("writing {}: {e}", p.display())))?;
+        std::fs::write(
+            p,
+            serde_json::to_vec_pretty(reports).expect("reports serialize"),
+        )
+        .map_err(|e| LabError::Io(format!("writing {}: {e}", p.display())))?;
     }
     if ctx.json {
         print_json(&reports);

@@ -1,0 +1,275 @@
+//! The daemon's configuration (TOML), with defaults for a client.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Open subflows from every usable address (`subflow` endpoints).
+    #[default]
+    Client,
+    /// Announce extra addresses to clients (`signal` endpoints).
+    Server,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Flag {
+    Subflow,
+    Signal,
+    Backup,
+    Fullmesh,
+}
+
+impl Flag {
+    pub fn bit(self) -> u32 {
+        match self {
+            Flag::Signal => 1,
+            Flag::Subflow => 2,
+            Flag::Backup => 4,
+            Flag::Fullmesh => 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub mode: Mode,
+    pub endpoints: EndpointsConfig,
+    pub limits: LimitsConfig,
+    pub filter: FilterConfig,
+    pub server: ServerConfig,
+    pub control: ControlConfig,
+    /// Per-interface settings, matched by name (glob: `*`, `?`), first match wins.
+    #[serde(rename = "interface")]
+    pub interfaces: Vec<InterfaceConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EndpointsConfig {
+    /// Bind each endpoint to its interface (`dev`), so subflows leave by it
+    /// even without source routing.
+    pub bind_to_device: bool,
+    /// Remove the endpoints Braid made when the daemon stops.
+    pub remove_on_stop: bool,
+    /// Manage the whole endpoint table, removing endpoints Braid did not make.
+    pub own_all: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Keep `subflows` and `add_addr_accepted` matched to the usable endpoints.
+    pub manage: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilterConfig {
+    /// Interface names (globs) considered at all.
+    pub include: Vec<String>,
+    /// Interface names (globs) never used; wins over `include`.
+    pub exclude: Vec<String>,
+    pub ipv4: bool,
+    pub ipv6: bool,
+    /// Use IPv4 169.254/16 and IPv6 fe80::/10 addresses.
+    pub link_local: bool,
+    /// Use IPv6 unique local addresses (fc00::/7).
+    pub ula: bool,
+    /// Use IPv6 temporary (privacy) addresses.
+    pub temporary: bool,
+    /// Only use interfaces that have a default route.
+    pub require_default_route: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Refuse joins to the address and port of the initial subflow (the
+    /// C flag, net.mptcp.allow_join_initial_addr_port = 0): for servers
+    /// behind anycast or load balancers.
+    pub deny_join_initial_address: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    pub socket: String,
+    /// Group allowed to use the control socket besides root.
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceConfig {
+    /// Interface name or glob.
+    pub name: String,
+    /// Endpoint flags for this interface's addresses.
+    #[serde(default)]
+    pub flags: Option<Vec<Flag>>,
+    /// Never use this interface.
+    #[serde(default)]
+    pub ignore: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mode: Mode::Client,
+            endpoints: EndpointsConfig::default(),
+            limits: LimitsConfig::default(),
+            filter: FilterConfig::default(),
+            server: ServerConfig::default(),
+            control: ControlConfig::default(),
+            interfaces: Vec::new(),
+        }
+    }
+}
+
+impl Default for EndpointsConfig {
+    fn default() -> Self {
+        EndpointsConfig {
+            bind_to_device: true,
+            remove_on_stop: true,
+            own_all: false,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { manage: true }
+    }
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        FilterConfig {
+            include: vec!["*".into()],
+            exclude: [
+                "lo",
+                "docker*",
+                "br-*",
+                "virbr*",
+                "veth*",
+                "cni*",
+                "flannel*",
+                "vxlan*",
+                "wg*",
+                "tailscale*",
+                "zt*",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ipv4: true,
+            ipv6: true,
+            link_local: false,
+            ula: false,
+            temporary: false,
+            require_default_route: true,
+        }
+    }
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            socket: "/run/braid/braid.sock".into(),
+            group: None,
+        }
+    }
+}
+
+impl Config {
+    /// Semantic checks serde cannot express. Returns (key, problem).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        for (i, iface) in self.interfaces.iter().enumerate() {
+            if iface.name.is_empty() {
+                return Err((format!("interface[{i}].name"), "must not be empty".into()));
+            }
+            if let Some(flags) = &iface.flags {
+                if flags.contains(&Flag::Signal) && flags.contains(&Flag::Fullmesh) {
+                    return Err((
+                        format!("interface[{i}].flags"),
+                        "'signal' and 'fullmesh' cannot be combined (the kernel refuses it)".into(),
+                    ));
+                }
+                if !flags.contains(&Flag::Signal) && !flags.contains(&Flag::Subflow) {
+                    return Err((
+                        format!("interface[{i}].flags"),
+                        "needs 'subflow' (open subflows from it) or 'signal' (announce it), or both".into(),
+                    ));
+                }
+            }
+        }
+        if !self.filter.ipv4 && !self.filter.ipv6 {
+            return Err((
+                "filter.ipv4".into(),
+                "ipv4 and ipv6 cannot both be false: no address would be used".into(),
+            ));
+        }
+        if self.control.socket.is_empty() || !self.control.socket.starts_with('/') {
+            return Err(("control.socket".into(), "must be an absolute path".into()));
+        }
+        Ok(())
+    }
+
+    /// The settings for interface `name`: (ignored, explicit flags).
+    pub fn interface(&self, name: &str) -> Option<&InterfaceConfig> {
+        self.interfaces.iter().find(|i| glob(&i.name, name))
+    }
+}
+
+pub fn glob(pattern: &str, name: &str) -> bool {
+    wildmatch::WildMatch::new(pattern).matches(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses() {
+        let text = include_str!("../../../contrib/braid.toml");
+        let c: Config = toml::from_str(text).unwrap();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_line_key_and_allowed_values() {
+        let e = toml::from_str::<Config>("mode = \"router\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 1") && e.contains("client") && e.contains("server"),
+            "{e}"
+        );
+        let e = toml::from_str::<Config>("[filter]\nipv5 = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2") && e.contains("ipv5") && e.contains("ipv4"),
+            "{e}"
+        );
+        let e = toml::from_str::<Config>("[[interface]]\nname = \"wlan0\"\nflags = [\"turbo\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 3") && e.contains("turbo") && e.contains("subflow"),
+            "{e}"
+        );
+        let c: Config =
+            toml::from_str("[[interface]]\nname = \"x\"\nflags = [\"signal\", \"fullmesh\"]\n")
+                .unwrap();
+        assert_eq!(c.validate().unwrap_err().0, "interface[0].flags");
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob("wlan*", "wlan0"));
+        assert!(!glob("wlan*", "eth0"));
+        assert!(glob("p?", "p1"));
+    }
+}

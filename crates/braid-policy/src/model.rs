@@ -1,0 +1,184 @@
+//! What the policy knows about the machine, and what goes in and out.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::config::Config;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub up: bool,
+    pub carrier: bool,
+    pub loopback: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Address {
+    pub ifindex: u32,
+    pub ip: IpAddr,
+    pub prefix_len: u8,
+    pub temporary: bool,
+    pub deprecated: bool,
+    pub tentative: bool,
+}
+
+/// A default route (any table) leaving by `ifindex`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct DefaultRoute {
+    pub ifindex: u32,
+    pub table: u32,
+    pub ipv6: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KernelEndpoint {
+    pub id: u8,
+    pub addr: IpAddr,
+    pub flags: u32,
+    pub ifindex: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct Limits {
+    pub subflows: u32,
+    pub add_addr_accepted: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MptcpEventKind {
+    Created,
+    Established,
+    Closed,
+    Announced,
+    Removed,
+    SubEstablished,
+    SubClosed,
+    SubPriority,
+    ListenerCreated,
+    ListenerClosed,
+    Unknown,
+}
+
+/// Everything that can happen to the policy.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The full state, at start and after a resynchronisation (ENOBUFS).
+    Snapshot {
+        links: Vec<Link>,
+        addresses: Vec<Address>,
+        default_routes: Vec<DefaultRoute>,
+        endpoints: Vec<KernelEndpoint>,
+        limits: Limits,
+    },
+    LinkChanged(Link),
+    LinkRemoved {
+        index: u32,
+    },
+    AddressAdded(Address),
+    AddressRemoved(Address),
+    DefaultRouteAdded(DefaultRoute),
+    DefaultRouteRemoved(DefaultRoute),
+    ConfigReloaded(Box<Config>),
+    /// An action the shell could not carry out.
+    ActionFailed {
+        action: Action,
+        error: String,
+    },
+    Mptcp(MptcpEventKind),
+    /// The daemon is stopping.
+    Stopping,
+}
+
+/// What the policy wants done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    AddEndpoint {
+        id: u8,
+        addr: IpAddr,
+        flags: u32,
+        ifindex: Option<u32>,
+    },
+    RemoveEndpoint {
+        id: u8,
+        addr: IpAddr,
+    },
+    SetEndpointFlags {
+        id: u8,
+        addr: IpAddr,
+        flags: u32,
+    },
+    SetLimits {
+        subflows: u32,
+        add_addr_accepted: u32,
+    },
+    SetSysctl {
+        name: String,
+        value: String,
+    },
+}
+
+/// An action and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    #[serde(flatten)]
+    pub action: Action,
+    pub reason: String,
+}
+
+/// Flag names as `ip mptcp` prints them.
+pub fn flag_names(flags: u32) -> String {
+    let mut v = Vec::new();
+    for (bit, n) in [
+        (1, "signal"),
+        (2, "subflow"),
+        (4, "backup"),
+        (8, "fullmesh"),
+    ] {
+        if flags & bit != 0 {
+            v.push(n);
+        }
+    }
+    v.join(" ")
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::AddEndpoint {
+                id,
+                addr,
+                flags,
+                ifindex,
+            } => {
+                write!(f, "add endpoint {addr} id {id} {}", flag_names(*flags))?;
+                if let Some(i) = ifindex {
+                    write!(f, " dev #{i}")?;
+                }
+                Ok(())
+            }
+            Action::RemoveEndpoint { id, addr } => write!(f, "remove endpoint {addr} id {id}"),
+            Action::SetEndpointFlags { id, addr, flags } => {
+                write!(
+                    f,
+                    "set endpoint {addr} id {id} flags '{}'",
+                    flag_names(*flags)
+                )
+            }
+            Action::SetLimits {
+                subflows,
+                add_addr_accepted,
+            } => {
+                write!(
+                    f,
+                    "set limits subflows {subflows} add_addr_accepted {add_addr_accepted}"
+                )
+            }
+            Action::SetSysctl { name, value } => write!(f, "set {name} = {value}"),
+        }
+    }
+}

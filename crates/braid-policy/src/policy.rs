@@ -1,0 +1,696 @@
+//! The path manager: keeps the kernel's endpoints in step with the usable
+//! addresses of the machine. Every call takes one event and the time, and
+//! returns the actions to carry out, each with the reason it was decided.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::config::{glob, Config, Flag, Mode};
+use crate::model::*;
+
+/// The kernel uses at most this many endpoints per connection.
+pub const KERNEL_MAX_ENDPOINTS: usize = 8;
+/// Flags that SET_FLAGS can change on a live endpoint.
+const CHANGEABLE: u32 = 4 | 8;
+const RECENT_DECISIONS: usize = 64;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoggedDecision {
+    pub at_ms: u64,
+    pub action: String,
+    pub reason: String,
+    /// Filled in when the action failed.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counters {
+    pub link_events: u64,
+    pub address_events: u64,
+    pub route_events: u64,
+    pub resyncs: u64,
+    pub reloads: u64,
+    pub actions: u64,
+    pub failed_actions: u64,
+    pub mptcp_events: BTreeMap<String, u64>,
+}
+
+/// Why an address is, or is not, an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AddressView {
+    pub ip: IpAddr,
+    pub prefix_len: u8,
+    pub usable: bool,
+    pub why: String,
+    pub endpoint_id: Option<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InterfaceView {
+    pub index: u32,
+    pub name: String,
+    pub up: bool,
+    pub carrier: bool,
+    pub default_route: bool,
+    /// "subflow", "signal backup", ... or why it is not used.
+    pub role: String,
+    pub addresses: Vec<AddressView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyView {
+    pub mode: Mode,
+    pub interfaces: Vec<InterfaceView>,
+    pub owned_endpoints: Vec<KernelEndpoint>,
+    pub foreign_endpoints: Vec<KernelEndpoint>,
+    pub limits: Option<Limits>,
+    pub warnings: Vec<String>,
+    pub recent_decisions: Vec<LoggedDecision>,
+    pub counters: Counters,
+}
+
+pub struct Policy {
+    config: Config,
+    links: BTreeMap<u32, Link>,
+    addresses: BTreeMap<(u32, IpAddr), Address>,
+    default_routes: BTreeSet<DefaultRoute>,
+    /// The kernel's endpoint table as last seen plus our own changes.
+    kernel: BTreeMap<u8, KernelEndpoint>,
+    /// Ids of the endpoints Braid made.
+    owned: BTreeSet<u8>,
+    /// Addresses whose endpoint the kernel refused, with the error; retried
+    /// when something about the address or its link changes.
+    refused: BTreeMap<IpAddr, String>,
+    limits: Option<Limits>,
+    cflag_applied: Option<bool>,
+    synced: bool,
+    stopping: bool,
+    counters: Counters,
+    recent: VecDeque<LoggedDecision>,
+}
+
+/// A desired endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Want {
+    addr: IpAddr,
+    flags: u32,
+    ifindex: Option<u32>,
+    iface: String,
+}
+
+fn is_link_local(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.is_link_local(),
+        IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+fn is_ula(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(a) if (a.segments()[0] & 0xfe00) == 0xfc00)
+}
+
+fn flags_of(list: &[Flag]) -> u32 {
+    list.iter().map(|f| f.bit()).fold(0, |a, b| a | b)
+}
+
+impl Policy {
+    /// `previously_owned`: endpoint ids a previous run of the daemon made
+    /// (from its state file), adopted if they are still in the kernel.
+    pub fn new(config: Config, previously_owned: Vec<u8>) -> Policy {
+        Policy {
+            config,
+            links: BTreeMap::new(),
+            addresses: BTreeMap::new(),
+            default_routes: BTreeSet::new(),
+            kernel: BTreeMap::new(),
+            owned: previously_owned.into_iter().collect(),
+            refused: BTreeMap::new(),
+            limits: None,
+            cflag_applied: None,
+            synced: false,
+            stopping: false,
+            counters: Counters::default(),
+            recent: VecDeque::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Ids of the endpoints Braid owns now (for the state file).
+    pub fn owned_ids(&self) -> Vec<u8> {
+        self.owned.iter().copied().collect()
+    }
+
+    pub fn handle(&mut self, event: Event, now_ms: u64) -> Vec<Decision> {
+        match event {
+            Event::Snapshot {
+                links,
+                addresses,
+                default_routes,
+                endpoints,
+                limits,
+            } => {
+                if self.synced {
+                    self.counters.resyncs += 1;
+                }
+                self.links = links.into_iter().map(|l| (l.index, l)).collect();
+                self.addresses = addresses
+                    .into_iter()
+                    .map(|a| ((a.ifindex, a.ip), a))
+                    .collect();
+                self.default_routes = default_routes.into_iter().collect();
+                self.kernel = endpoints.into_iter().map(|e| (e.id, e)).collect();
+                // Owned ids that are gone, or now hold another address, are forgotten.
+                let kernel = &self.kernel;
+                self.owned.retain(|id| kernel.contains_key(id));
+                self.limits = Some(limits);
+                self.refused.clear();
+                self.synced = true;
+            }
+            Event::LinkChanged(link) => {
+                self.counters.link_events += 1;
+                self.forget_refusals_on(link.index);
+                self.links.insert(link.index, link);
+            }
+            Event::LinkRemoved { index } => {
+                self.counters.link_events += 1;
+                self.forget_refusals_on(index);
+                self.links.remove(&index);
+                self.addresses.retain(|(i, _), _| *i != index);
+                self.default_routes.retain(|r| r.ifindex != index);
+            }
+            Event::AddressAdded(a) => {
+                self.counters.address_events += 1;
+                self.refused.remove(&a.ip);
+                self.addresses.insert((a.ifindex, a.ip), a);
+            }
+            Event::AddressRemoved(a) => {
+                self.counters.address_events += 1;
+                self.refused.remove(&a.ip);
+                self.addresses.remove(&(a.ifindex, a.ip));
+            }
+            Event::DefaultRouteAdded(r) => {
+                self.counters.route_events += 1;
+                self.default_routes.insert(r);
+            }
+            Event::DefaultRouteRemoved(r) => {
+                self.counters.route_events += 1;
+                self.default_routes.remove(&r);
+            }
+            Event::ConfigReloaded(cfg) => {
+                self.counters.reloads += 1;
+                self.config = *cfg;
+                self.refused.clear();
+            }
+            Event::ActionFailed { action, error } => {
+                self.counters.failed_actions += 1;
+                self.undo(&action, &error);
+                if let Some(d) = self
+                    .recent
+                    .iter_mut()
+                    .rev()
+                    .find(|d| d.action == action.to_string())
+                {
+                    d.error = Some(error);
+                }
+                return Vec::new();
+            }
+            Event::Mptcp(kind) => {
+                let name = serde_json_name(kind);
+                *self.counters.mptcp_events.entry(name).or_default() += 1;
+                return Vec::new();
+            }
+            Event::Stopping => {
+                self.stopping = true;
+            }
+        }
+        if !self.synced {
+            return Vec::new();
+        }
+        let decisions = if self.stopping {
+            self.stop()
+        } else {
+            self.reconcile()
+        };
+        for d in &decisions {
+            self.counters.actions += 1;
+            if self.recent.len() == RECENT_DECISIONS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(LoggedDecision {
+                at_ms: now_ms,
+                action: d.action.to_string(),
+                reason: d.reason.clone(),
+                error: None,
+            });
+        }
+        decisions
+    }
+
+    fn forget_refusals_on(&mut self, ifindex: u32) {
+        let ips: Vec<IpAddr> = self
+            .addresses
+            .keys()
+            .filter(|(i, _)| *i == ifindex)
+            .map(|(_, ip)| *ip)
+            .collect();
+        for ip in ips {
+            self.refused.remove(&ip);
+        }
+    }
+
+    /// Take back the model change of an action the kernel refused.
+    fn undo(&mut self, action: &Action, error: &str) {
+        match action {
+            Action::AddEndpoint { id, addr, .. } => {
+                self.kernel.remove(id);
+                self.owned.remove(id);
+                self.refused.insert(*addr, error.to_string());
+            }
+            // A failed removal: the endpoint is most likely gone already.
+            Action::RemoveEndpoint { .. } => {}
+            Action::SetEndpointFlags { id, .. } => {
+                // Unknown state now: forget it; the next snapshot tells.
+                self.kernel.remove(id);
+                self.owned.remove(id);
+            }
+            Action::SetLimits { .. } => self.limits = None,
+            Action::SetSysctl { .. } => self.cflag_applied = None,
+        }
+    }
+
+    /// Why `a` can or cannot carry an endpoint.
+    fn usability(&self, a: &Address) -> Result<(), String> {
+        let f = &self.config.filter;
+        let Some(link) = self.links.get(&a.ifindex) else {
+            return Err(format!("interface #{} is unknown", a.ifindex));
+        };
+        let name = &link.name;
+        if link.loopback {
+            return Err(format!("{name} is a loopback interface"));
+        }
+        if let Some(ic) = self.config.interface(name) {
+            if ic.ignore {
+                return Err(format!("{name} is ignored by the configuration"));
+            }
+        } else {
+            if f.exclude.iter().any(|p| glob(p, name)) {
+                return Err(format!("{name} is excluded by filter.exclude"));
+            }
+            if !f.include.iter().any(|p| glob(p, name)) {
+                return Err(format!("{name} is not in filter.include"));
+            }
+        }
+        if !link.up {
+            return Err(format!("{name} is down"));
+        }
+        if !link.carrier {
+            return Err(format!("{name} has no carrier"));
+        }
+        if a.ip.is_ipv4() && !f.ipv4 || a.ip.is_ipv6() && !f.ipv6 {
+            return Err(format!(
+                "{} addresses are disabled by the configuration",
+                if a.ip.is_ipv4() { "IPv4" } else { "IPv6" }
+            ));
+        }
+        if a.ip.is_loopback() {
+            return Err("a loopback address".into());
+        }
+        if is_link_local(&a.ip) && !f.link_local {
+            return Err("a link-local address (filter.link_local = false)".into());
+        }
+        if is_ula(&a.ip) && !f.ula {
+            return Err("an IPv6 unique local address (filter.ula = false)".into());
+        }
+        if a.temporary && !f.temporary {
+            return Err("a temporary (privacy) address (filter.temporary = false)".into());
+        }
+        if a.deprecated {
+            return Err("the address is deprecated (its preferred lifetime ended)".into());
+        }
+        if a.tentative {
+            return Err(
+                "the address is tentative (duplicate address detection is not done)".into(),
+            );
+        }
+        if f.require_default_route
+            && !self
+                .default_routes
+                .iter()
+                .any(|r| r.ifindex == a.ifindex && r.ipv6 == a.ip.is_ipv6())
+        {
+            return Err(format!(
+                "{name} has no {} default route (filter.require_default_route = true)",
+                if a.ip.is_ipv6() { "IPv6" } else { "IPv4" }
+            ));
+        }
+        if let Some(err) = self.refused.get(&a.ip) {
+            return Err(format!("the kernel refused its endpoint: {err}"));
+        }
+        Ok(())
+    }
+
+    fn flags_for(&self, iface: &str) -> u32 {
+        match self.config.interface(iface).and_then(|i| i.flags.as_ref()) {
+            Some(list) => flags_of(list),
+            None => match self.config.mode {
+                Mode::Client => Flag::Subflow.bit(),
+                Mode::Server => Flag::Signal.bit(),
+            },
+        }
+    }
+
+    /// The endpoints there should be, best first, at most the kernel maximum.
+    fn wanted(&self) -> (Vec<Want>, Vec<Want>) {
+        let mut all: Vec<Want> = self
+            .addresses
+            .values()
+            .filter(|a| self.usability(a).is_ok())
+            .map(|a| {
+                let iface = self.links[&a.ifindex].name.clone();
+                Want {
+                    addr: a.ip,
+                    flags: self.flags_for(&iface),
+                    ifindex: self.config.endpoints.bind_to_device.then_some(a.ifindex),
+                    iface,
+                }
+            })
+            .collect();
+        // Non-backup first, then IPv4 before IPv6, then by interface index.
+        all.sort_by_key(|w| {
+            (
+                w.flags & Flag::Backup.bit() != 0,
+                w.addr.is_ipv6(),
+                w.ifindex,
+                w.addr,
+            )
+        });
+        let extra = if all.len() > KERNEL_MAX_ENDPOINTS {
+            all.split_off(KERNEL_MAX_ENDPOINTS)
+        } else {
+            Vec::new()
+        };
+        (all, extra)
+    }
+
+    fn manages(&self, id: u8) -> bool {
+        self.config.endpoints.own_all || self.owned.contains(&id)
+    }
+
+    fn free_id(&self) -> Option<u8> {
+        (1..=255u8).find(|id| !self.kernel.contains_key(id))
+    }
+
+    fn reconcile(&mut self) -> Vec<Decision> {
+        let mut out = Vec::new();
+        let (wanted, extra) = self.wanted();
+        let wanted_addrs: BTreeSet<IpAddr> = wanted.iter().map(|w| w.addr).collect();
+
+        // 1. Endpoints that should go.
+        let stale: Vec<KernelEndpoint> = self
+            .kernel
+            .values()
+            .filter(|e| self.manages(e.id) && !wanted_addrs.contains(&e.addr))
+            .cloned()
+            .collect();
+        for e in stale {
+            let reason = match self.addresses.values().find(|a| a.ip == e.addr) {
+                Some(a) => match self.usability(a) {
+                    Err(why) => format!("{} is no longer usable: {why}", e.addr),
+                    Ok(()) => format!(
+                        "{} is beyond the kernel's maximum of {KERNEL_MAX_ENDPOINTS} endpoints",
+                        e.addr
+                    ),
+                },
+                None => format!("address {} is gone", e.addr),
+            };
+            self.kernel.remove(&e.id);
+            self.owned.remove(&e.id);
+            out.push(Decision {
+                action: Action::RemoveEndpoint {
+                    id: e.id,
+                    addr: e.addr,
+                },
+                reason,
+            });
+        }
+
+        // 2. Endpoints that should be there, or be different.
+        for w in &wanted {
+            let existing = self.kernel.values().find(|e| e.addr == w.addr).cloned();
+            match existing {
+                Some(e) if !self.manages(e.id) => {} // someone else's endpoint covers it
+                Some(e) if e.flags == w.flags && e.ifindex == w.ifindex => {}
+                Some(e)
+                    if (e.flags & !CHANGEABLE) == (w.flags & !CHANGEABLE)
+                        && e.ifindex == w.ifindex =>
+                {
+                    self.kernel.insert(
+                        e.id,
+                        KernelEndpoint {
+                            flags: w.flags,
+                            ..e.clone()
+                        },
+                    );
+                    out.push(Decision {
+                        action: Action::SetEndpointFlags {
+                            id: e.id,
+                            addr: e.addr,
+                            flags: w.flags,
+                        },
+                        reason: format!(
+                            "the configuration for {} asks for '{}'",
+                            w.iface,
+                            flag_names(w.flags)
+                        ),
+                    });
+                }
+                Some(e) => {
+                    // Signal/subflow or the bound device changed: only re-adding does that.
+                    self.kernel.remove(&e.id);
+                    self.owned.remove(&e.id);
+                    out.push(Decision {
+                        action: Action::RemoveEndpoint {
+                            id: e.id,
+                            addr: e.addr,
+                        },
+                        reason: format!(
+                            "{} changes to '{}' on {}: it must be re-added",
+                            e.addr,
+                            flag_names(w.flags),
+                            w.iface
+                        ),
+                    });
+                    self.add(w, &mut out, "its settings changed".into());
+                }
+                None => {
+                    let reason = format!(
+                        "{} on {} is usable ({} is up with carrier{})",
+                        w.addr,
+                        w.iface,
+                        w.iface,
+                        if self.config.filter.require_default_route {
+                            " and a default route"
+                        } else {
+                            ""
+                        }
+                    );
+                    self.add(w, &mut out, reason);
+                }
+            }
+        }
+        let _ = extra;
+
+        // 3. Limits matched to the endpoints.
+        if self.config.limits.manage {
+            let n = wanted.len().min(KERNEL_MAX_ENDPOINTS) as u32;
+            let want = match self.config.mode {
+                Mode::Client => Limits {
+                    subflows: n,
+                    add_addr_accepted: n,
+                },
+                Mode::Server => Limits {
+                    subflows: KERNEL_MAX_ENDPOINTS as u32,
+                    add_addr_accepted: 0,
+                },
+            };
+            if self.limits != Some(want) {
+                let reason = match self.config.mode {
+                    Mode::Client => format!("{n} usable endpoint(s): allow as many extra subflows and accepted announcements"),
+                    Mode::Server => "a server accepts up to the kernel maximum of joins and ignores announcements".into(),
+                };
+                self.limits = Some(want);
+                out.push(Decision {
+                    action: Action::SetLimits {
+                        subflows: want.subflows,
+                        add_addr_accepted: want.add_addr_accepted,
+                    },
+                    reason,
+                });
+            }
+        }
+
+        // 4. The server's C flag.
+        let deny = self.config.server.deny_join_initial_address;
+        if self.cflag_applied != Some(deny) && (deny || self.cflag_applied.is_some()) {
+            self.cflag_applied = Some(deny);
+            out.push(Decision {
+                action: Action::SetSysctl {
+                    name: "net.mptcp.allow_join_initial_addr_port".into(),
+                    value: if deny { "0" } else { "1" }.into(),
+                },
+                reason: if deny {
+                    "server.deny_join_initial_address: clients must join other addresses (anycast or load balancer)".into()
+                } else {
+                    "server.deny_join_initial_address was turned off".into()
+                },
+            });
+        }
+        out
+    }
+
+    fn add(&mut self, w: &Want, out: &mut Vec<Decision>, reason: String) {
+        let Some(id) = self.free_id() else {
+            return; // 255 endpoints: nothing sensible left to do
+        };
+        self.kernel.insert(
+            id,
+            KernelEndpoint {
+                id,
+                addr: w.addr,
+                flags: w.flags,
+                ifindex: w.ifindex,
+            },
+        );
+        self.owned.insert(id);
+        out.push(Decision {
+            action: Action::AddEndpoint {
+                id,
+                addr: w.addr,
+                flags: w.flags,
+                ifindex: w.ifindex,
+            },
+            reason,
+        });
+    }
+
+    fn stop(&mut self) -> Vec<Decision> {
+        if !self.config.endpoints.remove_on_stop {
+            return Vec::new();
+        }
+        let ids: Vec<u8> = self.owned.iter().copied().collect();
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(e) = self.kernel.remove(&id) {
+                out.push(Decision {
+                    action: Action::RemoveEndpoint { id, addr: e.addr },
+                    reason: "the daemon is stopping (endpoints.remove_on_stop = true)".into(),
+                });
+            }
+        }
+        self.owned.clear();
+        out
+    }
+
+    /// Everything `braid status` shows about the daemon's view.
+    pub fn view(&self) -> PolicyView {
+        let mut warnings = Vec::new();
+        let (wanted, extra) = self.wanted();
+        if !extra.is_empty() {
+            warnings.push(format!(
+                "{} usable addresses but the kernel uses at most {KERNEL_MAX_ENDPOINTS} endpoints per connection: {} not used",
+                wanted.len() + extra.len(),
+                extra.iter().map(|w| format!("{} ({})", w.addr, w.iface)).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if self.synced && wanted.is_empty() {
+            warnings
+                .push("no usable address: connections stay on whatever path they start on".into());
+        }
+        let interfaces = self
+            .links
+            .values()
+            .map(|l| {
+                let addresses: Vec<AddressView> = self
+                    .addresses
+                    .values()
+                    .filter(|a| a.ifindex == l.index)
+                    .map(|a| {
+                        let u = self.usability(a);
+                        let endpoint_id =
+                            self.kernel.values().find(|e| e.addr == a.ip).map(|e| e.id);
+                        let why = match (&u, extra.iter().any(|w| w.addr == a.ip)) {
+                            (Ok(()), true) => "usable, but over the kernel maximum".into(),
+                            (Ok(()), false) => "in use".into(),
+                            (Err(w), _) => w.clone(),
+                        };
+                        AddressView {
+                            ip: a.ip,
+                            prefix_len: a.prefix_len,
+                            usable: u.is_ok(),
+                            why,
+                            endpoint_id,
+                        }
+                    })
+                    .collect();
+                let default_route = self.default_routes.iter().any(|r| r.ifindex == l.index);
+                let role = if addresses.iter().any(|a| a.usable) {
+                    flag_names(self.flags_for(&l.name))
+                } else {
+                    addresses
+                        .first()
+                        .map(|a| format!("unused: {}", a.why))
+                        .unwrap_or_else(|| "unused: no address".into())
+                };
+                InterfaceView {
+                    index: l.index,
+                    name: l.name.clone(),
+                    up: l.up,
+                    carrier: l.carrier,
+                    default_route,
+                    role,
+                    addresses,
+                }
+            })
+            .collect();
+        PolicyView {
+            mode: self.config.mode,
+            interfaces,
+            owned_endpoints: self
+                .kernel
+                .values()
+                .filter(|e| self.owned.contains(&e.id))
+                .cloned()
+                .collect(),
+            foreign_endpoints: self
+                .kernel
+                .values()
+                .filter(|e| !self.owned.contains(&e.id))
+                .cloned()
+                .collect(),
+            limits: self.limits,
+            warnings,
+            recent_decisions: self.recent.iter().cloned().collect(),
+            counters: self.counters.clone(),
+        }
+    }
+}
+
+fn serde_json_name(kind: MptcpEventKind) -> String {
+    format!("{kind:?}")
+        .chars()
+        .enumerate()
+        .flat_map(|(i, c)| {
+            let mut s = String::new();
+            if c.is_uppercase() && i > 0 {
+                s.push('_');
+            }
+            s.push(c.to_ascii_lowercase());
+            s.chars().collect::<Vec<_>>()
+        })
+        .collect()
+}
