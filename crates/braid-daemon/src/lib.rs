@@ -1,1 +1,8 @@
-pub fn x() {}
+//! Braid's path-manager daemon: the I/O shell around `braid-policy`.
+//! It watches links, addresses and routes (rtnetlink) and MPTCP events,
+//! keeps the kernel's endpoints and limits in step, and answers `braid
+//! status` and `braid daemon reload` on a Unix socket.
+
+pub mod config_file;
+pub mod control;
+pub mod shell;

@@ -11,7 +11,7 @@ use netlink_packet_route::{
 use netlink_sys::protocols::NETLINK_ROUTE;
 use serde::Serialize;
 
-use crate::error::{Op, Result};
+use crate::error::{Error, Op, Result};
 use crate::netlink::{Kind, NlSocket};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -266,4 +266,210 @@ pub fn add_source_rule(src: IpAddr, table: u32, priority: u32) -> Result<()> {
         Op::Rtnetlink,
     )?;
     Ok(())
+}
+
+// ---- default routes and the change monitor (used by the daemon) ----
+
+use netlink_packet_route::route::RouteType as RtType;
+
+/// A default route (any table) and the interface it leaves by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DefaultRoute {
+    pub ifindex: u32,
+    pub table: u32,
+    pub ipv6: bool,
+}
+
+/// The default routes a route message describes (one per next hop).
+pub fn default_routes_of(msg: &RouteMessage) -> Vec<DefaultRoute> {
+    let h = &msg.header;
+    if h.destination_prefix_length != 0 || h.kind != RtType::Unicast {
+        return Vec::new();
+    }
+    let ipv6 = h.address_family == AddressFamily::Inet6;
+    let mut table = h.table as u32;
+    let mut oifs = Vec::new();
+    for a in &msg.attributes {
+        match a {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Oif(i) => oifs.push(*i),
+            RouteAttribute::MultiPath(hops) => oifs.extend(hops.iter().map(|n| n.interface_index)),
+            _ => {}
+        }
+    }
+    oifs.into_iter()
+        .map(|ifindex| DefaultRoute {
+            ifindex,
+            table,
+            ipv6,
+        })
+        .collect()
+}
+
+pub fn default_routes() -> Result<Vec<DefaultRoute>> {
+    let mut out = Vec::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family;
+        let replies: Vec<RouteNetlinkMessage> = open()?.request(
+            RouteNetlinkMessage::GetRoute(msg),
+            Kind::Dump,
+            0,
+            Op::Rtnetlink,
+        )?;
+        for r in &replies {
+            if let RouteNetlinkMessage::NewRoute(m) = r {
+                out.extend(default_routes_of(m));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A change reported by rtnetlink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Link(Link),
+    LinkRemoved(u32),
+    AddressAdded(Address),
+    AddressRemoved(Address),
+    DefaultRouteAdded(DefaultRoute),
+    DefaultRouteRemoved(DefaultRoute),
+    /// The receive buffer overflowed (ENOBUFS): changes were lost; dump again.
+    Overflow,
+}
+
+const RTNLGRP_LINK: u32 = 1;
+const RTNLGRP_IPV4_IFADDR: u32 = 5;
+const RTNLGRP_IPV4_ROUTE: u32 = 7;
+const RTNLGRP_IPV6_IFADDR: u32 = 9;
+const RTNLGRP_IPV6_ROUTE: u32 = 11;
+
+/// Subscription to link, address and route changes of the current namespace.
+pub struct Monitor {
+    sock: netlink_sys::Socket,
+    fd: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+    buf: Vec<u8>,
+    pending: std::collections::VecDeque<Change>,
+}
+
+impl Monitor {
+    /// Subscribe; `rcvbuf` shrinks the receive buffer (tests provoke ENOBUFS with it).
+    pub fn subscribe(rcvbuf: Option<usize>) -> Result<Monitor> {
+        let mut sock =
+            netlink_sys::Socket::new(NETLINK_ROUTE).map_err(|e| Error::io(Op::Rtnetlink, e))?;
+        sock.bind_auto().map_err(|e| Error::io(Op::Rtnetlink, e))?;
+        for g in [
+            RTNLGRP_LINK,
+            RTNLGRP_IPV4_IFADDR,
+            RTNLGRP_IPV4_ROUTE,
+            RTNLGRP_IPV6_IFADDR,
+            RTNLGRP_IPV6_ROUTE,
+        ] {
+            sock.add_membership(g)
+                .map_err(|e| Error::io(Op::Rtnetlink, e))?;
+        }
+        if let Some(n) = rcvbuf {
+            sock.set_rx_buf_sz(n)
+                .map_err(|e| Error::io(Op::Rtnetlink, e))?;
+        }
+        Ok(Monitor {
+            sock,
+            fd: None,
+            buf: Vec::with_capacity(1 << 16),
+            pending: Default::default(),
+        })
+    }
+
+    /// The next change, waiting without blocking the tokio runtime.
+    pub async fn next(&mut self) -> Result<Change> {
+        use std::os::fd::AsFd;
+        if let Some(c) = self.pending.pop_front() {
+            return Ok(c);
+        }
+        if self.fd.is_none() {
+            self.sock
+                .set_non_blocking(true)
+                .map_err(|e| Error::io(Op::Rtnetlink, e))?;
+            let dup = self
+                .sock
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| Error::io(Op::Rtnetlink, e))?;
+            // SAFETY: the AsyncFd owns the duplicate for as long as it is registered.
+            let fd = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE)
+            }
+            .map_err(|e| Error::io(Op::Rtnetlink, e.into()))?;
+            self.fd = Some(fd);
+        }
+        loop {
+            let mut guard = self
+                .fd
+                .as_ref()
+                .expect("registered above")
+                .readable()
+                .await
+                .map_err(|e| Error::io(Op::Rtnetlink, e))?;
+            self.buf.clear();
+            match self.sock.recv(&mut self.buf, 0) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    guard.clear_ready();
+                    continue;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(Change::Overflow),
+                Err(e) => return Err(Error::io(Op::Rtnetlink, e)),
+            }
+            decode_changes(&self.buf, &mut self.pending);
+            if let Some(c) = self.pending.pop_front() {
+                return Ok(c);
+            }
+        }
+    }
+}
+
+/// Decode every message in a datagram; undecodable ones are skipped.
+fn decode_changes(buf: &[u8], out: &mut std::collections::VecDeque<Change>) {
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+    let mut offset = 0;
+    while offset + 16 <= buf.len() {
+        let len = u32::from_ne_bytes(buf[offset..offset + 4].try_into().unwrap()) as usize;
+        if len < 16 || offset + len > buf.len() {
+            return;
+        }
+        let frame = &buf[offset..offset + len];
+        offset += crate::netlink::align4(len);
+        let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(frame) else {
+            continue;
+        };
+        let NetlinkPayload::InnerMessage(m) = msg.payload else {
+            continue;
+        };
+        match m {
+            RouteNetlinkMessage::NewLink(l) => out.push_back(Change::Link(link_from_message(&l))),
+            RouteNetlinkMessage::DelLink(l) => out.push_back(Change::LinkRemoved(l.header.index)),
+            RouteNetlinkMessage::NewAddress(a) => {
+                if let Some(a) = address_from_message(&a) {
+                    out.push_back(Change::AddressAdded(a));
+                }
+            }
+            RouteNetlinkMessage::DelAddress(a) => {
+                if let Some(a) = address_from_message(&a) {
+                    out.push_back(Change::AddressRemoved(a));
+                }
+            }
+            RouteNetlinkMessage::NewRoute(r) => out.extend(
+                default_routes_of(&r)
+                    .into_iter()
+                    .map(Change::DefaultRouteAdded),
+            ),
+            RouteNetlinkMessage::DelRoute(r) => out.extend(
+                default_routes_of(&r)
+                    .into_iter()
+                    .map(Change::DefaultRouteRemoved),
+            ),
+            _ => {}
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! its own module; this file only parses arguments and reports errors.
 
 mod conns;
+mod daemon;
 mod endpoint;
 mod lab;
 mod monitor;
@@ -32,8 +33,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Kernel MPTCP state and what to fix, with the exact commands.
-    Status,
+    /// Kernel MPTCP state and what to fix, with the exact commands; the daemon's view when it runs.
+    Status {
+        /// Control socket of the daemon.
+        #[arg(long, default_value = "/run/braid/braid.sock")]
+        socket: std::path::PathBuf,
+    },
     /// Manage the in-kernel path manager's endpoints (like `ip mptcp endpoint`).
     #[command(subcommand, alias = "endpoints", alias = "ep")]
     Endpoint(endpoint::EndpointCmd),
@@ -45,6 +50,8 @@ enum Command {
     /// MPTCP connections and their subflows.
     #[command(alias = "connections")]
     Conns(conns::ConnsArgs),
+    /// The path-manager daemon: keeps endpoints in step with the interfaces.
+    Daemon(daemon::DaemonArgs),
     /// Multipath labs: emulated paths in namespaces, scenarios, comparisons.
     #[command(subcommand)]
     Lab(lab::LabCmd),
@@ -62,12 +69,13 @@ fn run(cli: Cli) -> Result<(), braid_kernel::Error> {
     }
     let ctx = Ctx { json: cli.json };
     match cli.command {
-        Command::Status => status::run(&ctx),
+        Command::Status { socket } => status::run(&ctx, &socket),
         Command::Endpoint(cmd) => endpoint::run_endpoint(&ctx, cmd),
         Command::Limits(cmd) => endpoint::run_limits(&ctx, cmd),
         Command::Monitor => monitor::run(&ctx),
         Command::Conns(args) => conns::run(&ctx, args),
         Command::Lab(cmd) => lab::run(&ctx, cmd),
+        Command::Daemon(a) => daemon::run(&ctx, a),
     }
 }
 

@@ -39,6 +39,9 @@ struct Status {
     mptcp_listeners: usize,
     mptcp_connections: usize,
     hints: Vec<Hint>,
+    /// The daemon's own view, when one answers on the control socket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    daemon: Option<serde_json::Value>,
 }
 
 fn hint(hints: &mut Vec<Hint>, severity: Severity, problem: String, fix: String) {
@@ -49,7 +52,7 @@ fn hint(hints: &mut Vec<Hint>, severity: Severity, problem: String, fix: String)
     });
 }
 
-fn gather() -> Status {
+fn gather(socket: &std::path::Path) -> Status {
     let mut hints = Vec::new();
     let available = sysctl::available();
     let read = |k: &str| sysctl::read(k).ok();
@@ -76,6 +79,7 @@ fn gather() -> Status {
         mptcp_listeners: 0,
         mptcp_connections: 0,
         hints: Vec::new(),
+        daemon: crate::daemon::daemon_status(socket),
     };
     if !available {
         hint(&mut hints, Severity::Error,
@@ -142,7 +146,10 @@ fn gather() -> Status {
         }
     }
 
-    if status.path_manager.as_deref() == Some("kernel") && status.endpoints.is_empty() {
+    if status.path_manager.as_deref() == Some("kernel")
+        && status.endpoints.is_empty()
+        && status.daemon.is_none()
+    {
         hint(&mut hints, Severity::Warning,
             "no endpoints: every MPTCP connection stays on a single path".into(),
             "add one per extra interface, e.g. 'braid endpoint add 192.0.2.10 dev wlan0 subflow' (clients) or '... signal' (servers)".into());
@@ -226,8 +233,8 @@ fn endpoint_hints(
     }
 }
 
-pub fn run(ctx: &Ctx) -> Result<()> {
-    let s = gather();
+pub fn run(ctx: &Ctx, socket: &std::path::Path) -> Result<()> {
+    let s = gather(socket);
     if ctx.json {
         print_json(&s);
         return Ok(());
@@ -268,6 +275,12 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             println!("  {}", e.line());
         }
     }
+    match &s.daemon {
+        Some(d) => print_daemon(d),
+        None => println!(
+            "daemon          not running (start it with 'braid daemon' or the braid.service unit)"
+        ),
+    }
     if s.hints.is_empty() {
         println!("\nno problems found");
     } else {
@@ -282,4 +295,74 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The daemon's view, from its JSON status.
+fn print_daemon(d: &serde_json::Value) {
+    let v = &d["view"];
+    println!(
+        "daemon          running (pid {}, up {} s, mode {}, config {})",
+        d["pid"],
+        d["uptime_s"],
+        v["mode"].as_str().unwrap_or("?"),
+        d["config"].as_str().unwrap_or("?")
+    );
+    if let Some(ifs) = v["interfaces"].as_array() {
+        println!("interfaces");
+        for i in ifs {
+            let state = match (i["up"].as_bool(), i["carrier"].as_bool()) {
+                (Some(true), Some(true)) => "up",
+                (Some(true), _) => "no-carrier",
+                _ => "down",
+            };
+            println!(
+                "  {:<12} {:<10} {}",
+                i["name"].as_str().unwrap_or("?"),
+                state,
+                i["role"].as_str().unwrap_or("")
+            );
+            for a in i["addresses"].as_array().into_iter().flatten() {
+                let ep = a["endpoint_id"]
+                    .as_u64()
+                    .map(|id| format!(" (endpoint id {id})"))
+                    .unwrap_or_default();
+                println!(
+                    "      {}/{}  {}{}",
+                    a["ip"].as_str().unwrap_or("?"),
+                    a["prefix_len"],
+                    a["why"].as_str().unwrap_or(""),
+                    ep
+                );
+            }
+        }
+    }
+    if let Some(w) = v["warnings"].as_array() {
+        for x in w {
+            println!("warning: {}", x.as_str().unwrap_or(""));
+        }
+    }
+    if let Some(ds) = v["recent_decisions"].as_array() {
+        if !ds.is_empty() {
+            println!("recent decisions");
+            for x in ds.iter().rev().take(10).rev() {
+                let err = x["error"]
+                    .as_str()
+                    .map(|e| format!("  FAILED: {e}"))
+                    .unwrap_or_default();
+                println!(
+                    "  +{:.1}s {}: {}{}",
+                    x["at_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+                    x["action"].as_str().unwrap_or(""),
+                    x["reason"].as_str().unwrap_or(""),
+                    err
+                );
+            }
+        }
+    }
+    let c = &v["counters"];
+    println!(
+        "events          {} link, {} address, {} route, {} resyncs, {} reloads, {} actions ({} failed), MPTCP {}",
+        c["link_events"], c["address_events"], c["route_events"], c["resyncs"], c["reloads"], c["actions"], c["failed_actions"],
+        c["mptcp_events"]
+    );
 }

@@ -1,0 +1,109 @@
+//! `braid daemon`: run the path manager, check its configuration, reload it.
+
+use std::path::PathBuf;
+
+use braid_daemon::{config_file, control, shell};
+use braid_kernel::Error;
+use clap::{Args, Subcommand};
+
+use crate::{print_json, Ctx};
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct DaemonArgs {
+    #[command(subcommand)]
+    pub cmd: Option<DaemonCmd>,
+    /// Configuration file.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    /// Receive buffer of the rtnetlink socket in bytes (for tests).
+    #[arg(long, hide = true)]
+    pub netlink_rcvbuf: Option<usize>,
+    /// Where the daemon remembers the endpoints it made.
+    #[arg(long, hide = true, default_value = shell::STATE_FILE)]
+    pub state_file: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum DaemonCmd {
+    /// Make the running daemon re-read its configuration.
+    Reload {
+        /// Control socket of the daemon.
+        #[arg(long, default_value = "/run/braid/braid.sock")]
+        socket: PathBuf,
+    },
+}
+
+fn config_path(a: &DaemonArgs) -> (PathBuf, bool) {
+    match &a.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(config_file::DEFAULT_PATH), false),
+    }
+}
+
+pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<(), Error> {
+    if let Some(DaemonCmd::Reload { socket }) = &a.cmd {
+        let reply = control::request(socket, &control::Request::Reload).map_err(Error::Invalid)?;
+        if !reply.ok {
+            return Err(Error::Invalid(format!(
+                "reload refused, the running configuration stays in force: {}",
+                reply.error.unwrap_or_default()
+            )));
+        }
+        if ctx.json {
+            print_json(&serde_json::json!({"reloaded": true}));
+        } else {
+            println!("configuration reloaded");
+        }
+        return Ok(());
+    }
+    let (path, explicit) = config_path(&a);
+    if a.check_config {
+        let cfg = config_file::load(&path, explicit).map_err(Error::Invalid)?;
+        if ctx.json {
+            print_json(&cfg);
+        } else if explicit || path.exists() {
+            println!("{}: configuration is valid", path.display());
+        } else {
+            println!("{} does not exist: the defaults apply", path.display());
+        }
+        return Ok(());
+    }
+    init_logging();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Invalid(format!("starting the runtime: {e}")))?;
+    rt.block_on(shell::run(shell::Options {
+        config_path: path,
+        config_explicit: explicit,
+        netlink_rcvbuf: a.netlink_rcvbuf,
+        state_file: a.state_file,
+    }))
+    .map_err(Error::Invalid)
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("BRAID_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // journald adds its own timestamps.
+    let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if under_journal {
+        builder.with_ansi(false).without_time().init();
+    } else {
+        builder.with_ansi(false).init();
+    }
+}
+
+/// The daemon's view for `braid status`, if a daemon answers.
+pub fn daemon_status(socket: &std::path::Path) -> Option<serde_json::Value> {
+    let reply = control::request(socket, &control::Request::Status).ok()?;
+    reply.status
+}
