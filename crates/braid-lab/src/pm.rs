@@ -53,7 +53,7 @@ impl PmKind {
     pub fn unavailable(self) -> Option<String> {
         match self {
             PmKind::None | PmKind::Kernel => None,
-            PmKind::Braid => Some("Braid's path-manager daemon is not built yet (issue 4); use --pm kernel or mptcpd".into()),
+            PmKind::Braid => None,
             PmKind::Mptcpd if !Path::new(MPTCPD).exists() => Some(format!(
                 "mptcpd is not installed ({MPTCPD} is missing): 'apt-get install mptcpd' to compare with it"
             )),
@@ -84,7 +84,8 @@ impl Drop for RunningPm {
 }
 
 /// Configure the client side of `lab` for `kind` and start what it needs.
-pub fn start(kind: PmKind, lab: &Lab) -> Result<RunningPm, LabError> {
+/// `braid_exe` is the `braid` binary (for `--pm braid`).
+pub fn start(kind: PmKind, lab: &Lab, braid_exe: &Path) -> Result<RunningPm, LabError> {
     if let Some(why) = kind.unavailable() {
         return Err(LabError::Invalid(why));
     }
@@ -109,7 +110,41 @@ pub fn start(kind: PmKind, lab: &Lab) -> Result<RunningPm, LabError> {
         }
         Ok(())
     })?;
+    let dir = crate::lab::state_dir(&st.name);
     let child = match kind {
+        PmKind::Braid => {
+            let socket = dir.join("braid.sock");
+            let config = dir.join("braid.toml");
+            std::fs::write(
+                &config,
+                format!("[control]\nsocket = \"{}\"\n", socket.display()),
+            )
+            .map_err(|e| LabError::Io(format!("writing {}: {e}", config.display())))?;
+            let child = spawn_in_netns(
+                &ns,
+                Command::new(braid_exe)
+                    .arg("daemon")
+                    .arg("--config")
+                    .arg(&config)
+                    .arg("--state-file")
+                    .arg(dir.join("braid-daemon-state.json")),
+                &dir.join("braid-daemon.log"),
+            )?;
+            // Ready once the control socket answers.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+                if std::time::Instant::now() > deadline {
+                    let log =
+                        std::fs::read_to_string(dir.join("braid-daemon.log")).unwrap_or_default();
+                    return Err(LabError::Io(format!(
+                        "the braid daemon did not start: {}",
+                        log.trim()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Some(child)
+        }
         PmKind::Mptcpd => Some(spawn_in_netns(
             &ns,
             Command::new(MPTCPD).args([
@@ -122,7 +157,7 @@ pub fn start(kind: PmKind, lab: &Lab) -> Result<RunningPm, LabError> {
         )?),
         _ => None,
     };
-    if child.is_some() {
+    if kind == PmKind::Mptcpd {
         // Give it time to read the existing addresses.
         std::thread::sleep(Duration::from_millis(300));
     }

@@ -159,7 +159,7 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
         client_addr_absent: absent,
         seed: 7,
     })?;
-    let _pm = pm::start(cfg.pm, guard.lab())?;
+    let _pm = pm::start(cfg.pm, guard.lab(), &cfg.emulator_exe)?;
     let st = guard.lab().state.clone();
     let ep = Endpoints {
         client_ns: st.client_ns.clone(),

@@ -505,7 +505,9 @@ impl Policy {
         }
         let _ = extra;
 
-        // 3. Limits matched to the endpoints.
+        // 3. Limits matched to the endpoints. The kernel checks them when it
+        // decides to open a subflow, so a raise goes before the new endpoints
+        // and a cut after the removals.
         if self.config.limits.manage {
             let n = wanted.len().min(KERNEL_MAX_ENDPOINTS) as u32;
             let want = match self.config.mode {
@@ -523,14 +525,26 @@ impl Policy {
                     Mode::Client => format!("{n} usable endpoint(s): allow as many extra subflows and accepted announcements"),
                     Mode::Server => "a server accepts up to the kernel maximum of joins and ignores announcements".into(),
                 };
+                let raise = self.limits.is_none_or(|l| {
+                    want.subflows > l.subflows || want.add_addr_accepted > l.add_addr_accepted
+                });
                 self.limits = Some(want);
-                out.push(Decision {
+                let d = Decision {
                     action: Action::SetLimits {
                         subflows: want.subflows,
                         add_addr_accepted: want.add_addr_accepted,
                     },
                     reason,
-                });
+                };
+                if raise {
+                    let first_add = out
+                        .iter()
+                        .position(|d| matches!(d.action, Action::AddEndpoint { .. }))
+                        .unwrap_or(out.len());
+                    out.insert(first_add, d);
+                } else {
+                    out.push(d);
+                }
             }
         }
 

@@ -162,6 +162,11 @@ fn carrier_loss_removes_and_recovery_restores() {
         .any(|d| matches!(d.action, Action::SetLimits { subflows: 1, .. })));
     let ds = s.send(Event::LinkChanged(link(3, "wlan0")));
     assert_eq!(adds(&ds), vec![(ip("192.168.1.5"), SUBFLOW)]);
+    // The kernel checks the limit when the endpoint appears: raise it first.
+    assert!(
+        matches!(ds[0].action, Action::SetLimits { subflows: 2, .. }),
+        "{ds:?}"
+    );
     // Administratively down counts the same.
     let ds = s.send(Event::LinkChanged(Link {
         up: false,
