@@ -418,12 +418,32 @@ impl Monitor {
                     guard.clear_ready();
                     continue;
                 }
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(Change::Overflow),
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    self.drain();
+                    return Ok(Change::Overflow);
+                }
                 Err(e) => return Err(Error::io(Op::Rtnetlink, e)),
             }
             decode_changes(&self.buf, &mut self.pending);
             if let Some(c) = self.pending.pop_front() {
                 return Ok(c);
+            }
+        }
+    }
+}
+
+impl Monitor {
+    /// Throw away everything queued: the caller dumps the full state next.
+    /// An empty queue also re-arms the kernel's overflow report (netlink
+    /// reports ENOBUFS once per congestion), so a later loss is not silent.
+    fn drain(&mut self) {
+        self.pending.clear();
+        loop {
+            self.buf.clear();
+            match self.sock.recv(&mut self.buf, libc::MSG_DONTWAIT) {
+                Ok(_) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => continue,
+                Err(_) => break,
             }
         }
     }

@@ -52,7 +52,9 @@ pub struct EndpointsConfig {
     /// Bind each endpoint to its interface (`dev`), so subflows leave by it
     /// even without source routing.
     pub bind_to_device: bool,
-    /// Remove the endpoints Braid made when the daemon stops.
+    /// Remove the endpoints Braid made when the daemon stops. Off by
+    /// default: removing an endpoint closes the subflows using its address,
+    /// so a restart would disturb live connections.
     pub remove_on_stop: bool,
     /// Manage the whole endpoint table, removing endpoints Braid did not make.
     pub own_all: bool,
@@ -132,7 +134,7 @@ impl Default for EndpointsConfig {
     fn default() -> Self {
         EndpointsConfig {
             bind_to_device: true,
-            remove_on_stop: true,
+            remove_on_stop: false,
             own_all: false,
         }
     }

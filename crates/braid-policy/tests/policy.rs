@@ -482,7 +482,9 @@ fn a_refused_endpoint_is_not_retried_until_something_changes() {
 
 #[test]
 fn stopping_removes_owned_endpoints_only_when_configured() {
-    let mut s = Sim::new(Config::default());
+    let mut cfg = Config::default();
+    cfg.endpoints.remove_on_stop = true;
+    let mut s = Sim::new(cfg);
     s.snapshot(vec![KernelEndpoint {
         id: 50,
         addr: ip("198.51.100.1"),
