@@ -5,4 +5,5 @@
 
 pub mod config_file;
 pub mod control;
+pub mod logging;
 pub mod shell;

@@ -72,7 +72,7 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<(), Error> {
         }
         return Ok(());
     }
-    init_logging();
+    braid_daemon::logging::init();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -84,22 +84,6 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<(), Error> {
         state_file: a.state_file,
     }))
     .map_err(Error::Invalid)
-}
-
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("BRAID_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    // journald adds its own timestamps.
-    let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    if under_journal {
-        builder.with_ansi(false).without_time().init();
-    } else {
-        builder.with_ansi(false).init();
-    }
 }
 
 /// The daemon's view for `braid status`, if a daemon answers.
