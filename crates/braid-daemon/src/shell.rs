@@ -109,6 +109,8 @@ struct Shell {
     start: Instant,
     opts: Options,
     saved_owned: Vec<u8>,
+    /// Warnings last logged, so each is logged when it appears.
+    warnings: Vec<String>,
 }
 
 impl Shell {
@@ -119,6 +121,7 @@ impl Shell {
     fn feed(&mut self, ev: Event) {
         let now = self.now_ms();
         let decisions = self.policy.handle(ev, now);
+        let decided = !decisions.is_empty();
         for d in decisions {
             info!(action = %d.action, reason = %d.reason, "decision");
             if let Err(e) = self.execute(&d.action) {
@@ -134,6 +137,17 @@ impl Shell {
             }
         }
         self.save_state();
+        if decided {
+            self.log_new_warnings();
+        }
+    }
+
+    fn log_new_warnings(&mut self) {
+        let now = self.policy.view().warnings;
+        for w in now.iter().filter(|w| !self.warnings.contains(w)) {
+            warn!("{w}");
+        }
+        self.warnings = now;
     }
 
     fn execute(&mut self, a: &Action) -> Result<(), String> {
@@ -293,6 +307,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
         start: Instant::now(),
         opts,
         saved_owned: saved,
+        warnings: Vec::new(),
     };
     let first = snapshot(&mut shell.pm).map_err(|e| e.to_string())?;
     shell.feed(first);

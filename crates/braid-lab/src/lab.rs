@@ -119,6 +119,11 @@ fn ifindex(name: &str) -> Result<u32, LabError> {
     rtnl::link_index(name)?.ok_or_else(|| LabError::Io(format!("device {name} is missing")))
 }
 
+/// The rate tbf applies (none when the emulator applies it).
+fn tbf_rate(spec: &PathSpec) -> Option<u64> {
+    spec.rate_bps.filter(|_| !spec.rate_in_emulator)
+}
+
 /// tbf on `dev` in namespace `ns`. The lab sets up qdiscs with iproute2's
 /// `tc`: no maintained Rust netlink crate builds tbf qdiscs.
 fn apply_rate(ns: &str, dev: &str, rate_bps: Option<u64>) -> Result<(), LabError> {
@@ -312,8 +317,8 @@ impl Lab {
             Ok(())
         })?;
         for p in &st.paths {
-            apply_rate(&st.client_ns, &p.dev, p.spec.rate_bps)?;
-            apply_rate(&st.server_ns, &p.dev, p.spec.rate_bps)?;
+            apply_rate(&st.client_ns, &p.dev, tbf_rate(&p.spec))?;
+            apply_rate(&st.server_ns, &p.dev, tbf_rate(&p.spec))?;
         }
         self.save()
     }
@@ -355,9 +360,9 @@ impl Lab {
     pub fn set(&mut self, k: usize, spec: PathSpec) -> Result<(), LabError> {
         let p = self.path(k)?.clone();
         emulator::request(&self.state.control, &Request::Set { path: k, spec })?;
-        if p.spec.rate_bps != spec.rate_bps {
-            apply_rate(&self.state.client_ns, &p.dev, spec.rate_bps)?;
-            apply_rate(&self.state.server_ns, &p.dev, spec.rate_bps)?;
+        if tbf_rate(&p.spec) != tbf_rate(&spec) {
+            apply_rate(&self.state.client_ns, &p.dev, tbf_rate(&spec))?;
+            apply_rate(&self.state.server_ns, &p.dev, tbf_rate(&spec))?;
         }
         self.state.paths[k].spec = spec;
         self.save()

@@ -15,8 +15,6 @@ pub struct Shaper {
     pub spec: PathSpec,
     /// Drop everything (a silent blackhole, carrier stays up).
     pub blackhole: bool,
-    /// Optional rate applied by the emulator itself (bits per second).
-    pub emu_rate_bps: Option<u64>,
     rng: fastrand::Rng,
     last_release: u64,
     link_free_at: u64,
@@ -30,7 +28,6 @@ impl Shaper {
         Shaper {
             spec,
             blackhole: false,
-            emu_rate_bps: None,
             rng: fastrand::Rng::with_seed(seed),
             last_release: 0,
             link_free_at: 0,
@@ -42,7 +39,11 @@ impl Shaper {
             return Verdict::Drop;
         }
         let mut start = now;
-        if let Some(rate) = self.emu_rate_bps.filter(|r| *r > 0) {
+        let emu_rate = self
+            .spec
+            .rate_bps
+            .filter(|r| self.spec.rate_in_emulator && *r > 0);
+        if let Some(rate) = emu_rate {
             start = now.max(self.link_free_at);
             if start - now > MAX_QUEUE_NS {
                 return Verdict::Drop;
@@ -132,7 +133,8 @@ mod tests {
         s.blackhole = true;
         assert_eq!(s.on_packet(0, 100), Verdict::Drop);
         s.blackhole = false;
-        s.emu_rate_bps = Some(8_000_000); // 1 byte per microsecond
+        s.spec.rate_bps = Some(8_000_000); // 1 byte per microsecond
+        s.spec.rate_in_emulator = true;
         assert_eq!(s.on_packet(0, 1000), Verdict::ReleaseAt(1_000_000));
         assert_eq!(s.on_packet(0, 1000), Verdict::ReleaseAt(2_000_000));
     }

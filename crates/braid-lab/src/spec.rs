@@ -18,6 +18,10 @@ pub struct PathSpec {
     pub loss: f64,
     /// Let jitter reorder packets (off: later packets never overtake).
     pub reorder: bool,
+    /// Apply the rate in the emulator (serialisation delay, 200 ms queue)
+    /// instead of a tbf qdisc on the path's devices.
+    #[serde(default)]
+    pub rate_in_emulator: bool,
 }
 
 /// Parse a rate: `40mbit`, `1.5gbit`, `500kbit`, `100000bit`, `10mbps` (bytes).

@@ -75,7 +75,7 @@ pub struct UpArgs {
     /// Number of paths (1 to 8).
     #[arg(long, default_value_t = 2)]
     pub paths: usize,
-    /// Rate per path (tbf), e.g. 40mbit,20mbit; "none" for unlimited.
+    /// Rate per path, e.g. 40mbit,20mbit; "none" for unlimited.
     #[arg(long, default_value = "40mbit,20mbit")]
     pub rate: String,
     /// One-way delay per path and direction, e.g. 10ms,40ms.
@@ -90,6 +90,9 @@ pub struct UpArgs {
     /// Let jitter reorder packets.
     #[arg(long)]
     pub reorder: bool,
+    /// Where the rate is applied: a tbf qdisc on each end, or the emulator.
+    #[arg(long, value_parser = ["tbf", "emulator"], default_value = "tbf")]
+    pub rate_by: String,
 }
 
 #[derive(Args)]
@@ -190,6 +193,7 @@ pub fn path_specs(a: &UpArgs) -> Result<Vec<PathSpec>, LabError> {
                 jitter_us: spec::parse_duration_us(jitters[k])?,
                 loss: spec::parse_loss(losses[k])?,
                 reorder: a.reorder,
+                rate_in_emulator: a.rate_by == "emulator",
             })
         })
         .collect()
@@ -208,6 +212,9 @@ pub fn describe(spec: &PathSpec) -> String {
         .rate_bps
         .map(spec::format_rate)
         .unwrap_or_else(|| "unlimited".into());
+    if spec.rate_in_emulator && spec.rate_bps.is_some() {
+        s.push_str(" (emulator)");
+    }
     s.push_str(&format!(" delay {}ms", spec.delay_us as f64 / 1000.0));
     if spec.jitter_us > 0 {
         s.push_str(&format!(" jitter {}ms", spec.jitter_us as f64 / 1000.0));
@@ -435,6 +442,7 @@ fn run_config(a: &RunArgs, pm: PmKind, i: usize) -> Result<RunConfig, LabError> 
         jitter: a.jitter.clone(),
         loss: a.loss.clone(),
         reorder: false,
+        rate_by: "tbf".into(),
     };
     let duration_us = spec::parse_duration_us(&a.duration)?;
     if duration_us < 2_000_000 {
