@@ -6,6 +6,7 @@
 //! Everything acts on the network namespace of the calling thread; see
 //! [`netns`] to reach another one.
 
+pub mod bpf;
 pub mod diag;
 pub mod error;
 pub mod events;
@@ -16,6 +17,7 @@ pub mod netns;
 pub mod pm;
 pub mod rtnl;
 pub mod socket;
+pub mod sockopts;
 pub mod sysctl;
 
 pub use error::{Error, Op, Result};

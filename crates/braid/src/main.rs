@@ -7,6 +7,7 @@ mod endpoint;
 mod lab;
 mod monitor;
 mod names;
+mod run;
 mod status;
 
 use std::process::ExitCode;
@@ -52,6 +53,17 @@ enum Command {
     Conns(conns::ConnsArgs),
     /// The path-manager daemon: keeps endpoints in step with the interfaces.
     Daemon(daemon::DaemonArgs),
+    /// Run a program with its TCP sockets turned into MPTCP (LD_PRELOAD, GODEBUG, or --bpf).
+    Run(run::RunArgs),
+    /// Make a systemd service use MPTCP (a drop-in; the unit file is never edited).
+    Enable(run::EnableArgs),
+    /// Remove what 'braid enable' wrote.
+    Disable(run::DisableArgs),
+    /// Which common socket options work on MPTCP sockets on this kernel.
+    Sockopts,
+    /// Force MPTCP with BPF: probe, attach, detach (used by 'enable --bpf').
+    #[command(subcommand)]
+    Bpf(run::BpfCmd),
     /// Multipath labs: emulated paths in namespaces, scenarios, comparisons.
     #[command(subcommand)]
     Lab(lab::LabCmd),
@@ -76,6 +88,11 @@ fn run(cli: Cli) -> Result<(), braid_kernel::Error> {
         Command::Conns(args) => conns::run(&ctx, args),
         Command::Lab(cmd) => lab::run(&ctx, cmd),
         Command::Daemon(a) => daemon::run(&ctx, a),
+        Command::Run(a) => run::run(a),
+        Command::Enable(a) => run::enable(&ctx, a),
+        Command::Disable(a) => run::disable(&ctx, a),
+        Command::Bpf(c) => run::bpf_cmd(&ctx, c),
+        Command::Sockopts => run::sockopts(&ctx),
     }
 }
 

@@ -39,6 +39,8 @@ struct Status {
     mptcp_listeners: usize,
     mptcp_connections: usize,
     hints: Vec<Hint>,
+    /// systemd units where 'braid enable' made programs use MPTCP.
+    mptcp_units: Vec<String>,
     /// The daemon's own view, when one answers on the control socket.
     #[serde(skip_serializing_if = "Option::is_none")]
     daemon: Option<serde_json::Value>,
@@ -80,6 +82,7 @@ fn gather(socket: &std::path::Path) -> Status {
         mptcp_connections: 0,
         hints: Vec::new(),
         daemon: crate::daemon::daemon_status(socket),
+        mptcp_units: crate::run::enabled_units(std::path::Path::new("/")),
     };
     if !available {
         hint(&mut hints, Severity::Error,
@@ -274,6 +277,12 @@ pub fn run(ctx: &Ctx, socket: &std::path::Path) -> Result<()> {
         for e in &s.endpoints {
             println!("  {}", e.line());
         }
+    }
+    if !s.mptcp_units.is_empty() {
+        println!(
+            "MPTCP enabled   {} (braid enable)",
+            s.mptcp_units.join(", ")
+        );
     }
     match &s.daemon {
         Some(d) => print_daemon(d),

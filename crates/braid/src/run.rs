@@ -1,0 +1,583 @@
+//! `braid run`, `braid enable` and `braid disable`: make unmodified programs
+//! and services use MPTCP, with LD_PRELOAD (plus GODEBUG for Go) or, with
+//! `--bpf`, a cgroup-scoped BPF program for what LD_PRELOAD cannot reach.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use braid_kernel::bpf;
+use braid_kernel::Error;
+use clap::Args;
+
+use crate::{print_json, Ctx};
+
+pub const PRELOAD_NAME: &str = "libbraid_preload.so";
+pub const DROPIN_NAME: &str = "50-braid-mptcp.conf";
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Only sockets that listen become MPTCP.
+    #[arg(long, conflicts_with = "connect_only")]
+    pub listen_only: bool,
+    /// Only sockets that connect become MPTCP.
+    #[arg(long)]
+    pub connect_only: bool,
+    /// Log each rewritten socket on stderr.
+    #[arg(long)]
+    pub debug: bool,
+    /// Force MPTCP with a BPF program scoped to the program's cgroup (also
+    /// reaches static binaries); needs a kernel that allows fmod_ret programs.
+    #[arg(long)]
+    pub bpf: bool,
+    /// The program and its arguments.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "PROGRAM"
+    )]
+    pub command: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct EnableArgs {
+    /// The systemd unit (".service" is added when no type is given).
+    pub unit: String,
+    /// Show the drop-in instead of writing it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Use this directory as the root of the filesystem (for tests and images).
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+    #[arg(long, conflicts_with = "connect_only")]
+    pub listen_only: bool,
+    #[arg(long)]
+    pub connect_only: bool,
+    /// Also force MPTCP with BPF in the unit's cgroup (ExecStartPre/ExecStopPost).
+    #[arg(long)]
+    pub bpf: bool,
+}
+
+#[derive(Args)]
+pub struct DisableArgs {
+    pub unit: String,
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+}
+
+fn scope(listen_only: bool, connect_only: bool) -> &'static str {
+    match (listen_only, connect_only) {
+        (true, _) => "listen",
+        (_, true) => "connect",
+        _ => "all",
+    }
+}
+
+/// Where the preload library is: next to the binary, or in the install prefix.
+pub fn find_preload() -> Result<PathBuf, Error> {
+    if let Some(p) = std::env::var_os("BRAID_PRELOAD_LIB") {
+        let p = PathBuf::from(p);
+        return if p.exists() {
+            Ok(p)
+        } else {
+            Err(Error::Invalid(format!(
+                "BRAID_PRELOAD_LIB points to {}, which does not exist",
+                p.display()
+            )))
+        };
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Invalid(format!("cannot find the braid executable: {e}")))?;
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    let candidates = [
+        dir.join(PRELOAD_NAME),
+        dir.join("../lib/braid").join(PRELOAD_NAME),
+        PathBuf::from("/usr/local/lib/braid").join(PRELOAD_NAME),
+        PathBuf::from("/usr/lib/braid").join(PRELOAD_NAME),
+    ];
+    candidates.iter().find(|p| p.exists()).map(|p| p.canonicalize().unwrap_or(p.clone())).ok_or_else(|| {
+        Error::Invalid(format!(
+            "the preload library {PRELOAD_NAME} was not found (looked in {}); build it with 'cargo build -p braid-preload' \
+             and install it next to braid or in /usr/local/lib/braid/, or set BRAID_PRELOAD_LIB",
+            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        ))
+    })
+}
+
+/// `existing` with `ours` appended (space-separated, as ld.so reads it).
+pub fn append_preload(existing: Option<&str>, ours: &str) -> String {
+    match existing.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(e) if e.split([' ', ':']).any(|x| x == ours) => e.to_string(),
+        Some(e) => format!("{e} {ours}"),
+        None => ours.to_string(),
+    }
+}
+
+/// `existing` GODEBUG with multipathtcp=1 appended (unless it says otherwise).
+pub fn append_godebug(existing: Option<&str>) -> String {
+    match existing.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(e) if e.split(',').any(|x| x.trim().starts_with("multipathtcp=")) => e.to_string(),
+        Some(e) => format!("{e},multipathtcp=1"),
+        None => "multipathtcp=1".to_string(),
+    }
+}
+
+pub fn run(a: RunArgs) -> Result<(), Error> {
+    let lib = find_preload()?;
+    let lib = lib.to_string_lossy().into_owned();
+    let mut cmd = Command::new(&a.command[0]);
+    cmd.args(&a.command[1..]);
+    cmd.env(
+        "LD_PRELOAD",
+        append_preload(std::env::var("LD_PRELOAD").ok().as_deref(), &lib),
+    );
+    cmd.env(
+        "GODEBUG",
+        append_godebug(std::env::var("GODEBUG").ok().as_deref()),
+    );
+    cmd.env("BRAID_MPTCP_SCOPE", scope(a.listen_only, a.connect_only));
+    if a.debug {
+        cmd.env("BRAID_MPTCP_DEBUG", "1");
+    }
+    if a.bpf {
+        return run_with_bpf(cmd);
+    }
+    // Replace braid with the program: its exit code and signals are its own.
+    let err = cmd.exec();
+    Err(Error::Invalid(format!(
+        "cannot run '{}': {err}",
+        a.command[0]
+    )))
+}
+
+/// Run the program in a fresh cgroup with the BPF program attached for that
+/// cgroup only; detach and remove the cgroup when it ends.
+fn run_with_bpf(mut cmd: Command) -> Result<(), Error> {
+    let parent = bpf::own_cgroup().ok_or_else(|| {
+        Error::Invalid(
+            "--bpf needs cgroup v2 (no cgroup2 mount or no unified cgroup for this process)".into(),
+        )
+    })?;
+    let cg = parent.join(format!("braid-run-{}", std::process::id()));
+    std::fs::create_dir(&cg)
+        .map_err(|e| Error::Invalid(format!("creating cgroup {}: {e}", cg.display())))?;
+    let cleanup = |cg: &Path| {
+        let _ = std::fs::remove_dir(cg);
+    };
+    let id = bpf::cgroup_id(&cg).map_err(|e| Error::Invalid(e.to_string()))?;
+    let link = match bpf::load(id).and_then(|p| bpf::attach(&p)) {
+        Ok(l) => l,
+        Err(e) => {
+            cleanup(&cg);
+            return Err(Error::Invalid(format!("cannot force MPTCP with BPF: {e}")));
+        }
+    };
+    let procs = cg.join("cgroup.procs");
+    unsafe {
+        cmd.pre_exec(move || {
+            // Move this child into the cgroup before exec.
+            std::fs::write(&procs, b"0")?;
+            Ok(())
+        });
+    }
+    let status = cmd.status();
+    drop(link);
+    cleanup(&cg);
+    let status = status.map_err(|e| Error::Invalid(format!("cannot run the program: {e}")))?;
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(sig) = status.signal() {
+        // Die the same way.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
+        }
+    }
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+fn unit_name(u: &str) -> Result<String, Error> {
+    if u.is_empty() || u.contains('/') || u.starts_with('.') {
+        return Err(Error::Invalid(format!("'{u}' is not a systemd unit name")));
+    }
+    Ok(if u.contains('.') {
+        u.to_string()
+    } else {
+        format!("{u}.service")
+    })
+}
+
+fn under(root: &Path, p: &str) -> PathBuf {
+    root.join(p.trim_start_matches('/'))
+}
+
+/// Split a systemd `Environment=` value into assignments (quotes honoured).
+pub fn split_environment(v: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quote: Option<char> = None;
+    let mut has = false;
+    for c in v.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                has = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if has {
+                    out.push(std::mem::take(&mut cur));
+                    has = false;
+                }
+            }
+            (_, c) => {
+                cur.push(c);
+                has = true;
+            }
+        }
+    }
+    if has {
+        out.push(cur);
+    }
+    out
+}
+
+/// The unit's own LD_PRELOAD and GODEBUG (unit file and other drop-ins),
+/// and whether it reads an EnvironmentFile.
+fn unit_environment(root: &Path, unit: &str) -> (Option<String>, Option<String>, bool) {
+    let mut files = Vec::new();
+    for dir in [
+        "/etc/systemd/system",
+        "/run/systemd/system",
+        "/usr/lib/systemd/system",
+        "/lib/systemd/system",
+    ] {
+        let f = under(root, dir).join(unit);
+        if f.exists() {
+            files.push(f);
+            break;
+        }
+    }
+    for dir in [
+        "/usr/lib/systemd/system",
+        "/lib/systemd/system",
+        "/run/systemd/system",
+        "/etc/systemd/system",
+    ] {
+        if let Ok(rd) = std::fs::read_dir(under(root, dir).join(format!("{unit}.d"))) {
+            let mut confs: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "conf") && !p.ends_with(DROPIN_NAME))
+                .collect();
+            confs.sort();
+            files.extend(confs);
+        }
+    }
+    let (mut preload, mut godebug, mut envfile) = (None, None, false);
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.starts_with("EnvironmentFile=") {
+                envfile = true;
+            }
+            if let Some(v) = line.strip_prefix("Environment=") {
+                if v.is_empty() {
+                    preload = None;
+                    godebug = None;
+                }
+                for a in split_environment(v) {
+                    if let Some(x) = a.strip_prefix("LD_PRELOAD=") {
+                        preload = Some(x.to_string());
+                    } else if let Some(x) = a.strip_prefix("GODEBUG=") {
+                        godebug = Some(x.to_string());
+                    }
+                }
+            }
+        }
+    }
+    (preload, godebug, envfile)
+}
+
+pub fn dropin_text(
+    unit: &str,
+    lib: &str,
+    preload: Option<&str>,
+    godebug: Option<&str>,
+    scope: &str,
+    bpf_exe: Option<&str>,
+) -> String {
+    let mut s = format!(
+        "# Written by 'braid enable {unit}': the unit's programs use MPTCP.\n\
+         # Remove with 'braid disable {unit}'. The unit's own LD_PRELOAD and\n\
+         # GODEBUG are kept: a drop-in's Environment= replaces them otherwise.\n\
+         [Service]\n\
+         Environment=\"LD_PRELOAD={}\"\n\
+         Environment=\"GODEBUG={}\"\n\
+         Environment=\"BRAID_MPTCP_SCOPE={scope}\"\n",
+        append_preload(preload, lib),
+        append_godebug(godebug),
+    );
+    if let Some(exe) = bpf_exe {
+        let pin = format!("/sys/fs/bpf/braid/{unit}");
+        s.push_str(&format!(
+            "# BPF: force MPTCP in this unit's cgroup, also for static binaries.\n\
+             ExecStartPre=+{exe} bpf attach --self-cgroup --pin {pin}\n\
+             ExecStopPost=+{exe} bpf detach --pin {pin}\n"
+        ));
+    }
+    s
+}
+
+fn systemd_running(root: &Path) -> bool {
+    root == Path::new("/") && Path::new("/run/systemd/system").exists()
+}
+
+pub fn enable(ctx: &Ctx, a: EnableArgs) -> Result<(), Error> {
+    let unit = unit_name(&a.unit)?;
+    let lib = find_preload()?.to_string_lossy().into_owned();
+    let (preload, godebug, envfile) = unit_environment(&a.root, &unit);
+    let exe = std::env::current_exe()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "braid".into());
+    if a.bpf {
+        if let Err(e) = bpf::probe() {
+            eprintln!("braid: warning: the BPF part will not work on this kernel: {e}");
+        }
+    }
+    let text = dropin_text(
+        &unit,
+        &lib,
+        preload.as_deref(),
+        godebug.as_deref(),
+        scope(a.listen_only, a.connect_only),
+        a.bpf.then_some(exe.as_str()),
+    );
+    let dir = under(&a.root, "/etc/systemd/system").join(format!("{unit}.d"));
+    let path = dir.join(DROPIN_NAME);
+    if envfile {
+        eprintln!("braid: warning: {unit} reads an EnvironmentFile=; if it sets LD_PRELOAD or GODEBUG, that file wins over this drop-in");
+    }
+    if a.dry_run
+        || (!systemd_running(&a.root)
+            && a.root == Path::new("/")
+            && !Path::new("/etc/systemd/system").exists())
+    {
+        if !a.dry_run {
+            eprintln!(
+                "braid: systemd is not present here; this is the drop-in that would be written:"
+            );
+        }
+        if ctx.json {
+            print_json(&serde_json::json!({"path": path, "content": text, "written": false}));
+        } else {
+            println!("# {}\n{text}", path.display());
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::Invalid(format!("creating {}: {e}", dir.display())))?;
+    std::fs::write(&path, &text)
+        .map_err(|e| Error::Invalid(format!("writing {}: {e}", path.display())))?;
+    let reloaded = reload_systemd(&a.root);
+    if ctx.json {
+        print_json(
+            &serde_json::json!({"path": path, "content": text, "written": true, "systemd_reloaded": reloaded}),
+        );
+    } else {
+        println!("wrote {}", path.display());
+        if reloaded {
+            println!("systemd reloaded; restart the unit to apply: systemctl restart {unit}");
+        } else {
+            println!(
+                "systemd is not running here: the drop-in applies when it next loads the unit"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `systemctl daemon-reload` when systemd runs this root (no D-Bus crate needed).
+fn reload_systemd(root: &Path) -> bool {
+    systemd_running(root)
+        && Command::new("systemctl")
+            .arg("daemon-reload")
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+pub fn disable(ctx: &Ctx, a: DisableArgs) -> Result<(), Error> {
+    let unit = unit_name(&a.unit)?;
+    let dir = under(&a.root, "/etc/systemd/system").join(format!("{unit}.d"));
+    let path = dir.join(DROPIN_NAME);
+    if !path.exists() {
+        return Err(Error::Invalid(format!(
+            "MPTCP is not enabled for {unit} (no {})",
+            path.display()
+        )));
+    }
+    if a.dry_run {
+        println!("would remove {}", path.display());
+        return Ok(());
+    }
+    std::fs::remove_file(&path)
+        .map_err(|e| Error::Invalid(format!("removing {}: {e}", path.display())))?;
+    let _ = std::fs::remove_dir(&dir); // only if empty
+    let reloaded = reload_systemd(&a.root);
+    if ctx.json {
+        print_json(&serde_json::json!({"removed": path, "systemd_reloaded": reloaded}));
+    } else {
+        println!("removed {}", path.display());
+    }
+    Ok(())
+}
+
+/// Units with Braid's drop-in, for `braid status`.
+pub fn enabled_units(root: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(under(root, "/etc/systemd/system"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.path().join(DROPIN_NAME).exists())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .strip_suffix(".d")
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[derive(clap::Subcommand)]
+pub enum BpfCmd {
+    /// Attach the MPTCP-forcing program for a cgroup and pin it.
+    Attach {
+        /// Scope it to the cgroup this command runs in (ExecStartPre in a unit).
+        #[arg(long)]
+        self_cgroup: bool,
+        /// Scope it to this cgroup directory.
+        #[arg(long, conflicts_with = "self_cgroup")]
+        cgroup: Option<PathBuf>,
+        /// Pin the link here (bpffs) so it outlives this command.
+        #[arg(long)]
+        pin: PathBuf,
+    },
+    /// Remove a pinned program (it detaches when unpinned).
+    Detach {
+        #[arg(long)]
+        pin: PathBuf,
+    },
+    /// Say whether this kernel can force MPTCP with BPF, and why not.
+    Probe,
+}
+
+pub fn bpf_cmd(ctx: &Ctx, c: BpfCmd) -> Result<(), Error> {
+    match c {
+        BpfCmd::Probe => {
+            let r = bpf::probe();
+            if ctx.json {
+                print_json(
+                    &serde_json::json!({"supported": r.is_ok(), "reason": r.as_ref().err().map(|e| e.to_string())}),
+                );
+            } else {
+                if r.is_ok() {
+                    println!(
+                        "this kernel can force MPTCP with BPF (fmod_ret on {})",
+                        bpf::HOOK
+                    );
+                }
+            }
+            r.map_err(|e| Error::Invalid(e.to_string()))
+        }
+        BpfCmd::Attach {
+            self_cgroup,
+            cgroup,
+            pin,
+        } => {
+            let cg = match (self_cgroup, cgroup) {
+                (true, _) => bpf::own_cgroup()
+                    .ok_or_else(|| Error::Invalid("no cgroup v2 for this process".into()))?,
+                (_, Some(c)) => c,
+                _ => {
+                    return Err(Error::Invalid(
+                        "say which cgroup: --self-cgroup or --cgroup DIR".into(),
+                    ))
+                }
+            };
+            let id = bpf::cgroup_id(&cg)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", cg.display())))?;
+            let link = bpf::load(id)
+                .and_then(|p| bpf::attach(&p))
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+            if let Some(dir) = pin.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let _ = std::fs::remove_file(&pin);
+            bpf::pin(&link, &pin).map_err(|e| Error::Invalid(e.to_string()))
+        }
+        BpfCmd::Detach { pin } => match std::fs::remove_file(&pin) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::Invalid(format!("removing {}: {e}", pin.display()))),
+        },
+    }
+}
+
+pub fn sockopts(ctx: &Ctx) -> Result<(), Error> {
+    let mptcp = braid_kernel::sockopts::survey(true)
+        .map_err(|e| Error::Invalid(format!("cannot open MPTCP sockets on loopback: {e}")))?;
+    let tcp = braid_kernel::sockopts::survey(false)
+        .map_err(|e| Error::Invalid(format!("cannot open TCP sockets on loopback: {e}")))?;
+    if ctx.json {
+        print_json(&serde_json::json!({"mptcp": mptcp, "tcp": tcp}));
+    } else {
+        println!(
+            "{:<22} {:<15} {:<6} {:<5} {:<26} read back (MPTCP)",
+            "option", "on", "MPTCP", "TCP", "set (MPTCP)"
+        );
+        for (m, t) in mptcp.iter().zip(&tcp) {
+            let yn = |b: bool| if b { "yes" } else { "no" };
+            let mark = if m.works != t.works {
+                "  <- differs"
+            } else {
+                ""
+            };
+            println!(
+                "{:<22} {:<15} {:<6} {:<5} {:<26} {}{mark}",
+                m.option,
+                m.on,
+                yn(m.works),
+                yn(t.works),
+                m.set,
+                m.read_back
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_merging() {
+        assert_eq!(append_preload(None, "/b.so"), "/b.so");
+        assert_eq!(append_preload(Some("/a.so"), "/b.so"), "/a.so /b.so");
+        assert_eq!(append_preload(Some("/a.so /b.so"), "/b.so"), "/a.so /b.so");
+        assert_eq!(
+            append_godebug(Some("http2debug=1")),
+            "http2debug=1,multipathtcp=1"
+        );
+        assert_eq!(append_godebug(Some("multipathtcp=0")), "multipathtcp=0");
+        assert_eq!(
+            split_environment("A=1 \"B=two words\" 'C=3'"),
+            vec!["A=1", "B=two words", "C=3"]
+        );
+    }
+}
