@@ -8,6 +8,7 @@ use std::time::Instant;
 use braid_kernel::events::{EventKind, EventStream, StreamItem};
 use braid_kernel::pm::{EndpointFlags, EndpointSelector, NewEndpoint, PathManager};
 use braid_kernel::rtnl::{self, Change, Monitor};
+use braid_policy::health::SubflowSample;
 use braid_policy::model::{self as m, Action, Event, MptcpEventKind};
 use braid_policy::{Config, Policy};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -247,6 +248,34 @@ impl Shell {
     }
 }
 
+/// One round of subflow measurements; None when there are no subflows
+/// (polling stops until the next MPTCP event).
+fn health_samples() -> Option<Vec<SubflowSample>> {
+    let subflows = braid_kernel::diag::subflows().ok()?;
+    if subflows.is_empty() {
+        return None;
+    }
+    Some(
+        subflows
+            .iter()
+            .filter_map(|sf| {
+                let t = sf.tcp.as_ref()?;
+                Some(SubflowSample {
+                    local: sf.local,
+                    remote: sf.remote,
+                    ifindex: 0,
+                    rtt_us: t.rtt_us,
+                    rttvar_us: t.rttvar_us,
+                    total_retrans: t.total_retrans,
+                    segs_out: t.segs_out.unwrap_or(0),
+                    unacked: t.unacked,
+                    last_ack_recv_ms: t.last_ack_recv_ms,
+                })
+            })
+            .collect(),
+    )
+}
+
 fn read_saved(path: &std::path::Path) -> Vec<u8> {
     std::fs::read(path)
         .ok()
@@ -286,6 +315,13 @@ fn bind_control(cfg: &Config) -> Result<(tokio::net::UnixListener, Option<u32>),
     Ok((listener, group))
 }
 
+fn new_poll(shell: &Shell) -> tokio::time::Interval {
+    let ms = shell.policy.config().policy.poll_interval_ms.max(10);
+    let mut i = tokio::time::interval(std::time::Duration::from_millis(ms));
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
+}
+
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(opts: Options) -> Result<(), String> {
     let config = config_file::load(&opts.config_path, opts.config_explicit)?;
@@ -313,9 +349,27 @@ pub async fn run(opts: Options) -> Result<(), String> {
     shell.feed(first);
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     info!("ready");
+    // Health is polled only while MPTCP connections exist: an MPTCP event
+    // starts the timer, a round without subflows stops it.
+    let mut poll: Option<tokio::time::Interval> = None;
+    if health_samples().is_some() {
+        poll = Some(new_poll(&shell));
+    }
 
     loop {
+        let tick = async {
+            match poll.as_mut() {
+                Some(i) => {
+                    i.tick().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
+            _ = tick => match health_samples() {
+                Some(samples) => shell.feed(Event::Health(samples)),
+                None => poll = None,
+            },
             change = monitor.next() => match change {
                 Ok(Change::Overflow) => shell.resync("the rtnetlink buffer overflowed (ENOBUFS)"),
                 Ok(c) => {
@@ -336,7 +390,12 @@ pub async fn run(opts: Options) -> Result<(), String> {
                 }
             },
             item = mptcp.next() => match item {
-                Ok(StreamItem::Event(ev)) => shell.feed(Event::Mptcp(mptcp_kind(ev.kind))),
+                Ok(StreamItem::Event(ev)) => {
+                    shell.feed(Event::Mptcp(mptcp_kind(ev.kind)));
+                    if poll.is_none() && !matches!(ev.kind, EventKind::Closed | EventKind::ListenerCreated | EventKind::ListenerClosed) {
+                        poll = Some(new_poll(&shell));
+                    }
+                }
                 Ok(StreamItem::Overflow) => warn!("MPTCP events were lost (ENOBUFS)"),
                 Err(e) => warn!(error = %e, "reading MPTCP events failed"),
             },

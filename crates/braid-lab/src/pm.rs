@@ -21,8 +21,14 @@ pub enum PmKind {
     None,
     /// Static in-kernel endpoints set up front.
     Kernel,
-    /// Braid's own daemon.
+    /// Static endpoints, the secondary ones flagged backup.
+    KernelBackup,
+    /// Braid's own daemon (aggregate mode).
     Braid,
+    /// Braid's daemon in handover mode.
+    BraidHandover,
+    /// Braid's daemon in interactive mode.
+    BraidInteractive,
     /// Debian's mptcpd with --addr-flags=subflow.
     Mptcpd,
 }
@@ -32,10 +38,13 @@ impl PmKind {
         match s {
             "none" => Ok(PmKind::None),
             "kernel" => Ok(PmKind::Kernel),
-            "braid" => Ok(PmKind::Braid),
+            "kernel:backup" => Ok(PmKind::KernelBackup),
+            "braid" | "braid:aggregate" => Ok(PmKind::Braid),
+            "braid:handover" => Ok(PmKind::BraidHandover),
+            "braid:interactive" => Ok(PmKind::BraidInteractive),
             "mptcpd" => Ok(PmKind::Mptcpd),
             other => Err(LabError::Invalid(format!(
-                "unknown path manager '{other}': choose none, kernel, braid or mptcpd"
+                "unknown path manager '{other}': choose none, kernel, kernel:backup, braid, braid:handover, braid:interactive or mptcpd"
             ))),
         }
     }
@@ -44,7 +53,10 @@ impl PmKind {
         match self {
             PmKind::None => "none",
             PmKind::Kernel => "kernel",
+            PmKind::KernelBackup => "kernel:backup",
             PmKind::Braid => "braid",
+            PmKind::BraidHandover => "braid:handover",
+            PmKind::BraidInteractive => "braid:interactive",
             PmKind::Mptcpd => "mptcpd",
         }
     }
@@ -52,8 +64,8 @@ impl PmKind {
     /// Why this path manager cannot run here, if it cannot.
     pub fn unavailable(self) -> Option<String> {
         match self {
-            PmKind::None | PmKind::Kernel => None,
-            PmKind::Braid => None,
+            PmKind::None | PmKind::Kernel | PmKind::KernelBackup => None,
+            PmKind::Braid | PmKind::BraidHandover | PmKind::BraidInteractive => None,
             PmKind::Mptcpd if !Path::new(MPTCPD).exists() => Some(format!(
                 "mptcpd is not installed ({MPTCPD} is missing): 'apt-get install mptcpd' to compare with it"
             )),
@@ -97,13 +109,18 @@ pub fn start(kind: PmKind, lab: &Lab, braid_exe: &Path) -> Result<RunningPm, Lab
         let mut pm = PathManager::open()?;
         pm.flush_endpoints()?;
         pm.set_limits(Some(limit), Some(limit))?;
-        if kind == PmKind::Kernel {
+        if matches!(kind, PmKind::Kernel | PmKind::KernelBackup) {
+            let backup = if kind == PmKind::KernelBackup {
+                EndpointFlags::BACKUP
+            } else {
+                0
+            };
             for addr in extra {
                 pm.add_endpoint(&NewEndpoint {
                     addr,
                     id: None,
                     port: None,
-                    flags: EndpointFlags(EndpointFlags::SUBFLOW),
+                    flags: EndpointFlags(EndpointFlags::SUBFLOW | backup),
                     ifindex: None,
                 })?;
             }
@@ -112,12 +129,20 @@ pub fn start(kind: PmKind, lab: &Lab, braid_exe: &Path) -> Result<RunningPm, Lab
     })?;
     let dir = crate::lab::state_dir(&st.name);
     let child = match kind {
-        PmKind::Braid => {
+        PmKind::Braid | PmKind::BraidHandover | PmKind::BraidInteractive => {
             let socket = dir.join("braid.sock");
             let config = dir.join("braid.toml");
+            let mode = match kind {
+                PmKind::BraidHandover => "handover",
+                PmKind::BraidInteractive => "interactive",
+                _ => "aggregate",
+            };
             std::fs::write(
                 &config,
-                format!("[control]\nsocket = \"{}\"\n", socket.display()),
+                format!(
+                    "[control]\nsocket = \"{}\"\n[policy]\nmode = \"{mode}\"\n",
+                    socket.display()
+                ),
             )
             .map_err(|e| LabError::Io(format!("writing {}: {e}", config.display())))?;
             let child = spawn_in_netns(

@@ -68,6 +68,8 @@ pub struct RunConfig {
     pub emulator_exe: PathBuf,
     /// Unique per run (lab names must not collide).
     pub lab_name: String,
+    /// Bulk data from client to server instead of the default download.
+    pub upload: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -101,6 +103,7 @@ pub struct Metrics {
 pub struct Report {
     pub scenario: &'static str,
     pub pm: &'static str,
+    pub direction: &'static str,
     pub duration_s: f64,
     pub paths: Vec<PathSpec>,
     pub survived: bool,
@@ -183,6 +186,7 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
         return Ok(Report {
             scenario: cfg.scenario.name(),
             pm: cfg.pm.name(),
+            direction: "request/response",
             duration_s: cfg.duration.as_secs_f64(),
             paths,
             survived,
@@ -201,7 +205,12 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
         });
     }
 
-    let bulk = Bulk::start(&ep, BULK_PORT, cfg.duration)?;
+    let dir = if cfg.upload {
+        crate::traffic::Direction::Upload
+    } else {
+        crate::traffic::Direction::Download
+    };
+    let bulk = Bulk::start_dir(&ep, BULK_PORT, cfg.duration, dir)?;
     let t0 = bulk.t0();
     let lab = guard.lab_mut();
     let mut fail_at = None;
@@ -323,6 +332,7 @@ fn report(
     Report {
         scenario: cfg.scenario.name(),
         pm: cfg.pm.name(),
+        direction: if cfg.upload { "upload" } else { "download" },
         duration_s: cfg.duration.as_secs_f64(),
         paths,
         survived: r.survived,

@@ -157,16 +157,19 @@ fn in_thread<T: Send + 'static>(
     })
 }
 
-/// A bulk download (server to client) that runs for `duration`.
+/// A bulk transfer that runs for `duration`: a download (server to
+/// client) by default, or an upload.
 pub struct Bulk {
     t0: u64,
-    server: JoinHandle<Result<(u64, Option<String>), LabError>>,
-    client: JoinHandle<Result<ClientSide, LabError>>,
+    sender: JoinHandle<Result<(u64, Option<String>), LabError>>,
+    receiver: JoinHandle<Result<ReceiverSide, LabError>>,
     sampler: JoinHandle<Result<Vec<Vec<u64>>, LabError>>,
     stop: Arc<AtomicBool>,
+    deadline_ns: u64,
+    _listener: std::net::TcpListener,
 }
 
-struct ClientSide {
+struct ReceiverSide {
     received: u64,
     corrupt: u64,
     reads: Vec<(u64, u64)>,
@@ -175,137 +178,173 @@ struct ClientSide {
     error: Option<String>,
 }
 
+/// Which way the bulk data flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Download,
+    Upload,
+}
+
+/// Send the pattern for `dur_ns`, then close the sending side and wait
+/// for the receiver to finish.
+fn send_pattern(s: &mut std::net::TcpStream, dur_ns: u64) -> (u64, Option<String>) {
+    // A dead path must not block the sender forever.
+    let _ = s.set_write_timeout(Some(Duration::from_millis(500)));
+    let start = mono_ns();
+    let mut sent = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    while mono_ns() - start < dur_ns {
+        fill_pattern(&mut buf, sent);
+        match s.write(&buf) {
+            Ok(n) => sent += n as u64,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return (sent, Some(format!("send: {e}"))),
+        }
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut sink = [0u8; 16];
+    let _ = s.read(&mut sink);
+    (sent, None)
+}
+
+/// Read and verify until the end (or the deadline), timing every read.
+fn receive_pattern(
+    s: &mut std::net::TcpStream,
+    t0: u64,
+    deadline_ns: u64,
+    transport: String,
+) -> ReceiverSide {
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut side = ReceiverSide {
+        received: 0,
+        corrupt: 0,
+        reads: Vec::with_capacity(100_000),
+        clean_eof: false,
+        transport,
+        error: None,
+    };
+    let mut buf = vec![0u8; 256 * 1024];
+    while mono_ns() - t0 < deadline_ns {
+        match s.read(&mut buf) {
+            Ok(0) => {
+                side.clean_eof = true;
+                break;
+            }
+            Ok(n) => {
+                let off = side.received;
+                side.corrupt += buf[..n]
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, b)| **b != pattern_byte(off + *j as u64))
+                    .count() as u64;
+                side.received += n as u64;
+                side.reads.push((mono_ns() - t0, n as u64));
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => {
+                side.error = Some(format!("receive: {e}"));
+                break;
+            }
+        }
+    }
+    // The sender waits for this close before it finishes.
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    side
+}
+
+fn transport_of(s: &std::net::TcpStream, t: socket::Transport) -> String {
+    if t == socket::Transport::Mptcp && !socket::is_mptcp_active(s).unwrap_or(false) {
+        "tcp (fell back)".into()
+    } else {
+        format!("{t:?}").to_lowercase()
+    }
+}
+
 impl Bulk {
     /// Start and return once the connection is established.
     pub fn start(ep: &Endpoints, port: u16, duration: Duration) -> Result<Bulk, LabError> {
+        Bulk::start_dir(ep, port, duration, Direction::Download)
+    }
+
+    pub fn start_dir(
+        ep: &Endpoints,
+        port: u16,
+        duration: Duration,
+        dir: Direction,
+    ) -> Result<Bulk, LabError> {
         let listen = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port);
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
         let dur_ns = duration.as_nanos() as u64;
-        let server = in_thread(&ep.server_ns, move || -> (u64, Option<String>) {
-            let listener = match socket::listen(listen) {
-                Ok((l, _)) => l,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(format!("listening on {listen}: {e}")));
-                    return (0, Some(e.to_string()));
-                }
-            };
-            let _ = ready_tx.send(Ok(()));
-            let (mut s, _) = match listener.accept() {
-                Ok(c) => c,
-                Err(e) => return (0, Some(format!("accept: {e}"))),
-            };
-            // A dead path must not block the sender forever.
-            let _ = s.set_write_timeout(Some(Duration::from_millis(500)));
-            let start = mono_ns();
-            let mut sent = 0u64;
-            let mut buf = vec![0u8; 64 * 1024];
-            while mono_ns() - start < dur_ns {
-                fill_pattern(&mut buf, sent);
-                match s.write(&buf) {
-                    Ok(n) => sent += n as u64,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
-                    Err(e) => return (sent, Some(format!("send: {e}"))),
-                }
-            }
-            let _ = s.shutdown(std::net::Shutdown::Write);
-            // Wait for the client to finish reading before closing.
-            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut sink = [0u8; 16];
-            let _ = s.read(&mut sink);
-            (sent, None)
-        });
+        let deadline_ns = dur_ns + 3_000_000_000;
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        // The server side accepts; the transfer threads take the sockets.
+        // The listener must outlive the transfer: new subflows (MP_JOIN)
+        // arrive on it.
+        let server = in_thread(
+            &ep.server_ns,
+            move || -> Option<(std::net::TcpListener, std::net::TcpStream)> {
+                let listener = match socket::listen(listen) {
+                    Ok((l, _)) => l,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("listening on {listen}: {e}")));
+                        return None;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let conn = listener.accept().ok().map(|(s, _)| s)?;
+                Some((listener, conn))
+            },
+        );
         match ready_rx.recv_timeout(Duration::from_secs(5)) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(LabError::Io(e)),
             Err(_) => return Err(LabError::Io("the traffic server did not start".into())),
         }
-        let stop = Arc::new(AtomicBool::new(false));
         let target = SocketAddr::new(ep.server_addr, port);
-        let (conn_tx, conn_rx) = mpsc::channel::<Result<u64, String>>();
-        let deadline_ns = dur_ns + 3_000_000_000;
-        let client = in_thread(&ep.client_ns, move || {
-            let (mut s, transport) = match socket::connect(target) {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = conn_tx.send(Err(format!("connecting to {target}: {e}")));
-                    return ClientSide {
-                        received: 0,
-                        corrupt: 0,
-                        reads: Vec::new(),
-                        clean_eof: false,
-                        transport: "none".into(),
-                        error: Some(e.to_string()),
-                    };
-                }
-            };
-            let t0 = mono_ns();
-            let _ = conn_tx.send(Ok(t0));
-            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-            let mut side = ClientSide {
-                received: 0,
-                corrupt: 0,
-                reads: Vec::with_capacity(100_000),
-                clean_eof: false,
-                transport: format!("{transport:?}").to_lowercase(),
-                error: None,
-            };
-            if transport == socket::Transport::Mptcp
-                && !socket::is_mptcp_active(&s).unwrap_or(false)
-            {
-                side.transport = "tcp (fell back)".into();
-            }
-            let mut buf = vec![0u8; 256 * 1024];
-            while mono_ns() - t0 < deadline_ns {
-                match s.read(&mut buf) {
-                    Ok(0) => {
-                        side.clean_eof = true;
-                        break;
-                    }
-                    Ok(n) => {
-                        let off = side.received;
-                        side.corrupt += buf[..n]
-                            .iter()
-                            .enumerate()
-                            .filter(|(j, b)| **b != pattern_byte(off + *j as u64))
-                            .count() as u64;
-                        side.received += n as u64;
-                        side.reads.push((mono_ns() - t0, n as u64));
-                    }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
-                    Err(e) => {
-                        side.error = Some(format!("receive: {e}"));
-                        break;
-                    }
-                }
-            }
-            side
-        });
-        let t0 = match conn_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(t0)) => t0,
-            Ok(Err(e)) => return Err(LabError::Io(e)),
-            Err(_) => {
-                return Err(LabError::Io(
-                    "the traffic client did not connect within 10 s".into(),
-                ))
-            }
+        let client_ns = ep.client_ns.clone();
+        let client = in_thread(&client_ns, move || socket::connect(target));
+        let (cstream, ctransport) = client
+            .join()
+            .map_err(|_| LabError::Io("traffic client panicked".into()))??
+            .map_err(|e| LabError::Io(format!("connecting to {target}: {e}")))?;
+        let (listener, sstream) = server
+            .join()
+            .map_err(|_| LabError::Io("traffic server panicked".into()))??
+            .ok_or_else(|| LabError::Io("the traffic server did not accept".into()))?;
+        let t0 = mono_ns();
+        let transport = transport_of(&cstream, ctransport);
+        // Sockets keep their namespace: the threads need not enter one.
+        let (mut send_s, mut recv_s, recv_ns) = match dir {
+            Direction::Download => (sstream, cstream, ep.client_ns.clone()),
+            Direction::Upload => (cstream, sstream, ep.server_ns.clone()),
         };
+        let sender = std::thread::spawn(move || Ok(send_pattern(&mut send_s, dur_ns)));
+        let receiver = std::thread::spawn(move || {
+            Ok(receive_pattern(&mut recv_s, t0, deadline_ns, transport))
+        });
         let addrs = ep.path_client_addrs.clone();
+        let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
-        let sampler = in_thread(&ep.client_ns, move || sample_paths(&addrs, t0, &stop2));
+        let by_remote = dir == Direction::Upload;
+        let sampler = in_thread(&recv_ns, move || {
+            sample_paths(&addrs, t0, &stop2, by_remote)
+        });
         Ok(Bulk {
             t0,
-            server,
-            client,
+            sender,
+            receiver,
             sampler,
             stop,
+            deadline_ns,
+            _listener: listener,
         })
     }
 
@@ -321,12 +360,12 @@ impl Bulk {
     /// Wait for the end and collect the measurements.
     pub fn finish(self) -> Result<BulkResult, LabError> {
         let client = self
-            .client
+            .receiver
             .join()
             .map_err(|_| LabError::Io("traffic client panicked".into()))??;
         self.stop.store(true, Ordering::Relaxed);
         let (sent, server_err) = self
-            .server
+            .sender
             .join()
             .map_err(|_| LabError::Io("traffic server panicked".into()))??;
         let path_samples = self
@@ -351,7 +390,13 @@ impl Bulk {
                 longest = (gap, w[0].0 as f64 / 1e6);
             }
         }
-        let survived = client.clean_eof && server_err.is_none() && client.error.is_none();
+        // Alive at the end: the stream ended cleanly, or data was still
+        // arriving in the last second (a large send buffer draining over a
+        // slower surviving path is not a dead connection).
+        let last_read_ns = client.reads.last().map(|r| r.0).unwrap_or(0);
+        let still_flowing = last_read_ns + 1_000_000_000 >= self.deadline_ns;
+        let survived =
+            (client.clean_eof || still_flowing) && server_err.is_none() && client.error.is_none();
         if !survived {
             // Data stopped for good: the stall runs to the end of the run.
             let last = client.reads.last().map(|r| r.0 as f64 / 1e6).unwrap_or(0.0);
@@ -381,9 +426,9 @@ impl Bulk {
     }
 }
 
-/// Poll the client's subflows every 20 ms and attribute received bytes to
-/// paths by the subflow's local address.
-fn sample_paths(addrs: &[IpAddr], t0: u64, stop: &AtomicBool) -> Vec<Vec<u64>> {
+/// Poll the receiver's subflows every 20 ms and attribute received bytes to
+/// paths by the client's address of the subflow.
+fn sample_paths(addrs: &[IpAddr], t0: u64, stop: &AtomicBool, by_remote: bool) -> Vec<Vec<u64>> {
     let mut series: Vec<Vec<u64>> = vec![Vec::new(); addrs.len()];
     let mut last: std::collections::HashMap<(SocketAddr, SocketAddr), u64> = Default::default();
     let mut tick = 1u64;
@@ -396,7 +441,12 @@ fn sample_paths(addrs: &[IpAddr], t0: u64, stop: &AtomicBool) -> Vec<Vec<u64>> {
         let mut per_path = vec![0u64; addrs.len()];
         if let Ok(sfs) = diag::subflows() {
             for sf in sfs {
-                let Some(k) = addrs.iter().position(|a| *a == sf.local.ip()) else {
+                let client_ip = if by_remote {
+                    sf.remote.ip()
+                } else {
+                    sf.local.ip()
+                };
+                let Some(k) = addrs.iter().position(|a| *a == client_ip) else {
                     continue;
                 };
                 let Some(rx) = sf.tcp.as_ref().and_then(|t| t.bytes_received) else {

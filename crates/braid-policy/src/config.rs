@@ -41,6 +41,7 @@ pub struct Config {
     pub filter: FilterConfig,
     pub server: ServerConfig,
     pub control: ControlConfig,
+    pub policy: PolicyConfig,
     /// Per-interface settings, matched by name (glob: `*`, `?`), first match wins.
     #[serde(rename = "interface")]
     pub interfaces: Vec<InterfaceConfig>,
@@ -114,6 +115,65 @@ pub struct InterfaceConfig {
     /// Never use this interface.
     #[serde(default)]
     pub ignore: bool,
+    /// Its role for the handover policy; by default the interface holding a
+    /// main-table default route is primary and the others secondary.
+    #[serde(default)]
+    pub role: Option<Role>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PathMode {
+    /// Every usable path carries data.
+    #[default]
+    Aggregate,
+    /// Primary paths carry data; the others stand by as established backup
+    /// subflows and take over when no primary is healthy.
+    Handover,
+    /// The healthy path with the lowest RTT carries data; the others stand by.
+    Interactive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Secondary,
+}
+
+/// Path selection from measured health (Apple's three modes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    pub mode: PathMode,
+    /// How often subflow health is read while MPTCP connections exist.
+    pub poll_interval_ms: u64,
+    /// A path with data outstanding and no acknowledgement for this long is stalled.
+    pub stall_ms: u64,
+    /// A retransmission rate above this marks a path lossy (0.05 = 5 %).
+    pub loss_threshold: f64,
+    /// Interactive: switch when the active path's RTT exceeds the best
+    /// other's by this factor ...
+    pub rtt_ratio: f64,
+    /// ... and by at least this many milliseconds.
+    pub rtt_margin_ms: u64,
+    /// A path must be healthy this long before it takes traffic back
+    /// (handover: the primary; interactive: any switch back).
+    pub hold_ms: u64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            mode: PathMode::Aggregate,
+            poll_interval_ms: 100,
+            stall_ms: 300,
+            loss_threshold: 0.05,
+            rtt_ratio: 1.5,
+            rtt_margin_ms: 10,
+            hold_ms: 3000,
+        }
+    }
 }
 
 impl Default for Config {
@@ -125,6 +185,7 @@ impl Default for Config {
             filter: FilterConfig::default(),
             server: ServerConfig::default(),
             control: ControlConfig::default(),
+            policy: PolicyConfig::default(),
             interfaces: Vec::new(),
         }
     }
@@ -205,6 +266,22 @@ impl Config {
                     ));
                 }
             }
+        }
+        let p = &self.policy;
+        if !(10..=60_000).contains(&p.poll_interval_ms) {
+            return Err((
+                "policy.poll_interval_ms".into(),
+                "must be between 10 and 60000".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&p.loss_threshold) {
+            return Err((
+                "policy.loss_threshold".into(),
+                "must be between 0.0 and 1.0 (0.05 = 5 %)".into(),
+            ));
+        }
+        if p.rtt_ratio < 1.0 {
+            return Err(("policy.rtt_ratio".into(), "must be at least 1.0".into()));
         }
         if !self.filter.ipv4 && !self.filter.ipv6 {
             return Err((

@@ -89,6 +89,8 @@ pub enum Event {
         error: String,
     },
     Mptcp(MptcpEventKind),
+    /// One round of subflow measurements (polled while connections exist).
+    Health(Vec<crate::health::SubflowSample>),
     /// The daemon is stopping.
     Stopping,
 }

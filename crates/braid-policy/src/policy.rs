@@ -7,7 +7,8 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::config::{glob, Config, Flag, Mode};
+use crate::config::{glob, Config, Flag, Mode, PathMode, Role};
+use crate::health::{HealthTracker, PathHealth};
 use crate::model::*;
 
 /// The kernel uses at most this many endpoints per connection.
@@ -62,6 +63,11 @@ pub struct InterfaceView {
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyView {
     pub mode: Mode,
+    pub path_mode: PathMode,
+    /// Which paths carry traffic now and why (handover, interactive).
+    pub path_state: String,
+    /// Measured health per interface name.
+    pub health: BTreeMap<String, PathHealth>,
     pub interfaces: Vec<InterfaceView>,
     pub owned_endpoints: Vec<KernelEndpoint>,
     pub foreign_endpoints: Vec<KernelEndpoint>,
@@ -89,6 +95,27 @@ pub struct Policy {
     stopping: bool,
     counters: Counters,
     recent: VecDeque<LoggedDecision>,
+    now_ms: u64,
+    health: HealthTracker,
+    /// Handover: no primary is healthy, the secondaries carry traffic.
+    failed_over: bool,
+    /// Interactive: the interface carrying traffic, and since when.
+    active_path: Option<u32>,
+    /// Whether the active path was chosen with RTT measurements at hand.
+    active_informed: bool,
+    last_switch_ms: u64,
+    path_state: String,
+    /// Why a path's backup flag is what it is (for the decision's reason).
+    mode_reasons: BTreeMap<IpAddr, String>,
+}
+
+/// A path the interactive mode can choose.
+#[derive(Debug, Clone)]
+struct Candidate {
+    ifindex: u32,
+    srtt: Option<f64>,
+    problem: Option<String>,
+    healthy_since: Option<u64>,
 }
 
 /// A desired endpoint.
@@ -133,6 +160,14 @@ impl Policy {
             stopping: false,
             counters: Counters::default(),
             recent: VecDeque::new(),
+            now_ms: 0,
+            health: HealthTracker::default(),
+            failed_over: false,
+            active_path: None,
+            active_informed: false,
+            last_switch_ms: 0,
+            path_state: String::new(),
+            mode_reasons: BTreeMap::new(),
         }
     }
 
@@ -146,7 +181,26 @@ impl Policy {
     }
 
     pub fn handle(&mut self, event: Event, now_ms: u64) -> Vec<Decision> {
+        self.now_ms = now_ms;
         match event {
+            Event::Health(mut samples) => {
+                // Attribute each subflow to the interface holding its address.
+                samples.retain_mut(|s| match self.ifindex_of(s.local.ip()) {
+                    Some(i) => {
+                        s.ifindex = i;
+                        true
+                    }
+                    None => false,
+                });
+                let p = &self.config.policy;
+                let (stall, loss, hold) = (p.stall_ms, p.loss_threshold, p.hold_ms);
+                // An idle path's loss fades slowly: it is tried again only
+                // after several hold times without evidence.
+                self.health.update(now_ms, &samples, stall, loss, 4 * hold);
+                if self.config.policy.mode == PathMode::Aggregate {
+                    return Vec::new();
+                }
+            }
             Event::Snapshot {
                 links,
                 addresses,
@@ -174,6 +228,10 @@ impl Policy {
             Event::LinkChanged(link) => {
                 self.counters.link_events += 1;
                 self.forget_refusals_on(link.index);
+                if !(link.up && link.carrier) {
+                    // Its measurements are about a path that is gone.
+                    self.health.paths.remove(&link.index);
+                }
                 self.links.insert(link.index, link);
             }
             Event::LinkRemoved { index } => {
@@ -407,7 +465,8 @@ impl Policy {
 
     fn reconcile(&mut self) -> Vec<Decision> {
         let mut out = Vec::new();
-        let (wanted, extra) = self.wanted();
+        let (mut wanted, extra) = self.wanted();
+        self.apply_path_mode(&mut wanted);
         let wanted_addrs: BTreeSet<IpAddr> = wanted.iter().map(|w| w.addr).collect();
 
         // 1. Endpoints that should go.
@@ -462,11 +521,13 @@ impl Policy {
                             addr: e.addr,
                             flags: w.flags,
                         },
-                        reason: format!(
-                            "the configuration for {} asks for '{}'",
-                            w.iface,
-                            flag_names(w.flags)
-                        ),
+                        reason: self.mode_reasons.get(&w.addr).cloned().unwrap_or_else(|| {
+                            format!(
+                                "the configuration for {} asks for '{}'",
+                                w.iface,
+                                flag_names(w.flags)
+                            )
+                        }),
                     });
                 }
                 Some(e) => {
@@ -564,7 +625,236 @@ impl Policy {
                 },
             });
         }
+        // A path taking over is made active before the old one goes, so the
+        // scheduler always has a non-backup subflow to move the data to.
+        out.sort_by_key(|d| match d.action {
+            Action::SetEndpointFlags { flags, .. } if flags & Flag::Backup.bit() == 0 => 0,
+            _ => 1,
+        });
         out
+    }
+
+    fn role_of(&self, w: &Want) -> Role {
+        if let Some(r) = self.config.interface(&w.iface).and_then(|i| i.role) {
+            return r;
+        }
+        let ifindex = self
+            .addresses
+            .values()
+            .find(|a| a.ip == w.addr)
+            .map(|a| a.ifindex);
+        let main_default = self
+            .default_routes
+            .iter()
+            .any(|r| Some(r.ifindex) == ifindex && r.table == 254);
+        if main_default {
+            Role::Primary
+        } else {
+            Role::Secondary
+        }
+    }
+
+    fn ifindex_of(&self, ip: IpAddr) -> Option<u32> {
+        self.addresses
+            .values()
+            .find(|a| a.ip == ip)
+            .map(|a| a.ifindex)
+    }
+
+    fn path_problem(&self, ifindex: Option<u32>) -> Option<String> {
+        let p = &self.config.policy;
+        ifindex
+            .and_then(|i| self.health.paths.get(&i))
+            .and_then(|h| h.problem(p.stall_ms, p.loss_threshold))
+    }
+
+    /// Set the backup bit of each wanted endpoint for handover or interactive.
+    fn apply_path_mode(&mut self, wanted: &mut [Want]) {
+        self.mode_reasons.clear();
+        let backup = Flag::Backup.bit();
+        let pc = self.config.policy.clone();
+        let now = self.now_ms;
+        match pc.mode {
+            PathMode::Aggregate => {
+                self.path_state = "aggregate: every usable path carries traffic".into();
+            }
+            PathMode::Handover => {
+                let roles: Vec<Role> = wanted.iter().map(|w| self.role_of(w)).collect();
+                let primaries: Vec<usize> = (0..wanted.len())
+                    .filter(|i| roles[*i] == Role::Primary)
+                    .collect();
+                if primaries.len() == wanted.len() {
+                    self.failed_over = false;
+                    self.path_state = "handover: no secondary path to hand over to".into();
+                    return;
+                }
+                let healthy: Vec<usize> = primaries
+                    .iter()
+                    .copied()
+                    .filter(|i| {
+                        self.path_problem(self.ifindex_of(wanted[*i].addr))
+                            .is_none()
+                    })
+                    .collect();
+                let held = healthy.iter().any(|i| {
+                    let h = self
+                        .ifindex_of(wanted[*i].addr)
+                        .and_then(|x| self.health.paths.get(&x));
+                    h.and_then(|h| h.healthy_since_ms)
+                        .is_some_and(|t| now.saturating_sub(t) >= pc.hold_ms)
+                });
+                let why_down = if primaries.is_empty() {
+                    "no primary path is usable".to_string()
+                } else {
+                    primaries
+                        .iter()
+                        .map(|i| {
+                            let w = &wanted[*i];
+                            format!(
+                                "{} {}",
+                                w.iface,
+                                self.path_problem(self.ifindex_of(w.addr))
+                                    .unwrap_or_else(|| "not healthy long enough".into())
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
+                let failed = if self.failed_over {
+                    !held
+                } else {
+                    healthy.is_empty()
+                };
+                let reason = if failed {
+                    format!("handover: {why_down}; the secondary takes over")
+                } else {
+                    format!("handover: the primary has been healthy for {} ms; it carries traffic, the secondary stands by", pc.hold_ms)
+                };
+                self.failed_over = failed;
+                self.path_state = reason.clone();
+                for (i, w) in wanted.iter_mut().enumerate() {
+                    let standby = (roles[i] == Role::Primary) == failed;
+                    w.flags = if standby {
+                        w.flags | backup
+                    } else {
+                        w.flags & !backup
+                    };
+                    self.mode_reasons.insert(w.addr, reason.clone());
+                }
+            }
+            PathMode::Interactive => {
+                let mut paths: Vec<Candidate> = Vec::new();
+                for w in wanted.iter() {
+                    let Some(i) = self.ifindex_of(w.addr) else {
+                        continue;
+                    };
+                    if paths.iter().any(|p| p.ifindex == i) {
+                        continue;
+                    }
+                    let h = self.health.paths.get(&i);
+                    paths.push(Candidate {
+                        ifindex: i,
+                        srtt: h.and_then(|h| h.srtt_ms),
+                        problem: self.path_problem(Some(i)),
+                        healthy_since: h.and_then(|h| h.healthy_since_ms),
+                    });
+                }
+                let healthy: Vec<&Candidate> =
+                    paths.iter().filter(|p| p.problem.is_none()).collect();
+                if healthy.is_empty() {
+                    self.active_path = None;
+                    self.path_state =
+                        "interactive: no healthy path; every path carries traffic".into();
+                    return;
+                }
+                let rtt = |p: &Candidate| p.srtt.unwrap_or(f64::MAX);
+                let best = (*healthy
+                    .iter()
+                    .min_by(|a, b| rtt(a).partial_cmp(&rtt(b)).unwrap())
+                    .unwrap())
+                .clone();
+                let name = |i: u32| {
+                    self.links
+                        .get(&i)
+                        .map(|l| l.name.clone())
+                        .unwrap_or_else(|| format!("#{i}"))
+                };
+                let current = self
+                    .active_path
+                    .and_then(|a| paths.iter().find(|p| p.ifindex == a).cloned());
+                let informed = self.active_informed;
+                let (active, reason) = match current {
+                    Some(cur) if !informed && cur.problem.is_none() && best.srtt.is_some() => (
+                        best.ifindex,
+                        format!(
+                            "interactive: {} has the lowest RTT ({})",
+                            name(best.ifindex),
+                            fmt_rtt(best.srtt)
+                        ),
+                    ),
+                    None => (
+                        best.ifindex,
+                        format!(
+                            "interactive: {} has the lowest RTT ({})",
+                            name(best.ifindex),
+                            fmt_rtt(best.srtt)
+                        ),
+                    ),
+                    Some(cur) if cur.problem.is_some() => (
+                        best.ifindex,
+                        format!(
+                            "interactive: {} is {}; switching to {} ({})",
+                            name(cur.ifindex),
+                            cur.problem.clone().unwrap(),
+                            name(best.ifindex),
+                            fmt_rtt(best.srtt)
+                        ),
+                    ),
+                    Some(cur) => {
+                        let better = best.ifindex != cur.ifindex
+                            && rtt(&cur) > rtt(&best) * pc.rtt_ratio + pc.rtt_margin_ms as f64
+                            && best
+                                .healthy_since
+                                .is_some_and(|t| now.saturating_sub(t) >= pc.hold_ms)
+                            && now.saturating_sub(self.last_switch_ms) >= pc.hold_ms;
+                        if better {
+                            (
+                                best.ifindex,
+                                format!(
+                                    "interactive: {} RTT {} is over {}x{} + {} ms of {}; switching",
+                                    name(cur.ifindex),
+                                    fmt_rtt(cur.srtt),
+                                    pc.rtt_ratio,
+                                    fmt_rtt(best.srtt),
+                                    pc.rtt_margin_ms,
+                                    name(best.ifindex)
+                                ),
+                            )
+                        } else {
+                            (cur.ifindex, self.path_state.clone())
+                        }
+                    }
+                };
+                if self.active_path != Some(active) {
+                    self.last_switch_ms = now;
+                }
+                self.active_informed = paths
+                    .iter()
+                    .find(|p| p.ifindex == active)
+                    .is_some_and(|p| p.srtt.is_some());
+                self.active_path = Some(active);
+                self.path_state = reason.clone();
+                for w in wanted.iter_mut() {
+                    let on = self.ifindex_of(w.addr) == Some(active);
+                    w.flags = if on {
+                        w.flags & !backup
+                    } else {
+                        w.flags | backup
+                    };
+                    self.mode_reasons.insert(w.addr, reason.clone());
+                }
+            }
+        }
     }
 
     fn add(&mut self, w: &Want, out: &mut Vec<Decision>, reason: String) {
@@ -673,6 +963,22 @@ impl Policy {
             .collect();
         PolicyView {
             mode: self.config.mode,
+            path_mode: self.config.policy.mode,
+            path_state: self.path_state.clone(),
+            health: self
+                .health
+                .paths
+                .iter()
+                .map(|(i, h)| {
+                    (
+                        self.links
+                            .get(i)
+                            .map(|l| l.name.clone())
+                            .unwrap_or_else(|| format!("#{i}")),
+                        h.clone(),
+                    )
+                })
+                .collect(),
             interfaces,
             owned_endpoints: self
                 .kernel
@@ -692,6 +998,11 @@ impl Policy {
             counters: self.counters.clone(),
         }
     }
+}
+
+fn fmt_rtt(ms: Option<f64>) -> String {
+    ms.map(|m| format!("{m:.1} ms"))
+        .unwrap_or_else(|| "rtt unknown".into())
 }
 
 fn serde_json_name(kind: MptcpEventKind) -> String {

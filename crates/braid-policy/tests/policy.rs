@@ -300,6 +300,7 @@ fn per_interface_flags_and_reload() {
         name: "wlan*".into(),
         flags: Some(vec![Flag::Subflow, Flag::Backup]),
         ignore: false,
+        role: None,
     });
     let mut s = Sim::new(cfg.clone());
     let ds = s.snapshot(vec![]);

@@ -111,6 +111,9 @@ pub struct RunArgs {
     /// Also write the JSON report to this file.
     #[arg(long, value_name = "FILE")]
     pub save: Option<PathBuf>,
+    /// Bulk data from the client to the server (default: a download).
+    #[arg(long)]
+    pub upload: bool,
     #[arg(long, default_value = "40mbit,20mbit")]
     pub rate: String,
     #[arg(long, default_value = "10ms,40ms")]
@@ -455,6 +458,7 @@ fn run_config(a: &RunArgs, pm: PmKind, i: usize) -> Result<RunConfig, LabError> 
         duration: std::time::Duration::from_micros(duration_us),
         emulator_exe: std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?,
         lab_name: unique_lab_name(i),
+        upload: a.upload,
     })
 }
 
@@ -627,6 +631,7 @@ fn demo(ctx: &Ctx, d: DemoArgs) -> Result<(), LabError> {
             duration: d.duration.clone(),
             plot: Some(d.out.join(format!("{sc}.svg"))),
             save: None,
+            upload: false,
             rate: "40mbit,20mbit".into(),
             delay: "10ms,40ms".into(),
             jitter: "0".into(),

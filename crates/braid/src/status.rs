@@ -316,6 +316,35 @@ fn print_daemon(d: &serde_json::Value) {
         v["mode"].as_str().unwrap_or("?"),
         d["config"].as_str().unwrap_or("?")
     );
+    println!(
+        "paths           {}: {}",
+        v["path_mode"].as_str().unwrap_or("?"),
+        v["path_state"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("no measurements yet")
+    );
+    if let Some(h) = v["health"].as_object().filter(|h| !h.is_empty()) {
+        println!("health (from subflow tcp_info)");
+        for (name, x) in h {
+            let rtt = x["srtt_ms"]
+                .as_f64()
+                .map(|r| format!("{r:.1} ms"))
+                .unwrap_or_else(|| "-".into());
+            let stalled = x["stalled_ms"]
+                .as_u64()
+                .filter(|s| *s > 0)
+                .map(|s| format!(", no ACK for {s} ms"))
+                .unwrap_or_default();
+            println!(
+                "  {:<12} rtt {rtt}, loss {:.1} %{}{stalled}, {} subflow(s)",
+                name,
+                x["loss"].as_f64().unwrap_or(0.0) * 100.0,
+                if x["lossy"] == true { " (lossy)" } else { "" },
+                x["subflows"]
+            );
+        }
+    }
     if let Some(ifs) = v["interfaces"].as_array() {
         println!("interfaces");
         for i in ifs {

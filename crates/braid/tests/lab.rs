@@ -289,3 +289,42 @@ fn scenarios_short_form_with_kernel_pm() {
     assert!(probe["replies"].as_u64().unwrap() > 50, "{probe:#}");
     assert!(probe["p99_ms"].as_f64().unwrap() >= probe["p50_ms"].as_f64().unwrap());
 }
+
+fn scenario_with(name: &str, pm: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["--json", "lab", "run", name, "--pm", pm, "--duration", "4s"];
+    args.extend_from_slice(extra);
+    let v = ok_json(&args);
+    let r = v[0].clone();
+    assert_eq!(r["bytes_corrupt"], 0, "{name} {pm}: corrupt bytes: {r:#}");
+    r
+}
+
+#[test]
+fn braid_modes_short_form() {
+    let _turn = heavy();
+    // Aggregate daemon: the late path is picked up and the connection survives.
+    let late = scenario_with("late-interface", "braid", &[]);
+    assert_eq!(late["survived"], true, "{late:#}");
+    assert!(
+        late["metrics"]["new_path_ms"].as_f64().is_some(),
+        "{late:#}"
+    );
+    // Handover: the standby path takes over when the primary loses carrier.
+    let ho = scenario_with("failover-carrier", "braid:handover", &[]);
+    assert_eq!(ho["survived"], true, "{ho:#}");
+    assert!(
+        ho["metrics"]["per_path_mbps"][1].as_f64().unwrap() > 1.0,
+        "{ho:#}"
+    );
+    // Handover on a silent blackhole, detected from the client's own sending.
+    let bh = scenario_with("failover-blackhole", "braid:handover", &["--upload"]);
+    assert_eq!(bh["survived"], true, "{bh:#}");
+    // Interactive leaves the lossy primary: the median latency becomes the
+    // clean path's RTT (2 x 40 ms), not the lossy one's.
+    let lp = scenario_with("lossy-primary", "braid:interactive", &[]);
+    let p50 = lp["metrics"]["probe"]["p50_ms"].as_f64().unwrap();
+    assert!(
+        p50 > 70.0,
+        "interactive should move to path 1: p50 {p50} ms"
+    );
+}

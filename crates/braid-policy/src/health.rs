@@ -1,0 +1,235 @@
+//! Path health from subflow measurements: smoothed RTT, retransmission
+//! rate, and progress (is anything acknowledged while data is outstanding).
+//! Fed with samples and the time; no clock of its own.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+/// One subflow as read from `tcp_info` (sock_diag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubflowSample {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The interface the local address belongs to (filled in by the policy).
+    pub ifindex: u32,
+    pub rtt_us: u32,
+    pub rttvar_us: u32,
+    pub total_retrans: u32,
+    pub segs_out: u32,
+    /// Segments sent and not yet acknowledged.
+    pub unacked: u32,
+    /// Milliseconds since the last ACK arrived on this subflow.
+    pub last_ack_recv_ms: u32,
+}
+
+/// What the policy knows about one interface's paths.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct PathHealth {
+    pub srtt_ms: Option<f64>,
+    pub rttvar_ms: Option<f64>,
+    /// Smoothed retransmission rate (retransmitted / sent segments).
+    pub loss: f64,
+    /// Over the threshold; cleared only below half of it (hysteresis).
+    pub lossy: bool,
+    /// Data outstanding and nothing acknowledged for this long (0 if not).
+    pub stalled_ms: u64,
+    pub subflows: usize,
+    /// Since when (policy clock, ms) the path has been healthy, if it is.
+    pub healthy_since_ms: Option<u64>,
+    #[serde(skip)]
+    acc_retrans: u64,
+    #[serde(skip)]
+    acc_segs: u64,
+    #[serde(skip)]
+    last_traffic_ms: u64,
+}
+
+impl PathHealth {
+    pub fn is_stalled(&self, stall_ms: u64) -> bool {
+        self.stalled_ms >= stall_ms
+    }
+
+    /// Why the path is unhealthy, or None if it is healthy.
+    pub fn problem(&self, stall_ms: u64, loss_threshold: f64) -> Option<String> {
+        if self.is_stalled(stall_ms) {
+            return Some(format!(
+                "stalled: nothing acknowledged for {} ms with data outstanding",
+                self.stalled_ms
+            ));
+        }
+        if self.lossy {
+            return Some(format!(
+                "lossy: {:.1} % of segments retransmitted (threshold {:.1} %)",
+                self.loss * 100.0,
+                loss_threshold * 100.0
+            ));
+        }
+        None
+    }
+
+    pub fn describe(&self) -> String {
+        let rtt = self
+            .srtt_ms
+            .map(|r| format!("rtt {r:.1} ms"))
+            .unwrap_or_else(|| "rtt unknown".into());
+        format!(
+            "{rtt}, loss {:.1} %{}",
+            self.loss * 100.0,
+            if self.stalled_ms > 0 {
+                format!(", no ACK for {} ms", self.stalled_ms)
+            } else {
+                String::new()
+            }
+        )
+    }
+}
+
+/// Minimum sent segments before a retransmission rate is trusted.
+const MIN_SEGS: u64 = 20;
+
+#[derive(Default)]
+pub struct HealthTracker {
+    last: HashMap<(SocketAddr, SocketAddr), (u32, u32)>,
+    pub paths: BTreeMap<u32, PathHealth>,
+}
+
+impl HealthTracker {
+    /// Take one round of samples (all subflows of all connections).
+    pub fn update(
+        &mut self,
+        now_ms: u64,
+        samples: &[SubflowSample],
+        stall_ms: u64,
+        loss_threshold: f64,
+        decay_ms: u64,
+    ) {
+        let mut seen: HashMap<(SocketAddr, SocketAddr), (u32, u32)> = HashMap::new();
+        let mut per_if: BTreeMap<u32, Vec<&SubflowSample>> = BTreeMap::new();
+        for s in samples {
+            per_if.entry(s.ifindex).or_default().push(s);
+        }
+        for (ifindex, subs) in &per_if {
+            let h = self.paths.entry(*ifindex).or_default();
+            h.subflows = subs.len();
+            let rtts: Vec<&&SubflowSample> = subs.iter().filter(|s| s.rtt_us > 0).collect();
+            if let Some(best) = rtts.iter().min_by_key(|s| s.rtt_us) {
+                h.srtt_ms = Some(best.rtt_us as f64 / 1000.0);
+                h.rttvar_ms = Some(best.rttvar_us as f64 / 1000.0);
+            }
+            for s in subs {
+                let key = (s.local, s.remote);
+                let (r0, o0) = self
+                    .last
+                    .get(&key)
+                    .copied()
+                    .unwrap_or((s.total_retrans, s.segs_out));
+                h.acc_retrans += s.total_retrans.saturating_sub(r0) as u64;
+                h.acc_segs += s.segs_out.wrapping_sub(o0) as u64 % (1 << 31);
+                seen.insert(key, (s.total_retrans, s.segs_out));
+            }
+            if h.acc_segs >= MIN_SEGS {
+                let sample = (h.acc_retrans as f64 / h.acc_segs as f64).min(1.0);
+                h.loss = 0.5 * h.loss + 0.5 * sample;
+                h.acc_retrans = 0;
+                h.acc_segs = 0;
+                h.last_traffic_ms = now_ms;
+            } else if now_ms.saturating_sub(h.last_traffic_ms) >= decay_ms && h.loss > 0.0 {
+                // An idle path's old loss fades, so it can be tried again.
+                h.loss /= 2.0;
+                h.last_traffic_ms = now_ms;
+            }
+            if h.loss > loss_threshold {
+                h.lossy = true;
+            } else if h.loss < loss_threshold / 2.0 {
+                h.lossy = false;
+            }
+            // Stalled: some subflow has data outstanding and heard nothing,
+            // and no subflow of the path has heard anything recently.
+            let outstanding: Vec<&&SubflowSample> = subs.iter().filter(|s| s.unacked > 0).collect();
+            let freshest = subs.iter().map(|s| s.last_ack_recv_ms).min().unwrap_or(0);
+            h.stalled_ms = if outstanding.is_empty() {
+                0
+            } else {
+                freshest as u64
+            };
+            let ok = h.problem(stall_ms, loss_threshold).is_none();
+            h.healthy_since_ms = match (ok, h.healthy_since_ms) {
+                (true, Some(t)) => Some(t),
+                (true, None) => Some(now_ms),
+                (false, _) => None,
+            };
+        }
+        // Paths without subflows now keep their last estimate (a backup
+        // path has no fresh data); interfaces gone are forgotten by the policy.
+        self.last = seen;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(
+        ifindex: u32,
+        retrans: u32,
+        segs: u32,
+        unacked: u32,
+        last_ack: u32,
+        rtt_us: u32,
+    ) -> SubflowSample {
+        SubflowSample {
+            local: SocketAddr::from(([10, 0, ifindex as u8, 1], 1000)),
+            remote: "10.9.9.9:80".parse().unwrap(),
+            ifindex,
+            rtt_us,
+            rttvar_us: rtt_us / 4,
+            total_retrans: retrans,
+            segs_out: segs,
+            unacked,
+            last_ack_recv_ms: last_ack,
+        }
+    }
+
+    #[test]
+    fn loss_rate_needs_enough_segments_and_is_smoothed() {
+        let mut t = HealthTracker::default();
+        t.update(0, &[s(1, 0, 0, 0, 0, 20_000)], 300, 0.05, 3000);
+        t.update(100, &[s(1, 1, 10, 0, 0, 20_000)], 300, 0.05, 3000);
+        assert_eq!(t.paths[&1].loss, 0.0, "10 segments are not enough");
+        t.update(200, &[s(1, 4, 40, 0, 0, 20_000)], 300, 0.05, 3000);
+        assert!(
+            (t.paths[&1].loss - 0.05).abs() < 1e-9,
+            "{}",
+            t.paths[&1].loss
+        );
+        assert_eq!(t.paths[&1].srtt_ms, Some(20.0));
+    }
+
+    #[test]
+    fn stall_is_outstanding_data_without_acks() {
+        let mut t = HealthTracker::default();
+        t.update(0, &[s(1, 0, 100, 5, 50, 20_000)], 300, 0.05, 3000);
+        assert!(t.paths[&1].problem(300, 0.05).is_none());
+        assert_eq!(t.paths[&1].healthy_since_ms, Some(0));
+        t.update(400, &[s(1, 0, 100, 5, 400, 20_000)], 300, 0.05, 3000);
+        assert!(t.paths[&1].problem(300, 0.05).unwrap().contains("stalled"));
+        assert_eq!(t.paths[&1].healthy_since_ms, None);
+        // Nothing outstanding: an idle path is not stalled.
+        t.update(500, &[s(1, 0, 100, 0, 5000, 20_000)], 300, 0.05, 3000);
+        assert!(t.paths[&1].problem(300, 0.05).is_none());
+        assert_eq!(t.paths[&1].healthy_since_ms, Some(500));
+    }
+
+    #[test]
+    fn idle_loss_decays() {
+        let mut t = HealthTracker::default();
+        t.update(0, &[s(1, 0, 0, 0, 0, 1)], 300, 0.05, 1000);
+        t.update(100, &[s(1, 20, 40, 0, 0, 1)], 300, 0.05, 1000);
+        let l = t.paths[&1].loss;
+        assert!(l > 0.2);
+        t.update(1200, &[s(1, 20, 40, 0, 0, 1)], 300, 0.05, 1000);
+        assert!(t.paths[&1].loss < l);
+    }
+}

@@ -1,0 +1,310 @@
+//! Handover and interactive decisions from simulated measurements and a
+//! simulated clock: carrier loss, stalls, flapping, rising RTT, loss bursts,
+//! all paths bad.
+
+use std::net::{IpAddr, SocketAddr};
+
+use braid_policy::config::{Config, PathMode};
+use braid_policy::health::SubflowSample;
+use braid_policy::model::*;
+use braid_policy::Policy;
+
+const SUBFLOW: u32 = 2;
+const BACKUP: u32 = 4;
+
+struct Sim {
+    p: Policy,
+    now: u64,
+}
+
+fn link(index: u32, name: &str) -> Link {
+    Link {
+        index,
+        name: name.into(),
+        up: true,
+        carrier: true,
+        loopback: false,
+    }
+}
+
+fn addr(ifindex: u32, ip: &str) -> Address {
+    Address {
+        ifindex,
+        ip: ip.parse().unwrap(),
+        prefix_len: 24,
+        temporary: false,
+        deprecated: false,
+        tentative: false,
+    }
+}
+
+/// eth0 (10.0.0.2, main-table default route: primary) and wlan0
+/// (192.168.1.5, default route in table 200: secondary).
+fn sim(mode: PathMode) -> (Sim, Vec<Decision>) {
+    let mut cfg = Config::default();
+    cfg.policy.mode = mode;
+    cfg.policy.hold_ms = 3000;
+    let mut s = Sim {
+        p: Policy::new(cfg, Vec::new()),
+        now: 0,
+    };
+    let ds = s.p.handle(
+        Event::Snapshot {
+            links: vec![link(2, "eth0"), link(3, "wlan0")],
+            addresses: vec![addr(2, "10.0.0.2"), addr(3, "192.168.1.5")],
+            default_routes: vec![
+                DefaultRoute {
+                    ifindex: 2,
+                    table: 254,
+                    ipv6: false,
+                },
+                DefaultRoute {
+                    ifindex: 3,
+                    table: 200,
+                    ipv6: false,
+                },
+            ],
+            endpoints: vec![],
+            limits: Limits {
+                subflows: 2,
+                add_addr_accepted: 2,
+            },
+        },
+        0,
+    );
+    (s, ds)
+}
+
+/// Per-interface state for one sample round.
+#[derive(Clone, Copy)]
+struct P {
+    rtt_ms: u32,
+    retrans: u32,
+    segs: u32,
+    unacked: u32,
+    last_ack_ms: u32,
+}
+
+fn ok(rtt_ms: u32, segs: u32) -> P {
+    P {
+        rtt_ms,
+        retrans: 0,
+        segs,
+        unacked: 2,
+        last_ack_ms: 5,
+    }
+}
+
+impl Sim {
+    fn at(&mut self, t: u64, ev: Event) -> Vec<Decision> {
+        self.now = t;
+        self.p.handle(ev, t)
+    }
+
+    fn health(&mut self, t: u64, eth0: P, wlan0: P) -> Vec<Decision> {
+        let mk = |ifindex: u32, ip: [u8; 4], p: P| SubflowSample {
+            local: SocketAddr::from((ip, 40000)),
+            remote: "203.0.113.1:443".parse().unwrap(),
+            ifindex,
+            rtt_us: p.rtt_ms * 1000,
+            rttvar_us: p.rtt_ms * 250,
+            total_retrans: p.retrans,
+            segs_out: p.segs,
+            unacked: p.unacked,
+            last_ack_recv_ms: p.last_ack_ms,
+        };
+        self.at(
+            t,
+            Event::Health(vec![
+                mk(2, [10, 0, 0, 2], eth0),
+                mk(3, [192, 168, 1, 5], wlan0),
+            ]),
+        )
+    }
+
+    fn flags(&self) -> (u32, u32) {
+        let v = self.p.view();
+        let f = |ip: &str| {
+            let ip: IpAddr = ip.parse().unwrap();
+            v.owned_endpoints
+                .iter()
+                .find(|e| e.addr == ip)
+                .map(|e| e.flags)
+                .unwrap_or(0)
+        };
+        (f("10.0.0.2"), f("192.168.1.5"))
+    }
+}
+
+fn flag_changes(ds: &[Decision]) -> Vec<(IpAddr, u32)> {
+    ds.iter()
+        .filter_map(|d| match d.action {
+            Action::SetEndpointFlags { addr, flags, .. } => Some((addr, flags)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn aggregate_ignores_measurements() {
+    let (mut s, _) = sim(PathMode::Aggregate);
+    let stalled = P {
+        unacked: 10,
+        last_ack_ms: 5000,
+        ..ok(20, 100)
+    };
+    assert!(s.health(100, stalled, stalled).is_empty());
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW));
+}
+
+#[test]
+fn handover_keeps_the_secondary_on_standby() {
+    let (s, _) = sim(PathMode::Handover);
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
+    assert!(s.p.view().path_state.contains("handover"));
+}
+
+#[test]
+fn handover_promotes_at_once_when_the_primary_loses_carrier() {
+    let (mut s, _) = sim(PathMode::Handover);
+    let ds = s.at(
+        100,
+        Event::LinkChanged(Link {
+            carrier: false,
+            ..link(2, "eth0")
+        }),
+    );
+    // The secondary is made active first, then the dead endpoint goes.
+    assert!(
+        matches!(
+            ds[0].action,
+            Action::SetEndpointFlags { flags: SUBFLOW, .. }
+        ),
+        "{ds:?}"
+    );
+    assert!(
+        ds[0].reason.contains("no primary path is usable"),
+        "{}",
+        ds[0].reason
+    );
+    assert!(ds
+        .iter()
+        .any(|d| matches!(d.action, Action::RemoveEndpoint { .. })));
+}
+
+#[test]
+fn handover_on_stall_with_hold_time_and_no_flapping() {
+    let (mut s, _) = sim(PathMode::Handover);
+    s.health(0, ok(20, 100), ok(60, 0));
+    let stalled = P {
+        unacked: 12,
+        last_ack_ms: 400,
+        ..ok(20, 200)
+    };
+    let ds = s.health(500, stalled, ok(60, 0));
+    assert_eq!(flag_changes(&ds).len(), 2, "{ds:?}");
+    assert!(ds[0].reason.contains("stalled"), "{}", ds[0].reason);
+    assert_eq!(s.flags(), (SUBFLOW | BACKUP, SUBFLOW));
+    // The primary flaps: healthy for 1 s, stalled, healthy again: no switch back.
+    let mut t = 500;
+    for i in 0..6 {
+        t += 500;
+        let p = if i % 3 == 2 { stalled } else { ok(20, 300 + i) };
+        assert!(
+            s.health(t, p, ok(60, 1000 + i * 100)).is_empty(),
+            "no flapping at {t} ms"
+        );
+    }
+    // Healthy for the full hold time: the primary takes traffic back.
+    let mut back = Vec::new();
+    for k in 1..=8 {
+        back = s.health(t + k * 500, ok(20, 400 + k as u32), ok(60, 2000));
+        if !back.is_empty() {
+            assert!(k * 500 >= 3000, "switched back after only {} ms", k * 500);
+            break;
+        }
+    }
+    assert!(
+        back.iter()
+            .any(|d| d.reason.contains("healthy for 3000 ms")),
+        "{back:?}"
+    );
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
+}
+
+#[test]
+fn interactive_uses_the_lowest_rtt_and_switches_with_hysteresis() {
+    let (mut s, _) = sim(PathMode::Interactive);
+    let ds = s.health(0, ok(50, 100), ok(20, 100));
+    assert_eq!(
+        s.flags(),
+        (SUBFLOW | BACKUP, SUBFLOW),
+        "wlan0 has the lower RTT: {ds:?}"
+    );
+    // wlan0's RTT rises slowly; eth0 stays at 50 ms. Switch only past 50*1.5+10 = 85 ms.
+    let mut t = 0;
+    let mut switched_at = None;
+    for rtt in (25..=120).step_by(5) {
+        t += 500;
+        let ds = s.health(t, ok(50, 100 + t as u32), ok(rtt, 100 + t as u32));
+        if !ds.is_empty() {
+            switched_at = Some(rtt);
+            assert!(ds[0].reason.contains("RTT"), "{}", ds[0].reason);
+            break;
+        }
+    }
+    let rtt = switched_at.expect("it must switch eventually");
+    assert!(rtt > 85, "switched too early, at {rtt} ms");
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
+}
+
+#[test]
+fn interactive_leaves_a_lossy_path_at_once() {
+    let (mut s, _) = sim(PathMode::Interactive);
+    s.health(0, ok(20, 0), ok(60, 0));
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
+    // A burst of loss on eth0: 10 of 50 segments retransmitted.
+    let ds = s.health(
+        100,
+        P {
+            retrans: 10,
+            ..ok(20, 50)
+        },
+        ok(60, 0),
+    );
+    assert!(!ds.is_empty() && ds[0].reason.contains("lossy"), "{ds:?}");
+    assert_eq!(s.flags(), (SUBFLOW | BACKUP, SUBFLOW));
+    let v = s.p.view();
+    assert!(v.health["eth0"].loss > 0.05, "{:?}", v.health);
+}
+
+#[test]
+fn all_paths_bad_means_all_paths_carry_traffic() {
+    let (mut s, _) = sim(PathMode::Interactive);
+    s.health(0, ok(20, 0), ok(60, 0));
+    let stalled = P {
+        unacked: 5,
+        last_ack_ms: 1000,
+        ..ok(20, 10)
+    };
+    s.health(100, stalled, stalled);
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW));
+    assert!(s.p.view().path_state.contains("no healthy path"));
+    let (mut h, _) = sim(PathMode::Handover);
+    h.health(0, stalled, stalled);
+    // Handover: the secondary carries traffic even if it is bad too.
+    assert_eq!(h.flags(), (SUBFLOW | BACKUP, SUBFLOW));
+}
+
+#[test]
+fn policy_config_is_validated() {
+    let mut c = Config::default();
+    c.policy.loss_threshold = 2.0;
+    assert_eq!(c.validate().unwrap_err().0, "policy.loss_threshold");
+    let c: Config = toml::from_str("[policy]\nmode = \"handover\"\n").unwrap();
+    assert_eq!(c.policy.mode, PathMode::Handover);
+    assert!(toml::from_str::<Config>("[policy]\nmode = \"turbo\"\n")
+        .unwrap_err()
+        .to_string()
+        .contains("interactive"));
+}
