@@ -148,7 +148,8 @@ pub struct PolicyConfig {
     pub mode: PathMode,
     /// How often subflow health is read while MPTCP connections exist.
     pub poll_interval_ms: u64,
-    /// A path with data outstanding and no acknowledgement for this long is stalled.
+    /// A path with data outstanding and no acknowledgement for this long
+    /// (or two smoothed RTTs, if longer) is stalled.
     pub stall_ms: u64,
     /// A retransmission rate above this marks a path lossy (0.05 = 5 %).
     pub loss_threshold: f64,
@@ -167,7 +168,7 @@ impl Default for PolicyConfig {
         PolicyConfig {
             mode: PathMode::Aggregate,
             poll_interval_ms: 100,
-            stall_ms: 300,
+            stall_ms: 150,
             loss_threshold: 0.05,
             rtt_ratio: 1.5,
             rtt_margin_ms: 10,

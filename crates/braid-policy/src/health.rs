@@ -47,8 +47,11 @@ pub struct PathHealth {
 }
 
 impl PathHealth {
+    /// Stalled: nothing acknowledged for `stall_ms`, or two smoothed RTTs
+    /// if that is longer (a slow path is given its due).
     pub fn is_stalled(&self, stall_ms: u64) -> bool {
-        self.stalled_ms >= stall_ms
+        let rtt_based = self.srtt_ms.map(|r| (2.0 * r) as u64).unwrap_or(0);
+        self.stalled_ms > 0 && self.stalled_ms >= stall_ms.max(rtt_based)
     }
 
     /// Why the path is unhealthy, or None if it is healthy.

@@ -107,6 +107,10 @@ pub struct Policy {
     path_state: String,
     /// Why a path's backup flag is what it is (for the decision's reason).
     mode_reasons: BTreeMap<IpAddr, String>,
+    /// Interfaces seen stalled (to act once per stall).
+    stalled_paths: BTreeSet<u32>,
+    /// Endpoints to re-add because their path stalled, with the reason.
+    reset_pending: BTreeMap<IpAddr, String>,
 }
 
 /// A path the interactive mode can choose.
@@ -168,6 +172,8 @@ impl Policy {
             last_switch_ms: 0,
             path_state: String::new(),
             mode_reasons: BTreeMap::new(),
+            stalled_paths: BTreeSet::new(),
+            reset_pending: BTreeMap::new(),
         }
     }
 
@@ -200,6 +206,7 @@ impl Policy {
                 if self.config.policy.mode == PathMode::Aggregate {
                     return Vec::new();
                 }
+                self.note_stalls();
             }
             Event::Snapshot {
                 links,
@@ -501,6 +508,21 @@ impl Policy {
         // 2. Endpoints that should be there, or be different.
         for w in &wanted {
             let existing = self.kernel.values().find(|e| e.addr == w.addr).cloned();
+            if let Some(e) = existing.as_ref().filter(|e| self.manages(e.id)) {
+                if let Some(reason) = self.reset_pending.remove(&w.addr) {
+                    self.kernel.remove(&e.id);
+                    self.owned.remove(&e.id);
+                    out.push(Decision {
+                        action: Action::RemoveEndpoint {
+                            id: e.id,
+                            addr: e.addr,
+                        },
+                        reason: reason.clone(),
+                    });
+                    self.add(w, &mut out, reason);
+                    continue;
+                }
+            }
             match existing {
                 Some(e) if !self.manages(e.id) => {} // someone else's endpoint covers it
                 Some(e) if e.flags == w.flags && e.ifindex == w.ifindex => {}
@@ -625,6 +647,7 @@ impl Policy {
                 },
             });
         }
+        self.reset_pending.clear();
         // A path taking over is made active before the old one goes, so the
         // scheduler always has a non-backup subflow to move the data to.
         out.sort_by_key(|d| match d.action {
@@ -632,6 +655,41 @@ impl Policy {
             _ => 1,
         });
         out
+    }
+
+    /// A path that has just stalled gets its endpoints re-added: closing
+    /// its subflows makes the kernel resend their unacknowledged data at
+    /// once on the path that takes over, instead of waiting for timeouts on
+    /// the dead one. Reopened subflows tell when the path works again.
+    fn note_stalls(&mut self) {
+        let stall_ms = self.config.policy.stall_ms;
+        let now_stalled: BTreeSet<u32> = self
+            .health
+            .paths
+            .iter()
+            .filter(|(_, h)| h.is_stalled(stall_ms))
+            .map(|(i, _)| *i)
+            .collect();
+        for i in now_stalled.difference(&self.stalled_paths.clone()) {
+            let name = self
+                .links
+                .get(i)
+                .map(|l| l.name.clone())
+                .unwrap_or_else(|| format!("#{i}"));
+            let desc = self
+                .health
+                .paths
+                .get(i)
+                .map(|h| h.describe())
+                .unwrap_or_default();
+            for a in self.addresses.values().filter(|a| a.ifindex == *i) {
+                self.reset_pending.insert(
+                    a.ip,
+                    format!("{name} stalled ({desc}): reopening its subflows so their data is resent on the other path"),
+                );
+            }
+        }
+        self.stalled_paths = now_stalled;
     }
 
     fn role_of(&self, w: &Want) -> Role {

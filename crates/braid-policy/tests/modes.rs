@@ -202,16 +202,37 @@ fn handover_on_stall_with_hold_time_and_no_flapping() {
         ..ok(20, 200)
     };
     let ds = s.health(500, stalled, ok(60, 0));
-    assert_eq!(flag_changes(&ds).len(), 2, "{ds:?}");
+    // The secondary takes over first, then the stalled primary's endpoint is
+    // re-added (as backup) so its subflows close and their data is resent.
+    assert_eq!(
+        flag_changes(&ds),
+        vec![("192.168.1.5".parse().unwrap(), SUBFLOW)],
+        "{ds:?}"
+    );
     assert!(ds[0].reason.contains("stalled"), "{}", ds[0].reason);
+    assert!(
+        matches!(ds[1].action, Action::RemoveEndpoint { .. }),
+        "{ds:?}"
+    );
+    assert!(
+        ds[1].reason.contains("reopening its subflows"),
+        "{}",
+        ds[1].reason
+    );
+    assert!(ds.iter().any(
+        |d| matches!(d.action, Action::AddEndpoint { flags, .. } if flags == SUBFLOW | BACKUP)
+    ));
     assert_eq!(s.flags(), (SUBFLOW | BACKUP, SUBFLOW));
+    // Still stalled next round: nothing more (one reset per stall).
+    assert!(s.health(550, stalled, ok(60, 0)).is_empty());
     // The primary flaps: healthy for 1 s, stalled, healthy again: no switch back.
     let mut t = 500;
     for i in 0..6 {
         t += 500;
         let p = if i % 3 == 2 { stalled } else { ok(20, 300 + i) };
+        // New stalls reopen the primary's subflows, but traffic stays put.
         assert!(
-            s.health(t, p, ok(60, 1000 + i * 100)).is_empty(),
+            flag_changes(&s.health(t, p, ok(60, 1000 + i * 100))).is_empty(),
             "no flapping at {t} ms"
         );
     }
