@@ -2,7 +2,7 @@
 //! Unknown event types and attributes are kept, never a panic.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_generic::GenlMessage;
@@ -277,22 +277,7 @@ impl EventStream {
             return Ok(item);
         }
         if self.async_fd.is_none() {
-            self.reader
-                .sock
-                .set_non_blocking(true)
-                .map_err(|e| Error::io(Op::ReadEvents, e))?;
-            let dup = self
-                .reader
-                .sock
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| Error::io(Op::ReadEvents, e))?;
-            // SAFETY: the AsyncFd owns the duplicate, so the descriptor stays
-            // open for as long as it is registered.
-            let fd = unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE)
-            }
-            .map_err(|e| Error::io(Op::ReadEvents, e.into()))?;
+            let fd = crate::netlink::async_readiness(&self.reader.sock, Op::ReadEvents)?;
             self.async_fd = Some(fd);
         }
         loop {

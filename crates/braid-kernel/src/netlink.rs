@@ -120,6 +120,24 @@ impl NlSocket {
     }
 }
 
+/// Readiness for tokio on a netlink socket: the socket goes non-blocking
+/// and a duplicate of its descriptor is registered (the AsyncFd owns it).
+pub(crate) fn async_readiness(
+    sock: &Socket,
+    op: Op,
+) -> Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    use std::os::fd::AsFd;
+    sock.set_non_blocking(true).map_err(|e| Error::io(op, e))?;
+    let dup = sock
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::io(op, e))?;
+    // SAFETY: the AsyncFd owns the duplicate, so the descriptor stays open
+    // for as long as it is registered.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE) }
+        .map_err(|e| Error::io(op, e.into()))
+}
+
 pub(crate) fn align4(len: usize) -> usize {
     (len + 3) & !3
 }

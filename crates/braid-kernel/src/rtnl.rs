@@ -383,24 +383,11 @@ impl Monitor {
 
     /// The next change, waiting without blocking the tokio runtime.
     pub async fn next(&mut self) -> Result<Change> {
-        use std::os::fd::AsFd;
         if let Some(c) = self.pending.pop_front() {
             return Ok(c);
         }
         if self.fd.is_none() {
-            self.sock
-                .set_non_blocking(true)
-                .map_err(|e| Error::io(Op::Rtnetlink, e))?;
-            let dup = self
-                .sock
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| Error::io(Op::Rtnetlink, e))?;
-            // SAFETY: the AsyncFd owns the duplicate for as long as it is registered.
-            let fd = unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE)
-            }
-            .map_err(|e| Error::io(Op::Rtnetlink, e.into()))?;
+            let fd = crate::netlink::async_readiness(&self.sock, Op::Rtnetlink)?;
             self.fd = Some(fd);
         }
         loop {
