@@ -118,6 +118,8 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let mut stream = EventStream::subscribe()?;
     // On stderr in both modes, so scripts can wait for the subscription.
     eprintln!("braid: listening for MPTCP events (Ctrl-C to stop)");
+    // Interface names, reloaded only when an event names an unknown index.
+    let mut ifs = Interfaces::load().ok();
     loop {
         let item = stream.next_blocking()?;
         let time = timestamp();
@@ -130,11 +132,12 @@ pub fn run(ctx: &Ctx) -> Result<()> {
                 }
             }
             StreamItem::Event(ev) => {
-                // Interface names are looked up per event: links come and go.
-                let dev = ev
-                    .ifindex
-                    .filter(|i| *i != 0)
-                    .and_then(|i| Interfaces::load().ok()?.name(i).map(str::to_string));
+                let dev = ev.ifindex.filter(|i| *i != 0).and_then(|i| {
+                    if ifs.as_ref().and_then(|x| x.name(i)).is_none() {
+                        ifs = Interfaces::load().ok();
+                    }
+                    ifs.as_ref()?.name(i).map(str::to_string)
+                });
                 if ctx.json {
                     let line = EventLine {
                         time,
