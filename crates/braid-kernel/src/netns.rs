@@ -38,18 +38,27 @@ pub fn enter(name: &str) -> Result<()> {
 }
 
 /// Run `f` on a new thread inside the named namespace; the caller's own
-/// thread stays where it is.
-pub fn run_in<T: Send + 'static>(
+/// thread stays where it is. Any error type that kernel errors convert into
+/// will do.
+pub fn run_in<T, E>(
     name: &str,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    let name = name.to_string();
+    f: impl FnOnce() -> std::result::Result<T, E> + Send + 'static,
+) -> std::result::Result<T, E>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    let owned = name.to_string();
     std::thread::spawn(move || {
-        enter(&name)?;
+        enter(&owned)?;
         f()
     })
     .join()
-    .map_err(|_| Error::Invalid("a thread inside the network namespace panicked".into()))?
+    .map_err(|_| {
+        E::from(Error::Invalid(format!(
+            "a thread inside network namespace {name} panicked"
+        )))
+    })?
 }
 
 /// Create a named network namespace, as `ip netns add NAME` does: a new

@@ -101,20 +101,6 @@ fn write_proc_sys(path: &str, value: &str) -> Result<(), LabError> {
         .map_err(|e| LabError::Io(format!("writing /proc/sys/{path}: {e}")))
 }
 
-/// Run `f` inside namespace `ns`, mapping kernel errors.
-fn in_ns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> Result<T, LabError> + Send + 'static,
-) -> Result<T, LabError> {
-    let name = ns.to_string();
-    std::thread::spawn(move || {
-        netns::enter(&name)?;
-        f()
-    })
-    .join()
-    .map_err(|_| LabError::Io(format!("a thread inside namespace {ns} panicked")))?
-}
-
 fn ifindex(name: &str) -> Result<u32, LabError> {
     rtnl::link_index(name)?.ok_or_else(|| LabError::Io(format!("device {name} is missing")))
 }
@@ -276,7 +262,7 @@ impl Lab {
         let st = self.state.clone();
         let absent = cfg.client_addr_absent.clone();
         let paths = st.paths.clone();
-        in_ns(&st.client_ns, move || {
+        netns::run_in::<_, LabError>(&st.client_ns, move || {
             write_proc_sys("net/ipv4/conf/all/rp_filter", "0")?;
             write_proc_sys("net/ipv4/conf/default/rp_filter", "0")?;
             rtnl::set_link_up(ifindex("lo")?, true)?;
@@ -302,7 +288,7 @@ impl Lab {
             Ok(())
         })?;
         let paths = st.paths.clone();
-        in_ns(&st.server_ns, move || {
+        netns::run_in::<_, LabError>(&st.server_ns, move || {
             write_proc_sys("net/ipv4/conf/all/rp_filter", "0")?;
             write_proc_sys("net/ipv4/conf/default/rp_filter", "0")?;
             rtnl::set_link_up(ifindex("lo")?, true)?;
@@ -395,7 +381,7 @@ impl Lab {
 
     pub fn client_addr_present(&self, k: usize) -> Result<bool, LabError> {
         let addr = self.path(k)?.client_addr;
-        in_ns(&self.state.client_ns, move || {
+        netns::run_in::<_, LabError>(&self.state.client_ns, move || {
             Ok(rtnl::addresses()?.iter().any(|a| a.addr == addr))
         })
     }
@@ -404,7 +390,7 @@ impl Lab {
     pub fn add_client_addr(&self, k: usize) -> Result<(), LabError> {
         let p = self.path(k)?.clone();
         let first = self.state.paths[0].dev.clone();
-        in_ns(&self.state.client_ns, move || {
+        netns::run_in::<_, LabError>(&self.state.client_ns, move || {
             let idx = ifindex(&p.dev)?;
             match rtnl::add_address(idx, p.client_addr, p.prefix_len) {
                 Err(braid_kernel::Error::Kernel { errno, .. }) if errno == libc::EEXIST => {}
@@ -432,7 +418,7 @@ impl Lab {
 
     pub fn remove_client_addr(&self, k: usize) -> Result<(), LabError> {
         let p = self.path(k)?.clone();
-        in_ns(&self.state.client_ns, move || {
+        netns::run_in::<_, LabError>(&self.state.client_ns, move || {
             let idx = ifindex(&p.dev)?;
             match rtnl::del_address(idx, p.client_addr, p.prefix_len) {
                 Err(braid_kernel::Error::Kernel { errno, .. }) if errno == libc::EADDRNOTAVAIL => {

@@ -105,7 +105,7 @@ pub fn start(kind: PmKind, lab: &Lab, braid_exe: &Path) -> Result<RunningPm, Lab
     let extra: Vec<_> = st.paths.iter().skip(1).map(|p| p.client_addr).collect();
     let ns = st.client_ns.clone();
     let limit = (st.paths.len() as u32 - 1).clamp(1, 8);
-    braid_kernel::netns::run_in(&ns, move || {
+    braid_kernel::netns::run_in::<_, LabError>(&ns, move || {
         let mut pm = PathManager::open()?;
         pm.flush_endpoints()?;
         pm.set_limits(Some(limit), Some(limit))?;

@@ -100,7 +100,7 @@ impl Netns {
 
     /// Run a closure on a thread inside this namespace.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        braid_kernel::netns::run_in(&self.name, move || Ok(f())).unwrap()
+        braid_kernel::netns::run_in::<_, braid_kernel::Error>(&self.name, move || Ok(f())).unwrap()
     }
 
     pub fn spawn<T: Send + 'static>(
