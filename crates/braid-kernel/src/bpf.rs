@@ -15,7 +15,6 @@ const BTF_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_PIN: libc::c_long = 6;
-const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_TRACING: u32 = 26;
 const BPF_MODIFY_RETURN: u32 = 26;
@@ -241,20 +240,6 @@ pub fn pin(link: &OwnedFd, path: &Path) -> Result<(), BpfError> {
             std::io::Error::from_raw_os_error(e)
         ))
     })
-}
-
-/// Whether something is pinned at `path` (the link it holds).
-pub fn pinned(path: &Path) -> bool {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let mut attr = vec![0u8; 64];
-    put64(&mut attr, 0, c.as_ptr() as u64);
-    match bpf(BPF_OBJ_GET, &mut attr) {
-        Ok(fd) => {
-            unsafe { libc::close(fd) };
-            true
-        }
-        Err(_) => false,
-    }
 }
 
 /// Check, without side effects beyond a load that is freed at once, whether

@@ -472,7 +472,7 @@ impl Policy {
 
     fn reconcile(&mut self) -> Vec<Decision> {
         let mut out = Vec::new();
-        let (mut wanted, extra) = self.wanted();
+        let (mut wanted, _beyond_kernel_max) = self.wanted();
         self.apply_path_mode(&mut wanted);
         let wanted_addrs: BTreeSet<IpAddr> = wanted.iter().map(|w| w.addr).collect();
 
@@ -586,7 +586,6 @@ impl Policy {
                 }
             }
         }
-        let _ = extra;
 
         // 3. Limits matched to the endpoints. The kernel checks them when it
         // decides to open a subflow, so a raise goes before the new endpoints

@@ -400,6 +400,14 @@ fn print_lab(ctx: &Ctx, lab: &Lab) {
             describe(&p.spec)
         );
     }
+    if let Ok(stats) = lab.stats() {
+        for (k, [up, down]) in stats.iter().enumerate() {
+            println!(
+                "  path {k} emulator: up {} packets ({} dropped), down {} packets ({} dropped)",
+                up.packets_in, up.dropped, down.packets_in, down.dropped
+            );
+        }
+    }
     println!(
         "  try: braid -n {} conns   |   braid lab down --name {}",
         s.client_ns, s.name
