@@ -24,19 +24,25 @@ pub struct PathSpec {
     pub rate_in_emulator: bool,
 }
 
-/// Parse a rate: `40mbit`, `1.5gbit`, `500kbit`, `100000bit`, `10mbps` (bytes).
-pub fn parse_rate(s: &str) -> Result<u64, LabError> {
+/// `"1.5ms"` -> (1.5, "ms"), lower-cased; `what` names it in the error.
+fn number_and_unit(s: &str, what: &str, example: &str) -> Result<(f64, String), LabError> {
     let t = s.trim().to_ascii_lowercase();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let v: f64 = num.parse().map_err(|_| {
+    let v = num.parse().map_err(|_| {
         LabError::Invalid(format!(
-            "invalid rate '{s}': expected a number with a unit, e.g. 40mbit"
+            "invalid {what} '{s}': expected a number with a unit, e.g. {example}"
         ))
     })?;
-    let mult = match unit {
+    Ok((v, unit.to_string()))
+}
+
+/// Parse a rate: `40mbit`, `1.5gbit`, `500kbit`, `100000bit`, `10mbps` (bytes).
+pub fn parse_rate(s: &str) -> Result<u64, LabError> {
+    let (v, unit) = number_and_unit(s, "rate", "40mbit")?;
+    let mult = match unit.as_str() {
         "" | "bit" => 1.0,
         "kbit" => 1e3,
         "mbit" => 1e6,
@@ -62,20 +68,11 @@ pub fn parse_rate(s: &str) -> Result<u64, LabError> {
 
 /// Parse a duration into microseconds: `10ms`, `1.5s`, `250us`, `0`.
 pub fn parse_duration_us(s: &str) -> Result<u64, LabError> {
-    let t = s.trim().to_ascii_lowercase();
-    if t == "0" {
+    if s.trim() == "0" {
         return Ok(0);
     }
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let v: f64 = num.parse().map_err(|_| {
-        LabError::Invalid(format!(
-            "invalid duration '{s}': expected e.g. 10ms, 1s, 250us"
-        ))
-    })?;
-    let mult = match unit {
+    let (v, unit) = number_and_unit(s, "duration", "10ms, 1s or 250us")?;
+    let mult = match unit.as_str() {
         "us" => 1.0,
         "ms" => 1e3,
         "s" => 1e6,

@@ -75,6 +75,13 @@ pub struct UpArgs {
     /// Number of paths (1 to 8).
     #[arg(long, default_value_t = 2)]
     pub paths: usize,
+    #[command(flatten)]
+    pub link: LinkArgs,
+}
+
+/// How the paths are impaired (one value for all paths, or one per path).
+#[derive(Args, Clone)]
+pub struct LinkArgs {
     /// Rate per path, e.g. 40mbit,20mbit; "none" for unlimited.
     #[arg(long, default_value = "40mbit,20mbit")]
     pub rate: String,
@@ -95,11 +102,24 @@ pub struct UpArgs {
     pub rate_by: String,
 }
 
+impl Default for LinkArgs {
+    fn default() -> Self {
+        LinkArgs {
+            rate: "40mbit,20mbit".into(),
+            delay: "10ms,40ms".into(),
+            jitter: "0".into(),
+            loss: "0".into(),
+            reorder: false,
+            rate_by: "tbf".into(),
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct RunArgs {
     /// aggregate, failover-carrier, failover-blackhole, late-interface, flap or lossy-primary.
     pub scenario: String,
-    /// Path manager(s): none, kernel, braid, mptcpd (comma-separated for compare).
+    /// Path manager(s): none, kernel, kernel:backup, braid, braid:handover, braid:interactive, mptcpd (comma-separated for compare).
     #[arg(long, default_value = "kernel")]
     pub pm: String,
     /// How long the traffic runs.
@@ -114,14 +134,8 @@ pub struct RunArgs {
     /// Bulk data from the client to the server (default: a download).
     #[arg(long)]
     pub upload: bool,
-    #[arg(long, default_value = "40mbit,20mbit")]
-    pub rate: String,
-    #[arg(long, default_value = "10ms,40ms")]
-    pub delay: String,
-    #[arg(long, default_value = "0")]
-    pub jitter: String,
-    #[arg(long, default_value = "0")]
-    pub loss: String,
+    #[command(flatten)]
+    pub link: LinkArgs,
 }
 
 #[derive(Args)]
@@ -176,14 +190,12 @@ fn parse_rate_opt(s: &str) -> Result<Option<u64>, LabError> {
     }
 }
 
-pub fn path_specs(a: &UpArgs) -> Result<Vec<PathSpec>, LabError> {
-    if !(1..=8).contains(&a.paths) {
+pub fn path_specs(n: usize, a: &LinkArgs) -> Result<Vec<PathSpec>, LabError> {
+    if !(1..=8).contains(&n) {
         return Err(LabError::Invalid(format!(
-            "--paths {} is out of range: 1 to 8",
-            a.paths
+            "--paths {n} is out of range: 1 to 8"
         )));
     }
-    let n = a.paths;
     let rates = spec::per_path(&a.rate, n, "rate")?;
     let delays = spec::per_path(&a.delay, n, "delay")?;
     let jitters = spec::per_path(&a.jitter, n, "jitter")?;
@@ -235,7 +247,7 @@ pub fn run(ctx: &Ctx, cmd: LabCmd) -> Result<(), Error> {
 fn run_lab(ctx: &Ctx, cmd: LabCmd) -> Result<(), LabError> {
     match cmd {
         LabCmd::Up(a) => {
-            let paths = path_specs(&a)?;
+            let paths = path_specs(a.paths, &a.link)?;
             let exe = std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?;
             let lab = Lab::up(LabConfig {
                 name: a.name.clone(),
@@ -440,21 +452,13 @@ fn unique_lab_name(i: usize) -> String {
 }
 
 fn run_config(a: &RunArgs, pm: PmKind, i: usize) -> Result<RunConfig, LabError> {
-    let up = UpArgs {
-        name: String::new(),
-        paths: a
-            .rate
-            .split(',')
-            .count()
-            .max(a.delay.split(',').count())
-            .max(2),
-        rate: a.rate.clone(),
-        delay: a.delay.clone(),
-        jitter: a.jitter.clone(),
-        loss: a.loss.clone(),
-        reorder: false,
-        rate_by: "tbf".into(),
-    };
+    // As many paths as the longest per-path list, and at least two.
+    let n = [&a.link.rate, &a.link.delay, &a.link.jitter, &a.link.loss]
+        .iter()
+        .map(|l| l.split(',').count())
+        .max()
+        .unwrap_or(1)
+        .max(2);
     let duration_us = spec::parse_duration_us(&a.duration)?;
     if duration_us < 2_000_000 {
         return Err(LabError::Invalid("--duration must be at least 2s".into()));
@@ -462,7 +466,7 @@ fn run_config(a: &RunArgs, pm: PmKind, i: usize) -> Result<RunConfig, LabError> 
     Ok(RunConfig {
         scenario: Scenario::parse(&a.scenario)?,
         pm,
-        paths: path_specs(&up)?,
+        paths: path_specs(n, &a.link)?,
         duration: std::time::Duration::from_micros(duration_us),
         emulator_exe: std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?,
         lab_name: unique_lab_name(i),
@@ -640,10 +644,7 @@ fn demo(ctx: &Ctx, d: DemoArgs) -> Result<(), LabError> {
             plot: Some(d.out.join(format!("{sc}.svg"))),
             save: None,
             upload: false,
-            rate: "40mbit,20mbit".into(),
-            delay: "10ms,40ms".into(),
-            jitter: "0".into(),
-            loss: "0".into(),
+            link: LinkArgs::default(),
         };
         let reports = run_all(&a, &pms)?;
         if !ctx.json {
