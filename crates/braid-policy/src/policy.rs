@@ -494,37 +494,20 @@ impl Policy {
                 },
                 None => format!("address {} is gone", e.addr),
             };
-            self.kernel.remove(&e.id);
-            self.owned.remove(&e.id);
-            out.push(Decision {
-                action: Action::RemoveEndpoint {
-                    id: e.id,
-                    addr: e.addr,
-                },
-                reason,
-            });
+            self.remove(&e, &mut out, reason);
         }
 
         // 2. Endpoints that should be there, or be different.
         for w in &wanted {
             let existing = self.kernel.values().find(|e| e.addr == w.addr).cloned();
-            if let Some(e) = existing.as_ref().filter(|e| self.manages(e.id)) {
-                if let Some(reason) = self.reset_pending.remove(&w.addr) {
-                    self.kernel.remove(&e.id);
-                    self.owned.remove(&e.id);
-                    out.push(Decision {
-                        action: Action::RemoveEndpoint {
-                            id: e.id,
-                            addr: e.addr,
-                        },
-                        reason: reason.clone(),
-                    });
-                    self.add(w, &mut out, reason);
-                    continue;
-                }
-            }
             match existing {
                 Some(e) if !self.manages(e.id) => {} // someone else's endpoint covers it
+                Some(e) if self.reset_pending.contains_key(&w.addr) => {
+                    // Its path stalled: re-adding closes the stalled subflows.
+                    let reason = self.reset_pending.remove(&w.addr).unwrap_or_default();
+                    self.remove(&e, &mut out, reason.clone());
+                    self.add(w, &mut out, reason);
+                }
                 Some(e) if e.flags == w.flags && e.ifindex == w.ifindex => {}
                 Some(e)
                     if (e.flags & !CHANGEABLE) == (w.flags & !CHANGEABLE)
@@ -554,20 +537,13 @@ impl Policy {
                 }
                 Some(e) => {
                     // Signal/subflow or the bound device changed: only re-adding does that.
-                    self.kernel.remove(&e.id);
-                    self.owned.remove(&e.id);
-                    out.push(Decision {
-                        action: Action::RemoveEndpoint {
-                            id: e.id,
-                            addr: e.addr,
-                        },
-                        reason: format!(
-                            "{} changes to '{}' on {}: it must be re-added",
-                            e.addr,
-                            flag_names(w.flags),
-                            w.iface
-                        ),
-                    });
+                    let reason = format!(
+                        "{} changes to '{}' on {}: it must be re-added",
+                        e.addr,
+                        flag_names(w.flags),
+                        w.iface
+                    );
+                    self.remove(&e, &mut out, reason);
                     self.add(w, &mut out, "its settings changed".into());
                 }
                 None => {
@@ -934,6 +910,19 @@ impl Policy {
                 addr: w.addr,
                 flags: w.flags,
                 ifindex: w.ifindex,
+            },
+            reason,
+        });
+    }
+
+    /// Forget endpoint `e` and decide its removal.
+    fn remove(&mut self, e: &KernelEndpoint, out: &mut Vec<Decision>, reason: String) {
+        self.kernel.remove(&e.id);
+        self.owned.remove(&e.id);
+        out.push(Decision {
+            action: Action::RemoveEndpoint {
+                id: e.id,
+                addr: e.addr,
             },
             reason,
         });

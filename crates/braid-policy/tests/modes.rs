@@ -2,6 +2,9 @@
 //! simulated clock: carrier loss, stalls, flapping, rising RTT, loss bursts,
 //! all paths bad.
 
+mod common;
+use common::{addr, link};
+
 use std::net::{IpAddr, SocketAddr};
 
 use braid_policy::config::{Config, PathMode};
@@ -15,27 +18,6 @@ const BACKUP: u32 = 4;
 struct Sim {
     p: Policy,
     now: u64,
-}
-
-fn link(index: u32, name: &str) -> Link {
-    Link {
-        index,
-        name: name.into(),
-        up: true,
-        carrier: true,
-        loopback: false,
-    }
-}
-
-fn addr(ifindex: u32, ip: &str) -> Address {
-    Address {
-        ifindex,
-        ip: ip.parse().unwrap(),
-        prefix_len: 24,
-        temporary: false,
-        deprecated: false,
-        tentative: false,
-    }
 }
 
 /// eth0 (10.0.0.2, main-table default route: primary) and wlan0

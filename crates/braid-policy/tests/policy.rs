@@ -1,6 +1,9 @@
 //! Every decision of the path manager, driven by simulated events and a
 //! simulated clock; no kernel involved.
 
+mod common;
+use common::{addr, link};
+
 use std::net::IpAddr;
 
 use braid_policy::config::{Config, Flag, InterfaceConfig, Mode};
@@ -10,27 +13,6 @@ use braid_policy::Policy;
 const SUBFLOW: u32 = 2;
 const SIGNAL: u32 = 1;
 const BACKUP: u32 = 4;
-
-fn link(index: u32, name: &str) -> Link {
-    Link {
-        index,
-        name: name.into(),
-        up: true,
-        carrier: true,
-        loopback: false,
-    }
-}
-
-fn addr(ifindex: u32, ip: &str) -> Address {
-    Address {
-        ifindex,
-        ip: ip.parse().unwrap(),
-        prefix_len: 24,
-        temporary: false,
-        deprecated: false,
-        tentative: false,
-    }
-}
 
 fn route(ifindex: u32) -> DefaultRoute {
     DefaultRoute {

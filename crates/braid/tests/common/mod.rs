@@ -19,18 +19,10 @@ pub fn unique(tag: &str) -> String {
 }
 
 pub fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run command");
-    assert!(
-        out.status.success(),
-        "{:?} failed: {}",
-        args,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sh_out(args);
 }
 
+/// Run a command, require success, return stdout.
 pub fn sh_out(args: &[&str]) -> String {
     let out = Command::new(args[0])
         .args(&args[1..])
