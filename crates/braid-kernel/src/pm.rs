@@ -170,10 +170,6 @@ impl PathManager {
         Ok(PathManager { sock, family })
     }
 
-    pub fn family(&self) -> &Family {
-        &self.family
-    }
-
     fn call(&mut self, cmd: u8, attrs: Vec<u8>, kind: Kind, op: Op) -> Result<Vec<PmPayload>> {
         let mut msg = GenlMessage::from_payload(PmPayload {
             family_id: self.family.id,

@@ -140,10 +140,6 @@ impl BulkResult {
             .find(|r| **r >= t_ms)
             .map(|r| r - t_ms)
     }
-
-    pub fn total_ms(&self) -> f64 {
-        self.buckets.len() as f64 * 100.0
-    }
 }
 
 fn in_thread<T: Send + 'static>(
