@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::guard::LabGuard;
 use crate::lab::{Cut, LabConfig};
 use crate::pm::{self, PmKind};
+use crate::runlogs::RunLogs;
 use crate::spec::PathSpec;
 use crate::traffic::{Bulk, BulkResult, Endpoints, Probe, ProbeResult};
 use crate::LabError;
@@ -70,6 +71,9 @@ pub struct RunConfig {
     pub lab_name: String,
     /// Bulk data from client to server instead of the default download.
     pub upload: bool,
+    /// Keep the run's logs (MPTCP events on both ends, the path manager's
+    /// log, scenario events) in this directory.
+    pub logs: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -138,6 +142,13 @@ fn sleep_until(bulk_t0: u64, t_ms: f64) {
     }
 }
 
+fn record(events: &mut Vec<TimedEvent>, logs: &mut Option<RunLogs>, t_ms: f64, what: String) {
+    if let Some(l) = logs {
+        l.note(t_ms, &what);
+    }
+    events.push(TimedEvent { t_ms, what });
+}
+
 /// Run one scenario in a fresh lab that is removed afterwards.
 pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
     if let Some(why) = cfg.pm.unavailable() {
@@ -162,6 +173,10 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
         client_addr_absent: absent,
         seed: 7,
     })?;
+    let mut logs = match &cfg.logs {
+        Some(dir) => Some(RunLogs::start(dir, cfg.pm, guard.lab(), &cfg.emulator_exe)?),
+        None => None,
+    };
     let _pm = pm::start(cfg.pm, guard.lab(), &cfg.emulator_exe)?;
     let st = guard.lab().state.clone();
     let ep = Endpoints {
@@ -182,6 +197,10 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
             200.0,
         )?;
         let p = probe.finish()?;
+        drop(_pm);
+        if let Some(l) = logs {
+            l.finish(guard.lab());
+        }
         let survived = p.lost == 0 || p.replies > 0;
         return Ok(Report {
             scenario: cfg.scenario.name(),
@@ -227,9 +246,11 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
                 Cut::Blackhole
             };
             lab.cut(0, how)?;
-            events.push(TimedEvent {
-                t_ms: bulk.elapsed_ms(),
-                what: format!(
+            record(
+                &mut events,
+                &mut logs,
+                bulk.elapsed_ms(),
+                format!(
                     "path 0 {}",
                     if how == Cut::Carrier {
                         "loses carrier"
@@ -237,45 +258,56 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
                         "blackholed"
                     }
                 ),
-            });
+            );
             fail_at = Some(events.last().unwrap().t_ms);
         }
         Scenario::LateInterface => {
             sleep_until(t0, d_ms * 0.3);
             lab.add_client_addr(1)?;
-            events.push(TimedEvent {
-                t_ms: bulk.elapsed_ms(),
-                what: "path 1 gets its address".into(),
-            });
+            record(
+                &mut events,
+                &mut logs,
+                bulk.elapsed_ms(),
+                "path 1 gets its address".into(),
+            );
             addr_at = Some(events.last().unwrap().t_ms);
             sleep_until(t0, d_ms * 0.6);
             lab.cut(0, Cut::Carrier)?;
-            events.push(TimedEvent {
-                t_ms: bulk.elapsed_ms(),
-                what: "path 0 loses carrier".into(),
-            });
+            record(
+                &mut events,
+                &mut logs,
+                bulk.elapsed_ms(),
+                "path 0 loses carrier".into(),
+            );
             fail_at = Some(events.last().unwrap().t_ms);
         }
         Scenario::Flap => {
             sleep_until(t0, d_ms * 0.3);
             lab.remove_client_addr(0)?;
             lab.cut(0, Cut::Carrier)?;
-            events.push(TimedEvent {
-                t_ms: bulk.elapsed_ms(),
-                what: "path 0 goes away (address and carrier)".into(),
-            });
+            record(
+                &mut events,
+                &mut logs,
+                bulk.elapsed_ms(),
+                "path 0 goes away (address and carrier)".into(),
+            );
             fail_at = Some(events.last().unwrap().t_ms);
             sleep_until(t0, d_ms * 0.6);
             lab.restore(0)?;
-            events.push(TimedEvent {
-                t_ms: bulk.elapsed_ms(),
-                what: "path 0 comes back".into(),
-            });
+            record(
+                &mut events,
+                &mut logs,
+                bulk.elapsed_ms(),
+                "path 0 comes back".into(),
+            );
             restore_at = Some(events.last().unwrap().t_ms);
         }
     }
     let r = bulk.finish()?;
     drop(_pm);
+    if let Some(l) = logs {
+        l.finish(guard.lab());
+    }
     drop(guard);
     Ok(report(cfg, paths, r, events, fail_at, addr_at, restore_at))
 }

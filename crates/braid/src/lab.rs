@@ -134,6 +134,11 @@ pub struct RunArgs {
     /// Bulk data from the client to the server (default: a download).
     #[arg(long)]
     pub upload: bool,
+    /// Keep each run's logs here: MPTCP events on client and server
+    /// (`PM-client-events.jsonl`, `PM-server-events.jsonl`), the path
+    /// manager's log and the scenario's events, all with UTC times.
+    #[arg(long, value_name = "DIR")]
+    pub logs: Option<PathBuf>,
     #[command(flatten)]
     pub link: LinkArgs,
 }
@@ -471,6 +476,7 @@ fn run_config(a: &RunArgs, pm: PmKind, i: usize) -> Result<RunConfig, LabError> 
         emulator_exe: std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?,
         lab_name: unique_lab_name(i),
         upload: a.upload,
+        logs: a.logs.clone(),
     })
 }
 
@@ -644,6 +650,7 @@ fn demo(ctx: &Ctx, d: DemoArgs) -> Result<(), LabError> {
             plot: Some(d.out.join(format!("{sc}.svg"))),
             save: None,
             upload: false,
+            logs: None,
             link: LinkArgs::default(),
         };
         let reports = run_all(&a, &pms)?;
