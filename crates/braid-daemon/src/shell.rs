@@ -59,6 +59,7 @@ fn route_of(r: &rtnl::DefaultRoute) -> m::DefaultRoute {
         ifindex: r.ifindex,
         table: r.table,
         ipv6: r.ipv6,
+        initcwnd: r.initcwnd,
     }
 }
 
@@ -193,6 +194,14 @@ impl Shell {
             Action::SetSysctl { name, value } => {
                 braid_kernel::sysctl::write(name, value).map_err(|e| e.to_string())
             }
+            Action::SetRouteInitcwnd {
+                ifindex,
+                table,
+                ipv6,
+                initcwnd,
+            } => rtnl::set_default_route_initcwnd(*ifindex, *table, *ipv6, *initcwnd)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -258,6 +267,10 @@ fn health_samples() -> Option<Vec<SubflowSample>> {
     Some(
         subflows
             .iter()
+            // A subflow still in its handshake (or closing) measures nothing
+            // about its path yet: its SYN is "unacknowledged data" with no
+            // ACK ever received.
+            .filter(|sf| sf.state == "established")
             .filter_map(|sf| {
                 let t = sf.tcp.as_ref()?;
                 Some(SubflowSample {
@@ -315,12 +328,19 @@ fn bind_control(cfg: &Config) -> Result<(tokio::net::UnixListener, Option<u32>),
     Ok((listener, group))
 }
 
-fn new_poll(shell: &Shell) -> tokio::time::Interval {
-    let ms = shell.policy.config().policy.poll_interval_ms.max(10);
-    let mut i = tokio::time::interval(std::time::Duration::from_millis(ms));
-    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    i
+/// When the next health round is due: after the poll interval, or sooner
+/// when a path waiting for an ACK would reach its stall threshold.
+fn next_poll(shell: &Shell) -> tokio::time::Instant {
+    let interval = shell.policy.config().policy.poll_interval_ms.max(10);
+    let ms = match shell.policy.health_check_due_in_ms() {
+        Some(due) => due.clamp(MIN_POLL_MS, interval),
+        None => interval,
+    };
+    tokio::time::Instant::now() + std::time::Duration::from_millis(ms)
 }
+
+/// Health rounds never come closer together than this.
+const MIN_POLL_MS: u64 = 5;
 
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(opts: Options) -> Result<(), String> {
@@ -351,23 +371,24 @@ pub async fn run(opts: Options) -> Result<(), String> {
     info!("ready");
     // Health is polled only while MPTCP connections exist: an MPTCP event
     // starts the timer, a round without subflows stops it.
-    let mut poll: Option<tokio::time::Interval> = None;
+    let mut poll: Option<tokio::time::Instant> = None;
     if health_samples().is_some() {
-        poll = Some(new_poll(&shell));
+        poll = Some(next_poll(&shell));
     }
 
     loop {
         let tick = async {
-            match poll.as_mut() {
-                Some(i) => {
-                    i.tick().await;
-                }
+            match poll {
+                Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending::<()>().await,
             }
         };
         tokio::select! {
             _ = tick => match health_samples() {
-                Some(samples) => shell.feed(Event::Health(samples)),
+                Some(samples) => {
+                    shell.feed(Event::Health(samples));
+                    poll = Some(next_poll(&shell));
+                }
                 None => poll = None,
             },
             change = monitor.next() => match change {
@@ -393,7 +414,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
                 Ok(StreamItem::Event(ev)) => {
                     shell.feed(Event::Mptcp(mptcp_kind(ev.kind)));
                     if poll.is_none() && !matches!(ev.kind, EventKind::Closed | EventKind::ListenerCreated | EventKind::ListenerClosed) {
-                        poll = Some(new_poll(&shell));
+                        poll = Some(next_poll(&shell));
                     }
                 }
                 Ok(StreamItem::Overflow) => warn!("MPTCP events were lost (ENOBUFS)"),

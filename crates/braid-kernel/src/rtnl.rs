@@ -270,7 +270,7 @@ pub fn add_source_rule(src: IpAddr, table: u32, priority: u32) -> Result<()> {
 
 // ---- default routes and the change monitor (used by the daemon) ----
 
-use netlink_packet_route::route::RouteType as RtType;
+use netlink_packet_route::route::{RouteMetric, RouteType as RtType};
 
 /// A default route (any table) and the interface it leaves by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -278,6 +278,8 @@ pub struct DefaultRoute {
     pub ifindex: u32,
     pub table: u32,
     pub ipv6: bool,
+    /// The route's initial congestion window (`initcwnd`), if it sets one.
+    pub initcwnd: Option<u32>,
 }
 
 /// The default routes a route message describes (one per next hop).
@@ -289,9 +291,16 @@ pub fn default_routes_of(msg: &RouteMessage) -> Vec<DefaultRoute> {
     let ipv6 = h.address_family == AddressFamily::Inet6;
     let mut table = h.table as u32;
     let mut oifs = Vec::new();
+    let mut initcwnd = None;
     for a in &msg.attributes {
         match a {
             RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Metrics(ms) => {
+                initcwnd = ms.iter().find_map(|m| match m {
+                    RouteMetric::InitCwnd(w) => Some(*w),
+                    _ => None,
+                })
+            }
             RouteAttribute::Oif(i) => oifs.push(*i),
             RouteAttribute::MultiPath(hops) => oifs.extend(hops.iter().map(|n| n.interface_index)),
             _ => {}
@@ -302,28 +311,87 @@ pub fn default_routes_of(msg: &RouteMessage) -> Vec<DefaultRoute> {
             ifindex,
             table,
             ipv6,
+            initcwnd,
         })
         .collect()
+}
+
+fn route_dump(family: AddressFamily) -> Result<Vec<RouteMessage>> {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = family;
+    let replies: Vec<RouteNetlinkMessage> = open()?.request(
+        RouteNetlinkMessage::GetRoute(msg),
+        Kind::Dump,
+        0,
+        Op::Rtnetlink,
+    )?;
+    Ok(replies
+        .into_iter()
+        .filter_map(|r| match r {
+            RouteNetlinkMessage::NewRoute(m) => Some(m),
+            _ => None,
+        })
+        .collect())
 }
 
 pub fn default_routes() -> Result<Vec<DefaultRoute>> {
     let mut out = Vec::new();
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-        let mut msg = RouteMessage::default();
-        msg.header.address_family = family;
-        let replies: Vec<RouteNetlinkMessage> = open()?.request(
-            RouteNetlinkMessage::GetRoute(msg),
-            Kind::Dump,
-            0,
-            Op::Rtnetlink,
-        )?;
-        for r in &replies {
-            if let RouteNetlinkMessage::NewRoute(m) = r {
-                out.extend(default_routes_of(m));
-            }
+        for m in route_dump(family)? {
+            out.extend(default_routes_of(&m));
         }
     }
     Ok(out)
+}
+
+/// Set (or with None, clear) `initcwnd` on the default routes of `table`
+/// that leave by `ifindex` alone (multipath routes are left as they are),
+/// keeping every other attribute. Returns how many routes were changed.
+pub fn set_default_route_initcwnd(
+    ifindex: u32,
+    table: u32,
+    ipv6: bool,
+    initcwnd: Option<u32>,
+) -> Result<usize> {
+    let family = if ipv6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    let mut changed = 0;
+    for mut m in route_dump(family)? {
+        let routes = default_routes_of(&m);
+        let [r] = routes.as_slice() else { continue };
+        if r.ifindex != ifindex || r.table != table || r.initcwnd == initcwnd {
+            continue;
+        }
+        // Kernel-filled attributes a new route must not carry.
+        m.attributes
+            .retain(|a| !matches!(a, RouteAttribute::CacheInfo(_)));
+        let mut metrics: Vec<RouteMetric> = Vec::new();
+        m.attributes.retain(|a| match a {
+            RouteAttribute::Metrics(ms) => {
+                metrics = ms.clone();
+                false
+            }
+            _ => true,
+        });
+        metrics.retain(|x| !matches!(x, RouteMetric::InitCwnd(_)));
+        if let Some(w) = initcwnd {
+            metrics.push(RouteMetric::InitCwnd(w));
+        }
+        if !metrics.is_empty() {
+            m.attributes.push(RouteAttribute::Metrics(metrics));
+        }
+        open()?.request::<_, RouteNetlinkMessage>(
+            RouteNetlinkMessage::NewRoute(m),
+            Kind::Do,
+            NLM_F_REPLACE,
+            Op::Rtnetlink,
+        )?;
+        changed += 1;
+    }
+    Ok(changed)
 }
 
 /// A change reported by rtnetlink.

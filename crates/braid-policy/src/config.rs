@@ -134,6 +134,16 @@ pub enum PathMode {
     Interactive,
 }
 
+impl PathMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            PathMode::Aggregate => "aggregate",
+            PathMode::Handover => "handover",
+            PathMode::Interactive => "interactive",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -161,6 +171,13 @@ pub struct PolicyConfig {
     /// A path must be healthy this long before it takes traffic back
     /// (handover: the primary; interactive: any switch back).
     pub hold_ms: u64,
+    /// Handover and interactive: the initial congestion window (segments)
+    /// set on the default routes of the paths that stand by, so a path
+    /// taking over resends the failed path's in-flight data in one or two
+    /// round trips instead of slow-starting from 10 segments. It applies to
+    /// every TCP connection using those routes, not only MPTCP. 0 leaves
+    /// routes alone. Restored when the daemon stops.
+    pub standby_initcwnd: u32,
 }
 
 impl Default for PolicyConfig {
@@ -168,11 +185,12 @@ impl Default for PolicyConfig {
         PolicyConfig {
             mode: PathMode::Aggregate,
             poll_interval_ms: 100,
-            stall_ms: 150,
+            stall_ms: 100,
             loss_threshold: 0.05,
             rtt_ratio: 1.5,
             rtt_margin_ms: 10,
             hold_ms: 3000,
+            standby_initcwnd: 40,
         }
     }
 }
@@ -281,6 +299,12 @@ impl Config {
                 "must be between 0.0 and 1.0 (0.05 = 5 %)".into(),
             ));
         }
+        if p.standby_initcwnd > MAX_INITCWND {
+            return Err((
+                "policy.standby_initcwnd".into(),
+                format!("must be between 0 (leave routes alone) and {MAX_INITCWND} segments"),
+            ));
+        }
         if p.rtt_ratio < 1.0 {
             return Err(("policy.rtt_ratio".into(), "must be at least 1.0".into()));
         }
@@ -301,6 +325,9 @@ impl Config {
         self.interfaces.iter().find(|i| glob(&i.name, name))
     }
 }
+
+/// A larger initial window than this is a burst no path is likely to take.
+pub const MAX_INITCWND: u32 = 256;
 
 pub fn glob(pattern: &str, name: &str) -> bool {
     wildmatch::WildMatch::new(pattern).matches(name)

@@ -50,8 +50,12 @@ impl PathHealth {
     /// Stalled: nothing acknowledged for `stall_ms`, or two smoothed RTTs
     /// if that is longer (a slow path is given its due).
     pub fn is_stalled(&self, stall_ms: u64) -> bool {
+        self.stalled_ms > 0 && self.stalled_ms >= self.stall_threshold_ms(stall_ms)
+    }
+
+    fn stall_threshold_ms(&self, stall_ms: u64) -> u64 {
         let rtt_based = self.srtt_ms.map(|r| (2.0 * r) as u64).unwrap_or(0);
-        self.stalled_ms > 0 && self.stalled_ms >= stall_ms.max(rtt_based)
+        stall_ms.max(rtt_based)
     }
 
     /// Why the path is unhealthy, or None if it is healthy.
@@ -92,9 +96,16 @@ impl PathHealth {
 /// Minimum sent segments before a retransmission rate is trusted.
 const MIN_SEGS: u64 = 20;
 
+type SubflowKey = (SocketAddr, SocketAddr);
+
 #[derive(Default)]
 pub struct HealthTracker {
-    last: HashMap<(SocketAddr, SocketAddr), (u32, u32)>,
+    last: HashMap<SubflowKey, (u32, u32)>,
+    /// Since when (policy clock) each subflow has had data outstanding.
+    /// `last_ack_recv_ms` alone cannot tell a stall: an idle backup subflow
+    /// given data after seconds of silence has not heard an ACK for
+    /// seconds, yet it has waited for one only since the data went out.
+    outstanding_since: HashMap<SubflowKey, u64>,
     pub paths: BTreeMap<u32, PathHealth>,
 }
 
@@ -108,7 +119,13 @@ impl HealthTracker {
         loss_threshold: f64,
         decay_ms: u64,
     ) {
-        let mut seen: HashMap<(SocketAddr, SocketAddr), (u32, u32)> = HashMap::new();
+        let mut seen: HashMap<SubflowKey, (u32, u32)> = HashMap::new();
+        let mut outstanding_since: HashMap<SubflowKey, u64> = HashMap::new();
+        for s in samples.iter().filter(|s| s.unacked > 0) {
+            let key = (s.local, s.remote);
+            let since = self.outstanding_since.get(&key).copied().unwrap_or(now_ms);
+            outstanding_since.insert(key, since);
+        }
         let mut per_if: BTreeMap<u32, Vec<&SubflowSample>> = BTreeMap::new();
         for s in samples {
             per_if.entry(s.ifindex).or_default().push(s);
@@ -148,15 +165,17 @@ impl HealthTracker {
             } else if h.loss < loss_threshold / 2.0 {
                 h.lossy = false;
             }
-            // Stalled: some subflow has data outstanding and heard nothing,
-            // and no subflow of the path has heard anything recently.
-            let outstanding: Vec<&&SubflowSample> = subs.iter().filter(|s| s.unacked > 0).collect();
+            // Stalled: some subflow has waited for an ACK since its data
+            // went out, and no subflow of the path has heard anything since.
+            let waiting = subs
+                .iter()
+                .filter_map(|s| {
+                    let since = outstanding_since.get(&(s.local, s.remote))?;
+                    Some((s.last_ack_recv_ms as u64).min(now_ms - since))
+                })
+                .max();
             let freshest = subs.iter().map(|s| s.last_ack_recv_ms).min().unwrap_or(0);
-            h.stalled_ms = if outstanding.is_empty() {
-                0
-            } else {
-                freshest as u64
-            };
+            h.stalled_ms = waiting.map_or(0, |w| w.min(freshest as u64));
             let ok = h.problem(stall_ms, loss_threshold).is_none();
             h.healthy_since_ms = match (ok, h.healthy_since_ms) {
                 (true, Some(t)) => Some(t),
@@ -167,6 +186,17 @@ impl HealthTracker {
         // Paths without subflows now keep their last estimate (a backup
         // path has no fresh data); interfaces gone are forgotten by the policy.
         self.last = seen;
+        self.outstanding_since = outstanding_since;
+    }
+
+    /// How long until some path would be declared stalled if no ACK
+    /// arrives: the next health check should come no later than that.
+    pub fn until_next_stall_ms(&self, stall_ms: u64) -> Option<u64> {
+        self.paths
+            .values()
+            .filter(|h| h.stalled_ms > 0 && !h.is_stalled(stall_ms))
+            .map(|h| h.stall_threshold_ms(stall_ms) - h.stalled_ms)
+            .min()
     }
 }
 
@@ -223,6 +253,25 @@ mod tests {
         t.update(500, &[s(1, 0, 100, 0, 5000, 20_000)], 300, 0.05, 3000);
         assert!(t.paths[&1].problem(300, 0.05).is_none());
         assert_eq!(t.paths[&1].healthy_since_ms, Some(500));
+    }
+
+    #[test]
+    fn an_idle_subflow_given_data_waits_only_since_then() {
+        let mut t = HealthTracker::default();
+        // A backup subflow idle for 4 s: nothing outstanding, not stalled.
+        t.update(0, &[s(1, 0, 10, 0, 4000, 80_000)], 150, 0.05, 3000);
+        assert_eq!(t.paths[&1].stalled_ms, 0);
+        // Data moved onto it: its last ACK is 4 s old, but it has waited 0 ms.
+        t.update(100, &[s(1, 0, 40, 30, 4100, 80_000)], 150, 0.05, 3000);
+        assert_eq!(t.paths[&1].stalled_ms, 0);
+        assert!(t.paths[&1].problem(150, 0.05).is_none());
+        // 100 ms later still nothing: waiting 100 ms, threshold 2 x 80 ms.
+        t.update(200, &[s(1, 0, 40, 30, 4200, 80_000)], 150, 0.05, 3000);
+        assert_eq!(t.paths[&1].stalled_ms, 100);
+        assert_eq!(t.until_next_stall_ms(150), Some(60));
+        t.update(260, &[s(1, 0, 40, 30, 4260, 80_000)], 150, 0.05, 3000);
+        assert!(t.paths[&1].problem(150, 0.05).unwrap().contains("stalled"));
+        assert_eq!(t.until_next_stall_ms(150), None);
     }
 
     #[test]

@@ -31,6 +31,16 @@ pub struct DefaultRoute {
     pub ifindex: u32,
     pub table: u32,
     pub ipv6: bool,
+    /// The route's initial congestion window, if it sets one.
+    pub initcwnd: Option<u32>,
+}
+
+impl DefaultRoute {
+    /// What tells routes apart (the kernel reports initcwnd changes as a
+    /// new version of the same route).
+    pub fn key(&self) -> (u32, u32, bool) {
+        (self.ifindex, self.table, self.ipv6)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -122,6 +132,14 @@ pub enum Action {
         name: String,
         value: String,
     },
+    /// Set (None: clear) `initcwnd` on the default routes of `table`
+    /// leaving by `ifindex`.
+    SetRouteInitcwnd {
+        ifindex: u32,
+        table: u32,
+        ipv6: bool,
+        initcwnd: Option<u32>,
+    },
 }
 
 /// An action and why.
@@ -181,6 +199,24 @@ impl std::fmt::Display for Action {
                 )
             }
             Action::SetSysctl { name, value } => write!(f, "set {name} = {value}"),
+            Action::SetRouteInitcwnd {
+                ifindex,
+                table,
+                ipv6,
+                initcwnd,
+            } => {
+                let family = if *ipv6 { "-6 " } else { "" };
+                match initcwnd {
+                    Some(w) => write!(
+                        f,
+                        "set initcwnd {w} on {family}default routes dev #{ifindex} table {table}"
+                    ),
+                    None => write!(
+                        f,
+                        "clear initcwnd on {family}default routes dev #{ifindex} table {table}"
+                    ),
+                }
+            }
         }
     }
 }

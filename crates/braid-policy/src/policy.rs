@@ -58,6 +58,9 @@ pub struct InterfaceView {
     /// "subflow", "signal backup", ... or why it is not used.
     pub role: String,
     pub addresses: Vec<AddressView>,
+    /// The initcwnd Braid set on this interface's default routes (standby).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby_initcwnd: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -111,7 +114,14 @@ pub struct Policy {
     stalled_paths: BTreeSet<u32>,
     /// Endpoints to re-add because their path stalled, with the reason.
     reset_pending: BTreeMap<IpAddr, String>,
+    /// Default routes whose initcwnd Braid set, with the value they had.
+    initcwnd_set: BTreeMap<RouteKey, Option<u32>>,
+    /// Default routes the kernel would not change, with the error; tried
+    /// again when the route changes.
+    initcwnd_refused: BTreeMap<RouteKey, String>,
 }
+
+type RouteKey = (u32, u32, bool);
 
 /// A path the interactive mode can choose.
 #[derive(Debug, Clone)]
@@ -174,6 +184,8 @@ impl Policy {
             mode_reasons: BTreeMap::new(),
             stalled_paths: BTreeSet::new(),
             reset_pending: BTreeMap::new(),
+            initcwnd_set: BTreeMap::new(),
+            initcwnd_refused: BTreeMap::new(),
         }
     }
 
@@ -182,6 +194,17 @@ impl Policy {
     }
 
     /// Ids of the endpoints Braid owns now (for the state file).
+    /// How soon the next health round should come, if sooner than the
+    /// regular interval: when a path waiting for an ACK would reach its
+    /// stall threshold, so a stall is seen when it happens rather than up
+    /// to a poll interval later.
+    pub fn health_check_due_in_ms(&self) -> Option<u64> {
+        if self.config.policy.mode == PathMode::Aggregate {
+            return None;
+        }
+        self.health.until_next_stall_ms(self.config.policy.stall_ms)
+    }
+
     pub fn owned_ids(&self) -> Vec<u8> {
         self.owned.iter().copied().collect()
     }
@@ -260,11 +283,13 @@ impl Policy {
             }
             Event::DefaultRouteAdded(r) => {
                 self.counters.route_events += 1;
+                self.initcwnd_refused.remove(&r.key());
+                self.default_routes.retain(|x| x.key() != r.key());
                 self.default_routes.insert(r);
             }
             Event::DefaultRouteRemoved(r) => {
                 self.counters.route_events += 1;
-                self.default_routes.remove(&r);
+                self.default_routes.retain(|x| x.key() != r.key());
             }
             Event::ConfigReloaded(cfg) => {
                 self.counters.reloads += 1;
@@ -345,6 +370,15 @@ impl Policy {
             }
             Action::SetLimits { .. } => self.limits = None,
             Action::SetSysctl { .. } => self.cflag_applied = None,
+            Action::SetRouteInitcwnd {
+                ifindex,
+                table,
+                ipv6,
+                ..
+            } => {
+                let key = (*ifindex, *table, *ipv6);
+                self.initcwnd_refused.insert(key, error.to_string());
+            }
         }
     }
 
@@ -623,6 +657,7 @@ impl Policy {
             });
         }
         self.reset_pending.clear();
+        self.reconcile_standby_windows(&wanted, &mut out);
         // A path taking over is made active before the old one goes, so the
         // scheduler always has a non-backup subflow to move the data to.
         out.sort_by_key(|d| match d.action {
@@ -665,6 +700,81 @@ impl Policy {
             }
         }
         self.stalled_paths = now_stalled;
+    }
+
+    /// The interfaces that stand by and may have to take over at once.
+    fn standby_interfaces(&self, wanted: &[Want]) -> BTreeSet<u32> {
+        let on = |w: &&Want| match self.config.policy.mode {
+            PathMode::Aggregate => false,
+            PathMode::Interactive => true,
+            PathMode::Handover => self.role_of(w) == Role::Secondary,
+        };
+        wanted
+            .iter()
+            .filter(on)
+            .filter_map(|w| self.ifindex_of(w.addr))
+            .collect()
+    }
+
+    /// Give the default routes of standby paths a larger initial window
+    /// (`policy.standby_initcwnd`) and put back what other routes had.
+    /// `wanted` empty (stopping): every route Braid changed is restored.
+    fn reconcile_standby_windows(&mut self, wanted: &[Want], out: &mut Vec<Decision>) {
+        let window = self.config.policy.standby_initcwnd;
+        let standby = if window == 0 {
+            BTreeSet::new()
+        } else {
+            self.standby_interfaces(wanted)
+        };
+        let routes: Vec<DefaultRoute> = self.default_routes.iter().copied().collect();
+        for r in routes {
+            let key = r.key();
+            if self.initcwnd_refused.contains_key(&key) {
+                continue;
+            }
+            let name = self
+                .links
+                .get(&r.ifindex)
+                .map(|l| l.name.clone())
+                .unwrap_or_else(|| format!("#{}", r.ifindex));
+            let (target, reason) = if standby.contains(&r.ifindex) {
+                self.initcwnd_set.entry(key).or_insert(r.initcwnd);
+                (
+                    Some(window),
+                    format!(
+                        "{name} stands by ({} mode): when it takes over it resends the failed path's data in flight, so TCP starts there with {window} segments instead of 10 (policy.standby_initcwnd)",
+                        self.config.policy.mode.name()
+                    ),
+                )
+            } else if let Some(before) = self.initcwnd_set.remove(&key) {
+                (
+                    before,
+                    format!("{name} no longer stands by: its initcwnd is put back"),
+                )
+            } else {
+                continue;
+            };
+            if r.initcwnd == target {
+                continue;
+            }
+            self.default_routes.retain(|x| x.key() != key);
+            self.default_routes.insert(DefaultRoute {
+                initcwnd: target,
+                ..r
+            });
+            out.push(Decision {
+                action: Action::SetRouteInitcwnd {
+                    ifindex: r.ifindex,
+                    table: r.table,
+                    ipv6: r.ipv6,
+                    initcwnd: target,
+                },
+                reason,
+            });
+        }
+        // Routes that are gone need nothing put back.
+        let present: BTreeSet<RouteKey> = self.default_routes.iter().map(|r| r.key()).collect();
+        self.initcwnd_set.retain(|k, _| present.contains(k));
     }
 
     fn role_of(&self, w: &Want) -> Role {
@@ -929,11 +1039,13 @@ impl Policy {
     }
 
     fn stop(&mut self) -> Vec<Decision> {
+        let mut out = Vec::new();
+        // Routes are shared with every other program: always put them back.
+        self.reconcile_standby_windows(&[], &mut out);
         if !self.config.endpoints.remove_on_stop {
-            return Vec::new();
+            return out;
         }
         let ids: Vec<u8> = self.owned.iter().copied().collect();
-        let mut out = Vec::new();
         for id in ids {
             if let Some(e) = self.kernel.remove(&id) {
                 out.push(Decision {
@@ -960,6 +1072,12 @@ impl Policy {
         if self.synced && wanted.is_empty() {
             warnings
                 .push("no usable address: connections stay on whatever path they start on".into());
+        }
+        for ((ifindex, table, _), error) in &self.initcwnd_refused {
+            let name = self.links.get(ifindex).map_or("?", |l| l.name.as_str());
+            warnings.push(format!(
+                "the kernel refused initcwnd on {name}'s default route in table {table}: {error}; a takeover by {name} slow-starts from 10 segments"
+            ));
         }
         let interfaces = self
             .links
@@ -996,6 +1114,11 @@ impl Policy {
                         .map(|a| format!("unused: {}", a.why))
                         .unwrap_or_else(|| "unused: no address".into())
                 };
+                let standby_initcwnd = self
+                    .default_routes
+                    .iter()
+                    .filter(|r| r.ifindex == l.index && self.initcwnd_set.contains_key(&r.key()))
+                    .find_map(|r| r.initcwnd);
                 InterfaceView {
                     index: l.index,
                     name: l.name.clone(),
@@ -1004,6 +1127,7 @@ impl Policy {
                     default_route,
                     role,
                     addresses,
+                    standby_initcwnd,
                 }
             })
             .collect();

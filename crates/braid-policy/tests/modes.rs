@@ -39,11 +39,13 @@ fn sim(mode: PathMode) -> (Sim, Vec<Decision>) {
                     ifindex: 2,
                     table: 254,
                     ipv6: false,
+                    initcwnd: None,
                 },
                 DefaultRoute {
                     ifindex: 3,
                     table: 200,
                     ipv6: false,
+                    initcwnd: None,
                 },
             ],
             endpoints: vec![],
@@ -290,11 +292,13 @@ fn all_paths_bad_means_all_paths_carry_traffic() {
         last_ack_ms: 1000,
         ..ok(20, 10)
     };
-    s.health(100, stalled, stalled);
+    // Data outstanding since 0 ms, no ACK for 1 s on either path.
+    s.health(1000, stalled, stalled);
     assert_eq!(s.flags(), (SUBFLOW, SUBFLOW));
     assert!(s.p.view().path_state.contains("no healthy path"));
     let (mut h, _) = sim(PathMode::Handover);
-    h.health(0, stalled, stalled);
+    h.health(0, ok(20, 0), ok(60, 0));
+    h.health(1000, stalled, stalled);
     // Handover: the secondary carries traffic even if it is bad too.
     assert_eq!(h.flags(), (SUBFLOW | BACKUP, SUBFLOW));
 }
@@ -310,4 +314,132 @@ fn policy_config_is_validated() {
         .unwrap_err()
         .to_string()
         .contains("interactive"));
+}
+
+fn initcwnd_changes(ds: &[Decision]) -> Vec<(u32, u32, Option<u32>)> {
+    ds.iter()
+        .filter_map(|d| match d.action {
+            Action::SetRouteInitcwnd {
+                ifindex,
+                table,
+                initcwnd,
+                ..
+            } => Some((ifindex, table, initcwnd)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn wlan0_route(initcwnd: Option<u32>) -> Event {
+    Event::DefaultRouteAdded(DefaultRoute {
+        ifindex: 3,
+        table: 200,
+        ipv6: false,
+        initcwnd,
+    })
+}
+
+#[test]
+fn standby_routes_get_a_larger_initial_window_until_the_daemon_stops() {
+    let (mut s, ds) = sim(PathMode::Handover);
+    // Only the secondary stands by.
+    assert_eq!(initcwnd_changes(&ds), vec![(3, 200, Some(40))]);
+    assert!(ds.iter().any(|d| d.reason.contains("wlan0 stands by")));
+    assert_eq!(s.p.view().interfaces[1].standby_initcwnd, Some(40));
+    // The kernel's echo of the change asks for nothing more.
+    assert!(initcwnd_changes(&s.at(10, wlan0_route(Some(40)))).is_empty());
+    // A DHCP renewal puts the route back without it: set again.
+    assert_eq!(
+        initcwnd_changes(&s.at(20, wlan0_route(None))),
+        vec![(3, 200, Some(40))]
+    );
+    // Stopping puts back what the route had, whatever remove_on_stop says.
+    let ds = s.at(30, Event::Stopping);
+    assert_eq!(initcwnd_changes(&ds), vec![(3, 200, None)]);
+}
+
+#[test]
+fn leaving_a_path_mode_restores_the_routes_previous_window() {
+    let (mut s, ds) = sim(PathMode::Aggregate);
+    assert!(initcwnd_changes(&ds).is_empty(), "aggregate has no standby");
+    // The operator had set initcwnd 20 on wlan0's route.
+    s.at(10, wlan0_route(Some(20)));
+    let mut cfg = Config::default();
+    cfg.policy.mode = PathMode::Interactive;
+    let ds = s.at(20, Event::ConfigReloaded(Box::new(cfg.clone())));
+    // Interactive: any path may stand by.
+    assert_eq!(
+        initcwnd_changes(&ds),
+        vec![(2, 254, Some(40)), (3, 200, Some(40))]
+    );
+    cfg.policy.mode = PathMode::Aggregate;
+    let ds = s.at(30, Event::ConfigReloaded(Box::new(cfg)));
+    assert_eq!(
+        initcwnd_changes(&ds),
+        vec![(2, 254, None), (3, 200, Some(20))]
+    );
+}
+
+#[test]
+fn a_refused_window_is_a_warning_and_is_retried_when_the_route_changes() {
+    let (mut s, ds) = sim(PathMode::Handover);
+    let set = ds
+        .iter()
+        .find(|d| matches!(d.action, Action::SetRouteInitcwnd { .. }))
+        .unwrap()
+        .action
+        .clone();
+    s.at(
+        5,
+        Event::ActionFailed {
+            action: set,
+            error: "Operation not permitted (EPERM)".into(),
+        },
+    );
+    let v = s.p.view();
+    assert!(
+        v.warnings
+            .iter()
+            .any(|w| w.contains("refused initcwnd on wlan0")),
+        "{:?}",
+        v.warnings
+    );
+    // Other events do not retry it...
+    assert!(initcwnd_changes(&s.health(100, ok(20, 10), ok(60, 0))).is_empty());
+    // ... a change of the route does.
+    assert_eq!(
+        initcwnd_changes(&s.at(200, wlan0_route(None))),
+        vec![(3, 200, Some(40))]
+    );
+}
+
+#[test]
+fn an_idle_standby_given_the_failed_paths_data_is_not_stalled() {
+    let (mut s, _) = sim(PathMode::Handover);
+    let idle = P {
+        unacked: 0,
+        last_ack_ms: 4000,
+        ..ok(60, 0)
+    };
+    s.health(0, ok(20, 100), idle);
+    let dead = P {
+        unacked: 30,
+        last_ack_ms: 150,
+        ..ok(20, 100)
+    };
+    s.health(100, dead, idle);
+    let ds = s.health(200, dead, idle);
+    assert_eq!(s.flags(), (SUBFLOW | BACKUP, SUBFLOW), "{ds:?}");
+    // wlan0 now carries the resent data; its last ACK is seconds old, but
+    // it has waited for one only since the data moved to it.
+    let busy = P {
+        unacked: 40,
+        last_ack_ms: 4200,
+        ..ok(60, 40)
+    };
+    let ds = s.health(300, dead, busy);
+    assert!(
+        !ds.iter().any(|d| d.reason.contains("wlan0 stalled")),
+        "wlan0 reset while taking over: {ds:?}"
+    );
 }

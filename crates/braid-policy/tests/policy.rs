@@ -19,6 +19,7 @@ fn route(ifindex: u32) -> DefaultRoute {
         ifindex,
         table: 254,
         ipv6: false,
+        initcwnd: None,
     }
 }
 
@@ -194,6 +195,7 @@ fn filtered_address_kinds_are_skipped_with_reasons() {
         ifindex: 2,
         table: 254,
         ipv6: true,
+        initcwnd: None,
     }));
     for (a, why) in [
         (v6("fe80::1"), "link-local"),

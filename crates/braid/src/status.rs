@@ -353,8 +353,12 @@ fn print_daemon(d: &serde_json::Value) {
                 (Some(true), _) => "no-carrier",
                 _ => "down",
             };
+            let initcwnd = i["standby_initcwnd"]
+                .as_u64()
+                .map(|w| format!(", standby: routes initcwnd {w}"))
+                .unwrap_or_default();
             println!(
-                "  {:<12} {:<10} {}",
+                "  {:<12} {:<10} {}{initcwnd}",
                 i["name"].as_str().unwrap_or("?"),
                 state,
                 i["role"].as_str().unwrap_or("")

@@ -386,6 +386,69 @@ fn reload_good_and_bad_config() {
     assert!(d.status()["view"]["counters"]["reloads"].as_u64().unwrap() >= 2);
 }
 
+fn route(lab: &Lab, table: &str) -> String {
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            &lab.client,
+            "route",
+            "show",
+            "table",
+            table,
+            "default",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn handover_gives_the_standby_route_a_larger_initial_window() {
+    let lab = Lab::up("iw", &[]);
+    // The operator's own metric on the standby route must survive.
+    lab.ip(&[
+        "route", "replace", "table", "101", "default", "dev", "p1", "mtu", "1400",
+    ]);
+    let mut d = Daemon::start(&lab, "[policy]\nmode = \"handover\"\n", &[]);
+    assert!(
+        wait_for(5, || route(&lab, "101").contains("initcwnd 40")),
+        "standby route: {}\n{}",
+        route(&lab, "101"),
+        d.log()
+    );
+    assert!(
+        route(&lab, "101").contains("mtu 1400"),
+        "{}",
+        route(&lab, "101")
+    );
+    assert!(
+        !route(&lab, "main").contains("initcwnd"),
+        "primary untouched"
+    );
+    let ifs = d.status()["view"]["interfaces"].clone();
+    let p1 = ifs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "p1")
+        .unwrap();
+    assert_eq!(p1["standby_initcwnd"], 40, "{ifs:#}");
+    // Someone replaces the route without it: the daemon sets it again.
+    lab.ip(&["route", "replace", "table", "101", "default", "dev", "p1"]);
+    assert!(
+        wait_for(5, || route(&lab, "101").contains("initcwnd 40")),
+        "{}",
+        route(&lab, "101")
+    );
+    // Stopping puts the route back as it was.
+    d.stop();
+    let after = route(&lab, "101");
+    assert!(
+        !after.contains("initcwnd") && after.contains("dev p1"),
+        "{after}"
+    );
+}
+
 #[test]
 fn bad_config_files_are_clear_errors() {
     let dir = std::env::temp_dir().join(format!("braid-cfg-{}", std::process::id()));
@@ -408,6 +471,10 @@ fn bad_config_files_are_clear_errors() {
         (
             "[control]\nsocket = \"relative.sock\"\n",
             vec!["line 2", "absolute"],
+        ),
+        (
+            "[policy]\nmode = \"handover\"\nstandby_initcwnd = 1000\n",
+            vec!["policy.standby_initcwnd", "256"],
         ),
         ("this is not toml", vec!["line 1"]),
     ] {
