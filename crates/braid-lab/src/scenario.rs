@@ -91,7 +91,9 @@ pub struct Metrics {
     pub per_path_mbps: Vec<f64>,
     /// Longest gap between received bytes over the whole run.
     pub longest_stall_ms: Option<f64>,
-    /// The gap in received data around the failure event.
+    /// From the failure until data flows again (the hole it left filled).
+    pub resume_ms: Option<f64>,
+    /// The longest gap in received data the failure caused.
     pub stall_ms: Option<f64>,
     /// From the failure until goodput is back to half of what the surviving
     /// paths can carry.
@@ -344,6 +346,7 @@ fn report(
     }
     if let Some(t) = fail_at {
         m.stall_ms = Some(r.stall_after(t, 3000.0, d_ms));
+        m.resume_ms = r.resume_after(t, 20.0);
         let survivors: u64 = paths.iter().skip(1).map(|p| p.rate_bps.unwrap_or(0)).sum();
         let threshold = survivors as f64 * 0.5 * 0.1 / 8.0; // bytes per 100 ms bucket
         let start = (t / 100.0) as usize;

@@ -133,12 +133,15 @@ impl BulkResult {
         longest
     }
 
-    /// Time from `t_ms` until data arrives again.
-    pub fn time_to_data_after(&self, t_ms: f64) -> Option<f64> {
-        self.read_times_ms
-            .iter()
-            .find(|r| **r >= t_ms)
-            .map(|r| r - t_ms)
+    /// From `t_ms` until data flows again after the first pause of at
+    /// least `min_pause_ms` the event caused: when the hole the failure left
+    /// in the stream is filled. Pauses after that (data the receiver already
+    /// holds being sent again, slow start) count in `stall_after`.
+    pub fn resume_after(&self, t_ms: f64, min_pause_ms: f64) -> Option<f64> {
+        let r = &self.read_times_ms;
+        (1..r.len())
+            .find(|&i| r[i] > t_ms && r[i] - r[i - 1].max(t_ms) >= min_pause_ms)
+            .map(|i| r[i] - t_ms)
     }
 }
 
@@ -663,6 +666,8 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(dead.stall_after(100.0, 1000.0, 5000.0), 4900.0);
-        assert_eq!(r.time_to_data_after(100.0), Some(400.0));
+        assert_eq!(r.resume_after(100.0, 20.0), Some(400.0));
+        assert_eq!(r.resume_after(505.0, 20.0), Some(395.0));
+        assert_eq!(dead.resume_after(100.0, 20.0), None);
     }
 }

@@ -658,11 +658,14 @@ impl Policy {
         }
         self.reset_pending.clear();
         self.reconcile_standby_windows(&wanted, &mut out);
-        // A path taking over is made active before the old one goes, so the
-        // scheduler always has a non-backup subflow to move the data to.
+        // A path taking over is made active only after the failed one is
+        // gone: closing the failed subflows rewinds the connection to its
+        // first unacknowledged byte, and while the standby is still a
+        // backup nothing else is sent on it, so the resent data goes first.
+        // Made active first, it would be given new data ahead of the resend.
         out.sort_by_key(|d| match d.action {
-            Action::SetEndpointFlags { flags, .. } if flags & Flag::Backup.bit() == 0 => 0,
-            _ => 1,
+            Action::SetEndpointFlags { flags, .. } if flags & Flag::Backup.bit() == 0 => 1,
+            _ => 0,
         });
         out
     }

@@ -158,22 +158,22 @@ fn handover_promotes_at_once_when_the_primary_loses_carrier() {
             ..link(2, "eth0")
         }),
     );
-    // The secondary is made active first, then the dead endpoint goes.
+    // The dead endpoint goes first (its data is resent on the standby,
+    // ahead of anything new), then the secondary is made active.
     assert!(
-        matches!(
-            ds[0].action,
-            Action::SetEndpointFlags { flags: SUBFLOW, .. }
-        ),
+        matches!(ds[0].action, Action::RemoveEndpoint { .. }),
+        "{ds:?}"
+    );
+    let last = ds.last().unwrap();
+    assert!(
+        matches!(last.action, Action::SetEndpointFlags { flags: SUBFLOW, .. }),
         "{ds:?}"
     );
     assert!(
-        ds[0].reason.contains("no primary path is usable"),
+        last.reason.contains("no primary path is usable"),
         "{}",
-        ds[0].reason
+        last.reason
     );
-    assert!(ds
-        .iter()
-        .any(|d| matches!(d.action, Action::RemoveEndpoint { .. })));
 }
 
 #[test]
@@ -186,18 +186,20 @@ fn handover_on_stall_with_hold_time_and_no_flapping() {
         ..ok(20, 200)
     };
     let ds = s.health(500, stalled, ok(60, 0));
-    // The secondary takes over first, then the stalled primary's endpoint is
-    // re-added (as backup) so its subflows close and their data is resent.
+    // The stalled primary's endpoint is re-added (as backup) so its
+    // subflows close and their data is resent, then the secondary is made
+    // active.
     assert_eq!(
         flag_changes(&ds),
         vec![("192.168.1.5".parse().unwrap(), SUBFLOW)],
         "{ds:?}"
     );
-    assert!(ds[0].reason.contains("stalled"), "{}", ds[0].reason);
     assert!(
-        matches!(ds[1].action, Action::RemoveEndpoint { .. }),
+        matches!(ds[0].action, Action::RemoveEndpoint { .. }),
         "{ds:?}"
     );
+    let last = ds.last().unwrap();
+    assert!(last.reason.contains("stalled"), "{}", last.reason);
     assert!(
         ds[1].reason.contains("reopening its subflows"),
         "{}",

@@ -563,6 +563,7 @@ pub fn table(reports: &[Report]) -> String {
         });
     }
     if has(&|r| r.metrics.stall_ms.is_some()) {
+        row("data resumes after (ms)", &|r| opt(r.metrics.resume_ms, 0));
         row("stall at failure (ms)", &|r| opt(r.metrics.stall_ms, 0));
         row("recovery (ms)", &|r| opt(r.metrics.recovery_ms, 0));
     }
