@@ -96,6 +96,51 @@ fn server_addr(k: usize) -> IpAddr {
 }
 
 /// Write a sysctl outside net.mptcp (IPv4 settings) in the calling thread's namespace.
+/// A sysctl to set in one of the lab's namespaces, e.g.
+/// `net.ipv4.tcp_rmem=4096 16777216 33554432`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Sysctl {
+    pub name: String,
+    pub value: String,
+}
+
+impl Sysctl {
+    pub fn parse(s: &str) -> Result<Sysctl, LabError> {
+        let bad = |why: &str| {
+            LabError::Invalid(format!(
+                "sysctl '{s}': {why} (expected NAME=VALUE, e.g. net.ipv4.tcp_rmem=\"4096 16777216 33554432\")"
+            ))
+        };
+        let (name, value) = s.split_once('=').ok_or_else(|| bad("no '='"))?;
+        let name = name.trim();
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+        if name.is_empty()
+            || !name.chars().all(ok_char)
+            || name.split('.').any(|part| part.is_empty())
+        {
+            return Err(bad("the name is not a sysctl name"));
+        }
+        Ok(Sysctl {
+            name: name.to_string(),
+            value: value.trim().to_string(),
+        })
+    }
+
+    /// Set it in the calling thread's network namespace.
+    pub fn apply(&self) -> Result<(), LabError> {
+        let path = self.name.replace('.', "/");
+        if !std::path::Path::new("/proc/sys").join(&path).exists() {
+            return Err(LabError::Invalid(format!(
+                "there is no sysctl {} on this kernel",
+                self.name
+            )));
+        }
+        write_proc_sys(&path, &self.value).map_err(|e| {
+            LabError::Invalid(format!("setting {} = '{}': {e}", self.name, self.value))
+        })
+    }
+}
+
 fn write_proc_sys(path: &str, value: &str) -> Result<(), LabError> {
     std::fs::write(format!("/proc/sys/{path}"), value)
         .map_err(|e| LabError::Io(format!("writing /proc/sys/{path}: {e}")))

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::guard::LabGuard;
-use crate::lab::{Cut, LabConfig};
+use crate::lab::{Cut, LabConfig, Sysctl};
 use crate::pm::{self, PmKind};
 use crate::runlogs::RunLogs;
 use crate::spec::PathSpec;
@@ -74,6 +74,10 @@ pub struct RunConfig {
     /// Keep the run's logs (MPTCP events on both ends, the path manager's
     /// log, scenario events) in this directory.
     pub logs: Option<PathBuf>,
+    /// Sysctls set in the client's and the server's namespace before the
+    /// traffic starts.
+    pub client_sysctls: Vec<Sysctl>,
+    pub server_sysctls: Vec<Sysctl>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -119,6 +123,9 @@ pub struct Report {
     pub transport: String,
     pub metrics: Metrics,
     pub events: Vec<TimedEvent>,
+    /// Sysctls set for the run (`client: NAME=VALUE`, `server: ...`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sysctls: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Goodput series (Mbit/s per 100 ms): total, then per path.
@@ -151,6 +158,17 @@ fn record(events: &mut Vec<TimedEvent>, logs: &mut Option<RunLogs>, t_ms: f64, w
     events.push(TimedEvent { t_ms, what });
 }
 
+fn sysctl_notes(cfg: &RunConfig) -> Vec<String> {
+    let side = |who: &str, l: &[Sysctl]| -> Vec<String> {
+        l.iter()
+            .map(|x| format!("{who}: {}={}", x.name, x.value))
+            .collect()
+    };
+    let mut v = side("client", &cfg.client_sysctls);
+    v.extend(side("server", &cfg.server_sysctls));
+    v
+}
+
 /// Run one scenario in a fresh lab that is removed afterwards.
 pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
     if let Some(why) = cfg.pm.unavailable() {
@@ -181,6 +199,15 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
     };
     let _pm = pm::start(cfg.pm, guard.lab(), &cfg.emulator_exe)?;
     let st = guard.lab().state.clone();
+    for (ns, list) in [
+        (&st.client_ns, &cfg.client_sysctls),
+        (&st.server_ns, &cfg.server_sysctls),
+    ] {
+        let list = list.clone();
+        braid_kernel::netns::run_in::<_, LabError>(ns, move || {
+            list.iter().try_for_each(Sysctl::apply)
+        })?;
+    }
     let ep = Endpoints {
         client_ns: st.client_ns.clone(),
         server_ns: st.server_ns.clone(),
@@ -220,6 +247,7 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
                 ..Default::default()
             },
             events,
+            sysctls: sysctl_notes(cfg),
             error: None,
             series_total_mbps: Vec::new(),
             series_path_mbps: Vec::new(),
@@ -377,6 +405,7 @@ fn report(
         transport: r.transport.clone(),
         metrics: m,
         events,
+        sysctls: sysctl_notes(cfg),
         error: r.error.clone(),
         series_total_mbps: mbps(&r.buckets),
         series_path_mbps: r.path_buckets.iter().map(|b| mbps(b)).collect(),

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use braid_kernel::Error;
-use braid_lab::lab::{self, Cut, Lab, LabConfig};
+use braid_lab::lab::{self, Cut, Lab, LabConfig, Sysctl};
 use braid_lab::spec::{self, PathSpec};
 use braid_lab::LabError;
 use clap::{Args, Subcommand};
@@ -139,6 +139,13 @@ pub struct RunArgs {
     /// manager's log and the scenario's events, all with UTC times.
     #[arg(long, value_name = "DIR")]
     pub logs: Option<PathBuf>,
+    /// Set a sysctl in the client's namespace before the traffic starts
+    /// (repeatable), e.g. net.ipv4.tcp_rmem="4096 16777216 33554432".
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub client_sysctl: Vec<String>,
+    /// The same in the server's namespace.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub server_sysctl: Vec<String>,
     #[command(flatten)]
     pub link: LinkArgs,
 }
@@ -477,6 +484,16 @@ fn run_config(a: &RunArgs, pm: PmKind, i: usize) -> Result<RunConfig, LabError> 
         lab_name: unique_lab_name(i),
         upload: a.upload,
         logs: a.logs.clone(),
+        client_sysctls: a
+            .client_sysctl
+            .iter()
+            .map(|s| Sysctl::parse(s))
+            .collect::<Result<_, _>>()?,
+        server_sysctls: a
+            .server_sysctl
+            .iter()
+            .map(|s| Sysctl::parse(s))
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -612,6 +629,9 @@ pub fn table(reports: &[Report]) -> String {
         for e in &first.events {
             out.push_str(&format!("  at {:>6.0} ms: {}\n", e.t_ms, e.what));
         }
+        for s in &first.sysctls {
+            out.push_str(&format!("  sysctl {s}\n"));
+        }
     }
     for (name, vals) in &rows {
         out.push_str(&format!("{name:<w0$}"));
@@ -652,6 +672,8 @@ fn demo(ctx: &Ctx, d: DemoArgs) -> Result<(), LabError> {
             save: None,
             upload: false,
             logs: None,
+            client_sysctl: Vec::new(),
+            server_sysctl: Vec::new(),
             link: LinkArgs::default(),
         };
         let reports = run_all(&a, &pms)?;

@@ -163,6 +163,26 @@ fn bad_lab_arguments_are_clear_errors() {
             vec!["lab", "cut", "0", "--name", "nolab"],
             "--carrier or --blackhole",
         ),
+        (
+            vec!["lab", "run", "aggregate", "--client-sysctl", "tcp_rmem"],
+            "expected NAME=VALUE",
+        ),
+        (
+            vec!["lab", "run", "aggregate", "--server-sysctl", "../../etc=1"],
+            "not a sysctl name",
+        ),
+        (
+            vec![
+                "lab",
+                "run",
+                "aggregate",
+                "--duration",
+                "2s",
+                "--client-sysctl",
+                "net.ipv4.no_such=1",
+            ],
+            "no sysctl net.ipv4.no_such",
+        ),
     ] {
         let out = braid(&args);
         let err = String::from_utf8_lossy(&out.stderr);
