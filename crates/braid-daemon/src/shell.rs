@@ -10,6 +10,7 @@ use braid_kernel::pm::{EndpointFlags, EndpointSelector, NewEndpoint, PathManager
 use braid_kernel::rtnl::{self, Change, Monitor};
 use braid_policy::health::SubflowSample;
 use braid_policy::model::{self as m, Action, Event, MptcpEventKind};
+use braid_policy::policy::ChangedRoute;
 use braid_policy::{Config, Policy};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::signal::unix::{signal, SignalKind};
@@ -28,9 +29,11 @@ pub struct Options {
     pub state_file: PathBuf,
 }
 
-#[derive(serde::Serialize, serde::Deserialize, Default)]
+#[derive(serde::Serialize, serde::Deserialize, Default, Clone, PartialEq)]
 struct SavedState {
     owned_ids: Vec<u8>,
+    #[serde(default)]
+    changed_routes: Vec<ChangedRoute>,
 }
 
 fn link_of(l: &rtnl::Link) -> m::Link {
@@ -110,7 +113,7 @@ struct Shell {
     pm: PathManager,
     start: Instant,
     opts: Options,
-    saved_owned: Vec<u8>,
+    saved: SavedState,
     /// Warnings last logged, so each is logged when it appears.
     warnings: Vec<String>,
 }
@@ -206,21 +209,27 @@ impl Shell {
     }
 
     fn save_state(&mut self) {
-        let owned = self.policy.owned_ids();
-        if owned == self.saved_owned {
+        let now = SavedState {
+            owned_ids: self.policy.owned_ids(),
+            changed_routes: self.policy.changed_routes(),
+        };
+        if now == self.saved {
             return;
         }
-        let text = serde_json::to_string(&SavedState {
-            owned_ids: owned.clone(),
-        })
-        .unwrap();
+        if now == SavedState::default() {
+            // Nothing of ours left in the kernel: nothing to remember.
+            let _ = std::fs::remove_file(&self.opts.state_file);
+            self.saved = now;
+            return;
+        }
+        let text = serde_json::to_string(&now).expect("state serializes");
         if let Some(dir) = self.opts.state_file.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
         match std::fs::write(&self.opts.state_file, text) {
-            Ok(()) => self.saved_owned = owned,
+            Ok(()) => self.saved = now,
             Err(e) => {
-                warn!(error = %e, file = %self.opts.state_file.display(), "cannot save the owned endpoints")
+                warn!(error = %e, file = %self.opts.state_file.display(), "cannot save the owned endpoints and changed routes")
             }
         }
     }
@@ -289,11 +298,10 @@ fn health_samples() -> Option<Vec<SubflowSample>> {
     )
 }
 
-fn read_saved(path: &std::path::Path) -> Vec<u8> {
+fn read_saved(path: &std::path::Path) -> SavedState {
     std::fs::read(path)
         .ok()
         .and_then(|b| serde_json::from_slice::<SavedState>(&b).ok())
-        .map(|s| s.owned_ids)
         .unwrap_or_default()
 }
 
@@ -357,12 +365,14 @@ pub async fn run(opts: Options) -> Result<(), String> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
 
     info!(config = %opts.config_path.display(), mode = ?config.mode, "braid daemon starting");
+    let mut policy = Policy::new(config, saved.owned_ids.clone());
+    policy.adopt_changed_routes(saved.changed_routes.clone());
     let mut shell = Shell {
-        policy: Policy::new(config, saved.clone()),
+        policy,
         pm,
         start: Instant::now(),
         opts,
-        saved_owned: saved,
+        saved,
         warnings: Vec::new(),
     };
     let first = snapshot(&mut shell.pm).map_err(|e| e.to_string())?;
@@ -453,8 +463,5 @@ pub async fn run(opts: Options) -> Result<(), String> {
     info!("stopping");
     shell.feed(Event::Stopping);
     let _ = std::fs::remove_file(&socket_path);
-    if shell.policy.owned_ids().is_empty() {
-        let _ = std::fs::remove_file(&shell.opts.state_file);
-    }
     Ok(())
 }

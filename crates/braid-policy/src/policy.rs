@@ -123,6 +123,17 @@ pub struct Policy {
 
 type RouteKey = (u32, u32, bool);
 
+/// A default route whose initcwnd Braid changed, and what it was before:
+/// kept in the daemon's state file so a restarted daemon (even after a
+/// crash) can still put the route back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ChangedRoute {
+    pub ifindex: u32,
+    pub table: u32,
+    pub ipv6: bool,
+    pub initcwnd_before: Option<u32>,
+}
+
 /// A path the interactive mode can choose.
 #[derive(Debug, Clone)]
 struct Candidate {
@@ -203,6 +214,27 @@ impl Policy {
             return None;
         }
         self.health.until_next_stall_ms(self.config.policy.stall_ms)
+    }
+
+    /// Routes a previous run changed (from its state file); taken as ours
+    /// to put back, if they still exist.
+    pub fn adopt_changed_routes(&mut self, routes: Vec<ChangedRoute>) {
+        for r in routes {
+            self.initcwnd_set
+                .insert((r.ifindex, r.table, r.ipv6), r.initcwnd_before);
+        }
+    }
+
+    pub fn changed_routes(&self) -> Vec<ChangedRoute> {
+        self.initcwnd_set
+            .iter()
+            .map(|(&(ifindex, table, ipv6), before)| ChangedRoute {
+                ifindex,
+                table,
+                ipv6,
+                initcwnd_before: *before,
+            })
+            .collect()
     }
 
     pub fn owned_ids(&self) -> Vec<u8> {
