@@ -66,7 +66,7 @@ enum Command {
     Bpf(run::BpfCmd),
     /// Multipath labs: emulated paths in namespaces, scenarios, comparisons.
     #[command(subcommand)]
-    Lab(lab::LabCmd),
+    Lab(Box<lab::LabCmd>),
 }
 
 /// Output options every command gets.
@@ -86,7 +86,7 @@ fn run(cli: Cli) -> Result<(), braid_kernel::Error> {
         Command::Limits(cmd) => endpoint::run_limits(&ctx, cmd),
         Command::Monitor => monitor::run(&ctx),
         Command::Conns(args) => conns::run(&ctx, args),
-        Command::Lab(cmd) => lab::run(&ctx, cmd),
+        Command::Lab(cmd) => lab::run(&ctx, *cmd),
         Command::Daemon(a) => daemon::run(&ctx, a),
         Command::Run(a) => run::run(a),
         Command::Enable(a) => run::enable(&ctx, a),
