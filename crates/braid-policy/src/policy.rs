@@ -782,10 +782,12 @@ impl Policy {
                     ),
                 )
             } else if let Some(before) = self.initcwnd_set.remove(&key) {
-                (
-                    before,
-                    format!("{name} no longer stands by: its initcwnd is put back"),
-                )
+                let why = if self.stopping {
+                    "the daemon is stopping"
+                } else {
+                    "it no longer stands by"
+                };
+                (before, format!("{why}: {name}'s initcwnd is put back"))
             } else {
                 continue;
             };
@@ -905,8 +907,11 @@ impl Policy {
                 };
                 let reason = if failed {
                     format!("handover: {why_down}; the secondary takes over")
+                } else if self.failed_over {
+                    format!("handover: the primary has been healthy for {} ms; it takes traffic back, the secondary stands by", pc.hold_ms)
                 } else {
-                    format!("handover: the primary has been healthy for {} ms; it carries traffic, the secondary stands by", pc.hold_ms)
+                    "handover: the primary is healthy; it carries traffic, the secondary stands by"
+                        .to_string()
                 };
                 self.failed_over = failed;
                 self.path_state = reason.clone();

@@ -232,8 +232,9 @@ fn handover_on_stall_with_hold_time_and_no_flapping() {
         }
     }
     assert!(
-        back.iter()
-            .any(|d| d.reason.contains("healthy for 3000 ms")),
+        back.iter().any(|d| d
+            .reason
+            .contains("healthy for 3000 ms; it takes traffic back")),
         "{back:?}"
     );
     assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));

@@ -316,14 +316,14 @@ fn print_daemon(d: &serde_json::Value) {
         v["mode"].as_str().unwrap_or("?"),
         d["config"].as_str().unwrap_or("?")
     );
-    println!(
-        "paths           {}: {}",
-        v["path_mode"].as_str().unwrap_or("?"),
-        v["path_state"]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .unwrap_or("no measurements yet")
-    );
+    // The state names its mode ("handover: ...").
+    match v["path_state"].as_str().filter(|s| !s.is_empty()) {
+        Some(state) => println!("paths           {state}"),
+        None => println!(
+            "paths           {}: no measurements yet",
+            v["path_mode"].as_str().unwrap_or("?")
+        ),
+    }
     if let Some(h) = v["health"].as_object().filter(|h| !h.is_empty()) {
         println!("health (from subflow tcp_info)");
         for (name, x) in h {
