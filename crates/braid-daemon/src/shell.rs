@@ -114,6 +114,8 @@ struct Shell {
     start: Instant,
     opts: Options,
     saved: SavedState,
+    /// Where probes started by `Action::ProbePath` report back.
+    probe_results: tokio::sync::mpsc::UnboundedSender<Event>,
     /// Warnings last logged, so each is logged when it appears.
     warnings: Vec<String>,
 }
@@ -196,6 +198,33 @@ impl Shell {
                 .map_err(|e| e.to_string()),
             Action::SetSysctl { name, value } => {
                 braid_kernel::sysctl::write(name, value).map_err(|e| e.to_string())
+            }
+            Action::ProbePath {
+                ifindex,
+                local,
+                remote,
+                timeout_ms,
+            } => {
+                let (ifindex, local, remote) = (*ifindex, *local, *remote);
+                let timeout = std::time::Duration::from_millis(*timeout_ms);
+                let tx = self.probe_results.clone();
+                tokio::spawn(async move {
+                    let rtt_ms =
+                        match braid_kernel::probe::echo(local, remote, ifindex, timeout).await {
+                            Ok(rtt) => rtt.map(|d| d.as_secs_f64() * 1000.0),
+                            Err(e) => {
+                                // No verdict: the silence stays unexplained.
+                                warn!(error = %e, "the path probe could not be sent");
+                                return;
+                            }
+                        };
+                    let _ = tx.send(Event::ProbeResult {
+                        ifindex,
+                        remote,
+                        rtt_ms,
+                    });
+                });
+                Ok(())
             }
             Action::SetRouteInitcwnd {
                 ifindex,
@@ -292,6 +321,8 @@ fn health_samples() -> Option<Vec<SubflowSample>> {
                     segs_out: t.segs_out.unwrap_or(0),
                     unacked: t.unacked,
                     last_ack_recv_ms: t.last_ack_recv_ms,
+                    bytes_received: t.bytes_received.unwrap_or(0),
+                    last_data_recv_ms: t.last_data_recv_ms,
                 })
             })
             .collect(),
@@ -367,12 +398,14 @@ pub async fn run(opts: Options) -> Result<(), String> {
     info!(config = %opts.config_path.display(), mode = ?config.mode, "braid daemon starting");
     let mut policy = Policy::new(config, saved.owned_ids.clone());
     policy.adopt_changed_routes(saved.changed_routes.clone());
+    let (probe_results, mut probe_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut shell = Shell {
         policy,
         pm,
         start: Instant::now(),
         opts,
         saved,
+        probe_results,
         warnings: Vec::new(),
     };
     let first = snapshot(&mut shell.pm).map_err(|e| e.to_string())?;
@@ -401,6 +434,15 @@ pub async fn run(opts: Options) -> Result<(), String> {
                 }
                 None => poll = None,
             },
+            Some(result) = probe_rx.recv() => {
+                if let Event::ProbeResult { rtt_ms, remote, .. } = &result {
+                    match rtt_ms {
+                        Some(ms) => info!(%remote, rtt_ms = format!("{ms:.1}"), "path probe answered"),
+                        None => warn!(%remote, "path probe unanswered"),
+                    }
+                }
+                shell.feed(result);
+            }
             change = monitor.next() => match change {
                 Ok(Change::Overflow) => shell.resync("the rtnetlink buffer overflowed (ENOBUFS)"),
                 Ok(c) => {

@@ -27,6 +27,7 @@ pub enum Op {
     Sysctl,
     Socket,
     Netns,
+    Probe,
 }
 
 impl Op {
@@ -51,6 +52,7 @@ impl Op {
             Op::Sysctl => "accessing a net.mptcp sysctl",
             Op::Socket => "using an MPTCP socket",
             Op::Netns => "entering a network namespace",
+            Op::Probe => "probing a path with an ICMP echo",
         }
     }
 }
@@ -109,6 +111,9 @@ fn io_hint(op: Op, e: &io::Error) -> &'static str {
     match e.raw_os_error() {
         Some(libc::EPERM) if op == Op::Netns => {
             " (entering a network namespace needs CAP_SYS_ADMIN: run as root)"
+        }
+        Some(libc::EPERM) if op == Op::Probe => {
+            " (raw ICMP sockets need CAP_NET_RAW: run the daemon as root or grant it)"
         }
         Some(libc::EPERM) | Some(libc::EACCES) => {
             " (this needs CAP_NET_ADMIN: run as root or with that capability)"

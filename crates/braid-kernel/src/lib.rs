@@ -15,6 +15,7 @@ pub mod info;
 mod netlink;
 pub mod netns;
 pub mod pm;
+pub mod probe;
 pub mod rtnl;
 pub mod socket;
 pub mod sockopts;

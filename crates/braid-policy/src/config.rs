@@ -178,6 +178,12 @@ pub struct PolicyConfig {
     /// every TCP connection using those routes, not only MPTCP. 0 leaves
     /// routes alone. Restored when the daemon stops.
     pub standby_initcwnd: u32,
+    /// Handover and interactive: when a path that was receiving goes
+    /// silent for two RTTs, send it an ICMP echo (two, 10 ms apart); no
+    /// answer within srtt + 4 x rttvar marks it unreachable, like a stall.
+    /// A receiver has nothing outstanding, so without this a download only
+    /// fails over on the server's own timeouts. Needs CAP_NET_RAW.
+    pub probe_silent_paths: bool,
 }
 
 impl Default for PolicyConfig {
@@ -191,6 +197,7 @@ impl Default for PolicyConfig {
             rtt_margin_ms: 10,
             hold_ms: 3000,
             standby_initcwnd: 40,
+            probe_silent_paths: true,
         }
     }
 }

@@ -22,6 +22,9 @@ pub struct SubflowSample {
     pub unacked: u32,
     /// Milliseconds since the last ACK arrived on this subflow.
     pub last_ack_recv_ms: u32,
+    /// Bytes received so far, and milliseconds since data last arrived.
+    pub bytes_received: u64,
+    pub last_data_recv_ms: u32,
 }
 
 /// What the policy knows about one interface's paths.
@@ -38,6 +41,27 @@ pub struct PathHealth {
     pub subflows: usize,
     /// Since when (policy clock, ms) the path has been healthy, if it is.
     pub healthy_since_ms: Option<u64>,
+    /// Data was arriving and has stopped for this long (0 if not).
+    pub rx_silent_ms: u64,
+    /// Why the path is thought unreachable (a probe went unanswered while
+    /// data had stopped); cleared when data or a new subflow comes.
+    pub unreachable: Option<String>,
+    /// Local and remote address of the subflow that last received data:
+    /// what a probe of this path tests.
+    #[serde(skip)]
+    pub probe_pair: Option<(std::net::IpAddr, std::net::IpAddr)>,
+    /// A probe was sent for the current silence.
+    #[serde(skip)]
+    pub probed: bool,
+    #[serde(skip)]
+    rx_active_ms: Option<u64>,
+    /// Received in bulk within `RX_MEMORY_MS`.
+    #[serde(skip)]
+    rx_recent: bool,
+    #[serde(skip)]
+    subflow_keys: Vec<SubflowKey>,
+    #[serde(skip)]
+    subflows_when_unreachable: Vec<SubflowKey>,
     #[serde(skip)]
     acc_retrans: u64,
     #[serde(skip)]
@@ -53,6 +77,41 @@ impl PathHealth {
         self.stalled_ms > 0 && self.stalled_ms >= self.stall_threshold_ms(stall_ms)
     }
 
+    /// Silence after which a receiving path is probed: two smoothed RTTs
+    /// (mid-transfer, data arrives many times per RTT), at least
+    /// `PROBE_AFTER_MIN_MS`.
+    pub fn probe_after_ms(&self) -> u64 {
+        let rtt_based = self.srtt_ms.map(|r| (2.0 * r) as u64).unwrap_or(0);
+        rtt_based.max(PROBE_AFTER_MIN_MS)
+    }
+
+    /// How long to wait for the probe's answer: what TCP would wait for an
+    /// ACK before its (minimum-free) timeout, srtt + 4 x rttvar, at least
+    /// srtt + 10 ms.
+    pub fn probe_timeout_ms(&self) -> u64 {
+        match (self.srtt_ms, self.rttvar_ms) {
+            (Some(srtt), Some(var)) => (srtt + (4.0 * var).max(10.0)) as u64,
+            _ => 200,
+        }
+    }
+
+    /// Whether the path should be probed now: it was receiving, data has
+    /// stopped for `probe_after_ms`, and it was not probed for this silence.
+    pub fn wants_probe(&self) -> bool {
+        self.rx_silent_ms > 0
+            && self.rx_silent_ms >= self.probe_after_ms()
+            && !self.probed
+            && self.unreachable.is_none()
+            && self.probe_pair.is_some()
+    }
+
+    /// Record a probe that went unanswered.
+    pub fn mark_unreachable(&mut self, why: String) {
+        self.unreachable = Some(why);
+        self.subflows_when_unreachable = self.subflow_keys.clone();
+        self.healthy_since_ms = None;
+    }
+
     fn stall_threshold_ms(&self, stall_ms: u64) -> u64 {
         let rtt_based = self.srtt_ms.map(|r| (2.0 * r) as u64).unwrap_or(0);
         stall_ms.max(rtt_based)
@@ -60,6 +119,9 @@ impl PathHealth {
 
     /// Why the path is unhealthy, or None if it is healthy.
     pub fn problem(&self, stall_ms: u64, loss_threshold: f64) -> Option<String> {
+        if let Some(why) = &self.unreachable {
+            return Some(why.clone());
+        }
         if self.is_stalled(stall_ms) {
             return Some(format!(
                 "stalled: nothing acknowledged for {} ms with data outstanding",
@@ -95,8 +157,14 @@ impl PathHealth {
 
 /// Minimum sent segments before a retransmission rate is trusted.
 const MIN_SEGS: u64 = 20;
+/// A path received at least this much between two rounds: it is in the
+/// middle of a transfer, and a sudden silence means something.
+const RX_ACTIVE_BYTES: u64 = 16 * 1024;
+/// A silence counts only this long after the path last received actively.
+const RX_MEMORY_MS: u64 = 2000;
+pub const PROBE_AFTER_MIN_MS: u64 = 40;
 
-type SubflowKey = (SocketAddr, SocketAddr);
+pub type SubflowKey = (SocketAddr, SocketAddr);
 
 #[derive(Default)]
 pub struct HealthTracker {
@@ -106,6 +174,8 @@ pub struct HealthTracker {
     /// given data after seconds of silence has not heard an ACK for
     /// seconds, yet it has waited for one only since the data went out.
     outstanding_since: HashMap<SubflowKey, u64>,
+    /// Bytes received per subflow at the last round.
+    received: HashMap<SubflowKey, u64>,
     pub paths: BTreeMap<u32, PathHealth>,
 }
 
@@ -120,6 +190,7 @@ impl HealthTracker {
         decay_ms: u64,
     ) {
         let mut seen: HashMap<SubflowKey, (u32, u32)> = HashMap::new();
+        let mut received: HashMap<SubflowKey, u64> = HashMap::new();
         let mut outstanding_since: HashMap<SubflowKey, u64> = HashMap::new();
         for s in samples.iter().filter(|s| s.unacked > 0) {
             let key = (s.local, s.remote);
@@ -176,6 +247,40 @@ impl HealthTracker {
                 .max();
             let freshest = subs.iter().map(|s| s.last_ack_recv_ms).min().unwrap_or(0);
             h.stalled_ms = waiting.map_or(0, |w| w.min(freshest as u64));
+            // Receiving: data arrived in bulk since the last round.
+            let mut busiest: Option<(u64, &SubflowSample)> = None;
+            for s in subs {
+                let key = (s.local, s.remote);
+                let before = self.received.get(&key).copied().unwrap_or(s.bytes_received);
+                let grew = s.bytes_received.saturating_sub(before);
+                received.insert(key, s.bytes_received);
+                if busiest.is_none_or(|(g, _)| grew > g) {
+                    busiest = Some((grew, s));
+                }
+            }
+            if let Some((grew, s)) = busiest {
+                if grew >= RX_ACTIVE_BYTES {
+                    h.rx_active_ms = Some(now_ms);
+                    h.probed = false;
+                    h.unreachable = None;
+                    h.probe_pair = Some((s.local.ip(), s.remote.ip()));
+                }
+            }
+            h.rx_recent = h
+                .rx_active_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) <= RX_MEMORY_MS);
+            let quiet = subs.iter().map(|s| s.last_data_recv_ms).min().unwrap_or(0) as u64;
+            h.rx_silent_ms = if h.rx_recent { quiet } else { 0 };
+            h.subflow_keys = subs.iter().map(|s| (s.local, s.remote)).collect();
+            // A subflow the path did not have when the probe failed: the
+            // path answers handshakes again.
+            if h.unreachable.is_some()
+                && subs
+                    .iter()
+                    .any(|s| !h.subflows_when_unreachable.contains(&(s.local, s.remote)))
+            {
+                h.unreachable = None;
+            }
             let ok = h.problem(stall_ms, loss_threshold).is_none();
             h.healthy_since_ms = match (ok, h.healthy_since_ms) {
                 (true, Some(t)) => Some(t),
@@ -187,16 +292,24 @@ impl HealthTracker {
         // path has no fresh data); interfaces gone are forgotten by the policy.
         self.last = seen;
         self.outstanding_since = outstanding_since;
+        self.received = received;
     }
 
     /// How long until some path would be declared stalled if no ACK
     /// arrives: the next health check should come no later than that.
-    pub fn until_next_stall_ms(&self, stall_ms: u64) -> Option<u64> {
-        self.paths
+    pub fn until_next_stall_ms(&self, stall_ms: u64, probing: bool) -> Option<u64> {
+        let stalls = self
+            .paths
             .values()
             .filter(|h| h.stalled_ms > 0 && !h.is_stalled(stall_ms))
-            .map(|h| h.stall_threshold_ms(stall_ms) - h.stalled_ms)
-            .min()
+            .map(|h| h.stall_threshold_ms(stall_ms) - h.stalled_ms);
+        // A receiving path is checked when a silence would be probed.
+        let silences = self
+            .paths
+            .values()
+            .filter(|h| probing && h.rx_recent && !h.probed && h.unreachable.is_none())
+            .map(|h| h.probe_after_ms().saturating_sub(h.rx_silent_ms));
+        stalls.chain(silences).min()
     }
 }
 
@@ -222,6 +335,8 @@ mod tests {
             segs_out: segs,
             unacked,
             last_ack_recv_ms: last_ack,
+            bytes_received: 0,
+            last_data_recv_ms: 0,
         }
     }
 
@@ -268,10 +383,10 @@ mod tests {
         // 100 ms later still nothing: waiting 100 ms, threshold 2 x 80 ms.
         t.update(200, &[s(1, 0, 40, 30, 4200, 80_000)], 150, 0.05, 3000);
         assert_eq!(t.paths[&1].stalled_ms, 100);
-        assert_eq!(t.until_next_stall_ms(150), Some(60));
+        assert_eq!(t.until_next_stall_ms(150, true), Some(60));
         t.update(260, &[s(1, 0, 40, 30, 4260, 80_000)], 150, 0.05, 3000);
         assert!(t.paths[&1].problem(150, 0.05).unwrap().contains("stalled"));
-        assert_eq!(t.until_next_stall_ms(150), None);
+        assert_eq!(t.until_next_stall_ms(150, true), None);
     }
 
     #[test]

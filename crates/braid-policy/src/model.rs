@@ -93,6 +93,13 @@ pub enum Event {
     DefaultRouteAdded(DefaultRoute),
     DefaultRouteRemoved(DefaultRoute),
     ConfigReloaded(Box<Config>),
+    /// The answer to `Action::ProbePath`: the round-trip time, or None if
+    /// no answer came in time.
+    ProbeResult {
+        ifindex: u32,
+        remote: IpAddr,
+        rtt_ms: Option<f64>,
+    },
     /// An action the shell could not carry out.
     ActionFailed {
         action: Action,
@@ -131,6 +138,15 @@ pub enum Action {
     SetSysctl {
         name: String,
         value: String,
+    },
+    /// Send one probe (ICMP echo) from `local` to `remote` out of
+    /// `ifindex` and report with `Event::ProbeResult` whether it was
+    /// answered within `timeout_ms`.
+    ProbePath {
+        ifindex: u32,
+        local: IpAddr,
+        remote: IpAddr,
+        timeout_ms: u64,
     },
     /// Set (None: clear) `initcwnd` on the default routes of `table`
     /// leaving by `ifindex`.
@@ -199,6 +215,15 @@ impl std::fmt::Display for Action {
                 )
             }
             Action::SetSysctl { name, value } => write!(f, "set {name} = {value}"),
+            Action::ProbePath {
+                ifindex,
+                local,
+                remote,
+                timeout_ms,
+            } => write!(
+                f,
+                "probe {remote} from {local} dev #{ifindex} (answer within {timeout_ms} ms)"
+            ),
             Action::SetRouteInitcwnd {
                 ifindex,
                 table,

@@ -35,6 +35,9 @@ pub struct Counters {
     pub reloads: u64,
     pub actions: u64,
     pub failed_actions: u64,
+    /// Probes of silent receiving paths, and how many went unanswered.
+    pub probes: u64,
+    pub probes_unanswered: u64,
     pub mptcp_events: BTreeMap<String, u64>,
 }
 
@@ -114,6 +117,8 @@ pub struct Policy {
     stalled_paths: BTreeSet<u32>,
     /// Endpoints to re-add because their path stalled, with the reason.
     reset_pending: BTreeMap<IpAddr, String>,
+    /// Probes decided this round.
+    probes_pending: Vec<Decision>,
     /// Default routes whose initcwnd Braid set, with the value they had.
     initcwnd_set: BTreeMap<RouteKey, Option<u32>>,
     /// Default routes the kernel would not change, with the error; tried
@@ -195,6 +200,7 @@ impl Policy {
             mode_reasons: BTreeMap::new(),
             stalled_paths: BTreeSet::new(),
             reset_pending: BTreeMap::new(),
+            probes_pending: Vec::new(),
             initcwnd_set: BTreeMap::new(),
             initcwnd_refused: BTreeMap::new(),
         }
@@ -213,7 +219,9 @@ impl Policy {
         if self.config.policy.mode == PathMode::Aggregate {
             return None;
         }
-        self.health.until_next_stall_ms(self.config.policy.stall_ms)
+        let p = &self.config.policy;
+        self.health
+            .until_next_stall_ms(p.stall_ms, p.probe_silent_paths)
     }
 
     /// Routes a previous run changed (from its state file); taken as ours
@@ -261,6 +269,30 @@ impl Policy {
                 if self.config.policy.mode == PathMode::Aggregate {
                     return Vec::new();
                 }
+                self.note_stalls();
+                self.probes_due();
+            }
+            Event::ProbeResult {
+                ifindex,
+                remote,
+                rtt_ms,
+            } => {
+                self.counters.probes += 1;
+                let Some(h) = self.health.paths.get_mut(&ifindex) else {
+                    return Vec::new();
+                };
+                // Answered, or data came back meanwhile (which ends the
+                // silence the probe was for): the path is there.
+                if rtt_ms.is_some() || !h.probed || h.rx_silent_ms < h.probe_after_ms() {
+                    return Vec::new();
+                }
+                self.counters.probes_unanswered += 1;
+                let why = format!(
+                    "unreachable: data stopped {} ms ago and {remote} did not answer a probe within {} ms",
+                    h.rx_silent_ms,
+                    h.probe_timeout_ms()
+                );
+                h.mark_unreachable(why);
                 self.note_stalls();
             }
             Event::Snapshot {
@@ -353,11 +385,12 @@ impl Policy {
         if !self.synced {
             return Vec::new();
         }
-        let decisions = if self.stopping {
+        let mut decisions = if self.stopping {
             self.stop()
         } else {
             self.reconcile()
         };
+        decisions.append(&mut self.probes_pending);
         for d in &decisions {
             self.counters.actions += 1;
             if self.recent.len() == RECENT_DECISIONS {
@@ -402,6 +435,9 @@ impl Policy {
             }
             Action::SetLimits { .. } => self.limits = None,
             Action::SetSysctl { .. } => self.cflag_applied = None,
+            // No answer either way: the path's silence stays unexplained
+            // (and the kernel's own timeouts remain).
+            Action::ProbePath { .. } => {}
             Action::SetRouteInitcwnd {
                 ifindex,
                 table,
@@ -706,13 +742,52 @@ impl Policy {
     /// its subflows makes the kernel resend their unacknowledged data at
     /// once on the path that takes over, instead of waiting for timeouts on
     /// the dead one. Reopened subflows tell when the path works again.
+    /// A path that was receiving and went silent is probed once: a
+    /// receiver has nothing outstanding, so silence alone cannot tell a
+    /// dead path from a sender with nothing to send.
+    fn probes_due(&mut self) {
+        if !self.config.policy.probe_silent_paths {
+            return;
+        }
+        let names: BTreeMap<u32, String> = self
+            .links
+            .iter()
+            .map(|(i, l)| (*i, l.name.clone()))
+            .collect();
+        for (ifindex, h) in self.health.paths.iter_mut() {
+            if !h.wants_probe() {
+                continue;
+            }
+            let Some((local, remote)) = h.probe_pair else {
+                continue;
+            };
+            h.probed = true;
+            let name = names
+                .get(ifindex)
+                .cloned()
+                .unwrap_or_else(|| format!("#{ifindex}"));
+            self.probes_pending.push(Decision {
+                action: Action::ProbePath {
+                    ifindex: *ifindex,
+                    local,
+                    remote,
+                    timeout_ms: h.probe_timeout_ms(),
+                },
+                reason: format!(
+                    "{name} was receiving and no data has come for {} ms (2 RTTs): is the path still there?",
+                    h.rx_silent_ms
+                ),
+            });
+        }
+    }
+
     fn note_stalls(&mut self) {
         let stall_ms = self.config.policy.stall_ms;
         let now_stalled: BTreeSet<u32> = self
             .health
             .paths
             .iter()
-            .filter(|(_, h)| h.is_stalled(stall_ms))
+            .filter(|(_, h)| h.is_stalled(stall_ms) || h.unreachable.is_some())
             .map(|(i, _)| *i)
             .collect();
         for i in now_stalled.difference(&self.stalled_paths.clone()) {
@@ -721,16 +796,19 @@ impl Policy {
                 .get(i)
                 .map(|l| l.name.clone())
                 .unwrap_or_else(|| format!("#{i}"));
-            let desc = self
-                .health
-                .paths
-                .get(i)
-                .map(|h| h.describe())
-                .unwrap_or_default();
+            let what = match self.health.paths.get(i) {
+                Some(h) => match &h.unreachable {
+                    Some(why) => format!("{name} is {why}"),
+                    None => format!("{name} stalled ({})", h.describe()),
+                },
+                None => format!("{name} stalled"),
+            };
             for a in self.addresses.values().filter(|a| a.ifindex == *i) {
                 self.reset_pending.insert(
                     a.ip,
-                    format!("{name} stalled ({desc}): reopening its subflows so their data is resent on the other path"),
+                    format!(
+                        "{what}: reopening its subflows so their data is resent on the other path"
+                    ),
                 );
             }
         }

@@ -67,6 +67,8 @@ struct P {
     segs: u32,
     unacked: u32,
     last_ack_ms: u32,
+    rx_bytes: u64,
+    last_rx_ms: u32,
 }
 
 fn ok(rtt_ms: u32, segs: u32) -> P {
@@ -76,6 +78,8 @@ fn ok(rtt_ms: u32, segs: u32) -> P {
         segs,
         unacked: 2,
         last_ack_ms: 5,
+        rx_bytes: 0,
+        last_rx_ms: 0,
     }
 }
 
@@ -96,6 +100,8 @@ impl Sim {
             segs_out: p.segs,
             unacked: p.unacked,
             last_ack_recv_ms: p.last_ack_ms,
+            bytes_received: p.rx_bytes,
+            last_data_recv_ms: p.last_rx_ms,
         };
         self.at(
             t,
@@ -445,4 +451,175 @@ fn an_idle_standby_given_the_failed_paths_data_is_not_stalled() {
         !ds.iter().any(|d| d.reason.contains("wlan0 stalled")),
         "wlan0 reset while taking over: {ds:?}"
     );
+}
+
+fn probes(ds: &[Decision]) -> Vec<(u32, IpAddr)> {
+    ds.iter()
+        .filter_map(|d| match d.action {
+            Action::ProbePath {
+                ifindex, remote, ..
+            } => Some((ifindex, remote)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A download on eth0: data arriving, nothing outstanding.
+fn receiving(rx_bytes: u64, last_rx_ms: u32) -> P {
+    P {
+        unacked: 0,
+        rx_bytes,
+        last_rx_ms,
+        ..ok(20, 10)
+    }
+}
+
+#[test]
+fn a_receiving_path_that_goes_silent_is_probed_once() {
+    let (mut s, _) = sim(PathMode::Handover);
+    s.health(0, receiving(0, 0), ok(60, 0));
+    s.health(100, receiving(500_000, 1), ok(60, 0));
+    // Silent for 20 ms: not yet (2 RTTs = 40 ms); the next round is due
+    // when the silence would reach it.
+    assert!(probes(&s.health(120, receiving(500_000, 20), ok(60, 0))).is_empty());
+    assert_eq!(s.p.health_check_due_in_ms(), Some(20));
+    let ds = s.health(140, receiving(500_000, 40), ok(60, 0));
+    let remote: IpAddr = "203.0.113.1".parse().unwrap();
+    assert_eq!(probes(&ds), vec![(2, remote)], "{ds:?}");
+    assert!(
+        ds[0].reason.contains("no data has come for 40 ms"),
+        "{}",
+        ds[0].reason
+    );
+    // Once per silence.
+    assert!(probes(&s.health(200, receiving(500_000, 100), ok(60, 0))).is_empty());
+    // Answered: the sender just has nothing to send; nothing changes.
+    let ds = s.at(
+        210,
+        Event::ProbeResult {
+            ifindex: 2,
+            remote,
+            rtt_ms: Some(21.0),
+        },
+    );
+    assert!(ds.is_empty(), "{ds:?}");
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
+    // Data again, then silence again: probed again.
+    s.health(300, receiving(900_000, 1), ok(60, 0));
+    assert_eq!(
+        probes(&s.health(400, receiving(900_000, 60), ok(60, 0))).len(),
+        1
+    );
+}
+
+#[test]
+fn an_unanswered_probe_hands_over_and_reopens_the_silent_path() {
+    let (mut s, _) = sim(PathMode::Handover);
+    s.health(0, receiving(0, 0), ok(60, 0));
+    s.health(100, receiving(500_000, 1), ok(60, 0));
+    assert_eq!(
+        probes(&s.health(150, receiving(500_000, 50), ok(60, 0))).len(),
+        1
+    );
+    let ds = s.at(
+        210,
+        Event::ProbeResult {
+            ifindex: 2,
+            remote: "203.0.113.1".parse().unwrap(),
+            rtt_ms: None,
+        },
+    );
+    // The dead primary's endpoint goes first (the server resends from the
+    // client's DATA_ACK on the standby), then the standby is made active.
+    assert!(
+        matches!(ds[0].action, Action::RemoveEndpoint { .. }),
+        "{ds:?}"
+    );
+    assert!(
+        ds[0].reason.contains("eth0 is unreachable"),
+        "{}",
+        ds[0].reason
+    );
+    assert_eq!(s.flags(), (SUBFLOW | BACKUP, SUBFLOW));
+    let v = s.p.view();
+    assert!(v.health["eth0"].unreachable.is_some());
+    assert_eq!(v.counters.probes_unanswered, 1);
+    // A new subflow on eth0 (the join succeeded: the path answers again)
+    // clears it; after the hold time eth0 takes traffic back.
+    let new_subflow = |t: u64, s: &mut Sim| {
+        let mk = |ip: [u8; 4], port: u16, ifindex: u32| SubflowSample {
+            local: SocketAddr::from((ip, port)),
+            remote: "203.0.113.1:443".parse().unwrap(),
+            ifindex,
+            rtt_us: 20_000,
+            rttvar_us: 5_000,
+            total_retrans: 0,
+            segs_out: 10,
+            unacked: 0,
+            last_ack_recv_ms: 5,
+            bytes_received: 0,
+            last_data_recv_ms: 5,
+        };
+        s.at(
+            t,
+            Event::Health(vec![
+                mk([10, 0, 0, 2], 40001, 2),
+                mk([192, 168, 1, 5], 40000, 3),
+            ]),
+        )
+    };
+    new_subflow(300, &mut s);
+    assert!(s.p.view().health["eth0"].unreachable.is_none());
+    let mut t = 300;
+    while s.flags() != (SUBFLOW, SUBFLOW | BACKUP) && t < 5000 {
+        t += 100;
+        new_subflow(t, &mut s);
+    }
+    assert!((3300..=3500).contains(&t), "handed back at {t} ms");
+}
+
+#[test]
+fn a_late_answer_after_data_resumed_changes_nothing() {
+    let (mut s, _) = sim(PathMode::Handover);
+    s.health(0, receiving(0, 0), ok(60, 0));
+    s.health(100, receiving(500_000, 1), ok(60, 0));
+    s.health(150, receiving(500_000, 50), ok(60, 0));
+    // Data came back before the probe's time ran out.
+    s.health(180, receiving(600_000, 1), ok(60, 0));
+    let ds = s.at(
+        210,
+        Event::ProbeResult {
+            ifindex: 2,
+            remote: "203.0.113.1".parse().unwrap(),
+            rtt_ms: None,
+        },
+    );
+    assert!(ds.is_empty(), "{ds:?}");
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
+}
+
+#[test]
+fn aggregate_mode_never_probes() {
+    let (mut s, _) = sim(PathMode::Aggregate);
+    s.health(0, receiving(0, 0), ok(60, 0));
+    s.health(100, receiving(500_000, 1), ok(60, 0));
+    assert!(probes(&s.health(300, receiving(500_000, 200), ok(60, 0))).is_empty());
+    assert_eq!(s.p.health_check_due_in_ms(), None);
+}
+
+#[test]
+fn probing_can_be_turned_off() {
+    let mut cfg = Config::default();
+    cfg.policy.mode = PathMode::Handover;
+    cfg.policy.probe_silent_paths = false;
+    let (mut s, _) = sim(PathMode::Handover);
+    s.at(1, Event::ConfigReloaded(Box::new(cfg)));
+    let idle = P {
+        unacked: 0,
+        ..ok(60, 0)
+    };
+    s.health(0, receiving(0, 0), idle);
+    s.health(100, receiving(500_000, 1), idle);
+    assert!(probes(&s.health(300, receiving(500_000, 200), idle)).is_empty());
+    assert_eq!(s.p.health_check_due_in_ms(), None);
 }

@@ -336,8 +336,12 @@ fn print_daemon(d: &serde_json::Value) {
                 .filter(|s| *s > 0)
                 .map(|s| format!(", no ACK for {s} ms"))
                 .unwrap_or_default();
+            let unreachable = x["unreachable"]
+                .as_str()
+                .map(|why| format!(", {why}"))
+                .unwrap_or_default();
             println!(
-                "  {:<12} rtt {rtt}, loss {:.1} %{}{stalled}, {} subflow(s)",
+                "  {:<12} rtt {rtt}, loss {:.1} %{}{stalled}{unreachable}, {} subflow(s)",
                 name,
                 x["loss"].as_f64().unwrap_or(0.0) * 100.0,
                 if x["lossy"] == true { " (lossy)" } else { "" },
@@ -403,8 +407,8 @@ fn print_daemon(d: &serde_json::Value) {
     }
     let c = &v["counters"];
     println!(
-        "events          {} link, {} address, {} route, {} resyncs, {} reloads, {} actions ({} failed), MPTCP {}",
+        "events          {} link, {} address, {} route, {} resyncs, {} reloads, {} actions ({} failed), {} path probes ({} unanswered), MPTCP {}",
         c["link_events"], c["address_events"], c["route_events"], c["resyncs"], c["reloads"], c["actions"], c["failed_actions"],
-        c["mptcp_events"]
+        c["probes"], c["probes_unanswered"], c["mptcp_events"]
     );
 }

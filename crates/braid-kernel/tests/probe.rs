@@ -1,0 +1,75 @@
+//! The path probe against real namespaces: answered over a working veth,
+//! unanswered when the peer ignores echoes (needs root).
+
+use std::process::Command;
+use std::time::Duration;
+
+use braid_kernel::{netns, probe, rtnl, Error};
+
+struct Ns(Vec<String>);
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = netns::delete(n);
+        }
+    }
+}
+
+fn ip(args: &str) {
+    let out = Command::new("ip")
+        .args(args.split_whitespace())
+        .output()
+        .expect("ip (iproute2) runs");
+    assert!(
+        out.status.success(),
+        "ip {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn probe_from(ns: &str, timeout_ms: u64) -> Option<Duration> {
+    netns::run_in::<_, Error>(ns, move || {
+        let ifindex = rtnl::link_index("v0")?.unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(probe::echo(
+            "10.78.0.1".parse().unwrap(),
+            "10.78.0.2".parse().unwrap(),
+            ifindex,
+            Duration::from_millis(timeout_ms),
+        ))
+    })
+    .unwrap()
+}
+
+#[test]
+fn echo_is_answered_and_a_silent_peer_is_not() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tag = std::process::id() % 100_000;
+    let (a, b) = (format!("bk-pa{tag}"), format!("bk-pb{tag}"));
+    let _guard = Ns(vec![a.clone(), b.clone()]);
+    netns::create(&a).unwrap();
+    netns::create(&b).unwrap();
+    ip(&format!(
+        "-n {a} link add v0 type veth peer name v1 netns {b}"
+    ));
+    ip(&format!("-n {a} addr add 10.78.0.1/24 dev v0"));
+    ip(&format!("-n {b} addr add 10.78.0.2/24 dev v1"));
+    ip(&format!("-n {a} link set v0 up"));
+    ip(&format!("-n {b} link set v1 up"));
+    let rtt = probe_from(&a, 1000).expect("the peer answers");
+    assert!(rtt < Duration::from_millis(1000));
+    // The peer stops answering: no reply.
+    netns::run_in::<_, Error>(&b, || {
+        std::fs::write("/proc/sys/net/ipv4/icmp_echo_ignore_all", "1")
+            .map_err(|e| Error::Invalid(e.to_string()))
+    })
+    .unwrap();
+    assert_eq!(probe_from(&a, 100), None);
+}
