@@ -1,32 +1,12 @@
 //! The path probe against real namespaces: answered over a working veth,
 //! unanswered when the peer ignores echoes (needs root).
 
-use std::process::Command;
+mod common;
+use common::ip;
+
 use std::time::Duration;
 
 use braid_kernel::{netns, probe, rtnl, Error};
-
-struct Ns(Vec<String>);
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = netns::delete(n);
-        }
-    }
-}
-
-fn ip(args: &str) {
-    let out = Command::new("ip")
-        .args(args.split_whitespace())
-        .output()
-        .expect("ip (iproute2) runs");
-    assert!(
-        out.status.success(),
-        "ip {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn probe_from(ns: &str, timeout_ms: u64) -> Option<Duration> {
     netns::run_in::<_, Error>(ns, move || {
@@ -47,15 +27,13 @@ fn probe_from(ns: &str, timeout_ms: u64) -> Option<Duration> {
 
 #[test]
 fn echo_is_answered_and_a_silent_peer_is_not() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !common::is_root() {
         eprintln!("skipped: needs root");
         return;
     }
     let tag = std::process::id() % 100_000;
     let (a, b) = (format!("bk-pa{tag}"), format!("bk-pb{tag}"));
-    let _guard = Ns(vec![a.clone(), b.clone()]);
-    netns::create(&a).unwrap();
-    netns::create(&b).unwrap();
+    let _guard = common::Namespaces::create(&[&a, &b]);
     ip(&format!(
         "-n {a} link add v0 type veth peer name v1 netns {b}"
     ));

@@ -1,30 +1,12 @@
 //! Changing a default route's initcwnd keeps the rest of the route, for
 //! IPv4 and IPv6, in a namespace of its own (needs root).
 
-use std::process::Command;
+mod common;
 
 use braid_kernel::{netns, rtnl, Error};
 
-struct Ns(String);
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = netns::delete(&self.0);
-    }
-}
-
 fn ip(ns: &str, args: &str) -> String {
-    let out = Command::new("ip")
-        .args(["-n", ns])
-        .args(args.split_whitespace())
-        .output()
-        .expect("ip (iproute2) runs");
-    assert!(
-        out.status.success(),
-        "ip {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::ip(&format!("-n {ns} {args}"))
 }
 
 fn set(ns: &str, ifindex: u32, ipv6: bool, w: Option<u32>) -> usize {
@@ -36,26 +18,25 @@ fn set(ns: &str, ifindex: u32, ipv6: bool, w: Option<u32>) -> usize {
 
 #[test]
 fn initcwnd_is_set_and_cleared_keeping_the_rest_of_the_route() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !common::is_root() {
         eprintln!("skipped: needs root");
         return;
     }
-    let ns = Ns(format!("bk-rt{}", std::process::id() % 100_000));
-    netns::create(&ns.0).unwrap();
-    ip(&ns.0, "link add v0 type veth peer name v1");
-    ip(&ns.0, "link set v0 up");
-    ip(&ns.0, "link set v1 up");
-    ip(&ns.0, "addr add 10.77.0.1/24 dev v0");
-    ip(&ns.0, "-6 addr add fd77::1/64 dev v0 nodad");
-    ip(&ns.0, "route add default dev v0 table 101 mtu 1400");
-    ip(&ns.0, "-6 route add default dev v0 table 101 metric 5");
-    let ifindex =
-        netns::run_in::<_, Error>(&ns.0, || Ok(rtnl::link_index("v0")?.unwrap())).unwrap();
+    let ns = format!("bk-rt{}", std::process::id() % 100_000);
+    let _guard = common::Namespaces::create(&[&ns]);
+    ip(&ns, "link add v0 type veth peer name v1");
+    ip(&ns, "link set v0 up");
+    ip(&ns, "link set v1 up");
+    ip(&ns, "addr add 10.77.0.1/24 dev v0");
+    ip(&ns, "-6 addr add fd77::1/64 dev v0 nodad");
+    ip(&ns, "route add default dev v0 table 101 mtu 1400");
+    ip(&ns, "-6 route add default dev v0 table 101 metric 5");
+    let ifindex = netns::run_in::<_, Error>(&ns, || Ok(rtnl::link_index("v0")?.unwrap())).unwrap();
     for ipv6 in [false, true] {
-        assert_eq!(set(&ns.0, ifindex, ipv6, Some(40)), 1, "ipv6 {ipv6}");
+        assert_eq!(set(&ns, ifindex, ipv6, Some(40)), 1, "ipv6 {ipv6}");
     }
-    let v4 = ip(&ns.0, "route show table 101");
-    let v6 = ip(&ns.0, "-6 route show table 101");
+    let v4 = ip(&ns, "route show table 101");
+    let v6 = ip(&ns, "-6 route show table 101");
     assert!(
         v4.contains("initcwnd 40") && v4.contains("mtu 1400"),
         "{v4}"
@@ -64,7 +45,7 @@ fn initcwnd_is_set_and_cleared_keeping_the_rest_of_the_route() {
         v6.contains("initcwnd 40") && v6.contains("metric 5"),
         "{v6}"
     );
-    let seen = netns::run_in::<_, Error>(&ns.0, rtnl::default_routes).unwrap();
+    let seen = netns::run_in::<_, Error>(&ns, rtnl::default_routes).unwrap();
     let with = seen
         .iter()
         .filter(|r| r.ifindex == ifindex && r.initcwnd == Some(40))
@@ -72,11 +53,11 @@ fn initcwnd_is_set_and_cleared_keeping_the_rest_of_the_route() {
     assert_eq!(with, 2, "{seen:?}");
     // Asking again changes nothing; clearing puts the routes back.
     for ipv6 in [false, true] {
-        assert_eq!(set(&ns.0, ifindex, ipv6, Some(40)), 0);
-        assert_eq!(set(&ns.0, ifindex, ipv6, None), 1);
+        assert_eq!(set(&ns, ifindex, ipv6, Some(40)), 0);
+        assert_eq!(set(&ns, ifindex, ipv6, None), 1);
     }
-    let v4 = ip(&ns.0, "route show table 101");
-    let v6 = ip(&ns.0, "-6 route show table 101");
+    let v4 = ip(&ns, "route show table 101");
+    let v6 = ip(&ns, "-6 route show table 101");
     assert!(!v4.contains("initcwnd") && v4.contains("mtu 1400"), "{v4}");
     assert!(!v6.contains("initcwnd") && v6.contains("metric 5"), "{v6}");
 }
