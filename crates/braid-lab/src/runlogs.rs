@@ -26,8 +26,12 @@ pub fn wall_clock() -> String {
 impl RunLogs {
     /// Start `braid monitor --json` in both namespaces of `lab`.
     pub fn start(dir: &Path, pm: PmKind, lab: &Lab, braid_exe: &Path) -> Result<RunLogs, LabError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| LabError::Io(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            LabError::Invalid(format!(
+                "creating the --logs directory {}: {e}",
+                dir.display()
+            ))
+        })?;
         let prefix = pm.name().replace(':', "-");
         let scenario_path = dir.join(format!("{prefix}-scenario.txt"));
         let scenario = std::fs::File::create(&scenario_path)
