@@ -28,6 +28,7 @@ pub enum Op {
     Socket,
     Netns,
     Probe,
+    Counters,
 }
 
 impl Op {
@@ -53,6 +54,7 @@ impl Op {
             Op::Socket => "using an MPTCP socket",
             Op::Netns => "entering a network namespace",
             Op::Probe => "probing a path with an ICMP echo",
+            Op::Counters => "reading the kernel's MPTCP counters (/proc/net/netstat)",
         }
     }
 }

@@ -7,6 +7,7 @@
 //! [`netns`] to reach another one.
 
 pub mod bpf;
+pub mod counters;
 pub mod diag;
 pub mod error;
 pub mod events;

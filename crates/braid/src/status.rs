@@ -149,6 +149,15 @@ fn gather(socket: &std::path::Path) -> Status {
         }
     }
 
+    let dropped = braid_kernel::counters::mptcp()
+        .ok()
+        .and_then(|c| c.get("NoDSSInWindow").copied())
+        .unwrap_or(0);
+    if dropped > 0 {
+        hint(&mut hints, Severity::Warning,
+            format!("the kernel dropped {dropped} MPTCP data segment(s) for lack of receive buffer (MPTcpExtNoDSSInWindow): subflows had already acknowledged them, so only slow MPTCP-level retransmissions recover them and downloads crawl for seconds; typical when a path rejoins a download that ran on a slower one"),
+            "start TCP receive buffers larger: sysctl -w net.ipv4.tcp_rmem='4096 16777216 33554432' (all TCP; memory is used only while data waits; see docs/benchmarks.md, flap)".into());
+    }
     if status.path_manager.as_deref() == Some("kernel")
         && status.endpoints.is_empty()
         && status.daemon.is_none()
