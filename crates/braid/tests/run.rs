@@ -58,6 +58,27 @@ impl Lab {
         lab
     }
 
+    /// Start `braid -n NS run -- ARGS...` in the background, output discarded.
+    fn spawn_run(ns: &str, args: &[&str]) -> std::process::Child {
+        Command::new(BRAID)
+            .args(["-n", ns, "run", "--"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// `braid -n NS --json conns [--all]`, parsed.
+    fn conns(ns: &str, all: bool) -> serde_json::Value {
+        let mut args = vec!["-n", ns, "--json", "conns"];
+        if all {
+            args.push("--all");
+        }
+        let out = Command::new(BRAID).args(&args).output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
     fn run_in_client(&self, args: &[&str]) -> std::process::Output {
         Command::new(BRAID)
             .args(["-n", &self.client, "run", "--"])
@@ -202,56 +223,19 @@ fn iperf3_client_and_server_use_mptcp() {
         return;
     }
     let lab = Lab::up("ip");
-    let mut server = Command::new(BRAID)
-        .args([
-            "-n",
-            &lab.server,
-            "run",
-            "--",
-            "iperf3",
-            "-s",
-            "-1",
-            "-p",
-            "5299",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut server = Lab::spawn_run(&lab.server, &["iperf3", "-s", "-1", "-p", "5299"]);
     // The server is listening once its (MPTCP) listener shows up.
     let listening = wait_for(5, || {
-        let out = Command::new(BRAID)
-            .args(["-n", &lab.server, "--json", "conns", "--all"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).contains(":5299")
+        Lab::conns(&lab.server, true).to_string().contains(":5299")
     });
     assert!(listening, "iperf3 -s must listen on an MPTCP socket");
-    let client = Command::new(BRAID)
-        .args([
-            "-n",
-            &lab.client,
-            "run",
-            "--",
-            "iperf3",
-            "-c",
-            "10.1.0.2",
-            "-p",
-            "5299",
-            "-t",
-            "3",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut client = Lab::spawn_run(
+        &lab.client,
+        &["iperf3", "-c", "10.1.0.2", "-p", "5299", "-t", "3"],
+    );
     let mut best = 0;
     let two = wait_for(6, || {
-        let out = Command::new(BRAID)
-            .args(["-n", &lab.server, "--json", "conns"])
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let v = Lab::conns(&lab.server, false);
         for c in v.as_array().into_iter().flatten() {
             if c["fell_back"] == false && c["local"].as_str().is_some_and(|l| l.ends_with(":5299"))
             {
@@ -260,7 +244,6 @@ fn iperf3_client_and_server_use_mptcp() {
         }
         best >= 2
     });
-    let mut client = client;
     assert!(client.wait().unwrap().success(), "iperf3 client failed");
     let _ = server.wait();
     assert!(
