@@ -166,16 +166,30 @@ pub const PROBE_AFTER_MIN_MS: u64 = 40;
 
 pub type SubflowKey = (SocketAddr, SocketAddr);
 
-#[derive(Default)]
-pub struct HealthTracker {
-    last: HashMap<SubflowKey, (u32, u32)>,
-    /// Since when (policy clock) each subflow has had data outstanding.
+/// What the tracker keeps of a subflow from one round to the next.
+#[derive(Clone, Copy)]
+struct SubflowMemory {
+    total_retrans: u32,
+    segs_out: u32,
+    bytes_received: u64,
+    /// Since when (policy clock) the subflow has had data outstanding.
     /// `last_ack_recv_ms` alone cannot tell a stall: an idle backup subflow
     /// given data after seconds of silence has not heard an ACK for
     /// seconds, yet it has waited for one only since the data went out.
-    outstanding_since: HashMap<SubflowKey, u64>,
-    /// Bytes received per subflow at the last round.
-    received: HashMap<SubflowKey, u64>,
+    outstanding_since: Option<u64>,
+}
+
+/// How a subflow changed since the last round.
+struct SubflowDelta {
+    retrans: u64,
+    segs: u64,
+    received: u64,
+    outstanding_since: Option<u64>,
+}
+
+#[derive(Default)]
+pub struct HealthTracker {
+    subflows: HashMap<SubflowKey, SubflowMemory>,
     pub paths: BTreeMap<u32, PathHealth>,
 }
 
@@ -189,13 +203,36 @@ impl HealthTracker {
         loss_threshold: f64,
         decay_ms: u64,
     ) {
-        let mut seen: HashMap<SubflowKey, (u32, u32)> = HashMap::new();
-        let mut received: HashMap<SubflowKey, u64> = HashMap::new();
-        let mut outstanding_since: HashMap<SubflowKey, u64> = HashMap::new();
-        for s in samples.iter().filter(|s| s.unacked > 0) {
+        // One pass over the subflows: what changed, and what to remember.
+        let mut memory: HashMap<SubflowKey, SubflowMemory> = HashMap::new();
+        let mut delta: HashMap<SubflowKey, SubflowDelta> = HashMap::new();
+        for s in samples {
             let key = (s.local, s.remote);
-            let since = self.outstanding_since.get(&key).copied().unwrap_or(now_ms);
-            outstanding_since.insert(key, since);
+            let now = SubflowMemory {
+                total_retrans: s.total_retrans,
+                segs_out: s.segs_out,
+                bytes_received: s.bytes_received,
+                outstanding_since: None,
+            };
+            let before = self.subflows.get(&key).copied().unwrap_or(now);
+            let outstanding_since =
+                (s.unacked > 0).then(|| before.outstanding_since.unwrap_or(now_ms));
+            delta.insert(
+                key,
+                SubflowDelta {
+                    retrans: s.total_retrans.saturating_sub(before.total_retrans) as u64,
+                    segs: s.segs_out.wrapping_sub(before.segs_out) as u64 % (1 << 31),
+                    received: s.bytes_received.saturating_sub(before.bytes_received),
+                    outstanding_since,
+                },
+            );
+            memory.insert(
+                key,
+                SubflowMemory {
+                    outstanding_since,
+                    ..now
+                },
+            );
         }
         let mut per_if: BTreeMap<u32, Vec<&SubflowSample>> = BTreeMap::new();
         for s in samples {
@@ -210,15 +247,9 @@ impl HealthTracker {
                 h.rttvar_ms = Some(best.rttvar_us as f64 / 1000.0);
             }
             for s in subs {
-                let key = (s.local, s.remote);
-                let (r0, o0) = self
-                    .last
-                    .get(&key)
-                    .copied()
-                    .unwrap_or((s.total_retrans, s.segs_out));
-                h.acc_retrans += s.total_retrans.saturating_sub(r0) as u64;
-                h.acc_segs += s.segs_out.wrapping_sub(o0) as u64 % (1 << 31);
-                seen.insert(key, (s.total_retrans, s.segs_out));
+                let d = &delta[&(s.local, s.remote)];
+                h.acc_retrans += d.retrans;
+                h.acc_segs += d.segs;
             }
             if h.acc_segs >= MIN_SEGS {
                 let sample = (h.acc_retrans as f64 / h.acc_segs as f64).min(1.0);
@@ -241,23 +272,17 @@ impl HealthTracker {
             let waiting = subs
                 .iter()
                 .filter_map(|s| {
-                    let since = outstanding_since.get(&(s.local, s.remote))?;
+                    let since = delta[&(s.local, s.remote)].outstanding_since?;
                     Some((s.last_ack_recv_ms as u64).min(now_ms - since))
                 })
                 .max();
             let freshest = subs.iter().map(|s| s.last_ack_recv_ms).min().unwrap_or(0);
             h.stalled_ms = waiting.map_or(0, |w| w.min(freshest as u64));
             // Receiving: data arrived in bulk since the last round.
-            let mut busiest: Option<(u64, &SubflowSample)> = None;
-            for s in subs {
-                let key = (s.local, s.remote);
-                let before = self.received.get(&key).copied().unwrap_or(s.bytes_received);
-                let grew = s.bytes_received.saturating_sub(before);
-                received.insert(key, s.bytes_received);
-                if busiest.is_none_or(|(g, _)| grew > g) {
-                    busiest = Some((grew, s));
-                }
-            }
+            let busiest = subs
+                .iter()
+                .map(|s| (delta[&(s.local, s.remote)].received, *s))
+                .max_by_key(|(grew, _)| *grew);
             if let Some((grew, s)) = busiest {
                 if grew >= RX_ACTIVE_BYTES {
                     h.rx_active_ms = Some(now_ms);
@@ -290,9 +315,7 @@ impl HealthTracker {
         }
         // Paths without subflows now keep their last estimate (a backup
         // path has no fresh data); interfaces gone are forgotten by the policy.
-        self.last = seen;
-        self.outstanding_since = outstanding_since;
-        self.received = received;
+        self.subflows = memory;
     }
 
     /// How long until some path would be declared stalled if no ACK
