@@ -45,6 +45,20 @@ pub struct Config {
     /// Per-interface settings, matched by name (glob: `*`, `?`), first match wins.
     #[serde(rename = "interface")]
     pub interfaces: Vec<InterfaceConfig>,
+    /// `[relay]` belongs to `braid relay` (same file, its own checks).
+    #[serde(skip_serializing)]
+    pub relay: OtherSection,
+}
+
+/// A section of the configuration file read by another part of Braid:
+/// accepted here whatever it holds, checked by its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OtherSection;
+
+impl<'de> Deserialize<'de> for OtherSection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| OtherSection)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -213,6 +227,7 @@ impl Default for Config {
             control: ControlConfig::default(),
             policy: PolicyConfig::default(),
             interfaces: Vec::new(),
+            relay: OtherSection,
         }
     }
 }

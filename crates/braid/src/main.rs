@@ -7,6 +7,7 @@ mod endpoint;
 mod lab;
 mod monitor;
 mod names;
+mod relay;
 mod run;
 mod status;
 
@@ -67,6 +68,9 @@ enum Command {
     /// Multipath labs: emulated paths in namespaces, scenarios, comparisons.
     #[command(subcommand)]
     Lab(Box<lab::LabCmd>),
+    /// Multipath to any server: an encrypted MPTCP relay and its SOCKS5/HTTP client.
+    #[command(subcommand)]
+    Relay(relay::RelayCmd),
 }
 
 /// Output options every command gets.
@@ -93,11 +97,38 @@ fn run(cli: Cli) -> Result<(), braid_kernel::Error> {
         Command::Disable(a) => run::disable(&ctx, a),
         Command::Bpf(c) => run::bpf_cmd(&ctx, c),
         Command::Sockopts => run::sockopts(&ctx),
+        Command::Relay(c) => relay::run(&ctx, c),
+    }
+}
+
+/// Commands that only print: when their reader goes away (`braid status |
+/// head`) they end quietly, as Unix tools do. Services and the lab keep
+/// SIGPIPE ignored (Rust's default): a peer closing a socket must never
+/// kill them.
+fn prints_only(c: &Command) -> bool {
+    match c {
+        Command::Status { .. }
+        | Command::Endpoint(_)
+        | Command::Limits(_)
+        | Command::Monitor
+        | Command::Conns(_)
+        | Command::Sockopts => true,
+        Command::Relay(r) => matches!(
+            r,
+            relay::RelayCmd::Keygen { .. }
+                | relay::RelayCmd::Pubkey { .. }
+                | relay::RelayCmd::Status { .. }
+        ),
+        _ => false,
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if prints_only(&cli.command) {
+        // SAFETY: restoring a signal's default action, before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,0 +1,141 @@
+//! Bounds, sans-IO: connection limits (all clients, and per client) and a
+//! rate limit on logging refused peers, so a scan or a flood cannot fill
+//! the journal.
+
+use std::collections::HashMap;
+
+/// Open relayed connections, counted against the global and per-client
+/// limits.
+#[derive(Debug)]
+pub struct ConnectionLimits {
+    max_total: u32,
+    total: u32,
+    per_client: HashMap<String, u32>,
+}
+
+impl ConnectionLimits {
+    pub fn new(max_total: u32) -> ConnectionLimits {
+        ConnectionLimits {
+            max_total,
+            total: 0,
+            per_client: HashMap::new(),
+        }
+    }
+
+    /// Take a slot for `client` (whose own limit is `client_max`), or say
+    /// which limit is reached.
+    pub fn acquire(&mut self, client: &str, client_max: Option<u32>) -> Result<(), String> {
+        let mine = self.per_client.get(client).copied().unwrap_or(0);
+        if let Some(max) = client_max {
+            if mine >= max {
+                return Err(format!(
+                    "client '{client}' has {mine} connections open, its limit (relay.server.client max_connections = {max})"
+                ));
+            }
+        }
+        if self.total >= self.max_total {
+            return Err(format!(
+                "the relay has {} connections open, its limit (relay.server.max_connections = {})",
+                self.total, self.max_total
+            ));
+        }
+        self.total += 1;
+        *self.per_client.entry(client.to_string()).or_default() += 1;
+        Ok(())
+    }
+
+    pub fn release(&mut self, client: &str) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.per_client.get_mut(client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_client.remove(client);
+            }
+        }
+    }
+
+    pub fn open(&self) -> u32 {
+        self.total
+    }
+}
+
+/// What to do with one more line of a kind that is rate-limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogDecision {
+    /// Log it; `suppressed` lines were dropped since the last one logged.
+    Log {
+        suppressed: u64,
+    },
+    Drop,
+}
+
+/// At most `burst` lines per `window_ms`.
+#[derive(Debug)]
+pub struct LogLimiter {
+    burst: u32,
+    window_ms: u64,
+    window_start: u64,
+    in_window: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    pub fn new(burst: u32, window_ms: u64) -> LogLimiter {
+        LogLimiter {
+            burst,
+            window_ms,
+            window_start: 0,
+            in_window: 0,
+            suppressed: 0,
+        }
+    }
+
+    pub fn decide(&mut self, now_ms: u64) -> LogDecision {
+        if now_ms >= self.window_start + self.window_ms {
+            self.window_start = now_ms;
+            self.in_window = 0;
+        }
+        if self.in_window < self.burst {
+            self.in_window += 1;
+            let suppressed = std::mem::take(&mut self.suppressed);
+            LogDecision::Log { suppressed }
+        } else {
+            self.suppressed += 1;
+            LogDecision::Drop
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_per_client_and_global() {
+        let mut l = ConnectionLimits::new(3);
+        assert!(l.acquire("a", Some(2)).is_ok());
+        assert!(l.acquire("a", Some(2)).is_ok());
+        let e = l.acquire("a", Some(2)).unwrap_err();
+        assert!(e.contains("client 'a'") && e.contains("= 2"), "{e}");
+        assert!(l.acquire("b", None).is_ok());
+        let e = l.acquire("b", None).unwrap_err();
+        assert!(e.contains("relay.server.max_connections = 3"), "{e}");
+        l.release("a");
+        assert!(l.acquire("b", None).is_ok());
+        assert_eq!(l.open(), 3);
+        for c in ["a", "b", "b", "zzz"] {
+            l.release(c);
+        }
+        assert_eq!(l.open(), 0);
+    }
+
+    #[test]
+    fn log_limiter_counts_what_it_drops() {
+        let mut l = LogLimiter::new(2, 1000);
+        assert_eq!(l.decide(0), LogDecision::Log { suppressed: 0 });
+        assert_eq!(l.decide(10), LogDecision::Log { suppressed: 0 });
+        assert_eq!(l.decide(20), LogDecision::Drop);
+        assert_eq!(l.decide(30), LogDecision::Drop);
+        assert_eq!(l.decide(1000), LogDecision::Log { suppressed: 2 });
+    }
+}
