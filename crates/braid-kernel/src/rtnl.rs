@@ -249,6 +249,33 @@ pub fn replace_route(
     Ok(())
 }
 
+/// Create a veth pair: `name` in the calling thread's namespace, its peer
+/// `peer` in the namespace open at `peer_netns` (a /run/netns file).
+pub fn add_veth(name: &str, peer: &str, peer_netns: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+    use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkInfo};
+    use std::os::fd::AsRawFd;
+    let mut peer_msg = LinkMessage::default();
+    peer_msg
+        .attributes
+        .push(LinkAttribute::IfName(peer.to_string()));
+    peer_msg
+        .attributes
+        .push(LinkAttribute::NetNsFd(peer_netns.as_raw_fd()));
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Veth),
+        LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+    ]));
+    open()?.request::<_, RouteNetlinkMessage>(
+        RouteNetlinkMessage::NewLink(msg),
+        Kind::Do,
+        NLM_F_CREATE | NLM_F_EXCL,
+        Op::Rtnetlink,
+    )?;
+    Ok(())
+}
+
 /// Add a policy rule: packets from `src` look up `table`.
 pub fn add_source_rule(src: IpAddr, table: u32, priority: u32) -> Result<()> {
     let mut msg = RuleMessage::default();

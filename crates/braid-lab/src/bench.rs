@@ -152,6 +152,7 @@ pub fn accuracy(
         paths: vec![base_spec],
         emulator_exe: exe,
         client_addr_absent: Vec::new(),
+        origin: false,
         seed: 1234,
     })?;
     let base = stream(&guard, rate_bps, packets.min(5000), SIZE)?;

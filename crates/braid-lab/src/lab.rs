@@ -5,6 +5,12 @@
 //!
 //! Path k (0-based) uses device `p{k}`, client address 10.{k+1}.0.1/24 and
 //! server address 10.{k+1}.0.2/24. State lives in /run/braid/lab/NAME.
+//!
+//! With an origin, a third namespace sits behind the server on a veth
+//! (server 10.250.0.1/24, origin 10.250.0.2/24), with MPTCP disabled: a
+//! plain-TCP server reached only through a relay running on the server
+//! (the server does not forward packets, so nothing reaches the origin
+//! directly).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::process::CommandExt;
@@ -35,11 +41,27 @@ pub struct PathInfo {
     pub spec: PathSpec,
 }
 
+/// The plain-TCP origin behind the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OriginInfo {
+    pub ns: String,
+    /// The server's address on the origin's link (where a relay connects from).
+    pub server_addr: IpAddr,
+    pub addr: IpAddr,
+}
+
+pub const ORIGIN_SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
+pub const ORIGIN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
+pub const ORIGIN_PREFIX: u8 = 24;
+const ORIGIN_DEV: &str = "o0";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LabState {
     pub name: String,
     pub client_ns: String,
     pub server_ns: String,
+    #[serde(default)]
+    pub origin: Option<OriginInfo>,
     pub paths: Vec<PathInfo>,
     pub emulator_pid: u32,
     pub control: PathBuf,
@@ -54,6 +76,8 @@ pub struct LabConfig {
     /// Paths whose client address is left out at first (added later).
     pub client_addr_absent: Vec<usize>,
     pub seed: u64,
+    /// Add a plain-TCP origin namespace behind the server.
+    pub origin: bool,
 }
 
 pub struct Lab {
@@ -200,7 +224,12 @@ impl Lab {
         let dir = state_dir(&cfg.name);
         let client_ns = format!("{}-c", cfg.name);
         let server_ns = format!("{}-s", cfg.name);
-        if dir.exists() || netns::exists(&client_ns) || netns::exists(&server_ns) {
+        let origin_ns = format!("{}-o", cfg.name);
+        if dir.exists()
+            || netns::exists(&client_ns)
+            || netns::exists(&server_ns)
+            || netns::exists(&origin_ns)
+        {
             return Err(LabError::Invalid(format!(
                 "a lab named '{}' is already up: remove it with 'braid lab down --name {}'",
                 cfg.name, cfg.name
@@ -226,6 +255,11 @@ impl Lab {
                 name: cfg.name.clone(),
                 client_ns,
                 server_ns,
+                origin: cfg.origin.then_some(OriginInfo {
+                    ns: origin_ns,
+                    server_addr: IpAddr::V4(ORIGIN_SERVER_ADDR),
+                    addr: IpAddr::V4(ORIGIN_ADDR),
+                }),
                 paths,
                 emulator_pid: 0,
                 control: dir.join("control.sock"),
@@ -350,6 +384,9 @@ impl Lab {
         for p in &st.paths {
             apply_rate(&st.client_ns, &p.dev, tbf_rate(&p.spec))?;
             apply_rate(&st.server_ns, &p.dev, tbf_rate(&p.spec))?;
+        }
+        if let Some(o) = &st.origin {
+            build_origin(&st.server_ns, o)?;
         }
         self.save()
     }
@@ -484,6 +521,31 @@ impl Lab {
     }
 }
 
+/// The origin: its namespace, the veth to the server, addresses, and no
+/// MPTCP (it stands for the servers on the Internet that have none).
+fn build_origin(server_ns: &str, o: &OriginInfo) -> Result<(), LabError> {
+    netns::create(&o.ns)?;
+    let origin_file = std::fs::File::open(netns::path(&o.ns)?)
+        .map_err(|e| LabError::Io(format!("opening namespace {}: {e}", o.ns)))?;
+    let (server_addr, origin_addr) = (o.server_addr, o.addr);
+    netns::run_in::<_, LabError>(server_ns, move || {
+        use std::os::fd::AsFd;
+        rtnl::add_veth(ORIGIN_DEV, ORIGIN_DEV, origin_file.as_fd())?;
+        let idx = ifindex(ORIGIN_DEV)?;
+        rtnl::add_address(idx, server_addr, ORIGIN_PREFIX)?;
+        rtnl::set_link_up(idx, true)?;
+        Ok(())
+    })?;
+    netns::run_in::<_, LabError>(&o.ns, move || {
+        write_proc_sys("net/mptcp/enabled", "0")?;
+        rtnl::set_link_up(ifindex("lo")?, true)?;
+        let idx = ifindex(ORIGIN_DEV)?;
+        rtnl::add_address(idx, origin_addr, ORIGIN_PREFIX)?;
+        rtnl::set_link_up(idx, true)?;
+        Ok(())
+    })
+}
+
 fn pid_is_our_emulator(pid: u32, name: &str) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
@@ -507,7 +569,11 @@ pub fn teardown(name: &str, state: Option<&LabState>) -> Result<(), LabError> {
     let client_ns = format!("{name}-c");
     let server_ns = format!("{name}-s");
     let dir = state_dir(name);
-    if state.is_none() && !dir.exists() && !netns::exists(&client_ns) && !netns::exists(&server_ns)
+    if state.is_none()
+        && !dir.exists()
+        && !netns::exists(&client_ns)
+        && !netns::exists(&server_ns)
+        && !netns::exists(&format!("{name}-o"))
     {
         return Err(LabError::Invalid(format!("no lab named '{name}' is up")));
     }
@@ -527,8 +593,12 @@ pub fn teardown(name: &str, state: Option<&LabState>) -> Result<(), LabError> {
             }
         }
     }
+    let origin_ns = format!("{name}-o");
     let mut first_err = None;
-    for ns in [&client_ns, &server_ns] {
+    for ns in [&client_ns, &server_ns, &origin_ns] {
+        if ns == &origin_ns && !netns::exists(ns) {
+            continue;
+        }
         if let Err(e) = netns::delete(ns) {
             first_err.get_or_insert(LabError::from(e));
         }

@@ -13,6 +13,7 @@ pub mod shaper;
 pub mod spec;
 pub mod traffic;
 pub mod tun;
+pub mod via;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {

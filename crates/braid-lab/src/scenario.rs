@@ -12,6 +12,7 @@ use crate::pm::{self, PmKind};
 use crate::runlogs::RunLogs;
 use crate::spec::PathSpec;
 use crate::traffic::{Bulk, BulkResult, Endpoints, Probe, ProbeResult};
+use crate::via::{self, Via};
 use crate::LabError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -78,6 +79,9 @@ pub struct RunConfig {
     /// traffic starts.
     pub client_sysctls: Vec<Sysctl>,
     pub server_sysctls: Vec<Sysctl>,
+    /// How the client reaches the server: directly over MPTCP, or through
+    /// a relay to a plain-TCP origin.
+    pub via: Via,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,6 +117,7 @@ pub struct Metrics {
 pub struct Report {
     pub scenario: &'static str,
     pub pm: &'static str,
+    pub via: &'static str,
     pub direction: &'static str,
     pub duration_s: f64,
     pub paths: Vec<PathSpec>,
@@ -171,7 +176,7 @@ fn sysctl_notes(cfg: &RunConfig) -> Vec<String> {
 
 /// Run one scenario in a fresh lab that is removed afterwards.
 pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
-    if let Some(why) = cfg.pm.unavailable() {
+    if let Some(why) = cfg.pm.unavailable().or_else(|| cfg.via.unavailable()) {
         return Err(LabError::Invalid(why));
     }
     if cfg.paths.len() < 2 {
@@ -192,6 +197,7 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
         emulator_exe: cfg.emulator_exe.clone(),
         client_addr_absent: absent,
         seed: 7,
+        origin: cfg.via != Via::Direct,
     })?;
     let mut logs = match &cfg.logs {
         Some(dir) => Some(RunLogs::start(dir, cfg.pm, guard.lab(), &cfg.emulator_exe)?),
@@ -208,11 +214,18 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
             list.iter().try_for_each(Sysctl::apply)
         })?;
     }
+    let proxies = via::start(cfg.via, guard.lab(), &cfg.emulator_exe)?;
+    let (server_ns, server_addr) = match &st.origin {
+        Some(o) if proxies.is_some() => (o.ns.clone(), o.addr),
+        _ => (st.server_ns.clone(), st.paths[0].server_addr),
+    };
     let ep = Endpoints {
         client_ns: st.client_ns.clone(),
-        server_ns: st.server_ns.clone(),
-        server_addr: st.paths[0].server_addr,
+        server_ns,
+        server_addr,
+        mptcp_server_ns: st.server_ns.clone(),
         path_client_addrs: st.paths.iter().map(|p| p.client_addr).collect(),
+        socks: proxies.as_ref().map(|p| p.socks),
     };
     let d_ms = cfg.duration.as_secs_f64() * 1000.0;
     let mut events = Vec::new();
@@ -226,6 +239,7 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
             200.0,
         )?;
         let p = probe.finish()?;
+        drop(proxies);
         drop(_pm);
         if let Some(l) = logs {
             l.finish(guard.lab());
@@ -234,6 +248,7 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
         return Ok(Report {
             scenario: cfg.scenario.name(),
             pm: cfg.pm.name(),
+            via: cfg.via.name(),
             direction: "request/response",
             duration_s: cfg.duration.as_secs_f64(),
             paths,
@@ -334,6 +349,7 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
         }
     }
     let r = bulk.finish()?;
+    drop(proxies);
     drop(_pm);
     if let Some(l) = logs {
         l.finish(guard.lab());
@@ -395,6 +411,7 @@ fn report(
     Report {
         scenario: cfg.scenario.name(),
         pm: cfg.pm.name(),
+        via: cfg.via.name(),
         direction: if cfg.upload { "upload" } else { "download" },
         duration_s: cfg.duration.as_secs_f64(),
         paths,

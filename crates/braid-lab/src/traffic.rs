@@ -40,10 +40,94 @@ fn fill_pattern(buf: &mut [u8], offset: u64) {
 #[derive(Debug, Clone)]
 pub struct Endpoints {
     pub client_ns: String,
+    /// Where the traffic's servers listen: the lab's server, or the
+    /// plain-TCP origin behind a relay.
     pub server_ns: String,
     pub server_addr: IpAddr,
+    /// Where the server side's MPTCP subflows are: the server itself, or
+    /// the relay in front of the origin.
+    pub mptcp_server_ns: String,
     /// The client's address on each path, to attribute subflows to paths.
     pub path_client_addrs: Vec<IpAddr>,
+    /// Reach the server through this SOCKS5 proxy (in the client's
+    /// namespace) with plain TCP, as an unmodified program would, instead
+    /// of connecting over MPTCP.
+    pub socks: Option<SocketAddr>,
+}
+
+/// Connect from the client to `target`: over MPTCP, or through the SOCKS5
+/// proxy. Returns the stream and how it travels.
+fn client_connect(
+    socks: Option<SocketAddr>,
+    target: SocketAddr,
+) -> std::io::Result<(std::net::TcpStream, String)> {
+    match socks {
+        None => {
+            let (s, t) = socket::connect(target)?;
+            let transport = transport_of(&s, t);
+            Ok((s, transport))
+        }
+        Some(proxy) => Ok((socks5_connect(proxy, target)?, "tcp through a proxy".into())),
+    }
+}
+
+/// A SOCKS5 CONNECT (RFC 1928, no authentication) over plain TCP.
+pub fn socks5_connect(
+    proxy: SocketAddr,
+    target: SocketAddr,
+) -> std::io::Result<std::net::TcpStream> {
+    use std::io::{Error, ErrorKind};
+    let mut s = std::net::TcpStream::connect(proxy)?;
+    s.set_nodelay(true)?;
+    s.write_all(&[5, 1, 0])?;
+    let mut choice = [0u8; 2];
+    s.read_exact(&mut choice)?;
+    if choice != [5, 0] {
+        return Err(Error::other(format!(
+            "the SOCKS5 proxy {proxy} refused: {choice:?}"
+        )));
+    }
+    let mut req = vec![5, 1, 0];
+    match target.ip() {
+        IpAddr::V4(a) => {
+            req.push(1);
+            req.extend_from_slice(&a.octets());
+        }
+        IpAddr::V6(a) => {
+            req.push(4);
+            req.extend_from_slice(&a.octets());
+        }
+    }
+    req.extend_from_slice(&target.port().to_be_bytes());
+    s.write_all(&req)?;
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head)?;
+    if head[1] != 0 {
+        return Err(Error::new(
+            ErrorKind::ConnectionRefused,
+            format!(
+                "the SOCKS5 proxy {proxy} could not connect to {target} (reply {})",
+                head[1]
+            ),
+        ));
+    }
+    let rest = match head[3] {
+        1 => 4 + 2,
+        4 => 16 + 2,
+        3 => {
+            let mut n = [0u8; 1];
+            s.read_exact(&mut n)?;
+            n[0] as usize + 2
+        }
+        other => {
+            return Err(Error::other(format!(
+                "SOCKS5 reply with address type {other}"
+            )))
+        }
+    };
+    let mut skip = vec![0u8; rest];
+    s.read_exact(&mut skip)?;
+    Ok(s)
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -309,8 +393,9 @@ impl Bulk {
         }
         let target = SocketAddr::new(ep.server_addr, port);
         let client_ns = ep.client_ns.clone();
-        let client = in_thread(&client_ns, move || socket::connect(target));
-        let (cstream, ctransport) = client
+        let socks = ep.socks;
+        let client = in_thread(&client_ns, move || client_connect(socks, target));
+        let (cstream, transport) = client
             .join()
             .map_err(|_| LabError::Io("traffic client panicked".into()))??
             .map_err(|e| LabError::Io(format!("connecting to {target}: {e}")))?;
@@ -319,11 +404,11 @@ impl Bulk {
             .map_err(|_| LabError::Io("traffic server panicked".into()))??
             .ok_or_else(|| LabError::Io("the traffic server did not accept".into()))?;
         let t0 = mono_ns();
-        let transport = transport_of(&cstream, ctransport);
         // Sockets keep their namespace: the threads need not enter one.
+        // Subflows are sampled where the receiving side's MPTCP is.
         let (mut send_s, mut recv_s, recv_ns) = match dir {
             Direction::Download => (sstream, cstream, ep.client_ns.clone()),
-            Direction::Upload => (cstream, sstream, ep.server_ns.clone()),
+            Direction::Upload => (cstream, sstream, ep.mptcp_server_ns.clone()),
         };
         let sender = std::thread::spawn(move || Ok(send_pattern(&mut send_s, dur_ns)));
         let receiver = std::thread::spawn(move || {
@@ -548,8 +633,10 @@ impl Probe {
             Err(_) => return Err(LabError::Io("the probe server did not start".into())),
         }
         let target = SocketAddr::new(ep.server_addr, port);
+        let socks = ep.socks;
         let client = in_thread(&ep.client_ns, move || -> Result<ProbeResult, String> {
-            let (s, _) = socket::connect(target).map_err(|e| format!("probe connect: {e}"))?;
+            let (s, _) =
+                client_connect(socks, target).map_err(|e| format!("probe connect: {e}"))?;
             let _ = s.set_nodelay(true);
             let mut reader = s.try_clone().map_err(|e| e.to_string())?;
             let mut writer = s;

@@ -146,6 +146,12 @@ pub struct RunArgs {
     /// The same in the server's namespace.
     #[arg(long, value_name = "NAME=VALUE")]
     pub server_sysctl: Vec<String>,
+    /// How the client reaches the server: direct (MPTCP), relay (Braid's
+    /// relay to a plain-TCP origin behind the server, through SOCKS5) or
+    /// shadowsocks (shadowsocks-libev under mptcpize, the same way);
+    /// comma-separated for compare.
+    #[arg(long, default_value = "direct")]
+    pub via: String,
     #[command(flatten)]
     pub link: LinkArgs,
 }
@@ -266,6 +272,7 @@ fn run_lab(ctx: &Ctx, cmd: LabCmd) -> Result<(), LabError> {
                 paths,
                 emulator_exe: exe,
                 client_addr_absent: Vec::new(),
+                origin: false,
                 seed: 1,
             })?;
             print_lab(ctx, &lab);
@@ -343,9 +350,9 @@ fn run_lab(ctx: &Ctx, cmd: LabCmd) -> Result<(), LabError> {
         }
         LabCmd::Run(a) => {
             let pms = parse_pms(&a.pm)?;
-            if pms.len() != 1 {
+            if pms.len() != 1 || parse_vias(&a.via)?.len() != 1 {
                 return Err(LabError::Invalid(
-                    "'lab run' takes one --pm; use 'lab compare' for several".into(),
+                    "'lab run' takes one --pm and one --via; use 'lab compare' for several".into(),
                 ));
             }
             let reports = run_all(&a, &pms)?;
@@ -440,6 +447,7 @@ fn print_lab(ctx: &Ctx, lab: &Lab) {
 
 use braid_lab::pm::PmKind;
 use braid_lab::scenario::{self, Report, RunConfig, Scenario};
+use braid_lab::via::Via;
 
 fn parse_pms(s: &str) -> Result<Vec<PmKind>, LabError> {
     s.split(',').map(|p| PmKind::parse(p.trim())).collect()
@@ -463,7 +471,11 @@ fn unique_lab_name(i: usize) -> String {
     format!("r{}x{i}", std::process::id() % 1_000_000)
 }
 
-fn run_config(a: &RunArgs, pm: PmKind, i: usize) -> Result<RunConfig, LabError> {
+fn parse_vias(s: &str) -> Result<Vec<Via>, LabError> {
+    s.split(',').map(|v| Via::parse(v.trim())).collect()
+}
+
+fn run_config(a: &RunArgs, pm: PmKind, via: Via, i: usize) -> Result<RunConfig, LabError> {
     // As many paths as the longest per-path list, and at least two.
     let n = [&a.link.rate, &a.link.delay, &a.link.jitter, &a.link.loss]
         .iter()
@@ -494,6 +506,7 @@ fn run_config(a: &RunArgs, pm: PmKind, i: usize) -> Result<RunConfig, LabError> 
             .iter()
             .map(|s| Sysctl::parse(s))
             .collect::<Result<_, _>>()?,
+        via,
     })
 }
 
@@ -506,16 +519,27 @@ fn run_all(a: &RunArgs, pms: &[PmKind]) -> Result<Vec<Report>, LabError> {
             return Err(LabError::Invalid(format!("--pm {}: {why}", pm.name())));
         }
     }
+    let vias = parse_vias(&a.via)?;
+    for via in &vias {
+        if let Some(why) = via.unavailable() {
+            return Err(LabError::Invalid(format!("--via {}: {why}", via.name())));
+        }
+    }
     let mut reports = Vec::new();
-    for (i, pm) in pms.iter().enumerate() {
-        let cfg = run_config(a, *pm, i)?;
-        eprintln!(
-            "braid: running {} with --pm {} for {:?}",
-            a.scenario,
-            pm.name(),
-            cfg.duration
-        );
-        reports.push(scenario::run(&cfg)?);
+    let mut i = 0;
+    for via in &vias {
+        for pm in pms {
+            let cfg = run_config(a, *pm, *via, i)?;
+            i += 1;
+            eprintln!(
+                "braid: running {} with --pm {} --via {} for {:?}",
+                a.scenario,
+                pm.name(),
+                via.name(),
+                cfg.duration
+            );
+            reports.push(scenario::run(&cfg)?);
+        }
     }
     Ok(reports)
 }
@@ -554,6 +578,9 @@ pub fn table(reports: &[Report]) -> String {
         rows.push((name.to_string(), reports.iter().map(f).collect()));
     };
     row("path manager", &|r| r.pm.to_string());
+    if reports.iter().any(|r| r.via != "direct") {
+        row("via", &|r| r.via.to_string());
+    }
     row("survived", &|r| {
         if r.survived {
             "yes".into()
@@ -674,6 +701,7 @@ fn demo(ctx: &Ctx, d: DemoArgs) -> Result<(), LabError> {
             logs: None,
             client_sysctl: Vec::new(),
             server_sysctl: Vec::new(),
+            via: "direct".into(),
             link: LinkArgs::default(),
         };
         let reports = run_all(&a, &pms)?;

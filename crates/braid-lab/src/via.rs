@@ -1,0 +1,305 @@
+//! How the lab's client reaches its server: directly over MPTCP, or as an
+//! unmodified program would reach a plain-TCP server on the Internet —
+//! through a proxy on the client that carries each connection over MPTCP
+//! to a relay on the server, which connects to the origin with plain TCP.
+//! Braid's relay, or shadowsocks-libev under mptcpize (the setup
+//! OpenMPTCProuter users run) as the reference.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use braid_relay::keys::PrivateKey;
+use serde::Serialize;
+
+use crate::lab::Lab;
+use crate::pm::spawn_in_netns;
+use crate::LabError;
+
+pub const SS_SERVER: &str = "/usr/bin/ss-server";
+pub const SS_LOCAL: &str = "/usr/bin/ss-local";
+pub const MPTCPIZE: &str = "/usr/bin/mptcpize";
+/// The cipher OpenMPTCProuter's shadowsocks setups use.
+pub const SS_METHOD: &str = "chacha20-ietf-poly1305";
+pub const RELAY_PORT: u16 = 7000;
+pub const SS_PORT: u16 = 8388;
+/// Where the proxy listens in the client's namespace.
+pub const SOCKS_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1080);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// MPTCP from the client to the server.
+    Direct,
+    /// Braid's relay: SOCKS5 on the client, `braid relay serve` on the server.
+    Relay,
+    /// shadowsocks-libev (ss-local, ss-server) under mptcpize.
+    Shadowsocks,
+}
+
+impl Via {
+    pub fn parse(s: &str) -> Result<Via, LabError> {
+        match s {
+            "direct" => Ok(Via::Direct),
+            "relay" => Ok(Via::Relay),
+            "shadowsocks" | "ss" => Ok(Via::Shadowsocks),
+            other => Err(LabError::Invalid(format!(
+                "unknown --via '{other}': choose direct, relay or shadowsocks"
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Via::Direct => "direct",
+            Via::Relay => "relay",
+            Via::Shadowsocks => "shadowsocks",
+        }
+    }
+
+    /// Why this cannot run here, if it cannot.
+    pub fn unavailable(self) -> Option<String> {
+        match self {
+            Via::Shadowsocks => [SS_SERVER, SS_LOCAL, MPTCPIZE]
+                .iter()
+                .find(|p| !Path::new(p).exists())
+                .map(|missing| {
+                    format!(
+                        "{missing} is missing: 'apt-get install shadowsocks-libev mptcpd' to compare with shadowsocks under mptcpize"
+                    )
+                }),
+            _ => None,
+        }
+    }
+}
+
+/// The proxies of a run; stopped on drop.
+pub struct RunningVia {
+    children: Vec<Child>,
+    /// Where the client's programs find the SOCKS5 proxy.
+    pub socks: SocketAddr,
+    /// Process ids: relay (or ss-server) first, then the client side.
+    pub pids: Vec<u32>,
+}
+
+impl Drop for RunningVia {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        for c in &mut self.children {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), LabError> {
+    std::fs::write(path, text).map_err(|e| LabError::Io(format!("writing {}: {e}", path.display())))
+}
+
+fn new_key(path: &Path) -> Result<PrivateKey, LabError> {
+    let _ = std::fs::remove_file(path);
+    let k = PrivateKey::generate().map_err(|e| LabError::Io(e.to_string()))?;
+    k.save_new(path).map_err(|e| LabError::Io(e.to_string()))?;
+    Ok(k)
+}
+
+/// Wait until `ready` says yes, or fail with the log's content.
+fn wait_ready(what: &str, log: &Path, mut ready: impl FnMut() -> bool) -> Result<(), LabError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ready() {
+        if Instant::now() > deadline {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(LabError::Io(format!(
+                "{what} did not start: {}",
+                text.trim()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+fn listening_in(ns: &str, addr: SocketAddr) -> bool {
+    braid_kernel::netns::run_in::<_, LabError>(ns, move || {
+        Ok(std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok())
+    })
+    .unwrap_or(false)
+}
+
+/// Start the proxies `via` needs in `lab` (which must have an origin).
+pub fn start(via: Via, lab: &Lab, braid_exe: &Path) -> Result<Option<RunningVia>, LabError> {
+    if via == Via::Direct {
+        return Ok(None);
+    }
+    if let Some(why) = via.unavailable() {
+        return Err(LabError::Invalid(why));
+    }
+    let st = &lab.state;
+    let origin = st
+        .origin
+        .as_ref()
+        .ok_or_else(|| LabError::Invalid("a relay needs a lab with an origin".into()))?;
+    let dir = crate::lab::state_dir(&st.name);
+    let relay_addr = SocketAddr::new(st.paths[0].server_addr, RELAY_PORT);
+    // Both ends take data in the SYN where they can (the relay uses it for
+    // its first message; ss-libev with --fast-open too).
+    for ns in [&st.client_ns, &st.server_ns] {
+        braid_kernel::netns::run_in::<_, LabError>(ns, || {
+            std::fs::write("/proc/sys/net/ipv4/tcp_fastopen", "3")
+                .map_err(|e| LabError::Io(format!("setting net.ipv4.tcp_fastopen: {e}")))
+        })?;
+    }
+    let mut running = RunningVia {
+        children: Vec::new(),
+        socks: SOCKS_ADDR,
+        pids: Vec::new(),
+    };
+    match via {
+        Via::Direct => unreachable!(),
+        Via::Relay => {
+            let relay_key = new_key(&dir.join("relay.key"))?;
+            let client_key = new_key(&dir.join("relay-client.key"))?;
+            let server_sock = dir.join("relay.sock");
+            let client_sock = dir.join("relay-client.sock");
+            let cfg = dir.join("relay.toml");
+            write(
+                &cfg,
+                &format!(
+                    "[relay.server]\nlisten = [\"0.0.0.0:{RELAY_PORT}\"]\nkey_file = \"{}\"\ncontrol_socket = \"{}\"\n\n[relay.server.destinations]\nallow = [\"{}/{}\"]\n\n[[relay.server.client]]\nname = \"lab\"\npublic_key = \"{}\"\n\n[relay.client]\nrelay = \"{relay_addr}\"\nrelay_public_key = \"{}\"\nkey_file = \"{}\"\nsocks = \"{SOCKS_ADDR}\"\nhttp = \"off\"\ncontrol_socket = \"{}\"\n",
+                    dir.join("relay.key").display(),
+                    server_sock.display(),
+                    origin.addr,
+                    crate::lab::ORIGIN_PREFIX,
+                    client_key.public(),
+                    relay_key.public(),
+                    dir.join("relay-client.key").display(),
+                    client_sock.display(),
+                ),
+            )?;
+            let server_log = dir.join("relay-server.log");
+            let child = spawn_in_netns(
+                &st.server_ns,
+                Command::new(braid_exe)
+                    .args(["relay", "serve", "-c"])
+                    .arg(&cfg),
+                &server_log,
+            )?;
+            running.pids.push(child.id());
+            running.children.push(child);
+            wait_ready("the relay", &server_log, || {
+                braid_relay::control::request_status(&server_sock).is_ok()
+            })?;
+            let client_log = dir.join("relay-client.log");
+            let child = spawn_in_netns(
+                &st.client_ns,
+                Command::new(braid_exe)
+                    .args(["relay", "connect", "-c"])
+                    .arg(&cfg),
+                &client_log,
+            )?;
+            running.pids.push(child.id());
+            running.children.push(child);
+            wait_ready("the relay client", &client_log, || {
+                braid_relay::control::request_status(&client_sock).is_ok()
+            })?;
+        }
+        Via::Shadowsocks => {
+            let password = format!("lab-{:016x}", fastrand::u64(..));
+            let server_log = dir.join("ss-server.log");
+            let child = spawn_in_netns(
+                &st.server_ns,
+                Command::new(MPTCPIZE).args([
+                    "run",
+                    SS_SERVER,
+                    "-s",
+                    "0.0.0.0",
+                    "-p",
+                    &SS_PORT.to_string(),
+                    "-k",
+                    &password,
+                    "-m",
+                    SS_METHOD,
+                    "--fast-open",
+                    "--no-delay",
+                ]),
+                &server_log,
+            )?;
+            running.pids.push(child.id());
+            running.children.push(child);
+            let ss_addr = SocketAddr::new(st.paths[0].server_addr, SS_PORT);
+            let server_ns = st.server_ns.clone();
+            wait_ready("ss-server", &server_log, || {
+                listening_in(&server_ns, ss_addr)
+            })?;
+            let client_log = dir.join("ss-local.log");
+            let child = spawn_in_netns(
+                &st.client_ns,
+                Command::new(MPTCPIZE).args([
+                    "run",
+                    SS_LOCAL,
+                    "-s",
+                    &ss_addr.ip().to_string(),
+                    "-p",
+                    &SS_PORT.to_string(),
+                    "-b",
+                    &SOCKS_ADDR.ip().to_string(),
+                    "-l",
+                    &SOCKS_ADDR.port().to_string(),
+                    "-k",
+                    &password,
+                    "-m",
+                    SS_METHOD,
+                    "--fast-open",
+                    "--no-delay",
+                ]),
+                &client_log,
+            )?;
+            running.pids.push(child.id());
+            running.children.push(child);
+            let client_ns = st.client_ns.clone();
+            wait_ready("ss-local", &client_log, || {
+                listening_in(&client_ns, SOCKS_ADDR)
+            })?;
+        }
+    }
+    Ok(Some(running))
+}
+
+/// CPU time (user + system) a process has used so far.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_micros(ticks * 1_000_000 / hz))
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Open file descriptors of a process.
+pub fn fd_count(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
