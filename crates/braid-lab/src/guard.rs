@@ -45,6 +45,16 @@ impl Drop for LabGuard {
     }
 }
 
+/// Remember a lab made another way (its namespaces follow the lab's
+/// naming), so a signal removes it too; [`forget`] when it is gone.
+pub fn remember(name: &str) {
+    ACTIVE.lock().unwrap().push(name.to_string());
+}
+
+pub fn forget(name: &str) {
+    ACTIVE.lock().unwrap().retain(|n| n != name);
+}
+
 /// Remove every lab this process has up (for signal handlers).
 pub fn teardown_active() {
     let names: Vec<String> = ACTIVE.lock().map(|a| a.clone()).unwrap_or_default();

@@ -7,12 +7,14 @@ pub mod guard;
 pub mod lab;
 pub mod plot;
 pub mod pm;
+pub mod relay_bench;
 pub mod runlogs;
 pub mod scenario;
 pub mod shaper;
 pub mod spec;
 pub mod traffic;
 pub mod tun;
+pub mod vethlab;
 pub mod via;
 
 #[derive(Debug, thiserror::Error)]

@@ -136,26 +136,65 @@ fn listening_in(ns: &str, addr: SocketAddr) -> bool {
     .unwrap_or(false)
 }
 
+/// Where the proxies run: a client and a server namespace, the server's
+/// address the client reaches, and the origin behind the server.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// Keys, configurations and logs go here.
+    pub dir: std::path::PathBuf,
+    pub client_ns: String,
+    pub server_ns: String,
+    pub server_addr: IpAddr,
+    pub origin_addr: IpAddr,
+}
+
+impl Site {
+    pub fn of(lab: &Lab) -> Result<Site, LabError> {
+        let st = &lab.state;
+        let origin = st
+            .origin
+            .as_ref()
+            .ok_or_else(|| LabError::Invalid("a relay needs a lab with an origin".into()))?;
+        Ok(Site {
+            dir: crate::lab::state_dir(&st.name),
+            client_ns: st.client_ns.clone(),
+            server_ns: st.server_ns.clone(),
+            server_addr: st.paths[0].server_addr,
+            origin_addr: origin.addr,
+        })
+    }
+}
+
 /// Start the proxies `via` needs in `lab` (which must have an origin).
 pub fn start(via: Via, lab: &Lab, braid_exe: &Path) -> Result<Option<RunningVia>, LabError> {
+    if via == Via::Direct {
+        return Ok(None);
+    }
+    start_at(via, &Site::of(lab)?, braid_exe, true)
+}
+
+/// Start the proxies at `site`; `fast_open` lets both ends put data in
+/// the SYN (TCP Fast Open).
+pub fn start_at(
+    via: Via,
+    site: &Site,
+    braid_exe: &Path,
+    fast_open: bool,
+) -> Result<Option<RunningVia>, LabError> {
     if via == Via::Direct {
         return Ok(None);
     }
     if let Some(why) = via.unavailable() {
         return Err(LabError::Invalid(why));
     }
-    let st = &lab.state;
-    let origin = st
-        .origin
-        .as_ref()
-        .ok_or_else(|| LabError::Invalid("a relay needs a lab with an origin".into()))?;
-    let dir = crate::lab::state_dir(&st.name);
-    let relay_addr = SocketAddr::new(st.paths[0].server_addr, RELAY_PORT);
+    let dir = site.dir.clone();
+    let relay_addr = SocketAddr::new(site.server_addr, RELAY_PORT);
     // Both ends take data in the SYN where they can (the relay uses it for
     // its first message; ss-libev with --fast-open too).
-    for ns in [&st.client_ns, &st.server_ns] {
-        braid_kernel::netns::run_in::<_, LabError>(ns, || {
-            std::fs::write("/proc/sys/net/ipv4/tcp_fastopen", "3")
+    let tfo = if fast_open { "3" } else { "1" };
+    for ns in [&site.client_ns, &site.server_ns] {
+        braid_kernel::netns::run_in::<_, LabError>(ns, move || {
+            std::fs::write("/proc/sys/net/ipv4/tcp_fastopen", tfo)
                 .map_err(|e| LabError::Io(format!("setting net.ipv4.tcp_fastopen: {e}")))
         })?;
     }
@@ -175,10 +214,10 @@ pub fn start(via: Via, lab: &Lab, braid_exe: &Path) -> Result<Option<RunningVia>
             write(
                 &cfg,
                 &format!(
-                    "[relay.server]\nlisten = [\"0.0.0.0:{RELAY_PORT}\"]\nkey_file = \"{}\"\ncontrol_socket = \"{}\"\n\n[relay.server.destinations]\nallow = [\"{}/{}\"]\n\n[[relay.server.client]]\nname = \"lab\"\npublic_key = \"{}\"\n\n[relay.client]\nrelay = \"{relay_addr}\"\nrelay_public_key = \"{}\"\nkey_file = \"{}\"\nsocks = \"{SOCKS_ADDR}\"\nhttp = \"off\"\ncontrol_socket = \"{}\"\n",
+                    "[relay.server]\nlisten = [\"0.0.0.0:{RELAY_PORT}\"]\nkey_file = \"{}\"\ncontrol_socket = \"{}\"\nfast_open = {fast_open}\nmax_connections = 100000\nmax_handshakes = 10000\n\n[relay.server.destinations]\nallow = [\"{}/{}\"]\n\n[[relay.server.client]]\nname = \"lab\"\npublic_key = \"{}\"\n\n[relay.client]\nrelay = \"{relay_addr}\"\nrelay_public_key = \"{}\"\nkey_file = \"{}\"\nsocks = \"{SOCKS_ADDR}\"\nhttp = \"off\"\nfast_open = {fast_open}\ncontrol_socket = \"{}\"\n",
                     dir.join("relay.key").display(),
                     server_sock.display(),
-                    origin.addr,
+                    site.origin_addr,
                     crate::lab::ORIGIN_PREFIX,
                     client_key.public(),
                     relay_key.public(),
@@ -188,7 +227,7 @@ pub fn start(via: Via, lab: &Lab, braid_exe: &Path) -> Result<Option<RunningVia>
             )?;
             let server_log = dir.join("relay-server.log");
             let child = spawn_in_netns(
-                &st.server_ns,
+                &site.server_ns,
                 Command::new(braid_exe)
                     .args(["relay", "serve", "-c"])
                     .arg(&cfg),
@@ -201,7 +240,7 @@ pub fn start(via: Via, lab: &Lab, braid_exe: &Path) -> Result<Option<RunningVia>
             })?;
             let client_log = dir.join("relay-client.log");
             let child = spawn_in_netns(
-                &st.client_ns,
+                &site.client_ns,
                 Command::new(braid_exe)
                     .args(["relay", "connect", "-c"])
                     .arg(&cfg),
@@ -217,56 +256,58 @@ pub fn start(via: Via, lab: &Lab, braid_exe: &Path) -> Result<Option<RunningVia>
             let password = format!("lab-{:016x}", fastrand::u64(..));
             let server_log = dir.join("ss-server.log");
             let child = spawn_in_netns(
-                &st.server_ns,
-                Command::new(MPTCPIZE).args([
-                    "run",
-                    SS_SERVER,
-                    "-s",
-                    "0.0.0.0",
-                    "-p",
-                    &SS_PORT.to_string(),
-                    "-k",
-                    &password,
-                    "-m",
-                    SS_METHOD,
-                    "--fast-open",
-                    "--no-delay",
-                ]),
+                &site.server_ns,
+                Command::new(MPTCPIZE)
+                    .args([
+                        "run",
+                        SS_SERVER,
+                        "-s",
+                        "0.0.0.0",
+                        "-p",
+                        &SS_PORT.to_string(),
+                        "-k",
+                        &password,
+                        "-m",
+                        SS_METHOD,
+                        "--no-delay",
+                    ])
+                    .args(fast_open.then_some("--fast-open")),
                 &server_log,
             )?;
             running.pids.push(child.id());
             running.children.push(child);
-            let ss_addr = SocketAddr::new(st.paths[0].server_addr, SS_PORT);
-            let server_ns = st.server_ns.clone();
+            let ss_addr = SocketAddr::new(site.server_addr, SS_PORT);
+            let server_ns = site.server_ns.clone();
             wait_ready("ss-server", &server_log, || {
                 listening_in(&server_ns, ss_addr)
             })?;
             let client_log = dir.join("ss-local.log");
             let child = spawn_in_netns(
-                &st.client_ns,
-                Command::new(MPTCPIZE).args([
-                    "run",
-                    SS_LOCAL,
-                    "-s",
-                    &ss_addr.ip().to_string(),
-                    "-p",
-                    &SS_PORT.to_string(),
-                    "-b",
-                    &SOCKS_ADDR.ip().to_string(),
-                    "-l",
-                    &SOCKS_ADDR.port().to_string(),
-                    "-k",
-                    &password,
-                    "-m",
-                    SS_METHOD,
-                    "--fast-open",
-                    "--no-delay",
-                ]),
+                &site.client_ns,
+                Command::new(MPTCPIZE)
+                    .args([
+                        "run",
+                        SS_LOCAL,
+                        "-s",
+                        &ss_addr.ip().to_string(),
+                        "-p",
+                        &SS_PORT.to_string(),
+                        "-b",
+                        &SOCKS_ADDR.ip().to_string(),
+                        "-l",
+                        &SOCKS_ADDR.port().to_string(),
+                        "-k",
+                        &password,
+                        "-m",
+                        SS_METHOD,
+                        "--no-delay",
+                    ])
+                    .args(fast_open.then_some("--fast-open")),
                 &client_log,
             )?;
             running.pids.push(child.id());
             running.children.push(child);
-            let client_ns = st.client_ns.clone();
+            let client_ns = site.client_ns.clone();
             wait_ready("ss-local", &client_log, || {
                 listening_in(&client_ns, SOCKS_ADDR)
             })?;

@@ -443,9 +443,12 @@ async fn open_tunnel(
         }
     }
     let Some((mut stream, addr)) = stream else {
+        let name = match &shared.relay.host {
+            Host::Name(_) => format!("{} ", shared.relay),
+            Host::Ip(_) => String::new(),
+        };
         return Err(unreachable(format!(
-            "cannot connect to the relay {}: {last_err}",
-            shared.relay
+            "cannot connect to the relay {name}({last_err})"
         )));
     };
     {
@@ -489,7 +492,12 @@ async fn open_tunnel(
         match timeout_at(deadline, stream.read(spare)).await {
             Ok(Ok(0)) => return Err(unreachable(silent())),
             Ok(Ok(n)) => reader.filled(n),
-            Ok(Err(e)) => return Err(unreachable(format!("reading the relay's answer: {e}"))),
+            Ok(Err(e)) => {
+                return Err(unreachable(format!(
+                    "reading the answer of the relay {} ({addr}): {e}",
+                    shared.relay
+                )))
+            }
             Err(_) => return Err(unreachable(silent())),
         }
     };

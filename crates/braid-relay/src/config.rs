@@ -42,6 +42,9 @@ fn default_max_connections() -> u32 {
 fn default_max_handshakes() -> u32 {
     512
 }
+fn default_max_handshakes_per_source() -> u32 {
+    64
+}
 fn default_handshake_timeout_ms() -> u64 {
     5000
 }
@@ -78,10 +81,13 @@ pub struct ServerConfig {
     /// Relayed connections open at once, all clients together.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
-    /// Connections still in their handshake at once (the rest are closed
-    /// at once): bounds what unauthenticated peers can hold.
+    /// Connections still in their handshake at once: bounds what
+    /// unauthenticated peers can hold (over it, the oldest is closed).
     #[serde(default = "default_max_handshakes")]
     pub max_handshakes: u32,
+    /// Of which at most this many from one address.
+    #[serde(default = "default_max_handshakes_per_source")]
+    pub max_handshakes_per_source: u32,
     /// A peer that has not completed its first message by then is closed,
     /// having heard nothing.
     #[serde(default = "default_handshake_timeout_ms")]

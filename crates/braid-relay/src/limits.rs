@@ -2,7 +2,8 @@
 //! rate limit on logging refused peers, so a scan or a flood cannot fill
 //! the journal.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 
 /// Open relayed connections, counted against the global and per-client
 /// limits.
@@ -56,6 +57,81 @@ impl ConnectionLimits {
 
     pub fn open(&self) -> u32 {
         self.total
+    }
+}
+
+/// Peers in their handshake: at most `max_total` at once (a newcomer over
+/// that evicts the oldest, so peers that stall cannot keep clients out:
+/// a real client finishes in one round trip and is rarely the oldest) and
+/// at most `max_per_source` from one address.
+#[derive(Debug)]
+pub struct Handshakes {
+    max_total: usize,
+    max_per_source: u32,
+    next_id: u64,
+    /// By id, which is also age: the first is the oldest.
+    by_id: BTreeMap<u64, IpAddr>,
+    per_source: HashMap<IpAddr, u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Go ahead as handshake `id`; close handshake `evict` to make room.
+    Admit { id: u64, evict: Option<u64> },
+    /// Close at once, for this reason.
+    Refuse(String),
+}
+
+impl Handshakes {
+    pub fn new(max_total: usize, max_per_source: u32) -> Handshakes {
+        Handshakes {
+            max_total: max_total.max(1),
+            max_per_source: max_per_source.max(1),
+            next_id: 0,
+            by_id: BTreeMap::new(),
+            per_source: HashMap::new(),
+        }
+    }
+
+    pub fn admit(&mut self, source: IpAddr) -> Admission {
+        let mine = self.per_source.get(&source).copied().unwrap_or(0);
+        if mine >= self.max_per_source {
+            return Admission::Refuse(format!(
+                "{source} has {mine} handshakes in progress (relay.server.max_handshakes_per_source)"
+            ));
+        }
+        let evict = if self.by_id.len() >= self.max_total {
+            let (oldest, _) = self
+                .by_id
+                .first_key_value()
+                .map(|(k, v)| (*k, *v))
+                .expect("full");
+            self.finish(oldest);
+            Some(oldest)
+        } else {
+            None
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        self.by_id.insert(id, source);
+        *self.per_source.entry(source).or_default() += 1;
+        Admission::Admit { id, evict }
+    }
+
+    /// Handshake `id` is over (done, failed or evicted); unknown ids are ignored.
+    pub fn finish(&mut self, id: u64) {
+        if let Some(source) = self.by_id.remove(&id) {
+            if let Some(n) = self.per_source.get_mut(&source) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_source.remove(&source);
+                }
+            }
+        }
+    }
+
+    pub fn in_progress(&self) -> usize {
+        self.by_id.len()
     }
 }
 
@@ -127,6 +203,33 @@ mod tests {
             l.release(c);
         }
         assert_eq!(l.open(), 0);
+    }
+
+    #[test]
+    fn handshakes_evict_the_oldest_and_bound_each_source() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let mut h = Handshakes::new(3, 2);
+        assert_eq!(h.admit(a), Admission::Admit { id: 0, evict: None });
+        assert_eq!(h.admit(a), Admission::Admit { id: 1, evict: None });
+        assert!(matches!(h.admit(a), Admission::Refuse(why) if why.contains("192.0.2.1 has 2")));
+        assert_eq!(h.admit(b), Admission::Admit { id: 2, evict: None });
+        // Full: the oldest (0, from a) makes room.
+        assert_eq!(
+            h.admit(b),
+            Admission::Admit {
+                id: 3,
+                evict: Some(0)
+            }
+        );
+        assert_eq!(h.in_progress(), 3);
+        // a has one left in progress, so it may start another.
+        h.finish(2);
+        assert_eq!(h.admit(a), Admission::Admit { id: 4, evict: None });
+        for id in 0..10 {
+            h.finish(id);
+        }
+        assert_eq!(h.in_progress(), 0);
     }
 
     #[test]

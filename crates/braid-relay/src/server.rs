@@ -13,13 +13,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tokio::time::timeout_at;
 use tracing::{debug, info, warn};
 
 use crate::config::ServerConfig;
 use crate::destinations::DestinationPolicy;
 use crate::keys::{PrivateKey, PublicKey};
-use crate::limits::{ConnectionLimits, LogDecision, LogLimiter};
+use crate::limits::{Admission, ConnectionLimits, Handshakes, LogDecision, LogLimiter};
 use crate::net::{self, FastOpen};
 use crate::noise::{Responder, FIRST_MESSAGE_OVERHEAD};
 use crate::pipe::{self, Counters, Outcome, Tunnel};
@@ -53,7 +54,9 @@ struct Shared {
     replay: Mutex<ReplayGuard>,
     limits: Mutex<ConnectionLimits>,
     refusal_log: Mutex<LogLimiter>,
-    handshakes: AtomicU64,
+    handshakes: Mutex<Handshakes>,
+    /// How to close each handshake in progress when it is evicted.
+    evictors: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     totals: Arc<StreamCounters>,
     refused: RefusalCounters,
     paths: PathTotals,
@@ -149,7 +152,11 @@ impl Server {
             )),
             limits: Mutex::new(ConnectionLimits::new(cfg.max_connections)),
             refusal_log: Mutex::new(LogLimiter::new(20, 60_000)),
-            handshakes: AtomicU64::new(0),
+            handshakes: Mutex::new(Handshakes::new(
+                cfg.max_handshakes as usize,
+                cfg.max_handshakes_per_source,
+            )),
+            evictors: Mutex::new(HashMap::new()),
             totals: Arc::default(),
             refused: RefusalCounters::default(),
             paths: PathTotals::default(),
@@ -237,18 +244,30 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        if shared.handshakes.load(Ordering::Relaxed) >= shared.cfg.max_handshakes as u64 {
-            shared.refused.count(Refusal::TooManyHandshakes);
-            log_refusal(
-                &shared,
-                peer,
-                "too many handshakes in progress (relay.server.max_handshakes): closed at once",
-            );
-            drop(stream);
-            continue;
-        }
-        shared.handshakes.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(handle(stream, peer, shared.clone()));
+        let admission = shared
+            .handshakes
+            .lock()
+            .expect("not poisoned")
+            .admit(peer.ip());
+        let (id, evicted) = match admission {
+            Admission::Admit { id, evict } => {
+                let (tx, rx) = oneshot::channel();
+                let mut evictors = shared.evictors.lock().expect("not poisoned");
+                if let Some(old) = evict.and_then(|e| evictors.remove(&e)) {
+                    shared.refused.count(Refusal::TooManyHandshakes);
+                    let _ = old.send(());
+                }
+                evictors.insert(id, tx);
+                (id, rx)
+            }
+            Admission::Refuse(why) => {
+                shared.refused.count(Refusal::TooManyHandshakes);
+                log_refusal(&shared, peer, &format!("{why}: closed at once"));
+                drop(stream);
+                continue;
+            }
+        };
+        tokio::spawn(handle(stream, peer, shared.clone(), id, evicted));
     }
 }
 
@@ -334,12 +353,24 @@ async fn read_first(
     }
 }
 
-/// Counts a handshake as finished when dropped.
-struct HandshakeSlot<'a>(&'a AtomicU64);
+/// Ends a handshake's entry in the table when dropped.
+struct HandshakeSlot<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
 
 impl Drop for HandshakeSlot<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.shared
+            .handshakes
+            .lock()
+            .expect("not poisoned")
+            .finish(self.id);
+        self.shared
+            .evictors
+            .lock()
+            .expect("not poisoned")
+            .remove(&self.id);
     }
 }
 
@@ -359,21 +390,37 @@ impl Drop for ConnectionSlot {
     }
 }
 
-async fn handle(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn handle(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    id: u64,
+    mut evicted: oneshot::Receiver<()>,
+) {
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(shared.cfg.handshake_timeout_ms);
-    let slot = HandshakeSlot(&shared.handshakes);
+    let slot = HandshakeSlot {
+        shared: &shared,
+        id,
+    };
     let mut reader = MessageReader::new();
-    let accepted = match read_first(&mut stream, &mut reader, deadline).await {
-        Ok(first) => authenticate(&shared, &first),
-        Err(r) => Err(r),
+    let accepted = tokio::select! {
+        first = read_first(&mut stream, &mut reader, deadline) => match first {
+            Ok(first) => authenticate(&shared, &first),
+            Err(r) => Err(r),
+        },
+        // Made room for a newer peer: close, as a busy server would.
+        _ = &mut evicted => return,
     };
     let (responder, client_key, request) = match accepted {
         Ok(v) => v,
         Err(Refused::Silently(kind, why)) => {
             shared.refused.count(kind);
             log_refusal(&shared, peer, &why);
-            silence(stream, deadline).await;
+            tokio::select! {
+                _ = silence(stream, deadline) => {}
+                _ = &mut evicted => {}
+            }
             drop(slot);
             return;
         }
@@ -639,7 +686,11 @@ async fn status(shared: &Shared) -> ServerStatus {
         over_mptcp: shared.over_mptcp.load(Ordering::Relaxed),
         over_tcp: shared.over_tcp.load(Ordering::Relaxed),
         clients,
-        handshakes_in_progress: shared.handshakes.load(Ordering::Relaxed),
+        handshakes_in_progress: shared
+            .handshakes
+            .lock()
+            .expect("not poisoned")
+            .in_progress() as u64,
         refused: shared.refused.snapshot(),
         replay_memory: shared.replay.lock().expect("not poisoned").remembered() as u64,
         paths: shared.paths.with_live(&live),

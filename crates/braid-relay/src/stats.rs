@@ -85,7 +85,8 @@ pub enum Refusal {
     UnknownKey,
     /// A replayed (or badly clocked) first message.
     Replay,
-    /// Too many peers in their handshake at once: closed at once.
+    /// Too many peers in their handshake: the oldest closed to make room,
+    /// or a source over its own limit closed at once.
     TooManyHandshakes,
     /// A connection limit (global or per client).
     OverLimit,

@@ -60,6 +60,9 @@ pub enum LabCmd {
     Demo(DemoArgs),
     /// Measure the link emulator: added delay, loss, throughput and CPU at a rate.
     BenchEmulator(BenchArgs),
+    /// Measure the relay against shadowsocks: forwarding cost, time to first byte, many connections.
+    #[command(subcommand)]
+    BenchRelay(BenchRelayCmd),
     /// (internal) run the link emulator of a lab.
     #[command(hide = true)]
     Emulate {
@@ -166,6 +169,41 @@ pub struct BenchArgs {
     pub delay: String,
     #[arg(long, default_value = "1%")]
     pub loss: String,
+}
+
+#[derive(Subcommand)]
+pub enum BenchRelayCmd {
+    /// One TCP download through each proxy over veth paths at full speed; CPU per GB.
+    Throughput {
+        /// direct, relay, shadowsocks (comma-separated).
+        #[arg(long, default_value = "direct,relay,shadowsocks")]
+        via: String,
+        #[arg(long, default_value_t = 2)]
+        paths: usize,
+        #[arg(long, default_value = "10s")]
+        duration: String,
+    },
+    /// Time from connecting to the response of a short request, over the emulated paths.
+    Ttfb {
+        #[arg(long, default_value = "direct,relay,shadowsocks")]
+        via: String,
+        #[arg(long, default_value_t = 50)]
+        samples: usize,
+        /// Also measure without TCP Fast Open.
+        #[arg(long)]
+        without_fast_open: bool,
+        #[command(flatten)]
+        link: LinkArgs,
+    },
+    /// Many relayed connections open at once: set-up time, memory, descriptors.
+    Scale {
+        #[arg(long, default_value = "relay,shadowsocks")]
+        via: String,
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        per_client: usize,
+    },
 }
 
 #[derive(Args)]
@@ -398,6 +436,7 @@ fn run_lab(ctx: &Ctx, cmd: LabCmd) -> Result<(), LabError> {
             }
             Ok(())
         }
+        LabCmd::BenchRelay(b) => bench_relay(ctx, b),
         LabCmd::Emulate { config } => {
             let bytes = std::fs::read(&config)
                 .map_err(|e| LabError::Io(format!("reading {}: {e}", config.display())))?;
@@ -410,6 +449,152 @@ fn run_lab(ctx: &Ctx, cmd: LabCmd) -> Result<(), LabError> {
             braid_lab::emulator::run(cfg)
         }
     }
+}
+
+fn bench_relay(ctx: &Ctx, b: BenchRelayCmd) -> Result<(), LabError> {
+    use braid_lab::relay_bench;
+    install_signal_teardown();
+    let exe = std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?;
+    let name = format!("rb{}", std::process::id() % 100_000);
+    let check = |vias: &[Via]| -> Result<(), LabError> {
+        for v in vias {
+            if let Some(why) = v.unavailable() {
+                return Err(LabError::Invalid(format!("--via {}: {why}", v.name())));
+            }
+        }
+        Ok(())
+    };
+    match b {
+        BenchRelayCmd::Throughput {
+            via,
+            paths,
+            duration,
+        } => {
+            let vias = parse_vias(&via)?;
+            check(&vias)?;
+            let d = std::time::Duration::from_micros(spec::parse_duration_us(&duration)?);
+            let mut reports = Vec::new();
+            for v in vias {
+                eprintln!("braid: one download through {} for {d:?}", v.name());
+                reports.push(relay_bench::throughput(&exe, &name, v, paths, d)?);
+            }
+            if ctx.json {
+                print_json(&reports);
+            } else {
+                println!(
+                    "{:<12} {:>9} {:>16} {:>17} {:>19} {:>20}",
+                    "via",
+                    "Gbit/s",
+                    "relay CPU s/GB",
+                    "client CPU s/GB",
+                    "Gbit/s per relay core",
+                    "Gbit/s per client core"
+                );
+                for r in &reports {
+                    println!(
+                        "{:<12} {:>9.2} {:>16} {:>17} {:>19} {:>20}",
+                        r.via,
+                        r.gbit_per_s,
+                        opt(r.relay_cpu_s_per_gb, 2),
+                        opt(r.client_cpu_s_per_gb, 2),
+                        opt(r.gbit_per_s_per_relay_core, 2),
+                        opt(r.gbit_per_s_per_client_core, 2)
+                    );
+                }
+            }
+        }
+        BenchRelayCmd::Ttfb {
+            via,
+            samples,
+            without_fast_open,
+            link,
+        } => {
+            let vias = parse_vias(&via)?;
+            check(&vias)?;
+            let mut reports = Vec::new();
+            for v in vias {
+                let modes: &[bool] = match (v, without_fast_open) {
+                    (Via::Direct, _) | (_, false) => &[true],
+                    _ => &[true, false],
+                };
+                for fo in modes {
+                    eprintln!(
+                        "braid: {samples} short requests through {} (fast open {})",
+                        v.name(),
+                        if *fo { "on" } else { "off" }
+                    );
+                    reports.push(relay_bench::ttfb(
+                        &exe,
+                        &name,
+                        v,
+                        *fo,
+                        path_specs(2, &link)?,
+                        samples,
+                    )?);
+                }
+            }
+            if ctx.json {
+                print_json(&reports);
+            } else {
+                println!(
+                    "{:<12} {:>9} {:>9} {:>9} {:>9} {:>14}",
+                    "via", "fast open", "p50 ms", "p90 ms", "max ms", "path RTT ms"
+                );
+                for r in &reports {
+                    println!(
+                        "{:<12} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>14.1}",
+                        r.via,
+                        if r.via == "direct" {
+                            "-"
+                        } else if r.fast_open {
+                            "on"
+                        } else {
+                            "off"
+                        },
+                        r.p50_ms,
+                        r.p90_ms,
+                        r.max_ms,
+                        r.path_rtt_ms
+                    );
+                }
+            }
+        }
+        BenchRelayCmd::Scale {
+            via,
+            clients,
+            per_client,
+        } => {
+            let vias = parse_vias(&via)?;
+            check(&vias)?;
+            let mut reports = Vec::new();
+            for v in vias {
+                eprintln!(
+                    "braid: {clients} clients x {per_client} connections through {}",
+                    v.name()
+                );
+                reports.push(relay_bench::scale(&exe, &name, v, clients, per_client)?);
+            }
+            if ctx.json {
+                print_json(&reports);
+            } else {
+                for r in &reports {
+                    println!(
+                        "{}: {} connections ({} failed) open in {:.2} s; set-up p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                        r.via, r.connections, r.failures, r.all_open_s, r.setup_p50_ms, r.setup_p99_ms, r.setup_max_ms
+                    );
+                    println!(
+                        "  relay:  RSS {} -> {} KiB ({:.1} KiB per connection), fds {} -> {} -> {} after close",
+                        r.relay_rss_idle_kib, r.relay_rss_peak_kib, r.relay_rss_per_connection_kib, r.relay_fds_idle, r.relay_fds_peak, r.relay_fds_after
+                    );
+                    println!(
+                        "  client: RSS {} -> {} KiB ({:.1} KiB per connection), fds {} -> {} after close",
+                        r.client_rss_idle_kib, r.client_rss_peak_kib, r.client_rss_per_connection_kib, r.client_fds_idle, r.client_fds_after
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn print_lab(ctx: &Ctx, lab: &Lab) {

@@ -1,0 +1,451 @@
+//! Benchmarks of the relay against shadowsocks-libev under mptcpize, in
+//! the same topology and the same run: forwarding cost at full speed
+//! (veth lab), time to first byte over emulated paths, and many
+//! connections at once.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::guard::LabGuard;
+use crate::lab::LabConfig;
+use crate::pm::{self, PmKind};
+use crate::spec::PathSpec;
+use crate::traffic::{percentile, socks5_connect};
+use crate::vethlab::VethLab;
+use crate::via::{self, cpu_time, fd_count, rss_kib, RunningVia, Site, Via};
+use crate::LabError;
+
+const SOURCE_PORT: u16 = 5300;
+const ECHO_PORT: u16 = 5301;
+const REQUEST: usize = 100;
+const RESPONSE: usize = 1000;
+
+/// A server in a namespace (a thread of this process), stopped when dropped.
+struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    addr: SocketAddr,
+    ns: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop, from inside its namespace.
+        let addr = self.addr;
+        let _ = braid_kernel::netns::run_in::<_, LabError>(&self.ns, move || {
+            let _ = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+            Ok(())
+        });
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Serve {
+    /// Send data for this long, then close.
+    Source(Duration),
+    /// Answer each connection's request with a response, then wait for
+    /// the client to close.
+    Respond,
+}
+
+/// Serve in `ns` on `addr` (MPTCP when `mptcp`, so a direct client can use
+/// its paths), one thread per connection.
+fn serve(ns: &str, addr: SocketAddr, mptcp: bool, what: Serve) -> Result<Server, LabError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let ns_name = ns.to_string();
+    let ns = ns.to_string();
+    let stop2 = stop.clone();
+    let thread = std::thread::spawn(move || {
+        if let Err(e) = braid_kernel::netns::enter(&ns) {
+            let _ = tx.send(Err(e.to_string()));
+            return;
+        }
+        let listener = if mptcp {
+            braid_kernel::socket::listen(addr).map(|(l, _)| l)
+        } else {
+            std::net::TcpListener::bind(addr)
+        };
+        let listener = match listener {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = tx.send(Err(format!("listening on {addr}: {e}")));
+                return;
+            }
+        };
+        let _ = tx.send(Ok(()));
+        for conn in listener.incoming() {
+            if stop2.load(Ordering::Relaxed) {
+                break;
+            }
+            let Ok(mut s) = conn else { continue };
+            let _ = s.set_nodelay(true);
+            std::thread::spawn(move || match what {
+                Serve::Source(d) => {
+                    let buf = vec![0x5au8; 256 * 1024];
+                    let end = Instant::now() + d;
+                    while Instant::now() < end {
+                        if s.write_all(&buf).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Serve::Respond => {
+                    let mut req = [0u8; REQUEST];
+                    if s.read_exact(&mut req).is_err() {
+                        return;
+                    }
+                    if s.write_all(&[0xa5u8; RESPONSE]).is_err() {
+                        return;
+                    }
+                    let mut sink = [0u8; 64];
+                    while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+                }
+            });
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(Ok(())) => Ok(Server {
+            stop,
+            thread: Some(thread),
+            addr,
+            ns: ns_name,
+        }),
+        Ok(Err(e)) => Err(LabError::Io(e)),
+        Err(_) => Err(LabError::Io("the benchmark server did not start".into())),
+    }
+}
+
+/// Connect from the client namespace's thread: through the proxy, or
+/// directly over MPTCP.
+fn connect(proxy: Option<SocketAddr>, target: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    match proxy {
+        Some(p) => socks5_connect(p, target),
+        None => braid_kernel::socket::connect(target).map(|(s, _)| s),
+    }
+}
+
+fn in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> Result<T, LabError> + Send + 'static,
+) -> Result<T, LabError> {
+    braid_kernel::netns::run_in::<_, LabError>(ns, f)
+}
+
+/// CPU seconds of `pids` together.
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|p| cpu_time(*p))
+        .map(|d| d.as_secs_f64())
+        .sum()
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ThroughputReport {
+    pub via: &'static str,
+    pub paths: usize,
+    pub seconds: f64,
+    pub bytes: u64,
+    pub gbit_per_s: f64,
+    /// CPU seconds used per GB (10^9 bytes) carried.
+    pub relay_cpu_s_per_gb: Option<f64>,
+    pub client_cpu_s_per_gb: Option<f64>,
+    /// Goodput per core of CPU the relay (server side) used.
+    pub gbit_per_s_per_relay_core: Option<f64>,
+    pub gbit_per_s_per_client_core: Option<f64>,
+}
+
+/// One TCP download from the origin through `via` for `duration`, on veth
+/// paths at full speed.
+pub fn throughput(
+    exe: &Path,
+    name: &str,
+    via_kind: Via,
+    paths: usize,
+    duration: Duration,
+) -> Result<ThroughputReport, LabError> {
+    let lab = VethLab::up(name, paths)?;
+    let site = lab.site();
+    let proxies = via::start_at(via_kind, &site, exe, true)?;
+    let (server_ns, target) = match via_kind {
+        Via::Direct => (
+            site.server_ns.clone(),
+            SocketAddr::new(site.server_addr, SOURCE_PORT),
+        ),
+        _ => (
+            lab.origin_ns.clone(),
+            SocketAddr::new(site.origin_addr, SOURCE_PORT),
+        ),
+    };
+    let _server = serve(
+        &server_ns,
+        target,
+        via_kind == Via::Direct,
+        Serve::Source(duration),
+    )?;
+    let proxy = proxies.as_ref().map(|p| p.socks);
+    let (relay_pids, client_pids) = match &proxies {
+        Some(p) => (vec![p.pids[0]], vec![p.pids[1]]),
+        None => (Vec::new(), Vec::new()),
+    };
+    let cpu0 = (cpu_of(&relay_pids), cpu_of(&client_pids));
+    let (bytes, seconds) = in_ns(&site.client_ns, move || {
+        let mut s = connect(proxy, target).map_err(|e| LabError::Io(format!("connecting: {e}")))?;
+        let t0 = Instant::now();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut n = 0u64;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => n += k as u64,
+                Err(e) => return Err(LabError::Io(format!("receiving: {e}"))),
+            }
+        }
+        Ok((n, t0.elapsed().as_secs_f64()))
+    })?;
+    let cpu1 = (cpu_of(&relay_pids), cpu_of(&client_pids));
+    drop(proxies);
+    let gb = bytes as f64 / 1e9;
+    let gbps = bytes as f64 * 8.0 / seconds / 1e9;
+    let per_gb = |c: f64| (via_kind != Via::Direct && gb > 0.0).then_some(c / gb);
+    let per_core = |c: f64| (via_kind != Via::Direct && c > 0.0).then_some(gbps * seconds / c);
+    Ok(ThroughputReport {
+        via: via_kind.name(),
+        paths,
+        seconds,
+        bytes,
+        gbit_per_s: gbps,
+        relay_cpu_s_per_gb: per_gb(cpu1.0 - cpu0.0),
+        client_cpu_s_per_gb: per_gb(cpu1.1 - cpu0.1),
+        gbit_per_s_per_relay_core: per_core(cpu1.0 - cpu0.0),
+        gbit_per_s_per_client_core: per_core(cpu1.1 - cpu0.1),
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TtfbReport {
+    pub via: &'static str,
+    pub fast_open: bool,
+    pub samples: usize,
+    /// From starting to connect until the whole (one-segment) response of a
+    /// 100-byte request has arrived.
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub max_ms: f64,
+    /// The client–server round trip of the first path (twice its delay).
+    pub path_rtt_ms: f64,
+}
+
+/// Time to first byte of short requests over the emulated paths: directly
+/// over MPTCP to the server, or through a relay to the origin behind it
+/// (which adds no delay of its own).
+pub fn ttfb(
+    exe: &Path,
+    name: &str,
+    via_kind: Via,
+    fast_open: bool,
+    paths: Vec<PathSpec>,
+    samples: usize,
+) -> Result<TtfbReport, LabError> {
+    let path_rtt_ms = paths[0].delay_us as f64 * 2.0 / 1000.0;
+    let guard = LabGuard::up(LabConfig {
+        name: name.to_string(),
+        paths,
+        emulator_exe: exe.to_path_buf(),
+        client_addr_absent: Vec::new(),
+        seed: 3,
+        origin: true,
+    })?;
+    let _pm = pm::start(PmKind::Kernel, guard.lab(), exe)?;
+    let site = Site::of(guard.lab())?;
+    let proxies = via::start_at(via_kind, &site, exe, fast_open)?;
+    let origin_ns = guard
+        .lab()
+        .state
+        .origin
+        .as_ref()
+        .expect("lab with origin")
+        .ns
+        .clone();
+    let (server_ns, target) = match via_kind {
+        Via::Direct => (
+            site.server_ns.clone(),
+            SocketAddr::new(site.server_addr, ECHO_PORT),
+        ),
+        _ => (origin_ns, SocketAddr::new(site.origin_addr, ECHO_PORT)),
+    };
+    let _server = serve(&server_ns, target, via_kind == Via::Direct, Serve::Respond)?;
+    let proxy = proxies.as_ref().map(|p| p.socks);
+    let mut times = in_ns(&site.client_ns, move || {
+        let mut times = Vec::with_capacity(samples);
+        // One warm-up connection: it fetches the Fast Open cookie.
+        for i in 0..samples + 1 {
+            let t0 = Instant::now();
+            let mut s =
+                connect(proxy, target).map_err(|e| LabError::Io(format!("connecting: {e}")))?;
+            s.write_all(&[1u8; REQUEST])
+                .map_err(|e| LabError::Io(format!("sending: {e}")))?;
+            let mut resp = [0u8; RESPONSE];
+            s.read_exact(&mut resp)
+                .map_err(|e| LabError::Io(format!("receiving: {e}")))?;
+            if i > 0 {
+                times.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+            drop(s);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(times)
+    })?;
+    drop(proxies);
+    times.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    Ok(TtfbReport {
+        via: via_kind.name(),
+        fast_open,
+        samples: times.len(),
+        p50_ms: percentile(&times, 50.0),
+        p90_ms: percentile(&times, 90.0),
+        max_ms: times.last().copied().unwrap_or(0.0),
+        path_rtt_ms,
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleReport {
+    pub via: &'static str,
+    pub connections: usize,
+    pub failures: usize,
+    /// From starting to connect until the proxy answered the CONNECT
+    /// (the relay reached the origin).
+    pub setup_p50_ms: f64,
+    pub setup_p99_ms: f64,
+    pub setup_max_ms: f64,
+    /// All connections opened, in this long.
+    pub all_open_s: f64,
+    pub relay_rss_idle_kib: u64,
+    pub relay_rss_peak_kib: u64,
+    pub relay_rss_per_connection_kib: f64,
+    pub client_rss_idle_kib: u64,
+    pub client_rss_peak_kib: u64,
+    pub client_rss_per_connection_kib: f64,
+    pub relay_fds_idle: usize,
+    pub relay_fds_peak: usize,
+    /// After every connection closed (waits up to 10 s for the count to
+    /// come back).
+    pub relay_fds_after: usize,
+    pub client_fds_idle: usize,
+    pub client_fds_after: usize,
+}
+
+/// `clients` threads each open `per_client` connections through `via` and
+/// keep them open until all are open; then all close.
+pub fn scale(
+    exe: &Path,
+    name: &str,
+    via_kind: Via,
+    clients: usize,
+    per_client: usize,
+) -> Result<ScaleReport, LabError> {
+    if via_kind == Via::Direct {
+        return Err(LabError::Invalid(
+            "the scale benchmark measures a relay: --via relay or shadowsocks".into(),
+        ));
+    }
+    let lab = VethLab::up(name, 2)?;
+    let site = lab.site();
+    let proxies: RunningVia = via::start_at(via_kind, &site, exe, true)?.expect("a proxy");
+    let target = SocketAddr::new(site.origin_addr, ECHO_PORT);
+    let _server = serve(&lab.origin_ns, target, false, Serve::Respond)?;
+    let (relay, client) = (proxies.pids[0], proxies.pids[1]);
+    let idle = (rss_kib(relay).unwrap_or(0), rss_kib(client).unwrap_or(0));
+    let fds_idle = (fd_count(relay).unwrap_or(0), fd_count(client).unwrap_or(0));
+    let proxy = proxies.socks;
+    let total = clients * per_client;
+    let all_open = Arc::new(Barrier::new(clients + 1));
+    let release = Arc::new(Barrier::new(clients + 1));
+    let failures = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let mut threads = Vec::new();
+    for _ in 0..clients {
+        let (all_open, release, failures) = (all_open.clone(), release.clone(), failures.clone());
+        let ns = site.client_ns.clone();
+        threads.push(std::thread::spawn(move || -> Vec<f64> {
+            let mut setups = Vec::new();
+            let mut open = Vec::new();
+            if braid_kernel::netns::enter(&ns).is_ok() {
+                for _ in 0..per_client {
+                    let t = Instant::now();
+                    match socks5_connect(proxy, target) {
+                        Ok(mut s) => {
+                            setups.push(t.elapsed().as_secs_f64() * 1000.0);
+                            let mut resp = [0u8; RESPONSE];
+                            if s.write_all(&[1u8; REQUEST])
+                                .and_then(|_| s.read_exact(&mut resp))
+                                .is_err()
+                            {
+                                failures.fetch_add(1, Ordering::Relaxed);
+                            }
+                            open.push(s);
+                        }
+                        Err(_) => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            all_open.wait();
+            release.wait();
+            drop(open);
+            setups
+        }));
+    }
+    all_open.wait();
+    let all_open_s = t0.elapsed().as_secs_f64();
+    // Let the kernel and the proxies settle before reading memory.
+    std::thread::sleep(Duration::from_millis(300));
+    let peak = (rss_kib(relay).unwrap_or(0), rss_kib(client).unwrap_or(0));
+    let fds_peak = fd_count(relay).unwrap_or(0);
+    release.wait();
+    let mut setups: Vec<f64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap_or_default())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after = (fd_count(relay).unwrap_or(0), fd_count(client).unwrap_or(0));
+    while (after.0 > fds_idle.0 || after.1 > fds_idle.1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        after = (fd_count(relay).unwrap_or(0), fd_count(client).unwrap_or(0));
+    }
+    drop(proxies);
+    setups.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let per = |p: u64, i: u64| (p.saturating_sub(i)) as f64 / total as f64;
+    Ok(ScaleReport {
+        via: via_kind.name(),
+        connections: total,
+        failures: failures.load(Ordering::Relaxed) as usize,
+        setup_p50_ms: percentile(&setups, 50.0),
+        setup_p99_ms: percentile(&setups, 99.0),
+        setup_max_ms: setups.last().copied().unwrap_or(0.0),
+        all_open_s,
+        relay_rss_idle_kib: idle.0,
+        relay_rss_peak_kib: peak.0,
+        relay_rss_per_connection_kib: per(peak.0, idle.0),
+        client_rss_idle_kib: idle.1,
+        client_rss_peak_kib: peak.1,
+        client_rss_per_connection_kib: per(peak.1, idle.1),
+        relay_fds_idle: fds_idle.0,
+        relay_fds_peak: fds_peak,
+        relay_fds_after: after.0,
+        client_fds_idle: fds_idle.1,
+        client_fds_after: after.1,
+    })
+}
