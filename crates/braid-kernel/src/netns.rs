@@ -122,6 +122,50 @@ pub fn delete(name: &str) -> Result<()> {
     }
 }
 
+/// Processes whose network namespace is the named one (as `ip netns
+/// pids`): the same device and inode as its file.
+pub fn pids(name: &str) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(target) =
+        path(name).and_then(|p| std::fs::metadata(&p).map_err(|e| Error::io(Op::Netns, e)))
+    else {
+        return Vec::new();
+    };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .map(|m| m.dev() == target.dev() && m.ino() == target.ino())
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// End every process in the named namespace: SIGTERM, then SIGKILL for
+/// those still there after `grace`.
+pub fn kill_all(name: &str, grace: std::time::Duration) {
+    let victims = pids(name);
+    if victims.is_empty() {
+        return;
+    }
+    for pid in &victims {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
+    }
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline && !pids(name).is_empty() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    for pid in pids(name) {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}
+
 /// Whether a named namespace exists.
 pub fn exists(name: &str) -> bool {
     path(name).map(|p| p.exists()).unwrap_or(false)

@@ -599,6 +599,9 @@ pub fn teardown(name: &str, state: Option<&LabState>) -> Result<(), LabError> {
         if ns == &origin_ns && !netns::exists(ns) {
             continue;
         }
+        // Whatever still runs inside (a path manager, proxies, servers)
+        // would keep the namespace alive: end it.
+        netns::kill_all(ns, Duration::from_secs(2));
         if let Err(e) = netns::delete(ns) {
             first_err.get_or_insert(LabError::from(e));
         }

@@ -12,6 +12,7 @@ pub mod runlogs;
 pub mod scenario;
 pub mod shaper;
 pub mod spec;
+pub mod summary;
 pub mod traffic;
 pub mod tun;
 pub mod vethlab;

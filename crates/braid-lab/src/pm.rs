@@ -202,6 +202,9 @@ pub fn spawn_in_netns(ns: &str, cmd: &mut Command, log: &Path) -> Result<Child, 
             if libc::setns(fd, libc::CLONE_NEWNET) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // Ends with the lab's process (even if it is killed), as long
+            // as the thread that started it lives: call from the main one.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
             Ok(())
         });
     }

@@ -18,7 +18,7 @@ use crate::pm::{self, PmKind};
 use crate::spec::PathSpec;
 use crate::traffic::{percentile, socks5_connect};
 use crate::vethlab::VethLab;
-use crate::via::{self, cpu_time, fd_count, rss_kib, RunningVia, Site, Via};
+use crate::via::{self, cpu_time, fd_count, rss_kib, ProxyOptions, RunningVia, Site, Via};
 use crate::LabError;
 
 const SOURCE_PORT: u16 = 5300;
@@ -142,6 +142,14 @@ fn in_ns<T: Send + 'static>(
     braid_kernel::netns::run_in::<_, LabError>(ns, f)
 }
 
+/// A failure through a proxy, with the end of the proxies' logs.
+fn explain<T>(r: Result<T, LabError>, proxies: &Option<RunningVia>) -> Result<T, LabError> {
+    match (r, proxies) {
+        (Err(e), Some(p)) => Err(LabError::Io(format!("{e}\n{}", p.log_tail()))),
+        (r, _) => r,
+    }
+}
+
 /// CPU seconds of `pids` together.
 fn cpu_of(pids: &[u32]) -> f64 {
     pids.iter()
@@ -176,7 +184,7 @@ pub fn throughput(
 ) -> Result<ThroughputReport, LabError> {
     let lab = VethLab::up(name, paths)?;
     let site = lab.site();
-    let proxies = via::start_at(via_kind, &site, exe, true)?;
+    let proxies = via::start_at(via_kind, &site, exe, ProxyOptions::recommended(via_kind))?;
     let (server_ns, target) = match via_kind {
         Via::Direct => (
             site.server_ns.clone(),
@@ -236,7 +244,10 @@ pub fn throughput(
 pub struct TtfbReport {
     pub via: &'static str,
     pub fast_open: bool,
+    pub early_reply: bool,
     pub samples: usize,
+    /// Requests without a response within 5 s (given up on).
+    pub failures: usize,
     /// From starting to connect until the whole (one-segment) response of a
     /// 100-byte request has arrived.
     pub p50_ms: f64,
@@ -253,7 +264,7 @@ pub fn ttfb(
     exe: &Path,
     name: &str,
     via_kind: Via,
-    fast_open: bool,
+    opts: ProxyOptions,
     paths: Vec<PathSpec>,
     samples: usize,
 ) -> Result<TtfbReport, LabError> {
@@ -268,7 +279,7 @@ pub fn ttfb(
     })?;
     let _pm = pm::start(PmKind::Kernel, guard.lab(), exe)?;
     let site = Site::of(guard.lab())?;
-    let proxies = via::start_at(via_kind, &site, exe, fast_open)?;
+    let proxies = via::start_at(via_kind, &site, exe, opts)?;
     let origin_ns = guard
         .lab()
         .state
@@ -286,32 +297,49 @@ pub fn ttfb(
     };
     let _server = serve(&server_ns, target, via_kind == Via::Direct, Serve::Respond)?;
     let proxy = proxies.as_ref().map(|p| p.socks);
-    let mut times = in_ns(&site.client_ns, move || {
+    let times = in_ns(&site.client_ns, move || {
         let mut times = Vec::with_capacity(samples);
+        let mut failures = 0;
         // One warm-up connection: it fetches the Fast Open cookie.
         for i in 0..samples + 1 {
             let t0 = Instant::now();
             let mut s =
                 connect(proxy, target).map_err(|e| LabError::Io(format!("connecting: {e}")))?;
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
             s.write_all(&[1u8; REQUEST])
                 .map_err(|e| LabError::Io(format!("sending: {e}")))?;
             let mut resp = [0u8; RESPONSE];
-            s.read_exact(&mut resp)
-                .map_err(|e| LabError::Io(format!("receiving: {e}")))?;
-            if i > 0 {
-                times.push(t0.elapsed().as_secs_f64() * 1000.0);
+            match s.read_exact(&mut resp) {
+                Ok(()) if i > 0 => times.push(t0.elapsed().as_secs_f64() * 1000.0),
+                Ok(()) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    failures += 1;
+                    // Enough to tell it does not work.
+                    if failures == 3 {
+                        break;
+                    }
+                }
+                Err(e) => return Err(LabError::Io(format!("receiving: {e}"))),
             }
             drop(s);
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(times)
-    })?;
+        Ok((times, failures))
+    });
+    let (mut times, failures) = explain(times, &proxies)?;
     drop(proxies);
     times.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     Ok(TtfbReport {
         via: via_kind.name(),
-        fast_open,
+        fast_open: opts.fast_open,
+        early_reply: opts.early_reply || via_kind == Via::Shadowsocks,
         samples: times.len(),
+        failures,
         p50_ms: percentile(&times, 50.0),
         p90_ms: percentile(&times, 90.0),
         max_ms: times.last().copied().unwrap_or(0.0),
@@ -329,6 +357,14 @@ pub struct ScaleReport {
     pub setup_p50_ms: f64,
     pub setup_p99_ms: f64,
     pub setup_max_ms: f64,
+    /// From starting to connect until the response to a 100-byte request
+    /// (comparable across proxies that answer CONNECT early and late).
+    pub response_p50_ms: f64,
+    pub response_p99_ms: f64,
+    /// CPU time to open one connection (and relay its request and
+    /// response): the relay, and the client side.
+    pub relay_cpu_ms_per_connection: f64,
+    pub client_cpu_ms_per_connection: f64,
     /// All connections opened, in this long.
     pub all_open_s: f64,
     pub relay_rss_idle_kib: u64,
@@ -362,7 +398,8 @@ pub fn scale(
     }
     let lab = VethLab::up(name, 2)?;
     let site = lab.site();
-    let proxies: RunningVia = via::start_at(via_kind, &site, exe, true)?.expect("a proxy");
+    let proxies: RunningVia =
+        via::start_at(via_kind, &site, exe, ProxyOptions::recommended(via_kind))?.expect("a proxy");
     let target = SocketAddr::new(site.origin_addr, ECHO_PORT);
     let _server = serve(&lab.origin_ns, target, false, Serve::Respond)?;
     let (relay, client) = (proxies.pids[0], proxies.pids[1]);
@@ -373,12 +410,13 @@ pub fn scale(
     let all_open = Arc::new(Barrier::new(clients + 1));
     let release = Arc::new(Barrier::new(clients + 1));
     let failures = Arc::new(AtomicU64::new(0));
+    let cpu0 = (cpu_of(&[relay]), cpu_of(&[client]));
     let t0 = Instant::now();
     let mut threads = Vec::new();
     for _ in 0..clients {
         let (all_open, release, failures) = (all_open.clone(), release.clone(), failures.clone());
         let ns = site.client_ns.clone();
-        threads.push(std::thread::spawn(move || -> Vec<f64> {
+        threads.push(std::thread::spawn(move || -> Vec<(f64, f64)> {
             let mut setups = Vec::new();
             let mut open = Vec::new();
             if braid_kernel::netns::enter(&ns).is_ok() {
@@ -386,13 +424,15 @@ pub fn scale(
                     let t = Instant::now();
                     match socks5_connect(proxy, target) {
                         Ok(mut s) => {
-                            setups.push(t.elapsed().as_secs_f64() * 1000.0);
+                            let setup = t.elapsed().as_secs_f64() * 1000.0;
                             let mut resp = [0u8; RESPONSE];
                             if s.write_all(&[1u8; REQUEST])
                                 .and_then(|_| s.read_exact(&mut resp))
                                 .is_err()
                             {
                                 failures.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                setups.push((setup, t.elapsed().as_secs_f64() * 1000.0));
                             }
                             open.push(s);
                         }
@@ -410,15 +450,18 @@ pub fn scale(
     }
     all_open.wait();
     let all_open_s = t0.elapsed().as_secs_f64();
+    let cpu1 = (cpu_of(&[relay]), cpu_of(&[client]));
     // Let the kernel and the proxies settle before reading memory.
     std::thread::sleep(Duration::from_millis(300));
     let peak = (rss_kib(relay).unwrap_or(0), rss_kib(client).unwrap_or(0));
     let fds_peak = fd_count(relay).unwrap_or(0);
     release.wait();
-    let mut setups: Vec<f64> = threads
+    let timings: Vec<(f64, f64)> = threads
         .into_iter()
         .flat_map(|t| t.join().unwrap_or_default())
         .collect();
+    let mut setups: Vec<f64> = timings.iter().map(|t| t.0).collect();
+    let mut responses: Vec<f64> = timings.iter().map(|t| t.1).collect();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut after = (fd_count(relay).unwrap_or(0), fd_count(client).unwrap_or(0));
     while (after.0 > fds_idle.0 || after.1 > fds_idle.1) && Instant::now() < deadline {
@@ -427,6 +470,7 @@ pub fn scale(
     }
     drop(proxies);
     setups.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    responses.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     let per = |p: u64, i: u64| (p.saturating_sub(i)) as f64 / total as f64;
     Ok(ScaleReport {
         via: via_kind.name(),
@@ -435,6 +479,10 @@ pub fn scale(
         setup_p50_ms: percentile(&setups, 50.0),
         setup_p99_ms: percentile(&setups, 99.0),
         setup_max_ms: setups.last().copied().unwrap_or(0.0),
+        response_p50_ms: percentile(&responses, 50.0),
+        response_p99_ms: percentile(&responses, 99.0),
+        relay_cpu_ms_per_connection: (cpu1.0 - cpu0.0) * 1000.0 / total as f64,
+        client_cpu_ms_per_connection: (cpu1.1 - cpu0.1) * 1000.0 / total as f64,
         all_open_s,
         relay_rss_idle_kib: idle.0,
         relay_rss_peak_kib: peak.0,

@@ -154,6 +154,7 @@ impl Drop for VethLab {
     fn drop(&mut self) {
         for ns in [&self.client_ns, &self.server_ns, &self.origin_ns] {
             if netns::exists(ns) {
+                netns::kill_all(ns, std::time::Duration::from_secs(2));
                 let _ = netns::delete(ns);
             }
         }

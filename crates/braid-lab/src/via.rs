@@ -81,6 +81,23 @@ pub struct RunningVia {
     pub socks: SocketAddr,
     /// Process ids: relay (or ss-server) first, then the client side.
     pub pids: Vec<u32>,
+    logs: Vec<std::path::PathBuf>,
+}
+
+impl RunningVia {
+    /// The end of each proxy's log, to explain a failure.
+    pub fn log_tail(&self) -> String {
+        self.logs
+            .iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(5)..].join("\n  ");
+                format!("{}:\n  {tail}", p.display())
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
 impl Drop for RunningVia {
@@ -165,22 +182,53 @@ impl Site {
     }
 }
 
+/// How the proxies are set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ProxyOptions {
+    /// Both ends put data in the SYN (TCP Fast Open).
+    pub fast_open: bool,
+    /// The client answers CONNECT at once and sends the program's first
+    /// bytes with the destination (Braid's relay: `early_reply`;
+    /// shadowsocks always does).
+    pub early_reply: bool,
+}
+
+impl ProxyOptions {
+    /// Each proxy as its users would run it: Braid's relay with its
+    /// defaults (Fast Open on); shadowsocks-libev with its own (Fast Open
+    /// off: on Linux 6.18 an MPTCP server's answer to data in the SYN is
+    /// never sent when it is ready before the handshake's last ACK, which
+    /// ss-server does not work around, so its connections hang).
+    pub fn recommended(via: Via) -> ProxyOptions {
+        ProxyOptions {
+            fast_open: via != Via::Shadowsocks,
+            early_reply: false,
+        }
+    }
+}
+
 /// Start the proxies `via` needs in `lab` (which must have an origin).
 pub fn start(via: Via, lab: &Lab, braid_exe: &Path) -> Result<Option<RunningVia>, LabError> {
     if via == Via::Direct {
         return Ok(None);
     }
-    start_at(via, &Site::of(lab)?, braid_exe, true)
+    start_at(
+        via,
+        &Site::of(lab)?,
+        braid_exe,
+        ProxyOptions::recommended(via),
+    )
 }
 
-/// Start the proxies at `site`; `fast_open` lets both ends put data in
-/// the SYN (TCP Fast Open).
+/// Start the proxies at `site`.
 pub fn start_at(
     via: Via,
     site: &Site,
     braid_exe: &Path,
-    fast_open: bool,
+    opts: ProxyOptions,
 ) -> Result<Option<RunningVia>, LabError> {
+    let fast_open = opts.fast_open;
+    let early_reply = opts.early_reply;
     if via == Via::Direct {
         return Ok(None);
     }
@@ -202,6 +250,7 @@ pub fn start_at(
         children: Vec::new(),
         socks: SOCKS_ADDR,
         pids: Vec::new(),
+        logs: Vec::new(),
     };
     match via {
         Via::Direct => unreachable!(),
@@ -214,7 +263,7 @@ pub fn start_at(
             write(
                 &cfg,
                 &format!(
-                    "[relay.server]\nlisten = [\"0.0.0.0:{RELAY_PORT}\"]\nkey_file = \"{}\"\ncontrol_socket = \"{}\"\nfast_open = {fast_open}\nmax_connections = 100000\nmax_handshakes = 10000\n\n[relay.server.destinations]\nallow = [\"{}/{}\"]\n\n[[relay.server.client]]\nname = \"lab\"\npublic_key = \"{}\"\n\n[relay.client]\nrelay = \"{relay_addr}\"\nrelay_public_key = \"{}\"\nkey_file = \"{}\"\nsocks = \"{SOCKS_ADDR}\"\nhttp = \"off\"\nfast_open = {fast_open}\ncontrol_socket = \"{}\"\n",
+                    "[relay.server]\nlisten = [\"0.0.0.0:{RELAY_PORT}\"]\nkey_file = \"{}\"\ncontrol_socket = \"{}\"\nfast_open = {fast_open}\nmax_connections = 100000\nmax_handshakes = 10000\nmax_handshakes_per_source = 10000\n\n[relay.server.destinations]\nallow = [\"{}/{}\"]\n\n[[relay.server.client]]\nname = \"lab\"\npublic_key = \"{}\"\n\n[relay.client]\nrelay = \"{relay_addr}\"\nrelay_public_key = \"{}\"\nkey_file = \"{}\"\nsocks = \"{SOCKS_ADDR}\"\nhttp = \"off\"\nfast_open = {fast_open}\nearly_reply = {early_reply}\ncontrol_socket = \"{}\"\n",
                     dir.join("relay.key").display(),
                     server_sock.display(),
                     site.origin_addr,
@@ -235,6 +284,7 @@ pub fn start_at(
             )?;
             running.pids.push(child.id());
             running.children.push(child);
+            running.logs.push(server_log.clone());
             wait_ready("the relay", &server_log, || {
                 braid_relay::control::request_status(&server_sock).is_ok()
             })?;
@@ -248,6 +298,7 @@ pub fn start_at(
             )?;
             running.pids.push(child.id());
             running.children.push(child);
+            running.logs.push(client_log.clone());
             wait_ready("the relay client", &client_log, || {
                 braid_relay::control::request_status(&client_sock).is_ok()
             })?;
@@ -276,6 +327,7 @@ pub fn start_at(
             )?;
             running.pids.push(child.id());
             running.children.push(child);
+            running.logs.push(server_log.clone());
             let ss_addr = SocketAddr::new(site.server_addr, SS_PORT);
             let server_ns = site.server_ns.clone();
             wait_ready("ss-server", &server_log, || {
@@ -307,6 +359,7 @@ pub fn start_at(
             )?;
             running.pids.push(child.id());
             running.children.push(child);
+            running.logs.push(client_log.clone());
             let client_ns = site.client_ns.clone();
             wait_ready("ss-local", &client_log, || {
                 listening_in(&client_ns, SOCKS_ADDR)

@@ -29,6 +29,8 @@ use crate::{control, paths, RelayError};
 
 /// How long a program may take to send its proxy request.
 const PROXY_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// With `early_reply`, how long to wait for a program's first bytes.
+const EARLY_DATA_WAIT: Duration = Duration::from_millis(20);
 /// A resolved relay name is used this long before it is resolved again.
 const RELAY_NAME_TTL: Duration = Duration::from_secs(60);
 
@@ -296,21 +298,7 @@ async fn socks_connection(mut app: TcpStream, peer: SocketAddr, shared: Arc<Shar
         }
     };
     buf.drain(..used);
-    match open_tunnel(&shared, &dest).await {
-        Ok((tunnel_stream, tunnel)) => {
-            let bound = tunnel_stream.local_addr().ok();
-            if app.write_all(&socks::reply(0, bound)).await.is_err() {
-                return;
-            }
-            relay(app, tunnel_stream, tunnel, buf, &shared, &dest).await;
-        }
-        Err((status, why)) => {
-            info!(%peer, destination = %dest, "{why}");
-            let _ = app
-                .write_all(&socks::reply(status.socks_code(), None))
-                .await;
-        }
-    }
+    serve_connect(app, peer, &shared, dest, buf, Proxy::Socks).await;
 }
 
 async fn http_connection(mut app: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
@@ -334,20 +322,73 @@ async fn http_connection(mut app: TcpStream, peer: SocketAddr, shared: Arc<Share
         }
     };
     buf.drain(..used);
-    match open_tunnel(&shared, &dest).await {
-        Ok((tunnel_stream, tunnel)) => {
-            if app
-                .write_all(&http_connect::answer(Status::Connected, ""))
-                .await
-                .is_err()
-            {
-                return;
+    serve_connect(app, peer, &shared, dest, buf, Proxy::Http).await;
+}
+
+/// The proxy protocol's answer to a CONNECT.
+fn proxy_answer(proxy: Proxy, status: Status, why: &str) -> Vec<u8> {
+    match proxy {
+        Proxy::Socks => socks::reply(status.socks_code(), None),
+        Proxy::Http => http_connect::answer(status, why),
+    }
+}
+
+/// Serve a program's CONNECT to `dest`; `pending` are bytes it sent after
+/// its request. By default the program hears the relay's verdict (the
+/// right SOCKS or HTTP error when the destination is refused or down).
+/// With `early_reply` it hears "connected" at once and its first bytes
+/// ride with the destination in the first message: one round trip less,
+/// but a failure then shows as a reset connection.
+async fn serve_connect(
+    mut app: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    dest: Destination,
+    mut pending: Vec<u8>,
+    proxy: Proxy,
+) {
+    if !shared.cfg.early_reply {
+        match open_tunnel(shared, &dest, Vec::new()).await {
+            Ok((tunnel_stream, tunnel)) => {
+                if app
+                    .write_all(&proxy_answer(proxy, Status::Connected, ""))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                relay(app, tunnel_stream, tunnel, pending, shared, &dest).await;
             }
-            relay(app, tunnel_stream, tunnel, buf, &shared, &dest).await;
+            Err((status, why)) => {
+                info!(%peer, destination = %dest, "{why}");
+                let _ = app.write_all(&proxy_answer(proxy, status, &why)).await;
+            }
         }
-        Err((status, why)) => {
-            info!(%peer, destination = %dest, "{why}");
-            let _ = app.write_all(&http_connect::answer(status, &why)).await;
+        return;
+    }
+    if app
+        .write_all(&proxy_answer(proxy, Status::Connected, ""))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let room = wire::early_data_room(&dest);
+    if pending.is_empty() {
+        // Programs that speak first (HTTP, TLS) do so within microseconds
+        // of the answer; the others cost this wait once.
+        let mut first = vec![0u8; room.min(64 * 1024)];
+        if let Ok(Ok(n)) = tokio::time::timeout(EARLY_DATA_WAIT, app.read(&mut first)).await {
+            first.truncate(n);
+            pending = first;
+        }
+    }
+    let rest = pending.split_off(pending.len().min(room));
+    match open_tunnel(shared, &dest, pending).await {
+        Ok((tunnel_stream, tunnel)) => relay(app, tunnel_stream, tunnel, rest, shared, &dest).await,
+        Err((_, why)) => {
+            info!(%peer, destination = %dest, "{why} (the program was answered early: its connection is reset)");
+            pipe::reset_on_close(&app);
         }
     }
 }
@@ -413,6 +454,7 @@ async fn relay_addrs(shared: &Shared) -> Result<Vec<SocketAddr>, String> {
 async fn open_tunnel(
     shared: &Shared,
     dest: &Destination,
+    early_data: Vec<u8>,
 ) -> Result<(TcpStream, Tunnel), (Status, String)> {
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(shared.cfg.connect_timeout_ms);
@@ -463,7 +505,7 @@ async fn open_tunnel(
         kind: Kind::Tcp,
         timestamp_ms: unix_ms(),
         destination: dest.clone(),
-        early_data: Vec::new(),
+        early_data,
     };
     let msg = initiator
         .first_message(&request.encode())

@@ -15,6 +15,9 @@ use crate::wire::Destination;
 
 pub const DEFAULT_PATH: &str = "/etc/braid/braid.toml";
 pub const DEFAULT_PORT: u16 = 7000;
+/// Status sockets, in the runtime directories of the systemd units.
+pub const DEFAULT_SERVER_SOCKET: &str = "/run/braid-relay/relay.sock";
+pub const DEFAULT_CLIENT_SOCKET: &str = "/run/braid-relay-client/client.sock";
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,7 +46,9 @@ fn default_max_handshakes() -> u32 {
     512
 }
 fn default_max_handshakes_per_source() -> u32 {
-    64
+    // A LAN behind one NAT address opening a page's connections at once
+    // stays well under it.
+    256
 }
 fn default_handshake_timeout_ms() -> u64 {
     5000
@@ -55,10 +60,10 @@ fn default_replay_window_s() -> u64 {
     60
 }
 fn default_server_control() -> PathBuf {
-    PathBuf::from("/run/braid/relay.sock")
+    PathBuf::from(DEFAULT_SERVER_SOCKET)
 }
 fn default_client_control() -> PathBuf {
-    PathBuf::from("/run/braid/relay-client.sock")
+    PathBuf::from(DEFAULT_CLIENT_SOCKET)
 }
 fn default_socks() -> Listener {
     Listener(Some(SocketAddr::from(([127, 0, 0, 1], 1080))))
@@ -158,6 +163,12 @@ pub struct ClientConfig {
     /// Send the first message in the SYN (TCP Fast Open).
     #[serde(default = "default_true")]
     pub fast_open: bool,
+    /// Answer a program's CONNECT at once and send its first bytes with
+    /// the destination in the first message: a round trip less per
+    /// connection, but a refused or unreachable destination then shows as
+    /// a reset connection instead of a SOCKS or HTTP error.
+    #[serde(default)]
+    pub early_reply: bool,
     /// Connect to the relay with MPTCP (falls back to TCP where refused).
     #[serde(default = "default_true")]
     pub mptcp: bool,
@@ -431,6 +442,7 @@ impl ClientConfig {
             http: default_http(),
             connect_timeout_ms: default_connect_timeout_ms(),
             fast_open: true,
+            early_reply: false,
             mptcp: true,
             control_socket: default_client_control(),
         })

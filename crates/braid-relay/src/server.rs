@@ -555,6 +555,28 @@ fn authenticate(shared: &Shared, first: &[u8]) -> Result<Authenticated, Refused>
     Ok((responder, msg.client, request))
 }
 
+/// TCP_SYN_RECV (include/net/tcp_states.h).
+const TCP_SYN_RECV: u8 = 3;
+
+/// Wait until a Fast Open connection has finished its handshake. Linux
+/// 6.18 never sends what an MPTCP server writes between accepting data in
+/// the SYN and the client's final ACK (plain TCP sends it at once), so the
+/// answer waits for that ACK: at most one client round trip, and nothing
+/// for connections without Fast Open.
+async fn wait_established(stream: &TcpStream, deadline: tokio::time::Instant) {
+    if braid_kernel::socket::socket_protocol(stream).ok() != Some(libc::IPPROTO_MPTCP) {
+        return;
+    }
+    while tokio::time::Instant::now() < deadline {
+        match braid_kernel::socket::tcp_info(stream) {
+            Ok(Some(info)) if info.state == TCP_SYN_RECV => {
+                tokio::time::sleep(Duration::from_millis(1)).await
+            }
+            _ => return,
+        }
+    }
+}
+
 /// Send the reply; the session when connected.
 async fn answer(
     stream: &mut TcpStream,
@@ -570,6 +592,7 @@ async fn answer(
     let (msg, session) = responder
         .reply(&reply.encode())
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+    wait_established(stream, tokio::time::Instant::now() + Duration::from_secs(5)).await;
     let mut out = wire::length_prefix(msg.len()).to_vec();
     out.extend_from_slice(&msg);
     stream.write_all(&out).await?;

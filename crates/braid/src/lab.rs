@@ -155,6 +155,10 @@ pub struct RunArgs {
     /// comma-separated for compare.
     #[arg(long, default_value = "direct")]
     pub via: String,
+    /// Run every configuration this many times (interleaved) and show the
+    /// median and the worst of each measurement.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
     #[command(flatten)]
     pub link: LinkArgs,
 }
@@ -189,9 +193,13 @@ pub enum BenchRelayCmd {
         via: String,
         #[arg(long, default_value_t = 50)]
         samples: usize,
-        /// Also measure without TCP Fast Open.
-        #[arg(long)]
-        without_fast_open: bool,
+        /// TCP Fast Open on the proxies: on, off, or both (one run each).
+        #[arg(long, value_parser = ["on", "off", "both"], default_value = "on")]
+        fast_open: String,
+        /// Braid's relay client answers CONNECT before the relay does
+        /// (early_reply): on, off, or both. shadowsocks always does.
+        #[arg(long, value_parser = ["on", "off", "both"], default_value = "off")]
+        early_reply: String,
         #[command(flatten)]
         link: LinkArgs,
     },
@@ -451,6 +459,14 @@ fn run_lab(ctx: &Ctx, cmd: LabCmd) -> Result<(), LabError> {
     }
 }
 
+fn onoff(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
 fn bench_relay(ctx: &Ctx, b: BenchRelayCmd) -> Result<(), LabError> {
     use braid_lab::relay_bench;
     install_signal_teardown();
@@ -506,55 +522,80 @@ fn bench_relay(ctx: &Ctx, b: BenchRelayCmd) -> Result<(), LabError> {
         BenchRelayCmd::Ttfb {
             via,
             samples,
-            without_fast_open,
+            fast_open,
+            early_reply,
             link,
         } => {
             let vias = parse_vias(&via)?;
             check(&vias)?;
             let mut reports = Vec::new();
             for v in vias {
-                let modes: &[bool] = match (v, without_fast_open) {
-                    (Via::Direct, _) | (_, false) => &[true],
-                    _ => &[true, false],
+                let choices = |s: &str| -> &'static [bool] {
+                    match s {
+                        "on" => &[true],
+                        "off" => &[false],
+                        _ => &[true, false],
+                    }
                 };
-                for fo in modes {
-                    eprintln!(
-                        "braid: {samples} short requests through {} (fast open {})",
-                        v.name(),
-                        if *fo { "on" } else { "off" }
-                    );
-                    reports.push(relay_bench::ttfb(
-                        &exe,
-                        &name,
-                        v,
-                        *fo,
-                        path_specs(2, &link)?,
-                        samples,
-                    )?);
+                let fos = if v == Via::Direct {
+                    &[true][..]
+                } else {
+                    choices(&fast_open)
+                };
+                let ers = if v == Via::Relay {
+                    choices(&early_reply)
+                } else {
+                    &[false][..]
+                };
+                for fo in fos {
+                    for er in ers {
+                        eprintln!(
+                            "braid: {samples} short requests through {} (fast open {}, early reply {})",
+                            v.name(),
+                            onoff(*fo),
+                            onoff(*er)
+                        );
+                        let opts = braid_lab::via::ProxyOptions {
+                            fast_open: *fo,
+                            early_reply: *er,
+                        };
+                        reports.push(relay_bench::ttfb(
+                            &exe,
+                            &name,
+                            v,
+                            opts,
+                            path_specs(2, &link)?,
+                            samples,
+                        )?);
+                    }
                 }
             }
             if ctx.json {
                 print_json(&reports);
             } else {
                 println!(
-                    "{:<12} {:>9} {:>9} {:>9} {:>9} {:>14}",
-                    "via", "fast open", "p50 ms", "p90 ms", "max ms", "path RTT ms"
+                    "{:<12} {:>9} {:>11} {:>9} {:>9} {:>9} {:>14} {:>9}",
+                    "via",
+                    "fast open",
+                    "early reply",
+                    "p50 ms",
+                    "p90 ms",
+                    "max ms",
+                    "path RTT ms",
+                    "no answer"
                 );
                 for r in &reports {
+                    let direct = r.via == "direct";
                     println!(
-                        "{:<12} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>14.1}",
+                        "{:<12} {:>9} {:>11} {:>9.1} {:>9.1} {:>9.1} {:>14.1} {:>9}",
                         r.via,
-                        if r.via == "direct" {
-                            "-"
-                        } else if r.fast_open {
-                            "on"
-                        } else {
-                            "off"
-                        },
+                        if direct { "-" } else { onoff(r.fast_open) },
+                        if direct { "-" } else { onoff(r.early_reply) },
                         r.p50_ms,
                         r.p90_ms,
                         r.max_ms,
-                        r.path_rtt_ms
+                        r.path_rtt_ms,
+                        format!("{}/{}", r.failures, r.samples + r.failures)
                     );
                 }
             }
@@ -579,16 +620,16 @@ fn bench_relay(ctx: &Ctx, b: BenchRelayCmd) -> Result<(), LabError> {
             } else {
                 for r in &reports {
                     println!(
-                        "{}: {} connections ({} failed) open in {:.2} s; set-up p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-                        r.via, r.connections, r.failures, r.all_open_s, r.setup_p50_ms, r.setup_p99_ms, r.setup_max_ms
+                        "{}: {} connections ({} failed) open in {:.2} s; CONNECT answered p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; first response p50 {:.1} ms, p99 {:.1} ms",
+                        r.via, r.connections, r.failures, r.all_open_s, r.setup_p50_ms, r.setup_p99_ms, r.setup_max_ms, r.response_p50_ms, r.response_p99_ms
                     );
                     println!(
-                        "  relay:  RSS {} -> {} KiB ({:.1} KiB per connection), fds {} -> {} -> {} after close",
-                        r.relay_rss_idle_kib, r.relay_rss_peak_kib, r.relay_rss_per_connection_kib, r.relay_fds_idle, r.relay_fds_peak, r.relay_fds_after
+                        "  relay:  RSS {} -> {} KiB ({:.1} KiB per connection), fds {} -> {} -> {} after close, CPU {:.3} ms per connection",
+                        r.relay_rss_idle_kib, r.relay_rss_peak_kib, r.relay_rss_per_connection_kib, r.relay_fds_idle, r.relay_fds_peak, r.relay_fds_after, r.relay_cpu_ms_per_connection
                     );
                     println!(
-                        "  client: RSS {} -> {} KiB ({:.1} KiB per connection), fds {} -> {} after close",
-                        r.client_rss_idle_kib, r.client_rss_peak_kib, r.client_rss_per_connection_kib, r.client_fds_idle, r.client_fds_after
+                        "  client: RSS {} -> {} KiB ({:.1} KiB per connection), fds {} -> {} after close, CPU {:.3} ms per connection",
+                        r.client_rss_idle_kib, r.client_rss_peak_kib, r.client_rss_per_connection_kib, r.client_fds_idle, r.client_fds_after, r.client_cpu_ms_per_connection
                     );
                 }
             }
@@ -710,28 +751,115 @@ fn run_all(a: &RunArgs, pms: &[PmKind]) -> Result<Vec<Report>, LabError> {
             return Err(LabError::Invalid(format!("--via {}: {why}", via.name())));
         }
     }
+    if !(1..=100).contains(&a.repeat) {
+        return Err(LabError::Invalid(
+            "--repeat must be between 1 and 100".into(),
+        ));
+    }
     let mut reports = Vec::new();
     let mut i = 0;
-    for via in &vias {
-        for pm in pms {
-            let cfg = run_config(a, *pm, *via, i)?;
-            i += 1;
-            eprintln!(
-                "braid: running {} with --pm {} --via {} for {:?}",
-                a.scenario,
-                pm.name(),
-                via.name(),
-                cfg.duration
-            );
-            reports.push(scenario::run(&cfg)?);
+    // Interleaved, so a slow drift of the machine spreads over all.
+    for rep in 0..a.repeat {
+        for via in &vias {
+            for pm in pms {
+                let cfg = run_config(a, *pm, *via, i)?;
+                i += 1;
+                eprintln!(
+                    "braid: running {} with --pm {} --via {} for {:?}{}",
+                    a.scenario,
+                    pm.name(),
+                    via.name(),
+                    cfg.duration,
+                    if a.repeat > 1 {
+                        format!(" (run {} of {})", rep + 1, a.repeat)
+                    } else {
+                        String::new()
+                    }
+                );
+                reports.push(scenario::run(&cfg)?);
+            }
         }
     }
     Ok(reports)
 }
 
+/// Median and worst per configuration, one column each.
+pub fn summary_table(reports: &[Report]) -> String {
+    use braid_lab::summary;
+    let groups = summary::summarize(reports);
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    rows.push((
+        "path manager".into(),
+        groups.iter().map(|g| g.pm.to_string()).collect(),
+    ));
+    if groups.iter().any(|g| g.via != "direct") {
+        rows.push((
+            "via".into(),
+            groups.iter().map(|g| g.via.to_string()).collect(),
+        ));
+    }
+    rows.push((
+        "runs".into(),
+        groups.iter().map(|g| g.runs.to_string()).collect(),
+    ));
+    rows.push((
+        "connection died".into(),
+        groups.iter().map(|g| g.died.to_string()).collect(),
+    ));
+    for (name, _) in summary::MEASUREMENTS {
+        if !groups
+            .iter()
+            .any(|g| g.measurements.iter().any(|(n, _)| n == name))
+        {
+            continue;
+        }
+        let digits = if *name == "aggregation_ratio" { 3 } else { 1 };
+        rows.push((
+            format!("{name} (median / worst)"),
+            groups
+                .iter()
+                .map(|g| {
+                    g.measurements
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, s)| format!("{:.digits$} / {:.digits$}", s.median, s.worst))
+                        .unwrap_or_else(|| "-".into())
+                })
+                .collect(),
+        ));
+    }
+    rows.push((
+        "bytes corrupt".into(),
+        groups.iter().map(|g| g.bytes_corrupt.to_string()).collect(),
+    ));
+    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..groups.len())
+        .map(|i| rows.iter().map(|r| r.1[i].len()).max().unwrap_or(0).max(8))
+        .collect();
+    let mut out = String::new();
+    if let Some(first) = reports.first() {
+        out.push_str(&format!(
+            "scenario {} ({:.0} s), {} runs in all\n",
+            first.scenario,
+            first.duration_s,
+            reports.len()
+        ));
+    }
+    for (name, vals) in &rows {
+        out.push_str(&format!("{name:<w0$}"));
+        for (v, w) in vals.iter().zip(&widths) {
+            out.push_str(&format!("  {v:>w$}"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn output(ctx: &Ctx, a: &RunArgs, reports: &[Report]) -> Result<(), LabError> {
     if let Some(p) = &a.plot {
-        let refs: Vec<&Report> = reports.iter().collect();
+        // The first round of runs: repeats would draw over each other.
+        let first_round = reports.len() / a.repeat.max(1);
+        let refs: Vec<&Report> = reports.iter().take(first_round).collect();
         std::fs::write(p, braid_lab::plot::svg(&refs))
             .map_err(|e| LabError::Io(format!("writing {}: {e}", p.display())))?;
         eprintln!("braid: plot written to {}", p.display());
@@ -745,6 +873,8 @@ fn output(ctx: &Ctx, a: &RunArgs, reports: &[Report]) -> Result<(), LabError> {
     }
     if ctx.json {
         print_json(&reports);
+    } else if a.repeat > 1 {
+        print!("{}", summary_table(reports));
     } else {
         print!("{}", table(reports));
     }
@@ -887,6 +1017,7 @@ fn demo(ctx: &Ctx, d: DemoArgs) -> Result<(), LabError> {
             client_sysctl: Vec::new(),
             server_sysctl: Vec::new(),
             via: "direct".into(),
+            repeat: 1,
             link: LinkArgs::default(),
         };
         let reports = run_all(&a, &pms)?;

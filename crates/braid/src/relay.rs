@@ -29,6 +29,12 @@ pub enum RelayCmd {
     Serve {
         #[arg(long, short = 'c', value_name = "FILE", default_value = config::DEFAULT_PATH)]
         config: PathBuf,
+        /// The relay's private key (instead of key_file; e.g. a systemd credential).
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+        /// Status socket (instead of control_socket).
+        #[arg(long, value_name = "PATH")]
+        control_socket: Option<PathBuf>,
         /// Check the configuration and the key, then exit.
         #[arg(long)]
         check_config: bool,
@@ -54,8 +60,8 @@ pub struct ConnectArgs {
     /// The relay's public key.
     #[arg(long, value_name = "KEY")]
     relay_key: Option<String>,
-    /// This client's private key file.
-    #[arg(long, value_name = "FILE")]
+    /// This client's private key file (with --relay; or instead of key_file).
+    #[arg(long, alias = "key-file", value_name = "FILE")]
     key: Option<PathBuf>,
     /// SOCKS5 listener (default 127.0.0.1:1080), or "off".
     #[arg(long, value_name = "ADDR")]
@@ -69,6 +75,10 @@ pub struct ConnectArgs {
     /// Do not put the first message in the SYN (TCP Fast Open).
     #[arg(long)]
     no_fast_open: bool,
+    /// Answer CONNECT at once and send the program's first bytes with the
+    /// destination (a round trip less; failures become resets).
+    #[arg(long)]
+    early_reply: bool,
     /// Check the configuration and the key, then exit.
     #[arg(long)]
     check_config: bool,
@@ -84,8 +94,10 @@ pub fn run(ctx: &Ctx, cmd: RelayCmd) -> Result<(), Error> {
         RelayCmd::Pubkey { key } => pubkey(ctx, key.as_deref()),
         RelayCmd::Serve {
             config,
+            key_file,
+            control_socket,
             check_config,
-        } => serve(ctx, &config, check_config),
+        } => serve(ctx, &config, key_file, control_socket, check_config),
         RelayCmd::Connect(a) => connect(ctx, a),
         RelayCmd::Status { socket } => status(ctx, socket),
     }
@@ -143,14 +155,26 @@ fn pubkey(ctx: &Ctx, path: Option<&Path>) -> Result<(), Error> {
     Ok(())
 }
 
-fn serve(ctx: &Ctx, path: &Path, check: bool) -> Result<(), Error> {
+fn serve(
+    ctx: &Ctx,
+    path: &Path,
+    key_file: Option<PathBuf>,
+    control_socket: Option<PathBuf>,
+    check: bool,
+) -> Result<(), Error> {
     let section = config::load(path).map_err(invalid)?;
-    let cfg = section.server.ok_or_else(|| {
+    let mut cfg = section.server.ok_or_else(|| {
         invalid(format!(
             "{} has no [relay.server] section: see contrib/braid.toml for an example",
             path.display()
         ))
     })?;
+    if let Some(k) = key_file {
+        cfg.key_file = k;
+    }
+    if let Some(c) = control_socket {
+        cfg.control_socket = c;
+    }
     if check {
         let key = PrivateKey::load(&cfg.key_file).map_err(invalid)?;
         if ctx.json {
@@ -199,6 +223,9 @@ fn client_config(a: &ConnectArgs) -> Result<ClientConfig, Error> {
                 })?
         }
     };
+    if let (Some(k), None) = (&a.key, &a.relay) {
+        cfg.key_file = k.clone();
+    }
     if let Some(s) = &a.socks {
         cfg.socks = Listener::parse(s).map_err(|e| invalid(format!("--socks: {e}")))?;
     }
@@ -215,6 +242,9 @@ fn client_config(a: &ConnectArgs) -> Result<ClientConfig, Error> {
     }
     if a.no_fast_open {
         cfg.fast_open = false;
+    }
+    if a.early_reply {
+        cfg.early_reply = true;
     }
     Ok(cfg)
 }
@@ -237,8 +267,8 @@ fn connect(ctx: &Ctx, a: ConnectArgs) -> Result<(), Error> {
     braid_relay::service::connect(cfg).map_err(invalid)
 }
 
-const SERVER_SOCKET: &str = "/run/braid/relay.sock";
-const CLIENT_SOCKET: &str = "/run/braid/relay-client.sock";
+const SERVER_SOCKET: &str = config::DEFAULT_SERVER_SOCKET;
+const CLIENT_SOCKET: &str = config::DEFAULT_CLIENT_SOCKET;
 
 fn status(ctx: &Ctx, socket: Option<PathBuf>) -> Result<(), Error> {
     let status = match socket {
