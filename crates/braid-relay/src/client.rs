@@ -405,7 +405,7 @@ async fn relay(
 ) {
     if !pending.is_empty() {
         let (_, mut w) = tunnel_stream.split();
-        for chunk in pending.chunks(wire::MAX_FRAME_DATA) {
+        for chunk in pending.chunks(pipe::FRAME_DATA) {
             if pipe::send_frame(&mut w, &mut tunnel.sealer, wire::FrameKind::Data, chunk)
                 .await
                 .is_err()

@@ -292,6 +292,38 @@ fn status(ctx: &Ctx, socket: Option<PathBuf>) -> Result<(), Error> {
     Ok(())
 }
 
+/// The relay and relay client answering on their default sockets.
+pub fn running() -> Vec<Status> {
+    [SERVER_SOCKET, CLIENT_SOCKET]
+        .iter()
+        .filter(|p| Path::new(p).exists())
+        .filter_map(|p| braid_relay::control::request_status(Path::new(p)).ok())
+        .collect()
+}
+
+/// One line for `braid status`.
+pub fn one_line(s: &Status) -> String {
+    match s {
+        Status::Server(s) => format!(
+            "relay           serving on {} ({} clients allowed): {} connections open, {} in all, {} refused (braid relay status)",
+            s.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
+            s.clients.len(),
+            s.streams.active,
+            s.streams.total,
+            s.refused.values().sum::<u64>()
+        ),
+        Status::Client(c) => format!(
+            "relay client    to {}: {} connections open, {} in all ({} over MPTCP, {} over TCP), {} failed (braid relay status)",
+            c.relay,
+            c.streams.active,
+            c.streams.total,
+            c.over_mptcp,
+            c.over_tcp,
+            c.failures.values().sum::<u64>()
+        ),
+    }
+}
+
 fn bytes(n: u64) -> String {
     match n {
         n if n >= 1 << 30 => format!("{:.2} GiB", n as f64 / (1u64 << 30) as f64),

@@ -44,6 +44,9 @@ struct Status {
     /// The daemon's own view, when one answers on the control socket.
     #[serde(skip_serializing_if = "Option::is_none")]
     daemon: Option<serde_json::Value>,
+    /// A relay or relay client running here (their default status sockets).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    relays: Vec<braid_relay::stats::Status>,
 }
 
 fn hint(hints: &mut Vec<Hint>, severity: Severity, problem: String, fix: String) {
@@ -82,6 +85,7 @@ fn gather(socket: &std::path::Path) -> Status {
         mptcp_connections: 0,
         hints: Vec::new(),
         daemon: crate::daemon::daemon_status(socket),
+        relays: crate::relay::running(),
         mptcp_units: crate::run::enabled_units(std::path::Path::new("/")),
     };
     if !available {
@@ -298,6 +302,9 @@ pub fn run(ctx: &Ctx, socket: &std::path::Path) -> Result<()> {
         None => println!(
             "daemon          not running (start it with 'braid daemon' or the braid.service unit)"
         ),
+    }
+    for r in &s.relays {
+        println!("{}", crate::relay::one_line(r));
     }
     if s.hints.is_empty() {
         println!("\nno problems found");
