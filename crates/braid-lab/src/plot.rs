@@ -51,10 +51,15 @@ fn panel(r: &Report, y0: f64) -> String {
     let x = |t: f64| LEFT + t / t_max * pw;
     let y = |v: f64| y0 + TOP + ph - v / y_max * ph;
     s.push_str(&format!(
-        "<text x=\"{LEFT}\" y=\"{}\" font-size=\"14\" font-weight=\"bold\">{} with --pm {}{}</text>\n",
+        "<text x=\"{LEFT}\" y=\"{}\" font-size=\"14\" font-weight=\"bold\">{} with --pm {}{}{}</text>\n",
         y0 + 20.0,
         esc(r.scenario),
         esc(r.pm),
+        if r.via == "direct" {
+            String::new()
+        } else {
+            format!(" --via {}", esc(r.via))
+        },
         if r.survived { "" } else { " (connection did not survive)" }
     ));
     // Axes and grid.

@@ -731,6 +731,8 @@ struct Opts {
     client_max_connections: Option<u32>,
     /// A hosts file for the relay only (a private mount namespace).
     hosts: Option<&'static str>,
+    /// Run the relay and its client as `nobody` with no capabilities.
+    unprivileged: bool,
 }
 
 impl Default for Opts {
@@ -742,6 +744,7 @@ impl Default for Opts {
             max_handshakes_per_source: 64,
             client_max_connections: None,
             hosts: None,
+            unprivileged: false,
         }
     }
 }
@@ -764,6 +767,31 @@ struct Lab {
     relay_sock: PathBuf,
     client_sock: PathBuf,
     dir: TempDir,
+    unprivileged: bool,
+}
+
+/// The user the unprivileged test runs the relay as.
+const NOBODY: u32 = 65534;
+
+/// `braid ARGS... CONFIG` in `ns` as nobody, with every capability dropped
+/// (none in the bounding, inheritable or ambient sets) and no way to gain
+/// one (no_new_privs).
+fn unprivileged(ns: &Netns, args: &[&str], config: &Path) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name, "setpriv"])
+        .args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            BRAID,
+        ])
+        .args(args)
+        .arg(config);
+    cmd
 }
 
 impl Lab {
@@ -841,7 +869,14 @@ impl Lab {
         );
         let cfg_path = dir.path("relay.toml");
         std::fs::write(&cfg_path, cfg).unwrap();
+        if opts.unprivileged {
+            // nobody owns the keys and the directory its sockets go in.
+            for p in [&dir.0, &relay_key, &client_key] {
+                std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).unwrap();
+            }
+        }
         let mut cmd = match opts.hosts {
+            None if opts.unprivileged => unprivileged(&r, &["relay", "serve", "-c"], &cfg_path),
             None => {
                 let mut cmd = Command::new(BRAID);
                 cmd.args(["-n", &r.name, "relay", "serve", "-c"])
@@ -891,6 +926,7 @@ impl Lab {
             relay_sock,
             client_sock,
             dir,
+            unprivileged: opts.unprivileged,
         }
     }
 
@@ -912,13 +948,15 @@ impl Lab {
         );
         let path = self.dir.path("client.toml");
         std::fs::write(&path, cfg).unwrap();
-        let mut p = Proc::spawn(
-            "braid relay connect",
-            Command::new(BRAID)
-                .args(["-n", &self.c.name, "relay", "connect", "-c"])
-                .arg(&path),
-            self.dir.path("client.log"),
-        );
+        let mut cmd = if self.unprivileged {
+            unprivileged(&self.c, &["relay", "connect", "-c"], &path)
+        } else {
+            let mut cmd = Command::new(BRAID);
+            cmd.args(["-n", &self.c.name, "relay", "connect", "-c"])
+                .arg(&path);
+            cmd
+        };
+        let mut p = Proc::spawn("braid relay connect", &mut cmd, self.dir.path("client.log"));
         let st = p.wait_ready(&self.client_sock);
         assert_eq!(st["role"], "client");
         self.client = Some(p);
@@ -1662,4 +1700,42 @@ fn bad_input_gives_clear_errors() {
         ),
         &["nothing answers"],
     );
+}
+
+#[test]
+fn relay_and_client_need_no_privilege() {
+    // As the systemd units run them: another user, no capability at all.
+    let mut lab = Lab::new(
+        "rl8",
+        Opts {
+            unprivileged: true,
+            ..Opts::default()
+        },
+    );
+    lab.start_client();
+    for st in [lab.relay_status(), lab.client_status()] {
+        let pid = st["pid"].as_u64().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+                .unwrap()
+        };
+        assert!(field("Uid:").starts_with("65534"), "{}", field("Uid:"));
+        for caps in ["CapEff:", "CapPrm:", "CapBnd:", "CapAmb:"] {
+            assert_eq!(field(caps), "0000000000000000", "{caps}");
+        }
+    }
+    let s = lab
+        .socks(Target::V4(ORIGIN_V4), ORIGIN_PORT)
+        .expect("SOCKS reply code 0 for the origin");
+    let ex = exchange(s, 1 << 20, 1 << 20, None);
+    assert_exchange(&ex, 1 << 20);
+    let st = lab.client_status();
+    assert!(st["over_mptcp"].as_u64().unwrap() >= 1, "{st:#}");
+    // The per-path view works without privilege too.
+    assert!(!lab.relay_status()["paths"].as_array().unwrap().is_empty());
+    lab.assert_alive();
 }
