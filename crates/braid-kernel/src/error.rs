@@ -29,6 +29,9 @@ pub enum Op {
     Netns,
     Probe,
     Counters,
+    NftInstall,
+    NftRemove,
+    NftList,
 }
 
 impl Op {
@@ -55,6 +58,9 @@ impl Op {
             Op::Netns => "entering a network namespace",
             Op::Probe => "probing a path with an ICMP echo",
             Op::Counters => "reading the kernel's MPTCP counters (/proc/net/netstat)",
+            Op::NftInstall => "installing an nf_tables table",
+            Op::NftRemove => "removing an nf_tables table",
+            Op::NftList => "reading nf_tables tables and rules",
         }
     }
 }
@@ -161,6 +167,15 @@ fn kernel_message(op: Op, errno: i32, extack: Option<&str>) -> String {
             "the userspace path manager refused the request: check that net.mptcp.path_manager is 'userspace', that the token names a live connection and that the addresses and ids match it".into()
         }
         (Op::SubflowDestroy, libc::ESRCH) => "no subflow matches those addresses and ports on that connection".into(),
+        (Op::NftInstall, libc::EOPNOTSUPP) => {
+            "the kernel refused a chain or rule: the chain type does not allow this hook or priority (nat chains need a priority above -200, e.g. -100) or an expression is not allowed in this chain; nothing was changed".into()
+        }
+        (Op::NftInstall, libc::ENOENT) => {
+            "an expression, chain type or object the rules need is missing from this kernel (modules nft_chain_nat, nft_redir, nft_reject_inet, nft_socket); load them (modprobe) or use a kernel with them; nothing was changed".into()
+        }
+        (Op::NftInstall | Op::NftRemove | Op::NftList, libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT) => {
+            "this kernel has no nf_tables for the inet family (CONFIG_NF_TABLES_INET); load the nf_tables module or use a kernel with it".into()
+        }
         (_, libc::EOPNOTSUPP) => {
             "this kernel does not support the request (it may be too old for this command or flag)".into()
         }

@@ -1,7 +1,8 @@
 //! Typed access to every kernel MPTCP interface Braid uses: the `mptcp_pm`
 //! generic netlink family (commands and event stream), sock_diag dumps,
 //! MPTCP sockets and their socket options, rtnetlink link and address
-//! dumps, and the `net.mptcp.*` sysctls. No policy and no printing here.
+//! dumps, the `net.mptcp.*` sysctls, and an nf_tables table of Braid's own
+//! ([`nft`]). No policy and no printing here.
 //!
 //! Everything acts on the network namespace of the calling thread; see
 //! [`netns`] to reach another one.
@@ -15,6 +16,7 @@ pub mod genl;
 pub mod info;
 mod netlink;
 pub mod netns;
+pub mod nft;
 pub mod pm;
 pub mod probe;
 pub mod rtnl;

@@ -278,6 +278,96 @@ pub fn connection_info(fd: &impl AsFd) -> io::Result<ConnectionInfo> {
     })
 }
 
+/// `SO_ORIGINAL_DST` (linux/netfilter_ipv4.h) and `IP6T_SO_ORIGINAL_DST`
+/// (linux/netfilter_ipv6/ip6_tables.h): the same number at SOL_IP and
+/// SOL_IPV6.
+pub const SO_ORIGINAL_DST: libc::c_int = 80;
+
+/// Where an accepted TCP connection was going before a `redirect` (or any
+/// destination NAT) sent it here, from conntrack: `None` when it was not
+/// redirected (no conntrack entry, or one whose original destination is
+/// this socket's own address). IPv4 connections (also IPv4-mapped ones on an IPv6
+/// listener) are asked at SOL_IP and give an IPv4 address; IPv6 ones at
+/// SOL_IPV6.
+///
+/// The kernel answers this for TCP sockets, including MPTCP sockets that
+/// fell back to TCP; a live MPTCP socket refuses the option (EOPNOTSUPP).
+pub fn original_destination(fd: &impl AsFd) -> io::Result<Option<SocketAddr>> {
+    let sock = socket2::SockRef::from(fd);
+    let peer = sock.peer_addr()?;
+    let ipv4 = match peer.as_socket() {
+        Some(SocketAddr::V4(_)) => true,
+        Some(SocketAddr::V6(a)) => a.ip().to_ipv4_mapped().is_some(),
+        None => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "original_destination needs an IPv4 or IPv6 socket",
+            ))
+        }
+    };
+    let (level, size) = if ipv4 {
+        (libc::SOL_IP, size_of::<libc::sockaddr_in>())
+    } else {
+        (libc::SOL_IPV6, size_of::<libc::sockaddr_in6>())
+    };
+    let mut buf = [0u8; size_of::<libc::sockaddr_in6>()];
+    match getsockopt_bytes(fd, level, SO_ORIGINAL_DST, &mut buf[..size]) {
+        Ok(n) => {
+            let original = parse_sockaddr(&buf[..n]).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "SO_ORIGINAL_DST: unexpected address",
+                )
+            })?;
+            // Conntrack knows every connection once it is loaded; one that
+            // was not translated was going where it arrived.
+            let local = sock.local_addr()?.as_socket().map(unmap);
+            Ok((Some(original) != local).then_some(original))
+        }
+        // No conntrack entry: the connection was not translated.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        // No conntrack in the kernel at all (the option is unknown) on a
+        // TCP socket: nothing can have been translated either.
+        Err(e)
+            if e.raw_os_error() == Some(libc::ENOPROTOOPT)
+                && socket_protocol(fd)? == libc::IPPROTO_TCP =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// An IPv4-mapped IPv6 socket address as the IPv4 one it stands for.
+fn unmap(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+/// Set the socket's mark (SO_MARK), which routing rules and nf_tables
+/// (`meta mark`) see on its packets. Needs CAP_NET_ADMIN.
+pub fn set_mark(fd: &impl AsFd, mark: u32) -> io::Result<()> {
+    // SAFETY: mark is a valid u32 for the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            &mark as *const u32 as *const libc::c_void,
+            size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn parse_sockaddr(b: &[u8]) -> Option<SocketAddr> {
     let family = u16::from_ne_bytes(b.get(0..2)?.try_into().ok()?) as i32;
     let port = u16::from_be_bytes(b.get(2..4)?.try_into().ok()?);

@@ -16,7 +16,7 @@ use crate::guard::LabGuard;
 use crate::lab::LabConfig;
 use crate::pm::{self, PmKind};
 use crate::spec::PathSpec;
-use crate::traffic::{percentile, socks5_connect};
+use crate::traffic::{client_connect, percentile, socks5_connect, ClientWay};
 use crate::vethlab::VethLab;
 use crate::via::{self, cpu_time, fd_count, rss_kib, ProxyOptions, RunningVia, Site, Via};
 use crate::LabError;
@@ -126,13 +126,9 @@ fn serve(ns: &str, addr: SocketAddr, mptcp: bool, what: Serve) -> Result<Server,
     }
 }
 
-/// Connect from the client namespace's thread: through the proxy, or
-/// directly over MPTCP.
-fn connect(proxy: Option<SocketAddr>, target: SocketAddr) -> std::io::Result<std::net::TcpStream> {
-    match proxy {
-        Some(p) => socks5_connect(p, target),
-        None => braid_kernel::socket::connect(target).map(|(s, _)| s),
-    }
+/// Connect from the client namespace's thread, the way the run says.
+fn connect(way: ClientWay, target: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    client_connect(way, target).map(|(s, _)| s)
 }
 
 fn in_ns<T: Send + 'static>(
@@ -201,7 +197,7 @@ pub fn throughput(
         via_kind == Via::Direct,
         Serve::Source(duration),
     )?;
-    let proxy = proxies.as_ref().map(|p| p.socks);
+    let proxy = proxies.as_ref().map(|p| p.way).unwrap_or(ClientWay::Mptcp);
     let (relay_pids, client_pids) = match &proxies {
         Some(p) => (vec![p.pids[0]], vec![p.pids[1]]),
         None => (Vec::new(), Vec::new()),
@@ -296,7 +292,7 @@ pub fn ttfb(
         _ => (origin_ns, SocketAddr::new(site.origin_addr, ECHO_PORT)),
     };
     let _server = serve(&server_ns, target, via_kind == Via::Direct, Serve::Respond)?;
-    let proxy = proxies.as_ref().map(|p| p.socks);
+    let proxy = proxies.as_ref().map(|p| p.way).unwrap_or(ClientWay::Mptcp);
     let times = in_ns(&site.client_ns, move || {
         let mut times = Vec::with_capacity(samples);
         let mut failures = 0;
@@ -405,7 +401,11 @@ pub fn scale(
     let (relay, client) = (proxies.pids[0], proxies.pids[1]);
     let idle = (rss_kib(relay).unwrap_or(0), rss_kib(client).unwrap_or(0));
     let fds_idle = (fd_count(relay).unwrap_or(0), fd_count(client).unwrap_or(0));
-    let proxy = proxies.socks;
+    let ClientWay::Socks5(proxy) = proxies.way else {
+        return Err(LabError::Invalid(
+            "the scale benchmark goes through SOCKS5: --via relay or shadowsocks".into(),
+        ));
+    };
     let total = clients * per_client;
     let all_open = Arc::new(Barrier::new(clients + 1));
     let release = Arc::new(Barrier::new(clients + 1));

@@ -225,7 +225,10 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
         server_addr,
         mptcp_server_ns: st.server_ns.clone(),
         path_client_addrs: st.paths.iter().map(|p| p.client_addr).collect(),
-        socks: proxies.as_ref().map(|p| p.socks),
+        way: proxies
+            .as_ref()
+            .map(|p| p.way)
+            .unwrap_or(crate::traffic::ClientWay::Mptcp),
     };
     let d_ms = cfg.duration.as_secs_f64() * 1000.0;
     let mut events = Vec::new();

@@ -49,25 +49,39 @@ pub struct Endpoints {
     pub mptcp_server_ns: String,
     /// The client's address on each path, to attribute subflows to paths.
     pub path_client_addrs: Vec<IpAddr>,
-    /// Reach the server through this SOCKS5 proxy (in the client's
-    /// namespace) with plain TCP, as an unmodified program would, instead
-    /// of connecting over MPTCP.
-    pub socks: Option<SocketAddr>,
+    /// How the client's program reaches the server.
+    pub way: ClientWay,
 }
 
-/// Connect from the client to `target`: over MPTCP, or through the SOCKS5
-/// proxy. Returns the stream and how it travels.
-fn client_connect(
-    socks: Option<SocketAddr>,
+/// How the client's program reaches its server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientWay {
+    /// An MPTCP socket straight to the server.
+    Mptcp,
+    /// Plain TCP through this SOCKS5 proxy in the client's namespace, as a
+    /// program configured for a proxy would.
+    Socks5(SocketAddr),
+    /// Plain TCP straight to the server's address, as any unmodified
+    /// program would (transparent mode redirects it).
+    Tcp,
+}
+
+/// Connect from the client to `target` the way `way` says. Returns the
+/// stream and how it travels.
+pub fn client_connect(
+    way: ClientWay,
     target: SocketAddr,
 ) -> std::io::Result<(std::net::TcpStream, String)> {
-    match socks {
-        None => {
+    match way {
+        ClientWay::Mptcp => {
             let (s, t) = socket::connect(target)?;
             let transport = transport_of(&s, t);
             Ok((s, transport))
         }
-        Some(proxy) => Ok((socks5_connect(proxy, target)?, "tcp through a proxy".into())),
+        ClientWay::Socks5(proxy) => {
+            Ok((socks5_connect(proxy, target)?, "tcp through a proxy".into()))
+        }
+        ClientWay::Tcp => Ok((std::net::TcpStream::connect(target)?, "tcp".into())),
     }
 }
 
@@ -393,8 +407,8 @@ impl Bulk {
         }
         let target = SocketAddr::new(ep.server_addr, port);
         let client_ns = ep.client_ns.clone();
-        let socks = ep.socks;
-        let client = in_thread(&client_ns, move || client_connect(socks, target));
+        let way = ep.way;
+        let client = in_thread(&client_ns, move || client_connect(way, target));
         let (cstream, transport) = client
             .join()
             .map_err(|_| LabError::Io("traffic client panicked".into()))??
@@ -633,10 +647,9 @@ impl Probe {
             Err(_) => return Err(LabError::Io("the probe server did not start".into())),
         }
         let target = SocketAddr::new(ep.server_addr, port);
-        let socks = ep.socks;
+        let way = ep.way;
         let client = in_thread(&ep.client_ns, move || -> Result<ProbeResult, String> {
-            let (s, _) =
-                client_connect(socks, target).map_err(|e| format!("probe connect: {e}"))?;
+            let (s, _) = client_connect(way, target).map_err(|e| format!("probe connect: {e}"))?;
             let _ = s.set_nodelay(true);
             let mut reader = s.try_clone().map_err(|e| e.to_string())?;
             let mut writer = s;

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::lab::Lab;
 use crate::pm::spawn_in_netns;
+use crate::traffic::ClientWay;
 use crate::LabError;
 
 pub const SS_SERVER: &str = "/usr/bin/ss-server";
@@ -36,6 +37,9 @@ pub enum Via {
     Relay,
     /// shadowsocks-libev (ss-local, ss-server) under mptcpize.
     Shadowsocks,
+    /// Braid's relay with its client in transparent mode: the program
+    /// connects with plain TCP to the origin's address, no proxy setting.
+    Transparent,
 }
 
 impl Via {
@@ -44,8 +48,9 @@ impl Via {
             "direct" => Ok(Via::Direct),
             "relay" => Ok(Via::Relay),
             "shadowsocks" | "ss" => Ok(Via::Shadowsocks),
+            "transparent" => Ok(Via::Transparent),
             other => Err(LabError::Invalid(format!(
-                "unknown --via '{other}': choose direct, relay or shadowsocks"
+                "unknown --via '{other}': choose direct, relay, transparent or shadowsocks"
             ))),
         }
     }
@@ -55,6 +60,7 @@ impl Via {
             Via::Direct => "direct",
             Via::Relay => "relay",
             Via::Shadowsocks => "shadowsocks",
+            Via::Transparent => "transparent",
         }
     }
 
@@ -77,8 +83,8 @@ impl Via {
 /// The proxies of a run; stopped on drop.
 pub struct RunningVia {
     children: Vec<Child>,
-    /// Where the client's programs find the SOCKS5 proxy.
-    pub socks: SocketAddr,
+    /// How the client's programs reach the origin through them.
+    pub way: ClientWay,
     /// Process ids: relay (or ss-server) first, then the client side.
     pub pids: Vec<u32>,
     logs: Vec<std::path::PathBuf>,
@@ -248,22 +254,32 @@ pub fn start_at(
     }
     let mut running = RunningVia {
         children: Vec::new(),
-        socks: SOCKS_ADDR,
+        way: if via == Via::Transparent {
+            ClientWay::Tcp
+        } else {
+            ClientWay::Socks5(SOCKS_ADDR)
+        },
         pids: Vec::new(),
         logs: Vec::new(),
     };
     match via {
         Via::Direct => unreachable!(),
-        Via::Relay => {
+        Via::Relay | Via::Transparent => {
             let relay_key = new_key(&dir.join("relay.key"))?;
             let client_key = new_key(&dir.join("relay-client.key"))?;
             let server_sock = dir.join("relay.sock");
             let client_sock = dir.join("relay-client.sock");
             let cfg = dir.join("relay.toml");
+            let transparent = via == Via::Transparent;
+            let socks = if transparent {
+                "off".to_string()
+            } else {
+                SOCKS_ADDR.to_string()
+            };
             write(
                 &cfg,
                 &format!(
-                    "[relay.server]\nlisten = [\"0.0.0.0:{RELAY_PORT}\"]\nkey_file = \"{}\"\ncontrol_socket = \"{}\"\nfast_open = {fast_open}\nmax_connections = 100000\nmax_handshakes = 10000\nmax_handshakes_per_source = 10000\n\n[relay.server.destinations]\nallow = [\"{}/{}\"]\n\n[[relay.server.client]]\nname = \"lab\"\npublic_key = \"{}\"\n\n[relay.client]\nrelay = \"{relay_addr}\"\nrelay_public_key = \"{}\"\nkey_file = \"{}\"\nsocks = \"{SOCKS_ADDR}\"\nhttp = \"off\"\nfast_open = {fast_open}\nearly_reply = {early_reply}\ncontrol_socket = \"{}\"\n",
+                    "[relay.server]\nlisten = [\"0.0.0.0:{RELAY_PORT}\"]\nkey_file = \"{}\"\ncontrol_socket = \"{}\"\nfast_open = {fast_open}\nmax_connections = 100000\nmax_handshakes = 10000\nmax_handshakes_per_source = 10000\n\n[relay.server.destinations]\nallow = [\"{}/{}\"]\n\n[[relay.server.client]]\nname = \"lab\"\npublic_key = \"{}\"\n\n[relay.client]\nrelay = \"{relay_addr}\"\nrelay_public_key = \"{}\"\nkey_file = \"{}\"\nsocks = \"{socks}\"\nhttp = \"off\"\nfast_open = {fast_open}\nearly_reply = {early_reply}\ncontrol_socket = \"{}\"\ntransparent = {transparent}\nfallback = \"block\"\n",
                     dir.join("relay.key").display(),
                     server_sock.display(),
                     site.origin_addr,

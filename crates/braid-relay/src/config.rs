@@ -15,6 +15,8 @@ use crate::wire::Destination;
 
 pub const DEFAULT_PATH: &str = "/etc/braid/braid.toml";
 pub const DEFAULT_PORT: u16 = 7000;
+/// The bits of the socket mark transparent mode may use.
+pub const MARK_MASK: u32 = 0x00ff_0000;
 /// Status sockets, in the runtime directories of the systemd units.
 pub const DEFAULT_SERVER_SOCKET: &str = "/run/braid-relay/relay.sock";
 pub const DEFAULT_CLIENT_SOCKET: &str = "/run/braid-relay-client/client.sock";
@@ -114,6 +116,10 @@ pub struct ServerConfig {
     /// Unix socket for `braid relay status`.
     #[serde(default = "default_server_control")]
     pub control_socket: PathBuf,
+    /// The resolver that answers clients' DNS queries (transparent mode),
+    /// over TCP; by default the first nameserver of /etc/resolv.conf.
+    #[serde(default)]
+    pub dns: Option<SocketAddr>,
     #[serde(default)]
     pub destinations: DestinationsConfig,
 }
@@ -175,6 +181,126 @@ pub struct ClientConfig {
     /// Unix socket for `braid relay status`.
     #[serde(default = "default_client_control")]
     pub control_socket: PathBuf,
+    /// Transparent mode: outgoing TCP of the scope is redirected here and
+    /// carried through the relay, with no proxy setting in any program
+    /// (needs CAP_NET_ADMIN, for the nftables rules and socket marks).
+    #[serde(default)]
+    pub transparent: bool,
+    /// Whose connections: "host" (every program), "uid:1000", "cgroup:
+    /// /system.slice/foo.service", or "lan:eth1,wlan1" (forwarded traffic
+    /// of a LAN arriving on those interfaces: router use).
+    #[serde(default)]
+    pub scope: Scope,
+    /// Destinations never redirected, besides loopback, link-local,
+    /// multicast, this host's own subnets and the relay.
+    #[serde(default)]
+    pub exclude: Vec<ipnet::IpNet>,
+    /// When the relay cannot be reached: "direct" (connections go out
+    /// directly, warned once per outage) or "block" (they fail).
+    #[serde(default)]
+    pub fallback: Fallback,
+    /// QUIC (UDP 443) would bypass a TCP relay on one path: "block" refuses
+    /// it (ICMP port unreachable) so programs use TCP through the relay at
+    /// once; "allow" lets it out directly.
+    #[serde(default)]
+    pub quic: Quic,
+    /// DNS queries of the scope (UDP and TCP port 53) answered through the
+    /// relay by its resolver, so names do not leak over one path: "relay"
+    /// or "off".
+    #[serde(default)]
+    pub dns: Dns,
+    /// Where redirected connections arrive (and DNS queries, UDP, on the
+    /// same port).
+    #[serde(default = "default_transparent_port")]
+    pub transparent_port: u16,
+    /// The mark (SO_MARK) on the client's own sockets, which the redirect
+    /// leaves alone; only the bits in 0x00ff0000 are used.
+    #[serde(default = "default_mark")]
+    pub mark: u32,
+}
+
+fn default_transparent_port() -> u16 {
+    7001
+}
+fn default_mark() -> u32 {
+    0x00b2_0000
+}
+
+/// Whose connections transparent mode carries.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub enum Scope {
+    #[default]
+    Host,
+    Uid(u32),
+    /// A cgroup v2 path below /sys/fs/cgroup.
+    Cgroup(String),
+    /// Interfaces of a LAN whose forwarded traffic is carried.
+    Lan(Vec<String>),
+}
+
+impl Scope {
+    pub fn parse(s: &str) -> Result<Scope, String> {
+        let bad = || {
+            format!(
+                "'{s}' is not a scope: use \"host\", \"uid:1000\", \"cgroup:/system.slice/foo.service\" or \"lan:eth1,wlan1\""
+            )
+        };
+        match s.split_once(':') {
+            None if s == "host" => Ok(Scope::Host),
+            Some(("uid", n)) => n.trim().parse().map(Scope::Uid).map_err(|_| bad()),
+            Some(("cgroup", p)) if p.starts_with('/') && !p.contains("..") => {
+                Ok(Scope::Cgroup(p.trim_end_matches('/').to_string()))
+            }
+            Some(("lan", ifs)) => {
+                let names: Vec<String> = ifs.split(',').map(|i| i.trim().to_string()).collect();
+                if names.iter().any(|n| n.is_empty() || n.len() > 15) {
+                    return Err(format!("'{s}': interface names have 1 to 15 characters"));
+                }
+                Ok(Scope::Lan(names))
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Scope::Host => "every program of this host".into(),
+            Scope::Uid(u) => format!("programs of uid {u}"),
+            Scope::Cgroup(p) => format!("programs in cgroup {p}"),
+            Scope::Lan(ifs) => format!("traffic forwarded from {}", ifs.join(", ")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Scope::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    #[default]
+    Direct,
+    Block,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quic {
+    #[default]
+    Block,
+    Allow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dns {
+    #[default]
+    Relay,
+    Off,
 }
 
 /// A listening address, or none ("off").
@@ -403,10 +529,21 @@ impl ClientConfig {
                 format!("{e} (expected HOST:PORT, e.g. relay.example.net:{DEFAULT_PORT})"),
             )
         })?;
-        if self.socks.0.is_none() && self.http.0.is_none() {
+        if self.socks.0.is_none() && self.http.0.is_none() && !self.transparent {
             return Err(ConfigError(
-                "keys 'relay.client.socks' and 'relay.client.http' are both \"off\": no program could use the relay".into(),
+                "keys 'relay.client.socks' and 'relay.client.http' are both \"off\" and transparent is false: no program could use the relay".into(),
             ));
+        }
+        if self.transparent_port == 0 {
+            return Err(ConfigError(
+                "key 'relay.client.transparent_port': 0 is not a port".into(),
+            ));
+        }
+        if self.mark & !MARK_MASK != 0 || self.mark == 0 {
+            return Err(ConfigError(format!(
+                "key 'relay.client.mark': {:#x} must be non-zero and within {MARK_MASK:#010x}, the bits Braid may use",
+                self.mark
+            )));
         }
         in_range(
             text,
@@ -445,6 +582,14 @@ impl ClientConfig {
             early_reply: false,
             mptcp: true,
             control_socket: default_client_control(),
+            transparent: false,
+            scope: Scope::Host,
+            exclude: Vec::new(),
+            fallback: Fallback::Direct,
+            quic: Quic::Block,
+            dns: Dns::Relay,
+            transparent_port: default_transparent_port(),
+            mark: default_mark(),
         })
     }
 }
@@ -507,6 +652,34 @@ mod tests {
         assert!(e.contains("no client could connect"), "{e}");
         let e = parse("[relay.server]\n").unwrap_err().0;
         assert!(e.contains("key_file"), "{e}");
+    }
+
+    #[test]
+    fn transparent_settings() {
+        let text = format!(
+            "[relay.client]\nrelay = \"192.0.2.1:7000\"\nrelay_public_key = \"{KEY2}\"\nkey_file = \"/k\"\ntransparent = true\nscope = \"cgroup:/system.slice/x.service/\"\nfallback = \"block\"\nexclude = [\"198.51.100.0/24\"]\n"
+        );
+        let c = parse(&text).unwrap().client.unwrap();
+        assert!(c.transparent);
+        assert_eq!(c.scope, Scope::Cgroup("/system.slice/x.service".into()));
+        assert_eq!(c.fallback, Fallback::Block);
+        assert_eq!(
+            (c.quic, c.dns, c.transparent_port, c.mark),
+            (Quic::Block, Dns::Relay, 7001, 0x00b2_0000)
+        );
+        let e = parse(&text.replace("cgroup:/system.slice/x.service/", "users"))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("line 6") && e.contains("uid:1000"), "{e}");
+        let e = parse(&format!("{text}mark = 1\n")).unwrap_err().0;
+        assert!(e.contains("0x00ff0000"), "{e}");
+        assert_eq!(
+            Scope::parse("lan:eth1, wlan1"),
+            Ok(Scope::Lan(vec!["eth1".into(), "wlan1".into()]))
+        );
+        assert_eq!(Scope::parse("uid:1000"), Ok(Scope::Uid(1000)));
+        assert!(Scope::parse("cgroup:../etc").is_err());
+        assert!(Scope::parse("lan:averyveryverylongname0").is_err());
     }
 
     #[test]

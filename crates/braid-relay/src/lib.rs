@@ -22,6 +22,7 @@ pub mod config;
 pub mod control;
 pub mod destinations;
 pub mod http_connect;
+pub mod interceptor;
 pub mod keys;
 pub mod limits;
 pub mod net;
@@ -33,6 +34,7 @@ pub mod server;
 pub mod service;
 pub mod socks;
 pub mod stats;
+pub mod transparent;
 pub mod wire;
 
 #[derive(Debug, thiserror::Error)]

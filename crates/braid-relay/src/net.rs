@@ -108,12 +108,18 @@ pub fn listen(
 
 /// Connect for the tunnel. With `fast_open`, connect returns at once and
 /// the first write carries the SYN (see [`write_first_flight`]).
+/// `mark` (SO_MARK, needs CAP_NET_ADMIN) lets transparent mode's rules
+/// leave the connection alone; MPTCP copies it to every subflow.
 pub async fn connect(
     addr: SocketAddr,
     mptcp: bool,
     fast_open: bool,
+    mark: Option<u32>,
 ) -> io::Result<(TcpStream, Transport, FastOpen)> {
     let (s, t) = stream_socket(&addr, mptcp)?;
+    if let Some(m) = mark {
+        s.set_mark(m)?;
+    }
     let fo = if !fast_open {
         FastOpen::Off("disabled in the configuration (fast_open = false)".into())
     } else if fastopen_sysctl().is_some_and(|v| v & 1 == 0) {

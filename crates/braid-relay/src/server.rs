@@ -211,7 +211,7 @@ impl Server {
             tasks.spawn(async move {
                 c.serve(move || {
                     let sh = sh.clone();
-                    async move { StatusReport::Server(status(&sh).await) }
+                    async move { StatusReport::Server(Box::new(status(&sh).await)) }
                 })
                 .await
             });
@@ -452,7 +452,14 @@ async fn handle(
         }
     };
     let dest = request.destination.clone();
-    let connected = open_destination(&shared, &dest).await;
+    let connected = match request.kind {
+        wire::Kind::Tcp => open_destination(&shared, &dest).await,
+        wire::Kind::Dns => open_resolver(&shared).await,
+        wire::Kind::Ping => {
+            let _ = answer(&mut stream, responder, Status::Connected, "").await;
+            return;
+        }
+    };
     let destination = match connected {
         Ok(d) => d,
         Err((status, why)) => {
@@ -601,6 +608,46 @@ async fn answer(
     } else {
         let _ = stream.shutdown().await;
         Ok(None)
+    }
+}
+
+/// The resolver that answers clients' DNS: the configured one, or the
+/// first nameserver of /etc/resolv.conf (read each time: it changes).
+fn resolver(cfg: &ServerConfig) -> Result<SocketAddr, String> {
+    if let Some(a) = cfg.dns {
+        return Ok(a);
+    }
+    let text = std::fs::read_to_string("/etc/resolv.conf")
+        .map_err(|e| format!("no relay.server.dns and /etc/resolv.conf unreadable: {e}"))?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .find_map(|a| a.trim().parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .ok_or_else(|| {
+            "no nameserver in /etc/resolv.conf: set relay.server.dns (e.g. \"9.9.9.9:53\")"
+                .to_string()
+        })
+}
+
+/// Connect to the relay's own resolver over TCP (not subject to the
+/// destination policy: it is the relay's configuration, often on loopback).
+async fn open_resolver(shared: &Shared) -> Result<TcpStream, (Status, String)> {
+    let addr = resolver(&shared.cfg).map_err(|why| (Status::GeneralFailure, why))?;
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(shared.cfg.connect_timeout_ms);
+    match timeout_at(deadline, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err((
+            Status::HostUnreachable,
+            format!("the relay's resolver {addr} refused DNS over TCP: {e}"),
+        )),
+        Err(_) => Err((
+            Status::TimedOut,
+            format!("the relay's resolver {addr} did not answer in time"),
+        )),
     }
 }
 

@@ -222,14 +222,38 @@ pub struct ClientStatus {
     pub failures: BTreeMap<String, u64>,
     /// The most recent failure, worded for a person.
     pub last_failure: Option<String>,
+    /// Whether the relay answered the last attempt to reach it.
+    pub relay_reachable: bool,
     pub paths: Vec<PathBytes>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transparent: Option<TransparentStatus>,
+}
+
+/// Transparent mode, in `braid relay status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransparentStatus {
+    pub scope: String,
+    pub port: u16,
+    pub fallback: String,
+    pub quic: String,
+    pub dns: String,
+    /// Rules in the nftables table inet braid, as installed by this client
+    /// and as found in the kernel now (they differ only if someone else
+    /// changed the table).
+    pub rules_installed: usize,
+    pub rules_in_kernel: Option<usize>,
+    pub relayed: u64,
+    pub direct: u64,
+    pub blocked: u64,
+    pub dns_answered: u64,
+    pub dns_failed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "role", rename_all = "snake_case")]
 pub enum Status {
-    Server(ServerStatus),
-    Client(ClientStatus),
+    Server(Box<ServerStatus>),
+    Client(Box<ClientStatus>),
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@
 //! both ways        len | transport message                  payload: Frame
 //! ```
 //!
-//! Request: version (1), kind (1 = TCP stream), timestamp (u64, Unix ms),
+//! Request: version (1), kind (1 = TCP stream, 2 = DNS over TCP to the
+//! relay's resolver), timestamp (u64, Unix ms),
 //! destination (SOCKS5 style: type 1 IPv4, 3 name, 4 IPv6; then port),
 //! then any early data (bytes for the destination, sent once connected).
 //! Reply: status (u8), reason length (u8) and reason (UTF-8).
@@ -191,7 +192,13 @@ fn take<'a>(b: &'a [u8], at: usize, n: usize, what: &'static str) -> Result<&'a 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
+    /// A TCP stream to the destination.
     Tcp = 1,
+    /// DNS over TCP (RFC 7766) to the relay's own resolver; the destination
+    /// is ignored. Names are then resolved where the traffic leaves.
+    Dns = 2,
+    /// Is the relay there? Answered at once, nothing relayed.
+    Ping = 3,
 }
 
 /// The client's request, in its first message.
@@ -232,6 +239,8 @@ impl Request {
         }
         let kind = match *b.get(1).ok_or(WireError::Short("kind"))? {
             1 => Kind::Tcp,
+            2 => Kind::Dns,
+            3 => Kind::Ping,
             other => {
                 return Err(WireError::Unknown {
                     what: "request kind",

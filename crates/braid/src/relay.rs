@@ -41,6 +41,9 @@ pub enum RelayCmd {
     },
     /// Run the relay client: SOCKS5 and HTTP CONNECT listeners whose connections go through the relay.
     Connect(ConnectArgs),
+    /// Remove transparent mode's nftables table if a relay client left it
+    /// behind (it does so itself when it stops; this is for after a crash).
+    Cleanup,
     /// What a running relay or relay client is doing.
     Status {
         /// Its status socket (default: the relay's, then the client's).
@@ -82,6 +85,16 @@ pub struct ConnectArgs {
     /// Check the configuration and the key, then exit.
     #[arg(long)]
     check_config: bool,
+    /// Transparent mode: redirect outgoing TCP (of --scope) through the relay,
+    /// no proxy setting needed (CAP_NET_ADMIN; nftables rules of its own).
+    #[arg(long)]
+    transparent: bool,
+    /// Whose connections: host, uid:N, cgroup:/PATH, lan:IF[,IF].
+    #[arg(long, value_name = "SCOPE")]
+    scope: Option<String>,
+    /// When the relay is unreachable: direct or block.
+    #[arg(long, value_parser = ["direct", "block"])]
+    fallback: Option<String>,
 }
 
 fn invalid(e: impl std::fmt::Display) -> Error {
@@ -100,6 +113,24 @@ pub fn run(ctx: &Ctx, cmd: RelayCmd) -> Result<(), Error> {
         } => serve(ctx, &config, key_file, control_socket, check_config),
         RelayCmd::Connect(a) => connect(ctx, a),
         RelayCmd::Status { socket } => status(ctx, socket),
+        RelayCmd::Cleanup => {
+            let removed =
+                braid_relay::interceptor::Interceptor::clean_leftovers().map_err(invalid)?;
+            if ctx.json {
+                print_json(&serde_json::json!({"removed": removed}));
+            } else if removed {
+                println!(
+                    "removed the nftables table inet {} a relay client had left",
+                    braid_relay::transparent::TABLE
+                );
+            } else {
+                println!(
+                    "nothing to clean: no table inet {}",
+                    braid_relay::transparent::TABLE
+                );
+            }
+            Ok(())
+        }
     }
 }
 
@@ -232,9 +263,9 @@ fn client_config(a: &ConnectArgs) -> Result<ClientConfig, Error> {
     if let Some(s) = &a.http {
         cfg.http = Listener::parse(s).map_err(|e| invalid(format!("--http: {e}")))?;
     }
-    if cfg.socks.0.is_none() && cfg.http.0.is_none() {
+    if cfg.socks.0.is_none() && cfg.http.0.is_none() && !cfg.transparent && !a.transparent {
         return Err(invalid(
-            "both the SOCKS5 and the HTTP listener are off: no program could use the relay",
+            "both the SOCKS5 and the HTTP listener are off and transparent mode is not on: no program could use the relay",
         ));
     }
     if let Some(p) = &a.control_socket {
@@ -245,6 +276,24 @@ fn client_config(a: &ConnectArgs) -> Result<ClientConfig, Error> {
     }
     if a.early_reply {
         cfg.early_reply = true;
+    }
+    if a.transparent {
+        cfg.transparent = true;
+    }
+    if let Some(scope) = &a.scope {
+        cfg.scope = config::Scope::parse(scope).map_err(|e| invalid(format!("--scope: {e}")))?;
+    }
+    if let Some(f) = &a.fallback {
+        cfg.fallback = if f == "block" {
+            config::Fallback::Block
+        } else {
+            config::Fallback::Direct
+        };
+    }
+    if (a.scope.is_some() || a.fallback.is_some()) && !cfg.transparent {
+        return Err(invalid(
+            "--scope and --fallback are for transparent mode: add --transparent",
+        ));
     }
     Ok(cfg)
 }
@@ -436,6 +485,28 @@ fn print_client(c: &ClientStatus) {
     print_refusals("failures", &c.failures);
     if let Some(f) = &c.last_failure {
         println!("last failure    {f}");
+    }
+    if !c.relay_reachable {
+        println!("relay           NOT REACHABLE at the last attempt");
+    }
+    if let Some(t) = &c.transparent {
+        println!(
+            "transparent     {} -> port {}; fallback {}, QUIC {}, DNS {}",
+            t.scope, t.port, t.fallback, t.quic, t.dns
+        );
+        let kernel = match t.rules_in_kernel {
+            Some(n) if n == t.rules_installed => format!("{n} rules in table inet braid"),
+            Some(n) => format!(
+                "{n} rules in table inet braid, {} installed: someone changed the table",
+                t.rules_installed
+            ),
+            None => "table inet braid MISSING: nothing is redirected (restart the client)".into(),
+        };
+        println!("  rules         {kernel}");
+        println!(
+            "  connections   {} through the relay, {} direct (relay down), {} refused; DNS {} answered, {} failed",
+            t.relayed, t.direct, t.blocked, t.dns_answered, t.dns_failed
+        );
     }
     if c.over_tcp > 0 && c.over_mptcp == 0 {
         println!("hint            no connection reached the relay over MPTCP: check 'braid status' (MPTCP enabled? the relay's listener MPTCP?)");

@@ -537,7 +537,7 @@ fn restart_under_a_live_transfer() {
         server_addr: "10.1.0.2".parse().unwrap(),
         mptcp_server_ns: format!("{}-s", lab.name),
         path_client_addrs: vec!["10.1.0.1".parse().unwrap(), "10.2.0.1".parse().unwrap()],
-        socks: None,
+        way: braid_lab::traffic::ClientWay::Mptcp,
     };
     let bulk = braid_lab::traffic::Bulk::start(&ep, 5301, Duration::from_secs(5)).unwrap();
     std::thread::sleep(Duration::from_millis(1500));

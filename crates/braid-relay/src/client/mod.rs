@@ -1,0 +1,411 @@
+//! `braid relay connect`: the relay client's I/O shell. Programs reach it
+//! through SOCKS5 or HTTP CONNECT; each of their connections becomes its
+//! own MPTCP connection to the relay (so the path manager's endpoints and
+//! modes apply to it, and one slow stream never blocks another), whose
+//! first message carries the destination.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::config::{ClientConfig, Scope};
+use crate::interceptor::Interceptor;
+use crate::keys::{PrivateKey, PublicKey};
+use crate::stats::{
+    ClientStatus, PathTotals, Refusal, RefusalCounters, Status as StatusReport, StreamCounters,
+    TransparentStatus,
+};
+use crate::wire::Destination;
+use crate::{control, paths, RelayError};
+
+mod proxy;
+mod transparent;
+mod tunnel;
+
+use proxy::{accept_loop, Proxy};
+
+/// Transparent mode's rules are re-read against the host this often
+/// (addresses come and go).
+const RULES_REFRESH: Duration = Duration::from_secs(10);
+
+/// How long a program may take to send its proxy request.
+const PROXY_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// With `early_reply`, how long to wait for a program's first bytes.
+const EARLY_DATA_WAIT: Duration = Duration::from_millis(20);
+/// A resolved relay name is used this long before it is resolved again.
+const RELAY_NAME_TTL: Duration = Duration::from_secs(60);
+
+struct Shared {
+    cfg: ClientConfig,
+    key: PrivateKey,
+    public: PublicKey,
+    relay: Destination,
+    started: Instant,
+    totals: Arc<StreamCounters>,
+    failures: RefusalCounters,
+    last_failure: Mutex<Option<String>>,
+    paths: PathTotals,
+    over_mptcp: AtomicU64,
+    over_tcp: AtomicU64,
+    fast_open: Mutex<String>,
+    resolved: Mutex<Option<(Instant, Vec<SocketAddr>)>>,
+    /// Where the tunnels go, for the status's live path view.
+    relay_addrs: Mutex<Vec<SocketAddr>>,
+    relay_health: RelayHealth,
+    transparent: transparent::Counters,
+    /// The transparent-mode rules installed, for the status.
+    rules: Mutex<Option<braid_kernel::nft::Table>>,
+}
+
+/// Whether the relay answers: set when a tunnel fails to reach it, cleared
+/// by any answer. Transparent mode falls back while it is down.
+struct RelayHealth {
+    down: tokio::sync::watch::Sender<bool>,
+}
+
+impl RelayHealth {
+    fn new() -> RelayHealth {
+        RelayHealth {
+            down: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    fn failed(&self) {
+        self.down.send_if_modified(|d| !std::mem::replace(d, true));
+    }
+
+    fn answered(&self) {
+        self.down.send_if_modified(|d| std::mem::replace(d, false));
+    }
+
+    fn is_down(&self) -> bool {
+        *self.down.borrow()
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.down.subscribe()
+    }
+}
+
+/// Transparent mode's listeners: TCP and (for DNS) UDP on the same port.
+struct TransparentListeners {
+    tcp: Vec<TcpListener>,
+    udp: Vec<tokio::net::UdpSocket>,
+}
+
+/// Where redirected traffic arrives: loopback for this host's programs
+/// (REDIRECT in the output hook sends to 127.0.0.1 / ::1), any address for
+/// a LAN (REDIRECT in prerouting sends to the receiving interface's own).
+fn bind_transparent(cfg: &ClientConfig) -> Result<TransparentListeners, RelayError> {
+    let (v4, v6): (IpAddr, IpAddr) = match cfg.scope {
+        Scope::Lan(_) => (Ipv4Addr::UNSPECIFIED.into(), Ipv6Addr::UNSPECIFIED.into()),
+        _ => (Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()),
+    };
+    let port = cfg.transparent_port;
+    let mut l = TransparentListeners {
+        tcp: vec![bind_listener(
+            SocketAddr::new(v4, port),
+            "redirected connections",
+        )?],
+        udp: Vec::new(),
+    };
+    // IPv6 may be off on the host: then there is nothing to redirect there.
+    match bind_listener(SocketAddr::new(v6, port), "redirected connections") {
+        Ok(t) => l.tcp.push(t),
+        Err(e) => warn!("transparent mode without IPv6: {e}"),
+    }
+    if cfg.dns == crate::config::Dns::Relay {
+        for ip in [v4, v6] {
+            let addr = SocketAddr::new(ip, port);
+            let bound = std::net::UdpSocket::bind(addr)
+                .and_then(|s| s.set_nonblocking(true).map(|_| s))
+                .and_then(tokio::net::UdpSocket::from_std);
+            match bound {
+                Ok(s) => l.udp.push(s),
+                Err(e) if ip.is_ipv6() => warn!("transparent DNS without IPv6 ({addr}): {e}"),
+                Err(e) => {
+                    return Err(RelayError::Io(format!(
+                        "cannot receive DNS queries on {addr}: {e} (pick another transparent_port)"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(l)
+}
+
+/// A relay client ready to run: key loaded, listeners bound.
+pub struct Client {
+    shared: Arc<Shared>,
+    socks: Option<TcpListener>,
+    http: Option<TcpListener>,
+    transparent: Option<TransparentListeners>,
+    control: Option<control::ControlListener>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn bind_listener(addr: SocketAddr, what: &str) -> Result<TcpListener, RelayError> {
+    let bind = || -> std::io::Result<TcpListener> {
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        s.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        s.bind(&addr.into())?;
+        s.listen(1024)?;
+        s.set_nonblocking(true)?;
+        TcpListener::from_std(s.into())
+    };
+    let l = bind().map_err(|e| {
+        RelayError::Io(format!(
+            "cannot listen for {what} on {addr}: {e}{}",
+            if e.raw_os_error() == Some(libc::EADDRINUSE) {
+                " (another proxy uses that port: pick another in the configuration)"
+            } else {
+                ""
+            }
+        ))
+    })?;
+    if !addr.ip().is_loopback() {
+        warn!(
+            %addr,
+            "the {what} listener is reachable from the network and asks no password: anyone who reaches it uses your relay"
+        );
+    }
+    Ok(l)
+}
+
+impl Shared {
+    /// The mark on the client's own sockets, in transparent mode.
+    fn mark(&self) -> Option<u32> {
+        self.cfg.transparent.then_some(self.cfg.mark)
+    }
+}
+
+impl Client {
+    pub fn bind(cfg: ClientConfig) -> Result<Client, RelayError> {
+        let key = PrivateKey::load(&cfg.key_file)?;
+        let public = key.public();
+        if public == cfg.relay_public_key {
+            return Err(RelayError::Config(
+                "relay_public_key is this client's own public key: it must be the relay's ('braid relay pubkey' on the relay)".into(),
+            ));
+        }
+        let socks = cfg
+            .socks
+            .0
+            .map(|a| bind_listener(a, "SOCKS5"))
+            .transpose()?;
+        let http = cfg
+            .http
+            .0
+            .map(|a| bind_listener(a, "HTTP CONNECT"))
+            .transpose()?;
+        let transparent = cfg
+            .transparent
+            .then(|| bind_transparent(&cfg))
+            .transpose()?;
+        let control = control::ControlListener::bind(&cfg.control_socket)?;
+        let shared = Shared {
+            key,
+            public,
+            relay: cfg.relay_destination(),
+            started: Instant::now(),
+            totals: Arc::default(),
+            failures: RefusalCounters::default(),
+            last_failure: Mutex::new(None),
+            paths: PathTotals::default(),
+            over_mptcp: AtomicU64::new(0),
+            over_tcp: AtomicU64::new(0),
+            fast_open: Mutex::new("not used yet".into()),
+            resolved: Mutex::new(None),
+            relay_addrs: Mutex::new(Vec::new()),
+            relay_health: RelayHealth::new(),
+            transparent: transparent::Counters::default(),
+            rules: Mutex::new(None),
+            cfg,
+        };
+        Ok(Client {
+            shared: Arc::new(shared),
+            socks,
+            http,
+            transparent,
+            control: Some(control),
+        })
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.shared.public
+    }
+
+    /// The bound SOCKS5 and HTTP listeners' addresses.
+    pub fn listen_addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        (
+            self.socks.as_ref().and_then(|l| l.local_addr().ok()),
+            self.http.as_ref().and_then(|l| l.local_addr().ok()),
+        )
+    }
+
+    pub async fn run(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), RelayError> {
+        let shared = self.shared.clone();
+        let (socks_addr, http_addr) = self.listen_addrs();
+        info!(
+            relay = %shared.relay,
+            public_key = %shared.public,
+            socks = ?socks_addr,
+            http = ?http_addr,
+            "relay client ready"
+        );
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(l) = self.socks.take() {
+            tasks.spawn(accept_loop(l, shared.clone(), Proxy::Socks));
+        }
+        if let Some(l) = self.http.take() {
+            tasks.spawn(accept_loop(l, shared.clone(), Proxy::Http));
+        }
+        if let Some(c) = self.control.take() {
+            let sh = shared.clone();
+            tasks.spawn(async move {
+                c.serve(move || {
+                    let sh = sh.clone();
+                    async move { StatusReport::Client(Box::new(status(&sh).await)) }
+                })
+                .await
+            });
+        }
+        let mut rules = None;
+        if let Some(listeners) = self.transparent.take() {
+            // Listeners first, then the rules that send traffic to them.
+            for l in listeners.tcp {
+                tasks.spawn(transparent::accept_tcp(l, shared.clone()));
+            }
+            for u in listeners.udp {
+                tasks.spawn(transparent::serve_dns(u, shared.clone()));
+            }
+            tasks.spawn(transparent::watch_relay(shared.clone()));
+            Interceptor::clean_leftovers()?;
+            let addrs = tunnel::relay_addrs(&shared).await.map_err(RelayError::Io)?;
+            let ips: Vec<IpAddr> = addrs.iter().map(|a| a.ip()).collect();
+            let i = Interceptor::install(&shared.cfg, &ips)?;
+            *shared.rules.lock().expect("not poisoned") = i.table().cloned();
+            let i = Arc::new(Mutex::new(i));
+            tasks.spawn(keep_rules_current(shared.clone(), i.clone()));
+            rules = Some(i);
+        }
+        stop.await;
+        tasks.abort_all();
+        if let Some(i) = rules {
+            i.lock().expect("not poisoned").remove();
+        }
+        info!("relay client stopping");
+        Ok(())
+    }
+}
+
+/// Re-read the host now and then, and when the relay goes down or comes
+/// back: while it is down with `fallback = "direct"`, DNS is left to the
+/// host's own resolver rather than redirected to a relay that cannot
+/// answer.
+async fn keep_rules_current(shared: Arc<Shared>, rules: Arc<Mutex<Interceptor>>) {
+    let mut health = shared.relay_health.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RULES_REFRESH) => {}
+            r = health.changed() => if r.is_err() { return },
+        }
+        let mut cfg = shared.cfg.clone();
+        if shared.relay_health.is_down() && cfg.fallback == crate::config::Fallback::Direct {
+            cfg.dns = crate::config::Dns::Off;
+        }
+        let ips: Vec<IpAddr> = match tunnel::relay_addrs(&shared).await {
+            Ok(a) => a.iter().map(|a| a.ip()).collect(),
+            Err(_) => continue,
+        };
+        let sh = shared.clone();
+        let rules = rules.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut i = rules.lock().expect("not poisoned");
+            match i.refresh(&cfg, &ips) {
+                Ok(_) => *sh.rules.lock().expect("not poisoned") = i.table().cloned(),
+                Err(e) => warn!("updating the transparent-mode rules: {e}"),
+            }
+        })
+        .await;
+    }
+}
+
+fn fail(shared: &Shared, kind: Refusal, why: String) {
+    shared.failures.count(kind);
+    *shared.last_failure.lock().expect("not poisoned") = Some(why);
+}
+
+async fn status(shared: &Shared) -> ClientStatus {
+    let relays = shared.relay_addrs.lock().expect("not poisoned").clone();
+    let (live, in_kernel) = tokio::task::spawn_blocking(move || {
+        let live = paths::live(|c| relays.contains(&c.remote));
+        let rules = braid_kernel::nft::list(crate::transparent::TABLE)
+            .ok()
+            .flatten()
+            .map(|r| r.len());
+        (live, rules)
+    })
+    .await
+    .unwrap_or_default();
+    let cfg = &shared.cfg;
+    let t = &shared.transparent;
+    let transparent = cfg.transparent.then(|| TransparentStatus {
+        scope: cfg.scope.describe(),
+        port: cfg.transparent_port,
+        fallback: format!("{:?}", cfg.fallback).to_lowercase(),
+        quic: format!("{:?}", cfg.quic).to_lowercase(),
+        dns: format!("{:?}", cfg.dns).to_lowercase(),
+        rules_installed: shared
+            .rules
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .map(|t| t.chains.iter().map(|c| c.rules.len()).sum())
+            .unwrap_or(0),
+        rules_in_kernel: in_kernel,
+        relayed: t.relayed.load(Ordering::Relaxed),
+        direct: t.direct.load(Ordering::Relaxed),
+        blocked: t.blocked.load(Ordering::Relaxed),
+        dns_answered: t.dns_answered.load(Ordering::Relaxed),
+        dns_failed: t.dns_failed.load(Ordering::Relaxed),
+    });
+    ClientStatus {
+        pid: std::process::id(),
+        uptime_s: shared.started.elapsed().as_secs(),
+        relay: shared.relay.to_string(),
+        relay_public_key: shared.cfg.relay_public_key.to_text(),
+        public_key: shared.public.to_text(),
+        socks: shared.cfg.socks.0,
+        http: shared.cfg.http.0,
+        fast_open: shared.fast_open.lock().expect("not poisoned").clone(),
+        streams: shared.totals.snapshot(),
+        over_mptcp: shared.over_mptcp.load(Ordering::Relaxed),
+        over_tcp: shared.over_tcp.load(Ordering::Relaxed),
+        failures: shared.failures.snapshot(),
+        last_failure: shared.last_failure.lock().expect("not poisoned").clone(),
+        relay_reachable: !shared.relay_health.is_down(),
+        paths: shared.paths.with_live(&live),
+        transparent,
+    }
+}
