@@ -56,6 +56,8 @@ enum Serve {
     /// Answer each connection's request with a response, then wait for
     /// the client to close.
     Respond,
+    /// The same with a response of this many bytes.
+    RespondBytes(usize),
 }
 
 /// Serve in `ns` on `addr` (MPTCP when `mptcp`, so a direct client can use
@@ -100,12 +102,16 @@ fn serve(ns: &str, addr: SocketAddr, mptcp: bool, what: Serve) -> Result<Server,
                         }
                     }
                 }
-                Serve::Respond => {
+                Serve::Respond | Serve::RespondBytes(_) => {
+                    let size = match what {
+                        Serve::RespondBytes(n) => n,
+                        _ => RESPONSE,
+                    };
                     let mut req = [0u8; REQUEST];
                     if s.read_exact(&mut req).is_err() {
                         return;
                     }
-                    if s.write_all(&[0xa5u8; RESPONSE]).is_err() {
+                    if s.write_all(&vec![0xa5u8; size]).is_err() {
                         return;
                     }
                     let mut sink = [0u8; 64];
@@ -495,5 +501,201 @@ pub fn scale(
         relay_fds_after: after.0,
         client_fds_idle: fds_idle.1,
         client_fds_after: after.1,
+    })
+}
+
+/// An emulated lab with an origin, the kernel's static endpoints on the
+/// client and the proxies of `via`; the server to talk to and its address.
+struct EmulatedSite {
+    _proxies: Option<RunningVia>,
+    _pm: pm::RunningPm,
+    site: Site,
+    way: ClientWay,
+    server_ns: String,
+    server_ip: std::net::IpAddr,
+    _guard: LabGuard,
+}
+
+fn emulated_site(
+    exe: &Path,
+    name: &str,
+    via_kind: Via,
+    opts: ProxyOptions,
+    paths: Vec<PathSpec>,
+) -> Result<EmulatedSite, LabError> {
+    let guard = LabGuard::up(LabConfig {
+        name: name.to_string(),
+        paths,
+        emulator_exe: exe.to_path_buf(),
+        client_addr_absent: Vec::new(),
+        seed: 3,
+        origin: true,
+    })?;
+    let pm = pm::start(PmKind::Kernel, guard.lab(), exe)?;
+    let site = Site::of(guard.lab())?;
+    let proxies = via::start_at(via_kind, &site, exe, opts)?;
+    let origin_ns = guard
+        .lab()
+        .state
+        .origin
+        .as_ref()
+        .expect("lab with origin")
+        .ns
+        .clone();
+    let (server_ns, server_ip) = match via_kind {
+        Via::Direct => (site.server_ns.clone(), site.server_addr),
+        _ => (origin_ns, site.origin_addr),
+    };
+    Ok(EmulatedSite {
+        way: proxies.as_ref().map(|p| p.way).unwrap_or(ClientWay::Tcp),
+        _proxies: proxies,
+        _pm: pm,
+        site,
+        server_ns,
+        server_ip,
+        _guard: guard,
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PageLoadReport {
+    pub via: &'static str,
+    pub connections: usize,
+    pub response_bytes: usize,
+    pub runs: usize,
+    /// From the first connect until every response has arrived.
+    pub median_ms: f64,
+    pub worst_ms: f64,
+}
+
+/// A page's worth of parallel short connections (a 100-byte request and a
+/// response each, all started at once), `runs` times. `Via::Direct` is
+/// plain TCP to the server over the primary path alone, as a program
+/// without MPTCP and without a relay gets.
+pub fn page_load(
+    exe: &Path,
+    name: &str,
+    via_kind: Via,
+    paths: Vec<PathSpec>,
+    connections: usize,
+    response_bytes: usize,
+    runs: usize,
+) -> Result<PageLoadReport, LabError> {
+    let es = emulated_site(
+        exe,
+        name,
+        via_kind,
+        ProxyOptions::recommended(via_kind),
+        paths,
+    )?;
+    let target = SocketAddr::new(es.server_ip, ECHO_PORT);
+    let _server = serve(
+        &es.server_ns,
+        target,
+        false,
+        Serve::RespondBytes(response_bytes),
+    )?;
+    let way = es.way;
+    let ns = es.site.client_ns.clone();
+    let mut times = Vec::new();
+    // One warm-up page (cookies, the relay's first connection).
+    for run in 0..runs + 1 {
+        let t0 = Instant::now();
+        let threads: Vec<_> = (0..connections)
+            .map(|_| {
+                let ns = ns.clone();
+                std::thread::spawn(move || -> Result<(), String> {
+                    braid_kernel::netns::enter(&ns).map_err(|e| e.to_string())?;
+                    let mut s = connect(way, target).map_err(|e| e.to_string())?;
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                    s.write_all(&[1u8; REQUEST]).map_err(|e| e.to_string())?;
+                    let mut resp = vec![0u8; response_bytes];
+                    s.read_exact(&mut resp).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join()
+                .map_err(|_| LabError::Io("a page-load connection panicked".into()))?
+                .map_err(|e| LabError::Io(format!("a page-load connection failed: {e}")))?;
+        }
+        if run > 0 {
+            times.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    Ok(PageLoadReport {
+        via: via_kind.name(),
+        connections,
+        response_bytes,
+        runs,
+        median_ms: times[(times.len() - 1) / 2],
+        worst_ms: *times.last().expect("at least one run"),
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QuicFirstReport {
+    pub quic: &'static str,
+    pub samples: usize,
+    /// From the first QUIC packet until the TCP response arrived.
+    pub p50_ms: f64,
+    pub worst_ms: f64,
+}
+
+/// How long it waits for QUIC before it uses TCP, as a browser racing
+/// the two does.
+pub const QUIC_WAIT: Duration = Duration::from_millis(300);
+
+/// A browser-like client through transparent mode: it tries QUIC (a UDP
+/// datagram to port 443 of the origin), and when that fails or stays
+/// unanswered for [`QUIC_WAIT`], makes its request over TCP.
+pub fn quic_first(
+    exe: &Path,
+    name: &str,
+    block: bool,
+    paths: Vec<PathSpec>,
+    samples: usize,
+) -> Result<QuicFirstReport, LabError> {
+    let opts = ProxyOptions {
+        quic_allowed: !block,
+        ..ProxyOptions::recommended(Via::Transparent)
+    };
+    let es = emulated_site(exe, name, Via::Transparent, opts, paths)?;
+    let target = SocketAddr::new(es.server_ip, ECHO_PORT);
+    let quic = SocketAddr::new(es.server_ip, 443);
+    let _server = serve(&es.server_ns, target, false, Serve::Respond)?;
+    let mut times = in_ns(&es.site.client_ns, move || {
+        let mut times = Vec::new();
+        for _ in 0..samples {
+            let t0 = Instant::now();
+            let u =
+                std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| LabError::Io(e.to_string()))?;
+            let _ = u.connect(quic);
+            let _ = u.set_read_timeout(Some(QUIC_WAIT));
+            // Refused at once (EPERM or ECONNREFUSED) or unanswered.
+            if u.send(&[0xc3u8; 1200]).is_ok() {
+                let mut buf = [0u8; 64];
+                let _ = u.recv(&mut buf);
+            }
+            let mut s = connect(ClientWay::Tcp, target)
+                .map_err(|e| LabError::Io(format!("connecting: {e}")))?;
+            s.write_all(&[1u8; REQUEST])
+                .map_err(|e| LabError::Io(format!("sending: {e}")))?;
+            let mut resp = [0u8; RESPONSE];
+            s.read_exact(&mut resp)
+                .map_err(|e| LabError::Io(format!("receiving: {e}")))?;
+            times.push(t0.elapsed().as_secs_f64() * 1000.0);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(times)
+    })?;
+    times.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    Ok(QuicFirstReport {
+        quic: if block { "block" } else { "allow" },
+        samples,
+        p50_ms: percentile(&times, 50.0),
+        worst_ms: times.last().copied().unwrap_or(0.0),
     })
 }

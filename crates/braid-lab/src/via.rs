@@ -197,6 +197,8 @@ pub struct ProxyOptions {
     /// bytes with the destination (Braid's relay: `early_reply`;
     /// shadowsocks always does).
     pub early_reply: bool,
+    /// Transparent mode lets QUIC (UDP 443) out instead of refusing it.
+    pub quic_allowed: bool,
 }
 
 impl ProxyOptions {
@@ -209,6 +211,7 @@ impl ProxyOptions {
         ProxyOptions {
             fast_open: via != Via::Shadowsocks,
             early_reply: false,
+            quic_allowed: false,
         }
     }
 }
@@ -235,6 +238,7 @@ pub fn start_at(
 ) -> Result<Option<RunningVia>, LabError> {
     let fast_open = opts.fast_open;
     let early_reply = opts.early_reply;
+    let quic = if opts.quic_allowed { "allow" } else { "block" };
     if via == Via::Direct {
         return Ok(None);
     }
@@ -279,7 +283,7 @@ pub fn start_at(
             write(
                 &cfg,
                 &format!(
-                    "[relay.server]\nlisten = [\"0.0.0.0:{RELAY_PORT}\"]\nkey_file = \"{}\"\ncontrol_socket = \"{}\"\nfast_open = {fast_open}\nmax_connections = 100000\nmax_handshakes = 10000\nmax_handshakes_per_source = 10000\n\n[relay.server.destinations]\nallow = [\"{}/{}\"]\n\n[[relay.server.client]]\nname = \"lab\"\npublic_key = \"{}\"\n\n[relay.client]\nrelay = \"{relay_addr}\"\nrelay_public_key = \"{}\"\nkey_file = \"{}\"\nsocks = \"{socks}\"\nhttp = \"off\"\nfast_open = {fast_open}\nearly_reply = {early_reply}\ncontrol_socket = \"{}\"\ntransparent = {transparent}\nfallback = \"block\"\n",
+                    "[relay.server]\nlisten = [\"0.0.0.0:{RELAY_PORT}\"]\nkey_file = \"{}\"\ncontrol_socket = \"{}\"\nfast_open = {fast_open}\nmax_connections = 100000\nmax_handshakes = 10000\nmax_handshakes_per_source = 10000\n\n[relay.server.destinations]\nallow = [\"{}/{}\"]\n\n[[relay.server.client]]\nname = \"lab\"\npublic_key = \"{}\"\n\n[relay.client]\nrelay = \"{relay_addr}\"\nrelay_public_key = \"{}\"\nkey_file = \"{}\"\nsocks = \"{socks}\"\nhttp = \"off\"\nfast_open = {fast_open}\nearly_reply = {early_reply}\ncontrol_socket = \"{}\"\ntransparent = {transparent}\nfallback = \"block\"\nquic = \"{quic}\"\n",
                     dir.join("relay.key").display(),
                     server_sock.display(),
                     site.origin_addr,

@@ -203,6 +203,27 @@ pub enum BenchRelayCmd {
         #[command(flatten)]
         link: LinkArgs,
     },
+    /// A page load: 50 parallel short connections, all through the relay, against plain TCP on the primary path.
+    Pageload {
+        #[arg(long, default_value = "direct,transparent,relay")]
+        via: String,
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// Size of each response.
+        #[arg(long, default_value_t = 16384)]
+        bytes: usize,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[command(flatten)]
+        link: LinkArgs,
+    },
+    /// A browser-like client that tries QUIC first, through transparent mode, with QUIC refused and allowed.
+    Quic {
+        #[arg(long, default_value_t = 20)]
+        samples: usize,
+        #[command(flatten)]
+        link: LinkArgs,
+    },
     /// Many relayed connections open at once: set-up time, memory, descriptors.
     Scale {
         #[arg(long, default_value = "relay,shadowsocks")]
@@ -558,6 +579,7 @@ fn bench_relay(ctx: &Ctx, b: BenchRelayCmd) -> Result<(), LabError> {
                         let opts = braid_lab::via::ProxyOptions {
                             fast_open: *fo,
                             early_reply: *er,
+                            quic_allowed: false,
                         };
                         reports.push(relay_bench::ttfb(
                             &exe,
@@ -596,6 +618,85 @@ fn bench_relay(ctx: &Ctx, b: BenchRelayCmd) -> Result<(), LabError> {
                         r.max_ms,
                         r.path_rtt_ms,
                         format!("{}/{}", r.failures, r.samples + r.failures)
+                    );
+                }
+            }
+        }
+        BenchRelayCmd::Pageload {
+            via,
+            connections,
+            bytes,
+            runs,
+            link,
+        } => {
+            let vias = parse_vias(&via)?;
+            check(&vias)?;
+            let mut reports = Vec::new();
+            for v in vias {
+                eprintln!(
+                    "braid: {runs} pages of {connections} connections through {}",
+                    v.name()
+                );
+                reports.push(relay_bench::page_load(
+                    &exe,
+                    &name,
+                    v,
+                    path_specs(2, &link)?,
+                    connections,
+                    bytes,
+                    runs,
+                )?);
+            }
+            if ctx.json {
+                print_json(&reports);
+            } else {
+                println!(
+                    "{:<12} {:>12} {:>14} {:>12} {:>12}",
+                    "via", "connections", "response bytes", "median ms", "worst ms"
+                );
+                for r in &reports {
+                    println!(
+                        "{:<12} {:>12} {:>14} {:>12.1} {:>12.1}",
+                        if r.via == "direct" {
+                            "direct (TCP, primary)"
+                        } else {
+                            r.via
+                        },
+                        r.connections,
+                        r.response_bytes,
+                        r.median_ms,
+                        r.worst_ms
+                    );
+                }
+            }
+        }
+        BenchRelayCmd::Quic { samples, link } => {
+            check(&[Via::Transparent])?;
+            let mut reports = Vec::new();
+            for block in [true, false] {
+                eprintln!(
+                    "braid: {samples} QUIC-first requests with QUIC {}",
+                    if block { "refused" } else { "allowed" }
+                );
+                reports.push(relay_bench::quic_first(
+                    &exe,
+                    &name,
+                    block,
+                    path_specs(2, &link)?,
+                    samples,
+                )?);
+            }
+            if ctx.json {
+                print_json(&reports);
+            } else {
+                println!(
+                    "{:<8} {:>9} {:>9} {:>9}",
+                    "QUIC", "samples", "p50 ms", "worst ms"
+                );
+                for r in &reports {
+                    println!(
+                        "{:<8} {:>9} {:>9.1} {:>9.1}",
+                        r.quic, r.samples, r.p50_ms, r.worst_ms
                     );
                 }
             }

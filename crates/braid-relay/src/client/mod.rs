@@ -358,10 +358,15 @@ fn fail(shared: &Shared, kind: Refusal, why: String) {
 
 async fn status(shared: &Shared) -> ClientStatus {
     let relays = shared.relay_addrs.lock().expect("not poisoned").clone();
+    let transparent_on = shared.cfg.transparent;
     let (live, in_kernel) = tokio::task::spawn_blocking(move || {
         let live = paths::live(|c| relays.contains(&c.remote));
-        let rules = braid_kernel::nft::list(crate::transparent::TABLE)
-            .ok()
+        let rules = transparent_on
+            .then(|| {
+                braid_kernel::nft::list(crate::transparent::TABLE)
+                    .ok()
+                    .flatten()
+            })
             .flatten()
             .map(|r| r.len());
         (live, rules)
