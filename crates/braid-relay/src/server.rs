@@ -190,9 +190,12 @@ impl Server {
     }
 
     /// Serve until `stop` completes.
+    /// Serve until `stop` completes; `ready` is called once everything is
+    /// in place.
     pub async fn run(
         mut self,
         stop: impl std::future::Future<Output = ()>,
+        ready: impl FnOnce(),
     ) -> Result<(), RelayError> {
         let shared = self.shared.clone();
         info!(
@@ -226,6 +229,7 @@ impl Server {
                 }
             }
         });
+        ready();
         stop.await;
         tasks.abort_all();
         info!("relay stopping");

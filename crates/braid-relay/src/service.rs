@@ -7,19 +7,29 @@ use crate::client::Client;
 use crate::server::Server;
 use crate::RelayError;
 
-async fn terminated() {
-    let (Ok(mut term), Ok(mut int)) = (
+/// Until SIGTERM or SIGINT. The handlers are in place when this returns,
+/// before anything is set up that a stop must undo (transparent mode's
+/// rules).
+fn terminated() -> Result<impl std::future::Future<Output = ()>, RelayError> {
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers, run until killed.
-        return std::future::pending().await;
+    );
+    let (Ok(mut term), Ok(mut int)) = handlers else {
+        return Err(RelayError::Io("cannot handle SIGTERM and SIGINT".into()));
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    })
+}
+
+/// Tell systemd the service is ready (once it really is).
+fn ready() {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 }
 
 /// A multi-threaded runtime: forwarding uses every core.
@@ -32,16 +42,16 @@ fn runtime() -> Result<tokio::runtime::Runtime, RelayError> {
 
 pub fn serve(cfg: crate::config::ServerConfig) -> Result<(), RelayError> {
     runtime()?.block_on(async {
+        let stop = terminated()?;
         let server = Server::bind(cfg)?;
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-        server.run(terminated()).await
+        server.run(stop, ready).await
     })
 }
 
 pub fn connect(cfg: crate::config::ClientConfig) -> Result<(), RelayError> {
     runtime()?.block_on(async {
+        let stop = terminated()?;
         let client = Client::bind(cfg)?;
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-        client.run(terminated()).await
+        client.run(stop, ready).await
     })
 }

@@ -260,9 +260,12 @@ impl Client {
         )
     }
 
+    /// Run until `stop` completes; `ready` is called once everything is in
+    /// place (in transparent mode: the rules installed).
     pub async fn run(
         mut self,
         stop: impl std::future::Future<Output = ()>,
+        ready: impl FnOnce(),
     ) -> Result<(), RelayError> {
         let shared = self.shared.clone();
         let (socks_addr, http_addr) = self.listen_addrs();
@@ -309,6 +312,7 @@ impl Client {
             tasks.spawn(keep_rules_current(shared.clone(), i.clone()));
             rules = Some(i);
         }
+        ready();
         stop.await;
         tasks.abort_all();
         if let Some(i) = rules {
