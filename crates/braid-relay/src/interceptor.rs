@@ -55,7 +55,9 @@ fn cgroup2_mount() -> Option<(String, String)> {
 fn cgroup(path: &str) -> Option<(u32, u64)> {
     let (mount, root) = cgroup2_mount()?;
     // The path is from the hierarchy's root; the mount may show a subtree.
-    let below = path.strip_prefix(root.trim_end_matches('/')).unwrap_or(path);
+    let below = path
+        .strip_prefix(root.trim_end_matches('/'))
+        .unwrap_or(path);
     let meta = std::fs::metadata(format!("{mount}{below}")).ok()?;
     let level = path.split('/').filter(|p| !p.is_empty()).count() as u32;
     Some((level, meta.ino()))

@@ -1413,7 +1413,7 @@ fn no_leak_when_the_relay_is_down_and_fallback_blocks() {
     let st = lab.client_status();
     assert_eq!(st["relay_reachable"], false, "{st:#}");
     assert!(
-        tcount(&st, "blocked") >= ATTEMPTS as u64 + 1,
+        tcount(&st, "blocked") > ATTEMPTS as u64,
         "every attempt counted as blocked: {st:#}"
     );
     assert!(tcount(&st, "dns_failed") >= 1, "{st:#}");
