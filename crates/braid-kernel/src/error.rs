@@ -32,6 +32,7 @@ pub enum Op {
     NftInstall,
     NftRemove,
     NftList,
+    ConntrackGet,
 }
 
 impl Op {
@@ -61,6 +62,7 @@ impl Op {
             Op::NftInstall => "installing an nf_tables table",
             Op::NftRemove => "removing an nf_tables table",
             Op::NftList => "reading nf_tables tables and rules",
+            Op::ConntrackGet => "looking up a flow's original destination in conntrack",
         }
     }
 }
@@ -175,6 +177,15 @@ fn kernel_message(op: Op, errno: i32, extack: Option<&str>) -> String {
         }
         (Op::NftInstall | Op::NftRemove | Op::NftList, libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT) => {
             "this kernel has no nf_tables for the inet family (CONFIG_NF_TABLES_INET); load the nf_tables module or use a kernel with it".into()
+        }
+        (Op::ConntrackGet, libc::ENOENT) => {
+            "conntrack has no such flow: it was not seen, or its entry expired".into()
+        }
+        (Op::ConntrackGet, libc::EINVAL) => {
+            "the kernel refused the lookup: either it has no conntrack netlink interface (CONFIG_NF_CT_NETLINK; load it with 'modprobe nf_conntrack_netlink') or the flow's addresses, ports or protocol are not ones conntrack tracks".into()
+        }
+        (Op::ConntrackGet, libc::EOPNOTSUPP | libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT) => {
+            "this kernel does not track connections of this address family or protocol (CONFIG_NF_CONNTRACK and its IPv4/IPv6 support); load nf_conntrack or use a kernel with it".into()
         }
         (_, libc::EOPNOTSUPP) => {
             "this kernel does not support the request (it may be too old for this command or flag)".into()

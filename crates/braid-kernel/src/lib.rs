@@ -1,13 +1,15 @@
 //! Typed access to every kernel MPTCP interface Braid uses: the `mptcp_pm`
 //! generic netlink family (commands and event stream), sock_diag dumps,
 //! MPTCP sockets and their socket options, rtnetlink link and address
-//! dumps, the `net.mptcp.*` sysctls, and an nf_tables table of Braid's own
-//! ([`nft`]). No policy and no printing here.
+//! dumps, the `net.mptcp.*` sysctls, an nf_tables table of Braid's own
+//! ([`nft`]) and the original destinations of redirected flows
+//! ([`conntrack`]). No policy and no printing here.
 //!
 //! Everything acts on the network namespace of the calling thread; see
 //! [`netns`] to reach another one.
 
 pub mod bpf;
+pub mod conntrack;
 pub mod counters;
 pub mod diag;
 pub mod error;

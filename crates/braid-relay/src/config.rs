@@ -201,7 +201,9 @@ pub struct ClientConfig {
     pub fallback: Fallback,
     /// QUIC (UDP 443) would bypass a TCP relay on one path: "block" refuses
     /// it (ICMP port unreachable) so programs use TCP through the relay at
-    /// once; "allow" lets it out directly.
+    /// once; "relay" carries it through the relay too (each flow its own
+    /// tunnel, arriving on transparent_port + 1); "allow" lets it out
+    /// directly.
     #[serde(default)]
     pub quic: Quic,
     /// DNS queries of the scope (UDP and TCP port 53) answered through the
@@ -292,6 +294,7 @@ pub enum Fallback {
 pub enum Quic {
     #[default]
     Block,
+    Relay,
     Allow,
 }
 
@@ -534,9 +537,9 @@ impl ClientConfig {
                 "keys 'relay.client.socks' and 'relay.client.http' are both \"off\" and transparent is false: no program could use the relay".into(),
             ));
         }
-        if self.transparent_port == 0 {
+        if self.transparent_port == 0 || self.transparent_port == u16::MAX {
             return Err(ConfigError(
-                "key 'relay.client.transparent_port': 0 is not a port".into(),
+                "key 'relay.client.transparent_port': must be 1 to 65534 (UDP uses the next port too)".into(),
             ));
         }
         if self.mark & !MARK_MASK != 0 || self.mark == 0 {

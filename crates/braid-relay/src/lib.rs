@@ -20,6 +20,7 @@
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod datagrams;
 pub mod destinations;
 pub mod http_connect;
 pub mod interceptor;

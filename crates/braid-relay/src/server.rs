@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::oneshot;
 use tokio::time::timeout_at;
 use tracing::{debug, info, warn};
@@ -456,6 +456,9 @@ async fn handle(
         }
     };
     let dest = request.destination.clone();
+    if request.kind == wire::Kind::Udp {
+        return relay_udp(stream, peer, &shared, client, responder, request).await;
+    }
     let connected = match request.kind {
         wire::Kind::Tcp => open_destination(&shared, &dest).await,
         wire::Kind::Dns => open_resolver(&shared).await,
@@ -463,6 +466,7 @@ async fn handle(
             let _ = answer(&mut stream, responder, Status::Connected, "").await;
             return;
         }
+        wire::Kind::Udp => unreachable!("handled above"),
     };
     let destination = match connected {
         Ok(d) => d,
@@ -523,6 +527,88 @@ async fn handle(
         other => debug!(client = %client.name, %peer, destination = %dest, "ended: {other:?}"),
     }
     drop(conn_slot);
+}
+
+/// A UDP flow: a socket connected to the destination, each datagram one
+/// frame of the tunnel; the first rides in the first message.
+async fn relay_udp(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    client: &AllowedClient,
+    responder: Responder,
+    request: Request,
+) {
+    let dest = request.destination;
+    let udp = match open_udp(shared, &dest).await {
+        Ok(u) => Arc::new(u),
+        Err((status, why)) => {
+            let kind = if status == Status::NotAllowed {
+                Refusal::DestinationRefused
+            } else {
+                Refusal::ConnectFailed
+            };
+            shared.refused.count(kind);
+            info!(client = %client.name, %peer, destination = %dest, "UDP not relayed: {why}");
+            let _ = answer(&mut stream, responder, status, &why).await;
+            return;
+        }
+    };
+    let Ok(Some(session)) = answer(&mut stream, responder, Status::Connected, "").await else {
+        return;
+    };
+    if !request.early_data.is_empty() {
+        let _ = udp.send(&request.early_data).await;
+    }
+    let (sealer, opener) = session.split();
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let reader = {
+        let udp = udp.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; crate::datagrams::MAX_DATAGRAM];
+            while let Ok(n) = udp.recv(&mut buf).await {
+                if tx.send(buf[..n].to_vec()).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    for c in [&shared.totals, &client.counters] {
+        c.active.fetch_add(1, Ordering::Relaxed);
+        c.total.fetch_add(1, Ordering::Relaxed);
+    }
+    let counters = crate::datagrams::DatagramCounters {
+        into_tunnel: vec![
+            shared.totals.bytes_down.clone(),
+            client.counters.bytes_down.clone(),
+        ],
+        out_of_tunnel: vec![
+            shared.totals.bytes_up.clone(),
+            client.counters.bytes_up.clone(),
+        ],
+    };
+    let tunnel = Tunnel {
+        sealer,
+        opener,
+        reader: MessageReader::new(),
+    };
+    let sender = udp.clone();
+    let end = crate::datagrams::forward(
+        &mut stream,
+        tunnel,
+        rx,
+        move |d| {
+            let _ = sender.try_send(d);
+        },
+        crate::datagrams::IDLE,
+        counters,
+    )
+    .await;
+    reader.abort();
+    for c in [&shared.totals, &client.counters] {
+        c.active.fetch_sub(1, Ordering::Relaxed);
+    }
+    debug!(client = %client.name, %peer, destination = %dest, "UDP flow ended: {end:?}");
 }
 
 type Authenticated = (Responder, PublicKey, Request);
@@ -655,13 +741,12 @@ async fn open_resolver(shared: &Shared) -> Result<TcpStream, (Status, String)> {
     }
 }
 
-/// Resolve, check against the policy, connect.
-async fn open_destination(
+/// The destination's addresses the policy allows (resolved at the relay).
+async fn allowed_addresses(
     shared: &Shared,
     dest: &Destination,
-) -> Result<TcpStream, (Status, String)> {
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_millis(shared.cfg.connect_timeout_ms);
+    deadline: tokio::time::Instant,
+) -> Result<Vec<SocketAddr>, (Status, String)> {
     let candidates: Vec<SocketAddr> = match &dest.host {
         Host::Ip(ip) => vec![SocketAddr::new(*ip, dest.port)],
         Host::Name(name) => {
@@ -701,6 +786,40 @@ async fn open_destination(
             refusal.unwrap_or_else(|| format!("{dest} has no address")),
         ));
     }
+    Ok(allowed)
+}
+
+/// A UDP socket connected to the destination.
+async fn open_udp(shared: &Shared, dest: &Destination) -> Result<UdpSocket, (Status, String)> {
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(shared.cfg.connect_timeout_ms);
+    let addr = allowed_addresses(shared, dest, deadline).await?[0];
+    let any: SocketAddr = if addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let socket = UdpSocket::bind(any).await.map_err(|e| {
+        (
+            Status::GeneralFailure,
+            format!("a UDP socket for {dest}: {e}"),
+        )
+    })?;
+    socket
+        .connect(addr)
+        .await
+        .map_err(|e| (Status::NetworkUnreachable, format!("UDP to {addr}: {e}")))?;
+    Ok(socket)
+}
+
+/// Resolve, check against the policy, connect.
+async fn open_destination(
+    shared: &Shared,
+    dest: &Destination,
+) -> Result<TcpStream, (Status, String)> {
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(shared.cfg.connect_timeout_ms);
+    let allowed = allowed_addresses(shared, dest, deadline).await?;
     let mut last = (Status::GeneralFailure, String::new());
     for addr in allowed {
         match timeout_at(deadline, TcpStream::connect(addr)).await {

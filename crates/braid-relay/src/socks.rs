@@ -69,6 +69,9 @@ pub fn parse_greeting(b: &[u8]) -> Result<Option<(Vec<u8>, usize)>, SocksError> 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Connect(Destination),
+    /// A UDP association: datagrams to any destination through the relay
+    /// while the request's TCP connection stays open.
+    UdpAssociate,
 }
 
 /// The request after method selection; same conventions as
@@ -91,10 +94,24 @@ pub fn parse_request(b: &[u8]) -> Result<Option<(Command, usize)>, SocksError> {
             ))
         }
         CMD_UDP_ASSOCIATE => {
-            return Err(fail(
-                Some(reply(REPLY_COMMAND_NOT_SUPPORTED, None)),
-                "UDP ASSOCIATE is not supported yet: the relay carries TCP",
-            ))
+            // The address is where the client will send from, often
+            // 0.0.0.0:0: only its length matters.
+            let len = match b[3] {
+                1 => 4,
+                4 => 16,
+                3 => match b.get(4) {
+                    Some(n) => 1 + *n as usize,
+                    None => return Ok(None),
+                },
+                other => {
+                    return Err(fail(
+                        Some(reply(REPLY_ADDRESS_TYPE_NOT_SUPPORTED, None)),
+                        format!("address type {other} is not one of IPv4 (1), name (3), IPv6 (4)"),
+                    ))
+                }
+            };
+            let used = 4 + len + 2;
+            return Ok((b.len() >= used).then_some((Command::UdpAssociate, used)));
         }
         other => {
             return Err(fail(
@@ -126,6 +143,26 @@ pub fn parse_request(b: &[u8]) -> Result<Option<(Command, usize)>, SocksError> {
             format!("bad destination: {e}"),
         )),
     }
+}
+
+/// A UDP datagram of an association (RFC 1928 section 7): its destination
+/// and data. Fragments are not supported (nobody sends them) and refused.
+pub fn parse_udp(d: &[u8]) -> Result<(Destination, &[u8]), String> {
+    if d.len() < 4 {
+        return Err("a SOCKS5 UDP datagram shorter than its header".into());
+    }
+    if d[2] != 0 {
+        return Err("a fragmented SOCKS5 UDP datagram (not supported)".into());
+    }
+    let (dest, used) = wire::Destination::decode(&d[3..]).map_err(|e| e.to_string())?;
+    Ok((dest, &d[3 + used..]))
+}
+
+/// The header of a datagram coming back from `from`.
+pub fn udp_header(from: &Destination) -> Vec<u8> {
+    let mut h = vec![0, 0, 0];
+    from.encode(&mut h);
+    h
 }
 
 /// A reply with `code` (0 = success) and the bound address (zeros when
@@ -186,13 +223,28 @@ mod tests {
         let bind = [5, 2, 0, 1, 1, 2, 3, 4, 0, 80];
         assert_eq!(parse_request(&bind).unwrap_err().answer.unwrap()[1], 7);
         let udp = [5, 3, 0, 1, 0, 0, 0, 0, 0, 0];
-        assert_eq!(parse_request(&udp).unwrap_err().answer.unwrap()[1], 7);
+        assert_eq!(parse_request(&udp), Ok(Some((Command::UdpAssociate, 10))));
+        assert_eq!(parse_request(&udp[..9]), Ok(None));
         let atyp = [5, 1, 0, 9, 1, 2, 3, 4, 0, 80];
         assert_eq!(parse_request(&atyp).unwrap_err().answer.unwrap()[1], 8);
         let port0 = [5, 1, 0, 1, 1, 2, 3, 4, 0, 0];
         assert_eq!(parse_request(&port0).unwrap_err().answer.unwrap()[1], 1);
         let bad_name = [5, 1, 0, 3, 3, b'a', b' ', b'b', 0, 80];
         assert!(parse_request(&bad_name).is_err());
+    }
+
+    #[test]
+    fn udp_datagrams() {
+        let dest = Destination::parse("10.1.2.3:443").unwrap();
+        let mut d = udp_header(&dest);
+        d.extend_from_slice(b"quic");
+        let (back, data) = parse_udp(&d).unwrap();
+        assert_eq!((back, data), (dest, &b"quic"[..]));
+        let mut frag = d.clone();
+        frag[2] = 1;
+        assert!(parse_udp(&frag).unwrap_err().contains("fragmented"));
+        assert!(parse_udp(&d[..3]).is_err());
+        assert!(parse_udp(&[0, 0, 0, 9, 1]).is_err());
     }
 
     #[test]

@@ -247,6 +247,8 @@ pub struct TransparentStatus {
     pub blocked: u64,
     pub dns_answered: u64,
     pub dns_failed: u64,
+    #[serde(default)]
+    pub udp_datagrams: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -166,6 +166,16 @@ pub fn table(cfg: &ClientConfig, facts: &HostFacts) -> Result<Table, String> {
             Verdict::Redirect { port },
             "TCP, carried through the relay",
         ));
+        if cfg.quic == Quic::Relay {
+            let mut m = scope.clone();
+            m.push(Match::Protocol { number: UDP });
+            m.push(Match::DestinationPort { port: 443 });
+            redirect.push(rule(
+                m,
+                Verdict::Redirect { port: port + 1 },
+                "QUIC, carried through the relay",
+            ));
+        }
     }
     let mut chains = vec![Chain {
         name: "redirect".into(),
@@ -335,6 +345,12 @@ mod tests {
             .count();
         assert_eq!(redirects, 1);
         let mut c = cfg(Scope::Host);
+        c.quic = Quic::Relay;
+        let t = table(&c, &facts()).unwrap();
+        assert_eq!(t.chains.len(), 1, "no reject chain when QUIC is relayed");
+        let quic = t.chains[0].rules.last().unwrap();
+        assert_eq!(quic.verdict, Verdict::Redirect { port: 7002 });
+        assert!(quic.matches.contains(&Match::DestinationPort { port: 443 }));
         c.quic = Quic::Allow;
         c.dns = Dns::Off;
         let t = table(&c, &facts()).unwrap();

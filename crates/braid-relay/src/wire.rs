@@ -199,6 +199,9 @@ pub enum Kind {
     Dns = 2,
     /// Is the relay there? Answered at once, nothing relayed.
     Ping = 3,
+    /// A UDP flow to the destination: each data frame one datagram; the
+    /// early data, if any, is the first datagram.
+    Udp = 4,
 }
 
 /// The client's request, in its first message.
@@ -241,6 +244,7 @@ impl Request {
             1 => Kind::Tcp,
             2 => Kind::Dns,
             3 => Kind::Ping,
+            4 => Kind::Udp,
             other => {
                 return Err(WireError::Unknown {
                     what: "request kind",

@@ -1739,3 +1739,78 @@ fn relay_and_client_need_no_privilege() {
     assert!(!lab.relay_status()["paths"].as_array().unwrap().is_empty());
     lab.assert_alive();
 }
+
+#[test]
+fn socks_udp_associate_through_the_relay() {
+    let mut lab = Lab::new("rl9", Opts::default());
+    lab.start_client();
+    // A UDP echo in the origin: each datagram back, prefixed with the
+    // sender's address as the origin saw it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    let (tx, rx) = mpsc::channel();
+    let echo = lab.o.spawn(move || {
+        let s = std::net::UdpSocket::bind(SocketAddr::from((ORIGIN_V4, 5353))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        tx.send(()).unwrap();
+        let mut buf = [0u8; 2048];
+        while !st.load(Ordering::SeqCst) {
+            if let Ok((n, from)) = s.recv_from(&mut buf) {
+                let mut out = format!("{from} |").into_bytes();
+                out.extend_from_slice(&buf[..n]);
+                let _ = s.send_to(&out, from);
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let result = lab.c.run(|| -> Result<Vec<String>, String> {
+        let e = |e: std::io::Error| e.to_string();
+        let mut control = TcpStream::connect(SOCKS).map_err(e)?;
+        control.write_all(&[5, 1, 0]).map_err(e)?;
+        let mut choice = [0u8; 2];
+        control.read_exact(&mut choice).map_err(e)?;
+        control
+            .write_all(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0])
+            .map_err(e)?;
+        let mut reply = [0u8; 10];
+        control.read_exact(&mut reply).map_err(e)?;
+        if reply[1] != 0 || reply[3] != 1 {
+            return Err(format!("UDP ASSOCIATE refused: {reply:?}"));
+        }
+        let bound = SocketAddr::from((
+            [reply[4], reply[5], reply[6], reply[7]],
+            u16::from_be_bytes([reply[8], reply[9]]),
+        ));
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").map_err(e)?;
+        u.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(e)?;
+        let mut got = Vec::new();
+        for i in 0..3 {
+            let mut d = vec![0, 0, 0, 1, 10, 9, 0, 2];
+            d.extend_from_slice(&5353u16.to_be_bytes());
+            d.extend_from_slice(format!("datagram {i}").as_bytes());
+            u.send_to(&d, bound).map_err(e)?;
+            let mut buf = [0u8; 2048];
+            let (n, _) = u.recv_from(&mut buf).map_err(e)?;
+            // Header: RSV RSV FRAG, then the source (the origin), then data.
+            if buf[..10] != [0, 0, 0, 1, 10, 9, 0, 2, 0x14, 0xe9] {
+                return Err(format!("unexpected header {:?}", &buf[..10]));
+            }
+            got.push(String::from_utf8_lossy(&buf[10..n]).into_owned());
+        }
+        drop(control);
+        Ok(got)
+    });
+    stop.store(true, Ordering::SeqCst);
+    let _ = echo.join();
+    let got = result.expect("UDP through the relay");
+    for (i, text) in got.iter().enumerate() {
+        assert!(
+            text.starts_with("10.9.0.1:") && text.ends_with(&format!("|datagram {i}")),
+            "answer {i}: {text}"
+        );
+    }
+    let st = lab.relay_status();
+    assert!(st["streams"]["total"].as_u64().unwrap() >= 1, "{st:#}");
+    lab.assert_alive();
+}

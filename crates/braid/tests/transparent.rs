@@ -358,6 +358,29 @@ fn braid_table_present(ns: &Netns) -> bool {
 
 // -------------------------------------------------------------- services
 
+/// A UDP echo thread in a namespace: each datagram comes back prefixed with
+/// the sender's address as the server saw it ("10.9.0.1:40000 |"), until
+/// `stop` is set.
+fn udp_echo(ns: &Netns, addr: SocketAddr, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    let (tx, rx) = mpsc::channel();
+    let t = ns.spawn(move || {
+        let s = UdpSocket::bind(addr).expect("binding the UDP echo");
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        tx.send(()).unwrap();
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::SeqCst) {
+            if let Ok((n, from)) = s.recv_from(&mut buf) {
+                let mut out = format!("{from} |").into_bytes();
+                out.extend_from_slice(&buf[..n]);
+                let _ = s.send_to(&out, from);
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("the UDP echo started");
+    t
+}
+
 /// A TCP server thread inside a namespace, each connection on a thread of
 /// its own; stopped (and joined) on drop.
 struct Service {
@@ -1526,6 +1549,56 @@ fn quic_is_refused_at_once_unless_allowed() {
             && p.dport == 443),
         "the datagram never left c: {packets:#?}"
     );
+
+    // quic = "relay": QUIC goes through the relay, and its answers come
+    // back as if from the origin.
+    let stop = Arc::new(AtomicBool::new(false));
+    let echo = udp_echo(&lab.o, SocketAddr::from((ORIGIN, 443)), stop.clone());
+    lab.stop_client();
+    lab.start_client(&ClientOpts {
+        quic: "relay",
+        ..ClientOpts::default()
+    });
+    let cap = Capture::start(&lab.c);
+    let answers = lab
+        .c
+        .run(|| -> std::io::Result<Vec<(SocketAddr, Vec<u8>)>> {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.connect(SocketAddr::from((ORIGIN, 443)))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut got = Vec::new();
+            for i in 0..3 {
+                s.send(format!("datagram {i}").as_bytes())?;
+                let mut buf = [0u8; 2048];
+                let (n, from) = s.recv_from(&mut buf)?;
+                got.push((from, buf[..n].to_vec()));
+            }
+            Ok(got)
+        });
+    let packets = cap.finish();
+    stop.store(true, Ordering::SeqCst);
+    let _ = echo.join();
+    let answers = answers.expect("QUIC answers through the relay");
+    for (i, (from, data)) in answers.iter().enumerate() {
+        let text = String::from_utf8_lossy(data);
+        assert_eq!(
+            *from,
+            SocketAddr::from((ORIGIN, 443)),
+            "answer {i} from {from}"
+        );
+        // The origin saw the relay, not the client.
+        assert!(
+            text.starts_with("10.9.0.1:") && text.ends_with(&format!("|datagram {i}")),
+            "answer {i}: {text}"
+        );
+    }
+    let out: Vec<&Packet> = packets
+        .iter()
+        .filter(|p| p.outgoing && p.proto == 17 && p.dport == 443)
+        .collect();
+    assert!(out.is_empty(), "QUIC left c directly: {out:#?}");
+    let st = lab.client_status();
+    assert!(tcount(&st, "udp_datagrams") >= 3, "{st:#}");
     lab.assert_alive();
 }
 

@@ -25,6 +25,7 @@ use crate::{control, paths, RelayError};
 mod proxy;
 mod transparent;
 mod tunnel;
+mod udp;
 
 use proxy::{accept_loop, Proxy};
 
@@ -94,7 +95,28 @@ impl RelayHealth {
 /// Transparent mode's listeners: TCP and (for DNS) UDP on the same port.
 struct TransparentListeners {
     tcp: Vec<TcpListener>,
+    /// DNS queries (transparent_port).
     udp: Vec<tokio::net::UdpSocket>,
+    /// Other redirected UDP, QUIC (transparent_port + 1).
+    flows: Vec<tokio::net::UdpSocket>,
+}
+
+/// A UDP socket on `addr`; `None` (with a warning) for IPv6 where the host
+/// has none.
+fn bind_udp(addr: SocketAddr, what: &str) -> Result<Option<tokio::net::UdpSocket>, RelayError> {
+    let bound = std::net::UdpSocket::bind(addr)
+        .and_then(|s| s.set_nonblocking(true).map(|_| s))
+        .and_then(tokio::net::UdpSocket::from_std);
+    match bound {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if addr.is_ipv6() => {
+            warn!("transparent {what} without IPv6 ({addr}): {e}");
+            Ok(None)
+        }
+        Err(e) => Err(RelayError::Io(format!(
+            "cannot receive {what} on {addr}: {e} (pick another transparent_port)"
+        ))),
+    }
 }
 
 /// Where redirected traffic arrives: loopback for this host's programs
@@ -112,27 +134,21 @@ fn bind_transparent(cfg: &ClientConfig) -> Result<TransparentListeners, RelayErr
             "redirected connections",
         )?],
         udp: Vec::new(),
+        flows: Vec::new(),
     };
     // IPv6 may be off on the host: then there is nothing to redirect there.
     match bind_listener(SocketAddr::new(v6, port), "redirected connections") {
         Ok(t) => l.tcp.push(t),
         Err(e) => warn!("transparent mode without IPv6: {e}"),
     }
-    if cfg.dns == crate::config::Dns::Relay {
-        for ip in [v4, v6] {
-            let addr = SocketAddr::new(ip, port);
-            let bound = std::net::UdpSocket::bind(addr)
-                .and_then(|s| s.set_nonblocking(true).map(|_| s))
-                .and_then(tokio::net::UdpSocket::from_std);
-            match bound {
-                Ok(s) => l.udp.push(s),
-                Err(e) if ip.is_ipv6() => warn!("transparent DNS without IPv6 ({addr}): {e}"),
-                Err(e) => {
-                    return Err(RelayError::Io(format!(
-                        "cannot receive DNS queries on {addr}: {e} (pick another transparent_port)"
-                    )))
-                }
-            }
+    for ip in [v4, v6] {
+        if cfg.dns == crate::config::Dns::Relay {
+            l.udp
+                .extend(bind_udp(SocketAddr::new(ip, port), "DNS queries")?);
+        }
+        if cfg.quic == crate::config::Quic::Relay {
+            l.flows
+                .extend(bind_udp(SocketAddr::new(ip, port + 1), "QUIC")?);
         }
     }
     Ok(l)
@@ -302,6 +318,9 @@ impl Client {
             for u in listeners.udp {
                 tasks.spawn(transparent::serve_dns(u, shared.clone()));
             }
+            for u in listeners.flows {
+                tasks.spawn(transparent::serve_udp(u, shared.clone()));
+            }
             tasks.spawn(transparent::watch_relay(shared.clone()));
             Interceptor::clean_leftovers()?;
             let addrs = tunnel::relay_addrs(&shared).await.map_err(RelayError::Io)?;
@@ -337,6 +356,9 @@ async fn keep_rules_current(shared: Arc<Shared>, rules: Arc<Mutex<Interceptor>>)
         let mut cfg = shared.cfg.clone();
         if shared.relay_health.is_down() && cfg.fallback == crate::config::Fallback::Direct {
             cfg.dns = crate::config::Dns::Off;
+            if cfg.quic == crate::config::Quic::Relay {
+                cfg.quic = crate::config::Quic::Allow;
+            }
         }
         let ips: Vec<IpAddr> = match tunnel::relay_addrs(&shared).await {
             Ok(a) => a.iter().map(|a| a.ip()).collect(),
@@ -398,6 +420,7 @@ async fn status(shared: &Shared) -> ClientStatus {
         blocked: t.blocked.load(Ordering::Relaxed),
         dns_answered: t.dns_answered.load(Ordering::Relaxed),
         dns_failed: t.dns_failed.load(Ordering::Relaxed),
+        udp_datagrams: t.udp_datagrams.load(Ordering::Relaxed),
     });
     ClientStatus {
         pid: std::process::id(),

@@ -10,6 +10,7 @@ use tokio::time::timeout_at;
 use tracing::{debug, info, warn};
 
 use super::tunnel::{open_tunnel, relay};
+use super::udp;
 use super::{fail, Shared, EARLY_DATA_WAIT, PROXY_REQUEST_TIMEOUT};
 use crate::http_connect;
 use crate::pipe;
@@ -102,6 +103,7 @@ async fn socks_connection(mut app: TcpStream, peer: SocketAddr, shared: Arc<Shar
     };
     let (dest, used) = match request {
         Ok((socks::Command::Connect(d), used)) => (d, used),
+        Ok((socks::Command::UdpAssociate, _)) => return udp_associate(app, peer, shared).await,
         Err(e) => {
             if let Some(a) = e.answer {
                 let _ = app.write_all(&a).await;
@@ -116,6 +118,65 @@ async fn socks_connection(mut app: TcpStream, peer: SocketAddr, shared: Arc<Shar
     };
     buf.drain(..used);
     serve_connect(app, peer, &shared, dest, buf, Proxy::Socks).await;
+}
+
+/// SOCKS5 UDP ASSOCIATE: a UDP socket for the program, next to the
+/// listener; each destination it sends to becomes a flow through the
+/// relay, until the request's TCP connection closes.
+async fn udp_associate(mut app: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let local = match app.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let socket = match tokio::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            warn!("a UDP socket for SOCKS client {peer}: {e}");
+            let _ = app
+                .write_all(&socks::reply(socks::REPLY_GENERAL_FAILURE, None))
+                .await;
+            return;
+        }
+    };
+    let bound = socket.local_addr().ok();
+    if app.write_all(&socks::reply(0, bound)).await.is_err() {
+        return;
+    }
+    let flows = Arc::new(udp::Flows::default());
+    let mut control = [0u8; 64];
+    let mut buf = vec![0u8; crate::datagrams::MAX_DATAGRAM + 300];
+    loop {
+        tokio::select! {
+            // The association lives as long as its TCP connection.
+            r = app.read(&mut control) => match r {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            },
+            r = socket.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { continue };
+                // Only the program that asked may use the association.
+                if from.ip() != peer.ip() {
+                    continue;
+                }
+                let (dest, data) = match socks::parse_udp(&buf[..n]) {
+                    Ok(v) => v,
+                    Err(why) => {
+                        debug!(%peer, "SOCKS UDP: {why}");
+                        continue;
+                    }
+                };
+                let header = socks::udp_header(&dest);
+                let (sock, to) = (socket.clone(), from);
+                let reply: udp::Reply = Arc::new(move |d: &[u8]| {
+                    let mut out = header.clone();
+                    out.extend_from_slice(d);
+                    let _ = sock.try_send_to(&out, to);
+                });
+                udp::send(&shared, &flows, from, dest, data.to_vec(), reply);
+            }
+        }
+    }
+    flows.close_all();
 }
 
 async fn http_connection(mut app: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {

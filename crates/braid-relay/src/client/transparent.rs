@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tracing::{debug, info, warn};
 
 use super::tunnel::{open_tunnel, relay, TunnelError};
+use super::udp;
 use super::{Shared, EARLY_DATA_WAIT};
 use crate::config::{Dns, Fallback};
 use crate::net;
@@ -36,6 +37,8 @@ pub(super) struct Counters {
     pub blocked: AtomicU64,
     pub dns_answered: AtomicU64,
     pub dns_failed: AtomicU64,
+    /// Redirected UDP datagrams (QUIC) sent through the relay.
+    pub udp_datagrams: AtomicU64,
 }
 
 pub(super) async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
@@ -157,6 +160,73 @@ pub(super) async fn watch_relay(shared: Arc<Shared>) {
                 info!(relay = %shared.relay, "the relay answers again: transparent mode carries connections through it");
             }
         }
+    }
+}
+
+/// Redirected UDP (QUIC) on transparent_port + 1: each program address
+/// and original destination (from conntrack) is a flow through the relay;
+/// answers leave from this socket, which conntrack turns back into the
+/// destination the program sent to.
+pub(super) async fn serve_udp(socket: UdpSocket, shared: Arc<Shared>) {
+    let socket = Arc::new(socket);
+    let Ok(local) = socket.local_addr() else {
+        return;
+    };
+    let flows = Arc::new(udp::Flows::default());
+    // Each program address's original destination, looked up once.
+    let mut destinations: std::collections::HashMap<SocketAddr, SocketAddr> = Default::default();
+    let mut buf = vec![0u8; crate::datagrams::MAX_DATAGRAM];
+    loop {
+        let (n, from) = match socket.recv_from(&mut buf).await {
+            Ok(v) => v,
+            Err(e) => {
+                warn!("receiving a redirected datagram failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let dst = match destinations.get(&from) {
+            Some(d) => *d,
+            None => {
+                let lookup = tokio::task::spawn_blocking(move || {
+                    braid_kernel::conntrack::original_destination(
+                        braid_kernel::conntrack::Protocol::Udp,
+                        local,
+                        from,
+                    )
+                })
+                .await;
+                match lookup {
+                    Ok(Ok(Some(d))) => {
+                        if destinations.len() > 65_536 {
+                            destinations.clear();
+                        }
+                        destinations.insert(from, d);
+                        d
+                    }
+                    other => {
+                        debug!(%from, "a redirected datagram without a conntrack entry: dropped ({other:?})");
+                        continue;
+                    }
+                }
+            }
+        };
+        let (sock, to) = (socket.clone(), from);
+        let reply: udp::Reply = Arc::new(move |d: &[u8]| {
+            let _ = sock.try_send_to(d, to);
+        });
+        shared
+            .transparent
+            .udp_datagrams
+            .fetch_add(1, Ordering::Relaxed);
+        udp::send(
+            &shared,
+            &flows,
+            from,
+            Destination::from(dst),
+            buf[..n].to_vec(),
+            reply,
+        );
     }
 }
 
