@@ -504,6 +504,57 @@ pub fn scale(
     })
 }
 
+/// A UDP echo thread in `ns` on `addr`, stopped when dropped.
+struct UdpEcho {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn udp_echo(ns: &str, addr: SocketAddr) -> Result<UdpEcho, LabError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let ns = ns.to_string();
+    let thread = std::thread::spawn(move || {
+        if let Err(e) = braid_kernel::netns::enter(&ns) {
+            let _ = tx.send(Err(e.to_string()));
+            return;
+        }
+        let s = match std::net::UdpSocket::bind(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.send(Err(format!("UDP echo on {addr}: {e}")));
+                return;
+            }
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
+        let _ = tx.send(Ok(()));
+        let mut buf = [0u8; 2048];
+        while !st.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(&buf[..n], from);
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(Ok(())) => Ok(UdpEcho {
+            stop,
+            thread: Some(thread),
+        }),
+        Ok(Err(e)) => Err(LabError::Io(e)),
+        Err(_) => Err(LabError::Io("the UDP echo did not start".into())),
+    }
+}
+
 /// An emulated lab with an origin, the kernel's static endpoints on the
 /// client and the proxies of `via`; the server to talk to and its address.
 struct EmulatedSite {
@@ -639,6 +690,8 @@ pub fn page_load(
 pub struct QuicFirstReport {
     pub quic: &'static str,
     pub samples: usize,
+    /// Requests answered over QUIC (the rest fell back to TCP).
+    pub over_quic: usize,
     /// From the first QUIC packet until the TCP response arrived.
     pub p50_ms: f64,
     pub worst_ms: f64,
@@ -649,35 +702,41 @@ pub struct QuicFirstReport {
 pub const QUIC_WAIT: Duration = Duration::from_millis(300);
 
 /// A browser-like client through transparent mode: it tries QUIC (a UDP
-/// datagram to port 443 of the origin), and when that fails or stays
-/// unanswered for [`QUIC_WAIT`], makes its request over TCP.
+/// datagram to port 443 of the origin, where an echo answers), and when
+/// that fails or stays unanswered for [`QUIC_WAIT`], makes its request over
+/// TCP. `quic` is the client's setting: "block", "relay" or "allow".
 pub fn quic_first(
     exe: &Path,
     name: &str,
-    block: bool,
+    quic_mode: &'static str,
     paths: Vec<PathSpec>,
     samples: usize,
 ) -> Result<QuicFirstReport, LabError> {
     let opts = ProxyOptions {
-        quic_allowed: !block,
+        quic: quic_mode,
         ..ProxyOptions::recommended(Via::Transparent)
     };
     let es = emulated_site(exe, name, Via::Transparent, opts, paths)?;
     let target = SocketAddr::new(es.server_ip, ECHO_PORT);
     let quic = SocketAddr::new(es.server_ip, 443);
     let _server = serve(&es.server_ns, target, false, Serve::Respond)?;
-    let mut times = in_ns(&es.site.client_ns, move || {
+    let _echo = udp_echo(&es.server_ns, quic)?;
+    let (mut times, over_quic) = in_ns(&es.site.client_ns, move || {
         let mut times = Vec::new();
+        let mut over_quic = 0;
         for _ in 0..samples {
             let t0 = Instant::now();
             let u =
                 std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| LabError::Io(e.to_string()))?;
             let _ = u.connect(quic);
             let _ = u.set_read_timeout(Some(QUIC_WAIT));
-            // Refused at once (EPERM or ECONNREFUSED) or unanswered.
-            if u.send(&[0xc3u8; 1200]).is_ok() {
-                let mut buf = [0u8; 64];
-                let _ = u.recv(&mut buf);
+            // Answered, refused at once (EPERM or ECONNREFUSED) or not.
+            let mut buf = [0u8; 2048];
+            if u.send(&[0xc3u8; 1200]).is_ok() && u.recv(&mut buf).is_ok() {
+                over_quic += 1;
+                times.push(t0.elapsed().as_secs_f64() * 1000.0);
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
             }
             let mut s = connect(ClientWay::Tcp, target)
                 .map_err(|e| LabError::Io(format!("connecting: {e}")))?;
@@ -689,12 +748,13 @@ pub fn quic_first(
             times.push(t0.elapsed().as_secs_f64() * 1000.0);
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(times)
+        Ok((times, over_quic))
     })?;
     times.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     Ok(QuicFirstReport {
-        quic: if block { "block" } else { "allow" },
+        quic: quic_mode,
         samples,
+        over_quic,
         p50_ms: percentile(&times, 50.0),
         worst_ms: times.last().copied().unwrap_or(0.0),
     })

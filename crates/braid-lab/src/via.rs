@@ -197,8 +197,8 @@ pub struct ProxyOptions {
     /// bytes with the destination (Braid's relay: `early_reply`;
     /// shadowsocks always does).
     pub early_reply: bool,
-    /// Transparent mode lets QUIC (UDP 443) out instead of refusing it.
-    pub quic_allowed: bool,
+    /// Transparent mode's `quic`: "block", "relay" or "allow".
+    pub quic: &'static str,
 }
 
 impl ProxyOptions {
@@ -211,7 +211,7 @@ impl ProxyOptions {
         ProxyOptions {
             fast_open: via != Via::Shadowsocks,
             early_reply: false,
-            quic_allowed: false,
+            quic: "block",
         }
     }
 }
@@ -238,7 +238,7 @@ pub fn start_at(
 ) -> Result<Option<RunningVia>, LabError> {
     let fast_open = opts.fast_open;
     let early_reply = opts.early_reply;
-    let quic = if opts.quic_allowed { "allow" } else { "block" };
+    let quic = opts.quic;
     if via == Via::Direct {
         return Ok(None);
     }

@@ -579,7 +579,7 @@ fn bench_relay(ctx: &Ctx, b: BenchRelayCmd) -> Result<(), LabError> {
                         let opts = braid_lab::via::ProxyOptions {
                             fast_open: *fo,
                             early_reply: *er,
-                            quic_allowed: false,
+                            quic: "block",
                         };
                         reports.push(relay_bench::ttfb(
                             &exe,
@@ -673,15 +673,12 @@ fn bench_relay(ctx: &Ctx, b: BenchRelayCmd) -> Result<(), LabError> {
         BenchRelayCmd::Quic { samples, link } => {
             check(&[Via::Transparent])?;
             let mut reports = Vec::new();
-            for block in [true, false] {
-                eprintln!(
-                    "braid: {samples} QUIC-first requests with QUIC {}",
-                    if block { "refused" } else { "allowed" }
-                );
+            for mode in ["block", "relay", "allow"] {
+                eprintln!("braid: {samples} QUIC-first requests with quic = {mode}");
                 reports.push(relay_bench::quic_first(
                     &exe,
                     &name,
-                    block,
+                    mode,
                     path_specs(2, &link)?,
                     samples,
                 )?);
@@ -690,13 +687,13 @@ fn bench_relay(ctx: &Ctx, b: BenchRelayCmd) -> Result<(), LabError> {
                 print_json(&reports);
             } else {
                 println!(
-                    "{:<8} {:>9} {:>9} {:>9}",
-                    "QUIC", "samples", "p50 ms", "worst ms"
+                    "{:<8} {:>9} {:>10} {:>9} {:>9}",
+                    "quic", "samples", "over QUIC", "p50 ms", "worst ms"
                 );
                 for r in &reports {
                     println!(
-                        "{:<8} {:>9} {:>9.1} {:>9.1}",
-                        r.quic, r.samples, r.p50_ms, r.worst_ms
+                        "{:<8} {:>9} {:>10} {:>9.1} {:>9.1}",
+                        r.quic, r.samples, r.over_quic, r.p50_ms, r.worst_ms
                     );
                 }
             }
