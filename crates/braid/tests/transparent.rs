@@ -28,7 +28,9 @@ mod common;
 use common::{unique, wait_for, Netns, BRAID};
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -2001,4 +2003,265 @@ fn scope_uid_and_cgroup() {
     drop(child);
     drop(cg);
     assert!(!mount.join(&name).exists(), "the cgroup was not removed");
+}
+
+// ------------------------------------------------- a router's LAN, IPv6
+
+/// c's address on its LAN (lan0), the LAN host's default gateway.
+const LAN_GW: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
+/// The LAN host h.
+const LAN_HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
+/// c's and r's IPv6 addresses on path 0.
+const C0_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
+const R0_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);
+/// The relay's IPv6 address toward the origin, and the origin's.
+const RELAY_SIDE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, 1);
+const ORIGIN_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, 2);
+
+fn origin_v6() -> SocketAddr {
+    SocketAddr::from((ORIGIN_V6, ORIGIN_PORT))
+}
+
+/// Write `/proc/sys/KEY` (dots for slashes) inside a namespace.
+fn proc_sysctl(ns: &Netns, key: &str, value: &str) {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    let v = value.to_string();
+    let p = path.clone();
+    ns.run(move || std::fs::write(&p, v))
+        .unwrap_or_else(|e| panic!("writing {path} in {}: {e}", ns.name));
+}
+
+impl Origin {
+    /// The same test server as [`Origin::start`], on another address (the
+    /// origin's IPv6 one).
+    fn start_on(o: &Netns, addr: SocketAddr) -> Origin {
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (acc, cs) = (accepted.clone(), conns.clone());
+        let svc = Service::start(o, addr, move |s, peer| {
+            acc.fetch_add(1, Ordering::SeqCst);
+            let rec = serve_origin_conn(s, peer);
+            cs.lock().unwrap().push(rec);
+        });
+        Origin {
+            accepted,
+            conns,
+            _svc: svc,
+        }
+    }
+}
+
+impl Lab {
+    /// A fourth namespace h, a host on a LAN behind c: c's lan0
+    /// 192.168.77.1/24, h's h0 192.168.77.2/24, h's default route via c;
+    /// c forwards (as a router does). h goes when the returned value drops.
+    fn add_lan_host(&self, tag: &str) -> Netns {
+        let h = Netns::new(&format!("{tag}h"));
+        let hn = &h.name;
+        ip(
+            &self.c,
+            &format!("link add lan0 type veth peer name h0 netns {hn}"),
+        );
+        ip(&self.c, &format!("addr add {LAN_GW}/24 dev lan0"));
+        ip(&h, &format!("addr add {LAN_HOST}/24 dev h0"));
+        ip(&self.c, "link set lan0 up");
+        ip(&h, "link set h0 up");
+        ip(&h, &format!("route add default via {LAN_GW} dev h0"));
+        proc_sysctl(&self.c, "net.ipv4.ip_forward", "1");
+        h
+    }
+
+    /// IPv6 beside IPv4: fd00:{1,2}::1/64 on c's paths (r: ::2),
+    /// fd00:9::1/64 on r toward the origin (o: fd00:9::2/64), c's default
+    /// IPv6 route via r on path 0; no duplicate address detection, so the
+    /// addresses are usable at once.
+    fn add_ipv6(&self) {
+        for (k, net) in [(0, 1), (1, 2)] {
+            ip(
+                &self.c,
+                &format!("-6 addr add fd00:{net}::1/64 dev c{k} nodad"),
+            );
+            ip(
+                &self.r,
+                &format!("-6 addr add fd00:{net}::2/64 dev r{k} nodad"),
+            );
+        }
+        ip(
+            &self.r,
+            &format!("-6 addr add {RELAY_SIDE_V6}/64 dev r2 nodad"),
+        );
+        ip(&self.o, &format!("-6 addr add {ORIGIN_V6}/64 dev o0 nodad"));
+        ip(&self.c, &format!("-6 route add default via {R0_V6} dev c0"));
+    }
+
+    /// Replace the relay's `allow` list of destinations and restart it.
+    fn relay_allows(&mut self, allow: &[&str]) {
+        let text = std::fs::read_to_string(&self.relay_cfg).unwrap();
+        let old = text
+            .lines()
+            .find(|l| l.starts_with("allow = "))
+            .expect("the relay's allow line")
+            .to_string();
+        let list: Vec<String> = allow.iter().map(|a| format!("\"{a}\"")).collect();
+        let new = format!("allow = [{}]", list.join(", "));
+        std::fs::write(&self.relay_cfg, text.replace(&old, &new)).unwrap();
+        self.kill_relay();
+        self.start_relay();
+    }
+}
+
+#[test]
+fn lan_scope_carries_a_routers_lan() {
+    const BYTES: usize = 1 << 20;
+    let mut lab = Lab::new("tp8");
+    let h = lab.add_lan_host("tp8");
+    let server = start_peer_server(&lab.r);
+    lab.services.push(server);
+    lab.start_client(&ClientOpts {
+        scope: "lan:lan0".into(),
+        ..ClientOpts::default()
+    });
+    if let Some(rules) = nft_ruleset(&lab.c) {
+        assert!(
+            rules.contains("hook prerouting") && rules.contains("iifname \"lan0\""),
+            "{rules}"
+        );
+    }
+    let cap = Capture::start(&lab.c);
+
+    // A plain connect from the LAN host, which knows of no relay.
+    let (peer, ex) = h.run(|| {
+        let s = TcpStream::connect_timeout(&origin(), Duration::from_secs(5))
+            .expect("connect from the LAN host to the origin");
+        (s.peer_addr().unwrap(), exchange(s, BYTES, BYTES))
+    });
+    assert_eq!(peer, origin());
+    assert_exchange(&ex, BYTES);
+    let conns = lab.origin.wait_conns(1);
+    let oc = &conns[0];
+    assert_eq!(
+        oc.peer.ip(),
+        IpAddr::from(RELAY_SIDE),
+        "the origin saw the LAN host's connection come from the relay: {oc:?}"
+    );
+    assert_eq!(
+        (oc.up, oc.received, oc.bad),
+        (BYTES as u64, BYTES as u64, 0)
+    );
+    assert!(oc.eof && oc.error.is_none(), "{oc:?}");
+    let st = lab.client_status();
+    assert_eq!(tcount(&st, "relayed"), 1, "{st:#}");
+
+    // The LAN host's connection to r's own address: through the relay too.
+    let via_lan = h.run(|| {
+        let mut s = TcpStream::connect_timeout(&peer_server(), Duration::from_secs(5))
+            .map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text)
+            .map_err(|e| format!("read: {e}"))?;
+        text.trim()
+            .parse::<IpAddr>()
+            .map_err(|e| format!("the server said {text:?}: {e}"))
+    });
+    assert_eq!(via_lan, Ok(IpAddr::from(BOTH)), "the LAN host's connection");
+    let st = lab.client_status();
+    assert_eq!(tcount(&st, "relayed"), 2, "{st:#}");
+
+    // c's own programs are not the LAN: not redirected. To r's address
+    // they arrive directly ...
+    assert_eq!(
+        ask_peer(&lab.c),
+        Ok(IpAddr::from(C0)),
+        "c's own connection to r"
+    );
+    // ... and to the origin they go out directly, where r does not forward
+    // them.
+    let (took, own) = lab.c.run(|| attempt(origin(), Duration::from_secs(1)));
+    let packets = cap.finish();
+    assert!(
+        !matches!(own, Attempt::Answered(_)),
+        "c's own connection to the origin was answered ({own:?} after {took:?})"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        lab.origin.accepted(),
+        1,
+        "the origin saw c's own connection"
+    );
+    let st = lab.client_status();
+    assert_eq!(tcount(&st, "relayed"), 2, "c's own connections: {st:#}");
+    assert_eq!(
+        (tcount(&st, "direct"), tcount(&st, "blocked")),
+        (0, 0),
+        "{st:#}"
+    );
+
+    // On c's wires: the LAN host's packets came in but were never
+    // forwarded; c's own SYN to the origin left directly.
+    let lan_in = packets
+        .iter()
+        .any(|p| !p.outgoing && p.src == IpAddr::from(LAN_HOST) && p.dst == IpAddr::from(ORIGIN));
+    assert!(lan_in, "the capture never saw the LAN host's packets");
+    let forwarded: Vec<&Packet> = packets
+        .iter()
+        .filter(|p| p.outgoing && p.src == IpAddr::from(LAN_HOST))
+        .collect();
+    assert!(
+        forwarded.is_empty(),
+        "the LAN host's packets were forwarded: {forwarded:#?}"
+    );
+    let own_out = packets.iter().any(|p| {
+        p.outgoing
+            && p.src == IpAddr::from(C0)
+            && p.dst == IpAddr::from(ORIGIN)
+            && p.dport == ORIGIN_PORT
+    });
+    assert!(own_out, "c's own connection never left c0 directly");
+    lab.assert_alive();
+}
+
+#[test]
+fn ipv6_programs_are_carried_too() {
+    const BYTES: usize = 1 << 20;
+    let mut lab = Lab::new("tp9");
+    lab.add_ipv6();
+    lab.relay_allows(&["10.9.0.0/24", "10.8.0.0/24", "fd00:9::/64"]);
+    let origin6 = Origin::start_on(&lab.o, origin_v6());
+    lab.start_client(&ClientOpts::default());
+    let cap = Capture::start(&lab.c);
+    let got = lab.c.run(|| {
+        let s = TcpStream::connect_timeout(&origin_v6(), Duration::from_secs(5))?;
+        Ok::<_, std::io::Error>((s.peer_addr()?, s.local_addr()?, exchange(s, BYTES, BYTES)))
+    });
+    let packets = cap.finish();
+    let (peer, local, ex) = got.expect("connect to the origin over IPv6");
+    assert_eq!(peer, origin_v6());
+    assert_eq!(local.ip(), IpAddr::from(C0_V6), "the program's own address");
+    assert_exchange(&ex, BYTES);
+    let conns = origin6.wait_conns(1);
+    assert_eq!(origin6.accepted(), 1);
+    let oc = &conns[0];
+    assert_eq!(
+        oc.peer.ip(),
+        IpAddr::from(RELAY_SIDE_V6),
+        "the origin saw the connection come from the relay: {oc:?}"
+    );
+    assert_eq!(
+        (oc.up, oc.received, oc.bad),
+        (BYTES as u64, BYTES as u64, 0)
+    );
+    assert!(oc.eof && oc.error.is_none(), "{oc:?}");
+    assert_eq!(lab.origin.accepted(), 0, "the IPv4 origin was reached");
+    let st = lab.client_status();
+    assert_eq!(tcount(&st, "relayed"), 1, "{st:#}");
+    let leaks: Vec<&Packet> = packets
+        .iter()
+        .filter(|p| p.involves(ORIGIN_V6.into()))
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "packets to the origin on c's interfaces: {leaks:#?}"
+    );
+    lab.assert_alive();
 }
