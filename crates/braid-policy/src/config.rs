@@ -196,8 +196,33 @@ pub struct PolicyConfig {
     /// silent for two RTTs, send it an ICMP echo (two, 10 ms apart); no
     /// answer within srtt + 4 x rttvar marks it unreachable, like a stall.
     /// A receiver has nothing outstanding, so without this a download only
-    /// fails over on the server's own timeouts. Needs CAP_NET_RAW.
+    /// fails over on the server's own timeouts. The same probe confirms a
+    /// stall seen on connections to one remote host only (sent before the
+    /// stall threshold is reached, so it costs no time). Needs CAP_NET_RAW.
     pub probe_silent_paths: bool,
+    /// A link whose carrier comes back (or that is set up again) is used
+    /// again only once it has kept carrier this long, doubled for each
+    /// further carrier loss in the last minute (at most 30 s): a flapping
+    /// link is not re-added, joined and torn down on every bounce. Losing
+    /// carrier still acts at once (the failover time does not change).
+    /// 0 uses a link the moment its carrier returns.
+    pub carrier_debounce_ms: u64,
+    /// Handover and interactive: at most this many switches of traffic
+    /// made on measurements (a stall, loss, an unanswered probe, RTT) in
+    /// any `handover_window_ms`, each with the resets of the failed path's
+    /// subflows it brings. Measurements pool every user's connections, so
+    /// this bounds what any one of them can cause. Switches because a path
+    /// is gone (carrier, address, route) are never held back.
+    pub max_handovers: u32,
+    pub handover_window_ms: u64,
+    /// How many distinct remote hosts must see a path's loss over
+    /// `loss_threshold` before it is taken as the path's loss. 1 (default):
+    /// one connection's loss moves traffic (interactive and handover move
+    /// it without resetting subflows, and `max_handovers` bounds how often).
+    /// 2 on multi-user hosts, where a user's own server could fake loss to
+    /// move everybody's traffic. Stalls always need two hosts or an
+    /// unanswered probe, as they reset subflows.
+    pub loss_hosts: u32,
 }
 
 impl Default for PolicyConfig {
@@ -212,6 +237,10 @@ impl Default for PolicyConfig {
             hold_ms: 3000,
             standby_initcwnd: 40,
             probe_silent_paths: true,
+            carrier_debounce_ms: 500,
+            max_handovers: 5,
+            handover_window_ms: 60_000,
+            loss_hosts: 1,
         }
     }
 }
@@ -309,16 +338,15 @@ impl Config {
             }
         }
         let p = &self.policy;
-        if !(10..=60_000).contains(&p.poll_interval_ms) {
-            return Err((
-                "policy.poll_interval_ms".into(),
-                "must be between 10 and 60000".into(),
-            ));
-        }
-        if !(0.0..=1.0).contains(&p.loss_threshold) {
+        in_range("policy.poll_interval_ms", p.poll_interval_ms, 10, 60_000)?;
+        in_range("policy.stall_ms", p.stall_ms, 10, 60_000)?;
+        in_range("policy.hold_ms", p.hold_ms, 0, MAX_HOLD_MS)?;
+        in_range("policy.rtt_margin_ms", p.rtt_margin_ms, 0, 60_000)?;
+        finite("policy.loss_threshold", p.loss_threshold)?;
+        if !(p.loss_threshold > 0.0 && p.loss_threshold <= 1.0) {
             return Err((
                 "policy.loss_threshold".into(),
-                "must be between 0.0 and 1.0 (0.05 = 5 %)".into(),
+                "must be above 0.0 and at most 1.0 (0.05 = 5 %)".into(),
             ));
         }
         if p.standby_initcwnd > MAX_INITCWND {
@@ -327,9 +355,27 @@ impl Config {
                 format!("must be between 0 (leave routes alone) and {MAX_INITCWND} segments"),
             ));
         }
-        if p.rtt_ratio < 1.0 {
-            return Err(("policy.rtt_ratio".into(), "must be at least 1.0".into()));
+        finite("policy.rtt_ratio", p.rtt_ratio)?;
+        if !(1.0..=MAX_RTT_RATIO).contains(&p.rtt_ratio) {
+            return Err((
+                "policy.rtt_ratio".into(),
+                format!("must be between 1.0 and {MAX_RTT_RATIO}"),
+            ));
         }
+        in_range(
+            "policy.carrier_debounce_ms",
+            p.carrier_debounce_ms,
+            0,
+            60_000,
+        )?;
+        in_range("policy.max_handovers", p.max_handovers.into(), 1, 1000)?;
+        in_range("policy.loss_hosts", p.loss_hosts.into(), 1, 16)?;
+        in_range(
+            "policy.handover_window_ms",
+            p.handover_window_ms,
+            1000,
+            86_400_000,
+        )?;
         if !self.filter.ipv4 && !self.filter.ipv6 {
             return Err((
                 "filter.ipv4".into(),
@@ -350,6 +396,35 @@ impl Config {
 
 /// A larger initial window than this is a burst no path is likely to take.
 pub const MAX_INITCWND: u32 = 256;
+/// An hour: longer holds are typos, not policies.
+pub const MAX_HOLD_MS: u64 = 3_600_000;
+/// A path 100 times slower than another is not "comparable" any more.
+pub const MAX_RTT_RATIO: f64 = 100.0;
+
+/// A number the policy compares and multiplies: NaN compares false with
+/// everything (so any range check passes it) and infinity swallows every
+/// sum, so both are refused by name.
+fn finite(key: &str, v: f64) -> Result<(), (String, String)> {
+    let problem = if v.is_nan() {
+        "must be a number, not nan"
+    } else if v.is_infinite() {
+        "must be a finite number, not inf"
+    } else {
+        return Ok(());
+    };
+    Err((key.into(), problem.into()))
+}
+
+fn in_range(key: &str, v: u64, min: u64, max: u64) -> Result<(), (String, String)> {
+    if (min..=max).contains(&v) {
+        Ok(())
+    } else {
+        Err((
+            key.into(),
+            format!("must be between {min} and {max} (is {v})"),
+        ))
+    }
+}
 
 pub fn glob(pattern: &str, name: &str) -> bool {
     wildmatch::WildMatch::new(pattern).matches(name)
@@ -393,6 +468,74 @@ mod tests {
             toml::from_str("[[interface]]\nname = \"x\"\nflags = [\"signal\", \"fullmesh\"]\n")
                 .unwrap();
         assert_eq!(c.validate().unwrap_err().0, "interface[0].flags");
+    }
+
+    /// `rtt_ratio = nan` passed `rtt_ratio < 1.0` (NaN compares false):
+    /// every non-finite number and every duration past its bound is now
+    /// refused with the key and what is wrong with it.
+    #[test]
+    fn non_finite_and_out_of_range_numbers_are_refused_by_key() {
+        for (text, key, says) in [
+            ("rtt_ratio = nan", "policy.rtt_ratio", "not nan"),
+            ("rtt_ratio = inf", "policy.rtt_ratio", "not inf"),
+            ("rtt_ratio = -inf", "policy.rtt_ratio", "not inf"),
+            (
+                "rtt_ratio = -2.0",
+                "policy.rtt_ratio",
+                "between 1.0 and 100",
+            ),
+            (
+                "rtt_ratio = 1e300",
+                "policy.rtt_ratio",
+                "between 1.0 and 100",
+            ),
+            ("loss_threshold = nan", "policy.loss_threshold", "not nan"),
+            ("loss_threshold = inf", "policy.loss_threshold", "not inf"),
+            (
+                "loss_threshold = -0.1",
+                "policy.loss_threshold",
+                "above 0.0",
+            ),
+            ("loss_threshold = 0.0", "policy.loss_threshold", "above 0.0"),
+            (
+                "hold_ms = 9223372036854775807",
+                "policy.hold_ms",
+                "between 0 and 3600000",
+            ),
+            ("stall_ms = 0", "policy.stall_ms", "between 10 and 60000"),
+            (
+                "rtt_margin_ms = 100000000",
+                "policy.rtt_margin_ms",
+                "between",
+            ),
+            ("poll_interval_ms = 1", "policy.poll_interval_ms", "between"),
+            (
+                "carrier_debounce_ms = 86400000",
+                "policy.carrier_debounce_ms",
+                "between",
+            ),
+            (
+                "max_handovers = 0",
+                "policy.max_handovers",
+                "between 1 and 1000",
+            ),
+            (
+                "handover_window_ms = 10",
+                "policy.handover_window_ms",
+                "between",
+            ),
+        ] {
+            let c: Config = toml::from_str(&format!("[policy]\n{text}\n")).unwrap();
+            let (k, problem) = c.validate().unwrap_err();
+            assert_eq!(k, key, "{text}");
+            assert!(problem.contains(says), "{text}: {problem}");
+        }
+        // The boundaries themselves are fine.
+        let c: Config = toml::from_str(
+            "[policy]\nrtt_ratio = 1.0\nloss_threshold = 1.0\nhold_ms = 3600000\ncarrier_debounce_ms = 0\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! rate, and progress (is anything acknowledged while data is outstanding).
 //! Fed with samples and the time; no clock of its own.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
+
+use crate::time::backoff_ms;
 
 /// One subflow as read from `tcp_info` (sock_diag).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,8 +46,42 @@ pub struct PathHealth {
     /// Data was arriving and has stopped for this long (0 if not).
     pub rx_silent_ms: u64,
     /// Why the path is thought unreachable (a probe went unanswered while
-    /// data had stopped); cleared when data or a new subflow comes.
+    /// data had stopped, or while a connection waited for an ACK); cleared
+    /// when data, an ACK or a new subflow comes.
     pub unreachable: Option<String>,
+    /// Distinct remote hosts whose connections show the current stall
+    /// (their subflows have waited past the stall threshold). Measurements
+    /// pool every user's connections, and one host's connections can stall
+    /// because of that host (or whoever runs it): a stall is the path's only
+    /// when seen towards `MIN_WITNESSES` hosts, or confirmed by a probe.
+    pub stall_witnesses: usize,
+    /// Distinct remote hosts whose own retransmission rate is over the
+    /// threshold: the path is lossy for everyone only if
+    /// `MIN_WITNESSES` of them are (a probe cannot measure loss).
+    pub loss_witnesses: usize,
+    /// How many loss witnesses make the loss the path's (`policy.loss_hosts`).
+    #[serde(skip)]
+    pub loss_hosts: usize,
+    /// The probe sent about the current stall, if any.
+    #[serde(skip)]
+    pub stall_probe: Option<StallProbe>,
+    /// Local and remote address of the subflow that has waited longest for
+    /// an ACK: what a stall probe tests.
+    #[serde(skip)]
+    pub stall_pair: Option<(IpAddr, IpAddr)>,
+    /// Distinct remote hosts with subflows that have waited for an ACK at
+    /// least as long as a stall probe would wait (`stall_probe_at_ms`).
+    #[serde(skip)]
+    waiting_witnesses: usize,
+    #[serde(skip)]
+    remote_loss: BTreeMap<IpAddr, RemoteLoss>,
+    /// The health round before the path was marked unreachable (an ACK
+    /// heard after it proves the path is there).
+    #[serde(skip)]
+    unreachable_since_ms: Option<u64>,
+    /// When the path was last measured.
+    #[serde(skip)]
+    updated_ms: u64,
     /// Local and remote address of the subflow that last received data:
     /// what a probe of this path tests.
     #[serde(skip)]
@@ -105,9 +141,16 @@ impl PathHealth {
             && self.probe_pair.is_some()
     }
 
-    /// Record a probe that went unanswered.
+    fn clear_unreachable(&mut self) {
+        self.unreachable = None;
+        self.unreachable_since_ms = None;
+    }
+
+    /// Record a probe that went unanswered. Probes are sent in a health
+    /// round, so an ACK heard after that round contradicts it.
     pub fn mark_unreachable(&mut self, why: String) {
         self.unreachable = Some(why);
+        self.unreachable_since_ms = Some(self.updated_ms);
         self.subflows_when_unreachable = self.subflow_keys.clone();
         self.healthy_since_ms = None;
     }
@@ -117,7 +160,136 @@ impl PathHealth {
         stall_ms.max(rtt_based)
     }
 
-    /// Why the path is unhealthy, or None if it is healthy.
+    /// How long a subflow waits for an ACK before a stall seen towards one
+    /// host is probed: early enough that the answer (or its absence) is in
+    /// when the stall threshold is reached, so confirming costs no time;
+    /// never before half the threshold.
+    pub fn stall_probe_at_ms(&self, stall_ms: u64) -> u64 {
+        let threshold = self.stall_threshold_ms(stall_ms);
+        threshold
+            .saturating_sub(self.probe_timeout_ms())
+            .max(threshold / 2)
+    }
+
+    /// Whether the path's wait for an ACK should be probed now: it has
+    /// waited long enough, fewer than `MIN_WITNESSES` hosts show it (more
+    /// would confirm it without a probe), and this wait was not probed yet
+    /// (or the path answered and the wait goes on: again after a back-off).
+    pub fn wants_stall_probe(&self, stall_ms: u64, now_ms: u64) -> bool {
+        if self.unreachable.is_some()
+            || self.stall_pair.is_none()
+            || self.stalled_ms == 0
+            || self.stalled_ms < self.stall_probe_at_ms(stall_ms)
+            || self.waiting_witnesses >= MIN_WITNESSES
+        {
+            return false;
+        }
+        match &self.stall_probe {
+            None => true,
+            Some(p) => {
+                p.answered == Some(true)
+                    && now_ms.saturating_sub(p.sent_ms)
+                        >= backoff_ms(STALL_REPROBE_FIRST_MS, STALL_REPROBE_MAX_MS, p.count)
+            }
+        }
+    }
+
+    /// Record a stall probe sent to `remote`.
+    pub fn stall_probe_sent(&mut self, remote: IpAddr, now_ms: u64) {
+        let count = self.stall_probe.as_ref().map_or(0, |p| p.count);
+        self.stall_probe = Some(StallProbe {
+            remote,
+            sent_ms: now_ms,
+            count: count.saturating_add(1),
+            answered: None,
+            unanswered_why: None,
+        });
+    }
+
+    /// The answer to the stall probe (if this was it). Unanswered while the
+    /// path is stalled: the path is unreachable, and true is returned.
+    /// Unanswered before the threshold: remembered, and the path is
+    /// unreachable if the stall then comes.
+    pub fn stall_probe_result(&mut self, remote: IpAddr, answered: bool, stall_ms: u64) -> bool {
+        let timeout = self.probe_timeout_ms();
+        let waited = self.stalled_ms;
+        let Some(p) = self.stall_probe.as_mut() else {
+            return false;
+        };
+        if p.remote != remote || p.answered.is_some() {
+            return false;
+        }
+        p.answered = Some(answered);
+        if answered {
+            return false;
+        }
+        let why = format!(
+            "unreachable: a connection waited {waited} ms for an ACK and {remote} did not answer a probe within {timeout} ms"
+        );
+        p.unanswered_why = Some(why.clone());
+        if self.is_stalled(stall_ms) && self.unreachable.is_none() {
+            self.mark_unreachable(why);
+            return true;
+        }
+        false
+    }
+
+    /// A problem with the path itself, on enough evidence to act on for
+    /// every connection of the host: a probe went unanswered, or the stall
+    /// or the loss is seen towards `MIN_WITNESSES` remote hosts. None if
+    /// the path is healthy, or only one host's connections suffer.
+    pub fn host_problem(&self, stall_ms: u64, loss_threshold: f64) -> Option<String> {
+        if let Some(why) = &self.unreachable {
+            return Some(why.clone());
+        }
+        if self.is_stalled(stall_ms) && self.stall_witnesses >= MIN_WITNESSES {
+            return Some(format!(
+                "stalled: nothing acknowledged for {} ms with data outstanding (on connections to {} hosts)",
+                self.stalled_ms, self.stall_witnesses
+            ));
+        }
+        if self.lossy && self.loss_witnesses >= self.loss_hosts.max(1) {
+            return Some(format!(
+                "lossy: {:.1} % of segments retransmitted (threshold {:.1} %; on connections to {} hosts)",
+                self.loss * 100.0,
+                loss_threshold * 100.0,
+                self.loss_witnesses
+            ));
+        }
+        None
+    }
+
+    /// A problem seen on too few hosts' connections to act on for the
+    /// whole host (see `host_problem`), and what is done about it.
+    pub fn unconfirmed_problem(&self, stall_ms: u64, loss_threshold: f64) -> Option<String> {
+        if self.host_problem(stall_ms, loss_threshold).is_some() {
+            return None;
+        }
+        if self.is_stalled(stall_ms) {
+            let probe = match &self.stall_probe {
+                Some(p) if p.answered == Some(true) => "the path answers probes",
+                Some(_) => "a probe of the path is under way",
+                None => "the path is not probed (policy.probe_silent_paths = false)",
+            };
+            return Some(format!(
+                "nothing acknowledged for {} ms, but only on connections to {} host(s): {probe}, so this is not taken as the path's failure",
+                self.stalled_ms, self.stall_witnesses
+            ));
+        }
+        if self.lossy {
+            return Some(format!(
+                "{:.1} % of segments retransmitted, but only {} host(s) see loss over {:.1} % (policy.loss_hosts = {}): not taken as the path's loss",
+                self.loss * 100.0,
+                self.loss_witnesses,
+                loss_threshold * 100.0,
+                self.loss_hosts.max(1)
+            ));
+        }
+        None
+    }
+
+    /// Why the path's measurements look bad, whoever's connections they
+    /// come from (see `host_problem` for what the policy acts on), or None.
     pub fn problem(&self, stall_ms: u64, loss_threshold: f64) -> Option<String> {
         if let Some(why) = &self.unreachable {
             return Some(why.clone());
@@ -155,6 +327,13 @@ impl PathHealth {
     }
 }
 
+/// How many distinct remote hosts must show a stall or loss before it is
+/// taken as the path's (host-wide) problem without a probe.
+pub const MIN_WITNESSES: usize = 2;
+/// A stall towards one host whose probe was answered is probed again after
+/// this long if the wait goes on, doubled each time up to the maximum.
+const STALL_REPROBE_FIRST_MS: u64 = 1000;
+const STALL_REPROBE_MAX_MS: u64 = 60_000;
 /// Minimum sent segments before a retransmission rate is trusted.
 const MIN_SEGS: u64 = 20;
 /// A path received at least this much between two rounds: it is in the
@@ -165,6 +344,29 @@ const RX_MEMORY_MS: u64 = 2000;
 pub const PROBE_AFTER_MIN_MS: u64 = 40;
 
 pub type SubflowKey = (SocketAddr, SocketAddr);
+
+/// A probe sent about a path's stall.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StallProbe {
+    pub remote: IpAddr,
+    pub sent_ms: u64,
+    /// Probes sent during this wait.
+    pub count: u32,
+    /// None until the answer comes; then whether the path answered.
+    pub answered: Option<bool>,
+    /// Unanswered: why the path is unreachable (if the stall comes).
+    pub unanswered_why: Option<String>,
+}
+
+/// One remote host's retransmission rate on a path, kept like the path's.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct RemoteLoss {
+    acc_retrans: u64,
+    acc_segs: u64,
+    loss: f64,
+    last_traffic_ms: u64,
+    seen_ms: u64,
+}
 
 /// What the tracker keeps of a subflow from one round to the next.
 #[derive(Clone, Copy)]
@@ -191,6 +393,9 @@ struct SubflowDelta {
 pub struct HealthTracker {
     subflows: HashMap<SubflowKey, SubflowMemory>,
     pub paths: BTreeMap<u32, PathHealth>,
+    /// `policy.loss_hosts`: how many remote hosts must see a path's loss
+    /// before it is the path's (0 is taken as 1).
+    pub loss_hosts: usize,
 }
 
 impl HealthTracker {
@@ -240,6 +445,7 @@ impl HealthTracker {
         }
         for (ifindex, subs) in &per_if {
             let h = self.paths.entry(*ifindex).or_default();
+            h.updated_ms = now_ms;
             h.subflows = subs.len();
             let rtts: Vec<&&SubflowSample> = subs.iter().filter(|s| s.rtt_us > 0).collect();
             if let Some(best) = rtts.iter().min_by_key(|s| s.rtt_us) {
@@ -248,8 +454,8 @@ impl HealthTracker {
             }
             for s in subs {
                 let d = &delta[&(s.local, s.remote)];
-                h.acc_retrans += d.retrans;
-                h.acc_segs += d.segs;
+                h.acc_retrans = h.acc_retrans.saturating_add(d.retrans);
+                h.acc_segs = h.acc_segs.saturating_add(d.segs);
             }
             if h.acc_segs >= MIN_SEGS {
                 let sample = (h.acc_retrans as f64 / h.acc_segs as f64).min(1.0);
@@ -267,17 +473,82 @@ impl HealthTracker {
             } else if h.loss < loss_threshold / 2.0 {
                 h.lossy = false;
             }
+            // The same, per remote host: who sees the loss.
+            for s in subs {
+                let d = &delta[&(s.local, s.remote)];
+                let r = h.remote_loss.entry(s.remote.ip()).or_default();
+                r.seen_ms = now_ms;
+                r.acc_retrans = r.acc_retrans.saturating_add(d.retrans);
+                r.acc_segs = r.acc_segs.saturating_add(d.segs);
+            }
+            for r in h.remote_loss.values_mut() {
+                if r.acc_segs >= MIN_SEGS {
+                    let sample = (r.acc_retrans as f64 / r.acc_segs as f64).min(1.0);
+                    r.loss = 0.5 * r.loss + 0.5 * sample;
+                    r.acc_retrans = 0;
+                    r.acc_segs = 0;
+                    r.last_traffic_ms = now_ms;
+                } else if now_ms.saturating_sub(r.last_traffic_ms) >= decay_ms && r.loss > 0.0 {
+                    r.loss /= 2.0;
+                    r.last_traffic_ms = now_ms;
+                }
+            }
+            // Hosts no longer talked to are forgotten after the same time.
+            h.remote_loss
+                .retain(|_, r| now_ms.saturating_sub(r.seen_ms) < decay_ms.max(1));
+            h.loss_hosts = self.loss_hosts.max(1);
+            h.loss_witnesses = h
+                .remote_loss
+                .values()
+                .filter(|r| r.loss > loss_threshold)
+                .count();
             // Stalled: some subflow has waited for an ACK since its data
             // went out, and no subflow of the path has heard anything since.
-            let waiting = subs
+            let waits: Vec<(u64, &SubflowSample)> = subs
                 .iter()
                 .filter_map(|s| {
                     let since = delta[&(s.local, s.remote)].outstanding_since?;
-                    Some((s.last_ack_recv_ms as u64).min(now_ms - since))
+                    let waited = (s.last_ack_recv_ms as u64).min(now_ms.saturating_sub(since));
+                    Some((waited, *s))
                 })
-                .max();
+                .collect();
+            let waiting = waits.iter().map(|(w, _)| *w).max();
             let freshest = subs.iter().map(|s| s.last_ack_recv_ms).min().unwrap_or(0);
             h.stalled_ms = waiting.map_or(0, |w| w.min(freshest as u64));
+            // Who sees it: distinct remote hosts past the threshold (and
+            // past the point where a stall would be probed).
+            let hosts_past = |t: u64| {
+                waits
+                    .iter()
+                    .filter(|(w, _)| *w >= t)
+                    .map(|(_, s)| s.remote.ip())
+                    .collect::<BTreeSet<IpAddr>>()
+                    .len()
+            };
+            h.stall_witnesses = if h.is_stalled(stall_ms) {
+                hosts_past(h.stall_threshold_ms(stall_ms))
+            } else {
+                0
+            };
+            let probe_at = h.stall_probe_at_ms(stall_ms);
+            h.waiting_witnesses = hosts_past(probe_at);
+            h.stall_pair = waits
+                .iter()
+                .max_by_key(|(w, _)| *w)
+                .map(|(_, s)| (s.local.ip(), s.remote.ip()));
+            if h.stalled_ms < probe_at {
+                // Nothing waits (long) any more: the next wait is a new one.
+                h.stall_probe = None;
+            } else if h.is_stalled(stall_ms) && h.unreachable.is_none() {
+                // The probe sent before the threshold went unanswered.
+                if let Some(why) = h
+                    .stall_probe
+                    .as_ref()
+                    .and_then(|p| p.unanswered_why.clone())
+                {
+                    h.mark_unreachable(why);
+                }
+            }
             // Receiving: data arrived in bulk since the last round.
             let busiest = subs
                 .iter()
@@ -287,7 +558,7 @@ impl HealthTracker {
                 if grew >= RX_ACTIVE_BYTES {
                     h.rx_active_ms = Some(now_ms);
                     h.probed = false;
-                    h.unreachable = None;
+                    h.clear_unreachable();
                     h.probe_pair = Some((s.local.ip(), s.remote.ip()));
                 }
             }
@@ -304,9 +575,17 @@ impl HealthTracker {
                     .iter()
                     .any(|s| !h.subflows_when_unreachable.contains(&(s.local, s.remote)))
             {
-                h.unreachable = None;
+                h.clear_unreachable();
             }
-            let ok = h.problem(stall_ms, loss_threshold).is_none();
+            // An ACK heard since it was marked: packets come back by it.
+            if let Some(marked) = h.unreachable_since_ms {
+                if (freshest as u64) < now_ms.saturating_sub(marked) {
+                    h.clear_unreachable();
+                }
+            }
+            // Healthy as far as the whole host is concerned: one host's
+            // stalled connections do not keep a path from taking traffic back.
+            let ok = h.host_problem(stall_ms, loss_threshold).is_none();
             h.healthy_since_ms = match (ok, h.healthy_since_ms) {
                 (true, Some(t)) => Some(t),
                 (true, None) => Some(now_ms),
@@ -325,14 +604,21 @@ impl HealthTracker {
             .paths
             .values()
             .filter(|h| h.stalled_ms > 0 && !h.is_stalled(stall_ms))
-            .map(|h| h.stall_threshold_ms(stall_ms) - h.stalled_ms);
+            .map(|h| h.stall_threshold_ms(stall_ms).saturating_sub(h.stalled_ms));
+        // A wait towards one host is probed before it becomes a stall.
+        let stall_probes = self
+            .paths
+            .values()
+            .filter(|h| probing && h.stalled_ms > 0 && h.stall_probe.is_none())
+            .map(|h| h.stall_probe_at_ms(stall_ms).saturating_sub(h.stalled_ms))
+            .filter(|in_ms| *in_ms > 0);
         // A receiving path is checked when a silence would be probed.
         let silences = self
             .paths
             .values()
             .filter(|h| probing && h.rx_recent && !h.probed && h.unreachable.is_none())
             .map(|h| h.probe_after_ms().saturating_sub(h.rx_silent_ms));
-        stalls.chain(silences).min()
+        stalls.chain(silences).chain(stall_probes).min()
     }
 }
 
@@ -378,19 +664,179 @@ mod tests {
         assert_eq!(t.paths[&1].srtt_ms, Some(20.0));
     }
 
+    /// The same subflow towards another host (another connection).
+    fn to(remote: &str, mut x: SubflowSample) -> SubflowSample {
+        x.remote = remote.parse().unwrap();
+        x
+    }
+
     #[test]
     fn stall_is_outstanding_data_without_acks() {
+        // Two connections (to two hosts) on the path: a stall seen on both
+        // is the path's. (With one host, see the next test.)
+        let two = |unacked, last_ack| {
+            let a = s(1, 0, 100, unacked, last_ack, 20_000);
+            [a.clone(), to("10.8.8.8:443", a)]
+        };
         let mut t = HealthTracker::default();
-        t.update(0, &[s(1, 0, 100, 5, 50, 20_000)], 300, 0.05, 3000);
+        t.update(0, &two(5, 50), 300, 0.05, 3000);
         assert!(t.paths[&1].problem(300, 0.05).is_none());
         assert_eq!(t.paths[&1].healthy_since_ms, Some(0));
-        t.update(400, &[s(1, 0, 100, 5, 400, 20_000)], 300, 0.05, 3000);
+        t.update(400, &two(5, 400), 300, 0.05, 3000);
         assert!(t.paths[&1].problem(300, 0.05).unwrap().contains("stalled"));
+        assert_eq!(t.paths[&1].stall_witnesses, 2);
+        assert!(t.paths[&1]
+            .host_problem(300, 0.05)
+            .unwrap()
+            .contains("on connections to 2 hosts"));
         assert_eq!(t.paths[&1].healthy_since_ms, None);
         // Nothing outstanding: an idle path is not stalled.
-        t.update(500, &[s(1, 0, 100, 0, 5000, 20_000)], 300, 0.05, 3000);
+        t.update(500, &two(0, 5000), 300, 0.05, 3000);
         assert!(t.paths[&1].problem(300, 0.05).is_none());
         assert_eq!(t.paths[&1].healthy_since_ms, Some(500));
+    }
+
+    /// Before, one connection that stopped being acknowledged made the
+    /// whole path unhealthy for every user of the host (and so a local user
+    /// could trigger host-wide handovers with a server of their own).
+    #[test]
+    fn a_stall_towards_one_host_is_not_the_paths_until_probed() {
+        let mut t = HealthTracker::default();
+        let a = s(1, 0, 100, 5, 50, 20_000);
+        // Two subflows of connections to the same host count once.
+        let one_host = |last_ack| {
+            let x = SubflowSample {
+                last_ack_recv_ms: last_ack,
+                ..a.clone()
+            };
+            let mut y = x.clone();
+            y.local.set_port(2000);
+            [x, y]
+        };
+        t.update(0, &one_host(50), 300, 0.05, 3000);
+        t.update(400, &one_host(400), 300, 0.05, 3000);
+        let h = &t.paths[&1];
+        assert!(h.problem(300, 0.05).unwrap().contains("stalled"));
+        assert_eq!(h.stall_witnesses, 1);
+        assert_eq!(h.host_problem(300, 0.05), None);
+        assert_eq!(h.healthy_since_ms, Some(0), "healthy for the host");
+        assert!(h.wants_stall_probe(300, 400));
+        let why = h.unconfirmed_problem(300, 0.05).unwrap();
+        assert!(why.contains("only on connections to 1 host"), "{why}");
+        // The probe goes unanswered: now it is the path's.
+        let h = t.paths.get_mut(&1).unwrap();
+        h.stall_probe_sent(a.remote.ip(), 400);
+        assert!(!h.wants_stall_probe(300, 410), "one probe at a time");
+        assert!(h.stall_probe_result(a.remote.ip(), false, 300));
+        assert!(h.host_problem(300, 0.05).unwrap().contains("unreachable"));
+        // An ACK heard after that: the path is there after all.
+        t.update(500, &one_host(10), 300, 0.05, 3000);
+        assert_eq!(t.paths[&1].unreachable, None);
+    }
+
+    #[test]
+    fn a_wait_towards_one_host_is_probed_before_the_stall_threshold() {
+        let mut t = HealthTracker::default();
+        // rtt 20 ms, rttvar 5 ms: a probe's answer is due within
+        // 20 + max(4 x 5, 10) = 40 ms; threshold 100 ms: probe at 60 ms.
+        let w = |unacked, last_ack| s(1, 0, 100, unacked, last_ack, 20_000);
+        t.update(0, &[w(0, 5)], 100, 0.05, 3000);
+        t.update(10, &[w(5, 5)], 100, 0.05, 3000);
+        assert_eq!(t.paths[&1].stall_probe_at_ms(100), 60);
+        t.update(30, &[w(5, 25)], 100, 0.05, 3000);
+        assert_eq!(t.paths[&1].stalled_ms, 20);
+        assert_eq!(
+            t.until_next_stall_ms(100, true),
+            Some(40),
+            "the next round comes when the probe is due"
+        );
+        assert_eq!(t.until_next_stall_ms(100, false), Some(80));
+        t.update(70, &[w(5, 65)], 100, 0.05, 3000);
+        assert!(t.paths[&1].wants_stall_probe(100, 70));
+        let h = t.paths.get_mut(&1).unwrap();
+        h.stall_probe_sent(h.stall_pair.unwrap().1, 70);
+        // Unanswered before the threshold: remembered, acted on when the
+        // stall comes (at once, not one probe timeout later).
+        let remote = h.stall_pair.unwrap().1;
+        assert!(!h.stall_probe_result(remote, false, 100));
+        assert_eq!(h.unreachable, None);
+        t.update(110, &[w(5, 105)], 100, 0.05, 3000);
+        assert!(t.paths[&1].unreachable.is_some());
+        // An answered probe instead: the wait is one host's; re-probed
+        // after a back-off if it goes on.
+        let mut t = HealthTracker::default();
+        t.update(0, &[w(0, 5)], 100, 0.05, 3000);
+        t.update(10, &[w(5, 5)], 100, 0.05, 3000);
+        t.update(70, &[w(5, 65)], 100, 0.05, 3000);
+        let h = t.paths.get_mut(&1).unwrap();
+        let remote = h.stall_pair.unwrap().1;
+        h.stall_probe_sent(remote, 70);
+        assert!(!h.stall_probe_result(remote, true, 100));
+        t.update(500, &[w(5, 495)], 100, 0.05, 3000);
+        assert_eq!(t.paths[&1].host_problem(100, 0.05), None);
+        assert!(!t.paths[&1].wants_stall_probe(100, 500));
+        assert!(t.paths[&1].wants_stall_probe(100, 1070));
+    }
+
+    #[test]
+    fn loss_is_the_paths_only_when_two_hosts_see_it() {
+        let mut t = HealthTracker {
+            loss_hosts: 2,
+            ..HealthTracker::default()
+        };
+        let a = |retrans, segs| s(1, retrans, segs, 0, 0, 20_000);
+        t.update(0, &[a(0, 0), to("10.8.8.8:443", a(0, 0))], 300, 0.05, 3000);
+        // One host's connection loses 30 %, the other's nothing.
+        t.update(
+            100,
+            &[a(30, 100), to("10.8.8.8:443", a(0, 100))],
+            300,
+            0.05,
+            3000,
+        );
+        let h = &t.paths[&1];
+        assert!(h.lossy, "{h:?}");
+        assert_eq!(h.loss_witnesses, 1);
+        assert_eq!(h.host_problem(300, 0.05), None);
+        assert!(h
+            .unconfirmed_problem(300, 0.05)
+            .unwrap()
+            .contains("only 1 host(s)"));
+        // Both do.
+        t.update(
+            200,
+            &[a(50, 200), to("10.8.8.8:443", a(30, 200))],
+            300,
+            0.05,
+            3000,
+        );
+        let h = &t.paths[&1];
+        assert_eq!(h.loss_witnesses, 2);
+        assert!(h.host_problem(300, 0.05).unwrap().contains("lossy"));
+    }
+
+    /// The tracker takes whatever time it is given: a clock that jumps
+    /// back (or to the end of time) neither panics nor wraps.
+    #[test]
+    fn time_going_backwards_or_to_the_end_does_not_panic() {
+        let mut t = HealthTracker::default();
+        t.update(
+            u64::MAX - 1,
+            &[s(1, 0, 100, 5, 50, 20_000)],
+            300,
+            0.05,
+            u64::MAX,
+        );
+        t.update(
+            5,
+            &[s(1, 0, 100, 5, u32::MAX, u32::MAX)],
+            300,
+            0.05,
+            u64::MAX,
+        );
+        t.update(u64::MAX, &[s(1, 9, 1, 5, 0, 20_000)], u64::MAX, 0.05, 0);
+        let _ = t.until_next_stall_ms(u64::MAX, true);
+        let _ = t.paths[&1].probe_timeout_ms();
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod config;
 pub mod health;
 pub mod model;
 pub mod policy;
+pub mod time;
 
 pub use config::Config;
 pub use model::{Action, Decision, Event};

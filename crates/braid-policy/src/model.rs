@@ -108,6 +108,11 @@ pub enum Event {
     Mptcp(MptcpEventKind),
     /// One round of subflow measurements (polled while connections exist).
     Health(Vec<crate::health::SubflowSample>),
+    /// Time passed and nothing else happened: sent when
+    /// `Policy::wake_at_ms` comes (a returning carrier has held long
+    /// enough, a refused write's back-off is over, a held-back handover is
+    /// allowed again).
+    Tick,
     /// The daemon is stopping.
     Stopping,
 }

@@ -8,14 +8,25 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::config::{glob, Config, Flag, Mode, PathMode, Role};
-use crate::health::{HealthTracker, PathHealth};
+use crate::health::{HealthTracker, PathHealth, MIN_WITNESSES};
 use crate::model::*;
+use crate::time::{backoff_ms, Clock, Time};
 
 /// The kernel uses at most this many endpoints per connection.
 pub const KERNEL_MAX_ENDPOINTS: usize = 8;
 /// Flags that SET_FLAGS can change on a live endpoint.
 const CHANGEABLE: u32 = 4 | 8;
 const RECENT_DECISIONS: usize = 64;
+/// A limits, sysctl or endpoint-flags write the kernel refused is tried
+/// again after this long (doubled for each further refusal, at most
+/// `RETRY_MAX_MS`), or at once when what it is about changes.
+const RETRY_FIRST_MS: u64 = 2000;
+const RETRY_MAX_MS: u64 = 300_000;
+/// Carrier losses are remembered this long: each one within it doubles the
+/// time a returning carrier must hold (`policy.carrier_debounce_ms`) ...
+const FLAP_WINDOW_MS: u64 = 60_000;
+/// ... up to this (or the debounce itself, if longer).
+const MAX_SETTLE_MS: u64 = 30_000;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LoggedDecision {
@@ -38,6 +49,10 @@ pub struct Counters {
     /// Probes of silent receiving paths, and how many went unanswered.
     pub probes: u64,
     pub probes_unanswered: u64,
+    /// Switches of traffic made on measurements, and how many times one
+    /// was held back by `policy.max_handovers`.
+    pub handovers: u64,
+    pub handovers_held_back: u64,
     pub mptcp_events: BTreeMap<String, u64>,
 }
 
@@ -95,13 +110,24 @@ pub struct Policy {
     /// Addresses whose endpoint the kernel refused, with the error; retried
     /// when something about the address or its link changes.
     refused: BTreeMap<IpAddr, String>,
+    /// Flag changes the kernel refused, by endpoint id. The endpoint stays
+    /// Braid's; the change is tried again when its address or link changes,
+    /// the wanted flags change, on reload or resync, or after a back-off.
+    flags_refused: BTreeMap<u8, Refusal<u32>>,
+    /// The flags an endpoint had before the last change decided for it
+    /// (put back in the model if the change is refused).
+    flags_before: BTreeMap<u8, u32>,
     limits: Option<Limits>,
+    limits_refused: Option<Refusal<Limits>>,
     cflag_applied: Option<bool>,
+    cflag_refused: Option<Refusal<bool>>,
     synced: bool,
     stopping: bool,
     counters: Counters,
     recent: VecDeque<LoggedDecision>,
-    now_ms: u64,
+    clock: Clock,
+    /// Carrier history per interface, for the debounce of returning carrier.
+    carrier: BTreeMap<u32, CarrierState>,
     health: HealthTracker,
     /// Handover: no primary is healthy, the secondaries carry traffic.
     failed_over: bool,
@@ -109,7 +135,17 @@ pub struct Policy {
     active_path: Option<u32>,
     /// Whether the active path was chosen with RTT measurements at hand.
     active_informed: bool,
-    last_switch_ms: u64,
+    last_switch: Time,
+    /// When switches of traffic were made on measurements (within
+    /// `policy.handover_window_ms`), for `policy.max_handovers`.
+    handovers: VecDeque<Time>,
+    /// A switch was made (or a reset decided) on measurements in this round.
+    spent_this_round: bool,
+    /// Why a switch on measurements is being held back, if one is.
+    handover_held: Option<String>,
+    held_last_round: bool,
+    /// Interactive: why the active path was chosen.
+    active_reason: String,
     path_state: String,
     /// Why a path's backup flag is what it is (for the decision's reason).
     mode_reasons: BTreeMap<IpAddr, String>,
@@ -127,6 +163,76 @@ pub struct Policy {
 }
 
 type RouteKey = (u32, u32, bool);
+
+/// A write the kernel refused, kept so that it is not tried again on every
+/// event: only when what is wanted changes, when something it depends on
+/// changes (the caller forgets the refusal then), or after a back-off.
+#[derive(Debug, Clone)]
+struct Refusal<T> {
+    wanted: T,
+    error: String,
+    at: Time,
+    failures: u32,
+}
+
+impl<T: PartialEq> Refusal<T> {
+    fn after(previous: Option<&Refusal<T>>, wanted: T, error: &str, at: Time) -> Refusal<T> {
+        let failures = previous
+            .filter(|p| p.wanted == wanted)
+            .map_or(1, |p| p.failures.saturating_add(1));
+        Refusal {
+            wanted,
+            error: error.to_string(),
+            at,
+            failures,
+        }
+    }
+
+    fn retry_at(&self) -> Time {
+        self.at
+            .plus(backoff_ms(RETRY_FIRST_MS, RETRY_MAX_MS, self.failures))
+    }
+}
+
+/// Whether to write `wanted` now, given the last refusal.
+enum Attempt {
+    /// Never refused, or something changed since: write it.
+    Now,
+    /// Refused before, and its back-off is over: write it, saying so.
+    Retry(String),
+    /// Refused before, and its back-off is not over.
+    Wait,
+}
+
+fn attempt<T: PartialEq>(refusal: Option<&Refusal<T>>, wanted: &T, now: Time) -> Attempt {
+    match refusal {
+        Some(r) if r.wanted == *wanted => {
+            if now >= r.retry_at() {
+                Attempt::Retry(format!(
+                    " (tried again after a {} ms back-off: the kernel refused it {} time(s), last with: {})",
+                    r.at.until(r.retry_at()),
+                    r.failures,
+                    r.error
+                ))
+            } else {
+                Attempt::Wait
+            }
+        }
+        _ => Attempt::Now,
+    }
+}
+
+/// What the policy remembers of an interface's carrier.
+#[derive(Debug, Clone, Default)]
+struct CarrierState {
+    /// Up with carrier as last seen.
+    ok: bool,
+    /// When its carrier came back, while it has not held long enough to be
+    /// used again; None once settled (or if it had carrier when first seen).
+    returned: Option<Time>,
+    /// When it lost carrier (or went down), within `FLAP_WINDOW_MS`.
+    losses: VecDeque<Time>,
+}
 
 /// A default route whose initcwnd Braid changed, and what it was before:
 /// kept in the daemon's state file so a restarted daemon (even after a
@@ -184,18 +290,28 @@ impl Policy {
             kernel: BTreeMap::new(),
             owned: previously_owned.into_iter().collect(),
             refused: BTreeMap::new(),
+            flags_refused: BTreeMap::new(),
+            flags_before: BTreeMap::new(),
             limits: None,
+            limits_refused: None,
             cflag_applied: None,
+            cflag_refused: None,
             synced: false,
             stopping: false,
             counters: Counters::default(),
             recent: VecDeque::new(),
-            now_ms: 0,
+            clock: Clock::default(),
+            carrier: BTreeMap::new(),
             health: HealthTracker::default(),
             failed_over: false,
             active_path: None,
             active_informed: false,
-            last_switch_ms: 0,
+            last_switch: Time::ZERO,
+            handovers: VecDeque::new(),
+            spent_this_round: false,
+            handover_held: None,
+            held_last_round: false,
+            active_reason: String::new(),
             path_state: String::new(),
             mode_reasons: BTreeMap::new(),
             stalled_paths: BTreeSet::new(),
@@ -249,8 +365,51 @@ impl Policy {
         self.owned.iter().copied().collect()
     }
 
+    /// The policy's "now": the latest time passed to `handle` (it never
+    /// goes backwards, even if the times passed in do).
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now().ms()
+    }
+
+    /// When the policy next has something to decide that no event will
+    /// bring: a returning carrier that will have held long enough, a
+    /// refused write whose back-off ends, a switch held back by
+    /// `policy.max_handovers` that becomes allowed. The shell should call
+    /// `handle(Event::Tick, ..)` then (any other event then does as well).
+    pub fn wake_at_ms(&self) -> Option<u64> {
+        let now = self.clock.now();
+        self.deadlines().filter(|t| *t > now).min().map(Time::ms)
+    }
+
+    fn deadlines(&self) -> impl Iterator<Item = Time> + '_ {
+        let settling = self
+            .carrier
+            .values()
+            .filter_map(|c| Some(c.returned?.plus(self.settle_ms(c))));
+        let retries = self
+            .limits_refused
+            .iter()
+            .map(|r| r.retry_at())
+            .chain(self.cflag_refused.iter().map(|r| r.retry_at()))
+            .chain(self.flags_refused.values().map(|r| r.retry_at()));
+        let window = self.config.policy.handover_window_ms;
+        let held = self
+            .handover_held
+            .as_ref()
+            .and_then(|_| self.handovers.front())
+            .map(move |t| t.plus(window));
+        settling.chain(retries).chain(held)
+    }
+
+    /// Whether a deadline (see `wake_at_ms`) has passed.
+    fn due(&self) -> bool {
+        let now = self.clock.now();
+        self.deadlines().any(|t| t <= now)
+    }
+
     pub fn handle(&mut self, event: Event, now_ms: u64) -> Vec<Decision> {
-        self.now_ms = now_ms;
+        let now = self.clock.advance(now_ms);
+        let now_ms = now.ms();
         match event {
             Event::Health(mut samples) => {
                 // Attribute each subflow to the interface holding its address.
@@ -265,12 +424,17 @@ impl Policy {
                 let (stall, loss, hold) = (p.stall_ms, p.loss_threshold, p.hold_ms);
                 // An idle path's loss fades slowly: it is tried again only
                 // after several hold times without evidence.
-                self.health.update(now_ms, &samples, stall, loss, 4 * hold);
+                let decay = hold.saturating_mul(4);
+                self.health.loss_hosts = self.config.policy.loss_hosts as usize;
+                self.health.update(now_ms, &samples, stall, loss, decay);
                 if self.config.policy.mode == PathMode::Aggregate {
-                    return Vec::new();
+                    if !self.due() {
+                        return Vec::new();
+                    }
+                } else {
+                    self.note_stalls();
+                    self.probes_due();
                 }
-                self.note_stalls();
-                self.probes_due();
             }
             Event::ProbeResult {
                 ifindex,
@@ -278,21 +442,39 @@ impl Policy {
                 rtt_ms,
             } => {
                 self.counters.probes += 1;
+                let answered = rtt_ms.is_some();
+                if !answered {
+                    self.counters.probes_unanswered += 1;
+                }
+                if self.config.policy.mode == PathMode::Aggregate {
+                    return Vec::new(); // aggregate acts on no measurement
+                }
+                let stall_ms = self.config.policy.stall_ms;
                 let Some(h) = self.health.paths.get_mut(&ifindex) else {
                     return Vec::new();
                 };
-                // Answered, or data came back meanwhile (which ends the
-                // silence the probe was for): the path is there.
-                if rtt_ms.is_some() || !h.probed || h.rx_silent_ms < h.probe_after_ms() {
+                // A probe about a wait for an ACK: unanswered while the path
+                // is stalled, the path is unreachable.
+                let mut changed = h.stall_probe_result(remote, answered, stall_ms);
+                // A probe about a silence: answered, or data came back
+                // meanwhile (which ends the silence the probe was for), the
+                // path is there.
+                if !answered
+                    && h.probed
+                    && h.rx_silent_ms >= h.probe_after_ms()
+                    && h.unreachable.is_none()
+                {
+                    let why = format!(
+                        "unreachable: data stopped {} ms ago and {remote} did not answer a probe within {} ms",
+                        h.rx_silent_ms,
+                        h.probe_timeout_ms()
+                    );
+                    h.mark_unreachable(why);
+                    changed = true;
+                }
+                if !changed {
                     return Vec::new();
                 }
-                self.counters.probes_unanswered += 1;
-                let why = format!(
-                    "unreachable: data stopped {} ms ago and {remote} did not answer a probe within {} ms",
-                    h.rx_silent_ms,
-                    h.probe_timeout_ms()
-                );
-                h.mark_unreachable(why);
                 self.note_stalls();
             }
             Event::Snapshot {
@@ -305,18 +487,35 @@ impl Policy {
                 if self.synced {
                     self.counters.resyncs += 1;
                 }
+                let known: BTreeSet<u32> = links.iter().map(|l| l.index).collect();
+                self.carrier.retain(|i, _| known.contains(i));
+                for l in &links {
+                    self.note_carrier(l);
+                }
                 self.links = links.into_iter().map(|l| (l.index, l)).collect();
                 self.addresses = addresses
                     .into_iter()
                     .map(|a| ((a.ifindex, a.ip), a))
                     .collect();
                 self.default_routes = default_routes.into_iter().collect();
+                let before = std::mem::take(&mut self.kernel);
                 self.kernel = endpoints.into_iter().map(|e| (e.id, e)).collect();
-                // Owned ids that are gone, or now hold another address, are forgotten.
+                // Owned ids that are gone, or now hold another address (the
+                // table was flushed and someone else took the id), are
+                // forgotten. Ids adopted from a previous run (not in the
+                // model yet) are taken as they are.
                 let kernel = &self.kernel;
-                self.owned.retain(|id| kernel.contains_key(id));
+                self.owned
+                    .retain(|id| match (kernel.get(id), before.get(id)) {
+                        (Some(now), Some(was)) => now.addr == was.addr,
+                        (Some(_), None) => true,
+                        (None, _) => false,
+                    });
                 self.limits = Some(limits);
+                // The kernel's state is known afresh: try everything again.
                 self.refused.clear();
+                self.flags_refused.clear();
+                self.limits_refused = None;
                 self.synced = true;
             }
             Event::LinkChanged(link) => {
@@ -326,23 +525,25 @@ impl Policy {
                     // Its measurements are about a path that is gone.
                     self.health.paths.remove(&link.index);
                 }
+                self.note_carrier(&link);
                 self.links.insert(link.index, link);
             }
             Event::LinkRemoved { index } => {
                 self.counters.link_events += 1;
                 self.forget_refusals_on(index);
+                self.carrier.remove(&index);
                 self.links.remove(&index);
                 self.addresses.retain(|(i, _), _| *i != index);
                 self.default_routes.retain(|r| r.ifindex != index);
             }
             Event::AddressAdded(a) => {
                 self.counters.address_events += 1;
-                self.refused.remove(&a.ip);
+                self.forget_refusals_of(a.ip);
                 self.addresses.insert((a.ifindex, a.ip), a);
             }
             Event::AddressRemoved(a) => {
                 self.counters.address_events += 1;
-                self.refused.remove(&a.ip);
+                self.forget_refusals_of(a.ip);
                 self.addresses.remove(&(a.ifindex, a.ip));
             }
             Event::DefaultRouteAdded(r) => {
@@ -358,7 +559,11 @@ impl Policy {
             Event::ConfigReloaded(cfg) => {
                 self.counters.reloads += 1;
                 self.config = *cfg;
+                // The operator may have fixed what made the kernel refuse.
                 self.refused.clear();
+                self.flags_refused.clear();
+                self.limits_refused = None;
+                self.cflag_refused = None;
             }
             Event::ActionFailed { action, error } => {
                 self.counters.failed_actions += 1;
@@ -378,6 +583,7 @@ impl Policy {
                 *self.counters.mptcp_events.entry(name).or_default() += 1;
                 return Vec::new();
             }
+            Event::Tick => {}
             Event::Stopping => {
                 self.stopping = true;
             }
@@ -406,6 +612,49 @@ impl Policy {
         decisions
     }
 
+    /// Follow a link's carrier: losses are counted, a return starts the
+    /// debounce. A link seen for the first time with carrier is used at once.
+    fn note_carrier(&mut self, link: &Link) {
+        let now = self.clock.now();
+        let ok = link.up && link.carrier;
+        let c = self.carrier.entry(link.index).or_insert(CarrierState {
+            ok,
+            returned: None,
+            losses: VecDeque::new(),
+        });
+        while c
+            .losses
+            .front()
+            .is_some_and(|t| now.since(*t) >= FLAP_WINDOW_MS)
+        {
+            c.losses.pop_front();
+        }
+        if c.ok && !ok {
+            c.losses.push_back(now);
+            c.returned = None;
+        } else if !c.ok && ok {
+            c.returned = Some(now);
+        }
+        c.ok = ok;
+    }
+
+    /// How long a returning carrier must hold: `policy.carrier_debounce_ms`,
+    /// doubled for each further loss within `FLAP_WINDOW_MS`.
+    fn settle_ms(&self, c: &CarrierState) -> u64 {
+        let debounce = self.config.policy.carrier_debounce_ms;
+        let losses = c.losses.len().max(1) as u32;
+        backoff_ms(debounce, MAX_SETTLE_MS.max(debounce), losses)
+    }
+
+    /// The interface's carrier came back and has not held long enough:
+    /// (how long ago, how long it must hold, losses within the window).
+    fn settling(&self, ifindex: u32) -> Option<(u64, u64, usize)> {
+        let c = self.carrier.get(&ifindex)?;
+        let ago = self.clock.now().since(c.returned?);
+        let need = self.settle_ms(c);
+        (ago < need).then_some((ago, need, c.losses.len()))
+    }
+
     fn forget_refusals_on(&mut self, ifindex: u32) {
         let ips: Vec<IpAddr> = self
             .addresses
@@ -414,12 +663,22 @@ impl Policy {
             .map(|(_, ip)| *ip)
             .collect();
         for ip in ips {
-            self.refused.remove(&ip);
+            self.forget_refusals_of(ip);
         }
+    }
+
+    /// Something about address `ip` changed: what the kernel refused about
+    /// it is tried again.
+    fn forget_refusals_of(&mut self, ip: IpAddr) {
+        self.refused.remove(&ip);
+        let kernel = &self.kernel;
+        self.flags_refused
+            .retain(|id, _| kernel.get(id).is_none_or(|e| e.addr != ip));
     }
 
     /// Take back the model change of an action the kernel refused.
     fn undo(&mut self, action: &Action, error: &str) {
+        let now = self.clock.now();
         match action {
             Action::AddEndpoint { id, addr, .. } => {
                 self.kernel.remove(id);
@@ -428,13 +687,40 @@ impl Policy {
             }
             // A failed removal: the endpoint is most likely gone already.
             Action::RemoveEndpoint { .. } => {}
-            Action::SetEndpointFlags { id, .. } => {
-                // Unknown state now: forget it; the next snapshot tells.
-                self.kernel.remove(id);
-                self.owned.remove(id);
+            Action::SetEndpointFlags { id, addr, flags } => {
+                // The endpoint is still there and still Braid's: the kernel
+                // most likely kept its old flags. Put them back in the model
+                // and remember the refusal, so the change is neither
+                // forgotten nor retried on every event.
+                if let Some(e) = self.kernel.get_mut(id) {
+                    if e.addr == *addr && e.flags == *flags {
+                        if let Some(before) = self.flags_before.remove(id) {
+                            e.flags = before;
+                        }
+                    }
+                }
+                let r = Refusal::after(self.flags_refused.get(id), *flags, error, now);
+                self.flags_refused.insert(*id, r);
             }
-            Action::SetLimits { .. } => self.limits = None,
-            Action::SetSysctl { .. } => self.cflag_applied = None,
+            Action::SetLimits {
+                subflows,
+                add_addr_accepted,
+            } => {
+                self.limits = None;
+                let wanted = Limits {
+                    subflows: *subflows,
+                    add_addr_accepted: *add_addr_accepted,
+                };
+                let r = Refusal::after(self.limits_refused.as_ref(), wanted, error, now);
+                self.limits_refused = Some(r);
+            }
+            Action::SetSysctl { value, .. } => {
+                // The kernel most likely kept the other value.
+                let deny = value == "0";
+                self.cflag_applied = Some(!deny);
+                let r = Refusal::after(self.cflag_refused.as_ref(), deny, error, now);
+                self.cflag_refused = Some(r);
+            }
             // No answer either way: the path's silence stays unexplained
             // (and the kernel's own timeouts remain).
             Action::ProbePath { .. } => {}
@@ -477,6 +763,16 @@ impl Policy {
         }
         if !link.carrier {
             return Err(format!("{name} has no carrier"));
+        }
+        if let Some((ago, need, losses)) = self.settling(a.ifindex) {
+            return Err(format!(
+                "{name}'s carrier came back {ago} ms ago: it is used once it has held for {need} ms (policy.carrier_debounce_ms{})",
+                if losses > 1 {
+                    format!(", doubled for each of its {losses} carrier losses in the last {} s", FLAP_WINDOW_MS / 1000)
+                } else {
+                    String::new()
+                }
+            ));
         }
         if a.ip.is_ipv4() && !f.ipv4 || a.ip.is_ipv6() && !f.ipv6 {
             return Err(format!(
@@ -574,8 +870,11 @@ impl Policy {
 
     fn reconcile(&mut self) -> Vec<Decision> {
         let mut out = Vec::new();
+        let now = self.clock.now();
         let (mut wanted, _beyond_kernel_max) = self.wanted();
+        self.spent_this_round = false;
         self.apply_path_mode(&mut wanted);
+        self.budget_resets(&wanted);
         let wanted_addrs: BTreeSet<IpAddr> = wanted.iter().map(|w| w.addr).collect();
 
         // 1. Endpoints that should go.
@@ -610,11 +909,21 @@ impl Policy {
                     self.remove(&e, &mut out, reason.clone());
                     self.add(w, &mut out, reason);
                 }
-                Some(e) if e.flags == w.flags && e.ifindex == w.ifindex => {}
+                Some(e) if e.flags == w.flags && e.ifindex == w.ifindex => {
+                    self.flags_refused.remove(&e.id);
+                }
                 Some(e)
                     if (e.flags & !CHANGEABLE) == (w.flags & !CHANGEABLE)
                         && e.ifindex == w.ifindex =>
                 {
+                    let retry = match attempt(self.flags_refused.get(&e.id), &w.flags, now) {
+                        // Refused, and neither the wanted flags nor anything
+                        // about the address changed since: not yet.
+                        Attempt::Wait => continue,
+                        Attempt::Now => String::new(),
+                        Attempt::Retry(note) => note,
+                    };
+                    self.flags_before.insert(e.id, e.flags);
                     self.kernel.insert(
                         e.id,
                         KernelEndpoint {
@@ -622,19 +931,20 @@ impl Policy {
                             ..e.clone()
                         },
                     );
+                    let why = self.mode_reasons.get(&w.addr).cloned().unwrap_or_else(|| {
+                        format!(
+                            "the configuration for {} asks for '{}'",
+                            w.iface,
+                            flag_names(w.flags)
+                        )
+                    });
                     out.push(Decision {
                         action: Action::SetEndpointFlags {
                             id: e.id,
                             addr: e.addr,
                             flags: w.flags,
                         },
-                        reason: self.mode_reasons.get(&w.addr).cloned().unwrap_or_else(|| {
-                            format!(
-                                "the configuration for {} asks for '{}'",
-                                w.iface,
-                                flag_names(w.flags)
-                            )
-                        }),
+                        reason: format!("{why}{retry}"),
                     });
                 }
                 Some(e) => {
@@ -649,8 +959,19 @@ impl Policy {
                     self.add(w, &mut out, "its settings changed".into());
                 }
                 None => {
+                    let settled = self
+                        .ifindex_of(w.addr)
+                        .and_then(|i| self.carrier.get(&i))
+                        .and_then(|c| {
+                            let ago = now.since(c.returned?);
+                            Some(format!(
+                                "; its carrier came back {ago} ms ago and has held for the {} ms required (policy.carrier_debounce_ms)",
+                                self.settle_ms(c)
+                            ))
+                        })
+                        .unwrap_or_default();
                     let reason = format!(
-                        "{} on {} is usable ({} is up with carrier{})",
+                        "{} on {} is usable ({} is up with carrier{}){settled}",
                         w.addr,
                         w.iface,
                         w.iface,
@@ -680,10 +1001,21 @@ impl Policy {
                     add_addr_accepted: 0,
                 },
             };
-            if self.limits != Some(want) {
+            let retry = match attempt(self.limits_refused.as_ref(), &want, now) {
+                _ if self.limits == Some(want) => {
+                    self.limits_refused = None;
+                    None
+                }
+                // Refused, and what is wanted has not changed: not on every
+                // event, only after the back-off.
+                Attempt::Wait => None,
+                Attempt::Now => Some(String::new()),
+                Attempt::Retry(note) => Some(note),
+            };
+            if let Some(retry) = retry {
                 let reason = match self.config.mode {
-                    Mode::Client => format!("{n} usable endpoint(s): allow as many extra subflows and accepted announcements"),
-                    Mode::Server => "a server accepts up to the kernel maximum of joins and ignores announcements".into(),
+                    Mode::Client => format!("{n} usable endpoint(s): allow as many extra subflows and accepted announcements{retry}"),
+                    Mode::Server => format!("a server accepts up to the kernel maximum of joins and ignores announcements{retry}"),
                 };
                 let raise = self.limits.is_none_or(|l| {
                     want.subflows > l.subflows || want.add_addr_accepted > l.add_addr_accepted
@@ -710,21 +1042,50 @@ impl Policy {
 
         // 4. The server's C flag.
         let deny = self.config.server.deny_join_initial_address;
-        if self.cflag_applied != Some(deny) && (deny || self.cflag_applied.is_some()) {
-            self.cflag_applied = Some(deny);
-            out.push(Decision {
-                action: Action::SetSysctl {
-                    name: "net.mptcp.allow_join_initial_addr_port".into(),
-                    value: if deny { "0" } else { "1" }.into(),
-                },
-                reason: if deny {
-                    "server.deny_join_initial_address: clients must join other addresses (anycast or load balancer)".into()
+        if self.cflag_applied == Some(deny) {
+            self.cflag_refused = None;
+        } else if deny || self.cflag_applied.is_some() {
+            let retry = match attempt(self.cflag_refused.as_ref(), &deny, now) {
+                Attempt::Wait => None,
+                Attempt::Now => Some(String::new()),
+                Attempt::Retry(note) => Some(note),
+            };
+            if let Some(retry) = retry {
+                self.cflag_applied = Some(deny);
+                let why = if deny {
+                    "server.deny_join_initial_address: clients must join other addresses (anycast or load balancer)"
                 } else {
-                    "server.deny_join_initial_address was turned off".into()
-                },
-            });
+                    "server.deny_join_initial_address was turned off"
+                };
+                out.push(Decision {
+                    action: Action::SetSysctl {
+                        name: "net.mptcp.allow_join_initial_addr_port".into(),
+                        value: if deny { "0" } else { "1" }.into(),
+                    },
+                    reason: format!("{why}{retry}"),
+                });
+            }
         }
         self.reset_pending.clear();
+        // Refusals about endpoints that are gone are moot.
+        let kernel = &self.kernel;
+        self.flags_refused.retain(|id, _| kernel.contains_key(id));
+        self.flags_before.retain(|id, _| kernel.contains_key(id));
+        if !self.config.limits.manage {
+            self.limits_refused = None;
+        }
+        // Carriers that have held long enough are settled for good.
+        let settled: Vec<u32> = self
+            .carrier
+            .iter()
+            .filter(|(i, c)| c.returned.is_some() && self.settling(**i).is_none())
+            .map(|(i, _)| *i)
+            .collect();
+        for i in settled {
+            if let Some(c) = self.carrier.get_mut(&i) {
+                c.returned = None;
+            }
+        }
         self.reconcile_standby_windows(&wanted, &mut out);
         // A path taking over is made active only after the failed one is
         // gone: closing the failed subflows rewinds the connection to its
@@ -754,6 +1115,34 @@ impl Policy {
             .iter()
             .map(|(i, l)| (*i, l.name.clone()))
             .collect();
+        let (now, stall_ms) = (self.clock.now().ms(), self.config.policy.stall_ms);
+        for (ifindex, h) in self.health.paths.iter_mut() {
+            // A connection waits for an ACK, and no other host's does:
+            // whether the path itself is gone, only a probe can tell.
+            if !h.wants_stall_probe(stall_ms, now) {
+                continue;
+            }
+            let Some((local, remote)) = h.stall_pair else {
+                continue;
+            };
+            h.stall_probe_sent(remote, now);
+            let name = names
+                .get(ifindex)
+                .cloned()
+                .unwrap_or_else(|| format!("#{ifindex}"));
+            self.probes_pending.push(Decision {
+                action: Action::ProbePath {
+                    ifindex: *ifindex,
+                    local,
+                    remote,
+                    timeout_ms: h.probe_timeout_ms(),
+                },
+                reason: format!(
+                    "{name}: a connection to {remote} has waited {} ms for an ACK with data outstanding, and no connection to another host shows it: is the path itself gone? (a stall is acted on for every connection only if the probe goes unanswered)",
+                    h.stalled_ms
+                ),
+            });
+        }
         for (ifindex, h) in self.health.paths.iter_mut() {
             if !h.wants_probe() {
                 continue;
@@ -781,13 +1170,20 @@ impl Policy {
         }
     }
 
+    /// Paths that have just stalled for every connection (seen towards
+    /// `MIN_WITNESSES` hosts, or confirmed unreachable by a probe) get their
+    /// subflows reopened. A stall seen towards one host only resets nothing:
+    /// it is probed (`probes_due`) and acted on only if the probe fails.
     fn note_stalls(&mut self) {
         let stall_ms = self.config.policy.stall_ms;
         let now_stalled: BTreeSet<u32> = self
             .health
             .paths
             .iter()
-            .filter(|(_, h)| h.is_stalled(stall_ms) || h.unreachable.is_some())
+            .filter(|(_, h)| {
+                h.unreachable.is_some()
+                    || (h.is_stalled(stall_ms) && h.stall_witnesses >= MIN_WITNESSES)
+            })
             .map(|(i, _)| *i)
             .collect();
         for i in now_stalled.difference(&self.stalled_paths.clone()) {
@@ -919,19 +1315,118 @@ impl Policy {
             .map(|a| a.ifindex)
     }
 
+    /// A problem of the path for every connection (see
+    /// `PathHealth::host_problem`): what the modes act on.
     fn path_problem(&self, ifindex: Option<u32>) -> Option<String> {
         let p = &self.config.policy;
         ifindex
             .and_then(|i| self.health.paths.get(&i))
-            .and_then(|h| h.problem(p.stall_ms, p.loss_threshold))
+            .and_then(|h| h.host_problem(p.stall_ms, p.loss_threshold))
+    }
+
+    /// What is wrong with some connections of the path but is not taken as
+    /// the path's problem, for the path state.
+    fn unconfirmed_problems(&self, wanted: &[Want]) -> String {
+        let p = &self.config.policy;
+        let mut seen = BTreeSet::new();
+        let notes: Vec<String> = wanted
+            .iter()
+            .filter_map(|w| {
+                let i = self.ifindex_of(w.addr)?;
+                if !seen.insert(i) {
+                    return None;
+                }
+                let note = self
+                    .health
+                    .paths
+                    .get(&i)?
+                    .unconfirmed_problem(p.stall_ms, p.loss_threshold)?;
+                Some(format!("{}: {note}", w.iface))
+            })
+            .collect();
+        if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", notes.join("; "))
+        }
+    }
+
+    /// Whether a switch of traffic made on measurements (and the resets
+    /// that go with it) may happen now, under `policy.max_handovers` per
+    /// `policy.handover_window_ms`; if not, why.
+    fn handover_budget(&mut self) -> Result<(), String> {
+        let now = self.clock.now();
+        let pc = &self.config.policy;
+        let (max, window) = (pc.max_handovers as usize, pc.handover_window_ms);
+        while self
+            .handovers
+            .front()
+            .is_some_and(|t| now.since(*t) >= window)
+        {
+            self.handovers.pop_front();
+        }
+        if self.spent_this_round || self.handovers.len() < max {
+            return Ok(());
+        }
+        let next = self.handovers.front().map_or(now, |t| t.plus(window));
+        Err(format!(
+            "{} switches were made on measurements in the last {window} ms (policy.max_handovers = {max} per policy.handover_window_ms); the next is allowed in {} ms",
+            self.handovers.len(),
+            now.until(next)
+        ))
+    }
+
+    fn spend_handover(&mut self) {
+        if !self.spent_this_round {
+            self.handovers.push_back(self.clock.now());
+            self.spent_this_round = true;
+            self.counters.handovers += 1;
+        }
+    }
+
+    fn hold_back_handover(&mut self, why: String) {
+        if self.handover_held.is_none() && !self.held_last_round {
+            self.counters.handovers_held_back += 1;
+        }
+        self.handover_held = Some(why);
+    }
+
+    /// Resets of stalled paths' subflows disturb every connection on them:
+    /// they come with the switch of this round, or take a switch from
+    /// the budget themselves, or are dropped (the stall stays noted: one
+    /// reset per stall at most).
+    fn budget_resets(&mut self, wanted: &[Want]) {
+        let resets = wanted.iter().any(|w| {
+            self.reset_pending.contains_key(&w.addr)
+                && self
+                    .kernel
+                    .values()
+                    .any(|e| e.addr == w.addr && self.manages(e.id))
+        });
+        if !resets {
+            self.reset_pending.clear();
+            return;
+        }
+        match self.handover_budget() {
+            Ok(()) => self.spend_handover(),
+            Err(why) => {
+                self.reset_pending.clear();
+                self.path_state = format!(
+                    "{}; reopening the stalled path's subflows is held back: {why}",
+                    self.path_state
+                );
+                self.hold_back_handover(why);
+            }
+        }
     }
 
     /// Set the backup bit of each wanted endpoint for handover or interactive.
     fn apply_path_mode(&mut self, wanted: &mut [Want]) {
         self.mode_reasons.clear();
+        self.held_last_round = self.handover_held.take().is_some();
         let backup = Flag::Backup.bit();
         let pc = self.config.policy.clone();
-        let now = self.now_ms;
+        let now = self.clock.now();
         match pc.mode {
             PathMode::Aggregate => {
                 self.path_state = "aggregate: every usable path carries traffic".into();
@@ -959,7 +1454,7 @@ impl Policy {
                         .ifindex_of(wanted[*i].addr)
                         .and_then(|x| self.health.paths.get(&x));
                     h.and_then(|h| h.healthy_since_ms)
-                        .is_some_and(|t| now.saturating_sub(t) >= pc.hold_ms)
+                        .is_some_and(|t| now.since(Time::from_ms(t)) >= pc.hold_ms)
                 });
                 let why_down = if primaries.is_empty() {
                     "no primary path is usable".to_string()
@@ -978,18 +1473,38 @@ impl Policy {
                         .collect::<Vec<_>>()
                         .join("; ")
                 };
-                let failed = if self.failed_over {
+                let mut failed = if self.failed_over {
                     !held
                 } else {
                     healthy.is_empty()
                 };
-                let reason = if failed {
+                // A usable primary measured as failing: a switch made on
+                // measurements, which the rate limit may hold back. A
+                // primary that is gone (carrier, address, route) is left at
+                // once, always.
+                let mut held_back = None;
+                if failed && !self.failed_over && !primaries.is_empty() {
+                    match self.handover_budget() {
+                        Ok(()) => self.spend_handover(),
+                        Err(why) => {
+                            failed = false;
+                            held_back = Some(why);
+                        }
+                    }
+                }
+                let reason = if let Some(why) = held_back {
+                    let reason = format!("handover: {why_down}; the primary keeps traffic: {why}");
+                    self.hold_back_handover(why);
+                    reason
+                } else if failed {
                     format!("handover: {why_down}; the secondary takes over")
                 } else if self.failed_over {
                     format!("handover: the primary has been healthy for {} ms; it takes traffic back, the secondary stands by", pc.hold_ms)
                 } else {
-                    "handover: the primary is healthy; it carries traffic, the secondary stands by"
-                        .to_string()
+                    format!(
+                        "handover: the primary is healthy; it carries traffic, the secondary stands by{}",
+                        self.unconfirmed_problems(wanted)
+                    )
                 };
                 self.failed_over = failed;
                 self.path_state = reason.clone();
@@ -1029,21 +1544,24 @@ impl Policy {
                     return;
                 }
                 let rtt = |p: &Candidate| p.srtt.unwrap_or(f64::MAX);
-                let best = (*healthy
+                let Some(best) = healthy
                     .iter()
-                    .min_by(|a, b| rtt(a).partial_cmp(&rtt(b)).unwrap())
-                    .unwrap())
-                .clone();
-                let name = |i: u32| {
-                    self.links
-                        .get(&i)
-                        .map(|l| l.name.clone())
-                        .unwrap_or_else(|| format!("#{i}"))
+                    .min_by(|a, b| rtt(a).total_cmp(&rtt(b)))
+                    .map(|b| (*b).clone())
+                else {
+                    return;
                 };
+                let names: BTreeMap<u32, String> = self
+                    .links
+                    .iter()
+                    .map(|(i, l)| (*i, l.name.clone()))
+                    .collect();
+                let name = |i: u32| names.get(&i).cloned().unwrap_or_else(|| format!("#{i}"));
                 let current = self
                     .active_path
                     .and_then(|a| paths.iter().find(|p| p.ifindex == a).cloned());
                 let informed = self.active_informed;
+                let unconfirmed = self.unconfirmed_problems(wanted);
                 let (active, reason) = match current {
                     Some(cur) if !informed && cur.problem.is_none() && best.srtt.is_some() => (
                         best.ifindex,
@@ -1061,43 +1579,82 @@ impl Policy {
                             fmt_rtt(best.srtt)
                         ),
                     ),
-                    Some(cur) if cur.problem.is_some() => (
-                        best.ifindex,
-                        format!(
-                            "interactive: {} is {}; switching to {} ({})",
-                            name(cur.ifindex),
-                            cur.problem.clone().unwrap(),
-                            name(best.ifindex),
-                            fmt_rtt(best.srtt)
-                        ),
-                    ),
+                    // Switches made on measurements: the rate limit may
+                    // hold them back.
+                    Some(cur) if cur.problem.is_some() => {
+                        let problem = cur.problem.clone().unwrap_or_default();
+                        match self.handover_budget() {
+                            Ok(()) => {
+                                self.spend_handover();
+                                (
+                                    best.ifindex,
+                                    format!(
+                                        "interactive: {} is {problem}; switching to {} ({})",
+                                        name(cur.ifindex),
+                                        name(best.ifindex),
+                                        fmt_rtt(best.srtt)
+                                    ),
+                                )
+                            }
+                            Err(why) => {
+                                let reason = format!(
+                                    "interactive: {} is {problem}; it keeps traffic: {why}",
+                                    name(cur.ifindex)
+                                );
+                                self.hold_back_handover(why);
+                                (cur.ifindex, reason)
+                            }
+                        }
+                    }
                     Some(cur) => {
                         let better = best.ifindex != cur.ifindex
                             && rtt(&cur) > rtt(&best) * pc.rtt_ratio + pc.rtt_margin_ms as f64
                             && best
                                 .healthy_since
-                                .is_some_and(|t| now.saturating_sub(t) >= pc.hold_ms)
-                            && now.saturating_sub(self.last_switch_ms) >= pc.hold_ms;
-                        if better {
-                            (
-                                best.ifindex,
+                                .is_some_and(|t| now.since(Time::from_ms(t)) >= pc.hold_ms)
+                            && now.since(self.last_switch) >= pc.hold_ms;
+                        let why = format!(
+                            "interactive: {} RTT {} is over {}x{} + {} ms of {}",
+                            name(cur.ifindex),
+                            fmt_rtt(cur.srtt),
+                            pc.rtt_ratio,
+                            fmt_rtt(best.srtt),
+                            pc.rtt_margin_ms,
+                            name(best.ifindex)
+                        );
+                        if !better {
+                            // Nothing new: the reason it was chosen stands.
+                            let kept = if self.active_reason.is_empty() {
                                 format!(
-                                    "interactive: {} RTT {} is over {}x{} + {} ms of {}; switching",
+                                    "interactive: {} carries traffic ({})",
                                     name(cur.ifindex),
-                                    fmt_rtt(cur.srtt),
-                                    pc.rtt_ratio,
-                                    fmt_rtt(best.srtt),
-                                    pc.rtt_margin_ms,
-                                    name(best.ifindex)
-                                ),
-                            )
+                                    fmt_rtt(cur.srtt)
+                                )
+                            } else {
+                                self.active_reason.clone()
+                            };
+                            (cur.ifindex, kept)
                         } else {
-                            (cur.ifindex, self.path_state.clone())
+                            match self.handover_budget() {
+                                Ok(()) => {
+                                    self.spend_handover();
+                                    (best.ifindex, format!("{why}; switching"))
+                                }
+                                Err(held) => {
+                                    let reason = format!("{why}; staying: {held}");
+                                    self.hold_back_handover(held);
+                                    (cur.ifindex, reason)
+                                }
+                            }
                         }
                     }
                 };
+                if self.handover_held.is_none() {
+                    self.active_reason = reason.clone();
+                }
+                let reason = format!("{reason}{unconfirmed}");
                 if self.active_path != Some(active) {
-                    self.last_switch_ms = now;
+                    self.last_switch = now;
                 }
                 self.active_informed = paths
                     .iter()
@@ -1190,6 +1747,40 @@ impl Policy {
         if self.synced && wanted.is_empty() {
             warnings
                 .push("no usable address: connections stay on whatever path they start on".into());
+        }
+        let now = self.clock.now();
+        let retry = |at: Time| match now.until(at) {
+            0 => "at the next event".to_string(),
+            ms => format!("in {ms} ms"),
+        };
+        if let Some(r) = &self.limits_refused {
+            warnings.push(format!(
+                "the kernel refused limits subflows {} add_addr_accepted {}: {}; tried again {}, or at once when the endpoints change or the configuration is reloaded",
+                r.wanted.subflows, r.wanted.add_addr_accepted, r.error, retry(r.retry_at())
+            ));
+        }
+        if let Some(r) = &self.cflag_refused {
+            warnings.push(format!(
+                "the kernel refused net.mptcp.allow_join_initial_addr_port = {}: {}; tried again {}, or at once on reload",
+                if r.wanted { 0 } else { 1 },
+                r.error,
+                retry(r.retry_at())
+            ));
+        }
+        for (id, r) in &self.flags_refused {
+            let addr = self
+                .kernel
+                .get(id)
+                .map_or_else(|| "?".to_string(), |e| e.addr.to_string());
+            warnings.push(format!(
+                "the kernel refused flags '{}' on endpoint {addr} id {id}: {}; it stays Braid's and is tried again {}, or at once when its address or link changes",
+                flag_names(r.wanted),
+                r.error,
+                retry(r.retry_at())
+            ));
+        }
+        if let Some(why) = &self.handover_held {
+            warnings.push(format!("a switch of traffic is held back: {why}"));
         }
         for ((ifindex, table, _), error) in &self.initcwnd_refused {
             let name = self.links.get(ifindex).map_or("?", |l| l.name.as_str());

@@ -18,7 +18,14 @@ const BACKUP: u32 = 4;
 struct Sim {
     p: Policy,
     now: u64,
+    /// Remote hosts each path's connections go to (one connection each,
+    /// all in the same state). A stall is acted on for the whole host only
+    /// when seen towards two hosts (or confirmed by a probe): tests of that
+    /// reaction use 2. Loss needs `policy.loss_hosts` hosts (1 by default).
+    hosts: usize,
 }
+
+const HOSTS: [&str; 2] = ["203.0.113.1:443", "198.51.100.7:443"];
 
 /// eth0 (10.0.0.2, main-table default route: primary) and wlan0
 /// (192.168.1.5, default route in table 200: secondary).
@@ -29,6 +36,7 @@ fn sim(mode: PathMode) -> (Sim, Vec<Decision>) {
     let mut s = Sim {
         p: Policy::new(cfg, Vec::new()),
         now: 0,
+        hosts: 1,
     };
     let ds = s.p.handle(
         Event::Snapshot {
@@ -90,9 +98,9 @@ impl Sim {
     }
 
     fn health(&mut self, t: u64, eth0: P, wlan0: P) -> Vec<Decision> {
-        let mk = |ifindex: u32, ip: [u8; 4], p: P| SubflowSample {
+        let mk = |ifindex: u32, ip: [u8; 4], p: P, host: usize| SubflowSample {
             local: SocketAddr::from((ip, 40000)),
-            remote: "203.0.113.1:443".parse().unwrap(),
+            remote: HOSTS[host].parse().unwrap(),
             ifindex,
             rtt_us: p.rtt_ms * 1000,
             rttvar_us: p.rtt_ms * 250,
@@ -103,13 +111,15 @@ impl Sim {
             bytes_received: p.rx_bytes,
             last_data_recv_ms: p.last_rx_ms,
         };
-        self.at(
-            t,
-            Event::Health(vec![
-                mk(2, [10, 0, 0, 2], eth0),
-                mk(3, [192, 168, 1, 5], wlan0),
-            ]),
-        )
+        let samples = (0..self.hosts)
+            .flat_map(|h| {
+                [
+                    mk(2, [10, 0, 0, 2], eth0, h),
+                    mk(3, [192, 168, 1, 5], wlan0, h),
+                ]
+            })
+            .collect();
+        self.at(t, Event::Health(samples))
     }
 
     fn flags(&self) -> (u32, u32) {
@@ -185,6 +195,9 @@ fn handover_promotes_at_once_when_the_primary_loses_carrier() {
 #[test]
 fn handover_on_stall_with_hold_time_and_no_flapping() {
     let (mut s, _) = sim(PathMode::Handover);
+    // Connections to two hosts stall together: the path's problem, not one
+    // host's (a_stall_towards_one_host_is_probed_not_acted_on covers one).
+    s.hosts = 2;
     s.health(0, ok(20, 100), ok(60, 0));
     let stalled = P {
         unacked: 12,
@@ -275,6 +288,9 @@ fn interactive_uses_the_lowest_rtt_and_switches_with_hysteresis() {
 #[test]
 fn interactive_leaves_a_lossy_path_at_once() {
     let (mut s, _) = sim(PathMode::Interactive);
+    // Connections to two hosts see the loss: the path's, not one host's
+    // (loss_towards_one_host_moves_nothing covers one).
+    s.hosts = 2;
     s.health(0, ok(20, 0), ok(60, 0));
     assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
     // A burst of loss on eth0: 10 of 50 segments retransmitted.
@@ -292,9 +308,35 @@ fn interactive_leaves_a_lossy_path_at_once() {
     assert!(v.health["eth0"].loss > 0.05, "{:?}", v.health);
 }
 
+/// One connection's loss moves traffic by default (`policy.loss_hosts = 1`);
+/// with `loss_hosts = 2` it is noted, and nothing moves.
+#[test]
+fn loss_towards_one_host_moves_traffic_unless_more_hosts_are_required() {
+    let lossy = P {
+        retrans: 10,
+        ..ok(20, 50)
+    };
+    let (mut s, _) = sim(PathMode::Interactive);
+    s.health(0, ok(20, 0), ok(60, 0));
+    let ds = s.health(100, lossy, ok(60, 0));
+    assert!(!ds.is_empty() && ds[0].reason.contains("lossy"), "{ds:?}");
+    assert_eq!(s.flags(), (SUBFLOW | BACKUP, SUBFLOW));
+
+    let (mut s, _) = sim(PathMode::Interactive);
+    let mut cfg = s.p.config().clone();
+    cfg.policy.loss_hosts = 2;
+    s.p.handle(Event::ConfigReloaded(Box::new(cfg)), 0);
+    s.health(0, ok(20, 0), ok(60, 0));
+    let ds = s.health(100, lossy, ok(60, 0));
+    assert!(ds.is_empty(), "{ds:?}");
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
+}
+
 #[test]
 fn all_paths_bad_means_all_paths_carry_traffic() {
     let (mut s, _) = sim(PathMode::Interactive);
+    // Stalls seen towards two hosts on each path (see above).
+    s.hosts = 2;
     s.health(0, ok(20, 0), ok(60, 0));
     let stalled = P {
         unacked: 5,
@@ -306,6 +348,7 @@ fn all_paths_bad_means_all_paths_carry_traffic() {
     assert_eq!(s.flags(), (SUBFLOW, SUBFLOW));
     assert!(s.p.view().path_state.contains("no healthy path"));
     let (mut h, _) = sim(PathMode::Handover);
+    h.hosts = 2;
     h.health(0, ok(20, 0), ok(60, 0));
     h.health(1000, stalled, stalled);
     // Handover: the secondary carries traffic even if it is bad too.
@@ -425,6 +468,8 @@ fn a_refused_window_is_a_warning_and_is_retried_when_the_route_changes() {
 #[test]
 fn an_idle_standby_given_the_failed_paths_data_is_not_stalled() {
     let (mut s, _) = sim(PathMode::Handover);
+    // The primary's stall is seen towards two hosts (see above).
+    s.hosts = 2;
     let idle = P {
         unacked: 0,
         last_ack_ms: 4000,

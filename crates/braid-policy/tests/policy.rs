@@ -46,6 +46,15 @@ impl Sim {
         self.p.handle(ev, self.now)
     }
 
+    /// Let time pass until the policy's next deadline and wake it there,
+    /// as the daemon does with `wake_at_ms`.
+    fn wake(&mut self) -> Vec<Decision> {
+        let at = self.p.wake_at_ms().expect("a deadline");
+        assert!(at > self.now);
+        self.now = at;
+        self.p.handle(Event::Tick, at)
+    }
+
     fn snapshot(&mut self, endpoints: Vec<KernelEndpoint>) -> Vec<Decision> {
         self.send(Event::Snapshot {
             links: vec![
@@ -143,8 +152,30 @@ fn carrier_loss_removes_and_recovery_restores() {
     assert!(ds
         .iter()
         .any(|d| matches!(d.action, Action::SetLimits { subflows: 1, .. })));
+    // The carrier comes back: used again only once it has held for
+    // policy.carrier_debounce_ms (500 ms), so a bouncing link is not
+    // re-added and torn down on every bounce. (Before, it was re-added at
+    // once.)
     let ds = s.send(Event::LinkChanged(link(3, "wlan0")));
+    assert!(ds.is_empty(), "{ds:?}");
+    assert_eq!(s.p.wake_at_ms(), Some(s.now + 500));
+    let v = s.p.view();
+    let why = &v
+        .interfaces
+        .iter()
+        .find(|i| i.name == "wlan0")
+        .unwrap()
+        .role;
+    assert!(why.contains("policy.carrier_debounce_ms"), "{why}");
+    let ds = s.wake();
     assert_eq!(adds(&ds), vec![(ip("192.168.1.5"), SUBFLOW)]);
+    assert!(
+        ds.last()
+            .unwrap()
+            .reason
+            .contains("has held for the 500 ms"),
+        "{ds:?}"
+    );
     // The kernel checks the limit when the endpoint appears: raise it first.
     assert!(
         matches!(ds[0].action, Action::SetLimits { subflows: 2, .. }),
@@ -271,7 +302,10 @@ fn late_interface_gets_an_endpoint_when_ready() {
         .send(Event::AddressAdded(addr(7, "100.64.0.7")))
         .is_empty());
     assert!(s.send(Event::DefaultRouteAdded(route(7))).is_empty());
-    let ds = s.send(Event::LinkChanged(link(7, "wwan0")));
+    // Its carrier arriving counts as a carrier return: used once it has
+    // held for policy.carrier_debounce_ms.
+    assert!(s.send(Event::LinkChanged(link(7, "wwan0"))).is_empty());
+    let ds = s.wake();
     assert_eq!(adds(&ds), vec![(ip("100.64.0.7"), SUBFLOW)]);
     let ds = s.send(Event::LinkRemoved { index: 7 });
     assert_eq!(removes(&ds), vec![ip("100.64.0.7")]);
@@ -461,7 +495,9 @@ fn a_refused_endpoint_is_not_retried_until_something_changes() {
         carrier: false,
         ..link(2, "eth0")
     }));
-    let ds = s.send(Event::LinkChanged(link(2, "eth0")));
+    s.send(Event::LinkChanged(link(2, "eth0")));
+    // (once its returning carrier has held for policy.carrier_debounce_ms)
+    let ds = s.wake();
     assert_eq!(adds(&ds), vec![(ip("10.0.0.2"), SUBFLOW)]);
 }
 
