@@ -143,7 +143,10 @@ pub fn link_index(name: &str) -> Result<Option<u32>> {
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::{
     address::AddressHeaderFlags,
-    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
+    route::{
+        RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope,
+        RouteType,
+    },
     rule::{RuleAction, RuleAttribute, RuleMessage},
     AddressFamily,
 };
@@ -392,7 +395,12 @@ pub fn set_default_route_initcwnd(
         if r.ifindex != ifindex || r.table != table || r.initcwnd == initcwnd {
             continue;
         }
-        // Kernel-filled attributes a new route must not carry.
+        // Kernel-filled state a new route must not carry: the dump marks a
+        // route on a link without carrier LINKDOWN (or DEAD), and the kernel
+        // refuses those flags in a request ("Invalid rtm_flags").
+        m.header
+            .flags
+            .remove(RouteFlags::Dead | RouteFlags::Linkdown);
         m.attributes
             .retain(|a| !matches!(a, RouteAttribute::CacheInfo(_)));
         let mut metrics: Vec<RouteMetric> = Vec::new();
@@ -532,7 +540,8 @@ impl Monitor {
 }
 
 /// Decode every message in a datagram; undecodable ones are skipped.
-fn decode_changes(buf: &[u8], out: &mut std::collections::VecDeque<Change>) {
+#[doc(hidden)]
+pub fn decode_changes(buf: &[u8], out: &mut std::collections::VecDeque<Change>) {
     use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
     let mut offset = 0;
     while offset + 16 <= buf.len() {
