@@ -1,9 +1,27 @@
 //! The daemon's control socket: one JSON request and one JSON reply per
 //! connection. Only root, or members of the configured group, may connect.
+//!
+//! Each client is served by its own task ([`serve`]) with a bounded
+//! request size and read and write deadlines, and at most [`MAX_CLIENTS`]
+//! at once: the event loop never waits for a client. The task hands the
+//! request to the loop, which answers it (the status is computed there)
+//! through a oneshot channel.
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+/// A request is one short JSON line; anything longer is refused.
+pub const MAX_REQUEST: usize = 4096;
+/// Clients served at once; more are answered "busy" and closed.
+pub const MAX_CLIENTS: usize = 16;
+/// A client has this long to send its request ...
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// ... and to take the reply.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -95,4 +113,94 @@ pub fn peer_allowed(fd: std::os::fd::RawFd, group: Option<u32>) -> bool {
                 .map(|l| l.to_string())
         })
         .is_some_and(|l| l.split_whitespace().skip(1).any(|x| x.parse() == Ok(g)))
+}
+
+/// A request on its way to the event loop, with where the reply goes.
+pub struct Pending {
+    pub request: Request,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+fn error_reply(msg: String) -> Reply {
+    Reply {
+        ok: false,
+        error: Some(msg),
+        status: None,
+    }
+}
+
+/// The line a client gets when [`MAX_CLIENTS`] are already being served.
+pub fn busy_line() -> Vec<u8> {
+    let r = error_reply(format!(
+        "the daemon is serving {MAX_CLIENTS} control clients already; try again"
+    ));
+    format!("{}\n", serde_json::to_string(&r).unwrap()).into_bytes()
+}
+
+enum ReadError {
+    TooLarge,
+    /// Closed, or a read error: nobody to answer.
+    Closed,
+}
+
+/// One line of at most `MAX_REQUEST` bytes (the newline excluded; a
+/// request ended by closing the write side counts too).
+async fn read_request<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, ReadError> {
+    let mut line = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = r.read(&mut chunk).await.map_err(|_| ReadError::Closed)?;
+        if n == 0 {
+            return if line.is_empty() {
+                Err(ReadError::Closed)
+            } else {
+                Ok(line)
+            };
+        }
+        let end = chunk[..n].iter().position(|b| *b == b'\n');
+        line.extend_from_slice(&chunk[..end.unwrap_or(n)]);
+        if line.len() > MAX_REQUEST {
+            return Err(ReadError::TooLarge);
+        }
+        if end.is_some() {
+            return Ok(line);
+        }
+    }
+}
+
+/// Serve one client, from its own task: check its credentials, read one
+/// request (bounded, with a deadline), pass it to the event loop, write
+/// the reply (with a deadline). Whatever the client does, this ends within
+/// READ_TIMEOUT + WRITE_TIMEOUT plus the loop's answer time.
+pub async fn serve(
+    mut stream: tokio::net::UnixStream,
+    group: Option<u32>,
+    to_loop: mpsc::Sender<Pending>,
+) {
+    use std::os::fd::AsRawFd;
+    if !peer_allowed(stream.as_raw_fd(), group) {
+        tracing::warn!("control connection refused: not root and not in control.group");
+        return;
+    }
+    let reply = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
+        Err(_) | Ok(Err(ReadError::Closed)) => return,
+        Ok(Err(ReadError::TooLarge)) => {
+            error_reply(format!("request too large (more than {MAX_REQUEST} bytes)"))
+        }
+        Ok(Ok(line)) => match serde_json::from_slice::<Request>(&line) {
+            Err(e) => error_reply(format!("bad request: {e}")),
+            Ok(request) => {
+                let (tx, rx) = oneshot::channel();
+                if to_loop.send(Pending { request, reply: tx }).await.is_err() {
+                    return; // the daemon is stopping
+                }
+                match rx.await {
+                    Ok(r) => r,
+                    Err(_) => return,
+                }
+            }
+        },
+    };
+    let text = format!("{}\n", serde_json::to_string(&reply).unwrap());
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(text.as_bytes())).await;
 }

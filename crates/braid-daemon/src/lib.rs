@@ -5,5 +5,8 @@
 
 pub mod config_file;
 pub mod control;
+pub mod crash;
+pub mod features;
 pub mod logging;
 pub mod shell;
+pub mod state;

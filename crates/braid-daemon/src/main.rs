@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     let mut check = false;
     let mut rcvbuf = None;
     let mut state_file = PathBuf::from(shell::STATE_FILE);
+    let mut resync = Some(shell::DEFAULT_RESYNC_INTERVAL);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -29,6 +30,12 @@ fn main() -> ExitCode {
             "--state-file" => match args.next() {
                 Some(v) => state_file = PathBuf::from(v),
                 None => return usage_error("--state-file needs a file"),
+            },
+            // Hidden, for tests: 0 turns the periodic resynchronisation off.
+            "--resync-interval-ms" => match args.next().and_then(|v| v.parse::<u64>().ok()) {
+                Some(0) => resync = None,
+                Some(ms) => resync = Some(std::time::Duration::from_millis(ms)),
+                None => return usage_error("--resync-interval-ms needs a number"),
             },
             "--help" | "-h" => {
                 println!("{USAGE}");
@@ -67,6 +74,7 @@ fn main() -> ExitCode {
         config_explicit: explicit,
         netlink_rcvbuf: rcvbuf,
         state_file,
+        resync_interval: resync,
     };
     match rt.block_on(shell::run(opts)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,25 +1,35 @@
 //! The I/O shell: feeds kernel changes, MPTCP events, signals and control
 //! requests into the policy and carries out its decisions.
 
-use std::os::fd::AsRawFd;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use braid_kernel::events::{EventKind, EventStream, StreamItem};
 use braid_kernel::pm::{EndpointFlags, EndpointSelector, NewEndpoint, PathManager};
 use braid_kernel::rtnl::{self, Change, Monitor};
 use braid_policy::health::SubflowSample;
 use braid_policy::model::{self as m, Action, Event, MptcpEventKind};
-use braid_policy::policy::ChangedRoute;
 use braid_policy::{Config, Policy};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config_file;
-use crate::control::{self, Reply, Request};
+use crate::control::{self, Pending, Reply, Request};
+use crate::crash;
+use crate::features::{Feature, ProbeSupport};
+use crate::state::{self, OwnedEndpoint, SavedState};
 
 pub const STATE_FILE: &str = "/run/braid/daemon-state.json";
+
+/// How often the daemon dumps everything and puts right what changed
+/// behind its back (an `ip mptcp endpoint flush`, `ip mptcp limits set`):
+/// no event tells it about those.
+pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A failing health round is retried at least this far apart.
+const FAILED_POLL_RETRY: Duration = Duration::from_secs(1);
 
 pub struct Options {
     pub config_path: PathBuf,
@@ -27,13 +37,9 @@ pub struct Options {
     /// Shrink the rtnetlink receive buffer (tests use it to provoke ENOBUFS).
     pub netlink_rcvbuf: Option<usize>,
     pub state_file: PathBuf,
-}
-
-#[derive(serde::Serialize, serde::Deserialize, Default, Clone, PartialEq)]
-struct SavedState {
-    owned_ids: Vec<u8>,
-    #[serde(default)]
-    changed_routes: Vec<ChangedRoute>,
+    /// Period of the full resynchronisation (None: only after a netlink
+    /// overflow and on reload).
+    pub resync_interval: Option<Duration>,
 }
 
 fn link_of(l: &rtnl::Link) -> m::Link {
@@ -108,16 +114,102 @@ fn snapshot(pm: &mut PathManager) -> braid_kernel::Result<Event> {
     })
 }
 
+/// Actions whose effect the state file must know about before they run.
+fn touches_state(a: &Action) -> bool {
+    matches!(
+        a,
+        Action::AddEndpoint { .. }
+            | Action::RemoveEndpoint { .. }
+            | Action::SetRouteInitcwnd { .. }
+    )
+}
+
+/// An action that could not be carried out.
+struct Failure {
+    error: String,
+    /// Already explained once (a feature that is off): not logged again.
+    quiet: bool,
+}
+
+impl From<braid_kernel::Error> for Failure {
+    fn from(e: braid_kernel::Error) -> Self {
+        Failure {
+            error: e.to_string(),
+            quiet: false,
+        }
+    }
+}
+
+/// What a probe started by `Action::ProbePath` found.
+struct ProbeOutcome {
+    action: Action,
+    result: braid_kernel::Result<Option<Duration>>,
+}
+
+/// Errors logged once per kind until things work again.
+#[derive(Default)]
+struct LoggedOnce(BTreeSet<String>);
+
+impl LoggedOnce {
+    /// True the first time `kind` is seen since the last `clear`.
+    fn first(&mut self, kind: String) -> bool {
+        self.0.insert(kind)
+    }
+    /// True if anything had been logged.
+    fn clear(&mut self) -> bool {
+        let had = !self.0.is_empty();
+        self.0.clear();
+        had
+    }
+}
+
+fn error_kind(e: &braid_kernel::Error) -> String {
+    match e {
+        braid_kernel::Error::Kernel { errno, .. } => format!("errno {errno}"),
+        braid_kernel::Error::Io { source, .. } => match source.raw_os_error() {
+            Some(n) => format!("errno {n}"),
+            None => format!("io {:?}", source.kind()),
+        },
+        braid_kernel::Error::Decode { .. } => "decode".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Health polling: how it goes, for the status.
+#[derive(Default, serde::Serialize)]
+struct HealthPolls {
+    rounds: u64,
+    failed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
+}
+
 struct Shell {
     policy: Policy,
     pm: PathManager,
     start: Instant,
     opts: Options,
+    /// What the state file holds (as last written successfully).
     saved: SavedState,
+    /// The last state file write failed: the next feed tries again.
+    save_failed: Option<String>,
     /// Where probes started by `Action::ProbePath` report back.
-    probe_results: tokio::sync::mpsc::UnboundedSender<Event>,
+    probe_results: tokio::sync::mpsc::UnboundedSender<ProbeOutcome>,
+    probe: ProbeSupport,
+    probe_errors: LoggedOnce,
+    control_group: Feature,
+    health: HealthPolls,
+    health_errors: LoggedOnce,
+    /// Problems found by the shell itself (a corrupt state file kept aside...).
+    shell_warnings: Vec<String>,
     /// Warnings last logged, so each is logged when it appears.
     warnings: Vec<String>,
+}
+
+/// The configuration as the policy gets it: probing only if it can be done.
+fn for_policy(mut cfg: Config, probe: &ProbeSupport) -> Config {
+    cfg.policy.probe_silent_paths = cfg.policy.probe_silent_paths && probe.usable();
+    cfg
 }
 
 impl Shell {
@@ -125,27 +217,106 @@ impl Shell {
         self.start.elapsed().as_millis() as u64
     }
 
-    fn feed(&mut self, ev: Event) {
+    /// When the policy wants `Event::Tick`, on the tokio clock.
+    fn policy_wake(&self) -> Option<tokio::time::Instant> {
+        let at_ms = self.policy.wake_at_ms()?;
+        let from_now = Duration::from_millis(at_ms.saturating_sub(self.now_ms()));
+        Some(tokio::time::Instant::now() + from_now)
+    }
+
+    /// Hand one event to the policy and carry out its decisions; returns
+    /// how many there were.
+    fn feed(&mut self, ev: Event) -> usize {
         let now = self.now_ms();
         let decisions = self.policy.handle(ev, now);
-        let decided = !decisions.is_empty();
+        let count = decisions.len();
+        if decisions.iter().any(|d| touches_state(&d.action)) {
+            // Intent first: the file names every endpoint and route this
+            // batch may leave changed before the kernel is touched, so a
+            // crash at any point orphans nothing and loses no initcwnd.
+            let intent = self.saved.union(&self.current_state());
+            self.save_state(intent);
+        }
         for d in decisions {
             info!(action = %d.action, reason = %d.reason, "decision");
-            if let Err(e) = self.execute(&d.action) {
-                warn!(action = %d.action, error = %e, "the kernel refused the action");
+            crash::around("before", &d.action);
+            let result = self.execute(&d.action);
+            crash::around("after", &d.action);
+            if let Err(f) = result {
+                if f.quiet {
+                    debug!(action = %d.action, error = %f.error, "not carried out");
+                } else {
+                    warn!(action = %d.action, error = %f.error, "the kernel refused the action");
+                }
                 let now = self.now_ms();
                 self.policy.handle(
                     Event::ActionFailed {
                         action: d.action.clone(),
-                        error: e,
+                        error: f.error,
                     },
                     now,
                 );
             }
         }
-        self.save_state();
-        if decided {
+        if count > 0 || self.state_may_differ() {
+            let now = self.current_state();
+            self.save_state(now);
+        }
+        if count > 0 {
             self.log_new_warnings();
+        }
+        count
+    }
+
+    /// The state the policy's model holds: owned endpoints with their
+    /// addresses, changed routes with their old initcwnd.
+    fn current_state(&self) -> SavedState {
+        let owned = self
+            .policy
+            .view()
+            .owned_endpoints
+            .iter()
+            .map(|e| OwnedEndpoint {
+                id: e.id,
+                addr: e.addr,
+            })
+            .collect();
+        SavedState::new(owned, self.policy.changed_routes())
+    }
+
+    /// Cheap check that the file may be behind the policy (a snapshot can
+    /// drop owned ids without deciding anything).
+    fn state_may_differ(&self) -> bool {
+        if self.save_failed.is_some() || !self.saved.owned_ids.is_empty() {
+            return true;
+        }
+        let mut ids: Vec<u8> = self.saved.owned.iter().map(|o| o.id).collect();
+        ids.dedup();
+        ids != self.policy.owned_ids() || {
+            let mut routes = self.policy.changed_routes();
+            routes.sort_by_key(|r| (r.ifindex, r.table, r.ipv6));
+            routes != self.saved.changed_routes
+        }
+    }
+
+    fn save_state(&mut self, s: SavedState) {
+        if s == self.saved && self.save_failed.is_none() {
+            return;
+        }
+        match state::store(&self.opts.state_file, &s) {
+            Ok(()) => {
+                if self.save_failed.take().is_some() {
+                    info!(file = %self.opts.state_file.display(), "the state file is written again");
+                }
+                self.saved = s;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if self.save_failed.as_deref() != Some(&msg) {
+                    error!(error = %e, file = %self.opts.state_file.display(), "cannot save the owned endpoints and changed routes: a restart would not know them");
+                }
+                self.save_failed = Some(msg);
+            }
         }
     }
 
@@ -157,117 +328,144 @@ impl Shell {
         self.warnings = now;
     }
 
-    fn execute(&mut self, a: &Action) -> Result<(), String> {
+    fn execute(&mut self, a: &Action) -> Result<(), Failure> {
         match a {
             Action::AddEndpoint {
                 id,
                 addr,
                 flags,
                 ifindex,
-            } => self
-                .pm
-                .add_endpoint(&NewEndpoint {
-                    addr: *addr,
-                    id: Some(*id),
-                    port: None,
-                    flags: EndpointFlags(*flags),
-                    ifindex: *ifindex,
-                })
-                .map_err(|e| e.to_string()),
+            } => self.pm.add_endpoint(&NewEndpoint {
+                addr: *addr,
+                id: Some(*id),
+                port: None,
+                flags: EndpointFlags(*flags),
+                ifindex: *ifindex,
+            })?,
             Action::RemoveEndpoint { id, .. } => {
                 match self.pm.del_endpoint(&EndpointSelector::Id(*id)) {
                     // Already gone (someone flushed the table): that is what we wanted.
                     Err(braid_kernel::Error::Kernel { errno, .. })
-                        if errno == libc::EINVAL || errno == libc::ENOENT =>
-                    {
-                        Ok(())
-                    }
-                    r => r.map_err(|e| e.to_string()),
+                        if errno == libc::EINVAL || errno == libc::ENOENT => {}
+                    r => r?,
                 }
             }
             Action::SetEndpointFlags { id, flags, .. } => self
                 .pm
-                .set_endpoint_flags(&EndpointSelector::Id(*id), EndpointFlags(*flags))
-                .map_err(|e| e.to_string()),
+                .set_endpoint_flags(&EndpointSelector::Id(*id), EndpointFlags(*flags))?,
             Action::SetLimits {
                 subflows,
                 add_addr_accepted,
             } => self
                 .pm
-                .set_limits(Some(*subflows), Some(*add_addr_accepted))
-                .map_err(|e| e.to_string()),
-            Action::SetSysctl { name, value } => {
-                braid_kernel::sysctl::write(name, value).map_err(|e| e.to_string())
-            }
+                .set_limits(Some(*subflows), Some(*add_addr_accepted))?,
+            Action::SetSysctl { name, value } => braid_kernel::sysctl::write(name, value)?,
             Action::ProbePath {
                 ifindex,
                 local,
                 remote,
                 timeout_ms,
             } => {
+                let method = self.probe.method(remote.is_ipv6()).map_err(|why| Failure {
+                    error: format!("path probing is off: {why}"),
+                    quiet: true,
+                })?;
                 let (ifindex, local, remote) = (*ifindex, *local, *remote);
-                let timeout = std::time::Duration::from_millis(*timeout_ms);
+                let timeout = Duration::from_millis(*timeout_ms);
                 let tx = self.probe_results.clone();
+                let action = a.clone();
                 tokio::spawn(async move {
-                    let rtt_ms =
-                        match braid_kernel::probe::echo(local, remote, ifindex, timeout).await {
-                            Ok(rtt) => rtt.map(|d| d.as_secs_f64() * 1000.0),
-                            Err(e) => {
-                                // No verdict: the silence stays unexplained.
-                                warn!(error = %e, "the path probe could not be sent");
-                                return;
-                            }
-                        };
-                    let _ = tx.send(Event::ProbeResult {
-                        ifindex,
-                        remote,
-                        rtt_ms,
-                    });
+                    let result =
+                        braid_kernel::probe::echo_with(method, local, remote, ifindex, timeout)
+                            .await;
+                    let _ = tx.send(ProbeOutcome { action, result });
                 });
-                Ok(())
             }
             Action::SetRouteInitcwnd {
                 ifindex,
                 table,
                 ipv6,
                 initcwnd,
-            } => rtnl::set_default_route_initcwnd(*ifindex, *table, *ipv6, *initcwnd)
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            } => {
+                rtnl::set_default_route_initcwnd(*ifindex, *table, *ipv6, *initcwnd)?;
+            }
         }
+        Ok(())
     }
 
-    fn save_state(&mut self) {
-        let now = SavedState {
-            owned_ids: self.policy.owned_ids(),
-            changed_routes: self.policy.changed_routes(),
+    /// A probe's result: fed back to the policy; a probe that could not be
+    /// sent is logged once per kind of error, and a refused socket makes
+    /// the daemon find out again how (or whether) it can probe.
+    fn probe_done(&mut self, o: ProbeOutcome) {
+        let Action::ProbePath {
+            ifindex, remote, ..
+        } = o.action
+        else {
+            return;
         };
-        if now == self.saved {
-            return;
-        }
-        if now == SavedState::default() {
-            // Nothing of ours left in the kernel: nothing to remember.
-            let _ = std::fs::remove_file(&self.opts.state_file);
-            self.saved = now;
-            return;
-        }
-        let text = serde_json::to_string(&now).expect("state serializes");
-        if let Some(dir) = self.opts.state_file.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        match std::fs::write(&self.opts.state_file, text) {
-            Ok(()) => self.saved = now,
+        match o.result {
+            Ok(rtt) => {
+                if self.probe_errors.clear() {
+                    info!("path probes are sent again");
+                }
+                let rtt_ms = rtt.map(|d| d.as_secs_f64() * 1000.0);
+                match rtt_ms {
+                    Some(ms) => info!(%remote, rtt_ms = format!("{ms:.1}"), "path probe answered"),
+                    None => warn!(%remote, "path probe unanswered"),
+                }
+                self.feed(Event::ProbeResult {
+                    ifindex,
+                    remote,
+                    rtt_ms,
+                });
+            }
             Err(e) => {
-                warn!(error = %e, file = %self.opts.state_file.display(), "cannot save the owned endpoints and changed routes")
+                let refused = matches!(
+                    e.errno(),
+                    Some(libc::EPERM | libc::EACCES | libc::EAFNOSUPPORT)
+                );
+                if refused {
+                    let before = self.probe.feature();
+                    self.probe.redetect(remote.is_ipv6());
+                    let after = self.probe.feature();
+                    if after != before {
+                        warn!(feature = ?after, "path probing changed: the kernel refused the probe socket");
+                    }
+                }
+                if self.probe_errors.first(error_kind(&e)) {
+                    warn!(error = %e, %remote, "the path probe could not be sent (logged once until probes work again)");
+                }
+                let now = self.now_ms();
+                self.policy.handle(
+                    Event::ActionFailed {
+                        action: o.action,
+                        error: e.to_string(),
+                    },
+                    now,
+                );
             }
         }
     }
 
-    fn resync(&mut self, why: &str) {
-        warn!(why, "resynchronising from full dumps");
+    /// Dump everything and feed it. `routine`: the periodic check, quiet
+    /// unless it finds something to put right.
+    fn resync(&mut self, why: &str, routine: bool) {
+        if routine {
+            debug!(why, "resynchronising from full dumps");
+        } else {
+            warn!(why, "resynchronising from full dumps");
+        }
         match snapshot(&mut self.pm) {
-            Ok(ev) => self.feed(ev),
-            Err(e) => error!(error = %e, "resynchronisation failed; will retry on the next change"),
+            Ok(ev) => {
+                let n = self.feed(ev);
+                if routine && n > 0 {
+                    warn!(
+                        actions = n,
+                        "the periodic resynchronisation found the kernel changed behind the daemon's back (an endpoint flush, new limits...) and put it right"
+                    );
+                }
+            }
+            Err(e) => error!(error = %e, "resynchronisation failed; will retry"),
         }
     }
 
@@ -275,7 +473,16 @@ impl Shell {
         match config_file::load(&self.opts.config_path, self.opts.config_explicit) {
             Ok(cfg) => {
                 info!(config = %self.opts.config_path.display(), "configuration reloaded");
-                self.feed(Event::ConfigReloaded(Box::new(cfg)));
+                self.probe = ProbeSupport::detect(cfg.policy.probe_silent_paths);
+                self.probe_errors.clear();
+                log_feature(&self.probe.feature());
+                self.feed(Event::ConfigReloaded(Box::new(for_policy(
+                    cfg,
+                    &self.probe,
+                ))));
+                // Whatever else changed behind the daemon's back is put
+                // right now, not at the next periodic check.
+                self.resync("reload", true);
                 Ok(())
             }
             Err(e) => {
@@ -285,24 +492,149 @@ impl Shell {
         }
     }
 
+    fn health_ok(&mut self) {
+        self.health.rounds += 1;
+        if self.health_errors.clear() {
+            info!("health monitoring works again (sock_diag answers)");
+        }
+        self.health.last_error = None;
+    }
+
+    fn health_failed(&mut self, e: braid_kernel::Error) {
+        self.health.rounds += 1;
+        self.health.failed += 1;
+        if self.health_errors.first(error_kind(&e)) {
+            error!(error = %e, "cannot read the subflows (sock_diag): path health is not measured; retrying (logged once until it works)");
+        }
+        self.health.last_error = Some(e.to_string());
+    }
+
+    fn features(&self) -> Vec<Feature> {
+        let health = match &self.health.last_error {
+            None => Feature::on(
+                "health_monitoring",
+                "sock_diag: tcp_info of each subflow, polled while MPTCP connections exist",
+            ),
+            Some(e) => Feature::off(
+                "health_monitoring",
+                format!(
+                    "sock_diag fails ({} of {} rounds): {e}; path health is not measured, still retrying",
+                    self.health.failed, self.health.rounds
+                ),
+            ),
+        };
+        let state = match &self.save_failed {
+            None => Feature::on(
+                "state_file",
+                format!(
+                    "{} (written before each change, atomically)",
+                    self.opts.state_file.display()
+                ),
+            ),
+            Some(e) => Feature::off(
+                "state_file",
+                format!(
+                    "cannot write {}: {e}; a restarted daemon would not know the endpoints and routes it changed",
+                    self.opts.state_file.display()
+                ),
+            ),
+        };
+        let resync = match self.opts.resync_interval {
+            Some(d) => Feature::on(
+                "periodic_resync",
+                format!("full dumps every {} and on reload", humanize(d)),
+            ),
+            None => Feature::off("periodic_resync", "turned off (--resync-interval-ms 0)"),
+        };
+        vec![
+            self.probe.feature(),
+            health,
+            self.control_group.clone(),
+            state,
+            resync,
+        ]
+    }
+
     fn status(&self) -> serde_json::Value {
         serde_json::json!({
             "pid": std::process::id(),
             "config": self.opts.config_path,
             "uptime_s": self.start.elapsed().as_secs(),
+            "features": self.features(),
+            "warnings": self.shell_warnings,
+            "health_polls": self.health,
             "view": self.policy.view(),
         })
     }
+
+    fn answer(&mut self, p: Pending) {
+        let reply = match p.request {
+            Request::Status => Reply {
+                ok: true,
+                error: None,
+                status: Some(self.status()),
+            },
+            Request::Reload => match self.reload() {
+                Ok(()) => Reply {
+                    ok: true,
+                    error: None,
+                    status: None,
+                },
+                Err(e) => Reply {
+                    ok: false,
+                    error: Some(e),
+                    status: None,
+                },
+            },
+        };
+        let _ = p.reply.send(reply);
+    }
 }
 
-/// One round of subflow measurements; None when there are no subflows
-/// (polling stops until the next MPTCP event).
-fn health_samples() -> Option<Vec<SubflowSample>> {
-    let subflows = braid_kernel::diag::subflows().ok()?;
-    if subflows.is_empty() {
-        return None;
+fn humanize(d: Duration) -> String {
+    if d.as_millis() % 1000 == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
     }
-    Some(
+}
+
+fn log_feature(f: &Feature) {
+    match (f.on, &f.why) {
+        (true, None) => info!(
+            feature = f.name,
+            how = f.how.as_deref().unwrap_or(""),
+            "feature on"
+        ),
+        (true, Some(why)) => {
+            warn!(feature = f.name, how = f.how.as_deref().unwrap_or(""), why = %why, "feature partly on")
+        }
+        (false, why) => warn!(
+            feature = f.name,
+            why = why.as_deref().unwrap_or(""),
+            "feature off"
+        ),
+    }
+}
+
+/// One round of health polling.
+enum HealthRound {
+    Samples(Vec<SubflowSample>),
+    /// No MPTCP subflow exists: polling stops until the next MPTCP event.
+    NoSubflows,
+    /// sock_diag failed: nothing is known, which is not "no subflows".
+    Failed(braid_kernel::Error),
+}
+
+fn health_round() -> HealthRound {
+    let subflows = match braid_kernel::diag::subflows() {
+        Ok(s) => s,
+        Err(e) => return HealthRound::Failed(e),
+    };
+    if subflows.is_empty() {
+        return HealthRound::NoSubflows;
+    }
+    HealthRound::Samples(
         subflows
             .iter()
             // A subflow still in its handshake (or closing) measures nothing
@@ -329,14 +661,42 @@ fn health_samples() -> Option<Vec<SubflowSample>> {
     )
 }
 
-fn read_saved(path: &std::path::Path) -> SavedState {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<SavedState>(&b).ok())
-        .unwrap_or_default()
+/// Run one health round and say when the next is due (None: no polling
+/// until an MPTCP event).
+fn poll_health(shell: &mut Shell) -> Option<tokio::time::Instant> {
+    match health_round() {
+        HealthRound::Samples(samples) => {
+            shell.health_ok();
+            shell.feed(Event::Health(samples));
+            Some(next_poll(shell))
+        }
+        HealthRound::NoSubflows => {
+            shell.health_ok();
+            None
+        }
+        HealthRound::Failed(e) => {
+            shell.health_failed(e);
+            let interval = Duration::from_millis(shell.policy.config().policy.poll_interval_ms);
+            Some(tokio::time::Instant::now() + interval.max(FAILED_POLL_RETRY))
+        }
+    }
 }
 
-fn bind_control(cfg: &Config) -> Result<(tokio::net::UnixListener, Option<u32>), String> {
+/// Read the state file; a file that is not state is kept aside and reported.
+fn read_saved(path: &std::path::Path, warnings: &mut Vec<String>) -> SavedState {
+    match state::load(path) {
+        state::Loaded::Missing => SavedState::default(),
+        state::Loaded::Read(s) => s,
+        state::Loaded::KeptAside(msg) | state::Loaded::Unusable(msg) => {
+            error!("{msg}");
+            warnings.push(msg);
+            SavedState::default()
+        }
+    }
+}
+
+/// Bind the control socket; the feature says whether `control.group` works.
+fn bind_control(cfg: &Config) -> Result<(tokio::net::UnixListener, Option<u32>, Feature), String> {
     let path = std::path::Path::new(&cfg.control.socket);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
@@ -350,21 +710,49 @@ fn bind_control(cfg: &Config) -> Result<(tokio::net::UnixListener, Option<u32>),
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)
         .map_err(|e| format!("binding {}: {e}", path.display()))?;
-    let group = match &cfg.control.group {
-        Some(name) => Some(
-            control::group_id(name)
-                .ok_or_else(|| format!("control.group '{name}' does not exist (see /etc/group)"))?,
-        ),
-        None => None,
-    };
     use std::os::unix::fs::PermissionsExt;
-    let mode = if group.is_some() { 0o660 } else { 0o600 };
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
-    if let Some(g) = group {
-        let c = std::ffi::CString::new(cfg.control.socket.as_bytes()).unwrap();
-        unsafe { libc::chown(c.as_ptr(), 0, g) };
-    }
-    Ok((listener, group))
+    // Root only, until (and unless) the group is given the socket.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("setting the mode of {}: {e}", path.display()))?;
+    const NAME: &str = "control_group";
+    let Some(name) = &cfg.control.group else {
+        let f = Feature::off(
+            NAME,
+            "control.group is not set: only root may use the control socket",
+        );
+        return Ok((listener, None, f));
+    };
+    let g = control::group_id(name)
+        .ok_or_else(|| format!("control.group '{name}' does not exist (see /etc/group)"))?;
+    // Without CAP_CHOWN a process may give its own file only to a group it
+    // is a member of (SupplementaryGroups= in the unit).
+    let chown = std::os::unix::fs::chown(path, None, Some(g))
+        .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)));
+    let f = match chown {
+        Ok(()) => Feature::on(
+            NAME,
+            format!(
+                "{} belongs to group {name} (gid {g}), mode 0660",
+                path.display()
+            ),
+        ),
+        Err(e) => {
+            let fix = if e.raw_os_error() == Some(libc::EPERM) {
+                format!(": without CAP_CHOWN the daemon can give the socket only to a group it is a member of; add SupplementaryGroups={name} to the unit (systemctl edit braid)")
+            } else {
+                String::new()
+            };
+            Feature::off(
+                NAME,
+                format!(
+                    "cannot give {} to group {name} (gid {g}): {e}{fix}; only root may use it",
+                    path.display()
+                ),
+            )
+        }
+    };
+    let group = f.on.then_some(g);
+    Ok((listener, group, f))
 }
 
 /// When the next health round is due: after the poll interval, or sooner
@@ -375,7 +763,7 @@ fn next_poll(shell: &Shell) -> tokio::time::Instant {
         Some(due) => due.clamp(MIN_POLL_MS, interval),
         None => interval,
     };
-    tokio::time::Instant::now() + std::time::Duration::from_millis(ms)
+    tokio::time::Instant::now() + Duration::from_millis(ms)
 }
 
 /// Health rounds never come closer together than this.
@@ -384,19 +772,37 @@ const MIN_POLL_MS: u64 = 5;
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(opts: Options) -> Result<(), String> {
     let config = config_file::load(&opts.config_path, opts.config_explicit)?;
-    let saved = read_saved(&opts.state_file);
-    let pm = PathManager::open().map_err(|e| e.to_string())?;
+    let mut shell_warnings = Vec::new();
+    let saved = read_saved(&opts.state_file, &mut shell_warnings);
+    let mut pm = PathManager::open().map_err(|e| e.to_string())?;
     // Subscribe before the first dump so no change falls in between.
     let mut monitor = Monitor::subscribe(opts.netlink_rcvbuf).map_err(|e| e.to_string())?;
     let mut mptcp = EventStream::subscribe().map_err(|e| e.to_string())?;
-    let (listener, group) = bind_control(&config)?;
+    let (listener, group, control_group) = bind_control(&config)?;
     let socket_path = PathBuf::from(&config.control.socket);
     let mut sighup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
 
     info!(config = %opts.config_path.display(), mode = ?config.mode, "braid daemon starting");
-    let mut policy = Policy::new(config, saved.owned_ids.clone());
+    let probe = ProbeSupport::detect(config.policy.probe_silent_paths);
+    log_feature(&probe.feature());
+    if config.control.group.is_some() {
+        log_feature(&control_group);
+    }
+    let first = snapshot(&mut pm).map_err(|e| e.to_string())?;
+    // Adopt what the file names and the kernel still has, address and all.
+    let (adopted, notes) = match &first {
+        Event::Snapshot { endpoints, .. } => saved.adopt(endpoints),
+        _ => unreachable!(),
+    };
+    for n in notes {
+        warn!("{n}");
+    }
+    if !adopted.is_empty() {
+        info!(ids = ?adopted, "adopted the endpoints a previous run made");
+    }
+    let mut policy = Policy::new(for_policy(config, &probe), adopted);
     policy.adopt_changed_routes(saved.changed_routes.clone());
     let (probe_results, mut probe_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut shell = Shell {
@@ -405,19 +811,31 @@ pub async fn run(opts: Options) -> Result<(), String> {
         start: Instant::now(),
         opts,
         saved,
+        save_failed: None,
         probe_results,
+        probe,
+        probe_errors: LoggedOnce::default(),
+        control_group,
+        health: HealthPolls::default(),
+        health_errors: LoggedOnce::default(),
+        shell_warnings,
         warnings: Vec::new(),
     };
-    let first = snapshot(&mut shell.pm).map_err(|e| e.to_string())?;
     shell.feed(first);
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     info!("ready");
     // Health is polled only while MPTCP connections exist: an MPTCP event
-    // starts the timer, a round without subflows stops it.
-    let mut poll: Option<tokio::time::Instant> = None;
-    if health_samples().is_some() {
-        poll = Some(next_poll(&shell));
-    }
+    // starts the timer, a round without subflows stops it. A failing
+    // round is retried: an error is not "no subflows".
+    let mut poll = poll_health(&mut shell);
+    let resync_every = shell.opts.resync_interval;
+    let next_resync = |now: tokio::time::Instant| resync_every.map(|d| now + d);
+    let mut resync_at = next_resync(tokio::time::Instant::now());
+
+    // Control clients: each in its own task, a bounded number at once.
+    let (ctl_tx, mut ctl_rx) = tokio::sync::mpsc::channel::<Pending>(control::MAX_CLIENTS);
+    let slots = Arc::new(tokio::sync::Semaphore::new(control::MAX_CLIENTS));
+    let mut busy_logged: Option<Instant> = None;
 
     loop {
         let tick = async {
@@ -426,25 +844,34 @@ pub async fn run(opts: Options) -> Result<(), String> {
                 None => std::future::pending::<()>().await,
             }
         };
-        tokio::select! {
-            _ = tick => match health_samples() {
-                Some(samples) => {
-                    shell.feed(Event::Health(samples));
-                    poll = Some(next_poll(&shell));
-                }
-                None => poll = None,
-            },
-            Some(result) = probe_rx.recv() => {
-                if let Event::ProbeResult { rtt_ms, remote, .. } = &result {
-                    match rtt_ms {
-                        Some(ms) => info!(%remote, rtt_ms = format!("{ms:.1}"), "path probe answered"),
-                        None => warn!(%remote, "path probe unanswered"),
-                    }
-                }
-                shell.feed(result);
+        let resync_tick = async {
+            match resync_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending::<()>().await,
             }
+        };
+        // The policy's own deadlines (a returning carrier has held long
+        // enough, a refused write's back-off is over...): no event brings them.
+        let policy_wake = shell.policy_wake();
+        let wake = async {
+            match policy_wake {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tick => poll = poll_health(&mut shell),
+            _ = wake => { shell.feed(Event::Tick); }
+            _ = resync_tick => {
+                shell.resync("periodic check", true);
+                resync_at = next_resync(tokio::time::Instant::now());
+            }
+            Some(outcome) = probe_rx.recv() => shell.probe_done(outcome),
             change = monitor.next() => match change {
-                Ok(Change::Overflow) => shell.resync("the rtnetlink buffer overflowed (ENOBUFS)"),
+                Ok(Change::Overflow) => {
+                    shell.resync("the rtnetlink buffer overflowed (ENOBUFS)", false);
+                    resync_at = next_resync(tokio::time::Instant::now());
+                }
                 Ok(c) => {
                     let ev = match c {
                         Change::Link(l) => Event::LinkChanged(link_of(&l)),
@@ -459,7 +886,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
                 }
                 Err(e) => {
                     error!(error = %e, "reading rtnetlink failed");
-                    shell.resync("rtnetlink read error");
+                    shell.resync("rtnetlink read error", false);
                 }
             },
             item = mptcp.next() => match item {
@@ -474,28 +901,25 @@ pub async fn run(opts: Options) -> Result<(), String> {
             },
             conn = listener.accept() => {
                 let Ok((stream, _)) = conn else { continue };
-                if !control::peer_allowed(stream.as_raw_fd(), group) {
-                    warn!("control connection refused: not root and not in control.group");
-                    continue;
+                match slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let to_loop = ctl_tx.clone();
+                        tokio::spawn(async move {
+                            control::serve(stream, group, to_loop).await;
+                            drop(slot);
+                        });
+                    }
+                    Err(_) => {
+                        // Never wait for a slot here: tell the client and close.
+                        let _ = stream.try_write(&control::busy_line());
+                        if busy_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                            warn!(max = control::MAX_CLIENTS, "control clients refused: too many at once (logged at most once a minute)");
+                            busy_logged = Some(Instant::now());
+                        }
+                    }
                 }
-                let (rd, mut wr) = stream.into_split();
-                let mut line = String::new();
-                let mut rd = BufReader::new(rd);
-                // A client that sends nothing must not stall the daemon.
-                let read = tokio::time::timeout(std::time::Duration::from_secs(2), rd.read_line(&mut line)).await;
-                if !matches!(read, Ok(Ok(_))) {
-                    continue;
-                }
-                let reply = match serde_json::from_str::<Request>(&line) {
-                    Ok(Request::Status) => Reply { ok: true, error: None, status: Some(shell.status()) },
-                    Ok(Request::Reload) => match shell.reload() {
-                        Ok(()) => Reply { ok: true, error: None, status: None },
-                        Err(e) => Reply { ok: false, error: Some(e), status: None },
-                    },
-                    Err(e) => Reply { ok: false, error: Some(format!("bad request: {e}")), status: None },
-                };
-                let _ = wr.write_all(format!("{}\n", serde_json::to_string(&reply).unwrap()).as_bytes()).await;
             }
+            Some(pending) = ctl_rx.recv() => shell.answer(pending),
             _ = sighup.recv() => { let _ = shell.reload(); }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,

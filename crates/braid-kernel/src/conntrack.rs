@@ -126,7 +126,8 @@ fn unmap(a: SocketAddr) -> SocketAddr {
 
 /// The IPCTNL_MSG_CT_GET request for the flow whose reply direction runs
 /// from `local` to `peer`, or the reason it cannot be asked.
-fn get_request(
+#[doc(hidden)]
+pub fn get_request(
     protocol: Protocol,
     local: SocketAddr,
     peer: SocketAddr,
@@ -224,7 +225,8 @@ fn ends(tuple: &[Tuple]) -> Ends {
 /// about the flow whose reply direction runs from `local` to `peer`
 /// (both already unmapped); `None` when it was not translated. The error
 /// says what is wrong with the answer.
-fn original_from_answer(
+#[doc(hidden)]
+pub fn original_from_answer(
     protocol: Protocol,
     local: SocketAddr,
     peer: SocketAddr,

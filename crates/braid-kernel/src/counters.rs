@@ -13,7 +13,8 @@ pub fn mptcp() -> Result<BTreeMap<String, u64>> {
 }
 
 /// The `prefix:` header line and the value line after it, zipped.
-fn parse(text: &str, prefix: &str) -> Result<BTreeMap<String, u64>> {
+#[doc(hidden)]
+pub fn parse(text: &str, prefix: &str) -> Result<BTreeMap<String, u64>> {
     let tag = format!("{prefix}:");
     let mut lines = text.lines().filter(|l| l.starts_with(&tag));
     let (Some(names), Some(values)) = (lines.next(), lines.next()) else {

@@ -11,7 +11,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use netlink_packet_core::{NetlinkSerializable, Nla};
-use netlink_packet_sock_diag::{inet::nlas::Nla as DiagNla, SockDiagMessage};
+use netlink_packet_sock_diag::{
+    inet::{nlas::Nla as DiagNla, InetResponse},
+    SockDiagMessage,
+};
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use serde::Serialize;
 
@@ -138,9 +141,12 @@ fn dump(protocol: u32) -> Result<Vec<DumpedSocket>> {
         };
         let replies: Vec<SockDiagMessage> = match sock.request(req, Kind::Dump, 0, Op::SockDiag) {
             Ok(r) => r,
-            // No MPTCP diag module, or no IPv6: nothing to list there.
+            // No MPTCP diag module, or no IPv6: nothing to list there. No
+            // TCP diag for IPv4 is an error, not "no sockets": without it
+            // no subflow can ever be seen.
             Err(Error::Kernel { errno, .. })
-                if errno == libc::ENOENT || errno == libc::EAFNOSUPPORT =>
+                if (errno == libc::ENOENT || errno == libc::EAFNOSUPPORT)
+                    && (protocol != libc::IPPROTO_TCP as u32 || family != libc::AF_INET as u8) =>
             {
                 continue
             }
@@ -150,31 +156,35 @@ fn dump(protocol: u32) -> Result<Vec<DumpedSocket>> {
             let SockDiagMessage::InetResponse(resp) = reply else {
                 continue;
             };
-            let id = &resp.header.socket_id;
-            let mut s = DumpedSocket {
-                local: SocketAddr::new(id.source_address, id.source_port),
-                remote: SocketAddr::new(id.destination_address, id.destination_port),
-                bound_ifindex: id.interface_id,
-                state: resp.header.state,
-                inode: resp.header.inode,
-                info: None,
-                ulp: None,
-            };
-            for nla in resp.nlas.iter() {
-                match nla {
-                    DiagNla::TcpInfo(bytes) => s.info = Some(bytes.clone()),
-                    DiagNla::Other(raw) if raw.kind() & 0x3fff == INET_DIAG_ULP_INFO => {
-                        let mut v = vec![0u8; raw.value_len()];
-                        raw.emit_value(&mut v);
-                        s.ulp = Some(v);
-                    }
-                    _ => {}
-                }
-            }
-            out.push(s);
+            out.push(dumped_socket(&resp));
         }
     }
     Ok(out)
+}
+
+fn dumped_socket(resp: &InetResponse) -> DumpedSocket {
+    let id = &resp.header.socket_id;
+    let mut s = DumpedSocket {
+        local: SocketAddr::new(id.source_address, id.source_port),
+        remote: SocketAddr::new(id.destination_address, id.destination_port),
+        bound_ifindex: id.interface_id,
+        state: resp.header.state,
+        inode: resp.header.inode,
+        info: None,
+        ulp: None,
+    };
+    for nla in resp.nlas.iter() {
+        match nla {
+            DiagNla::TcpInfo(bytes) => s.info = Some(bytes.clone()),
+            DiagNla::Other(raw) if raw.kind() & 0x3fff == INET_DIAG_ULP_INFO => {
+                let mut v = vec![0u8; raw.value_len()];
+                raw.emit_value(&mut v);
+                s.ulp = Some(v);
+            }
+            _ => {}
+        }
+    }
+    s
 }
 
 /// The MPTCP part of a subflow's ULP info.
@@ -213,29 +223,48 @@ fn field_u8(fields: &BTreeMap<u16, Vec<u8>>, k: u16) -> u8 {
 pub fn subflows() -> Result<Vec<Subflow>> {
     let mut out = Vec::new();
     for s in dump(libc::IPPROTO_TCP as u32)? {
-        let Some(ulp) = s.ulp.as_deref() else {
-            continue;
-        };
-        let Some(fields) = decode_ulp(ulp)? else {
-            continue;
-        };
-        let flags = field_u32(&fields, SF_FLAGS);
-        out.push(Subflow {
-            local: s.local,
-            remote: s.remote,
-            bound_ifindex: s.bound_ifindex,
-            state: tcp_state_name(s.state),
-            token_local: field_u32(&fields, SF_TOKEN_LOC),
-            token_remote: field_u32(&fields, SF_TOKEN_REM),
-            local_id: field_u8(&fields, SF_ID_LOC),
-            remote_id: field_u8(&fields, SF_ID_REM),
-            flags,
-            backup_local: flags & SUBFLOW_FLAG_BKUP_LOC != 0,
-            backup_remote: flags & SUBFLOW_FLAG_BKUP_REM != 0,
-            tcp: s.info.as_deref().and_then(TcpInfo::parse),
-        });
+        if let Some(sf) = subflow_from(&s)? {
+            out.push(sf);
+        }
     }
     Ok(out)
+}
+
+/// The subflow a dumped TCP socket is, if it is an MPTCP subflow.
+fn subflow_from(s: &DumpedSocket) -> Result<Option<Subflow>> {
+    let Some(ulp) = s.ulp.as_deref() else {
+        return Ok(None);
+    };
+    let Some(fields) = decode_ulp(ulp)? else {
+        return Ok(None);
+    };
+    let flags = field_u32(&fields, SF_FLAGS);
+    Ok(Some(Subflow {
+        local: s.local,
+        remote: s.remote,
+        bound_ifindex: s.bound_ifindex,
+        state: tcp_state_name(s.state),
+        token_local: field_u32(&fields, SF_TOKEN_LOC),
+        token_remote: field_u32(&fields, SF_TOKEN_REM),
+        local_id: field_u8(&fields, SF_ID_LOC),
+        remote_id: field_u8(&fields, SF_ID_REM),
+        flags,
+        backup_local: flags & SUBFLOW_FLAG_BKUP_LOC != 0,
+        backup_remote: flags & SUBFLOW_FLAG_BKUP_REM != 0,
+        tcp: s.info.as_deref().and_then(TcpInfo::parse),
+    }))
+}
+
+/// What `subflows()` makes of one dumped TCP socket (`Ok(None)`: not an
+/// MPTCP subflow), and the `struct mptcp_info` that `connections()` reads
+/// from the same attribute of a dumped MPTCP socket.
+#[doc(hidden)]
+pub fn decode_response(resp: &InetResponse) -> (Result<Option<Subflow>>, Option<MptcpInfo>) {
+    let s = dumped_socket(resp);
+    (
+        subflow_from(&s),
+        s.info.as_deref().and_then(MptcpInfo::parse),
+    )
 }
 
 /// MPTCP connections with their subflows. Listening sockets are left out

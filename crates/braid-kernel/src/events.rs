@@ -310,29 +310,40 @@ impl Reader {
             }
             Err(e) => return Err(Error::io(Op::ReadEvents, e)),
         }
-        let mut offset = 0;
-        while offset + 16 <= self.buf.len() {
-            let frame = &self.buf[offset..];
-            let len = u32::from_ne_bytes(frame[0..4].try_into().unwrap()) as usize;
-            if len < 16 || len > frame.len() {
-                return Err(Error::decode(
-                    Op::ReadEvents,
-                    format!("bad netlink length {len}"),
-                ));
-            }
-            let msg = NetlinkMessage::<GenlMessage<PmPayload>>::deserialize(&frame[..len])
-                .map_err(|e| Error::decode(Op::ReadEvents, e))?;
-            offset += align4(len);
-            if msg.header.message_type != self.family_id {
-                continue;
-            }
-            if let NetlinkPayload::InnerMessage(genl) = msg.payload {
-                let ev = decode_event(genl.payload.cmd, &genl.payload.attrs)?;
-                self.pending.push_back(StreamItem::Event(ev));
-            }
-        }
-        Ok(())
+        decode_datagram(&self.buf, self.family_id, &mut self.pending)
     }
+}
+
+/// Decode one datagram of the event socket (messages of other families
+/// than `family_id` skipped), appending the events to `pending`.
+#[doc(hidden)]
+pub fn decode_datagram(
+    buf: &[u8],
+    family_id: u16,
+    pending: &mut std::collections::VecDeque<StreamItem>,
+) -> Result<()> {
+    let mut offset = 0;
+    while offset + 16 <= buf.len() {
+        let frame = &buf[offset..];
+        let len = u32::from_ne_bytes(frame[0..4].try_into().unwrap()) as usize;
+        if len < 16 || len > frame.len() {
+            return Err(Error::decode(
+                Op::ReadEvents,
+                format!("bad netlink length {len}"),
+            ));
+        }
+        let msg = NetlinkMessage::<GenlMessage<PmPayload>>::deserialize(&frame[..len])
+            .map_err(|e| Error::decode(Op::ReadEvents, e))?;
+        offset += align4(len);
+        if msg.header.message_type != family_id {
+            continue;
+        }
+        if let NetlinkPayload::InnerMessage(genl) = msg.payload {
+            let ev = decode_event(genl.payload.cmd, &genl.payload.attrs)?;
+            pending.push_back(StreamItem::Event(ev));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -89,6 +89,12 @@ pub(crate) fn resolve_family(sock: &mut NlSocket, name: &str) -> Result<Family> 
         .into_iter()
         .next()
         .ok_or_else(|| Error::decode(Op::ResolveFamily, "no reply to CTRL_CMD_GETFAMILY"))?;
+    family_from_reply(reply)
+}
+
+/// The family id, version and multicast groups of a CTRL_CMD_GETFAMILY reply.
+#[doc(hidden)]
+pub fn family_from_reply(reply: GenlMessage<GenlCtrl>) -> Result<Family> {
     let mut family = Family {
         id: 0,
         version: 0,

@@ -28,6 +28,10 @@ pub mod sysctl;
 
 pub use error::{Error, Op, Result};
 
+/// The netlink decoding helpers, for the fuzz targets (`fuzz/`): not an API.
+#[doc(hidden)]
+pub use netlink::{attrs, decode_replies, extack_message, push_attr, AttrIter};
+
 /// The running kernel's release string (uname -r).
 pub fn kernel_release() -> String {
     // SAFETY: uname fills the struct it is given.

@@ -82,42 +82,57 @@ impl NlSocket {
             if n > rx.len() {
                 return Err(Error::decode(op, "netlink reply truncated"));
             }
-            let mut offset = 0;
-            while offset + NLMSG_HDR_LEN <= rx.len() {
-                let bytes = &rx[offset..];
-                let len = u32::from_ne_bytes(bytes[0..4].try_into().unwrap()) as usize;
-                if len < NLMSG_HDR_LEN || len > bytes.len() {
-                    return Err(Error::decode(op, format!("bad netlink length {len}")));
-                }
-                let msg_seq = u32::from_ne_bytes(bytes[8..12].try_into().unwrap());
-                let frame = &bytes[..len];
-                offset += align4(len);
-                if msg_seq != seq {
-                    continue; // a late reply to an earlier request
-                }
-                let parsed =
-                    NetlinkMessage::<Resp>::deserialize(frame).map_err(|e| Error::decode(op, e))?;
-                match parsed.payload {
-                    // A "do" with NLM_F_ACK gets its answer first and the ACK
-                    // after it, so keep reading until the ACK.
-                    NetlinkPayload::InnerMessage(inner) => replies.push(inner),
-                    NetlinkPayload::Done(_) => return Ok(replies),
-                    NetlinkPayload::Error(err) => match err.code {
-                        None => return Ok(replies),
-                        Some(code) => {
-                            return Err(Error::Kernel {
-                                op,
-                                errno: -code.get(),
-                                extack: extack_message(&err.header),
-                            })
-                        }
-                    },
-                    NetlinkPayload::Noop | NetlinkPayload::Overrun(_) => {}
-                    _ => {}
-                }
+            if decode_replies(&rx, seq, op, &mut replies)? {
+                return Ok(replies);
             }
         }
     }
+}
+
+/// Decode one received datagram of answers to request `seq`, appending the
+/// inner messages to `replies`. `Ok(true)`: the answer is complete (DONE,
+/// or the ACK); `Ok(false)`: more datagrams follow. Messages of other
+/// sequence numbers (late replies to earlier requests) are skipped.
+#[doc(hidden)]
+pub fn decode_replies<Resp>(rx: &[u8], seq: u32, op: Op, replies: &mut Vec<Resp>) -> Result<bool>
+where
+    Resp: NetlinkDeserializable + Debug,
+{
+    let mut offset = 0;
+    while offset + NLMSG_HDR_LEN <= rx.len() {
+        let bytes = &rx[offset..];
+        let len = u32::from_ne_bytes(bytes[0..4].try_into().unwrap()) as usize;
+        if len < NLMSG_HDR_LEN || len > bytes.len() {
+            return Err(Error::decode(op, format!("bad netlink length {len}")));
+        }
+        let msg_seq = u32::from_ne_bytes(bytes[8..12].try_into().unwrap());
+        let frame = &bytes[..len];
+        offset += align4(len);
+        if msg_seq != seq {
+            continue; // a late reply to an earlier request
+        }
+        let parsed =
+            NetlinkMessage::<Resp>::deserialize(frame).map_err(|e| Error::decode(op, e))?;
+        match parsed.payload {
+            // A "do" with NLM_F_ACK gets its answer first and the ACK
+            // after it, so keep reading until the ACK.
+            NetlinkPayload::InnerMessage(inner) => replies.push(inner),
+            NetlinkPayload::Done(_) => return Ok(true),
+            NetlinkPayload::Error(err) => match err.code {
+                None => return Ok(true),
+                Some(code) => {
+                    return Err(Error::Kernel {
+                        op,
+                        errno: -code.get(),
+                        extack: extack_message(&err.header),
+                    })
+                }
+            },
+            NetlinkPayload::Noop | NetlinkPayload::Overrun(_) => {}
+            _ => {}
+        }
+    }
+    Ok(false)
 }
 
 /// Readiness for tokio on a netlink socket: the socket goes non-blocking
@@ -144,7 +159,8 @@ pub(crate) fn align4(len: usize) -> usize {
 
 /// The NLMSGERR_ATTR_MSG string from the TLVs that follow the echoed
 /// request header in an error reply (capped ack: header only).
-fn extack_message(after_code: &[u8]) -> Option<String> {
+#[doc(hidden)]
+pub fn extack_message(after_code: &[u8]) -> Option<String> {
     let tlvs = after_code.get(NLMSG_HDR_LEN..)?;
     let mut i = 0;
     while i + 4 <= tlvs.len() {
@@ -165,11 +181,13 @@ fn extack_message(after_code: &[u8]) -> Option<String> {
 
 /// Iterate the netlink attributes in `buf`, yielding (kind without flags,
 /// value). Malformed trailing bytes end the iteration with an error.
-pub(crate) fn attrs(buf: &[u8]) -> AttrIter<'_> {
+#[doc(hidden)]
+pub fn attrs(buf: &[u8]) -> AttrIter<'_> {
     AttrIter { buf, pos: 0 }
 }
 
-pub(crate) struct AttrIter<'a> {
+#[doc(hidden)]
+pub struct AttrIter<'a> {
     buf: &'a [u8],
     pos: usize,
 }
@@ -196,7 +214,8 @@ impl<'a> Iterator for AttrIter<'a> {
 }
 
 /// Append one attribute to `out`.
-pub(crate) fn push_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
+#[doc(hidden)]
+pub fn push_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
     let len = 4 + value.len();
     out.extend_from_slice(&(len as u16).to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());

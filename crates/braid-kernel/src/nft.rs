@@ -271,7 +271,8 @@ fn valid_ifname(name: &str) -> bool {
     !name.is_empty() && name.len() <= IFNAME_MAX && !name.contains(['\0', '/'])
 }
 
-fn validate(table: &Table) -> Result<()> {
+#[doc(hidden)]
+pub fn validate(table: &Table) -> Result<()> {
     validate_name("table", &table.name)?;
     for (i, chain) in table.chains.iter().enumerate() {
         validate_name("chain", &chain.name)?;
@@ -425,7 +426,8 @@ fn new_chain(table: &str, chain: &Chain) -> NfTablesMessage {
     })
 }
 
-fn new_rule(table: &str, chain: &str, rule: &Rule) -> NfTablesMessage {
+#[doc(hidden)]
+pub fn new_rule(table: &str, chain: &str, rule: &Rule) -> NfTablesMessage {
     let mut attributes = vec![
         RuleAttribute::Table(table.to_string()),
         RuleAttribute::Chain(chain.to_string()),
@@ -444,7 +446,8 @@ fn new_rule(table: &str, chain: &str, rule: &Rule) -> NfTablesMessage {
 
 /// The comment as `nft` stores it: one TLV (type, length with the NUL,
 /// string, NUL).
-fn comment_userdata(comment: &str) -> Vec<u8> {
+#[doc(hidden)]
+pub fn comment_userdata(comment: &str) -> Vec<u8> {
     let mut v = Vec::with_capacity(comment.len() + 3);
     v.push(NFTNL_UDATA_RULE_COMMENT);
     v.push((comment.len() + 1) as u8);
@@ -454,7 +457,8 @@ fn comment_userdata(comment: &str) -> Vec<u8> {
 }
 
 /// The comment TLV from a rule's user data, if any.
-fn parse_comment(userdata: &[u8]) -> Option<String> {
+#[doc(hidden)]
+pub fn parse_comment(userdata: &[u8]) -> Option<String> {
     let mut i = 0;
     while i + 2 <= userdata.len() {
         let kind = userdata[i];
@@ -650,7 +654,8 @@ fn rule_expressions(rule: &Rule) -> Vec<Expressions> {
     out
 }
 
-fn installed_rule(table: &str, attributes: &[RuleAttribute]) -> Option<InstalledRule> {
+#[doc(hidden)]
+pub fn installed_rule(table: &str, attributes: &[RuleAttribute]) -> Option<InstalledRule> {
     let mut rule = InstalledRule {
         chain: String::new(),
         handle: 0,
@@ -906,7 +911,8 @@ fn run_batch(objects: &[NfTablesMessage], op: Op) -> Result<()> {
 }
 
 /// The extended-ack message after the echoed request in an error answer.
-fn error_text(after_code: &[u8], reply_flags: u16) -> Option<String> {
+#[doc(hidden)]
+pub fn error_text(after_code: &[u8], reply_flags: u16) -> Option<String> {
     if reply_flags & NLM_F_ACK_TLVS == 0 {
         return None;
     }

@@ -253,16 +253,7 @@ impl PathManager {
         let reply = replies
             .first()
             .ok_or_else(|| Error::decode(Op::GetLimits, "no reply to GET_LIMITS"))?;
-        let mut limits = Limits::default();
-        for attr in attrs(&reply.attrs) {
-            let (kind, value) = attr.map_err(|e| Error::decode(Op::GetLimits, e))?;
-            match kind {
-                ATTR_RCV_ADD_ADDRS => limits.add_addr_accepted = read_u32(value, Op::GetLimits)?,
-                ATTR_SUBFLOWS => limits.subflows = read_u32(value, Op::GetLimits)?,
-                _ => {}
-            }
-        }
-        Ok(limits)
+        decode_limits(reply)
     }
 
     /// Set one or both limits; a `None` keeps the kernel's current value.
@@ -452,7 +443,45 @@ impl AddrAttrs {
     }
 }
 
-fn decode_endpoint_reply(reply: &PmPayload) -> Result<Endpoint> {
+/// The limits in a GET_LIMITS reply.
+#[doc(hidden)]
+pub fn decode_limits(reply: &PmPayload) -> Result<Limits> {
+    let mut limits = Limits::default();
+    for attr in attrs(&reply.attrs) {
+        let (kind, value) = attr.map_err(|e| Error::decode(Op::GetLimits, e))?;
+        match kind {
+            ATTR_RCV_ADD_ADDRS => limits.add_addr_accepted = read_u32(value, Op::GetLimits)?,
+            ATTR_SUBFLOWS => limits.subflows = read_u32(value, Op::GetLimits)?,
+            _ => {}
+        }
+    }
+    Ok(limits)
+}
+
+/// The MPTCP_PM_ATTR_ADDR attribute (with its nested address attributes)
+/// that requests carry, for the fuzz targets' round trips.
+#[doc(hidden)]
+pub fn encode_addr_attr(
+    addr: Option<IpAddr>,
+    id: Option<u8>,
+    port: Option<u16>,
+    flags: Option<u32>,
+    ifindex: Option<u32>,
+) -> Vec<u8> {
+    let mut buf = Vec::new();
+    AddrAttrs {
+        addr,
+        id,
+        port,
+        flags,
+        ifindex,
+    }
+    .push(&mut buf, ATTR_ADDR);
+    buf
+}
+
+#[doc(hidden)]
+pub fn decode_endpoint_reply(reply: &PmPayload) -> Result<Endpoint> {
     for attr in attrs(&reply.attrs) {
         let (kind, value) = attr.map_err(|e| Error::decode(Op::GetEndpoint, e))?;
         if kind == ATTR_ADDR {

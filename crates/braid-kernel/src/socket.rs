@@ -206,9 +206,12 @@ pub enum ConnectionInfo {
     },
 }
 
-const SUBFLOW_INFO_SIZE: usize = 264;
-const FULL_INFO_HEADER: usize = 40;
-const MAX_SUBFLOWS_READ: usize = 16;
+#[doc(hidden)]
+pub const SUBFLOW_INFO_SIZE: usize = 264;
+#[doc(hidden)]
+pub const FULL_INFO_HEADER: usize = 40;
+#[doc(hidden)]
+pub const MAX_SUBFLOWS_READ: usize = 16;
 
 /// Per-subflow info with MPTCP_FULL_INFO (Linux 6.5+).
 pub fn subflow_info(fd: &impl AsFd) -> io::Result<(MptcpInfo, Vec<SubflowInfo>)> {
@@ -221,6 +224,19 @@ pub fn subflow_info(fd: &impl AsFd) -> io::Result<(MptcpInfo, Vec<SubflowInfo>)>
     full[24..32].copy_from_slice(&(sf_buf.as_mut_ptr() as u64).to_ne_bytes());
     full[32..40].copy_from_slice(&(tcp_buf.as_mut_ptr() as u64).to_ne_bytes());
     let n = getsockopt_bytes(fd, SOL_MPTCP, MPTCP_FULL_INFO, &mut full)?;
+    decode_full_info(&full, n, &sf_buf, &tcp_buf)
+}
+
+/// Decode what MPTCP_FULL_INFO wrote: `full` (FULL_INFO_HEADER +
+/// MPTCP_INFO_SIZE bytes, `n` of them reported) and the subflow and
+/// tcp_info arrays it points at (MAX_SUBFLOWS_READ entries each).
+#[doc(hidden)]
+pub fn decode_full_info(
+    full: &[u8],
+    n: usize,
+    sf_buf: &[u8],
+    tcp_buf: &[u8],
+) -> io::Result<(MptcpInfo, Vec<SubflowInfo>)> {
     let invalid = |what: &str| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -368,7 +384,8 @@ pub fn set_mark(fd: &impl AsFd, mark: u32) -> io::Result<()> {
     Ok(())
 }
 
-fn parse_sockaddr(b: &[u8]) -> Option<SocketAddr> {
+#[doc(hidden)]
+pub fn parse_sockaddr(b: &[u8]) -> Option<SocketAddr> {
     let family = u16::from_ne_bytes(b.get(0..2)?.try_into().ok()?) as i32;
     let port = u16::from_be_bytes(b.get(2..4)?.try_into().ok()?);
     match family {

@@ -25,6 +25,9 @@ pub struct DaemonArgs {
     /// Where the daemon remembers the endpoints it made.
     #[arg(long, hide = true, default_value = shell::STATE_FILE)]
     pub state_file: PathBuf,
+    /// Period of the full resynchronisation in milliseconds (0: off; for tests).
+    #[arg(long, hide = true)]
+    pub resync_interval_ms: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -82,6 +85,11 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<(), Error> {
         config_explicit: explicit,
         netlink_rcvbuf: a.netlink_rcvbuf,
         state_file: a.state_file,
+        resync_interval: match a.resync_interval_ms {
+            None => Some(shell::DEFAULT_RESYNC_INTERVAL),
+            Some(0) => None,
+            Some(ms) => Some(std::time::Duration::from_millis(ms)),
+        },
     }))
     .map_err(Error::Invalid)
 }

@@ -332,6 +332,26 @@ fn print_daemon(d: &serde_json::Value) {
         v["mode"].as_str().unwrap_or("?"),
         d["config"].as_str().unwrap_or("?")
     );
+    // What the daemon found it can and cannot do where it runs.
+    if let Some(fs) = d["features"].as_array().filter(|f| !f.is_empty()) {
+        println!("features");
+        for f in fs {
+            let on = f["on"].as_bool().unwrap_or(false);
+            let text = [f["how"].as_str(), f["why"].as_str()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("; ");
+            println!(
+                "  {:<4} {}: {text}",
+                if on { "on" } else { "OFF" },
+                f["name"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    for w in d["warnings"].as_array().into_iter().flatten() {
+        println!("warning: {}", w.as_str().unwrap_or(""));
+    }
     // The state names its mode ("handover: ...").
     match v["path_state"].as_str().filter(|s| !s.is_empty()) {
         Some(state) => println!("paths           {state}"),

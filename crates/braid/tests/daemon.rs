@@ -83,6 +83,10 @@ impl Lab {
     }
 }
 
+fn state_path(lab: &Lab) -> PathBuf {
+    lab.dir().join("t-state.json")
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         let _ = Command::new(BRAID)
@@ -101,6 +105,13 @@ struct Daemon {
 
 impl Daemon {
     fn start(lab: &Lab, config_extra: &str, args: &[&str]) -> Daemon {
+        let mut d = Daemon::new(lab, config_extra);
+        d.spawn(lab, args, &[]);
+        d
+    }
+
+    /// Write the configuration; start nothing yet.
+    fn new(lab: &Lab, config_extra: &str) -> Daemon {
         let dir = lab.dir();
         let socket = dir.join("t.sock");
         let config = dir.join("t.toml");
@@ -113,36 +124,70 @@ impl Daemon {
         )
         .unwrap();
         let log = dir.join("t.log");
-        let mut d = Daemon {
+        Daemon {
             child: None,
             socket,
             config,
             log,
-        };
-        d.spawn(lab, args, &[]);
-        d
+        }
     }
 
     fn spawn(&mut self, lab: &Lab, args: &[&str], env: &[(&str, &str)]) {
-        let child = Command::new(BRAID)
-            .args(["-n", &lab.client, "daemon", "--config"])
-            .arg(&self.config)
-            .arg("--state-file")
-            .arg(lab.dir().join("t-state.json"))
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&self.log).unwrap())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let socket = self.socket.clone();
+        let mut cmd = Command::new(BRAID);
+        cmd.args(["-n", &lab.client]);
+        self.launch(lab, cmd, args, env, true);
         assert!(
-            wait_for(10, || std::os::unix::net::UnixStream::connect(&socket)
-                .is_ok()),
+            self.wait_up(),
             "daemon did not start: {}",
             std::fs::read_to_string(&self.log).unwrap_or_default()
         );
+    }
+
+    /// Start `cmd daemon --config .. --state-file .. ARGS`; the log is
+    /// started afresh or appended to.
+    fn launch(
+        &mut self,
+        lab: &Lab,
+        mut cmd: Command,
+        args: &[&str],
+        env: &[(&str, &str)],
+        fresh_log: bool,
+    ) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(!fresh_log)
+            .truncate(fresh_log)
+            .open(&self.log)
+            .unwrap();
+        let child = cmd
+            .args(["daemon", "--config"])
+            .arg(&self.config)
+            .arg("--state-file")
+            .arg(state_path(lab))
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// Wait until the control socket answers (true) or the daemon is gone.
+    fn wait_up(&mut self) -> bool {
+        let socket = self.socket.clone();
+        let child = self.child.as_mut().unwrap();
+        wait_for(10, || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+                || child.try_wait().unwrap().is_some()
+        });
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+            && std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
     }
 
     fn stop(&mut self) {
@@ -646,4 +691,839 @@ fn sd_notify_and_control_socket_permissions() {
     d.stop();
     let n = sock.recv(&mut buf).unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+}
+
+// ---------------------------------------------------------------------
+// Running with exactly what contrib/braid.service grants.
+
+/// What the shipped unit gives the daemon: capabilities (lower case, no
+/// `cap_` prefix), ambient capabilities and the socket address families.
+struct Grants {
+    caps: Vec<String>,
+    ambient: Vec<String>,
+    families: Vec<i32>,
+}
+
+fn unit_grants() -> Grants {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../contrib/braid.service"
+    ))
+    .unwrap();
+    let value = |key: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .filter(|(k, _)| k.trim() == key)
+            .flat_map(|(_, v)| v.split_whitespace().map(str::to_string))
+            .collect()
+    };
+    let caps = |key: &str| -> Vec<String> {
+        value(key)
+            .iter()
+            .map(|c| {
+                c.to_ascii_lowercase()
+                    .trim_start_matches("cap_")
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(value("NoNewPrivileges"), vec!["yes"]);
+    assert!(value("User").is_empty(), "the unit runs as root (uid 0)");
+    Grants {
+        caps: caps("CapabilityBoundingSet"),
+        ambient: caps("AmbientCapabilities"),
+        families: value("RestrictAddressFamilies")
+            .iter()
+            .map(|f| match f.as_str() {
+                "AF_UNIX" => libc::AF_UNIX,
+                "AF_INET" => libc::AF_INET,
+                "AF_INET6" => libc::AF_INET6,
+                "AF_NETLINK" => libc::AF_NETLINK,
+                other => panic!("the test does not know {other}"),
+            })
+            .collect(),
+    }
+}
+
+/// A seccomp filter like systemd's RestrictAddressFamilies (socket() of
+/// any other family fails with EAFNOSUPPORT); with `deny_sock_diag`,
+/// NETLINK_SOCK_DIAG sockets also fail (EPERM), to break health polling.
+fn socket_filter(families: &[i32], deny_sock_diag: bool) -> Vec<libc::sock_filter> {
+    #[cfg(target_arch = "x86_64")]
+    const ARCH: u32 = 0xc000_003e;
+    #[cfg(target_arch = "aarch64")]
+    const ARCH: u32 = 0xc000_00b7;
+    const LD: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let (nr, arch, arg0, arg2) = (0, 4, 16, 32);
+    let allow = libc::SECCOMP_RET_ALLOW;
+    let errno = |e: i32| libc::SECCOMP_RET_ERRNO | (e as u32 & 0xffff);
+    // SAFETY: these only build structs.
+    let (stmt, jump) = unsafe {
+        (
+            |c, k| libc::BPF_STMT(c, k),
+            |c, k, t, f| libc::BPF_JUMP(c, k, t, f),
+        )
+    };
+    let mut p = vec![
+        stmt(LD, arch),
+        jump(JEQ, ARCH, 1, 0),
+        stmt(RET, allow),
+        stmt(LD, nr),
+        jump(JEQ, libc::SYS_socket as u32, 1, 0),
+        stmt(RET, allow),
+    ];
+    if deny_sock_diag {
+        p.extend([
+            stmt(LD, arg0),
+            jump(JEQ, libc::AF_NETLINK as u32, 0, 3),
+            stmt(LD, arg2),
+            jump(JEQ, libc::NETLINK_SOCK_DIAG as u32, 0, 1),
+            stmt(RET, errno(libc::EPERM)),
+        ]);
+    }
+    p.push(stmt(LD, arg0));
+    for f in families {
+        p.push(jump(JEQ, *f as u32, 0, 1));
+        p.push(stmt(RET, allow));
+    }
+    p.push(stmt(RET, errno(libc::EAFNOSUPPORT)));
+    p
+}
+
+/// How to confine a daemon.
+struct Confined {
+    caps: Vec<String>,
+    ambient: Vec<String>,
+    families: Vec<i32>,
+    deny_sock_diag: bool,
+    /// Supplementary groups (as SupplementaryGroups=).
+    groups: Option<String>,
+}
+
+impl Confined {
+    fn as_the_unit() -> Confined {
+        let g = unit_grants();
+        Confined {
+            caps: g.caps,
+            ambient: g.ambient,
+            families: g.families,
+            deny_sock_diag: false,
+            groups: None,
+        }
+    }
+
+    fn without(mut self, cap: &str) -> Confined {
+        self.caps.retain(|c| c != cap);
+        self.ambient.retain(|c| c != cap);
+        self
+    }
+}
+
+impl Daemon {
+    /// Start as the unit would: uid 0 with only `c`'s capabilities, no new
+    /// privileges, only `c`'s socket families; in the lab's client
+    /// namespace (entered before the capabilities are dropped).
+    fn spawn_confined(&mut self, lab: &Lab, c: &Confined, args: &[&str]) -> bool {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let list = |v: &[String]| {
+            let mut s = String::from("-all");
+            for c in v {
+                s.push_str(&format!(",+{c}"));
+            }
+            s
+        };
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--bounding-set={}", list(&c.caps)))
+            .arg(format!("--inh-caps={}", list(&c.ambient)))
+            .arg(format!("--ambient-caps={}", list(&c.ambient)))
+            .arg("--no-new-privs");
+        if let Some(g) = &c.groups {
+            cmd.arg(format!("--groups={g}"));
+        }
+        cmd.arg(BRAID);
+        // Everything the child needs is made before fork: nothing allocates there.
+        let ns = std::fs::File::open(format!("/run/netns/{}", lab.client)).unwrap();
+        let filter = socket_filter(&c.families, c.deny_sock_diag);
+        let prog = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_ptr() as *mut libc::sock_filter,
+        };
+        let prog_addr = &prog as *const libc::sock_fprog as usize;
+        let ns_fd = ns.as_raw_fd();
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0
+                    || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                    || libc::prctl(
+                        libc::PR_SET_SECCOMP,
+                        libc::SECCOMP_MODE_FILTER,
+                        prog_addr as *const libc::sock_fprog,
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self.launch(lab, cmd, args, &[], true);
+        drop((ns, filter));
+        self.wait_up()
+    }
+
+    fn feature(&self, name: &str) -> serde_json::Value {
+        let st = self.status();
+        st["features"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no features in the status: {st}"))
+            .iter()
+            .find(|f| f["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no feature {name}: {st}"))
+    }
+}
+
+/// The capability sets of a process, from /proc.
+fn cap_sets(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("Cap"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn cap_eff(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let l = s.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+    u64::from_str_radix(l.split_whitespace().nth(1).unwrap(), 16).unwrap()
+}
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_NET_RAW: u32 = 13;
+const CAP_CHOWN: u32 = 0;
+
+#[test]
+fn under_the_units_privileges_it_probes_and_manages_endpoints() {
+    let lab = Lab::up("uc", &[]);
+    let mut d = Daemon::new(&lab, "[policy]\nmode = \"handover\"\n");
+    let unit = Confined::as_the_unit();
+    assert!(
+        unit.caps.contains(&"net_raw".to_string()),
+        "{:?}",
+        unit.caps
+    );
+    assert!(
+        unit.families.contains(&libc::AF_INET) && unit.families.contains(&libc::AF_INET6),
+        "the probes' ICMP sockets need AF_INET and AF_INET6"
+    );
+    assert!(d.spawn_confined(&lab, &unit, &[]), "{}", d.log());
+    // Confined as the unit says: nothing beyond its capabilities.
+    let eff = cap_eff(d.pid());
+    assert_eq!(
+        eff,
+        (1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW),
+        "{}",
+        cap_sets(d.pid())
+    );
+    assert_endpoints(
+        &lab,
+        &["10.1.0.1", "10.2.0.1"],
+        "under the unit's privileges",
+    );
+    assert!(
+        wait_for(5, || route(&lab, "101").contains("initcwnd 40")),
+        "routes are changed too"
+    );
+    let probe = d.feature("path_probe");
+    assert_eq!(probe["on"], true, "{probe}");
+    assert!(
+        probe["how"].as_str().unwrap().contains("raw ICMP"),
+        "{probe}"
+    );
+    assert!(probe["why"].is_null(), "both IPv4 and IPv6: {probe}");
+    // `braid status` shows it.
+    let out = Command::new(BRAID)
+        .args(["status", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("on   path_probe: raw ICMP socket"), "{text}");
+    d.stop();
+
+    // control.group under the unit: no CAP_CHOWN, so the group must be one
+    // the daemon is a member of; the status says so.
+    assert_eq!(eff & (1 << CAP_CHOWN), 0);
+    let socket = d.socket.display().to_string();
+    std::fs::write(
+        &d.config,
+        format!("[control]\nsocket = \"{socket}\"\ngroup = \"nogroup\"\n"),
+    )
+    .unwrap();
+    assert!(d.spawn_confined(&lab, &unit, &[]), "{}", d.log());
+    let g = d.feature("control_group");
+    assert_eq!(g["on"], false, "{g}");
+    assert!(
+        g["why"]
+            .as_str()
+            .unwrap()
+            .contains("SupplementaryGroups=nogroup"),
+        "{g}"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&d.socket).unwrap();
+    assert_eq!(
+        meta.mode() & 0o777,
+        0o600,
+        "root only when the group could not be given"
+    );
+    d.stop();
+    // With SupplementaryGroups=nogroup it works, still without CAP_CHOWN.
+    let member = Confined {
+        groups: Some("65534".into()),
+        ..Confined::as_the_unit()
+    };
+    assert!(d.spawn_confined(&lab, &member, &[]), "{}", d.log());
+    let g = d.feature("control_group");
+    assert_eq!(g["on"], true, "{g}");
+    let meta = std::fs::metadata(&d.socket).unwrap();
+    assert_eq!((meta.gid(), meta.mode() & 0o777), (65534, 0o660));
+}
+
+#[test]
+fn without_cap_net_raw_probing_falls_back_or_says_why_not() {
+    let lab = Lab::up("nr", &[]);
+    let mut d = Daemon::new(&lab, "[policy]\nmode = \"handover\"\n");
+    let c = Confined::as_the_unit().without("net_raw");
+    assert!(d.spawn_confined(&lab, &c, &[]), "{}", d.log());
+    assert_eq!(
+        cap_eff(d.pid()),
+        1 << CAP_NET_ADMIN,
+        "{}",
+        cap_sets(d.pid())
+    );
+    // A new namespace's ping_group_range admits no group: probing is off.
+    let probe = d.feature("path_probe");
+    assert_eq!(probe["on"], false, "{probe}");
+    let why = probe["why"].as_str().unwrap();
+    assert!(
+        why.contains("CAP_NET_RAW") && why.contains("ping_group_range (1 0)"),
+        "{why}"
+    );
+    assert_endpoints(
+        &lab,
+        &["10.1.0.1", "10.2.0.1"],
+        "endpoints are still managed",
+    );
+    let out = Command::new(BRAID)
+        .args(["status", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("OFF  path_probe: no CAP_NET_RAW"), "{text}");
+    // Logged once, at start.
+    assert_eq!(d.log().matches("feature off").count(), 1, "{}", d.log());
+
+    // Let gid 0 open ICMP datagram sockets: a reload finds the fallback.
+    let ns = lab.client.clone();
+    braid_kernel::netns::run_in::<_, braid_kernel::Error>(&ns, || {
+        std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 0")
+            .map_err(|e| braid_kernel::Error::Invalid(e.to_string()))
+    })
+    .unwrap();
+    let out = Command::new(BRAID)
+        .args(["daemon", "reload", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let probe = d.feature("path_probe");
+    assert_eq!(probe["on"], true, "{probe}");
+    assert!(
+        probe["how"]
+            .as_str()
+            .unwrap()
+            .contains("ICMP datagram socket"),
+        "{probe}"
+    );
+}
+
+#[test]
+fn sock_diag_errors_are_reported_not_taken_for_no_subflows() {
+    let lab = Lab::up("sd", &[]);
+    let mut d = Daemon::new(&lab, "");
+    let c = Confined {
+        deny_sock_diag: true,
+        ..Confined::as_the_unit()
+    };
+    assert!(d.spawn_confined(&lab, &c, &[]), "{}", d.log());
+    assert_endpoints(&lab, &["10.1.0.1", "10.2.0.1"], "endpoints are managed");
+    let h = d.feature("health_monitoring");
+    assert_eq!(h["on"], false, "{h}");
+    assert!(h["why"].as_str().unwrap().contains("sock_diag"), "{h}");
+    // It keeps trying (no MPTCP connection exists, which would otherwise
+    // stop polling), and logs the error once.
+    assert!(
+        wait_for(10, || d.status()["health_polls"]["failed"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 3),
+        "{}",
+        d.status()["health_polls"]
+    );
+    assert_eq!(
+        d.log().matches("cannot read the subflows").count(),
+        1,
+        "{}",
+        d.log()
+    );
+    d.stop();
+    // The same daemon with sock_diag working: on, and polling stops while
+    // no subflow exists.
+    let c = Confined::as_the_unit();
+    assert!(d.spawn_confined(&lab, &c, &[]), "{}", d.log());
+    let h = d.feature("health_monitoring");
+    assert_eq!(h["on"], true, "{h}");
+    assert_eq!(d.status()["health_polls"]["failed"], 0);
+}
+
+// ---------------------------------------------------------------------
+// The state file.
+
+/// What the crash tests compare: the kernel's endpoints, the standby
+/// route, the state file.
+#[derive(Debug, PartialEq)]
+struct Observed {
+    endpoints: Vec<serde_json::Value>,
+    route: String,
+    state: Option<serde_json::Value>,
+}
+
+fn observe(lab: &Lab) -> Observed {
+    let mut endpoints = lab.endpoints();
+    endpoints.sort_by_key(|e| e["id"].as_u64());
+    Observed {
+        endpoints,
+        route: route(lab, "101").trim().to_string(),
+        state: std::fs::read(state_path(lab))
+            .ok()
+            .map(|b| serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null)),
+    }
+}
+
+/// Put the lab back to where every scenario starts: both paths up, no
+/// endpoints, the operator's own initcwnd on the standby route.
+fn reset(lab: &Lab) {
+    assert!(lab.braid(&["lab", "restore", "1"]).status.success());
+    lab.ip(&["mptcp", "endpoint", "flush"]);
+    lab.ip(&[
+        "mptcp",
+        "limits",
+        "set",
+        "subflows",
+        "0",
+        "add_addr_accepted",
+        "0",
+    ]);
+    lab.ip(&[
+        "route", "replace", "table", "101", "default", "dev", "p1", "initcwnd", "15",
+    ]);
+    let _ = std::fs::remove_file(state_path(lab));
+    for e in std::fs::read_dir(lab.dir()).unwrap().flatten() {
+        if e.file_name().to_string_lossy().contains("t-state.json") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// One run of the scenario (start, path 1 loses carrier, it returns,
+/// stop), crashing at `crash` if given; a crashed daemon is restarted
+/// (without the crash) as systemd's Restart=on-failure would. Returns what
+/// was observed at the end of each step and how many crashes happened.
+fn scenario(
+    lab: &Lab,
+    crash: Option<&str>,
+    reference: Option<&[Observed]>,
+) -> (Vec<Observed>, u32) {
+    reset(lab);
+    let mut d = Daemon::new(lab, "[policy]\nmode = \"handover\"\n");
+    let env: Vec<(&str, &str)> = crash
+        .map(|c| vec![("BRAID_DAEMON_CRASH_AT", c)])
+        .unwrap_or_default();
+    let mut cmd = Command::new(BRAID);
+    cmd.args(["-n", &lab.client]);
+    d.launch(lab, cmd, &[], &env, true);
+    let mut crashes = 0;
+    let mut seen = Vec::new();
+    // Wait for the step to settle: the reference's observation when there
+    // is one, else `settled`.
+    let mut settle = |d: &mut Daemon, step: usize, settled: &dyn Fn(&Observed) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
+                use std::os::unix::process::ExitStatusExt;
+                assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}: {}", d.log());
+                crashes += 1;
+                let mut cmd = Command::new(BRAID);
+                cmd.args(["-n", &lab.client]);
+                d.launch(lab, cmd, &[], &[], false);
+                continue;
+            }
+            let now = observe(lab);
+            let done = match reference {
+                Some(r) => now == r[step],
+                None => settled(&now),
+            };
+            if done {
+                // Settled for a moment (nothing left in flight).
+                std::thread::sleep(Duration::from_millis(150));
+                if observe(lab) == now {
+                    seen.push(now);
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "crash {crash:?}, step {step}: {now:#?}\nexpected {:#?}\n{}",
+                reference.map(|r| &r[step]),
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    };
+    let both = |o: &Observed| {
+        o.endpoints.len() == 2
+            && o.route.contains("initcwnd 40")
+            && o.state
+                .as_ref()
+                .is_some_and(|s| s["owned"].as_array().unwrap().len() == 2)
+    };
+    settle(&mut d, 0, &both);
+    assert!(lab
+        .braid(&["lab", "cut", "1", "--carrier"])
+        .status
+        .success());
+    settle(&mut d, 1, &|o| {
+        o.endpoints.len() == 1
+            && o.route.contains("initcwnd 15")
+            && o.state
+                .as_ref()
+                .is_some_and(|s| s["changed_routes"].as_array().unwrap().is_empty())
+    });
+    assert!(lab.braid(&["lab", "restore", "1"]).status.success());
+    settle(&mut d, 2, &both);
+    // Stop; a crash while stopping is followed by a restart and a stop.
+    loop {
+        if d.child.as_mut().unwrap().try_wait().unwrap().is_none() {
+            // It may still be starting after a restart.
+            let _ = d.wait_up();
+        }
+        let mut c = d.child.take().unwrap();
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let st = c.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        if st.signal() == Some(libc::SIGKILL) {
+            crashes += 1;
+            let mut cmd = Command::new(BRAID);
+            cmd.args(["-n", &lab.client]);
+            d.launch(lab, cmd, &[], &[], false);
+            continue;
+        }
+        assert!(st.success(), "{st:?}: {}", d.log());
+        break;
+    }
+    seen.push(observe(lab));
+    if let Some(r) = reference {
+        assert_eq!(
+            seen[3],
+            r[3],
+            "crash {crash:?}: after the stop\n{}",
+            d.log()
+        );
+    }
+    (seen, crashes)
+}
+
+/// SIGKILL right before and right after each kernel action of a kind, at
+/// each of its occurrences in the scenario: after a restart the kernel's
+/// endpoints, the standby route's initcwnd and the state file end exactly
+/// as in a run without a crash.
+fn crash_everywhere(tag: &str, points: &[(&str, u32)]) {
+    let lab = Lab::up(tag, &[]);
+    let (reference, crashes) = scenario(&lab, None, None);
+    assert_eq!(crashes, 0);
+    // The reference itself is right: the operator's initcwnd 15 is what
+    // the route gets back, and the state file says so while it matters.
+    assert_eq!(
+        reference[0].state.as_ref().unwrap()["changed_routes"][0]["initcwnd_before"],
+        15,
+        "{:#?}",
+        reference[0]
+    );
+    assert!(
+        reference[3].route.contains("initcwnd 15"),
+        "{:#?}",
+        reference[3]
+    );
+    let mut missed = Vec::new();
+    for (point, max) in points {
+        for n in 1..=*max {
+            let crash = format!("{point}:{n}");
+            let (_, crashes) = scenario(&lab, Some(&crash), Some(&reference));
+            if crashes == 0 {
+                missed.push(crash);
+            }
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "these crash points were never reached: {missed:?}"
+    );
+}
+
+#[test]
+fn a_crash_at_any_endpoint_change_leaves_nothing_behind() {
+    crash_everywhere(
+        "ce",
+        &[
+            ("before:add_endpoint", 3),
+            ("after:add_endpoint", 3),
+            ("before:remove_endpoint", 1),
+            ("after:remove_endpoint", 1),
+        ],
+    );
+}
+
+#[test]
+fn a_crash_at_any_initcwnd_change_keeps_the_original_window() {
+    crash_everywhere(
+        "cw",
+        &[
+            ("before:set_route_initcwnd", 4),
+            ("after:set_route_initcwnd", 4),
+        ],
+    );
+}
+
+#[test]
+fn a_crash_while_writing_the_state_file_loses_nothing() {
+    crash_everywhere("cs", &[("before:state_rename", 4)]);
+}
+
+#[test]
+fn corrupt_state_is_kept_aside_and_reused_ids_are_not_adopted() {
+    let lab = Lab::up("st", &[]);
+    // A previous run's endpoint, and a state file a crash left unreadable.
+    lab.ip(&[
+        "mptcp", "endpoint", "add", "10.1.0.1", "id", "5", "dev", "p0", "subflow",
+    ]);
+    std::fs::write(state_path(&lab), "{\"owned\": [{\"id\": 5, \"ad").unwrap();
+    let mut d = Daemon::start(&lab, "", &[]);
+    assert_endpoints(&lab, &["10.1.0.1", "10.2.0.1"], "it still works");
+    let aside: Vec<String> = std::fs::read_dir(lab.dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("t-state.json.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the bad file is kept for a look");
+    let st = d.status();
+    let warnings = st["warnings"].to_string();
+    assert!(warnings.contains("kept as"), "{warnings}");
+    assert!(d.log().contains("kept as"), "{}", d.log());
+    // Without the file, id 5 cannot be known as Braid's: left alone.
+    let foreign = st["view"]["foreign_endpoints"].to_string();
+    assert!(foreign.contains("\"id\":5"), "{foreign}");
+    d.stop();
+
+    // The file names id 1 as Braid's 10.2.0.1, but someone else has since
+    // taken id 1 for another address: not adopted, not removed.
+    lab.ip(&["mptcp", "endpoint", "flush"]);
+    lab.ip(&[
+        "mptcp", "endpoint", "add", "10.1.0.1", "id", "1", "dev", "p0", "subflow",
+    ]);
+    std::fs::write(
+        state_path(&lab),
+        r#"{"owned":[{"id":1,"addr":"10.2.0.1"}],"changed_routes":[]}"#,
+    )
+    .unwrap();
+    d.spawn(&lab, &[], &[]);
+    assert_endpoints(&lab, &["10.1.0.1", "10.2.0.1"], "someone else's id 1 stays");
+    let eps = lab.endpoints();
+    assert!(
+        eps.iter().any(|e| e["id"] == 1 && e["addr"] == "10.1.0.1"),
+        "{eps:?}"
+    );
+    let v = d.status()["view"].clone();
+    assert!(
+        v["foreign_endpoints"].to_string().contains("\"id\":1"),
+        "{v:#}"
+    );
+    assert!(d.log().contains("someone else's"), "{}", d.log());
+    // The state file now names only what is Braid's.
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_path(&lab)).unwrap()).unwrap();
+    let owned = s["owned"].as_array().unwrap();
+    assert!(
+        owned.len() == 1 && owned[0]["addr"] == "10.2.0.1" && owned[0]["id"] != 1,
+        "{s}"
+    );
+}
+
+// ---------------------------------------------------------------------
+// Control clients.
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let l = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    l.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn control_clients_cannot_stall_the_daemon() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let lab = Lab::up("cc", &[]);
+    let d = Daemon::start(&lab, "", &[]);
+    assert_endpoints(&lab, &["10.1.0.1", "10.2.0.1"], "at start");
+    let rss_before = rss_kib(d.pid());
+    // One client sends 100 MB without a newline.
+    let socket = d.socket.clone();
+    let huge = std::thread::spawn(move || {
+        let mut s = UnixStream::connect(&socket).unwrap();
+        let chunk = vec![b'x'; 64 << 10];
+        let mut sent = 0usize;
+        while sent < 100 << 20 {
+            match s.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+        }
+        let mut reply = String::new();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.read_to_string(&mut reply);
+        (sent, reply)
+    });
+    // Many that connect and say nothing, and some that ask and never read.
+    let silent: Vec<UnixStream> = (0..200)
+        .filter_map(|_| UnixStream::connect(&d.socket).ok())
+        .collect();
+    let mut deaf = Vec::new();
+    for _ in 0..20 {
+        if let Ok(mut s) = UnixStream::connect(&d.socket) {
+            let _ = s.write_all(b"{\"cmd\":\"status\"}\n");
+            deaf.push(s);
+        }
+    }
+    // Meanwhile a link changes: the daemon follows.
+    assert!(lab
+        .braid(&["lab", "cut", "1", "--carrier"])
+        .status
+        .success());
+    assert_endpoints(&lab, &["10.1.0.1"], "a link change while clients misbehave");
+    let rss_during = rss_kib(d.pid());
+    let (sent, reply) = huge.join().unwrap();
+    assert!(sent < 100 << 20, "the huge request was read to the end");
+    eprintln!(
+        "daemon RSS: {rss_before} KiB before, {rss_during} KiB with {} silent and {} deaf clients and {} bytes of a huge request sent before the daemon closed it ({})",
+        silent.len(),
+        deaf.len(),
+        sent,
+        reply.trim()
+    );
+    assert!(
+        rss_during < rss_before + 32 * 1024,
+        "RSS grew from {rss_before} to {rss_during} KiB"
+    );
+    drop(silent);
+    drop(deaf);
+    assert!(lab.braid(&["lab", "restore", "1"]).status.success());
+    assert_endpoints(&lab, &["10.1.0.1", "10.2.0.1"], "after the restore");
+    // And answers again.
+    assert!(
+        wait_for(10, || d.status()["pid"].as_u64() == Some(d.pid() as u64)),
+        "status again"
+    );
+}
+
+// ---------------------------------------------------------------------
+// Resynchronisation.
+
+#[test]
+fn outside_changes_are_put_right_periodically_and_on_reload() {
+    let lab = Lab::up("rp", &[]);
+    let mut d = Daemon::start(&lab, "", &["--resync-interval-ms", "300"]);
+    assert_endpoints(&lab, &["10.1.0.1", "10.2.0.1"], "at start");
+    let ids: Vec<u64> = lab
+        .endpoints()
+        .iter()
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
+    lab.ip(&["mptcp", "endpoint", "flush"]);
+    assert_endpoints(&lab, &["10.1.0.1", "10.2.0.1"], "after an outside flush");
+    let limits = || {
+        let out = Command::new("ip")
+            .args(["-n", &lab.client, "mptcp", "limits"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    lab.ip(&[
+        "mptcp",
+        "limits",
+        "set",
+        "subflows",
+        "0",
+        "add_addr_accepted",
+        "0",
+    ]);
+    assert!(
+        wait_for(5, || limits().contains("subflows 2")),
+        "limits put back: {}",
+        limits()
+    );
+    assert!(
+        d.log().contains("periodic resynchronisation found"),
+        "{}",
+        d.log()
+    );
+    // The re-added endpoints are Braid's (the state file knows them).
+    let owned = d.status()["view"]["owned_endpoints"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(owned, 2);
+    assert_eq!(ids.len(), 2);
+    d.stop();
+
+    // Without the periodic check, a reload puts things right.
+    d.spawn(&lab, &["--resync-interval-ms", "0"], &[]);
+    let f = d.feature("periodic_resync");
+    assert_eq!(f["on"], false, "{f}");
+    lab.ip(&["mptcp", "endpoint", "flush"]);
+    let out = Command::new(BRAID)
+        .args(["daemon", "reload", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_endpoints(
+        &lab,
+        &["10.1.0.1", "10.2.0.1"],
+        "after a flush and a reload",
+    );
 }
