@@ -4,6 +4,7 @@
 mod conns;
 mod daemon;
 mod endpoint;
+mod install;
 mod lab;
 mod monitor;
 mod names;
@@ -60,6 +61,8 @@ enum Command {
     Enable(run::EnableArgs),
     /// Remove what 'braid enable' wrote.
     Disable(run::DisableArgs),
+    /// Copy braid, braidd and the preload library to PREFIX (root-owned), where 'braid enable' looks first.
+    Install(install::InstallArgs),
     /// Which common socket options work on MPTCP sockets on this kernel.
     Sockopts,
     /// Force MPTCP with BPF: probe, attach, detach (used by 'enable --bpf').
@@ -95,6 +98,7 @@ fn run(cli: Cli) -> Result<(), braid_kernel::Error> {
         Command::Run(a) => run::run(a),
         Command::Enable(a) => run::enable(&ctx, a),
         Command::Disable(a) => run::disable(&ctx, a),
+        Command::Install(a) => install::install(&ctx, a),
         Command::Bpf(c) => run::bpf_cmd(&ctx, c),
         Command::Sockopts => run::sockopts(&ctx),
         Command::Relay(c) => relay::run(&ctx, c),

@@ -57,6 +57,11 @@ pub struct EnableArgs {
     /// Also force MPTCP with BPF in the unit's cgroup (ExecStartPre/ExecStopPost).
     #[arg(long)]
     pub bpf: bool,
+    /// Where 'braid install' put braid and the preload library (PREFIX/bin,
+    /// PREFIX/lib/braid); looked at before the copies next to this binary.
+    /// Only files that only root can change are written into the drop-in.
+    #[arg(long, default_value = crate::install::DEFAULT_PREFIX)]
+    pub prefix: PathBuf,
 }
 
 #[derive(Args)]
@@ -337,11 +342,12 @@ fn systemd_running(root: &Path) -> bool {
 
 pub fn enable(ctx: &Ctx, a: EnableArgs) -> Result<(), Error> {
     let unit = unit_name(&a.unit)?;
-    let lib = find_preload()?.to_string_lossy().into_owned();
+    // Only files that only root can change (issue 11): the unit loads the
+    // library, and with --bpf runs braid as root.
+    let (lib, exe) = crate::install::enable_paths(&unit, &a.prefix, a.bpf)?;
+    let lib = lib.to_string_lossy().into_owned();
+    let exe = exe.map(|p| p.to_string_lossy().into_owned());
     let (preload, godebug, envfile) = unit_environment(&a.root, &unit);
-    let exe = std::env::current_exe()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "braid".into());
     if a.bpf {
         if let Err(e) = bpf::probe() {
             eprintln!("braid: warning: the BPF part will not work on this kernel: {e}");
@@ -353,7 +359,7 @@ pub fn enable(ctx: &Ctx, a: EnableArgs) -> Result<(), Error> {
         preload.as_deref(),
         godebug.as_deref(),
         scope(a.listen_only, a.connect_only),
-        a.bpf.then_some(exe.as_str()),
+        exe.as_deref(),
     );
     let dir = under(&a.root, "/etc/systemd/system").join(format!("{unit}.d"));
     let path = dir.join(DROPIN_NAME);

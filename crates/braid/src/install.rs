@@ -1,0 +1,781 @@
+//! `braid install`, and the ownership check `braid enable` makes before it
+//! names a file in a service's drop-in (issue 11).
+//!
+//! A drop-in makes systemd load the preload library into the service's
+//! processes (and, with `--bpf`, run `braid` as root before it starts). If
+//! anyone but root can change those files, or any directory above them,
+//! they get the service's privileges: `sudo ./target/release/braid enable
+//! nginx` would hand root to whoever owns `target/`. So `enable` only names
+//! files that [`trusted_path`] accepts, and `braid install` puts root-owned
+//! copies where `enable` looks first.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::fmt;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use braid_kernel::Error;
+use clap::Args;
+
+use crate::run::PRELOAD_NAME;
+use crate::{print_json, Ctx};
+
+/// Where `braid install` puts its copies, and where `braid enable` looks first.
+pub const DEFAULT_PREFIX: &str = "/usr/local";
+
+/// The systemd units `braid install --units` writes (from contrib/, built in).
+const UNITS: [(&str, &str); 3] = [
+    (
+        "braid.service",
+        include_str!("../../../contrib/braid.service"),
+    ),
+    (
+        "braid-relay.service",
+        include_str!("../../../contrib/braid-relay.service"),
+    ),
+    (
+        "braid-relay-client.service",
+        include_str!("../../../contrib/braid-relay-client.service"),
+    ),
+];
+
+/// Symbolic links followed before giving up (as the kernel's MAXSYMLINKS).
+const MAX_LINKS: u32 = 40;
+
+/// Why a path is not safe to hand to a root service.
+#[derive(Debug)]
+pub enum Why {
+    /// Owned by someone other than root.
+    NotRootOwned { uid: u32 },
+    /// A symbolic link owned by someone other than root (who may replace it
+    /// in a sticky directory).
+    LinkNotRootOwned { uid: u32 },
+    /// A file its group or others can write.
+    Writable { mode: u32 },
+    /// A directory its group or others can write, without the sticky bit:
+    /// they can replace what is in it.
+    WritableDir { mode: u32 },
+    /// A component before the last one is not a directory.
+    NotADirectory,
+    /// The last component is neither a regular file nor a directory.
+    NotAFile,
+    /// More than [`MAX_LINKS`] symbolic links.
+    TooManyLinks,
+    /// It cannot be examined (missing, ...).
+    Io(io::Error),
+}
+
+/// A path that is not safe, with the component at fault and the reason.
+#[derive(Debug)]
+pub struct Untrusted {
+    /// The component at fault (a real path, symbolic links resolved up to it).
+    pub path: PathBuf,
+    pub why: Why,
+}
+
+impl fmt::Display for Untrusted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = self.path.display();
+        match &self.why {
+            Why::NotRootOwned { uid } => write!(f, "{p} is owned by uid {uid}, not root"),
+            Why::LinkNotRootOwned { uid } => {
+                write!(f, "the symbolic link {p} is owned by uid {uid}, not root")
+            }
+            Why::Writable { mode } => write!(
+                f,
+                "{p} is writable by its group or others (mode {:04o})",
+                mode & 0o7777
+            ),
+            Why::WritableDir { mode } => write!(
+                f,
+                "directory {p} is writable by its group or others without the sticky bit (mode {:04o})",
+                mode & 0o7777
+            ),
+            Why::NotADirectory => write!(f, "{p} is not a directory"),
+            Why::NotAFile => write!(f, "{p} is not a regular file"),
+            Why::TooManyLinks => write!(f, "{p}: too many levels of symbolic links"),
+            Why::Io(e) => write!(f, "{p}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Untrusted {}
+
+enum Step {
+    Root,
+    Parent,
+    Name(OsString),
+}
+
+fn steps(p: &Path) -> impl DoubleEndedIterator<Item = Step> + '_ {
+    p.components().filter_map(|c| match c {
+        Component::RootDir | Component::Prefix(_) => Some(Step::Root),
+        Component::ParentDir => Some(Step::Parent),
+        Component::CurDir => None,
+        Component::Normal(n) => Some(Step::Name(n.to_os_string())),
+    })
+}
+
+fn untrusted(path: &Path, why: Why) -> Untrusted {
+    Untrusted {
+        path: path.to_path_buf(),
+        why,
+    }
+}
+
+/// Only root can change `md` (a file or directory, not a link).
+fn check_entry(path: &Path, md: &fs::Metadata, last: bool) -> Result<(), Untrusted> {
+    if md.uid() != 0 {
+        return Err(untrusted(path, Why::NotRootOwned { uid: md.uid() }));
+    }
+    let mode = md.mode();
+    if md.is_dir() {
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            return Err(untrusted(path, Why::WritableDir { mode }));
+        }
+    } else if !last {
+        return Err(untrusted(path, Why::NotADirectory));
+    } else if !md.is_file() {
+        return Err(untrusted(path, Why::NotAFile));
+    } else if mode & 0o022 != 0 {
+        return Err(untrusted(path, Why::Writable { mode }));
+    }
+    Ok(())
+}
+
+/// Whether only root can change `path`: the file (or directory) itself and
+/// every directory above it up to `/` must be owned by root and not writable
+/// by group or others (directories may be, with the sticky bit, as `/tmp`).
+/// Symbolic links are followed one hop at a time: each link must be owned by
+/// root and sit in such a directory, and where it points is checked the same
+/// way. Returns the real path.
+pub fn trusted_path(path: &Path) -> Result<PathBuf, Untrusted> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| untrusted(path, Why::Io(e)))?
+            .join(path)
+    };
+    let mut todo: VecDeque<Step> = steps(&abs).collect();
+    let mut cur = PathBuf::from("/");
+    let root = fs::symlink_metadata(&cur).map_err(|e| untrusted(&cur, Why::Io(e)))?;
+    check_entry(&cur, &root, true)?;
+    let mut links = 0;
+    while let Some(step) = todo.pop_front() {
+        match step {
+            Step::Root => cur = PathBuf::from("/"),
+            // `cur` is real and checked, so its parent is an ancestor
+            // checked already.
+            Step::Parent => {
+                cur.pop();
+            }
+            Step::Name(n) => {
+                let next = cur.join(&n);
+                let md = fs::symlink_metadata(&next).map_err(|e| untrusted(&next, Why::Io(e)))?;
+                if md.file_type().is_symlink() {
+                    if md.uid() != 0 {
+                        return Err(untrusted(&next, Why::LinkNotRootOwned { uid: md.uid() }));
+                    }
+                    links += 1;
+                    if links > MAX_LINKS {
+                        return Err(untrusted(&next, Why::TooManyLinks));
+                    }
+                    let target = fs::read_link(&next).map_err(|e| untrusted(&next, Why::Io(e)))?;
+                    // A relative target is walked from `cur`, the link's
+                    // directory; an absolute one starts again at `/`.
+                    for s in steps(&target).rev() {
+                        todo.push_front(s);
+                    }
+                    continue;
+                }
+                check_entry(&next, &md, todo.is_empty())?;
+                cur = next;
+            }
+        }
+    }
+    Ok(cur)
+}
+
+/// The fix to print when `enable` refuses: install with this prefix.
+fn install_hint(prefix: &Path) -> String {
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "braid".into());
+    let mut cmd = format!("sudo {exe} install");
+    if prefix != Path::new(DEFAULT_PREFIX) {
+        cmd.push_str(&format!(" --prefix {}", prefix.display()));
+    }
+    format!(
+        "Fix: run `{cmd}` first, which copies braid and {PRELOAD_NAME} to {} and {} \
+         (owned by root, mode 0755); `braid enable` then uses those copies",
+        prefix.join("bin").display(),
+        prefix.join("lib/braid").display()
+    )
+}
+
+/// The first trusted one of the `candidates` that exist, or why none is.
+fn pick(candidates: &[PathBuf]) -> Result<PathBuf, Vec<Untrusted>> {
+    let mut refused = Vec::new();
+    for c in candidates.iter().filter(|c| c.exists()) {
+        match trusted_path(c) {
+            Ok(real) => return Ok(real),
+            Err(u) => refused.push(u),
+        }
+    }
+    Err(refused)
+}
+
+fn refusal(unit: &str, what: &str, refused: &[Untrusted], prefix: &Path) -> Error {
+    let reasons = refused
+        .iter()
+        .map(|u| format!("\n  {u}"))
+        .collect::<String>();
+    Error::Invalid(format!(
+        "refusing to write {what} into {unit}'s drop-in: whoever can change it, or a directory \
+         above it, would get {unit}'s privileges (root for a root service), and here:{reasons}\n{}",
+        install_hint(prefix)
+    ))
+}
+
+/// The preload library and, with `--bpf`, the braid binary that `braid
+/// enable UNIT` writes into the drop-in: the copies `braid install` put
+/// under `prefix` when they exist and are trusted, else the ones next to
+/// this binary when they are trusted (`BRAID_PRELOAD_LIB`, when set, names
+/// the only library considered); otherwise an error naming the fix.
+pub fn enable_paths(
+    unit: &str,
+    prefix: &Path,
+    bpf: bool,
+) -> Result<(PathBuf, Option<PathBuf>), Error> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Invalid(format!("cannot find the braid executable: {e}")))?;
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    let libs = match std::env::var_os("BRAID_PRELOAD_LIB") {
+        Some(p) => vec![PathBuf::from(p)],
+        None => vec![
+            prefix.join("lib/braid").join(PRELOAD_NAME),
+            dir.join(PRELOAD_NAME),
+            dir.join("../lib/braid").join(PRELOAD_NAME),
+        ],
+    };
+    let lib = match pick(&libs) {
+        Ok(l) => l,
+        Err(refused) if refused.is_empty() => {
+            return Err(Error::Invalid(format!(
+                "the preload library {PRELOAD_NAME} was not found (looked for {}); build it with \
+                 'cargo build --release -p braid-preload', then run 'sudo braid install'",
+                libs.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
+        Err(refused) => {
+            return Err(refusal(
+                unit,
+                &format!("the preload library {PRELOAD_NAME}"),
+                &refused,
+                prefix,
+            ))
+        }
+    };
+    if !bpf {
+        return Ok((lib, None));
+    }
+    let exes = [prefix.join("bin/braid"), exe];
+    match pick(&exes) {
+        Ok(e) => Ok((lib, Some(e))),
+        Err(refused) => Err(refusal(
+            unit,
+            "the braid binary (run as root by --bpf's ExecStartPre=+)",
+            &refused,
+            prefix,
+        )),
+    }
+}
+
+#[derive(Args)]
+pub struct InstallArgs {
+    /// Binaries go to PREFIX/bin, the preload library to PREFIX/lib/braid.
+    #[arg(long, default_value = DEFAULT_PREFIX)]
+    pub prefix: PathBuf,
+    /// Also install the systemd units (braid, braid-relay, braid-relay-client)
+    /// in /etc/systemd/system.
+    #[arg(long)]
+    pub units: bool,
+    /// Stage everything under this directory instead of / (like DESTDIR, for packages).
+    #[arg(long, value_name = "DIR")]
+    pub destdir: Option<PathBuf>,
+    /// The preload library to install (default: the one next to this binary,
+    /// or in ../lib/braid from it).
+    #[arg(long, value_name = "FILE")]
+    pub preload: Option<PathBuf>,
+}
+
+/// What goes where.
+struct Item {
+    from: Source,
+    to: PathBuf,
+    mode: u32,
+}
+
+enum Source {
+    File(PathBuf),
+    Text(&'static str, String),
+}
+
+impl Source {
+    fn describe(&self) -> String {
+        match self {
+            Source::File(p) => p.display().to_string(),
+            Source::Text(name, _) => format!("contrib/{name} (built in)"),
+        }
+    }
+}
+
+fn staged(destdir: Option<&Path>, p: &Path) -> PathBuf {
+    match destdir {
+        Some(d) => d.join(p.strip_prefix("/").unwrap_or(p)),
+        None => p.to_path_buf(),
+    }
+}
+
+/// Write `from` to `to` through a temporary file in the same directory,
+/// owned by root (when possible with `destdir`) with `mode`, then rename it
+/// over `to`: a reader sees the old file or the new one, never a part.
+fn write_atomic(from: &Source, to: &Path, mode: u32, must_chown: bool) -> io::Result<()> {
+    let dir = to.parent().unwrap_or(Path::new("/"));
+    let name = to.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.braid-install.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp); // left by a run with the same pid that died
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    let result = (|| {
+        match from {
+            Source::File(p) => {
+                let mut src = fs::File::open(p)?;
+                if !src.metadata()?.is_file() {
+                    return Err(io::Error::other(format!(
+                        "{} is not a regular file",
+                        p.display()
+                    )));
+                }
+                let mut buf = Vec::new();
+                src.read_to_end(&mut buf)?;
+                f.write_all(&buf)?;
+            }
+            Source::Text(_, text) => f.write_all(text.as_bytes())?,
+        }
+        match std::os::unix::fs::fchown(&f, Some(0), Some(0)) {
+            Ok(()) => {}
+            Err(e) if !must_chown && e.kind() == io::ErrorKind::PermissionDenied => {}
+            Err(e) => return Err(e),
+        }
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.sync_all()?;
+        fs::rename(&tmp, to)?;
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Create `dir` and the missing directories above it, mode 0755 whatever
+/// the umask (services that are not root must read what is installed).
+fn create_dirs(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dirs(parent)?;
+    }
+    match fs::DirBuilder::new().mode(0o755).create(dir) {
+        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(0o755)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A unit's text for `prefix`: its ExecStart= paths say /usr/local/bin.
+fn unit_text(text: &str, prefix: &Path) -> String {
+    if prefix == Path::new(DEFAULT_PREFIX) {
+        text.to_string()
+    } else {
+        text.replace(
+            "/usr/local/bin/",
+            &format!("{}/", prefix.join("bin").display()),
+        )
+    }
+}
+
+pub fn install(ctx: &Ctx, a: InstallArgs) -> Result<(), Error> {
+    if !a.prefix.is_absolute() {
+        return Err(Error::Invalid(format!(
+            "--prefix must be an absolute path, not {}",
+            a.prefix.display()
+        )));
+    }
+    let destdir = a.destdir.as_deref();
+    // SAFETY: geteuid has no preconditions.
+    if destdir.is_none() && unsafe { libc::geteuid() } != 0 {
+        return Err(Error::Invalid(format!(
+            "braid install writes root-owned files under {}: run it as root (sudo braid install)",
+            a.prefix.display()
+        )));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Invalid(format!("cannot find the braid executable: {e}")))?;
+    let dir = exe.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let lib = match &a.preload {
+        Some(p) if p.is_file() => p.clone(),
+        Some(p) => {
+            return Err(Error::Invalid(format!(
+                "--preload {}: no such file",
+                p.display()
+            )))
+        }
+        None => {
+            let candidates = [
+                dir.join(PRELOAD_NAME),
+                dir.join("../lib/braid").join(PRELOAD_NAME),
+            ];
+            match candidates.iter().find(|p| p.is_file()) {
+                Some(p) => p.canonicalize().unwrap_or_else(|_| p.clone()),
+                None => {
+                    return Err(Error::Invalid(format!(
+                        "{PRELOAD_NAME} is not next to {} (looked for {}): build it with \
+                         'cargo build --release -p braid-preload' (it lands next to braid in \
+                         target/release) or name it with --preload FILE",
+                        exe.display(),
+                        candidates
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
+            }
+        }
+    };
+    let bin = staged(destdir, &a.prefix.join("bin"));
+    let libdir = staged(destdir, &a.prefix.join("lib/braid"));
+    let mut items = vec![Item {
+        from: Source::File(exe.clone()),
+        to: bin.join("braid"),
+        mode: 0o755,
+    }];
+    let braidd = dir.join("braidd");
+    let missing_braidd = !braidd.is_file();
+    if !missing_braidd {
+        items.push(Item {
+            from: Source::File(braidd),
+            to: bin.join("braidd"),
+            mode: 0o755,
+        });
+    }
+    items.push(Item {
+        from: Source::File(lib),
+        to: libdir.join(PRELOAD_NAME),
+        mode: 0o755,
+    });
+    if a.units {
+        let unitdir = staged(destdir, Path::new("/etc/systemd/system"));
+        for (name, text) in UNITS {
+            items.push(Item {
+                from: Source::Text(name, unit_text(text, &a.prefix)),
+                to: unitdir.join(name),
+                mode: 0o644,
+            });
+        }
+    }
+    // Every directory first: on the real system each must be one only root
+    // can change, or the copies would be no safer than the originals.
+    let mut dirs: Vec<&Path> = items.iter().filter_map(|i| i.to.parent()).collect();
+    dirs.dedup();
+    for d in &dirs {
+        create_dirs(d).map_err(|e| Error::Invalid(format!("creating {}: {e}", d.display())))?;
+        if destdir.is_none() {
+            trusted_path(d).map_err(|u| {
+                Error::Invalid(format!(
+                    "not installing into {}: {u}; services must not run files from there \
+                     (make it root's: chown root:root, chmod go-w; or choose another --prefix)",
+                    d.display()
+                ))
+            })?;
+        }
+    }
+    for i in &items {
+        write_atomic(&i.from, &i.to, i.mode, destdir.is_none()).map_err(|e| {
+            Error::Invalid(format!(
+                "installing {} as {}: {e}",
+                i.from.describe(),
+                i.to.display()
+            ))
+        })?;
+    }
+    if ctx.json {
+        print_json(&serde_json::json!({
+            "installed": items.iter().map(|i| serde_json::json!({
+                "path": i.to,
+                "from": i.from.describe(),
+                "mode": format!("{:04o}", i.mode),
+            })).collect::<Vec<_>>(),
+            "braidd_missing": missing_braidd,
+        }));
+        return Ok(());
+    }
+    for i in &items {
+        println!(
+            "installed {} (mode {:04o}, from {})",
+            i.to.display(),
+            i.mode,
+            i.from.describe()
+        );
+    }
+    if missing_braidd {
+        println!(
+            "braidd is not next to {}, not installed (build it with 'cargo build --release -p braid-daemon')",
+            exe.display()
+        );
+    }
+    if destdir.is_none() {
+        println!("'braid enable UNIT' now uses these copies");
+        if a.units {
+            println!("then: systemctl daemon-reload && systemctl enable --now braid");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{lchown, symlink};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    const NOBODY: u32 = 65534;
+
+    /// A root-owned 0755 directory under /tmp, removed on every path out.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> TempDir {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = PathBuf::from(format!(
+                "/tmp/braid-trust-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ));
+            let _ = fs::remove_dir_all(&p);
+            fs::DirBuilder::new().mode(0o755).create(&p).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+            TempDir(p)
+        }
+
+        fn file(&self, rel: &str, mode: u32) -> PathBuf {
+            let p = self.0.join(rel);
+            fs::write(&p, b"x").unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+            p
+        }
+
+        fn dir(&self, rel: &str, mode: u32) -> PathBuf {
+            let p = self.0.join(rel);
+            fs::create_dir(&p).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+            p
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        let r = unsafe { libc::geteuid() } == 0;
+        if !r {
+            eprintln!("skip: needs root (chown)");
+        }
+        r
+    }
+
+    fn chown(p: &Path, uid: u32) {
+        lchown(p, Some(uid), None).unwrap();
+    }
+
+    #[track_caller]
+    fn refused(p: &Path) -> Untrusted {
+        match trusted_path(p) {
+            Ok(real) => panic!("{} ({}) was trusted", p.display(), real.display()),
+            Err(u) => u,
+        }
+    }
+
+    #[test]
+    fn root_owned_files_in_root_owned_directories_are_trusted() {
+        if !root() {
+            return;
+        }
+        let t = TempDir::new();
+        let f = t.file("lib.so", 0o755);
+        assert_eq!(trusted_path(&f).unwrap(), f);
+        // /tmp itself is world-writable with the sticky bit: fine.
+        let sticky = t.dir("sticky", 0o1777);
+        let g = sticky.join("lib.so");
+        fs::write(&g, b"x").unwrap();
+        assert_eq!(trusted_path(&g).unwrap(), g);
+        assert!(trusted_path(Path::new("/")).is_ok());
+        // ".." after a real directory.
+        let d = t.dir("d", 0o755);
+        assert_eq!(trusted_path(&d.join("../lib.so")).unwrap(), f);
+    }
+
+    #[test]
+    fn files_others_own_or_can_write_are_refused() {
+        if !root() {
+            return;
+        }
+        let t = TempDir::new();
+        let f = t.file("theirs.so", 0o755);
+        chown(&f, NOBODY);
+        let u = refused(&f);
+        assert!(matches!(u.why, Why::NotRootOwned { uid: NOBODY }) && u.path == f);
+        assert!(u.to_string().contains("owned by uid 65534"), "{u}");
+        for mode in [0o775, 0o757] {
+            let g = t.file(&format!("w{mode:o}.so"), mode);
+            let u = refused(&g);
+            assert!(matches!(u.why, Why::Writable { .. }), "{u}");
+            assert!(u.to_string().contains("writable by its group or others"));
+        }
+        let u = refused(&t.0.join("missing.so"));
+        assert!(
+            matches!(&u.why, Why::Io(e) if e.kind() == io::ErrorKind::NotFound),
+            "{u}"
+        );
+    }
+
+    #[test]
+    fn directories_others_own_or_can_write_are_refused() {
+        if !root() {
+            return;
+        }
+        let t = TempDir::new();
+        let theirs = t.dir("theirs", 0o755);
+        let f = theirs.join("lib.so");
+        fs::write(&f, b"x").unwrap();
+        chown(&theirs, NOBODY);
+        let u = refused(&f);
+        assert!(
+            matches!(u.why, Why::NotRootOwned { uid: NOBODY }) && u.path == theirs,
+            "{u}"
+        );
+        // Deeper down: any ancestor counts.
+        let inner = theirs.join("inner");
+        fs::DirBuilder::new().mode(0o755).create(&inner).unwrap();
+        fs::write(inner.join("lib.so"), b"x").unwrap();
+        assert_eq!(refused(&inner.join("lib.so")).path, theirs);
+        for mode in [0o775, 0o777] {
+            let open = t.dir(&format!("open{mode:o}"), mode);
+            let g = open.join("lib.so");
+            fs::write(&g, b"x").unwrap();
+            let u = refused(&g);
+            assert!(
+                matches!(u.why, Why::WritableDir { .. }) && u.path == open,
+                "{u}"
+            );
+            assert!(u.to_string().contains("without the sticky bit"), "{u}");
+        }
+        // In a sticky directory, an entry someone else owns is theirs to replace.
+        let sticky = t.dir("sticky", 0o1777);
+        let g = sticky.join("lib.so");
+        fs::write(&g, b"x").unwrap();
+        chown(&g, NOBODY);
+        assert!(matches!(refused(&g).why, Why::NotRootOwned { .. }));
+        // A file where a directory should be.
+        let plain = t.file("plain", 0o644);
+        let u = refused(&plain.join("x"));
+        assert!(
+            matches!(u.why, Why::NotADirectory) && u.path == plain,
+            "{u}"
+        );
+    }
+
+    #[test]
+    fn symbolic_links_are_checked_hop_by_hop() {
+        if !root() {
+            return;
+        }
+        let t = TempDir::new();
+        let good = t.file("good.so", 0o755);
+        let theirs = t.dir("theirs", 0o755);
+        let bad = theirs.join("bad.so");
+        fs::write(&bad, b"x").unwrap();
+        chown(&theirs, NOBODY);
+
+        // A root-owned link to a trusted file: the real path comes back.
+        let l1 = t.0.join("l1.so");
+        symlink("good.so", &l1).unwrap();
+        assert_eq!(trusted_path(&l1).unwrap(), good);
+        // Two hops, one absolute, through a directory link.
+        let ldir = t.0.join("ldir");
+        symlink(&t.0, &ldir).unwrap();
+        let l2 = t.0.join("l2.so");
+        symlink(ldir.join("l1.so"), &l2).unwrap();
+        assert_eq!(trusted_path(&l2).unwrap(), good);
+        // A trusted link to a file in an untrusted directory.
+        let l3 = t.0.join("l3.so");
+        symlink(&bad, &l3).unwrap();
+        assert_eq!(refused(&l3).path, theirs);
+        // An untrusted hop in the middle: a root-owned file behind it does
+        // not help.
+        let l4 = theirs.join("l4.so");
+        symlink(&good, &l4).unwrap();
+        let l5 = t.0.join("l5.so");
+        symlink(&l4, &l5).unwrap();
+        assert_eq!(refused(&l5).path, theirs);
+        // A link someone else owns in a sticky directory.
+        let sticky = t.dir("sticky", 0o1777);
+        let l6 = sticky.join("l6.so");
+        symlink(&good, &l6).unwrap();
+        chown(&l6, NOBODY);
+        let u = refused(&l6);
+        assert!(
+            matches!(u.why, Why::LinkNotRootOwned { uid: NOBODY }),
+            "{u}"
+        );
+        // "..": resolved after the link, as the kernel does.
+        let sub = t.dir("sub", 0o755);
+        let l7 = t.0.join("l7");
+        symlink(&sub, &l7).unwrap();
+        assert_eq!(trusted_path(&l7.join("../good.so")).unwrap(), good);
+        // A loop ends.
+        let a = t.0.join("a");
+        let b = t.0.join("b");
+        symlink(&b, &a).unwrap();
+        symlink(&a, &b).unwrap();
+        assert!(matches!(refused(&a).why, Why::TooManyLinks));
+    }
+
+    #[test]
+    fn units_follow_the_prefix() {
+        let t = unit_text(UNITS[0].1, Path::new("/opt/braid"));
+        assert!(t.contains("ExecStart=/opt/braid/bin/braidd"), "{t}");
+        assert!(!t.contains("/usr/local/bin/"));
+        assert_eq!(unit_text(UNITS[0].1, Path::new(DEFAULT_PREFIX)), UNITS[0].1);
+    }
+}
