@@ -3,21 +3,36 @@
 //! request whenever the kernel refuses MPTCP, so a program never fails
 //! because of it.
 //!
-//! Environment:
-//! - `BRAID_MPTCP_SCOPE`: `all` (default) rewrites at `socket()`;
+//! Environment, read once when the library is loaded (a constructor), never
+//! on a socket call (getenv races with a program's setenv):
+//! - `BRAID_MPTCP_SCOPE`: `all` (default) asks for MPTCP at `socket()`;
 //!   `connect` only sockets that connect, `listen` only sockets that
 //!   listen: those are recreated as MPTCP right before `connect()` or
-//!   `listen()`, keeping the descriptor number, flags, common options and
-//!   the bound address.
-//! - `BRAID_MPTCP_DEBUG=1`: one line on stderr per rewritten socket.
+//!   `listen()`, under the same descriptor number, with every option the
+//!   program set, its file flags and its bound address (see `replace`).
+//! - `BRAID_MPTCP_DEBUG=1`: one line on stderr per socket made MPTCP, or
+//!   kept TCP and why.
+//!
+//! The real C library functions are resolved in the same constructor
+//! (`real`). What the program does to a socket that may still be replaced
+//! is recorded per descriptor (`fdtable`) by interposing `setsockopt`,
+//! `close`, `dup`/`dup2`/`dup3`/`fcntl(F_DUPFD)` and `epoll_ctl`.
 //!
 //! Only libc is used: this runs inside every process it is loaded into.
+//! Nothing here allocates on a socket call or waits on a lock a signal
+//! handler could hold.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod fdtable;
+mod real;
+mod replace;
 
-use libc::{c_char, c_int, c_void, sockaddr, socklen_t};
+use std::fmt::{self, Write as _};
+use std::sync::OnceLock;
 
-const IPPROTO_MPTCP: c_int = 262;
+use libc::{c_char, c_int, c_void, epoll_event, sockaddr, socklen_t};
+
+use replace::{errno, set_errno, IPPROTO_MPTCP};
+
 const SOCK_TYPE_MASK: c_int = 0xf;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -27,89 +42,96 @@ enum Scope {
     Listen,
 }
 
-static REAL_SOCKET: AtomicUsize = AtomicUsize::new(0);
-static REAL_CONNECT: AtomicUsize = AtomicUsize::new(0);
-static REAL_LISTEN: AtomicUsize = AtomicUsize::new(0);
+struct Config {
+    scope: Scope,
+    debug: bool,
+}
 
-type SocketFn = unsafe extern "C" fn(c_int, c_int, c_int) -> c_int;
-type ConnectFn = unsafe extern "C" fn(c_int, *const sockaddr, socklen_t) -> c_int;
-type ListenFn = unsafe extern "C" fn(c_int, c_int) -> c_int;
+static CONFIG: OnceLock<Config> = OnceLock::new();
 
-unsafe fn next_symbol(cache: &AtomicUsize, name: &[u8]) -> usize {
-    let mut f = cache.load(Ordering::Relaxed);
-    if f == 0 {
-        f = libc::dlsym(libc::RTLD_NEXT, name.as_ptr() as *const c_char) as usize;
-        cache.store(f, Ordering::Relaxed);
+/// The constructor: the dynamic loader runs it before the program's
+/// `main` (and before any of its threads).
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = init;
+
+extern "C" fn init() {
+    real::resolve();
+    let scope = if env_is(b"BRAID_MPTCP_SCOPE\0", b"connect") {
+        Scope::Connect
+    } else if env_is(b"BRAID_MPTCP_SCOPE\0", b"listen") {
+        Scope::Listen
+    } else {
+        Scope::All
+    };
+    if scope != Scope::All {
+        // SAFETY: registering two functions that only bump counters.
+        unsafe {
+            libc::pthread_atfork(
+                None,
+                Some(fdtable::after_fork_parent as unsafe extern "C" fn()),
+                Some(fdtable::after_fork_child as unsafe extern "C" fn()),
+            )
+        };
     }
-    f
-}
-
-unsafe fn real_socket() -> Option<SocketFn> {
-    let f = next_symbol(&REAL_SOCKET, b"socket\0");
-    (f != 0).then(|| std::mem::transmute::<usize, SocketFn>(f))
-}
-unsafe fn real_connect() -> Option<ConnectFn> {
-    let f = next_symbol(&REAL_CONNECT, b"connect\0");
-    (f != 0).then(|| std::mem::transmute::<usize, ConnectFn>(f))
-}
-unsafe fn real_listen() -> Option<ListenFn> {
-    let f = next_symbol(&REAL_LISTEN, b"listen\0");
-    (f != 0).then(|| std::mem::transmute::<usize, ListenFn>(f))
+    let debug = env_is(b"BRAID_MPTCP_DEBUG\0", b"1");
+    let _ = CONFIG.set(Config { scope, debug });
 }
 
 fn env_is(name: &[u8], value: &[u8]) -> bool {
-    // SAFETY: getenv with a NUL-terminated name; the result is only read.
+    // SAFETY: getenv with a NUL-terminated name, in the constructor; the
+    // result is only read, at once.
     unsafe {
         let p = libc::getenv(name.as_ptr() as *const c_char);
         !p.is_null() && std::ffi::CStr::from_ptr(p).to_bytes() == value
     }
 }
 
-fn scope() -> Scope {
-    if env_is(b"BRAID_MPTCP_SCOPE\0", b"connect") {
-        Scope::Connect
-    } else if env_is(b"BRAID_MPTCP_SCOPE\0", b"listen") {
-        Scope::Listen
-    } else {
-        Scope::All
-    }
+/// None until the constructor has run: then the library stays out of the
+/// way and every call goes to the C library (or the kernel).
+fn config() -> Option<&'static Config> {
+    CONFIG.get()
 }
 
-fn debug(msg: &str, fd: c_int) {
-    if !env_is(b"BRAID_MPTCP_DEBUG\0", b"1") {
-        return;
+/// Whether sockets may be replaced later, so what is done to them matters.
+fn tracking() -> bool {
+    config().is_some_and(|c| c.scope != Scope::All)
+}
+
+/// A line on stderr, formatted on the stack.
+fn debug_line(args: fmt::Arguments<'_>) {
+    struct Line {
+        buf: [u8; 256],
+        n: usize,
     }
-    // Formatting without allocation-heavy machinery: a fixed buffer.
-    let mut buf = [0u8; 160];
-    let mut n = 0;
-    for part in [
-        b"braid-preload: ".as_slice(),
-        msg.as_bytes(),
-        b" fd ".as_slice(),
-    ] {
-        let take = part.len().min(buf.len() - n);
-        buf[n..n + take].copy_from_slice(&part[..take]);
-        n += take;
-    }
-    let mut digits = [0u8; 12];
-    let mut d = 0;
-    let mut v = fd.unsigned_abs();
-    loop {
-        digits[d] = b'0' + (v % 10) as u8;
-        d += 1;
-        v /= 10;
-        if v == 0 {
-            break;
+    impl fmt::Write for Line {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            let room = self.buf.len() - 1 - self.n;
+            let take = s.len().min(room);
+            self.buf[self.n..self.n + take].copy_from_slice(&s.as_bytes()[..take]);
+            self.n += take;
+            Ok(())
         }
     }
-    while d > 0 && n < buf.len() - 1 {
-        d -= 1;
-        buf[n] = digits[d];
-        n += 1;
-    }
-    buf[n] = b'\n';
+    let mut line = Line {
+        buf: [0; 256],
+        n: 0,
+    };
+    let _ = line.write_str("braid-preload: ");
+    let _ = line.write_fmt(args);
+    line.buf[line.n] = b'\n';
+    let saved = errno();
     // SAFETY: writing our own buffer to stderr.
-    unsafe { libc::write(2, buf.as_ptr() as *const c_void, n + 1) };
+    unsafe { libc::write(2, line.buf.as_ptr() as *const c_void, line.n + 1) };
+    set_errno(saved);
+}
+
+macro_rules! debug {
+    ($($t:tt)*) => {
+        if config().is_some_and(|c| c.debug) {
+            debug_line(format_args!($($t)*));
+        }
+    };
 }
 
 fn is_tcp_request(domain: c_int, ty: c_int, protocol: c_int) -> bool {
@@ -127,144 +149,54 @@ fn mptcp_refused(errno: c_int) -> bool {
     )
 }
 
-unsafe fn errno() -> c_int {
-    *libc::__errno_location()
-}
-unsafe fn set_errno(e: c_int) {
-    *libc::__errno_location() = e;
-}
-
 /// # Safety
 /// Called by the C library's users exactly like `socket(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
-    let Some(real) = real_socket() else {
-        set_errno(libc::ENOSYS);
-        return -1;
+    let Some(cfg) = config() else {
+        return real::socket(domain, ty, protocol);
     };
-    if scope() == Scope::All && is_tcp_request(domain, ty, protocol) {
-        let fd = real(domain, ty, IPPROTO_MPTCP);
+    if !is_tcp_request(domain, ty, protocol) {
+        return real::socket(domain, ty, protocol);
+    }
+    if cfg.scope == Scope::All {
+        let saved = errno();
+        let fd = real::socket(domain, ty, IPPROTO_MPTCP);
         if fd >= 0 {
-            debug("socket() is MPTCP", fd);
+            debug!("fd {fd}: socket() is MPTCP");
             return fd;
         }
-        if !mptcp_refused(errno()) {
+        let e = errno();
+        if !mptcp_refused(e) {
             return fd;
         }
-        debug("MPTCP refused by the kernel, using TCP for socket()", -1);
+        debug!("the kernel refused MPTCP (errno {e}), socket() is TCP");
+        set_errno(saved);
+        return real::socket(domain, ty, protocol);
     }
-    real(domain, ty, protocol)
-}
-
-fn getsockopt_int(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
-    let mut v: c_int = 0;
-    let mut len = std::mem::size_of::<c_int>() as socklen_t;
-    // SAFETY: valid pointers of the right size.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            level,
-            name,
-            &mut v as *mut c_int as *mut c_void,
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(v)
-}
-
-fn setsockopt_int(fd: c_int, level: c_int, name: c_int, v: c_int) {
-    // SAFETY: valid pointer of the right size.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            &v as *const c_int as *const c_void,
-            std::mem::size_of::<c_int>() as socklen_t,
-        )
-    };
-}
-
-/// Replace TCP socket `fd` with an MPTCP socket under the same number,
-/// keeping status flags, close-on-exec, common options and the bound
-/// address. Leaves `fd` untouched when anything does not work out.
-unsafe fn recreate_as_mptcp(fd: c_int, why: &str) {
-    let Some(real) = real_socket() else { return };
-    if getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) != Some(libc::IPPROTO_TCP)
-        || getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) != Some(libc::SOCK_STREAM)
-    {
-        return;
+    // Read before the socket exists: a fork from now on shares it.
+    let fork_gen = fdtable::fork_generation();
+    let fd = real::socket(domain, ty, protocol);
+    if fd >= 0 {
+        let saved = errno();
+        fdtable::adopt(fd, fork_gen);
+        set_errno(saved);
     }
-    let Some(domain) = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN) else {
+    fd
+}
+
+/// Make `fd` MPTCP before `what` if it is safe, else leave it alone.
+unsafe fn before(fd: c_int, what: &str) {
+    // Descriptors socket() did not register cost no lock.
+    let Some(slot) = fdtable::slot(fd).filter(|s| s.has_socket()) else {
         return;
     };
     let saved = errno();
-    let new = real(domain, libc::SOCK_STREAM, IPPROTO_MPTCP);
-    if new < 0 {
-        set_errno(saved);
-        return;
+    match replace::to_mptcp(slot, fd) {
+        Ok(()) => debug!("fd {fd}: {what} on an MPTCP socket"),
+        Err(replace::Kept::Slot(fdtable::Blocked::Untracked)) => {}
+        Err(why) => debug!("fd {fd}: {what} keeps TCP: {why}"),
     }
-    const INT_OPTS: [(c_int, c_int); 7] = [
-        (libc::SOL_SOCKET, libc::SO_REUSEADDR),
-        (libc::SOL_SOCKET, libc::SO_REUSEPORT),
-        (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
-        (libc::SOL_SOCKET, libc::SO_RCVBUF),
-        (libc::SOL_SOCKET, libc::SO_SNDBUF),
-        (libc::IPPROTO_TCP, libc::TCP_NODELAY),
-        (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),
-    ];
-    for (level, name) in INT_OPTS {
-        if level == libc::IPPROTO_IPV6 && domain != libc::AF_INET6 {
-            continue;
-        }
-        if let Some(v) = getsockopt_int(fd, level, name) {
-            // SO_RCVBUF/SO_SNDBUF read back doubled; only copy explicit settings.
-            if (name == libc::SO_RCVBUF || name == libc::SO_SNDBUF) && v > 0 {
-                continue;
-            }
-            setsockopt_int(new, level, name, v);
-        }
-    }
-    // The bound address, if the program bound one.
-    let mut ss: libc::sockaddr_storage = std::mem::zeroed();
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
-    if libc::getsockname(fd, &mut ss as *mut _ as *mut sockaddr, &mut len) == 0 {
-        let port = match domain {
-            libc::AF_INET => (*(&ss as *const _ as *const libc::sockaddr_in)).sin_port,
-            _ => (*(&ss as *const _ as *const libc::sockaddr_in6)).sin6_port,
-        };
-        if port != 0 {
-            // Both sockets need SO_REUSEADDR to share the port for a moment
-            // (neither is listening); the program's own setting is restored.
-            let old_reuse = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR).unwrap_or(0);
-            setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
-            setsockopt_int(new, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
-            let rc = libc::bind(new, &ss as *const _ as *const sockaddr, len);
-            setsockopt_int(new, libc::SOL_SOCKET, libc::SO_REUSEADDR, old_reuse);
-            setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, old_reuse);
-            if rc != 0 {
-                libc::close(new);
-                set_errno(saved);
-                return;
-            }
-        }
-    }
-    let fl = libc::fcntl(fd, libc::F_GETFL);
-    let fdfl = libc::fcntl(fd, libc::F_GETFD);
-    // dup3 would reject equal numbers; dup2 atomically closes the old socket.
-    if libc::dup2(new, fd) < 0 {
-        libc::close(new);
-        set_errno(saved);
-        return;
-    }
-    libc::close(new);
-    if fl >= 0 {
-        libc::fcntl(fd, libc::F_SETFL, fl);
-    }
-    if fdfl >= 0 {
-        libc::fcntl(fd, libc::F_SETFD, fdfl);
-    }
-    debug(why, fd);
     set_errno(saved);
 }
 
@@ -272,26 +204,185 @@ unsafe fn recreate_as_mptcp(fd: c_int, why: &str) {
 /// Called by the C library's users exactly like `connect(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    let Some(real) = real_connect() else {
-        set_errno(libc::ENOSYS);
-        return -1;
-    };
-    if scope() == Scope::Connect {
-        recreate_as_mptcp(fd, "connect() on an MPTCP socket");
+    if config().is_some_and(|c| c.scope == Scope::Connect)
+        && !addr.is_null()
+        && len as usize >= std::mem::size_of::<libc::sa_family_t>()
+        && matches!((*addr).sa_family as c_int, libc::AF_INET | libc::AF_INET6)
+    {
+        before(fd, "connect()");
     }
-    real(fd, addr, len)
+    // No lock or other destructor is pending here: connect() is a
+    // cancellation point, and a forced unwind must pass through cleanly.
+    real::connect(fd, addr, len)
 }
 
 /// # Safety
 /// Called by the C library's users exactly like `listen(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
-    let Some(real) = real_listen() else {
-        set_errno(libc::ENOSYS);
-        return -1;
-    };
-    if scope() == Scope::Listen {
-        recreate_as_mptcp(fd, "listen() on an MPTCP socket");
+    if config().is_some_and(|c| c.scope == Scope::Listen) {
+        before(fd, "listen()");
     }
-    real(fd, backlog)
+    real::listen(fd, backlog)
+}
+
+/// Options set on a socket that may still be replaced are recorded, to be
+/// replayed on its MPTCP replacement.
+///
+/// # Safety
+/// Called by the C library's users exactly like `setsockopt(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    value: *const c_void,
+    len: socklen_t,
+) -> c_int {
+    if tracking() {
+        if let Some(slot) = fdtable::tracked(fd) {
+            // Under the lock, so that a replacement in another thread
+            // sees this option either recorded or not yet set.
+            let g = slot.lock();
+            let rc = real::setsockopt(fd, level, name, value, len);
+            let e = errno();
+            if rc == 0 && g.cookie() != 0 {
+                g.record(level, name, value, len);
+            }
+            drop(g);
+            set_errno(e);
+            return rc;
+        }
+    }
+    real::setsockopt(fd, level, name, value, len)
+}
+
+/// # Safety
+/// Called by the C library's users exactly like `close(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    if tracking() {
+        fdtable::forget(fd);
+    }
+    real::close(fd)
+}
+
+/// Run `dup` (which makes another descriptor for `old`'s file); a socket
+/// with two descriptors is never replaced: the other one would keep the
+/// TCP socket. The new descriptor's number starts afresh.
+unsafe fn duplicating(old: c_int, dup: impl FnOnce() -> c_int) -> c_int {
+    if !tracking() {
+        return dup();
+    }
+    let new = match fdtable::tracked(old) {
+        Some(slot) => {
+            let g = slot.lock();
+            let new = dup();
+            let e = errno();
+            if new >= 0 {
+                slot.mark(fdtable::SHARED);
+            }
+            drop(g);
+            set_errno(e);
+            new
+        }
+        None => dup(),
+    };
+    if new >= 0 && new != old {
+        fdtable::forget(new);
+    }
+    new
+}
+
+/// # Safety
+/// Called by the C library's users exactly like `dup(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn dup(old: c_int) -> c_int {
+    duplicating(old, || real::dup(old))
+}
+
+/// # Safety
+/// Called by the C library's users exactly like `dup2(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    if old == new {
+        return real::dup2(old, new);
+    }
+    duplicating(old, || real::dup2(old, new))
+}
+
+/// # Safety
+/// Called by the C library's users exactly like `dup3(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    duplicating(old, || real::dup3(old, new, flags))
+}
+
+/// `fcntl` is variadic in C; on these architectures an optional integer or
+/// pointer argument travels in the same register as a fixed one, so a
+/// three-argument function receives it unchanged (and passes it on).
+///
+/// # Safety
+/// Called by the C library's users exactly like `fcntl(2)`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[no_mangle]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
+    if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
+        return duplicating(fd, || real::fcntl(fd, cmd, arg));
+    }
+    real::fcntl(fd, cmd, arg)
+}
+
+/// The name `fcntl` has in programs built with 64-bit file offsets.
+///
+/// # Safety
+/// Called by the C library's users exactly like `fcntl(2)`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[no_mangle]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: usize) -> c_int {
+    if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
+        return duplicating(fd, || real::fcntl64(fd, cmd, arg));
+    }
+    real::fcntl64(fd, cmd, arg)
+}
+
+/// A socket added to an epoll set before `connect()`/`listen()` stays TCP.
+///
+/// Why not replace it anyway: an epoll interest is held on the open file,
+/// not on the descriptor number; replacing the socket closes that file,
+/// which silently drops the interest, and the program waits forever for
+/// events of a socket the kernel no longer watches. Re-adding the new
+/// socket would mean re-issuing every registration (all epoll sets, their
+/// events and user data, EPOLLEXCLUSIVE, ...) exactly, which the library
+/// cannot know it has seen in full. Why not make every socket MPTCP at
+/// `socket()`, where nothing is registered yet: that is the `all` scope;
+/// the `connect`/`listen` scopes exist because a socket's use is only
+/// known when it connects or listens. So the library remembers which
+/// sockets were added to an epoll set and leaves those alone.
+///
+/// # Safety
+/// Called by the C library's users exactly like `epoll_ctl(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_ctl(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    event: *mut epoll_event,
+) -> c_int {
+    if op == libc::EPOLL_CTL_ADD && tracking() {
+        if let Some(slot) = fdtable::tracked(fd) {
+            // Under the lock: a replacement in another thread happens
+            // entirely before this registration or not at all.
+            let g = slot.lock();
+            let rc = real::epoll_ctl(epfd, op, fd, event);
+            let e = errno();
+            if rc == 0 {
+                slot.mark(fdtable::EPOLL);
+            }
+            drop(g);
+            set_errno(e);
+            return rc;
+        }
+    }
+    real::epoll_ctl(epfd, op, fd, event)
 }
