@@ -398,7 +398,22 @@ impl Policy {
             .as_ref()
             .and_then(|_| self.handovers.front())
             .map(move |t| t.plus(window));
-        settling.chain(retries).chain(held)
+        // A path healthy for hold_ms may take traffic back (handover) or
+        // be switched to (interactive): that moment needs no event either.
+        let hold = self.config.policy.hold_ms;
+        let acts_on_health = self.config.policy.mode != PathMode::Aggregate;
+        let healthy = self
+            .health
+            .paths
+            .values()
+            .filter(move |_| acts_on_health)
+            .filter_map(move |h| Some(Time::from_ms(h.healthy_since_ms?).plus(hold)));
+        let switch = std::iter::once(self.last_switch.plus(hold)).filter(move |_| acts_on_health);
+        settling
+            .chain(retries)
+            .chain(held)
+            .chain(healthy)
+            .chain(switch)
     }
 
     /// Whether a deadline (see `wake_at_ms`) has passed.
@@ -738,6 +753,13 @@ impl Policy {
 
     /// Why `a` can or cannot carry an endpoint.
     fn usability(&self, a: &Address) -> Result<(), String> {
+        self.usability_with(a, true)
+    }
+
+    /// `debounce`: whether a link whose carrier has just returned must wait
+    /// (`policy.carrier_debounce_ms`). Not when no other path is usable:
+    /// waiting then only leaves the host without any path.
+    fn usability_with(&self, a: &Address, debounce: bool) -> Result<(), String> {
         let f = &self.config.filter;
         let Some(link) = self.links.get(&a.ifindex) else {
             return Err(format!("interface #{} is unknown", a.ifindex));
@@ -764,7 +786,7 @@ impl Policy {
         if !link.carrier {
             return Err(format!("{name} has no carrier"));
         }
-        if let Some((ago, need, losses)) = self.settling(a.ifindex) {
+        if let Some((ago, need, losses)) = self.settling(a.ifindex).filter(|_| debounce) {
             return Err(format!(
                 "{name}'s carrier came back {ago} ms ago: it is used once it has held for {need} ms (policy.carrier_debounce_ms{})",
                 if losses > 1 {
@@ -829,10 +851,25 @@ impl Policy {
 
     /// The endpoints there should be, best first, at most the kernel maximum.
     fn wanted(&self) -> (Vec<Want>, Vec<Want>) {
+        // A returning link waits out its debounce only if another path
+        // carries traffic meanwhile; one let in early stays in.
+        let settled_path = self
+            .addresses
+            .values()
+            .any(|a| self.usability_with(a, true).is_ok());
+        let in_use = |ip: IpAddr| self.kernel.values().any(|e| e.addr == ip);
+        let carried = settled_path
+            || self
+                .addresses
+                .values()
+                .any(|a| in_use(a.ip) && self.usability_with(a, false).is_ok());
         let mut all: Vec<Want> = self
             .addresses
             .values()
-            .filter(|a| self.usability(a).is_ok())
+            .filter(|a| {
+                self.usability_with(a, true).is_ok()
+                    || ((!carried || in_use(a.ip)) && self.usability_with(a, false).is_ok())
+            })
             .map(|a| {
                 let iface = self.links[&a.ifindex].name.clone();
                 Want {
@@ -964,10 +1001,12 @@ impl Policy {
                         .and_then(|i| self.carrier.get(&i))
                         .and_then(|c| {
                             let ago = now.since(c.returned?);
-                            Some(format!(
-                                "; its carrier came back {ago} ms ago and has held for the {} ms required (policy.carrier_debounce_ms)",
-                                self.settle_ms(c)
-                            ))
+                            let need = self.settle_ms(c);
+                            Some(if ago < need {
+                                format!("; its carrier came back only {ago} ms ago (policy.carrier_debounce_ms asks for {need} ms), but no other path is usable")
+                            } else {
+                                format!("; its carrier came back {ago} ms ago and has held for the {need} ms required (policy.carrier_debounce_ms)")
+                            })
                         })
                         .unwrap_or_default();
                     let reason = format!(

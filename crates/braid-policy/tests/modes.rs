@@ -259,6 +259,36 @@ fn handover_on_stall_with_hold_time_and_no_flapping() {
     assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
 }
 
+/// After a failover the hand-back comes when the primary has been healthy
+/// for hold_ms even if no health round follows (the last connection closed
+/// and polling stopped): the policy asks to be woken then.
+#[test]
+fn handover_hands_back_on_time_without_further_health_rounds() {
+    let (mut s, _) = sim(PathMode::Handover);
+    s.hosts = 2;
+    s.health(0, ok(20, 100), ok(60, 0));
+    let stalled = P {
+        unacked: 12,
+        last_ack_ms: 400,
+        ..ok(20, 200)
+    };
+    s.health(500, stalled, ok(60, 0));
+    assert_eq!(s.flags(), (SUBFLOW | BACKUP, SUBFLOW));
+    // One round where the primary is healthy again, then silence.
+    assert!(flag_changes(&s.health(1000, ok(20, 300), ok(60, 500))).is_empty());
+    let at = s.p.wake_at_ms().expect("a wake-up for the hand-back");
+    assert!(at <= 1000 + 3000, "{at}");
+    let mut back = Vec::new();
+    let mut t = s.now;
+    while back.is_empty() {
+        t = s.p.wake_at_ms().expect("still a deadline");
+        assert!(t <= 4000, "no hand-back by {t} ms");
+        back = s.at(t, Event::Tick);
+    }
+    assert!(t >= 1000 + 3000, "handed back after {t} ms");
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP), "{back:?}");
+}
+
 #[test]
 fn interactive_uses_the_lowest_rtt_and_switches_with_hysteresis() {
     let (mut s, _) = sim(PathMode::Interactive);

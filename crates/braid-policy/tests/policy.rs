@@ -196,6 +196,36 @@ fn carrier_loss_removes_and_recovery_restores() {
         .is_empty());
 }
 
+/// The debounce keeps a flapping link out while another path carries
+/// traffic; when the returning link is the only one, waiting would only
+/// leave the host without any path, so it is used at once.
+#[test]
+fn the_only_returning_link_is_used_without_waiting_for_the_debounce() {
+    let mut s = Sim::new(Config::default());
+    s.snapshot(vec![]);
+    for (i, name) in [(2, "eth0"), (3, "wlan0")] {
+        s.send(Event::LinkChanged(Link {
+            carrier: false,
+            ..link(i, name)
+        }));
+    }
+    let ds = s.send(Event::LinkChanged(link(3, "wlan0")));
+    assert_eq!(adds(&ds), vec![(ip("192.168.1.5"), SUBFLOW)], "{ds:?}");
+    let reason = &ds.last().unwrap().reason;
+    assert!(reason.contains("no other path is usable"), "{reason}");
+    // eth0 returning now waits: wlan0 carries traffic meanwhile.
+    let ds = s.send(Event::LinkChanged(link(2, "eth0")));
+    assert!(adds(&ds).is_empty(), "{ds:?}");
+    // ... until its own debounce is over (wlan0's comes first).
+    let returned = s.now;
+    let mut ds = Vec::new();
+    while adds(&ds).is_empty() {
+        ds = s.wake();
+    }
+    assert_eq!(adds(&ds), vec![(ip("10.0.0.2"), SUBFLOW)]);
+    assert!(s.now >= returned + 500, "{}", s.now);
+}
+
 #[test]
 fn address_removal_and_return() {
     let mut s = Sim::new(Config::default());
