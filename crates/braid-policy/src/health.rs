@@ -146,6 +146,12 @@ impl PathHealth {
         self.unreachable_since_ms = None;
     }
 
+    /// Whether the last health round saw subflows on this path (a path
+    /// without any has no measurement, good or bad).
+    pub fn measured(&self) -> bool {
+        !self.subflow_keys.is_empty()
+    }
+
     /// Record a probe that went unanswered. Probes are sent in a health
     /// round, so an ACK heard after that round contradicts it.
     pub fn mark_unreachable(&mut self, why: String) {

@@ -128,6 +128,9 @@ pub struct Policy {
     clock: Clock,
     /// Carrier history per interface, for the debounce of returning carrier.
     carrier: BTreeMap<u32, CarrierState>,
+    /// Since when each wanted address has been usable: a primary nobody's
+    /// connection measures takes traffic back after hold_ms of that.
+    usable_since: BTreeMap<IpAddr, Time>,
     health: HealthTracker,
     /// Handover: no primary is healthy, the secondaries carry traffic.
     failed_over: bool,
@@ -302,6 +305,7 @@ impl Policy {
             recent: VecDeque::new(),
             clock: Clock::default(),
             carrier: BTreeMap::new(),
+            usable_since: BTreeMap::new(),
             health: HealthTracker::default(),
             failed_over: false,
             active_path: None,
@@ -408,7 +412,9 @@ impl Policy {
             .values()
             .filter(move |_| acts_on_health)
             .filter_map(move |h| Some(Time::from_ms(h.healthy_since_ms?).plus(hold)));
-        let switch = std::iter::once(self.last_switch.plus(hold)).filter(move |_| acts_on_health);
+        let switch = std::iter::once(self.last_switch.plus(hold))
+            .chain(self.usable_since.values().map(move |t| t.plus(hold)))
+            .filter(move |_| acts_on_health);
         settling
             .chain(retries)
             .chain(held)
@@ -910,6 +916,16 @@ impl Policy {
         let now = self.clock.now();
         let (mut wanted, _beyond_kernel_max) = self.wanted();
         self.spent_this_round = false;
+        self.usable_since
+            .retain(|ip, _| wanted.iter().any(|w| w.addr == *ip));
+        for w in &wanted {
+            // Counted from the last problem seen on the path, if any.
+            let troubled = self.path_problem(self.ifindex_of(w.addr)).is_some();
+            let since = self.usable_since.entry(w.addr).or_insert(now);
+            if troubled {
+                *since = now;
+            }
+        }
         self.apply_path_mode(&mut wanted);
         self.budget_resets(&wanted);
         let wanted_addrs: BTreeSet<IpAddr> = wanted.iter().map(|w| w.addr).collect();
@@ -1488,12 +1504,23 @@ impl Policy {
                             .is_none()
                     })
                     .collect();
+                // Healthy for hold_ms; or, when no connection has a subflow
+                // on it to measure (it came back while traffic was
+                // elsewhere and the kernel opened none), usable for hold_ms:
+                // no evidence against it, as on a fresh start.
                 let held = healthy.iter().any(|i| {
                     let h = self
                         .ifindex_of(wanted[*i].addr)
                         .and_then(|x| self.health.paths.get(&x));
-                    h.and_then(|h| h.healthy_since_ms)
-                        .is_some_and(|t| now.since(Time::from_ms(t)) >= pc.hold_ms)
+                    match h.filter(|h| h.measured()) {
+                        Some(h) => h
+                            .healthy_since_ms
+                            .is_some_and(|t| now.since(Time::from_ms(t)) >= pc.hold_ms),
+                        None => self
+                            .usable_since
+                            .get(&wanted[*i].addr)
+                            .is_some_and(|t| now.since(*t) >= pc.hold_ms),
+                    }
                 });
                 let why_down = if primaries.is_empty() {
                     "no primary path is usable".to_string()

@@ -289,6 +289,31 @@ fn handover_hands_back_on_time_without_further_health_rounds() {
     assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP), "{back:?}");
 }
 
+/// A primary that comes back while traffic is elsewhere and that no
+/// connection measures (no subflow on it) takes traffic back after hold_ms
+/// of being usable, as on a fresh start; before, it waited for a
+/// measurement that never came (found by the chaos test after a restart).
+#[test]
+fn an_unmeasured_primary_takes_traffic_back_after_the_hold_time() {
+    let (mut s, _) = sim(PathMode::Handover);
+    s.at(
+        10,
+        Event::LinkChanged(Link {
+            carrier: false,
+            ..link(2, "eth0")
+        }),
+    );
+    s.at(20, Event::LinkChanged(link(2, "eth0")));
+    assert_eq!(s.flags(), (0, SUBFLOW), "eth0 settling, wlan0 carries");
+    let mut t = 20;
+    while s.flags() != (SUBFLOW, SUBFLOW | BACKUP) {
+        t = s.p.wake_at_ms().expect("a deadline");
+        assert!(t <= 20 + 500 + 3000, "still not handed back at {t} ms");
+        s.at(t, Event::Tick);
+    }
+    assert!(t >= 20 + 500 + 3000, "handed back after only {t} ms");
+}
+
 #[test]
 fn interactive_uses_the_lowest_rtt_and_switches_with_hysteresis() {
     let (mut s, _) = sim(PathMode::Interactive);
