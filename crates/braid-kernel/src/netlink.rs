@@ -120,10 +120,11 @@ where
             NetlinkPayload::Done(_) => return Ok(true),
             NetlinkPayload::Error(err) => match err.code {
                 None => return Ok(true),
+                // Saturating: i32::MIN (no errno) must not panic.
                 Some(code) => {
                     return Err(Error::Kernel {
                         op,
-                        errno: -code.get(),
+                        errno: code.get().saturating_neg(),
                         extack: extack_message(&err.header),
                     })
                 }

@@ -79,12 +79,13 @@ impl ReplayGuard {
         now_ms: u64,
     ) -> Result<(), Replay> {
         self.forget_before(now_ms);
-        if timestamp_ms + self.window_ms < now_ms {
+        // The timestamp is the client's word: any u64 (no overflow).
+        if timestamp_ms.saturating_add(self.window_ms) < now_ms {
             return Err(Replay::TooOld {
                 skew_ms: now_ms - timestamp_ms,
             });
         }
-        if timestamp_ms > now_ms + self.window_ms {
+        if timestamp_ms > now_ms.saturating_add(self.window_ms) {
             return Err(Replay::TooNew {
                 skew_ms: timestamp_ms - now_ms,
             });
@@ -104,7 +105,7 @@ impl ReplayGuard {
         // the message: it need not be remembered longer.
         self.seen.insert(*ephemeral);
         self.expiry
-            .insert((timestamp_ms + self.window_ms + 1, *ephemeral));
+            .insert((timestamp_ms.saturating_add(self.window_ms + 1), *ephemeral));
         Ok(())
     }
 

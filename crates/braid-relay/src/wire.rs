@@ -109,11 +109,14 @@ impl Destination {
             return Destination::from(a).checked();
         }
         let (host, port) = s.rsplit_once(':').ok_or_else(|| {
-            WireError::Destination(format!("'{s}' has no port (expected HOST:PORT)"))
+            WireError::Destination(format!(
+                "'{}' has no port (expected HOST:PORT)",
+                s.escape_default()
+            ))
         })?;
-        let port: u16 = port
-            .parse()
-            .map_err(|_| WireError::Destination(format!("'{port}' is not a port number")))?;
+        let port: u16 = port.parse().map_err(|_| {
+            WireError::Destination(format!("'{}' is not a port number", port.escape_default()))
+        })?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let host = match host.parse::<IpAddr>() {
             Ok(ip) => Host::Ip(ip),
