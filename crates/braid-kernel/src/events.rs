@@ -332,7 +332,11 @@ pub fn decode_datagram(
                 format!("bad netlink length {len}"),
             ));
         }
-        let msg = NetlinkMessage::<GenlMessage<PmPayload>>::deserialize(&frame[..len])
+        let decoded = std::panic::catch_unwind(|| {
+            NetlinkMessage::<GenlMessage<PmPayload>>::deserialize(&frame[..len])
+        });
+        let msg = decoded
+            .map_err(|_| Error::decode(Op::ReadEvents, "the netlink decoder panicked on a malformed message"))?
             .map_err(|e| Error::decode(Op::ReadEvents, e))?;
         offset += align4(len);
         if msg.header.message_type != family_id {

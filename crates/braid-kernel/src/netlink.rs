@@ -111,8 +111,12 @@ where
         if msg_seq != seq {
             continue; // a late reply to an earlier request
         }
-        let parsed =
-            NetlinkMessage::<Resp>::deserialize(frame).map_err(|e| Error::decode(op, e))?;
+        // The netlink-packet-* decoders panic on some malformed nested
+        // attributes (found by fuzzing); only the kernel sends these bytes,
+        // but a daemon must not die of them: a panic there is a decode error.
+        let parsed = std::panic::catch_unwind(|| NetlinkMessage::<Resp>::deserialize(frame))
+            .map_err(|_| Error::decode(op, "the netlink decoder panicked on a malformed message"))?
+            .map_err(|e| Error::decode(op, e))?;
         match parsed.payload {
             // A "do" with NLM_F_ACK gets its answer first and the ACK
             // after it, so keep reading until the ACK.

@@ -887,7 +887,7 @@ fn run_batch(objects: &[NfTablesMessage], op: Op) -> Result<()> {
                     _ => false,
                 };
                 if earlier {
-                    failure = Some((index, -code, extack));
+                    failure = Some((index, code.saturating_neg(), extack));
                 }
             }
             match index {

@@ -551,7 +551,11 @@ pub fn decode_changes(buf: &[u8], out: &mut std::collections::VecDeque<Change>) 
         }
         let frame = &buf[offset..offset + len];
         offset += crate::netlink::align4(len);
-        let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(frame) else {
+        // A message the decoder cannot read (or panics on: see
+        // netlink::decode_replies) is skipped; the next resync covers it.
+        let decoded =
+            std::panic::catch_unwind(|| NetlinkMessage::<RouteNetlinkMessage>::deserialize(frame));
+        let Ok(Ok(msg)) = decoded else {
             continue;
         };
         let NetlinkPayload::InnerMessage(m) = msg.payload else {

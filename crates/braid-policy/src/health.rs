@@ -174,6 +174,7 @@ impl PathHealth {
         let threshold = self.stall_threshold_ms(stall_ms);
         threshold
             .saturating_sub(self.probe_timeout_ms())
+            .saturating_sub(STALL_PROBE_MARGIN_MS)
             .max(threshold / 2)
     }
 
@@ -336,6 +337,13 @@ impl PathHealth {
 /// How many distinct remote hosts must show a stall or loss before it is
 /// taken as the path's (host-wide) problem without a probe.
 pub const MIN_WITNESSES: usize = 2;
+
+/// A stall probe goes out this much before "threshold minus the probe's
+/// timeout": the health round that sends it and the one that reads the
+/// answer each come a few ms late. Without it the answer landed ~15 ms
+/// after the threshold, which lost the race with the kernel's own MPTCP
+/// retransmission (blackhole upload stall 159 -> 225 ms median).
+const STALL_PROBE_MARGIN_MS: u64 = 20;
 /// A stall towards one host whose probe was answered is probed again after
 /// this long if the wait goes on, doubled each time up to the maximum.
 const STALL_REPROBE_FIRST_MS: u64 = 1000;
@@ -744,16 +752,17 @@ mod tests {
     fn a_wait_towards_one_host_is_probed_before_the_stall_threshold() {
         let mut t = HealthTracker::default();
         // rtt 20 ms, rttvar 5 ms: a probe's answer is due within
-        // 20 + max(4 x 5, 10) = 40 ms; threshold 100 ms: probe at 60 ms.
+        // 20 + max(4 x 5, 10) = 40 ms; threshold 100 ms: probe at
+        // 100 - 40 - 20 (margin) = 40, but never before half: 50 ms.
         let w = |unacked, last_ack| s(1, 0, 100, unacked, last_ack, 20_000);
         t.update(0, &[w(0, 5)], 100, 0.05, 3000);
         t.update(10, &[w(5, 5)], 100, 0.05, 3000);
-        assert_eq!(t.paths[&1].stall_probe_at_ms(100), 60);
+        assert_eq!(t.paths[&1].stall_probe_at_ms(100), 50);
         t.update(30, &[w(5, 25)], 100, 0.05, 3000);
         assert_eq!(t.paths[&1].stalled_ms, 20);
         assert_eq!(
             t.until_next_stall_ms(100, true),
-            Some(40),
+            Some(30),
             "the next round comes when the probe is due"
         );
         assert_eq!(t.until_next_stall_ms(100, false), Some(80));

@@ -702,8 +702,12 @@ impl Policy {
         let now = self.clock.now();
         match action {
             Action::AddEndpoint { id, addr, .. } => {
-                self.kernel.remove(id);
-                self.owned.remove(id);
+                // Only if the id still holds what was added: a late report
+                // must not make Braid forget (and reuse) another endpoint.
+                if self.kernel.get(id).is_some_and(|e| e.addr == *addr) {
+                    self.kernel.remove(id);
+                    self.owned.remove(id);
+                }
                 self.refused.insert(*addr, error.to_string());
             }
             // A failed removal: the endpoint is most likely gone already.

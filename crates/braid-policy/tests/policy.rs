@@ -531,6 +531,33 @@ fn a_refused_endpoint_is_not_retried_until_something_changes() {
     assert_eq!(adds(&ds), vec![(ip("10.0.0.2"), SUBFLOW)]);
 }
 
+/// A failure reported late, after the id was given to another address,
+/// must not make Braid forget that endpoint (found by the invariants test).
+#[test]
+fn a_late_failure_report_does_not_disown_a_reused_id() {
+    let mut s = Sim::new(Config::default());
+    let ds = s.snapshot(vec![]);
+    let (id, old) = ds
+        .iter()
+        .find_map(|d| match d.action {
+            Action::AddEndpoint { id, addr, .. } => Some((id, addr)),
+            _ => None,
+        })
+        .unwrap();
+    assert!(s.p.owned_ids().contains(&id));
+    let stale = Action::AddEndpoint {
+        id,
+        addr: "10.9.9.9".parse().unwrap(),
+        flags: SUBFLOW,
+        ifindex: Some(2),
+    };
+    s.send(Event::ActionFailed {
+        action: stale,
+        error: "EEXIST".into(),
+    });
+    assert!(s.p.owned_ids().contains(&id), "{id} ({old}) was disowned");
+}
+
 #[test]
 fn stopping_removes_owned_endpoints_only_when_configured() {
     let mut cfg = Config::default();
