@@ -336,7 +336,12 @@ pub fn decode_datagram(
             NetlinkMessage::<GenlMessage<PmPayload>>::deserialize(&frame[..len])
         });
         let msg = decoded
-            .map_err(|_| Error::decode(Op::ReadEvents, "the netlink decoder panicked on a malformed message"))?
+            .map_err(|_| {
+                Error::decode(
+                    Op::ReadEvents,
+                    "the netlink decoder panicked on a malformed message",
+                )
+            })?
             .map_err(|e| Error::decode(Op::ReadEvents, e))?;
         offset += align4(len);
         if msg.header.message_type != family_id {
