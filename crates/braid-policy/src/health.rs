@@ -40,6 +40,10 @@ pub struct PathHealth {
     pub lossy: bool,
     /// Data outstanding and nothing acknowledged for this long (0 if not).
     pub stalled_ms: u64,
+    /// Some subflow has data outstanding (an ACK was due, even if it came
+    /// under a millisecond ago and `stalled_ms` is 0).
+    #[serde(skip)]
+    pub outstanding: bool,
     pub subflows: usize,
     /// Since when (policy clock, ms) the path has been healthy, if it is.
     pub healthy_since_ms: Option<u64>,
@@ -234,7 +238,12 @@ impl PathHealth {
             "unreachable: a connection waited {waited} ms for an ACK and {remote} did not answer a probe within {timeout} ms"
         );
         p.unanswered_why = Some(why.clone());
-        if self.is_stalled(stall_ms) && self.unreachable.is_none() {
+        // No ACK for half the threshold or more, then no echo within
+        // srtt + 4 rttvar: two signals that agree, so act now rather than
+        // at the threshold. Waiting for it put the switch past the kernel's
+        // own MPTCP retransmission (~110 ms in the lab), the slow side of
+        // that race (blackhole upload median 159 -> 225 ms).
+        if (self.outstanding || self.is_stalled(stall_ms)) && self.unreachable.is_none() {
             self.mark_unreachable(why);
             return true;
         }
@@ -339,10 +348,9 @@ impl PathHealth {
 pub const MIN_WITNESSES: usize = 2;
 
 /// A stall probe goes out this much before "threshold minus the probe's
-/// timeout": the health round that sends it and the one that reads the
-/// answer each come a few ms late. Without it the answer landed ~15 ms
-/// after the threshold, which lost the race with the kernel's own MPTCP
-/// retransmission (blackhole upload stall 159 -> 225 ms median).
+/// timeout" (never before half the threshold): the health round that sends
+/// it comes a few ms late, and the answer should be in before the
+/// threshold.
 const STALL_PROBE_MARGIN_MS: u64 = 20;
 /// A stall towards one host whose probe was answered is probed again after
 /// this long if the wait goes on, doubled each time up to the maximum.
@@ -529,6 +537,7 @@ impl HealthTracker {
             let waiting = waits.iter().map(|(w, _)| *w).max();
             let freshest = subs.iter().map(|s| s.last_ack_recv_ms).min().unwrap_or(0);
             h.stalled_ms = waiting.map_or(0, |w| w.min(freshest as u64));
+            h.outstanding = waiting.is_some();
             // Who sees it: distinct remote hosts past the threshold (and
             // past the point where a stall would be probed).
             let hosts_past = |t: u64| {
@@ -617,13 +626,18 @@ impl HealthTracker {
         let stalls = self
             .paths
             .values()
-            .filter(|h| h.stalled_ms > 0 && !h.is_stalled(stall_ms))
+            .filter(|h| h.outstanding && !h.is_stalled(stall_ms))
             .map(|h| h.stall_threshold_ms(stall_ms).saturating_sub(h.stalled_ms));
-        // A wait towards one host is probed before it becomes a stall.
+        // A wait towards one host is probed before it becomes a stall. In a
+        // busy upload the last ACK is under a millisecond old at every
+        // round (`stalled_ms` 0), so this is scheduled whenever data is
+        // outstanding: the round after a blackhole must not wait for the
+        // poll interval, or the probe's answer comes after the threshold
+        // (measured: probe sent after 72-92 ms of waiting instead of 50).
         let stall_probes = self
             .paths
             .values()
-            .filter(|h| probing && h.stalled_ms > 0 && h.stall_probe.is_none())
+            .filter(|h| probing && h.outstanding && h.stall_probe.is_none())
             .map(|h| h.stall_probe_at_ms(stall_ms).saturating_sub(h.stalled_ms))
             .filter(|in_ms| *in_ms > 0);
         // A receiving path is checked when a silence would be probed.
@@ -748,6 +762,20 @@ mod tests {
         assert_eq!(t.paths[&1].unreachable, None);
     }
 
+    /// A busy upload: data always outstanding, the last ACK under a
+    /// millisecond old at every round. The next round still comes at the
+    /// stall-probe point, not one poll interval later.
+    #[test]
+    fn a_busy_path_is_checked_at_the_stall_probe_point() {
+        let mut t = HealthTracker::default();
+        let w = |unacked, last_ack| s(1, 0, 100, unacked, last_ack, 20_000);
+        t.update(0, &[w(0, 0)], 100, 0.05, 3000);
+        t.update(10, &[w(5, 0)], 100, 0.05, 3000);
+        assert_eq!(t.paths[&1].stalled_ms, 0);
+        assert_eq!(t.until_next_stall_ms(100, true), Some(50));
+        assert_eq!(t.until_next_stall_ms(100, false), Some(100));
+    }
+
     #[test]
     fn a_wait_towards_one_host_is_probed_before_the_stall_threshold() {
         let mut t = HealthTracker::default();
@@ -770,11 +798,16 @@ mod tests {
         assert!(t.paths[&1].wants_stall_probe(100, 70));
         let h = t.paths.get_mut(&1).unwrap();
         h.stall_probe_sent(h.stall_pair.unwrap().1, 70);
-        // Unanswered before the threshold: remembered, acted on when the
-        // stall comes (at once, not one probe timeout later).
+        // Unanswered while data is still outstanding: the path is
+        // unreachable at once, before the threshold (waiting for it lost the
+        // race with the kernel's own retransmission in the lab).
         let remote = h.stall_pair.unwrap().1;
-        assert!(!h.stall_probe_result(remote, false, 100));
-        assert_eq!(h.unreachable, None);
+        assert!(h.stall_probe_result(remote, false, 100));
+        assert!(h
+            .unreachable
+            .as_deref()
+            .unwrap()
+            .contains("did not answer a probe"));
         t.update(110, &[w(5, 105)], 100, 0.05, 3000);
         assert!(t.paths[&1].unreachable.is_some());
         // An answered probe instead: the wait is one host's; re-probed
