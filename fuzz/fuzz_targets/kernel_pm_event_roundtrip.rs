@@ -23,26 +23,7 @@ type UnknownAttrs = Vec<(u16, Vec<u8>)>;
 fn event(u: &mut Unstructured<'_>) -> arbitrary::Result<(u8, Event, UnknownAttrs)> {
     let cmd = u8::arbitrary(u)?;
     let opt = |u: &mut Unstructured<'_>| u.ratio(1, 2);
-    let mut ev = Event {
-        kind: EventKind::from_cmd(cmd),
-        token: None,
-        family: None,
-        saddr: None,
-        daddr: None,
-        sport: None,
-        dport: None,
-        loc_id: None,
-        rem_id: None,
-        backup: None,
-        error: None,
-        flags: None,
-        timeout: None,
-        ifindex: None,
-        reset_reason: None,
-        reset_flags: None,
-        server_side: None,
-        unknown_attrs: Vec::new(),
-    };
+    let mut ev = Event::empty(EventKind::from_cmd(cmd));
     if opt(u)? {
         ev.token = Some(u32::arbitrary(u)?);
     }

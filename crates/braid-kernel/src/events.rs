@@ -111,7 +111,8 @@ pub struct Event {
 }
 
 impl Event {
-    fn empty(kind: EventKind) -> Self {
+    /// An event of `kind` with no attribute (decoding and fuzzing fill it).
+    pub fn empty(kind: EventKind) -> Self {
         Event {
             kind,
             token: None,
