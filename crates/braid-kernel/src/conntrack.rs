@@ -23,6 +23,7 @@ use netlink_packet_netfilter::{
 
 use crate::error::{Error, Op, Result};
 use crate::netlink::{Kind, NlSocket};
+use crate::socket::unmap;
 
 /// The transport protocol of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,8 +87,7 @@ pub fn original_destination(
     peer: SocketAddr,
 ) -> Result<Option<SocketAddr>> {
     let op = Op::ConntrackGet;
-    let request = get_request(protocol, local, peer)?;
-    let (local, peer) = (unmap(local), unmap(peer));
+    let (request, local, peer) = lookup(protocol, local, peer)?;
     let mut sock = NlSocket::open(netlink_sys::protocols::NETLINK_NETFILTER, op)?;
     let replies = match sock.request::<_, NetfilterMessage>(request, Kind::Do, 0, op) {
         Ok(r) => r,
@@ -113,17 +113,6 @@ pub fn original_destination(
     original_from_answer(protocol, local, peer, &attributes).map_err(|d| Error::decode(op, d))
 }
 
-/// An IPv4-mapped IPv6 socket address as the IPv4 one it stands for.
-fn unmap(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => a,
-        },
-        v4 => v4,
-    }
-}
-
 /// The IPCTNL_MSG_CT_GET request for the flow whose reply direction runs
 /// from `local` to `peer`, or the reason it cannot be asked.
 #[doc(hidden)]
@@ -132,6 +121,16 @@ pub fn get_request(
     local: SocketAddr,
     peer: SocketAddr,
 ) -> Result<NetfilterMessage> {
+    lookup(protocol, local, peer).map(|(request, _, _)| request)
+}
+
+/// [`get_request`], with the two addresses unmapped (as the answer is
+/// checked against).
+fn lookup(
+    protocol: Protocol,
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> Result<(NetfilterMessage, SocketAddr, SocketAddr)> {
     let (l, p) = (unmap(local), unmap(peer));
     let family = match (l, p) {
         (SocketAddr::V4(_), SocketAddr::V4(_)) => NetfilterProtoFamily::IPv4,
@@ -175,11 +174,12 @@ pub fn get_request(
             ProtoTuple::DestinationPort(p.port()),
         ]),
     ];
-    Ok(NetfilterMessage::new(
+    let request = NetfilterMessage::new(
         // NFNETLINK_V0, resource id 0.
         NetfilterHeader::new(family, 0, 0),
         ConntrackMessage::Get(vec![ConntrackAttribute::CtaTupleReply(reply)]),
-    ))
+    );
+    Ok((request, l, p))
 }
 
 /// The parts of one conntrack tuple that were present.

@@ -9,12 +9,12 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 
 use ipnet::IpNet;
 use netlink_packet_core::{
     DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND,
-    NLM_F_CAPPED, NLM_F_CREATE, NLM_F_REQUEST,
+    NLM_F_CREATE, NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::nftables::{
     Bitwise, ChainAttribute, ChainMessage, Cmp, DataAttribute, ExpressionAttribute, Expressions,
@@ -29,7 +29,8 @@ use netlink_packet_netfilter::{
 use serde::Serialize;
 
 use crate::error::{Error, Op, Result};
-use crate::netlink::{align4, attrs, Kind, NlSocket};
+use crate::netlink::{align4, Kind, NlSocket};
+use crate::socket::setsockopt_int;
 
 /// The hook a chain is attached to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -120,6 +121,13 @@ pub struct Chain {
 pub struct Table {
     pub name: String,
     pub chains: Vec<Chain>,
+}
+
+impl Table {
+    /// How many rules its chains hold together.
+    pub fn rule_count(&self) -> usize {
+        self.chains.iter().map(|c| c.rules.len()).sum()
+    }
 }
 
 /// A rule as read back from the kernel.
@@ -692,10 +700,9 @@ pub fn installed_rule(table: &str, attributes: &[RuleAttribute]) -> Option<Insta
 
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_HDR_LEN: usize = 16;
-const NLMSGERR_ATTR_MSG: u16 = 1;
 const NLM_F_ACK_TLVS: u16 = 0x200;
 /// How long to wait for the kernel's answers before giving up.
-const REPLY_TIMEOUT_SECS: libc::time_t = 10;
+const REPLY_TIMEOUT_SECS: u64 = 10;
 
 fn frame(out: &mut Vec<u8>, msg: NetfilterMessage, flags: u16, seq: u32) {
     let mut header = NetlinkHeader::default();
@@ -718,29 +725,12 @@ fn first_seq() -> u32 {
     nanos ^ NEXT.fetch_add(1 << 20, Ordering::Relaxed)
 }
 
-fn setsockopt_int(fd: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: value is a valid c_int for the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            name,
-            &value as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Room for `bytes` in a socket buffer: the forcing option (root, above
 /// the sysctl maximum) and the plain one otherwise. Best effort.
-fn grow_buffer(fd: libc::c_int, force: libc::c_int, plain: libc::c_int, bytes: usize) {
+fn grow_buffer(fd: &impl AsFd, force: libc::c_int, plain: libc::c_int, bytes: usize) {
     let v = bytes.min(i32::MAX as usize / 2) as libc::c_int;
-    if setsockopt_int(fd, force, v).is_err() {
-        let _ = setsockopt_int(fd, plain, v);
+    if setsockopt_int(fd, libc::SOL_SOCKET, force, v).is_err() {
+        let _ = setsockopt_int(fd, libc::SOL_SOCKET, plain, v);
     }
 }
 
@@ -749,7 +739,6 @@ fn grow_buffer(fd: libc::c_int, force: libc::c_int, plain: libc::c_int, bytes: u
 /// aborts the whole batch).
 fn run_batch(objects: &[NfTablesMessage], op: Op) -> Result<()> {
     let sock = NlSocket::open(netlink_sys::protocols::NETLINK_NETFILTER, op)?.into_socket();
-    let fd = sock.as_raw_fd();
     let n = objects.len() as u32;
     let base = first_seq();
     let mut tx = Vec::new();
@@ -791,31 +780,20 @@ fn run_batch(objects: &[NfTablesMessage], op: Op) -> Result<()> {
     // The kernel takes a batch only whole, and queues one answer per object
     // (each costs about a kilobyte of receive buffer).
     grow_buffer(
-        fd,
+        &sock,
         libc::SO_SNDBUFFORCE,
         libc::SO_SNDBUF,
         tx.len() * 2 + 4096,
     );
     grow_buffer(
-        fd,
+        &sock,
         libc::SO_RCVBUFFORCE,
         libc::SO_RCVBUF,
         (n as usize + 2) * 2048,
     );
-    let timeout = libc::timeval {
-        tv_sec: REPLY_TIMEOUT_SECS,
-        tv_usec: 0,
-    };
-    // SAFETY: a valid timeval of the size given.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &timeout as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        );
-    }
+    socket2::SockRef::from(&sock)
+        .set_read_timeout(Some(std::time::Duration::from_secs(REPLY_TIMEOUT_SECS)))
+        .map_err(|e| Error::io(op, e))?;
     let sent = sock.send(&tx, 0).map_err(|e| Error::io(op, e))?;
     if sent != tx.len() {
         return Err(Error::io(
@@ -910,31 +888,14 @@ fn run_batch(objects: &[NfTablesMessage], op: Op) -> Result<()> {
     }
 }
 
-/// The extended-ack message after the echoed request in an error answer.
+/// The extended-ack message after the echoed request in an error answer
+/// (capped: the socket asks for capped acks, see `NlSocket::open`).
 #[doc(hidden)]
 pub fn error_text(after_code: &[u8], reply_flags: u16) -> Option<String> {
     if reply_flags & NLM_F_ACK_TLVS == 0 {
         return None;
     }
-    let echoed = if reply_flags & NLM_F_CAPPED != 0 {
-        NLMSG_HDR_LEN
-    } else {
-        let l = after_code.get(..4)?;
-        let l = u32::from_ne_bytes([l[0], l[1], l[2], l[3]]) as usize;
-        if l > after_code.len() {
-            return None;
-        }
-        align4(l)
-    };
-    for attr in attrs(after_code.get(echoed..)?) {
-        let (kind, value) = attr.ok()?;
-        if kind == NLMSGERR_ATTR_MSG {
-            let end = value.iter().position(|b| *b == 0).unwrap_or(value.len());
-            let text = String::from_utf8_lossy(&value[..end]).into_owned();
-            return (!text.is_empty()).then_some(text);
-        }
-    }
-    None
+    crate::netlink::extack_message(after_code).filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
@@ -1131,6 +1092,8 @@ mod tests {
 
     #[test]
     fn error_text_is_found_and_garbage_is_ignored() {
+        use netlink_packet_core::NLM_F_CAPPED;
+        const NLMSGERR_ATTR_MSG: u16 = 1;
         let mut payload = vec![0u8; NLMSG_HDR_LEN];
         crate::netlink::push_attr(&mut payload, NLMSGERR_ATTR_MSG, b"bad hook\0");
         assert_eq!(

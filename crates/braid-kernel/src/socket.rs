@@ -355,7 +355,7 @@ pub fn original_destination(fd: &impl AsFd) -> io::Result<Option<SocketAddr>> {
 }
 
 /// An IPv4-mapped IPv6 socket address as the IPv4 one it stands for.
-fn unmap(a: SocketAddr) -> SocketAddr {
+pub(crate) fn unmap(a: SocketAddr) -> SocketAddr {
     match a {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
@@ -368,14 +368,25 @@ fn unmap(a: SocketAddr) -> SocketAddr {
 /// Set the socket's mark (SO_MARK), which routing rules and nf_tables
 /// (`meta mark`) see on its packets. Needs CAP_NET_ADMIN.
 pub fn set_mark(fd: &impl AsFd, mark: u32) -> io::Result<()> {
-    // SAFETY: mark is a valid u32 for the size given.
+    // The kernel reads the mark as the int's bits.
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_MARK, mark as libc::c_int)
+}
+
+/// Set an int-valued socket option.
+pub(crate) fn setsockopt_int(
+    fd: &impl AsFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: value is a valid c_int for the size given.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_MARK,
-            &mark as *const u32 as *const libc::c_void,
-            size_of::<u32>() as libc::socklen_t,
+            level,
+            name,
+            &value as *const libc::c_int as *const libc::c_void,
+            size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if rc < 0 {

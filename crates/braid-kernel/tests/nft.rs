@@ -19,6 +19,28 @@ fn ns_name(tag: &str) -> String {
     format!("bk-nft{}-{tag}", std::process::id() % 100_000)
 }
 
+/// Chain "nat_out": nat, on the output hook, at the usual dstnat priority.
+fn nat_out(rules: Vec<Rule>) -> Chain {
+    Chain {
+        name: "nat_out".into(),
+        hook: Hook::Output,
+        kind: ChainKind::Nat,
+        priority: -100,
+        rules,
+    }
+}
+
+/// Chain "filter_out": filter, on the output hook, priority 0.
+fn filter_out(rules: Vec<Rule>) -> Chain {
+    Chain {
+        name: "filter_out".into(),
+        hook: Hook::Output,
+        kind: ChainKind::Filter,
+        priority: 0,
+        rules,
+    }
+}
+
 fn ip(ns: &str, args: &str) -> String {
     common::ip(&format!("-n {ns} {args}"))
 }
@@ -83,79 +105,67 @@ fn full_table(name: &str) -> (Table, Vec<Expected>) {
     let table = Table {
         name: name.to_string(),
         chains: vec![
-            Chain {
-                name: "nat_out".into(),
-                hook: Hook::Output,
-                kind: ChainKind::Nat,
-                priority: -100,
-                rules: vec![
-                    rule(
-                        vec![TCP, dport(8080), dst("10.77.0.0/24")],
-                        Verdict::Redirect { port: 9090 },
-                        "to the relay",
-                    ),
-                    rule(vec![dst("10.0.0.0/8")], Verdict::Return, "private v4"),
-                    rule(
-                        vec![Match::Mark {
-                            mask: 0xff00,
-                            value: 0x4200,
-                        }],
-                        Verdict::Return,
-                        "marked",
-                    ),
-                    rule(vec![Match::SocketUid { uid: 1000 }], Verdict::Accept, ""),
-                    rule(
-                        vec![Match::SocketCgroup { level: 1, id: 4242 }],
-                        Verdict::Return,
-                        "cgroup",
-                    ),
-                    rule(
-                        vec![
-                            Match::Family {
-                                family: Family::Ipv6,
-                            },
-                            dst("2001:db8::/33"),
-                        ],
-                        Verdict::Return,
-                        "v6 documentation",
-                    ),
-                    rule(
-                        vec![Match::InputInterface {
-                            name: "lan0".into(),
-                        }],
-                        Verdict::Return,
-                        "lan",
-                    ),
-                ],
-            },
-            Chain {
-                name: "filter_out".into(),
-                hook: Hook::Output,
-                kind: ChainKind::Filter,
-                priority: 0,
-                rules: vec![
-                    rule(
-                        vec![UDP, dport(443)],
-                        Verdict::RejectPortUnreachable,
-                        "no quic",
-                    ),
-                    rule(
-                        vec![
-                            TCP,
-                            dport(443),
-                            Match::Family {
-                                family: Family::Ipv4,
-                            },
-                            Match::Mark {
-                                mask: u32::MAX,
-                                value: 7,
-                            },
-                        ],
-                        Verdict::Accept,
-                        "tls marked 7",
-                    ),
-                ],
-            },
+            nat_out(vec![
+                rule(
+                    vec![TCP, dport(8080), dst("10.77.0.0/24")],
+                    Verdict::Redirect { port: 9090 },
+                    "to the relay",
+                ),
+                rule(vec![dst("10.0.0.0/8")], Verdict::Return, "private v4"),
+                rule(
+                    vec![Match::Mark {
+                        mask: 0xff00,
+                        value: 0x4200,
+                    }],
+                    Verdict::Return,
+                    "marked",
+                ),
+                rule(vec![Match::SocketUid { uid: 1000 }], Verdict::Accept, ""),
+                rule(
+                    vec![Match::SocketCgroup { level: 1, id: 4242 }],
+                    Verdict::Return,
+                    "cgroup",
+                ),
+                rule(
+                    vec![
+                        Match::Family {
+                            family: Family::Ipv6,
+                        },
+                        dst("2001:db8::/33"),
+                    ],
+                    Verdict::Return,
+                    "v6 documentation",
+                ),
+                rule(
+                    vec![Match::InputInterface {
+                        name: "lan0".into(),
+                    }],
+                    Verdict::Return,
+                    "lan",
+                ),
+            ]),
+            filter_out(vec![
+                rule(
+                    vec![UDP, dport(443)],
+                    Verdict::RejectPortUnreachable,
+                    "no quic",
+                ),
+                rule(
+                    vec![
+                        TCP,
+                        dport(443),
+                        Match::Family {
+                            family: Family::Ipv4,
+                        },
+                        Match::Mark {
+                            mask: u32::MAX,
+                            value: 7,
+                        },
+                    ],
+                    Verdict::Accept,
+                    "tls marked 7",
+                ),
+            ]),
         ],
     };
     let c = "cmp";
@@ -443,35 +453,23 @@ fn redirect_and_reject_work_on_real_traffic() {
     let table = Table {
         name: "braid".into(),
         chains: vec![
-            Chain {
-                name: "nat_out".into(),
-                hook: Hook::Output,
-                kind: ChainKind::Nat,
-                priority: -100,
-                rules: vec![
-                    rule(
-                        vec![TCP, dport(8080), dst("10.77.0.0/24")],
-                        Verdict::Redirect { port: 9090 },
-                        "v4 to the relay",
-                    ),
-                    rule(
-                        vec![TCP, dport(8080), dst("fd77::/64")],
-                        Verdict::Redirect { port: 9090 },
-                        "v6 to the relay",
-                    ),
-                ],
-            },
-            Chain {
-                name: "filter_out".into(),
-                hook: Hook::Output,
-                kind: ChainKind::Filter,
-                priority: 0,
-                rules: vec![rule(
-                    vec![UDP, dport(443)],
-                    Verdict::RejectPortUnreachable,
-                    "no quic",
-                )],
-            },
+            nat_out(vec![
+                rule(
+                    vec![TCP, dport(8080), dst("10.77.0.0/24")],
+                    Verdict::Redirect { port: 9090 },
+                    "v4 to the relay",
+                ),
+                rule(
+                    vec![TCP, dport(8080), dst("fd77::/64")],
+                    Verdict::Redirect { port: 9090 },
+                    "v6 to the relay",
+                ),
+            ]),
+            filter_out(vec![rule(
+                vec![UDP, dport(443)],
+                Verdict::RejectPortUnreachable,
+                "no quic",
+            )]),
         ],
     };
     inside(&ns, move || nft::install(&table)).unwrap();
@@ -614,29 +612,21 @@ fn refusals_leave_the_installed_table_alone() {
     let _guard = common::Namespaces::create(&[&ns]);
     let good = Table {
         name: "braid".into(),
-        chains: vec![Chain {
-            name: "nat_out".into(),
-            hook: Hook::Output,
-            kind: ChainKind::Nat,
-            priority: -100,
-            rules: vec![rule(
-                vec![TCP, dport(8080)],
-                Verdict::Redirect { port: 9090 },
-                "keep me",
-            )],
-        }],
+        chains: vec![nat_out(vec![rule(
+            vec![TCP, dport(8080)],
+            Verdict::Redirect { port: 9090 },
+            "keep me",
+        )])],
     };
 
     // Refused before anything is sent: nothing appears.
     let redirect_in_filter = Table {
         name: "braid".into(),
-        chains: vec![Chain {
-            name: "filter_out".into(),
-            hook: Hook::Output,
-            kind: ChainKind::Filter,
-            priority: 0,
-            rules: vec![rule(vec![], Verdict::Redirect { port: 9090 }, "")],
-        }],
+        chains: vec![filter_out(vec![rule(
+            vec![],
+            Verdict::Redirect { port: 9090 },
+            "",
+        )])],
     };
     let t = redirect_in_filter.clone();
     let err = inside(&ns, move || nft::install(&t)).unwrap_err();
@@ -662,17 +652,11 @@ fn refusals_leave_the_installed_table_alone() {
     let mut bad = bad_priority.clone();
     bad.chains.insert(
         0,
-        Chain {
-            name: "filter_out".into(),
-            hook: Hook::Output,
-            kind: ChainKind::Filter,
-            priority: 0,
-            rules: vec![rule(
-                vec![UDP, dport(443)],
-                Verdict::RejectPortUnreachable,
-                "",
-            )],
-        },
+        filter_out(vec![rule(
+            vec![UDP, dport(443)],
+            Verdict::RejectPortUnreachable,
+            "",
+        )]),
     );
     let err = inside(&ns, move || nft::install(&bad)).unwrap_err();
     println!("kernel refusal: {err}");
@@ -699,31 +683,25 @@ fn refusals_leave_the_installed_table_alone() {
         },
         Table {
             name: "braid".into(),
-            chains: vec![Chain {
-                rules: vec![rule(vec![dport(80)], Verdict::Return, "")],
-                ..good.chains[0].clone()
-            }],
+            chains: vec![nat_out(vec![rule(vec![dport(80)], Verdict::Return, "")])],
         },
         Table {
             name: "braid".into(),
-            chains: vec![Chain {
-                kind: ChainKind::Nat,
-                rules: vec![rule(vec![], Verdict::RejectPortUnreachable, "")],
-                ..good.chains[0].clone()
-            }],
+            chains: vec![nat_out(vec![rule(
+                vec![],
+                Verdict::RejectPortUnreachable,
+                "",
+            )])],
         },
         Table {
             name: "braid".into(),
-            chains: vec![Chain {
-                rules: vec![rule(
-                    vec![Match::InputInterface {
-                        name: "sixteen-bytes-xx".into(),
-                    }],
-                    Verdict::Return,
-                    "",
-                )],
-                ..good.chains[0].clone()
-            }],
+            chains: vec![nat_out(vec![rule(
+                vec![Match::InputInterface {
+                    name: "sixteen-bytes-xx".into(),
+                }],
+                Verdict::Return,
+                "",
+            )])],
         },
     ] {
         let err = inside(&ns, move || nft::install(&t)).unwrap_err();

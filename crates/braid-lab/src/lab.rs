@@ -165,12 +165,12 @@ impl Sysctl {
     }
 }
 
-fn write_proc_sys(path: &str, value: &str) -> Result<(), LabError> {
+pub(crate) fn write_proc_sys(path: &str, value: &str) -> Result<(), LabError> {
     std::fs::write(format!("/proc/sys/{path}"), value)
         .map_err(|e| LabError::Io(format!("writing /proc/sys/{path}: {e}")))
 }
 
-fn ifindex(name: &str) -> Result<u32, LabError> {
+pub(crate) fn ifindex(name: &str) -> Result<u32, LabError> {
     rtnl::link_index(name)?.ok_or_else(|| LabError::Io(format!("device {name} is missing")))
 }
 
@@ -523,7 +523,7 @@ impl Lab {
 
 /// The origin: its namespace, the veth to the server, addresses, and no
 /// MPTCP (it stands for the servers on the Internet that have none).
-fn build_origin(server_ns: &str, o: &OriginInfo) -> Result<(), LabError> {
+pub(crate) fn build_origin(server_ns: &str, o: &OriginInfo) -> Result<(), LabError> {
     netns::create(&o.ns)?;
     let origin_file = std::fs::File::open(netns::path(&o.ns)?)
         .map_err(|e| LabError::Io(format!("opening namespace {}: {e}", o.ns)))?;

@@ -53,10 +53,8 @@ impl Drop for Server {
 enum Serve {
     /// Send data for this long, then close.
     Source(Duration),
-    /// Answer each connection's request with a response, then wait for
-    /// the client to close.
-    Respond,
-    /// The same with a response of this many bytes.
+    /// Answer each connection's request with a response of this many
+    /// bytes, then wait for the client to close.
     RespondBytes(usize),
 }
 
@@ -102,11 +100,7 @@ fn serve(ns: &str, addr: SocketAddr, mptcp: bool, what: Serve) -> Result<Server,
                         }
                     }
                 }
-                Serve::Respond | Serve::RespondBytes(_) => {
-                    let size = match what {
-                        Serve::RespondBytes(n) => n,
-                        _ => RESPONSE,
-                    };
+                Serve::RespondBytes(size) => {
                     let mut req = [0u8; REQUEST];
                     if s.read_exact(&mut req).is_err() {
                         return;
@@ -205,7 +199,7 @@ pub fn throughput(
     )?;
     let proxy = proxies.as_ref().map(|p| p.way).unwrap_or(ClientWay::Mptcp);
     let (relay_pids, client_pids) = match &proxies {
-        Some(p) => (vec![p.pids[0]], vec![p.pids[1]]),
+        Some(p) => (vec![p.pids()[0]], vec![p.pids()[1]]),
         None => (Vec::new(), Vec::new()),
     };
     let cpu0 = (cpu_of(&relay_pids), cpu_of(&client_pids));
@@ -271,35 +265,13 @@ pub fn ttfb(
     samples: usize,
 ) -> Result<TtfbReport, LabError> {
     let path_rtt_ms = paths[0].delay_us as f64 * 2.0 / 1000.0;
-    let guard = LabGuard::up(LabConfig {
-        name: name.to_string(),
-        paths,
-        emulator_exe: exe.to_path_buf(),
-        client_addr_absent: Vec::new(),
-        seed: 3,
-        origin: true,
-    })?;
-    let _pm = pm::start(PmKind::Kernel, guard.lab(), exe)?;
-    let site = Site::of(guard.lab())?;
-    let proxies = via::start_at(via_kind, &site, exe, opts)?;
-    let origin_ns = guard
-        .lab()
-        .state
-        .origin
-        .as_ref()
-        .expect("lab with origin")
-        .ns
-        .clone();
-    let (server_ns, target) = match via_kind {
-        Via::Direct => (
-            site.server_ns.clone(),
-            SocketAddr::new(site.server_addr, ECHO_PORT),
-        ),
-        _ => (origin_ns, SocketAddr::new(site.origin_addr, ECHO_PORT)),
-    };
-    let _server = serve(&server_ns, target, via_kind == Via::Direct, Serve::Respond)?;
-    let proxy = proxies.as_ref().map(|p| p.way).unwrap_or(ClientWay::Mptcp);
-    let times = in_ns(&site.client_ns, move || {
+    let es = emulated_site(exe, name, via_kind, opts, paths)?;
+    let target = SocketAddr::new(es.server_ip, ECHO_PORT);
+    let direct = via_kind == Via::Direct;
+    let _server = serve(&es.server_ns, target, direct, Serve::RespondBytes(RESPONSE))?;
+    // Directly: over MPTCP to the server (page_load's direct is plain TCP).
+    let proxy = if direct { ClientWay::Mptcp } else { es.way };
+    let times = in_ns(&es.site.client_ns, move || {
         let mut times = Vec::with_capacity(samples);
         let mut failures = 0;
         // One warm-up connection: it fetches the Fast Open cookie.
@@ -333,8 +305,8 @@ pub fn ttfb(
         }
         Ok((times, failures))
     });
-    let (mut times, failures) = explain(times, &proxies)?;
-    drop(proxies);
+    let (mut times, failures) = explain(times, &es.proxies)?;
+    drop(es);
     times.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     Ok(TtfbReport {
         via: via_kind.name(),
@@ -403,8 +375,8 @@ pub fn scale(
     let proxies: RunningVia =
         via::start_at(via_kind, &site, exe, ProxyOptions::recommended(via_kind))?.expect("a proxy");
     let target = SocketAddr::new(site.origin_addr, ECHO_PORT);
-    let _server = serve(&lab.origin_ns, target, false, Serve::Respond)?;
-    let (relay, client) = (proxies.pids[0], proxies.pids[1]);
+    let _server = serve(&lab.origin_ns, target, false, Serve::RespondBytes(RESPONSE))?;
+    let (relay, client) = (proxies.pids()[0], proxies.pids()[1]);
     let idle = (rss_kib(relay).unwrap_or(0), rss_kib(client).unwrap_or(0));
     let fds_idle = (fd_count(relay).unwrap_or(0), fd_count(client).unwrap_or(0));
     let ClientWay::Socks5(proxy) = proxies.way else {
@@ -558,7 +530,7 @@ fn udp_echo(ns: &str, addr: SocketAddr) -> Result<UdpEcho, LabError> {
 /// An emulated lab with an origin, the kernel's static endpoints on the
 /// client and the proxies of `via`; the server to talk to and its address.
 struct EmulatedSite {
-    _proxies: Option<RunningVia>,
+    proxies: Option<RunningVia>,
     _pm: pm::RunningPm,
     site: Site,
     way: ClientWay,
@@ -599,7 +571,7 @@ fn emulated_site(
     };
     Ok(EmulatedSite {
         way: proxies.as_ref().map(|p| p.way).unwrap_or(ClientWay::Tcp),
-        _proxies: proxies,
+        proxies,
         _pm: pm,
         site,
         server_ns,
@@ -681,7 +653,7 @@ pub fn page_load(
         connections,
         response_bytes,
         runs,
-        median_ms: times[(times.len() - 1) / 2],
+        median_ms: percentile(&times, 50.0),
         worst_ms: *times.last().expect("at least one run"),
     })
 }
@@ -719,7 +691,7 @@ pub fn quic_first(
     let es = emulated_site(exe, name, Via::Transparent, opts, paths)?;
     let target = SocketAddr::new(es.server_ip, ECHO_PORT);
     let quic = SocketAddr::new(es.server_ip, 443);
-    let _server = serve(&es.server_ns, target, false, Serve::Respond)?;
+    let _server = serve(&es.server_ns, target, false, Serve::RespondBytes(RESPONSE))?;
     let _echo = udp_echo(&es.server_ns, quic)?;
     let (mut times, over_quic) = in_ns(&es.site.client_ns, move || {
         let mut times = Vec::new();

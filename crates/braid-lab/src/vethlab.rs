@@ -13,7 +13,9 @@ use std::os::fd::AsFd;
 use braid_kernel::pm::{EndpointFlags, NewEndpoint, PathManager};
 use braid_kernel::{netns, rtnl};
 
-use crate::lab::{ORIGIN_ADDR, ORIGIN_PREFIX, ORIGIN_SERVER_ADDR};
+use crate::lab::{
+    build_origin, ifindex, write_proc_sys, OriginInfo, ORIGIN_ADDR, ORIGIN_SERVER_ADDR,
+};
 use crate::via::Site;
 use crate::LabError;
 
@@ -24,15 +26,6 @@ pub struct VethLab {
     pub origin_ns: String,
     pub paths: usize,
     pub dir: std::path::PathBuf,
-}
-
-fn ifindex(name: &str) -> Result<u32, LabError> {
-    rtnl::link_index(name)?.ok_or_else(|| LabError::Io(format!("device {name} is missing")))
-}
-
-fn sysctl(path: &str, value: &str) -> Result<(), LabError> {
-    std::fs::write(format!("/proc/sys/{path}"), value)
-        .map_err(|e| LabError::Io(format!("writing /proc/sys/{path}: {e}")))
 }
 
 fn ns_file(ns: &str) -> Result<std::fs::File, LabError> {
@@ -71,13 +64,13 @@ impl VethLab {
         let _ = std::fs::remove_dir_all(&self.dir);
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| LabError::Io(format!("creating {}: {e}", self.dir.display())))?;
-        for ns in [&self.client_ns, &self.server_ns, &self.origin_ns] {
+        for ns in [&self.client_ns, &self.server_ns] {
             netns::create(ns)?;
         }
         let server = ns_file(&self.server_ns)?;
         let paths = self.paths;
         netns::run_in::<_, LabError>(&self.client_ns, move || {
-            sysctl("net/ipv4/conf/all/rp_filter", "0")?;
+            write_proc_sys("net/ipv4/conf/all/rp_filter", "0")?;
             rtnl::set_link_up(ifindex("lo")?, true)?;
             for k in 0..paths {
                 let dev = format!("p{k}");
@@ -113,9 +106,8 @@ impl VethLab {
             }
             Ok(())
         })?;
-        let origin = ns_file(&self.origin_ns)?;
         netns::run_in::<_, LabError>(&self.server_ns, move || {
-            sysctl("net/ipv4/conf/all/rp_filter", "0")?;
+            write_proc_sys("net/ipv4/conf/all/rp_filter", "0")?;
             rtnl::set_link_up(ifindex("lo")?, true)?;
             for k in 0..paths {
                 let idx = ifindex(&format!("p{k}"))?;
@@ -123,20 +115,16 @@ impl VethLab {
                 rtnl::set_link_up(idx, true)?;
             }
             PathManager::open()?.set_limits(Some(8), Some(8))?;
-            rtnl::add_veth("o0", "o0", origin.as_fd())?;
-            let idx = ifindex("o0")?;
-            rtnl::add_address(idx, IpAddr::V4(ORIGIN_SERVER_ADDR), ORIGIN_PREFIX)?;
-            rtnl::set_link_up(idx, true)?;
             Ok(())
         })?;
-        netns::run_in::<_, LabError>(&self.origin_ns, || {
-            sysctl("net/mptcp/enabled", "0")?;
-            rtnl::set_link_up(ifindex("lo")?, true)?;
-            let idx = ifindex("o0")?;
-            rtnl::add_address(idx, IpAddr::V4(ORIGIN_ADDR), ORIGIN_PREFIX)?;
-            rtnl::set_link_up(idx, true)?;
-            Ok(())
-        })
+        build_origin(
+            &self.server_ns,
+            &OriginInfo {
+                ns: self.origin_ns.clone(),
+                server_addr: IpAddr::V4(ORIGIN_SERVER_ADDR),
+                addr: IpAddr::V4(ORIGIN_ADDR),
+            },
+        )
     }
 
     pub fn site(&self) -> Site {

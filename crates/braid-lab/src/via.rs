@@ -85,12 +85,22 @@ pub struct RunningVia {
     children: Vec<Child>,
     /// How the client's programs reach the origin through them.
     pub way: ClientWay,
-    /// Process ids: relay (or ss-server) first, then the client side.
-    pub pids: Vec<u32>,
     logs: Vec<std::path::PathBuf>,
 }
 
 impl RunningVia {
+    /// Process ids: relay (or ss-server) first, then the client side.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+
+    /// One more proxy, logging to `log`: stopped on drop, its log in
+    /// [`RunningVia::log_tail`].
+    fn add(&mut self, child: Child, log: &Path) {
+        self.children.push(child);
+        self.logs.push(log.to_path_buf());
+    }
+
     /// The end of each proxy's log, to explain a failure.
     pub fn log_tail(&self) -> String {
         self.logs
@@ -263,7 +273,6 @@ pub fn start_at(
         } else {
             ClientWay::Socks5(SOCKS_ADDR)
         },
-        pids: Vec::new(),
         logs: Vec::new(),
     };
     match via {
@@ -302,9 +311,7 @@ pub fn start_at(
                     .arg(&cfg),
                 &server_log,
             )?;
-            running.pids.push(child.id());
-            running.children.push(child);
-            running.logs.push(server_log.clone());
+            running.add(child, &server_log);
             wait_ready("the relay", &server_log, || {
                 braid_relay::control::request_status(&server_sock).is_ok()
             })?;
@@ -316,9 +323,7 @@ pub fn start_at(
                     .arg(&cfg),
                 &client_log,
             )?;
-            running.pids.push(child.id());
-            running.children.push(child);
-            running.logs.push(client_log.clone());
+            running.add(child, &client_log);
             wait_ready("the relay client", &client_log, || {
                 braid_relay::control::request_status(&client_sock).is_ok()
             })?;
@@ -345,9 +350,7 @@ pub fn start_at(
                     .args(fast_open.then_some("--fast-open")),
                 &server_log,
             )?;
-            running.pids.push(child.id());
-            running.children.push(child);
-            running.logs.push(server_log.clone());
+            running.add(child, &server_log);
             let ss_addr = SocketAddr::new(site.server_addr, SS_PORT);
             let server_ns = site.server_ns.clone();
             wait_ready("ss-server", &server_log, || {
@@ -377,9 +380,7 @@ pub fn start_at(
                     .args(fast_open.then_some("--fast-open")),
                 &client_log,
             )?;
-            running.pids.push(child.id());
-            running.children.push(child);
-            running.logs.push(client_log.clone());
+            running.add(child, &client_log);
             let client_ns = site.client_ns.clone();
             wait_ready("ss-local", &client_log, || {
                 listening_in(&client_ns, SOCKS_ADDR)

@@ -548,6 +548,11 @@ impl ClientConfig {
                 self.mark
             )));
         }
+        if self.transparent && matches!(self.scope, Scope::Lan(_)) && self.quic == Quic::Relay {
+            return Err(ConfigError(
+                "keys 'relay.client.scope' and 'relay.client.quic': quic = \"relay\" does not work with a LAN scope (a LAN's QUIC arrives on any of the host's addresses, and the client could not tell the kernel's connection tracking where each flow was going, so every datagram would be dropped); use quic = \"block\" (programs fall back to TCP through the relay) or \"allow\" with a LAN scope".into(),
+            ));
+        }
         in_range(
             text,
             "relay.client.connect_timeout_ms",
@@ -683,6 +688,28 @@ mod tests {
         assert_eq!(Scope::parse("uid:1000"), Ok(Scope::Uid(1000)));
         assert!(Scope::parse("cgroup:../etc").is_err());
         assert!(Scope::parse("lan:averyveryverylongname0").is_err());
+    }
+
+    #[test]
+    fn quic_relay_is_refused_with_a_lan_scope() {
+        let text = format!(
+            "[relay.client]\nrelay = \"192.0.2.1:7000\"\nrelay_public_key = \"{KEY2}\"\nkey_file = \"/k\"\ntransparent = true\nscope = \"lan:lan0\"\n"
+        );
+        let e = parse(&format!("{text}quic = \"relay\"\n")).unwrap_err().0;
+        assert!(
+            e.contains("LAN scope") && e.contains("\"block\"") && e.contains("\"allow\""),
+            "{e}"
+        );
+        for ok in ["block", "allow"] {
+            let c = parse(&format!("{text}quic = \"{ok}\"\n"))
+                .unwrap()
+                .client
+                .unwrap();
+            assert_eq!(c.scope, Scope::Lan(vec!["lan0".into()]));
+        }
+        // QUIC through the relay stays fine for this host's own programs.
+        let host = text.replace("lan:lan0", "host");
+        assert!(parse(&format!("{host}quic = \"relay\"\n")).is_ok());
     }
 
     #[test]

@@ -64,8 +64,9 @@ fn cgroup(path: &str) -> Option<(u32, u64)> {
 }
 
 /// The facts the rules depend on, now.
-pub fn facts(cfg: &ClientConfig, relay_addrs: &[IpAddr]) -> HostFacts {
+pub fn facts(cfg: &ClientConfig, relay_addrs: &[IpAddr], relay_down: bool) -> HostFacts {
     HostFacts {
+        relay_down,
         relay_addrs: relay_addrs.to_vec(),
         local_nets: local_nets(),
         cgroup: match &cfg.scope {
@@ -107,10 +108,10 @@ impl Interceptor {
         Ok(removed)
     }
 
-    /// Install the rules for `cfg` on this host.
+    /// Install the rules for `cfg` on this host (the relay presumed up).
     pub fn install(cfg: &ClientConfig, relay_addrs: &[IpAddr]) -> Result<Interceptor, RelayError> {
         let mut i = Interceptor { installed: None };
-        i.refresh(cfg, relay_addrs)?;
+        i.refresh(cfg, relay_addrs, false)?;
         Ok(i)
     }
 
@@ -120,17 +121,17 @@ impl Interceptor {
         &mut self,
         cfg: &ClientConfig,
         relay_addrs: &[IpAddr],
+        relay_down: bool,
     ) -> Result<bool, RelayError> {
-        let table =
-            transparent::table(cfg, &facts(cfg, relay_addrs)).map_err(RelayError::Config)?;
+        let table = transparent::table(cfg, &facts(cfg, relay_addrs, relay_down))
+            .map_err(RelayError::Config)?;
         if self.installed.as_ref() == Some(&table) {
             return Ok(false);
         }
         nft::install(&table).map_err(kernel_error)?;
-        let rules: usize = table.chains.iter().map(|c| c.rules.len()).sum();
         info!(
             scope = %cfg.scope.describe(),
-            rules,
+            rules = table.rule_count(),
             "transparent mode: nftables table inet {} installed",
             transparent::TABLE
         );
@@ -138,15 +139,9 @@ impl Interceptor {
         Ok(true)
     }
 
+    /// How many rules are installed (0 when none are).
     pub fn rules(&self) -> usize {
-        self.installed
-            .as_ref()
-            .map(|t| t.chains.iter().map(|c| c.rules.len()).sum())
-            .unwrap_or(0)
-    }
-
-    pub fn table(&self) -> Option<&nft::Table> {
-        self.installed.as_ref()
+        self.installed.as_ref().map_or(0, nft::Table::rule_count)
     }
 
     pub fn remove(&mut self) {

@@ -63,27 +63,29 @@ impl ConnectionLimits {
 /// Peers in their handshake: at most `max_total` at once (a newcomer over
 /// that evicts the oldest, so peers that stall cannot keep clients out:
 /// a real client finishes in one round trip and is rarely the oldest) and
-/// at most `max_per_source` from one address.
+/// at most `max_per_source` from one address. Each holds a `T` of the
+/// caller's (the server's: how to close it).
 #[derive(Debug)]
-pub struct Handshakes {
+pub struct Handshakes<T> {
     max_total: usize,
     max_per_source: u32,
     next_id: u64,
     /// By id, which is also age: the first is the oldest.
-    by_id: BTreeMap<u64, IpAddr>,
+    by_id: BTreeMap<u64, (IpAddr, T)>,
     per_source: HashMap<IpAddr, u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admission {
-    /// Go ahead as handshake `id`; close handshake `evict` to make room.
-    Admit { id: u64, evict: Option<u64> },
+pub enum Admission<T> {
+    /// Go ahead as handshake `id`; `evict` is what the oldest handshake,
+    /// removed to make room, held: close it.
+    Admit { id: u64, evict: Option<T> },
     /// Close at once, for this reason.
     Refuse(String),
 }
 
-impl Handshakes {
-    pub fn new(max_total: usize, max_per_source: u32) -> Handshakes {
+impl<T> Handshakes<T> {
+    pub fn new(max_total: usize, max_per_source: u32) -> Handshakes<T> {
         Handshakes {
             max_total: max_total.max(1),
             max_per_source: max_per_source.max(1),
@@ -93,7 +95,8 @@ impl Handshakes {
         }
     }
 
-    pub fn admit(&mut self, source: IpAddr) -> Admission {
+    /// A peer from `source` starts its handshake, holding `held`.
+    pub fn admit(&mut self, source: IpAddr, held: T) -> Admission<T> {
         let mine = self.per_source.get(&source).copied().unwrap_or(0);
         if mine >= self.max_per_source {
             return Admission::Refuse(format!(
@@ -101,31 +104,33 @@ impl Handshakes {
             ));
         }
         let evict = if self.by_id.len() >= self.max_total {
-            let (oldest, _) = self
-                .by_id
-                .first_key_value()
-                .map(|(k, v)| (*k, *v))
-                .expect("full");
-            self.finish(oldest);
-            Some(oldest)
+            self.by_id.pop_first().map(|(_, (src, held))| {
+                self.left(src);
+                held
+            })
         } else {
             None
         };
         let id = self.next_id;
         self.next_id += 1;
-        self.by_id.insert(id, source);
+        self.by_id.insert(id, (source, held));
         *self.per_source.entry(source).or_default() += 1;
         Admission::Admit { id, evict }
     }
 
-    /// Handshake `id` is over (done, failed or evicted); unknown ids are ignored.
-    pub fn finish(&mut self, id: u64) {
-        if let Some(source) = self.by_id.remove(&id) {
-            if let Some(n) = self.per_source.get_mut(&source) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_source.remove(&source);
-                }
+    /// Handshake `id` is over (done, failed or evicted): what it held;
+    /// unknown ids are ignored.
+    pub fn finish(&mut self, id: u64) -> Option<T> {
+        let (source, held) = self.by_id.remove(&id)?;
+        self.left(source);
+        Some(held)
+    }
+
+    fn left(&mut self, source: IpAddr) {
+        if let Some(n) = self.per_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&source);
             }
         }
     }
@@ -209,14 +214,17 @@ mod tests {
     fn handshakes_evict_the_oldest_and_bound_each_source() {
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
+        // Each holds its own id, so what an eviction hands back is checked.
         let mut h = Handshakes::new(3, 2);
-        assert_eq!(h.admit(a), Admission::Admit { id: 0, evict: None });
-        assert_eq!(h.admit(a), Admission::Admit { id: 1, evict: None });
-        assert!(matches!(h.admit(a), Admission::Refuse(why) if why.contains("192.0.2.1 has 2")));
-        assert_eq!(h.admit(b), Admission::Admit { id: 2, evict: None });
+        assert_eq!(h.admit(a, 0), Admission::Admit { id: 0, evict: None });
+        assert_eq!(h.admit(a, 1), Admission::Admit { id: 1, evict: None });
+        assert!(
+            matches!(h.admit(a, 99), Admission::Refuse(why) if why.contains("192.0.2.1 has 2"))
+        );
+        assert_eq!(h.admit(b, 2), Admission::Admit { id: 2, evict: None });
         // Full: the oldest (0, from a) makes room.
         assert_eq!(
-            h.admit(b),
+            h.admit(b, 3),
             Admission::Admit {
                 id: 3,
                 evict: Some(0)
@@ -224,8 +232,8 @@ mod tests {
         );
         assert_eq!(h.in_progress(), 3);
         // a has one left in progress, so it may start another.
-        h.finish(2);
-        assert_eq!(h.admit(a), Admission::Admit { id: 4, evict: None });
+        assert_eq!(h.finish(2), Some(2));
+        assert_eq!(h.admit(a, 4), Admission::Admit { id: 4, evict: None });
         for id in 0..10 {
             h.finish(id);
         }

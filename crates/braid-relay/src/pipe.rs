@@ -15,7 +15,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use crate::noise::{Opener, Sealer, TAG_LEN};
+use crate::noise::{CryptoError, Opener, Sealer, TAG_LEN};
 use crate::paths::{self, SubflowBytes};
 use crate::wire::{self, FrameKind, MessageReader, LENGTH_PREFIX};
 
@@ -60,10 +60,51 @@ pub struct Counters {
     pub out_of_tunnel: Vec<Arc<AtomicU64>>,
 }
 
-fn add(counters: &[Arc<AtomicU64>], n: usize) {
+pub(crate) fn add(counters: &[Arc<AtomicU64>], n: usize) {
     for c in counters {
         c.fetch_add(n as u64, Ordering::Relaxed);
     }
+}
+
+/// How many bytes a frame carrying `data` bytes takes on the wire.
+pub(crate) const fn sealed_len(data: usize) -> usize {
+    LENGTH_PREFIX + 1 + data + TAG_LEN
+}
+
+/// Seal a frame of `kind` carrying `data` and put it, length-prefixed, at
+/// the start of `out` (at least [`sealed_len`] bytes); returns the bytes of
+/// `out` it took. `frame` stages the plaintext: keep it across calls and
+/// it allocates once.
+pub(crate) fn seal_into(
+    sealer: &mut Sealer,
+    frame: &mut Vec<u8>,
+    kind: FrameKind,
+    data: &[u8],
+    out: &mut [u8],
+) -> Result<usize, CryptoError> {
+    frame.clear();
+    frame.push(kind as u8);
+    frame.extend_from_slice(data);
+    let n = sealer.seal(frame, &mut out[LENGTH_PREFIX..])?;
+    out[..LENGTH_PREFIX].copy_from_slice(&wire::length_prefix(n));
+    Ok(LENGTH_PREFIX + n)
+}
+
+/// The next frame already read from the tunnel (`reader`), opened into
+/// `plain` (at least [`MessageReader::CAPACITY`] bytes): its kind and data;
+/// `None` until more is read. An error is a broken tunnel.
+pub(crate) fn next_frame<'p>(
+    reader: &mut MessageReader,
+    opener: &mut Opener,
+    plain: &'p mut [u8],
+) -> Result<Option<(FrameKind, &'p [u8])>, String> {
+    let Some(msg) = reader.next_message() else {
+        return Ok(None);
+    };
+    let n = opener.open(msg, plain).map_err(|e| e.to_string())?;
+    wire::parse_frame(&plain[..n])
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// Seal one frame and write it.
@@ -73,15 +114,11 @@ pub async fn send_frame<W: tokio::io::AsyncWrite + Unpin>(
     kind: FrameKind,
     data: &[u8],
 ) -> std::io::Result<()> {
-    let mut plain = Vec::with_capacity(1 + data.len());
-    plain.push(kind as u8);
-    plain.extend_from_slice(data);
-    let mut out = vec![0u8; LENGTH_PREFIX + plain.len() + TAG_LEN];
-    let n = sealer
-        .seal(&plain, &mut out[LENGTH_PREFIX..])
+    let mut frame = Vec::with_capacity(1 + data.len());
+    let mut out = vec![0u8; sealed_len(data.len())];
+    let n = seal_into(sealer, &mut frame, kind, data, &mut out)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    out[..LENGTH_PREFIX].copy_from_slice(&wire::length_prefix(n));
-    w.write_all(&out[..LENGTH_PREFIX + n]).await
+    w.write_all(&out[..n]).await
 }
 
 /// Make the socket's close a reset (SO_LINGER 0).
@@ -184,10 +221,9 @@ async fn to_tunnel(
     snapshot: &PathSnapshot,
 ) -> Outcome {
     let mut plain_buf = vec![0u8; READ_SIZE];
-    let mut frame = vec![0u8; 1 + FRAME_DATA];
-    frame[0] = FrameKind::Data as u8;
+    let mut frame = Vec::with_capacity(1 + FRAME_DATA);
     let frames_per_read = READ_SIZE.div_ceil(FRAME_DATA);
-    let mut out = vec![0u8; frames_per_read * (LENGTH_PREFIX + 1 + FRAME_DATA + TAG_LEN)];
+    let mut out = vec![0u8; frames_per_read * sealed_len(FRAME_DATA)];
     // The other direction may finish first (it drops its sender): this
     // direction goes on until its own end.
     let mut signal_live = true;
@@ -217,14 +253,10 @@ async fn to_tunnel(
                     // Frames of at most FRAME_DATA, written together.
                     let mut len = 0;
                     for chunk in plain_buf[..n].chunks(FRAME_DATA) {
-                        frame[1..1 + chunk.len()].copy_from_slice(chunk);
-                        let at = len + LENGTH_PREFIX;
-                        let sealed = match sealer.seal(&frame[..1 + chunk.len()], &mut out[at..]) {
-                            Ok(m) => m,
+                        match seal_into(&mut sealer, &mut frame, FrameKind::Data, chunk, &mut out[len..]) {
+                            Ok(m) => len += m,
                             Err(e) => return Outcome::TunnelBroken(e.to_string()),
-                        };
-                        out[len..at].copy_from_slice(&wire::length_prefix(sealed));
-                        len = at + sealed;
+                        }
                     }
                     if let Err(e) = tunnel.write_all(&out[..len]).await {
                         return Outcome::TunnelBroken(format!("writing to the tunnel: {e}"));
@@ -259,40 +291,34 @@ async fn from_tunnel(
     loop {
         // Whole messages already buffered first (the handshake may have
         // read some).
-        while let Some(msg) = reader.next_message() {
-            let n = match opener.open(msg, &mut plain_buf) {
-                Ok(n) => n,
-                Err(e) => {
-                    let _ = signal.send(Signal::Stop);
-                    return broken(&plain, e.to_string());
-                }
-            };
-            match wire::parse_frame(&plain_buf[..n]) {
-                Ok((FrameKind::Data, _)) if ended => {
+        loop {
+            match next_frame(&mut reader, &mut opener, &mut plain_buf) {
+                Ok(None) => break,
+                Ok(Some((FrameKind::Data, _))) if ended => {
                     let _ = signal.send(Signal::Stop);
                     return broken(&plain, "data after the end of the stream".into());
                 }
-                Ok((FrameKind::Data, _)) => {
-                    if plain.write_all(&plain_buf[1..n]).await.is_err() {
+                Ok(Some((FrameKind::Data, d))) => {
+                    if plain.write_all(d).await.is_err() {
                         reset_on_close(plain.as_ref());
                         let _ = signal.send(Signal::SendReset);
                         return Outcome::PlainReset;
                     }
-                    add(&counters, n - 1);
+                    add(&counters, d.len());
                 }
-                Ok((FrameKind::End, _)) => {
+                Ok(Some((FrameKind::End, _))) => {
                     ended = true;
                     snapshot.take();
                     let _ = plain.shutdown().await;
                 }
-                Ok((FrameKind::Reset, _)) => {
+                Ok(Some((FrameKind::Reset, _))) => {
                     reset_on_close(plain.as_ref());
                     let _ = signal.send(Signal::Stop);
                     return Outcome::PeerReset;
                 }
                 Err(e) => {
                     let _ = signal.send(Signal::Stop);
-                    return broken(&plain, e.to_string());
+                    return broken(&plain, e);
                 }
             }
         }

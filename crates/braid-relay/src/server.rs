@@ -54,9 +54,8 @@ struct Shared {
     replay: Mutex<ReplayGuard>,
     limits: Mutex<ConnectionLimits>,
     refusal_log: Mutex<LogLimiter>,
-    handshakes: Mutex<Handshakes>,
-    /// How to close each handshake in progress when it is evicted.
-    evictors: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// Handshakes in progress, each with how to close it when evicted.
+    handshakes: Mutex<Handshakes<oneshot::Sender<()>>>,
     totals: Arc<StreamCounters>,
     refused: RefusalCounters,
     paths: PathTotals,
@@ -156,7 +155,6 @@ impl Server {
                 cfg.max_handshakes as usize,
                 cfg.max_handshakes_per_source,
             )),
-            evictors: Mutex::new(HashMap::new()),
             totals: Arc::default(),
             refused: RefusalCounters::default(),
             paths: PathTotals::default(),
@@ -248,21 +246,19 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
+        let (tx, evicted) = oneshot::channel();
         let admission = shared
             .handshakes
             .lock()
             .expect("not poisoned")
-            .admit(peer.ip());
-        let (id, evicted) = match admission {
+            .admit(peer.ip(), tx);
+        let id = match admission {
             Admission::Admit { id, evict } => {
-                let (tx, rx) = oneshot::channel();
-                let mut evictors = shared.evictors.lock().expect("not poisoned");
-                if let Some(old) = evict.and_then(|e| evictors.remove(&e)) {
+                if let Some(old) = evict {
                     shared.refused.count(Refusal::TooManyHandshakes);
                     let _ = old.send(());
                 }
-                evictors.insert(id, tx);
-                (id, rx)
+                id
             }
             Admission::Refuse(why) => {
                 shared.refused.count(Refusal::TooManyHandshakes);
@@ -370,11 +366,6 @@ impl Drop for HandshakeSlot<'_> {
             .lock()
             .expect("not poisoned")
             .finish(self.id);
-        self.shared
-            .evictors
-            .lock()
-            .expect("not poisoned")
-            .remove(&self.id);
     }
 }
 
@@ -471,12 +462,7 @@ async fn handle(
     let destination = match connected {
         Ok(d) => d,
         Err((status, why)) => {
-            let kind = if status == Status::NotAllowed {
-                Refusal::DestinationRefused
-            } else {
-                Refusal::ConnectFailed
-            };
-            shared.refused.count(kind);
+            shared.refused.count(Refusal::for_status(status));
             info!(client = %client.name, %peer, destination = %dest, "not connected: {why}");
             let _ = answer(&mut stream, responder, status, &why).await;
             return;
@@ -495,11 +481,32 @@ async fn handle(
         }
     }
     debug!(client = %client.name, %peer, destination = %dest, mptcp = over_mptcp, "relaying");
+    let counters = stream_started(&shared, client);
+    let tunnel = Tunnel {
+        sealer,
+        opener,
+        reader,
+    };
+    let outcome = pipe::forward(destination, &mut stream, tunnel, counters).await;
+    paths::record(&shared.paths, &outcome.paths);
+    stream_ended(&shared, client);
+    match &outcome.end {
+        Outcome::TunnelBroken(why) => {
+            debug!(client = %client.name, %peer, destination = %dest, "tunnel broken: {why}")
+        }
+        other => debug!(client = %client.name, %peer, destination = %dest, "ended: {other:?}"),
+    }
+    drop(conn_slot);
+}
+
+/// A relayed stream (or UDP flow) starts: counted as active, in the
+/// totals and the client's; where its bytes are counted.
+fn stream_started(shared: &Shared, client: &AllowedClient) -> Counters {
     for c in [&shared.totals, &client.counters] {
         c.active.fetch_add(1, Ordering::Relaxed);
         c.total.fetch_add(1, Ordering::Relaxed);
     }
-    let counters = Counters {
+    Counters {
         // Toward the tunnel is from the destination: down.
         into_tunnel: vec![
             shared.totals.bytes_down.clone(),
@@ -509,24 +516,14 @@ async fn handle(
             shared.totals.bytes_up.clone(),
             client.counters.bytes_up.clone(),
         ],
-    };
-    let tunnel = Tunnel {
-        sealer,
-        opener,
-        reader,
-    };
-    let outcome = pipe::forward(destination, &mut stream, tunnel, counters).await;
-    paths::record(&shared.paths, &outcome.paths);
+    }
+}
+
+/// A stream counted by [`stream_started`] ended.
+fn stream_ended(shared: &Shared, client: &AllowedClient) {
     for c in [&shared.totals, &client.counters] {
         c.active.fetch_sub(1, Ordering::Relaxed);
     }
-    match &outcome.end {
-        Outcome::TunnelBroken(why) => {
-            debug!(client = %client.name, %peer, destination = %dest, "tunnel broken: {why}")
-        }
-        other => debug!(client = %client.name, %peer, destination = %dest, "ended: {other:?}"),
-    }
-    drop(conn_slot);
 }
 
 /// A UDP flow: a socket connected to the destination, each datagram one
@@ -543,12 +540,7 @@ async fn relay_udp(
     let udp = match open_udp(shared, &dest).await {
         Ok(u) => Arc::new(u),
         Err((status, why)) => {
-            let kind = if status == Status::NotAllowed {
-                Refusal::DestinationRefused
-            } else {
-                Refusal::ConnectFailed
-            };
-            shared.refused.count(kind);
+            shared.refused.count(Refusal::for_status(status));
             info!(client = %client.name, %peer, destination = %dest, "UDP not relayed: {why}");
             let _ = answer(&mut stream, responder, status, &why).await;
             return;
@@ -573,20 +565,7 @@ async fn relay_udp(
             }
         })
     };
-    for c in [&shared.totals, &client.counters] {
-        c.active.fetch_add(1, Ordering::Relaxed);
-        c.total.fetch_add(1, Ordering::Relaxed);
-    }
-    let counters = crate::datagrams::DatagramCounters {
-        into_tunnel: vec![
-            shared.totals.bytes_down.clone(),
-            client.counters.bytes_down.clone(),
-        ],
-        out_of_tunnel: vec![
-            shared.totals.bytes_up.clone(),
-            client.counters.bytes_up.clone(),
-        ],
-    };
+    let counters = stream_started(shared, client);
     let tunnel = Tunnel {
         sealer,
         opener,
@@ -605,9 +584,7 @@ async fn relay_udp(
     )
     .await;
     reader.abort();
-    for c in [&shared.totals, &client.counters] {
-        c.active.fetch_sub(1, Ordering::Relaxed);
-    }
+    stream_ended(shared, client);
     debug!(client = %client.name, %peer, destination = %dest, "UDP flow ended: {end:?}");
 }
 

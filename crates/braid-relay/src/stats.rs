@@ -101,6 +101,15 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// What a relay's refusal with `status` counts as.
+    pub fn for_status(status: crate::wire::Status) -> Refusal {
+        if status == crate::wire::Status::NotAllowed {
+            Refusal::DestinationRefused
+        } else {
+            Refusal::ConnectFailed
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Refusal::HandshakeTimeout => "handshake_timeout",

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use braid_kernel::nft::{Chain, ChainKind, Hook, Match, Rule, Table, Verdict};
 use ipnet::IpNet;
 
-use crate::config::{ClientConfig, Dns, Quic, Scope, MARK_MASK};
+use crate::config::{ClientConfig, Dns, Fallback, Quic, Scope, MARK_MASK};
 
 /// The table's name (family inet).
 pub const TABLE: &str = "braid";
@@ -46,6 +46,10 @@ pub struct HostFacts {
     pub local_nets: Vec<IpNet>,
     /// For a cgroup scope: its level below the root and its id.
     pub cgroup: Option<(u32, u64)>,
+    /// The relay does not answer. With `fallback = "direct"`, DNS is then
+    /// left to the host's own resolver and QUIC goes out directly, rather
+    /// than being sent to a relay that cannot carry them.
+    pub relay_down: bool,
 }
 
 fn parse(nets: &[&str]) -> Vec<IpNet> {
@@ -100,6 +104,12 @@ fn returns(prefixes: &[(IpNet, String)]) -> Vec<Rule> {
 
 /// The table for `cfg` on a host described by `facts`.
 pub fn table(cfg: &ClientConfig, facts: &HostFacts) -> Result<Table, String> {
+    let falling_back = facts.relay_down && cfg.fallback == Fallback::Direct;
+    let dns = if falling_back { Dns::Off } else { cfg.dns };
+    let quic = match cfg.quic {
+        Quic::Relay if falling_back => Quic::Allow,
+        q => q,
+    };
     let hook = match cfg.scope {
         Scope::Lan(_) => Hook::Prerouting,
         _ => Hook::Output,
@@ -143,7 +153,7 @@ pub fn table(cfg: &ClientConfig, facts: &HostFacts) -> Result<Table, String> {
 
     let mut redirect = vec![own.clone()];
     redirect.extend(returns(&loopback));
-    if cfg.dns == Dns::Relay {
+    if dns == Dns::Relay {
         for scope in &scopes {
             for proto in [UDP, TCP] {
                 let mut m = scope.clone();
@@ -166,7 +176,7 @@ pub fn table(cfg: &ClientConfig, facts: &HostFacts) -> Result<Table, String> {
             Verdict::Redirect { port },
             "TCP, carried through the relay",
         ));
-        if cfg.quic == Quic::Relay {
+        if quic == Quic::Relay {
             let mut m = scope.clone();
             m.push(Match::Protocol { number: UDP });
             m.push(Match::DestinationPort { port: 443 });
@@ -184,15 +194,15 @@ pub fn table(cfg: &ClientConfig, facts: &HostFacts) -> Result<Table, String> {
         priority: -100,
         rules: redirect,
     }];
-    if cfg.quic == Quic::Block {
-        let mut quic = vec![own];
-        quic.extend(returns(&loopback));
-        quic.extend(returns(&others));
+    if quic == Quic::Block {
+        let mut refuse = vec![own];
+        refuse.extend(returns(&loopback));
+        refuse.extend(returns(&others));
         for scope in &scopes {
             let mut m = scope.clone();
             m.push(Match::Protocol { number: UDP });
             m.push(Match::DestinationPort { port: 443 });
-            quic.push(rule(
+            refuse.push(rule(
                 m,
                 Verdict::RejectPortUnreachable,
                 "QUIC refused: programs fall back to TCP through the relay",
@@ -203,7 +213,7 @@ pub fn table(cfg: &ClientConfig, facts: &HostFacts) -> Result<Table, String> {
             hook,
             kind: ChainKind::Filter,
             priority: 0,
-            rules: quic,
+            rules: refuse,
         });
     }
     Ok(Table {
@@ -215,7 +225,7 @@ pub fn table(cfg: &ClientConfig, facts: &HostFacts) -> Result<Table, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ClientConfig, Fallback};
+    use crate::config::ClientConfig;
     use crate::keys::PrivateKey;
 
     fn cfg(scope: Scope) -> ClientConfig {
@@ -237,6 +247,7 @@ mod tests {
             relay_addrs: vec!["192.0.2.1".parse().unwrap()],
             local_nets: vec!["10.1.0.7/24".parse().unwrap()],
             cgroup: Some((2, 4242)),
+            relay_down: false,
         }
     }
 
@@ -359,5 +370,37 @@ mod tests {
             .rules
             .iter()
             .any(|r| r.matches.contains(&Match::DestinationPort { port: 53 })));
+    }
+
+    #[test]
+    fn relay_down_with_direct_fallback_leaves_dns_and_quic_alone() {
+        let carried = |t: &Table, port: u16| {
+            t.chains[0]
+                .rules
+                .iter()
+                .any(|r| r.matches.contains(&Match::DestinationPort { port }))
+        };
+        let mut c = cfg(Scope::Host);
+        c.quic = Quic::Relay;
+        c.fallback = Fallback::Direct;
+        let mut down = facts();
+        down.relay_down = true;
+        let up = table(&c, &facts()).unwrap();
+        assert!(carried(&up, 53) && carried(&up, 443));
+        let t = table(&c, &down).unwrap();
+        assert!(!carried(&t, 53) && !carried(&t, 443), "{t:#?}");
+        assert_eq!(t.chains.len(), 1, "QUIC allowed, not refused");
+        // TCP is still redirected: the client itself connects directly.
+        assert_eq!(
+            t.chains[0].rules.last().unwrap().verdict,
+            Verdict::Redirect { port: 7001 }
+        );
+        // QUIC refused stays refused.
+        c.quic = Quic::Block;
+        assert_eq!(table(&c, &down).unwrap().chains.len(), 2);
+        // With fallback = "block" nothing changes while the relay is down.
+        c.quic = Quic::Relay;
+        c.fallback = Fallback::Block;
+        assert_eq!(table(&c, &down).unwrap(), table(&c, &facts()).unwrap());
     }
 }

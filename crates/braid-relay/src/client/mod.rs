@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use braid_kernel::rtnl::{Change, Monitor};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -28,10 +29,6 @@ mod tunnel;
 mod udp;
 
 use proxy::{accept_loop, Proxy};
-
-/// Transparent mode's rules are re-read against the host this often
-/// (addresses come and go).
-const RULES_REFRESH: Duration = Duration::from_secs(10);
 
 /// How long a program may take to send its proxy request.
 const PROXY_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,8 +55,9 @@ struct Shared {
     relay_addrs: Mutex<Vec<SocketAddr>>,
     relay_health: RelayHealth,
     transparent: transparent::Counters,
-    /// The transparent-mode rules installed, for the status.
-    rules: Mutex<Option<braid_kernel::nft::Table>>,
+    /// Transparent mode's rules, once installed; removed when the client
+    /// stops.
+    interceptor: Mutex<Option<Interceptor>>,
 }
 
 /// Whether the relay answers: set when a tunnel fails to reach it, cleared
@@ -252,7 +250,7 @@ impl Client {
             relay_addrs: Mutex::new(Vec::new()),
             relay_health: RelayHealth::new(),
             transparent: transparent::Counters::default(),
-            rules: Mutex::new(None),
+            interceptor: Mutex::new(None),
             cfg,
         };
         Ok(Client {
@@ -309,7 +307,6 @@ impl Client {
                 .await
             });
         }
-        let mut rules = None;
         if let Some(listeners) = self.transparent.take() {
             // Listeners first, then the rules that send traffic to them.
             for l in listeners.tcp {
@@ -326,54 +323,99 @@ impl Client {
             let addrs = tunnel::relay_addrs(&shared).await.map_err(RelayError::Io)?;
             let ips: Vec<IpAddr> = addrs.iter().map(|a| a.ip()).collect();
             let i = Interceptor::install(&shared.cfg, &ips)?;
-            *shared.rules.lock().expect("not poisoned") = i.table().cloned();
-            let i = Arc::new(Mutex::new(i));
-            tasks.spawn(keep_rules_current(shared.clone(), i.clone()));
-            rules = Some(i);
+            *shared.interceptor.lock().expect("not poisoned") = Some(i);
+            tasks.spawn(keep_rules_current(shared.clone()));
         }
         ready();
         stop.await;
         tasks.abort_all();
-        if let Some(i) = rules {
-            i.lock().expect("not poisoned").remove();
+        let installed = shared.interceptor.lock().expect("not poisoned").take();
+        if let Some(mut i) = installed {
+            i.remove();
         }
         info!("relay client stopping");
         Ok(())
     }
 }
 
-/// Re-read the host now and then, and when the relay goes down or comes
-/// back: while it is down with `fallback = "direct"`, DNS is left to the
-/// host's own resolver rather than redirected to a relay that cannot
-/// answer.
-async fn keep_rules_current(shared: Arc<Shared>, rules: Arc<Mutex<Interceptor>>) {
+/// Keep the rules matching the host: at once when one of its addresses
+/// comes or goes (its subnets are excluded) and when the relay goes down or
+/// comes back (see [`crate::transparent::HostFacts::relay_down`]); and every
+/// [`RELAY_NAME_TTL`], for the relay's name (it may resolve elsewhere) and a
+/// cgroup scope (the cgroup may be recreated).
+async fn keep_rules_current(shared: Arc<Shared>) {
     let mut health = shared.relay_health.subscribe();
+    let mut monitor = match Monitor::subscribe(None) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            warn!(
+                "transparent mode cannot follow address changes ({e}): they are picked up every {} s",
+                RELAY_NAME_TTL.as_secs()
+            );
+            None
+        }
+    };
+    let mut slow =
+        tokio::time::interval_at(tokio::time::Instant::now() + RELAY_NAME_TTL, RELAY_NAME_TTL);
+    slow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(RULES_REFRESH) => {}
+            _ = slow.tick() => {}
             r = health.changed() => if r.is_err() { return },
-        }
-        let mut cfg = shared.cfg.clone();
-        if shared.relay_health.is_down() && cfg.fallback == crate::config::Fallback::Direct {
-            cfg.dns = crate::config::Dns::Off;
-            if cfg.quic == crate::config::Quic::Relay {
-                cfg.quic = crate::config::Quic::Allow;
-            }
+            _ = address_changed(&mut monitor) => {}
         }
         let ips: Vec<IpAddr> = match tunnel::relay_addrs(&shared).await {
             Ok(a) => a.iter().map(|a| a.ip()).collect(),
             Err(_) => continue,
         };
         let sh = shared.clone();
-        let rules = rules.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let mut i = rules.lock().expect("not poisoned");
-            match i.refresh(&cfg, &ips) {
-                Ok(_) => *sh.rules.lock().expect("not poisoned") = i.table().cloned(),
-                Err(e) => warn!("updating the transparent-mode rules: {e}"),
+            let down = sh.relay_health.is_down();
+            if let Some(i) = sh.interceptor.lock().expect("not poisoned").as_mut() {
+                if let Err(e) = i.refresh(&sh.cfg, &ips, down) {
+                    warn!("updating the transparent-mode rules: {e}");
+                }
             }
         })
         .await;
+    }
+}
+
+/// Returns when an address of the host came or went, or changes were lost
+/// (then everything is re-read anyway); never without a monitor (one that
+/// fails is dropped, with a warning).
+async fn address_changed(monitor: &mut Option<Monitor>) {
+    loop {
+        let change = match monitor.as_mut() {
+            Some(m) => m.next().await,
+            None => return std::future::pending().await,
+        };
+        match change {
+            Ok(Change::AddressAdded(_) | Change::AddressRemoved(_) | Change::Overflow) => return,
+            Ok(_) => {}
+            Err(e) => {
+                warn!(
+                    "transparent mode stops following address changes ({e}): they are picked up every {} s",
+                    RELAY_NAME_TTL.as_secs()
+                );
+                *monitor = None;
+            }
+        }
+    }
+}
+
+/// The program's first bytes, at most `room`, if it speaks first: programs
+/// that do (HTTP, TLS) send within microseconds; the others cost
+/// [`EARLY_DATA_WAIT`] once.
+async fn first_bytes(app: &mut tokio::net::TcpStream, room: usize) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut first = vec![0u8; room.min(64 * 1024)];
+    match tokio::time::timeout(EARLY_DATA_WAIT, app.read(&mut first)).await {
+        Ok(Ok(n)) => {
+            first.truncate(n);
+            first
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -408,12 +450,11 @@ async fn status(shared: &Shared) -> ClientStatus {
         quic: format!("{:?}", cfg.quic).to_lowercase(),
         dns: format!("{:?}", cfg.dns).to_lowercase(),
         rules_installed: shared
-            .rules
+            .interceptor
             .lock()
             .expect("not poisoned")
             .as_ref()
-            .map(|t| t.chains.iter().map(|c| c.rules.len()).sum())
-            .unwrap_or(0),
+            .map_or(0, Interceptor::rules),
         rules_in_kernel: in_kernel,
         relayed: t.relayed.load(Ordering::Relaxed),
         direct: t.direct.load(Ordering::Relaxed),

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::tunnel::{open_tunnel, relay};
 use super::udp;
-use super::{fail, Shared, EARLY_DATA_WAIT, PROXY_REQUEST_TIMEOUT};
+use super::{fail, first_bytes, Shared, PROXY_REQUEST_TIMEOUT};
 use crate::http_connect;
 use crate::pipe;
 use crate::socks;
@@ -255,11 +255,7 @@ async fn serve_connect(
     if pending.is_empty() {
         // Programs that speak first (HTTP, TLS) do so within microseconds
         // of the answer; the others cost this wait once.
-        let mut first = vec![0u8; room.min(64 * 1024)];
-        if let Ok(Ok(n)) = tokio::time::timeout(EARLY_DATA_WAIT, app.read(&mut first)).await {
-            first.truncate(n);
-            pending = first;
-        }
+        pending = first_bytes(&mut app, room).await;
     }
     let rest = pending.split_off(pending.len().min(room));
     match open_tunnel(shared, Kind::Tcp, &dest, pending).await {

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::tunnel::{open_tunnel, relay, TunnelError};
 use super::udp;
-use super::{Shared, EARLY_DATA_WAIT};
+use super::{first_bytes, Shared};
 use crate::config::{Dns, Fallback};
 use crate::net;
 use crate::pipe::{self, Tunnel};
@@ -54,18 +54,6 @@ pub(super) async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-    }
-}
-
-/// The program's first bytes, if it speaks first (within a short wait).
-async fn first_bytes(app: &mut TcpStream, room: usize) -> Vec<u8> {
-    let mut first = vec![0u8; room.min(64 * 1024)];
-    match tokio::time::timeout(EARLY_DATA_WAIT, app.read(&mut first)).await {
-        Ok(Ok(n)) => {
-            first.truncate(n);
-            first
-        }
-        _ => Vec::new(),
     }
 }
 
@@ -288,12 +276,10 @@ async fn read_dns_message(stream: &mut TcpStream, tunnel: &mut Tunnel) -> Result
     let mut data = Vec::new();
     let mut plain = vec![0u8; wire::MessageReader::CAPACITY];
     loop {
-        while let Some(msg) = tunnel.reader.next_message() {
-            let n = tunnel
-                .opener
-                .open(msg, &mut plain)
-                .map_err(|e| e.to_string())?;
-            match wire::parse_frame(&plain[..n]).map_err(|e| e.to_string())? {
+        while let Some(frame) =
+            pipe::next_frame(&mut tunnel.reader, &mut tunnel.opener, &mut plain)?
+        {
+            match frame {
                 (FrameKind::Data, d) => data.extend_from_slice(d),
                 (kind, _) => return Err(format!("the resolver ended the stream ({kind:?})")),
             }

@@ -191,11 +191,7 @@ pub(super) async fn open_tunnel(
     let reply = Reply::decode(&payload)
         .map_err(|e| unreachable(format!("malformed answer from the relay: {e}")))?;
     if reply.status != Status::Connected {
-        let kind = if reply.status == Status::NotAllowed {
-            Refusal::DestinationRefused
-        } else {
-            Refusal::ConnectFailed
-        };
+        let kind = Refusal::for_status(reply.status);
         let why = format!(
             "the relay refused {dest}: {} ({})",
             reply.status.describe(),

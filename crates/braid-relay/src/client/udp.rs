@@ -12,7 +12,8 @@ use tracing::debug;
 
 use super::tunnel::open_tunnel;
 use super::Shared;
-use crate::datagrams::{self, DatagramCounters};
+use crate::datagrams;
+use crate::pipe::Counters;
 use crate::wire::{Destination, Kind};
 
 /// Datagrams waiting for a flow's tunnel: beyond this they are dropped, as
@@ -84,7 +85,7 @@ fn start(shared: &Arc<Shared>, flows: &Arc<Flows>, key: FlowKey, first: Vec<u8>,
         let (from, dest) = &key;
         match open_tunnel(&shared, Kind::Udp, dest, first).await {
             Ok((mut stream, tunnel)) => {
-                let counters = DatagramCounters {
+                let counters = Counters {
                     into_tunnel: vec![shared.totals.bytes_up.clone()],
                     out_of_tunnel: vec![shared.totals.bytes_down.clone()],
                 };
