@@ -206,13 +206,13 @@ struct Shell {
     warnings: Vec<String>,
 }
 
-/// The configuration as the policy gets it: probing only if it can be done.
-fn for_policy(mut cfg: Config, probe: &ProbeSupport) -> Config {
-    cfg.policy.probe_silent_paths = cfg.policy.probe_silent_paths && probe.usable();
-    cfg
-}
-
 impl Shell {
+    /// Tell the policy which families the daemon can probe.
+    fn tell_probing(&mut self) {
+        let (v4, v6) = (self.probe.v4.is_ok(), self.probe.v6.is_ok());
+        self.policy.set_probing(v4, v6);
+    }
+
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
     }
@@ -258,10 +258,10 @@ impl Shell {
                 );
             }
         }
-        if count > 0 || self.state_may_differ() {
-            let now = self.current_state();
-            self.save_state(now);
-        }
+        // Cheap to build and compare (a snapshot can drop owned ids
+        // without deciding anything; a failed write is retried here).
+        let now = self.current_state();
+        self.save_state(now);
         if count > 0 {
             self.log_new_warnings();
         }
@@ -273,8 +273,7 @@ impl Shell {
     fn current_state(&self) -> SavedState {
         let owned = self
             .policy
-            .view()
-            .owned_endpoints
+            .owned_endpoints()
             .iter()
             .map(|e| OwnedEndpoint {
                 id: e.id,
@@ -282,21 +281,6 @@ impl Shell {
             })
             .collect();
         SavedState::new(owned, self.policy.changed_routes())
-    }
-
-    /// Cheap check that the file may be behind the policy (a snapshot can
-    /// drop owned ids without deciding anything).
-    fn state_may_differ(&self) -> bool {
-        if self.save_failed.is_some() || !self.saved.owned_ids.is_empty() {
-            return true;
-        }
-        let mut ids: Vec<u8> = self.saved.owned.iter().map(|o| o.id).collect();
-        ids.dedup();
-        ids != self.policy.owned_ids() || {
-            let mut routes = self.policy.changed_routes();
-            routes.sort_by_key(|r| (r.ifindex, r.table, r.ipv6));
-            routes != self.saved.changed_routes
-        }
     }
 
     fn save_state(&mut self, s: SavedState) {
@@ -321,7 +305,7 @@ impl Shell {
     }
 
     fn log_new_warnings(&mut self) {
-        let now = self.policy.view().warnings;
+        let now = self.policy.warnings();
         for w in now.iter().filter(|w| !self.warnings.contains(w)) {
             warn!("{w}");
         }
@@ -431,6 +415,7 @@ impl Shell {
                     if after != before {
                         warn!(feature = ?after, "path probing changed: the kernel refused the probe socket");
                     }
+                    self.tell_probing();
                 }
                 if self.probe_errors.first(error_kind(&e)) {
                     warn!(error = %e, %remote, "the path probe could not be sent (logged once until probes work again)");
@@ -476,10 +461,8 @@ impl Shell {
                 self.probe = ProbeSupport::detect(cfg.policy.probe_silent_paths);
                 self.probe_errors.clear();
                 log_feature(&self.probe.feature());
-                self.feed(Event::ConfigReloaded(Box::new(for_policy(
-                    cfg,
-                    &self.probe,
-                ))));
+                self.tell_probing();
+                self.feed(Event::ConfigReloaded(Box::new(cfg)));
                 // Whatever else changed behind the daemon's back is put
                 // right now, not at the next periodic check.
                 self.resync("reload", true);
@@ -802,7 +785,8 @@ pub async fn run(opts: Options) -> Result<(), String> {
     if !adopted.is_empty() {
         info!(ids = ?adopted, "adopted the endpoints a previous run made");
     }
-    let mut policy = Policy::new(for_policy(config, &probe), adopted);
+    let mut policy = Policy::new(config, adopted);
+    policy.set_probing(probe.v4.is_ok(), probe.v6.is_ok());
     policy.adopt_changed_routes(saved.changed_routes.clone());
     let (probe_results, mut probe_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut shell = Shell {

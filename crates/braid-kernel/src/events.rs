@@ -4,13 +4,13 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::NetlinkPayload;
 use netlink_packet_generic::GenlMessage;
 use serde::Serialize;
 
 use crate::error::{Error, Op, Result};
 use crate::genl::{open_genl, resolve_family, PmPayload, MPTCP_PM_EVENTS_GROUP, MPTCP_PM_NAME};
-use crate::netlink::{align4, attrs};
+use crate::netlink::{align4, attrs, deserialize_caught};
 use crate::pm::read_array;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -333,17 +333,7 @@ pub fn decode_datagram(
                 format!("bad netlink length {len}"),
             ));
         }
-        let decoded = std::panic::catch_unwind(|| {
-            NetlinkMessage::<GenlMessage<PmPayload>>::deserialize(&frame[..len])
-        });
-        let msg = decoded
-            .map_err(|_| {
-                Error::decode(
-                    Op::ReadEvents,
-                    "the netlink decoder panicked on a malformed message",
-                )
-            })?
-            .map_err(|e| Error::decode(Op::ReadEvents, e))?;
+        let msg = deserialize_caught::<GenlMessage<PmPayload>>(&frame[..len], Op::ReadEvents)?;
         offset += align4(len);
         if msg.header.message_type != family_id {
             continue;

@@ -89,6 +89,19 @@ impl NlSocket {
     }
 }
 
+/// Decode one netlink message. The netlink-packet-* decoders panic on
+/// some malformed nested attributes (found by fuzzing); only the kernel
+/// sends these bytes, but a daemon must not die of them: a panic there is
+/// a decode error.
+pub(crate) fn deserialize_caught<T>(frame: &[u8], op: Op) -> Result<NetlinkMessage<T>>
+where
+    T: NetlinkDeserializable,
+{
+    std::panic::catch_unwind(|| NetlinkMessage::<T>::deserialize(frame))
+        .map_err(|_| Error::decode(op, "the netlink decoder panicked on a malformed message"))?
+        .map_err(|e| Error::decode(op, e))
+}
+
 /// Decode one received datagram of answers to request `seq`, appending the
 /// inner messages to `replies`. `Ok(true)`: the answer is complete (DONE,
 /// or the ACK); `Ok(false)`: more datagrams follow. Messages of other
@@ -111,12 +124,7 @@ where
         if msg_seq != seq {
             continue; // a late reply to an earlier request
         }
-        // The netlink-packet-* decoders panic on some malformed nested
-        // attributes (found by fuzzing); only the kernel sends these bytes,
-        // but a daemon must not die of them: a panic there is a decode error.
-        let parsed = std::panic::catch_unwind(|| NetlinkMessage::<Resp>::deserialize(frame))
-            .map_err(|_| Error::decode(op, "the netlink decoder panicked on a malformed message"))?
-            .map_err(|e| Error::decode(op, e))?;
+        let parsed = deserialize_caught::<Resp>(frame, op)?;
         match parsed.payload {
             // A "do" with NLM_F_ACK gets its answer first and the ACK
             // after it, so keep reading until the ACK.

@@ -542,7 +542,7 @@ impl Monitor {
 /// Decode every message in a datagram; undecodable ones are skipped.
 #[doc(hidden)]
 pub fn decode_changes(buf: &[u8], out: &mut std::collections::VecDeque<Change>) {
-    use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+    use netlink_packet_core::NetlinkPayload;
     let mut offset = 0;
     while offset + 16 <= buf.len() {
         let len = u32::from_ne_bytes(buf[offset..offset + 4].try_into().unwrap()) as usize;
@@ -552,10 +552,10 @@ pub fn decode_changes(buf: &[u8], out: &mut std::collections::VecDeque<Change>) 
         let frame = &buf[offset..offset + len];
         offset += crate::netlink::align4(len);
         // A message the decoder cannot read (or panics on: see
-        // netlink::decode_replies) is skipped; the next resync covers it.
-        let decoded =
-            std::panic::catch_unwind(|| NetlinkMessage::<RouteNetlinkMessage>::deserialize(frame));
-        let Ok(Ok(msg)) = decoded else {
+        // netlink::deserialize_caught) is skipped; the next resync covers it.
+        let Ok(msg) =
+            crate::netlink::deserialize_caught::<RouteNetlinkMessage>(frame, Op::Rtnetlink)
+        else {
             continue;
         };
         let NetlinkPayload::InnerMessage(m) = msg.payload else {

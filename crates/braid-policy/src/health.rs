@@ -63,9 +63,6 @@ pub struct PathHealth {
     /// threshold: the path is lossy for everyone only if
     /// `MIN_WITNESSES` of them are (a probe cannot measure loss).
     pub loss_witnesses: usize,
-    /// How many loss witnesses make the loss the path's (`policy.loss_hosts`).
-    #[serde(skip)]
-    pub loss_hosts: usize,
     /// The probe sent about the current stall, if any.
     #[serde(skip)]
     pub stall_probe: Option<StallProbe>,
@@ -103,11 +100,42 @@ pub struct PathHealth {
     #[serde(skip)]
     subflows_when_unreachable: Vec<SubflowKey>,
     #[serde(skip)]
+    meter: LossMeter,
+}
+
+/// What makes a smoothed retransmission rate (the rate itself is kept by
+/// the owner, where it is read): segments are accumulated until there are
+/// enough to trust a rate, which is then averaged in; with no traffic for
+/// a while, the old rate fades.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct LossMeter {
     acc_retrans: u64,
-    #[serde(skip)]
     acc_segs: u64,
-    #[serde(skip)]
     last_traffic_ms: u64,
+}
+
+impl LossMeter {
+    /// Segments sent and retransmitted since the last round.
+    fn add(&mut self, retrans: u64, segs: u64) {
+        self.acc_retrans = self.acc_retrans.saturating_add(retrans);
+        self.acc_segs = self.acc_segs.saturating_add(segs);
+    }
+
+    /// End of a round: `loss` gets a new sample if enough was sent; an
+    /// idle path's (or host's) old loss is halved every `decay_ms`, so it
+    /// can be tried again.
+    fn round(&mut self, loss: &mut f64, now_ms: u64, decay_ms: u64) {
+        if self.acc_segs >= MIN_SEGS {
+            let sample = (self.acc_retrans as f64 / self.acc_segs as f64).min(1.0);
+            *loss = 0.5 * *loss + 0.5 * sample;
+            self.acc_retrans = 0;
+            self.acc_segs = 0;
+            self.last_traffic_ms = now_ms;
+        } else if now_ms.saturating_sub(self.last_traffic_ms) >= decay_ms && *loss > 0.0 {
+            *loss /= 2.0;
+            self.last_traffic_ms = now_ms;
+        }
+    }
 }
 
 impl PathHealth {
@@ -198,7 +226,7 @@ impl PathHealth {
         match &self.stall_probe {
             None => true,
             Some(p) => {
-                p.answered == Some(true)
+                (p.answered == Some(true) || p.failed)
                     && now_ms.saturating_sub(p.sent_ms)
                         >= backoff_ms(STALL_REPROBE_FIRST_MS, STALL_REPROBE_MAX_MS, p.count)
             }
@@ -214,7 +242,25 @@ impl PathHealth {
             count: count.saturating_add(1),
             answered: None,
             unanswered_why: None,
+            failed: false,
         });
+    }
+
+    /// A probe of this path to `remote` could not be sent (or its answer
+    /// not be read): it is no longer under way. A stall probe is sent
+    /// again after the same back-off as one that was answered, a silence
+    /// probe at the next round.
+    pub fn probe_failed(&mut self, remote: IpAddr) {
+        if let Some(p) = self
+            .stall_probe
+            .as_mut()
+            .filter(|p| p.remote == remote && p.answered.is_none())
+        {
+            p.failed = true;
+        }
+        if self.probe_pair.is_some_and(|(_, r)| r == remote) {
+            self.probed = false;
+        }
     }
 
     /// The answer to the stall probe (if this was it). Unanswered while the
@@ -227,7 +273,7 @@ impl PathHealth {
         let Some(p) = self.stall_probe.as_mut() else {
             return false;
         };
-        if p.remote != remote || p.answered.is_some() {
+        if p.remote != remote || p.answered.is_some() || p.failed {
             return false;
         }
         p.answered = Some(answered);
@@ -254,7 +300,14 @@ impl PathHealth {
     /// every connection of the host: a probe went unanswered, or the stall
     /// or the loss is seen towards `MIN_WITNESSES` remote hosts. None if
     /// the path is healthy, or only one host's connections suffer.
-    pub fn host_problem(&self, stall_ms: u64, loss_threshold: f64) -> Option<String> {
+    /// `loss_hosts`: how many hosts must see the loss (`policy.loss_hosts`,
+    /// 0 taken as 1).
+    pub fn host_problem(
+        &self,
+        stall_ms: u64,
+        loss_threshold: f64,
+        loss_hosts: usize,
+    ) -> Option<String> {
         if let Some(why) = &self.unreachable {
             return Some(why.clone());
         }
@@ -264,7 +317,7 @@ impl PathHealth {
                 self.stalled_ms, self.stall_witnesses
             ));
         }
-        if self.lossy && self.loss_witnesses >= self.loss_hosts.max(1) {
+        if self.lossy && self.loss_witnesses >= loss_hosts.max(1) {
             return Some(format!(
                 "lossy: {:.1} % of segments retransmitted (threshold {:.1} %; on connections to {} hosts)",
                 self.loss * 100.0,
@@ -277,15 +330,24 @@ impl PathHealth {
 
     /// A problem seen on too few hosts' connections to act on for the
     /// whole host (see `host_problem`), and what is done about it.
-    pub fn unconfirmed_problem(&self, stall_ms: u64, loss_threshold: f64) -> Option<String> {
-        if self.host_problem(stall_ms, loss_threshold).is_some() {
+    pub fn unconfirmed_problem(
+        &self,
+        stall_ms: u64,
+        loss_threshold: f64,
+        loss_hosts: usize,
+    ) -> Option<String> {
+        if self
+            .host_problem(stall_ms, loss_threshold, loss_hosts)
+            .is_some()
+        {
             return None;
         }
         if self.is_stalled(stall_ms) {
             let probe = match &self.stall_probe {
                 Some(p) if p.answered == Some(true) => "the path answers probes",
+                Some(p) if p.failed => "a probe of the path could not be sent, it is tried again",
                 Some(_) => "a probe of the path is under way",
-                None => "the path is not probed (policy.probe_silent_paths = false)",
+                None => "the path is not probed (policy.probe_silent_paths = false, or the daemon cannot probe this family)",
             };
             return Some(format!(
                 "nothing acknowledged for {} ms, but only on connections to {} host(s): {probe}, so this is not taken as the path's failure",
@@ -298,7 +360,7 @@ impl PathHealth {
                 self.loss * 100.0,
                 self.loss_witnesses,
                 loss_threshold * 100.0,
-                self.loss_hosts.max(1)
+                loss_hosts.max(1)
             ));
         }
         None
@@ -378,15 +440,15 @@ pub struct StallProbe {
     pub answered: Option<bool>,
     /// Unanswered: why the path is unreachable (if the stall comes).
     pub unanswered_why: Option<String>,
+    /// It could not be sent: no answer will come.
+    pub failed: bool,
 }
 
 /// One remote host's retransmission rate on a path, kept like the path's.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct RemoteLoss {
-    acc_retrans: u64,
-    acc_segs: u64,
+    meter: LossMeter,
     loss: f64,
-    last_traffic_ms: u64,
     seen_ms: u64,
 }
 
@@ -415,13 +477,11 @@ struct SubflowDelta {
 pub struct HealthTracker {
     subflows: HashMap<SubflowKey, SubflowMemory>,
     pub paths: BTreeMap<u32, PathHealth>,
-    /// `policy.loss_hosts`: how many remote hosts must see a path's loss
-    /// before it is the path's (0 is taken as 1).
-    pub loss_hosts: usize,
 }
 
 impl HealthTracker {
     /// Take one round of samples (all subflows of all connections).
+    /// `loss_hosts`: see `PathHealth::host_problem`.
     pub fn update(
         &mut self,
         now_ms: u64,
@@ -429,6 +489,7 @@ impl HealthTracker {
         stall_ms: u64,
         loss_threshold: f64,
         decay_ms: u64,
+        loss_hosts: usize,
     ) {
         // One pass over the subflows: what changed, and what to remember.
         let mut memory: HashMap<SubflowKey, SubflowMemory> = HashMap::new();
@@ -476,20 +537,9 @@ impl HealthTracker {
             }
             for s in subs {
                 let d = &delta[&(s.local, s.remote)];
-                h.acc_retrans = h.acc_retrans.saturating_add(d.retrans);
-                h.acc_segs = h.acc_segs.saturating_add(d.segs);
+                h.meter.add(d.retrans, d.segs);
             }
-            if h.acc_segs >= MIN_SEGS {
-                let sample = (h.acc_retrans as f64 / h.acc_segs as f64).min(1.0);
-                h.loss = 0.5 * h.loss + 0.5 * sample;
-                h.acc_retrans = 0;
-                h.acc_segs = 0;
-                h.last_traffic_ms = now_ms;
-            } else if now_ms.saturating_sub(h.last_traffic_ms) >= decay_ms && h.loss > 0.0 {
-                // An idle path's old loss fades, so it can be tried again.
-                h.loss /= 2.0;
-                h.last_traffic_ms = now_ms;
-            }
+            h.meter.round(&mut h.loss, now_ms, decay_ms);
             if h.loss > loss_threshold {
                 h.lossy = true;
             } else if h.loss < loss_threshold / 2.0 {
@@ -500,25 +550,14 @@ impl HealthTracker {
                 let d = &delta[&(s.local, s.remote)];
                 let r = h.remote_loss.entry(s.remote.ip()).or_default();
                 r.seen_ms = now_ms;
-                r.acc_retrans = r.acc_retrans.saturating_add(d.retrans);
-                r.acc_segs = r.acc_segs.saturating_add(d.segs);
+                r.meter.add(d.retrans, d.segs);
             }
             for r in h.remote_loss.values_mut() {
-                if r.acc_segs >= MIN_SEGS {
-                    let sample = (r.acc_retrans as f64 / r.acc_segs as f64).min(1.0);
-                    r.loss = 0.5 * r.loss + 0.5 * sample;
-                    r.acc_retrans = 0;
-                    r.acc_segs = 0;
-                    r.last_traffic_ms = now_ms;
-                } else if now_ms.saturating_sub(r.last_traffic_ms) >= decay_ms && r.loss > 0.0 {
-                    r.loss /= 2.0;
-                    r.last_traffic_ms = now_ms;
-                }
+                r.meter.round(&mut r.loss, now_ms, decay_ms);
             }
             // Hosts no longer talked to are forgotten after the same time.
             h.remote_loss
                 .retain(|_, r| now_ms.saturating_sub(r.seen_ms) < decay_ms.max(1));
-            h.loss_hosts = self.loss_hosts.max(1);
             h.loss_witnesses = h
                 .remote_loss
                 .values()
@@ -608,7 +647,9 @@ impl HealthTracker {
             }
             // Healthy as far as the whole host is concerned: one host's
             // stalled connections do not keep a path from taking traffic back.
-            let ok = h.host_problem(stall_ms, loss_threshold).is_none();
+            let ok = h
+                .host_problem(stall_ms, loss_threshold, loss_hosts)
+                .is_none();
             h.healthy_since_ms = match (ok, h.healthy_since_ms) {
                 (true, Some(t)) => Some(t),
                 (true, None) => Some(now_ms),
@@ -680,10 +721,10 @@ mod tests {
     #[test]
     fn loss_rate_needs_enough_segments_and_is_smoothed() {
         let mut t = HealthTracker::default();
-        t.update(0, &[s(1, 0, 0, 0, 0, 20_000)], 300, 0.05, 3000);
-        t.update(100, &[s(1, 1, 10, 0, 0, 20_000)], 300, 0.05, 3000);
+        t.update(0, &[s(1, 0, 0, 0, 0, 20_000)], 300, 0.05, 3000, 1);
+        t.update(100, &[s(1, 1, 10, 0, 0, 20_000)], 300, 0.05, 3000, 1);
         assert_eq!(t.paths[&1].loss, 0.0, "10 segments are not enough");
-        t.update(200, &[s(1, 4, 40, 0, 0, 20_000)], 300, 0.05, 3000);
+        t.update(200, &[s(1, 4, 40, 0, 0, 20_000)], 300, 0.05, 3000, 1);
         assert!(
             (t.paths[&1].loss - 0.05).abs() < 1e-9,
             "{}",
@@ -707,19 +748,19 @@ mod tests {
             [a.clone(), to("10.8.8.8:443", a)]
         };
         let mut t = HealthTracker::default();
-        t.update(0, &two(5, 50), 300, 0.05, 3000);
+        t.update(0, &two(5, 50), 300, 0.05, 3000, 1);
         assert!(t.paths[&1].problem(300, 0.05).is_none());
         assert_eq!(t.paths[&1].healthy_since_ms, Some(0));
-        t.update(400, &two(5, 400), 300, 0.05, 3000);
+        t.update(400, &two(5, 400), 300, 0.05, 3000, 1);
         assert!(t.paths[&1].problem(300, 0.05).unwrap().contains("stalled"));
         assert_eq!(t.paths[&1].stall_witnesses, 2);
         assert!(t.paths[&1]
-            .host_problem(300, 0.05)
+            .host_problem(300, 0.05, 1)
             .unwrap()
             .contains("on connections to 2 hosts"));
         assert_eq!(t.paths[&1].healthy_since_ms, None);
         // Nothing outstanding: an idle path is not stalled.
-        t.update(500, &two(0, 5000), 300, 0.05, 3000);
+        t.update(500, &two(0, 5000), 300, 0.05, 3000, 1);
         assert!(t.paths[&1].problem(300, 0.05).is_none());
         assert_eq!(t.paths[&1].healthy_since_ms, Some(500));
     }
@@ -741,24 +782,27 @@ mod tests {
             y.local.set_port(2000);
             [x, y]
         };
-        t.update(0, &one_host(50), 300, 0.05, 3000);
-        t.update(400, &one_host(400), 300, 0.05, 3000);
+        t.update(0, &one_host(50), 300, 0.05, 3000, 1);
+        t.update(400, &one_host(400), 300, 0.05, 3000, 1);
         let h = &t.paths[&1];
         assert!(h.problem(300, 0.05).unwrap().contains("stalled"));
         assert_eq!(h.stall_witnesses, 1);
-        assert_eq!(h.host_problem(300, 0.05), None);
+        assert_eq!(h.host_problem(300, 0.05, 1), None);
         assert_eq!(h.healthy_since_ms, Some(0), "healthy for the host");
         assert!(h.wants_stall_probe(300, 400));
-        let why = h.unconfirmed_problem(300, 0.05).unwrap();
+        let why = h.unconfirmed_problem(300, 0.05, 1).unwrap();
         assert!(why.contains("only on connections to 1 host"), "{why}");
         // The probe goes unanswered: now it is the path's.
         let h = t.paths.get_mut(&1).unwrap();
         h.stall_probe_sent(a.remote.ip(), 400);
         assert!(!h.wants_stall_probe(300, 410), "one probe at a time");
         assert!(h.stall_probe_result(a.remote.ip(), false, 300));
-        assert!(h.host_problem(300, 0.05).unwrap().contains("unreachable"));
+        assert!(h
+            .host_problem(300, 0.05, 1)
+            .unwrap()
+            .contains("unreachable"));
         // An ACK heard after that: the path is there after all.
-        t.update(500, &one_host(10), 300, 0.05, 3000);
+        t.update(500, &one_host(10), 300, 0.05, 3000, 1);
         assert_eq!(t.paths[&1].unreachable, None);
     }
 
@@ -769,8 +813,8 @@ mod tests {
     fn a_busy_path_is_checked_at_the_stall_probe_point() {
         let mut t = HealthTracker::default();
         let w = |unacked, last_ack| s(1, 0, 100, unacked, last_ack, 20_000);
-        t.update(0, &[w(0, 0)], 100, 0.05, 3000);
-        t.update(10, &[w(5, 0)], 100, 0.05, 3000);
+        t.update(0, &[w(0, 0)], 100, 0.05, 3000, 1);
+        t.update(10, &[w(5, 0)], 100, 0.05, 3000, 1);
         assert_eq!(t.paths[&1].stalled_ms, 0);
         assert_eq!(t.until_next_stall_ms(100, true), Some(50));
         assert_eq!(t.until_next_stall_ms(100, false), Some(100));
@@ -783,10 +827,10 @@ mod tests {
         // 20 + max(4 x 5, 10) = 40 ms; threshold 100 ms: probe at
         // 100 - 40 - 20 (margin) = 40, but never before half: 50 ms.
         let w = |unacked, last_ack| s(1, 0, 100, unacked, last_ack, 20_000);
-        t.update(0, &[w(0, 5)], 100, 0.05, 3000);
-        t.update(10, &[w(5, 5)], 100, 0.05, 3000);
+        t.update(0, &[w(0, 5)], 100, 0.05, 3000, 1);
+        t.update(10, &[w(5, 5)], 100, 0.05, 3000, 1);
         assert_eq!(t.paths[&1].stall_probe_at_ms(100), 50);
-        t.update(30, &[w(5, 25)], 100, 0.05, 3000);
+        t.update(30, &[w(5, 25)], 100, 0.05, 3000, 1);
         assert_eq!(t.paths[&1].stalled_ms, 20);
         assert_eq!(
             t.until_next_stall_ms(100, true),
@@ -794,7 +838,7 @@ mod tests {
             "the next round comes when the probe is due"
         );
         assert_eq!(t.until_next_stall_ms(100, false), Some(80));
-        t.update(70, &[w(5, 65)], 100, 0.05, 3000);
+        t.update(70, &[w(5, 65)], 100, 0.05, 3000, 1);
         assert!(t.paths[&1].wants_stall_probe(100, 70));
         let h = t.paths.get_mut(&1).unwrap();
         h.stall_probe_sent(h.stall_pair.unwrap().1, 70);
@@ -808,32 +852,36 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("did not answer a probe"));
-        t.update(110, &[w(5, 105)], 100, 0.05, 3000);
+        t.update(110, &[w(5, 105)], 100, 0.05, 3000, 1);
         assert!(t.paths[&1].unreachable.is_some());
         // An answered probe instead: the wait is one host's; re-probed
         // after a back-off if it goes on.
         let mut t = HealthTracker::default();
-        t.update(0, &[w(0, 5)], 100, 0.05, 3000);
-        t.update(10, &[w(5, 5)], 100, 0.05, 3000);
-        t.update(70, &[w(5, 65)], 100, 0.05, 3000);
+        t.update(0, &[w(0, 5)], 100, 0.05, 3000, 1);
+        t.update(10, &[w(5, 5)], 100, 0.05, 3000, 1);
+        t.update(70, &[w(5, 65)], 100, 0.05, 3000, 1);
         let h = t.paths.get_mut(&1).unwrap();
         let remote = h.stall_pair.unwrap().1;
         h.stall_probe_sent(remote, 70);
         assert!(!h.stall_probe_result(remote, true, 100));
-        t.update(500, &[w(5, 495)], 100, 0.05, 3000);
-        assert_eq!(t.paths[&1].host_problem(100, 0.05), None);
+        t.update(500, &[w(5, 495)], 100, 0.05, 3000, 1);
+        assert_eq!(t.paths[&1].host_problem(100, 0.05, 1), None);
         assert!(!t.paths[&1].wants_stall_probe(100, 500));
         assert!(t.paths[&1].wants_stall_probe(100, 1070));
     }
 
     #[test]
     fn loss_is_the_paths_only_when_two_hosts_see_it() {
-        let mut t = HealthTracker {
-            loss_hosts: 2,
-            ..HealthTracker::default()
-        };
+        let mut t = HealthTracker::default();
         let a = |retrans, segs| s(1, retrans, segs, 0, 0, 20_000);
-        t.update(0, &[a(0, 0), to("10.8.8.8:443", a(0, 0))], 300, 0.05, 3000);
+        t.update(
+            0,
+            &[a(0, 0), to("10.8.8.8:443", a(0, 0))],
+            300,
+            0.05,
+            3000,
+            2,
+        );
         // One host's connection loses 30 %, the other's nothing.
         t.update(
             100,
@@ -841,13 +889,14 @@ mod tests {
             300,
             0.05,
             3000,
+            2,
         );
         let h = &t.paths[&1];
         assert!(h.lossy, "{h:?}");
         assert_eq!(h.loss_witnesses, 1);
-        assert_eq!(h.host_problem(300, 0.05), None);
+        assert_eq!(h.host_problem(300, 0.05, 2), None);
         assert!(h
-            .unconfirmed_problem(300, 0.05)
+            .unconfirmed_problem(300, 0.05, 2)
             .unwrap()
             .contains("only 1 host(s)"));
         // Both do.
@@ -857,10 +906,11 @@ mod tests {
             300,
             0.05,
             3000,
+            2,
         );
         let h = &t.paths[&1];
         assert_eq!(h.loss_witnesses, 2);
-        assert!(h.host_problem(300, 0.05).unwrap().contains("lossy"));
+        assert!(h.host_problem(300, 0.05, 2).unwrap().contains("lossy"));
     }
 
     /// The tracker takes whatever time it is given: a clock that jumps
@@ -874,6 +924,7 @@ mod tests {
             300,
             0.05,
             u64::MAX,
+            1,
         );
         t.update(
             5,
@@ -881,8 +932,9 @@ mod tests {
             300,
             0.05,
             u64::MAX,
+            1,
         );
-        t.update(u64::MAX, &[s(1, 9, 1, 5, 0, 20_000)], u64::MAX, 0.05, 0);
+        t.update(u64::MAX, &[s(1, 9, 1, 5, 0, 20_000)], u64::MAX, 0.05, 0, 1);
         let _ = t.until_next_stall_ms(u64::MAX, true);
         let _ = t.paths[&1].probe_timeout_ms();
     }
@@ -891,29 +943,51 @@ mod tests {
     fn an_idle_subflow_given_data_waits_only_since_then() {
         let mut t = HealthTracker::default();
         // A backup subflow idle for 4 s: nothing outstanding, not stalled.
-        t.update(0, &[s(1, 0, 10, 0, 4000, 80_000)], 150, 0.05, 3000);
+        t.update(0, &[s(1, 0, 10, 0, 4000, 80_000)], 150, 0.05, 3000, 1);
         assert_eq!(t.paths[&1].stalled_ms, 0);
         // Data moved onto it: its last ACK is 4 s old, but it has waited 0 ms.
-        t.update(100, &[s(1, 0, 40, 30, 4100, 80_000)], 150, 0.05, 3000);
+        t.update(100, &[s(1, 0, 40, 30, 4100, 80_000)], 150, 0.05, 3000, 1);
         assert_eq!(t.paths[&1].stalled_ms, 0);
         assert!(t.paths[&1].problem(150, 0.05).is_none());
         // 100 ms later still nothing: waiting 100 ms, threshold 2 x 80 ms.
-        t.update(200, &[s(1, 0, 40, 30, 4200, 80_000)], 150, 0.05, 3000);
+        t.update(200, &[s(1, 0, 40, 30, 4200, 80_000)], 150, 0.05, 3000, 1);
         assert_eq!(t.paths[&1].stalled_ms, 100);
         assert_eq!(t.until_next_stall_ms(150, true), Some(60));
-        t.update(260, &[s(1, 0, 40, 30, 4260, 80_000)], 150, 0.05, 3000);
+        t.update(260, &[s(1, 0, 40, 30, 4260, 80_000)], 150, 0.05, 3000, 1);
         assert!(t.paths[&1].problem(150, 0.05).unwrap().contains("stalled"));
         assert_eq!(t.until_next_stall_ms(150, true), None);
     }
 
     #[test]
+    fn a_stall_probe_that_could_not_be_sent_is_retried_after_a_back_off() {
+        let mut t = HealthTracker::default();
+        let w = |unacked, last_ack| s(1, 0, 100, unacked, last_ack, 20_000);
+        t.update(0, &[w(0, 5)], 100, 0.05, 3000, 1);
+        t.update(10, &[w(5, 5)], 100, 0.05, 3000, 1);
+        t.update(70, &[w(5, 65)], 100, 0.05, 3000, 1);
+        let h = t.paths.get_mut(&1).unwrap();
+        let remote = h.stall_pair.unwrap().1;
+        h.stall_probe_sent(remote, 70);
+        // Another host's probe failing changes nothing.
+        h.probe_failed("192.0.2.1".parse().unwrap());
+        assert!(!h.stall_probe.as_ref().unwrap().failed);
+        h.probe_failed(remote);
+        assert!(h.stall_probe.as_ref().unwrap().failed);
+        // No answer will come: a late one is not taken as this probe's.
+        assert!(!h.stall_probe_result(remote, false, 100));
+        assert!(h.unreachable.is_none());
+        assert!(!h.wants_stall_probe(100, 500));
+        assert!(h.wants_stall_probe(100, 1070));
+    }
+
+    #[test]
     fn idle_loss_decays() {
         let mut t = HealthTracker::default();
-        t.update(0, &[s(1, 0, 0, 0, 0, 1)], 300, 0.05, 1000);
-        t.update(100, &[s(1, 20, 40, 0, 0, 1)], 300, 0.05, 1000);
+        t.update(0, &[s(1, 0, 0, 0, 0, 1)], 300, 0.05, 1000, 1);
+        t.update(100, &[s(1, 20, 40, 0, 0, 1)], 300, 0.05, 1000, 1);
         let l = t.paths[&1].loss;
         assert!(l > 0.2);
-        t.update(1200, &[s(1, 20, 40, 0, 0, 1)], 300, 0.05, 1000);
+        t.update(1200, &[s(1, 20, 40, 0, 0, 1)], 300, 0.05, 1000, 1);
         assert!(t.paths[&1].loss < l);
     }
 }

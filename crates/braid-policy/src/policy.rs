@@ -142,11 +142,8 @@ pub struct Policy {
     /// When switches of traffic were made on measurements (within
     /// `policy.handover_window_ms`), for `policy.max_handovers`.
     handovers: VecDeque<Time>,
-    /// A switch was made (or a reset decided) on measurements in this round.
-    spent_this_round: bool,
     /// Why a switch on measurements is being held back, if one is.
     handover_held: Option<String>,
-    held_last_round: bool,
     /// Interactive: why the active path was chosen.
     active_reason: String,
     path_state: String,
@@ -158,6 +155,10 @@ pub struct Policy {
     reset_pending: BTreeMap<IpAddr, String>,
     /// Probes decided this round.
     probes_pending: Vec<Decision>,
+    /// Whether the shell can send probes to IPv4 and IPv6 hosts (see
+    /// `set_probing`).
+    can_probe_v4: bool,
+    can_probe_v6: bool,
     /// Default routes whose initcwnd Braid set, with the value they had.
     initcwnd_set: BTreeMap<RouteKey, Option<u32>>,
     /// Default routes the kernel would not change, with the error; tried
@@ -312,15 +313,15 @@ impl Policy {
             active_informed: false,
             last_switch: Time::ZERO,
             handovers: VecDeque::new(),
-            spent_this_round: false,
             handover_held: None,
-            held_last_round: false,
             active_reason: String::new(),
             path_state: String::new(),
             mode_reasons: BTreeMap::new(),
             stalled_paths: BTreeSet::new(),
             reset_pending: BTreeMap::new(),
             probes_pending: Vec::new(),
+            can_probe_v4: true,
+            can_probe_v6: true,
             initcwnd_set: BTreeMap::new(),
             initcwnd_refused: BTreeMap::new(),
         }
@@ -330,7 +331,21 @@ impl Policy {
         &self.config
     }
 
-    /// Ids of the endpoints Braid owns now (for the state file).
+    /// Whether the shell can probe paths towards IPv4 and IPv6 hosts (both
+    /// by default). `policy.probe_silent_paths` still decides whether paths
+    /// are probed at all; this only says what can be sent. To be called at
+    /// start, on reload and whenever the shell finds out again.
+    pub fn set_probing(&mut self, v4: bool, v6: bool) {
+        self.can_probe_v4 = v4;
+        self.can_probe_v6 = v6;
+    }
+
+    /// Whether paths towards IPv4 and IPv6 hosts are probed.
+    fn probing(&self) -> (bool, bool) {
+        let on = self.config.policy.probe_silent_paths;
+        (on && self.can_probe_v4, on && self.can_probe_v6)
+    }
+
     /// How soon the next health round should come, if sooner than the
     /// regular interval: when a path waiting for an ACK would reach its
     /// stall threshold, so a stall is seen when it happens rather than up
@@ -339,9 +354,9 @@ impl Policy {
         if self.config.policy.mode == PathMode::Aggregate {
             return None;
         }
-        let p = &self.config.policy;
+        let (v4, v6) = self.probing();
         self.health
-            .until_next_stall_ms(p.stall_ms, p.probe_silent_paths)
+            .until_next_stall_ms(self.config.policy.stall_ms, v4 || v6)
     }
 
     /// Routes a previous run changed (from its state file); taken as ours
@@ -365,6 +380,7 @@ impl Policy {
             .collect()
     }
 
+    /// Ids of the endpoints Braid owns now.
     pub fn owned_ids(&self) -> Vec<u8> {
         self.owned.iter().copied().collect()
     }
@@ -446,8 +462,9 @@ impl Policy {
                 // An idle path's loss fades slowly: it is tried again only
                 // after several hold times without evidence.
                 let decay = hold.saturating_mul(4);
-                self.health.loss_hosts = self.config.policy.loss_hosts as usize;
-                self.health.update(now_ms, &samples, stall, loss, decay);
+                let hosts = p.loss_hosts as usize;
+                self.health
+                    .update(now_ms, &samples, stall, loss, decay, hosts);
                 if self.config.policy.mode == PathMode::Aggregate {
                     if !self.due() {
                         return Vec::new();
@@ -746,9 +763,16 @@ impl Policy {
                 let r = Refusal::after(self.cflag_refused.as_ref(), deny, error, now);
                 self.cflag_refused = Some(r);
             }
-            // No answer either way: the path's silence stays unexplained
-            // (and the kernel's own timeouts remain).
-            Action::ProbePath { .. } => {}
+            // No answer either way: the path's silence or wait stays
+            // unexplained (and the kernel's own timeouts remain). The probe
+            // is no longer under way: it may be sent again.
+            Action::ProbePath {
+                ifindex, remote, ..
+            } => {
+                if let Some(h) = self.health.paths.get_mut(ifindex) {
+                    h.probe_failed(*remote);
+                }
+            }
             Action::SetRouteInitcwnd {
                 ifindex,
                 table,
@@ -919,7 +943,8 @@ impl Policy {
         let mut out = Vec::new();
         let now = self.clock.now();
         let (mut wanted, _beyond_kernel_max) = self.wanted();
-        self.spent_this_round = false;
+        // A switch held back is counted once, when it starts being held.
+        let was_held = self.handover_held.take().is_some();
         self.usable_since
             .retain(|ip, _| wanted.iter().any(|w| w.addr == *ip));
         for w in &wanted {
@@ -932,6 +957,9 @@ impl Policy {
         }
         self.apply_path_mode(&mut wanted);
         self.budget_resets(&wanted);
+        if self.handover_held.is_some() && !was_held {
+            self.counters.handovers_held_back += 1;
+        }
         let wanted_addrs: BTreeSet<IpAddr> = wanted.iter().map(|w| w.addr).collect();
 
         // 1. Endpoints that should go.
@@ -1166,14 +1194,8 @@ impl Policy {
     /// receiver has nothing outstanding, so silence alone cannot tell a
     /// dead path from a sender with nothing to send.
     fn probes_due(&mut self) {
-        if !self.config.policy.probe_silent_paths {
-            return;
-        }
-        let names: BTreeMap<u32, String> = self
-            .links
-            .iter()
-            .map(|(i, l)| (*i, l.name.clone()))
-            .collect();
+        let (v4, v6) = self.probing();
+        let can_probe = |remote: &IpAddr| if remote.is_ipv6() { v6 } else { v4 };
         let (now, stall_ms) = (self.clock.now().ms(), self.config.policy.stall_ms);
         for (ifindex, h) in self.health.paths.iter_mut() {
             // A connection waits for an ACK, and no other host's does:
@@ -1181,51 +1203,33 @@ impl Policy {
             if !h.wants_stall_probe(stall_ms, now) {
                 continue;
             }
-            let Some((local, remote)) = h.stall_pair else {
+            let Some((local, remote)) = h.stall_pair.filter(|(_, r)| can_probe(r)) else {
                 continue;
             };
             h.stall_probe_sent(remote, now);
-            let name = names
-                .get(ifindex)
-                .cloned()
-                .unwrap_or_else(|| format!("#{ifindex}"));
-            self.probes_pending.push(Decision {
-                action: Action::ProbePath {
-                    ifindex: *ifindex,
-                    local,
-                    remote,
-                    timeout_ms: h.probe_timeout_ms(),
-                },
-                reason: format!(
-                    "{name}: a connection to {remote} has waited {} ms for an ACK with data outstanding, and no connection to another host shows it: is the path itself gone? (a stall is acted on for every connection only if the probe goes unanswered)",
-                    h.stalled_ms
-                ),
-            });
+            let reason = format!(
+                "{}: a connection to {remote} has waited {} ms for an ACK with data outstanding, and no connection to another host shows it: is the path itself gone? (a stall is acted on for every connection only if the probe goes unanswered)",
+                link_name(&self.links, *ifindex),
+                h.stalled_ms
+            );
+            self.probes_pending
+                .push(probe_decision(*ifindex, local, remote, h, reason));
         }
         for (ifindex, h) in self.health.paths.iter_mut() {
             if !h.wants_probe() {
                 continue;
             }
-            let Some((local, remote)) = h.probe_pair else {
+            let Some((local, remote)) = h.probe_pair.filter(|(_, r)| can_probe(r)) else {
                 continue;
             };
             h.probed = true;
-            let name = names
-                .get(ifindex)
-                .cloned()
-                .unwrap_or_else(|| format!("#{ifindex}"));
-            self.probes_pending.push(Decision {
-                action: Action::ProbePath {
-                    ifindex: *ifindex,
-                    local,
-                    remote,
-                    timeout_ms: h.probe_timeout_ms(),
-                },
-                reason: format!(
-                    "{name} was receiving and no data has come for {} ms (2 RTTs): is the path still there?",
-                    h.rx_silent_ms
-                ),
-            });
+            let reason = format!(
+                "{} was receiving and no data has come for {} ms (2 RTTs): is the path still there?",
+                link_name(&self.links, *ifindex),
+                h.rx_silent_ms
+            );
+            self.probes_pending
+                .push(probe_decision(*ifindex, local, remote, h, reason));
         }
     }
 
@@ -1246,11 +1250,7 @@ impl Policy {
             .map(|(i, _)| *i)
             .collect();
         for i in now_stalled.difference(&self.stalled_paths.clone()) {
-            let name = self
-                .links
-                .get(i)
-                .map(|l| l.name.clone())
-                .unwrap_or_else(|| format!("#{i}"));
+            let name = link_name(&self.links, *i);
             let what = match self.health.paths.get(i) {
                 Some(h) => match &h.unreachable {
                     Some(why) => format!("{name} is {why}"),
@@ -1300,11 +1300,7 @@ impl Policy {
             if self.initcwnd_refused.contains_key(&key) {
                 continue;
             }
-            let name = self
-                .links
-                .get(&r.ifindex)
-                .map(|l| l.name.clone())
-                .unwrap_or_else(|| format!("#{}", r.ifindex));
+            let name = link_name(&self.links, r.ifindex);
             let (target, reason) = if standby.contains(&r.ifindex) {
                 self.initcwnd_set.entry(key).or_insert(r.initcwnd);
                 (
@@ -1380,7 +1376,7 @@ impl Policy {
         let p = &self.config.policy;
         ifindex
             .and_then(|i| self.health.paths.get(&i))
-            .and_then(|h| h.host_problem(p.stall_ms, p.loss_threshold))
+            .and_then(|h| h.host_problem(p.stall_ms, p.loss_threshold, p.loss_hosts as usize))
     }
 
     /// What is wrong with some connections of the path but is not taken as
@@ -1395,11 +1391,11 @@ impl Policy {
                 if !seen.insert(i) {
                     return None;
                 }
-                let note = self
-                    .health
-                    .paths
-                    .get(&i)?
-                    .unconfirmed_problem(p.stall_ms, p.loss_threshold)?;
+                let note = self.health.paths.get(&i)?.unconfirmed_problem(
+                    p.stall_ms,
+                    p.loss_threshold,
+                    p.loss_hosts as usize,
+                )?;
                 Some(format!("{}: {note}", w.iface))
             })
             .collect();
@@ -1424,7 +1420,7 @@ impl Policy {
         {
             self.handovers.pop_front();
         }
-        if self.spent_this_round || self.handovers.len() < max {
+        if self.spent_this_round() || self.handovers.len() < max {
             return Ok(());
         }
         let next = self.handovers.front().map_or(now, |t| t.plus(window));
@@ -1435,18 +1431,21 @@ impl Policy {
         ))
     }
 
+    /// A switch was made (or a reset decided) on measurements in this
+    /// round: what follows in the same round comes with it.
+    fn spent_this_round(&self) -> bool {
+        self.handovers.back() == Some(&self.clock.now())
+    }
+
     fn spend_handover(&mut self) {
-        if !self.spent_this_round {
+        if !self.spent_this_round() {
             self.handovers.push_back(self.clock.now());
-            self.spent_this_round = true;
             self.counters.handovers += 1;
         }
     }
 
+    /// Counted in `reconcile`, once per time it is held back.
     fn hold_back_handover(&mut self, why: String) {
-        if self.handover_held.is_none() && !self.held_last_round {
-            self.counters.handovers_held_back += 1;
-        }
         self.handover_held = Some(why);
     }
 
@@ -1482,7 +1481,6 @@ impl Policy {
     /// Set the backup bit of each wanted endpoint for handover or interactive.
     fn apply_path_mode(&mut self, wanted: &mut [Want]) {
         self.mode_reasons.clear();
-        self.held_last_round = self.handover_held.take().is_some();
         let backup = Flag::Backup.bit();
         let pc = self.config.policy.clone();
         let now = self.clock.now();
@@ -1621,12 +1619,8 @@ impl Policy {
                 else {
                     return;
                 };
-                let names: BTreeMap<u32, String> = self
-                    .links
-                    .iter()
-                    .map(|(i, l)| (*i, l.name.clone()))
-                    .collect();
-                let name = |i: u32| names.get(&i).cloned().unwrap_or_else(|| format!("#{i}"));
+                let links = self.links.clone();
+                let name = |i: u32| link_name(&links, i);
                 let current = self
                     .active_path
                     .and_then(|a| paths.iter().find(|p| p.ifindex == a).cloned());
@@ -1803,8 +1797,9 @@ impl Policy {
         out
     }
 
-    /// Everything `braid status` shows about the daemon's view.
-    pub fn view(&self) -> PolicyView {
+    /// What needs the operator's attention (shown by `braid status`, logged
+    /// by the daemon when it appears).
+    pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         let (wanted, extra) = self.wanted();
         if !extra.is_empty() {
@@ -1858,6 +1853,22 @@ impl Policy {
                 "the kernel refused initcwnd on {name}'s default route in table {table}: {error}; a takeover by {name} slow-starts from 10 segments"
             ));
         }
+        warnings
+    }
+
+    /// The endpoints Braid made, as the model holds them (for the state file).
+    pub fn owned_endpoints(&self) -> Vec<KernelEndpoint> {
+        self.kernel
+            .values()
+            .filter(|e| self.owned.contains(&e.id))
+            .cloned()
+            .collect()
+    }
+
+    /// Everything `braid status` shows about the daemon's view.
+    pub fn view(&self) -> PolicyView {
+        let warnings = self.warnings();
+        let (_, extra) = self.wanted();
         let interfaces = self
             .links
             .values()
@@ -1918,23 +1929,10 @@ impl Policy {
                 .health
                 .paths
                 .iter()
-                .map(|(i, h)| {
-                    (
-                        self.links
-                            .get(i)
-                            .map(|l| l.name.clone())
-                            .unwrap_or_else(|| format!("#{i}")),
-                        h.clone(),
-                    )
-                })
+                .map(|(i, h)| (link_name(&self.links, *i), h.clone()))
                 .collect(),
             interfaces,
-            owned_endpoints: self
-                .kernel
-                .values()
-                .filter(|e| self.owned.contains(&e.id))
-                .cloned()
-                .collect(),
+            owned_endpoints: self.owned_endpoints(),
             foreign_endpoints: self
                 .kernel
                 .values()
@@ -1946,6 +1944,34 @@ impl Policy {
             recent_decisions: self.recent.iter().cloned().collect(),
             counters: self.counters.clone(),
         }
+    }
+}
+
+/// An interface's name, or `#index` if it is unknown.
+fn link_name(links: &BTreeMap<u32, Link>, i: u32) -> String {
+    links
+        .get(&i)
+        .map(|l| l.name.clone())
+        .unwrap_or_else(|| format!("#{i}"))
+}
+
+/// A probe of the path `ifindex` from `local` to `remote`, waiting what
+/// the path's measurements say an answer may take.
+fn probe_decision(
+    ifindex: u32,
+    local: IpAddr,
+    remote: IpAddr,
+    h: &PathHealth,
+    reason: String,
+) -> Decision {
+    Decision {
+        action: Action::ProbePath {
+            ifindex,
+            local,
+            remote,
+            timeout_ms: h.probe_timeout_ms(),
+        },
+        reason,
     }
 }
 
@@ -1967,4 +1993,170 @@ fn serde_json_name(kind: MptcpEventKind) -> String {
             s.chars().collect::<Vec<_>>()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::SubflowSample;
+    use std::net::SocketAddr;
+
+    /// eth0 (10.0.0.2, primary) and wlan0 (192.168.1.5, secondary), in
+    /// handover mode.
+    fn handover() -> Policy {
+        let mut cfg = Config::default();
+        cfg.policy.mode = PathMode::Handover;
+        let mut p = Policy::new(cfg, Vec::new());
+        let link = |index: u32, name: &str| Link {
+            index,
+            name: name.into(),
+            up: true,
+            carrier: true,
+            loopback: false,
+        };
+        let addr = |ifindex: u32, ip: &str| Address {
+            ifindex,
+            ip: ip.parse().unwrap(),
+            prefix_len: 24,
+            temporary: false,
+            deprecated: false,
+            tentative: false,
+        };
+        let route = |ifindex: u32, table: u32| DefaultRoute {
+            ifindex,
+            table,
+            ipv6: false,
+            initcwnd: None,
+        };
+        p.handle(
+            Event::Snapshot {
+                links: vec![link(2, "eth0"), link(3, "wlan0")],
+                addresses: vec![addr(2, "10.0.0.2"), addr(3, "192.168.1.5")],
+                default_routes: vec![route(2, 254), route(3, 200)],
+                endpoints: vec![],
+                limits: Limits {
+                    subflows: 2,
+                    add_addr_accepted: 2,
+                },
+            },
+            0,
+        );
+        p
+    }
+
+    /// A download on eth0 from `remote`: `rx_bytes` received so far, the
+    /// last data `last_rx_ms` ago.
+    fn receiving(remote: &str, rx_bytes: u64, last_rx_ms: u32) -> Event {
+        Event::Health(vec![SubflowSample {
+            local: "10.0.0.2:40000".parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            ifindex: 0,
+            rtt_us: 20_000,
+            rttvar_us: 5_000,
+            total_retrans: 0,
+            segs_out: 10,
+            unacked: 0,
+            last_ack_recv_ms: 5,
+            bytes_received: rx_bytes,
+            last_data_recv_ms: last_rx_ms,
+        }])
+    }
+
+    fn probes(ds: &[Decision]) -> Vec<Action> {
+        ds.iter()
+            .filter(|d| matches!(d.action, Action::ProbePath { .. }))
+            .map(|d| d.action.clone())
+            .collect()
+    }
+
+    /// Receiving from `remote`, then silent for 40 ms (2 RTTs): the
+    /// decisions of the silent round.
+    fn silence(p: &mut Policy, remote: &str) -> Vec<Decision> {
+        p.handle(receiving(remote, 0, 0), 0);
+        p.handle(receiving(remote, 500_000, 1), 100);
+        p.handle(receiving(remote, 500_000, 40), 140)
+    }
+
+    #[test]
+    fn paths_are_probed_only_where_the_remotes_family_can_be() {
+        // Only IPv6 can be probed: the IPv4 host's silence is not probed.
+        let mut p = handover();
+        p.set_probing(false, true);
+        assert!(probes(&silence(&mut p, "203.0.113.1:443")).is_empty());
+        // IPv4 can be probed again (a redetect): it is.
+        p.set_probing(true, false);
+        let ds = p.handle(receiving("203.0.113.1:443", 500_000, 60), 160);
+        assert_eq!(probes(&ds).len(), 1, "{ds:?}");
+        // Neither: nothing, and the configuration still rules over both.
+        let mut p = handover();
+        p.set_probing(false, false);
+        assert!(probes(&silence(&mut p, "203.0.113.1:443")).is_empty());
+        let mut cfg = p.config().clone();
+        cfg.policy.probe_silent_paths = false;
+        let mut p = handover();
+        p.handle(Event::ConfigReloaded(Box::new(cfg)), 0);
+        p.set_probing(true, true);
+        assert!(probes(&silence(&mut p, "203.0.113.1:443")).is_empty());
+    }
+
+    #[test]
+    fn a_probe_that_could_not_be_sent_is_sent_again() {
+        let mut p = handover();
+        let ds = silence(&mut p, "203.0.113.1:443");
+        let sent = probes(&ds);
+        assert_eq!(sent.len(), 1, "{ds:?}");
+        // Once per silence while it is under way.
+        let ds = p.handle(receiving("203.0.113.1:443", 500_000, 60), 160);
+        assert!(probes(&ds).is_empty(), "{ds:?}");
+        p.handle(
+            Event::ActionFailed {
+                action: sent[0].clone(),
+                error: "Network is unreachable".into(),
+            },
+            170,
+        );
+        let ds = p.handle(receiving("203.0.113.1:443", 500_000, 80), 180);
+        assert_eq!(probes(&ds), sent, "{ds:?}");
+    }
+
+    #[test]
+    fn a_failed_stall_probe_is_no_longer_under_way() {
+        let mut p = handover();
+        let remote: SocketAddr = "203.0.113.1:443".parse().unwrap();
+        let waiting = |last_ack: u32| {
+            Event::Health(vec![SubflowSample {
+                local: "10.0.0.2:40000".parse().unwrap(),
+                remote,
+                ifindex: 0,
+                rtt_us: 20_000,
+                rttvar_us: 5_000,
+                total_retrans: 0,
+                segs_out: 100,
+                unacked: 5,
+                last_ack_recv_ms: last_ack,
+                bytes_received: 0,
+                last_data_recv_ms: 0,
+            }])
+        };
+        p.handle(waiting(5), 0);
+        // stall_ms 100 by default, rtt 20 ms: probed from 50 ms of waiting.
+        let ds = p.handle(waiting(250), 250);
+        let sent = probes(&ds);
+        assert_eq!(sent.len(), 1, "{ds:?}");
+        p.handle(
+            Event::ActionFailed {
+                action: sent[0].clone(),
+                error: "Network is unreachable".into(),
+            },
+            260,
+        );
+        let h = &p.health.paths[&2];
+        assert!(h.stall_probe.as_ref().is_some_and(|s| s.failed));
+        let note = h.unconfirmed_problem(100, 0.05, 1).unwrap();
+        assert!(note.contains("could not be sent"), "{note}");
+        // Sent again after the back-off, not at every round.
+        assert!(probes(&p.handle(waiting(300), 300)).is_empty());
+        let ds = p.handle(waiting(1300), 1300);
+        assert_eq!(probes(&ds).len(), 1, "{ds:?}");
+    }
 }

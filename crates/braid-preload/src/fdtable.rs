@@ -14,7 +14,10 @@
 //!   replay on the MPTCP socket;
 //! - flags for what makes replacing wrong: registered with epoll, shared
 //!   with another descriptor or process, an option that cannot be replayed;
-//! - the fork generation when the socket was made.
+//! - the fork generation when the socket was made;
+//! - the socket's address family (`AF_INET` or `AF_INET6`), as `socket()`
+//!   was asked for it: the cookie proves the descriptor still holds that
+//!   socket, so nothing about it needs asking again.
 //!
 //! Changes to a slot are made under its lock, with every signal blocked,
 //! so that a signal handler calling into the library never waits for the
@@ -25,7 +28,7 @@
 
 use std::cell::UnsafeCell;
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use libc::{c_int, c_void, socklen_t};
 
@@ -56,6 +59,7 @@ pub struct Slot {
     flags: AtomicU32,
     fork_gen: AtomicU32,
     len: AtomicU32,
+    domain: AtomicI32,
     cookie: AtomicU64,
     record: UnsafeCell<[u8; RECORD_BYTES]>,
 }
@@ -154,14 +158,16 @@ pub fn socket_cookie(fd: c_int) -> u64 {
     }
 }
 
-/// A TCP socket `socket()` just returned under `fd`: start its record.
-pub fn adopt(fd: c_int, fork_gen: u32) {
+/// A TCP socket of family `domain` that `socket()` just returned under
+/// `fd`: start its record.
+pub fn adopt(fd: c_int, fork_gen: u32, domain: c_int) {
     let cookie = socket_cookie(fd);
     let Some(s) = slot_or_map(fd) else { return };
     let g = s.lock();
     s.len.store(0, Ordering::Relaxed);
     s.flags.store(0, Ordering::Relaxed);
     s.fork_gen.store(fork_gen, Ordering::Relaxed);
+    s.domain.store(domain, Ordering::Relaxed);
     s.cookie.store(cookie, Ordering::Release);
     drop(g);
 }
@@ -262,6 +268,11 @@ pub enum Blocked {
 impl Locked<'_> {
     pub fn cookie(&self) -> u64 {
         self.slot.cookie.load(Ordering::Acquire)
+    }
+
+    /// The socket's address family, as recorded by `adopt`.
+    pub fn domain(&self) -> c_int {
+        self.slot.domain.load(Ordering::Relaxed)
     }
 
     /// Whether the slot allows replacing its socket.

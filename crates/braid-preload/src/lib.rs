@@ -179,7 +179,12 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
     let fd = real::socket(domain, ty, protocol);
     if fd >= 0 {
         let saved = errno();
-        fdtable::adopt(fd, fork_gen);
+        // Already MPTCP (a cgroup BPF program made it so): nothing to replace.
+        if replace::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) == Some(IPPROTO_MPTCP) {
+            fdtable::forget(fd);
+        } else {
+            fdtable::adopt(fd, fork_gen, domain);
+        }
         set_errno(saved);
     }
     fd

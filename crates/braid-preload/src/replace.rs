@@ -145,18 +145,12 @@ impl Drop for Temp {
 pub unsafe fn to_mptcp(slot: &fdtable::Slot, fd: c_int) -> Result<(), Kept> {
     let g = slot.lock();
     let cookie = g.check().map_err(Kept::Slot)?;
+    // The same socket socket() made: a TCP stream socket of the family
+    // recorded then (sockets already MPTCP are never adopted).
     if fdtable::socket_cookie(fd) != cookie {
         return Err(Kept::OtherSocket);
     }
-    if getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) != Some(libc::IPPROTO_TCP)
-        || getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) != Some(libc::SOCK_STREAM)
-    {
-        return Err(Kept::NotTcp);
-    }
-    let domain = match getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN) {
-        Some(d @ (libc::AF_INET | libc::AF_INET6)) => d,
-        _ => return Err(Kept::NotTcp),
-    };
+    let domain = g.domain();
     match tcp_state(fd) {
         Some(TCP_CLOSE) => {}
         Some(s) => return Err(Kept::NotClosed(s)),

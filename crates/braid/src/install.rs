@@ -20,7 +20,7 @@ use std::path::{Component, Path, PathBuf};
 use braid_kernel::Error;
 use clap::Args;
 
-use crate::run::PRELOAD_NAME;
+use crate::run::{preload_candidates, PRELOAD_NAME};
 use crate::{print_json, Ctx};
 
 /// Where `braid install` puts its copies, and where `braid enable` looks first.
@@ -256,11 +256,7 @@ pub fn enable_paths(
     let dir = exe.parent().unwrap_or(Path::new("/"));
     let libs = match std::env::var_os("BRAID_PRELOAD_LIB") {
         Some(p) => vec![PathBuf::from(p)],
-        None => vec![
-            prefix.join("lib/braid").join(PRELOAD_NAME),
-            dir.join(PRELOAD_NAME),
-            dir.join("../lib/braid").join(PRELOAD_NAME),
-        ],
+        None => preload_candidates(dir, Some(prefix)),
     };
     let lib = match pick(&libs) {
         Ok(l) => l,
@@ -447,10 +443,7 @@ pub fn install(ctx: &Ctx, a: InstallArgs) -> Result<(), Error> {
             )))
         }
         None => {
-            let candidates = [
-                dir.join(PRELOAD_NAME),
-                dir.join("../lib/braid").join(PRELOAD_NAME),
-            ];
+            let candidates = preload_candidates(&dir, None);
             match candidates.iter().find(|p| p.is_file()) {
                 Some(p) => p.canonicalize().unwrap_or_else(|_| p.clone()),
                 None => {

@@ -82,6 +82,26 @@ fn scope(listen_only: bool, connect_only: bool) -> &'static str {
 }
 
 /// Where the preload library is: next to the binary, or in the install prefix.
+/// Where `braid install` puts the preload library under `prefix`.
+pub fn installed_preload(prefix: &Path) -> PathBuf {
+    prefix.join("lib/braid").join(PRELOAD_NAME)
+}
+
+/// Where the preload library may be, in the order it is looked for: the
+/// copy installed under `prefix` (when given), then next to the braid
+/// executable in `dir` (a build tree), then in `dir/../lib/braid` (an
+/// installed tree).
+pub fn preload_candidates(dir: &Path, prefix: Option<&Path>) -> Vec<PathBuf> {
+    prefix
+        .map(installed_preload)
+        .into_iter()
+        .chain([
+            dir.join(PRELOAD_NAME),
+            dir.join("../lib/braid").join(PRELOAD_NAME),
+        ])
+        .collect()
+}
+
 pub fn find_preload() -> Result<PathBuf, Error> {
     if let Some(p) = std::env::var_os("BRAID_PRELOAD_LIB") {
         let p = PathBuf::from(p);
@@ -97,12 +117,8 @@ pub fn find_preload() -> Result<PathBuf, Error> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::Invalid(format!("cannot find the braid executable: {e}")))?;
     let dir = exe.parent().unwrap_or(Path::new("/"));
-    let candidates = [
-        dir.join(PRELOAD_NAME),
-        dir.join("../lib/braid").join(PRELOAD_NAME),
-        PathBuf::from("/usr/local/lib/braid").join(PRELOAD_NAME),
-        PathBuf::from("/usr/lib/braid").join(PRELOAD_NAME),
-    ];
+    let mut candidates = preload_candidates(dir, None);
+    candidates.extend(["/usr/local", "/usr"].map(|p| installed_preload(Path::new(p))));
     candidates.iter().find(|p| p.exists()).map(|p| p.canonicalize().unwrap_or(p.clone())).ok_or_else(|| {
         Error::Invalid(format!(
             "the preload library {PRELOAD_NAME} was not found (looked in {}); build it with 'cargo build -p braid-preload' \

@@ -596,7 +596,7 @@ fn kernel_live(out: &mut Out) {
             if proto > 255 {
                 braid_kernel::push_attr(&mut req, 3, &proto.to_ne_bytes());
             }
-            let msg = braid_fuzz_seeds_nl(20, NLM_F_REQUEST | NLM_F_DUMP, seq, &req);
+            let msg = braid_fuzz::nl_message(20, NLM_F_REQUEST | NLM_F_DUMP, seq, &req);
             for (i, d) in exchange(&sd, &msg, seq).iter().enumerate() {
                 out.put(
                     "kernel_sock_diag",
@@ -781,18 +781,6 @@ fn kernel_live(out: &mut Out) {
     } else {
         eprintln!("seeds: the redirected datagram did not arrive");
     }
-}
-
-/// A netlink message with a raw payload.
-fn braid_fuzz_seeds_nl(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-    let mut m = Vec::new();
-    m.extend_from_slice(&((16 + payload.len()) as u32).to_ne_bytes());
-    m.extend_from_slice(&kind.to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.extend_from_slice(payload);
-    m
 }
 
 /// MPTCP_INFO, MPTCP_FULL_INFO and the tcp_info and addresses in it.
