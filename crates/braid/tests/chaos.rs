@@ -16,13 +16,15 @@
 //! `BRAID_CHAOS_KEEP_LOGS=1` keeps the logs of a run that passes too.
 
 mod common;
-use common::BRAID;
+use common::{in_ns, BRAID};
+#[path = "common/daemon_kit.rs"]
+mod daemon_kit;
+use daemon_kit::{Daemon, Lab};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -313,10 +315,6 @@ struct Transfer {
     _listener: TcpListener,
 }
 
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    braid_kernel::netns::run_in::<_, braid_kernel::Error>(ns, move || Ok(f())).unwrap()
-}
-
 impl Transfer {
     fn start(lab: &Lab) -> Transfer {
         let listen = SocketAddr::from(([0, 0, 0, 0], PORT));
@@ -423,31 +421,20 @@ impl Drop for Transfer {
 // ---------------------------------------------------------------------
 // The lab and the daemon.
 
-struct Lab {
-    name: String,
-    client: String,
-    server: String,
-}
-
 impl Lab {
     fn up() -> Lab {
         let name = format!("ch{}", std::process::id() % 100_000);
-        let lab = Lab {
-            client: format!("{name}-c"),
-            server: format!("{name}-s"),
+        Lab::create(
             name,
-        };
-        let out = Command::new(BRAID)
-            .args(["lab", "up", "--name", &lab.name, "--paths", "3"])
-            .args(["--rate", "8mbit", "--delay", "10ms,25ms,40ms"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "lab up: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        lab
+            &[
+                "--paths",
+                "3",
+                "--rate",
+                "8mbit",
+                "--delay",
+                "10ms,25ms,40ms",
+            ],
+        )
     }
 
     /// `braid lab ARGS --name NAME`, which must succeed.
@@ -465,24 +452,6 @@ impl Lab {
         );
     }
 
-    fn ip(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["-n", &self.client])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn dir(&self) -> PathBuf {
-        PathBuf::from(format!("/run/braid/lab/{}", self.name))
-    }
-
     fn sysctl(&self, ns: &str, name: &str, value: &str) {
         let s = braid_lab::lab::Sysctl {
             name: name.into(),
@@ -492,116 +461,32 @@ impl Lab {
     }
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new(BRAID)
-            .args(["lab", "down", "--name", &self.name])
-            .output();
-    }
-}
-
-/// `braid daemon` in the lab's client namespace; killed on drop.
-struct Daemon {
-    child: Option<Child>,
-    client: String,
-    socket: PathBuf,
-    config: PathBuf,
-    state: PathBuf,
-    log: PathBuf,
-    starts: u32,
-}
-
 impl Daemon {
     fn new(lab: &Lab, mode: Mode) -> Daemon {
-        let dir = lab.dir();
-        let socket = dir.join("chaos.sock");
-        let config = dir.join("chaos.toml");
         let policy = match mode {
             Mode::Handover => "[policy]\nmode = \"handover\"\n",
             Mode::Aggregate => "",
         };
         // Endpoints removed at the stop, so that "nothing left" can be checked.
-        std::fs::write(
-            &config,
-            format!(
-                "[control]\nsocket = \"{}\"\n[endpoints]\nremove_on_stop = true\n{policy}",
-                socket.display()
-            ),
+        Daemon::configure(
+            lab,
+            "chaos",
+            &format!("[endpoints]\nremove_on_stop = true\n{policy}"),
         )
-        .unwrap();
-        Daemon {
-            child: None,
-            client: lab.client.clone(),
-            socket,
-            config,
-            state: dir.join("chaos-state.json"),
-            log: dir.join("chaos-daemon.log"),
-            starts: 0,
-        }
     }
 
     /// Start (the log is appended to) and wait until it answers.
     fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(BRAID)
-            .args(["-n", &self.client, "daemon", "--config"])
-            .arg(&self.config)
-            .arg("--state-file")
-            .arg(&self.state)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        self.starts += 1;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let cmd = self.in_client();
+        self.launch(cmd, &[], &[], false);
+        if !self.wait_up() {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("the daemon exited at start ({st}):\n{}", self.log_tail(40));
             }
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
+            panic!(
                 "the daemon did not answer within 10 s:\n{}",
                 self.log_tail(40)
             );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn alive(&self) -> bool {
-        self.child.is_some()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM and wait (10 s at most): how it ended.
-    fn stop(&mut self) -> Result<std::process::ExitStatus, String> {
-        let mut c = self.child.take().ok_or("not running")?;
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(st) = c.try_wait().unwrap() {
-                return Ok(st);
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                return Err("the daemon did not stop within 10 s of SIGTERM".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -609,22 +494,6 @@ impl Daemon {
         braid_daemon::control::request(&self.socket, &braid_daemon::control::Request::Status)
             .ok()?
             .status
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn log_tail(&self, n: usize) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -1317,7 +1186,7 @@ fn chaos_keeps_one_connection_and_every_byte() {
     }
 
     // The stop: nothing of Braid's is left.
-    match daemon.stop() {
+    match daemon.stop_within(10) {
         Ok(st) if st.success() => {}
         Ok(st) => problems.push(format!("the daemon's stop: {st}")),
         Err(e) => problems.push(e),

@@ -5,15 +5,13 @@
 
 mod common;
 use common::{wait_for, BRAID};
+#[path = "common/daemon_kit.rs"]
+mod daemon_kit;
+use daemon_kit::{Daemon, Lab};
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
-
-struct Lab {
-    name: String,
-    client: String,
-}
 
 impl Lab {
     fn up(tag: &str, extra: &[&str]) -> Lab {
@@ -23,20 +21,7 @@ impl Lab {
         } else {
             extra.to_vec()
         };
-        let out = Command::new(BRAID)
-            .args(["lab", "up", "--name", &name])
-            .args(rate)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "lab up: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Lab {
-            client: format!("{name}-c"),
-            name,
-        }
+        Lab::create(name, &rate)
     }
 
     fn braid(&self, args: &[&str]) -> std::process::Output {
@@ -45,19 +30,6 @@ impl Lab {
             .args(["--name", &self.name])
             .output()
             .unwrap()
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let out = Command::new("ip")
-            .args(["-n", &self.client])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 
     fn endpoints(&self) -> Vec<serde_json::Value> {
@@ -77,30 +49,10 @@ impl Lab {
         v.sort();
         v
     }
-
-    fn dir(&self) -> PathBuf {
-        PathBuf::from(format!("/run/braid/lab/{}", self.name))
-    }
 }
 
 fn state_path(lab: &Lab) -> PathBuf {
     lab.dir().join("t-state.json")
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new(BRAID)
-            .args(["lab", "down", "--name", &self.name])
-            .output();
-    }
-}
-
-/// A daemon in the lab's client namespace; killed on drop.
-struct Daemon {
-    child: Option<Child>,
-    socket: PathBuf,
-    config: PathBuf,
-    log: PathBuf,
 }
 
 impl Daemon {
@@ -112,82 +64,18 @@ impl Daemon {
 
     /// Write the configuration; start nothing yet.
     fn new(lab: &Lab, config_extra: &str) -> Daemon {
-        let dir = lab.dir();
-        let socket = dir.join("t.sock");
-        let config = dir.join("t.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[control]\nsocket = \"{}\"\n{config_extra}",
-                socket.display()
-            ),
-        )
-        .unwrap();
-        let log = dir.join("t.log");
-        Daemon {
-            child: None,
-            socket,
-            config,
-            log,
-        }
+        Daemon::configure(lab, "t", config_extra)
     }
 
     fn spawn(&mut self, lab: &Lab, args: &[&str], env: &[(&str, &str)]) {
         let mut cmd = Command::new(BRAID);
         cmd.args(["-n", &lab.client]);
-        self.launch(lab, cmd, args, env, true);
+        self.launch(cmd, args, env, true);
         assert!(
             self.wait_up(),
             "daemon did not start: {}",
             std::fs::read_to_string(&self.log).unwrap_or_default()
         );
-    }
-
-    /// Start `cmd daemon --config .. --state-file .. ARGS`; the log is
-    /// started afresh or appended to.
-    fn launch(
-        &mut self,
-        lab: &Lab,
-        mut cmd: Command,
-        args: &[&str],
-        env: &[(&str, &str)],
-        fresh_log: bool,
-    ) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .append(!fresh_log)
-            .truncate(fresh_log)
-            .open(&self.log)
-            .unwrap();
-        let child = cmd
-            .args(["daemon", "--config"])
-            .arg(&self.config)
-            .arg("--state-file")
-            .arg(state_path(lab))
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    /// Wait until the control socket answers (true) or the daemon is gone.
-    fn wait_up(&mut self) -> bool {
-        let socket = self.socket.clone();
-        let child = self.child.as_mut().unwrap();
-        wait_for(10, || {
-            std::os::unix::net::UnixStream::connect(&socket).is_ok()
-                || child.try_wait().unwrap().is_some()
-        });
-        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
-            && std::os::unix::net::UnixStream::connect(&socket).is_ok()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
     }
 
     fn stop(&mut self) {
@@ -207,17 +95,23 @@ impl Daemon {
         v["daemon"].clone()
     }
 
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+    /// `braid daemon reload --socket SOCKET`.
+    fn reload(&self) -> std::process::Output {
+        Command::new(BRAID)
+            .args(["daemon", "reload", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .unwrap()
     }
-}
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+    /// [`Daemon::reload`], which must succeed.
+    fn reload_ok(&self) {
+        let out = self.reload();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -385,15 +279,7 @@ fn reload_good_and_bad_config() {
         cfg("[[interface]]\nname = \"p1\"\nflags = [\"subflow\", \"backup\"]\n"),
     )
     .unwrap();
-    let out = Command::new(BRAID)
-        .args(["daemon", "reload", "--socket", &socket])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    d.reload_ok();
     let backup_set = || {
         lab.endpoints().iter().any(|e| {
             e["addr"] == "10.2.0.1" && e["flags"] == serde_json::json!(["subflow", "backup"])
@@ -407,10 +293,7 @@ fn reload_good_and_bad_config() {
         cfg("[[interface]]\nname = \"p1\"\nflags = [\"turbo\"]\n"),
     )
     .unwrap();
-    let out = Command::new(BRAID)
-        .args(["daemon", "reload", "--socket", &socket])
-        .output()
-        .unwrap();
+    let out = d.reload();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success()
@@ -870,7 +753,7 @@ impl Daemon {
                 Ok(())
             });
         }
-        self.launch(lab, cmd, args, &[], true);
+        self.launch(cmd, args, &[], true);
         drop((ns, filter));
         self.wait_up()
     }
@@ -1037,16 +920,7 @@ fn without_cap_net_raw_probing_falls_back_or_says_why_not() {
             .map_err(|e| braid_kernel::Error::Invalid(e.to_string()))
     })
     .unwrap();
-    let out = Command::new(BRAID)
-        .args(["daemon", "reload", "--socket"])
-        .arg(&d.socket)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    d.reload_ok();
     let probe = d.feature("path_probe");
     assert_eq!(probe["on"], true, "{probe}");
     assert!(
@@ -1162,7 +1036,7 @@ fn scenario(
         .unwrap_or_default();
     let mut cmd = Command::new(BRAID);
     cmd.args(["-n", &lab.client]);
-    d.launch(lab, cmd, &[], &env, true);
+    d.launch(cmd, &[], &env, true);
     let mut crashes = 0;
     let mut seen = Vec::new();
     // Wait for the step to settle: the reference's observation when there
@@ -1176,7 +1050,7 @@ fn scenario(
                 crashes += 1;
                 let mut cmd = Command::new(BRAID);
                 cmd.args(["-n", &lab.client]);
-                d.launch(lab, cmd, &[], &[], false);
+                d.launch(cmd, &[], &[], false);
                 continue;
             }
             let now = observe(lab);
@@ -1236,7 +1110,7 @@ fn scenario(
             crashes += 1;
             let mut cmd = Command::new(BRAID);
             cmd.args(["-n", &lab.client]);
-            d.launch(lab, cmd, &[], &[], false);
+            d.launch(cmd, &[], &[], false);
             continue;
         }
         assert!(st.success(), "{st:?}: {}", d.log());
@@ -1511,16 +1385,7 @@ fn outside_changes_are_put_right_periodically_and_on_reload() {
     let f = d.feature("periodic_resync");
     assert_eq!(f["on"], false, "{f}");
     lab.ip(&["mptcp", "endpoint", "flush"]);
-    let out = Command::new(BRAID)
-        .args(["daemon", "reload", "--socket"])
-        .arg(&d.socket)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    d.reload_ok();
     assert_endpoints(
         &lab,
         &["10.1.0.1", "10.2.0.1"],

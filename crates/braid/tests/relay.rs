@@ -19,15 +19,20 @@
 //! every path out of a test (Drop guards).
 
 mod common;
-use common::{unique, wait_for, Netns, BRAID};
+use common::{wait_for, Netns, BRAID};
+#[path = "common/relay_kit.rs"]
+mod relay_kit;
+use relay_kit::{
+    assert_exchange, exchange, header, pattern, run_bounded, split16, status, Origin, Proc,
+    TempDir, IO_TIMEOUT, SEED_DOWN,
+};
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use braid_relay::keys::{PrivateKey, PublicKey};
@@ -43,10 +48,6 @@ const ORIGIN_V4: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
 const ORIGIN_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, 2);
 const SOCKS: &str = "127.0.0.1:1080";
 const HTTP: &str = "127.0.0.1:3128";
-/// No socket of a test waits longer than this for one read or write.
-const IO_TIMEOUT: Duration = Duration::from_secs(20);
-const SEED_UP: u64 = 0x5eed_0001;
-const SEED_DOWN: u64 = 0x5eed_0002;
 
 fn relay_addr() -> SocketAddr {
     SocketAddr::from(([10, 0, 1, 2], RELAY_PORT))
@@ -56,6 +57,10 @@ fn origin_v4() -> SocketAddr {
     SocketAddr::from((ORIGIN_V4, ORIGIN_PORT))
 }
 
+fn origin_v6() -> SocketAddr {
+    SocketAddr::from((ORIGIN_V6, ORIGIN_PORT))
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -63,426 +68,29 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-// ---------------------------------------------------------------- patterns
-
-/// Byte i of a stream: position-dependent, so loss, duplication and
-/// reordering all show.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    let mut i = 0u64;
-    while out.len() < len {
-        let mut z = seed.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        out.extend_from_slice(&z.to_le_bytes());
-        i += 1;
-    }
-    out.truncate(len);
-    out
-}
-
 /// A small deterministic generator for "random" probe bytes.
 fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     pattern(seed ^ 0xdead_beef, len)
-}
-
-fn header(up: usize, down: usize) -> [u8; 16] {
-    let mut h = [0u8; 16];
-    h[..8].copy_from_slice(&(up as u64).to_be_bytes());
-    h[8..].copy_from_slice(&(down as u64).to_be_bytes());
-    h
-}
-
-fn split16(b: &[u8; 16]) -> (u64, u64) {
-    (
-        u64::from_be_bytes(b[..8].try_into().unwrap()),
-        u64::from_be_bytes(b[8..].try_into().unwrap()),
-    )
-}
-
-// ------------------------------------------------------------ temp files
-
-/// A per-test directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(unique(tag));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-// ------------------------------------------------------------- processes
-
-/// A spawned braid process, its output in a log file; killed on drop (its
-/// log printed when the test is failing).
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Proc {
-        let f = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Proc {
-            name: name.to_string(),
-            child,
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Panic (with the log) if the process has exited.
-    fn assert_alive(&mut self) {
-        if let Some(st) = self.child.try_wait().unwrap() {
-            panic!("{} exited ({st}); its output:\n{}", self.name, self.log());
-        }
-    }
-
-    /// Wait until its status socket answers.
-    fn wait_ready(&mut self, socket: &Path) -> Value {
-        let mut last = String::new();
-        let ready = wait_for(10, || {
-            self.assert_alive();
-            match try_status(socket) {
-                Ok(_) => true,
-                Err(e) => {
-                    last = e;
-                    false
-                }
-            }
-        });
-        assert!(
-            ready,
-            "{} never answered on {}: {last}\n{}",
-            self.name,
-            socket.display(),
-            self.log()
-        );
-        status(socket)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("----- {} output -----\n{}", self.name, self.log());
-        }
-    }
-}
-
-/// Run a command that must end by itself within `secs` (killed otherwise,
-/// and the test fails).
-fn run_bounded(cmd: &mut Command, stdin: Option<&[u8]>, secs: u64) -> Output {
-    let mut child = cmd
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    if let Some(input) = stdin {
-        let mut i = child.stdin.take().unwrap();
-        i.write_all(input).unwrap();
-    }
-    let ended = wait_for(secs, || child.try_wait().unwrap().is_some());
-    if !ended {
-        let _ = child.kill();
-        let out = child.wait_with_output().unwrap();
-        panic!(
-            "{cmd:?} was still running after {secs} s: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    child.wait_with_output().unwrap()
-}
-
-/// `braid relay status --socket PATH --json`.
-fn try_status(socket: &Path) -> Result<Value, String> {
-    let out = Command::new(BRAID)
-        .args(["relay", "status", "--json", "--socket"])
-        .arg(socket)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("status is not JSON: {e}"))
-}
-
-fn status(socket: &Path) -> Value {
-    try_status(socket).unwrap_or_else(|e| panic!("braid relay status: {e}"))
 }
 
 fn count(st: &Value, section: &str, kind: &str) -> u64 {
     st[section][kind].as_u64().unwrap_or(0)
 }
 
-/// `braid relay keygen --out FILE`: the file (mode 0600) and the public key
-/// printed.
+/// `braid relay keygen --out FILE` ([`relay_kit::keygen`]): the file
+/// (mode 0600) and the public key printed, parsed and checked against
+/// the file.
 fn keygen(dir: &TempDir, name: &str) -> (PathBuf, PublicKey) {
     use std::os::unix::fs::PermissionsExt;
-    let path = dir.path(name);
-    let out = run_bounded(
-        Command::new(BRAID)
-            .args(["relay", "keygen", "--out"])
-            .arg(&path),
-        None,
-        10,
-    );
-    assert!(
-        out.status.success(),
-        "keygen: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let public = PublicKey::from_text(String::from_utf8_lossy(&out.stdout).trim())
-        .expect("keygen prints the public key");
+    let (path, text) = relay_kit::keygen(dir, name);
+    let public = PublicKey::from_text(&text).expect("keygen prints the public key");
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "a private key file is written 0600");
     assert_eq!(PrivateKey::load(&path).unwrap().public(), public);
     (path, public)
 }
 
-// ---------------------------------------------------------------- origin
-
-#[derive(Debug, Clone)]
-struct OriginConn {
-    peer: SocketAddr,
-    /// `up` announced in the header.
-    up: u64,
-    received: u64,
-    bad: u64,
-    /// The client's end of stream was seen.
-    eof: bool,
-    error: Option<String>,
-}
-
-/// The test server in `o`: plain TCP on 10.9.0.2 and fd00:9::2.
-struct Origin {
-    stop: Arc<AtomicBool>,
-    accepted: Arc<AtomicUsize>,
-    conns: Arc<Mutex<Vec<OriginConn>>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Origin {
-    fn start(o: &Netns) -> Origin {
-        let stop = Arc::new(AtomicBool::new(false));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let conns = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (st, acc, cs) = (stop.clone(), accepted.clone(), conns.clone());
-        let thread = o.spawn(move || {
-            let listeners = [
-                TcpListener::bind(SocketAddr::from((ORIGIN_V4, ORIGIN_PORT))).unwrap(),
-                TcpListener::bind(SocketAddr::from((ORIGIN_V6, ORIGIN_PORT))).unwrap(),
-            ];
-            for l in &listeners {
-                l.set_nonblocking(true).unwrap();
-            }
-            ready_tx.send(()).unwrap();
-            while !st.load(Ordering::SeqCst) {
-                for l in &listeners {
-                    match l.accept() {
-                        Ok((s, peer)) => {
-                            acc.fetch_add(1, Ordering::SeqCst);
-                            let cs = cs.clone();
-                            std::thread::spawn(move || {
-                                let rec = serve_origin_conn(s, peer);
-                                cs.lock().unwrap().push(rec);
-                            });
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                        Err(e) => panic!("origin accept: {e}"),
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("origin listening");
-        Origin {
-            stop,
-            accepted,
-            conns,
-            thread: Some(thread),
-        }
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-
-    /// The records of finished connections, once there are `n`.
-    fn wait_conns(&self, n: usize) -> Vec<OriginConn> {
-        let done = wait_for(20, || self.conns.lock().unwrap().len() >= n);
-        let v = self.conns.lock().unwrap().clone();
-        assert!(done, "the origin finished {} connections, not {n}", v.len());
-        v
-    }
-}
-
-impl Drop for Origin {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn serve_origin_conn(mut s: TcpStream, peer: SocketAddr) -> OriginConn {
-    let mut rec = OriginConn {
-        peer,
-        up: 0,
-        received: 0,
-        bad: 0,
-        eof: false,
-        error: None,
-    };
-    let _ = s.set_nonblocking(false);
-    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-    let mut h = [0u8; 16];
-    if let Err(e) = s.read_exact(&mut h) {
-        rec.error = Some(format!("reading the header: {e}"));
-        return rec;
-    }
-    let (up, down) = split16(&h);
-    rec.up = up;
-    let mut w = s.try_clone().unwrap();
-    let writer = std::thread::spawn(move || w.write_all(&pattern(SEED_DOWN, down as usize)));
-    let expect = pattern(SEED_UP, up as usize);
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => {
-                rec.eof = true;
-                break;
-            }
-            Ok(n) => {
-                let at = rec.received as usize;
-                let end = (at + n).min(expect.len());
-                let fits = end.saturating_sub(at);
-                let good = at < expect.len() && buf[..fits] == expect[at..end];
-                if !good || fits < n {
-                    rec.bad += buf[..n]
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, b)| expect.get(at + i) != Some(b))
-                        .count() as u64;
-                }
-                rec.received += n as u64;
-            }
-            Err(e) => {
-                rec.error = Some(format!("reading: {e}"));
-                break;
-            }
-        }
-    }
-    let wrote = writer.join().unwrap();
-    if let Err(e) = &wrote {
-        rec.error.get_or_insert(format!("writing: {e}"));
-    }
-    if rec.eof && wrote.is_ok() {
-        // After the client's FIN: the half-closed connection still carries
-        // this direction.
-        let mut t = [0u8; 16];
-        t[..8].copy_from_slice(&rec.received.to_be_bytes());
-        t[8..].copy_from_slice(&rec.bad.to_be_bytes());
-        if let Err(e) = s.write_all(&t).and_then(|_| s.shutdown(Shutdown::Write)) {
-            rec.error = Some(format!("writing the trailer: {e}"));
-        }
-    }
-    rec
-}
-
 // ------------------------------------------------------------ the client
-
-/// What a program saw of one exchange with the origin.
-#[derive(Debug)]
-struct Exchanged {
-    /// The `down` bytes arrived intact.
-    down_ok: bool,
-    /// The origin's trailer: bytes it received, bytes that did not match.
-    trailer: (u64, u64),
-    /// The origin's end of stream arrived after the trailer.
-    eof: bool,
-}
-
-/// Run the test protocol on `s`: send `up` bytes while receiving `down`,
-/// then half-close and read the origin's trailer and end of stream. With a
-/// gate, only the first 64 KiB go before it opens.
-fn exchange(s: TcpStream, up: usize, down: usize, gate: Option<mpsc::Receiver<()>>) -> Exchanged {
-    let mut s = s;
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    let mut w = s.try_clone().unwrap();
-    let writer = std::thread::spawn(move || -> std::io::Result<()> {
-        w.write_all(&header(up, down))?;
-        let data = pattern(SEED_UP, up);
-        let first = data.len().min(64 << 10);
-        w.write_all(&data[..first])?;
-        if let Some(g) = gate {
-            let _ = g.recv_timeout(IO_TIMEOUT);
-        }
-        w.write_all(&data[first..])?;
-        w.shutdown(Shutdown::Write)
-    });
-    let mut got = vec![0u8; down];
-    s.read_exact(&mut got).expect("reading the origin's bytes");
-    let down_ok = got == pattern(SEED_DOWN, down);
-    writer.join().unwrap().expect("writing to the origin");
-    let mut t = [0u8; 16];
-    s.read_exact(&mut t)
-        .expect("the origin's trailer, sent after it saw our end of stream");
-    let mut more = [0u8; 1];
-    let eof = matches!(s.read(&mut more), Ok(0));
-    Exchanged {
-        down_ok,
-        trailer: split16(&t),
-        eof,
-    }
-}
-
-fn assert_exchange(ex: &Exchanged, up: usize) {
-    assert!(ex.down_ok, "the origin's bytes arrived corrupted: {ex:?}");
-    assert_eq!(
-        ex.trailer,
-        (up as u64, 0),
-        "the origin got (bytes, mismatches) = {:?}, sent {up}",
-        ex.trailer
-    );
-    assert!(ex.eof, "no end of stream from the origin after its trailer");
-}
 
 enum Target {
     V4(Ipv4Addr),
@@ -834,7 +442,7 @@ impl Lab {
 
         let (relay_key, relay_pub) = keygen(&dir, "relay.key");
         let (client_key, client_pub) = keygen(&dir, "client.key");
-        let origin = Origin::start(&o);
+        let origin = Origin::start(&o, &[origin_v4(), origin_v6()]);
 
         let relay_sock = dir.path("relay.sock");
         let client_sock = dir.path("client.sock");

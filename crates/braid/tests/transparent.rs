@@ -25,15 +25,20 @@
 //! path out of a test (Drop guards).
 
 mod common;
+#[path = "common/relay_kit.rs"]
+mod relay_kit;
+use relay_kit::{
+    assert_exchange, exchange, header, keygen, pattern, run_bounded, status, try_status,
+    wait_output, Origin, Piped, Proc, Service, TempDir, IO_TIMEOUT,
+};
+
 use common::{unique, wait_for, Netns, BRAID};
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{
-    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket,
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -57,10 +62,6 @@ const RESOLVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 53);
 const DOT: Ipv4Addr = ORIGIN;
 /// What that resolver answers.
 const DNS_ANSWER: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 99);
-/// No socket of a test waits longer than this for one read or write.
-const IO_TIMEOUT: Duration = Duration::from_secs(20);
-const SEED_UP: u64 = 0x5eed_0101;
-const SEED_DOWN: u64 = 0x5eed_0102;
 
 fn relay_addr() -> SocketAddr {
     SocketAddr::from((RELAY_IP, RELAY_PORT))
@@ -88,214 +89,6 @@ fn python() -> &'static str {
     }
 }
 
-// ---------------------------------------------------------------- patterns
-
-/// Byte i of a stream: position-dependent, so loss, duplication and
-/// reordering all show.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    let mut i = 0u64;
-    while out.len() < len {
-        let mut z = seed.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        out.extend_from_slice(&z.to_le_bytes());
-        i += 1;
-    }
-    out.truncate(len);
-    out
-}
-
-fn header(up: usize, down: usize) -> [u8; 16] {
-    let mut h = [0u8; 16];
-    h[..8].copy_from_slice(&(up as u64).to_be_bytes());
-    h[8..].copy_from_slice(&(down as u64).to_be_bytes());
-    h
-}
-
-fn split16(b: &[u8; 16]) -> (u64, u64) {
-    (
-        u64::from_be_bytes(b[..8].try_into().unwrap()),
-        u64::from_be_bytes(b[8..].try_into().unwrap()),
-    )
-}
-
-// ------------------------------------------------------------ temp files
-
-/// A per-test directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(unique(tag));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-// ------------------------------------------------------------- processes
-
-/// A spawned process, its output in a log file; killed on drop (its log
-/// printed when the test is failing).
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-    exited: Option<ExitStatus>,
-}
-
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Proc {
-        let f = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Proc {
-            name: name.to_string(),
-            child,
-            log,
-            exited: None,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn has_exited(&mut self) -> Option<ExitStatus> {
-        if self.exited.is_none() {
-            self.exited = self.child.try_wait().unwrap();
-        }
-        self.exited
-    }
-
-    /// Panic (with the log) if the process has exited.
-    fn assert_alive(&mut self) {
-        if let Some(st) = self.has_exited() {
-            panic!("{} exited ({st}); its output:\n{}", self.name, self.log());
-        }
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill has no memory-safety preconditions; the pid is our
-        // own child, not yet reaped.
-        unsafe { libc::kill(self.pid(), sig) };
-    }
-
-    /// Wait for the process to end by itself.
-    fn wait_exit(&mut self, secs: u64) -> Option<ExitStatus> {
-        wait_for(secs, || self.has_exited().is_some());
-        self.has_exited()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.exited.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("----- {} output -----\n{}", self.name, self.log());
-        }
-    }
-}
-
-/// A child with piped standard streams, killed on drop.
-struct Piped(Child);
-
-impl Drop for Piped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Run a command that must end by itself within `secs` (killed otherwise,
-/// and the test fails).
-fn run_bounded(cmd: &mut Command, secs: u64) -> Output {
-    let mut child = Piped(
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{cmd:?}: {e}")),
-    );
-    wait_output(&mut child, secs, &format!("{cmd:?}"))
-}
-
-/// The output of a piped child that must end within `secs`.
-fn wait_output(child: &mut Piped, secs: u64, what: &str) -> Output {
-    // Read both pipes on threads: a full pipe must not stall the child.
-    let mut out = child.0.stdout.take();
-    let mut err = child.0.stderr.take();
-    let o = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        if let Some(s) = out.as_mut() {
-            let _ = s.read_to_end(&mut v);
-        }
-        v
-    });
-    let e = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        if let Some(s) = err.as_mut() {
-            let _ = s.read_to_end(&mut v);
-        }
-        v
-    });
-    let ended = wait_for(secs, || child.0.try_wait().unwrap().is_some());
-    if !ended {
-        let _ = child.0.kill();
-    }
-    let status = child.0.wait().unwrap();
-    let output = Output {
-        status,
-        stdout: o.join().unwrap(),
-        stderr: e.join().unwrap(),
-    };
-    assert!(
-        ended,
-        "{what} was still running after {secs} s: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-/// `braid relay status --socket PATH --json`.
-fn try_status(socket: &Path) -> Result<Value, String> {
-    let out = Command::new(BRAID)
-        .args(["relay", "status", "--json", "--socket"])
-        .arg(socket)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("status is not JSON: {e}"))
-}
-
-fn status(socket: &Path) -> Value {
-    try_status(socket).unwrap_or_else(|e| panic!("braid relay status: {e}"))
-}
-
 /// A transparent-mode counter of a client's status.
 fn tcount(st: &Value, key: &str) -> u64 {
     st["transparent"][key].as_u64().unwrap_or(0)
@@ -305,26 +98,6 @@ fn tcount(st: &Value, key: &str) -> u64 {
 fn rules_settled(st: &Value) -> bool {
     let t = &st["transparent"];
     t["rules_installed"].as_u64().unwrap_or(0) > 0 && t["rules_in_kernel"] == t["rules_installed"]
-}
-
-/// `braid relay keygen --out FILE`: the file and the public key printed.
-fn keygen(dir: &TempDir, name: &str) -> (PathBuf, String) {
-    let path = dir.path(name);
-    let out = run_bounded(
-        Command::new(BRAID)
-            .args(["relay", "keygen", "--out"])
-            .arg(&path),
-        10,
-    );
-    assert!(
-        out.status.success(),
-        "keygen: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        path,
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-    )
 }
 
 /// `ip -n NS ARGS` with the arguments in one string.
@@ -381,222 +154,6 @@ fn udp_echo(ns: &Netns, addr: SocketAddr, stop: Arc<AtomicBool>) -> JoinHandle<(
     rx.recv_timeout(Duration::from_secs(5))
         .expect("the UDP echo started");
     t
-}
-
-/// A TCP server thread inside a namespace, each connection on a thread of
-/// its own; stopped (and joined) on drop.
-struct Service {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Service {
-    fn start<F>(ns: &Netns, addr: SocketAddr, handle: F) -> Service
-    where
-        F: Fn(TcpStream, SocketAddr) + Send + Sync + 'static,
-    {
-        let stop = Arc::new(AtomicBool::new(false));
-        let handle = Arc::new(handle);
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let st = stop.clone();
-        let thread = ns.spawn(move || {
-            let l = match TcpListener::bind(addr) {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(format!("binding {addr}: {e}")));
-                    return;
-                }
-            };
-            l.set_nonblocking(true).unwrap();
-            let _ = ready_tx.send(Ok(()));
-            while !st.load(Ordering::SeqCst) {
-                match l.accept() {
-                    Ok((s, peer)) => {
-                        let _ = s.set_nonblocking(false);
-                        let h = handle.clone();
-                        std::thread::spawn(move || h(s, peer));
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5))
-                    }
-                    Err(e) => panic!("accept on {addr}: {e}"),
-                }
-            }
-        });
-        let mut svc = Service {
-            stop,
-            thread: Some(thread),
-        };
-        match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => svc,
-            other => {
-                svc.stop.store(true, Ordering::SeqCst);
-                let _ = svc.thread.take().map(|t| t.join());
-                panic!("a server on {addr} did not start: {other:?}")
-            }
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct OriginConn {
-    peer: SocketAddr,
-    up: u64,
-    received: u64,
-    bad: u64,
-    eof: bool,
-    error: Option<String>,
-}
-
-/// The test server in `o` on 10.9.0.2:8080 (plain TCP): the client sends
-/// `up` and `down` (u64 BE), then `up` bytes of one pattern while the
-/// origin sends `down` bytes of another; after the client's end of stream
-/// the origin sends a trailer (bytes received, bytes that did not match).
-struct Origin {
-    accepted: Arc<AtomicUsize>,
-    conns: Arc<Mutex<Vec<OriginConn>>>,
-    _svc: Service,
-}
-
-impl Origin {
-    fn start(o: &Netns) -> Origin {
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let conns = Arc::new(Mutex::new(Vec::new()));
-        let (acc, cs) = (accepted.clone(), conns.clone());
-        let svc = Service::start(o, origin(), move |s, peer| {
-            acc.fetch_add(1, Ordering::SeqCst);
-            let rec = serve_origin_conn(s, peer);
-            cs.lock().unwrap().push(rec);
-        });
-        Origin {
-            accepted,
-            conns,
-            _svc: svc,
-        }
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-
-    fn wait_conns(&self, n: usize) -> Vec<OriginConn> {
-        let done = wait_for(20, || self.conns.lock().unwrap().len() >= n);
-        let v = self.conns.lock().unwrap().clone();
-        assert!(done, "the origin finished {} connections, not {n}", v.len());
-        v
-    }
-}
-
-fn serve_origin_conn(mut s: TcpStream, peer: SocketAddr) -> OriginConn {
-    let mut rec = OriginConn {
-        peer,
-        up: 0,
-        received: 0,
-        bad: 0,
-        eof: false,
-        error: None,
-    };
-    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-    let mut h = [0u8; 16];
-    if let Err(e) = s.read_exact(&mut h) {
-        rec.error = Some(format!("reading the header: {e}"));
-        return rec;
-    }
-    let (up, down) = split16(&h);
-    rec.up = up;
-    let mut w = s.try_clone().unwrap();
-    let writer = std::thread::spawn(move || w.write_all(&pattern(SEED_DOWN, down as usize)));
-    let expect = pattern(SEED_UP, up as usize);
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => {
-                rec.eof = true;
-                break;
-            }
-            Ok(n) => {
-                let at = rec.received as usize;
-                rec.bad += buf[..n]
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, b)| expect.get(at + i) != Some(b))
-                    .count() as u64;
-                rec.received += n as u64;
-            }
-            Err(e) => {
-                rec.error = Some(format!("reading: {e}"));
-                break;
-            }
-        }
-    }
-    let wrote = writer.join().unwrap();
-    if let Err(e) = &wrote {
-        rec.error.get_or_insert(format!("writing: {e}"));
-    }
-    if rec.eof && wrote.is_ok() {
-        let mut t = [0u8; 16];
-        t[..8].copy_from_slice(&rec.received.to_be_bytes());
-        t[8..].copy_from_slice(&rec.bad.to_be_bytes());
-        if let Err(e) = s.write_all(&t).and_then(|_| s.shutdown(Shutdown::Write)) {
-            rec.error = Some(format!("writing the trailer: {e}"));
-        }
-    }
-    rec
-}
-
-/// What a program saw of one exchange with the origin.
-#[derive(Debug)]
-struct Exchanged {
-    down_ok: bool,
-    trailer: (u64, u64),
-    eof: bool,
-}
-
-/// The test protocol on `s`: send `up` bytes while receiving `down`, then
-/// half-close and read the origin's trailer and end of stream.
-fn exchange(mut s: TcpStream, up: usize, down: usize) -> Exchanged {
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    let mut w = s.try_clone().unwrap();
-    let writer = std::thread::spawn(move || -> std::io::Result<()> {
-        w.write_all(&header(up, down))?;
-        w.write_all(&pattern(SEED_UP, up))?;
-        w.shutdown(Shutdown::Write)
-    });
-    let mut got = vec![0u8; down];
-    s.read_exact(&mut got).expect("reading the origin's bytes");
-    let down_ok = got == pattern(SEED_DOWN, down);
-    writer.join().unwrap().expect("writing to the origin");
-    let mut t = [0u8; 16];
-    s.read_exact(&mut t)
-        .expect("the origin's trailer, sent after it saw our end of stream");
-    let eof = matches!(s.read(&mut [0u8; 1]), Ok(0));
-    Exchanged {
-        down_ok,
-        trailer: split16(&t),
-        eof,
-    }
-}
-
-fn assert_exchange(ex: &Exchanged, up: usize) {
-    assert!(ex.down_ok, "the origin's bytes arrived corrupted: {ex:?}");
-    assert_eq!(
-        ex.trailer,
-        (up as u64, 0),
-        "the origin got (bytes, mismatches) = {:?}, sent {up}",
-        ex.trailer
-    );
-    assert!(ex.eof, "no end of stream from the origin after its trailer");
 }
 
 /// The server on 10.8.0.1:8081 in r: tells each connection its peer's
@@ -1015,7 +572,7 @@ impl Lab {
 
         let (relay_key, relay_pub) = keygen(&dir, "relay.key");
         let (client_key, client_pub) = keygen(&dir, "client.key");
-        let origin = Origin::start(&o);
+        let origin = Origin::start(&o, &[origin()]);
         let relay_sock = dir.path("relay.sock");
         let client_sock = dir.path("client.sock");
         let relay_cfg = dir.path("relay.toml");
@@ -1285,7 +842,7 @@ fn unmodified_program_goes_through_the_relay() {
     let (peer, ex) = lab.c.run(|| {
         let s = TcpStream::connect_timeout(&origin(), Duration::from_secs(5))
             .expect("connect to the origin");
-        (s.peer_addr().unwrap(), exchange(s, BYTES, BYTES))
+        (s.peer_addr().unwrap(), exchange(s, BYTES, BYTES, None))
     });
     assert_eq!(peer, origin());
     assert_exchange(&ex, BYTES);
@@ -1354,7 +911,7 @@ fn unmodified_program_goes_through_the_relay() {
     ] {
         curl.env_remove(v);
     }
-    let out = run_bounded(&mut curl, 30);
+    let out = run_bounded(&mut curl, None, 30);
     assert!(
         out.status.success(),
         "curl: {}",
@@ -1381,7 +938,7 @@ fn no_leak_when_the_relay_is_down_and_fallback_blocks() {
     // Through the relay while it is up.
     let ex = lab.c.run(|| {
         let s = TcpStream::connect_timeout(&origin(), Duration::from_secs(5)).unwrap();
-        exchange(s, 1000, 1000)
+        exchange(s, 1000, 1000, None)
     });
     assert_exchange(&ex, 1000);
     lab.origin.wait_conns(1);
@@ -1916,6 +1473,7 @@ fn scope_uid_and_cgroup() {
             .args(["netns", "exec", &lab.c.name, "setpriv"])
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .args([python(), "-c", PEER_SCRIPT]),
+        None,
         20,
     );
     assert!(
@@ -2031,26 +1589,6 @@ fn proc_sysctl(ns: &Netns, key: &str, value: &str) {
         .unwrap_or_else(|e| panic!("writing {path} in {}: {e}", ns.name));
 }
 
-impl Origin {
-    /// The same test server as [`Origin::start`], on another address (the
-    /// origin's IPv6 one).
-    fn start_on(o: &Netns, addr: SocketAddr) -> Origin {
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let conns = Arc::new(Mutex::new(Vec::new()));
-        let (acc, cs) = (accepted.clone(), conns.clone());
-        let svc = Service::start(o, addr, move |s, peer| {
-            acc.fetch_add(1, Ordering::SeqCst);
-            let rec = serve_origin_conn(s, peer);
-            cs.lock().unwrap().push(rec);
-        });
-        Origin {
-            accepted,
-            conns,
-            _svc: svc,
-        }
-    }
-}
-
 impl Lab {
     /// A fourth namespace h, a host on a LAN behind c: c's lan0
     /// 192.168.77.1/24, h's h0 192.168.77.2/24, h's default route via c;
@@ -2133,7 +1671,7 @@ fn lan_scope_carries_a_routers_lan() {
     let (peer, ex) = h.run(|| {
         let s = TcpStream::connect_timeout(&origin(), Duration::from_secs(5))
             .expect("connect from the LAN host to the origin");
-        (s.peer_addr().unwrap(), exchange(s, BYTES, BYTES))
+        (s.peer_addr().unwrap(), exchange(s, BYTES, BYTES, None))
     });
     assert_eq!(peer, origin());
     assert_exchange(&ex, BYTES);
@@ -2227,12 +1765,16 @@ fn ipv6_programs_are_carried_too() {
     let mut lab = Lab::new("tp9");
     lab.add_ipv6();
     lab.relay_allows(&["10.9.0.0/24", "10.8.0.0/24", "fd00:9::/64"]);
-    let origin6 = Origin::start_on(&lab.o, origin_v6());
+    let origin6 = Origin::start(&lab.o, &[origin_v6()]);
     lab.start_client(&ClientOpts::default());
     let cap = Capture::start(&lab.c);
     let got = lab.c.run(|| {
         let s = TcpStream::connect_timeout(&origin_v6(), Duration::from_secs(5))?;
-        Ok::<_, std::io::Error>((s.peer_addr()?, s.local_addr()?, exchange(s, BYTES, BYTES)))
+        Ok::<_, std::io::Error>((
+            s.peer_addr()?,
+            s.local_addr()?,
+            exchange(s, BYTES, BYTES, None),
+        ))
     });
     let packets = cap.finish();
     let (peer, local, ex) = got.expect("connect to the origin over IPv6");

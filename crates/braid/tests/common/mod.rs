@@ -37,6 +37,11 @@ pub fn sh_out(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Run a closure on a thread inside the named network namespace.
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    braid_kernel::netns::run_in::<_, braid_kernel::Error>(ns, move || Ok(f())).unwrap()
+}
+
 pub struct Netns {
     pub name: String,
 }
@@ -92,7 +97,7 @@ impl Netns {
 
     /// Run a closure on a thread inside this namespace.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        braid_kernel::netns::run_in::<_, braid_kernel::Error>(&self.name, move || Ok(f())).unwrap()
+        in_ns(&self.name, f)
     }
 
     pub fn spawn<T: Send + 'static>(
