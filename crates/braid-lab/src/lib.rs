@@ -13,6 +13,7 @@ pub mod scenario;
 pub mod shaper;
 pub mod spec;
 pub mod summary;
+pub mod sweep;
 pub mod traffic;
 pub mod tun;
 pub mod vethlab;

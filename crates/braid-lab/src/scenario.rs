@@ -21,16 +21,19 @@ pub enum Scenario {
     Aggregate,
     FailoverCarrier,
     FailoverBlackhole,
+    /// The client's address on the primary goes away; the link stays up.
+    FailoverAddress,
     LateInterface,
     Flap,
     LossyPrimary,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Aggregate,
         Scenario::FailoverCarrier,
         Scenario::FailoverBlackhole,
+        Scenario::FailoverAddress,
         Scenario::LateInterface,
         Scenario::Flap,
         Scenario::LossyPrimary,
@@ -41,6 +44,7 @@ impl Scenario {
             Scenario::Aggregate => "aggregate",
             Scenario::FailoverCarrier => "failover-carrier",
             Scenario::FailoverBlackhole => "failover-blackhole",
+            Scenario::FailoverAddress => "failover-address",
             Scenario::LateInterface => "late-interface",
             Scenario::Flap => "flap",
             Scenario::LossyPrimary => "lossy-primary",
@@ -183,7 +187,8 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
         return Err(LabError::Invalid("scenarios need at least 2 paths".into()));
     }
     let mut paths = cfg.paths.clone();
-    if cfg.scenario == Scenario::LossyPrimary {
+    // The primary is lossy: 10 % unless the paths say how lossy.
+    if cfg.scenario == Scenario::LossyPrimary && paths[0].loss == 0.0 {
         paths[0].loss = 0.10;
     }
     let absent = if cfg.scenario == Scenario::LateInterface {
@@ -306,6 +311,17 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
                         "blackholed"
                     }
                 ),
+            );
+            fail_at = Some(events.last().unwrap().t_ms);
+        }
+        Scenario::FailoverAddress => {
+            sleep_until(t0, d_ms * 0.4);
+            lab.remove_client_addr(0)?;
+            record(
+                &mut events,
+                &mut logs,
+                bulk.elapsed_ms(),
+                "path 0 loses the client's address".into(),
             );
             fail_at = Some(events.last().unwrap().t_ms);
         }

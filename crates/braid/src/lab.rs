@@ -52,10 +52,15 @@ pub enum LabCmd {
         #[arg(long)]
         add: bool,
     },
-    /// Run a scenario in a fresh lab: aggregate, failover-carrier, failover-blackhole, late-interface, flap, lossy-primary.
+    /// Run a scenario in a fresh lab: aggregate, failover-carrier, failover-blackhole, failover-address, late-interface, flap, lossy-primary.
     Run(RunArgs),
     /// Run a scenario with several path managers, one after the other, and compare.
     Compare(RunArgs),
+    /// The no-harm sweep: failover and lossy-primary over a grid of delays,
+    /// primary loss, faults and directions, for several path managers;
+    /// resumable (runs are kept in OUT/runs.jsonl), with a table, the goals
+    /// of each cell and a heat map.
+    Sweep(SweepArgs),
     /// The newcomer's tour: aggregate, failover-carrier and late-interface, best path manager vs the kernel alone.
     Demo(DemoArgs),
     /// Measure the link emulator: added delay, loss, throughput and CPU at a rate.
@@ -120,7 +125,7 @@ impl Default for LinkArgs {
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// aggregate, failover-carrier, failover-blackhole, late-interface, flap or lossy-primary.
+    /// aggregate, failover-carrier, failover-blackhole, failover-address, late-interface, flap or lossy-primary.
     pub scenario: String,
     /// Path manager(s): none, kernel, kernel:backup, braid, braid:handover, braid:interactive, mptcpd (comma-separated for compare).
     #[arg(long, default_value = "kernel")]
@@ -161,6 +166,50 @@ pub struct RunArgs {
     pub repeat: usize,
     #[command(flatten)]
     pub link: LinkArgs,
+}
+
+#[derive(Args)]
+pub struct SweepArgs {
+    /// Directory for runs.jsonl (appended run by run; runs already there
+    /// are not made again), summary.md, summary.json and heatmap.svg.
+    #[arg(long, default_value = "sweep")]
+    pub out: PathBuf,
+    /// One-way delays of primary/secondary, ms.
+    #[arg(long, default_value = "0/0,1/10,10/40,50/100")]
+    pub delays: String,
+    /// Random loss on the primary (each direction).
+    #[arg(long, default_value = "0,1%,10%")]
+    pub loss: String,
+    /// What happens to the primary: carrier, blackhole, address, lossy.
+    #[arg(long, default_value = "carrier,blackhole,address,lossy")]
+    pub faults: String,
+    /// download, upload or both.
+    #[arg(long, default_value = "download,upload")]
+    pub directions: String,
+    /// Path managers of the failover cells.
+    #[arg(
+        long,
+        default_value = "kernel,kernel:backup,braid,braid:handover,braid:interactive"
+    )]
+    pub pm: String,
+    /// Path managers of the lossy cells (a probe over --lossy-duration).
+    #[arg(long, default_value = "kernel,kernel:backup,braid:interactive")]
+    pub lossy_pm: String,
+    /// Runs per cell and path manager.
+    #[arg(long, default_value_t = 5)]
+    pub repeat: usize,
+    /// Length of a failover run (the primary fails at 40 %).
+    #[arg(long, default_value = "4s")]
+    pub duration: String,
+    /// Length of a lossy-primary probe run.
+    #[arg(long, default_value = "60s")]
+    pub lossy_duration: String,
+    /// Rate of the primary and the secondary.
+    #[arg(long, default_value = "40mbit,20mbit")]
+    pub rate: String,
+    /// Make no runs: summarise what OUT/runs.jsonl holds.
+    #[arg(long)]
+    pub report_only: bool,
 }
 
 #[derive(Args)]
@@ -430,6 +479,7 @@ fn run_lab(ctx: &Ctx, cmd: LabCmd) -> Result<(), LabError> {
             let reports = run_all(&a, &pms)?;
             output(ctx, &a, &reports)
         }
+        LabCmd::Sweep(a) => sweep(ctx, a),
         LabCmd::Demo(d) => demo(ctx, d),
         LabCmd::BenchEmulator(b) => {
             install_signal_teardown();
@@ -1081,6 +1131,102 @@ pub fn table(reports: &[Report]) -> String {
         out.push('\n');
     }
     out
+}
+
+fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), LabError> {
+    use braid_lab::sweep::{self, Fault, SweepConfig};
+    let duration = |s: &str, what: &str| -> Result<std::time::Duration, LabError> {
+        let us = spec::parse_duration_us(s)?;
+        if us < 2_000_000 {
+            return Err(LabError::Invalid(format!("{what} must be at least 2s")));
+        }
+        Ok(std::time::Duration::from_micros(us))
+    };
+    let rates = spec::per_path(&a.rate, 2, "rate")?;
+    let directions = a
+        .directions
+        .split(',')
+        .map(|d| match d.trim() {
+            "download" => Ok(false),
+            "upload" => Ok(true),
+            other => Err(LabError::Invalid(format!(
+                "unknown direction '{other}': use download, upload or both"
+            ))),
+        })
+        .collect::<Result<Vec<bool>, LabError>>()?;
+    if !(1..=100).contains(&a.repeat) {
+        return Err(LabError::Invalid(
+            "--repeat must be between 1 and 100".into(),
+        ));
+    }
+    let cfg = SweepConfig {
+        delays: sweep::parse_delays(&a.delays)?,
+        losses: sweep::parse_losses(&a.loss)?,
+        faults: a
+            .faults
+            .split(',')
+            .map(Fault::parse)
+            .collect::<Result<_, _>>()?,
+        directions,
+        pms: parse_pms(&a.pm)?,
+        lossy_pms: parse_pms(&a.lossy_pm)?,
+        repeat: a.repeat,
+        duration: duration(&a.duration, "--duration")?,
+        lossy_duration: duration(&a.lossy_duration, "--lossy-duration")?,
+        rates: (parse_rate_opt(rates[0])?, parse_rate_opt(rates[1])?),
+        out: a.out.clone(),
+        emulator_exe: std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?,
+        lab_prefix: format!("sw{}x", std::process::id() % 10_000),
+    };
+    for pm in cfg.pms.iter().chain(&cfg.lossy_pms) {
+        if let Some(why) = pm.unavailable() {
+            return Err(LabError::Invalid(format!("--pm {}: {why}", pm.name())));
+        }
+    }
+    if !a.report_only {
+        install_signal_teardown();
+        let started = std::time::Instant::now();
+        sweep::run(&cfg, |i, n, what| {
+            let eta = if i > 0 {
+                let per = started.elapsed().as_secs_f64() / i as f64;
+                format!(", about {:.0} min left", per * (n - i) as f64 / 60.0)
+            } else {
+                String::new()
+            };
+            eprintln!("braid: sweep {}/{n}{eta}: {what}", i + 1);
+        })?;
+    }
+    let runs = sweep::load_runs(&cfg.out)?;
+    let cells = sweep::summarize(&runs);
+    let md = sweep::markdown(&cells);
+    let write = |name: &str, bytes: &[u8]| -> Result<(), LabError> {
+        let p = cfg.out.join(name);
+        std::fs::write(&p, bytes).map_err(|e| LabError::Io(format!("writing {}: {e}", p.display())))
+    };
+    write("summary.md", md.as_bytes())?;
+    write(
+        "summary.json",
+        &serde_json::to_vec_pretty(&cells).expect("summary serializes"),
+    )?;
+    write("heatmap.svg", sweep::heatmap_svg(&cells).as_bytes())?;
+    if ctx.json {
+        print_json(&cells);
+        return Ok(());
+    }
+    println!(
+        "stall at failure (ms; probe p99 in lossy cells): median / worst of {} runs",
+        a.repeat
+    );
+    print!("{md}");
+    for (goal, met, missed) in sweep::goal_totals(&cells) {
+        println!("goal {goal}: met in {met} cells, missed in {missed}");
+    }
+    eprintln!(
+        "braid: {} runs in {}; summary.md, summary.json and heatmap.svg written there",
+        runs.len(),
+        cfg.out.display()
+    );
+    Ok(())
 }
 
 fn demo(ctx: &Ctx, d: DemoArgs) -> Result<(), LabError> {
