@@ -151,6 +151,9 @@ pub struct Policy {
     mode_reasons: BTreeMap<IpAddr, String>,
     /// Interfaces seen stalled (to act once per stall).
     stalled_paths: BTreeSet<u32>,
+    /// A stalled path whose subflows were not reopened, and why (shown in
+    /// the path state while the stall lasts).
+    reset_skipped: Option<(u32, String)>,
     /// Endpoints to re-add because their path stalled, with the reason.
     reset_pending: BTreeMap<IpAddr, String>,
     /// Probes decided this round.
@@ -318,6 +321,7 @@ impl Policy {
             path_state: String::new(),
             mode_reasons: BTreeMap::new(),
             stalled_paths: BTreeSet::new(),
+            reset_skipped: None,
             reset_pending: BTreeMap::new(),
             probes_pending: Vec::new(),
             can_probe_v4: true,
@@ -956,6 +960,9 @@ impl Policy {
             }
         }
         self.apply_path_mode(&mut wanted);
+        if let Some((_, why)) = &self.reset_skipped {
+            self.path_state = format!("{}; {why}", self.path_state);
+        }
         self.budget_resets(&wanted);
         if self.handover_held.is_some() && !was_held {
             self.counters.handovers_held_back += 1;
@@ -1249,6 +1256,20 @@ impl Policy {
             })
             .map(|(i, _)| *i)
             .collect();
+        if self
+            .reset_skipped
+            .as_ref()
+            .is_some_and(|(i, _)| !now_stalled.contains(i))
+        {
+            self.reset_skipped = None;
+        }
+        // Paths with an endpoint and no problem: where resent data can go.
+        let working: BTreeSet<u32> = self
+            .kernel
+            .values()
+            .filter_map(|e| self.ifindex_of(e.addr))
+            .filter(|i| !now_stalled.contains(i))
+            .collect();
         for i in now_stalled.difference(&self.stalled_paths.clone()) {
             let name = link_name(&self.links, *i);
             let what = match self.health.paths.get(i) {
@@ -1258,6 +1279,19 @@ impl Policy {
                 },
                 None => format!("{name} stalled"),
             };
+            if working.iter().all(|w| w == i) {
+                // Reopening the last path would resend its data onto the
+                // same path, after a handshake: only slower. Seen in the lab
+                // when a path that had just taken over was probed while its
+                // queue filled with the failed path's data.
+                self.reset_skipped = Some((
+                    *i,
+                    format!(
+                        "{what}, but no other path works: its subflows are left as they are (reopening them would resend onto the same path)"
+                    ),
+                ));
+                continue;
+            }
             for a in self.addresses.values().filter(|a| a.ifindex == *i) {
                 self.reset_pending.insert(
                     a.ip,

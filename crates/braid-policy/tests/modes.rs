@@ -679,6 +679,64 @@ fn an_unanswered_probe_hands_over_and_reopens_the_silent_path() {
 }
 
 #[test]
+fn the_last_working_path_is_not_reopened_when_it_goes_silent_too() {
+    // Seen in the lab on 0 ms paths: the path that had just taken over was
+    // probed while its queue filled with the failed path's data; the probe
+    // timed out and both paths were reopened (stall 250 ms instead of 55).
+    let (mut s, _) = sim(PathMode::Handover);
+    s.health(0, receiving(0, 0), ok(60, 0));
+    s.health(100, receiving(500_000, 1), ok(60, 0));
+    s.health(150, receiving(500_000, 50), ok(60, 0));
+    let eth0 = "203.0.113.1".parse().unwrap();
+    s.at(
+        210,
+        Event::ProbeResult {
+            ifindex: 2,
+            remote: eth0,
+            rtt_ms: None,
+        },
+    );
+    assert_eq!(s.flags(), (SUBFLOW | BACKUP, SUBFLOW));
+    // wlan0 carries the download, then goes silent in its turn.
+    let wlan0 = |rx_bytes, last_rx_ms| P {
+        unacked: 0,
+        rx_bytes,
+        last_rx_ms,
+        ..ok(60, 10)
+    };
+    // eth0 stays dead: nothing heard on it since the blackhole.
+    let eth0_dead = |silent| P {
+        last_ack_ms: silent,
+        ..receiving(500_000, silent)
+    };
+    s.health(300, eth0_dead(150), wlan0(100_000, 1));
+    let ds = s.health(450, eth0_dead(300), wlan0(100_000, 150));
+    let wlan0_probe = probes(&ds);
+    assert_eq!(wlan0_probe.len(), 1, "{ds:?}");
+    assert_eq!(wlan0_probe[0].0, 3);
+    let ds = s.at(
+        700,
+        Event::ProbeResult {
+            ifindex: 3,
+            remote: wlan0_probe[0].1,
+            rtt_ms: None,
+        },
+    );
+    assert!(
+        !ds.iter()
+            .any(|d| matches!(d.action, Action::RemoveEndpoint { .. })),
+        "{ds:?}"
+    );
+    let v = s.p.view();
+    assert!(v.health["wlan0"].unreachable.is_some());
+    assert!(
+        v.path_state.contains("no other path works"),
+        "{}",
+        v.path_state
+    );
+}
+
+#[test]
 fn a_late_answer_after_data_resumed_changes_nothing() {
     let (mut s, _) = sim(PathMode::Handover);
     s.health(0, receiving(0, 0), ok(60, 0));
