@@ -376,10 +376,7 @@ fn validate_rule(chain: &Chain, n: usize, rule: &Rule) -> Result<()> {
         }
     }
     if matches!(rule.verdict, Verdict::StripTcpOption { .. })
-        && !rule
-            .matches
-            .iter()
-            .any(|m| *m == Match::Protocol { number: 6 })
+        && !rule.matches.contains(&Match::Protocol { number: 6 })
     {
         return Err(Error::Invalid(format!(
             "{at}: stripping a TCP option needs Match::Protocol {{ number: 6 }} in the rule (only TCP packets have TCP options)"
@@ -1043,6 +1040,30 @@ mod tests {
     }
 
     #[test]
+    fn strip_rule_is_encoded_as_nft_does() {
+        // nft --debug=netlink: tcp flags & syn == 0 reset tcp option mptcp
+        let r = rule(
+            vec![
+                Match::Protocol { number: 6 },
+                Match::TcpFlags { mask: 2, value: 0 },
+            ],
+            Verdict::StripTcpOption { kind: 30 },
+        );
+        let e = rule_expressions(&r);
+        assert_eq!(e.len(), 6, "{e:?}");
+        match &e[5] {
+            Expressions::Other {
+                expression_type,
+                attributes,
+            } => {
+                assert_eq!(expression_type, "exthdr");
+                assert_eq!(attributes.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn comment_round_trip_and_garbage() {
         let u = comment_userdata("hello");
         assert_eq!(u, b"\x00\x06hello\x00");
@@ -1101,6 +1122,24 @@ mod tests {
                     vec![Match::InputInterface {
                         name: "a-very-long-name".into(),
                     }],
+                    Verdict::Return,
+                )],
+            )]),
+            table(vec![chain(
+                ChainKind::Nat,
+                vec![rule(
+                    vec![Match::Protocol { number: 6 }],
+                    Verdict::StripTcpOption { kind: 30 },
+                )],
+            )]),
+            table(vec![chain(
+                ChainKind::Filter,
+                vec![rule(vec![], Verdict::StripTcpOption { kind: 30 })],
+            )]),
+            table(vec![chain(
+                ChainKind::Filter,
+                vec![rule(
+                    vec![Match::TcpFlags { mask: 2, value: 0 }],
                     Verdict::Return,
                 )],
             )]),
