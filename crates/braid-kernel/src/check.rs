@@ -26,7 +26,7 @@ use serde::Serialize;
 use crate::events::{Event, EventKind, EventStream, StreamItem, EVENT_FLAG_DENY_JOIN_ID0};
 use crate::info::{MPTCP_INFO_FLAG_FALLBACK, MPTCP_INFO_FLAG_REMOTE_KEY_RECEIVED};
 use crate::pm::{EndpointFlags, PathManager};
-use crate::socket::{is_mptcp_active, is_mptcp_unavailable, mptcp_info, tcp_info};
+use crate::socket::{is_mptcp_active, is_mptcp_unavailable, mptcp_info, subflow_info, tcp_info};
 
 /// The port checked when none is given (HTTPS).
 pub const DEFAULT_PORT: u16 = 443;
@@ -307,13 +307,34 @@ pub fn verdict(o: &Observations) -> Verdict {
         }
     }
     if let Some(why) = &o.events_unavailable {
-        reasons.push(format!("MPTCP events could not be read ({why}): announced addresses, the C flag and joins are unknown"));
+        // MPTCP_INFO still lists the subflows: a join can be seen, the
+        // rest cannot.
+        reasons.push(format!("MPTCP events could not be read ({why}): announced addresses and the C flag are unknown"));
+        let join = if o.joins.iter().any(|j| j.established) {
+            reasons.push("a second subflow joined (seen with MPTCP_FULL_INFO)".into());
+            Tri::Yes
+        } else {
+            let hint = if o.local_paths.subflow_endpoints.is_empty() {
+                "; this host has no 'subflow' endpoint, so its kernel joins only to addresses the server announces (add one per extra path: braid endpoint add ADDR dev IF subflow, or run braidd)"
+            } else {
+                "; without events the reason is unknown"
+            };
+            reasons.push(format!(
+                "no second subflow was seen with MPTCP_FULL_INFO within the wait{hint}"
+            ));
+            Tri::Unknown
+        };
+        let join_text = if join == Tri::Yes {
+            "join OK"
+        } else {
+            "join unknown"
+        };
         return Verdict {
             mptcp,
             announced: None,
-            join: Tri::Unknown,
+            join,
             c_flag: Tri::Unknown,
-            summary: "MPTCP yes — announcements, join and C flag unknown (no access to MPTCP events; run as root)".into(),
+            summary: format!("MPTCP yes — announcements unknown, {join_text}, C flag unknown (no access to MPTCP events: run as root)"),
             reasons,
         };
     }
@@ -648,12 +669,11 @@ pub fn probe(target: &Target, opts: &Options) -> Result<Report, CheckError> {
             o.byte_sent = socket2::SockRef::from(&sock.as_fd()).send(&[0x16]).is_ok();
         }
         let deadline = connected_at + opts.wait;
-        // After the handshake completes, announcements come within a round
-        // trip or two: wait that long for them.
-        let settle = rtt
-            .unwrap_or(Duration::ZERO)
-            .mul_f32(2.0)
-            .max(Duration::from_millis(20));
+        // The server announces its addresses as soon as its side of the
+        // handshake completes (on the ACK that also carries our byte), so
+        // ADD_ADDR arrives with, or just after, the handshake's last ACK:
+        // one more round trip after `established` covers it.
+        let settle = rtt.unwrap_or(Duration::ZERO).max(Duration::from_millis(20));
         let mut established_at: Option<Instant> = None;
         loop {
             let now = Instant::now();
@@ -665,9 +685,25 @@ pub fn probe(target: &Target, opts: &Options) -> Result<Report, CheckError> {
                 break;
             }
             let Some(stream) = events.as_mut() else {
-                // Without events, only a fallback can still be seen: give
-                // the server one settle period to answer the byte.
-                if now >= connected_at + settle.max(Duration::from_millis(100)) {
+                // Without events (no CAP_NET_ADMIN), MPTCP_FULL_INFO still
+                // lists the subflows: a join shows there.
+                if let Ok((_, subflows)) = subflow_info(&sock) {
+                    if o.joins.is_empty() {
+                        o.joins.extend(
+                            subflows
+                                .iter()
+                                .filter(|s| s.local.is_some() && s.local != o.local)
+                                .map(|s| JoinAttempt {
+                                    local: s.local.map(|a| a.ip()),
+                                    remote: s.remote,
+                                    established: true,
+                                    error: None,
+                                }),
+                        );
+                    }
+                }
+                let settled = now >= connected_at + settle.max(Duration::from_millis(100));
+                if !o.joins.is_empty() || (settled && !join_expected(&o)) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(10));
@@ -867,6 +903,19 @@ mod tests {
             (Mptcp::Yes, Tri::Unknown, Tri::Unknown)
         );
         assert!(v.summary.contains("unknown"));
+        o.joins.push(JoinAttempt {
+            local: None,
+            remote: None,
+            established: true,
+            error: None,
+        });
+        let v = verdict(&o);
+        assert_eq!(v.join, Tri::Yes);
+        assert!(
+            v.summary.contains("join OK, C flag unknown"),
+            "{}",
+            v.summary
+        );
     }
 
     #[test]

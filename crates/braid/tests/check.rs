@@ -1,10 +1,11 @@
 //! `braid check` against lab servers over emulated paths (10 ms each way,
-//! so 20 ms RTT): an MPTCP server, a plain TCP one, an MPTCP one with the C
-//! flag (net.mptcp.allow_join_initial_addr_port = 0), and MPTCP behind a
-//! middlebox that strips the MPTCP option (nf_tables, built by
-//! braid-kernel: no `nft` binary needed), on later packets (fallback after
-//! MP_CAPABLE) and on every packet (no MP_CAPABLE). Each check's duration
-//! is printed (`--nocapture`) for docs/benchmarks.md; no timed asserts.
+//! so 20 ms RTT, or BRAID_CHECK_DELAY): an MPTCP server, a plain TCP one,
+//! an MPTCP one with the C flag (net.mptcp.allow_join_initial_addr_port =
+//! 0), MPTCP behind a middlebox that strips the MPTCP option (nf_tables,
+//! built by braid-kernel: no `nft` binary needed) on later packets
+//! (fallback after MP_CAPABLE) and on every packet (no MP_CAPABLE), and
+//! the C flag with a second address announced. Each check's duration is
+//! printed (`--nocapture`) for docs/benchmarks.md; no timed asserts.
 
 mod common;
 use common::BRAID;
@@ -93,6 +94,37 @@ fn check(client: &str, target: &str) -> (i32, serde_json::Value, Duration) {
     (out.status.code().unwrap_or(-1), v, took)
 }
 
+/// The same as [`check`], as user nobody (no CAP_NET_ADMIN: no events).
+fn check_unprivileged(client: &str, target: &str) -> (i32, serde_json::Value) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let ns = std::fs::File::open(format!("/run/netns/{client}")).expect("namespace file");
+    let fd = ns.as_raw_fd();
+    let mut cmd = Command::new(BRAID);
+    cmd.args(["--json", "check", target]);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0
+                || libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("run braid as nobody");
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "unprivileged check: not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), v)
+}
+
 fn strip_table(ports: &[(u16, bool)]) -> Table {
     // (port, only after the SYN): a middlebox on the server's side that
     // removes TCP option 30 (MPTCP) from the client's packets.
@@ -132,16 +164,12 @@ fn strip_table(ports: &[(u16, bool)]) -> Table {
 fn verdicts_of_four_kinds_of_server() {
     let name = format!("tc{}", std::process::id() % 100_000);
     let _down = Down(name.clone());
+    // One-way delay per path (RTT = 2 x delay); BRAID_CHECK_DELAY=50ms for
+    // benchmark figures at a longer RTT.
+    let delay = std::env::var("BRAID_CHECK_DELAY").unwrap_or_else(|_| "10ms".into());
+    let delays = format!("{delay},{delay}");
     let up = braid(&[
-        "--json",
-        "lab",
-        "up",
-        "--name",
-        &name,
-        "--paths",
-        "2",
-        "--delay",
-        "10ms,10ms",
+        "--json", "lab", "up", "--name", &name, "--paths", "2", "--delay", &delays,
     ]);
     assert!(
         up.status.success(),
@@ -184,6 +212,15 @@ fn verdicts_of_four_kinds_of_server() {
     assert_eq!(v["verdict"]["join"], "yes", "{v:#}");
     assert_eq!(v["verdict"]["c_flag"], "no", "{v:#}");
     assert_eq!(v["verdict"]["announced"], 0, "{v:#}");
+
+    // Without CAP_NET_ADMIN there are no events: the join still shows in
+    // MPTCP_FULL_INFO, the C flag and announcements are unknown.
+    let (code, v) = check_unprivileged(&client, &target(p_mptcp));
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["verdict"]["mptcp"], "yes", "{v:#}");
+    assert_eq!(v["verdict"]["join"], "yes", "{v:#}");
+    assert_eq!(v["verdict"]["c_flag"], "unknown", "{v:#}");
+    assert!(v["observations"]["events_unavailable"].is_string(), "{v:#}");
 
     // 2. Plain TCP: no MP_CAPABLE.
     let (code, v, took) = check(&client, &target(p_tcp));
@@ -238,6 +275,33 @@ fn verdicts_of_four_kinds_of_server() {
             assert_eq!(v["verdict"]["mptcp"], "no_plain_tcp", "{v:#}");
         }
     }
+
+    // 5. The C flag with another address announced: the join goes there.
+    let server_second = st["paths"][1]["server_addr"].as_str().unwrap().to_string();
+    ok(&[
+        "-n",
+        &server,
+        "endpoint",
+        "add",
+        &server_second,
+        "dev",
+        "p1",
+        "signal",
+    ]);
+    ok(&["-n", &server, "limits", "set", "subflows", "2"]);
+    set_cflag("0");
+    let (code, v, took) = check(&client, &target(p_mptcp));
+    set_cflag("1");
+    timings.push(("c-flag+announce", took, v.clone()));
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["verdict"]["c_flag"], "yes", "{v:#}");
+    assert_eq!(v["verdict"]["announced"], 1, "{v:#}");
+    assert_eq!(v["verdict"]["join"], "yes", "{v:#}");
+    assert_eq!(
+        v["observations"]["joins"][0]["remote"],
+        format!("{server_second}:{p_mptcp}"),
+        "{v:#}"
+    );
 
     for (kind, took, v) in &timings {
         eprintln!(
