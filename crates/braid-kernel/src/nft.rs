@@ -352,6 +352,11 @@ fn validate_rule(chain: &Chain, n: usize, rule: &Rule) -> Result<()> {
                 }
                 Some(_) => {}
             },
+            Match::TcpFlags { mask, value } if value & !mask != 0 => {
+                return Err(Error::Invalid(format!(
+                    "{at}: TCP flags value {value:#04x} has bits outside mask {mask:#04x}, so 'tcp flags & mask == value' could never match; clear those bits or widen the mask"
+                )))
+            }
             Match::TcpFlags { .. } if protocol != Some(6) => {
                 return Err(Error::Invalid(format!(
                     "{at}: a TCP flags match needs Match::Protocol {{ number: 6 }} before it in the same rule"
