@@ -168,6 +168,10 @@ pub struct LocalPaths {
     pub subflow_endpoints: Vec<IpAddr>,
     pub subflows_limit: Option<u32>,
     pub add_addr_accepted_limit: Option<u32>,
+    /// This host's other usable addresses of the server's family (not the
+    /// first subflow's, not loopback or link-local): the paths a second
+    /// subflow could take.
+    pub other_addresses: Vec<IpAddr>,
     /// Why the above could not be read, if it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreadable: Option<String>,
@@ -315,9 +319,9 @@ pub fn verdict(o: &Observations) -> Verdict {
             Tri::Yes
         } else {
             let hint = if o.local_paths.subflow_endpoints.is_empty() {
-                "; this host has no 'subflow' endpoint, so its kernel joins only to addresses the server announces (add one per extra path: braid endpoint add ADDR dev IF subflow, or run braidd)"
+                format!("; {}", no_endpoint_reason(&o.local_paths))
             } else {
-                "; without events the reason is unknown"
+                "; without events the reason is unknown".to_string()
             };
             reasons.push(format!(
                 "no second subflow was seen with MPTCP_FULL_INFO within the wait{hint}"
@@ -419,7 +423,7 @@ pub fn verdict(o: &Observations) -> Verdict {
         } else if lp.subflow_endpoints.is_empty()
             && (n == 0 || lp.add_addr_accepted_limit == Some(0))
         {
-            "this host has no 'subflow' endpoint, so its kernel opens no second subflow (add one per extra path: braid endpoint add ADDR dev IF subflow, or run braidd)".to_string()
+            no_endpoint_reason(lp)
         } else {
             "the kernel did not open a second subflow within the wait".to_string()
         };
@@ -433,6 +437,19 @@ pub fn verdict(o: &Observations) -> Verdict {
         c_flag,
         summary: format!("MPTCP yes — {ann_text}, {join_text}, {c_text}"),
         reasons,
+    }
+}
+
+/// Why no second subflow is opened on a host without `subflow` endpoints.
+fn no_endpoint_reason(lp: &LocalPaths) -> String {
+    if lp.other_addresses.is_empty() {
+        "this host has one path to the server (no other usable address), so there is no second subflow to try".to_string()
+    } else {
+        let list: Vec<String> = lp.other_addresses.iter().map(|a| a.to_string()).collect();
+        format!(
+            "this host has other addresses ({}) but no 'subflow' endpoint, so its kernel opens no second subflow (add one per extra path: braid endpoint add ADDR dev IF subflow, or run braidd)",
+            list.join(", ")
+        )
     }
 }
 
@@ -496,6 +513,7 @@ fn local_paths() -> LocalPaths {
         subflow_endpoints: Vec::new(),
         subflows_limit: None,
         add_addr_accepted_limit: None,
+        other_addresses: Vec::new(),
         unreadable: None,
     };
     let read = || -> crate::Result<_> {
@@ -515,6 +533,25 @@ fn local_paths() -> LocalPaths {
         Err(e) => lp.unreadable = Some(e.to_string()),
     }
     lp
+}
+
+/// This host's addresses that a second subflow to `server` could use.
+fn other_addresses(server: IpAddr, first: Option<IpAddr>) -> Vec<IpAddr> {
+    let Ok(addrs) = crate::rtnl::addresses() else {
+        return Vec::new();
+    };
+    addrs
+        .iter()
+        .filter(|a| !a.is_tentative() && !a.is_deprecated())
+        .map(|a| a.addr)
+        .filter(|a| a.is_ipv4() == server.is_ipv4() && Some(*a) != first)
+        .filter(|a| match a {
+            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
+            IpAddr::V6(v6) => {
+                !v6.is_loopback() && !v6.is_unspecified() && (v6.segments()[0] & 0xffc0) != 0xfe80
+            }
+        })
+        .collect()
 }
 
 /// Parse the release's "major.minor" and tell whether it is at least 6.17.
@@ -630,6 +667,9 @@ pub fn probe(target: &Target, opts: &Options) -> Result<Report, CheckError> {
         return Err(CheckError::Connect { failures: failed });
     };
     let connected_at = Instant::now();
+    let local = sock.local_addr().ok().and_then(|a| a.as_socket());
+    let mut local_paths = local_paths;
+    local_paths.other_addresses = other_addresses(address.ip(), local.map(|l| l.ip()));
     let info = mptcp_info(&sock).ok().flatten();
     let mp_capable = info.as_ref().is_some_and(|i| {
         i.flags & MPTCP_INFO_FLAG_FALLBACK == 0
@@ -643,7 +683,7 @@ pub fn probe(target: &Target, opts: &Options) -> Result<Report, CheckError> {
     let mut o = Observations {
         target: target.clone(),
         address,
-        local: sock.local_addr().ok().and_then(|a| a.as_socket()),
+        local,
         failed,
         connect_ms: ms(connect_time),
         total_ms: 0.0,
@@ -791,6 +831,7 @@ mod tests {
                 subflow_endpoints: vec!["10.0.2.1".parse().unwrap()],
                 subflows_limit: Some(2),
                 add_addr_accepted_limit: Some(0),
+                other_addresses: vec!["10.0.2.1".parse().unwrap()],
                 unreadable: None,
             },
         }
@@ -926,7 +967,10 @@ mod tests {
         assert!(v
             .reasons
             .iter()
-            .any(|r| r.contains("no 'subflow' endpoint")));
+            .any(|r| r.contains("other addresses (10.0.2.1) but no 'subflow' endpoint")));
+        o.local_paths.other_addresses.clear();
+        let v = verdict(&o);
+        assert!(v.reasons.iter().any(|r| r.contains("one path")));
         o.fully_established = false;
         o.byte_sent = false;
         let v = verdict(&o);
