@@ -2,8 +2,9 @@
 //! already uses): one table of Braid's own, installed, replaced and
 //! removed atomically in one batch, and read back. Only what Braid's rules
 //! need: matching on protocol, destination prefix and port, socket mark,
-//! owner uid, cgroup and input interface; verdicts return, accept,
-//! redirect to a local port, reject.
+//! owner uid, cgroup, input interface and TCP flags; verdicts return,
+//! accept, redirect to a local port, reject; and removing a TCP option
+//! (the lab's and tests' option-stripping middlebox).
 //!
 //! Everything acts on the network namespace of the calling thread.
 
