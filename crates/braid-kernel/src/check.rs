@@ -106,6 +106,9 @@ pub struct Options {
     /// complete and a second subflow to be tried when the server speaks
     /// only when spoken to).
     pub send_byte: bool,
+    /// Bytes to send after the connect instead of the one byte (e.g. a
+    /// Braid relay's first message), sent whether MPTCP is in use or not.
+    pub first_flight: Option<Vec<u8>>,
 }
 
 impl Default for Options {
@@ -114,6 +117,7 @@ impl Default for Options {
             connect_timeout: Duration::from_secs(3),
             wait: Duration::from_secs(1),
             send_byte: true,
+            first_flight: None,
         }
     }
 }
@@ -215,7 +219,7 @@ pub struct Observations {
     pub mp_capable: bool,
     /// The socket was still MPTCP at the end (not fallen back to TCP).
     pub mptcp_at_end: bool,
-    /// The byte was sent (see [`Options::send_byte`]).
+    /// The byte, or [`Options::first_flight`], was sent.
     pub byte_sent: bool,
     /// Why events could not be read, if they could not.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -619,6 +623,15 @@ fn ms(d: Duration) -> f64 {
 
 /// Check `target` from the current network namespace.
 pub fn probe(target: &Target, opts: &Options) -> Result<Report, CheckError> {
+    probe_keep(target, opts).map(|(report, _, _)| report)
+}
+
+/// [`probe`], the connection it made (blocking) and when it was
+/// connected, to read what the server answered to [`Options::first_flight`].
+pub fn probe_keep(
+    target: &Target,
+    opts: &Options,
+) -> Result<(Report, std::net::TcpStream, Instant), CheckError> {
     let started = Instant::now();
     let addrs = resolve(target)?;
     let local_paths = local_paths();
@@ -702,8 +715,11 @@ pub fn probe(target: &Target, opts: &Options) -> Result<Report, CheckError> {
         joins: Vec::new(),
         local_paths,
     };
+    if let Some(flight) = &opts.first_flight {
+        o.byte_sent = socket2::SockRef::from(&sock.as_fd()).send(flight).is_ok();
+    }
     if mp_capable {
-        if opts.send_byte {
+        if opts.send_byte && opts.first_flight.is_none() {
             // 0x16 opens a TLS handshake record: a TLS server waits for the
             // rest, most others wait for a full request line.
             o.byte_sent = socket2::SockRef::from(&sock.as_fd()).send(&[0x16]).is_ok();
@@ -780,10 +796,14 @@ pub fn probe(target: &Target, opts: &Options) -> Result<Report, CheckError> {
         }
     }
     o.total_ms = ms(started.elapsed());
-    Ok(Report {
-        verdict: verdict(&o),
-        observations: o,
-    })
+    Ok((
+        Report {
+            verdict: verdict(&o),
+            observations: o,
+        },
+        sock.into(),
+        connected_at,
+    ))
 }
 
 /// Whether the kernel will try a second subflow for this connection.

@@ -341,3 +341,138 @@ fn bad_input_and_unreachable_servers_exit_2_with_a_reason() {
         "{err}"
     );
 }
+
+/// Kills a child process on drop.
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn relay_answers_a_known_client_only() {
+    let name = format!("tr{}", std::process::id() % 100_000);
+    let _down = Down(name.clone());
+    let up = braid(&[
+        "--json",
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--paths",
+        "2",
+        "--delay",
+        "10ms,10ms",
+    ]);
+    assert!(
+        up.status.success(),
+        "lab up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let st: serde_json::Value = serde_json::from_slice(&up.stdout).unwrap();
+    let (client, server) = (format!("{name}-c"), format!("{name}-s"));
+    let server_addr = st["paths"][0]["server_addr"].as_str().unwrap().to_string();
+    let dir = std::env::temp_dir().join(common::unique("chkrelay"));
+    std::fs::create_dir_all(&dir).unwrap();
+    struct Rm(std::path::PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Rm(dir.clone());
+    let keygen = |file: &str| {
+        let path = dir.join(file);
+        let out = braid(&["relay", "keygen", "--out", path.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            path,
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        )
+    };
+    let (relay_key, relay_pub) = keygen("relay.key");
+    let (client_key, client_pub) = keygen("client.key");
+    let (stranger_key, _) = keygen("stranger.key");
+    let cfg = dir.join("relay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[relay.server]\nlisten = [\"0.0.0.0:7000\"]\nkey_file = \"{}\"\ncontrol_socket = \"{}\"\n\n[[relay.server.client]]\nname = \"laptop\"\npublic_key = \"{client_pub}\"\n",
+            relay_key.display(),
+            dir.join("relay.sock").display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("relay.log")).unwrap();
+    let _relay = Child(
+        Command::new(BRAID)
+            .args(["-n", &server, "relay", "serve", "-c", cfg.to_str().unwrap()])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let target = format!("{server_addr}:7000");
+    let listening = common::wait_for(10, || {
+        let t = target.clone();
+        common::in_ns(&client, move || {
+            std::net::TcpStream::connect_timeout(&t.parse().unwrap(), Duration::from_millis(200))
+                .is_ok()
+        })
+    });
+    assert!(
+        listening,
+        "relay did not start: {}",
+        std::fs::read_to_string(dir.join("relay.log")).unwrap_or_default()
+    );
+    let run = |key: &std::path::Path| {
+        let t0 = Instant::now();
+        let out = braid(&[
+            "-n",
+            &client,
+            "--json",
+            "check",
+            "--relay",
+            "--relay-key",
+            &relay_pub,
+            "--key",
+            key.to_str().unwrap(),
+            &target,
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code().unwrap_or(-1), v, t0.elapsed())
+    };
+    let (code, v, took) = run(&client_key);
+    eprintln!(
+        "check --relay (known client) wall {:.1} ms: {}",
+        took.as_secs_f64() * 1e3,
+        v["relay"]
+    );
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["relay"]["relay"], "answered", "{v:#}");
+    assert_eq!(v["verdict"]["mptcp"], "yes", "{v:#}");
+    let (code, v, _) = run(&stranger_key);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["relay"]["relay"], "silent", "{v:#}");
+    // Bad keys are refused before anything is sent.
+    let out = braid(&[
+        "-n",
+        &client,
+        "check",
+        "--relay",
+        "--relay-key",
+        "nonsense",
+        "--key",
+        client_key.to_str().unwrap(),
+        &target,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--relay-key"));
+}
