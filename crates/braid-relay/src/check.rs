@@ -129,3 +129,72 @@ pub fn read_answer(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::noise::Responder;
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    /// A one-shot relay on loopback answering the first message with
+    /// `status`, or staying silent with `None`.
+    fn relay(key: PrivateKey, status: Option<Status>) -> (SocketAddr, std::thread::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut reader = MessageReader::new();
+            let first = loop {
+                if let Some(m) = reader.next_message() {
+                    break m.to_vec();
+                }
+                let n = s.read(reader.spare()).unwrap();
+                reader.filled(n);
+            };
+            let mut responder = Responder::new(&key).unwrap();
+            let msg = responder.read_first(&first).unwrap();
+            let request = Request::decode(&msg.payload).unwrap();
+            assert_eq!(request.kind, Kind::Ping);
+            let Some(status) = status else {
+                std::thread::sleep(Duration::from_millis(300));
+                return;
+            };
+            let reply = Reply {
+                status,
+                reason: "no".into(),
+            };
+            let (out, _) = responder.reply(&reply.encode()).unwrap();
+            s.write_all(&wire::length_prefix(out.len())).unwrap();
+            s.write_all(&out).unwrap();
+        });
+        (addr, t)
+    }
+
+    fn ping(status: Option<Status>) -> RelayAnswer {
+        let relay_key = PrivateKey::generate().unwrap();
+        let client = PrivateKey::generate().unwrap();
+        let (addr, t) = relay(PrivateKey::from_bytes(*relay_key.bytes()), status);
+        let flight = ping_flight(&client, &relay_key.public()).unwrap();
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(&flight.bytes).unwrap();
+        let answer = read_answer(flight, &mut s, Instant::now(), Duration::from_millis(150));
+        t.join().unwrap();
+        answer
+    }
+
+    #[test]
+    fn answered_refused_and_silent() {
+        assert_eq!(ping(Some(Status::Connected)), RelayAnswer::Answered);
+        assert!(matches!(
+            ping(Some(Status::GeneralFailure)),
+            RelayAnswer::Refused { .. }
+        ));
+        match ping(None) {
+            RelayAnswer::Silent { why } => {
+                assert!(why.contains("no answer within 150 ms"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
