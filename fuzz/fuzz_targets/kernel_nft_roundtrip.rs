@@ -20,7 +20,7 @@ use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
 
 fn a_match(u: &mut Unstructured<'_>) -> arbitrary::Result<Match> {
-    Ok(match u.int_in_range(0..=7)? {
+    Ok(match u.int_in_range(0..=8)? {
         0 => Match::Protocol {
             number: *u.choose(&[6, 17, 1, 33, 132, 136, 58])?,
         },
@@ -56,6 +56,10 @@ fn a_match(u: &mut Unstructured<'_>) -> arbitrary::Result<Match> {
             level: u.int_in_range(0..=300)?,
             id: u64::arbitrary(u)?,
         },
+        7 => Match::TcpFlags {
+            mask: u8::arbitrary(u)?,
+            value: u8::arbitrary(u)?,
+        },
         _ => Match::InputInterface {
             name: String::arbitrary(u)?,
         },
@@ -86,12 +90,20 @@ fn expected(rule: &Rule) -> Vec<&'static str> {
             }
             Match::SocketUid { .. } | Match::InputInterface { .. } => out.extend(["meta", "cmp"]),
             Match::SocketCgroup { .. } => out.extend(["socket", "cmp"]),
+            Match::TcpFlags { mask, .. } => {
+                out.push("payload");
+                if *mask != u8::MAX {
+                    out.push("bitwise");
+                }
+                out.push("cmp");
+            }
         }
     }
     match rule.verdict {
         Verdict::Return | Verdict::Accept => out.push("immediate"),
         Verdict::Redirect { .. } => out.extend(["immediate", "redir"]),
         Verdict::RejectPortUnreachable => out.push("reject"),
+        Verdict::StripTcpOption { .. } => out.push("exthdr"),
     }
     out
 }
@@ -104,13 +116,16 @@ fuzz_target!(|data: &[u8]| {
         let Ok(m) = a_match(&mut u) else { return };
         matches.push(m);
     }
-    let verdict = match u.int_in_range(0..=3).unwrap_or(0) {
+    let verdict = match u.int_in_range(0..=4).unwrap_or(0) {
         0 => Verdict::Return,
         1 => Verdict::Accept,
         2 => Verdict::Redirect {
             port: u16::arbitrary(&mut u).unwrap_or(7001),
         },
-        _ => Verdict::RejectPortUnreachable,
+        3 => Verdict::RejectPortUnreachable,
+        _ => Verdict::StripTcpOption {
+            kind: u8::arbitrary(&mut u).unwrap_or(30),
+        },
     };
     let comment = String::arbitrary(&mut u).unwrap_or_default();
     let chain_name = String::arbitrary(&mut u).unwrap_or_else(|_| "out".into());

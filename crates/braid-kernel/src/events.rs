@@ -272,6 +272,39 @@ impl EventStream {
         }
     }
 
+    /// The next event (or overflow notice), waiting at most `timeout`;
+    /// `None` when nothing came in time.
+    pub fn next_timeout(&mut self, timeout: std::time::Duration) -> Result<Option<StreamItem>> {
+        use std::os::fd::AsRawFd;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(item) = self.reader.pending.pop_front() {
+                return Ok(Some(item));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let mut pfd = libc::pollfd {
+                fd: self.reader.sock.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // Round up so a sub-millisecond remainder still waits.
+            let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            // SAFETY: one valid pollfd.
+            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if rc < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(Error::io(Op::ReadEvents, e));
+            }
+            if rc == 0 {
+                return Ok(None);
+            }
+            self.reader.read_once()?;
+        }
+    }
+
     /// Wait for the next event without blocking the tokio runtime.
     pub async fn next(&mut self) -> Result<StreamItem> {
         if let Some(item) = self.reader.pending.pop_front() {

@@ -9,6 +9,7 @@
 //! [`netns`] to reach another one.
 
 pub mod bpf;
+pub mod check;
 pub mod conntrack;
 pub mod counters;
 pub mod diag;

@@ -2,8 +2,9 @@
 //! already uses): one table of Braid's own, installed, replaced and
 //! removed atomically in one batch, and read back. Only what Braid's rules
 //! need: matching on protocol, destination prefix and port, socket mark,
-//! owner uid, cgroup and input interface; verdicts return, accept,
-//! redirect to a local port, reject.
+//! owner uid, cgroup, input interface and TCP flags; verdicts return,
+//! accept, redirect to a local port, reject; and removing a TCP option
+//! (the lab's and tests' option-stripping middlebox).
 //!
 //! Everything acts on the network namespace of the calling thread.
 
@@ -81,6 +82,9 @@ pub enum Match {
     /// of an `Output` chain have no input interface: there it never
     /// matches.
     InputInterface { name: String },
+    /// The TCP flags byte, masked, equals `value` (`tcp flags & mask ==
+    /// value`; needs `Protocol { number: 6 }` before it). SYN is 0x02.
+    TcpFlags { mask: u8, value: u8 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -95,6 +99,13 @@ pub enum Verdict {
     },
     /// Refuse with ICMP port unreachable (filter chains only).
     RejectPortUnreachable,
+    /// Remove this TCP option from the packet (overwritten with NOPs, as
+    /// `nft ... reset tcp option` does; Linux 5.18+) and let it go on:
+    /// a middlebox that strips options, for labs and tests. Filter chains
+    /// only; needs `Protocol { number: 6 }` in the rule.
+    StripTcpOption {
+        kind: u8,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -306,6 +317,12 @@ fn validate_rule(chain: &Chain, n: usize, rule: &Rule) -> Result<()> {
                 chain.name
             )))
         }
+        (Verdict::StripTcpOption { .. }, ChainKind::Nat) => {
+            return Err(Error::Invalid(format!(
+                "{at}: stripping a TCP option works only in filter chains and '{}' is a nat chain (nat chains see only the first packet of a connection); put the rule in a chain of kind filter",
+                chain.name
+            )))
+        }
         (Verdict::RejectPortUnreachable, ChainKind::Nat) => {
             return Err(Error::Invalid(format!(
                 "{at}: reject works only in filter chains and '{}' is a nat chain (nat chains see only the first packet of a connection); put the rule in a chain of kind filter",
@@ -336,6 +353,16 @@ fn validate_rule(chain: &Chain, n: usize, rule: &Rule) -> Result<()> {
                 }
                 Some(_) => {}
             },
+            Match::TcpFlags { mask, value } if value & !mask != 0 => {
+                return Err(Error::Invalid(format!(
+                    "{at}: TCP flags value {value:#04x} has bits outside mask {mask:#04x}, so 'tcp flags & mask == value' could never match; clear those bits or widen the mask"
+                )))
+            }
+            Match::TcpFlags { .. } if protocol != Some(6) => {
+                return Err(Error::Invalid(format!(
+                    "{at}: a TCP flags match needs Match::Protocol {{ number: 6 }} before it in the same rule"
+                )))
+            }
             Match::Mark { mask, value } if value & !mask != 0 => {
                 return Err(Error::Invalid(format!(
                     "{at}: mark value {value:#010x} has bits outside mask {mask:#010x}, so 'meta mark & mask == value' could never match; clear those bits or widen the mask"
@@ -353,6 +380,13 @@ fn validate_rule(chain: &Chain, n: usize, rule: &Rule) -> Result<()> {
             }
             _ => {}
         }
+    }
+    if matches!(rule.verdict, Verdict::StripTcpOption { .. })
+        && !rule.matches.contains(&Match::Protocol { number: 6 })
+    {
+        return Err(Error::Invalid(format!(
+            "{at}: stripping a TCP option needs Match::Protocol {{ number: 6 }} in the rule (only TCP packets have TCP options)"
+        )));
     }
     if rule.comment.len() > COMMENT_MAX {
         return Err(Error::Invalid(format!(
@@ -390,6 +424,9 @@ const NFTA_REJECT_ICMP_CODE: u16 = 2;
 const NFT_REJECT_ICMPX_UNREACH: u32 = 2;
 const NFT_REJECT_ICMPX_PORT_UNREACH: u8 = 1;
 const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
+const NFTA_EXTHDR_TYPE: u16 = 2;
+const NFTA_EXTHDR_OP: u16 = 6;
+const NFT_EXTHDR_OP_TCPOPT: u32 = 1;
 const IFNAMSIZ: usize = 16;
 const NFT_REG_1: u32 = 1;
 
@@ -620,6 +657,13 @@ fn rule_expressions(rule: &Rule) -> Vec<Expressions> {
                 ));
                 out.push(cmp_eq(id.to_ne_bytes().to_vec()));
             }
+            Match::TcpFlags { mask, value } => {
+                out.push(load_payload(NFT_PAYLOAD_TRANSPORT_HEADER, 13, 1));
+                if *mask != u8::MAX {
+                    out.push(and_mask(vec![*mask]));
+                }
+                out.push(cmp_eq(vec![*value]));
+            }
             Match::InputInterface { name } => {
                 let mut bytes = name.as_bytes().to_vec();
                 bytes.resize(IFNAMSIZ, 0);
@@ -651,6 +695,13 @@ fn rule_expressions(rule: &Rule) -> Vec<Expressions> {
                 ],
             ));
         }
+        Verdict::StripTcpOption { kind } => out.push(other(
+            "exthdr",
+            vec![
+                (NFTA_EXTHDR_TYPE, vec![kind]),
+                (NFTA_EXTHDR_OP, be32(NFT_EXTHDR_OP_TCPOPT)),
+            ],
+        )),
         Verdict::RejectPortUnreachable => out.push(other(
             "reject",
             vec![
@@ -995,6 +1046,30 @@ mod tests {
     }
 
     #[test]
+    fn strip_rule_is_encoded_as_nft_does() {
+        // nft --debug=netlink: tcp flags & syn == 0 reset tcp option mptcp
+        let r = rule(
+            vec![
+                Match::Protocol { number: 6 },
+                Match::TcpFlags { mask: 2, value: 0 },
+            ],
+            Verdict::StripTcpOption { kind: 30 },
+        );
+        let e = rule_expressions(&r);
+        assert_eq!(e.len(), 6, "{e:?}");
+        match &e[5] {
+            Expressions::Other {
+                expression_type,
+                attributes,
+            } => {
+                assert_eq!(expression_type, "exthdr");
+                assert_eq!(attributes.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn comment_round_trip_and_garbage() {
         let u = comment_userdata("hello");
         assert_eq!(u, b"\x00\x06hello\x00");
@@ -1053,6 +1128,24 @@ mod tests {
                     vec![Match::InputInterface {
                         name: "a-very-long-name".into(),
                     }],
+                    Verdict::Return,
+                )],
+            )]),
+            table(vec![chain(
+                ChainKind::Nat,
+                vec![rule(
+                    vec![Match::Protocol { number: 6 }],
+                    Verdict::StripTcpOption { kind: 30 },
+                )],
+            )]),
+            table(vec![chain(
+                ChainKind::Filter,
+                vec![rule(vec![], Verdict::StripTcpOption { kind: 30 })],
+            )]),
+            table(vec![chain(
+                ChainKind::Filter,
+                vec![rule(
+                    vec![Match::TcpFlags { mask: 2, value: 0 }],
                     Verdict::Return,
                 )],
             )]),

@@ -17,6 +17,7 @@
 //! Thin tokio shells: [`server`], [`client`], [`pipe`] (forwarding), [`net`]
 //! (sockets), [`paths`] (per-path counters), [`control`] (status socket).
 
+pub mod check;
 pub mod client;
 pub mod config;
 pub mod control;

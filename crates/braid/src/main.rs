@@ -1,6 +1,7 @@
 //! `braid`: the command line over Braid's crates. Each subcommand lives in
 //! its own module; this file only parses arguments and reports errors.
 
+mod check;
 mod conns;
 mod daemon;
 mod endpoint;
@@ -71,6 +72,8 @@ enum Command {
     /// Multipath labs: emulated paths in namespaces, scenarios, comparisons.
     #[command(subcommand)]
     Lab(Box<lab::LabCmd>),
+    /// Does a server speak MPTCP with this host: MP_CAPABLE, announced addresses, a second subflow, the C flag.
+    Check(check::CheckArgs),
     /// Multipath to any server: an encrypted MPTCP relay and its SOCKS5/HTTP client.
     #[command(subcommand)]
     Relay(relay::RelayCmd),
@@ -102,6 +105,7 @@ fn run(cli: Cli) -> Result<(), braid_kernel::Error> {
         Command::Bpf(c) => run::bpf_cmd(&ctx, c),
         Command::Sockopts => run::sockopts(&ctx),
         Command::Relay(c) => relay::run(&ctx, c),
+        Command::Check(_) => unreachable!("handled in main for its exit codes"),
     }
 }
 
@@ -116,7 +120,8 @@ fn prints_only(c: &Command) -> bool {
         | Command::Limits(_)
         | Command::Monitor
         | Command::Conns(_)
-        | Command::Sockopts => true,
+        | Command::Sockopts
+        | Command::Check(_) => true,
         Command::Relay(r) => matches!(
             r,
             relay::RelayCmd::Keygen { .. }
@@ -132,6 +137,15 @@ fn main() -> ExitCode {
     if prints_only(&cli.command) {
         // SAFETY: restoring a signal's default action, before any thread exists.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    if let Command::Check(a) = cli.command {
+        if let Some(ns) = &cli.netns {
+            if let Err(e) = braid_kernel::netns::enter(ns) {
+                eprintln!("braid: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        return check::run(&Ctx { json: cli.json }, a);
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
