@@ -145,11 +145,14 @@ impl PathHealth {
         self.stalled_ms > 0 && self.stalled_ms >= self.stall_threshold_ms(stall_ms)
     }
 
-    /// Silence after which a receiving path is probed: two smoothed RTTs
+    /// Silence after which a receiving path is probed: one smoothed RTT
     /// (mid-transfer, data arrives many times per RTT), at least
-    /// `PROBE_AFTER_MIN_MS`.
+    /// `PROBE_AFTER_MIN_MS`. An answer costs nothing; no answer within
+    /// `probe_timeout_ms` (another RTT or more) makes two RTTs of silence
+    /// and an unanswered echo. Two RTTs before the probe put detection at
+    /// 5 RTTs on a 100 ms path (blackhole download stall ~800 ms).
     pub fn probe_after_ms(&self) -> u64 {
-        let rtt_based = self.srtt_ms.map(|r| (2.0 * r) as u64).unwrap_or(0);
+        let rtt_based = self.srtt_ms.map(|r| r as u64).unwrap_or(0);
         rtt_based.max(PROBE_AFTER_MIN_MS)
     }
 

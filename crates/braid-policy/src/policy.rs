@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::config::{glob, Config, Flag, Mode, PathMode, Role};
-use crate::health::{HealthTracker, PathHealth, MIN_WITNESSES};
+use crate::health::{HealthTracker, PathHealth, MIN_WITNESSES, PROBE_AFTER_MIN_MS};
 use crate::model::*;
 use crate::time::{backoff_ms, Clock, Time};
 
@@ -1231,9 +1231,10 @@ impl Policy {
             };
             h.probed = true;
             let reason = format!(
-                "{} was receiving and no data has come for {} ms (2 RTTs): is the path still there?",
+                "{} was receiving and no data has come for {} ms (probed after {} ms: one smoothed RTT, at least {PROBE_AFTER_MIN_MS}): is the path still there?",
                 link_name(&self.links, *ifindex),
-                h.rx_silent_ms
+                h.rx_silent_ms,
+                h.probe_after_ms()
             );
             self.probes_pending
                 .push(probe_decision(*ifindex, local, remote, h, reason));
@@ -2103,7 +2104,7 @@ mod tests {
             .collect()
     }
 
-    /// Receiving from `remote`, then silent for 40 ms (2 RTTs): the
+    /// Receiving from `remote`, then silent for 40 ms (the minimum): the
     /// decisions of the silent round.
     fn silence(p: &mut Policy, remote: &str) -> Vec<Decision> {
         p.handle(receiving(remote, 0, 0), 0);
