@@ -1213,9 +1213,13 @@ fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), LabError> {
         print_json(&cells);
         return Ok(());
     }
+    let most = cells
+        .iter()
+        .flat_map(|c| c.pms.iter().map(|p| p.runs))
+        .max()
+        .unwrap_or(0);
     println!(
-        "stall at failure (ms; probe p99 in lossy cells): median / worst of {} runs",
-        a.repeat
+        "stall at failure (ms; probe p99 in lossy cells): median / worst of up to {most} runs"
     );
     print!("{md}");
     for (goal, met, missed) in sweep::goal_totals(&cells) {
