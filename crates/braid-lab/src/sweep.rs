@@ -4,7 +4,8 @@
 //!
 //! Every run is appended to `runs.jsonl` as soon as it ends, so a sweep of
 //! hours can be stopped and resumed (runs already in the file are not run
-//! again). The runs are reduced to the median and the worst of each cell
+//! again). The logs of a run whose connection died or whose data came back
+//! wrong are kept in `failed-runs/`. The runs are reduced to the median and the worst of each cell
 //! and path manager (`summarize`), checked against the goals (`goals`), and
 //! drawn as a heat map (`heatmap_svg`).
 
@@ -414,6 +415,19 @@ pub fn run(
             todo.len(),
             &format!("{} with --pm {} (run {})", cell.label(), pm.name(), run + 1),
         );
+        // Every run keeps its logs (MPTCP events of both ends, the path
+        // manager's log) until it is known to have gone well: a connection
+        // that dies once in a hundred runs can then be read about.
+        let logs = cfg.out.join("failed-runs").join(format!(
+            "{}-{}-{}-{}-{}bp-{}-run{}",
+            cell.fault.name(),
+            cell.direction().replace('/', "-"),
+            cell.primary_delay_us,
+            cell.secondary_delay_us,
+            cell.primary_loss_bp,
+            pm.name().replace(':', "-"),
+            run + 1
+        ));
         let rc = RunConfig {
             scenario: cell.fault.scenario(),
             pm: *pm,
@@ -426,7 +440,7 @@ pub fn run(
             emulator_exe: cfg.emulator_exe.clone(),
             lab_name: format!("{}{}", cfg.lab_prefix, i % 1000),
             upload: cell.upload,
-            logs: None,
+            logs: Some(logs.clone()),
             client_sysctls: Vec::new(),
             server_sysctls: Vec::new(),
             via: Via::Direct,
@@ -438,6 +452,9 @@ pub fn run(
             Err(e @ LabError::Invalid(_)) => return Err(e),
             Err(e) => RunRecord::failed(*cell, *pm, *run, &e),
         };
+        if record.survived && record.error.is_none() && record.bytes_corrupt == 0 {
+            let _ = std::fs::remove_dir_all(&logs);
+        }
         append_run(&cfg.out, &record)?;
     }
     Ok(())

@@ -292,6 +292,10 @@ pub struct DemoArgs {
     /// Where the SVG plots go.
     #[arg(long, default_value = "braid-demo")]
     pub out: PathBuf,
+    /// Run each configuration this many times and show the median and the
+    /// worst (the README's figures come from --repeat 5).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
 }
 
 #[derive(Args)]
@@ -1234,29 +1238,31 @@ fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), LabError> {
 }
 
 fn demo(ctx: &Ctx, d: DemoArgs) -> Result<(), LabError> {
-    let best = [PmKind::Braid, PmKind::Mptcpd]
-        .into_iter()
-        .find(|p| p.unavailable().is_none());
-    let mut pms = vec![PmKind::Kernel];
-    match best {
-        Some(b) => pms.push(b),
-        None => eprintln!(
-            "braid: comparing the kernel's static endpoints with no endpoints at all ({}; {})",
-            PmKind::Braid.unavailable().unwrap_or_default(),
-            PmKind::Mptcpd.unavailable().unwrap_or_default()
+    // Each scenario with the mode Braid recommends for it, against the
+    // kernel configurations a user would otherwise have.
+    let plan: [(&str, &[PmKind], &str); 3] = [
+        (
+            "aggregate",
+            &[PmKind::Kernel, PmKind::Braid],
+            "Braid in aggregate mode (every path carries traffic) against the kernel's static endpoints",
         ),
-    }
-    if best.is_none() {
-        pms.insert(0, PmKind::None);
-    }
+        (
+            "failover-carrier",
+            &[PmKind::Kernel, PmKind::KernelBackup, PmKind::BraidHandover],
+            "Braid in handover mode (recommended when one path is preferred: the others stand by and take over at once) against the kernel's static endpoints, without and with a backup endpoint",
+        ),
+        (
+            "late-interface",
+            &[PmKind::Kernel, PmKind::Braid],
+            "Braid in aggregate mode against the kernel's static endpoints (set up before the interface came)",
+        ),
+    ];
     std::fs::create_dir_all(&d.out)
         .map_err(|e| LabError::Io(format!("creating {}: {e}", d.out.display())))?;
-    let pm_list = pms.iter().map(|p| p.name()).collect::<Vec<_>>().join(",");
-    let mut all = Vec::new();
-    for sc in ["aggregate", "failover-carrier", "late-interface"] {
+    for (sc, pms, what) in plan {
         let a = RunArgs {
             scenario: sc.into(),
-            pm: pm_list.clone(),
+            pm: pms.iter().map(|p| p.name()).collect::<Vec<_>>().join(","),
             duration: d.duration.clone(),
             plot: Some(d.out.join(format!("{sc}.svg"))),
             save: None,
@@ -1265,15 +1271,14 @@ fn demo(ctx: &Ctx, d: DemoArgs) -> Result<(), LabError> {
             client_sysctl: Vec::new(),
             server_sysctl: Vec::new(),
             via: "direct".into(),
-            repeat: 1,
+            repeat: d.repeat,
             link: LinkArgs::default(),
         };
-        let reports = run_all(&a, &pms)?;
         if !ctx.json {
-            println!();
+            println!("\n{sc}: {what}");
         }
+        let reports = run_all(&a, pms)?;
         output(ctx, &a, &reports)?;
-        all.extend(reports);
     }
     if !ctx.json {
         println!(
