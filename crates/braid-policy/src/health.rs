@@ -529,6 +529,14 @@ impl HealthTracker {
         for s in samples {
             per_if.entry(s.ifindex).or_default().push(s);
         }
+        // A round lists every subflow: a path missing from it has none now
+        // (its other measurements are kept until it has subflows again).
+        for (ifindex, h) in self.paths.iter_mut() {
+            if !per_if.contains_key(ifindex) {
+                h.subflows = 0;
+                h.subflow_keys.clear();
+            }
+        }
         for (ifindex, subs) in &per_if {
             let h = self.paths.entry(*ifindex).or_default();
             h.updated_ms = now_ms;

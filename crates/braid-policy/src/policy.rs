@@ -27,6 +27,12 @@ const RETRY_MAX_MS: u64 = 300_000;
 const FLAP_WINDOW_MS: u64 = 60_000;
 /// ... up to this (or the debounce itself, if longer).
 const MAX_SETTLE_MS: u64 = 30_000;
+/// A path with an endpoint but no subflow while another path has some is
+/// re-added after this long (then after a doubling back-off, see
+/// `note_missing_subflows`).
+const MISSING_SUBFLOW_MS: u64 = 1000;
+const REJOIN_FIRST_MS: u64 = 2000;
+const REJOIN_MAX_MS: u64 = 300_000;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LoggedDecision {
@@ -154,6 +160,14 @@ pub struct Policy {
     /// A stalled path whose subflows were not reopened, and why (shown in
     /// the path state while the stall lasts).
     reset_skipped: Option<(u32, String)>,
+    /// Paths with a subflow endpoint on which no connection has a subflow
+    /// while another path's connections have: since when.
+    missing_subflows: BTreeMap<u32, Time>,
+    /// When a path was last re-added for a missing subflow, and how many
+    /// times in a row.
+    rejoined: BTreeMap<u32, (Time, u32)>,
+    /// Endpoints to re-add this round so the kernel opens missing subflows.
+    rejoin_pending: BTreeMap<IpAddr, String>,
     /// Endpoints to re-add because their path stalled, with the reason.
     reset_pending: BTreeMap<IpAddr, String>,
     /// Probes decided this round.
@@ -322,6 +336,9 @@ impl Policy {
             mode_reasons: BTreeMap::new(),
             stalled_paths: BTreeSet::new(),
             reset_skipped: None,
+            missing_subflows: BTreeMap::new(),
+            rejoined: BTreeMap::new(),
+            rejoin_pending: BTreeMap::new(),
             reset_pending: BTreeMap::new(),
             probes_pending: Vec::new(),
             can_probe_v4: true,
@@ -469,8 +486,9 @@ impl Policy {
                 let hosts = p.loss_hosts as usize;
                 self.health
                     .update(now_ms, &samples, stall, loss, decay, hosts);
+                self.note_missing_subflows();
                 if self.config.policy.mode == PathMode::Aggregate {
-                    if !self.due() {
+                    if !self.due() && self.rejoin_pending.is_empty() {
                         return Vec::new();
                     }
                 } else {
@@ -995,6 +1013,13 @@ impl Policy {
             let existing = self.kernel.values().find(|e| e.addr == w.addr).cloned();
             match existing {
                 Some(e) if !self.manages(e.id) => {} // someone else's endpoint covers it
+                Some(e) if self.rejoin_pending.contains_key(&w.addr) => {
+                    // No connection has a subflow here: re-adding makes the
+                    // kernel open one for every existing connection.
+                    let reason = self.rejoin_pending.remove(&w.addr).unwrap_or_default();
+                    self.remove(&e, &mut out, reason.clone());
+                    self.add(w, &mut out, reason);
+                }
                 Some(e) if self.reset_pending.contains_key(&w.addr) => {
                     // Its path stalled: re-adding closes the stalled subflows.
                     let reason = self.reset_pending.remove(&w.addr).unwrap_or_default();
@@ -1161,6 +1186,7 @@ impl Policy {
             }
         }
         self.reset_pending.clear();
+        self.rejoin_pending.clear();
         // Refusals about endpoints that are gone are moot.
         let kernel = &self.kernel;
         self.flags_refused.retain(|id, _| kernel.contains_key(id));
@@ -1238,6 +1264,72 @@ impl Policy {
             );
             self.probes_pending
                 .push(probe_decision(*ifindex, local, remote, h, reason));
+        }
+    }
+
+    /// A path with a subflow endpoint on which no connection has a subflow
+    /// while another path's connections have one, for `MISSING_SUBFLOW_MS`,
+    /// gets its endpoint re-added: the kernel's path manager never retries
+    /// a join that failed or was never made, and adding an endpoint makes
+    /// it open subflows from it for every existing connection. Seen in the
+    /// lab (7 of 216 handover runs): a connection made within milliseconds
+    /// of the endpoints never got its second subflow and died with the
+    /// primary. A path with a problem (stalled, unreachable, lossy) is left
+    /// alone; repeated re-adds back off (servers that refuse joins).
+    fn note_missing_subflows(&mut self) {
+        let now = self.clock.now();
+        let carrying: BTreeSet<u32> = self
+            .health
+            .paths
+            .iter()
+            .filter(|(_, h)| h.measured())
+            .map(|(i, _)| *i)
+            .collect();
+        let with_endpoint: BTreeSet<u32> = self
+            .kernel
+            .values()
+            .filter(|e| self.manages(e.id) && e.flags & Flag::Subflow.bit() != 0)
+            .filter_map(|e| self.ifindex_of(e.addr))
+            .collect();
+        self.missing_subflows
+            .retain(|i, _| with_endpoint.contains(i));
+        self.rejoined.retain(|i, _| with_endpoint.contains(i));
+        for i in with_endpoint {
+            if carrying.contains(&i) {
+                self.missing_subflows.remove(&i);
+                self.rejoined.remove(&i);
+                continue;
+            }
+            let Some(other) = carrying.iter().find(|o| **o != i) else {
+                self.missing_subflows.remove(&i);
+                continue;
+            };
+            let since = *self.missing_subflows.entry(i).or_insert(now);
+            let missing_ms = now.since(since);
+            if missing_ms < MISSING_SUBFLOW_MS || self.path_problem(Some(i)).is_some() {
+                continue;
+            }
+            let tries = self.rejoined.get(&i).map_or(0, |(_, n)| *n);
+            if let Some((at, n)) = self.rejoined.get(&i) {
+                if now.since(*at) < backoff_ms(REJOIN_FIRST_MS, REJOIN_MAX_MS, *n) {
+                    continue;
+                }
+            }
+            self.rejoined.insert(i, (now, tries.saturating_add(1)));
+            self.missing_subflows.insert(i, now);
+            let reason = format!(
+                "no connection has a subflow on {} for {missing_ms} ms while {} carries some: re-adding its endpoint makes the kernel open the missing subflows (it does not retry a join on its own){}",
+                link_name(&self.links, i),
+                link_name(&self.links, *other),
+                if tries > 0 {
+                    format!("; tried {tries} time(s) before, the server may refuse joins")
+                } else {
+                    String::new()
+                }
+            );
+            for a in self.addresses.values().filter(|a| a.ifindex == i) {
+                self.rejoin_pending.insert(a.ip, reason.clone());
+            }
         }
     }
 

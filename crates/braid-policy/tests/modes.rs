@@ -737,6 +737,63 @@ fn the_last_working_path_is_not_reopened_when_it_goes_silent_too() {
 }
 
 #[test]
+fn a_path_without_subflows_is_re_added_so_the_kernel_opens_them() {
+    // Seen in the lab: a connection that never got its second subflow died
+    // with the primary; the kernel does not retry a join by itself.
+    let (mut s, _) = sim(PathMode::Handover);
+    let only_eth0 = |t: u64, s: &mut Sim| {
+        s.at(
+            t,
+            Event::Health(vec![SubflowSample {
+                local: "10.0.0.2:40000".parse().unwrap(),
+                remote: HOSTS[0].parse().unwrap(),
+                ifindex: 2,
+                rtt_us: 20_000,
+                rttvar_us: 5_000,
+                total_retrans: 0,
+                segs_out: 10,
+                unacked: 0,
+                last_ack_recv_ms: 5,
+                bytes_received: 0,
+                last_data_recv_ms: 5,
+            }]),
+        )
+    };
+    let wlan0: IpAddr = "192.168.1.5".parse().unwrap();
+    let readds = |ds: &[Decision]| -> Vec<String> {
+        ds.iter()
+            .filter(|d| matches!(d.action, Action::RemoveEndpoint { addr, .. } if addr == wlan0))
+            .map(|d| d.reason.clone())
+            .collect()
+    };
+    assert!(readds(&only_eth0(0, &mut s)).is_empty());
+    assert!(readds(&only_eth0(900, &mut s)).is_empty());
+    let ds = only_eth0(1000, &mut s);
+    let r = readds(&ds);
+    assert_eq!(r.len(), 1, "{ds:?}");
+    assert!(
+        r[0].contains("no connection has a subflow on wlan0"),
+        "{}",
+        r[0]
+    );
+    // Removed and added back as it was: a backup standby.
+    assert!(ds.iter().any(|d| matches!(
+        d.action,
+        Action::AddEndpoint { addr, flags, .. } if addr == wlan0 && flags == SUBFLOW | BACKUP
+    )));
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
+    // Still missing: again only after the back-off (2 s), saying so.
+    assert!(readds(&only_eth0(2500, &mut s)).is_empty());
+    let r = readds(&only_eth0(3000, &mut s));
+    assert_eq!(r.len(), 1);
+    assert!(r[0].contains("tried 1 time(s) before"), "{}", r[0]);
+    // Once wlan0 has a subflow, nothing more.
+    for t in [3100, 5000, 9000] {
+        assert!(readds(&s.health(t, ok(20, 10), ok(60, 0))).is_empty());
+    }
+}
+
+#[test]
 fn a_late_answer_after_data_resumed_changes_nothing() {
     let (mut s, _) = sim(PathMode::Handover);
     s.health(0, receiving(0, 0), ok(60, 0));

@@ -507,6 +507,110 @@ fn restart_under_a_live_transfer() {
     );
 }
 
+/// Subflows of the client's MPTCP connections whose local address is `addr`.
+fn subflows_from(lab: &Lab, addr: &str) -> usize {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.client,
+            "ss",
+            "-tnH",
+            "state",
+            "established",
+            "src",
+            addr,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(":5302"))
+        .count()
+}
+
+#[test]
+fn a_connection_that_lost_its_standby_subflow_gets_it_back_and_survives_the_primary() {
+    // The kernel's path manager never opens a subflow again by itself (in
+    // sweeps, 7 of 216 handover runs never got their second subflow and
+    // died with the primary). Here the standby subflow is killed on purpose.
+    let lab = Lab::up("sj", &["--rate", "20mbit"]);
+    let mut d = Daemon::start(&lab, "[policy]\nmode = \"handover\"\n", &[]);
+    assert_endpoints(&lab, &["10.1.0.1", "10.2.0.1"], "at start");
+    let ep = braid_lab::traffic::Endpoints {
+        client_ns: lab.client.clone(),
+        server_ns: format!("{}-s", lab.name),
+        server_addr: "10.1.0.2".parse().unwrap(),
+        mptcp_server_ns: format!("{}-s", lab.name),
+        path_client_addrs: vec!["10.1.0.1".parse().unwrap(), "10.2.0.1".parse().unwrap()],
+        way: braid_lab::traffic::ClientWay::Mptcp,
+    };
+    let bulk = braid_lab::traffic::Bulk::start(&ep, 5302, Duration::from_secs(8)).unwrap();
+    assert!(
+        wait_for(3, || subflows_from(&lab, "10.2.0.1") == 1),
+        "the standby subflow was never opened"
+    );
+    // sock_destroy (ss -K) aborts the standby subflow: the connection goes
+    // on over the primary alone.
+    let killed = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.client,
+            "ss",
+            "-K",
+            "-tnH",
+            "src",
+            "10.2.0.1",
+            "dport",
+            "=",
+            ":5302",
+        ])
+        .output()
+        .unwrap();
+    if subflows_from(&lab, "10.2.0.1") != 0 {
+        eprintln!(
+            "skipped: this kernel cannot abort a socket (ss -K needs CONFIG_INET_DIAG_DESTROY): {}",
+            String::from_utf8_lossy(&killed.stderr)
+        );
+        let _ = bulk.finish();
+        return;
+    }
+    assert!(
+        wait_for(5, || d.log().contains("no connection has a subflow on p1")),
+        "the daemon did not re-add p1: {}\nstatus: {}\nconns: {}",
+        d.log_tail(20),
+        d.status()["view"]["health"],
+        String::from_utf8_lossy(
+            &Command::new(BRAID)
+                .args(["-n", &lab.client, "conns"])
+                .output()
+                .unwrap()
+                .stdout
+        )
+    );
+    assert!(
+        wait_for(3, || subflows_from(&lab, "10.2.0.1") == 1),
+        "no subflow on p1 after the re-add: {}",
+        d.log_tail(20)
+    );
+    // Now the primary can go: the standby takes over.
+    let cut = lab.braid(&["lab", "cut", "0", "--carrier"]);
+    assert!(
+        cut.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cut.stderr)
+    );
+    let r = bulk.finish().unwrap();
+    assert!(
+        r.survived,
+        "the transfer must survive the primary: {:?}",
+        r.error
+    );
+    assert_eq!(r.bytes_corrupt, 0);
+    d.stop();
+}
+
 #[test]
 fn enobufs_triggers_a_full_resync() {
     let lab = Lab::up("nb", &[]);
