@@ -744,7 +744,7 @@ fn ratio_color(r: f64) -> String {
 /// (stall, or probe p99) to the better kernel median, with both figures
 /// written in; a cell that misses goal 1 or 3 is framed in black.
 pub fn heatmap_svg(cells: &[CellSummary]) -> String {
-    const CW: f64 = 118.0;
+    const CW: f64 = 160.0;
     const CH: f64 = 34.0;
     const LEFT: f64 = 150.0;
     const TOP: f64 = 70.0;
@@ -850,7 +850,7 @@ pub fn heatmap_svg(cells: &[CellSummary]) -> String {
                     "stroke=\"white\""
                 };
                 s.push_str(&format!(
-                    "<rect x=\"{x}\" y=\"{y}\" width=\"{CW}\" height=\"{CH}\" fill=\"{fill}\" {stroke}/>\n<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
+                    "<rect x=\"{x}\" y=\"{y}\" width=\"{CW}\" height=\"{CH}\" fill=\"{fill}\" {stroke}/>\n<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"10\">{}</text>\n",
                     x + CW / 2.0,
                     y + CH / 2.0 + 4.0,
                     esc(&text)

@@ -61,7 +61,7 @@ pub enum LabCmd {
     /// resumable (runs are kept in OUT/runs.jsonl), with a table, the goals
     /// of each cell and a heat map.
     Sweep(SweepArgs),
-    /// The newcomer's tour: aggregate, failover-carrier and late-interface, best path manager vs the kernel alone.
+    /// The newcomer's tour: aggregate, failover-carrier and late-interface, each with the mode Braid recommends for it against the kernel's own configurations.
     Demo(DemoArgs),
     /// Measure the link emulator: added delay, loss, throughput and CPU at a rate.
     BenchEmulator(BenchArgs),
