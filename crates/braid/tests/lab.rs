@@ -348,3 +348,70 @@ fn braid_modes_short_form() {
         "interactive should move to path 1: p50 {p50} ms"
     );
 }
+
+#[test]
+fn a_small_sweep_runs_resumes_and_reports() {
+    let _turn = heavy();
+    let out = std::env::temp_dir().join(format!("braid-sweep-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let out_s = out.to_str().unwrap().to_string();
+    let sweep = |extra: &[&str]| {
+        let mut args = vec![
+            "lab",
+            "sweep",
+            "--out",
+            &out_s,
+            "--delays",
+            "1/10",
+            "--loss",
+            "0",
+            "--faults",
+            "blackhole,address",
+            "--directions",
+            "upload",
+            "--pm",
+            "kernel:backup,braid:handover",
+            "--duration",
+            "2s",
+        ];
+        args.extend_from_slice(extra);
+        braid(&args)
+    };
+    let o = sweep(&["--repeat", "1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let runs = || {
+        std::fs::read_to_string(out.join("runs.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let first = runs();
+    assert_eq!(first.len(), 4, "2 cells x 2 path managers");
+    for r in &first {
+        assert_eq!(r["bytes_corrupt"], 0, "{r}");
+        assert!(r["stall_ms"].as_f64().is_some(), "{r}");
+    }
+    let table = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        table.contains("| blackhole upload 1/10 ms, 0% loss |"),
+        "{table}"
+    );
+    assert!(table.contains("goal 1:"), "{table}");
+    // Resumed: nothing is run again; a larger --repeat adds one round.
+    let o = sweep(&["--repeat", "1"]);
+    assert!(o.status.success());
+    assert_eq!(runs().len(), 4);
+    let o = sweep(&["--repeat", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(runs().len(), 8);
+    assert!(std::fs::read_to_string(out.join("heatmap.svg"))
+        .unwrap()
+        .contains("braid:handover"));
+    assert!(out.join("summary.json").exists());
+    // Bad grids are refused before anything runs.
+    let bad = braid(&["lab", "sweep", "--out", &out_s, "--delays", "10"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("primary/secondary"));
+    std::fs::remove_dir_all(&out).unwrap();
+}
