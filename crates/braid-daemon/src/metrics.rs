@@ -772,7 +772,7 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
     for (part, (name, v)) in names {
-        if KERNEL_GAUGES.iter().any(|g| *g == name) {
+        if KERNEL_GAUGES.contains(&name) {
             o.single(
                 &format!("braid_kernel_mptcp_{part}"),
                 GAUGE,
