@@ -1,12 +1,15 @@
 //! Braid's path-manager daemon: the I/O shell around `braid-policy`.
 //! It watches links, addresses and routes (rtnetlink) and MPTCP events,
-//! keeps the kernel's endpoints and limits in step, and answers `braid
-//! status` and `braid daemon reload` on a Unix socket.
+//! keeps the kernel's endpoints and limits in step, answers `braid
+//! status` and `braid daemon reload` on a Unix socket and, when asked to,
+//! serves Prometheus metrics.
 
 pub mod config_file;
 pub mod control;
 pub mod crash;
 pub mod features;
 pub mod logging;
+pub mod metrics;
+pub mod metrics_server;
 pub mod shell;
 pub mod state;

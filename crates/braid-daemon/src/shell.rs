@@ -1,7 +1,8 @@
 //! The I/O shell: feeds kernel changes, MPTCP events, signals and control
 //! requests into the policy and carries out its decisions.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,8 @@ use crate::config_file;
 use crate::control::{self, Pending, Reply, Request};
 use crate::crash;
 use crate::features::{Feature, ProbeSupport};
+use crate::metrics::{self, MetricsConfig};
+use crate::metrics_server;
 use crate::state::{self, OwnedEndpoint, SavedState};
 
 pub const STATE_FILE: &str = "/run/braid/daemon-state.json";
@@ -204,6 +207,32 @@ struct Shell {
     shell_warnings: Vec<String>,
     /// Warnings last logged, so each is logged when it appears.
     warnings: Vec<String>,
+    /// Decisions, refusals and the shell's own errors, counted for the metrics.
+    tallies: Tallies,
+    /// `[metrics]` as the daemon started with it (changes need a restart).
+    metrics_config: MetricsConfig,
+    /// Per-path totals, kept only when metrics are on.
+    metrics: Option<metrics::Accounts>,
+    /// Where the metrics are served, or why they are not.
+    metrics_listen: Option<Result<SocketAddr, String>>,
+    /// The last textfile write failed.
+    textfile_error: Option<String>,
+    /// Unix time of the start, seconds.
+    started_unix: f64,
+}
+
+/// Counts kept for the metrics (cheap enough to keep always).
+#[derive(Default)]
+struct Tallies {
+    decisions: BTreeMap<&'static str, u64>,
+    failed: BTreeMap<&'static str, u64>,
+    errors: BTreeMap<&'static str, u64>,
+}
+
+impl Tallies {
+    fn error(&mut self, kind: &'static str) {
+        *self.errors.entry(kind).or_default() += 1;
+    }
 }
 
 impl Shell {
@@ -228,6 +257,12 @@ impl Shell {
     /// how many there were.
     fn feed(&mut self, ev: Event) -> usize {
         let now = self.now_ms();
+        // What may change which paths exist or carry traffic without a
+        // decision (a snapshot, a link or address change).
+        let paths_may_change = !matches!(
+            ev,
+            Event::Health(_) | Event::Mptcp(_) | Event::ProbeResult { .. } | Event::Tick
+        );
         let decisions = self.policy.handle(ev, now);
         let count = decisions.len();
         if decisions.iter().any(|d| touches_state(&d.action)) {
@@ -239,10 +274,13 @@ impl Shell {
         }
         for d in decisions {
             info!(action = %d.action, reason = %d.reason, "decision");
+            let kind = metrics::action_name(&d.action);
+            *self.tallies.decisions.entry(kind).or_default() += 1;
             crash::around("before", &d.action);
             let result = self.execute(&d.action);
             crash::around("after", &d.action);
             if let Err(f) = result {
+                *self.tallies.failed.entry(kind).or_default() += 1;
                 if f.quiet {
                     debug!(action = %d.action, error = %f.error, "not carried out");
                 } else {
@@ -265,7 +303,96 @@ impl Shell {
         if count > 0 {
             self.log_new_warnings();
         }
+        if self.metrics.is_some() && (count > 0 || paths_may_change) {
+            self.observe_paths();
+        }
         count
+    }
+
+    /// Credit the time since the last look to each path's state, and
+    /// take the states as they are now.
+    fn observe_paths(&mut self) {
+        let now = self.now_ms();
+        let paths = self.policy.paths();
+        if let Some(m) = self.metrics.as_mut() {
+            m.observe_paths(&paths, now);
+        }
+    }
+
+    /// Everything the metrics show, as of now.
+    fn metrics_snapshot(&mut self) -> metrics::Snapshot {
+        self.observe_paths();
+        let c = self.policy.counters();
+        let cfg = self.policy.config();
+        let (owned, other) = self.policy.endpoint_counts();
+        let mut errors = self.tallies.errors.clone();
+        errors.insert("health_poll", self.health.failed);
+        metrics::Snapshot {
+            version: env!("CARGO_PKG_VERSION"),
+            mode: match cfg.mode {
+                braid_policy::config::Mode::Client => "client",
+                braid_policy::config::Mode::Server => "server",
+            },
+            path_mode: cfg.policy.mode.name(),
+            start_time_seconds: self.started_unix,
+            paths: self.metrics.as_ref().map(|m| m.paths()).unwrap_or_default(),
+            decisions: self.tallies.decisions.clone(),
+            decisions_failed: self.tallies.failed.clone(),
+            switches: c.switches.clone(),
+            switches_held_back: c.handovers_held_back,
+            mptcp_events: c.mptcp_events.clone(),
+            probes: c.probes,
+            probes_unanswered: c.probes_unanswered,
+            link_events: c.link_events,
+            address_events: c.address_events,
+            route_events: c.route_events,
+            resyncs: c.resyncs,
+            reloads: c.reloads,
+            health_polls: self.health.rounds,
+            errors,
+            endpoints_braid: owned as u64,
+            endpoints_other: other as u64,
+            kernel: braid_kernel::counters::mptcp().ok(),
+        }
+    }
+
+    fn metrics_text(&mut self) -> String {
+        metrics::render(&self.metrics_snapshot())
+    }
+
+    /// Write `metrics.textfile`; a failure is logged when it starts and
+    /// shown in the status until a write works again.
+    fn write_textfile(&mut self) {
+        let Some(path) = self.metrics_config.textfile.clone() else {
+            return;
+        };
+        let text = self.metrics_text();
+        match metrics_server::write_textfile(&path, &text) {
+            Ok(()) => {
+                if self.textfile_error.take().is_some() {
+                    info!(file = %path.display(), "the metrics textfile is written again");
+                }
+            }
+            Err(e) => {
+                self.tallies.error("textfile");
+                let msg = e.to_string();
+                if self.textfile_error.as_deref() != Some(&msg) {
+                    error!(error = %e, file = %path.display(), "cannot write the metrics textfile");
+                }
+                self.textfile_error = Some(msg);
+            }
+        }
+    }
+
+    /// One health round's subflows, for the per-path totals.
+    fn account_subflows(&mut self, subflows: &[braid_kernel::diag::Subflow]) {
+        if let Some(m) = self.metrics.as_mut() {
+            let counters: Vec<metrics::SubflowCounters> = subflows
+                .iter()
+                .filter_map(metrics::SubflowCounters::of)
+                .collect();
+            m.observe_subflows(&counters);
+        }
     }
 
     /// The state the policy's model holds: owned endpoints with their
@@ -295,6 +422,7 @@ impl Shell {
                 self.saved = s;
             }
             Err(e) => {
+                self.tallies.error("state_file");
                 let msg = e.to_string();
                 if self.save_failed.as_deref() != Some(&msg) {
                     error!(error = %e, file = %self.opts.state_file.display(), "cannot save the owned endpoints and changed routes: a restart would not know them");
@@ -404,6 +532,11 @@ impl Shell {
                 });
             }
             Err(e) => {
+                *self
+                    .tallies
+                    .failed
+                    .entry(metrics::action_name(&o.action))
+                    .or_default() += 1;
                 let refused = matches!(
                     e.errno(),
                     Some(libc::EPERM | libc::EACCES | libc::EAFNOSUPPORT)
@@ -455,9 +588,15 @@ impl Shell {
     }
 
     fn reload(&mut self) -> Result<(), String> {
-        match config_file::load(&self.opts.config_path, self.opts.config_explicit) {
-            Ok(cfg) => {
+        match config_file::load_settings(&self.opts.config_path, self.opts.config_explicit) {
+            Ok(settings) => {
+                let cfg = settings.config;
                 info!(config = %self.opts.config_path.display(), "configuration reloaded");
+                if settings.metrics != self.metrics_config {
+                    warn!(
+                        "[metrics] changed: the new settings take effect when the daemon restarts"
+                    );
+                }
                 self.probe = ProbeSupport::detect(cfg.policy.probe_silent_paths);
                 self.probe_errors.clear();
                 log_feature(&self.probe.feature());
@@ -535,7 +674,43 @@ impl Shell {
             self.control_group.clone(),
             state,
             resync,
+            self.metrics_feature(),
         ]
+    }
+
+    fn metrics_feature(&self) -> Feature {
+        const NAME: &str = "metrics";
+        let c = &self.metrics_config;
+        if !c.enabled() {
+            return Feature::off(
+                NAME,
+                "[metrics] is not configured (listen = \"127.0.0.1:9853\" serves Prometheus; textfile = \"...\" writes for node_exporter)",
+            );
+        }
+        let mut how = Vec::new();
+        let mut why = Vec::new();
+        match &self.metrics_listen {
+            Some(Ok(addr)) => how.push(format!("Prometheus text format at http://{addr}/metrics")),
+            Some(Err(e)) => why.push(e.clone()),
+            None => {}
+        }
+        if let Some(f) = &c.textfile {
+            match &self.textfile_error {
+                None => how.push(format!(
+                    "written to {} every {} s",
+                    f.display(),
+                    c.textfile_interval_s
+                )),
+                Some(e) => why.push(format!("cannot write {}: {e}", f.display())),
+            }
+        }
+        let join = |v: Vec<String>| (!v.is_empty()).then(|| v.join("; "));
+        Feature {
+            name: NAME,
+            on: !how.is_empty(),
+            how: join(how),
+            why: join(why),
+        }
     }
 
     fn status(&self) -> serde_json::Value {
@@ -602,7 +777,8 @@ fn log_feature(f: &Feature) {
 
 /// One round of health polling.
 enum HealthRound {
-    Samples(Vec<SubflowSample>),
+    /// Every MPTCP subflow, whatever its state.
+    Subflows(Vec<braid_kernel::diag::Subflow>),
     /// No MPTCP subflow exists: polling stops until the next MPTCP event.
     NoSubflows,
     /// sock_diag failed: nothing is known, which is not "no subflows".
@@ -617,44 +793,49 @@ fn health_round() -> HealthRound {
     if subflows.is_empty() {
         return HealthRound::NoSubflows;
     }
-    HealthRound::Samples(
-        subflows
-            .iter()
-            // A subflow still in its handshake (or closing) measures nothing
-            // about its path yet: its SYN is "unacknowledged data" with no
-            // ACK ever received.
-            .filter(|sf| sf.state == "established")
-            .filter_map(|sf| {
-                let t = sf.tcp.as_ref()?;
-                Some(SubflowSample {
-                    local: sf.local,
-                    remote: sf.remote,
-                    ifindex: 0,
-                    rtt_us: t.rtt_us,
-                    rttvar_us: t.rttvar_us,
-                    total_retrans: t.total_retrans,
-                    segs_out: t.segs_out.unwrap_or(0),
-                    unacked: t.unacked,
-                    last_ack_recv_ms: t.last_ack_recv_ms,
-                    bytes_received: t.bytes_received.unwrap_or(0),
-                    last_data_recv_ms: t.last_data_recv_ms,
-                })
+    HealthRound::Subflows(subflows)
+}
+
+/// What the policy measures: the established subflows' tcp_info.
+fn samples_of(subflows: &[braid_kernel::diag::Subflow]) -> Vec<SubflowSample> {
+    subflows
+        .iter()
+        // A subflow still in its handshake (or closing) measures nothing
+        // about its path yet: its SYN is "unacknowledged data" with no
+        // ACK ever received.
+        .filter(|sf| sf.state == "established")
+        .filter_map(|sf| {
+            let t = sf.tcp.as_ref()?;
+            Some(SubflowSample {
+                local: sf.local,
+                remote: sf.remote,
+                ifindex: 0,
+                rtt_us: t.rtt_us,
+                rttvar_us: t.rttvar_us,
+                total_retrans: t.total_retrans,
+                segs_out: t.segs_out.unwrap_or(0),
+                unacked: t.unacked,
+                last_ack_recv_ms: t.last_ack_recv_ms,
+                bytes_received: t.bytes_received.unwrap_or(0),
+                last_data_recv_ms: t.last_data_recv_ms,
             })
-            .collect(),
-    )
+        })
+        .collect()
 }
 
 /// Run one health round and say when the next is due (None: no polling
 /// until an MPTCP event).
 fn poll_health(shell: &mut Shell) -> Option<tokio::time::Instant> {
     match health_round() {
-        HealthRound::Samples(samples) => {
+        HealthRound::Subflows(subflows) => {
             shell.health_ok();
-            shell.feed(Event::Health(samples));
+            shell.account_subflows(&subflows);
+            shell.feed(Event::Health(samples_of(&subflows)));
             Some(next_poll(shell))
         }
         HealthRound::NoSubflows => {
             shell.health_ok();
+            shell.account_subflows(&[]);
             None
         }
         HealthRound::Failed(e) => {
@@ -754,13 +935,32 @@ const MIN_POLL_MS: u64 = 5;
 
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(opts: Options) -> Result<(), String> {
-    let config = config_file::load(&opts.config_path, opts.config_explicit)?;
+    let settings = config_file::load_settings(&opts.config_path, opts.config_explicit)?;
+    let (config, metrics_config) = (settings.config, settings.metrics);
     let mut shell_warnings = Vec::new();
     let saved = read_saved(&opts.state_file, &mut shell_warnings);
     let mut pm = PathManager::open().map_err(|e| e.to_string())?;
     // Subscribe before the first dump so no change falls in between.
     let mut monitor = Monitor::subscribe(opts.netlink_rcvbuf).map_err(|e| e.to_string())?;
     let mut mptcp = EventStream::subscribe().map_err(|e| e.to_string())?;
+    // Metrics are an extra: a port that cannot be had turns them off (the
+    // status says why), it does not stop the path manager. Bound before
+    // the control socket, whose answer tells that the daemon is up.
+    let (metrics_listener, metrics_listen) = match metrics_config.listen_addr() {
+        None => (None, None),
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                let at = l.local_addr().unwrap_or(addr);
+                info!(listen = %at, "metrics served at http://{at}/metrics");
+                (Some(l), Some(Ok(at)))
+            }
+            Err(e) => {
+                let why = format!("cannot listen on {addr} (metrics.listen): {e}");
+                error!("{why}; metrics are not served");
+                (None, Some(Err(why)))
+            }
+        },
+    };
     let (listener, group, control_group) = bind_control(&config)?;
     let socket_path = PathBuf::from(&config.control.socket);
     let mut sighup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
@@ -804,8 +1004,19 @@ pub async fn run(opts: Options) -> Result<(), String> {
         health_errors: LoggedOnce::default(),
         shell_warnings,
         warnings: Vec::new(),
+        tallies: Tallies::default(),
+        metrics: metrics_config.enabled().then(metrics::Accounts::default),
+        metrics_config,
+        metrics_listen,
+        textfile_error: None,
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
     };
     shell.feed(first);
+    if shell.metrics.is_some() {
+        log_feature(&shell.metrics_feature());
+    }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     info!("ready");
     // Health is polled only while MPTCP connections exist: an MPTCP event
@@ -820,6 +1031,17 @@ pub async fn run(opts: Options) -> Result<(), String> {
     let (ctl_tx, mut ctl_rx) = tokio::sync::mpsc::channel::<Pending>(control::MAX_CLIENTS);
     let slots = Arc::new(tokio::sync::Semaphore::new(control::MAX_CLIENTS));
     let mut busy_logged: Option<Instant> = None;
+    // Scrapers likewise; the textfile is written at once, then every interval.
+    let (scrape_tx, mut scrape_rx) =
+        tokio::sync::mpsc::channel::<metrics_server::Scrape>(metrics_server::MAX_SCRAPERS);
+    let scrapers = Arc::new(tokio::sync::Semaphore::new(metrics_server::MAX_SCRAPERS));
+    let mut scrapers_busy_logged: Option<Instant> = None;
+    let textfile_every = Duration::from_secs(shell.metrics_config.textfile_interval_s);
+    let mut textfile_at = shell
+        .metrics_config
+        .textfile
+        .as_ref()
+        .map(|_| tokio::time::Instant::now());
 
     loop {
         let tick = async {
@@ -841,6 +1063,18 @@ pub async fn run(opts: Options) -> Result<(), String> {
             match policy_wake {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending::<()>().await,
+            }
+        };
+        let textfile_tick = async {
+            match textfile_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let scraper = async {
+            match &metrics_listener {
+                Some(l) => l.accept().await,
+                None => std::future::pending().await,
             }
         };
         tokio::select! {
@@ -870,6 +1104,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
                 }
                 Err(e) => {
                     error!(error = %e, "reading rtnetlink failed");
+                    shell.tallies.error("rtnetlink");
                     shell.resync("rtnetlink read error", false);
                 }
             },
@@ -880,8 +1115,14 @@ pub async fn run(opts: Options) -> Result<(), String> {
                         poll = Some(next_poll(&shell));
                     }
                 }
-                Ok(StreamItem::Overflow) => warn!("MPTCP events were lost (ENOBUFS)"),
-                Err(e) => warn!(error = %e, "reading MPTCP events failed"),
+                Ok(StreamItem::Overflow) => {
+                    shell.tallies.error("mptcp_events_lost");
+                    warn!("MPTCP events were lost (ENOBUFS)");
+                }
+                Err(e) => {
+                    shell.tallies.error("mptcp_events");
+                    warn!(error = %e, "reading MPTCP events failed");
+                }
             },
             conn = listener.accept() => {
                 let Ok((stream, _)) = conn else { continue };
@@ -904,6 +1145,30 @@ pub async fn run(opts: Options) -> Result<(), String> {
                 }
             }
             Some(pending) = ctl_rx.recv() => shell.answer(pending),
+            conn = scraper => {
+                let Ok((stream, _)) = conn else { continue };
+                match scrapers.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let to_loop = scrape_tx.clone();
+                        tokio::spawn(async move {
+                            metrics_server::serve(stream, to_loop).await;
+                            drop(slot);
+                        });
+                    }
+                    Err(_) => {
+                        let _ = stream.try_write(&metrics_server::busy_response());
+                        if scrapers_busy_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                            warn!(max = metrics_server::MAX_SCRAPERS, "metrics scrapers refused: too many at once (logged at most once a minute)");
+                            scrapers_busy_logged = Some(Instant::now());
+                        }
+                    }
+                }
+            }
+            Some(reply) = scrape_rx.recv() => { let _ = reply.send(shell.metrics_text()); }
+            _ = textfile_tick => {
+                shell.write_textfile();
+                textfile_at = Some(tokio::time::Instant::now() + textfile_every);
+            }
             _ = sighup.recv() => { let _ = shell.reload(); }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,

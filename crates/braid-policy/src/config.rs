@@ -48,6 +48,9 @@ pub struct Config {
     /// `[relay]` belongs to `braid relay` (same file, its own checks).
     #[serde(skip_serializing)]
     pub relay: OtherSection,
+    /// `[metrics]` belongs to the daemon's shell (braid-daemon checks it).
+    #[serde(skip_serializing)]
+    pub metrics: OtherSection,
 }
 
 /// A section of the configuration file read by another part of Braid:
@@ -165,6 +168,15 @@ pub enum Role {
     Secondary,
 }
 
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+        }
+    }
+}
+
 /// Path selection from measured health (Apple's three modes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -257,6 +269,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             interfaces: Vec::new(),
             relay: OtherSection,
+            metrics: OtherSection,
         }
     }
 }

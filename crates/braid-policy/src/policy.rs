@@ -60,6 +60,51 @@ pub struct Counters {
     pub handovers: u64,
     pub handovers_held_back: u64,
     pub mptcp_events: BTreeMap<String, u64>,
+    /// Changes of the paths that carry traffic (handover and interactive),
+    /// by cause: "unreachable", "stalled", "lossy" (measurements), "rtt"
+    /// (interactive: a faster path), "path_gone" (carrier, address or
+    /// route lost), "recovered" (handover: the primary takes traffic back).
+    pub switches: BTreeMap<String, u64>,
+}
+
+/// Whether one address family of an interface carries traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathState {
+    /// An endpoint without the backup flag: the kernel sends data on it.
+    Active,
+    /// Endpoints, all with the backup flag: subflows stand by.
+    Standby,
+    /// No endpoint.
+    Unused,
+}
+
+impl PathState {
+    pub const ALL: [PathState; 3] = [PathState::Active, PathState::Standby, PathState::Unused];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PathState::Active => "active",
+            PathState::Standby => "standby",
+            PathState::Unused => "unused",
+        }
+    }
+}
+
+/// One address family of one interface (a "path"), for metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PathView {
+    pub ifindex: u32,
+    pub interface: String,
+    pub ipv6: bool,
+    /// Its role for the handover mode (configured, or primary when it
+    /// holds a main-table default route).
+    pub role: Role,
+    pub state: PathState,
+    /// An address of this family on it is usable, or has an endpoint.
+    pub in_use: bool,
+    /// Its addresses of this family.
+    pub addresses: Vec<IpAddr>,
 }
 
 /// Why an address is, or is not, an endpoint.
@@ -1471,14 +1516,20 @@ impl Policy {
     }
 
     fn role_of(&self, w: &Want) -> Role {
-        if let Some(r) = self.config.interface(&w.iface).and_then(|i| i.role) {
-            return r;
-        }
         let ifindex = self
             .addresses
             .values()
             .find(|a| a.ip == w.addr)
             .map(|a| a.ifindex);
+        self.interface_role(&w.iface, ifindex)
+    }
+
+    /// The role configured for interface `name`, else primary if it holds
+    /// a main-table default route.
+    fn interface_role(&self, name: &str, ifindex: Option<u32>) -> Role {
+        if let Some(r) = self.config.interface(name).and_then(|i| i.role) {
+            return r;
+        }
         let main_default = self
             .default_routes
             .iter()
@@ -1562,6 +1613,12 @@ impl Policy {
     /// round: what follows in the same round comes with it.
     fn spent_this_round(&self) -> bool {
         self.handovers.back() == Some(&self.clock.now())
+    }
+
+    /// A change of the paths carrying traffic, by cause (see
+    /// `Counters::switches`).
+    fn count_switch(&mut self, cause: &str) {
+        *self.counters.switches.entry(cause.to_string()).or_default() += 1;
     }
 
     fn spend_handover(&mut self) {
@@ -1701,6 +1758,21 @@ impl Policy {
                         self.unconfirmed_problems(wanted)
                     )
                 };
+                // The first decision (no path state yet) is no switch: a
+                // daemon starting with only secondaries usable moved nothing.
+                if failed && !self.failed_over && !self.path_state.is_empty() {
+                    let cause = if primaries.is_empty() {
+                        "path_gone"
+                    } else {
+                        primaries
+                            .iter()
+                            .find_map(|i| self.path_problem(self.ifindex_of(wanted[*i].addr)))
+                            .map_or("unhealthy", |p| switch_cause(&p))
+                    };
+                    self.count_switch(cause);
+                } else if !failed && self.failed_over {
+                    self.count_switch("recovered");
+                }
                 self.failed_over = failed;
                 self.path_state = reason.clone();
                 for (i, w) in wanted.iter_mut().enumerate() {
@@ -1840,6 +1912,13 @@ impl Policy {
                         }
                     }
                 };
+                if let Some(cur) = self.active_path.filter(|c| *c != active) {
+                    let cause = match paths.iter().find(|p| p.ifindex == cur) {
+                        None => "path_gone",
+                        Some(p) => p.problem.as_deref().map_or("rtt", switch_cause),
+                    };
+                    self.count_switch(cause);
+                }
                 if self.handover_held.is_none() {
                     self.active_reason = reason.clone();
                 }
@@ -1983,6 +2062,21 @@ impl Policy {
         warnings
     }
 
+    /// The counters `view` shows, without building the rest of it.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// How many of the kernel's endpoints are Braid's, and how many not.
+    pub fn endpoint_counts(&self) -> (usize, usize) {
+        let owned = self
+            .kernel
+            .keys()
+            .filter(|id| self.owned.contains(*id))
+            .count();
+        (owned, self.kernel.len() - owned)
+    }
+
     /// The endpoints Braid made, as the model holds them (for the state file).
     pub fn owned_endpoints(&self) -> Vec<KernelEndpoint> {
         self.kernel
@@ -1990,6 +2084,50 @@ impl Policy {
             .filter(|e| self.owned.contains(&e.id))
             .cloned()
             .collect()
+    }
+
+    /// Each address family of each interface (loopback aside): its role,
+    /// whether it carries traffic, stands by or is unused, and its
+    /// addresses. Cheaper than `view`, for metrics.
+    pub fn paths(&self) -> Vec<PathView> {
+        let backup = Flag::Backup.bit();
+        let mut out = Vec::new();
+        for l in self.links.values().filter(|l| !l.loopback) {
+            let role = self.interface_role(&l.name, Some(l.index));
+            for ipv6 in [false, true] {
+                let addrs: Vec<&Address> = self
+                    .addresses
+                    .values()
+                    .filter(|a| a.ifindex == l.index && a.ip.is_ipv6() == ipv6)
+                    .collect();
+                let endpoints: Vec<&KernelEndpoint> = self
+                    .kernel
+                    .values()
+                    .filter(|e| {
+                        e.addr.is_ipv6() == ipv6
+                            && (e.ifindex == Some(l.index) || addrs.iter().any(|a| a.ip == e.addr))
+                    })
+                    .collect();
+                let state = if endpoints.iter().any(|e| (e.flags & backup) == 0) {
+                    PathState::Active
+                } else if !endpoints.is_empty() {
+                    PathState::Standby
+                } else {
+                    PathState::Unused
+                };
+                let usable = addrs.iter().any(|a| self.usability(a).is_ok());
+                out.push(PathView {
+                    ifindex: l.index,
+                    interface: l.name.clone(),
+                    ipv6,
+                    role,
+                    state,
+                    in_use: usable || !endpoints.is_empty(),
+                    addresses: addrs.iter().map(|a| a.ip).collect(),
+                });
+            }
+        }
+        out
     }
 
     /// Everything `braid status` shows about the daemon's view.
@@ -2100,6 +2238,15 @@ fn probe_decision(
         },
         reason,
     }
+}
+
+/// The cause of a switch away from a path with `problem` (see
+/// `PathHealth::host_problem`), as a word for the counters.
+fn switch_cause(problem: &str) -> &'static str {
+    ["unreachable", "stalled", "lossy"]
+        .into_iter()
+        .find(|c| problem.starts_with(*c))
+        .unwrap_or("unhealthy")
 }
 
 fn fmt_rtt(ms: Option<f64>) -> String {

@@ -838,3 +838,87 @@ fn probing_can_be_turned_off() {
     assert!(probes(&s.health(300, receiving(500_000, 200), idle)).is_empty());
     assert_eq!(s.p.health_check_due_in_ms(), None);
 }
+
+fn switches(s: &Sim) -> Vec<(String, u64)> {
+    s.p.view().counters.switches.into_iter().collect()
+}
+
+fn sw(list: &[(&str, u64)]) -> Vec<(String, u64)> {
+    list.iter().map(|(c, n)| (c.to_string(), *n)).collect()
+}
+
+/// What the metrics read: each path's state and role, and the switches of
+/// traffic counted by cause.
+#[test]
+fn paths_and_switches_by_cause() {
+    use braid_policy::config::Role;
+    use braid_policy::policy::PathState;
+    let states = |s: &Sim| -> Vec<(String, bool, Role, PathState)> {
+        s.p.paths()
+            .into_iter()
+            .filter(|p| p.in_use)
+            .map(|p| (p.interface, p.ipv6, p.role, p.state))
+            .collect()
+    };
+    let (mut s, _) = sim(PathMode::Handover);
+    assert_eq!(
+        states(&s),
+        vec![
+            ("eth0".into(), false, Role::Primary, PathState::Active),
+            ("wlan0".into(), false, Role::Secondary, PathState::Standby),
+        ]
+    );
+    // Families without an address are listed, unused.
+    assert!(s
+        .p
+        .paths()
+        .iter()
+        .any(|p| p.interface == "eth0" && p.ipv6 && !p.in_use && p.state == PathState::Unused));
+    assert!(switches(&s).is_empty());
+    s.at(
+        100,
+        Event::LinkChanged(Link {
+            carrier: false,
+            ..link(2, "eth0")
+        }),
+    );
+    assert_eq!(switches(&s), sw(&[("path_gone", 1)]));
+    assert_eq!(
+        states(&s),
+        vec![("wlan0".into(), false, Role::Secondary, PathState::Active)]
+    );
+
+    // A stall seen towards two hosts, then the hand-back.
+    let (mut s, _) = sim(PathMode::Handover);
+    s.hosts = 2;
+    s.health(0, ok(20, 100), ok(60, 0));
+    let stalled = P {
+        unacked: 12,
+        last_ack_ms: 400,
+        ..ok(20, 200)
+    };
+    s.health(500, stalled, ok(60, 0));
+    assert_eq!(switches(&s), sw(&[("stalled", 1)]));
+    let mut t = 500;
+    for k in 1..=10 {
+        t += 500;
+        s.health(t, ok(20, 300 + k), ok(60, 1000));
+    }
+    assert_eq!(switches(&s), sw(&[("recovered", 1), ("stalled", 1)]));
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
+
+    // Interactive: loss, then a faster path.
+    let (mut s, _) = sim(PathMode::Interactive);
+    s.hosts = 2;
+    s.health(0, ok(20, 0), ok(60, 0));
+    assert!(switches(&s).is_empty(), "the first choice is no switch");
+    s.health(
+        100,
+        P {
+            retrans: 10,
+            ..ok(20, 50)
+        },
+        ok(60, 0),
+    );
+    assert_eq!(switches(&s), sw(&[("lossy", 1)]));
+}
