@@ -1058,16 +1058,15 @@ impl Policy {
             let existing = self.kernel.values().find(|e| e.addr == w.addr).cloned();
             match existing {
                 Some(e) if !self.manages(e.id) => {} // someone else's endpoint covers it
-                Some(e) if self.rejoin_pending.contains_key(&w.addr) => {
-                    // No connection has a subflow here: re-adding makes the
-                    // kernel open one for every existing connection.
-                    let reason = self.rejoin_pending.remove(&w.addr).unwrap_or_default();
-                    self.remove(&e, &mut out, reason.clone());
-                    self.add(w, &mut out, reason);
-                }
-                Some(e) if self.reset_pending.contains_key(&w.addr) => {
-                    // Its path stalled: re-adding closes the stalled subflows.
-                    let reason = self.reset_pending.remove(&w.addr).unwrap_or_default();
+                Some(e)
+                    if self.reset_pending.contains_key(&w.addr)
+                        || self.rejoin_pending.contains_key(&w.addr) =>
+                {
+                    // Re-adding closes a stalled path's subflows, or makes
+                    // the kernel open the ones no connection has.
+                    let reason = (self.reset_pending.remove(&w.addr))
+                        .or_else(|| self.rejoin_pending.remove(&w.addr))
+                        .unwrap_or_default();
                     self.remove(&e, &mut out, reason.clone());
                     self.add(w, &mut out, reason);
                 }

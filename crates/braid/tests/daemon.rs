@@ -454,19 +454,24 @@ fn bad_config_files_are_clear_errors() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn restart_under_a_live_transfer() {
-    let lab = Lab::up("rs", &["--rate", "20mbit"]);
-    let mut d = Daemon::start(&lab, "", &[]);
-    assert_endpoints(&lab, &["10.1.0.1", "10.2.0.1"], "at start");
-    let ep = braid_lab::traffic::Endpoints {
+/// An MPTCP transfer from the lab's server to its client over both paths.
+fn transfer_endpoints(lab: &Lab) -> braid_lab::traffic::Endpoints {
+    braid_lab::traffic::Endpoints {
         client_ns: lab.client.clone(),
         server_ns: format!("{}-s", lab.name),
         server_addr: "10.1.0.2".parse().unwrap(),
         mptcp_server_ns: format!("{}-s", lab.name),
         path_client_addrs: vec!["10.1.0.1".parse().unwrap(), "10.2.0.1".parse().unwrap()],
         way: braid_lab::traffic::ClientWay::Mptcp,
-    };
+    }
+}
+
+#[test]
+fn restart_under_a_live_transfer() {
+    let lab = Lab::up("rs", &["--rate", "20mbit"]);
+    let mut d = Daemon::start(&lab, "", &[]);
+    assert_endpoints(&lab, &["10.1.0.1", "10.2.0.1"], "at start");
+    let ep = transfer_endpoints(&lab);
     let bulk = braid_lab::traffic::Bulk::start(&ep, 5301, Duration::from_secs(5)).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let ids_before: Vec<u64> = lab
@@ -537,14 +542,7 @@ fn a_connection_that_lost_its_standby_subflow_gets_it_back_and_survives_the_prim
     let lab = Lab::up("sj", &["--rate", "20mbit"]);
     let mut d = Daemon::start(&lab, "[policy]\nmode = \"handover\"\n", &[]);
     assert_endpoints(&lab, &["10.1.0.1", "10.2.0.1"], "at start");
-    let ep = braid_lab::traffic::Endpoints {
-        client_ns: lab.client.clone(),
-        server_ns: format!("{}-s", lab.name),
-        server_addr: "10.1.0.2".parse().unwrap(),
-        mptcp_server_ns: format!("{}-s", lab.name),
-        path_client_addrs: vec!["10.1.0.1".parse().unwrap(), "10.2.0.1".parse().unwrap()],
-        way: braid_lab::traffic::ClientWay::Mptcp,
-    };
+    let ep = transfer_endpoints(&lab);
     let bulk = braid_lab::traffic::Bulk::start(&ep, 5302, Duration::from_secs(8)).unwrap();
     assert!(
         wait_for(3, || subflows_from(&lab, "10.2.0.1") == 1),
