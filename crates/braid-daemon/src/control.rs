@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::journal::{Entry, What};
 
 /// A request is one short JSON line; anything longer is refused.
 pub const MAX_REQUEST: usize = 4096;
@@ -28,20 +30,117 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum Request {
     Status,
     Reload,
+    /// The journal's entries of the last `since_ms` milliseconds (none if
+    /// absent) and, with `follow`, every entry after them as it comes, one
+    /// JSON line each, until the client closes.
+    Journal {
+        #[serde(default)]
+        since_ms: Option<u64>,
+        #[serde(default)]
+        follow: bool,
+    },
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Reply {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<JournalReply>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JournalReply {
+    /// The inode of the daemon's network namespace: a client in another
+    /// namespace is not looking at what this daemon manages.
+    pub netns: Option<u64>,
+    pub entries: Vec<Entry>,
+}
+
+/// What the event loop gives back for a request.
+pub enum Answer {
+    Once(Reply),
+    /// The reply, then every entry from this receiver.
+    Follow(Reply, broadcast::Receiver<Entry>),
 }
 
 /// Ask a running daemon (blocking; for the CLI).
 pub fn request(socket: &Path, req: &Request) -> Result<Reply, String> {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufRead, BufReader};
+    let s = send(socket, req)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok();
+    let mut line = String::new();
+    BufReader::new(&s)
+        .read_line(&mut line)
+        .map_err(|e| format!("no reply from the daemon: {e}"))?;
+    serde_json::from_str(&line).map_err(|e| format!("malformed reply from the daemon: {e}"))
+}
+
+/// A live view of the daemon's journal (blocking; for the CLI).
+pub struct Follower {
+    /// The daemon's network namespace (its inode).
+    pub netns: Option<u64>,
+    /// The entries of the window asked for, oldest first.
+    pub history: Vec<Entry>,
+    lines: std::io::BufReader<std::os::unix::net::UnixStream>,
+}
+
+impl Follower {
+    /// The next entry; `None` when the daemon stops or closes the stream.
+    pub fn next_entry(&mut self) -> Option<Result<Entry, String>> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        match self.lines.read_line(&mut line) {
+            Ok(0) => None,
+            Ok(_) => Some(
+                serde_json::from_str(&line)
+                    .map_err(|e| format!("malformed journal entry from the daemon: {e}")),
+            ),
+            Err(e) => Some(Err(format!("reading the daemon's journal failed: {e}"))),
+        }
+    }
+}
+
+/// Follow the daemon's journal, starting `since_ms` ago.
+pub fn follow(socket: &Path, since_ms: Option<u64>) -> Result<Follower, String> {
+    use std::io::BufRead;
+    let s = send(
+        socket,
+        &Request::Journal {
+            since_ms,
+            follow: true,
+        },
+    )?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok();
+    let mut lines = std::io::BufReader::new(s);
+    let mut line = String::new();
+    lines
+        .read_line(&mut line)
+        .map_err(|e| format!("no reply from the daemon: {e}"))?;
+    let reply: Reply =
+        serde_json::from_str(&line).map_err(|e| format!("malformed reply from the daemon: {e}"))?;
+    if !reply.ok {
+        return Err(reply.error.unwrap_or_else(|| "refused".into()));
+    }
+    let journal = reply
+        .journal
+        .ok_or("the daemon's reply has no journal (is it an older braidd?)")?;
+    // From here entries come when things happen, however far apart.
+    lines.get_ref().set_read_timeout(None).ok();
+    Ok(Follower {
+        netns: journal.netns,
+        history: journal.entries,
+        lines,
+    })
+}
+
+fn send(socket: &Path, req: &Request) -> Result<std::os::unix::net::UnixStream, String> {
+    use std::io::Write;
     let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
             format!(
@@ -55,14 +154,8 @@ pub fn request(socket: &Path, req: &Request) -> Result<Reply, String> {
         ),
         _ => format!("cannot reach the daemon at {}: {e}", socket.display()),
     })?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .ok();
     writeln!(s, "{}", serde_json::to_string(req).unwrap()).map_err(|e| e.to_string())?;
-    let mut line = String::new();
-    BufReader::new(&s)
-        .read_line(&mut line)
-        .map_err(|e| format!("no reply from the daemon: {e}"))?;
-    serde_json::from_str(&line).map_err(|e| format!("malformed reply from the daemon: {e}"))
+    Ok(s)
 }
 
 /// The group id of a group name, from /etc/group.
@@ -118,14 +211,14 @@ pub fn peer_allowed(fd: std::os::fd::RawFd, group: Option<u32>) -> bool {
 /// A request on its way to the event loop, with where the reply goes.
 pub struct Pending {
     pub request: Request,
-    pub reply: oneshot::Sender<Reply>,
+    pub reply: oneshot::Sender<Answer>,
 }
 
-fn error_reply(msg: String) -> Reply {
+pub fn error_reply(msg: String) -> Reply {
     Reply {
         ok: false,
         error: Some(msg),
-        status: None,
+        ..Reply::default()
     }
 }
 
@@ -171,7 +264,9 @@ async fn read_request<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Result<Vec<
 /// Serve one client, from its own task: check its credentials, read one
 /// request (bounded, with a deadline), pass it to the event loop, write
 /// the reply (with a deadline). Whatever the client does, this ends within
-/// READ_TIMEOUT + WRITE_TIMEOUT plus the loop's answer time.
+/// READ_TIMEOUT + WRITE_TIMEOUT plus the loop's answer time, except for a
+/// follower, served until it closes, stops reading for WRITE_TIMEOUT, or
+/// the daemon stops.
 pub async fn serve(
     mut stream: tokio::net::UnixStream,
     group: Option<u32>,
@@ -182,25 +277,66 @@ pub async fn serve(
         tracing::warn!("control connection refused: not root and not in control.group");
         return;
     }
-    let reply = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
+    let answer = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
         Err(_) | Ok(Err(ReadError::Closed)) => return,
-        Ok(Err(ReadError::TooLarge)) => {
-            error_reply(format!("request too large (more than {MAX_REQUEST} bytes)"))
-        }
+        Ok(Err(ReadError::TooLarge)) => Answer::Once(error_reply(format!(
+            "request too large (more than {MAX_REQUEST} bytes)"
+        ))),
         Ok(Ok(line)) => match serde_json::from_slice::<Request>(&line) {
-            Err(e) => error_reply(format!("bad request: {e}")),
+            Err(e) => Answer::Once(error_reply(format!("bad request: {e}"))),
             Ok(request) => {
                 let (tx, rx) = oneshot::channel();
                 if to_loop.send(Pending { request, reply: tx }).await.is_err() {
                     return; // the daemon is stopping
                 }
                 match rx.await {
-                    Ok(r) => r,
+                    Ok(a) => a,
                     Err(_) => return,
                 }
             }
         },
     };
-    let text = format!("{}\n", serde_json::to_string(&reply).unwrap());
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(text.as_bytes())).await;
+    let (reply, live) = match answer {
+        Answer::Once(r) => (r, None),
+        Answer::Follow(r, rx) => (r, Some(rx)),
+    };
+    if !write_line(&mut stream, &reply).await {
+        return;
+    }
+    if let Some(rx) = live {
+        forward(stream, rx).await;
+    }
+}
+
+/// One JSON line, within WRITE_TIMEOUT; false if it could not be written.
+async fn write_line<W: tokio::io::AsyncWrite + Unpin, T: Serialize>(w: &mut W, v: &T) -> bool {
+    let text = format!("{}\n", serde_json::to_string(v).unwrap());
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, w.write_all(text.as_bytes())).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Journal entries to a follower as they come.
+async fn forward(stream: tokio::net::UnixStream, mut rx: broadcast::Receiver<Entry>) {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut sink = [0u8; 256];
+    loop {
+        let entry = tokio::select! {
+            got = rx.recv() => match got {
+                Ok(e) => e,
+                Err(broadcast::error::RecvError::Lagged(n)) => Entry {
+                    seq: 0,
+                    unix_ms: crate::journal::unix_ms_now(),
+                    what: What::Missed { count: n },
+                },
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            // The client sends nothing more: data or end both end it.
+            _ = rd.read(&mut sink) => return,
+        };
+        if !write_line(&mut wr, &entry).await {
+            return;
+        }
+    }
 }

@@ -8,6 +8,7 @@ pub mod config_file;
 pub mod control;
 pub mod crash;
 pub mod features;
+pub mod journal;
 pub mod logging;
 pub mod metrics;
 pub mod metrics_server;

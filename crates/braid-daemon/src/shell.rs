@@ -17,9 +17,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, error, info, warn};
 
 use crate::config_file;
-use crate::control::{self, Pending, Reply, Request};
+use crate::control::{self, Answer, JournalReply, Pending, Reply, Request};
 use crate::crash;
 use crate::features::{Feature, ProbeSupport};
+use crate::journal::{unix_ms_now, Journal, What};
 use crate::metrics::{self, MetricsConfig};
 use crate::metrics_server;
 use crate::state::{self, OwnedEndpoint, SavedState};
@@ -219,6 +220,10 @@ struct Shell {
     textfile_error: Option<String>,
     /// Unix time of the start, seconds.
     started_unix: f64,
+    /// What happened and why, for `braid monitor`.
+    journal: Journal,
+    /// This daemon's network namespace (inode), told to journal readers.
+    netns: Option<u64>,
 }
 
 /// Counts kept for the metrics (cheap enough to keep always).
@@ -263,6 +268,11 @@ impl Shell {
             ev,
             Event::Health(_) | Event::Mptcp(_) | Event::ProbeResult { .. } | Event::Tick
         );
+        if !matches!(ev, Event::Snapshot { .. }) {
+            if let Some(text) = ev.summary() {
+                self.journal.record(unix_ms_now(), What::Change { text });
+            }
+        }
         let decisions = self.policy.handle(ev, now);
         let count = decisions.len();
         if decisions.iter().any(|d| touches_state(&d.action)) {
@@ -274,6 +284,13 @@ impl Shell {
         }
         for d in decisions {
             info!(action = %d.action, reason = %d.reason, "decision");
+            self.journal.record(
+                unix_ms_now(),
+                What::Decision {
+                    action: d.action.clone(),
+                    reason: d.reason.clone(),
+                },
+            );
             let kind = metrics::action_name(&d.action);
             *self.tallies.decisions.entry(kind).or_default() += 1;
             crash::around("before", &d.action);
@@ -286,6 +303,13 @@ impl Shell {
                 } else {
                     warn!(action = %d.action, error = %f.error, "the kernel refused the action");
                 }
+                self.journal.record(
+                    unix_ms_now(),
+                    What::Refused {
+                        action: d.action.clone(),
+                        error: f.error.clone(),
+                    },
+                );
                 let now = self.now_ms();
                 self.policy.handle(
                     Event::ActionFailed {
@@ -572,6 +596,12 @@ impl Shell {
             debug!(why, "resynchronising from full dumps");
         } else {
             warn!(why, "resynchronising from full dumps");
+            self.journal.record(
+                unix_ms_now(),
+                What::Note {
+                    text: format!("resynchronising from full dumps: {why}"),
+                },
+            );
         }
         match snapshot(&mut self.pm) {
             Ok(ev) => {
@@ -726,26 +756,46 @@ impl Shell {
     }
 
     fn answer(&mut self, p: Pending) {
-        let reply = match p.request {
-            Request::Status => Reply {
+        let answer = match p.request {
+            Request::Status => Answer::Once(Reply {
                 ok: true,
-                error: None,
                 status: Some(self.status()),
-            },
-            Request::Reload => match self.reload() {
+                ..Reply::default()
+            }),
+            Request::Reload => Answer::Once(match self.reload() {
                 Ok(()) => Reply {
                     ok: true,
-                    error: None,
-                    status: None,
+                    ..Reply::default()
                 },
-                Err(e) => Reply {
-                    ok: false,
-                    error: Some(e),
-                    status: None,
-                },
-            },
+                Err(e) => control::error_reply(e),
+            }),
+            Request::Journal { since_ms, follow } => self.journal_answer(since_ms, follow),
         };
-        let _ = p.reply.send(reply);
+        let _ = p.reply.send(answer);
+    }
+
+    /// The journal's window and, for a follower, its live receiver, taken
+    /// together here so that no entry falls between them or comes twice.
+    fn journal_answer(&self, since_ms: Option<u64>, follow: bool) -> Answer {
+        let entries = match since_ms {
+            Some(ms) => self.journal.since(unix_ms_now().saturating_sub(ms)),
+            None => Vec::new(),
+        };
+        let reply = Reply {
+            ok: true,
+            journal: Some(JournalReply {
+                netns: self.netns,
+                entries,
+            }),
+            ..Reply::default()
+        };
+        if !follow {
+            return Answer::Once(reply);
+        }
+        match self.journal.follow() {
+            Ok(rx) => Answer::Follow(reply, rx),
+            Err(e) => Answer::Once(control::error_reply(e)),
+        }
     }
 }
 
@@ -1012,7 +1062,15 @@ pub async fn run(opts: Options) -> Result<(), String> {
         started_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64()),
+        journal: Journal::default(),
+        netns: braid_kernel::netns::current_inode(),
     };
+    shell.journal.record(
+        unix_ms_now(),
+        What::Note {
+            text: format!("daemon started (pid {})", std::process::id()),
+        },
+    );
     shell.feed(first);
     if shell.metrics.is_some() {
         log_feature(&shell.metrics_feature());
@@ -1110,14 +1168,17 @@ pub async fn run(opts: Options) -> Result<(), String> {
             },
             item = mptcp.next() => match item {
                 Ok(StreamItem::Event(ev)) => {
-                    shell.feed(Event::Mptcp(mptcp_kind(ev.kind)));
-                    if poll.is_none() && !matches!(ev.kind, EventKind::Closed | EventKind::ListenerCreated | EventKind::ListenerClosed) {
+                    let kind = ev.kind;
+                    shell.journal.record(unix_ms_now(), What::Mptcp { event: ev });
+                    shell.feed(Event::Mptcp(mptcp_kind(kind)));
+                    if poll.is_none() && !matches!(kind, EventKind::Closed | EventKind::ListenerCreated | EventKind::ListenerClosed) {
                         poll = Some(next_poll(&shell));
                     }
                 }
                 Ok(StreamItem::Overflow) => {
                     shell.tallies.error("mptcp_events_lost");
                     warn!("MPTCP events were lost (ENOBUFS)");
+                    shell.journal.record(unix_ms_now(), What::Note { text: "MPTCP events were lost: the kernel dropped them (ENOBUFS)".into() });
                 }
                 Err(e) => {
                     shell.tallies.error("mptcp_events");

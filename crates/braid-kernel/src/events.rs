@@ -6,14 +6,14 @@ use std::os::fd::OwnedFd;
 
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_generic::GenlMessage;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Op, Result};
 use crate::genl::{open_genl, resolve_family, PmPayload, MPTCP_PM_EVENTS_GROUP, MPTCP_PM_NAME};
 use crate::netlink::{align4, attrs, deserialize_caught};
 use crate::pm::read_array;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     Created,
@@ -69,7 +69,8 @@ pub const EVENT_FLAG_DENY_JOIN_ID0: u16 = 1 << 0;
 pub const EVENT_FLAG_SERVER_SIDE: u16 = 1 << 1;
 
 /// One decoded MPTCP event. Attributes the kernel did not send are `None`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Deserializable so the daemon's journal can carry events to `braid monitor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     pub kind: EventKind,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -107,6 +108,7 @@ pub struct Event {
     pub server_side: Option<bool>,
     /// Attributes this version of Braid does not know, by type.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub unknown_attrs: Vec<u16>,
 }
 

@@ -7,6 +7,15 @@ use std::os::fd::AsRawFd;
 
 use crate::error::{Error, Op, Result};
 
+/// The inode of this thread's network namespace: two processes see the
+/// same network when these are equal.
+pub fn current_inode() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .ok()
+        .map(|m| m.ino())
+}
+
 pub fn path(name: &str) -> Result<std::path::PathBuf> {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         return Err(Error::Invalid(format!(

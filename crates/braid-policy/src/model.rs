@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 
@@ -117,8 +117,66 @@ pub enum Event {
     Stopping,
 }
 
+impl Event {
+    /// One line saying what happened, for the daemon's journal; `None` for
+    /// what is recorded elsewhere (MPTCP events, failed actions) or too
+    /// frequent to keep (health rounds, ticks).
+    pub fn summary(&self) -> Option<String> {
+        let flag = |on: bool, what: &str| format!("{what} {}", if on { "on" } else { "off" });
+        Some(match self {
+            Event::Snapshot {
+                links,
+                addresses,
+                endpoints,
+                ..
+            } => format!(
+                "state read: {} links, {} addresses, {} endpoints",
+                links.len(),
+                addresses.len(),
+                endpoints.len()
+            ),
+            Event::LinkChanged(l) => format!(
+                "link {} (#{}) {}, {}",
+                l.name,
+                l.index,
+                if l.up { "up" } else { "down" },
+                flag(l.carrier, "carrier")
+            ),
+            Event::LinkRemoved { index } => format!("link #{index} removed"),
+            Event::AddressAdded(a) => {
+                format!("address {}/{} added dev #{}", a.ip, a.prefix_len, a.ifindex)
+            }
+            Event::AddressRemoved(a) => {
+                format!(
+                    "address {}/{} removed dev #{}",
+                    a.ip, a.prefix_len, a.ifindex
+                )
+            }
+            Event::DefaultRouteAdded(r) => {
+                format!("default route added dev #{} table {}", r.ifindex, r.table)
+            }
+            Event::DefaultRouteRemoved(r) => {
+                format!("default route removed dev #{} table {}", r.ifindex, r.table)
+            }
+            Event::ConfigReloaded(_) => "configuration reloaded".to_string(),
+            Event::ProbeResult {
+                ifindex,
+                remote,
+                rtt_ms,
+            } => match rtt_ms {
+                Some(ms) => format!("probe of {remote} dev #{ifindex} answered in {ms:.1} ms"),
+                None => format!("probe of {remote} dev #{ifindex} not answered"),
+            },
+            Event::Stopping => "daemon stopping".to_string(),
+            Event::ActionFailed { .. } | Event::Mptcp(_) | Event::Health(_) | Event::Tick => {
+                return None
+            }
+        })
+    }
+}
+
 /// What the policy wants done.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
     AddEndpoint {

@@ -49,8 +49,8 @@ enum Command {
     /// Read or set the in-kernel path manager's limits (like `ip mptcp limits`).
     #[command(subcommand)]
     Limits(endpoint::LimitsCmd),
-    /// Print MPTCP events live, one line each.
-    Monitor,
+    /// MPTCP events live, one line each, with the daemon's decisions and their reasons when it runs.
+    Monitor(monitor::MonitorArgs),
     /// MPTCP connections and their subflows.
     #[command(alias = "connections")]
     Conns(conns::ConnsArgs),
@@ -94,7 +94,7 @@ fn run(cli: Cli) -> Result<(), braid_kernel::Error> {
         Command::Status { socket } => status::run(&ctx, &socket),
         Command::Endpoint(cmd) => endpoint::run_endpoint(&ctx, cmd),
         Command::Limits(cmd) => endpoint::run_limits(&ctx, cmd),
-        Command::Monitor => monitor::run(&ctx),
+        Command::Monitor(a) => monitor::run(&ctx, a),
         Command::Conns(args) => conns::run(&ctx, args),
         Command::Lab(cmd) => lab::run(&ctx, *cmd),
         Command::Daemon(a) => daemon::run(&ctx, a),
@@ -118,7 +118,7 @@ fn prints_only(c: &Command) -> bool {
         Command::Status { .. }
         | Command::Endpoint(_)
         | Command::Limits(_)
-        | Command::Monitor
+        | Command::Monitor(_)
         | Command::Conns(_)
         | Command::Sockopts
         | Command::Check(_) => true,

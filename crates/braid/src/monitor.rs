@@ -1,7 +1,11 @@
 //! `braid monitor`: MPTCP events as they happen, one line (or JSON line) each.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use braid_daemon::control::{self, Follower};
+use braid_daemon::journal::{Entry, What};
 
 use braid_kernel::events::{reset_reason_name, Event, EventStream, StreamItem};
 use braid_kernel::Result;
@@ -22,34 +26,15 @@ struct EventLine<'a> {
     flag_names: Vec<String>,
 }
 
-/// UTC wall-clock time as RFC 3339 with milliseconds.
+/// UTC wall-clock time now as RFC 3339 with milliseconds.
 pub fn timestamp() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        now.subsec_millis()
-    )
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+/// A time in milliseconds since the Unix epoch as RFC 3339 (UTC).
+pub fn rfc3339(unix_ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(unix_ms))
+        .to_string()
 }
 
 fn endpoint(addr: Option<IpAddr>, port: Option<u16>) -> Option<String> {
@@ -114,10 +99,140 @@ pub fn text_line(time: &str, ev: &Event, dev: Option<&str>) -> String {
     s
 }
 
-pub fn run(ctx: &Ctx) -> Result<()> {
-    let mut stream = EventStream::subscribe()?;
+/// `braid monitor`: options.
+#[derive(clap::Args)]
+pub struct MonitorArgs {
+    /// Start with what the daemon remembers of this long ago (e.g. 10m):
+    /// MPTCP events, link and address changes, its decisions and refusals.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    since: Option<std::time::Duration>,
+    /// Control socket of the daemon.
+    #[arg(long, default_value = "/run/braid/braid.sock")]
+    socket: PathBuf,
+    /// Read MPTCP events from the kernel only, even when the daemon runs.
+    #[arg(long, conflicts_with = "since")]
+    kernel: bool,
+}
+
+pub fn run(ctx: &Ctx, args: MonitorArgs) -> Result<()> {
+    if !args.kernel {
+        match daemon_journal(&args) {
+            Ok(f) => return follow_daemon(ctx, f, &args.socket),
+            Err(why) if args.since.is_some() => {
+                return Err(braid_kernel::Error::Invalid(format!(
+                    "--since shows the daemon's memory, and {why}; without it, drop --since to see the kernel's events from now on"
+                )));
+            }
+            Err(why) => return follow_kernel(ctx, Some(&why)),
+        }
+    }
+    follow_kernel(ctx, None)
+}
+
+/// The daemon's journal, if a daemon runs and manages this network namespace.
+fn daemon_journal(args: &MonitorArgs) -> std::result::Result<Follower, String> {
+    let since_ms = args.since.map(|d| d.as_millis() as u64);
+    let f = control::follow(&args.socket, since_ms)?;
+    let here = braid_kernel::netns::current_inode();
+    if f.netns.is_some() && here.is_some() && f.netns != here {
+        return Err(format!(
+            "the daemon at {} manages another network namespace",
+            args.socket.display()
+        ));
+    }
+    Ok(f)
+}
+
+fn follow_daemon(ctx: &Ctx, mut f: Follower, socket: &std::path::Path) -> Result<()> {
     // On stderr in both modes, so scripts can wait for the subscription.
-    eprintln!("braid: listening for MPTCP events (Ctrl-C to stop)");
+    eprintln!(
+        "braid: listening for MPTCP events and the daemon's decisions at {} (Ctrl-C to stop)",
+        socket.display()
+    );
+    let mut ifs = Interfaces::load().ok();
+    for e in std::mem::take(&mut f.history) {
+        print_entry(ctx, &e, &mut ifs);
+    }
+    while let Some(next) = f.next_entry() {
+        match next {
+            Ok(e) => print_entry(ctx, &e, &mut ifs),
+            Err(e) => return Err(braid_kernel::Error::Invalid(e)),
+        }
+    }
+    Err(braid_kernel::Error::Invalid(
+        "the daemon closed the journal (it stopped); run braid monitor again, or with --kernel"
+            .into(),
+    ))
+}
+
+/// An interface name for an index, reloading the names once when unknown.
+fn dev_name(ifs: &mut Option<Interfaces>, index: Option<u32>) -> Option<String> {
+    let i = index.filter(|i| *i != 0)?;
+    if ifs.as_ref().and_then(|x| x.name(i)).is_none() {
+        *ifs = Interfaces::load().ok();
+    }
+    ifs.as_ref()?.name(i).map(str::to_string)
+}
+
+fn print_event(ctx: &Ctx, time: String, ev: &Event, ifs: &mut Option<Interfaces>) {
+    let dev = dev_name(ifs, ev.ifindex);
+    if ctx.json {
+        let line = EventLine {
+            time,
+            event: ev.kind.name(),
+            ev,
+            dev,
+            flag_names: ev.flag_names(),
+        };
+        println!(
+            "{}",
+            serde_json::to_string(&line).expect("events serialize")
+        );
+    } else {
+        println!("{}", text_line(&time, ev, dev.as_deref()));
+    }
+}
+
+/// One journal entry: MPTCP events as `follow_kernel` prints them, the
+/// rest as `TIME KIND TEXT`; in JSON, the same object with its "event".
+fn print_entry(ctx: &Ctx, e: &Entry, ifs: &mut Option<Interfaces>) {
+    let time = rfc3339(e.unix_ms);
+    let (kind, text) = match &e.what {
+        What::Mptcp { event } => return print_event(ctx, time, event, ifs),
+        What::Change { text } => ("change", text.clone()),
+        What::Decision { action, reason } => ("decision", format!("{action}: {reason}")),
+        What::Refused { action, error } => ("refused", format!("{action}: {error}")),
+        What::Note { text } => ("note", text.clone()),
+        What::Missed { count } => (
+            "missed",
+            format!("{count} entries were missed (this reader was too slow)"),
+        ),
+    };
+    if ctx.json {
+        let mut v = serde_json::to_value(e).expect("entries serialize");
+        if let Some(o) = v.as_object_mut() {
+            o.remove("type");
+            o.remove("unix_ms");
+            o.insert("time".into(), time.into());
+            o.insert("event".into(), kind.into());
+        }
+        println!("{v}");
+    } else {
+        println!("{} {kind:<16} {text}", &time[11..23]);
+    }
+}
+
+/// MPTCP events from the kernel; `no_daemon` says why the daemon's
+/// decisions are not shown (None: not asked for).
+fn follow_kernel(ctx: &Ctx, no_daemon: Option<&str>) -> Result<()> {
+    let mut stream = EventStream::subscribe()?;
+    // One line on stderr in both modes, so scripts can wait for the subscription.
+    match no_daemon {
+        None => eprintln!("braid: listening for MPTCP events (Ctrl-C to stop)"),
+        Some(why) => eprintln!(
+            "braid: listening for MPTCP events (Ctrl-C to stop); not the daemon's decisions: {why}"
+        ),
+    }
     // Interface names, reloaded only when an event names an unknown index.
     let mut ifs = Interfaces::load().ok();
     loop {
@@ -131,29 +246,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
                     println!("{} overflow: the kernel dropped events (receive buffer full); some are missing", &time[11..23]);
                 }
             }
-            StreamItem::Event(ev) => {
-                let dev = ev.ifindex.filter(|i| *i != 0).and_then(|i| {
-                    if ifs.as_ref().and_then(|x| x.name(i)).is_none() {
-                        ifs = Interfaces::load().ok();
-                    }
-                    ifs.as_ref()?.name(i).map(str::to_string)
-                });
-                if ctx.json {
-                    let line = EventLine {
-                        time,
-                        event: ev.kind.name(),
-                        ev: &ev,
-                        dev,
-                        flag_names: ev.flag_names(),
-                    };
-                    println!(
-                        "{}",
-                        serde_json::to_string(&line).expect("events serialize")
-                    );
-                } else {
-                    println!("{}", text_line(&time, &ev, dev.as_deref()));
-                }
-            }
+            StreamItem::Event(ev) => print_event(ctx, time, &ev, &mut ifs),
         }
     }
 }
@@ -163,9 +256,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_417), (2025, 11, 25));
+    fn times_are_rfc3339_utc_with_milliseconds() {
         assert_eq!(timestamp().len(), 24);
+        assert_eq!(rfc3339(1_764_115_200_123), "2025-11-26T00:00:00.123Z");
     }
 }

@@ -1494,3 +1494,152 @@ fn outside_changes_are_put_right_periodically_and_on_reload() {
         "after a flush and a reload",
     );
 }
+
+/// An MPTCP listening socket (kept open until dropped) in namespace `ns`:
+/// it makes the kernel send a listener_created event there.
+fn mptcp_listener_in(ns: &str) -> std::os::fd::OwnedFd {
+    common::in_ns(ns, || {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket calls on a descriptor owned right away.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_MPTCP);
+            assert!(fd >= 0, "MPTCP socket: {}", std::io::Error::last_os_error());
+            let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            assert_eq!(
+                libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len),
+                0
+            );
+            assert_eq!(libc::listen(fd, 4), 0);
+            owned
+        }
+    })
+}
+
+#[test]
+fn monitor_shows_the_daemons_decisions_with_reasons_live_and_since() {
+    let lab = Lab::up("mo", &[]);
+    let d = Daemon::start(&lab, "", &[]);
+    assert_endpoints(&lab, &["10.1.0.1", "10.2.0.1"], "at start");
+    let socket = d.socket.to_str().unwrap().to_string();
+    let monitor_args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["-n", lab.client.as_str(), "--json", "monitor", "--socket"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.push(socket.clone());
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let args = monitor_args(&[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (live, banner) = common::Monitor::with_args(&args);
+    assert!(banner.contains("the daemon's decisions"), "{banner}");
+
+    // A kernel event comes through the daemon, names and all.
+    let _listener = mptcp_listener_in(&lab.client);
+    assert!(
+        live.wait_for(5, |e| e["event"] == "listener_created")
+            .is_some(),
+        "no listener_created through the daemon's journal"
+    );
+    // A carrier loss: what happened, then what the daemon did and why.
+    assert!(lab
+        .braid(&["lab", "cut", "1", "--carrier"])
+        .status
+        .success());
+    let change = live.wait_for(5, |e| {
+        e["event"] == "change" && e["text"].as_str().unwrap_or("").contains("carrier off")
+    });
+    assert!(change.is_some(), "no link change in the journal");
+    let decision = live
+        .wait_for(5, |e| e["event"] == "decision")
+        .expect("no decision in the journal");
+    assert_eq!(
+        decision["action"]["action"], "remove_endpoint",
+        "{decision}"
+    );
+    assert!(
+        decision["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("p1 has no carrier"),
+        "{decision}"
+    );
+    assert!(decision["time"].as_str().unwrap().ends_with('Z'));
+    drop(live);
+
+    // The same from the daemon's memory, in order.
+    let args = monitor_args(&["--since", "1m"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (past, _) = common::Monitor::with_args(&args);
+    let mut seen = Vec::new();
+    while let Some(e) = past.wait_for(3, |_| true) {
+        seen.push(e["event"].as_str().unwrap_or("").to_string());
+        if e["event"] == "decision" && e["action"]["action"] == "remove_endpoint" {
+            break;
+        }
+    }
+    let at = |what: &str| seen.iter().rposition(|e| e == what);
+    assert_eq!(
+        seen[0], "note",
+        "the daemon's start is remembered: {seen:?}"
+    );
+    assert!(
+        at("listener_created") < at("change") && at("change") < at("decision"),
+        "--since replays in order: {seen:?}"
+    );
+    drop(past);
+
+    // In text: one line per entry with the reason.
+    let out = Command::new("timeout")
+        .args([
+            "2",
+            BRAID,
+            "-n",
+            &lab.client,
+            "monitor",
+            "--since",
+            "1m",
+            "--socket",
+            &socket,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.contains("decision")
+            && l.contains("remove endpoint 10.2.0.1")
+            && l.contains("p1 has no carrier")),
+        "{text}"
+    );
+
+    // From another namespace the daemon's journal is not this network's.
+    let (_host, banner) = common::Monitor::with_args(&["--json", "monitor", "--socket", &socket]);
+    assert!(banner.contains("another network namespace"), "{banner}");
+    // --since needs a daemon, and says so.
+    let out = Command::new(BRAID)
+        .args([
+            "monitor",
+            "--since",
+            "1m",
+            "--socket",
+            "/nonexistent/braid.sock",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--since shows the daemon's memory") && err.contains("not running"),
+        "{err}"
+    );
+}

@@ -191,9 +191,15 @@ pub struct Monitor {
 impl Monitor {
     /// Start and wait until it has subscribed.
     pub fn start(ns: &Netns) -> Monitor {
+        Monitor::with_args(&["-n", &ns.name, "--json", "monitor"]).0
+    }
+
+    /// `braid ARGS` (a monitor), started and waited for; with the line it
+    /// said on stderr.
+    pub fn with_args(args: &[&str]) -> (Monitor, String) {
         use std::io::{BufRead, BufReader};
         let mut child = Command::new(BRAID)
-            .args(["-n", &ns.name, "--json", "monitor"])
+            .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -214,7 +220,7 @@ impl Monitor {
                 }
             }
         });
-        Monitor { child, events }
+        (Monitor { child, events }, banner)
     }
 
     /// The first event matching `pred` within `secs`, keeping none of the others.
