@@ -1,0 +1,920 @@
+//! The path manager: keeps the kernel's endpoints in step with the usable
+//! addresses of the machine. Every call takes one event and the time, and
+//! returns the actions to carry out, each with the reason it was decided.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::config::{glob, Config, Flag, Mode, PathMode, Role};
+use crate::health::{HealthTracker, PathHealth, MIN_WITNESSES, PROBE_AFTER_MIN_MS};
+use crate::model::*;
+use crate::time::{backoff_ms, Clock, Time};
+
+mod modes;
+mod reconcile;
+mod routes;
+mod view;
+mod watch;
+
+/// The kernel uses at most this many endpoints per connection.
+pub const KERNEL_MAX_ENDPOINTS: usize = 8;
+/// Flags that SET_FLAGS can change on a live endpoint.
+const CHANGEABLE: u32 = 4 | 8;
+const RECENT_DECISIONS: usize = 64;
+/// A limits, sysctl or endpoint-flags write the kernel refused is tried
+/// again after this long (doubled for each further refusal, at most
+/// `RETRY_MAX_MS`), or at once when what it is about changes.
+const RETRY_FIRST_MS: u64 = 2000;
+const RETRY_MAX_MS: u64 = 300_000;
+/// Carrier losses are remembered this long: each one within it doubles the
+/// time a returning carrier must hold (`policy.carrier_debounce_ms`) ...
+const FLAP_WINDOW_MS: u64 = 60_000;
+/// ... up to this (or the debounce itself, if longer).
+const MAX_SETTLE_MS: u64 = 30_000;
+/// A path with an endpoint but no subflow while another path has some is
+/// re-added after this long (then after a doubling back-off, see
+/// `note_missing_subflows`).
+const MISSING_SUBFLOW_MS: u64 = 1000;
+const REJOIN_FIRST_MS: u64 = 2000;
+const REJOIN_MAX_MS: u64 = 300_000;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoggedDecision {
+    pub at_ms: u64,
+    pub action: String,
+    pub reason: String,
+    /// Filled in when the action failed.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counters {
+    pub link_events: u64,
+    pub address_events: u64,
+    pub route_events: u64,
+    pub resyncs: u64,
+    pub reloads: u64,
+    pub actions: u64,
+    pub failed_actions: u64,
+    /// Probes of silent receiving paths, and how many went unanswered.
+    pub probes: u64,
+    pub probes_unanswered: u64,
+    /// Switches of traffic made on measurements, and how many times one
+    /// was held back by `policy.max_handovers`.
+    pub handovers: u64,
+    pub handovers_held_back: u64,
+    pub mptcp_events: BTreeMap<String, u64>,
+    /// Changes of the paths that carry traffic (handover and interactive),
+    /// by cause: "unreachable", "stalled", "lossy" (measurements), "rtt"
+    /// (interactive: a faster path), "path_gone" (carrier, address or
+    /// route lost), "recovered" (handover: the primary takes traffic back).
+    pub switches: BTreeMap<String, u64>,
+}
+
+/// Whether one address family of an interface carries traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathState {
+    /// An endpoint without the backup flag: the kernel sends data on it.
+    Active,
+    /// Endpoints, all with the backup flag: subflows stand by.
+    Standby,
+    /// No endpoint.
+    Unused,
+}
+
+impl PathState {
+    pub const ALL: [PathState; 3] = [PathState::Active, PathState::Standby, PathState::Unused];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PathState::Active => "active",
+            PathState::Standby => "standby",
+            PathState::Unused => "unused",
+        }
+    }
+}
+
+/// One address family of one interface (a "path"), for metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PathView {
+    pub ifindex: u32,
+    pub interface: String,
+    pub ipv6: bool,
+    /// Its role for the handover mode (configured, or primary when it
+    /// holds a main-table default route).
+    pub role: Role,
+    pub state: PathState,
+    /// An address of this family on it is usable, or has an endpoint.
+    pub in_use: bool,
+    /// Its addresses of this family.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Why an address is, or is not, an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AddressView {
+    pub ip: IpAddr,
+    pub prefix_len: u8,
+    pub usable: bool,
+    pub why: String,
+    pub endpoint_id: Option<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InterfaceView {
+    pub index: u32,
+    pub name: String,
+    pub up: bool,
+    pub carrier: bool,
+    pub default_route: bool,
+    /// "subflow", "signal backup", ... or why it is not used.
+    pub role: String,
+    pub addresses: Vec<AddressView>,
+    /// The initcwnd Braid set on this interface's default routes (standby).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby_initcwnd: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyView {
+    pub mode: Mode,
+    pub path_mode: PathMode,
+    /// Which paths carry traffic now and why (handover, interactive).
+    pub path_state: String,
+    /// Measured health per interface name.
+    pub health: BTreeMap<String, PathHealth>,
+    pub interfaces: Vec<InterfaceView>,
+    pub owned_endpoints: Vec<KernelEndpoint>,
+    pub foreign_endpoints: Vec<KernelEndpoint>,
+    pub limits: Option<Limits>,
+    pub warnings: Vec<String>,
+    pub recent_decisions: Vec<LoggedDecision>,
+    pub counters: Counters,
+}
+
+pub struct Policy {
+    config: Config,
+    links: BTreeMap<u32, Link>,
+    addresses: BTreeMap<(u32, IpAddr), Address>,
+    default_routes: BTreeSet<DefaultRoute>,
+    /// The kernel's endpoint table as last seen plus our own changes.
+    kernel: BTreeMap<u8, KernelEndpoint>,
+    /// Ids of the endpoints Braid made.
+    owned: BTreeSet<u8>,
+    /// Addresses whose endpoint the kernel refused, with the error; retried
+    /// when something about the address or its link changes.
+    refused: BTreeMap<IpAddr, String>,
+    /// Flag changes the kernel refused, by endpoint id. The endpoint stays
+    /// Braid's; the change is tried again when its address or link changes,
+    /// the wanted flags change, on reload or resync, or after a back-off.
+    flags_refused: BTreeMap<u8, Refusal<u32>>,
+    /// The flags an endpoint had before the last change decided for it
+    /// (put back in the model if the change is refused).
+    flags_before: BTreeMap<u8, u32>,
+    limits: Option<Limits>,
+    limits_refused: Option<Refusal<Limits>>,
+    cflag_applied: Option<bool>,
+    cflag_refused: Option<Refusal<bool>>,
+    synced: bool,
+    stopping: bool,
+    counters: Counters,
+    recent: VecDeque<LoggedDecision>,
+    clock: Clock,
+    /// Carrier history per interface, for the debounce of returning carrier.
+    carrier: BTreeMap<u32, CarrierState>,
+    /// Since when each wanted address has been usable: a primary nobody's
+    /// connection measures takes traffic back after hold_ms of that.
+    usable_since: BTreeMap<IpAddr, Time>,
+    health: HealthTracker,
+    /// Handover: no primary is healthy, the secondaries carry traffic.
+    failed_over: bool,
+    /// Interactive: the interface carrying traffic, and since when.
+    active_path: Option<u32>,
+    /// Whether the active path was chosen with RTT measurements at hand.
+    active_informed: bool,
+    last_switch: Time,
+    /// When switches of traffic were made on measurements (within
+    /// `policy.handover_window_ms`), for `policy.max_handovers`.
+    handovers: VecDeque<Time>,
+    /// Why a switch on measurements is being held back, if one is.
+    handover_held: Option<String>,
+    /// Interactive: why the active path was chosen.
+    active_reason: String,
+    path_state: String,
+    /// Why a path's backup flag is what it is (for the decision's reason).
+    mode_reasons: BTreeMap<IpAddr, String>,
+    /// Interfaces seen stalled (to act once per stall).
+    stalled_paths: BTreeSet<u32>,
+    /// A stalled path whose subflows were not reopened, and why (shown in
+    /// the path state while the stall lasts).
+    reset_skipped: Option<(u32, String)>,
+    /// Paths with a subflow endpoint on which no connection has a subflow
+    /// while another path's connections have: since when.
+    missing_subflows: BTreeMap<u32, Time>,
+    /// When a path was last re-added for a missing subflow, and how many
+    /// times in a row.
+    rejoined: BTreeMap<u32, (Time, u32)>,
+    /// Endpoints to re-add this round so the kernel opens missing subflows.
+    rejoin_pending: BTreeMap<IpAddr, String>,
+    /// Endpoints to re-add because their path stalled, with the reason.
+    reset_pending: BTreeMap<IpAddr, String>,
+    /// Probes decided this round.
+    probes_pending: Vec<Decision>,
+    /// Whether the shell can send probes to IPv4 and IPv6 hosts (see
+    /// `set_probing`).
+    can_probe_v4: bool,
+    can_probe_v6: bool,
+    /// Default routes whose initcwnd Braid set, with the value they had.
+    initcwnd_set: BTreeMap<RouteKey, Option<u32>>,
+    /// Default routes the kernel would not change, with the error; tried
+    /// again when the route changes.
+    initcwnd_refused: BTreeMap<RouteKey, String>,
+}
+
+type RouteKey = (u32, u32, bool);
+
+/// A write the kernel refused, kept so that it is not tried again on every
+/// event: only when what is wanted changes, when something it depends on
+/// changes (the caller forgets the refusal then), or after a back-off.
+#[derive(Debug, Clone)]
+struct Refusal<T> {
+    wanted: T,
+    error: String,
+    at: Time,
+    failures: u32,
+}
+
+impl<T: PartialEq> Refusal<T> {
+    fn after(previous: Option<&Refusal<T>>, wanted: T, error: &str, at: Time) -> Refusal<T> {
+        let failures = previous
+            .filter(|p| p.wanted == wanted)
+            .map_or(1, |p| p.failures.saturating_add(1));
+        Refusal {
+            wanted,
+            error: error.to_string(),
+            at,
+            failures,
+        }
+    }
+
+    fn retry_at(&self) -> Time {
+        self.at
+            .plus(backoff_ms(RETRY_FIRST_MS, RETRY_MAX_MS, self.failures))
+    }
+}
+
+/// Whether to write `wanted` now, given the last refusal.
+enum Attempt {
+    /// Never refused, or something changed since: write it.
+    Now,
+    /// Refused before, and its back-off is over: write it, saying so.
+    Retry(String),
+    /// Refused before, and its back-off is not over.
+    Wait,
+}
+
+fn attempt<T: PartialEq>(refusal: Option<&Refusal<T>>, wanted: &T, now: Time) -> Attempt {
+    match refusal {
+        Some(r) if r.wanted == *wanted => {
+            if now >= r.retry_at() {
+                Attempt::Retry(format!(
+                    " (tried again after a {} ms back-off: the kernel refused it {} time(s), last with: {})",
+                    r.at.until(r.retry_at()),
+                    r.failures,
+                    r.error
+                ))
+            } else {
+                Attempt::Wait
+            }
+        }
+        _ => Attempt::Now,
+    }
+}
+
+/// What the policy remembers of an interface's carrier.
+#[derive(Debug, Clone, Default)]
+struct CarrierState {
+    /// Up with carrier as last seen.
+    ok: bool,
+    /// When its carrier came back, while it has not held long enough to be
+    /// used again; None once settled (or if it had carrier when first seen).
+    returned: Option<Time>,
+    /// When it lost carrier (or went down), within `FLAP_WINDOW_MS`.
+    losses: VecDeque<Time>,
+}
+
+/// A default route whose initcwnd Braid changed, and what it was before:
+/// kept in the daemon's state file so a restarted daemon (even after a
+/// crash) can still put the route back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ChangedRoute {
+    pub ifindex: u32,
+    pub table: u32,
+    pub ipv6: bool,
+    pub initcwnd_before: Option<u32>,
+}
+
+/// A path the interactive mode can choose.
+#[derive(Debug, Clone)]
+struct Candidate {
+    ifindex: u32,
+    srtt: Option<f64>,
+    problem: Option<String>,
+    healthy_since: Option<u64>,
+}
+
+/// A desired endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Want {
+    addr: IpAddr,
+    flags: u32,
+    ifindex: Option<u32>,
+    iface: String,
+}
+
+fn is_link_local(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.is_link_local(),
+        IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+fn is_ula(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(a) if (a.segments()[0] & 0xfe00) == 0xfc00)
+}
+
+fn flags_of(list: &[Flag]) -> u32 {
+    list.iter().map(|f| f.bit()).fold(0, |a, b| a | b)
+}
+
+impl Policy {
+    /// `previously_owned`: endpoint ids a previous run of the daemon made
+    /// (from its state file), adopted if they are still in the kernel.
+    pub fn new(config: Config, previously_owned: Vec<u8>) -> Policy {
+        Policy {
+            config,
+            links: BTreeMap::new(),
+            addresses: BTreeMap::new(),
+            default_routes: BTreeSet::new(),
+            kernel: BTreeMap::new(),
+            owned: previously_owned.into_iter().collect(),
+            refused: BTreeMap::new(),
+            flags_refused: BTreeMap::new(),
+            flags_before: BTreeMap::new(),
+            limits: None,
+            limits_refused: None,
+            cflag_applied: None,
+            cflag_refused: None,
+            synced: false,
+            stopping: false,
+            counters: Counters::default(),
+            recent: VecDeque::new(),
+            clock: Clock::default(),
+            carrier: BTreeMap::new(),
+            usable_since: BTreeMap::new(),
+            health: HealthTracker::default(),
+            failed_over: false,
+            active_path: None,
+            active_informed: false,
+            last_switch: Time::ZERO,
+            handovers: VecDeque::new(),
+            handover_held: None,
+            active_reason: String::new(),
+            path_state: String::new(),
+            mode_reasons: BTreeMap::new(),
+            stalled_paths: BTreeSet::new(),
+            reset_skipped: None,
+            missing_subflows: BTreeMap::new(),
+            rejoined: BTreeMap::new(),
+            rejoin_pending: BTreeMap::new(),
+            reset_pending: BTreeMap::new(),
+            probes_pending: Vec::new(),
+            can_probe_v4: true,
+            can_probe_v6: true,
+            initcwnd_set: BTreeMap::new(),
+            initcwnd_refused: BTreeMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether the shell can probe paths towards IPv4 and IPv6 hosts (both
+    /// by default). `policy.probe_silent_paths` still decides whether paths
+    /// are probed at all; this only says what can be sent. To be called at
+    /// start, on reload and whenever the shell finds out again.
+    pub fn set_probing(&mut self, v4: bool, v6: bool) {
+        self.can_probe_v4 = v4;
+        self.can_probe_v6 = v6;
+    }
+
+    /// Whether paths towards IPv4 and IPv6 hosts are probed.
+    fn probing(&self) -> (bool, bool) {
+        let on = self.config.policy.probe_silent_paths;
+        (on && self.can_probe_v4, on && self.can_probe_v6)
+    }
+
+    /// How soon the next health round should come, if sooner than the
+    /// regular interval: when a path waiting for an ACK would reach its
+    /// stall threshold, so a stall is seen when it happens rather than up
+    /// to a poll interval later.
+    pub fn health_check_due_in_ms(&self) -> Option<u64> {
+        if self.config.policy.mode == PathMode::Aggregate {
+            return None;
+        }
+        let (v4, v6) = self.probing();
+        self.health
+            .until_next_stall_ms(self.config.policy.stall_ms, v4 || v6)
+    }
+
+    /// Routes a previous run changed (from its state file); taken as ours
+    /// to put back, if they still exist.
+    pub fn adopt_changed_routes(&mut self, routes: Vec<ChangedRoute>) {
+        for r in routes {
+            self.initcwnd_set
+                .insert((r.ifindex, r.table, r.ipv6), r.initcwnd_before);
+        }
+    }
+
+    pub fn changed_routes(&self) -> Vec<ChangedRoute> {
+        self.initcwnd_set
+            .iter()
+            .map(|(&(ifindex, table, ipv6), before)| ChangedRoute {
+                ifindex,
+                table,
+                ipv6,
+                initcwnd_before: *before,
+            })
+            .collect()
+    }
+
+    /// Ids of the endpoints Braid owns now.
+    pub fn owned_ids(&self) -> Vec<u8> {
+        self.owned.iter().copied().collect()
+    }
+
+    /// The policy's "now": the latest time passed to `handle` (it never
+    /// goes backwards, even if the times passed in do).
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now().ms()
+    }
+
+    /// When the policy next has something to decide that no event will
+    /// bring: a returning carrier that will have held long enough, a
+    /// refused write whose back-off ends, a switch held back by
+    /// `policy.max_handovers` that becomes allowed. The shell should call
+    /// `handle(Event::Tick, ..)` then (any other event then does as well).
+    pub fn wake_at_ms(&self) -> Option<u64> {
+        let now = self.clock.now();
+        self.deadlines().filter(|t| *t > now).min().map(Time::ms)
+    }
+
+    fn deadlines(&self) -> impl Iterator<Item = Time> + '_ {
+        let settling = self
+            .carrier
+            .values()
+            .filter_map(|c| Some(c.returned?.plus(self.settle_ms(c))));
+        let retries = self
+            .limits_refused
+            .iter()
+            .map(|r| r.retry_at())
+            .chain(self.cflag_refused.iter().map(|r| r.retry_at()))
+            .chain(self.flags_refused.values().map(|r| r.retry_at()));
+        let window = self.config.policy.handover_window_ms;
+        let held = self
+            .handover_held
+            .as_ref()
+            .and_then(|_| self.handovers.front())
+            .map(move |t| t.plus(window));
+        // A path healthy for hold_ms may take traffic back (handover) or
+        // be switched to (interactive): that moment needs no event either.
+        let hold = self.config.policy.hold_ms;
+        let acts_on_health = self.config.policy.mode != PathMode::Aggregate;
+        let healthy = self
+            .health
+            .paths
+            .values()
+            .filter(move |_| acts_on_health)
+            .filter_map(move |h| Some(Time::from_ms(h.healthy_since_ms?).plus(hold)));
+        let switch = std::iter::once(self.last_switch.plus(hold))
+            .chain(self.usable_since.values().map(move |t| t.plus(hold)))
+            .filter(move |_| acts_on_health);
+        settling
+            .chain(retries)
+            .chain(held)
+            .chain(healthy)
+            .chain(switch)
+    }
+
+    /// Whether a deadline (see `wake_at_ms`) has passed.
+    fn due(&self) -> bool {
+        let now = self.clock.now();
+        self.deadlines().any(|t| t <= now)
+    }
+
+    pub fn handle(&mut self, event: Event, now_ms: u64) -> Vec<Decision> {
+        let now = self.clock.advance(now_ms);
+        let now_ms = now.ms();
+        match event {
+            Event::Health(mut samples) => {
+                // Attribute each subflow to the interface holding its address.
+                samples.retain_mut(|s| match self.ifindex_of(s.local.ip()) {
+                    Some(i) => {
+                        s.ifindex = i;
+                        true
+                    }
+                    None => false,
+                });
+                let p = &self.config.policy;
+                let (stall, loss, hold) = (p.stall_ms, p.loss_threshold, p.hold_ms);
+                // An idle path's loss fades slowly: it is tried again only
+                // after several hold times without evidence.
+                let decay = hold.saturating_mul(4);
+                let hosts = p.loss_hosts as usize;
+                self.health
+                    .update(now_ms, &samples, stall, loss, decay, hosts);
+                self.note_missing_subflows();
+                if self.config.policy.mode == PathMode::Aggregate {
+                    if !self.due() && self.rejoin_pending.is_empty() {
+                        return Vec::new();
+                    }
+                } else {
+                    self.note_stalls();
+                    self.probes_due();
+                }
+            }
+            Event::ProbeResult {
+                ifindex,
+                remote,
+                rtt_ms,
+            } => {
+                self.counters.probes += 1;
+                let answered = rtt_ms.is_some();
+                if !answered {
+                    self.counters.probes_unanswered += 1;
+                }
+                if self.config.policy.mode == PathMode::Aggregate {
+                    return Vec::new(); // aggregate acts on no measurement
+                }
+                let stall_ms = self.config.policy.stall_ms;
+                let Some(h) = self.health.paths.get_mut(&ifindex) else {
+                    return Vec::new();
+                };
+                // A probe about a wait for an ACK: unanswered while the path
+                // is stalled, the path is unreachable.
+                let mut changed = h.stall_probe_result(remote, answered, stall_ms);
+                // A probe about a silence: answered, or data came back
+                // meanwhile (which ends the silence the probe was for), the
+                // path is there.
+                if !answered
+                    && h.probed
+                    && h.rx_silent_ms >= h.probe_after_ms()
+                    && h.unreachable.is_none()
+                {
+                    let why = format!(
+                        "unreachable: data stopped {} ms ago and {remote} did not answer a probe within {} ms",
+                        h.rx_silent_ms,
+                        h.probe_timeout_ms()
+                    );
+                    h.mark_unreachable(why);
+                    changed = true;
+                }
+                if !changed {
+                    return Vec::new();
+                }
+                self.note_stalls();
+            }
+            Event::Snapshot {
+                links,
+                addresses,
+                default_routes,
+                endpoints,
+                limits,
+            } => {
+                if self.synced {
+                    self.counters.resyncs += 1;
+                }
+                let known: BTreeSet<u32> = links.iter().map(|l| l.index).collect();
+                self.carrier.retain(|i, _| known.contains(i));
+                for l in &links {
+                    self.note_carrier(l);
+                }
+                self.links = links.into_iter().map(|l| (l.index, l)).collect();
+                self.addresses = addresses
+                    .into_iter()
+                    .map(|a| ((a.ifindex, a.ip), a))
+                    .collect();
+                self.default_routes = default_routes.into_iter().collect();
+                let before = std::mem::take(&mut self.kernel);
+                self.kernel = endpoints.into_iter().map(|e| (e.id, e)).collect();
+                // Owned ids that are gone, or now hold another address (the
+                // table was flushed and someone else took the id), are
+                // forgotten. Ids adopted from a previous run (not in the
+                // model yet) are taken as they are.
+                let kernel = &self.kernel;
+                self.owned
+                    .retain(|id| match (kernel.get(id), before.get(id)) {
+                        (Some(now), Some(was)) => now.addr == was.addr,
+                        (Some(_), None) => true,
+                        (None, _) => false,
+                    });
+                self.limits = Some(limits);
+                // The kernel's state is known afresh: try everything again.
+                self.refused.clear();
+                self.flags_refused.clear();
+                self.limits_refused = None;
+                self.synced = true;
+            }
+            Event::LinkChanged(link) => {
+                self.counters.link_events += 1;
+                self.forget_refusals_on(link.index);
+                if !(link.up && link.carrier) {
+                    // Its measurements are about a path that is gone.
+                    self.health.paths.remove(&link.index);
+                }
+                self.note_carrier(&link);
+                self.links.insert(link.index, link);
+            }
+            Event::LinkRemoved { index } => {
+                self.counters.link_events += 1;
+                self.forget_refusals_on(index);
+                self.carrier.remove(&index);
+                self.links.remove(&index);
+                self.addresses.retain(|(i, _), _| *i != index);
+                self.default_routes.retain(|r| r.ifindex != index);
+            }
+            Event::AddressAdded(a) => {
+                self.counters.address_events += 1;
+                self.forget_refusals_of(a.ip);
+                self.addresses.insert((a.ifindex, a.ip), a);
+            }
+            Event::AddressRemoved(a) => {
+                self.counters.address_events += 1;
+                self.forget_refusals_of(a.ip);
+                self.addresses.remove(&(a.ifindex, a.ip));
+            }
+            Event::DefaultRouteAdded(r) => {
+                self.counters.route_events += 1;
+                self.initcwnd_refused.remove(&r.key());
+                self.default_routes.retain(|x| x.key() != r.key());
+                self.default_routes.insert(r);
+            }
+            Event::DefaultRouteRemoved(r) => {
+                self.counters.route_events += 1;
+                self.default_routes.retain(|x| x.key() != r.key());
+            }
+            Event::ConfigReloaded(cfg) => {
+                self.counters.reloads += 1;
+                self.config = *cfg;
+                // The operator may have fixed what made the kernel refuse.
+                self.refused.clear();
+                self.flags_refused.clear();
+                self.limits_refused = None;
+                self.cflag_refused = None;
+            }
+            Event::ActionFailed { action, error } => {
+                self.counters.failed_actions += 1;
+                self.undo(&action, &error);
+                if let Some(d) = self
+                    .recent
+                    .iter_mut()
+                    .rev()
+                    .find(|d| d.action == action.to_string())
+                {
+                    d.error = Some(error);
+                }
+                return Vec::new();
+            }
+            Event::Mptcp(kind) => {
+                let name = serde_json_name(kind);
+                *self.counters.mptcp_events.entry(name).or_default() += 1;
+                return Vec::new();
+            }
+            Event::Tick => {}
+            Event::Stopping => {
+                self.stopping = true;
+            }
+        }
+        if !self.synced {
+            return Vec::new();
+        }
+        let mut decisions = if self.stopping {
+            self.stop()
+        } else {
+            self.reconcile()
+        };
+        decisions.append(&mut self.probes_pending);
+        for d in &decisions {
+            self.counters.actions += 1;
+            if self.recent.len() == RECENT_DECISIONS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(LoggedDecision {
+                at_ms: now_ms,
+                action: d.action.to_string(),
+                reason: d.reason.clone(),
+                error: None,
+            });
+        }
+        decisions
+    }
+
+    /// Follow a link's carrier: losses are counted, a return starts the
+    /// debounce. A link seen for the first time with carrier is used at once.
+    fn note_carrier(&mut self, link: &Link) {
+        let now = self.clock.now();
+        let ok = link.up && link.carrier;
+        let c = self.carrier.entry(link.index).or_insert(CarrierState {
+            ok,
+            returned: None,
+            losses: VecDeque::new(),
+        });
+        while c
+            .losses
+            .front()
+            .is_some_and(|t| now.since(*t) >= FLAP_WINDOW_MS)
+        {
+            c.losses.pop_front();
+        }
+        if c.ok && !ok {
+            c.losses.push_back(now);
+            c.returned = None;
+        } else if !c.ok && ok {
+            c.returned = Some(now);
+        }
+        c.ok = ok;
+    }
+
+    /// How long a returning carrier must hold: `policy.carrier_debounce_ms`,
+    /// doubled for each further loss within `FLAP_WINDOW_MS`.
+    fn settle_ms(&self, c: &CarrierState) -> u64 {
+        let debounce = self.config.policy.carrier_debounce_ms;
+        let losses = c.losses.len().max(1) as u32;
+        backoff_ms(debounce, MAX_SETTLE_MS.max(debounce), losses)
+    }
+
+    /// The interface's carrier came back and has not held long enough:
+    /// (how long ago, how long it must hold, losses within the window).
+    fn settling(&self, ifindex: u32) -> Option<(u64, u64, usize)> {
+        let c = self.carrier.get(&ifindex)?;
+        let ago = self.clock.now().since(c.returned?);
+        let need = self.settle_ms(c);
+        (ago < need).then_some((ago, need, c.losses.len()))
+    }
+
+    fn forget_refusals_on(&mut self, ifindex: u32) {
+        let ips: Vec<IpAddr> = self
+            .addresses
+            .keys()
+            .filter(|(i, _)| *i == ifindex)
+            .map(|(_, ip)| *ip)
+            .collect();
+        for ip in ips {
+            self.forget_refusals_of(ip);
+        }
+    }
+
+    /// Something about address `ip` changed: what the kernel refused about
+    /// it is tried again.
+    fn forget_refusals_of(&mut self, ip: IpAddr) {
+        self.refused.remove(&ip);
+        let kernel = &self.kernel;
+        self.flags_refused
+            .retain(|id, _| kernel.get(id).is_none_or(|e| e.addr != ip));
+    }
+
+    /// Take back the model change of an action the kernel refused.
+    fn undo(&mut self, action: &Action, error: &str) {
+        let now = self.clock.now();
+        match action {
+            Action::AddEndpoint { id, addr, .. } => {
+                // Only if the id still holds what was added: a late report
+                // must not make Braid forget (and reuse) another endpoint.
+                if self.kernel.get(id).is_some_and(|e| e.addr == *addr) {
+                    self.kernel.remove(id);
+                    self.owned.remove(id);
+                }
+                self.refused.insert(*addr, error.to_string());
+            }
+            // A failed removal: the endpoint is most likely gone already.
+            Action::RemoveEndpoint { .. } => {}
+            Action::SetEndpointFlags { id, addr, flags } => {
+                // The endpoint is still there and still Braid's: the kernel
+                // most likely kept its old flags. Put them back in the model
+                // and remember the refusal, so the change is neither
+                // forgotten nor retried on every event.
+                if let Some(e) = self.kernel.get_mut(id) {
+                    if e.addr == *addr && e.flags == *flags {
+                        if let Some(before) = self.flags_before.remove(id) {
+                            e.flags = before;
+                        }
+                    }
+                }
+                let r = Refusal::after(self.flags_refused.get(id), *flags, error, now);
+                self.flags_refused.insert(*id, r);
+            }
+            Action::SetLimits {
+                subflows,
+                add_addr_accepted,
+            } => {
+                self.limits = None;
+                let wanted = Limits {
+                    subflows: *subflows,
+                    add_addr_accepted: *add_addr_accepted,
+                };
+                let r = Refusal::after(self.limits_refused.as_ref(), wanted, error, now);
+                self.limits_refused = Some(r);
+            }
+            Action::SetSysctl { value, .. } => {
+                // The kernel most likely kept the other value.
+                let deny = value == "0";
+                self.cflag_applied = Some(!deny);
+                let r = Refusal::after(self.cflag_refused.as_ref(), deny, error, now);
+                self.cflag_refused = Some(r);
+            }
+            // No answer either way: the path's silence or wait stays
+            // unexplained (and the kernel's own timeouts remain). The probe
+            // is no longer under way: it may be sent again.
+            Action::ProbePath {
+                ifindex, remote, ..
+            } => {
+                if let Some(h) = self.health.paths.get_mut(ifindex) {
+                    h.probe_failed(*remote);
+                }
+            }
+            Action::SetRouteInitcwnd {
+                ifindex,
+                table,
+                ipv6,
+                ..
+            } => {
+                let key = (*ifindex, *table, *ipv6);
+                self.initcwnd_refused.insert(key, error.to_string());
+            }
+        }
+    }
+}
+
+/// An interface's name, or `#index` if it is unknown.
+fn link_name(links: &BTreeMap<u32, Link>, i: u32) -> String {
+    links
+        .get(&i)
+        .map(|l| l.name.clone())
+        .unwrap_or_else(|| format!("#{i}"))
+}
+
+/// A probe of the path `ifindex` from `local` to `remote`, waiting what
+/// the path's measurements say an answer may take.
+fn probe_decision(
+    ifindex: u32,
+    local: IpAddr,
+    remote: IpAddr,
+    h: &PathHealth,
+    reason: String,
+) -> Decision {
+    Decision {
+        action: Action::ProbePath {
+            ifindex,
+            local,
+            remote,
+            timeout_ms: h.probe_timeout_ms(),
+        },
+        reason,
+    }
+}
+
+/// The cause of a switch away from a path with `problem` (see
+/// `PathHealth::host_problem`), as a word for the counters.
+fn switch_cause(problem: &str) -> &'static str {
+    ["unreachable", "stalled", "lossy"]
+        .into_iter()
+        .find(|c| problem.starts_with(*c))
+        .unwrap_or("unhealthy")
+}
+
+fn fmt_rtt(ms: Option<f64>) -> String {
+    ms.map(|m| format!("{m:.1} ms"))
+        .unwrap_or_else(|| "rtt unknown".into())
+}
+
+fn serde_json_name(kind: MptcpEventKind) -> String {
+    format!("{kind:?}")
+        .chars()
+        .enumerate()
+        .flat_map(|(i, c)| {
+            let mut s = String::new();
+            if c.is_uppercase() && i > 0 {
+                s.push('_');
+            }
+            s.push(c.to_ascii_lowercase());
+            s.chars().collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

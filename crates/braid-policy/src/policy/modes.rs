@@ -1,0 +1,436 @@
+//! The path modes: which paths carry traffic (handover, interactive,
+//! aggregate) and the budget of switches made on measurements.
+
+use super::*;
+
+impl Policy {
+    pub(super) fn role_of(&self, w: &Want) -> Role {
+        let ifindex = self
+            .addresses
+            .values()
+            .find(|a| a.ip == w.addr)
+            .map(|a| a.ifindex);
+        self.interface_role(&w.iface, ifindex)
+    }
+
+    /// The role configured for interface `name`, else primary if it holds
+    /// a main-table default route.
+    pub(super) fn interface_role(&self, name: &str, ifindex: Option<u32>) -> Role {
+        if let Some(r) = self.config.interface(name).and_then(|i| i.role) {
+            return r;
+        }
+        let main_default = self
+            .default_routes
+            .iter()
+            .any(|r| Some(r.ifindex) == ifindex && r.table == 254);
+        if main_default {
+            Role::Primary
+        } else {
+            Role::Secondary
+        }
+    }
+
+    pub(super) fn ifindex_of(&self, ip: IpAddr) -> Option<u32> {
+        self.addresses
+            .values()
+            .find(|a| a.ip == ip)
+            .map(|a| a.ifindex)
+    }
+
+    /// A problem of the path for every connection (see
+    /// `PathHealth::host_problem`): what the modes act on.
+    pub(super) fn path_problem(&self, ifindex: Option<u32>) -> Option<String> {
+        let p = &self.config.policy;
+        ifindex
+            .and_then(|i| self.health.paths.get(&i))
+            .and_then(|h| h.host_problem(p.stall_ms, p.loss_threshold, p.loss_hosts as usize))
+    }
+
+    /// What is wrong with some connections of the path but is not taken as
+    /// the path's problem, for the path state.
+    pub(super) fn unconfirmed_problems(&self, wanted: &[Want]) -> String {
+        let p = &self.config.policy;
+        let mut seen = BTreeSet::new();
+        let notes: Vec<String> = wanted
+            .iter()
+            .filter_map(|w| {
+                let i = self.ifindex_of(w.addr)?;
+                if !seen.insert(i) {
+                    return None;
+                }
+                let note = self.health.paths.get(&i)?.unconfirmed_problem(
+                    p.stall_ms,
+                    p.loss_threshold,
+                    p.loss_hosts as usize,
+                )?;
+                Some(format!("{}: {note}", w.iface))
+            })
+            .collect();
+        if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", notes.join("; "))
+        }
+    }
+
+    /// Whether a switch of traffic made on measurements (and the resets
+    /// that go with it) may happen now, under `policy.max_handovers` per
+    /// `policy.handover_window_ms`; if not, why.
+    pub(super) fn handover_budget(&mut self) -> Result<(), String> {
+        let now = self.clock.now();
+        let pc = &self.config.policy;
+        let (max, window) = (pc.max_handovers as usize, pc.handover_window_ms);
+        while self
+            .handovers
+            .front()
+            .is_some_and(|t| now.since(*t) >= window)
+        {
+            self.handovers.pop_front();
+        }
+        if self.spent_this_round() || self.handovers.len() < max {
+            return Ok(());
+        }
+        let next = self.handovers.front().map_or(now, |t| t.plus(window));
+        Err(format!(
+            "{} switches were made on measurements in the last {window} ms (policy.max_handovers = {max} per policy.handover_window_ms); the next is allowed in {} ms",
+            self.handovers.len(),
+            now.until(next)
+        ))
+    }
+
+    /// A switch was made (or a reset decided) on measurements in this
+    /// round: what follows in the same round comes with it.
+    pub(super) fn spent_this_round(&self) -> bool {
+        self.handovers.back() == Some(&self.clock.now())
+    }
+
+    /// A change of the paths carrying traffic, by cause (see
+    /// `Counters::switches`).
+    pub(super) fn count_switch(&mut self, cause: &str) {
+        *self.counters.switches.entry(cause.to_string()).or_default() += 1;
+    }
+
+    pub(super) fn spend_handover(&mut self) {
+        if !self.spent_this_round() {
+            self.handovers.push_back(self.clock.now());
+            self.counters.handovers += 1;
+        }
+    }
+
+    /// Counted in `reconcile`, once per time it is held back.
+    pub(super) fn hold_back_handover(&mut self, why: String) {
+        self.handover_held = Some(why);
+    }
+
+    /// Resets of stalled paths' subflows disturb every connection on them:
+    /// they come with the switch of this round, or take a switch from
+    /// the budget themselves, or are dropped (the stall stays noted: one
+    /// reset per stall at most).
+    pub(super) fn budget_resets(&mut self, wanted: &[Want]) {
+        let resets = wanted.iter().any(|w| {
+            self.reset_pending.contains_key(&w.addr)
+                && self
+                    .kernel
+                    .values()
+                    .any(|e| e.addr == w.addr && self.manages(e.id))
+        });
+        if !resets {
+            self.reset_pending.clear();
+            return;
+        }
+        match self.handover_budget() {
+            Ok(()) => self.spend_handover(),
+            Err(why) => {
+                self.reset_pending.clear();
+                self.path_state = format!(
+                    "{}; reopening the stalled path's subflows is held back: {why}",
+                    self.path_state
+                );
+                self.hold_back_handover(why);
+            }
+        }
+    }
+
+    /// Set the backup bit of each wanted endpoint for handover or interactive.
+    pub(super) fn apply_path_mode(&mut self, wanted: &mut [Want]) {
+        self.mode_reasons.clear();
+        let backup = Flag::Backup.bit();
+        let pc = self.config.policy.clone();
+        let now = self.clock.now();
+        match pc.mode {
+            PathMode::Aggregate => {
+                self.path_state = "aggregate: every usable path carries traffic".into();
+            }
+            PathMode::Handover => {
+                let roles: Vec<Role> = wanted.iter().map(|w| self.role_of(w)).collect();
+                let primaries: Vec<usize> = (0..wanted.len())
+                    .filter(|i| roles[*i] == Role::Primary)
+                    .collect();
+                if primaries.len() == wanted.len() {
+                    self.failed_over = false;
+                    self.path_state = "handover: no secondary path to hand over to".into();
+                    return;
+                }
+                let healthy: Vec<usize> = primaries
+                    .iter()
+                    .copied()
+                    .filter(|i| {
+                        self.path_problem(self.ifindex_of(wanted[*i].addr))
+                            .is_none()
+                    })
+                    .collect();
+                // Healthy for hold_ms; or, when no connection has a subflow
+                // on it to measure (it came back while traffic was
+                // elsewhere and the kernel opened none), usable for hold_ms:
+                // no evidence against it, as on a fresh start.
+                let held = healthy.iter().any(|i| {
+                    let h = self
+                        .ifindex_of(wanted[*i].addr)
+                        .and_then(|x| self.health.paths.get(&x));
+                    match h.filter(|h| h.measured()) {
+                        Some(h) => h
+                            .healthy_since_ms
+                            .is_some_and(|t| now.since(Time::from_ms(t)) >= pc.hold_ms),
+                        None => self
+                            .usable_since
+                            .get(&wanted[*i].addr)
+                            .is_some_and(|t| now.since(*t) >= pc.hold_ms),
+                    }
+                });
+                let why_down = if primaries.is_empty() {
+                    "no primary path is usable".to_string()
+                } else {
+                    primaries
+                        .iter()
+                        .map(|i| {
+                            let w = &wanted[*i];
+                            format!(
+                                "{} {}",
+                                w.iface,
+                                self.path_problem(self.ifindex_of(w.addr))
+                                    .unwrap_or_else(|| "not healthy long enough".into())
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
+                let mut failed = if self.failed_over {
+                    !held
+                } else {
+                    healthy.is_empty()
+                };
+                // A usable primary measured as failing: a switch made on
+                // measurements, which the rate limit may hold back. A
+                // primary that is gone (carrier, address, route) is left at
+                // once, always.
+                let mut held_back = None;
+                if failed && !self.failed_over && !primaries.is_empty() {
+                    match self.handover_budget() {
+                        Ok(()) => self.spend_handover(),
+                        Err(why) => {
+                            failed = false;
+                            held_back = Some(why);
+                        }
+                    }
+                }
+                let reason = if let Some(why) = held_back {
+                    let reason = format!("handover: {why_down}; the primary keeps traffic: {why}");
+                    self.hold_back_handover(why);
+                    reason
+                } else if failed {
+                    format!("handover: {why_down}; the secondary takes over")
+                } else if self.failed_over {
+                    format!("handover: the primary has been healthy for {} ms; it takes traffic back, the secondary stands by", pc.hold_ms)
+                } else {
+                    format!(
+                        "handover: the primary is healthy; it carries traffic, the secondary stands by{}",
+                        self.unconfirmed_problems(wanted)
+                    )
+                };
+                // The first decision (no path state yet) is no switch: a
+                // daemon starting with only secondaries usable moved nothing.
+                if failed && !self.failed_over && !self.path_state.is_empty() {
+                    let cause = if primaries.is_empty() {
+                        "path_gone"
+                    } else {
+                        primaries
+                            .iter()
+                            .find_map(|i| self.path_problem(self.ifindex_of(wanted[*i].addr)))
+                            .map_or("unhealthy", |p| switch_cause(&p))
+                    };
+                    self.count_switch(cause);
+                } else if !failed && self.failed_over {
+                    self.count_switch("recovered");
+                }
+                self.failed_over = failed;
+                self.path_state = reason.clone();
+                for (i, w) in wanted.iter_mut().enumerate() {
+                    let standby = (roles[i] == Role::Primary) == failed;
+                    w.flags = if standby {
+                        w.flags | backup
+                    } else {
+                        w.flags & !backup
+                    };
+                    self.mode_reasons.insert(w.addr, reason.clone());
+                }
+            }
+            PathMode::Interactive => {
+                let mut paths: Vec<Candidate> = Vec::new();
+                for w in wanted.iter() {
+                    let Some(i) = self.ifindex_of(w.addr) else {
+                        continue;
+                    };
+                    if paths.iter().any(|p| p.ifindex == i) {
+                        continue;
+                    }
+                    let h = self.health.paths.get(&i);
+                    paths.push(Candidate {
+                        ifindex: i,
+                        srtt: h.and_then(|h| h.srtt_ms),
+                        problem: self.path_problem(Some(i)),
+                        healthy_since: h.and_then(|h| h.healthy_since_ms),
+                    });
+                }
+                let healthy: Vec<&Candidate> =
+                    paths.iter().filter(|p| p.problem.is_none()).collect();
+                if healthy.is_empty() {
+                    self.active_path = None;
+                    self.path_state =
+                        "interactive: no healthy path; every path carries traffic".into();
+                    return;
+                }
+                let rtt = |p: &Candidate| p.srtt.unwrap_or(f64::MAX);
+                let Some(best) = healthy
+                    .iter()
+                    .min_by(|a, b| rtt(a).total_cmp(&rtt(b)))
+                    .map(|b| (*b).clone())
+                else {
+                    return;
+                };
+                let links = self.links.clone();
+                let name = |i: u32| link_name(&links, i);
+                let current = self
+                    .active_path
+                    .and_then(|a| paths.iter().find(|p| p.ifindex == a).cloned());
+                let informed = self.active_informed;
+                let unconfirmed = self.unconfirmed_problems(wanted);
+                let (active, reason) = match current {
+                    Some(cur) if !informed && cur.problem.is_none() && best.srtt.is_some() => (
+                        best.ifindex,
+                        format!(
+                            "interactive: {} has the lowest RTT ({})",
+                            name(best.ifindex),
+                            fmt_rtt(best.srtt)
+                        ),
+                    ),
+                    None => (
+                        best.ifindex,
+                        format!(
+                            "interactive: {} has the lowest RTT ({})",
+                            name(best.ifindex),
+                            fmt_rtt(best.srtt)
+                        ),
+                    ),
+                    // Switches made on measurements: the rate limit may
+                    // hold them back.
+                    Some(cur) if cur.problem.is_some() => {
+                        let problem = cur.problem.clone().unwrap_or_default();
+                        match self.handover_budget() {
+                            Ok(()) => {
+                                self.spend_handover();
+                                (
+                                    best.ifindex,
+                                    format!(
+                                        "interactive: {} is {problem}; switching to {} ({})",
+                                        name(cur.ifindex),
+                                        name(best.ifindex),
+                                        fmt_rtt(best.srtt)
+                                    ),
+                                )
+                            }
+                            Err(why) => {
+                                let reason = format!(
+                                    "interactive: {} is {problem}; it keeps traffic: {why}",
+                                    name(cur.ifindex)
+                                );
+                                self.hold_back_handover(why);
+                                (cur.ifindex, reason)
+                            }
+                        }
+                    }
+                    Some(cur) => {
+                        let better = best.ifindex != cur.ifindex
+                            && rtt(&cur) > rtt(&best) * pc.rtt_ratio + pc.rtt_margin_ms as f64
+                            && best
+                                .healthy_since
+                                .is_some_and(|t| now.since(Time::from_ms(t)) >= pc.hold_ms)
+                            && now.since(self.last_switch) >= pc.hold_ms;
+                        let why = format!(
+                            "interactive: {} RTT {} is over {}x{} + {} ms of {}",
+                            name(cur.ifindex),
+                            fmt_rtt(cur.srtt),
+                            pc.rtt_ratio,
+                            fmt_rtt(best.srtt),
+                            pc.rtt_margin_ms,
+                            name(best.ifindex)
+                        );
+                        if !better {
+                            // Nothing new: the reason it was chosen stands.
+                            let kept = if self.active_reason.is_empty() {
+                                format!(
+                                    "interactive: {} carries traffic ({})",
+                                    name(cur.ifindex),
+                                    fmt_rtt(cur.srtt)
+                                )
+                            } else {
+                                self.active_reason.clone()
+                            };
+                            (cur.ifindex, kept)
+                        } else {
+                            match self.handover_budget() {
+                                Ok(()) => {
+                                    self.spend_handover();
+                                    (best.ifindex, format!("{why}; switching"))
+                                }
+                                Err(held) => {
+                                    let reason = format!("{why}; staying: {held}");
+                                    self.hold_back_handover(held);
+                                    (cur.ifindex, reason)
+                                }
+                            }
+                        }
+                    }
+                };
+                if let Some(cur) = self.active_path.filter(|c| *c != active) {
+                    let cause = match paths.iter().find(|p| p.ifindex == cur) {
+                        None => "path_gone",
+                        Some(p) => p.problem.as_deref().map_or("rtt", switch_cause),
+                    };
+                    self.count_switch(cause);
+                }
+                if self.handover_held.is_none() {
+                    self.active_reason = reason.clone();
+                }
+                let reason = format!("{reason}{unconfirmed}");
+                if self.active_path != Some(active) {
+                    self.last_switch = now;
+                }
+                self.active_informed = paths
+                    .iter()
+                    .find(|p| p.ifindex == active)
+                    .is_some_and(|p| p.srtt.is_some());
+                self.active_path = Some(active);
+                self.path_state = reason.clone();
+                for w in wanted.iter_mut() {
+                    let on = self.ifindex_of(w.addr) == Some(active);
+                    w.flags = if on {
+                        w.flags & !backup
+                    } else {
+                        w.flags | backup
+                    };
+                    self.mode_reasons.insert(w.addr, reason.clone());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,475 @@
+//! Reconciliation: which addresses should be endpoints, with which flags,
+//! and the decisions that bring the kernel's table there.
+
+use super::*;
+
+impl Policy {
+    /// Why `a` can or cannot carry an endpoint.
+    pub(super) fn usability(&self, a: &Address) -> Result<(), String> {
+        self.usability_with(a, true)
+    }
+
+    /// `debounce`: whether a link whose carrier has just returned must wait
+    /// (`policy.carrier_debounce_ms`). Not when no other path is usable:
+    /// waiting then only leaves the host without any path.
+    pub(super) fn usability_with(&self, a: &Address, debounce: bool) -> Result<(), String> {
+        let f = &self.config.filter;
+        let Some(link) = self.links.get(&a.ifindex) else {
+            return Err(format!("interface #{} is unknown", a.ifindex));
+        };
+        let name = &link.name;
+        if link.loopback {
+            return Err(format!("{name} is a loopback interface"));
+        }
+        if let Some(ic) = self.config.interface(name) {
+            if ic.ignore {
+                return Err(format!("{name} is ignored by the configuration"));
+            }
+        } else {
+            if f.exclude.iter().any(|p| glob(p, name)) {
+                return Err(format!("{name} is excluded by filter.exclude"));
+            }
+            if !f.include.iter().any(|p| glob(p, name)) {
+                return Err(format!("{name} is not in filter.include"));
+            }
+        }
+        if !link.up {
+            return Err(format!("{name} is down"));
+        }
+        if !link.carrier {
+            return Err(format!("{name} has no carrier"));
+        }
+        if let Some((ago, need, losses)) = self.settling(a.ifindex).filter(|_| debounce) {
+            return Err(format!(
+                "{name}'s carrier came back {ago} ms ago: it is used once it has held for {need} ms (policy.carrier_debounce_ms{})",
+                if losses > 1 {
+                    format!(", doubled for each of its {losses} carrier losses in the last {} s", FLAP_WINDOW_MS / 1000)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        if a.ip.is_ipv4() && !f.ipv4 || a.ip.is_ipv6() && !f.ipv6 {
+            return Err(format!(
+                "{} addresses are disabled by the configuration",
+                if a.ip.is_ipv4() { "IPv4" } else { "IPv6" }
+            ));
+        }
+        if a.ip.is_loopback() {
+            return Err("a loopback address".into());
+        }
+        if is_link_local(&a.ip) && !f.link_local {
+            return Err("a link-local address (filter.link_local = false)".into());
+        }
+        if is_ula(&a.ip) && !f.ula {
+            return Err("an IPv6 unique local address (filter.ula = false)".into());
+        }
+        if a.temporary && !f.temporary {
+            return Err("a temporary (privacy) address (filter.temporary = false)".into());
+        }
+        if a.deprecated {
+            return Err("the address is deprecated (its preferred lifetime ended)".into());
+        }
+        if a.tentative {
+            return Err(
+                "the address is tentative (duplicate address detection is not done)".into(),
+            );
+        }
+        if f.require_default_route
+            && !self
+                .default_routes
+                .iter()
+                .any(|r| r.ifindex == a.ifindex && r.ipv6 == a.ip.is_ipv6())
+        {
+            return Err(format!(
+                "{name} has no {} default route (filter.require_default_route = true)",
+                if a.ip.is_ipv6() { "IPv6" } else { "IPv4" }
+            ));
+        }
+        if let Some(err) = self.refused.get(&a.ip) {
+            return Err(format!("the kernel refused its endpoint: {err}"));
+        }
+        Ok(())
+    }
+
+    pub(super) fn flags_for(&self, iface: &str) -> u32 {
+        match self.config.interface(iface).and_then(|i| i.flags.as_ref()) {
+            Some(list) => flags_of(list),
+            None => match self.config.mode {
+                Mode::Client => Flag::Subflow.bit(),
+                Mode::Server => Flag::Signal.bit(),
+            },
+        }
+    }
+
+    /// The endpoints there should be, best first, at most the kernel maximum.
+    pub(super) fn wanted(&self) -> (Vec<Want>, Vec<Want>) {
+        // A returning link waits out its debounce only if another path
+        // carries traffic meanwhile; one let in early stays in.
+        let settled_path = self
+            .addresses
+            .values()
+            .any(|a| self.usability_with(a, true).is_ok());
+        let in_use = |ip: IpAddr| self.kernel.values().any(|e| e.addr == ip);
+        let carried = settled_path
+            || self
+                .addresses
+                .values()
+                .any(|a| in_use(a.ip) && self.usability_with(a, false).is_ok());
+        let mut all: Vec<Want> = self
+            .addresses
+            .values()
+            .filter(|a| {
+                self.usability_with(a, true).is_ok()
+                    || ((!carried || in_use(a.ip)) && self.usability_with(a, false).is_ok())
+            })
+            .map(|a| {
+                let iface = self.links[&a.ifindex].name.clone();
+                Want {
+                    addr: a.ip,
+                    flags: self.flags_for(&iface),
+                    ifindex: self.config.endpoints.bind_to_device.then_some(a.ifindex),
+                    iface,
+                }
+            })
+            .collect();
+        // Non-backup first, then IPv4 before IPv6, then by interface index.
+        all.sort_by_key(|w| {
+            (
+                w.flags & Flag::Backup.bit() != 0,
+                w.addr.is_ipv6(),
+                w.ifindex,
+                w.addr,
+            )
+        });
+        let extra = if all.len() > KERNEL_MAX_ENDPOINTS {
+            all.split_off(KERNEL_MAX_ENDPOINTS)
+        } else {
+            Vec::new()
+        };
+        (all, extra)
+    }
+
+    pub(super) fn manages(&self, id: u8) -> bool {
+        self.config.endpoints.own_all || self.owned.contains(&id)
+    }
+
+    pub(super) fn free_id(&self) -> Option<u8> {
+        (1..=255u8).find(|id| !self.kernel.contains_key(id))
+    }
+
+    pub(super) fn reconcile(&mut self) -> Vec<Decision> {
+        let mut out = Vec::new();
+        let now = self.clock.now();
+        let (mut wanted, _beyond_kernel_max) = self.wanted();
+        // A switch held back is counted once, when it starts being held.
+        let was_held = self.handover_held.take().is_some();
+        self.usable_since
+            .retain(|ip, _| wanted.iter().any(|w| w.addr == *ip));
+        for w in &wanted {
+            // Counted from the last problem seen on the path, if any.
+            let troubled = self.path_problem(self.ifindex_of(w.addr)).is_some();
+            let since = self.usable_since.entry(w.addr).or_insert(now);
+            if troubled {
+                *since = now;
+            }
+        }
+        self.apply_path_mode(&mut wanted);
+        if let Some((_, why)) = &self.reset_skipped {
+            self.path_state = format!("{}; {why}", self.path_state);
+        }
+        self.budget_resets(&wanted);
+        if self.handover_held.is_some() && !was_held {
+            self.counters.handovers_held_back += 1;
+        }
+        let wanted_addrs: BTreeSet<IpAddr> = wanted.iter().map(|w| w.addr).collect();
+
+        // 1. Endpoints that should go.
+        let stale: Vec<KernelEndpoint> = self
+            .kernel
+            .values()
+            .filter(|e| self.manages(e.id) && !wanted_addrs.contains(&e.addr))
+            .cloned()
+            .collect();
+        for e in stale {
+            let reason = match self.addresses.values().find(|a| a.ip == e.addr) {
+                Some(a) => match self.usability(a) {
+                    Err(why) => format!("{} is no longer usable: {why}", e.addr),
+                    Ok(()) => format!(
+                        "{} is beyond the kernel's maximum of {KERNEL_MAX_ENDPOINTS} endpoints",
+                        e.addr
+                    ),
+                },
+                None => format!("address {} is gone", e.addr),
+            };
+            self.remove(&e, &mut out, reason);
+        }
+
+        // 2. Endpoints that should be there, or be different.
+        for w in &wanted {
+            let existing = self.kernel.values().find(|e| e.addr == w.addr).cloned();
+            match existing {
+                Some(e) if !self.manages(e.id) => {} // someone else's endpoint covers it
+                Some(e)
+                    if self.reset_pending.contains_key(&w.addr)
+                        || self.rejoin_pending.contains_key(&w.addr) =>
+                {
+                    // Re-adding closes a stalled path's subflows, or makes
+                    // the kernel open the ones no connection has.
+                    let reason = (self.reset_pending.remove(&w.addr))
+                        .or_else(|| self.rejoin_pending.remove(&w.addr))
+                        .unwrap_or_default();
+                    self.remove(&e, &mut out, reason.clone());
+                    self.add(w, &mut out, reason);
+                }
+                Some(e) if e.flags == w.flags && e.ifindex == w.ifindex => {
+                    self.flags_refused.remove(&e.id);
+                }
+                Some(e)
+                    if (e.flags & !CHANGEABLE) == (w.flags & !CHANGEABLE)
+                        && e.ifindex == w.ifindex =>
+                {
+                    let retry = match attempt(self.flags_refused.get(&e.id), &w.flags, now) {
+                        // Refused, and neither the wanted flags nor anything
+                        // about the address changed since: not yet.
+                        Attempt::Wait => continue,
+                        Attempt::Now => String::new(),
+                        Attempt::Retry(note) => note,
+                    };
+                    self.flags_before.insert(e.id, e.flags);
+                    self.kernel.insert(
+                        e.id,
+                        KernelEndpoint {
+                            flags: w.flags,
+                            ..e.clone()
+                        },
+                    );
+                    let why = self.mode_reasons.get(&w.addr).cloned().unwrap_or_else(|| {
+                        format!(
+                            "the configuration for {} asks for '{}'",
+                            w.iface,
+                            flag_names(w.flags)
+                        )
+                    });
+                    out.push(Decision {
+                        action: Action::SetEndpointFlags {
+                            id: e.id,
+                            addr: e.addr,
+                            flags: w.flags,
+                        },
+                        reason: format!("{why}{retry}"),
+                    });
+                }
+                Some(e) => {
+                    // Signal/subflow or the bound device changed: only re-adding does that.
+                    let reason = format!(
+                        "{} changes to '{}' on {}: it must be re-added",
+                        e.addr,
+                        flag_names(w.flags),
+                        w.iface
+                    );
+                    self.remove(&e, &mut out, reason);
+                    self.add(w, &mut out, "its settings changed".into());
+                }
+                None => {
+                    let settled = self
+                        .ifindex_of(w.addr)
+                        .and_then(|i| self.carrier.get(&i))
+                        .and_then(|c| {
+                            let ago = now.since(c.returned?);
+                            let need = self.settle_ms(c);
+                            Some(if ago < need {
+                                format!("; its carrier came back only {ago} ms ago (policy.carrier_debounce_ms asks for {need} ms), but no other path is usable")
+                            } else {
+                                format!("; its carrier came back {ago} ms ago and has held for the {need} ms required (policy.carrier_debounce_ms)")
+                            })
+                        })
+                        .unwrap_or_default();
+                    let reason = format!(
+                        "{} on {} is usable ({} is up with carrier{}){settled}",
+                        w.addr,
+                        w.iface,
+                        w.iface,
+                        if self.config.filter.require_default_route {
+                            " and a default route"
+                        } else {
+                            ""
+                        }
+                    );
+                    self.add(w, &mut out, reason);
+                }
+            }
+        }
+
+        // 3. Limits matched to the endpoints. The kernel checks them when it
+        // decides to open a subflow, so a raise goes before the new endpoints
+        // and a cut after the removals.
+        if self.config.limits.manage {
+            let n = wanted.len().min(KERNEL_MAX_ENDPOINTS) as u32;
+            let want = match self.config.mode {
+                Mode::Client => Limits {
+                    subflows: n,
+                    add_addr_accepted: n,
+                },
+                Mode::Server => Limits {
+                    subflows: KERNEL_MAX_ENDPOINTS as u32,
+                    add_addr_accepted: 0,
+                },
+            };
+            let retry = match attempt(self.limits_refused.as_ref(), &want, now) {
+                _ if self.limits == Some(want) => {
+                    self.limits_refused = None;
+                    None
+                }
+                // Refused, and what is wanted has not changed: not on every
+                // event, only after the back-off.
+                Attempt::Wait => None,
+                Attempt::Now => Some(String::new()),
+                Attempt::Retry(note) => Some(note),
+            };
+            if let Some(retry) = retry {
+                let reason = match self.config.mode {
+                    Mode::Client => format!("{n} usable endpoint(s): allow as many extra subflows and accepted announcements{retry}"),
+                    Mode::Server => format!("a server accepts up to the kernel maximum of joins and ignores announcements{retry}"),
+                };
+                let raise = self.limits.is_none_or(|l| {
+                    want.subflows > l.subflows || want.add_addr_accepted > l.add_addr_accepted
+                });
+                self.limits = Some(want);
+                let d = Decision {
+                    action: Action::SetLimits {
+                        subflows: want.subflows,
+                        add_addr_accepted: want.add_addr_accepted,
+                    },
+                    reason,
+                };
+                if raise {
+                    let first_add = out
+                        .iter()
+                        .position(|d| matches!(d.action, Action::AddEndpoint { .. }))
+                        .unwrap_or(out.len());
+                    out.insert(first_add, d);
+                } else {
+                    out.push(d);
+                }
+            }
+        }
+
+        // 4. The server's C flag.
+        let deny = self.config.server.deny_join_initial_address;
+        if self.cflag_applied == Some(deny) {
+            self.cflag_refused = None;
+        } else if deny || self.cflag_applied.is_some() {
+            let retry = match attempt(self.cflag_refused.as_ref(), &deny, now) {
+                Attempt::Wait => None,
+                Attempt::Now => Some(String::new()),
+                Attempt::Retry(note) => Some(note),
+            };
+            if let Some(retry) = retry {
+                self.cflag_applied = Some(deny);
+                let why = if deny {
+                    "server.deny_join_initial_address: clients must join other addresses (anycast or load balancer)"
+                } else {
+                    "server.deny_join_initial_address was turned off"
+                };
+                out.push(Decision {
+                    action: Action::SetSysctl {
+                        name: "net.mptcp.allow_join_initial_addr_port".into(),
+                        value: if deny { "0" } else { "1" }.into(),
+                    },
+                    reason: format!("{why}{retry}"),
+                });
+            }
+        }
+        self.reset_pending.clear();
+        self.rejoin_pending.clear();
+        // Refusals about endpoints that are gone are moot.
+        let kernel = &self.kernel;
+        self.flags_refused.retain(|id, _| kernel.contains_key(id));
+        self.flags_before.retain(|id, _| kernel.contains_key(id));
+        if !self.config.limits.manage {
+            self.limits_refused = None;
+        }
+        // Carriers that have held long enough are settled for good.
+        let settled: Vec<u32> = self
+            .carrier
+            .iter()
+            .filter(|(i, c)| c.returned.is_some() && self.settling(**i).is_none())
+            .map(|(i, _)| *i)
+            .collect();
+        for i in settled {
+            if let Some(c) = self.carrier.get_mut(&i) {
+                c.returned = None;
+            }
+        }
+        self.reconcile_standby_windows(&wanted, &mut out);
+        // A path taking over is made active only after the failed one is
+        // gone: closing the failed subflows rewinds the connection to its
+        // first unacknowledged byte, and while the standby is still a
+        // backup nothing else is sent on it, so the resent data goes first.
+        // Made active first, it would be given new data ahead of the resend.
+        out.sort_by_key(|d| match d.action {
+            Action::SetEndpointFlags { flags, .. } if flags & Flag::Backup.bit() == 0 => 1,
+            _ => 0,
+        });
+        out
+    }
+
+    pub(super) fn add(&mut self, w: &Want, out: &mut Vec<Decision>, reason: String) {
+        let Some(id) = self.free_id() else {
+            return; // 255 endpoints: nothing sensible left to do
+        };
+        self.kernel.insert(
+            id,
+            KernelEndpoint {
+                id,
+                addr: w.addr,
+                flags: w.flags,
+                ifindex: w.ifindex,
+            },
+        );
+        self.owned.insert(id);
+        out.push(Decision {
+            action: Action::AddEndpoint {
+                id,
+                addr: w.addr,
+                flags: w.flags,
+                ifindex: w.ifindex,
+            },
+            reason,
+        });
+    }
+
+    /// Forget endpoint `e` and decide its removal.
+    pub(super) fn remove(&mut self, e: &KernelEndpoint, out: &mut Vec<Decision>, reason: String) {
+        self.kernel.remove(&e.id);
+        self.owned.remove(&e.id);
+        out.push(Decision {
+            action: Action::RemoveEndpoint {
+                id: e.id,
+                addr: e.addr,
+            },
+            reason,
+        });
+    }
+
+    pub(super) fn stop(&mut self) -> Vec<Decision> {
+        let mut out = Vec::new();
+        // Routes are shared with every other program: always put them back.
+        self.reconcile_standby_windows(&[], &mut out);
+        if !self.config.endpoints.remove_on_stop {
+            return out;
+        }
+        let ids: Vec<u8> = self.owned.iter().copied().collect();
+        for id in ids {
+            if let Some(e) = self.kernel.remove(&id) {
+                out.push(Decision {
+                    action: Action::RemoveEndpoint { id, addr: e.addr },
+                    reason: "the daemon is stopping (endpoints.remove_on_stop = true)".into(),
+                });
+            }
+        }
+        self.owned.clear();
+        out
+    }
+}

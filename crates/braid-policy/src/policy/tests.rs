@@ -1,0 +1,162 @@
+use super::*;
+use crate::health::SubflowSample;
+use std::net::SocketAddr;
+
+/// eth0 (10.0.0.2, primary) and wlan0 (192.168.1.5, secondary), in
+/// handover mode.
+fn handover() -> Policy {
+    let mut cfg = Config::default();
+    cfg.policy.mode = PathMode::Handover;
+    let mut p = Policy::new(cfg, Vec::new());
+    let link = |index: u32, name: &str| Link {
+        index,
+        name: name.into(),
+        up: true,
+        carrier: true,
+        loopback: false,
+    };
+    let addr = |ifindex: u32, ip: &str| Address {
+        ifindex,
+        ip: ip.parse().unwrap(),
+        prefix_len: 24,
+        temporary: false,
+        deprecated: false,
+        tentative: false,
+    };
+    let route = |ifindex: u32, table: u32| DefaultRoute {
+        ifindex,
+        table,
+        ipv6: false,
+        initcwnd: None,
+    };
+    p.handle(
+        Event::Snapshot {
+            links: vec![link(2, "eth0"), link(3, "wlan0")],
+            addresses: vec![addr(2, "10.0.0.2"), addr(3, "192.168.1.5")],
+            default_routes: vec![route(2, 254), route(3, 200)],
+            endpoints: vec![],
+            limits: Limits {
+                subflows: 2,
+                add_addr_accepted: 2,
+            },
+        },
+        0,
+    );
+    p
+}
+
+/// A download on eth0 from `remote`: `rx_bytes` received so far, the
+/// last data `last_rx_ms` ago.
+fn receiving(remote: &str, rx_bytes: u64, last_rx_ms: u32) -> Event {
+    Event::Health(vec![SubflowSample {
+        local: "10.0.0.2:40000".parse().unwrap(),
+        remote: remote.parse().unwrap(),
+        ifindex: 0,
+        rtt_us: 20_000,
+        rttvar_us: 5_000,
+        total_retrans: 0,
+        segs_out: 10,
+        unacked: 0,
+        last_ack_recv_ms: 5,
+        bytes_received: rx_bytes,
+        last_data_recv_ms: last_rx_ms,
+    }])
+}
+
+fn probes(ds: &[Decision]) -> Vec<Action> {
+    ds.iter()
+        .filter(|d| matches!(d.action, Action::ProbePath { .. }))
+        .map(|d| d.action.clone())
+        .collect()
+}
+
+/// Receiving from `remote`, then silent for 40 ms (the minimum): the
+/// decisions of the silent round.
+fn silence(p: &mut Policy, remote: &str) -> Vec<Decision> {
+    p.handle(receiving(remote, 0, 0), 0);
+    p.handle(receiving(remote, 500_000, 1), 100);
+    p.handle(receiving(remote, 500_000, 40), 140)
+}
+
+#[test]
+fn paths_are_probed_only_where_the_remotes_family_can_be() {
+    // Only IPv6 can be probed: the IPv4 host's silence is not probed.
+    let mut p = handover();
+    p.set_probing(false, true);
+    assert!(probes(&silence(&mut p, "203.0.113.1:443")).is_empty());
+    // IPv4 can be probed again (a redetect): it is.
+    p.set_probing(true, false);
+    let ds = p.handle(receiving("203.0.113.1:443", 500_000, 60), 160);
+    assert_eq!(probes(&ds).len(), 1, "{ds:?}");
+    // Neither: nothing, and the configuration still rules over both.
+    let mut p = handover();
+    p.set_probing(false, false);
+    assert!(probes(&silence(&mut p, "203.0.113.1:443")).is_empty());
+    let mut cfg = p.config().clone();
+    cfg.policy.probe_silent_paths = false;
+    let mut p = handover();
+    p.handle(Event::ConfigReloaded(Box::new(cfg)), 0);
+    p.set_probing(true, true);
+    assert!(probes(&silence(&mut p, "203.0.113.1:443")).is_empty());
+}
+
+#[test]
+fn a_probe_that_could_not_be_sent_is_sent_again() {
+    let mut p = handover();
+    let ds = silence(&mut p, "203.0.113.1:443");
+    let sent = probes(&ds);
+    assert_eq!(sent.len(), 1, "{ds:?}");
+    // Once per silence while it is under way.
+    let ds = p.handle(receiving("203.0.113.1:443", 500_000, 60), 160);
+    assert!(probes(&ds).is_empty(), "{ds:?}");
+    p.handle(
+        Event::ActionFailed {
+            action: sent[0].clone(),
+            error: "Network is unreachable".into(),
+        },
+        170,
+    );
+    let ds = p.handle(receiving("203.0.113.1:443", 500_000, 80), 180);
+    assert_eq!(probes(&ds), sent, "{ds:?}");
+}
+
+#[test]
+fn a_failed_stall_probe_is_no_longer_under_way() {
+    let mut p = handover();
+    let remote: SocketAddr = "203.0.113.1:443".parse().unwrap();
+    let waiting = |last_ack: u32| {
+        Event::Health(vec![SubflowSample {
+            local: "10.0.0.2:40000".parse().unwrap(),
+            remote,
+            ifindex: 0,
+            rtt_us: 20_000,
+            rttvar_us: 5_000,
+            total_retrans: 0,
+            segs_out: 100,
+            unacked: 5,
+            last_ack_recv_ms: last_ack,
+            bytes_received: 0,
+            last_data_recv_ms: 0,
+        }])
+    };
+    p.handle(waiting(5), 0);
+    // stall_ms 100 by default, rtt 20 ms: probed from 50 ms of waiting.
+    let ds = p.handle(waiting(250), 250);
+    let sent = probes(&ds);
+    assert_eq!(sent.len(), 1, "{ds:?}");
+    p.handle(
+        Event::ActionFailed {
+            action: sent[0].clone(),
+            error: "Network is unreachable".into(),
+        },
+        260,
+    );
+    let h = &p.health.paths[&2];
+    assert!(h.stall_probe.as_ref().is_some_and(|s| s.failed));
+    let note = h.unconfirmed_problem(100, 0.05, 1).unwrap();
+    assert!(note.contains("could not be sent"), "{note}");
+    // Sent again after the back-off, not at every round.
+    assert!(probes(&p.handle(waiting(300), 300)).is_empty());
+    let ds = p.handle(waiting(1300), 1300);
+    assert_eq!(probes(&ds).len(), 1, "{ds:?}");
+}

@@ -1,0 +1,184 @@
+//! What the health rounds trigger: probes of silent paths, stalled paths
+//! reopened, missing subflows re-added.
+
+use super::*;
+
+impl Policy {
+    /// A path that has just stalled gets its endpoints re-added: closing
+    /// its subflows makes the kernel resend their unacknowledged data at
+    /// once on the path that takes over, instead of waiting for timeouts on
+    /// the dead one. Reopened subflows tell when the path works again.
+    /// A path that was receiving and went silent is probed once: a
+    /// receiver has nothing outstanding, so silence alone cannot tell a
+    /// dead path from a sender with nothing to send.
+    pub(super) fn probes_due(&mut self) {
+        let (v4, v6) = self.probing();
+        let can_probe = |remote: &IpAddr| if remote.is_ipv6() { v6 } else { v4 };
+        let (now, stall_ms) = (self.clock.now().ms(), self.config.policy.stall_ms);
+        for (ifindex, h) in self.health.paths.iter_mut() {
+            // A connection waits for an ACK, and no other host's does:
+            // whether the path itself is gone, only a probe can tell.
+            if !h.wants_stall_probe(stall_ms, now) {
+                continue;
+            }
+            let Some((local, remote)) = h.stall_pair.filter(|(_, r)| can_probe(r)) else {
+                continue;
+            };
+            h.stall_probe_sent(remote, now);
+            let reason = format!(
+                "{}: a connection to {remote} has waited {} ms for an ACK with data outstanding, and no connection to another host shows it: is the path itself gone? (a stall is acted on for every connection only if the probe goes unanswered)",
+                link_name(&self.links, *ifindex),
+                h.stalled_ms
+            );
+            self.probes_pending
+                .push(probe_decision(*ifindex, local, remote, h, reason));
+        }
+        for (ifindex, h) in self.health.paths.iter_mut() {
+            if !h.wants_probe() {
+                continue;
+            }
+            let Some((local, remote)) = h.probe_pair.filter(|(_, r)| can_probe(r)) else {
+                continue;
+            };
+            h.probed = true;
+            let reason = format!(
+                "{} was receiving and no data has come for {} ms (probed after {} ms: one smoothed RTT, at least {PROBE_AFTER_MIN_MS}): is the path still there?",
+                link_name(&self.links, *ifindex),
+                h.rx_silent_ms,
+                h.probe_after_ms()
+            );
+            self.probes_pending
+                .push(probe_decision(*ifindex, local, remote, h, reason));
+        }
+    }
+
+    /// A path with a subflow endpoint on which no connection has a subflow
+    /// while another path's connections have one, for `MISSING_SUBFLOW_MS`,
+    /// gets its endpoint re-added: the kernel's path manager never retries
+    /// a join that failed or was never made, and adding an endpoint makes
+    /// it open subflows from it for every existing connection. Seen in the
+    /// lab (7 of 216 handover runs): a connection made within milliseconds
+    /// of the endpoints never got its second subflow and died with the
+    /// primary. A path with a problem (stalled, unreachable, lossy) is left
+    /// alone; repeated re-adds back off (servers that refuse joins).
+    pub(super) fn note_missing_subflows(&mut self) {
+        let now = self.clock.now();
+        let carrying: BTreeSet<u32> = self
+            .health
+            .paths
+            .iter()
+            .filter(|(_, h)| h.measured())
+            .map(|(i, _)| *i)
+            .collect();
+        let with_endpoint: BTreeSet<u32> = self
+            .kernel
+            .values()
+            .filter(|e| self.manages(e.id) && e.flags & Flag::Subflow.bit() != 0)
+            .filter_map(|e| self.ifindex_of(e.addr))
+            .collect();
+        self.missing_subflows
+            .retain(|i, _| with_endpoint.contains(i));
+        self.rejoined.retain(|i, _| with_endpoint.contains(i));
+        for i in with_endpoint {
+            if carrying.contains(&i) {
+                self.missing_subflows.remove(&i);
+                self.rejoined.remove(&i);
+                continue;
+            }
+            let Some(other) = carrying.iter().find(|o| **o != i) else {
+                self.missing_subflows.remove(&i);
+                continue;
+            };
+            let since = *self.missing_subflows.entry(i).or_insert(now);
+            let missing_ms = now.since(since);
+            if missing_ms < MISSING_SUBFLOW_MS || self.path_problem(Some(i)).is_some() {
+                continue;
+            }
+            let tries = self.rejoined.get(&i).map_or(0, |(_, n)| *n);
+            if let Some((at, n)) = self.rejoined.get(&i) {
+                if now.since(*at) < backoff_ms(REJOIN_FIRST_MS, REJOIN_MAX_MS, *n) {
+                    continue;
+                }
+            }
+            self.rejoined.insert(i, (now, tries.saturating_add(1)));
+            self.missing_subflows.insert(i, now);
+            let reason = format!(
+                "no connection has a subflow on {} for {missing_ms} ms while {} carries some: re-adding its endpoint makes the kernel open the missing subflows (it does not retry a join on its own){}",
+                link_name(&self.links, i),
+                link_name(&self.links, *other),
+                if tries > 0 {
+                    format!("; tried {tries} time(s) before, the server may refuse joins")
+                } else {
+                    String::new()
+                }
+            );
+            for a in self.addresses.values().filter(|a| a.ifindex == i) {
+                self.rejoin_pending.insert(a.ip, reason.clone());
+            }
+        }
+    }
+
+    /// Paths that have just stalled for every connection (seen towards
+    /// `MIN_WITNESSES` hosts, or confirmed unreachable by a probe) get their
+    /// subflows reopened. A stall seen towards one host only resets nothing:
+    /// it is probed (`probes_due`) and acted on only if the probe fails.
+    pub(super) fn note_stalls(&mut self) {
+        let stall_ms = self.config.policy.stall_ms;
+        let now_stalled: BTreeSet<u32> = self
+            .health
+            .paths
+            .iter()
+            .filter(|(_, h)| {
+                h.unreachable.is_some()
+                    || (h.is_stalled(stall_ms) && h.stall_witnesses >= MIN_WITNESSES)
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        if self
+            .reset_skipped
+            .as_ref()
+            .is_some_and(|(i, _)| !now_stalled.contains(i))
+        {
+            self.reset_skipped = None;
+        }
+        // Paths with an endpoint and no problem: where resent data can go.
+        let working: BTreeSet<u32> = self
+            .kernel
+            .values()
+            .filter_map(|e| self.ifindex_of(e.addr))
+            .filter(|i| !now_stalled.contains(i))
+            .collect();
+        for i in now_stalled.difference(&self.stalled_paths.clone()) {
+            let name = link_name(&self.links, *i);
+            let what = match self.health.paths.get(i) {
+                Some(h) => match &h.unreachable {
+                    Some(why) => format!("{name} is {why}"),
+                    None => format!("{name} stalled ({})", h.describe()),
+                },
+                None => format!("{name} stalled"),
+            };
+            if working.iter().all(|w| w == i) {
+                // Reopening the last path would resend its data onto the
+                // same path, after a handshake: only slower. Seen in the lab
+                // when a path that had just taken over was probed while its
+                // queue filled with the failed path's data.
+                self.reset_skipped = Some((
+                    *i,
+                    format!(
+                        "{what}, but no other path works: its subflows are left as they are (reopening them would resend onto the same path)"
+                    ),
+                ));
+                continue;
+            }
+            for a in self.addresses.values().filter(|a| a.ifindex == *i) {
+                self.reset_pending.insert(
+                    a.ip,
+                    format!(
+                        "{what}: reopening its subflows so their data is resent on the other path"
+                    ),
+                );
+            }
+        }
+        self.stalled_paths = now_stalled;
+    }
+}
