@@ -11,7 +11,7 @@ use braid_kernel::events::{EventKind, EventStream, StreamItem};
 use braid_kernel::pm::{EndpointFlags, EndpointSelector, NewEndpoint, PathManager};
 use braid_kernel::rtnl::{self, Change, Monitor};
 use braid_policy::health::SubflowSample;
-use braid_policy::model::{self as m, Action, Event, MptcpEventKind};
+use braid_policy::model::{self as m, Action, Event};
 use braid_policy::{Config, Policy};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, error, info, warn};
@@ -73,22 +73,6 @@ fn route_of(r: &rtnl::DefaultRoute) -> m::DefaultRoute {
         table: r.table,
         ipv6: r.ipv6,
         initcwnd: r.initcwnd,
-    }
-}
-
-fn mptcp_kind(k: EventKind) -> MptcpEventKind {
-    match k {
-        EventKind::Created => MptcpEventKind::Created,
-        EventKind::Established => MptcpEventKind::Established,
-        EventKind::Closed => MptcpEventKind::Closed,
-        EventKind::Announced => MptcpEventKind::Announced,
-        EventKind::Removed => MptcpEventKind::Removed,
-        EventKind::SubEstablished => MptcpEventKind::SubEstablished,
-        EventKind::SubClosed => MptcpEventKind::SubClosed,
-        EventKind::SubPriority => MptcpEventKind::SubPriority,
-        EventKind::ListenerCreated => MptcpEventKind::ListenerCreated,
-        EventKind::ListenerClosed => MptcpEventKind::ListenerClosed,
-        EventKind::Unknown(_) => MptcpEventKind::Unknown,
     }
 }
 
@@ -1170,7 +1154,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
                 Ok(StreamItem::Event(ev)) => {
                     let kind = ev.kind;
                     shell.journal.record(unix_ms_now(), What::Mptcp { event: ev });
-                    shell.feed(Event::Mptcp(mptcp_kind(kind)));
+                    shell.feed(Event::Mptcp(kind));
                     if poll.is_none() && !matches!(kind, EventKind::Closed | EventKind::ListenerCreated | EventKind::ListenerClosed) {
                         poll = Some(next_poll(&shell));
                     }

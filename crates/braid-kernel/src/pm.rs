@@ -2,7 +2,6 @@
 //! in-kernel path manager, and the userspace path-manager commands that act
 //! on one connection (by token).
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
@@ -43,76 +42,7 @@ const ADDR_PORT: u16 = 5;
 const ADDR_FLAGS: u16 = 6;
 const ADDR_IF_IDX: u16 = 7;
 
-/// The kernel uses at most this many endpoints and subflows per connection.
-pub const KERNEL_MAX_LIMIT: u32 = 8;
-
-/// Endpoint flags, with the names `ip mptcp` uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
-pub struct EndpointFlags(pub u32);
-
-impl EndpointFlags {
-    pub const SIGNAL: u32 = 1 << 0;
-    pub const SUBFLOW: u32 = 1 << 1;
-    pub const BACKUP: u32 = 1 << 2;
-    pub const FULLMESH: u32 = 1 << 3;
-    pub const IMPLICIT: u32 = 1 << 4;
-    pub const LAMINAR: u32 = 1 << 5;
-
-    /// Known flags in the order `ip mptcp` prints them.
-    pub const NAMES: [(u32, &'static str); 6] = [
-        (Self::SIGNAL, "signal"),
-        (Self::SUBFLOW, "subflow"),
-        (Self::LAMINAR, "laminar"),
-        (Self::BACKUP, "backup"),
-        (Self::FULLMESH, "fullmesh"),
-        (Self::IMPLICIT, "implicit"),
-    ];
-
-    pub fn contains(self, flag: u32) -> bool {
-        self.0 & flag != 0
-    }
-
-    /// Flag names, known ones first, unknown bits as `unknown(0x..)`.
-    pub fn names(self) -> Vec<String> {
-        let mut out: Vec<String> = Self::NAMES
-            .iter()
-            .filter(|(bit, _)| self.0 & bit != 0)
-            .map(|(_, n)| n.to_string())
-            .collect();
-        let known: u32 = Self::NAMES.iter().map(|(b, _)| b).sum();
-        let unknown = self.0 & !known;
-        if unknown != 0 {
-            out.push(format!("unknown(0x{unknown:x})"));
-        }
-        out
-    }
-
-    /// Parse one flag name as `ip mptcp` spells it.
-    pub fn parse_name(name: &str) -> Result<u32> {
-        Self::NAMES
-            .iter()
-            .find(|(_, n)| *n == name)
-            .map(|(b, _)| *b)
-            .filter(|b| *b != Self::IMPLICIT)
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "unknown endpoint flag '{name}': allowed flags are signal, subflow, backup, fullmesh, laminar"
-                ))
-            })
-    }
-}
-
-impl fmt::Display for EndpointFlags {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.names().join(" "))
-    }
-}
-
-impl Serialize for EndpointFlags {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.names().serialize(s)
-    }
-}
+pub use braid_types::endpoint::{EndpointFlags, KERNEL_MAX_LIMIT};
 
 /// One endpoint of the in-kernel path manager.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -1,5 +1,6 @@
 //! The daemon's configuration (TOML), with defaults for a client.
 
+use braid_types::endpoint::EndpointFlags;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -24,10 +25,10 @@ pub enum Flag {
 impl Flag {
     pub fn bit(self) -> u32 {
         match self {
-            Flag::Signal => 1,
-            Flag::Subflow => 2,
-            Flag::Backup => 4,
-            Flag::Fullmesh => 8,
+            Flag::Signal => EndpointFlags::SIGNAL,
+            Flag::Subflow => EndpointFlags::SUBFLOW,
+            Flag::Backup => EndpointFlags::BACKUP,
+            Flag::Fullmesh => EndpointFlags::FULLMESH,
         }
     }
 }

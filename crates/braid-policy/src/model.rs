@@ -57,21 +57,7 @@ pub struct Limits {
     pub add_addr_accepted: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MptcpEventKind {
-    Created,
-    Established,
-    Closed,
-    Announced,
-    Removed,
-    SubEstablished,
-    SubClosed,
-    SubPriority,
-    ListenerCreated,
-    ListenerClosed,
-    Unknown,
-}
+pub use braid_types::event::EventKind as MptcpEventKind;
 
 /// Everything that can happen to the policy.
 #[derive(Debug, Clone)]
@@ -231,18 +217,7 @@ pub struct Decision {
 
 /// Flag names as `ip mptcp` prints them.
 pub fn flag_names(flags: u32) -> String {
-    let mut v = Vec::new();
-    for (bit, n) in [
-        (1, "signal"),
-        (2, "subflow"),
-        (4, "backup"),
-        (8, "fullmesh"),
-    ] {
-        if flags & bit != 0 {
-            v.push(n);
-        }
-    }
-    v.join(" ")
+    braid_types::endpoint::EndpointFlags(flags).to_string()
 }
 
 impl std::fmt::Display for Action {

@@ -354,7 +354,7 @@ fn step() -> impl Strategy<Value = Step> {
             MptcpEventKind::Closed,
             MptcpEventKind::SubEstablished,
             MptcpEventKind::SubClosed,
-            MptcpEventKind::Unknown,
+            MptcpEventKind::Unknown(99),
         ])
         .prop_map(Step::Mptcp),
         8 => (

@@ -599,7 +599,7 @@ fn mptcp_events_are_counted_not_acted_on() {
     for k in [
         MptcpEventKind::Created,
         MptcpEventKind::SubEstablished,
-        MptcpEventKind::Unknown,
+        MptcpEventKind::Unknown(99),
     ] {
         assert!(s.send(Event::Mptcp(k)).is_empty());
     }

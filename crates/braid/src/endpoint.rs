@@ -157,7 +157,7 @@ pub fn parse_new_endpoint(addr: &str, words: &[String]) -> Result<NewEndpoint> {
             "id" => ep.id = Some(parse_id(value_after(&mut it, "id")?)?),
             "dev" => ep.ifindex = Some(ifindex_of(value_after(&mut it, "dev")?)?),
             "port" => ep.port = Some(parse_port(value_after(&mut it, "port")?)?),
-            flag => ep.flags.0 |= EndpointFlags::parse_name(flag)?,
+            flag => ep.flags.0 |= EndpointFlags::parse_name(flag).map_err(Error::Invalid)?,
         }
     }
     Ok(ep)
@@ -258,10 +258,10 @@ pub fn run_endpoint(ctx: &Ctx, cmd: EndpointCmd) -> Result<()> {
             for w in flag_words {
                 match w.strip_prefix("no") {
                     Some(name @ ("backup" | "fullmesh" | "laminar")) => {
-                        flags &= !EndpointFlags::parse_name(name)?
+                        flags &= !EndpointFlags::parse_name(name).map_err(Error::Invalid)?
                     }
                     _ => match w.as_str() {
-                        "backup" | "fullmesh" | "laminar" => flags |= EndpointFlags::parse_name(w)?,
+                        "backup" | "fullmesh" | "laminar" => flags |= EndpointFlags::parse_name(w).map_err(Error::Invalid)?,
                         other => {
                             return Err(Error::Invalid(format!(
                                 "'{other}' cannot be changed on an existing endpoint: only backup, fullmesh and laminar (or nobackup, nofullmesh, nolaminar) can; delete and re-add it to change the rest"

@@ -11,6 +11,7 @@ use crate::config::{glob, Config, Flag, Mode, PathMode, Role};
 use crate::health::{HealthTracker, PathHealth, MIN_WITNESSES, PROBE_AFTER_MIN_MS};
 use crate::model::*;
 use crate::time::{backoff_ms, Clock, Time};
+use braid_types::endpoint::EndpointFlags;
 
 mod modes;
 mod reconcile;
@@ -19,9 +20,9 @@ mod view;
 mod watch;
 
 /// The kernel uses at most this many endpoints per connection.
-pub const KERNEL_MAX_ENDPOINTS: usize = 8;
+pub const KERNEL_MAX_ENDPOINTS: usize = braid_types::endpoint::KERNEL_MAX_LIMIT as usize;
 /// Flags that SET_FLAGS can change on a live endpoint.
-const CHANGEABLE: u32 = 4 | 8;
+const CHANGEABLE: u32 = EndpointFlags::BACKUP | EndpointFlags::FULLMESH;
 const RECENT_DECISIONS: usize = 64;
 /// A limits, sysctl or endpoint-flags write the kernel refused is tried
 /// again after this long (doubled for each further refusal, at most
@@ -690,7 +691,11 @@ impl Policy {
                 return Vec::new();
             }
             Event::Mptcp(kind) => {
-                let name = serde_json_name(kind);
+                // Unknown kinds share one name: the counters' labels stay bounded.
+                let name = match kind {
+                    MptcpEventKind::Unknown(_) => "unknown".to_string(),
+                    known => known.name(),
+                };
                 *self.counters.mptcp_events.entry(name).or_default() += 1;
                 return Vec::new();
             }
@@ -899,21 +904,6 @@ fn switch_cause(problem: &str) -> &'static str {
 fn fmt_rtt(ms: Option<f64>) -> String {
     ms.map(|m| format!("{m:.1} ms"))
         .unwrap_or_else(|| "rtt unknown".into())
-}
-
-fn serde_json_name(kind: MptcpEventKind) -> String {
-    format!("{kind:?}")
-        .chars()
-        .enumerate()
-        .flat_map(|(i, c)| {
-            let mut s = String::new();
-            if c.is_uppercase() && i > 0 {
-                s.push('_');
-            }
-            s.push(c.to_ascii_lowercase());
-            s.chars().collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 #[cfg(test)]
