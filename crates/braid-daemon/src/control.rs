@@ -47,9 +47,32 @@ pub struct Reply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<serde_json::Value>,
+    pub status: Option<DaemonStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal: Option<JournalReply>,
+}
+
+/// The answer to `Request::Status`: what `braid status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub config: std::path::PathBuf,
+    pub uptime_s: u64,
+    /// What works where the daemon runs, and why not.
+    pub features: Vec<crate::features::Feature>,
+    /// Problems the daemon found itself (a corrupt state file kept aside...).
+    pub warnings: Vec<String>,
+    pub health_polls: HealthPolls,
+    pub view: braid_policy::policy::PolicyView,
+}
+
+/// Health polling: how it goes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HealthPolls {
+    pub rounds: u64,
+    pub failed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -3,25 +3,27 @@
 //! the reason, in the status (`braid status` lists it) and the log, once.
 
 use braid_kernel::probe::{self, Method};
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 /// One entry of the status's `features` list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Feature {
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
     pub on: bool,
     /// How it works here, when on.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub how: Option<String>,
     /// Why it is off (or only partly on), with what would turn it on.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
 }
 
 impl Feature {
     pub fn on(name: &'static str, how: impl Into<String>) -> Feature {
         Feature {
-            name,
+            name: Cow::Borrowed(name),
             on: true,
             how: Some(how.into()),
             why: None,
@@ -30,7 +32,7 @@ impl Feature {
 
     pub fn off(name: &'static str, why: impl Into<String>) -> Feature {
         Feature {
-            name,
+            name: Cow::Borrowed(name),
             on: false,
             how: None,
             why: Some(why.into()),

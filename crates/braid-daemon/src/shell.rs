@@ -17,7 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, error, info, warn};
 
 use crate::config_file;
-use crate::control::{self, Answer, JournalReply, Pending, Reply, Request};
+use crate::control::{self, Answer, DaemonStatus, JournalReply, Pending, Reply, Request};
 use crate::crash;
 use crate::features::{Feature, ProbeSupport};
 use crate::journal::{unix_ms_now, Journal, What};
@@ -164,13 +164,7 @@ fn error_kind(e: &braid_kernel::Error) -> String {
 }
 
 /// Health polling: how it goes, for the status.
-#[derive(Default, serde::Serialize)]
-struct HealthPolls {
-    rounds: u64,
-    failed: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last_error: Option<String>,
-}
+pub use crate::control::HealthPolls;
 
 struct Shell {
     policy: Policy,
@@ -337,10 +331,7 @@ impl Shell {
         errors.insert("health_poll", self.health.failed);
         metrics::Snapshot {
             version: env!("CARGO_PKG_VERSION"),
-            mode: match cfg.mode {
-                braid_policy::config::Mode::Client => "client",
-                braid_policy::config::Mode::Server => "server",
-            },
+            mode: cfg.mode.name(),
             path_mode: cfg.policy.mode.name(),
             start_time_seconds: self.started_unix,
             paths: self.metrics.as_ref().map(|m| m.paths()).unwrap_or_default(),
@@ -720,23 +711,23 @@ impl Shell {
         }
         let join = |v: Vec<String>| (!v.is_empty()).then(|| v.join("; "));
         Feature {
-            name: NAME,
+            name: NAME.into(),
             on: !how.is_empty(),
             how: join(how),
             why: join(why),
         }
     }
 
-    fn status(&self) -> serde_json::Value {
-        serde_json::json!({
-            "pid": std::process::id(),
-            "config": self.opts.config_path,
-            "uptime_s": self.start.elapsed().as_secs(),
-            "features": self.features(),
-            "warnings": self.shell_warnings,
-            "health_polls": self.health,
-            "view": self.policy.view(),
-        })
+    fn status(&self) -> DaemonStatus {
+        DaemonStatus {
+            pid: std::process::id(),
+            config: self.opts.config_path.clone(),
+            uptime_s: self.start.elapsed().as_secs(),
+            features: self.features(),
+            warnings: self.shell_warnings.clone(),
+            health_polls: self.health.clone(),
+            view: self.policy.view(),
+        }
     }
 
     fn answer(&mut self, p: Pending) {
@@ -794,15 +785,15 @@ fn humanize(d: Duration) -> String {
 fn log_feature(f: &Feature) {
     match (f.on, &f.why) {
         (true, None) => info!(
-            feature = f.name,
+            feature = %f.name,
             how = f.how.as_deref().unwrap_or(""),
             "feature on"
         ),
         (true, Some(why)) => {
-            warn!(feature = f.name, how = f.how.as_deref().unwrap_or(""), why = %why, "feature partly on")
+            warn!(feature = %f.name, how = f.how.as_deref().unwrap_or(""), why = %why, "feature partly on")
         }
         (false, why) => warn!(
-            feature = f.name,
+            feature = %f.name,
             why = why.as_deref().unwrap_or(""),
             "feature off"
         ),

@@ -13,6 +13,16 @@ pub enum Mode {
     Server,
 }
 
+impl Mode {
+    /// As the configuration spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Client => "client",
+            Mode::Server => "server",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Flag {

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::time::backoff_ms;
 
@@ -30,7 +30,7 @@ pub struct SubflowSample {
 }
 
 /// What the policy knows about one interface's paths.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct PathHealth {
     pub srtt_ms: Option<f64>,
     pub rttvar_ms: Option<f64>,

@@ -43,7 +43,7 @@ impl DefaultRoute {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelEndpoint {
     pub id: u8,
     pub addr: IpAddr,
@@ -51,7 +51,7 @@ pub struct KernelEndpoint {
     pub ifindex: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Limits {
     pub subflows: u32,
     pub add_addr_accepted: u32,

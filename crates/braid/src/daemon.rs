@@ -95,7 +95,7 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<(), Error> {
 }
 
 /// The daemon's view for `braid status`, if a daemon answers.
-pub fn daemon_status(socket: &std::path::Path) -> Option<serde_json::Value> {
+pub fn daemon_status(socket: &std::path::Path) -> Option<control::DaemonStatus> {
     let reply = control::request(socket, &control::Request::Status).ok()?;
     reply.status
 }

@@ -1,6 +1,7 @@
 //! `braid status`: what the kernel's MPTCP is set to, and each problem found
 //! with the exact command that fixes it.
 
+use braid_daemon::control::DaemonStatus;
 use braid_kernel::diag;
 use braid_kernel::pm::{EndpointFlags, Limits, PathManager, KERNEL_MAX_LIMIT};
 use braid_kernel::{sysctl, Error, Result};
@@ -43,7 +44,7 @@ struct Status {
     mptcp_units: Vec<String>,
     /// The daemon's own view, when one answers on the control socket.
     #[serde(skip_serializing_if = "Option::is_none")]
-    daemon: Option<serde_json::Value>,
+    daemon: Option<DaemonStatus>,
     /// A relay or relay client running here (their default status sockets).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     relays: Vec<braid_relay::stats::Status>,
@@ -322,129 +323,117 @@ pub fn run(ctx: &Ctx, socket: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// The daemon's view, from its JSON status.
-fn print_daemon(d: &serde_json::Value) {
-    let v = &d["view"];
+/// The daemon's view, from its status reply.
+fn print_daemon(d: &DaemonStatus) {
+    let v = &d.view;
     println!(
         "daemon          running (pid {}, up {} s, mode {}, config {})",
-        d["pid"],
-        d["uptime_s"],
-        v["mode"].as_str().unwrap_or("?"),
-        d["config"].as_str().unwrap_or("?")
+        d.pid,
+        d.uptime_s,
+        v.mode.name(),
+        d.config.display()
     );
     // What the daemon found it can and cannot do where it runs.
-    if let Some(fs) = d["features"].as_array().filter(|f| !f.is_empty()) {
+    if !d.features.is_empty() {
         println!("features");
-        for f in fs {
-            let on = f["on"].as_bool().unwrap_or(false);
-            let text = [f["how"].as_str(), f["why"].as_str()]
+        for f in &d.features {
+            let text = [f.how.as_deref(), f.why.as_deref()]
                 .into_iter()
                 .flatten()
                 .collect::<Vec<_>>()
                 .join("; ");
             println!(
                 "  {:<4} {}: {text}",
-                if on { "on" } else { "OFF" },
-                f["name"].as_str().unwrap_or("?")
+                if f.on { "on" } else { "OFF" },
+                f.name
             );
         }
     }
-    for w in d["warnings"].as_array().into_iter().flatten() {
-        println!("warning: {}", w.as_str().unwrap_or(""));
+    for w in &d.warnings {
+        println!("warning: {w}");
     }
     // The state names its mode ("handover: ...").
-    match v["path_state"].as_str().filter(|s| !s.is_empty()) {
-        Some(state) => println!("paths           {state}"),
-        None => println!(
+    if v.path_state.is_empty() {
+        println!(
             "paths           {}: no measurements yet",
-            v["path_mode"].as_str().unwrap_or("?")
-        ),
+            v.path_mode.name()
+        );
+    } else {
+        println!("paths           {}", v.path_state);
     }
-    if let Some(h) = v["health"].as_object().filter(|h| !h.is_empty()) {
+    if !v.health.is_empty() {
         println!("health (from subflow tcp_info)");
-        for (name, x) in h {
-            let rtt = x["srtt_ms"]
-                .as_f64()
+        for (name, x) in &v.health {
+            let rtt = x
+                .srtt_ms
                 .map(|r| format!("{r:.1} ms"))
                 .unwrap_or_else(|| "-".into());
-            let stalled = x["stalled_ms"]
-                .as_u64()
+            let stalled = Some(x.stalled_ms)
                 .filter(|s| *s > 0)
                 .map(|s| format!(", no ACK for {s} ms"))
                 .unwrap_or_default();
-            let unreachable = x["unreachable"]
-                .as_str()
+            let unreachable = x
+                .unreachable
+                .as_ref()
                 .map(|why| format!(", {why}"))
                 .unwrap_or_default();
             println!(
                 "  {:<12} rtt {rtt}, loss {:.1} %{}{stalled}{unreachable}, {} subflow(s)",
                 name,
-                x["loss"].as_f64().unwrap_or(0.0) * 100.0,
-                if x["lossy"] == true { " (lossy)" } else { "" },
-                x["subflows"]
+                x.loss * 100.0,
+                if x.lossy { " (lossy)" } else { "" },
+                x.subflows
             );
         }
     }
-    if let Some(ifs) = v["interfaces"].as_array() {
+    if !v.interfaces.is_empty() {
         println!("interfaces");
-        for i in ifs {
-            let state = match (i["up"].as_bool(), i["carrier"].as_bool()) {
-                (Some(true), Some(true)) => "up",
-                (Some(true), _) => "no-carrier",
+        for i in &v.interfaces {
+            let state = match (i.up, i.carrier) {
+                (true, true) => "up",
+                (true, false) => "no-carrier",
                 _ => "down",
             };
-            let initcwnd = i["standby_initcwnd"]
-                .as_u64()
+            let initcwnd = i
+                .standby_initcwnd
                 .map(|w| format!(", standby: routes initcwnd {w}"))
                 .unwrap_or_default();
-            println!(
-                "  {:<12} {:<10} {}{initcwnd}",
-                i["name"].as_str().unwrap_or("?"),
-                state,
-                i["role"].as_str().unwrap_or("")
-            );
-            for a in i["addresses"].as_array().into_iter().flatten() {
-                let ep = a["endpoint_id"]
-                    .as_u64()
+            println!("  {:<12} {:<10} {}{initcwnd}", i.name, state, i.role);
+            for a in &i.addresses {
+                let ep = a
+                    .endpoint_id
                     .map(|id| format!(" (endpoint id {id})"))
                     .unwrap_or_default();
-                println!(
-                    "      {}/{}  {}{}",
-                    a["ip"].as_str().unwrap_or("?"),
-                    a["prefix_len"],
-                    a["why"].as_str().unwrap_or(""),
-                    ep
-                );
+                println!("      {}/{}  {}{}", a.ip, a.prefix_len, a.why, ep);
             }
         }
     }
-    if let Some(w) = v["warnings"].as_array() {
-        for x in w {
-            println!("warning: {}", x.as_str().unwrap_or(""));
+    for w in &v.warnings {
+        println!("warning: {w}");
+    }
+    let ds = &v.recent_decisions;
+    if !ds.is_empty() {
+        println!("recent decisions");
+        for x in &ds[ds.len().saturating_sub(10)..] {
+            let err = x
+                .error
+                .as_ref()
+                .map(|e| format!("  FAILED: {e}"))
+                .unwrap_or_default();
+            println!(
+                "  +{:.1}s {}: {}{}",
+                x.at_ms as f64 / 1000.0,
+                x.action,
+                x.reason,
+                err
+            );
         }
     }
-    if let Some(ds) = v["recent_decisions"].as_array() {
-        if !ds.is_empty() {
-            println!("recent decisions");
-            for x in ds.iter().rev().take(10).rev() {
-                let err = x["error"]
-                    .as_str()
-                    .map(|e| format!("  FAILED: {e}"))
-                    .unwrap_or_default();
-                println!(
-                    "  +{:.1}s {}: {}{}",
-                    x["at_ms"].as_f64().unwrap_or(0.0) / 1000.0,
-                    x["action"].as_str().unwrap_or(""),
-                    x["reason"].as_str().unwrap_or(""),
-                    err
-                );
-            }
-        }
-    }
-    let c = &v["counters"];
+    let c = &v.counters;
+    let mptcp = serde_json::to_string(&c.mptcp_events).unwrap_or_default();
     println!(
-        "events          {} link, {} address, {} route, {} resyncs, {} reloads, {} actions ({} failed), {} path probes ({} unanswered), MPTCP {}",
-        c["link_events"], c["address_events"], c["route_events"], c["resyncs"], c["reloads"], c["actions"], c["failed_actions"],
-        c["probes"], c["probes_unanswered"], c["mptcp_events"]
+        "events          {} link, {} address, {} route, {} resyncs, {} reloads, {} actions ({} failed), {} path probes ({} unanswered), MPTCP {mptcp}",
+        c.link_events, c.address_events, c.route_events, c.resyncs, c.reloads, c.actions, c.failed_actions,
+        c.probes, c.probes_unanswered
     );
 }

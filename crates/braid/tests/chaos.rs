@@ -490,10 +490,13 @@ impl Daemon {
         }
     }
 
+    /// The status as JSON, the shape `braid --json status` shows.
     fn status(&self) -> Option<Value> {
-        braid_daemon::control::request(&self.socket, &braid_daemon::control::Request::Status)
-            .ok()?
-            .status
+        let s =
+            braid_daemon::control::request(&self.socket, &braid_daemon::control::Request::Status)
+                .ok()?
+                .status?;
+        serde_json::to_value(s).ok()
     }
 }
 

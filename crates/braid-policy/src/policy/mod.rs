@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{glob, Config, Flag, Mode, PathMode, Role};
 use crate::health::{HealthTracker, PathHealth, MIN_WITNESSES, PROBE_AFTER_MIN_MS};
@@ -41,7 +41,7 @@ const MISSING_SUBFLOW_MS: u64 = 1000;
 const REJOIN_FIRST_MS: u64 = 2000;
 const REJOIN_MAX_MS: u64 = 300_000;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoggedDecision {
     pub at_ms: u64,
     pub action: String,
@@ -50,7 +50,7 @@ pub struct LoggedDecision {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Counters {
     pub link_events: u64,
     pub address_events: u64,
@@ -115,7 +115,7 @@ pub struct PathView {
 }
 
 /// Why an address is, or is not, an endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AddressView {
     pub ip: IpAddr,
     pub prefix_len: u8,
@@ -124,7 +124,7 @@ pub struct AddressView {
     pub endpoint_id: Option<u8>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InterfaceView {
     pub index: u32,
     pub name: String,
@@ -139,7 +139,7 @@ pub struct InterfaceView {
     pub standby_initcwnd: Option<u32>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PolicyView {
     pub mode: Mode,
     pub path_mode: PathMode,
