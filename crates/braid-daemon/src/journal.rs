@@ -42,10 +42,18 @@ pub enum What {
     Mptcp { event: MptcpEvent },
     /// A change the daemon saw (link, address, route, probe answer, reload).
     Change { text: String },
-    /// What the daemon did, and why.
-    Decision { action: Action, reason: String },
-    /// An action the kernel refused.
-    Refused { action: Action, error: String },
+    /// What the daemon did, and why; `id` numbers the daemon's decisions.
+    Decision {
+        id: u64,
+        action: Action,
+        reason: String,
+    },
+    /// The action of decision `id`, refused by the kernel.
+    Refused {
+        id: u64,
+        action: Action,
+        error: String,
+    },
     /// About the daemon itself: events lost, a resynchronisation.
     Note { text: String },
     /// A follower read too slowly and missed this many entries.
@@ -193,6 +201,7 @@ mod tests {
             seq: 7,
             unix_ms: 1,
             what: What::Decision {
+                id: 12,
                 action: Action::RemoveEndpoint {
                     id: 3,
                     addr: "10.0.0.1".parse().unwrap(),

@@ -130,6 +130,8 @@ impl From<braid_kernel::Error> for Failure {
 
 /// What a probe started by `Action::ProbePath` found.
 struct ProbeOutcome {
+    /// The decision that sent the probe.
+    id: u64,
     action: Action,
     result: braid_kernel::Result<Option<Duration>>,
 }
@@ -265,6 +267,7 @@ impl Shell {
             self.journal.record(
                 unix_ms_now(),
                 What::Decision {
+                    id: d.id,
                     action: d.action.clone(),
                     reason: d.reason.clone(),
                 },
@@ -272,7 +275,7 @@ impl Shell {
             let kind = metrics::action_name(&d.action);
             *self.tallies.decisions.entry(kind).or_default() += 1;
             crash::around("before", &d.action);
-            let result = self.execute(&d.action);
+            let result = self.execute(&d.action, d.id);
             crash::around("after", &d.action);
             if let Err(f) = result {
                 *self.tallies.failed.entry(kind).or_default() += 1;
@@ -284,6 +287,7 @@ impl Shell {
                 self.journal.record(
                     unix_ms_now(),
                     What::Refused {
+                        id: d.id,
                         action: d.action.clone(),
                         error: f.error.clone(),
                     },
@@ -291,6 +295,7 @@ impl Shell {
                 let now = self.now_ms();
                 self.policy.handle(
                     Event::ActionFailed {
+                        id: d.id,
                         action: d.action.clone(),
                         error: f.error,
                     },
@@ -439,7 +444,7 @@ impl Shell {
         self.warnings = now;
     }
 
-    fn execute(&mut self, a: &Action) -> Result<(), Failure> {
+    fn execute(&mut self, a: &Action, id: u64) -> Result<(), Failure> {
         match a {
             Action::AddEndpoint {
                 id,
@@ -489,7 +494,7 @@ impl Shell {
                     let result =
                         braid_kernel::probe::echo_with(method, local, remote, ifindex, timeout)
                             .await;
-                    let _ = tx.send(ProbeOutcome { action, result });
+                    let _ = tx.send(ProbeOutcome { id, action, result });
                 });
             }
             Action::SetRouteInitcwnd {
@@ -555,6 +560,7 @@ impl Shell {
                 let now = self.now_ms();
                 self.policy.handle(
                     Event::ActionFailed {
+                        id: o.id,
                         action: o.action,
                         error: e.to_string(),
                     },

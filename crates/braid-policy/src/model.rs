@@ -86,8 +86,10 @@ pub enum Event {
         remote: IpAddr,
         rtt_ms: Option<f64>,
     },
-    /// An action the shell could not carry out.
+    /// An action the shell could not carry out: decision `id` (0 if it
+    /// came from no numbered decision).
     ActionFailed {
+        id: u64,
         action: Action,
         error: String,
     },
@@ -210,6 +212,9 @@ pub enum Action {
 /// An action and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
+    /// Numbered by the policy from 1 in the order decided (0 until
+    /// `Policy::handle` returns it); a failure report names it.
+    pub id: u64,
     #[serde(flatten)]
     pub action: Action,
     pub reason: String,

@@ -570,6 +570,7 @@ fn run(initial: Config, adopted: Vec<u8>, steps: Vec<(i64, Step)>) -> Result<(),
                 }
                 failed = Some((action.clone(), b + 1 == batches.len()));
                 Event::ActionFailed {
+                    id: 0,
                     action,
                     error: "Invalid argument (os error 22)".into(),
                 }

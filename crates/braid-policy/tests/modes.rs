@@ -499,6 +499,7 @@ fn a_refused_window_is_a_warning_and_is_retried_when_the_route_changes() {
     s.at(
         5,
         Event::ActionFailed {
+            id: 0,
             action: set,
             error: "Operation not permitted (EPERM)".into(),
         },

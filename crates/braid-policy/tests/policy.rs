@@ -500,14 +500,15 @@ fn more_addresses_than_the_kernel_uses() {
 fn a_refused_endpoint_is_not_retried_until_something_changes() {
     let mut s = Sim::new(Config::default());
     let ds = s.snapshot(vec![]);
-    let failed = ds
+    let decision = ds
         .iter()
         .find(|d| matches!(d.action, Action::AddEndpoint { .. }))
-        .unwrap()
-        .action
-        .clone();
+        .unwrap();
+    let (failed, failed_id) = (decision.action.clone(), decision.id);
+    assert_ne!(failed_id, 0, "decisions are numbered");
     assert!(s
         .send(Event::ActionFailed {
+            id: failed_id,
             action: failed.clone(),
             error: "EINVAL".into()
         })
@@ -552,6 +553,7 @@ fn a_late_failure_report_does_not_disown_a_reused_id() {
         ifindex: Some(2),
     };
     s.send(Event::ActionFailed {
+        id: 0,
         action: stale,
         error: "EEXIST".into(),
     });

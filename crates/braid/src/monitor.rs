@@ -200,8 +200,8 @@ fn print_entry(ctx: &Ctx, e: &Entry, ifs: &mut Option<Interfaces>) {
     let (kind, text) = match &e.what {
         What::Mptcp { event } => return print_event(ctx, time, event, ifs),
         What::Change { text } => ("change", text.clone()),
-        What::Decision { action, reason } => ("decision", format!("{action}: {reason}")),
-        What::Refused { action, error } => ("refused", format!("{action}: {error}")),
+        What::Decision { id, action, reason } => ("decision", format!("#{id} {action}: {reason}")),
+        What::Refused { id, action, error } => ("refused", format!("#{id} {action}: {error}")),
         What::Note { text } => ("note", text.clone()),
         What::Missed { count } => (
             "missed",

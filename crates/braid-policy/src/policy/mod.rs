@@ -43,6 +43,7 @@ const REJOIN_MAX_MS: u64 = 300_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoggedDecision {
+    pub id: u64,
     pub at_ms: u64,
     pub action: String,
     pub reason: String,
@@ -183,6 +184,8 @@ pub struct Policy {
     stopping: bool,
     counters: Counters,
     recent: VecDeque<LoggedDecision>,
+    /// The id of the last decision returned (see `Decision::id`).
+    last_decision_id: u64,
     clock: Clock,
     /// Carrier history per interface, for the debounce of returning carrier.
     carrier: BTreeMap<u32, CarrierState>,
@@ -373,6 +376,7 @@ impl Policy {
             stopping: false,
             counters: Counters::default(),
             recent: VecDeque::new(),
+            last_decision_id: 0,
             clock: Clock::default(),
             carrier: BTreeMap::new(),
             usable_since: BTreeMap::new(),
@@ -677,15 +681,10 @@ impl Policy {
                 self.limits_refused = None;
                 self.cflag_refused = None;
             }
-            Event::ActionFailed { action, error } => {
+            Event::ActionFailed { id, action, error } => {
                 self.counters.failed_actions += 1;
                 self.undo(&action, &error);
-                if let Some(d) = self
-                    .recent
-                    .iter_mut()
-                    .rev()
-                    .find(|d| d.action == action.to_string())
-                {
+                if let Some(d) = self.recent.iter_mut().rev().find(|d| id != 0 && d.id == id) {
                     d.error = Some(error);
                 }
                 return Vec::new();
@@ -713,12 +712,15 @@ impl Policy {
             self.reconcile()
         };
         decisions.append(&mut self.probes_pending);
-        for d in &decisions {
+        for d in &mut decisions {
+            self.last_decision_id += 1;
+            d.id = self.last_decision_id;
             self.counters.actions += 1;
             if self.recent.len() == RECENT_DECISIONS {
                 self.recent.pop_front();
             }
             self.recent.push_back(LoggedDecision {
+                id: d.id,
                 at_ms: now_ms,
                 action: d.action.to_string(),
                 reason: d.reason.clone(),
@@ -882,6 +884,7 @@ fn probe_decision(
     reason: String,
 ) -> Decision {
     Decision {
+        id: 0,
         action: Action::ProbePath {
             ifindex,
             local,

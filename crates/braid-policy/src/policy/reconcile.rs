@@ -252,6 +252,7 @@ impl Policy {
                         )
                     });
                     out.push(Decision {
+                        id: 0,
                         action: Action::SetEndpointFlags {
                             id: e.id,
                             addr: e.addr,
@@ -337,6 +338,7 @@ impl Policy {
                 });
                 self.limits = Some(want);
                 let d = Decision {
+                    id: 0,
                     action: Action::SetLimits {
                         subflows: want.subflows,
                         add_addr_accepted: want.add_addr_accepted,
@@ -373,6 +375,7 @@ impl Policy {
                     "server.deny_join_initial_address was turned off"
                 };
                 out.push(Decision {
+                    id: 0,
                     action: Action::SetSysctl {
                         name: "net.mptcp.allow_join_initial_addr_port".into(),
                         value: if deny { "0" } else { "1" }.into(),
@@ -430,6 +433,7 @@ impl Policy {
         );
         self.owned.insert(id);
         out.push(Decision {
+            id: 0,
             action: Action::AddEndpoint {
                 id,
                 addr: w.addr,
@@ -445,6 +449,7 @@ impl Policy {
         self.kernel.remove(&e.id);
         self.owned.remove(&e.id);
         out.push(Decision {
+            id: 0,
             action: Action::RemoveEndpoint {
                 id: e.id,
                 addr: e.addr,
@@ -464,6 +469,7 @@ impl Policy {
         for id in ids {
             if let Some(e) = self.kernel.remove(&id) {
                 out.push(Decision {
+                    id: 0,
                     action: Action::RemoveEndpoint { id, addr: e.addr },
                     reason: "the daemon is stopping (endpoints.remove_on_stop = true)".into(),
                 });

@@ -62,6 +62,7 @@ impl Policy {
                 ..r
             });
             out.push(Decision {
+                id: 0,
                 action: Action::SetRouteInitcwnd {
                     ifindex: r.ifindex,
                     table: r.table,

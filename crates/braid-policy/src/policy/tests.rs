@@ -111,6 +111,7 @@ fn a_probe_that_could_not_be_sent_is_sent_again() {
     assert!(probes(&ds).is_empty(), "{ds:?}");
     p.handle(
         Event::ActionFailed {
+            id: 0,
             action: sent[0].clone(),
             error: "Network is unreachable".into(),
         },
@@ -146,6 +147,7 @@ fn a_failed_stall_probe_is_no_longer_under_way() {
     assert_eq!(sent.len(), 1, "{ds:?}");
     p.handle(
         Event::ActionFailed {
+            id: 0,
             action: sent[0].clone(),
             error: "Network is unreachable".into(),
         },
