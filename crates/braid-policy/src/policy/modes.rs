@@ -154,282 +154,306 @@ impl Policy {
     /// Set the backup bit of each wanted endpoint for handover or interactive.
     pub(super) fn apply_path_mode(&mut self, wanted: &mut [Want]) {
         self.mode_reasons.clear();
-        let backup = Flag::Backup.bit();
-        let pc = self.config.policy.clone();
-        let now = self.clock.now();
-        match pc.mode {
+        match self.config.policy.mode {
             PathMode::Aggregate => {
                 self.path_state = "aggregate: every usable path carries traffic".into();
             }
-            PathMode::Handover => {
-                let roles: Vec<Role> = wanted.iter().map(|w| self.role_of(w)).collect();
-                let primaries: Vec<usize> = (0..wanted.len())
-                    .filter(|i| roles[*i] == Role::Primary)
-                    .collect();
-                if primaries.len() == wanted.len() {
-                    self.failed_over = false;
-                    self.path_state = "handover: no secondary path to hand over to".into();
-                    return;
-                }
-                let healthy: Vec<usize> = primaries
-                    .iter()
-                    .copied()
-                    .filter(|i| {
-                        self.path_problem(self.ifindex_of(wanted[*i].addr))
-                            .is_none()
-                    })
-                    .collect();
-                // Healthy for hold_ms; or, when no connection has a subflow
-                // on it to measure (it came back while traffic was
-                // elsewhere and the kernel opened none), usable for hold_ms:
-                // no evidence against it, as on a fresh start.
-                let held = healthy.iter().any(|i| {
-                    let h = self
-                        .ifindex_of(wanted[*i].addr)
-                        .and_then(|x| self.health.paths.get(&x));
-                    match h.filter(|h| h.measured()) {
-                        Some(h) => h
-                            .healthy_since_ms
-                            .is_some_and(|t| now.since(Time::from_ms(t)) >= pc.hold_ms),
-                        None => self
-                            .usable_since
-                            .get(&wanted[*i].addr)
-                            .is_some_and(|t| now.since(*t) >= pc.hold_ms),
-                    }
-                });
-                let why_down = if primaries.is_empty() {
-                    "no primary path is usable".to_string()
-                } else {
-                    primaries
-                        .iter()
-                        .map(|i| {
-                            let w = &wanted[*i];
-                            format!(
-                                "{} {}",
-                                w.iface,
-                                self.path_problem(self.ifindex_of(w.addr))
-                                    .unwrap_or_else(|| "not healthy long enough".into())
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                };
-                let mut failed = if self.failed_over {
-                    !held
-                } else {
-                    healthy.is_empty()
-                };
-                // A usable primary measured as failing: a switch made on
-                // measurements, which the rate limit may hold back. A
-                // primary that is gone (carrier, address, route) is left at
-                // once, always.
-                let mut held_back = None;
-                if failed && !self.failed_over && !primaries.is_empty() {
-                    match self.handover_budget() {
-                        Ok(()) => self.spend_handover(),
-                        Err(why) => {
-                            failed = false;
-                            held_back = Some(why);
-                        }
-                    }
-                }
-                let reason = if let Some(why) = held_back {
-                    let reason = format!("handover: {why_down}; the primary keeps traffic: {why}");
-                    self.hold_back_handover(why);
-                    reason
-                } else if failed {
-                    format!("handover: {why_down}; the secondary takes over")
-                } else if self.failed_over {
-                    format!("handover: the primary has been healthy for {} ms; it takes traffic back, the secondary stands by", pc.hold_ms)
-                } else {
-                    format!(
-                        "handover: the primary is healthy; it carries traffic, the secondary stands by{}",
-                        self.unconfirmed_problems(wanted)
-                    )
-                };
-                // The first decision (no path state yet) is no switch: a
-                // daemon starting with only secondaries usable moved nothing.
-                if failed && !self.failed_over && !self.path_state.is_empty() {
-                    let cause = if primaries.is_empty() {
-                        "path_gone"
-                    } else {
-                        primaries
-                            .iter()
-                            .find_map(|i| self.path_problem(self.ifindex_of(wanted[*i].addr)))
-                            .map_or("unhealthy", |p| switch_cause(&p))
-                    };
-                    self.count_switch(cause);
-                } else if !failed && self.failed_over {
-                    self.count_switch("recovered");
-                }
-                self.failed_over = failed;
-                self.path_state = reason.clone();
-                for (i, w) in wanted.iter_mut().enumerate() {
-                    let standby = (roles[i] == Role::Primary) == failed;
-                    w.flags = if standby {
-                        w.flags | backup
-                    } else {
-                        w.flags & !backup
-                    };
-                    self.mode_reasons.insert(w.addr, reason.clone());
+            PathMode::Handover => self.apply_handover(wanted),
+            PathMode::Interactive => self.apply_interactive(wanted),
+        }
+    }
+
+    /// Handover: the primaries carry traffic while one is healthy, the
+    /// secondaries stand by; the other way round when none is.
+    fn apply_handover(&mut self, wanted: &mut [Want]) {
+        let roles: Vec<Role> = wanted.iter().map(|w| self.role_of(w)).collect();
+        let primaries: Vec<usize> = (0..wanted.len())
+            .filter(|i| roles[*i] == Role::Primary)
+            .collect();
+        if primaries.len() == wanted.len() {
+            self.failed_over = false;
+            self.path_state = "handover: no secondary path to hand over to".into();
+            return;
+        }
+        let healthy: Vec<usize> = primaries
+            .iter()
+            .copied()
+            .filter(|i| {
+                self.path_problem(self.ifindex_of(wanted[*i].addr))
+                    .is_none()
+            })
+            .collect();
+        let held = healthy.iter().any(|i| self.primary_held(&wanted[*i]));
+        let why_down = self.why_primaries_fail(wanted, &primaries);
+        let mut failed = if self.failed_over {
+            !held
+        } else {
+            healthy.is_empty()
+        };
+        // A usable primary measured as failing: a switch made on
+        // measurements, which the rate limit may hold back. A primary that
+        // is gone (carrier, address, route) is left at once, always.
+        let mut held_back = None;
+        if failed && !self.failed_over && !primaries.is_empty() {
+            match self.handover_budget() {
+                Ok(()) => self.spend_handover(),
+                Err(why) => {
+                    failed = false;
+                    held_back = Some(why);
                 }
             }
-            PathMode::Interactive => {
-                let mut paths: Vec<Candidate> = Vec::new();
-                for w in wanted.iter() {
-                    let Some(i) = self.ifindex_of(w.addr) else {
-                        continue;
-                    };
-                    if paths.iter().any(|p| p.ifindex == i) {
-                        continue;
-                    }
-                    let h = self.health.paths.get(&i);
-                    paths.push(Candidate {
-                        ifindex: i,
-                        srtt: h.and_then(|h| h.srtt_ms),
-                        problem: self.path_problem(Some(i)),
-                        healthy_since: h.and_then(|h| h.healthy_since_ms),
-                    });
-                }
-                let healthy: Vec<&Candidate> =
-                    paths.iter().filter(|p| p.problem.is_none()).collect();
-                if healthy.is_empty() {
-                    self.active_path = None;
-                    self.path_state =
-                        "interactive: no healthy path; every path carries traffic".into();
-                    return;
-                }
-                let rtt = |p: &Candidate| p.srtt.unwrap_or(f64::MAX);
-                let Some(best) = healthy
+        }
+        let reason = if let Some(why) = held_back {
+            let reason = format!("handover: {why_down}; the primary keeps traffic: {why}");
+            self.hold_back_handover(why);
+            reason
+        } else if failed {
+            format!("handover: {why_down}; the secondary takes over")
+        } else if self.failed_over {
+            format!(
+                "handover: the primary has been healthy for {} ms; it takes traffic back, the secondary stands by",
+                self.config.policy.hold_ms
+            )
+        } else {
+            format!(
+                "handover: the primary is healthy; it carries traffic, the secondary stands by{}",
+                self.unconfirmed_problems(wanted)
+            )
+        };
+        // The first decision (no path state yet) is no switch: a daemon
+        // starting with only secondaries usable moved nothing.
+        if failed && !self.failed_over && !self.path_state.is_empty() {
+            let cause = if primaries.is_empty() {
+                "path_gone"
+            } else {
+                primaries
                     .iter()
-                    .min_by(|a, b| rtt(a).total_cmp(&rtt(b)))
-                    .map(|b| (*b).clone())
-                else {
-                    return;
-                };
-                let links = self.links.clone();
-                let name = |i: u32| link_name(&links, i);
-                let current = self
-                    .active_path
-                    .and_then(|a| paths.iter().find(|p| p.ifindex == a).cloned());
-                let informed = self.active_informed;
-                let unconfirmed = self.unconfirmed_problems(wanted);
-                let (active, reason) = match current {
-                    Some(cur) if !informed && cur.problem.is_none() && best.srtt.is_some() => (
+                    .find_map(|i| self.path_problem(self.ifindex_of(wanted[*i].addr)))
+                    .map_or("unhealthy", |p| switch_cause(&p))
+            };
+            self.count_switch(cause);
+        } else if !failed && self.failed_over {
+            self.count_switch("recovered");
+        }
+        self.failed_over = failed;
+        self.path_state = reason.clone();
+        for (i, w) in wanted.iter_mut().enumerate() {
+            let standby = (roles[i] == Role::Primary) == failed;
+            self.set_standby(w, standby, &reason);
+        }
+    }
+
+    /// A healthy primary has been so for `hold_ms`; or, when no connection
+    /// has a subflow on it to measure (it came back while traffic was
+    /// elsewhere and the kernel opened none), usable for `hold_ms`: no
+    /// evidence against it, as on a fresh start.
+    fn primary_held(&self, w: &Want) -> bool {
+        let now = self.clock.now();
+        let hold_ms = self.config.policy.hold_ms;
+        let h = self
+            .ifindex_of(w.addr)
+            .and_then(|x| self.health.paths.get(&x));
+        match h.filter(|h| h.measured()) {
+            Some(h) => h
+                .healthy_since_ms
+                .is_some_and(|t| now.since(Time::from_ms(t)) >= hold_ms),
+            None => self
+                .usable_since
+                .get(&w.addr)
+                .is_some_and(|t| now.since(*t) >= hold_ms),
+        }
+    }
+
+    /// Why the primaries cannot (or cannot yet) carry traffic.
+    fn why_primaries_fail(&self, wanted: &[Want], primaries: &[usize]) -> String {
+        if primaries.is_empty() {
+            return "no primary path is usable".to_string();
+        }
+        primaries
+            .iter()
+            .map(|i| {
+                let w = &wanted[*i];
+                format!(
+                    "{} {}",
+                    w.iface,
+                    self.path_problem(self.ifindex_of(w.addr))
+                        .unwrap_or_else(|| "not healthy long enough".into())
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// The backup bit of `w` for the mode's choice, and why.
+    fn set_standby(&mut self, w: &mut Want, standby: bool, reason: &str) {
+        let backup = Flag::Backup.bit();
+        w.flags = if standby {
+            w.flags | backup
+        } else {
+            w.flags & !backup
+        };
+        self.mode_reasons.insert(w.addr, reason.to_string());
+    }
+
+    /// Interactive: the healthy path with the lowest RTT carries traffic,
+    /// the others stand by; a switch needs a clearly better path (or the
+    /// active one failing) and is rate-limited.
+    fn apply_interactive(&mut self, wanted: &mut [Want]) {
+        let paths = self.candidates(wanted);
+        let rtt = |p: &Candidate| p.srtt.unwrap_or(f64::MAX);
+        let Some(best) = paths
+            .iter()
+            .filter(|p| p.problem.is_none())
+            .min_by(|a, b| rtt(a).total_cmp(&rtt(b)))
+            .cloned()
+        else {
+            self.active_path = None;
+            self.path_state = "interactive: no healthy path; every path carries traffic".into();
+            return;
+        };
+        let current = self
+            .active_path
+            .and_then(|a| paths.iter().find(|p| p.ifindex == a).cloned());
+        let unconfirmed = self.unconfirmed_problems(wanted);
+        let (active, reason) = self.choose_interactive(current, &best);
+        if let Some(cur) = self.active_path.filter(|c| *c != active) {
+            let cause = match paths.iter().find(|p| p.ifindex == cur) {
+                None => "path_gone",
+                Some(p) => p.problem.as_deref().map_or("rtt", switch_cause),
+            };
+            self.count_switch(cause);
+        }
+        if self.handover_held.is_none() {
+            self.active_reason = reason.clone();
+        }
+        let reason = format!("{reason}{unconfirmed}");
+        if self.active_path != Some(active) {
+            self.last_switch = self.clock.now();
+        }
+        self.active_informed = paths
+            .iter()
+            .find(|p| p.ifindex == active)
+            .is_some_and(|p| p.srtt.is_some());
+        self.active_path = Some(active);
+        self.path_state = reason.clone();
+        for w in wanted.iter_mut() {
+            let standby = self.ifindex_of(w.addr) != Some(active);
+            self.set_standby(w, standby, &reason);
+        }
+    }
+
+    /// One candidate per interface of the wanted endpoints, with its health.
+    fn candidates(&self, wanted: &[Want]) -> Vec<Candidate> {
+        let mut paths: Vec<Candidate> = Vec::new();
+        for w in wanted {
+            let Some(i) = self.ifindex_of(w.addr) else {
+                continue;
+            };
+            if paths.iter().any(|p| p.ifindex == i) {
+                continue;
+            }
+            let h = self.health.paths.get(&i);
+            paths.push(Candidate {
+                ifindex: i,
+                srtt: h.and_then(|h| h.srtt_ms),
+                problem: self.path_problem(Some(i)),
+                healthy_since: h.and_then(|h| h.healthy_since_ms),
+            });
+        }
+        paths
+    }
+
+    /// Which interface carries traffic, given the one that does (if any)
+    /// and the best healthy one, and why.
+    fn choose_interactive(
+        &mut self,
+        current: Option<Candidate>,
+        best: &Candidate,
+    ) -> (u32, String) {
+        let pc = self.config.policy.clone();
+        let now = self.clock.now();
+        let links = self.links.clone();
+        let name = |i: u32| link_name(&links, i);
+        let rtt = |p: &Candidate| p.srtt.unwrap_or(f64::MAX);
+        let lowest = || {
+            (
+                best.ifindex,
+                format!(
+                    "interactive: {} has the lowest RTT ({})",
+                    name(best.ifindex),
+                    fmt_rtt(best.srtt)
+                ),
+            )
+        };
+        let cur = match current {
+            None => return lowest(),
+            Some(cur) if !self.active_informed && cur.problem.is_none() && best.srtt.is_some() => {
+                return lowest()
+            }
+            Some(cur) => cur,
+        };
+        // Switches made on measurements: the rate limit may hold them back.
+        if let Some(problem) = cur.problem.clone() {
+            return match self.handover_budget() {
+                Ok(()) => {
+                    self.spend_handover();
+                    (
                         best.ifindex,
                         format!(
-                            "interactive: {} has the lowest RTT ({})",
-                            name(best.ifindex),
-                            fmt_rtt(best.srtt)
-                        ),
-                    ),
-                    None => (
-                        best.ifindex,
-                        format!(
-                            "interactive: {} has the lowest RTT ({})",
-                            name(best.ifindex),
-                            fmt_rtt(best.srtt)
-                        ),
-                    ),
-                    // Switches made on measurements: the rate limit may
-                    // hold them back.
-                    Some(cur) if cur.problem.is_some() => {
-                        let problem = cur.problem.clone().unwrap_or_default();
-                        match self.handover_budget() {
-                            Ok(()) => {
-                                self.spend_handover();
-                                (
-                                    best.ifindex,
-                                    format!(
-                                        "interactive: {} is {problem}; switching to {} ({})",
-                                        name(cur.ifindex),
-                                        name(best.ifindex),
-                                        fmt_rtt(best.srtt)
-                                    ),
-                                )
-                            }
-                            Err(why) => {
-                                let reason = format!(
-                                    "interactive: {} is {problem}; it keeps traffic: {why}",
-                                    name(cur.ifindex)
-                                );
-                                self.hold_back_handover(why);
-                                (cur.ifindex, reason)
-                            }
-                        }
-                    }
-                    Some(cur) => {
-                        let better = best.ifindex != cur.ifindex
-                            && rtt(&cur) > rtt(&best) * pc.rtt_ratio + pc.rtt_margin_ms as f64
-                            && best
-                                .healthy_since
-                                .is_some_and(|t| now.since(Time::from_ms(t)) >= pc.hold_ms)
-                            && now.since(self.last_switch) >= pc.hold_ms;
-                        let why = format!(
-                            "interactive: {} RTT {} is over {}x{} + {} ms of {}",
+                            "interactive: {} is {problem}; switching to {} ({})",
                             name(cur.ifindex),
-                            fmt_rtt(cur.srtt),
-                            pc.rtt_ratio,
-                            fmt_rtt(best.srtt),
-                            pc.rtt_margin_ms,
-                            name(best.ifindex)
-                        );
-                        if !better {
-                            // Nothing new: the reason it was chosen stands.
-                            let kept = if self.active_reason.is_empty() {
-                                format!(
-                                    "interactive: {} carries traffic ({})",
-                                    name(cur.ifindex),
-                                    fmt_rtt(cur.srtt)
-                                )
-                            } else {
-                                self.active_reason.clone()
-                            };
-                            (cur.ifindex, kept)
-                        } else {
-                            match self.handover_budget() {
-                                Ok(()) => {
-                                    self.spend_handover();
-                                    (best.ifindex, format!("{why}; switching"))
-                                }
-                                Err(held) => {
-                                    let reason = format!("{why}; staying: {held}");
-                                    self.hold_back_handover(held);
-                                    (cur.ifindex, reason)
-                                }
-                            }
-                        }
-                    }
-                };
-                if let Some(cur) = self.active_path.filter(|c| *c != active) {
-                    let cause = match paths.iter().find(|p| p.ifindex == cur) {
-                        None => "path_gone",
-                        Some(p) => p.problem.as_deref().map_or("rtt", switch_cause),
-                    };
-                    self.count_switch(cause);
+                            name(best.ifindex),
+                            fmt_rtt(best.srtt)
+                        ),
+                    )
                 }
-                if self.handover_held.is_none() {
-                    self.active_reason = reason.clone();
+                Err(why) => {
+                    let reason = format!(
+                        "interactive: {} is {problem}; it keeps traffic: {why}",
+                        name(cur.ifindex)
+                    );
+                    self.hold_back_handover(why);
+                    (cur.ifindex, reason)
                 }
-                let reason = format!("{reason}{unconfirmed}");
-                if self.active_path != Some(active) {
-                    self.last_switch = now;
-                }
-                self.active_informed = paths
-                    .iter()
-                    .find(|p| p.ifindex == active)
-                    .is_some_and(|p| p.srtt.is_some());
-                self.active_path = Some(active);
-                self.path_state = reason.clone();
-                for w in wanted.iter_mut() {
-                    let on = self.ifindex_of(w.addr) == Some(active);
-                    w.flags = if on {
-                        w.flags & !backup
-                    } else {
-                        w.flags | backup
-                    };
-                    self.mode_reasons.insert(w.addr, reason.clone());
-                }
+            };
+        }
+        let better = best.ifindex != cur.ifindex
+            && rtt(&cur) > rtt(best) * pc.rtt_ratio + pc.rtt_margin_ms as f64
+            && best
+                .healthy_since
+                .is_some_and(|t| now.since(Time::from_ms(t)) >= pc.hold_ms)
+            && now.since(self.last_switch) >= pc.hold_ms;
+        if !better {
+            // Nothing new: the reason it was chosen stands.
+            let kept = if self.active_reason.is_empty() {
+                format!(
+                    "interactive: {} carries traffic ({})",
+                    name(cur.ifindex),
+                    fmt_rtt(cur.srtt)
+                )
+            } else {
+                self.active_reason.clone()
+            };
+            return (cur.ifindex, kept);
+        }
+        let why = format!(
+            "interactive: {} RTT {} is over {}x{} + {} ms of {}",
+            name(cur.ifindex),
+            fmt_rtt(cur.srtt),
+            pc.rtt_ratio,
+            fmt_rtt(best.srtt),
+            pc.rtt_margin_ms,
+            name(best.ifindex)
+        );
+        match self.handover_budget() {
+            Ok(()) => {
+                self.spend_handover();
+                (best.ifindex, format!("{why}; switching"))
+            }
+            Err(held) => {
+                let reason = format!("{why}; staying: {held}");
+                self.hold_back_handover(held);
+                (cur.ifindex, reason)
             }
         }
     }
