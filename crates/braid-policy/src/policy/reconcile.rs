@@ -158,8 +158,32 @@ impl Policy {
         (1..=255u8).find(|id| !self.kernel.contains_key(id))
     }
 
+    /// Every decision that brings the kernel to what is wanted now.
     pub(super) fn reconcile(&mut self) -> Vec<Decision> {
         let mut out = Vec::new();
+        let wanted = self.wanted_now();
+        self.remove_unwanted(&wanted, &mut out);
+        for w in &wanted {
+            self.bring_endpoint(w, &mut out);
+        }
+        self.reconcile_limits(&wanted, &mut out);
+        self.reconcile_cflag(&mut out);
+        self.end_round();
+        self.reconcile_standby_windows(&wanted, &mut out);
+        // A path taking over is made active only after the failed one is
+        // gone: closing the failed subflows rewinds the connection to its
+        // first unacknowledged byte, and while the standby is still a
+        // backup nothing else is sent on it, so the resent data goes first.
+        // Made active first, it would be given new data ahead of the resend.
+        out.sort_by_key(|d| match d.action {
+            Action::SetEndpointFlags { flags, .. } if flags & Flag::Backup.bit() == 0 => 1,
+            _ => 0,
+        });
+        out
+    }
+
+    /// The wanted endpoints with the path mode's backup flags.
+    fn wanted_now(&mut self) -> Vec<Want> {
         let now = self.clock.now();
         let (mut wanted, _beyond_kernel_max) = self.wanted();
         // A switch held back is counted once, when it starts being held.
@@ -182,9 +206,12 @@ impl Policy {
         if self.handover_held.is_some() && !was_held {
             self.counters.handovers_held_back += 1;
         }
-        let wanted_addrs: BTreeSet<IpAddr> = wanted.iter().map(|w| w.addr).collect();
+        wanted
+    }
 
-        // 1. Endpoints that should go.
+    /// 1. Braid's endpoints whose address is no longer wanted go.
+    fn remove_unwanted(&mut self, wanted: &[Want], out: &mut Vec<Decision>) {
+        let wanted_addrs: BTreeSet<IpAddr> = wanted.iter().map(|w| w.addr).collect();
         let stale: Vec<KernelEndpoint> = self
             .kernel
             .values()
@@ -202,198 +229,217 @@ impl Policy {
                 },
                 None => format!("address {} is gone", e.addr),
             };
-            self.remove(&e, &mut out, reason);
+            self.remove(&e, out, reason);
         }
+    }
 
-        // 2. Endpoints that should be there, or be different.
-        for w in &wanted {
-            let existing = self.kernel.values().find(|e| e.addr == w.addr).cloned();
-            match existing {
-                Some(e) if !self.manages(e.id) => {} // someone else's endpoint covers it
-                Some(e)
-                    if self.reset_pending.contains_key(&w.addr)
-                        || self.rejoin_pending.contains_key(&w.addr) =>
-                {
-                    // Re-adding closes a stalled path's subflows, or makes
-                    // the kernel open the ones no connection has.
-                    let reason = (self.reset_pending.remove(&w.addr))
-                        .or_else(|| self.rejoin_pending.remove(&w.addr))
-                        .unwrap_or_default();
-                    self.remove(&e, &mut out, reason.clone());
-                    self.add(w, &mut out, reason);
-                }
-                Some(e) if e.flags == w.flags && e.ifindex == w.ifindex => {
-                    self.flags_refused.remove(&e.id);
-                }
-                Some(e)
-                    if (e.flags & !CHANGEABLE) == (w.flags & !CHANGEABLE)
-                        && e.ifindex == w.ifindex =>
-                {
-                    let retry = match attempt(self.flags_refused.get(&e.id), &w.flags, now) {
-                        // Refused, and neither the wanted flags nor anything
-                        // about the address changed since: not yet.
-                        Attempt::Wait => continue,
-                        Attempt::Now => String::new(),
-                        Attempt::Retry(note) => note,
-                    };
-                    self.flags_before.insert(e.id, e.flags);
-                    self.kernel.insert(
-                        e.id,
-                        KernelEndpoint {
-                            flags: w.flags,
-                            ..e.clone()
-                        },
-                    );
-                    let why = self.mode_reasons.get(&w.addr).cloned().unwrap_or_else(|| {
-                        format!(
-                            "the configuration for {} asks for '{}'",
-                            w.iface,
-                            flag_names(w.flags)
-                        )
-                    });
-                    out.push(Decision {
-                        id: 0,
-                        action: Action::SetEndpointFlags {
-                            id: e.id,
-                            addr: e.addr,
-                            flags: w.flags,
-                        },
-                        reason: format!("{why}{retry}"),
-                    });
-                }
-                Some(e) => {
-                    // Signal/subflow or the bound device changed: only re-adding does that.
-                    let reason = format!(
-                        "{} changes to '{}' on {}: it must be re-added",
-                        e.addr,
-                        flag_names(w.flags),
-                        w.iface
-                    );
-                    self.remove(&e, &mut out, reason);
-                    self.add(w, &mut out, "its settings changed".into());
-                }
-                None => {
-                    let settled = self
-                        .ifindex_of(w.addr)
-                        .and_then(|i| self.carrier.get(&i))
-                        .and_then(|c| {
-                            let ago = now.since(c.returned?);
-                            let need = self.settle_ms(c);
-                            Some(if ago < need {
-                                format!("; its carrier came back only {ago} ms ago (policy.carrier_debounce_ms asks for {need} ms), but no other path is usable")
-                            } else {
-                                format!("; its carrier came back {ago} ms ago and has held for the {need} ms required (policy.carrier_debounce_ms)")
-                            })
-                        })
-                        .unwrap_or_default();
-                    let reason = format!(
-                        "{} on {} is usable ({} is up with carrier{}){settled}",
-                        w.addr,
-                        w.iface,
-                        w.iface,
-                        if self.config.filter.require_default_route {
-                            " and a default route"
-                        } else {
-                            ""
-                        }
-                    );
-                    self.add(w, &mut out, reason);
-                }
+    /// 2. A wanted endpoint is there, with the wanted flags.
+    fn bring_endpoint(&mut self, w: &Want, out: &mut Vec<Decision>) {
+        let existing = self.kernel.values().find(|e| e.addr == w.addr).cloned();
+        match existing {
+            Some(e) if !self.manages(e.id) => {} // someone else's endpoint covers it
+            Some(e)
+                if self.reset_pending.contains_key(&w.addr)
+                    || self.rejoin_pending.contains_key(&w.addr) =>
+            {
+                // Re-adding closes a stalled path's subflows, or makes
+                // the kernel open the ones no connection has.
+                let reason = (self.reset_pending.remove(&w.addr))
+                    .or_else(|| self.rejoin_pending.remove(&w.addr))
+                    .unwrap_or_default();
+                self.remove(&e, out, reason.clone());
+                self.add(w, out, reason);
+            }
+            Some(e) if e.flags == w.flags && e.ifindex == w.ifindex => {
+                self.flags_refused.remove(&e.id);
+            }
+            Some(e)
+                if (e.flags & !CHANGEABLE) == (w.flags & !CHANGEABLE) && e.ifindex == w.ifindex =>
+            {
+                self.change_flags(&e, w, out);
+            }
+            Some(e) => {
+                // Signal/subflow or the bound device changed: only re-adding does that.
+                let reason = format!(
+                    "{} changes to '{}' on {}: it must be re-added",
+                    e.addr,
+                    flag_names(w.flags),
+                    w.iface
+                );
+                self.remove(&e, out, reason);
+                self.add(w, out, "its settings changed".into());
+            }
+            None => {
+                let reason = self.why_usable(w);
+                self.add(w, out, reason);
             }
         }
+    }
 
-        // 3. Limits matched to the endpoints. The kernel checks them when it
-        // decides to open a subflow, so a raise goes before the new endpoints
-        // and a cut after the removals.
-        if self.config.limits.manage {
-            let n = wanted.len().min(KERNEL_MAX_ENDPOINTS) as u32;
-            let want = match self.config.mode {
-                Mode::Client => Limits {
-                    subflows: n,
-                    add_addr_accepted: n,
-                },
-                Mode::Server => Limits {
-                    subflows: KERNEL_MAX_ENDPOINTS as u32,
-                    add_addr_accepted: 0,
-                },
-            };
-            let retry = match attempt(self.limits_refused.as_ref(), &want, now) {
-                _ if self.limits == Some(want) => {
-                    self.limits_refused = None;
-                    None
-                }
-                // Refused, and what is wanted has not changed: not on every
-                // event, only after the back-off.
-                Attempt::Wait => None,
-                Attempt::Now => Some(String::new()),
-                Attempt::Retry(note) => Some(note),
-            };
-            if let Some(retry) = retry {
-                let reason = match self.config.mode {
-                    Mode::Client => format!("{n} usable endpoint(s): allow as many extra subflows and accepted announcements{retry}"),
-                    Mode::Server => format!("a server accepts up to the kernel maximum of joins and ignores announcements{retry}"),
-                };
-                let raise = self.limits.is_none_or(|l| {
-                    want.subflows > l.subflows || want.add_addr_accepted > l.add_addr_accepted
-                });
-                self.limits = Some(want);
-                let d = Decision {
-                    id: 0,
-                    action: Action::SetLimits {
-                        subflows: want.subflows,
-                        add_addr_accepted: want.add_addr_accepted,
-                    },
-                    reason,
-                };
-                if raise {
-                    let first_add = out
-                        .iter()
-                        .position(|d| matches!(d.action, Action::AddEndpoint { .. }))
-                        .unwrap_or(out.len());
-                    out.insert(first_add, d);
+    /// Change a live endpoint's changeable flags, unless the kernel
+    /// refused the same change and nothing has changed since.
+    fn change_flags(&mut self, e: &KernelEndpoint, w: &Want, out: &mut Vec<Decision>) {
+        let retry = match attempt(self.flags_refused.get(&e.id), &w.flags, self.clock.now()) {
+            // Refused, and neither the wanted flags nor anything about the
+            // address changed since: not yet.
+            Attempt::Wait => return,
+            Attempt::Now => String::new(),
+            Attempt::Retry(note) => note,
+        };
+        self.flags_before.insert(e.id, e.flags);
+        self.kernel.insert(
+            e.id,
+            KernelEndpoint {
+                flags: w.flags,
+                ..e.clone()
+            },
+        );
+        let why = self.mode_reasons.get(&w.addr).cloned().unwrap_or_else(|| {
+            format!(
+                "the configuration for {} asks for '{}'",
+                w.iface,
+                flag_names(w.flags)
+            )
+        });
+        out.push(Decision {
+            id: 0,
+            action: Action::SetEndpointFlags {
+                id: e.id,
+                addr: e.addr,
+                flags: w.flags,
+            },
+            reason: format!("{why}{retry}"),
+        });
+    }
+
+    /// Why a new endpoint is added for `w`.
+    fn why_usable(&self, w: &Want) -> String {
+        let now = self.clock.now();
+        let settled = self
+            .ifindex_of(w.addr)
+            .and_then(|i| self.carrier.get(&i))
+            .and_then(|c| {
+                let ago = now.since(c.returned?);
+                let need = self.settle_ms(c);
+                Some(if ago < need {
+                    format!("; its carrier came back only {ago} ms ago (policy.carrier_debounce_ms asks for {need} ms), but no other path is usable")
                 } else {
-                    out.push(d);
-                }
+                    format!("; its carrier came back {ago} ms ago and has held for the {need} ms required (policy.carrier_debounce_ms)")
+                })
+            })
+            .unwrap_or_default();
+        format!(
+            "{} on {} is usable ({} is up with carrier{}){settled}",
+            w.addr,
+            w.iface,
+            w.iface,
+            if self.config.filter.require_default_route {
+                " and a default route"
+            } else {
+                ""
             }
-        }
+        )
+    }
 
-        // 4. The server's C flag.
+    /// 3. Limits matched to the endpoints. The kernel checks them when it
+    /// decides to open a subflow, so a raise goes before the new endpoints
+    /// and a cut after the removals.
+    fn reconcile_limits(&mut self, wanted: &[Want], out: &mut Vec<Decision>) {
+        if !self.config.limits.manage {
+            return;
+        }
+        let n = wanted.len().min(KERNEL_MAX_ENDPOINTS) as u32;
+        let want = match self.config.mode {
+            Mode::Client => Limits {
+                subflows: n,
+                add_addr_accepted: n,
+            },
+            Mode::Server => Limits {
+                subflows: KERNEL_MAX_ENDPOINTS as u32,
+                add_addr_accepted: 0,
+            },
+        };
+        let retry = match attempt(self.limits_refused.as_ref(), &want, self.clock.now()) {
+            _ if self.limits == Some(want) => {
+                self.limits_refused = None;
+                None
+            }
+            // Refused, and what is wanted has not changed: not on every
+            // event, only after the back-off.
+            Attempt::Wait => None,
+            Attempt::Now => Some(String::new()),
+            Attempt::Retry(note) => Some(note),
+        };
+        let Some(retry) = retry else { return };
+        let reason = match self.config.mode {
+            Mode::Client => format!("{n} usable endpoint(s): allow as many extra subflows and accepted announcements{retry}"),
+            Mode::Server => format!("a server accepts up to the kernel maximum of joins and ignores announcements{retry}"),
+        };
+        let raise = self.limits.is_none_or(|l| {
+            want.subflows > l.subflows || want.add_addr_accepted > l.add_addr_accepted
+        });
+        self.limits = Some(want);
+        let d = Decision {
+            id: 0,
+            action: Action::SetLimits {
+                subflows: want.subflows,
+                add_addr_accepted: want.add_addr_accepted,
+            },
+            reason,
+        };
+        if raise {
+            let first_add = out
+                .iter()
+                .position(|d| matches!(d.action, Action::AddEndpoint { .. }))
+                .unwrap_or(out.len());
+            out.insert(first_add, d);
+        } else {
+            out.push(d);
+        }
+    }
+
+    /// 4. The server's C flag.
+    fn reconcile_cflag(&mut self, out: &mut Vec<Decision>) {
         let deny = self.config.server.deny_join_initial_address;
         if self.cflag_applied == Some(deny) {
             self.cflag_refused = None;
-        } else if deny || self.cflag_applied.is_some() {
-            let retry = match attempt(self.cflag_refused.as_ref(), &deny, now) {
-                Attempt::Wait => None,
-                Attempt::Now => Some(String::new()),
-                Attempt::Retry(note) => Some(note),
-            };
-            if let Some(retry) = retry {
-                self.cflag_applied = Some(deny);
-                let why = if deny {
-                    "server.deny_join_initial_address: clients must join other addresses (anycast or load balancer)"
-                } else {
-                    "server.deny_join_initial_address was turned off"
-                };
-                out.push(Decision {
-                    id: 0,
-                    action: Action::SetSysctl {
-                        name: "net.mptcp.allow_join_initial_addr_port".into(),
-                        value: if deny { "0" } else { "1" }.into(),
-                    },
-                    reason: format!("{why}{retry}"),
-                });
-            }
+            return;
         }
+        if !deny && self.cflag_applied.is_none() {
+            return;
+        }
+        let retry = match attempt(self.cflag_refused.as_ref(), &deny, self.clock.now()) {
+            Attempt::Wait => return,
+            Attempt::Now => String::new(),
+            Attempt::Retry(note) => note,
+        };
+        self.cflag_applied = Some(deny);
+        let why = if deny {
+            "server.deny_join_initial_address: clients must join other addresses (anycast or load balancer)"
+        } else {
+            "server.deny_join_initial_address was turned off"
+        };
+        out.push(Decision {
+            id: 0,
+            action: Action::SetSysctl {
+                name: "net.mptcp.allow_join_initial_addr_port".into(),
+                value: if deny { "0" } else { "1" }.into(),
+            },
+            reason: format!("{why}{retry}"),
+        });
+    }
+
+    /// What is left of the round: pending re-adds done, refusals about
+    /// endpoints that are gone dropped, returned carriers that held settled.
+    fn end_round(&mut self) {
         self.reset_pending.clear();
         self.rejoin_pending.clear();
-        // Refusals about endpoints that are gone are moot.
         let kernel = &self.kernel;
         self.flags_refused.retain(|id, _| kernel.contains_key(id));
         self.flags_before.retain(|id, _| kernel.contains_key(id));
         if !self.config.limits.manage {
             self.limits_refused = None;
         }
-        // Carriers that have held long enough are settled for good.
         let settled: Vec<u32> = self
             .carrier
             .iter()
@@ -405,17 +451,6 @@ impl Policy {
                 c.returned = None;
             }
         }
-        self.reconcile_standby_windows(&wanted, &mut out);
-        // A path taking over is made active only after the failed one is
-        // gone: closing the failed subflows rewinds the connection to its
-        // first unacknowledged byte, and while the standby is still a
-        // backup nothing else is sent on it, so the resent data goes first.
-        // Made active first, it would be given new data ahead of the resend.
-        out.sort_by_key(|d| match d.action {
-            Action::SetEndpointFlags { flags, .. } if flags & Flag::Backup.bit() == 0 => 1,
-            _ => 0,
-        });
-        out
     }
 
     pub(super) fn add(&mut self, w: &Want, out: &mut Vec<Decision>, reason: String) {
