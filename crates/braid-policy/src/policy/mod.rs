@@ -13,6 +13,7 @@ use crate::model::*;
 use crate::time::{backoff_ms, Clock, Time};
 use braid_types::endpoint::EndpointFlags;
 
+mod intake;
 mod modes;
 mod reconcile;
 mod routes;
@@ -521,189 +522,11 @@ impl Policy {
         self.deadlines().any(|t| t <= now)
     }
 
+    /// Take one event at `now_ms` (the shell's monotonic clock) and return
+    /// the decisions it leads to, numbered, each with its reason.
     pub fn handle(&mut self, event: Event, now_ms: u64) -> Vec<Decision> {
         let now = self.clock.advance(now_ms);
-        let now_ms = now.ms();
-        match event {
-            Event::Health(mut samples) => {
-                // Attribute each subflow to the interface holding its address.
-                samples.retain_mut(|s| match self.ifindex_of(s.local.ip()) {
-                    Some(i) => {
-                        s.ifindex = i;
-                        true
-                    }
-                    None => false,
-                });
-                let p = &self.config.policy;
-                let (stall, loss, hold) = (p.stall_ms, p.loss_threshold, p.hold_ms);
-                // An idle path's loss fades slowly: it is tried again only
-                // after several hold times without evidence.
-                let decay = hold.saturating_mul(4);
-                let hosts = p.loss_hosts as usize;
-                self.health
-                    .update(now_ms, &samples, stall, loss, decay, hosts);
-                self.note_missing_subflows();
-                if self.config.policy.mode == PathMode::Aggregate {
-                    if !self.due() && self.rejoin_pending.is_empty() {
-                        return Vec::new();
-                    }
-                } else {
-                    self.note_stalls();
-                    self.probes_due();
-                }
-            }
-            Event::ProbeResult {
-                ifindex,
-                remote,
-                rtt_ms,
-            } => {
-                self.counters.probes += 1;
-                let answered = rtt_ms.is_some();
-                if !answered {
-                    self.counters.probes_unanswered += 1;
-                }
-                if self.config.policy.mode == PathMode::Aggregate {
-                    return Vec::new(); // aggregate acts on no measurement
-                }
-                let stall_ms = self.config.policy.stall_ms;
-                let Some(h) = self.health.paths.get_mut(&ifindex) else {
-                    return Vec::new();
-                };
-                // A probe about a wait for an ACK: unanswered while the path
-                // is stalled, the path is unreachable.
-                let mut changed = h.stall_probe_result(remote, answered, stall_ms);
-                // A probe about a silence: answered, or data came back
-                // meanwhile (which ends the silence the probe was for), the
-                // path is there.
-                if !answered
-                    && h.probed
-                    && h.rx_silent_ms >= h.probe_after_ms()
-                    && h.unreachable.is_none()
-                {
-                    let why = format!(
-                        "unreachable: data stopped {} ms ago and {remote} did not answer a probe within {} ms",
-                        h.rx_silent_ms,
-                        h.probe_timeout_ms()
-                    );
-                    h.mark_unreachable(why);
-                    changed = true;
-                }
-                if !changed {
-                    return Vec::new();
-                }
-                self.note_stalls();
-            }
-            Event::Snapshot {
-                links,
-                addresses,
-                default_routes,
-                endpoints,
-                limits,
-            } => {
-                if self.synced {
-                    self.counters.resyncs += 1;
-                }
-                let known: BTreeSet<u32> = links.iter().map(|l| l.index).collect();
-                self.carrier.retain(|i, _| known.contains(i));
-                for l in &links {
-                    self.note_carrier(l);
-                }
-                self.links = links.into_iter().map(|l| (l.index, l)).collect();
-                self.addresses = addresses
-                    .into_iter()
-                    .map(|a| ((a.ifindex, a.ip), a))
-                    .collect();
-                self.default_routes = default_routes.into_iter().collect();
-                let before = std::mem::take(&mut self.kernel);
-                self.kernel = endpoints.into_iter().map(|e| (e.id, e)).collect();
-                // Owned ids that are gone, or now hold another address (the
-                // table was flushed and someone else took the id), are
-                // forgotten. Ids adopted from a previous run (not in the
-                // model yet) are taken as they are.
-                let kernel = &self.kernel;
-                self.owned
-                    .retain(|id| match (kernel.get(id), before.get(id)) {
-                        (Some(now), Some(was)) => now.addr == was.addr,
-                        (Some(_), None) => true,
-                        (None, _) => false,
-                    });
-                self.limits = Some(limits);
-                // The kernel's state is known afresh: try everything again.
-                self.refused.clear();
-                self.flags_refused.clear();
-                self.limits_refused = None;
-                self.synced = true;
-            }
-            Event::LinkChanged(link) => {
-                self.counters.link_events += 1;
-                self.forget_refusals_on(link.index);
-                if !(link.up && link.carrier) {
-                    // Its measurements are about a path that is gone.
-                    self.health.paths.remove(&link.index);
-                }
-                self.note_carrier(&link);
-                self.links.insert(link.index, link);
-            }
-            Event::LinkRemoved { index } => {
-                self.counters.link_events += 1;
-                self.forget_refusals_on(index);
-                self.carrier.remove(&index);
-                self.links.remove(&index);
-                self.addresses.retain(|(i, _), _| *i != index);
-                self.default_routes.retain(|r| r.ifindex != index);
-            }
-            Event::AddressAdded(a) => {
-                self.counters.address_events += 1;
-                self.forget_refusals_of(a.ip);
-                self.addresses.insert((a.ifindex, a.ip), a);
-            }
-            Event::AddressRemoved(a) => {
-                self.counters.address_events += 1;
-                self.forget_refusals_of(a.ip);
-                self.addresses.remove(&(a.ifindex, a.ip));
-            }
-            Event::DefaultRouteAdded(r) => {
-                self.counters.route_events += 1;
-                self.initcwnd_refused.remove(&r.key());
-                self.default_routes.retain(|x| x.key() != r.key());
-                self.default_routes.insert(r);
-            }
-            Event::DefaultRouteRemoved(r) => {
-                self.counters.route_events += 1;
-                self.default_routes.retain(|x| x.key() != r.key());
-            }
-            Event::ConfigReloaded(cfg) => {
-                self.counters.reloads += 1;
-                self.config = *cfg;
-                // The operator may have fixed what made the kernel refuse.
-                self.refused.clear();
-                self.flags_refused.clear();
-                self.limits_refused = None;
-                self.cflag_refused = None;
-            }
-            Event::ActionFailed { id, action, error } => {
-                self.counters.failed_actions += 1;
-                self.undo(&action, &error);
-                if let Some(d) = self.recent.iter_mut().rev().find(|d| id != 0 && d.id == id) {
-                    d.error = Some(error);
-                }
-                return Vec::new();
-            }
-            Event::Mptcp(kind) => {
-                // Unknown kinds share one name: the counters' labels stay bounded.
-                let name = match kind {
-                    MptcpEventKind::Unknown(_) => "unknown".to_string(),
-                    known => known.name(),
-                };
-                *self.counters.mptcp_events.entry(name).or_default() += 1;
-                return Vec::new();
-            }
-            Event::Tick => {}
-            Event::Stopping => {
-                self.stopping = true;
-            }
-        }
-        if !self.synced {
+        if !self.take(event) || !self.synced {
             return Vec::new();
         }
         let mut decisions = if self.stopping {
@@ -721,7 +544,7 @@ impl Policy {
             }
             self.recent.push_back(LoggedDecision {
                 id: d.id,
-                at_ms: now_ms,
+                at_ms: now.ms(),
                 action: d.action.to_string(),
                 reason: d.reason.clone(),
                 error: None,

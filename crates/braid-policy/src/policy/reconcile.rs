@@ -209,7 +209,7 @@ impl Policy {
         wanted
     }
 
-    /// 1. Braid's endpoints whose address is no longer wanted go.
+    /// Step 1: Braid's endpoints whose address is no longer wanted go.
     fn remove_unwanted(&mut self, wanted: &[Want], out: &mut Vec<Decision>) {
         let wanted_addrs: BTreeSet<IpAddr> = wanted.iter().map(|w| w.addr).collect();
         let stale: Vec<KernelEndpoint> = self
@@ -233,7 +233,7 @@ impl Policy {
         }
     }
 
-    /// 2. A wanted endpoint is there, with the wanted flags.
+    /// Step 2: A wanted endpoint is there, with the wanted flags.
     fn bring_endpoint(&mut self, w: &Want, out: &mut Vec<Decision>) {
         let existing = self.kernel.values().find(|e| e.addr == w.addr).cloned();
         match existing {
@@ -341,7 +341,7 @@ impl Policy {
         )
     }
 
-    /// 3. Limits matched to the endpoints. The kernel checks them when it
+    /// Step 3: Limits matched to the endpoints. The kernel checks them when it
     /// decides to open a subflow, so a raise goes before the new endpoints
     /// and a cut after the removals.
     fn reconcile_limits(&mut self, wanted: &[Want], out: &mut Vec<Decision>) {
@@ -398,7 +398,7 @@ impl Policy {
         }
     }
 
-    /// 4. The server's C flag.
+    /// Step 4: The server's C flag.
     fn reconcile_cflag(&mut self, out: &mut Vec<Decision>) {
         let deny = self.config.server.deny_join_initial_address;
         if self.cflag_applied == Some(deny) {
