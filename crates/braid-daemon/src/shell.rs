@@ -46,16 +46,6 @@ pub struct Options {
     pub resync_interval: Option<Duration>,
 }
 
-fn link_of(l: &rtnl::Link) -> m::Link {
-    m::Link {
-        index: l.index,
-        name: l.name.clone(),
-        up: l.up,
-        carrier: l.carrier,
-        loopback: l.loopback,
-    }
-}
-
 fn addr_of(a: &rtnl::Address) -> m::Address {
     m::Address {
         ifindex: a.ifindex,
@@ -67,21 +57,12 @@ fn addr_of(a: &rtnl::Address) -> m::Address {
     }
 }
 
-fn route_of(r: &rtnl::DefaultRoute) -> m::DefaultRoute {
-    m::DefaultRoute {
-        ifindex: r.ifindex,
-        table: r.table,
-        ipv6: r.ipv6,
-        initcwnd: r.initcwnd,
-    }
-}
-
 /// Everything the kernel says, as one policy event.
 fn snapshot(pm: &mut PathManager) -> braid_kernel::Result<Event> {
     Ok(Event::Snapshot {
-        links: rtnl::links()?.iter().map(link_of).collect(),
+        links: rtnl::links()?,
         addresses: rtnl::addresses()?.iter().map(addr_of).collect(),
-        default_routes: rtnl::default_routes()?.iter().map(route_of).collect(),
+        default_routes: rtnl::default_routes()?,
         endpoints: pm
             .endpoints()?
             .into_iter()
@@ -92,13 +73,7 @@ fn snapshot(pm: &mut PathManager) -> braid_kernel::Result<Event> {
                 ifindex: e.ifindex,
             })
             .collect(),
-        limits: {
-            let l = pm.limits()?;
-            m::Limits {
-                subflows: l.subflows,
-                add_addr_accepted: l.add_addr_accepted,
-            }
-        },
+        limits: pm.limits()?,
     })
 }
 
@@ -1131,12 +1106,12 @@ pub async fn run(opts: Options) -> Result<(), String> {
                 }
                 Ok(c) => {
                     let ev = match c {
-                        Change::Link(l) => Event::LinkChanged(link_of(&l)),
+                        Change::Link(l) => Event::LinkChanged(l),
                         Change::LinkRemoved(i) => Event::LinkRemoved { index: i },
                         Change::AddressAdded(a) => Event::AddressAdded(addr_of(&a)),
                         Change::AddressRemoved(a) => Event::AddressRemoved(addr_of(&a)),
-                        Change::DefaultRouteAdded(r) => Event::DefaultRouteAdded(route_of(&r)),
-                        Change::DefaultRouteRemoved(r) => Event::DefaultRouteRemoved(route_of(&r)),
+                        Change::DefaultRouteAdded(r) => Event::DefaultRouteAdded(r),
+                        Change::DefaultRouteRemoved(r) => Event::DefaultRouteRemoved(r),
                         Change::Overflow => unreachable!(),
                     };
                     shell.feed(ev);

@@ -42,7 +42,7 @@ const ADDR_PORT: u16 = 5;
 const ADDR_FLAGS: u16 = 6;
 const ADDR_IF_IDX: u16 = 7;
 
-pub use braid_types::endpoint::{EndpointFlags, KERNEL_MAX_LIMIT};
+pub use braid_types::endpoint::{EndpointFlags, Limits, KERNEL_MAX_LIMIT};
 
 /// One endpoint of the in-kernel path manager.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -68,15 +68,6 @@ pub struct NewEndpoint {
     pub port: Option<u16>,
     pub flags: EndpointFlags,
     pub ifindex: Option<u32>,
-}
-
-/// The in-kernel path manager's per-namespace limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
-pub struct Limits {
-    /// Extra subflows a connection may create (`subflows`).
-    pub subflows: u32,
-    /// ADD_ADDR announcements accepted from the peer (`add_addr_accepted`).
-    pub add_addr_accepted: u32,
 }
 
 /// Identifies an endpoint for `del` and `set`: by id or by address.

@@ -14,16 +14,7 @@ use serde::Serialize;
 use crate::error::{Error, Op, Result};
 use crate::netlink::{Kind, NlSocket};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Link {
-    pub index: u32,
-    pub name: String,
-    /// Administratively up (IFF_UP).
-    pub up: bool,
-    /// Carrier present (IFF_LOWER_UP).
-    pub carrier: bool,
-    pub loopback: bool,
-}
+pub use braid_types::net::{DefaultRoute, Link};
 
 // IFA_F_* (include/uapi/linux/if_addr.h).
 pub const IFA_F_TEMPORARY: u32 = 0x01;
@@ -301,16 +292,6 @@ pub fn add_source_rule(src: IpAddr, table: u32, priority: u32) -> Result<()> {
 // ---- default routes and the change monitor (used by the daemon) ----
 
 use netlink_packet_route::route::{RouteMetric, RouteType as RtType};
-
-/// A default route (any table) and the interface it leaves by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct DefaultRoute {
-    pub ifindex: u32,
-    pub table: u32,
-    pub ipv6: bool,
-    /// The route's initial congestion window (`initcwnd`), if it sets one.
-    pub initcwnd: Option<u32>,
-}
 
 /// The default routes a route message describes (one per next hop).
 pub fn default_routes_of(msg: &RouteMessage) -> Vec<DefaultRoute> {

@@ -6,14 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Link {
-    pub index: u32,
-    pub name: String,
-    pub up: bool,
-    pub carrier: bool,
-    pub loopback: bool,
-}
+pub use braid_types::endpoint::Limits;
+pub use braid_types::net::{DefaultRoute, Link};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Address {
@@ -25,36 +19,12 @@ pub struct Address {
     pub tentative: bool,
 }
 
-/// A default route (any table) leaving by `ifindex`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct DefaultRoute {
-    pub ifindex: u32,
-    pub table: u32,
-    pub ipv6: bool,
-    /// The route's initial congestion window, if it sets one.
-    pub initcwnd: Option<u32>,
-}
-
-impl DefaultRoute {
-    /// What tells routes apart (the kernel reports initcwnd changes as a
-    /// new version of the same route).
-    pub fn key(&self) -> (u32, u32, bool) {
-        (self.ifindex, self.table, self.ipv6)
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelEndpoint {
     pub id: u8,
     pub addr: IpAddr,
     pub flags: u32,
     pub ifindex: Option<u32>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct Limits {
-    pub subflows: u32,
-    pub add_addr_accepted: u32,
 }
 
 pub use braid_types::event::EventKind as MptcpEventKind;

@@ -2,10 +2,19 @@
 
 use std::fmt;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// The kernel uses at most this many endpoints and subflows per connection.
 pub const KERNEL_MAX_LIMIT: u32 = 8;
+
+/// The in-kernel path manager's per-namespace limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Limits {
+    /// Extra subflows a connection may create (`subflows`).
+    pub subflows: u32,
+    /// ADD_ADDR announcements accepted from the peer (`add_addr_accepted`).
+    pub add_addr_accepted: u32,
+}
 
 /// Endpoint flags, with the names `ip mptcp` uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]

@@ -4,3 +4,4 @@
 
 pub mod endpoint;
 pub mod event;
+pub mod net;
