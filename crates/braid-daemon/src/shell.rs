@@ -291,6 +291,64 @@ impl Shell {
         count
     }
 
+    /// One rtnetlink change (or failure) into the policy; true if it led
+    /// to a full resynchronisation.
+    fn take_change(&mut self, change: braid_kernel::Result<Change>) -> bool {
+        let ev = match change {
+            Ok(Change::Overflow) => {
+                self.resync("the rtnetlink buffer overflowed (ENOBUFS)", false);
+                return true;
+            }
+            Err(e) => {
+                error!(error = %e, "reading rtnetlink failed");
+                self.tallies.error("rtnetlink");
+                self.resync("rtnetlink read error", false);
+                return false;
+            }
+            Ok(Change::Link(l)) => Event::LinkChanged(l),
+            Ok(Change::LinkRemoved(i)) => Event::LinkRemoved { index: i },
+            Ok(Change::AddressAdded(a)) => Event::AddressAdded(addr_of(&a)),
+            Ok(Change::AddressRemoved(a)) => Event::AddressRemoved(addr_of(&a)),
+            Ok(Change::DefaultRouteAdded(r)) => Event::DefaultRouteAdded(r),
+            Ok(Change::DefaultRouteRemoved(r)) => Event::DefaultRouteRemoved(r),
+        };
+        self.feed(ev);
+        false
+    }
+
+    /// One item of the MPTCP event stream into the journal and the policy;
+    /// true if it says a connection may have subflows to measure.
+    fn take_mptcp(&mut self, item: braid_kernel::Result<StreamItem>) -> bool {
+        match item {
+            Ok(StreamItem::Event(ev)) => {
+                let kind = ev.kind;
+                self.journal
+                    .record(unix_ms_now(), What::Mptcp { event: ev });
+                self.feed(Event::Mptcp(kind));
+                !matches!(
+                    kind,
+                    EventKind::Closed | EventKind::ListenerCreated | EventKind::ListenerClosed
+                )
+            }
+            Ok(StreamItem::Overflow) => {
+                self.tallies.error("mptcp_events_lost");
+                warn!("MPTCP events were lost (ENOBUFS)");
+                self.journal.record(
+                    unix_ms_now(),
+                    What::Note {
+                        text: "MPTCP events were lost: the kernel dropped them (ENOBUFS)".into(),
+                    },
+                );
+                false
+            }
+            Err(e) => {
+                self.tallies.error("mptcp_events");
+                warn!(error = %e, "reading MPTCP events failed");
+                false
+            }
+        }
+    }
+
     /// Credit the time since the last look to each path's state, and
     /// take the states as they are now.
     fn observe_paths(&mut self) {
@@ -939,6 +997,78 @@ fn next_poll(shell: &Shell) -> tokio::time::Instant {
 /// Health rounds never come closer together than this.
 const MIN_POLL_MS: u64 = 5;
 
+/// The metrics listener, or why there is none (None: not configured).
+async fn bind_metrics(
+    c: &MetricsConfig,
+) -> (
+    Option<tokio::net::TcpListener>,
+    Option<Result<SocketAddr, String>>,
+) {
+    let Some(addr) = c.listen_addr() else {
+        return (None, None);
+    };
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => {
+            let at = l.local_addr().unwrap_or(addr);
+            info!(listen = %at, "metrics served at http://{at}/metrics");
+            (Some(l), Some(Ok(at)))
+        }
+        Err(e) => {
+            let why = format!("cannot listen on {addr} (metrics.listen): {e}");
+            error!("{why}; metrics are not served");
+            (None, Some(Err(why)))
+        }
+    }
+}
+
+/// Sleep until `at`; forever if there is no deadline.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Clients of one kind served at once: at most `max`, each holding a slot.
+struct Gate {
+    slots: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    what: &'static str,
+    busy_logged: Option<Instant>,
+}
+
+impl Gate {
+    fn new(max: usize, what: &'static str) -> Gate {
+        Gate {
+            slots: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+            what,
+            busy_logged: None,
+        }
+    }
+
+    /// A slot for one more client, or None when all are taken (logged at
+    /// most once a minute; the caller tells the client and closes).
+    fn admit(&mut self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) => {
+                if self
+                    .busy_logged
+                    .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+                {
+                    warn!(
+                        max = self.max,
+                        "{} refused: too many at once (logged at most once a minute)", self.what
+                    );
+                    self.busy_logged = Some(Instant::now());
+                }
+                None
+            }
+        }
+    }
+}
+
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(opts: Options) -> Result<(), String> {
     let settings = config_file::load_settings(&opts.config_path, opts.config_explicit)?;
@@ -952,21 +1082,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
     // Metrics are an extra: a port that cannot be had turns them off (the
     // status says why), it does not stop the path manager. Bound before
     // the control socket, whose answer tells that the daemon is up.
-    let (metrics_listener, metrics_listen) = match metrics_config.listen_addr() {
-        None => (None, None),
-        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => {
-                let at = l.local_addr().unwrap_or(addr);
-                info!(listen = %at, "metrics served at http://{at}/metrics");
-                (Some(l), Some(Ok(at)))
-            }
-            Err(e) => {
-                let why = format!("cannot listen on {addr} (metrics.listen): {e}");
-                error!("{why}; metrics are not served");
-                (None, Some(Err(why)))
-            }
-        },
-    };
+    let (metrics_listener, metrics_listen) = bind_metrics(&metrics_config).await;
     let (listener, group, control_group) = bind_control(&config)?;
     let socket_path = PathBuf::from(&config.control.socket);
     let mut sighup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
@@ -1043,13 +1159,11 @@ pub async fn run(opts: Options) -> Result<(), String> {
 
     // Control clients: each in its own task, a bounded number at once.
     let (ctl_tx, mut ctl_rx) = tokio::sync::mpsc::channel::<Pending>(control::MAX_CLIENTS);
-    let slots = Arc::new(tokio::sync::Semaphore::new(control::MAX_CLIENTS));
-    let mut busy_logged: Option<Instant> = None;
+    let mut control_gate = Gate::new(control::MAX_CLIENTS, "control clients");
     // Scrapers likewise; the textfile is written at once, then every interval.
     let (scrape_tx, mut scrape_rx) =
         tokio::sync::mpsc::channel::<metrics_server::Scrape>(metrics_server::MAX_SCRAPERS);
-    let scrapers = Arc::new(tokio::sync::Semaphore::new(metrics_server::MAX_SCRAPERS));
-    let mut scrapers_busy_logged: Option<Instant> = None;
+    let mut scrape_gate = Gate::new(metrics_server::MAX_SCRAPERS, "metrics scrapers");
     let textfile_every = Duration::from_secs(shell.metrics_config.textfile_interval_s);
     let mut textfile_at = shell
         .metrics_config
@@ -1058,33 +1172,12 @@ pub async fn run(opts: Options) -> Result<(), String> {
         .map(|_| tokio::time::Instant::now());
 
     loop {
-        let tick = async {
-            match poll {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending::<()>().await,
-            }
-        };
-        let resync_tick = async {
-            match resync_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending::<()>().await,
-            }
-        };
+        let tick = sleep_until(poll);
+        let resync_tick = sleep_until(resync_at);
         // The policy's own deadlines (a returning carrier has held long
         // enough, a refused write's back-off is over...): no event brings them.
-        let policy_wake = shell.policy_wake();
-        let wake = async {
-            match policy_wake {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending::<()>().await,
-            }
-        };
-        let textfile_tick = async {
-            match textfile_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending::<()>().await,
-            }
-        };
+        let wake = sleep_until(shell.policy_wake());
+        let textfile_tick = sleep_until(textfile_at);
         let scraper = async {
             match &metrics_listener {
                 Some(l) => l.accept().await,
@@ -1099,86 +1192,42 @@ pub async fn run(opts: Options) -> Result<(), String> {
                 resync_at = next_resync(tokio::time::Instant::now());
             }
             Some(outcome) = probe_rx.recv() => shell.probe_done(outcome),
-            change = monitor.next() => match change {
-                Ok(Change::Overflow) => {
-                    shell.resync("the rtnetlink buffer overflowed (ENOBUFS)", false);
+            change = monitor.next() => {
+                if shell.take_change(change) {
                     resync_at = next_resync(tokio::time::Instant::now());
                 }
-                Ok(c) => {
-                    let ev = match c {
-                        Change::Link(l) => Event::LinkChanged(l),
-                        Change::LinkRemoved(i) => Event::LinkRemoved { index: i },
-                        Change::AddressAdded(a) => Event::AddressAdded(addr_of(&a)),
-                        Change::AddressRemoved(a) => Event::AddressRemoved(addr_of(&a)),
-                        Change::DefaultRouteAdded(r) => Event::DefaultRouteAdded(r),
-                        Change::DefaultRouteRemoved(r) => Event::DefaultRouteRemoved(r),
-                        Change::Overflow => unreachable!(),
-                    };
-                    shell.feed(ev);
+            }
+            item = mptcp.next() => {
+                if shell.take_mptcp(item) && poll.is_none() {
+                    poll = Some(next_poll(&shell));
                 }
-                Err(e) => {
-                    error!(error = %e, "reading rtnetlink failed");
-                    shell.tallies.error("rtnetlink");
-                    shell.resync("rtnetlink read error", false);
-                }
-            },
-            item = mptcp.next() => match item {
-                Ok(StreamItem::Event(ev)) => {
-                    let kind = ev.kind;
-                    shell.journal.record(unix_ms_now(), What::Mptcp { event: ev });
-                    shell.feed(Event::Mptcp(kind));
-                    if poll.is_none() && !matches!(kind, EventKind::Closed | EventKind::ListenerCreated | EventKind::ListenerClosed) {
-                        poll = Some(next_poll(&shell));
-                    }
-                }
-                Ok(StreamItem::Overflow) => {
-                    shell.tallies.error("mptcp_events_lost");
-                    warn!("MPTCP events were lost (ENOBUFS)");
-                    shell.journal.record(unix_ms_now(), What::Note { text: "MPTCP events were lost: the kernel dropped them (ENOBUFS)".into() });
-                }
-                Err(e) => {
-                    shell.tallies.error("mptcp_events");
-                    warn!(error = %e, "reading MPTCP events failed");
-                }
-            },
+            }
             conn = listener.accept() => {
                 let Ok((stream, _)) = conn else { continue };
-                match slots.clone().try_acquire_owned() {
-                    Ok(slot) => {
+                match control_gate.admit() {
+                    Some(slot) => {
                         let to_loop = ctl_tx.clone();
                         tokio::spawn(async move {
                             control::serve(stream, group, to_loop).await;
                             drop(slot);
                         });
                     }
-                    Err(_) => {
-                        // Never wait for a slot here: tell the client and close.
-                        let _ = stream.try_write(&control::busy_line());
-                        if busy_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                            warn!(max = control::MAX_CLIENTS, "control clients refused: too many at once (logged at most once a minute)");
-                            busy_logged = Some(Instant::now());
-                        }
-                    }
+                    // Never wait for a slot here: tell the client and close.
+                    None => { let _ = stream.try_write(&control::busy_line()); }
                 }
             }
             Some(pending) = ctl_rx.recv() => shell.answer(pending),
             conn = scraper => {
                 let Ok((stream, _)) = conn else { continue };
-                match scrapers.clone().try_acquire_owned() {
-                    Ok(slot) => {
+                match scrape_gate.admit() {
+                    Some(slot) => {
                         let to_loop = scrape_tx.clone();
                         tokio::spawn(async move {
                             metrics_server::serve(stream, to_loop).await;
                             drop(slot);
                         });
                     }
-                    Err(_) => {
-                        let _ = stream.try_write(&metrics_server::busy_response());
-                        if scrapers_busy_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                            warn!(max = metrics_server::MAX_SCRAPERS, "metrics scrapers refused: too many at once (logged at most once a minute)");
-                            scrapers_busy_logged = Some(Instant::now());
-                        }
-                    }
+                    None => { let _ = stream.try_write(&metrics_server::busy_response()); }
                 }
             }
             Some(reply) = scrape_rx.recv() => { let _ = reply.send(shell.metrics_text()); }
