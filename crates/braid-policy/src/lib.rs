@@ -5,6 +5,7 @@
 //! clock, no threads: every decision is testable without a kernel.
 
 pub mod config;
+pub mod conns;
 pub mod health;
 pub mod model;
 pub mod policy;
