@@ -54,6 +54,8 @@ fn human(n: u64, suffix: &str) -> String {
 fn ms(us: u32) -> String {
     if us == 0 {
         "-".into()
+    } else if us < 1000 {
+        format!("{us}us")
     } else if us < 10_000 {
         format!("{:.1}ms", us as f64 / 1000.0)
     } else {
@@ -103,13 +105,7 @@ fn iface_line(i: &IfaceStat, width: usize) -> String {
     };
     let rtt = i
         .rtt_ms
-        .map(|r| {
-            if r < 10.0 {
-                format!("{r:.1}ms")
-            } else {
-                format!("{r:.0}ms")
-            }
-        })
+        .map(|r| ms((r * 1000.0).clamp(0.0, u32::MAX as f64) as u32))
         .unwrap_or_else(|| "-".into());
     let loss = i
         .loss
@@ -501,6 +497,7 @@ mod tests {
         assert_eq!(bytes(25_000_000_000), "25G");
         assert_eq!(ms(0), "-");
         assert_eq!(ms(1500), "1.5ms");
+        assert_eq!(ms(35), "35us");
         assert_eq!(sparkline(&[0, 1, 2, 4, 8], 4), "▁▂▄█");
         assert_eq!(sparkline(&[], 4), "");
         assert_eq!(sparkline(&[5, 5], 0), "");
