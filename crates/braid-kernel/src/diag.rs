@@ -130,14 +130,25 @@ struct DumpedSocket {
 }
 
 fn dump(protocol: u32) -> Result<Vec<DumpedSocket>> {
+    dump_families(protocol, true, u32::MAX)
+}
+
+/// Dump IPv4 sockets, and IPv6 ones when `v6`, in the TCP states of the
+/// `states` bit mask (bit n: state n).
+fn dump_families(protocol: u32, v6: bool, states: u32) -> Result<Vec<DumpedSocket>> {
     let mut sock = NlSocket::open(NETLINK_SOCK_DIAG, Op::SockDiag)?;
     let mut out = Vec::new();
-    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+    let families: &[u8] = if v6 {
+        &[libc::AF_INET as u8, libc::AF_INET6 as u8]
+    } else {
+        &[libc::AF_INET as u8]
+    };
+    for &family in families {
         let req = DiagRequest {
             family,
             protocol,
             ext: 1 << (INET_DIAG_INFO - 1),
-            states: u32::MAX,
+            states,
         };
         let replies: Vec<SockDiagMessage> = match sock.request(req, Kind::Dump, 0, Op::SockDiag) {
             Ok(r) => r,
@@ -270,19 +281,36 @@ pub fn decode_response(resp: &InetResponse) -> (Result<Option<Subflow>>, Option<
 /// MPTCP connections with their subflows. Listening sockets are left out
 /// unless `include_listeners`.
 pub fn connections(include_listeners: bool) -> Result<Vec<Connection>> {
+    let (mut conns, v6) = mptcp_sockets(include_listeners)?;
     let mut by_token: BTreeMap<u32, Vec<Subflow>> = BTreeMap::new();
-    for sf in subflows()? {
+    for sf in subflows_of(v6, include_listeners)? {
         by_token.entry(sf.token_local).or_default().push(sf);
     }
+    for c in &mut conns {
+        let mut subflows = c
+            .token
+            .and_then(|t| by_token.remove(&t))
+            .unwrap_or_default();
+        subflows.sort_by_key(|sf| (sf.local_id, sf.local, sf.remote));
+        c.subflows = subflows;
+    }
+    conns.sort_by_key(|c| (c.local, c.remote));
+    Ok(conns)
+}
+
+/// MPTCP connections without their subflows (one dump: cheaper than
+/// `connections` when only connection-level figures are needed), and
+/// whether any is an IPv6 socket (only those can have IPv6 subflows).
+pub fn mptcp_sockets(include_listeners: bool) -> Result<(Vec<Connection>, bool)> {
     let mut conns = Vec::new();
+    let mut v6 = false;
     for s in dump(libc::IPPROTO_MPTCP as u32)? {
         if s.state == TCP_LISTEN && !include_listeners {
             continue;
         }
+        v6 |= s.local.is_ipv6();
         let info = s.info.as_deref().and_then(MptcpInfo::parse);
         let token = info.as_ref().map(|i| i.token).filter(|t| *t != 0);
-        let mut subflows = token.and_then(|t| by_token.remove(&t)).unwrap_or_default();
-        subflows.sort_by_key(|sf| (sf.local_id, sf.local, sf.remote));
         conns.push(Connection {
             local: s.local,
             remote: s.remote,
@@ -291,11 +319,27 @@ pub fn connections(include_listeners: bool) -> Result<Vec<Connection>> {
             inode: s.inode,
             fell_back: info.as_ref().is_some_and(|i| i.fell_back()),
             info,
-            subflows,
+            subflows: Vec::new(),
         });
     }
-    conns.sort_by_key(|c| (c.local, c.remote));
-    Ok(conns)
+    Ok((conns, v6))
+}
+
+/// MPTCP subflows: IPv6 ones only when `v6` (the IPv6 dump walks the
+/// whole TCP hash table again), listening ones only when `listeners`.
+pub fn subflows_of(v6: bool, listeners: bool) -> Result<Vec<Subflow>> {
+    let states = if listeners {
+        u32::MAX
+    } else {
+        u32::MAX & !(1 << TCP_LISTEN)
+    };
+    let mut out = Vec::new();
+    for s in dump_families(libc::IPPROTO_TCP as u32, v6, states)? {
+        if let Some(sf) = subflow_from(&s)? {
+            out.push(sf);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

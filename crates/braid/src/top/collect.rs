@@ -258,48 +258,72 @@ pub fn spawn_events(shared: Arc<Shared>) {
     });
 }
 
-/// One refresh: connections and subflows from sock_diag, mapped to
-/// interfaces and processes with the slow maps.
-pub fn snapshot(at: Duration, slow: &Slow) -> braid_kernel::Result<Snapshot> {
-    let conns = diag::connections(false)?;
-    let mut out = Vec::with_capacity(conns.len());
-    for c in conns {
-        let subflows = c
-            .subflows
-            .into_iter()
-            .map(|sf| {
-                let dev = if sf.bound_ifindex != 0 {
-                    slow.index_dev.get(&sf.bound_ifindex).cloned()
-                } else {
-                    slow.addr_dev.get(&sf.local.ip()).cloned()
-                };
-                let tcp = sf.tcp.as_ref();
-                SubflowIn {
-                    local: Some(sf.local),
-                    remote: Some(sf.remote),
-                    dev,
-                    backup: sf.backup_local || sf.backup_remote,
-                    state: sf.state,
-                    rtt_us: tcp.map(|t| t.rtt_us).unwrap_or(0),
-                    bytes_acked: tcp.and_then(|t| t.bytes_acked).unwrap_or(0),
-                    bytes_received: tcp.and_then(|t| t.bytes_received).unwrap_or(0),
-                    total_retrans: tcp.map(|t| t.total_retrans).unwrap_or(0),
-                    segs_out: tcp.and_then(|t| t.segs_out).unwrap_or(0),
-                }
-            })
-            .collect();
-        out.push(ConnIn {
-            local: Some(c.local),
-            remote: Some(c.remote),
-            state: c.state,
-            process: slow.procs.get(&c.inode).cloned(),
-            fell_back: c.fell_back,
+/// One refresh: MPTCP connections from sock_diag, and their subflows when
+/// `with_subflows` (a second dump, of every TCP socket: the costly part),
+/// mapped to interfaces and processes with the slow maps. Also returns the
+/// time the subflows took.
+pub fn snapshot(
+    at: Duration,
+    slow: &Slow,
+    with_subflows: bool,
+) -> braid_kernel::Result<(Snapshot, Duration)> {
+    let (conns, v6) = diag::mptcp_sockets(false)?;
+    let conns = conns
+        .into_iter()
+        .map(|c| {
+            let info = c.info.as_ref();
+            ConnIn {
+                local: Some(c.local),
+                remote: Some(c.remote),
+                state: c.state,
+                token: c.token,
+                process: slow.procs.get(&c.inode).cloned(),
+                fell_back: c.fell_back,
+                bytes_acked: info.and_then(|i| i.bytes_acked),
+                bytes_received: info.and_then(|i| i.bytes_received),
+                // mptcp_info counts the subflows added to the first one.
+                subflows_hint: info.map(|i| i.subflows as usize + 1).unwrap_or(0),
+            }
+        })
+        .collect();
+    let t = Instant::now();
+    let subflows = if with_subflows {
+        let sfs = diag::subflows_of(v6, false)?;
+        Some(
+            sfs.into_iter()
+                .map(|sf| {
+                    let dev = if sf.bound_ifindex != 0 {
+                        slow.index_dev.get(&sf.bound_ifindex).cloned()
+                    } else {
+                        slow.addr_dev.get(&sf.local.ip()).cloned()
+                    };
+                    let tcp = sf.tcp.as_ref();
+                    SubflowIn {
+                        token: sf.token_local,
+                        local: Some(sf.local),
+                        remote: Some(sf.remote),
+                        dev,
+                        backup: sf.backup_local || sf.backup_remote,
+                        state: sf.state,
+                        rtt_us: tcp.map(|t| t.rtt_us).unwrap_or(0),
+                        bytes_acked: tcp.and_then(|t| t.bytes_acked).unwrap_or(0),
+                        bytes_received: tcp.and_then(|t| t.bytes_received).unwrap_or(0),
+                        total_retrans: tcp.map(|t| t.total_retrans).unwrap_or(0),
+                        segs_out: tcp.and_then(|t| t.segs_out).unwrap_or(0),
+                    }
+                })
+                .collect(),
+        )
+    } else {
+        None
+    };
+    Ok((
+        Snapshot {
+            at,
+            ifaces: slow.ifaces.clone(),
+            conns,
             subflows,
-        });
-    }
-    Ok(Snapshot {
-        at,
-        ifaces: slow.ifaces.clone(),
-        conns: out,
-    })
+        },
+        t.elapsed(),
+    ))
 }

@@ -7,7 +7,7 @@ use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph};
 
-use super::model::{ConnStat, Group, GroupRow, IfaceStat, Model, Row, ViewOpts};
+use super::model::{ConnStat, Group, GroupRow, IfaceStat, Model, Row, SubflowStat, ViewOpts};
 
 /// What the frame shows besides the model.
 pub struct Ui<'a> {
@@ -18,6 +18,8 @@ pub struct Ui<'a> {
     pub editing: Option<&'a str>,
     pub clock: &'a str,
     pub interval_ms: u64,
+    /// How often the subflows (per-path figures) are read.
+    pub subflow_ms: u64,
     pub events: Vec<String>,
     pub events_note: Option<String>,
     /// Lines for the daemon pane.
@@ -146,7 +148,7 @@ fn conn_line(c: &ConnStat) -> String {
     format!(
         "{:<21} {:>2} {:>7} {:>7} {:>7} {:<10} {:<21} {}",
         cut(&remote, 21),
-        c.subflows.len(),
+        c.subflows,
         rate(c.in_bps),
         rate(c.out_bps),
         ms(c.rtt_us),
@@ -156,9 +158,9 @@ fn conn_line(c: &ConnStat) -> String {
     )
 }
 
-fn subflow_lines(c: &ConnStat, out: &mut Vec<Line<'static>>, room: usize) {
-    let n = c.subflows.len();
-    for (k, s) in c.subflows.iter().enumerate() {
+fn subflow_lines(c: &ConnStat, sfs: &[SubflowStat], out: &mut Vec<Line<'static>>, room: usize) {
+    let n = sfs.len();
+    for (k, s) in sfs.iter().enumerate() {
         if out.len() >= room {
             return;
         }
@@ -221,7 +223,7 @@ pub fn conn_lines(ui: &Ui, room: usize) -> (String, Vec<Line<'static>>) {
     } else {
         format!(", filter '{}'", ui.opts.filter)
     };
-    let subflows: usize = m.conns.iter().map(|c| c.subflows.len()).sum();
+    let subflows = m.subflow_count;
     let head = format!(
         " connections: {} ({} subflows), {} shown {}, sort {}{} ",
         m.conns.len(),
@@ -266,7 +268,7 @@ pub fn conn_lines(ui: &Ui, room: usize) -> (String, Vec<Line<'static>>) {
                 let c = &m.conns[*i];
                 out.push(Line::from(conn_line(c)));
                 let keep = room.saturating_sub(1);
-                subflow_lines(c, &mut out, keep);
+                subflow_lines(c, m.subflows_of(c), &mut out, keep);
             }
             Row::Group(g) => out.push(Line::from(group_line(g))),
         }
@@ -332,9 +334,14 @@ pub fn render(area: Rect, buf: &mut Buffer, ui: &Ui) {
 
     // Header.
     let subtitle = if ui.paused { "  PAUSED" } else { "" };
+    let paths = if ui.subflow_ms > ui.interval_ms {
+        format!(", subflows {} ms", ui.subflow_ms)
+    } else {
+        String::new()
+    };
     Paragraph::new(Line::styled(
         format!(
-            "braid top  {}  refresh {} ms{}{}",
+            "braid top  {}  refresh {} ms{paths}{}{}",
             ui.clock,
             ui.interval_ms,
             subtitle,

@@ -67,7 +67,15 @@ struct App {
     start: Instant,
     interval: Duration,
     error: Option<String>,
+    /// When the subflows were last read, and how often they are.
+    subflows_at: Option<Instant>,
+    subflow_period: Duration,
 }
+
+/// The subflow dump may use at most 1/SUBFLOW_DUTY of the time: with many
+/// subflows they are read less often than the connections (per-path
+/// figures then refresh more slowly; connection figures never do).
+const SUBFLOW_DUTY: u32 = 20;
 
 impl App {
     fn new(args: &TopArgs) -> App {
@@ -84,16 +92,27 @@ impl App {
             start: Instant::now(),
             interval: args.interval.max(Duration::from_millis(10)),
             error: None,
+            subflows_at: None,
+            subflow_period: Duration::ZERO,
         }
     }
 
     /// One refresh of the kernel figures.
     fn refresh(&mut self) {
         let slow = self.shared.slow();
-        match collect::snapshot(self.start.elapsed(), &slow) {
-            Ok(s) => {
+        // A little slack so a period equal to the interval is not missed
+        // by a refresh that came a millisecond early.
+        let due = self.subflows_at.is_none_or(|t| {
+            t.elapsed() + Duration::from_millis(20) >= self.subflow_period.max(self.interval)
+        });
+        match collect::snapshot(self.start.elapsed(), &slow, due) {
+            Ok((s, took)) => {
                 self.model.update(s);
                 self.error = None;
+                if due {
+                    self.subflows_at = Some(Instant::now());
+                    self.subflow_period = took * SUBFLOW_DUTY;
+                }
             }
             Err(e) => self.error = Some(e.to_string()),
         }
@@ -120,6 +139,7 @@ impl App {
             editing: self.editing.as_deref(),
             clock: &clock[11..19],
             interval_ms: self.interval.as_millis() as u64,
+            subflow_ms: self.subflow_period.max(self.interval).as_millis() as u64,
             events,
             events_note,
             daemon: draw::daemon_lines(slow.daemon.as_ref(), slow.daemon_error.as_deref()),
@@ -225,7 +245,7 @@ fn run_frames(args: &TopArgs, n: u64) -> Result<()> {
         total.as_secs_f64() * 1000.0 / n as f64,
         worst.as_secs_f64() * 1000.0,
         app.model.conns.len(),
-        app.model.conns.iter().map(|c| c.subflows.len()).sum::<usize>(),
+        app.model.subflow_count,
         slow.proc_scan.as_secs_f64() * 1000.0,
         slow.proc_fds,
         collect::SLOW_PERIOD.as_secs(),
@@ -342,13 +362,18 @@ mod tests {
                         .into(),
                 ),
                 state: "established",
+                token: Some(i as u32),
                 process: Some(std::sync::Arc::from("some-long-process-name[12345]")),
-                subflows: vec![SubflowIn {
-                    dev: Some(long.clone()),
-                    bytes_acked: u64::MAX,
-                    ..SubflowIn::default()
-                }],
+                bytes_acked: Some(u64::MAX),
                 ..ConnIn::default()
+            })
+            .collect();
+        let subflows: Vec<SubflowIn> = (0..600u32)
+            .map(|i| SubflowIn {
+                token: i / 2,
+                dev: Some(long.clone()),
+                bytes_acked: u64::MAX,
+                ..SubflowIn::default()
             })
             .collect();
         m.update(Snapshot {
@@ -360,6 +385,7 @@ mod tests {
                 ..IfaceIn::default()
             }],
             conns,
+            subflows: Some(subflows),
         });
         for group in [model::Group::Connection, model::Group::Remote] {
             let opts = ViewOpts {
@@ -374,6 +400,7 @@ mod tests {
                     editing: Some("x"),
                     clock: "12:00:00",
                     interval_ms: 250,
+                    subflow_ms: 1000,
                     events: vec!["e".repeat(300); 50],
                     events_note: None,
                     daemon: draw::daemon_lines(None, None),

@@ -18,6 +18,8 @@ pub const HISTORY: usize = 120;
 /// One subflow as collected (counters are totals since the socket began).
 #[derive(Debug, Clone, Default)]
 pub struct SubflowIn {
+    /// Local token of its connection.
+    pub token: u32,
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
     /// Interface carrying it (bound device or owner of the local address).
@@ -39,10 +41,16 @@ pub struct ConnIn {
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
     pub state: &'static str,
+    pub token: Option<u32>,
     /// Owning process ("name[pid]"), when the socket inode was found in /proc.
     pub process: Option<Arc<str>>,
     pub fell_back: bool,
-    pub subflows: Vec<SubflowIn>,
+    /// Connection-level counters (mptcp_info; kernels before 6.? lack
+    /// them, and then the sums of the subflows' are used).
+    pub bytes_acked: Option<u64>,
+    pub bytes_received: Option<u64>,
+    /// Subflows the kernel counts for it (used until its subflows are read).
+    pub subflows_hint: usize,
 }
 
 /// One interface as collected, with the daemon's figures when it runs.
@@ -59,14 +67,18 @@ pub struct IfaceIn {
 }
 
 /// Everything collected at one refresh; `at` is a monotonic time.
+/// `subflows` is `None` when they were not read this time (they cost most:
+/// with many, they are read less often): per-path figures then stay as
+/// they were.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub at: Duration,
     pub ifaces: Vec<IfaceIn>,
     pub conns: Vec<ConnIn>,
+    pub subflows: Option<Vec<SubflowIn>>,
 }
 
-/// Rates of one subflow over the last refresh interval.
+/// Rates of one subflow over the interval between its last two reads.
 #[derive(Debug, Clone, Default)]
 pub struct SubflowStat {
     pub sf: SubflowIn,
@@ -82,9 +94,11 @@ pub struct ConnStat {
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
     pub state: &'static str,
+    pub token: Option<u32>,
     pub process: Option<Arc<str>>,
     pub fell_back: bool,
-    pub subflows: Vec<SubflowStat>,
+    pub subflows: usize,
+    pub backups: usize,
     pub out_bps: u64,
     pub in_bps: u64,
     pub bytes: u64,
@@ -105,7 +119,7 @@ pub struct IfaceStat {
     pub loss: Option<f64>,
     pub in_bps: u64,
     pub out_bps: u64,
-    /// Goodput (in + out, bytes/s), oldest first.
+    /// Goodput (in + out, bytes/s) at each read of the subflows, oldest first.
     pub history: Vec<u64>,
 }
 
@@ -117,18 +131,39 @@ struct Counters {
     segs_out: u32,
 }
 
-type SfKey = (Option<SocketAddr>, Option<SocketAddr>);
+type AddrKey = (Option<SocketAddr>, Option<SocketAddr>);
+
+#[derive(Debug, Default, Clone)]
+struct Acc {
+    subflows: usize,
+    backups: usize,
+    rtt_sum: u64,
+    rtt_n: u64,
+    in_bps: u64,
+    out_bps: u64,
+    retrans: u64,
+    segs: u64,
+}
 
 /// Model state kept across refreshes.
 #[derive(Debug, Default)]
 pub struct Model {
-    prev: HashMap<SfKey, Counters>,
-    prev_at: Option<Duration>,
+    prev_conn: HashMap<AddrKey, (u64, u64)>,
+    prev_conn_at: Option<Duration>,
+    prev_sf: HashMap<AddrKey, Counters>,
+    prev_sf_at: Option<Duration>,
+    /// Per-interface sums at the last read of the subflows.
+    acc: HashMap<Arc<str>, Acc>,
     history: HashMap<Arc<str>, VecDeque<u64>>,
+    /// Subflows by connection token, from the last read of them.
+    by_token: HashMap<u32, Vec<SubflowStat>>,
     pub ifaces: Vec<IfaceStat>,
     pub conns: Vec<ConnStat>,
-    /// Refreshes taken in.
+    /// Refreshes taken in, and reads of the subflows among them.
     pub samples: u64,
+    pub subflow_samples: u64,
+    /// Subflows at the last read of them.
+    pub subflow_count: usize,
 }
 
 /// Growth of a counter between two reads. A counter that went backwards
@@ -152,100 +187,135 @@ fn per_second(delta: u64, dt: Duration) -> u64 {
     (delta as u128 * 1000 / ms as u128).min(u64::MAX as u128) as u64
 }
 
+/// Interval since `prev` (none when time went backwards, which it should not).
+fn since(prev: Option<Duration>, at: Duration) -> Duration {
+    prev.and_then(|p| at.checked_sub(p)).unwrap_or_default()
+}
+
 impl Model {
     pub fn new() -> Model {
         Model::default()
     }
 
+    /// The subflows of a connection, as of the last read of them.
+    pub fn subflows_of(&self, c: &ConnStat) -> &[SubflowStat] {
+        c.token
+            .and_then(|t| self.by_token.get(&t))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
     /// Take in one refresh.
     pub fn update(&mut self, snap: Snapshot) {
-        let first = self.prev_at.is_none();
-        // Time going backwards (it should not): treat as no interval.
-        let dt = self
-            .prev_at
-            .and_then(|p| snap.at.checked_sub(p))
-            .unwrap_or_default();
-        let mut prev = std::mem::take(&mut self.prev);
-        let mut next = HashMap::with_capacity(prev.len().max(16));
+        let fresh = snap.subflows.is_some();
+        if let Some(sfs) = snap.subflows {
+            self.take_subflows(snap.at, sfs);
+        }
+        let first = self.prev_conn_at.is_none();
+        let dt = since(self.prev_conn_at, snap.at);
+        let mut prev = std::mem::take(&mut self.prev_conn);
+        let mut next = HashMap::with_capacity(snap.conns.len());
         let mut conns = Vec::with_capacity(snap.conns.len());
         for c in snap.conns {
-            let mut cs = ConnStat {
+            let sfs = c
+                .token
+                .and_then(|t| self.by_token.get(&t))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let acked = c
+                .bytes_acked
+                .unwrap_or_else(|| sfs.iter().map(|s| s.sf.bytes_acked).sum());
+            let received = c
+                .bytes_received
+                .unwrap_or_else(|| sfs.iter().map(|s| s.sf.bytes_received).sum());
+            let key = (c.local, c.remote);
+            let p = prev.remove(&key);
+            next.insert(key, (acked, received));
+            let out = grew(p.map(|p| p.0), acked, first);
+            let inn = grew(p.map(|p| p.1), received, first);
+            conns.push(ConnStat {
                 local: c.local,
                 remote: c.remote,
                 state: c.state,
+                token: c.token,
                 process: c.process,
                 fell_back: c.fell_back,
-                subflows: Vec::with_capacity(c.subflows.len()),
-                ..ConnStat::default()
-            };
-            for sf in c.subflows {
-                let key = (sf.local, sf.remote);
-                let now = Counters {
-                    acked: sf.bytes_acked,
-                    received: sf.bytes_received,
-                    retrans: sf.total_retrans,
-                    segs_out: sf.segs_out,
-                };
-                let p = prev.remove(&key);
-                next.insert(key, now);
-                let out = grew(p.map(|p| p.acked), now.acked, first);
-                let inn = grew(p.map(|p| p.received), now.received, first);
-                let retrans = grew(p.map(|p| p.retrans as u64), now.retrans as u64, first) as u32;
-                let segs = grew(p.map(|p| p.segs_out as u64), now.segs_out as u64, first) as u32;
-                let st = SubflowStat {
-                    out_bps: per_second(out, dt),
-                    in_bps: per_second(inn, dt),
-                    retrans_delta: retrans,
-                    segs_delta: segs,
-                    sf,
-                };
-                cs.out_bps = cs.out_bps.saturating_add(st.out_bps);
-                cs.in_bps = cs.in_bps.saturating_add(st.in_bps);
-                cs.bytes = cs
-                    .bytes
-                    .saturating_add(st.sf.bytes_acked)
-                    .saturating_add(st.sf.bytes_received);
-                cs.rtt_us = cs.rtt_us.max(st.sf.rtt_us);
-                cs.subflows.push(st);
-            }
-            conns.push(cs);
+                subflows: if sfs.is_empty() {
+                    c.subflows_hint
+                } else {
+                    sfs.len()
+                },
+                backups: sfs.iter().filter(|s| s.sf.backup).count(),
+                out_bps: per_second(out, dt),
+                in_bps: per_second(inn, dt),
+                bytes: acked.saturating_add(received),
+                rtt_us: sfs.iter().map(|s| s.sf.rtt_us).max().unwrap_or(0),
+            });
         }
-        self.prev = next;
-        self.prev_at = Some(snap.at);
-        self.samples += 1;
-        self.ifaces = self.aggregate_ifaces(&snap.ifaces, &conns);
+        self.prev_conn = next;
+        self.prev_conn_at = Some(snap.at);
         self.conns = conns;
+        self.samples += 1;
+        self.ifaces = self.aggregate_ifaces(&snap.ifaces, fresh);
     }
 
-    fn aggregate_ifaces(&mut self, given: &[IfaceIn], conns: &[ConnStat]) -> Vec<IfaceStat> {
-        #[derive(Default)]
-        struct Acc {
-            subflows: usize,
-            backups: usize,
-            rtt_sum: u64,
-            rtt_n: u64,
-            in_bps: u64,
-            out_bps: u64,
-            retrans: u64,
-            segs: u64,
-        }
+    fn take_subflows(&mut self, at: Duration, sfs: Vec<SubflowIn>) {
+        let first = self.prev_sf_at.is_none();
+        let dt = since(self.prev_sf_at, at);
+        let mut prev = std::mem::take(&mut self.prev_sf);
+        let mut next = HashMap::with_capacity(sfs.len());
+        let mut by_token: HashMap<u32, Vec<SubflowStat>> = HashMap::with_capacity(sfs.len());
         let mut acc: HashMap<Arc<str>, Acc> = HashMap::new();
-        for c in conns {
-            for s in &c.subflows {
-                let name = s.sf.dev.clone().unwrap_or_else(|| Arc::from("?"));
-                let a = acc.entry(name).or_default();
-                a.subflows += 1;
-                a.backups += usize::from(s.sf.backup);
-                if s.sf.rtt_us > 0 {
-                    a.rtt_sum += s.sf.rtt_us as u64;
-                    a.rtt_n += 1;
-                }
-                a.in_bps = a.in_bps.saturating_add(s.in_bps);
-                a.out_bps = a.out_bps.saturating_add(s.out_bps);
-                a.retrans += s.retrans_delta as u64;
-                a.segs += s.segs_delta as u64;
+        self.subflow_count = sfs.len();
+        for sf in sfs {
+            let key = (sf.local, sf.remote);
+            let now = Counters {
+                acked: sf.bytes_acked,
+                received: sf.bytes_received,
+                retrans: sf.total_retrans,
+                segs_out: sf.segs_out,
+            };
+            let p = prev.remove(&key);
+            next.insert(key, now);
+            let out = grew(p.map(|p| p.acked), now.acked, first);
+            let inn = grew(p.map(|p| p.received), now.received, first);
+            let retrans = grew(p.map(|p| p.retrans as u64), now.retrans as u64, first) as u32;
+            let segs = grew(p.map(|p| p.segs_out as u64), now.segs_out as u64, first) as u32;
+            let st = SubflowStat {
+                out_bps: per_second(out, dt),
+                in_bps: per_second(inn, dt),
+                retrans_delta: retrans,
+                segs_delta: segs,
+                sf,
+            };
+            let name = st.sf.dev.clone().unwrap_or_else(|| Arc::from("?"));
+            let a = acc.entry(name).or_default();
+            a.subflows += 1;
+            a.backups += usize::from(st.sf.backup);
+            if st.sf.rtt_us > 0 {
+                a.rtt_sum += st.sf.rtt_us as u64;
+                a.rtt_n += 1;
+            }
+            a.in_bps = a.in_bps.saturating_add(st.in_bps);
+            a.out_bps = a.out_bps.saturating_add(st.out_bps);
+            a.retrans += st.retrans_delta as u64;
+            a.segs += st.segs_delta as u64;
+            by_token.entry(st.sf.token).or_default().push(st);
+        }
+        for v in by_token.values_mut() {
+            if v.len() > 1 {
+                v.sort_by_key(|s| (s.sf.local, s.sf.remote));
             }
         }
+        self.prev_sf = next;
+        self.prev_sf_at = Some(at);
+        self.by_token = by_token;
+        self.acc = acc;
+        self.subflow_samples += 1;
+    }
+
+    /// Per-interface rows; the history grows only with fresh subflows.
+    fn aggregate_ifaces(&mut self, given: &[IfaceIn], fresh: bool) -> Vec<IfaceStat> {
         let mut out: Vec<IfaceStat> = given
             .iter()
             .map(|i| IfaceStat {
@@ -258,7 +328,8 @@ impl Model {
             })
             .collect();
         // Subflows on interfaces not listed (or unknown: "?") get a row too.
-        let mut extra: Vec<Arc<str>> = acc
+        let mut extra: Vec<Arc<str>> = self
+            .acc
             .keys()
             .filter(|k| !given.iter().any(|i| i.name == **k))
             .cloned()
@@ -273,7 +344,7 @@ impl Model {
             });
         }
         for row in &mut out {
-            if let Some(a) = acc.get(&row.name) {
+            if let Some(a) = self.acc.get(&row.name) {
                 row.subflows = a.subflows;
                 row.backups = a.backups;
                 row.in_bps = a.in_bps;
@@ -286,10 +357,12 @@ impl Model {
                 }
             }
             let h = self.history.entry(row.name.clone()).or_default();
-            if h.len() == HISTORY {
-                h.pop_front();
+            if fresh {
+                if h.len() == HISTORY {
+                    h.pop_front();
+                }
+                h.push_back(row.in_bps.saturating_add(row.out_bps));
             }
-            h.push_back(row.in_bps.saturating_add(row.out_bps));
             row.history = h.iter().copied().collect();
         }
         // Busy interfaces first, then those up, then by name.
@@ -506,20 +579,8 @@ impl Model {
                 let (x, y) = (&conns[a.0], &conns[b.0]);
                 order(
                     opts.sort,
-                    (
-                        x.in_bps + x.out_bps,
-                        x.bytes,
-                        x.rtt_us,
-                        x.subflows.len(),
-                        &a.1,
-                    ),
-                    (
-                        y.in_bps + y.out_bps,
-                        y.bytes,
-                        y.rtt_us,
-                        y.subflows.len(),
-                        &b.1,
-                    ),
+                    (x.in_bps + x.out_bps, x.bytes, x.rtt_us, x.subflows, &a.1),
+                    (y.in_bps + y.out_bps, y.bytes, y.rtt_us, y.subflows, &b.1),
                 )
                 .then(a.0.cmp(&b.0))
             });
@@ -543,8 +604,8 @@ impl Model {
             };
             let g = groups.entry(key).or_default();
             g.conns += 1;
-            g.subflows += c.subflows.len();
-            g.backups += c.subflows.iter().filter(|s| s.sf.backup).count();
+            g.subflows += c.subflows;
+            g.backups += c.backups;
             g.in_bps = g.in_bps.saturating_add(c.in_bps);
             g.out_bps = g.out_bps.saturating_add(c.out_bps);
             g.bytes = g.bytes.saturating_add(c.bytes);
@@ -581,8 +642,9 @@ mod tests {
         Some(s.parse().unwrap())
     }
 
-    fn sf(local: &str, remote: &str, dev: &str, acked: u64, recv: u64) -> SubflowIn {
+    fn sf(token: u32, local: &str, remote: &str, dev: &str, acked: u64, recv: u64) -> SubflowIn {
         SubflowIn {
+            token,
             local: addr(local),
             remote: addr(remote),
             dev: Some(Arc::from(dev)),
@@ -594,13 +656,15 @@ mod tests {
         }
     }
 
-    fn conn(local: &str, remote: &str, proc_: Option<&str>, sfs: Vec<SubflowIn>) -> ConnIn {
+    /// A connection whose counters are the sums of its subflows'.
+    fn conn(token: u32, local: &str, remote: &str, proc_: Option<&str>) -> ConnIn {
         ConnIn {
             local: addr(local),
             remote: addr(remote),
             state: "established",
+            token: Some(token),
             process: proc_.map(Arc::from),
-            subflows: sfs,
+            subflows_hint: 1,
             ..ConnIn::default()
         }
     }
@@ -614,31 +678,40 @@ mod tests {
         }
     }
 
-    fn snap(ms: u64, conns: Vec<ConnIn>) -> Snapshot {
+    fn snap(ms: u64, conns: Vec<ConnIn>, sfs: Option<Vec<SubflowIn>>) -> Snapshot {
         Snapshot {
             at: Duration::from_millis(ms),
             ifaces: vec![iface("eth0"), iface("wlan0")],
             conns,
+            subflows: sfs,
         }
+    }
+
+    fn one(ms: u64, acked: u64, recv: u64) -> Snapshot {
+        snap(
+            ms,
+            vec![conn(1, "10.0.0.1:1000", "10.9.9.9:443", None)],
+            Some(vec![sf(
+                1,
+                "10.0.0.1:1000",
+                "10.9.9.9:443",
+                "eth0",
+                acked,
+                recv,
+            )]),
+        )
     }
 
     #[test]
     fn rates_are_deltas_over_the_interval() {
         let mut m = Model::new();
-        let c = |a, r| {
-            conn(
-                "10.0.0.1:1000",
-                "10.9.9.9:443",
-                None,
-                vec![sf("10.0.0.1:1000", "10.9.9.9:443", "eth0", a, r)],
-            )
-        };
-        m.update(snap(0, vec![c(1000, 5000)]));
+        m.update(one(0, 1000, 5000));
         // First refresh: no interval yet, no rate.
         assert_eq!((m.conns[0].out_bps, m.conns[0].in_bps), (0, 0));
-        m.update(snap(250, vec![c(1000 + 250_000, 5000 + 500)]));
+        m.update(one(250, 1000 + 250_000, 5000 + 500));
         assert_eq!(m.conns[0].out_bps, 1_000_000);
         assert_eq!(m.conns[0].in_bps, 2_000);
+        assert_eq!((m.conns[0].subflows, m.conns[0].bytes), (1, 256_500));
         let eth0 = &m.ifaces[0];
         assert_eq!(
             (&*eth0.name, eth0.out_bps, eth0.subflows),
@@ -647,6 +720,36 @@ mod tests {
         assert_eq!(m.ifaces[1].subflows, 0);
         assert_eq!(eth0.history, vec![0, 1_002_000]);
         assert_eq!(eth0.rtt_ms, Some(10.0));
+        assert_eq!(m.subflows_of(&m.conns[0]).len(), 1);
+    }
+
+    #[test]
+    fn connection_counters_win_and_subflows_may_be_skipped() {
+        let mut m = Model::new();
+        let c = |acked| ConnIn {
+            bytes_acked: Some(acked),
+            bytes_received: Some(0),
+            ..conn(1, "10.0.0.1:1000", "10.9.9.9:443", None)
+        };
+        let sfs = || {
+            Some(vec![
+                sf(1, "10.0.0.1:1000", "10.9.9.9:443", "eth0", 0, 0),
+                sf(1, "10.0.0.2:1000", "10.9.9.9:443", "wlan0", 0, 0),
+            ])
+        };
+        m.update(snap(0, vec![c(0)], sfs()));
+        m.update(snap(500, vec![c(1000)], None));
+        // Connection rate from its own counters, every refresh; subflows
+        // kept from their last read, the history not grown without one.
+        assert_eq!((m.conns[0].out_bps, m.conns[0].subflows), (2000, 2));
+        assert_eq!(m.ifaces[0].history.len(), 1);
+        m.update(snap(1000, vec![c(1000)], sfs()));
+        assert_eq!(m.conns[0].out_bps, 0);
+        assert_eq!((m.ifaces[0].history.len(), m.subflow_samples), (2, 2));
+        // Not read yet: the kernel's count stands in.
+        let mut m = Model::new();
+        m.update(snap(0, vec![c(0)], None));
+        assert_eq!(m.conns[0].subflows, 1);
     }
 
     #[test]
@@ -656,74 +759,58 @@ mod tests {
         assert_eq!(grew(None, 40, true), 0);
         assert_eq!(grew(None, 40, false), 40);
         let mut m = Model::new();
-        let c = |a| {
-            conn(
-                "10.0.0.1:1000",
-                "10.9.9.9:443",
-                None,
-                vec![sf("10.0.0.1:1000", "10.9.9.9:443", "eth0", a, 0)],
-            )
-        };
-        m.update(snap(0, vec![c(1_000_000)]));
-        m.update(snap(1000, vec![c(300)]));
+        m.update(one(0, 1_000_000, 0));
+        m.update(one(1000, 300, 0));
         // Not a huge wrapped-around figure: the 300 bytes of the new socket.
         assert_eq!(m.conns[0].out_bps, 300);
+        assert_eq!(m.ifaces[0].out_bps, 300);
     }
 
     #[test]
     fn vanished_connections_are_forgotten_and_zero_interval_is_safe() {
         let mut m = Model::new();
-        let c = conn(
-            "10.0.0.1:1000",
-            "10.9.9.9:443",
-            None,
-            vec![sf("10.0.0.1:1000", "10.9.9.9:443", "eth0", 10, 10)],
-        );
-        m.update(snap(0, vec![c.clone()]));
-        m.update(snap(0, vec![c.clone()]));
+        m.update(one(0, 10, 10));
+        m.update(one(0, 10, 10));
         assert_eq!(m.conns[0].out_bps, 0);
-        m.update(snap(100, vec![]));
-        assert!(m.conns.is_empty() && m.prev.is_empty());
+        m.update(snap(100, vec![], Some(vec![])));
+        assert!(m.conns.is_empty() && m.prev_sf.is_empty() && m.prev_conn.is_empty());
         // Back again after vanishing: counted as new since the last refresh.
-        m.update(snap(200, vec![c]));
+        m.update(one(200, 10, 10));
         assert_eq!(m.conns[0].out_bps, 100);
         // Time going backwards gives no rate, not a panic.
-        m.update(snap(50, vec![]));
+        m.update(snap(50, vec![], None));
         assert_eq!(m.samples, 5);
     }
 
     #[test]
     fn subflows_on_unknown_interfaces_get_a_row_and_loss_is_computed() {
         let mut m = Model::new();
-        let mk = |retrans, segs| {
-            let mut s = sf("10.0.0.1:1", "10.9.9.9:443", "tun7", 0, 0);
+        let mk = |ms, retrans, segs| {
+            let mut s = sf(1, "10.0.0.1:1", "10.9.9.9:443", "tun7", 0, 0);
             s.total_retrans = retrans;
             s.segs_out = segs;
-            let mut nodev = sf("10.0.0.1:2", "10.9.9.9:443", "x", 0, 0);
+            let mut nodev = sf(1, "10.0.0.1:2", "10.9.9.9:443", "x", 0, 0);
             nodev.dev = None;
             nodev.backup = true;
-            conn("10.0.0.1:1", "10.9.9.9:443", None, vec![s, nodev])
+            snap(
+                ms,
+                vec![conn(1, "10.0.0.1:1", "10.9.9.9:443", None)],
+                Some(vec![s, nodev]),
+            )
         };
-        m.update(snap(0, vec![mk(0, 100)]));
-        m.update(snap(1000, vec![mk(5, 200)]));
+        m.update(mk(0, 0, 100));
+        m.update(mk(1000, 5, 200));
         let names: Vec<&str> = m.ifaces.iter().map(|i| &*i.name).collect();
         assert_eq!(names, ["?", "tun7", "eth0", "wlan0"]);
         assert_eq!(m.ifaces[1].loss, Some(0.05));
         assert_eq!((m.ifaces[0].subflows, m.ifaces[0].backups), (1, 1));
+        assert_eq!((m.conns[0].subflows, m.conns[0].backups), (2, 1));
     }
 
     #[test]
     fn daemon_figures_win_over_kernel_ones() {
         let mut m = Model::new();
-        let mut s = snap(
-            0,
-            vec![conn(
-                "10.0.0.1:1",
-                "10.9.9.9:443",
-                None,
-                vec![sf("10.0.0.1:1", "10.9.9.9:443", "eth0", 0, 0)],
-            )],
-        );
+        let mut s = one(0, 0, 0);
         s.ifaces[0].daemon_rtt_ms = Some(42.0);
         s.ifaces[0].daemon_loss = Some(0.5);
         m.update(s);
@@ -735,31 +822,28 @@ mod tests {
     fn history_is_bounded() {
         let mut m = Model::new();
         for t in 0..(HISTORY as u64 + 30) {
-            m.update(snap(t * 250, vec![]));
+            m.update(snap(t * 250, vec![], Some(vec![])));
         }
         assert_eq!(m.ifaces[0].history.len(), HISTORY);
     }
 
     /// `n` connections to `remotes` servers, connection i moving i bytes/s out.
     fn many(n: usize, remotes: usize) -> Model {
-        let build = |scale: u64| {
-            (0..n)
-                .map(|i| {
-                    let local = format!("10.0.{}.{}:{}", i / 60000, 1 + i % 200, 1024 + i % 60000);
-                    let remote = format!("10.9.9.{}:443", i % remotes);
-                    let p = format!("proc{}[{}]", i % 3, 100 + i % 3);
-                    conn(
-                        &local,
-                        &remote,
-                        Some(&p),
-                        vec![sf(&local, &remote, "eth0", i as u64 * scale, 0)],
-                    )
-                })
-                .collect::<Vec<_>>()
+        let build = |ms: u64, scale: u64| {
+            let mut conns = Vec::new();
+            let mut sfs = Vec::new();
+            for i in 0..n {
+                let local = format!("10.0.{}.{}:{}", i / 60000, 1 + i % 200, 1024 + i % 60000);
+                let remote = format!("10.9.9.{}:443", i % remotes);
+                let p = format!("proc{}[{}]", i % 3, 100 + i % 3);
+                conns.push(conn(i as u32, &local, &remote, Some(&p)));
+                sfs.push(sf(i as u32, &local, &remote, "eth0", i as u64 * scale, 0));
+            }
+            snap(ms, conns, Some(sfs))
         };
         let mut m = Model::new();
-        m.update(snap(0, build(0)));
-        m.update(snap(1000, build(1)));
+        m.update(build(0, 0));
+        m.update(build(1000, 1));
         m
     }
 
@@ -796,7 +880,7 @@ mod tests {
         };
         // 10.9.9.3 has connections 3, 7, ..., 999: the most goodput.
         assert_eq!(g.key, "10.9.9.3:443");
-        assert_eq!(g.conns, 250);
+        assert_eq!((g.conns, g.subflows), (250, 250));
         assert_eq!(g.out_bps, (0..250).map(|k| 3 + 4 * k).sum::<u64>());
         let few = many(10, 4);
         assert_eq!(few.rows(&ViewOpts::default(), 10).group, Group::Connection);
@@ -873,19 +957,18 @@ mod tests {
     #[test]
     fn odd_input_does_not_panic() {
         let mut m = Model::new();
-        let weird = ConnIn {
-            subflows: vec![SubflowIn::default(), SubflowIn::default()],
-            ..ConnIn::default()
-        };
+        let weird = ConnIn::default();
         m.update(Snapshot {
             at: Duration::ZERO,
             ifaces: vec![],
             conns: vec![weird.clone(), weird],
+            subflows: Some(vec![SubflowIn::default(), SubflowIn::default()]),
         });
         m.update(Snapshot {
             at: Duration::from_secs(u64::MAX / 2),
             ifaces: vec![],
             conns: vec![],
+            subflows: None,
         });
         for g in [
             Group::Auto,
