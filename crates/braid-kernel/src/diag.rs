@@ -167,10 +167,37 @@ fn dump_families(protocol: u32, v6: bool, states: u32) -> Result<Vec<DumpedSocke
             let SockDiagMessage::InetResponse(resp) = reply else {
                 continue;
             };
-            out.push(dumped_socket(&resp));
+            out.push(dumped_socket_owned(*resp));
         }
     }
     Ok(out)
+}
+
+/// As `dumped_socket`, moving the tcp_info bytes instead of copying them
+/// (dumps of many thousand sockets: one allocation less each).
+fn dumped_socket_owned(resp: InetResponse) -> DumpedSocket {
+    let id = &resp.header.socket_id;
+    let mut s = DumpedSocket {
+        local: SocketAddr::new(id.source_address, id.source_port),
+        remote: SocketAddr::new(id.destination_address, id.destination_port),
+        bound_ifindex: id.interface_id,
+        state: resp.header.state,
+        inode: resp.header.inode,
+        info: None,
+        ulp: None,
+    };
+    for nla in resp.nlas {
+        match nla {
+            DiagNla::TcpInfo(bytes) => s.info = Some(bytes),
+            DiagNla::Other(raw) if raw.kind() & 0x3fff == INET_DIAG_ULP_INFO => {
+                let mut v = vec![0u8; raw.value_len()];
+                raw.emit_value(&mut v);
+                s.ulp = Some(v);
+            }
+            _ => {}
+        }
+    }
+    s
 }
 
 fn dumped_socket(resp: &InetResponse) -> DumpedSocket {
@@ -198,10 +225,15 @@ fn dumped_socket(resp: &InetResponse) -> DumpedSocket {
     s
 }
 
+/// The MPTCP subflow attributes Braid reads (MPTCP_SUBFLOW_ATTR_* up to
+/// SF_ID_LOC): the first four bytes of each and its length, no allocation.
+#[derive(Default)]
+struct UlpFields([Option<(usize, [u8; 4])>; 11]);
+
 /// The MPTCP part of a subflow's ULP info.
-fn decode_ulp(ulp: &[u8]) -> Result<Option<BTreeMap<u16, Vec<u8>>>> {
+fn decode_ulp(ulp: &[u8]) -> Result<Option<UlpFields>> {
     let mut is_mptcp = false;
-    let mut fields = BTreeMap::new();
+    let mut fields = UlpFields::default();
     for attr in attrs(ulp) {
         let (kind, value) = attr.map_err(|e| Error::decode(Op::SockDiag, e))?;
         match kind {
@@ -209,7 +241,12 @@ fn decode_ulp(ulp: &[u8]) -> Result<Option<BTreeMap<u16, Vec<u8>>>> {
             INET_ULP_INFO_MPTCP => {
                 for inner in attrs(value) {
                     let (k, v) = inner.map_err(|e| Error::decode(Op::SockDiag, e))?;
-                    fields.insert(k, v.to_vec());
+                    if let Some(slot) = fields.0.get_mut(k as usize) {
+                        let mut b = [0u8; 4];
+                        let n = v.len().min(4);
+                        b[..n].copy_from_slice(&v[..n]);
+                        *slot = Some((v.len(), b));
+                    }
                 }
             }
             _ => {}
@@ -218,16 +255,18 @@ fn decode_ulp(ulp: &[u8]) -> Result<Option<BTreeMap<u16, Vec<u8>>>> {
     Ok(is_mptcp.then_some(fields))
 }
 
-fn field_u32(fields: &BTreeMap<u16, Vec<u8>>, k: u16) -> u32 {
-    fields
-        .get(&k)
-        .and_then(|v| v.get(..4))
-        .map(|v| u32::from_ne_bytes(v.try_into().unwrap()))
-        .unwrap_or(0)
+fn field_u32(fields: &UlpFields, k: u16) -> u32 {
+    match fields.0.get(k as usize) {
+        Some(Some((len, b))) if *len >= 4 => u32::from_ne_bytes(*b),
+        _ => 0,
+    }
 }
 
-fn field_u8(fields: &BTreeMap<u16, Vec<u8>>, k: u16) -> u8 {
-    fields.get(&k).and_then(|v| v.first().copied()).unwrap_or(0)
+fn field_u8(fields: &UlpFields, k: u16) -> u8 {
+    match fields.0.get(k as usize) {
+        Some(Some((len, b))) if *len >= 1 => b[0],
+        _ => 0,
+    }
 }
 
 /// All TCP sockets that are MPTCP subflows, in the current namespace.

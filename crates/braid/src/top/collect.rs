@@ -3,7 +3,7 @@
 //! socket-inode -> process map from /proc, the daemon's status) and the
 //! MPTCP event stream.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +14,7 @@ use braid_kernel::diag;
 use braid_kernel::events::{EventStream, StreamItem};
 use braid_kernel::pm::PathManager;
 
-use super::model::{ConnIn, IfaceIn, Snapshot, SubflowIn};
+use super::model::{map_with, ConnIn, FastMap, IfaceIn, Snapshot, SubflowIn};
 use crate::names::Interfaces;
 
 /// How often the slow things are read again.
@@ -26,13 +26,13 @@ pub const EVENT_LINES: usize = 200;
 #[derive(Default)]
 pub struct Slow {
     /// Local address -> interface name.
-    pub addr_dev: HashMap<IpAddr, Arc<str>>,
+    pub addr_dev: FastMap<IpAddr, Arc<str>>,
     /// Interface index -> name.
-    pub index_dev: HashMap<u32, Arc<str>>,
+    pub index_dev: FastMap<u32, Arc<str>>,
     /// The interfaces to list (not loopback), sorted by name.
     pub ifaces: Vec<IfaceIn>,
     /// Socket inode -> "comm[pid]".
-    pub procs: HashMap<u32, Arc<str>>,
+    pub procs: FastMap<u32, Arc<str>>,
     /// Time the last /proc scan took, and descriptors it read.
     pub proc_scan: Duration,
     pub proc_fds: usize,
@@ -126,8 +126,8 @@ pub fn read_slow(socket: &std::path::Path) -> Slow {
 /// read: one readlink per open descriptor of every process, so its cost
 /// grows with the descriptors open on the machine (10,000 sockets: about
 /// 10,000 readlinks), which is why it runs only every `SLOW_PERIOD`.
-pub fn socket_owners() -> (HashMap<u32, Arc<str>>, usize) {
-    let mut map = HashMap::new();
+pub fn socket_owners() -> (FastMap<u32, Arc<str>>, usize) {
+    let mut map = map_with(1024);
     let mut fds = 0;
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return (map, 0);

@@ -8,9 +8,56 @@
 //! (`select_nth_unstable_by`) before sorting only those N.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// A fast non-cryptographic hash (FxHash's mixing) for the per-refresh
+/// maps of socket addresses and tokens: SipHash, the default, was a
+/// visible part of a refresh with 10,000 connections.
+#[derive(Default, Clone, Copy)]
+pub struct Fx(u64);
+
+impl Fx {
+    fn add(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for Fx {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.add(v as u64)
+    }
+    fn write_u16(&mut self, v: u16) {
+        self.add(v as u64)
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.add(v as u64)
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.add(v)
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.add(v as u64)
+    }
+}
+
+pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
+
+pub fn map_with<K, V>(n: usize) -> FastMap<K, V> {
+    HashMap::with_capacity_and_hasher(n, Default::default())
+}
 
 /// Samples of goodput kept per interface for the sparkline.
 pub const HISTORY: usize = 120;
@@ -148,15 +195,15 @@ struct Acc {
 /// Model state kept across refreshes.
 #[derive(Debug, Default)]
 pub struct Model {
-    prev_conn: HashMap<AddrKey, (u64, u64)>,
+    prev_conn: FastMap<AddrKey, (u64, u64)>,
     prev_conn_at: Option<Duration>,
-    prev_sf: HashMap<AddrKey, Counters>,
+    prev_sf: FastMap<AddrKey, Counters>,
     prev_sf_at: Option<Duration>,
     /// Per-interface sums at the last read of the subflows.
     acc: HashMap<Arc<str>, Acc>,
     history: HashMap<Arc<str>, VecDeque<u64>>,
     /// Subflows by connection token, from the last read of them.
-    by_token: HashMap<u32, Vec<SubflowStat>>,
+    by_token: FastMap<u32, Vec<SubflowStat>>,
     pub ifaces: Vec<IfaceStat>,
     pub conns: Vec<ConnStat>,
     /// Refreshes taken in, and reads of the subflows among them.
@@ -214,7 +261,7 @@ impl Model {
         let first = self.prev_conn_at.is_none();
         let dt = since(self.prev_conn_at, snap.at);
         let mut prev = std::mem::take(&mut self.prev_conn);
-        let mut next = HashMap::with_capacity(snap.conns.len());
+        let mut next = map_with(snap.conns.len());
         let mut conns = Vec::with_capacity(snap.conns.len());
         for c in snap.conns {
             let sfs = c
@@ -263,8 +310,8 @@ impl Model {
         let first = self.prev_sf_at.is_none();
         let dt = since(self.prev_sf_at, at);
         let mut prev = std::mem::take(&mut self.prev_sf);
-        let mut next = HashMap::with_capacity(sfs.len());
-        let mut by_token: HashMap<u32, Vec<SubflowStat>> = HashMap::with_capacity(sfs.len());
+        let mut next = map_with(sfs.len());
+        let mut by_token: FastMap<u32, Vec<SubflowStat>> = map_with(sfs.len());
         let mut acc: HashMap<Arc<str>, Acc> = HashMap::new();
         self.subflow_count = sfs.len();
         for sf in sfs {
@@ -591,16 +638,22 @@ impl Model {
                 group,
             };
         }
-        let mut groups: HashMap<String, GroupRow> = HashMap::new();
+        // Keys as found (no text per connection); named once per group.
+        #[derive(PartialEq, Eq, Hash)]
+        enum Key<'a> {
+            Addr(Option<SocketAddr>),
+            Proc(Option<&'a str>),
+        }
+        let mut groups: FastMap<Key, GroupRow> = map_with(64);
         for i in picked {
             let c = &self.conns[i];
             let key = match group {
-                Group::Process => c
-                    .process
-                    .as_deref()
-                    .map(|p| p.split('[').next().unwrap_or(p).to_string())
-                    .unwrap_or_else(|| "(unknown process)".into()),
-                _ => sock(c.remote),
+                Group::Process => Key::Proc(
+                    c.process
+                        .as_deref()
+                        .map(|p| p.split('[').next().unwrap_or(p)),
+                ),
+                _ => Key::Addr(c.remote),
             };
             let g = groups.entry(key).or_default();
             g.conns += 1;
@@ -614,7 +667,11 @@ impl Model {
         let mut v: Vec<GroupRow> = groups
             .into_iter()
             .map(|(key, mut g)| {
-                g.key = key;
+                g.key = match key {
+                    Key::Addr(a) => sock(a),
+                    Key::Proc(Some(p)) => p.to_string(),
+                    Key::Proc(None) => "(unknown process)".into(),
+                };
                 g
             })
             .collect();
