@@ -22,7 +22,12 @@ pub const SLOW_PERIOD: Duration = Duration::from_secs(2);
 /// Event lines kept.
 pub const EVENT_LINES: usize = 200;
 
-/// Interfaces, endpoint roles and processes: refreshed every `SLOW_PERIOD`.
+/// The /proc scan may take at most 1/PROC_DUTY of the time (1 %): with
+/// many descriptors open it runs less often than every `SLOW_PERIOD`.
+pub const PROC_DUTY: u32 = 100;
+
+/// Interfaces, endpoint roles and processes: refreshed every `SLOW_PERIOD`
+/// (processes: see `PROC_DUTY`).
 #[derive(Default)]
 pub struct Slow {
     /// Local address -> interface name.
@@ -32,7 +37,9 @@ pub struct Slow {
     /// The interfaces to list (not loopback), sorted by name.
     pub ifaces: Vec<IfaceIn>,
     /// Socket inode -> "comm[pid]".
-    pub procs: FastMap<u32, Arc<str>>,
+    pub procs: Arc<FastMap<u32, Arc<str>>>,
+    /// When /proc was scanned.
+    pub proc_at: Option<Instant>,
     /// Time the last /proc scan took, and descriptors it read.
     pub proc_scan: Duration,
     pub proc_fds: usize,
@@ -41,8 +48,9 @@ pub struct Slow {
     pub daemon_error: Option<String>,
 }
 
-/// Read everything slow once.
-pub fn read_slow(socket: &std::path::Path) -> Slow {
+/// Read everything slow once; the processes only when due (else kept from
+/// `prev`).
+pub fn read_slow(socket: &std::path::Path, prev: Option<&Slow>) -> Slow {
     let mut s = Slow::default();
     let daemon = braid_daemon::control::request(socket, &braid_daemon::control::Request::Status);
     match daemon {
@@ -114,18 +122,34 @@ pub fn read_slow(socket: &std::path::Path) -> Slow {
         }
         s.ifaces.sort_by(|a, b| a.name.cmp(&b.name));
     }
-    let t = Instant::now();
-    let (procs, fds) = socket_owners();
-    s.procs = procs;
-    s.proc_fds = fds;
-    s.proc_scan = t.elapsed();
+    let keep = prev.and_then(|p| Some((p, p.proc_at?))).filter(|(p, at)| {
+        at.elapsed() < SLOW_PERIOD.max(p.proc_scan * PROC_DUTY) - Duration::from_millis(50)
+    });
+    match keep {
+        // Not due: keep the last scan.
+        Some((p, at)) => {
+            s.procs = p.procs.clone();
+            s.proc_fds = p.proc_fds;
+            s.proc_scan = p.proc_scan;
+            s.proc_at = Some(at);
+        }
+        None => {
+            let t = Instant::now();
+            let (procs, fds) = socket_owners();
+            s.procs = Arc::new(procs);
+            s.proc_fds = fds;
+            s.proc_scan = t.elapsed();
+            s.proc_at = Some(t);
+        }
+    }
     s
 }
 
 /// Socket inode -> "comm[pid]" for every process whose /proc/PID/fd can be
 /// read: one readlink per open descriptor of every process, so its cost
 /// grows with the descriptors open on the machine (10,000 sockets: about
-/// 10,000 readlinks), which is why it runs only every `SLOW_PERIOD`.
+/// 10,000 readlinks, some 35-50 ms), which is why it runs on the slow
+/// thread, and less often than every `SLOW_PERIOD` when it is long.
 pub fn socket_owners() -> (FastMap<u32, Arc<str>>, usize) {
     let mut map = map_with(1024);
     let mut fds = 0;
@@ -200,7 +224,8 @@ pub fn spawn_slow(shared: Arc<Shared>, socket: PathBuf) {
             std::thread::sleep(Duration::from_millis(100));
             waited += Duration::from_millis(100);
         }
-        let s = Arc::new(read_slow(&socket));
+        let prev = shared.slow();
+        let s = Arc::new(read_slow(&socket, Some(&prev)));
         if let Ok(mut g) = shared.slow.lock() {
             *g = s;
         }

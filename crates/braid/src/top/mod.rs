@@ -80,7 +80,7 @@ const SUBFLOW_DUTY: u32 = 40;
 impl App {
     fn new(args: &TopArgs) -> App {
         // Read the slow things once now so the first frame has names.
-        let shared = Shared::new(collect::read_slow(&args.socket));
+        let shared = Shared::new(collect::read_slow(&args.socket, None));
         collect::spawn_events(shared.clone());
         collect::spawn_slow(shared.clone(), args.socket.clone());
         App {
@@ -239,7 +239,7 @@ fn run_frames(args: &TopArgs, n: u64) -> Result<()> {
     let n = n.max(1);
     let slow = app.shared.slow();
     eprintln!(
-        "braid top: {n} frames in {:.2} s ({:.2} frames/s), frame build mean {:.2} ms, worst {:.2} ms; {} connections, {} subflows; last /proc scan {:.1} ms over {} descriptors (every {} s)",
+        "braid top: {n} frames in {:.2} s ({:.2} frames/s), frame build mean {:.2} ms, worst {:.2} ms; {} connections, {} subflows; last /proc scan {:.1} ms over {} descriptors (every {:.1} s)",
         wall.as_secs_f64(),
         n as f64 / wall.as_secs_f64().max(1e-9),
         total.as_secs_f64() * 1000.0 / n as f64,
@@ -248,7 +248,9 @@ fn run_frames(args: &TopArgs, n: u64) -> Result<()> {
         app.model.subflow_count,
         slow.proc_scan.as_secs_f64() * 1000.0,
         slow.proc_fds,
-        collect::SLOW_PERIOD.as_secs(),
+        collect::SLOW_PERIOD
+            .max(slow.proc_scan * collect::PROC_DUTY)
+            .as_secs_f64(),
     );
     Ok(())
 }
