@@ -370,7 +370,7 @@ pub fn subflows_of(v6: bool, listeners: bool) -> Result<Vec<Subflow>> {
     let states = if listeners {
         u32::MAX
     } else {
-        u32::MAX & !(1 << TCP_LISTEN)
+        !(1u32 << TCP_LISTEN)
     };
     let mut out = Vec::new();
     for s in dump_families(libc::IPPROTO_TCP as u32, v6, states)? {
