@@ -63,6 +63,8 @@ struct App {
     model: Model,
     opts: ViewOpts,
     paused: bool,
+    /// The event lines shown when the view was paused.
+    frozen_events: Option<Vec<String>>,
     editing: Option<String>,
     start: Instant,
     interval: Duration,
@@ -88,6 +90,7 @@ impl App {
             model: Model::new(),
             opts: ViewOpts::default(),
             paused: false,
+            frozen_events: None,
             editing: None,
             start: Instant::now(),
             interval: args.interval.max(Duration::from_millis(10)),
@@ -120,16 +123,10 @@ impl App {
 
     fn render(&self, area: Rect, buf: &mut Buffer) {
         let slow = self.shared.slow();
-        let events: Vec<String> = self
-            .shared
-            .events
-            .lock()
-            .map(|e| {
-                // Only as many as could be shown.
-                let n = e.len().saturating_sub(area.height as usize);
-                e.iter().skip(n).cloned().collect()
-            })
-            .unwrap_or_default();
+        let events = match &self.frozen_events {
+            Some(e) => e.clone(),
+            None => self.events(area.height as usize),
+        };
         let events_note = self.shared.events_error.lock().ok().and_then(|e| e.clone());
         let clock = crate::monitor::timestamp();
         let ui = Ui {
@@ -146,6 +143,15 @@ impl App {
             error: self.error.as_deref(),
         };
         draw::render(area, buf, &ui);
+    }
+
+    /// The last `n` event lines (no more could be shown).
+    fn events(&self, n: usize) -> Vec<String> {
+        self.shared
+            .events
+            .lock()
+            .map(|e| e.iter().skip(e.len().saturating_sub(n)).cloned().collect())
+            .unwrap_or_default()
     }
 
     /// A key; false to quit.
@@ -170,7 +176,11 @@ impl App {
         }
         match code {
             KeyCode::Char('q') | KeyCode::Esc => return false,
-            KeyCode::Char('p') | KeyCode::Char(' ') => self.paused = !self.paused,
+            KeyCode::Char('p') | KeyCode::Char(' ') => {
+                self.paused = !self.paused;
+                // Events freeze too; they keep being collected meanwhile.
+                self.frozen_events = self.paused.then(|| self.events(200));
+            }
             KeyCode::Char('s') => self.opts.sort = self.opts.sort.next(),
             KeyCode::Char('g') => self.opts.group = self.opts.group.next(),
             KeyCode::Char('/') => self.editing = Some(self.opts.filter.clone()),
@@ -339,6 +349,55 @@ fn run_terminal(args: &TopArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bare_app() -> App {
+        App {
+            shared: Shared::new(collect::Slow::default()),
+            model: Model::new(),
+            opts: ViewOpts::default(),
+            paused: false,
+            frozen_events: None,
+            editing: None,
+            start: Instant::now(),
+            interval: Duration::from_millis(250),
+            error: None,
+            subflows_at: None,
+            subflow_period: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn keys_sort_filter_pause_quit() {
+        let mut a = bare_app();
+        let none = KeyModifiers::NONE;
+        assert!(a.key(KeyCode::Char('s'), none));
+        assert_eq!(a.opts.sort, model::SortKey::Bytes);
+        // Typing a filter: letters are text, not commands; Esc cancels it
+        // without quitting, Enter applies it.
+        for c in ['/', 'q', 'p', 'x'] {
+            assert!(a.key(KeyCode::Char(c), none));
+        }
+        assert!(a.key(KeyCode::Backspace, none));
+        assert!(a.key(KeyCode::Enter, none));
+        assert_eq!((a.opts.filter.as_str(), a.paused), ("qp", false));
+        assert!(a.key(KeyCode::Char('/'), none));
+        assert!(a.key(KeyCode::Esc, none));
+        assert_eq!(a.opts.filter, "qp");
+        a.shared.events.lock().unwrap().push_back("one".into());
+        assert!(a.key(KeyCode::Char(' '), none));
+        a.shared.events.lock().unwrap().push_back("two".into());
+        assert_eq!(
+            (a.paused, a.frozen_events.clone()),
+            (true, Some(vec!["one".into()]))
+        );
+        assert!(a.key(KeyCode::Char('p'), none));
+        assert_eq!((a.paused, a.frozen_events.is_none()), (false, true));
+        assert!(a.key(KeyCode::Char('c'), none));
+        assert!(a.opts.filter.is_empty());
+        assert!(!a.key(KeyCode::Char('c'), KeyModifiers::CONTROL));
+        assert!(!a.key(KeyCode::Esc, none));
+        assert!(!a.key(KeyCode::Char('q'), none));
+    }
 
     #[test]
     fn sizes_parse() {
