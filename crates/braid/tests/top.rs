@@ -3,8 +3,12 @@
 
 mod common;
 use common::{wait_for, TwoPaths};
+#[path = "common/daemon_kit.rs"]
+mod daemon_kit;
+use daemon_kit::{Daemon, Lab};
 
 use std::io::{Read, Write};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -86,6 +90,51 @@ fn once_shows_the_subflows_of_a_live_transfer_in_80x24() {
         ),
         "no goodput shown:\n{frame}"
     );
+}
+
+#[test]
+fn with_the_daemon_its_roles_and_decisions_show() {
+    let lab = Lab::create(
+        format!("tp{}", std::process::id() % 100_000),
+        &["--rate", "none"],
+    );
+    let mut d = Daemon::configure(&lab, "top", "");
+    let cmd = d.in_client();
+    d.launch(cmd, &[], &[], true);
+    assert!(d.wait_up(), "daemon did not start: {}", d.log());
+    // The daemon adds an endpoint per path once it has looked around.
+    let mut frame = String::new();
+    let shown = wait_for(10, || {
+        let out = Command::new(common::BRAID)
+            .args([
+                "-n",
+                &lab.client,
+                "top",
+                "--once",
+                "--size",
+                "80x24",
+                "--socket",
+            ])
+            .arg(&d.socket)
+            .output()
+            .unwrap();
+        frame = String::from_utf8_lossy(&out.stdout).into_owned();
+        frame.contains("add endpoint")
+    });
+    eprintln!("{frame}");
+    assert!(shown, "no decision in the daemon pane:\n{frame}");
+    assert!(!frame.contains("daemon not running"), "{frame}");
+    assert!(frame.contains("paths: "), "{frame}");
+    // Roles from the daemon's view on the interfaces' rows.
+    assert!(
+        frame
+            .lines()
+            .any(|l| l.starts_with("p0") && l.contains("subflow")),
+        "{frame}"
+    );
+    for l in frame.lines() {
+        assert!(l.chars().count() <= 80, "line over 80 columns: {l:?}");
+    }
 }
 
 #[test]
