@@ -130,14 +130,25 @@ struct DumpedSocket {
 }
 
 fn dump(protocol: u32) -> Result<Vec<DumpedSocket>> {
+    dump_families(protocol, true, u32::MAX)
+}
+
+/// Dump IPv4 sockets, and IPv6 ones when `v6`, in the TCP states of the
+/// `states` bit mask (bit n: state n).
+fn dump_families(protocol: u32, v6: bool, states: u32) -> Result<Vec<DumpedSocket>> {
     let mut sock = NlSocket::open(NETLINK_SOCK_DIAG, Op::SockDiag)?;
     let mut out = Vec::new();
-    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+    let families: &[u8] = if v6 {
+        &[libc::AF_INET as u8, libc::AF_INET6 as u8]
+    } else {
+        &[libc::AF_INET as u8]
+    };
+    for &family in families {
         let req = DiagRequest {
             family,
             protocol,
             ext: 1 << (INET_DIAG_INFO - 1),
-            states: u32::MAX,
+            states,
         };
         let replies: Vec<SockDiagMessage> = match sock.request(req, Kind::Dump, 0, Op::SockDiag) {
             Ok(r) => r,
@@ -156,10 +167,37 @@ fn dump(protocol: u32) -> Result<Vec<DumpedSocket>> {
             let SockDiagMessage::InetResponse(resp) = reply else {
                 continue;
             };
-            out.push(dumped_socket(&resp));
+            out.push(dumped_socket_owned(*resp));
         }
     }
     Ok(out)
+}
+
+/// As `dumped_socket`, moving the tcp_info bytes instead of copying them
+/// (dumps of many thousand sockets: one allocation less each).
+fn dumped_socket_owned(resp: InetResponse) -> DumpedSocket {
+    let id = &resp.header.socket_id;
+    let mut s = DumpedSocket {
+        local: SocketAddr::new(id.source_address, id.source_port),
+        remote: SocketAddr::new(id.destination_address, id.destination_port),
+        bound_ifindex: id.interface_id,
+        state: resp.header.state,
+        inode: resp.header.inode,
+        info: None,
+        ulp: None,
+    };
+    for nla in resp.nlas {
+        match nla {
+            DiagNla::TcpInfo(bytes) => s.info = Some(bytes),
+            DiagNla::Other(raw) if raw.kind() & 0x3fff == INET_DIAG_ULP_INFO => {
+                let mut v = vec![0u8; raw.value_len()];
+                raw.emit_value(&mut v);
+                s.ulp = Some(v);
+            }
+            _ => {}
+        }
+    }
+    s
 }
 
 fn dumped_socket(resp: &InetResponse) -> DumpedSocket {
@@ -187,10 +225,15 @@ fn dumped_socket(resp: &InetResponse) -> DumpedSocket {
     s
 }
 
+/// The MPTCP subflow attributes Braid reads (MPTCP_SUBFLOW_ATTR_* up to
+/// SF_ID_LOC): the first four bytes of each and its length, no allocation.
+#[derive(Default)]
+struct UlpFields([Option<(usize, [u8; 4])>; 11]);
+
 /// The MPTCP part of a subflow's ULP info.
-fn decode_ulp(ulp: &[u8]) -> Result<Option<BTreeMap<u16, Vec<u8>>>> {
+fn decode_ulp(ulp: &[u8]) -> Result<Option<UlpFields>> {
     let mut is_mptcp = false;
-    let mut fields = BTreeMap::new();
+    let mut fields = UlpFields::default();
     for attr in attrs(ulp) {
         let (kind, value) = attr.map_err(|e| Error::decode(Op::SockDiag, e))?;
         match kind {
@@ -198,7 +241,12 @@ fn decode_ulp(ulp: &[u8]) -> Result<Option<BTreeMap<u16, Vec<u8>>>> {
             INET_ULP_INFO_MPTCP => {
                 for inner in attrs(value) {
                     let (k, v) = inner.map_err(|e| Error::decode(Op::SockDiag, e))?;
-                    fields.insert(k, v.to_vec());
+                    if let Some(slot) = fields.0.get_mut(k as usize) {
+                        let mut b = [0u8; 4];
+                        let n = v.len().min(4);
+                        b[..n].copy_from_slice(&v[..n]);
+                        *slot = Some((v.len(), b));
+                    }
                 }
             }
             _ => {}
@@ -207,16 +255,18 @@ fn decode_ulp(ulp: &[u8]) -> Result<Option<BTreeMap<u16, Vec<u8>>>> {
     Ok(is_mptcp.then_some(fields))
 }
 
-fn field_u32(fields: &BTreeMap<u16, Vec<u8>>, k: u16) -> u32 {
-    fields
-        .get(&k)
-        .and_then(|v| v.get(..4))
-        .map(|v| u32::from_ne_bytes(v.try_into().unwrap()))
-        .unwrap_or(0)
+fn field_u32(fields: &UlpFields, k: u16) -> u32 {
+    match fields.0.get(k as usize) {
+        Some(Some((len, b))) if *len >= 4 => u32::from_ne_bytes(*b),
+        _ => 0,
+    }
 }
 
-fn field_u8(fields: &BTreeMap<u16, Vec<u8>>, k: u16) -> u8 {
-    fields.get(&k).and_then(|v| v.first().copied()).unwrap_or(0)
+fn field_u8(fields: &UlpFields, k: u16) -> u8 {
+    match fields.0.get(k as usize) {
+        Some(Some((len, b))) if *len >= 1 => b[0],
+        _ => 0,
+    }
 }
 
 /// All TCP sockets that are MPTCP subflows, in the current namespace.
@@ -270,19 +320,36 @@ pub fn decode_response(resp: &InetResponse) -> (Result<Option<Subflow>>, Option<
 /// MPTCP connections with their subflows. Listening sockets are left out
 /// unless `include_listeners`.
 pub fn connections(include_listeners: bool) -> Result<Vec<Connection>> {
+    let (mut conns, v6) = mptcp_sockets(include_listeners)?;
     let mut by_token: BTreeMap<u32, Vec<Subflow>> = BTreeMap::new();
-    for sf in subflows()? {
+    for sf in subflows_of(v6, include_listeners)? {
         by_token.entry(sf.token_local).or_default().push(sf);
     }
+    for c in &mut conns {
+        let mut subflows = c
+            .token
+            .and_then(|t| by_token.remove(&t))
+            .unwrap_or_default();
+        subflows.sort_by_key(|sf| (sf.local_id, sf.local, sf.remote));
+        c.subflows = subflows;
+    }
+    conns.sort_by_key(|c| (c.local, c.remote));
+    Ok(conns)
+}
+
+/// MPTCP connections without their subflows (one dump: cheaper than
+/// `connections` when only connection-level figures are needed), and
+/// whether any is an IPv6 socket (only those can have IPv6 subflows).
+pub fn mptcp_sockets(include_listeners: bool) -> Result<(Vec<Connection>, bool)> {
     let mut conns = Vec::new();
+    let mut v6 = false;
     for s in dump(libc::IPPROTO_MPTCP as u32)? {
         if s.state == TCP_LISTEN && !include_listeners {
             continue;
         }
+        v6 |= s.local.is_ipv6();
         let info = s.info.as_deref().and_then(MptcpInfo::parse);
         let token = info.as_ref().map(|i| i.token).filter(|t| *t != 0);
-        let mut subflows = token.and_then(|t| by_token.remove(&t)).unwrap_or_default();
-        subflows.sort_by_key(|sf| (sf.local_id, sf.local, sf.remote));
         conns.push(Connection {
             local: s.local,
             remote: s.remote,
@@ -291,11 +358,27 @@ pub fn connections(include_listeners: bool) -> Result<Vec<Connection>> {
             inode: s.inode,
             fell_back: info.as_ref().is_some_and(|i| i.fell_back()),
             info,
-            subflows,
+            subflows: Vec::new(),
         });
     }
-    conns.sort_by_key(|c| (c.local, c.remote));
-    Ok(conns)
+    Ok((conns, v6))
+}
+
+/// MPTCP subflows: IPv6 ones only when `v6` (the IPv6 dump walks the
+/// whole TCP hash table again), listening ones only when `listeners`.
+pub fn subflows_of(v6: bool, listeners: bool) -> Result<Vec<Subflow>> {
+    let states = if listeners {
+        u32::MAX
+    } else {
+        !(1u32 << TCP_LISTEN)
+    };
+    let mut out = Vec::new();
+    for s in dump_families(libc::IPPROTO_TCP as u32, v6, states)? {
+        if let Some(sf) = subflow_from(&s)? {
+            out.push(sf);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

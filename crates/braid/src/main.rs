@@ -12,6 +12,7 @@ mod names;
 mod relay;
 mod run;
 mod status;
+mod top;
 
 use std::process::ExitCode;
 
@@ -77,6 +78,8 @@ enum Command {
     /// Multipath to any server: an encrypted MPTCP relay and its SOCKS5/HTTP client.
     #[command(subcommand)]
     Relay(relay::RelayCmd),
+    /// Live view of paths, MPTCP connections and subflows, events and the daemon (q quits).
+    Top(top::TopArgs),
 }
 
 /// Output options every command gets.
@@ -105,6 +108,7 @@ fn run(cli: Cli) -> Result<(), braid_kernel::Error> {
         Command::Bpf(c) => run::bpf_cmd(&ctx, c),
         Command::Sockopts => run::sockopts(&ctx),
         Command::Relay(c) => relay::run(&ctx, c),
+        Command::Top(a) => top::run(a),
         Command::Check(_) => unreachable!("handled in main for its exit codes"),
     }
 }
@@ -121,6 +125,7 @@ fn prints_only(c: &Command) -> bool {
         | Command::Monitor(_)
         | Command::Conns(_)
         | Command::Sockopts
+        | Command::Top(_)
         | Command::Check(_) => true,
         Command::Relay(r) => matches!(
             r,
