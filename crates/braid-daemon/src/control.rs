@@ -38,6 +38,10 @@ pub enum Request {
         since_ms: Option<u64>,
         #[serde(default)]
         follow: bool,
+        /// Leave the MPTCP events out of the window (`braid top` shows
+        /// them from the kernel; it wants the decisions).
+        #[serde(default)]
+        without_mptcp: bool,
     },
 }
 
@@ -128,6 +132,23 @@ impl Follower {
     }
 }
 
+/// The journal's entries of the last `since_ms` milliseconds, without the
+/// MPTCP events (blocking; for the CLI).
+pub fn recent_entries(socket: &Path, since_ms: u64) -> Result<Vec<Entry>, String> {
+    let reply = request(
+        socket,
+        &Request::Journal {
+            since_ms: Some(since_ms),
+            follow: false,
+            without_mptcp: true,
+        },
+    )?;
+    if !reply.ok {
+        return Err(reply.error.unwrap_or_else(|| "refused".into()));
+    }
+    Ok(reply.journal.map(|j| j.entries).unwrap_or_default())
+}
+
 /// Follow the daemon's journal, starting `since_ms` ago.
 pub fn follow(socket: &Path, since_ms: Option<u64>) -> Result<Follower, String> {
     use std::io::BufRead;
@@ -136,6 +157,7 @@ pub fn follow(socket: &Path, since_ms: Option<u64>) -> Result<Follower, String> 
         &Request::Journal {
             since_ms,
             follow: true,
+            without_mptcp: false,
         },
     )?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(5)))

@@ -107,10 +107,11 @@ impl Journal {
     }
 
     /// What was recorded at or after `from_unix_ms`, oldest first.
-    pub fn since(&self, from_unix_ms: u64) -> Vec<Entry> {
+    pub fn since(&self, from_unix_ms: u64, with_mptcp: bool) -> Vec<Entry> {
         let mut v: Vec<Entry> = self
             .mptcp
             .iter()
+            .filter(|_| with_mptcp)
             .chain(self.other.iter())
             .filter(|e| e.unix_ms >= from_unix_ms)
             .cloned()
@@ -161,7 +162,7 @@ mod tests {
         for t in 0..(3 * KEEP as u64) {
             j.record(20 + t, mptcp());
         }
-        let all = j.since(0);
+        let all = j.since(0, true);
         assert_eq!(all.len(), KEEP + 1);
         assert_eq!(all[0].what, note("first"));
         assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
@@ -173,10 +174,11 @@ mod tests {
         j.record(100, note("a"));
         j.record(200, mptcp());
         j.record(300, note("b"));
-        let v = j.since(200);
+        let v = j.since(200, true);
+        assert_eq!(j.since(0, false).len(), 2);
         assert_eq!(v.len(), 2);
         assert_eq!((v[0].seq, v[1].seq), (2, 3));
-        assert!(j.since(301).is_empty());
+        assert!(j.since(301, true).is_empty());
     }
 
     #[test]

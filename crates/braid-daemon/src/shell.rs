@@ -783,16 +783,22 @@ impl Shell {
                 },
                 Err(e) => control::error_reply(e),
             }),
-            Request::Journal { since_ms, follow } => self.journal_answer(since_ms, follow),
+            Request::Journal {
+                since_ms,
+                follow,
+                without_mptcp,
+            } => self.journal_answer(since_ms, follow, !without_mptcp),
         };
         let _ = p.reply.send(answer);
     }
 
     /// The journal's window and, for a follower, its live receiver, taken
     /// together here so that no entry falls between them or comes twice.
-    fn journal_answer(&self, since_ms: Option<u64>, follow: bool) -> Answer {
+    fn journal_answer(&self, since_ms: Option<u64>, follow: bool, with_mptcp: bool) -> Answer {
         let entries = match since_ms {
-            Some(ms) => self.journal.since(unix_ms_now().saturating_sub(ms)),
+            Some(ms) => self
+                .journal
+                .since(unix_ms_now().saturating_sub(ms), with_mptcp),
             None => Vec::new(),
         };
         let reply = Reply {

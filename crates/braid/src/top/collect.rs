@@ -3,6 +3,8 @@
 //! socket-inode -> process map from /proc, the daemon's status) and the
 //! MPTCP event stream.
 
+use braid_daemon::control::DaemonStatus;
+use braid_daemon::journal::Entry;
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -26,6 +28,9 @@ pub const EVENT_LINES: usize = 200;
 /// many descriptors open it runs less often than every `SLOW_PERIOD`.
 pub const PROC_DUTY: u32 = 100;
 
+/// How far back the daemon pane looks in the journal.
+const JOURNAL_WINDOW_MS: u64 = 10 * 60 * 1000;
+
 /// Interfaces, endpoint roles and processes: refreshed every `SLOW_PERIOD`
 /// (processes: see `PROC_DUTY`).
 #[derive(Default)]
@@ -43,8 +48,10 @@ pub struct Slow {
     /// Time the last /proc scan took, and descriptors it read.
     pub proc_scan: Duration,
     pub proc_fds: usize,
-    /// The daemon's status JSON, when it answers.
-    pub daemon: Option<serde_json::Value>,
+    /// The daemon's status, when it answers.
+    pub daemon: Option<DaemonStatus>,
+    /// Its journal's last minutes (changes, decisions, refusals).
+    pub journal: Vec<Entry>,
     pub daemon_error: Option<String>,
 }
 
@@ -58,7 +65,11 @@ pub fn read_slow(socket: &std::path::Path, prev: Option<&Slow>) -> Slow {
         Ok(r) => s.daemon_error = r.error,
         Err(e) => s.daemon_error = Some(e),
     }
-    let view = s.daemon.as_ref().map(|d| &d["view"]);
+    if s.daemon.is_some() {
+        s.journal =
+            braid_daemon::control::recent_entries(socket, JOURNAL_WINDOW_MS).unwrap_or_default();
+    }
+    let view = s.daemon.as_ref().map(|d| &d.view);
     if let Ok(ifs) = Interfaces::load() {
         let eps = PathManager::open()
             .and_then(|mut pm| pm.endpoints())
@@ -98,19 +109,13 @@ pub fn read_slow(socket: &std::path::Path, prev: Option<&Slow>) -> Slow {
             };
             let (mut rtt, mut loss) = (None, None);
             if let Some(v) = view {
-                if let Some(i) = v["interfaces"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|i| i["name"].as_str() == Some(&l.name))
-                {
-                    if let Some(r) = i["role"].as_str() {
-                        role = r.to_string();
-                    }
+                if let Some(i) = v.interfaces.iter().find(|i| i.name == l.name) {
+                    role = i.role.clone();
                 }
-                let h = &v["health"][&l.name];
-                rtt = h["srtt_ms"].as_f64();
-                loss = h["loss"].as_f64();
+                if let Some(h) = v.health.get(&l.name) {
+                    rtt = h.srtt_ms;
+                    loss = Some(h.loss);
+                }
             }
             s.ifaces.push(IfaceIn {
                 name: Arc::from(l.name.as_str()),

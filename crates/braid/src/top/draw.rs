@@ -1,6 +1,8 @@
 //! Drawing one frame of `braid top` with ratatui; the same code draws on
 //! the terminal and into a test buffer for `--once`/`--frames`.
 
+use braid_daemon::control::DaemonStatus;
+use braid_daemon::journal::{Entry, What};
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Direction, Layout, Rect};
 use ratatui::style::{Modifier, Style};
@@ -403,8 +405,7 @@ pub fn render(area: Rect, buf: &mut Buffer, ui: &Ui) {
         .block(title(" MPTCP events (newest last) ".into()))
         .render(ev_area, buf);
 
-    // DAEMON DECISIONS PANE: for now the daemon's view (path state, reasons);
-    // to be fed by a dedicated control request for decisions.
+    // The daemon's path state, then its latest changes and decisions.
     Paragraph::new(
         ui.daemon
             .iter()
@@ -445,8 +446,13 @@ pub fn buffer_text(buf: &Buffer) -> String {
     s
 }
 
-/// The daemon pane's lines from the daemon's status JSON.
-pub fn daemon_lines(status: Option<&serde_json::Value>, error: Option<&str>) -> Vec<String> {
+/// The daemon pane's lines: its path state, then the newest entries of
+/// its journal (changes, decisions with reasons, refusals), newest first.
+pub fn daemon_lines(
+    status: Option<&DaemonStatus>,
+    journal: &[Entry],
+    error: Option<&str>,
+) -> Vec<String> {
     let Some(d) = status else {
         let mut v = vec!["daemon not running: kernel view only".to_string()];
         if let Some(e) = error.filter(|e| !e.contains("not running")) {
@@ -454,41 +460,21 @@ pub fn daemon_lines(status: Option<&serde_json::Value>, error: Option<&str>) -> 
         }
         return v;
     };
-    let v = &d["view"];
-    let mut out = vec![match v["path_state"].as_str().filter(|s| !s.is_empty()) {
-        Some(s) => format!("paths: {s}"),
-        None => format!(
-            "paths: {}: no measurements yet",
-            v["path_mode"].as_str().unwrap_or("?")
-        ),
+    let v = &d.view;
+    let mut out = vec![if v.path_state.is_empty() {
+        format!("paths: {}: no measurements yet", v.path_mode.name())
+    } else {
+        format!("paths: {}", v.path_state)
     }];
-    for x in v["recent_decisions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .rev()
-        .take(4)
-    {
-        out.push(format!(
-            "+{:.1}s {}: {}{}",
-            x["at_ms"].as_f64().unwrap_or(0.0) / 1000.0,
-            x["action"].as_str().unwrap_or(""),
-            x["reason"].as_str().unwrap_or(""),
-            x["error"]
-                .as_str()
-                .map(|e| format!(" FAILED: {e}"))
-                .unwrap_or_default()
-        ));
-    }
-    for i in v["interfaces"].as_array().into_iter().flatten() {
-        for a in i["addresses"].as_array().into_iter().flatten() {
-            out.push(format!(
-                "{} {}: {}",
-                i["name"].as_str().unwrap_or("?"),
-                a["ip"].as_str().unwrap_or("?"),
-                a["why"].as_str().unwrap_or("")
-            ));
-        }
+    for e in journal.iter().rev() {
+        let text = match &e.what {
+            What::Decision { id, action, reason } => format!("#{id} {action}: {reason}"),
+            What::Refused { id, action, error } => format!("#{id} REFUSED {action}: {error}"),
+            What::Change { text } | What::Note { text } => text.clone(),
+            What::Mptcp { .. } | What::Missed { .. } => continue,
+        };
+        let time = crate::monitor::rfc3339(e.unix_ms);
+        out.push(format!("{} {text}", &time[11..19]));
     }
     out
 }

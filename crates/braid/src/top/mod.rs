@@ -139,7 +139,11 @@ impl App {
             subflow_ms: self.subflow_period.max(self.interval).as_millis() as u64,
             events,
             events_note,
-            daemon: draw::daemon_lines(slow.daemon.as_ref(), slow.daemon_error.as_deref()),
+            daemon: draw::daemon_lines(
+                slow.daemon.as_ref(),
+                &slow.journal,
+                slow.daemon_error.as_deref(),
+            ),
             error: self.error.as_deref(),
         };
         draw::render(area, buf, &ui);
@@ -464,7 +468,7 @@ mod tests {
                     subflow_ms: 1000,
                     events: vec!["e".repeat(300); 50],
                     events_note: None,
-                    daemon: draw::daemon_lines(None, None),
+                    daemon: draw::daemon_lines(None, &[], None),
                     error: None,
                 };
                 let area = Rect::new(0, 0, w, h);
