@@ -26,6 +26,7 @@ const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const INET_DIAG_INFO: u16 = 2;
 const INET_DIAG_ULP_INFO: u16 = 19;
 const INET_DIAG_REQ_PROTOCOL: u16 = 3;
+const INET_DIAG_CGROUP_ID: u16 = 21;
 const INET_ULP_INFO_NAME: u16 = 1;
 const INET_ULP_INFO_MPTCP: u16 = 3;
 const TCP_LISTEN: u8 = 10;
@@ -86,6 +87,9 @@ struct DiagRequest {
     protocol: u32,
     ext: u8,
     states: u32,
+    /// The socket cookie to look up one socket (for MPTCP, `[token, 0]`);
+    /// None: a dump.
+    cookie: Option<[u32; 2]>,
 }
 
 const REQ_LEN: usize = 56;
@@ -98,7 +102,13 @@ impl DiagRequest {
         b[2] = self.ext;
         b[4..8].copy_from_slice(&self.states.to_ne_bytes());
         // socket id stays zero: cookie "no cookie" is all-ones.
-        b[48..56].copy_from_slice(&[0xff; 8]);
+        match self.cookie {
+            Some([a, c]) => {
+                b[48..52].copy_from_slice(&a.to_ne_bytes());
+                b[52..56].copy_from_slice(&c.to_ne_bytes());
+            }
+            None => b[48..56].copy_from_slice(&[0xff; 8]),
+        }
         if self.protocol > 255 {
             push_attr(&mut b, INET_DIAG_REQ_PROTOCOL, &self.protocol.to_ne_bytes());
         }
@@ -149,6 +159,7 @@ fn dump_families(protocol: u32, v6: bool, states: u32) -> Result<Vec<DumpedSocke
             protocol,
             ext: 1 << (INET_DIAG_INFO - 1),
             states,
+            cookie: None,
         };
         let replies: Vec<SockDiagMessage> = match sock.request(req, Kind::Dump, 0, Op::SockDiag) {
             Ok(r) => r,
@@ -381,6 +392,65 @@ pub fn subflows_of(v6: bool, listeners: bool) -> Result<Vec<Subflow>> {
     Ok(out)
 }
 
+/// Who owns an MPTCP connection's socket, as sock_diag tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SocketOwner {
+    pub uid: u32,
+    pub inode: u32,
+    /// The cgroup v2 id (the inode of its directory under /sys/fs/cgroup);
+    /// None on kernels without socket cgroup data.
+    pub cgroup_id: Option<u64>,
+}
+
+/// The owner of the MPTCP connection `token` (IPv4 or IPv6), with one
+/// sock_diag request: MPTCP's diag looks a connection up by its token.
+pub fn mptcp_owner(token: u32) -> Result<SocketOwner> {
+    let mut sock = NlSocket::open(NETLINK_SOCK_DIAG, Op::SockDiag)?;
+    let mut last = None;
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        let req = DiagRequest {
+            family,
+            protocol: libc::IPPROTO_MPTCP as u32,
+            ext: 0,
+            states: u32::MAX,
+            cookie: Some([token, 0]),
+        };
+        let replies: Vec<SockDiagMessage> = match sock.request(req, Kind::Do, 0, Op::SockDiag) {
+            Ok(r) => r,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        for reply in replies {
+            let SockDiagMessage::InetResponse(resp) = reply else {
+                continue;
+            };
+            let cgroup_id = resp.nlas.iter().find_map(|n| match n {
+                DiagNla::Other(raw) if raw.kind() & 0x3fff == INET_DIAG_CGROUP_ID => {
+                    let mut v = [0u8; 8];
+                    (raw.value_len() == 8).then(|| {
+                        raw.emit_value(&mut v);
+                        u64::from_ne_bytes(v)
+                    })
+                }
+                _ => None,
+            });
+            return Ok(SocketOwner {
+                uid: resp.header.uid,
+                inode: resp.header.inode,
+                cgroup_id,
+            });
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        Error::decode(
+            Op::SockDiag,
+            format!("no MPTCP connection with token {token:08x}"),
+        )
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,17 +462,25 @@ mod tests {
             protocol: 262,
             ext: 2,
             states: !0,
+            cookie: Some([0xdead_beef, 0]),
         };
         let b = r.bytes();
         assert_eq!(b.len(), REQ_LEN + 8);
+        assert_eq!(
+            b[48..52],
+            0xdead_beef_u32.to_ne_bytes(),
+            "the token goes in the cookie"
+        );
         assert_eq!(u16::from_ne_bytes([b[58], b[59]]), INET_DIAG_REQ_PROTOCOL);
         let t = DiagRequest {
             family: 2,
             protocol: 6,
             ext: 2,
             states: !0,
+            cookie: None,
         };
         assert_eq!(t.bytes().len(), REQ_LEN);
+        assert_eq!(t.bytes()[48..56], [0xff; 8]);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod info;
 mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod owner;
 pub mod pm;
 pub mod probe;
 pub mod rtnl;

@@ -1,6 +1,8 @@
 //! The daemon's configuration (TOML), with defaults for a client.
 
 use braid_types::endpoint::EndpointFlags;
+
+use crate::conns::rules::AppRule;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -21,6 +23,19 @@ impl Mode {
             Mode::Server => "server",
         }
     }
+}
+
+/// Which of the kernel's path managers Braid drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PmKind {
+    /// The in-kernel path manager: one set of endpoints and flags for
+    /// every connection of the namespace.
+    #[default]
+    Kernel,
+    /// The userspace path manager: Braid opens each connection's
+    /// subflows itself, with the mode of its `[[app]]` rule.
+    Userspace,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
@@ -47,6 +62,11 @@ impl Flag {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub mode: Mode,
+    /// Who decides each connection's subflows.
+    pub pm: PmKind,
+    /// Per-connection modes (`pm = "userspace"`), first match wins.
+    #[serde(rename = "app")]
+    pub apps: Vec<AppRule>,
     pub endpoints: EndpointsConfig,
     pub limits: LimitsConfig,
     pub filter: FilterConfig,
@@ -272,6 +292,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             mode: Mode::Client,
+            pm: PmKind::Kernel,
+            apps: Vec::new(),
             endpoints: EndpointsConfig::default(),
             limits: LimitsConfig::default(),
             filter: FilterConfig::default(),
@@ -342,6 +364,15 @@ impl Default for ControlConfig {
 impl Config {
     /// Semantic checks serde cannot express. Returns (key, problem).
     pub fn validate(&self) -> Result<(), (String, String)> {
+        for (i, app) in self.apps.iter().enumerate() {
+            if self.pm != PmKind::Userspace {
+                return Err((
+                    format!("app[{i}]"),
+                    "per-connection rules need pm = \"userspace\" (the in-kernel path manager applies one policy to every connection)".into(),
+                ));
+            }
+            app.validate().map_err(|e| (format!("app[{i}]"), e))?;
+        }
         for (i, iface) in self.interfaces.iter().enumerate() {
             if iface.name.is_empty() {
                 return Err((format!("interface[{i}].name"), "must not be empty".into()));
