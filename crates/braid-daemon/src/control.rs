@@ -68,6 +68,9 @@ pub struct DaemonStatus {
     pub warnings: Vec<String>,
     pub health_polls: HealthPolls,
     pub view: braid_policy::policy::PolicyView,
+    /// Each connection's rule and mode (`pm = "userspace"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connections: Vec<braid_policy::conns::ConnView>,
 }
 
 /// Health polling: how it goes.

@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 
 use braid_kernel::events::Event as MptcpEvent;
+use braid_policy::conns::ConnAction;
 use braid_policy::model::Action;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -54,6 +55,10 @@ pub enum What {
         action: Action,
         error: String,
     },
+    /// What the per-connection path manager did on one connection, and why.
+    ConnDecision { action: ConnAction, reason: String },
+    /// A per-connection action the kernel refused.
+    ConnRefused { action: ConnAction, error: String },
     /// About the daemon itself: events lost, a resynchronisation.
     Note { text: String },
     /// A follower read too slowly and missed this many entries.

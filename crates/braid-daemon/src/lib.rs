@@ -5,6 +5,7 @@
 //! serves Prometheus metrics.
 
 pub mod config_file;
+pub mod conns;
 pub mod control;
 pub mod crash;
 pub mod features;

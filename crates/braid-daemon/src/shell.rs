@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use braid_kernel::events::{EventKind, EventStream, StreamItem};
 use braid_kernel::pm::{EndpointFlags, EndpointSelector, NewEndpoint, PathManager};
 use braid_kernel::rtnl::{self, Change, Monitor};
+use braid_policy::config::PmKind;
 use braid_policy::health::SubflowSample;
 use braid_policy::model::{self as m, Action, Event};
 use braid_policy::{Config, Policy};
@@ -17,6 +18,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, error, info, warn};
 
 use crate::config_file;
+use crate::conns::ConnShell;
 use crate::control::{self, Answer, DaemonStatus, JournalReply, Pending, Reply, Request};
 use crate::crash;
 use crate::features::{Feature, ProbeSupport};
@@ -179,6 +181,8 @@ struct Shell {
     journal: Journal,
     /// This daemon's network namespace (inode), told to journal readers.
     netns: Option<u64>,
+    /// The per-connection path manager (`pm = "userspace"`).
+    conns: Option<ConnShell>,
 }
 
 /// Counts kept for the metrics (cheap enough to keep always).
@@ -208,7 +212,11 @@ impl Shell {
 
     /// When the policy wants `Event::Tick`, on the tokio clock.
     fn policy_wake(&self) -> Option<tokio::time::Instant> {
-        let at_ms = self.policy.wake_at_ms()?;
+        let conns = self.conns.as_ref().and_then(|c| c.wake_at_ms());
+        let at_ms = match (self.policy.wake_at_ms(), conns) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
         let from_now = Duration::from_millis(at_ms.saturating_sub(self.now_ms()));
         Some(tokio::time::Instant::now() + from_now)
     }
@@ -288,6 +296,13 @@ impl Shell {
         if self.metrics.is_some() && (count > 0 || paths_may_change) {
             self.observe_paths();
         }
+        if self.conns.is_some() && (count > 0 || paths_may_change) {
+            let paths = self.policy.usable_paths();
+            let now = self.now_ms();
+            if let Some(c) = self.conns.as_mut() {
+                c.paths(paths, now, &mut self.pm, &mut self.journal);
+            }
+        }
         count
     }
 
@@ -323,7 +338,11 @@ impl Shell {
             Ok(StreamItem::Event(ev)) => {
                 let kind = ev.kind;
                 self.journal
-                    .record(unix_ms_now(), What::Mptcp { event: ev });
+                    .record(unix_ms_now(), What::Mptcp { event: ev.clone() });
+                let now = self.now_ms();
+                if let Some(c) = self.conns.as_mut() {
+                    c.mptcp(&ev, now, &mut self.pm, &mut self.journal);
+                }
                 self.feed(Event::Mptcp(kind));
                 !matches!(
                     kind,
@@ -766,6 +785,7 @@ impl Shell {
             warnings: self.shell_warnings.clone(),
             health_polls: self.health.clone(),
             view: self.policy.view(),
+            connections: self.conns.as_ref().map(|c| c.view()).unwrap_or_default(),
         }
     }
 
@@ -1113,6 +1133,11 @@ pub async fn run(opts: Options) -> Result<(), String> {
     if !adopted.is_empty() {
         info!(ids = ?adopted, "adopted the endpoints a previous run made");
     }
+    // Before the first decision, so no connection meets the wrong manager.
+    let conns = match config.pm {
+        PmKind::Userspace => Some(ConnShell::start(&config)?),
+        PmKind::Kernel => None,
+    };
     let mut policy = Policy::new(config, adopted);
     policy.set_probing(probe.v4.is_ok(), probe.v6.is_ok());
     policy.adopt_changed_routes(saved.changed_routes.clone());
@@ -1142,6 +1167,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
             .map_or(0.0, |d| d.as_secs_f64()),
         journal: Journal::default(),
         netns: braid_kernel::netns::current_inode(),
+        conns,
     };
     shell.journal.record(
         unix_ms_now(),
@@ -1192,7 +1218,13 @@ pub async fn run(opts: Options) -> Result<(), String> {
         };
         tokio::select! {
             _ = tick => poll = poll_health(&mut shell),
-            _ = wake => { shell.feed(Event::Tick); }
+            _ = wake => {
+                shell.feed(Event::Tick);
+                let now = shell.now_ms();
+                if let Some(c) = shell.conns.as_mut() {
+                    c.tick(now, &mut shell.pm, &mut shell.journal);
+                }
+            }
             _ = resync_tick => {
                 shell.resync("periodic check", true);
                 resync_at = next_resync(tokio::time::Instant::now());
@@ -1249,6 +1281,9 @@ pub async fn run(opts: Options) -> Result<(), String> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     info!("stopping");
     shell.feed(Event::Stopping);
+    if let Some(c) = shell.conns.as_mut() {
+        c.stop();
+    }
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
 }

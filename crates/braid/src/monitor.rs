@@ -202,6 +202,8 @@ fn print_entry(ctx: &Ctx, e: &Entry, ifs: &mut Option<Interfaces>) {
         What::Change { text } => ("change", text.clone()),
         What::Decision { id, action, reason } => ("decision", format!("#{id} {action}: {reason}")),
         What::Refused { id, action, error } => ("refused", format!("#{id} {action}: {error}")),
+        What::ConnDecision { action, reason } => ("conn_decision", format!("{action}: {reason}")),
+        What::ConnRefused { action, error } => ("conn_refused", format!("{action}: {error}")),
         What::Note { text } => ("note", text.clone()),
         What::Missed { count } => (
             "missed",

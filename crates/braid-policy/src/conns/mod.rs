@@ -20,7 +20,7 @@ pub mod rules;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{PathMode, Role};
 use crate::time::{backoff_ms, Clock, Time};
@@ -81,7 +81,7 @@ pub enum ConnEvent {
     Tick,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum ConnAction {
     /// SUBFLOW_CREATE from `local` (address id `local_id` on this connection).
@@ -103,6 +103,37 @@ pub enum ConnAction {
     Announce { token: u32, id: u8, addr: IpAddr },
 }
 
+impl std::fmt::Display for ConnAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnAction::CreateSubflow {
+                token,
+                local_id,
+                local,
+                remote,
+                backup,
+            } => write!(
+                f,
+                "token {token:08x}: create subflow {local} (id {local_id}) -> {remote}{}",
+                if *backup { " backup" } else { "" }
+            ),
+            ConnAction::SetBackup {
+                token,
+                local,
+                remote,
+                backup,
+            } => write!(
+                f,
+                "token {token:08x}: subflow {local} -> {remote} {}",
+                if *backup { "backup" } else { "nobackup" }
+            ),
+            ConnAction::Announce { token, id, addr } => {
+                write!(f, "token {token:08x}: announce {addr} id {id}")
+            }
+        }
+    }
+}
+
 impl ConnAction {
     pub fn token(&self) -> u32 {
         match self {
@@ -121,7 +152,7 @@ pub struct ConnDecision {
 }
 
 /// A connection as `braid conns` and `braid status` show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnView {
     pub token: u32,
     pub remote: SocketAddr,

@@ -130,6 +130,24 @@ impl Policy {
         out
     }
 
+    /// The usable local addresses, each with its path's role: what the
+    /// per-connection path manager opens subflows from.
+    pub fn usable_paths(&self) -> Vec<crate::conns::LocalPath> {
+        let (wanted, _) = self.wanted();
+        wanted
+            .iter()
+            .filter_map(|w| {
+                let ifindex = self.ifindex_of(w.addr)?;
+                Some(crate::conns::LocalPath {
+                    ifindex,
+                    name: w.iface.clone(),
+                    addr: w.addr,
+                    role: self.interface_role(&w.iface, Some(ifindex)),
+                })
+            })
+            .collect()
+    }
+
     /// Everything `braid status` shows about the daemon's view.
     pub fn view(&self) -> PolicyView {
         let warnings = self.warnings();

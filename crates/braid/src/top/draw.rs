@@ -470,6 +470,8 @@ pub fn daemon_lines(
         let text = match &e.what {
             What::Decision { id, action, reason } => format!("#{id} {action}: {reason}"),
             What::Refused { id, action, error } => format!("#{id} REFUSED {action}: {error}"),
+            What::ConnDecision { action, reason } => format!("{action}: {reason}"),
+            What::ConnRefused { action, error } => format!("REFUSED {action}: {error}"),
             What::Change { text } | What::Note { text } => text.clone(),
             What::Mptcp { .. } | What::Missed { .. } => continue,
         };

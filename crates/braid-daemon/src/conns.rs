@@ -1,0 +1,240 @@
+//! The shell of the per-connection path manager (`pm = "userspace"`):
+//! switches the kernel to its userspace path manager (and back on stop),
+//! turns MPTCP events and the usable paths into
+//! [`braid_policy::conns::ConnEvent`]s, looks up each new connection's
+//! owner, and carries out the decisions with the userspace PM commands.
+
+use std::net::SocketAddr;
+
+use braid_kernel::events::{Event as KernelEvent, EventKind};
+use braid_kernel::owner::{exe_of_socket, CgroupPaths};
+use braid_kernel::pm::PathManager;
+use braid_policy::config::Config;
+use braid_policy::conns::rules::Owner;
+use braid_policy::conns::{ConnAction, ConnDecision, ConnEvent, ConnPolicy, ConnView, LocalPath};
+use tracing::{debug, info, warn};
+
+use crate::journal::{unix_ms_now, Journal, What};
+
+/// The sysctl that selects the path manager (6.15+), and the older one.
+const PATH_MANAGER: &str = "net.mptcp.path_manager";
+const PM_TYPE: &str = "net.mptcp.pm_type";
+
+pub struct ConnShell {
+    policy: ConnPolicy,
+    cgroups: CgroupPaths,
+    /// Some rule asks for the executable: only then are /proc's
+    /// descriptors scanned for each new connection.
+    need_exe: bool,
+    paths: Vec<LocalPath>,
+    /// The sysctl and the value it had, put back on stop.
+    restore: Option<(&'static str, String)>,
+}
+
+impl ConnShell {
+    /// Switch this namespace to the userspace path manager.
+    pub fn start(config: &Config) -> Result<ConnShell, String> {
+        let (name, value) = if braid_kernel::sysctl::read(PATH_MANAGER).is_ok() {
+            (PATH_MANAGER, "userspace")
+        } else {
+            (PM_TYPE, "1")
+        };
+        let before = braid_kernel::sysctl::read(name).map_err(|e| {
+            format!("pm = \"userspace\" needs the kernel's userspace path manager (Linux 5.19+), and {name} cannot be read: {e}")
+        })?;
+        if before.trim() != value {
+            braid_kernel::sysctl::write(name, value)
+                .map_err(|e| format!("pm = \"userspace\": setting {name} = {value} failed: {e}"))?;
+            info!(
+                sysctl = name,
+                from = before.trim(),
+                to = value,
+                "the userspace path manager decides each connection's subflows"
+            );
+        }
+        Ok(ConnShell {
+            policy: ConnPolicy::new(config.apps.clone(), config.policy.mode),
+            cgroups: CgroupPaths::new(),
+            need_exe: config.apps.iter().any(|a| a.exe.is_some()),
+            paths: Vec::new(),
+            restore: (before.trim() != value).then(|| (name, before.trim().to_string())),
+        })
+    }
+
+    /// Put the path manager back as it was found.
+    pub fn stop(&mut self) {
+        if let Some((name, value)) = self.restore.take() {
+            if let Err(e) = braid_kernel::sysctl::write(name, &value) {
+                warn!(sysctl = name, %value, error = %e, "could not put the path manager back");
+            }
+        }
+    }
+
+    pub fn view(&self) -> Vec<ConnView> {
+        self.policy.view()
+    }
+
+    pub fn wake_at_ms(&self) -> Option<u64> {
+        self.policy.wake_at_ms()
+    }
+
+    /// The usable local addresses, when they changed.
+    pub fn paths(
+        &mut self,
+        paths: Vec<LocalPath>,
+        now_ms: u64,
+        pm: &mut PathManager,
+        journal: &mut Journal,
+    ) {
+        if paths == self.paths {
+            return;
+        }
+        self.paths = paths.clone();
+        let ds = self.policy.handle(ConnEvent::Paths(paths), now_ms);
+        self.carry_out(ds, now_ms, pm, journal);
+    }
+
+    pub fn tick(&mut self, now_ms: u64, pm: &mut PathManager, journal: &mut Journal) {
+        let ds = self.policy.handle(ConnEvent::Tick, now_ms);
+        self.carry_out(ds, now_ms, pm, journal);
+    }
+
+    /// One MPTCP event of any connection.
+    pub fn mptcp(
+        &mut self,
+        ev: &KernelEvent,
+        now_ms: u64,
+        pm: &mut PathManager,
+        journal: &mut Journal,
+    ) {
+        let Some(event) = self.conn_event(ev) else {
+            return;
+        };
+        let ds = self.policy.handle(event, now_ms);
+        self.carry_out(ds, now_ms, pm, journal);
+    }
+
+    fn conn_event(&mut self, ev: &KernelEvent) -> Option<ConnEvent> {
+        let token = ev.token?;
+        let pair = || -> Option<(SocketAddr, SocketAddr)> {
+            Some((
+                SocketAddr::new(ev.saddr?, ev.sport?),
+                SocketAddr::new(ev.daddr?, ev.dport?),
+            ))
+        };
+        Some(match ev.kind {
+            EventKind::Created => {
+                let (local, remote) = pair()?;
+                ConnEvent::Created {
+                    token,
+                    local,
+                    remote,
+                    server_side: ev.is_server_side(),
+                    owner: self.owner(token),
+                }
+            }
+            EventKind::Established => ConnEvent::Established { token },
+            EventKind::SubEstablished => {
+                let (local, remote) = pair()?;
+                ConnEvent::SubEstablished {
+                    token,
+                    local,
+                    remote,
+                    backup: ev.backup == Some(true),
+                }
+            }
+            EventKind::SubClosed => {
+                let (local, remote) = pair()?;
+                ConnEvent::SubClosed {
+                    token,
+                    local,
+                    remote,
+                }
+            }
+            EventKind::Closed => ConnEvent::Closed { token },
+            _ => return None,
+        })
+    }
+
+    /// Who owns connection `token`: unknown parts stay unknown (a rule
+    /// asking about them does not match).
+    fn owner(&mut self, token: u32) -> Owner {
+        let s = match braid_kernel::diag::mptcp_owner(token) {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(token = format!("{token:08x}"), error = %e, "the connection's owner is unknown");
+                return Owner::default();
+            }
+        };
+        Owner {
+            uid: Some(s.uid),
+            cgroup: s.cgroup_id.and_then(|id| self.cgroups.path_of(id)),
+            exe: if self.need_exe {
+                exe_of_socket(s.inode)
+            } else {
+                None
+            },
+        }
+    }
+
+    fn carry_out(
+        &mut self,
+        mut ds: Vec<ConnDecision>,
+        now_ms: u64,
+        pm: &mut PathManager,
+        journal: &mut Journal,
+    ) {
+        // A refusal can lead to nothing at once (a retry waits), so this ends.
+        while !ds.is_empty() {
+            let mut next = Vec::new();
+            for d in ds {
+                info!(action = %d.action, reason = %d.reason, "connection decision");
+                journal.record(
+                    unix_ms_now(),
+                    What::ConnDecision {
+                        action: d.action.clone(),
+                        reason: d.reason.clone(),
+                    },
+                );
+                if let Err(e) = execute(pm, &d.action) {
+                    let error = e.to_string();
+                    warn!(action = %d.action, %error, "the kernel refused the connection action");
+                    journal.record(
+                        unix_ms_now(),
+                        What::ConnRefused {
+                            action: d.action.clone(),
+                            error: error.clone(),
+                        },
+                    );
+                    next.extend(self.policy.handle(
+                        ConnEvent::Failed {
+                            action: d.action,
+                            error,
+                        },
+                        now_ms,
+                    ));
+                }
+            }
+            ds = next;
+        }
+    }
+}
+
+fn execute(pm: &mut PathManager, a: &ConnAction) -> braid_kernel::Result<()> {
+    match a {
+        ConnAction::CreateSubflow {
+            token,
+            local_id,
+            local,
+            remote,
+            backup,
+        } => pm.subflow_create(*token, *local_id, *local, *remote, *backup),
+        ConnAction::SetBackup {
+            token,
+            local,
+            remote,
+            backup,
+        } => pm.set_subflow_backup(*token, *local, *remote, *backup),
+        ConnAction::Announce { token, id, addr } => pm.announce(*token, *id, *addr, None),
+    }
+}
