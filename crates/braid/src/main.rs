@@ -4,6 +4,7 @@
 mod check;
 mod conns;
 mod daemon;
+mod docs;
 mod endpoint;
 mod install;
 mod lab;
@@ -15,7 +16,7 @@ mod status;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -77,6 +78,11 @@ enum Command {
     /// Multipath to any server: an encrypted MPTCP relay and its SOCKS5/HTTP client.
     #[command(subcommand)]
     Relay(relay::RelayCmd),
+    /// Print a shell completion script: `braid completions bash > /etc/bash_completion.d/braid` (packages ship them).
+    Completions(docs::CompletionsArgs),
+    /// Write the manual pages (for packages).
+    #[command(hide = true)]
+    Man(docs::ManArgs),
 }
 
 /// Output options every command gets.
@@ -105,6 +111,11 @@ fn run(cli: Cli) -> Result<(), braid_kernel::Error> {
         Command::Bpf(c) => run::bpf_cmd(&ctx, c),
         Command::Sockopts => run::sockopts(&ctx),
         Command::Relay(c) => relay::run(&ctx, c),
+        Command::Completions(a) => {
+            docs::completions(Cli::command(), a);
+            Ok(())
+        }
+        Command::Man(a) => docs::man(Cli::command(), a),
         Command::Check(_) => unreachable!("handled in main for its exit codes"),
     }
 }
@@ -121,6 +132,7 @@ fn prints_only(c: &Command) -> bool {
         | Command::Monitor(_)
         | Command::Conns(_)
         | Command::Sockopts
+        | Command::Completions(_)
         | Command::Check(_) => true,
         Command::Relay(r) => matches!(
             r,
