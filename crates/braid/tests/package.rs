@@ -285,6 +285,10 @@ fn the_deb_installs_runs_and_purges_clean() {
     );
     assert!(status.starts_with("install ok installed"), "{status}");
     assert!(status.contains("/etc/braid/braid.toml "), "{status}");
+    // Every file matches the package's checksums (DEBIAN/md5sums).
+    let verify = dpkg(&root, &["--verify", "braid"]);
+    let problems = ok(verify, "dpkg --verify");
+    assert!(problems.is_empty(), "dpkg --verify: {problems}");
 
     // Every file, with its mode, owned by root.
     let files = [
