@@ -29,8 +29,15 @@ impl Drop for TempDir {
     }
 }
 
-/// braidd as systemd would run it: killed on every path out.
-struct Service(Child);
+/// braidd as systemd would run it, its stderr in a file (the journal):
+/// killed on every path out.
+struct Service(Child, PathBuf);
+
+impl Service {
+    fn log(&self) -> String {
+        fs::read_to_string(&self.1).unwrap_or_default()
+    }
+}
 
 impl Drop for Service {
     fn drop(&mut self) {
@@ -129,7 +136,7 @@ fn start_unit(unit: &str, root: &Path, ns: &Netns, run: &Path, notify: &Path) ->
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("NOTIFY_SOCKET", notify)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stderr(fs::File::create(run.with_file_name("braidd.log")).unwrap());
     for e in unit_values(unit, "Environment") {
         let (k, v) = e.split_once('=').unwrap();
         cmd.env(k, v);
@@ -175,7 +182,7 @@ fn start_unit(unit: &str, root: &Path, ns: &Netns, run: &Path, notify: &Path) ->
             Ok(())
         });
     }
-    Service(cmd.spawn().unwrap())
+    Service(cmd.spawn().unwrap(), run.with_file_name("braidd.log"))
 }
 
 /// What systemctl start waits for with Type=notify: READY=1.
@@ -194,13 +201,10 @@ fn wait_ready(sock: &UnixDatagram, svc: &mut Service) {
             }
         }
         if let Some(status) = svc.0.try_wait().unwrap() {
-            let mut err = String::new();
-            use std::io::Read;
-            let _ = svc.0.stderr.take().unwrap().read_to_string(&mut err);
-            panic!("braidd exited before READY=1 ({status}): {err}");
+            panic!("braidd exited before READY=1 ({status}): {}", svc.log());
         }
     }
-    panic!("braidd sent no READY=1 in 20 s");
+    panic!("braidd sent no READY=1 in 20 s: {}", svc.log());
 }
 
 #[test]
@@ -408,7 +412,8 @@ fn the_deb_installs_runs_and_purges_clean() {
     );
     assert!(
         shown.contains(&format!("daemon          running (pid {}", svc.0.id())),
-        "{shown}"
+        "{shown}\n{}",
+        svc.log()
     );
     // SAFETY: a signal to our own child.
     assert_eq!(unsafe { libc::kill(svc.0.id() as i32, libc::SIGTERM) }, 0);
@@ -420,7 +425,7 @@ fn the_deb_installs_runs_and_purges_clean() {
         assert!(Instant::now() < deadline, "braidd ignored SIGTERM for 10 s");
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(exit.success(), "braidd stopped with {exit}");
+    assert!(exit.success(), "braidd stopped with {exit}: {}", svc.log());
     assert!(!control.exists(), "the control socket outlived the daemon");
 
     // Manual pages render, every one of them.
