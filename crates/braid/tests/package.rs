@@ -103,24 +103,12 @@ fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
 }
 
-/// Start the unit's ExecStart= (programs under `root`) as systemd would:
-/// the unit's Environment=, its RuntimeDirectory= created, NOTIFY_SOCKET
-/// for Type=notify. It runs in the network namespace `ns`, in a private
-/// mount namespace where /run is `run` (so /run/braid is the runtime
-/// directory and nothing touches the host's) and /etc/braid is the
-/// package's when the host has one (else the missing file means the
+/// `program` with a clean environment, in the network namespace `ns` and
+/// a private mount namespace where /run is `run` (so /run/braid is the
+/// unit's runtime directory and nothing touches the host's) and /etc/braid
+/// is the package's when the host has one (else the missing file means the
 /// defaults, which the packaged file spells out).
-fn start_unit(unit: &str, root: &Path, ns: &Netns, run: &Path, notify: &Path) -> Service {
-    let mut argv: Vec<String> = unit_values(unit, "ExecStart")[0]
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
-    let program = root.join(argv.remove(0).trim_start_matches('/'));
-    for dir in unit_values(unit, "RuntimeDirectory") {
-        let d = run.join(dir);
-        fs::create_dir_all(&d).unwrap();
-        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
-    }
+fn confined(program: &Path, root: &Path, ns: &Netns, run: &Path) -> Command {
     let netns = fs::File::open(format!("/run/netns/{}", ns.name)).unwrap();
     let (none, slash, runc, etc_host) = (
         CString::new("none").unwrap(),
@@ -130,20 +118,10 @@ fn start_unit(unit: &str, root: &Path, ns: &Netns, run: &Path, notify: &Path) ->
     );
     let etc_pkg = cstr(&root.join("etc/braid"));
     let bind_etc = Path::new("/etc/braid").is_dir();
-    let mut cmd = Command::new(&program);
-    cmd.args(&argv)
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("NOTIFY_SOCKET", notify)
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(run.with_file_name("braidd.log")).unwrap());
-    for e in unit_values(unit, "Environment") {
-        let (k, v) = e.split_once('=').unwrap();
-        cmd.env(k, v);
-    }
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&netns);
+    let mut cmd = Command::new(program);
+    cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     // SAFETY: only async-signal-safe calls on values prepared before the
-    // fork; any failure aborts the start, so braidd never runs in the
+    // fork; any failure aborts the start, so the program never runs in the
     // host's namespaces.
     unsafe {
         cmd.pre_exec(move || {
@@ -154,7 +132,10 @@ fn start_unit(unit: &str, root: &Path, ns: &Netns, run: &Path, notify: &Path) ->
                     Err(std::io::Error::last_os_error())
                 }
             };
-            check(libc::setns(fd, libc::CLONE_NEWNET))?;
+            check(libc::setns(
+                std::os::fd::AsRawFd::as_raw_fd(&netns),
+                libc::CLONE_NEWNET,
+            ))?;
             check(libc::unshare(libc::CLONE_NEWNS))?;
             check(libc::mount(
                 none.as_ptr(),
@@ -181,6 +162,32 @@ fn start_unit(unit: &str, root: &Path, ns: &Netns, run: &Path, notify: &Path) ->
             }
             Ok(())
         });
+    }
+    cmd
+}
+
+/// Start the unit's ExecStart= (programs under `root`) as systemd would,
+/// [`confined`]: the unit's Environment=, its RuntimeDirectory= created,
+/// NOTIFY_SOCKET for Type=notify.
+fn start_unit(unit: &str, root: &Path, ns: &Netns, run: &Path, notify: &Path) -> Service {
+    let mut argv: Vec<String> = unit_values(unit, "ExecStart")[0]
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let program = root.join(argv.remove(0).trim_start_matches('/'));
+    for dir in unit_values(unit, "RuntimeDirectory") {
+        let d = run.join(dir);
+        fs::create_dir_all(&d).unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut cmd = confined(&program, root, ns, run);
+    cmd.args(&argv)
+        .env("NOTIFY_SOCKET", notify)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(run.with_file_name("braidd.log")).unwrap());
+    for e in unit_values(unit, "Environment") {
+        let (k, v) = e.split_once('=').unwrap();
+        cmd.env(k, v);
     }
     Service(cmd.spawn().unwrap(), run.with_file_name("braidd.log"))
 }
@@ -395,6 +402,14 @@ fn the_deb_installs_runs_and_purges_clean() {
     assert_eq!(unit_values(&unit, "Type"), ["notify"]);
     assert_eq!(unit_values(&unit, "ExecStart"), ["/usr/bin/braidd"]);
     let ns = Netns::new("deb");
+    // An address for braidd to make an endpoint of, and someone else's
+    // endpoint it must leave alone.
+    ns.ip(&["link", "add", "p0", "type", "veth", "peer", "name", "p1"]);
+    ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "p0"]);
+    ns.ip(&["link", "set", "p0", "up"]);
+    ns.ip(&["link", "set", "p1", "up"]);
+    ns.ip(&["route", "add", "default", "via", "10.77.0.254", "dev", "p0"]);
+    ns.ip(&["mptcp", "endpoint", "add", "10.77.0.9", "id", "9", "signal"]);
     let run = tmp.0.join("run");
     fs::create_dir_all(&run).unwrap();
     let notify = tmp.0.join("notify.sock");
@@ -415,7 +430,14 @@ fn the_deb_installs_runs_and_purges_clean() {
         "{shown}\n{}",
         svc.log()
     );
-    // SAFETY: a signal to our own child.
+    let endpoints = || ns.ip_out(&["mptcp", "endpoint", "show"]);
+    assert!(
+        common::wait_for(10, || endpoints().contains("10.77.0.1 ")),
+        "braidd made no endpoint: {}\n{}",
+        endpoints(),
+        svc.log()
+    );
+    // SAFETY: a signal
     assert_eq!(unsafe { libc::kill(svc.0.id() as i32, libc::SIGTERM) }, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
     let exit = loop {
@@ -427,6 +449,24 @@ fn the_deb_installs_runs_and_purges_clean() {
     };
     assert!(exit.success(), "braidd stopped with {exit}: {}", svc.log());
     assert!(!control.exists(), "the control socket outlived the daemon");
+    // Stopped, braidd leaves its endpoint for the next start to adopt; what
+    // the package's prerm runs after stopping it removes that one only.
+    let state = run.join("braid/daemon-state.json");
+    assert!(endpoints().contains("10.77.0.1 ") && state.exists());
+    let removed = ok(
+        confined(&braidd, &root, &ns, &run)
+            .arg("--remove-endpoints")
+            .output()
+            .unwrap(),
+        "braidd --remove-endpoints",
+    );
+    assert!(removed.contains("10.77.0.1"), "{removed}");
+    let left = endpoints();
+    assert!(
+        !left.contains("10.77.0.1 ") && left.contains("10.77.0.9 "),
+        "{left}"
+    );
+    assert!(!state.exists());
 
     // Manual pages render, every one of them.
     let mut pages = Vec::new();
