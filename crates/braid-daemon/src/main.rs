@@ -7,14 +7,17 @@ use std::process::ExitCode;
 
 use braid_daemon::{config_file, shell};
 
-const USAGE: &str = "usage: braidd [--config FILE] [--check-config]
-  --config FILE    configuration (default /etc/braid/braid.toml; missing = defaults)
-  --check-config   check the configuration and exit
+const USAGE: &str = "usage: braidd [--config FILE] [--check-config | --remove-endpoints]
+  --config FILE        configuration (default /etc/braid/braid.toml; missing = defaults)
+  --check-config       check the configuration and exit
+  --remove-endpoints   remove the endpoints a stopped braidd made (its state file
+                       says which) and exit; the package's removal runs it
 Logs go to stderr; BRAID_LOG=error|warn|info|debug sets the level.";
 
 fn main() -> ExitCode {
     let mut config = None;
     let mut check = false;
+    let mut remove = false;
     let mut rcvbuf = None;
     let mut state_file = PathBuf::from(shell::STATE_FILE);
     let mut resync = Some(shell::DEFAULT_RESYNC_INTERVAL);
@@ -26,6 +29,7 @@ fn main() -> ExitCode {
                 None => return usage_error("--config needs a file"),
             },
             "--check-config" => check = true,
+            "--remove-endpoints" => remove = true,
             "--netlink-rcvbuf" => rcvbuf = args.next().and_then(|v| v.parse().ok()),
             "--state-file" => match args.next() {
                 Some(v) => state_file = PathBuf::from(v),
@@ -43,6 +47,20 @@ fn main() -> ExitCode {
             }
             other => return usage_error(&format!("unknown argument '{other}'")),
         }
+    }
+    if remove {
+        return match shell::remove_owned(&state_file) {
+            Ok(lines) => {
+                for l in lines {
+                    println!("{l}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("braidd: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let explicit = config.is_some();
     let path = config.unwrap_or_else(|| PathBuf::from(config_file::DEFAULT_PATH));

@@ -65,18 +65,52 @@ fn snapshot(pm: &mut PathManager) -> braid_kernel::Result<Event> {
         links: rtnl::links()?,
         addresses: rtnl::addresses()?.iter().map(addr_of).collect(),
         default_routes: rtnl::default_routes()?,
-        endpoints: pm
-            .endpoints()?
-            .into_iter()
-            .map(|e| m::KernelEndpoint {
-                id: e.id,
-                addr: e.addr,
-                flags: e.flags.0,
-                ifindex: e.ifindex,
-            })
-            .collect(),
+        endpoints: kernel_endpoints(pm)?,
         limits: pm.limits()?,
     })
+}
+
+fn kernel_endpoints(pm: &mut PathManager) -> braid_kernel::Result<Vec<m::KernelEndpoint>> {
+    Ok(pm
+        .endpoints()?
+        .into_iter()
+        .map(|e| m::KernelEndpoint {
+            id: e.id,
+            addr: e.addr,
+            flags: e.flags.0,
+            ifindex: e.ifindex,
+        })
+        .collect())
+}
+
+/// `braidd --remove-endpoints`: remove the endpoints the state file says
+/// Braid made and the kernel still holds with the same address, then the
+/// file. For when Braid goes away for good (the package's removal runs it
+/// after the daemon stopped; the daemon puts routes back itself when it
+/// stops). Returns a line per endpoint removed or left alone.
+pub fn remove_owned(state_file: &std::path::Path) -> Result<Vec<String>, String> {
+    let saved = match state::load(state_file) {
+        state::Loaded::Missing => return Ok(Vec::new()),
+        state::Loaded::Read(s) => s,
+        state::Loaded::KeptAside(msg) | state::Loaded::Unusable(msg) => return Err(msg),
+    };
+    let mut pm = PathManager::open().map_err(|e| e.to_string())?;
+    let kernel = kernel_endpoints(&mut pm).map_err(|e| e.to_string())?;
+    let (ids, mut lines) = saved.adopt(&kernel);
+    for e in kernel.iter().filter(|e| ids.contains(&e.id)) {
+        pm.del_endpoint(&EndpointSelector::Id(e.id))
+            .map_err(|err| format!("removing endpoint id {} ({}): {err}", e.id, e.addr))?;
+        lines.push(format!(
+            "removed endpoint id {} ({}), Braid's",
+            e.id, e.addr
+        ));
+    }
+    match std::fs::remove_file(state_file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(format!("removing {}: {e}", state_file.display()))
+        }
+        _ => Ok(lines),
+    }
 }
 
 /// Actions whose effect the state file must know about before they run.

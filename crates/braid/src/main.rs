@@ -4,6 +4,7 @@
 mod check;
 mod conns;
 mod daemon;
+mod docs;
 mod endpoint;
 mod install;
 mod lab;
@@ -16,7 +17,7 @@ mod top;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -80,6 +81,11 @@ enum Command {
     Relay(relay::RelayCmd),
     /// Live view of paths, MPTCP connections and subflows, events and the daemon (q quits).
     Top(top::TopArgs),
+    /// Print a shell completion script: `braid completions bash > /etc/bash_completion.d/braid` (packages ship them).
+    Completions(docs::CompletionsArgs),
+    /// Write the manual pages (for packages).
+    #[command(hide = true)]
+    Man(docs::ManArgs),
 }
 
 /// Output options every command gets.
@@ -109,6 +115,11 @@ fn run(cli: Cli) -> Result<(), braid_kernel::Error> {
         Command::Sockopts => run::sockopts(&ctx),
         Command::Relay(c) => relay::run(&ctx, c),
         Command::Top(a) => top::run(a),
+        Command::Completions(a) => {
+            docs::completions(Cli::command(), a);
+            Ok(())
+        }
+        Command::Man(a) => docs::man(Cli::command(), a),
         Command::Check(_) => unreachable!("handled in main for its exit codes"),
     }
 }
@@ -126,6 +137,7 @@ fn prints_only(c: &Command) -> bool {
         | Command::Conns(_)
         | Command::Sockopts
         | Command::Top(_)
+        | Command::Completions(_)
         | Command::Check(_) => true,
         Command::Relay(r) => matches!(
             r,
