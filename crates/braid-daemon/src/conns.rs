@@ -140,7 +140,6 @@ impl ConnShell {
                     token,
                     local,
                     remote,
-                    backup: ev.backup == Some(true),
                 }
             }
             EventKind::SubClosed => {

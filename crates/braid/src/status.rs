@@ -163,6 +163,11 @@ fn gather(socket: &std::path::Path) -> Status {
             format!("the kernel dropped {dropped} MPTCP data segment(s) for lack of receive buffer (MPTcpExtNoDSSInWindow): subflows had already acknowledged them, so only slow MPTCP-level retransmissions recover them and downloads crawl for seconds; typical when a path rejoins a download that ran on a slower one"),
             "start TCP receive buffers larger: sysctl -w net.ipv4.tcp_rmem='4096 16777216 33554432' (all TCP; memory is used only while data waits; see docs/benchmarks.md, flap)".into());
     }
+    if status.path_manager.as_deref() == Some("userspace") && status.daemon.is_none() {
+        hint(&mut hints, Severity::Warning,
+            "net.mptcp.path_manager is 'userspace' and no Braid daemon answers: existing connections keep the subflows they have, new MPTCP connections get none beyond their first (nothing opens them)".into(),
+            "start the daemon (systemctl start braid, or braid daemon), or go back to the in-kernel path manager: sysctl -w net.mptcp.path_manager=kernel".into());
+    }
     if status.path_manager.as_deref() == Some("kernel")
         && status.endpoints.is_empty()
         && status.daemon.is_none()
@@ -427,6 +432,22 @@ fn print_daemon(d: &DaemonStatus) {
                 x.reason,
                 err
             );
+        }
+    }
+    if !d.connections.is_empty() {
+        println!("connections     per connection (pm = \"userspace\")");
+        for c in d.connections.iter().take(20) {
+            println!(
+                "  {:08x} -> {:<22} {:<11} {} subflow(s), {}",
+                c.token,
+                c.remote.to_string(),
+                c.mode.name(),
+                c.subflows,
+                c.rule
+            );
+        }
+        if d.connections.len() > 20 {
+            println!("  and {} more", d.connections.len() - 20);
         }
     }
     let c = &v.counters;

@@ -514,6 +514,11 @@ fn restart_under_a_live_transfer() {
 
 /// Subflows of the client's MPTCP connections whose local address is `addr`.
 fn subflows_from(lab: &Lab, addr: &str) -> usize {
+    subflows_on(lab, addr, 5302)
+}
+
+/// Established subflows from `addr` to port `port` in the client namespace.
+fn subflows_on(lab: &Lab, addr: &str, port: u16) -> usize {
     let out = Command::new("ip")
         .args([
             "netns",
@@ -530,8 +535,30 @@ fn subflows_from(lab: &Lab, addr: &str) -> usize {
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains(":5302"))
+        .filter(|l| l.contains(&format!(":{port}")))
         .count()
+}
+
+/// `ss -K` on the subflows from `addr` to port `port`; false if this
+/// kernel cannot abort sockets (CONFIG_INET_DIAG_DESTROY).
+fn kill_subflows(lab: &Lab, addr: &str, port: u16) -> bool {
+    let _ = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.client,
+            "ss",
+            "-K",
+            "-tnH",
+            "src",
+            addr,
+            "dport",
+            "=",
+            &format!(":{port}"),
+        ])
+        .output()
+        .unwrap();
+    subflows_on(lab, addr, port) == 0
 }
 
 #[test]
@@ -1641,5 +1668,122 @@ fn monitor_shows_the_daemons_decisions_with_reasons_live_and_since() {
     assert!(
         err.contains("--since shows the daemon's memory") && err.contains("not running"),
         "{err}"
+    );
+}
+
+fn path_manager(lab: &Lab) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.client,
+            "sysctl",
+            "-n",
+            "net.mptcp.path_manager",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn userspace_pm_gives_each_connection_its_rules_mode_and_re_creates_killed_subflows() {
+    let lab = Lab::up("us", &["--rate", "20mbit"]);
+    let before = path_manager(&lab);
+    let mut d = Daemon::start(
+        &lab,
+        "pm = \"userspace\"\n[policy]\nmode = \"aggregate\"\n[[app]]\ndport = 5303\nmode = \"handover\"\n",
+        &[],
+    );
+    assert_eq!(path_manager(&lab), "userspace");
+    let ep = transfer_endpoints(&lab);
+    let bulk = braid_lab::traffic::Bulk::start(&ep, 5303, Duration::from_secs(8)).unwrap();
+    assert!(
+        wait_for(3, || subflows_on(&lab, "10.2.0.1", 5303) == 1),
+        "the daemon opened no subflow on p1: {}",
+        d.log_tail(20)
+    );
+    // The rule matched: handover, the p1 subflow stands by.
+    let st = d.status();
+    let conns = st["connections"].as_array().cloned().unwrap_or_default();
+    assert!(
+        conns
+            .iter()
+            .any(|c| c["mode"] == "handover"
+                && c["rule"].as_str().unwrap_or("").contains("dport 5303")),
+        "{conns:?}"
+    );
+    assert!(
+        d.log().contains("as a backup"),
+        "the p1 subflow should be created as a backup: {}",
+        d.log_tail(20)
+    );
+    let p1_backup = || {
+        let out = Command::new(BRAID)
+            .args(["-n", &lab.client, "--json", "conns"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v.as_array().into_iter().flatten().any(|c| {
+            c["subflows"].as_array().into_iter().flatten().any(|s| {
+                s["local"]
+                    .as_str()
+                    .is_some_and(|l| l.starts_with("10.2.0.1:"))
+                    && s["backup_local"] == true
+            })
+        })
+    };
+    assert!(
+        wait_for(2, p1_backup),
+        "the kernel does not have the p1 subflow as a backup"
+    );
+    let text = Command::new(BRAID)
+        .args(["-n", &lab.client, "status", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("per connection") && text.contains("handover") && text.contains("dport 5303"),
+        "{text}"
+    );
+    // Killed: re-created by the daemon (the in-kernel PM never does).
+    if !kill_subflows(&lab, "10.2.0.1", 5303) {
+        eprintln!("skipped the kill: this kernel cannot abort a socket (ss -K)");
+    } else {
+        assert!(
+            wait_for(3, || subflows_on(&lab, "10.2.0.1", 5303) == 1),
+            "the killed subflow was not re-created: {}",
+            d.log_tail(20)
+        );
+        assert!(d.log().contains("re-created"), "{}", d.log_tail(20));
+    }
+    // The primary goes: the standby carries the connection to its end.
+    let cut = lab.braid(&["lab", "cut", "0", "--carrier"]);
+    assert!(
+        cut.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cut.stderr)
+    );
+    let r = bulk.finish().unwrap();
+    assert!(
+        r.survived,
+        "the transfer must survive the primary: {:?}\n{}",
+        r.error,
+        d.log_tail(30)
+    );
+    assert_eq!(r.bytes_corrupt, 0);
+    for l in d
+        .log()
+        .lines()
+        .filter(|l| l.contains("connection decision"))
+    {
+        eprintln!("{l}");
+    }
+    d.stop();
+    assert_eq!(
+        path_manager(&lab),
+        before,
+        "the path manager is put back on stop"
     );
 }

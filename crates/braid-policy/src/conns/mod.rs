@@ -58,11 +58,12 @@ pub enum ConnEvent {
     Established {
         token: u32,
     },
+    /// A subflow is up. (The event's backup attribute is the peer's
+    /// MP_PRIO, not ours: what this side asked for is known here.)
     SubEstablished {
         token: u32,
         local: SocketAddr,
         remote: SocketAddr,
-        backup: bool,
     },
     SubClosed {
         token: u32,
@@ -187,8 +188,9 @@ struct Conn {
     established: bool,
     /// Established subflows by local address (one per address).
     subflows: BTreeMap<IpAddr, Subflow>,
-    /// Creates asked for and not yet established or failed.
-    creating: BTreeMap<IpAddr, Time>,
+    /// Creates asked for and not yet established or failed, with the
+    /// backup flag asked for.
+    creating: BTreeMap<IpAddr, (Time, bool)>,
     retries: BTreeMap<IpAddr, Retry>,
     /// Address ids given on this connection (0 is the initial subflow's).
     ids: BTreeMap<IpAddr, u8>,
@@ -283,12 +285,13 @@ impl ConnPolicy {
                 token,
                 local,
                 remote,
-                backup,
             } => {
                 let Some(c) = self.conns.get_mut(&token) else {
                     return out;
                 };
-                c.creating.remove(&local.ip());
+                // Ours carries the flag it was created with; one the peer
+                // opened starts without.
+                let backup = c.creating.remove(&local.ip()).is_some_and(|(_, b)| b);
                 c.subflows.insert(
                     local.ip(),
                     Subflow {
@@ -455,7 +458,7 @@ impl ConnPolicy {
                 r.at = None;
             }
             let backup = standby_of(p.addr);
-            c.creating.insert(p.addr, now);
+            c.creating.insert(p.addr, (now, backup));
             let again = c.retries.get(&p.addr).is_some_and(|r| r.failures > 0);
             out.push(ConnDecision {
                 action: ConnAction::CreateSubflow {

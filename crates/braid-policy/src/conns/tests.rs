@@ -103,7 +103,6 @@ fn a_closed_subflow_is_re_created_at_once_then_with_a_back_off() {
             token: 7,
             local,
             remote,
-            backup: false,
         },
         30,
     );
@@ -124,7 +123,6 @@ fn a_closed_subflow_is_re_created_at_once_then_with_a_back_off() {
             token: 7,
             local,
             remote,
-            backup: false,
         },
         20_010,
     );
@@ -174,14 +172,17 @@ fn handover_flips_the_flags_when_the_primary_goes_and_returns() {
     p.handle(ConnEvent::Established { token: 1 }, 0);
     let local = sa("10.2.0.1:50000");
     let remote = sa("192.0.2.1:22");
-    p.handle(
+    let ds = p.handle(
         ConnEvent::SubEstablished {
             token: 1,
             local,
             remote,
-            backup: true,
         },
         30,
+    );
+    assert!(
+        ds.is_empty(),
+        "created as a backup: no MP_PRIO to send: {ds:?}"
     );
     // The primary is no longer usable: the secondary carries traffic.
     let ds = p.handle(

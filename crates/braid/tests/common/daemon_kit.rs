@@ -86,10 +86,17 @@ impl Daemon {
         let dir = lab.dir();
         let socket = dir.join(format!("{prefix}.sock"));
         let config = dir.join(format!("{prefix}.toml"));
+        // Top-level keys of `config_extra` (before its first table) must
+        // come before [control].
+        let split = config_extra
+            .match_indices('[')
+            .find(|(i, _)| *i == 0 || config_extra.as_bytes()[i - 1] == b'\n')
+            .map_or(config_extra.len(), |(i, _)| i);
+        let (top, tables) = config_extra.split_at(split);
         std::fs::write(
             &config,
             format!(
-                "[control]\nsocket = \"{}\"\n{config_extra}",
+                "{top}[control]\nsocket = \"{}\"\n{tables}",
                 socket.display()
             ),
         )
