@@ -26,11 +26,12 @@ use crate::config::{PathMode, Role};
 use crate::time::{backoff_ms, Clock, Time};
 use rules::{first_match, AppRule, Owner};
 
-/// A subflow that closes is re-created at once the first time; if it
-/// closes again within `STABLE_MS`, after a back-off doubling from
-/// `RETRY_FIRST_MS` to `RETRY_MAX_MS` (a path that accepts the SYN and
-/// resets the subflow must not be hammered).
-const STABLE_MS: u64 = 10_000;
+/// A subflow that closes is re-created at once; one that closes within
+/// `STABLE_MS` of being established (again), after a back-off doubling
+/// from `RETRY_FIRST_MS` to `RETRY_MAX_MS`: a path that accepts the join
+/// and resets the subflow at once must not be hammered, while a subflow
+/// that worked for a while is simply replaced.
+const STABLE_MS: u64 = 1_000;
 const RETRY_FIRST_MS: u64 = 1_000;
 const RETRY_MAX_MS: u64 = 60_000;
 
