@@ -60,6 +60,9 @@ pub struct Reply {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DaemonStatus {
     pub pid: u32,
+    /// The daemon's network namespace (inode): its view is of that network.
+    #[serde(default)]
+    pub netns: Option<u64>,
     pub config: std::path::PathBuf,
     pub uptime_s: u64,
     /// What works where the daemon runs, and why not.

@@ -813,6 +813,7 @@ impl Shell {
     fn status(&self) -> DaemonStatus {
         DaemonStatus {
             pid: std::process::id(),
+            netns: self.netns,
             config: self.opts.config_path.clone(),
             uptime_s: self.start.elapsed().as_secs(),
             features: self.features(),

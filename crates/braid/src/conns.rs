@@ -13,6 +13,10 @@ pub struct ConnsArgs {
     /// Include listening sockets.
     #[arg(long, short = 'a')]
     all: bool,
+    /// Control socket of the daemon (for each connection's rule and mode
+    /// when it runs with pm = "userspace").
+    #[arg(long, default_value = "/run/braid/braid.sock")]
+    socket: std::path::PathBuf,
 }
 
 #[derive(Serialize)]
@@ -28,6 +32,11 @@ struct SubflowView<'a> {
 struct ConnView<'a> {
     #[serde(flatten)]
     conn: &'a Connection,
+    /// The daemon's mode for it and the rule that chose it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<String>,
     #[serde(rename = "subflows")]
     subflow_views: Vec<SubflowView<'a>>,
 }
@@ -58,10 +67,18 @@ fn human_bytes(n: u64) -> String {
 pub fn run(ctx: &Ctx, args: ConnsArgs) -> Result<()> {
     let conns = diag::connections(args.all)?;
     let ifs = Interfaces::load().ok();
+    // Each connection's rule and mode, from a daemon of this namespace.
+    let modes: std::collections::HashMap<u32, braid_policy::conns::ConnView> =
+        crate::daemon::daemon_status(&args.socket)
+            .filter(|d| d.netns.is_none() || d.netns == braid_kernel::netns::current_inode())
+            .map(|d| d.connections.into_iter().map(|c| (c.token, c)).collect())
+            .unwrap_or_default();
     let views: Vec<ConnView> = conns
         .iter()
         .map(|c| ConnView {
             conn: c,
+            mode: c.token.and_then(|t| modes.get(&t)).map(|m| m.mode.name()),
+            rule: c.token.and_then(|t| modes.get(&t)).map(|m| m.rule.clone()),
             subflow_views: c
                 .subflows
                 .iter()
@@ -96,8 +113,12 @@ pub fn run(ctx: &Ctx, args: ConnsArgs) -> Result<()> {
             .as_ref()
             .map(|i| (i.bytes_sent.unwrap_or(0), i.bytes_received.unwrap_or(0)))
             .unwrap_or((0, 0));
+        let per_conn = match (v.mode, &v.rule) {
+            (Some(m), Some(r)) => format!("  {m} ({r})"),
+            _ => String::new(),
+        };
         println!(
-            "{} -> {}  {}  token {}  subflows {}  sent {} recv {}{}",
+            "{} -> {}  {}  token {}  subflows {}  sent {} recv {}{}{}",
             c.local,
             c.remote,
             c.state,
@@ -105,7 +126,8 @@ pub fn run(ctx: &Ctx, args: ConnsArgs) -> Result<()> {
             c.subflows.len(),
             human_bytes(sent),
             human_bytes(recv),
-            mode
+            mode,
+            per_conn
         );
         for s in &v.subflow_views {
             let sf = s.sf;

@@ -1747,6 +1747,13 @@ fn userspace_pm_gives_each_connection_its_rules_mode_and_re_creates_killed_subfl
         text.contains("per connection") && text.contains("handover") && text.contains("dport 5303"),
         "{text}"
     );
+    let conns = Command::new(BRAID)
+        .args(["-n", &lab.client, "conns", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    let conns = String::from_utf8_lossy(&conns.stdout);
+    assert!(conns.contains("handover (rule 1 (dport 5303))"), "{conns}");
     // Killed: re-created by the daemon (the in-kernel PM never does).
     if !kill_subflows(&lab, "10.2.0.1", 5303) {
         eprintln!("skipped the kill: this kernel cannot abort a socket (ss -K)");
