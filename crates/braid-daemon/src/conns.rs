@@ -4,6 +4,7 @@
 //! [`braid_policy::conns::ConnEvent`]s, looks up each new connection's
 //! owner, and carries out the decisions with the userspace PM commands.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use braid_kernel::events::{Event as KernelEvent, EventKind};
@@ -12,6 +13,7 @@ use braid_kernel::pm::PathManager;
 use braid_policy::config::Config;
 use braid_policy::conns::rules::Owner;
 use braid_policy::conns::{ConnAction, ConnDecision, ConnEvent, ConnPolicy, ConnView, LocalPath};
+use braid_policy::health::SubflowSample;
 use tracing::{debug, info, warn};
 
 use crate::journal::{unix_ms_now, Journal, What};
@@ -53,7 +55,7 @@ impl ConnShell {
             );
         }
         Ok(ConnShell {
-            policy: ConnPolicy::new(config.apps.clone(), config.policy.mode),
+            policy: ConnPolicy::new(config.apps.clone(), config.policy.clone()),
             cgroups: CgroupPaths::new(),
             need_exe: config.apps.iter().any(|a| a.exe.is_some()),
             paths: Vec::new(),
@@ -91,6 +93,26 @@ impl ConnShell {
         }
         self.paths = paths.clone();
         let ds = self.policy.handle(ConnEvent::Paths(paths), now_ms);
+        self.carry_out(ds, now_ms, pm, journal);
+    }
+
+    /// A health round: each connection's subflows (by token), and the
+    /// paths the host-wide policy finds failing.
+    pub fn health(
+        &mut self,
+        samples: Vec<(u32, SubflowSample)>,
+        path_problems: BTreeMap<u32, String>,
+        now_ms: u64,
+        pm: &mut PathManager,
+        journal: &mut Journal,
+    ) {
+        let ds = self.policy.handle(
+            ConnEvent::Health {
+                samples,
+                path_problems,
+            },
+            now_ms,
+        );
         self.carry_out(ds, now_ms, pm, journal);
     }
 

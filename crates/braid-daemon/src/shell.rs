@@ -340,6 +340,21 @@ impl Shell {
         count
     }
 
+    /// A health round for the per-connection path manager: each
+    /// connection's subflows, and the paths the host-wide policy finds
+    /// failing.
+    fn conns_health(&mut self, subflows: &[braid_kernel::diag::Subflow]) {
+        if self.conns.is_none() {
+            return;
+        }
+        let samples = token_samples(subflows).collect();
+        let problems = self.policy.path_problems();
+        let now = self.now_ms();
+        if let Some(c) = self.conns.as_mut() {
+            c.health(samples, problems, now, &mut self.pm, &mut self.journal);
+        }
+    }
+
     /// One rtnetlink change (or failure) into the policy; true if it led
     /// to a full resynchronisation.
     fn take_change(&mut self, change: braid_kernel::Result<Change>) -> bool {
@@ -923,6 +938,13 @@ fn health_round() -> HealthRound {
 
 /// What the policy measures: the established subflows' tcp_info.
 fn samples_of(subflows: &[braid_kernel::diag::Subflow]) -> Vec<SubflowSample> {
+    token_samples(subflows).map(|(_, s)| s).collect()
+}
+
+/// Each measurable subflow with its connection's token.
+fn token_samples(
+    subflows: &[braid_kernel::diag::Subflow],
+) -> impl Iterator<Item = (u32, SubflowSample)> + '_ {
     subflows
         .iter()
         // A subflow still in its handshake (or closing) measures nothing
@@ -931,7 +953,7 @@ fn samples_of(subflows: &[braid_kernel::diag::Subflow]) -> Vec<SubflowSample> {
         .filter(|sf| sf.state == "established")
         .filter_map(|sf| {
             let t = sf.tcp.as_ref()?;
-            Some(SubflowSample {
+            let sample = SubflowSample {
                 local: sf.local,
                 remote: sf.remote,
                 ifindex: 0,
@@ -943,9 +965,9 @@ fn samples_of(subflows: &[braid_kernel::diag::Subflow]) -> Vec<SubflowSample> {
                 last_ack_recv_ms: t.last_ack_recv_ms,
                 bytes_received: t.bytes_received.unwrap_or(0),
                 last_data_recv_ms: t.last_data_recv_ms,
-            })
+            };
+            Some((sf.token_local, sample))
         })
-        .collect()
 }
 
 /// Run one health round and say when the next is due (None: no polling
@@ -956,6 +978,7 @@ fn poll_health(shell: &mut Shell) -> Option<tokio::time::Instant> {
             shell.health_ok();
             shell.account_subflows(&subflows);
             shell.feed(Event::Health(samples_of(&subflows)));
+            shell.conns_health(&subflows);
             Some(next_poll(shell))
         }
         HealthRound::NoSubflows => {

@@ -11,9 +11,11 @@
 //! each with its reason. Which local addresses are usable is the host-wide
 //! policy's call; it arrives here as [`ConnEvent::Paths`].
 //!
-//! Not yet here (issue 13): switching on a connection's own subflow
-//! health (the flags follow path roles and usability only), and the
-//! daemon shell that feeds this from MPTCP events and sock_diag.
+//! Health is the connection's own: its subflows' tcp_info, through the
+//! same [`HealthTracker`] the host-wide policy pools every connection in,
+//! plus what the host-wide policy knows about a path (a probe went
+//! unanswered): a receiver cannot tell a dead path from an idle server
+//! on its own.
 
 pub mod rules;
 
@@ -22,7 +24,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{PathMode, Role};
+use crate::config::{PathMode, PolicyConfig, Role};
+use crate::health::{HealthTracker, SubflowSample};
 use crate::time::{backoff_ms, Clock, Time};
 use rules::{first_match, AppRule, Owner};
 
@@ -78,6 +81,13 @@ pub enum ConnEvent {
     Failed {
         action: ConnAction,
         error: String,
+    },
+    /// A round of measurements: each connection's subflows (by token,
+    /// `ifindex` filled in), and the paths the host-wide policy found
+    /// failing, by interface, with why.
+    Health {
+        samples: Vec<(u32, SubflowSample)>,
+        path_problems: BTreeMap<u32, String>,
     },
     /// Time passed (see [`ConnPolicy::wake_at_ms`]).
     Tick,
@@ -179,7 +189,6 @@ struct Retry {
     at: Option<Time>,
 }
 
-#[derive(Debug, Clone)]
 struct Conn {
     remote: SocketAddr,
     initial_local: SocketAddr,
@@ -195,6 +204,15 @@ struct Conn {
     retries: BTreeMap<IpAddr, Retry>,
     /// Address ids given on this connection (0 is the initial subflow's).
     ids: BTreeMap<IpAddr, u8>,
+    /// This connection's subflows measured, by interface.
+    health: HealthTracker,
+    /// Handover: the secondaries carry this connection.
+    failed_over: bool,
+    /// Interactive: the local address carrying this connection, why, and
+    /// whether it was chosen on measurements (a blind choice is replaced as
+    /// soon as RTTs are known).
+    active: Option<(IpAddr, String, bool)>,
+    last_switch: Time,
 }
 
 impl Conn {
@@ -211,16 +229,22 @@ impl Conn {
 pub struct ConnPolicy {
     rules: Vec<AppRule>,
     default_mode: PathMode,
+    /// Thresholds and hold times, as for the host-wide modes.
+    tuning: PolicyConfig,
+    /// The host-wide policy's failing paths, by interface.
+    path_problems: BTreeMap<u32, String>,
     paths: Vec<LocalPath>,
     conns: BTreeMap<u32, Conn>,
     clock: Clock,
 }
 
 impl ConnPolicy {
-    pub fn new(rules: Vec<AppRule>, default_mode: PathMode) -> ConnPolicy {
+    pub fn new(rules: Vec<AppRule>, tuning: PolicyConfig) -> ConnPolicy {
         ConnPolicy {
             rules,
-            default_mode,
+            default_mode: tuning.mode,
+            tuning,
+            path_problems: BTreeMap::new(),
             paths: Vec::new(),
             conns: BTreeMap::new(),
             clock: Clock::default(),
@@ -264,6 +288,10 @@ impl ConnPolicy {
                         creating: BTreeMap::new(),
                         retries: BTreeMap::new(),
                         ids,
+                        health: HealthTracker::default(),
+                        failed_over: false,
+                        active: None,
+                        last_switch: now,
                     },
                 );
             }
@@ -340,6 +368,31 @@ impl ConnPolicy {
                     r.at = Some(now.plus(backoff_ms(RETRY_FIRST_MS, RETRY_MAX_MS, r.failures)));
                 }
             }
+            ConnEvent::Health {
+                samples,
+                path_problems,
+            } => {
+                self.path_problems = path_problems;
+                let mut by_conn: BTreeMap<u32, Vec<SubflowSample>> = BTreeMap::new();
+                for (t, mut s) in samples {
+                    if s.ifindex == 0 {
+                        s.ifindex = self.path_of(s.local.ip()).map_or(0, |p| p.ifindex);
+                    }
+                    by_conn.entry(t).or_default().push(s);
+                }
+                let t = &self.tuning;
+                let (stall, loss) = (t.stall_ms, t.loss_threshold);
+                // An idle path's loss fades as in the host-wide policy.
+                let decay = t.hold_ms.saturating_mul(4);
+                let tokens: Vec<u32> = self.conns.keys().copied().collect();
+                for token in tokens {
+                    let samples = by_conn.remove(&token).unwrap_or_default();
+                    if let Some(c) = self.conns.get_mut(&token) {
+                        c.health.update(now.ms(), &samples, stall, loss, decay, 1);
+                    }
+                    self.reconcile(token, "measurements", &mut out);
+                }
+            }
             ConnEvent::Tick => {
                 let due: Vec<u32> = self
                     .conns
@@ -377,22 +430,180 @@ impl ConnPolicy {
             .collect()
     }
 
-    /// Whether a subflow from `addr` should stand by on a connection in
-    /// `mode`, with the usable paths as they are.
-    fn standby(&self, mode: PathMode, addr: IpAddr, family_v4: bool) -> bool {
-        let role = |a: IpAddr| self.paths.iter().find(|p| p.addr == a).map(|p| p.role);
-        match mode {
-            PathMode::Aggregate => false,
-            // Handover, and interactive until it measures the connection's
-            // own subflows: the primaries carry traffic while one is usable.
-            PathMode::Handover | PathMode::Interactive => {
-                let primary_usable = self
-                    .paths
-                    .iter()
-                    .any(|p| p.role == Role::Primary && p.addr.is_ipv4() == family_v4);
-                primary_usable && role(addr) != Some(Role::Primary)
-            }
+    fn path_of(&self, addr: IpAddr) -> Option<&LocalPath> {
+        self.paths.iter().find(|p| p.addr == addr)
+    }
+
+    /// What is wrong with the path of `addr` for connection `c`: the
+    /// host-wide policy's verdict (it probes), or the connection's own
+    /// subflow's measurements.
+    fn problem(&self, c: &Conn, addr: IpAddr) -> Option<String> {
+        let ifindex = self.path_of(addr)?.ifindex;
+        if let Some(p) = self.path_problems.get(&ifindex) {
+            return Some(p.clone());
         }
+        let t = &self.tuning;
+        c.health
+            .paths
+            .get(&ifindex)
+            .filter(|h| h.subflows > 0)
+            .and_then(|h| h.problem(t.stall_ms, t.loss_threshold))
+    }
+
+    /// The connection's smoothed RTT on the path of `addr`.
+    fn srtt(&self, c: &Conn, addr: IpAddr) -> Option<f64> {
+        let ifindex = self.path_of(addr)?.ifindex;
+        c.health.paths.get(&ifindex).and_then(|h| h.srtt_ms)
+    }
+
+    /// Healthy (by this connection's measurements) for `hold_ms`, or not
+    /// measured at all.
+    fn held(&self, c: &Conn, addr: IpAddr) -> bool {
+        let now = self.clock.now();
+        self.problem(c, addr).is_none()
+            && self.path_of(addr).is_some_and(|p| {
+                c.health.paths.get(&p.ifindex).is_none_or(|h| {
+                    h.healthy_since_ms
+                        .is_none_or(|t| now.since(Time::from_ms(t)) >= self.tuning.hold_ms)
+                })
+            })
+    }
+
+    /// Which of the usable `addrs` stand by on connection `token`, and why.
+    fn choose(&mut self, token: u32, addrs: &[IpAddr]) -> (Vec<IpAddr>, String) {
+        let Some(mode) = self.conns.get(&token).map(|c| c.mode) else {
+            return (Vec::new(), String::new());
+        };
+        match mode {
+            PathMode::Aggregate => (Vec::new(), "every usable path carries traffic".into()),
+            PathMode::Handover => self.choose_handover(token, addrs),
+            PathMode::Interactive => self.choose_interactive(token, addrs),
+        }
+    }
+
+    /// Handover: the primaries carry the connection while one is healthy
+    /// for it; the secondaries when none is, until one has been healthy
+    /// for `hold_ms`.
+    fn choose_handover(&mut self, token: u32, addrs: &[IpAddr]) -> (Vec<IpAddr>, String) {
+        let Some(c) = self.conns.get(&token) else {
+            return (Vec::new(), String::new());
+        };
+        let primary = |a: &IpAddr| self.path_of(*a).is_some_and(|p| p.role == Role::Primary);
+        let (primaries, secondaries): (Vec<IpAddr>, Vec<IpAddr>) =
+            addrs.iter().copied().partition(primary);
+        if primaries.is_empty() || secondaries.is_empty() {
+            let why = if primaries.is_empty() {
+                "no primary path is usable: the secondaries carry traffic"
+            } else {
+                "no secondary path to hand over to"
+            };
+            if let Some(c) = self.conns.get_mut(&token) {
+                c.failed_over = false;
+            }
+            return (Vec::new(), why.into());
+        }
+        let troubles: Vec<String> = primaries
+            .iter()
+            .filter_map(|a| self.problem(c, *a).map(|p| format!("{a} is {p}")))
+            .collect();
+        let failed = if c.failed_over {
+            !primaries.iter().any(|a| self.held(c, *a))
+        } else {
+            troubles.len() == primaries.len()
+        };
+        let why = match (failed, c.failed_over) {
+            (true, false) => format!("{}: the secondary takes over", troubles.join("; ")),
+            (true, true) => {
+                "the primary is not healthy long enough yet: the secondary keeps traffic".into()
+            }
+            (false, true) => format!(
+                "the primary has been healthy for {} ms: it takes traffic back",
+                self.tuning.hold_ms
+            ),
+            (false, false) => "the primary carries traffic, the secondary stands by".into(),
+        };
+        let now = self.clock.now();
+        if let Some(c) = self.conns.get_mut(&token) {
+            if c.failed_over != failed {
+                c.last_switch = now;
+            }
+            c.failed_over = failed;
+        }
+        (if failed { primaries } else { secondaries }, why)
+    }
+
+    /// Interactive: the healthy path with the lowest RTT for this
+    /// connection carries it; a switch needs the active one failing, or a
+    /// path better by `rtt_ratio` and `rtt_margin_ms` and `hold_ms` since
+    /// the last switch.
+    fn choose_interactive(&mut self, token: u32, addrs: &[IpAddr]) -> (Vec<IpAddr>, String) {
+        let Some(c) = self.conns.get(&token) else {
+            return (Vec::new(), String::new());
+        };
+        let now = self.clock.now();
+        let t = &self.tuning;
+        let rtt = |a: IpAddr| self.srtt(c, a).unwrap_or(f64::MAX);
+        let fmt = |a: IpAddr| {
+            self.srtt(c, a)
+                .map_or("rtt unknown".to_string(), |r| format!("{r:.1} ms"))
+        };
+        let Some(best) = addrs
+            .iter()
+            .copied()
+            .filter(|a| self.problem(c, *a).is_none())
+            .min_by(|a, b| rtt(*a).total_cmp(&rtt(*b)))
+        else {
+            return (
+                Vec::new(),
+                "no healthy path: every path carries traffic".into(),
+            );
+        };
+        let current = c.active.clone().filter(|(a, _, _)| addrs.contains(a));
+        let lowest = || (best, format!("{best} has the lowest RTT ({})", fmt(best)));
+        let (active, why) = match current {
+            None => lowest(),
+            Some((cur, _, false))
+                if self.problem(c, cur).is_none() && self.srtt(c, best).is_some() =>
+            {
+                lowest()
+            }
+            Some((cur, _, _)) if self.problem(c, cur).is_some() => (
+                best,
+                format!(
+                    "{cur} is {}: switching to {best} ({})",
+                    self.problem(c, cur).unwrap_or_default(),
+                    fmt(best)
+                ),
+            ),
+            Some((cur, _, _))
+                if best != cur
+                    && rtt(cur) > rtt(best) * t.rtt_ratio + t.rtt_margin_ms as f64
+                    && now.since(c.last_switch) >= t.hold_ms =>
+            {
+                (
+                    best,
+                    format!(
+                        "{cur} RTT {} is over {}x{} + {} ms of {best}: switching",
+                        fmt(cur),
+                        t.rtt_ratio,
+                        fmt(best),
+                        t.rtt_margin_ms
+                    ),
+                )
+            }
+            Some((cur, kept, _)) => (cur, kept),
+        };
+        let informed = self.srtt(c, active).is_some();
+        if let Some(c) = self.conns.get_mut(&token) {
+            if c.active.as_ref().map(|(a, _, _)| *a) != Some(active) {
+                c.last_switch = now;
+            }
+            c.active = Some((active, why.clone(), informed));
+        }
+        (
+            addrs.iter().copied().filter(|a| *a != active).collect(),
+            why,
+        )
     }
 
     /// Bring one connection to what its mode wants: subflows on every
@@ -414,16 +625,18 @@ impl ConnPolicy {
             .filter(|p| p.addr.is_ipv4() == v4)
             .cloned()
             .collect();
-        let flags: Vec<(IpAddr, bool)> = usable
-            .iter()
-            .map(|p| (p.addr, self.standby(mode, p.addr, v4)))
-            .chain(c.subflows.keys().map(|a| (*a, self.standby(mode, *a, v4))))
-            .collect();
-        let standby_of = |a: IpAddr| flags.iter().find(|(x, _)| *x == a).is_some_and(|f| f.1);
+        let addrs: Vec<IpAddr> = usable.iter().map(|p| p.addr).collect();
+        let server_side = c.server_side;
+        let (standby, choice) = if server_side {
+            (Vec::new(), String::new())
+        } else {
+            self.choose(token, &addrs)
+        };
+        let standby_of = |a: IpAddr| standby.contains(&a);
         let Some(c) = self.conns.get_mut(&token) else {
             return;
         };
-        let label = format!("{} mode ({})", mode.name(), c.rule);
+        let label = format!("{} mode ({}): {choice}", mode.name(), c.rule);
         if c.server_side {
             for p in &usable {
                 if p.addr == c.initial_local.ip() || c.ids.contains_key(&p.addr) {

@@ -130,6 +130,16 @@ impl Policy {
         out
     }
 
+    /// The paths (by interface) this policy finds failing for every
+    /// connection, with why: the per-connection manager counts them too.
+    pub fn path_problems(&self) -> BTreeMap<u32, String> {
+        self.health
+            .paths
+            .keys()
+            .filter_map(|i| Some((*i, self.path_problem(Some(*i))?)))
+            .collect()
+    }
+
     /// The usable local addresses, each with its path's role: what the
     /// per-connection path manager opens subflows from.
     pub fn usable_paths(&self) -> Vec<crate::conns::LocalPath> {
