@@ -1794,3 +1794,54 @@ fn userspace_pm_gives_each_connection_its_rules_mode_and_re_creates_killed_subfl
         "the path manager is put back on stop"
     );
 }
+
+#[test]
+fn userspace_pm_moves_one_connection_off_a_stalled_primary_and_leaves_the_others() {
+    // Two uploads at once: port 5305 under a handover rule, port 5306 in
+    // the default aggregate mode. p0 turns into a blackhole: the handover
+    // connection sees its own stall (the sender waits for ACKs) and its
+    // standby takes over; the aggregate one keeps both subflows as they are.
+    let lab = Lab::up("uh", &["--rate", "20mbit"]);
+    let mut d = Daemon::start(
+        &lab,
+        "pm = \"userspace\"\n[policy]\nmode = \"aggregate\"\n[[app]]\ndport = 5305\nmode = \"handover\"\n",
+        &[],
+    );
+    let ep = transfer_endpoints(&lab);
+    let up = braid_lab::traffic::Direction::Upload;
+    let a = braid_lab::traffic::Bulk::start_dir(&ep, 5305, Duration::from_secs(6), up).unwrap();
+    let b = braid_lab::traffic::Bulk::start_dir(&ep, 5306, Duration::from_secs(6), up).unwrap();
+    assert!(
+        wait_for(3, || subflows_on(&lab, "10.2.0.1", 5305) == 1
+            && subflows_on(&lab, "10.2.0.1", 5306) == 1),
+        "both connections get a p1 subflow: {}",
+        d.log_tail(20)
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let cut = lab.braid(&["lab", "cut", "0", "--blackhole"]);
+    assert!(
+        cut.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cut.stderr)
+    );
+    assert!(
+        wait_for(3, || d.log().contains("the secondary takes over")),
+        "the handover connection did not move: {}",
+        d.log_tail(30)
+    );
+    let moved: Vec<String> = d
+        .log()
+        .lines()
+        .filter(|l| l.contains("connection decision") && l.contains("nobackup"))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        moved.iter().all(|l| l.contains("5305")),
+        "only the handover connection's flags change: {moved:?}"
+    );
+    assert!(moved.iter().any(|l| l.contains("stalled")), "{moved:?}");
+    let (ra, rb) = (a.finish().unwrap(), b.finish().unwrap());
+    assert!(ra.survived, "the handover upload survives: {:?}", ra.error);
+    assert_eq!((ra.bytes_corrupt, rb.bytes_corrupt), (0, 0));
+    d.stop();
+}
