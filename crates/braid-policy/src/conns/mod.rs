@@ -37,6 +37,15 @@ use rules::{first_match, AppRule, Owner};
 const STABLE_MS: u64 = 1_000;
 const RETRY_FIRST_MS: u64 = 1_000;
 const RETRY_MAX_MS: u64 = 60_000;
+/// A path a connection left because of its measurements (stall, loss,
+/// unreachable) is not taken back on its RTT or its healing for this long,
+/// doubled for each further time within `SUSPECT_MEMORY_MS`, at most
+/// `SUSPECT_MAX_MS`: a standby path carries nothing, so its loss is not
+/// measured and fades; without this a lossy primary is left and retaken
+/// over and over.
+const SUSPECT_FIRST_MS: u64 = 30_000;
+const SUSPECT_MAX_MS: u64 = 600_000;
+const SUSPECT_MEMORY_MS: u64 = 600_000;
 
 /// One usable local address and the path it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -213,6 +222,29 @@ struct Conn {
     /// soon as RTTs are known).
     active: Option<(IpAddr, String, bool)>,
     last_switch: Time,
+    /// Paths left on measurements: until when they are not taken back,
+    /// and how many times in a row.
+    suspect: BTreeMap<IpAddr, (Time, u32)>,
+}
+
+impl Conn {
+    /// `addr` was left on measurements: not trusted again for a while.
+    fn left_for_cause(&mut self, addr: IpAddr, now: Time) {
+        let strikes = match self.suspect.get(&addr) {
+            Some((until, n)) if now.since(*until) < SUSPECT_MEMORY_MS => n + 1,
+            _ => 1,
+        };
+        let wait = backoff_ms(SUSPECT_FIRST_MS, SUSPECT_MAX_MS, strikes);
+        self.suspect.insert(addr, (now.plus(wait), strikes));
+    }
+
+    /// How much longer `addr` is not trusted, if it is not.
+    fn suspected(&self, addr: IpAddr, now: Time) -> Option<u64> {
+        self.suspect
+            .get(&addr)
+            .map(|(until, _)| now.until(*until))
+            .filter(|ms| *ms > 0)
+    }
 }
 
 impl Conn {
@@ -292,6 +324,7 @@ impl ConnPolicy {
                         failed_over: false,
                         active: None,
                         last_switch: now,
+                        suspect: BTreeMap::new(),
                     },
                 );
             }
@@ -506,26 +539,38 @@ impl ConnPolicy {
             .iter()
             .filter_map(|a| self.problem(c, *a).map(|p| format!("{a} is {p}")))
             .collect();
+        let now = self.clock.now();
         let failed = if c.failed_over {
-            !primaries.iter().any(|a| self.held(c, *a))
+            !primaries
+                .iter()
+                .any(|a| self.held(c, *a) && c.suspected(*a, now).is_none())
         } else {
             troubles.len() == primaries.len()
         };
         let why = match (failed, c.failed_over) {
             (true, false) => format!("{}: the secondary takes over", troubles.join("; ")),
-            (true, true) => {
-                "the primary is not healthy long enough yet: the secondary keeps traffic".into()
-            }
+            (true, true) => match primaries.iter().filter_map(|a| c.suspected(*a, now)).min() {
+                Some(ms) => format!(
+                    "the primary failed on measurements and is not trusted for another {ms} ms: the secondary keeps traffic"
+                ),
+                None => {
+                    "the primary is not healthy long enough yet: the secondary keeps traffic".into()
+                }
+            },
             (false, true) => format!(
                 "the primary has been healthy for {} ms: it takes traffic back",
                 self.tuning.hold_ms
             ),
             (false, false) => "the primary carries traffic, the secondary stands by".into(),
         };
-        let now = self.clock.now();
         if let Some(c) = self.conns.get_mut(&token) {
             if c.failed_over != failed {
                 c.last_switch = now;
+                if failed {
+                    for a in &primaries {
+                        c.left_for_cause(*a, now);
+                    }
+                }
             }
             c.failed_over = failed;
         }
@@ -547,10 +592,26 @@ impl ConnPolicy {
             self.srtt(c, a)
                 .map_or("rtt unknown".to_string(), |r| format!("{r:.1} ms"))
         };
-        let Some(best) = addrs
+        let healthy: Vec<IpAddr> = addrs
             .iter()
             .copied()
             .filter(|a| self.problem(c, *a).is_none())
+            .collect();
+        // Paths left on measurements are taken again only when nothing
+        // else is healthy.
+        let trusted: Vec<IpAddr> = healthy
+            .iter()
+            .copied()
+            .filter(|a| c.suspected(*a, now).is_none())
+            .collect();
+        let pool = if trusted.is_empty() {
+            &healthy
+        } else {
+            &trusted
+        };
+        let Some(best) = pool
+            .iter()
+            .copied()
             .min_by(|a, b| rtt(*a).total_cmp(&rtt(*b)))
         else {
             return (
@@ -594,9 +655,17 @@ impl ConnPolicy {
             Some((cur, kept, _)) => (cur, kept),
         };
         let informed = self.srtt(c, active).is_some();
+        let left = c
+            .active
+            .as_ref()
+            .map(|(a, _, _)| *a)
+            .filter(|a| *a != active && self.problem(c, *a).is_some());
         if let Some(c) = self.conns.get_mut(&token) {
             if c.active.as_ref().map(|(a, _, _)| *a) != Some(active) {
                 c.last_switch = now;
+            }
+            if let Some(a) = left {
+                c.left_for_cause(a, now);
             }
             c.active = Some((active, why.clone(), informed));
         }

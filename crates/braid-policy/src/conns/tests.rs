@@ -353,9 +353,16 @@ fn a_stall_on_one_connections_primary_moves_that_connection_only() {
     assert_eq!(f, vec![(1, p0, true), (1, p1, false)], "{ds:?}");
     assert!(ds.iter().all(|d| d.action.token() == 1), "{ds:?}");
     assert!(ds[0].reason.contains("stalled"), "{}", ds[0].reason);
-    // ACKs again: back to the primary only after hold_ms (3 s) healthy.
+    // ACKs again: healthy for hold_ms (3 s) is not enough after a
+    // failure on measurements: it is not trusted for 30 s.
     assert!(flips(&p.handle(round(5), 500)).is_empty());
     let ds = p.handle(round(5), 3_600);
+    assert!(flips(&ds).is_empty(), "{ds:?}");
+    assert!(
+        ds.is_empty() || ds[0].reason.contains("not trusted"),
+        "{ds:?}"
+    );
+    let ds = p.handle(round(5), 30_500);
     let mut f = flips(&ds);
     f.sort();
     assert_eq!(f, vec![(1, p0, false), (1, p1, true)], "{ds:?}");
@@ -420,4 +427,59 @@ fn interactive_takes_the_connections_fastest_path_and_switches_with_a_margin() {
     let mut f = flips(&ds);
     f.sort();
     assert_eq!(f, vec![(5, p0, false), (5, p1, true)], "{ds:?}");
+}
+
+#[test]
+fn a_path_left_for_loss_is_not_retaken_on_its_rtt_while_it_is_suspect() {
+    let rules = vec![AppRule {
+        dport: Some(22),
+        mode: PathMode::Interactive,
+        ..AppRule::default()
+    }];
+    let mut p = ConnPolicy::new(rules, PolicyConfig::default());
+    p.handle(two_paths(), 0);
+    p.handle(created(5, Owner::default(), "192.0.2.1:22"), 0);
+    p.handle(ConnEvent::Established { token: 5 }, 0);
+    p.handle(
+        ConnEvent::SubEstablished {
+            token: 5,
+            local: sa("10.2.0.1:50005"),
+            remote: sa("192.0.2.1:22"),
+        },
+        80,
+    );
+    let p0: IpAddr = "10.1.0.1".parse().unwrap();
+    let mut on_p0 = Vec::new();
+    // 20 % of p0's segments retransmitted for 2 s, then none (it stands by).
+    for round in 1..=400u32 {
+        let t = u64::from(round) * 100;
+        let lossy = round <= 20;
+        let (segs, retrans) = if lossy {
+            (round * 100, round * 20)
+        } else {
+            (2000, 400)
+        };
+        let mut s0 = sample("10.1.0.1:40000", "192.0.2.1:22", 2, 20, 0, 5);
+        s0.segs_out = segs;
+        s0.total_retrans = retrans;
+        let s1 = sample("10.2.0.1:50005", "192.0.2.1:22", 3, 80, 0, 5);
+        p.handle(health(vec![(5, s0), (5, s1)]), t);
+        let active = p.conns[&5].active.as_ref().map(|(a, _, _)| *a);
+        on_p0.push((t, active == Some(p0)));
+    }
+    let left = on_p0
+        .iter()
+        .find(|(_, on)| !on)
+        .map(|(t, _)| *t)
+        .expect("p0 is left for its loss");
+    assert!(left <= 2_000, "left at {left} ms");
+    // Once left, not retaken before it has been suspect for 30 s.
+    let back = on_p0
+        .iter()
+        .find(|(t, on)| *t > left && *on)
+        .map(|(t, _)| *t);
+    assert!(
+        back.is_none_or(|b| b >= left + SUSPECT_FIRST_MS),
+        "retaken at {back:?}"
+    );
 }
