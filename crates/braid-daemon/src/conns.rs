@@ -44,22 +44,33 @@ impl ConnShell {
         let before = braid_kernel::sysctl::read(name).map_err(|e| {
             format!("pm = \"userspace\" needs the kernel's userspace path manager (Linux 5.19+), and {name} cannot be read: {e}")
         })?;
-        if before.trim() != value {
+        let before = before.trim().to_string();
+        // Already on: a previous braidd that did not stop (killed, crashed)
+        // left it; the in-kernel path manager is what goes back on stop.
+        let original = if before == value {
+            let kernel = if name == PATH_MANAGER { "kernel" } else { "0" };
+            warn!(
+                sysctl = name,
+                "the userspace path manager was already on (a previous braidd that did not stop?): {name} = {kernel} is put back when this one stops"
+            );
+            kernel.to_string()
+        } else {
             braid_kernel::sysctl::write(name, value)
                 .map_err(|e| format!("pm = \"userspace\": setting {name} = {value} failed: {e}"))?;
             info!(
                 sysctl = name,
-                from = before.trim(),
+                from = %before,
                 to = value,
                 "the userspace path manager decides each connection's subflows"
             );
-        }
+            before
+        };
         Ok(ConnShell {
             policy: ConnPolicy::new(config.apps.clone(), config.policy.clone()),
             cgroups: CgroupPaths::new(),
             need_exe: config.apps.iter().any(|a| a.exe.is_some()),
             paths: Vec::new(),
-            restore: (before.trim() != value).then(|| (name, before.trim().to_string())),
+            restore: Some((name, original)),
         })
     }
 
@@ -69,6 +80,26 @@ impl ConnShell {
             if let Err(e) = braid_kernel::sysctl::write(name, &value) {
                 warn!(sysctl = name, %value, error = %e, "could not put the path manager back");
             }
+        }
+    }
+
+    /// New `[[app]]` rules and `[policy]` tuning (a reload): for the
+    /// connections created from now on.
+    pub fn reconfigure(&mut self, config: &Config) {
+        self.need_exe = config.apps.iter().any(|a| a.exe.is_some());
+        self.policy
+            .reconfigure(config.apps.clone(), config.policy.clone());
+    }
+
+    /// Forget connections the kernel no longer has (MPTCP events were
+    /// lost, or a periodic check).
+    pub fn resync(&mut self) {
+        match braid_kernel::diag::connections(false) {
+            Ok(list) => {
+                let tokens = list.iter().filter_map(|c| c.token).collect();
+                self.policy.keep_only(&tokens);
+            }
+            Err(e) => debug!(error = %e, "listing MPTCP connections failed; kept as they are"),
         }
     }
 

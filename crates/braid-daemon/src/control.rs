@@ -38,8 +38,9 @@ pub enum Request {
         since_ms: Option<u64>,
         #[serde(default)]
         follow: bool,
-        /// Leave the MPTCP events out of the window (`braid top` shows
-        /// them from the kernel; it wants the decisions).
+        /// Leave the per-connection entries (MPTCP events, per-connection
+        /// decisions) out of the window: `braid top` shows the events from
+        /// the kernel and wants the host's decisions.
         #[serde(default)]
         without_mptcp: bool,
     },
@@ -66,9 +67,12 @@ pub struct DaemonStatus {
     pub config: std::path::PathBuf,
     pub uptime_s: u64,
     /// What works where the daemon runs, and why not.
+    #[serde(default)]
     pub features: Vec<crate::features::Feature>,
     /// Problems the daemon found itself (a corrupt state file kept aside...).
+    #[serde(default)]
     pub warnings: Vec<String>,
+    #[serde(default)]
     pub health_polls: HealthPolls,
     pub view: braid_policy::policy::PolicyView,
     /// Each connection's rule and mode (`pm = "userspace"`).

@@ -66,14 +66,20 @@ pub enum What {
 }
 
 impl What {
-    fn is_mptcp(&self) -> bool {
-        matches!(self, What::Mptcp { .. })
+    /// About one connection (its events, the per-connection manager's
+    /// decisions): kept apart, so connection churn cannot push the
+    /// host's decisions out.
+    fn is_per_connection(&self) -> bool {
+        matches!(
+            self,
+            What::Mptcp { .. } | What::ConnDecision { .. } | What::ConnRefused { .. }
+        )
     }
 }
 
 pub struct Journal {
     next_seq: u64,
-    mptcp: VecDeque<Entry>,
+    per_connection: VecDeque<Entry>,
     other: VecDeque<Entry>,
     live: broadcast::Sender<Entry>,
 }
@@ -82,7 +88,7 @@ impl Default for Journal {
     fn default() -> Self {
         Journal {
             next_seq: 1,
-            mptcp: VecDeque::new(),
+            per_connection: VecDeque::new(),
             other: VecDeque::new(),
             live: broadcast::channel(LIVE_BUFFER).0,
         }
@@ -100,8 +106,8 @@ impl Journal {
         if self.live.receiver_count() > 0 {
             let _ = self.live.send(entry.clone());
         }
-        let ring = if entry.what.is_mptcp() {
-            &mut self.mptcp
+        let ring = if entry.what.is_per_connection() {
+            &mut self.per_connection
         } else {
             &mut self.other
         };
@@ -112,11 +118,11 @@ impl Journal {
     }
 
     /// What was recorded at or after `from_unix_ms`, oldest first.
-    pub fn since(&self, from_unix_ms: u64, with_mptcp: bool) -> Vec<Entry> {
+    pub fn since(&self, from_unix_ms: u64, with_per_connection: bool) -> Vec<Entry> {
         let mut v: Vec<Entry> = self
-            .mptcp
+            .per_connection
             .iter()
-            .filter(|_| with_mptcp)
+            .filter(|_| with_per_connection)
             .chain(self.other.iter())
             .filter(|e| e.unix_ms >= from_unix_ms)
             .cloned()

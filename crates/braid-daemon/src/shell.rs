@@ -401,6 +401,9 @@ impl Shell {
             Ok(StreamItem::Overflow) => {
                 self.tallies.error("mptcp_events_lost");
                 warn!("MPTCP events were lost (ENOBUFS)");
+                if let Some(c) = self.conns.as_mut() {
+                    c.resync();
+                }
                 self.journal.record(
                     unix_ms_now(),
                     What::Note {
@@ -685,6 +688,9 @@ impl Shell {
                 },
             );
         }
+        if let Some(c) = self.conns.as_mut() {
+            c.resync();
+        }
         match snapshot(&mut self.pm) {
             Ok(ev) => {
                 let n = self.feed(ev);
@@ -708,6 +714,12 @@ impl Shell {
                     warn!(
                         "[metrics] changed: the new settings take effect when the daemon restarts"
                     );
+                }
+                if cfg.pm != self.policy.config().pm {
+                    warn!("pm changed: the new path manager takes effect when the daemon restarts");
+                }
+                if let Some(c) = self.conns.as_mut() {
+                    c.reconfigure(&cfg);
                 }
                 self.probe = ProbeSupport::detect(cfg.policy.probe_silent_paths);
                 self.probe_errors.clear();

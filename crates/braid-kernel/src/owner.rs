@@ -42,14 +42,21 @@ impl CgroupPaths {
         }
         self.by_id.clear();
         let root = self.root.clone();
-        self.walk(&root, 0);
+        let dev = std::fs::metadata(&root).ok()?.dev();
+        self.walk(&root, dev, 0);
         self.by_id.get(&id).cloned()
     }
 
-    fn walk(&mut self, dir: &Path, depth: usize) {
+    /// Directories of the hierarchy's own filesystem only (`dev`): inode
+    /// numbers of other mounts under it (cgroup v1 on hybrid hosts) could
+    /// collide with cgroup ids.
+    fn walk(&mut self, dir: &Path, dev: u64, depth: usize) {
         let Ok(meta) = std::fs::metadata(dir) else {
             return;
         };
+        if meta.dev() != dev {
+            return;
+        }
         let rel = dir
             .strip_prefix(&self.root)
             .map(|r| format!("/{}", r.display()))
@@ -63,7 +70,7 @@ impl CgroupPaths {
         };
         for e in entries.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
-                self.walk(&e.path(), depth + 1);
+                self.walk(&e.path(), dev, depth + 1);
             }
         }
     }
@@ -75,9 +82,14 @@ impl Default for CgroupPaths {
     }
 }
 
-/// The executable name (`/proc/PID/comm`) of a process holding the socket
-/// with this inode, found by scanning every process's descriptors.
+/// The file name of the executable (`/proc/PID/exe`) of a process holding
+/// the socket with this inode, found by scanning every process's
+/// descriptors. Not `comm`: that is cut to 15 bytes and any process can
+/// set its own.
 pub fn exe_of_socket(inode: u32) -> Option<String> {
+    if inode == 0 {
+        return None; // not yet owned by a descriptor (a server's before accept)
+    }
     let want = format!("socket:[{inode}]");
     for p in std::fs::read_dir("/proc").ok()?.flatten() {
         let name = p.file_name();
@@ -94,9 +106,8 @@ pub fn exe_of_socket(inode: u32) -> Option<String> {
             .flatten()
             .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == want.as_str()));
         if holds {
-            return std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .ok()
-                .map(|c| c.trim_end().to_string());
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+            return exe.file_name().map(|n| n.to_string_lossy().into_owned());
         }
     }
     None
@@ -130,11 +141,10 @@ mod tests {
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: a valid descriptor and a stat buffer of the right size.
         assert_eq!(unsafe { libc::fstat(l.as_raw_fd(), &mut st) }, 0);
-        let me = std::fs::read_to_string("/proc/self/comm").unwrap();
-        assert_eq!(
-            exe_of_socket(st.st_ino as u32).as_deref(),
-            Some(me.trim_end())
-        );
+        let me = std::env::current_exe().unwrap();
+        let me = me.file_name().unwrap().to_str().unwrap();
+        assert_eq!(exe_of_socket(st.st_ino as u32).as_deref(), Some(me));
+        assert_eq!(exe_of_socket(0), None);
         assert_eq!(exe_of_socket(u32::MAX), None);
     }
 }

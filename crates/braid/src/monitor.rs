@@ -28,13 +28,20 @@ struct EventLine<'a> {
 
 /// UTC wall-clock time now as RFC 3339 with milliseconds.
 pub fn timestamp() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(now.as_millis() as u64)
 }
 
-/// A time in milliseconds since the Unix epoch as RFC 3339 (UTC).
+/// The last millisecond humantime formats (9999-12-31T23:59:59.999Z).
+const MAX_RFC3339_MS: u64 = 253_402_300_799_999;
+
+/// A time in milliseconds since the Unix epoch as RFC 3339 (UTC); times
+/// past year 9999 (from a hostile or broken peer) are shown as its end.
 pub fn rfc3339(unix_ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(unix_ms))
-        .to_string()
+    let ms = unix_ms.min(MAX_RFC3339_MS);
+    humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
 }
 
 fn endpoint(addr: Option<IpAddr>, port: Option<u16>) -> Option<String> {
@@ -261,5 +268,6 @@ mod tests {
     fn times_are_rfc3339_utc_with_milliseconds() {
         assert_eq!(timestamp().len(), 24);
         assert_eq!(rfc3339(1_764_115_200_123), "2025-11-26T00:00:00.123Z");
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59.999Z");
     }
 }

@@ -44,6 +44,9 @@ const RETRY_MAX_MS: u64 = 60_000;
 /// measured and fades; without this a lossy primary is left and retaken
 /// over and over.
 const SUSPECT_FIRST_MS: u64 = 30_000;
+/// A create whose subflow neither came up nor failed within this long is
+/// forgotten (a lost event must not block the address for good).
+const CREATE_TIMEOUT_MS: u64 = 10_000;
 const SUSPECT_MAX_MS: u64 = 600_000;
 const SUSPECT_MEMORY_MS: u64 = 600_000;
 
@@ -286,13 +289,13 @@ impl ConnPolicy {
     pub fn handle(&mut self, ev: ConnEvent, now_ms: u64) -> Vec<ConnDecision> {
         let now = self.clock.advance(now_ms);
         let mut out = Vec::new();
-        match ev {
+        let (tokens, why): (Vec<u32>, String) = match ev {
             ConnEvent::Paths(paths) => {
                 self.paths = paths;
-                let tokens: Vec<u32> = self.conns.keys().copied().collect();
-                for t in tokens {
-                    self.reconcile(t, "the usable paths changed", &mut out);
-                }
+                (
+                    self.conns.keys().copied().collect(),
+                    "the usable paths changed".into(),
+                )
             }
             ConnEvent::Created {
                 token,
@@ -301,39 +304,15 @@ impl ConnPolicy {
                 server_side,
                 owner,
             } => {
-                let (mode, rule) = match first_match(&self.rules, &owner, remote) {
-                    Some((i, r)) => (r.mode, format!("rule {} ({})", i + 1, r.describe())),
-                    None => (self.default_mode, "default".to_string()),
-                };
-                let mut ids = BTreeMap::new();
-                ids.insert(local.ip(), 0);
-                self.conns.insert(
-                    token,
-                    Conn {
-                        remote,
-                        initial_local: local,
-                        server_side,
-                        mode,
-                        rule,
-                        established: false,
-                        subflows: BTreeMap::new(),
-                        creating: BTreeMap::new(),
-                        retries: BTreeMap::new(),
-                        ids,
-                        health: HealthTracker::default(),
-                        failed_over: false,
-                        active: None,
-                        last_switch: now,
-                        suspect: BTreeMap::new(),
-                    },
-                );
+                self.created(token, local, remote, server_side, &owner);
+                return out;
             }
             ConnEvent::Established { token } => {
                 let Some(c) = self.conns.get_mut(&token) else {
                     return out;
                 };
                 c.established = true;
-                // The initial subflow, until sock_diag or an event says more.
+                // The initial subflow, until an event says more.
                 let (local, remote) = (c.initial_local, c.remote);
                 c.subflows.entry(local.ip()).or_insert(Subflow {
                     local,
@@ -341,7 +320,7 @@ impl ConnPolicy {
                     backup: false,
                     since: now,
                 });
-                self.reconcile(token, "the connection is established", &mut out);
+                (vec![token], "the connection is established".into())
             }
             ConnEvent::SubEstablished {
                 token,
@@ -363,89 +342,190 @@ impl ConnPolicy {
                         since: now,
                     },
                 );
-                self.reconcile(token, "a subflow was established", &mut out);
+                (vec![token], "a subflow was established".into())
             }
-            ConnEvent::SubClosed {
-                token,
-                local,
-                remote: _,
-            } => {
-                let Some(c) = self.conns.get_mut(&token) else {
-                    return out;
-                };
-                c.creating.remove(&local.ip());
-                if let Some(s) = c.subflows.remove(&local.ip()) {
-                    let r = c.retries.entry(local.ip()).or_default();
-                    if now.since(s.since) >= STABLE_MS {
-                        r.failures = 0;
-                    }
-                    r.failures += 1;
-                    r.at = (r.failures > 1).then(|| {
-                        now.plus(backoff_ms(RETRY_FIRST_MS, RETRY_MAX_MS, r.failures - 1))
-                    });
-                }
-                self.reconcile(token, &format!("the subflow from {local} closed"), &mut out);
+            ConnEvent::SubClosed { token, local, .. } => {
+                self.subflow_closed(token, local);
+                (vec![token], format!("the subflow from {local} closed"))
             }
             ConnEvent::Closed { token } => {
                 self.conns.remove(&token);
+                return out;
             }
-            // The shell logs the error; here only the retry matters.
+            // The shell logs the error; here the model goes back to what
+            // the kernel has, and a create waits for its back-off.
             ConnEvent::Failed { action, error: _ } => {
-                let token = action.token();
-                if let (ConnAction::CreateSubflow { local, .. }, Some(c)) =
-                    (&action, self.conns.get_mut(&token))
-                {
-                    c.creating.remove(local);
-                    let r = c.retries.entry(*local).or_default();
-                    r.failures += 1;
-                    r.at = Some(now.plus(backoff_ms(RETRY_FIRST_MS, RETRY_MAX_MS, r.failures)));
-                }
+                self.failed(&action);
+                return out;
             }
             ConnEvent::Health {
                 samples,
                 path_problems,
             } => {
-                self.path_problems = path_problems;
-                let mut by_conn: BTreeMap<u32, Vec<SubflowSample>> = BTreeMap::new();
-                for (t, mut s) in samples {
-                    if s.ifindex == 0 {
-                        s.ifindex = self.path_of(s.local.ip()).map_or(0, |p| p.ifindex);
-                    }
-                    by_conn.entry(t).or_default().push(s);
-                }
-                let t = &self.tuning;
-                let (stall, loss) = (t.stall_ms, t.loss_threshold);
-                // An idle path's loss fades as in the host-wide policy.
-                let decay = t.hold_ms.saturating_mul(4);
-                let tokens: Vec<u32> = self.conns.keys().copied().collect();
-                for token in tokens {
-                    let samples = by_conn.remove(&token).unwrap_or_default();
-                    if let Some(c) = self.conns.get_mut(&token) {
-                        c.health.update(now.ms(), &samples, stall, loss, decay, 1);
-                    }
-                    self.reconcile(token, "measurements", &mut out);
-                }
+                self.measured(samples, path_problems);
+                (self.conns.keys().copied().collect(), "measurements".into())
             }
             ConnEvent::Tick => {
-                let due: Vec<u32> = self
+                let due = self
                     .conns
                     .iter()
                     .filter(|(_, c)| c.retries.values().any(|r| r.at.is_some_and(|t| t <= now)))
                     .map(|(t, _)| *t)
                     .collect();
-                for t in due {
-                    self.reconcile(t, "its back-off is over", &mut out);
-                }
+                (due, "its back-off is over".into())
             }
+        };
+        for t in tokens {
+            self.reconcile(t, &why, &mut out);
         }
         out
     }
 
-    /// When a back-off ends (the shell sends `Tick` then).
+    /// A new connection: its owner's rule gives its mode.
+    fn created(
+        &mut self,
+        token: u32,
+        local: SocketAddr,
+        remote: SocketAddr,
+        server_side: bool,
+        owner: &Owner,
+    ) {
+        let now = self.clock.now();
+        let (mode, rule) = match first_match(&self.rules, owner, remote) {
+            Some((i, r)) => (r.mode, format!("rule {} ({})", i + 1, r.describe())),
+            None => (self.default_mode, "default".to_string()),
+        };
+        let mut ids = BTreeMap::new();
+        ids.insert(local.ip(), 0);
+        self.conns.insert(
+            token,
+            Conn {
+                remote,
+                initial_local: local,
+                server_side,
+                mode,
+                rule,
+                established: false,
+                subflows: BTreeMap::new(),
+                creating: BTreeMap::new(),
+                retries: BTreeMap::new(),
+                ids,
+                health: HealthTracker::default(),
+                failed_over: false,
+                active: None,
+                last_switch: now,
+                suspect: BTreeMap::new(),
+            },
+        );
+    }
+
+    /// A subflow (or a join that never came up) closed: opened again at
+    /// once if it had worked for `STABLE_MS`, else after a back-off.
+    fn subflow_closed(&mut self, token: u32, local: SocketAddr) {
+        let now = self.clock.now();
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let joining = c.creating.remove(&local.ip()).is_some();
+        let lived = c.subflows.remove(&local.ip()).map(|s| now.since(s.since));
+        if !joining && lived.is_none() {
+            return; // not one of ours (a peer's join that never came up)
+        }
+        let r = c.retries.entry(local.ip()).or_default();
+        if lived.is_some_and(|ms| ms >= STABLE_MS) {
+            r.failures = 0;
+        }
+        r.failures += 1;
+        // A working subflow that died is replaced at once; a join that
+        // failed, or a subflow that died at once, waits.
+        r.at = (joining || r.failures > 1).then(|| {
+            now.plus(backoff_ms(
+                RETRY_FIRST_MS,
+                RETRY_MAX_MS,
+                r.failures.max(2) - 1,
+            ))
+        });
+    }
+
+    /// The kernel refused an action: the model goes back to what it has.
+    fn failed(&mut self, action: &ConnAction) {
+        let now = self.clock.now();
+        let Some(c) = self.conns.get_mut(&action.token()) else {
+            return;
+        };
+        match action {
+            ConnAction::CreateSubflow { local, .. } => {
+                c.creating.remove(local);
+                let r = c.retries.entry(*local).or_default();
+                r.failures += 1;
+                r.at = Some(now.plus(backoff_ms(RETRY_FIRST_MS, RETRY_MAX_MS, r.failures)));
+            }
+            ConnAction::SetBackup { local, backup, .. } => {
+                // Tried again at the next reconcile.
+                if let Some(s) = c.subflows.get_mut(&local.ip()) {
+                    s.backup = !backup;
+                }
+            }
+            ConnAction::Announce { addr, .. } => {
+                c.ids.remove(addr);
+            }
+        }
+    }
+
+    /// A round of measurements into each connection's health.
+    fn measured(
+        &mut self,
+        samples: Vec<(u32, SubflowSample)>,
+        path_problems: BTreeMap<u32, String>,
+    ) {
+        let now = self.clock.now();
+        self.path_problems = path_problems;
+        let mut by_conn: BTreeMap<u32, Vec<SubflowSample>> = BTreeMap::new();
+        for (t, mut s) in samples {
+            if s.ifindex == 0 {
+                s.ifindex = self.path_of(s.local.ip()).map_or(0, |p| p.ifindex);
+            }
+            by_conn.entry(t).or_default().push(s);
+        }
+        let t = &self.tuning;
+        let (stall, loss) = (t.stall_ms, t.loss_threshold);
+        // An idle path's loss fades as in the host-wide policy.
+        let decay = t.hold_ms.saturating_mul(4);
+        for (token, c) in self.conns.iter_mut() {
+            let samples = by_conn.remove(token).unwrap_or_default();
+            c.health.update(now.ms(), &samples, stall, loss, decay, 1);
+            // A join that neither came up nor failed for this long is
+            // forgotten (its event was lost): it may be tried again.
+            c.creating
+                .retain(|_, (at, _)| now.since(*at) < CREATE_TIMEOUT_MS);
+        }
+    }
+
+    /// Forget the connections the kernel no longer has (their CLOSED event
+    /// was lost when the event socket overflowed).
+    pub fn keep_only(&mut self, tokens: &std::collections::BTreeSet<u32>) {
+        self.conns.retain(|t, _| tokens.contains(t));
+    }
+
+    /// New rules and tuning (a reload): connections created from now on
+    /// follow them; existing ones keep their mode.
+    pub fn reconfigure(&mut self, rules: Vec<AppRule>, tuning: PolicyConfig) {
+        self.rules = rules;
+        self.default_mode = tuning.mode;
+        self.tuning = tuning;
+    }
+    /// When a back-off ends (the shell sends `Tick` then). Only retries
+    /// of usable addresses count: one whose address went is dropped by
+    /// `reconcile`, and the address coming back is news of its own.
     pub fn wake_at_ms(&self) -> Option<u64> {
         self.conns
             .values()
-            .flat_map(|c| c.retries.values().filter_map(|r| r.at))
+            .flat_map(|c| {
+                c.retries
+                    .iter()
+                    .filter(|(a, _)| self.path_of(**a).is_some())
+                    .filter_map(|(_, r)| r.at)
+            })
             .min()
             .map(Time::ms)
     }
@@ -760,7 +840,18 @@ impl ConnPolicy {
                 ),
             });
         }
+        // A retry of an address that is no longer usable is dropped.
+        for (a, r) in c.retries.iter_mut() {
+            if !addrs.contains(a) {
+                r.at = None;
+            }
+        }
         for s in c.subflows.values_mut() {
+            // One on an address that is no longer usable keeps its flag:
+            // the kernel closes it, or it comes back.
+            if !addrs.contains(&s.local.ip()) {
+                continue;
+            }
             let want = standby_of(s.local.ip());
             if s.backup == want {
                 continue;

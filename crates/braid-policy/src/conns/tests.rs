@@ -166,6 +166,11 @@ fn a_refused_create_is_retried_after_a_back_off_and_gone_paths_are_not() {
         10,
     );
     assert!(creates(&p.handle(ConnEvent::Tick, 5_000)).is_empty());
+    assert_eq!(
+        p.wake_at_ms(),
+        None,
+        "no wake-up for an address that is gone"
+    );
     // It comes back: created again (the path change is news).
     assert_eq!(creates(&p.handle(two_paths(), 6_000)).len(), 1);
 }
@@ -482,4 +487,55 @@ fn a_path_left_for_loss_is_not_retaken_on_its_rtt_while_it_is_suspect() {
         back.is_none_or(|b| b >= left + SUSPECT_FIRST_MS),
         "retaken at {back:?}"
     );
+}
+
+#[test]
+fn a_join_that_never_comes_up_waits_before_the_next_and_refused_flags_are_retried() {
+    let mut p = policy();
+    p.handle(created(8, ssh(), "192.0.2.1:22"), 0);
+    let ds = p.handle(ConnEvent::Established { token: 8 }, 0);
+    assert_eq!(creates(&ds).len(), 1);
+    // The server resets the join: SUB_CLOSED for a subflow never established.
+    let local = sa("10.2.0.1:50008");
+    let remote = sa("192.0.2.1:22");
+    let ds = p.handle(
+        ConnEvent::SubClosed {
+            token: 8,
+            local,
+            remote,
+        },
+        90,
+    );
+    assert!(creates(&ds).is_empty(), "not hammered: {ds:?}");
+    assert_eq!(p.wake_at_ms(), Some(90 + RETRY_FIRST_MS));
+    assert_eq!(
+        creates(&p.handle(ConnEvent::Tick, 90 + RETRY_FIRST_MS)).len(),
+        1
+    );
+    p.handle(
+        ConnEvent::SubEstablished {
+            token: 8,
+            local,
+            remote,
+        },
+        1_200,
+    );
+    // The primary goes; the MP_PRIO is refused, and sent again next time.
+    let only_p1 = ConnEvent::Paths(vec![path(3, "10.2.0.1", Role::Secondary)]);
+    let ds = p.handle(only_p1.clone(), 1_300);
+    let set = ds
+        .iter()
+        .find(|d| matches!(d.action, ConnAction::SetBackup { .. }))
+        .expect("the standby is made active")
+        .action
+        .clone();
+    p.handle(
+        ConnEvent::Failed {
+            action: set.clone(),
+            error: "EPERM".into(),
+        },
+        1_301,
+    );
+    let ds = p.handle(health(vec![]), 1_400);
+    assert!(ds.iter().any(|d| d.action == set), "retried: {ds:?}");
 }
