@@ -251,8 +251,12 @@ impl Conn {
 }
 
 impl Conn {
+    /// The address id for a new subflow or announcement from `addr`.
+    /// Never 0: that is the initial subflow's, and SUBFLOW_CREATE refuses
+    /// it ("missing local addr id"), so re-opening the initial address
+    /// takes a new id.
     fn id_for(&mut self, addr: IpAddr) -> Option<u8> {
-        if let Some(id) = self.ids.get(&addr) {
+        if let Some(id) = self.ids.get(&addr).filter(|id| **id != 0) {
             return Some(*id);
         }
         let id = (1..=u8::MAX).find(|i| !self.ids.values().any(|x| x == i))?;

@@ -539,3 +539,29 @@ fn a_join_that_never_comes_up_waits_before_the_next_and_refused_flags_are_retrie
     let ds = p.handle(health(vec![]), 1_400);
     assert!(ds.iter().any(|d| d.action == set), "retried: {ds:?}");
 }
+
+#[test]
+fn the_initial_address_is_reopened_with_a_new_id() {
+    let mut p = policy();
+    p.handle(created(6, Owner::default(), "192.0.2.1:443"), 0);
+    p.handle(ConnEvent::Established { token: 6 }, 0);
+    let ds = p.handle(
+        ConnEvent::SubClosed {
+            token: 6,
+            local: sa("10.1.0.1:40000"),
+            remote: sa("192.0.2.1:443"),
+        },
+        20_000,
+    );
+    let ids: Vec<u8> = ds
+        .iter()
+        .filter_map(|d| match d.action {
+            ConnAction::CreateSubflow {
+                local_id, local, ..
+            } if local == "10.1.0.1".parse::<IpAddr>().unwrap() => Some(local_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{ds:?}");
+    assert_ne!(ids[0], 0, "id 0 is the initial subflow's");
+}
