@@ -577,9 +577,22 @@ pub fn teardown(name: &str, state: Option<&LabState>) -> Result<(), LabError> {
     {
         return Err(LabError::Invalid(format!("no lab named '{name}' is up")));
     }
-    if let Some(s) = state {
-        let _ = emulator::request(&s.control, &Request::Stop);
-        let pid = s.emulator_pid;
+    // Without a state file, the emulator is found by its command line.
+    let pids: Vec<u32> = match state {
+        Some(s) => {
+            let _ = emulator::request(&s.control, &Request::Stop);
+            vec![s.emulator_pid]
+        }
+        None => std::fs::read_dir("/proc")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .filter(|pid| pid_is_our_emulator(*pid, name))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    for pid in pids {
         if pid != 0 && pid_is_our_emulator(pid, name) {
             let deadline = Instant::now() + Duration::from_secs(3);
             while pid_is_our_emulator(pid, name) && Instant::now() < deadline {

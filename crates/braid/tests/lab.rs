@@ -415,3 +415,22 @@ fn a_small_sweep_runs_resumes_and_reports() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("primary/secondary"));
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[test]
+fn down_without_a_state_file_still_stops_the_emulator() {
+    // A script once wrote over a lab's state.json: the lab must still go
+    // away whole, its emulator found by its command line.
+    let name = lab_name("ns");
+    let _down = Down(name.clone());
+    assert!(braid(&["lab", "up", "--name", &name, "--rate", "none"])
+        .status
+        .success());
+    assert_eq!(emulators_of(&name), 1);
+    std::fs::write(
+        format!("/run/braid/lab/{name}/state.json"),
+        "{\"not\": \"a lab\"}",
+    )
+    .unwrap();
+    assert!(braid(&["lab", "down", "--name", &name]).status.success());
+    assert_gone(&name);
+}
