@@ -21,6 +21,7 @@ mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod pm;
+pub mod pm_attrs;
 pub mod probe;
 pub mod rtnl;
 pub mod socket;
