@@ -1,17 +1,17 @@
 //! The `mptcp_pm_events` multicast stream, decoded into typed events.
 //! Unknown event types and attributes are kept, never a panic.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 
-use netlink_packet_core::NetlinkPayload;
+use netlink_packet_core::{NetlinkPayload, Nla, NLA_TYPE_MASK};
 use netlink_packet_generic::GenlMessage;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Op, Result};
 use crate::genl::{open_genl, resolve_family, PmPayload, MPTCP_PM_EVENTS_GROUP, MPTCP_PM_NAME};
-use crate::netlink::{align4, attrs, deserialize_caught};
-use crate::pm::read_array;
+use crate::netlink::{deserialize_caught, messages, nlas};
+use crate::pm_attrs::EventAttr;
 
 pub use braid_types::event::EventKind;
 
@@ -131,30 +131,28 @@ pub fn reset_reason_name(code: u32) -> &'static str {
 
 /// Decode the attributes of one event message.
 pub fn decode_event(cmd: u8, payload: &[u8]) -> Result<Event> {
-    let op = Op::ReadEvents;
     let mut ev = Event::empty(EventKind::from_cmd(cmd));
-    for attr in attrs(payload) {
-        let (kind, v) = attr.map_err(|e| Error::decode(op, e))?;
-        match kind {
-            1 => ev.token = Some(u32::from_ne_bytes(read_array(v, op)?)),
-            2 => ev.family = Some(u16::from_ne_bytes(read_array(v, op)?)),
-            3 => ev.loc_id = Some(read_array::<1>(v, op)?[0]),
-            4 => ev.rem_id = Some(read_array::<1>(v, op)?[0]),
-            5 => ev.saddr = Some(IpAddr::V4(Ipv4Addr::from(read_array::<4>(v, op)?))),
-            6 => ev.saddr = Some(IpAddr::V6(Ipv6Addr::from(read_array::<16>(v, op)?))),
-            7 => ev.daddr = Some(IpAddr::V4(Ipv4Addr::from(read_array::<4>(v, op)?))),
-            8 => ev.daddr = Some(IpAddr::V6(Ipv6Addr::from(read_array::<16>(v, op)?))),
-            9 => ev.sport = Some(u16::from_be_bytes(read_array(v, op)?)),
-            10 => ev.dport = Some(u16::from_be_bytes(read_array(v, op)?)),
-            11 => ev.backup = Some(read_array::<1>(v, op)?[0] != 0),
-            12 => ev.error = Some(read_array::<1>(v, op)?[0]),
-            13 => ev.flags = Some(u16::from_ne_bytes(read_array(v, op)?)),
-            14 => ev.timeout = Some(u32::from_ne_bytes(read_array(v, op)?)),
-            15 => ev.ifindex = Some(u32::from_ne_bytes(read_array(v, op)?)),
-            16 => ev.reset_reason = Some(u32::from_ne_bytes(read_array(v, op)?)),
-            17 => ev.reset_flags = Some(u32::from_ne_bytes(read_array(v, op)?)),
-            18 => ev.server_side = Some(read_array::<1>(v, op)?[0] != 0),
-            other => ev.unknown_attrs.push(other),
+    for attr in nlas(payload) {
+        match attr.map_err(|e| Error::decode(Op::ReadEvents, e))? {
+            EventAttr::Token(v) => ev.token = Some(v),
+            EventAttr::Family(v) => ev.family = Some(v),
+            EventAttr::LocId(v) => ev.loc_id = Some(v),
+            EventAttr::RemId(v) => ev.rem_id = Some(v),
+            EventAttr::Saddr4(a) => ev.saddr = Some(IpAddr::V4(a)),
+            EventAttr::Saddr6(a) => ev.saddr = Some(IpAddr::V6(a)),
+            EventAttr::Daddr4(a) => ev.daddr = Some(IpAddr::V4(a)),
+            EventAttr::Daddr6(a) => ev.daddr = Some(IpAddr::V6(a)),
+            EventAttr::Sport(v) => ev.sport = Some(v),
+            EventAttr::Dport(v) => ev.dport = Some(v),
+            EventAttr::Backup(v) => ev.backup = Some(v != 0),
+            EventAttr::Error(v) => ev.error = Some(v),
+            EventAttr::Flags(v) => ev.flags = Some(v),
+            EventAttr::Timeout(v) => ev.timeout = Some(v),
+            EventAttr::IfIdx(v) => ev.ifindex = Some(v),
+            EventAttr::ResetReason(v) => ev.reset_reason = Some(v),
+            EventAttr::ResetFlags(v) => ev.reset_flags = Some(v),
+            EventAttr::ServerSide(v) => ev.server_side = Some(v != 0),
+            EventAttr::Other(nla) => ev.unknown_attrs.push(nla.kind() & NLA_TYPE_MASK),
         }
     }
     Ok(ev)
@@ -309,18 +307,9 @@ pub fn decode_datagram(
     family_id: u16,
     pending: &mut std::collections::VecDeque<StreamItem>,
 ) -> Result<()> {
-    let mut offset = 0;
-    while offset + 16 <= buf.len() {
-        let frame = &buf[offset..];
-        let len = u32::from_ne_bytes(frame[0..4].try_into().unwrap()) as usize;
-        if len < 16 || len > frame.len() {
-            return Err(Error::decode(
-                Op::ReadEvents,
-                format!("bad netlink length {len}"),
-            ));
-        }
-        let msg = deserialize_caught::<GenlMessage<PmPayload>>(&frame[..len], Op::ReadEvents)?;
-        offset += align4(len);
+    for frame in messages(buf) {
+        let frame = frame.map_err(|e| Error::decode(Op::ReadEvents, e))?;
+        let msg = deserialize_caught::<GenlMessage<PmPayload>>(frame, Op::ReadEvents)?;
         if msg.header.message_type != family_id {
             continue;
         }

@@ -22,6 +22,7 @@ pub mod netns;
 pub mod nft;
 pub mod owner;
 pub mod pm;
+pub mod pm_attrs;
 pub mod probe;
 pub mod rtnl;
 pub mod socket;

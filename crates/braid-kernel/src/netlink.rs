@@ -5,8 +5,8 @@
 use std::fmt::Debug;
 
 use netlink_packet_core::{
-    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    DecodeError, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NetlinkSerializable, NlaBuffer, Parseable, NLA_TYPE_MASK, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_sys::{Socket, SocketAddr};
 
@@ -111,16 +111,9 @@ pub fn decode_replies<Resp>(rx: &[u8], seq: u32, op: Op, replies: &mut Vec<Resp>
 where
     Resp: NetlinkDeserializable + Debug,
 {
-    let mut offset = 0;
-    while offset + NLMSG_HDR_LEN <= rx.len() {
-        let bytes = &rx[offset..];
-        let len = u32::from_ne_bytes(bytes[0..4].try_into().unwrap()) as usize;
-        if len < NLMSG_HDR_LEN || len > bytes.len() {
-            return Err(Error::decode(op, format!("bad netlink length {len}")));
-        }
-        let msg_seq = u32::from_ne_bytes(bytes[8..12].try_into().unwrap());
-        let frame = &bytes[..len];
-        offset += align4(len);
+    for frame in messages(rx) {
+        let frame = frame.map_err(|e| Error::decode(op, e))?;
+        let msg_seq = u32::from_ne_bytes(frame[8..12].try_into().unwrap());
         if msg_seq != seq {
             continue; // a late reply to an earlier request
         }
@@ -178,7 +171,7 @@ pub fn extack_message(after_code: &[u8]) -> Option<String> {
     let mut i = 0;
     while i + 4 <= tlvs.len() {
         let len = u16::from_ne_bytes([tlvs[i], tlvs[i + 1]]) as usize;
-        let kind = u16::from_ne_bytes([tlvs[i + 2], tlvs[i + 3]]) & 0x3fff;
+        let kind = u16::from_ne_bytes([tlvs[i + 2], tlvs[i + 3]]) & NLA_TYPE_MASK;
         if len < 4 || i + len > tlvs.len() {
             return None;
         }
@@ -192,11 +185,63 @@ pub fn extack_message(after_code: &[u8]) -> Option<String> {
     None
 }
 
+/// The netlink messages of one datagram, each a whole frame (header
+/// included; at least a header long). A length that is below a header's
+/// or runs past the datagram ends the iteration with an error; bytes after
+/// the last whole message that cannot hold a header are ignored.
+/// The one splitter of the crate: replies, events, nf_tables batch answers
+/// and the rtnetlink change monitor all read datagrams through it.
+pub(crate) fn messages(buf: &[u8]) -> Messages<'_> {
+    Messages { buf, pos: 0 }
+}
+
+pub(crate) struct Messages<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Iterator for Messages<'a> {
+    type Item = std::result::Result<&'a [u8], String>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = self.buf.get(self.pos..)?;
+        if rest.len() < NLMSG_HDR_LEN {
+            return None;
+        }
+        let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if len < NLMSG_HDR_LEN || len > rest.len() {
+            self.pos = self.buf.len();
+            return Some(Err(format!("bad netlink length {len}")));
+        }
+        self.pos += align4(len);
+        Some(Ok(&rest[..len]))
+    }
+}
+
 /// Iterate the netlink attributes in `buf`, yielding (kind without flags,
-/// value). Malformed trailing bytes end the iteration with an error.
+/// value). Malformed trailing bytes end the iteration with an error;
+/// fewer than 4 trailing bytes (no room for a header) are ignored.
 #[doc(hidden)]
 pub fn attrs(buf: &[u8]) -> AttrIter<'_> {
     AttrIter { buf, pos: 0 }
+}
+
+/// The attributes in `buf` parsed as the typed attribute set `A` (one of
+/// `pm_attrs`' enums), framed as [`attrs`] frames them. Lazy: parsing
+/// stops where the caller stops.
+pub(crate) fn nlas<'a, A>(
+    buf: &'a [u8],
+) -> impl Iterator<Item = std::result::Result<A, DecodeError>> + 'a
+where
+    A: Parseable<NlaBuffer<&'a [u8]>> + 'a,
+{
+    let mut it = attrs(buf);
+    std::iter::from_fn(move || {
+        let raw = it.next_raw()?;
+        Some(
+            raw.map_err(DecodeError::from)
+                .and_then(|raw| A::parse(&NlaBuffer::new(raw))),
+        )
+    })
 }
 
 #[doc(hidden)]
@@ -205,24 +250,34 @@ pub struct AttrIter<'a> {
     pos: usize,
 }
 
-impl<'a> Iterator for AttrIter<'a> {
-    type Item = std::result::Result<(u16, &'a [u8]), String>;
-    fn next(&mut self) -> Option<Self::Item> {
+impl<'a> AttrIter<'a> {
+    /// The next attribute whole (header included).
+    fn next_raw(&mut self) -> Option<std::result::Result<&'a [u8], String>> {
         let rest = &self.buf[self.pos.min(self.buf.len())..];
         if rest.len() < 4 {
             return None;
         }
         let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
-        let kind = u16::from_ne_bytes([rest[2], rest[3]]) & 0x3fff;
         if len < 4 || len > rest.len() {
             self.pos = self.buf.len();
+            let kind = u16::from_ne_bytes([rest[2], rest[3]]) & NLA_TYPE_MASK;
             return Some(Err(format!(
                 "attribute {kind} claims {len} bytes but {} remain",
                 rest.len()
             )));
         }
         self.pos += align4(len);
-        Some(Ok((kind, &rest[4..len])))
+        Some(Ok(&rest[..len]))
+    }
+}
+
+impl<'a> Iterator for AttrIter<'a> {
+    type Item = std::result::Result<(u16, &'a [u8]), String>;
+    fn next(&mut self) -> Option<Self::Item> {
+        Some(self.next_raw()?.map(|raw| {
+            let kind = u16::from_ne_bytes([raw[2], raw[3]]) & NLA_TYPE_MASK;
+            (kind, &raw[4..])
+        }))
     }
 }
 
@@ -236,11 +291,10 @@ pub fn push_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
     out.resize(align4(out.len()), 0);
 }
 
-pub(crate) const NLA_F_NESTED: u16 = 1 << 15;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_core::NLA_F_NESTED;
 
     #[test]
     fn attribute_round_trip_and_truncation() {
@@ -257,6 +311,38 @@ mod tests {
         bad[0] = 200;
         assert!(attrs(&bad).next().unwrap().is_err());
         assert!(attrs(&[1, 0]).next().is_none());
+    }
+
+    #[test]
+    fn messages_split_a_datagram_and_stop_at_a_bad_length() {
+        let frame = |len: u32, fill: u8| {
+            let mut f = len.to_ne_bytes().to_vec();
+            f.resize(len as usize, fill);
+            f
+        };
+        let mut dgram = frame(17, 1);
+        dgram.resize(20, 0); // padding to 4
+        dgram.extend(frame(16, 2));
+        let got: Vec<_> = messages(&dgram)
+            .collect::<std::result::Result<_, _>>()
+            .unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].len(), got[1].len()), (17, 16));
+        // Fewer than a header's bytes at the end: ignored.
+        dgram.extend([0u8; 15]);
+        assert_eq!(messages(&dgram).count(), 2);
+        // A length past the end, or under a header's: an error, then nothing.
+        let mut bad = frame(16, 0);
+        bad.extend(frame(16, 0));
+        bad[16] = 99;
+        let mut it = messages(&bad);
+        assert!(it.next().unwrap().is_ok());
+        assert!(it.next().unwrap().is_err());
+        assert!(it.next().is_none());
+        assert!(messages(&[8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+            .next()
+            .unwrap()
+            .is_err());
     }
 
     #[test]

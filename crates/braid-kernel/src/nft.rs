@@ -30,7 +30,7 @@ use netlink_packet_netfilter::{
 use serde::Serialize;
 
 use crate::error::{Error, Op, Result};
-use crate::netlink::{align4, Kind, NlSocket};
+use crate::netlink::{messages, Kind, NlSocket};
 use crate::socket::setsockopt_int;
 
 /// The hook a chain is attached to.
@@ -887,14 +887,9 @@ fn run_batch(objects: &[NfTablesMessage], op: Op) -> Result<()> {
             }
             Err(e) => return Err(Error::io(op, e)),
         }
-        let mut offset = 0;
-        while offset + NLMSG_HDR_LEN <= rx.len() {
-            let bytes = &rx[offset..];
-            let len = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-            if len < NLMSG_HDR_LEN || len > bytes.len() {
-                return Err(Error::decode(op, format!("bad netlink length {len}")));
-            }
-            offset += align4(len);
+        for bytes in messages(&rx) {
+            let bytes = bytes.map_err(|e| Error::decode(op, e))?;
+            let len = bytes.len();
             let kind = u16::from_ne_bytes([bytes[4], bytes[5]]);
             let reply_flags = u16::from_ne_bytes([bytes[6], bytes[7]]);
             let seq = u32::from_ne_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);

@@ -2,45 +2,17 @@
 //! in-kernel path manager, and the userspace path-manager commands that act
 //! on one connection (by token).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
+use netlink_packet_core::{Nla, NLA_TYPE_MASK};
 use netlink_packet_generic::GenlMessage;
 use serde::Serialize;
 
 use crate::error::{Error, Op, Result};
 use crate::genl::{open_genl, resolve_family, Family, PmPayload, MPTCP_PM_NAME};
-use crate::netlink::{attrs, push_attr, Kind, NlSocket, NLA_F_NESTED};
-
-// Commands (include/uapi/linux/mptcp_pm.h).
-const CMD_ADD_ADDR: u8 = 1;
-const CMD_DEL_ADDR: u8 = 2;
-const CMD_GET_ADDR: u8 = 3;
-const CMD_FLUSH_ADDRS: u8 = 4;
-const CMD_SET_LIMITS: u8 = 5;
-const CMD_GET_LIMITS: u8 = 6;
-const CMD_SET_FLAGS: u8 = 7;
-const CMD_ANNOUNCE: u8 = 8;
-const CMD_REMOVE: u8 = 9;
-const CMD_SUBFLOW_CREATE: u8 = 10;
-const CMD_SUBFLOW_DESTROY: u8 = 11;
-
-// Top-level attributes.
-const ATTR_ADDR: u16 = 1;
-const ATTR_RCV_ADD_ADDRS: u16 = 2;
-const ATTR_SUBFLOWS: u16 = 3;
-const ATTR_TOKEN: u16 = 4;
-const ATTR_LOC_ID: u16 = 5;
-const ATTR_ADDR_REMOTE: u16 = 6;
-
-// Address attributes (nested).
-const ADDR_FAMILY: u16 = 1;
-const ADDR_ID: u16 = 2;
-const ADDR_ADDR4: u16 = 3;
-const ADDR_ADDR6: u16 = 4;
-const ADDR_PORT: u16 = 5;
-const ADDR_FLAGS: u16 = 6;
-const ADDR_IF_IDX: u16 = 7;
+use crate::netlink::{nlas, Kind, NlSocket};
+use crate::pm_attrs::{cmd, emit_nlas, AddrAttr, PmAttr};
 
 pub use braid_types::endpoint::{EndpointFlags, Limits, KERNEL_MAX_LIMIT};
 
@@ -91,11 +63,11 @@ impl PathManager {
         Ok(PathManager { sock, family })
     }
 
-    fn call(&mut self, cmd: u8, attrs: Vec<u8>, kind: Kind, op: Op) -> Result<Vec<PmPayload>> {
+    fn call(&mut self, cmd: u8, attrs: &[PmAttr], kind: Kind, op: Op) -> Result<Vec<PmPayload>> {
         let mut msg = GenlMessage::from_payload(PmPayload {
             family_id: self.family.id,
             cmd,
-            attrs,
+            attrs: emit_nlas(attrs),
         });
         msg.finalize();
         let replies: Vec<GenlMessage<PmPayload>> = self.sock.request(msg, kind, 0, op)?;
@@ -115,23 +87,24 @@ impl PathManager {
             flags: Some(ep.flags.0),
             ifindex: ep.ifindex,
         };
-        let mut buf = Vec::new();
-        addr.push(&mut buf, ATTR_ADDR);
-        self.call(CMD_ADD_ADDR, buf, Kind::Do, Op::AddEndpoint)?;
+        self.call(
+            cmd::ADD_ADDR,
+            &[PmAttr::Addr(addr.nest())],
+            Kind::Do,
+            Op::AddEndpoint,
+        )?;
         Ok(())
     }
 
     pub fn del_endpoint(&mut self, sel: &EndpointSelector) -> Result<()> {
-        let mut buf = Vec::new();
-        selector_attrs(sel, None).push(&mut buf, ATTR_ADDR);
-        self.call(CMD_DEL_ADDR, buf, Kind::Do, Op::DelEndpoint)?;
+        let addr = PmAttr::Addr(selector_attrs(sel, None).nest());
+        self.call(cmd::DEL_ADDR, &[addr], Kind::Do, Op::DelEndpoint)?;
         Ok(())
     }
 
     pub fn get_endpoint(&mut self, id: u8) -> Result<Endpoint> {
-        let mut buf = Vec::new();
-        selector_attrs(&EndpointSelector::Id(id), None).push(&mut buf, ATTR_ADDR);
-        let replies = self.call(CMD_GET_ADDR, buf, Kind::Do, Op::GetEndpoint)?;
+        let addr = PmAttr::Addr(selector_attrs(&EndpointSelector::Id(id), None).nest());
+        let replies = self.call(cmd::GET_ADDR, &[addr], Kind::Do, Op::GetEndpoint)?;
         let reply = replies
             .first()
             .ok_or_else(|| Error::decode(Op::GetEndpoint, "no reply to GET_ADDR"))?;
@@ -139,7 +112,7 @@ impl PathManager {
     }
 
     pub fn endpoints(&mut self) -> Result<Vec<Endpoint>> {
-        let replies = self.call(CMD_GET_ADDR, Vec::new(), Kind::Dump, Op::GetEndpoint)?;
+        let replies = self.call(cmd::GET_ADDR, &[], Kind::Dump, Op::GetEndpoint)?;
         let mut eps = replies
             .iter()
             .map(decode_endpoint_reply)
@@ -150,9 +123,8 @@ impl PathManager {
 
     pub fn flush_endpoints(&mut self) -> Result<()> {
         // The kernel wants an (empty) address attribute for FLUSH on some versions.
-        let mut buf = Vec::new();
-        push_attr(&mut buf, ATTR_ADDR | NLA_F_NESTED, &[]);
-        self.call(CMD_FLUSH_ADDRS, buf, Kind::Do, Op::FlushEndpoints)?;
+        let empty = PmAttr::Addr(Vec::new());
+        self.call(cmd::FLUSH_ADDRS, &[empty], Kind::Do, Op::FlushEndpoints)?;
         Ok(())
     }
 
@@ -163,14 +135,13 @@ impl PathManager {
         sel: &EndpointSelector,
         flags: EndpointFlags,
     ) -> Result<()> {
-        let mut buf = Vec::new();
-        selector_attrs(sel, Some(flags.0)).push(&mut buf, ATTR_ADDR);
-        self.call(CMD_SET_FLAGS, buf, Kind::Do, Op::SetFlags)?;
+        let addr = PmAttr::Addr(selector_attrs(sel, Some(flags.0)).nest());
+        self.call(cmd::SET_FLAGS, &[addr], Kind::Do, Op::SetFlags)?;
         Ok(())
     }
 
     pub fn limits(&mut self) -> Result<Limits> {
-        let replies = self.call(CMD_GET_LIMITS, Vec::new(), Kind::Do, Op::GetLimits)?;
+        let replies = self.call(cmd::GET_LIMITS, &[], Kind::Do, Op::GetLimits)?;
         let reply = replies
             .first()
             .ok_or_else(|| Error::decode(Op::GetLimits, "no reply to GET_LIMITS"))?;
@@ -190,14 +161,14 @@ impl PathManager {
                 )));
             }
         }
-        let mut buf = Vec::new();
-        if let Some(v) = add_addr_accepted {
-            push_attr(&mut buf, ATTR_RCV_ADD_ADDRS, &v.to_ne_bytes());
-        }
-        if let Some(v) = subflows {
-            push_attr(&mut buf, ATTR_SUBFLOWS, &v.to_ne_bytes());
-        }
-        self.call(CMD_SET_LIMITS, buf, Kind::Do, Op::SetLimits)?;
+        let attrs: Vec<PmAttr> = [
+            add_addr_accepted.map(PmAttr::RcvAddAddrs),
+            subflows.map(PmAttr::Subflows),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        self.call(cmd::SET_LIMITS, &attrs, Kind::Do, Op::SetLimits)?;
         Ok(())
     }
 
@@ -205,26 +176,22 @@ impl PathManager {
 
     /// Announce a local address with id `id` on connection `token` (ADD_ADDR).
     pub fn announce(&mut self, token: u32, id: u8, addr: IpAddr, port: Option<u16>) -> Result<()> {
-        let mut buf = Vec::new();
-        push_attr(&mut buf, ATTR_TOKEN, &token.to_ne_bytes());
-        AddrAttrs {
+        let addr = AddrAttrs {
             addr: Some(addr),
             id: Some(id),
             port,
             flags: Some(EndpointFlags::SIGNAL),
             ifindex: None,
-        }
-        .push(&mut buf, ATTR_ADDR);
-        self.call(CMD_ANNOUNCE, buf, Kind::Do, Op::Announce)?;
+        };
+        let attrs = [PmAttr::Token(token), PmAttr::Addr(addr.nest())];
+        self.call(cmd::ANNOUNCE, &attrs, Kind::Do, Op::Announce)?;
         Ok(())
     }
 
     /// Withdraw an announced address id from connection `token` (RM_ADDR).
     pub fn remove(&mut self, token: u32, id: u8) -> Result<()> {
-        let mut buf = Vec::new();
-        push_attr(&mut buf, ATTR_TOKEN, &token.to_ne_bytes());
-        push_attr(&mut buf, ATTR_LOC_ID, &[id]);
-        self.call(CMD_REMOVE, buf, Kind::Do, Op::Remove)?;
+        let attrs = [PmAttr::Token(token), PmAttr::LocId(id)];
+        self.call(cmd::REMOVE, &attrs, Kind::Do, Op::Remove)?;
         Ok(())
     }
 
@@ -238,18 +205,19 @@ impl PathManager {
         remote: SocketAddr,
         backup: bool,
     ) -> Result<()> {
-        let mut buf = Vec::new();
-        push_attr(&mut buf, ATTR_TOKEN, &token.to_ne_bytes());
-        AddrAttrs {
+        let local = AddrAttrs {
             addr: Some(local),
             id: Some(local_id),
             port: None,
             flags: backup.then_some(EndpointFlags::BACKUP),
             ifindex: None,
-        }
-        .push(&mut buf, ATTR_ADDR);
-        AddrAttrs::socket(remote).push(&mut buf, ATTR_ADDR_REMOTE);
-        self.call(CMD_SUBFLOW_CREATE, buf, Kind::Do, Op::SubflowCreate)?;
+        };
+        let attrs = [
+            PmAttr::Token(token),
+            PmAttr::Addr(local.nest()),
+            PmAttr::AddrRemote(AddrAttrs::socket(remote).nest()),
+        ];
+        self.call(cmd::SUBFLOW_CREATE, &attrs, Kind::Do, Op::SubflowCreate)?;
         Ok(())
     }
 
@@ -260,11 +228,12 @@ impl PathManager {
         local: SocketAddr,
         remote: SocketAddr,
     ) -> Result<()> {
-        let mut buf = Vec::new();
-        push_attr(&mut buf, ATTR_TOKEN, &token.to_ne_bytes());
-        AddrAttrs::socket(local).push(&mut buf, ATTR_ADDR);
-        AddrAttrs::socket(remote).push(&mut buf, ATTR_ADDR_REMOTE);
-        self.call(CMD_SUBFLOW_DESTROY, buf, Kind::Do, Op::SubflowDestroy)?;
+        let attrs = [
+            PmAttr::Token(token),
+            PmAttr::Addr(AddrAttrs::socket(local).nest()),
+            PmAttr::AddrRemote(AddrAttrs::socket(remote).nest()),
+        ];
+        self.call(cmd::SUBFLOW_DESTROY, &attrs, Kind::Do, Op::SubflowDestroy)?;
         Ok(())
     }
 
@@ -276,13 +245,14 @@ impl PathManager {
         remote: SocketAddr,
         backup: bool,
     ) -> Result<()> {
-        let mut buf = Vec::new();
-        push_attr(&mut buf, ATTR_TOKEN, &token.to_ne_bytes());
         let mut l = AddrAttrs::socket(local);
         l.flags = Some(if backup { EndpointFlags::BACKUP } else { 0 });
-        l.push(&mut buf, ATTR_ADDR);
-        AddrAttrs::socket(remote).push(&mut buf, ATTR_ADDR_REMOTE);
-        self.call(CMD_SET_FLAGS, buf, Kind::Do, Op::SetFlags)?;
+        let attrs = [
+            PmAttr::Token(token),
+            PmAttr::Addr(l.nest()),
+            PmAttr::AddrRemote(AddrAttrs::socket(remote).nest()),
+        ];
+        self.call(cmd::SET_FLAGS, &attrs, Kind::Do, Op::SetFlags)?;
         Ok(())
     }
 }
@@ -326,41 +296,25 @@ impl AddrAttrs {
         }
     }
 
-    fn push(&self, out: &mut Vec<u8>, kind: u16) {
-        let mut nested = Vec::new();
+    /// The address nest, in the order Braid always sent it.
+    fn nest(&self) -> Vec<AddrAttr> {
+        let mut nest = Vec::new();
         match self.addr {
             Some(IpAddr::V4(a)) => {
-                push_attr(
-                    &mut nested,
-                    ADDR_FAMILY,
-                    &(libc::AF_INET as u16).to_ne_bytes(),
-                );
-                push_attr(&mut nested, ADDR_ADDR4, &a.octets());
+                nest.push(AddrAttr::Family(libc::AF_INET as u16));
+                nest.push(AddrAttr::Addr4(a));
             }
             Some(IpAddr::V6(a)) => {
-                push_attr(
-                    &mut nested,
-                    ADDR_FAMILY,
-                    &(libc::AF_INET6 as u16).to_ne_bytes(),
-                );
-                push_attr(&mut nested, ADDR_ADDR6, &a.octets());
+                nest.push(AddrAttr::Family(libc::AF_INET6 as u16));
+                nest.push(AddrAttr::Addr6(a));
             }
             None => {}
         }
-        if let Some(id) = self.id {
-            push_attr(&mut nested, ADDR_ID, &[id]);
-        }
-        if let Some(port) = self.port {
-            // Host byte order: the kernel applies htons() itself.
-            push_attr(&mut nested, ADDR_PORT, &port.to_ne_bytes());
-        }
-        if let Some(flags) = self.flags {
-            push_attr(&mut nested, ADDR_FLAGS, &flags.to_ne_bytes());
-        }
-        if let Some(ifindex) = self.ifindex {
-            push_attr(&mut nested, ADDR_IF_IDX, &(ifindex as i32).to_ne_bytes());
-        }
-        push_attr(out, kind | NLA_F_NESTED, &nested);
+        nest.extend(self.id.map(AddrAttr::Id));
+        nest.extend(self.port.map(AddrAttr::Port));
+        nest.extend(self.flags.map(AddrAttr::Flags));
+        nest.extend(self.ifindex.map(|i| AddrAttr::IfIdx(i as i32)));
+        nest
     }
 }
 
@@ -368,11 +322,10 @@ impl AddrAttrs {
 #[doc(hidden)]
 pub fn decode_limits(reply: &PmPayload) -> Result<Limits> {
     let mut limits = Limits::default();
-    for attr in attrs(&reply.attrs) {
-        let (kind, value) = attr.map_err(|e| Error::decode(Op::GetLimits, e))?;
-        match kind {
-            ATTR_RCV_ADD_ADDRS => limits.add_addr_accepted = read_u32(value, Op::GetLimits)?,
-            ATTR_SUBFLOWS => limits.subflows = read_u32(value, Op::GetLimits)?,
+    for attr in nlas(&reply.attrs) {
+        match attr.map_err(|e| Error::decode(Op::GetLimits, e))? {
+            PmAttr::RcvAddAddrs(v) => limits.add_addr_accepted = v,
+            PmAttr::Subflows(v) => limits.subflows = v,
             _ => {}
         }
     }
@@ -389,24 +342,22 @@ pub fn encode_addr_attr(
     flags: Option<u32>,
     ifindex: Option<u32>,
 ) -> Vec<u8> {
-    let mut buf = Vec::new();
-    AddrAttrs {
+    let attrs = AddrAttrs {
         addr,
         id,
         port,
         flags,
         ifindex,
-    }
-    .push(&mut buf, ATTR_ADDR);
-    buf
+    };
+    emit_nlas(&[PmAttr::Addr(attrs.nest())])
 }
 
+/// The endpoint of a GET_ADDR reply (its first address attribute).
 #[doc(hidden)]
 pub fn decode_endpoint_reply(reply: &PmPayload) -> Result<Endpoint> {
-    for attr in attrs(&reply.attrs) {
-        let (kind, value) = attr.map_err(|e| Error::decode(Op::GetEndpoint, e))?;
-        if kind == ATTR_ADDR {
-            return decode_endpoint(value);
+    for attr in nlas(&reply.attrs) {
+        if let PmAttr::Addr(nest) = attr.map_err(|e| Error::decode(Op::GetEndpoint, e))? {
+            return endpoint_from(nest);
         }
     }
     Err(Error::decode(
@@ -417,6 +368,13 @@ pub fn decode_endpoint_reply(reply: &PmPayload) -> Result<Endpoint> {
 
 /// Decode a nested MPTCP_PM_ATTR_ADDR into an endpoint.
 pub fn decode_endpoint(nested: &[u8]) -> Result<Endpoint> {
+    let nest = nlas(nested)
+        .collect::<std::result::Result<Vec<AddrAttr>, _>>()
+        .map_err(|e| Error::decode(Op::GetEndpoint, e))?;
+    endpoint_from(nest)
+}
+
+fn endpoint_from(nest: Vec<AddrAttr>) -> Result<Endpoint> {
     let op = Op::GetEndpoint;
     let mut id = None;
     let mut addr = None;
@@ -424,23 +382,16 @@ pub fn decode_endpoint(nested: &[u8]) -> Result<Endpoint> {
     let mut flags = 0;
     let mut ifindex = None;
     let mut unknown_attrs = Vec::new();
-    for attr in attrs(nested) {
-        let (kind, value) = attr.map_err(|e| Error::decode(op, e))?;
-        match kind {
-            ADDR_FAMILY => {}
-            ADDR_ID => id = Some(*value.first().ok_or_else(|| Error::decode(op, "empty id"))?),
-            ADDR_ADDR4 => addr = Some(IpAddr::V4(Ipv4Addr::from(read_array::<4>(value, op)?))),
-            ADDR_ADDR6 => addr = Some(IpAddr::V6(Ipv6Addr::from(read_array::<16>(value, op)?))),
-            ADDR_PORT => {
-                let p = u16::from_ne_bytes(read_array::<2>(value, op)?);
-                port = (p != 0).then_some(p);
-            }
-            ADDR_FLAGS => flags = read_u32(value, op)?,
-            ADDR_IF_IDX => {
-                let i = i32::from_ne_bytes(read_array::<4>(value, op)?);
-                ifindex = (i > 0).then_some(i as u32);
-            }
-            other => unknown_attrs.push(other),
+    for attr in nest {
+        match attr {
+            AddrAttr::Family(_) => {}
+            AddrAttr::Id(i) => id = Some(i),
+            AddrAttr::Addr4(a) => addr = Some(IpAddr::V4(a)),
+            AddrAttr::Addr6(a) => addr = Some(IpAddr::V6(a)),
+            AddrAttr::Port(p) => port = (p != 0).then_some(p),
+            AddrAttr::Flags(f) => flags = f,
+            AddrAttr::IfIdx(i) => ifindex = (i > 0).then_some(i as u32),
+            AddrAttr::Other(nla) => unknown_attrs.push(nla.kind() & NLA_TYPE_MASK),
         }
     }
     Ok(Endpoint {
@@ -451,22 +402,6 @@ pub fn decode_endpoint(nested: &[u8]) -> Result<Endpoint> {
         ifindex,
         unknown_attrs,
     })
-}
-
-pub(crate) fn read_array<const N: usize>(value: &[u8], op: Op) -> Result<[u8; N]> {
-    value
-        .get(..N)
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| {
-            Error::decode(
-                op,
-                format!("attribute of {} bytes, expected {N}", value.len()),
-            )
-        })
-}
-
-pub(crate) fn read_u32(value: &[u8], op: Op) -> Result<u32> {
-    Ok(u32::from_ne_bytes(read_array::<4>(value, op)?))
 }
 
 impl FromStr for EndpointSelector {
@@ -501,23 +436,95 @@ mod tests {
         assert!(EndpointFlags::parse_name("bogus").is_err());
     }
 
+    use crate::netlink::{attrs, push_attr};
+
+    const ADDR_ID: u16 = 2;
+    const ADDR_ADDR4: u16 = 3;
+
     #[test]
     fn endpoint_encoding_decodes_back() {
-        let mut buf = Vec::new();
-        AddrAttrs {
-            addr: Some("10.0.0.1".parse().unwrap()),
-            id: Some(7),
-            port: Some(8080),
-            flags: Some(EndpointFlags::SIGNAL),
-            ifindex: Some(3),
-        }
-        .push(&mut buf, ATTR_ADDR);
+        let buf = encode_addr_attr(
+            Some("10.0.0.1".parse().unwrap()),
+            Some(7),
+            Some(8080),
+            Some(EndpointFlags::SIGNAL),
+            Some(3),
+        );
         let (_, nested) = attrs(&buf).next().unwrap().unwrap();
         let ep = decode_endpoint(nested).unwrap();
         assert_eq!(ep.id, 7);
         assert_eq!(ep.port, Some(8080));
         assert_eq!(ep.ifindex, Some(3));
         assert_eq!(ep.flags.0, EndpointFlags::SIGNAL);
+    }
+
+    #[test]
+    fn requests_are_encoded_as_before() {
+        // The bytes the hand-written encoder sent, attribute by attribute.
+        let mut nested = Vec::new();
+        push_attr(&mut nested, 1, &(libc::AF_INET6 as u16).to_ne_bytes());
+        push_attr(
+            &mut nested,
+            4,
+            &"2001:db8::7"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        push_attr(&mut nested, 2, &[7]);
+        push_attr(&mut nested, 5, &8080u16.to_ne_bytes());
+        push_attr(&mut nested, 6, &5u32.to_ne_bytes());
+        push_attr(&mut nested, 7, &3i32.to_ne_bytes());
+        let mut want = Vec::new();
+        push_attr(&mut want, 1 | netlink_packet_core::NLA_F_NESTED, &nested);
+        let got = encode_addr_attr(
+            Some("2001:db8::7".parse().unwrap()),
+            Some(7),
+            Some(8080),
+            Some(5),
+            Some(3),
+        );
+        assert_eq!(got, want);
+        // Token, local id; limits in the order RCV_ADD_ADDRS, SUBFLOWS.
+        let mut want = Vec::new();
+        push_attr(&mut want, 4, &0x1234u32.to_ne_bytes());
+        push_attr(&mut want, 5, &[9]);
+        push_attr(&mut want, 2, &2u32.to_ne_bytes());
+        push_attr(&mut want, 3, &8u32.to_ne_bytes());
+        push_attr(&mut want, 1 | netlink_packet_core::NLA_F_NESTED, &[]);
+        let got = emit_nlas(&[
+            PmAttr::Token(0x1234),
+            PmAttr::LocId(9),
+            PmAttr::RcvAddAddrs(2),
+            PmAttr::Subflows(8),
+            PmAttr::Addr(Vec::new()),
+        ]);
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn replies_keep_unknown_attributes() {
+        let mut nested = Vec::new();
+        push_attr(&mut nested, ADDR_ID, &[4]);
+        push_attr(&mut nested, ADDR_ADDR4, &[10, 0, 0, 4]);
+        push_attr(&mut nested, 8, &[0; 4]);
+        push_attr(&mut nested, 0x3fff, &[]);
+        let mut reply = Vec::new();
+        push_attr(&mut reply, 77, &[1]);
+        push_attr(&mut reply, 1 | netlink_packet_core::NLA_F_NESTED, &nested);
+        push_attr(&mut reply, 2, &3u32.to_ne_bytes());
+        let payload = PmPayload {
+            family_id: 0,
+            cmd: cmd::GET_ADDR,
+            attrs: reply,
+        };
+        let ep = decode_endpoint_reply(&payload).unwrap();
+        assert_eq!((ep.id, ep.unknown_attrs.clone()), (4, vec![8, 0x3fff]));
+        assert_eq!(decode_limits(&payload).unwrap().add_addr_accepted, 3);
+        // A truncated reply is an error.
+        let mut cut = payload.clone();
+        cut.attrs.truncate(10);
+        assert!(decode_endpoint_reply(&cut).is_err());
     }
 
     #[test]

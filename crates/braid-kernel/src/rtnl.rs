@@ -524,14 +524,12 @@ impl Monitor {
 #[doc(hidden)]
 pub fn decode_changes(buf: &[u8], out: &mut std::collections::VecDeque<Change>) {
     use netlink_packet_core::NetlinkPayload;
-    let mut offset = 0;
-    while offset + 16 <= buf.len() {
-        let len = u32::from_ne_bytes(buf[offset..offset + 4].try_into().unwrap()) as usize;
-        if len < 16 || offset + len > buf.len() {
+    for frame in crate::netlink::messages(buf) {
+        // Unlike a request's replies, a broken frame is not an error here:
+        // the rest of the datagram is dropped and the next resync covers it.
+        let Ok(frame) = frame else {
             return;
-        }
-        let frame = &buf[offset..offset + len];
-        offset += crate::netlink::align4(len);
+        };
         // A message the decoder cannot read (or panics on: see
         // netlink::deserialize_caught) is skipped; the next resync covers it.
         let Ok(msg) =
