@@ -58,20 +58,19 @@ fn hint(hints: &mut Vec<Hint>, severity: Severity, problem: String, fix: String)
     });
 }
 
+/// Which path manager decides: `path_manager` (6.15+), else `pm_type`.
+fn path_manager() -> Option<String> {
+    let read = |k: &str| sysctl::read(k).ok();
+    read("path_manager")
+        .or_else(|| read("pm_type").map(|t| if t == "1" { "userspace" } else { "kernel" }.into()))
+}
+
 fn gather(socket: &std::path::Path) -> Status {
     let mut hints = Vec::new();
     let available = sysctl::available();
     let read = |k: &str| sysctl::read(k).ok();
     let enabled = read("enabled").map(|v| v == "1");
-    let path_manager = read("path_manager").or_else(|| {
-        read("pm_type").map(|t| {
-            if t == "1" {
-                "userspace".into()
-            } else {
-                "kernel".into()
-            }
-        })
-    });
+    let path_manager = path_manager();
     let mut status = Status {
         kernel: braid_kernel::kernel_release(),
         mptcp_available: available,
@@ -366,53 +365,8 @@ fn print_daemon(d: &DaemonStatus) {
     } else {
         println!("paths           {}", v.path_state);
     }
-    if !v.health.is_empty() {
-        println!("health (from subflow tcp_info)");
-        for (name, x) in &v.health {
-            let rtt = x
-                .srtt_ms
-                .map(|r| format!("{r:.1} ms"))
-                .unwrap_or_else(|| "-".into());
-            let stalled = Some(x.stalled_ms)
-                .filter(|s| *s > 0)
-                .map(|s| format!(", no ACK for {s} ms"))
-                .unwrap_or_default();
-            let unreachable = x
-                .unreachable
-                .as_ref()
-                .map(|why| format!(", {why}"))
-                .unwrap_or_default();
-            println!(
-                "  {:<12} rtt {rtt}, loss {:.1} %{}{stalled}{unreachable}, {} subflow(s)",
-                name,
-                x.loss * 100.0,
-                if x.lossy { " (lossy)" } else { "" },
-                x.subflows
-            );
-        }
-    }
-    if !v.interfaces.is_empty() {
-        println!("interfaces");
-        for i in &v.interfaces {
-            let state = match (i.up, i.carrier) {
-                (true, true) => "up",
-                (true, false) => "no-carrier",
-                _ => "down",
-            };
-            let initcwnd = i
-                .standby_initcwnd
-                .map(|w| format!(", standby: routes initcwnd {w}"))
-                .unwrap_or_default();
-            println!("  {:<12} {:<10} {}{initcwnd}", i.name, state, i.role);
-            for a in &i.addresses {
-                let ep = a
-                    .endpoint_id
-                    .map(|id| format!(" (endpoint id {id})"))
-                    .unwrap_or_default();
-                println!("      {}/{}  {}{}", a.ip, a.prefix_len, a.why, ep);
-            }
-        }
-    }
+    print_health(v);
+    print_interfaces(v);
     for w in &v.warnings {
         println!("warning: {w}");
     }
@@ -457,4 +411,59 @@ fn print_daemon(d: &DaemonStatus) {
         c.link_events, c.address_events, c.route_events, c.resyncs, c.reloads, c.actions, c.failed_actions,
         c.probes, c.probes_unanswered
     );
+}
+
+/// Measured health per interface.
+fn print_health(v: &braid_policy::policy::PolicyView) {
+    if !v.health.is_empty() {
+        println!("health (from subflow tcp_info)");
+        for (name, x) in &v.health {
+            let rtt = x
+                .srtt_ms
+                .map(|r| format!("{r:.1} ms"))
+                .unwrap_or_else(|| "-".into());
+            let stalled = Some(x.stalled_ms)
+                .filter(|s| *s > 0)
+                .map(|s| format!(", no ACK for {s} ms"))
+                .unwrap_or_default();
+            let unreachable = x
+                .unreachable
+                .as_ref()
+                .map(|why| format!(", {why}"))
+                .unwrap_or_default();
+            println!(
+                "  {:<12} rtt {rtt}, loss {:.1} %{}{stalled}{unreachable}, {} subflow(s)",
+                name,
+                x.loss * 100.0,
+                if x.lossy { " (lossy)" } else { "" },
+                x.subflows
+            );
+        }
+    }
+}
+
+/// Interfaces and why each address is, or is not, an endpoint.
+fn print_interfaces(v: &braid_policy::policy::PolicyView) {
+    if !v.interfaces.is_empty() {
+        println!("interfaces");
+        for i in &v.interfaces {
+            let state = match (i.up, i.carrier) {
+                (true, true) => "up",
+                (true, false) => "no-carrier",
+                _ => "down",
+            };
+            let initcwnd = i
+                .standby_initcwnd
+                .map(|w| format!(", standby: routes initcwnd {w}"))
+                .unwrap_or_default();
+            println!("  {:<12} {:<10} {}{initcwnd}", i.name, state, i.role);
+            for a in &i.addresses {
+                let ep = a
+                    .endpoint_id
+                    .map(|id| format!(" (endpoint id {id})"))
+                    .unwrap_or_default();
+                println!("      {}/{}  {}{}", a.ip, a.prefix_len, a.why, ep);
+            }
+        }
+    }
 }
