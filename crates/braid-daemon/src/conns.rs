@@ -18,67 +18,48 @@ use tracing::{debug, info, warn};
 
 use crate::journal::{unix_ms_now, Journal, What};
 
-/// The sysctl that selects the path manager (6.15+), and the older one.
-const PATH_MANAGER: &str = "net.mptcp.path_manager";
-const PM_TYPE: &str = "net.mptcp.pm_type";
-
 pub struct ConnShell {
     policy: ConnPolicy,
     cgroups: CgroupPaths,
     /// Some rule asks for the executable: only then are /proc's
     /// descriptors scanned for each new connection.
     need_exe: bool,
-    paths: Vec<LocalPath>,
-    /// The sysctl and the value it had, put back on stop.
-    restore: Option<(&'static str, String)>,
+    /// The path manager as found, put back on stop.
+    restore: Option<String>,
 }
 
 impl ConnShell {
     /// Switch this namespace to the userspace path manager.
     pub fn start(config: &Config) -> Result<ConnShell, String> {
-        let (name, value) = if braid_kernel::sysctl::read(PATH_MANAGER).is_ok() {
-            (PATH_MANAGER, "userspace")
-        } else {
-            (PM_TYPE, "1")
-        };
-        let before = braid_kernel::sysctl::read(name).map_err(|e| {
-            format!("pm = \"userspace\" needs the kernel's userspace path manager (Linux 5.19+), and {name} cannot be read: {e}")
+        use braid_kernel::sysctl::{path_manager, set_path_manager};
+        let before = path_manager().map_err(|e| {
+            format!("pm = \"userspace\" needs the kernel's userspace path manager (Linux 5.19+), and the current one cannot be read: {e}")
         })?;
-        let before = before.trim().to_string();
         // Already on: a previous braidd that did not stop (killed, crashed)
         // left it; the in-kernel path manager is what goes back on stop.
-        let original = if before == value {
-            let kernel = if name == PATH_MANAGER { "kernel" } else { "0" };
-            warn!(
-                sysctl = name,
-                "the userspace path manager was already on (a previous braidd that did not stop?): {name} = {kernel} is put back when this one stops"
-            );
-            kernel.to_string()
+        let original = if before == "userspace" {
+            warn!("the userspace path manager was already on (a previous braidd that did not stop?): the in-kernel one is put back when this one stops");
+            "kernel".to_string()
         } else {
-            braid_kernel::sysctl::write(name, value)
-                .map_err(|e| format!("pm = \"userspace\": setting {name} = {value} failed: {e}"))?;
-            info!(
-                sysctl = name,
-                from = %before,
-                to = value,
-                "the userspace path manager decides each connection's subflows"
-            );
+            set_path_manager("userspace").map_err(|e| {
+                format!("pm = \"userspace\": switching the kernel to its userspace path manager failed: {e}")
+            })?;
+            info!(from = %before, "the userspace path manager decides each connection's subflows");
             before
         };
         Ok(ConnShell {
             policy: ConnPolicy::new(config.apps.clone(), config.policy.clone()),
             cgroups: CgroupPaths::new(),
             need_exe: config.apps.iter().any(|a| a.exe.is_some()),
-            paths: Vec::new(),
-            restore: Some((name, original)),
+            restore: Some(original),
         })
     }
 
     /// Put the path manager back as it was found.
     pub fn stop(&mut self) {
-        if let Some((name, value)) = self.restore.take() {
-            if let Err(e) = braid_kernel::sysctl::write(name, &value) {
-                warn!(sysctl = name, %value, error = %e, "could not put the path manager back");
+        if let Some(name) = self.restore.take() {
+            if let Err(e) = braid_kernel::sysctl::set_path_manager(&name) {
+                warn!(path_manager = %name, error = %e, "could not put the path manager back");
             }
         }
     }
@@ -111,7 +92,7 @@ impl ConnShell {
         self.policy.wake_at_ms()
     }
 
-    /// The usable local addresses, when they changed.
+    /// The usable local addresses (nothing happens if they did not change).
     pub fn paths(
         &mut self,
         paths: Vec<LocalPath>,
@@ -119,10 +100,6 @@ impl ConnShell {
         pm: &mut PathManager,
         journal: &mut Journal,
     ) {
-        if paths == self.paths {
-            return;
-        }
-        self.paths = paths.clone();
         let ds = self.policy.handle(ConnEvent::Paths(paths), now_ms);
         self.carry_out(ds, now_ms, pm, journal);
     }

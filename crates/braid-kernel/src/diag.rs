@@ -178,15 +178,15 @@ fn dump_families(protocol: u32, v6: bool, states: u32) -> Result<Vec<DumpedSocke
             let SockDiagMessage::InetResponse(resp) = reply else {
                 continue;
             };
-            out.push(dumped_socket_owned(*resp));
+            out.push(dumped_socket(*resp));
         }
     }
     Ok(out)
 }
 
-/// As `dumped_socket`, moving the tcp_info bytes instead of copying them
-/// (dumps of many thousand sockets: one allocation less each).
-fn dumped_socket_owned(resp: InetResponse) -> DumpedSocket {
+/// What Braid reads of one dumped socket, taking the response (dumps of
+/// many thousand sockets: the tcp_info bytes move, no copy).
+fn dumped_socket(resp: InetResponse) -> DumpedSocket {
     let id = &resp.header.socket_id;
     let mut s = DumpedSocket {
         local: SocketAddr::new(id.source_address, id.source_port),
@@ -200,31 +200,6 @@ fn dumped_socket_owned(resp: InetResponse) -> DumpedSocket {
     for nla in resp.nlas {
         match nla {
             DiagNla::TcpInfo(bytes) => s.info = Some(bytes),
-            DiagNla::Other(raw) if raw.kind() & 0x3fff == INET_DIAG_ULP_INFO => {
-                let mut v = vec![0u8; raw.value_len()];
-                raw.emit_value(&mut v);
-                s.ulp = Some(v);
-            }
-            _ => {}
-        }
-    }
-    s
-}
-
-fn dumped_socket(resp: &InetResponse) -> DumpedSocket {
-    let id = &resp.header.socket_id;
-    let mut s = DumpedSocket {
-        local: SocketAddr::new(id.source_address, id.source_port),
-        remote: SocketAddr::new(id.destination_address, id.destination_port),
-        bound_ifindex: id.interface_id,
-        state: resp.header.state,
-        inode: resp.header.inode,
-        info: None,
-        ulp: None,
-    };
-    for nla in resp.nlas.iter() {
-        match nla {
-            DiagNla::TcpInfo(bytes) => s.info = Some(bytes.clone()),
             DiagNla::Other(raw) if raw.kind() & 0x3fff == INET_DIAG_ULP_INFO => {
                 let mut v = vec![0u8; raw.value_len()];
                 raw.emit_value(&mut v);
@@ -321,7 +296,7 @@ fn subflow_from(s: &DumpedSocket) -> Result<Option<Subflow>> {
 /// from the same attribute of a dumped MPTCP socket.
 #[doc(hidden)]
 pub fn decode_response(resp: &InetResponse) -> (Result<Option<Subflow>>, Option<MptcpInfo>) {
-    let s = dumped_socket(resp);
+    let s = dumped_socket(resp.clone());
     (
         subflow_from(&s),
         s.info.as_deref().and_then(MptcpInfo::parse),

@@ -49,6 +49,30 @@ pub fn write(name: &str, value: &str) -> Result<()> {
     })
 }
 
+/// The path manager in use, by the name `path_manager` gives it
+/// ("kernel", "userspace"; 6.15+), else from `pm_type` (0, 1).
+pub fn path_manager() -> Result<String> {
+    match read("path_manager") {
+        Ok(name) => Ok(name),
+        Err(_) => read("pm_type").map(|t| if t == "1" { "userspace" } else { "kernel" }.into()),
+    }
+}
+
+/// Select the path manager by name ("kernel" or "userspace"), through
+/// `path_manager` where it exists, else `pm_type`.
+pub fn set_path_manager(name: &str) -> Result<()> {
+    if read("path_manager").is_ok() {
+        return write("path_manager", name);
+    }
+    match name {
+        "kernel" => write("pm_type", "0"),
+        "userspace" => write("pm_type", "1"),
+        other => Err(Error::Invalid(format!(
+            "path manager '{other}' needs net.mptcp.path_manager (Linux 6.15+)"
+        ))),
+    }
+}
+
 /// Whether MPTCP sysctls exist at all (MPTCP built in and loaded).
 pub fn available() -> bool {
     fs::metadata(ROOT).is_ok()

@@ -58,19 +58,12 @@ fn hint(hints: &mut Vec<Hint>, severity: Severity, problem: String, fix: String)
     });
 }
 
-/// Which path manager decides: `path_manager` (6.15+), else `pm_type`.
-fn path_manager() -> Option<String> {
-    let read = |k: &str| sysctl::read(k).ok();
-    read("path_manager")
-        .or_else(|| read("pm_type").map(|t| if t == "1" { "userspace" } else { "kernel" }.into()))
-}
-
 fn gather(socket: &std::path::Path) -> Status {
     let mut hints = Vec::new();
     let available = sysctl::available();
     let read = |k: &str| sysctl::read(k).ok();
     let enabled = read("enabled").map(|v| v == "1");
-    let path_manager = path_manager();
+    let path_manager = sysctl::path_manager().ok();
     let mut status = Status {
         kernel: braid_kernel::kernel_release(),
         mptcp_available: available,

@@ -577,26 +577,9 @@ fn a_connection_that_lost_its_standby_subflow_gets_it_back_and_survives_the_prim
     );
     // sock_destroy (ss -K) aborts the standby subflow: the connection goes
     // on over the primary alone.
-    let killed = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.client,
-            "ss",
-            "-K",
-            "-tnH",
-            "src",
-            "10.2.0.1",
-            "dport",
-            "=",
-            ":5302",
-        ])
-        .output()
-        .unwrap();
-    if subflows_from(&lab, "10.2.0.1") != 0 {
+    if !kill_subflows(&lab, "10.2.0.1", 5302) {
         eprintln!(
-            "skipped: this kernel cannot abort a socket (ss -K needs CONFIG_INET_DIAG_DESTROY): {}",
-            String::from_utf8_lossy(&killed.stderr)
+            "skipped: this kernel cannot abort a socket (ss -K needs CONFIG_INET_DIAG_DESTROY)"
         );
         let _ = bulk.finish();
         return;
@@ -620,19 +603,7 @@ fn a_connection_that_lost_its_standby_subflow_gets_it_back_and_survives_the_prim
         d.log_tail(20)
     );
     // Now the primary can go: the standby takes over.
-    let cut = lab.braid(&["lab", "cut", "0", "--carrier"]);
-    assert!(
-        cut.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cut.stderr)
-    );
-    let r = bulk.finish().unwrap();
-    assert!(
-        r.survived,
-        "the transfer must survive the primary: {:?}",
-        r.error
-    );
-    assert_eq!(r.bytes_corrupt, 0);
+    survives_primary_carrier_loss(&lab, bulk, &d);
     d.stop();
 }
 
@@ -1671,6 +1642,24 @@ fn monitor_shows_the_daemons_decisions_with_reasons_live_and_since() {
     );
 }
 
+/// Path 0 loses its carrier; `bulk` must end whole over the other path.
+fn survives_primary_carrier_loss(lab: &Lab, bulk: braid_lab::traffic::Bulk, d: &Daemon) {
+    let cut = lab.braid(&["lab", "cut", "0", "--carrier"]);
+    assert!(
+        cut.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cut.stderr)
+    );
+    let r = bulk.finish().unwrap();
+    assert!(
+        r.survived,
+        "the transfer must survive the primary: {:?}\n{}",
+        r.error,
+        d.log_tail(30)
+    );
+    assert_eq!(r.bytes_corrupt, 0);
+}
+
 fn path_manager(lab: &Lab) -> String {
     let out = Command::new("ip")
         .args([
@@ -1766,20 +1755,7 @@ fn userspace_pm_gives_each_connection_its_rules_mode_and_re_creates_killed_subfl
         assert!(d.log().contains("re-created"), "{}", d.log_tail(20));
     }
     // The primary goes: the standby carries the connection to its end.
-    let cut = lab.braid(&["lab", "cut", "0", "--carrier"]);
-    assert!(
-        cut.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cut.stderr)
-    );
-    let r = bulk.finish().unwrap();
-    assert!(
-        r.survived,
-        "the transfer must survive the primary: {:?}\n{}",
-        r.error,
-        d.log_tail(30)
-    );
-    assert_eq!(r.bytes_corrupt, 0);
+    survives_primary_carrier_loss(&lab, bulk, &d);
     for l in d
         .log()
         .lines()

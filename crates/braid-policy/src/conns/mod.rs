@@ -295,6 +295,9 @@ impl ConnPolicy {
         let mut out = Vec::new();
         let (tokens, why): (Vec<u32>, String) = match ev {
             ConnEvent::Paths(paths) => {
+                if paths == self.paths {
+                    return out;
+                }
                 self.paths = paths;
                 (
                     self.conns.keys().copied().collect(),

@@ -392,8 +392,9 @@ fn the_host_policys_verdict_on_a_path_counts_for_every_connection() {
     );
 }
 
-#[test]
-fn interactive_takes_the_connections_fastest_path_and_switches_with_a_margin() {
+/// Connection 5 (port 22: interactive by rule) with subflows on p0
+/// (initial) and p1.
+fn interactive_connection() -> ConnPolicy {
     let rules = vec![AppRule {
         dport: Some(22),
         mode: PathMode::Interactive,
@@ -411,6 +412,12 @@ fn interactive_takes_the_connections_fastest_path_and_switches_with_a_margin() {
         },
         80,
     );
+    p
+}
+
+#[test]
+fn interactive_takes_the_connections_fastest_path_and_switches_with_a_margin() {
+    let mut p = interactive_connection();
     let round = |rtt0: u32, rtt1: u32| {
         health(vec![
             (5, sample("10.1.0.1:40000", "192.0.2.1:22", 2, rtt0, 0, 5)),
@@ -436,23 +443,7 @@ fn interactive_takes_the_connections_fastest_path_and_switches_with_a_margin() {
 
 #[test]
 fn a_path_left_for_loss_is_not_retaken_on_its_rtt_while_it_is_suspect() {
-    let rules = vec![AppRule {
-        dport: Some(22),
-        mode: PathMode::Interactive,
-        ..AppRule::default()
-    }];
-    let mut p = ConnPolicy::new(rules, PolicyConfig::default());
-    p.handle(two_paths(), 0);
-    p.handle(created(5, Owner::default(), "192.0.2.1:22"), 0);
-    p.handle(ConnEvent::Established { token: 5 }, 0);
-    p.handle(
-        ConnEvent::SubEstablished {
-            token: 5,
-            local: sa("10.2.0.1:50005"),
-            remote: sa("192.0.2.1:22"),
-        },
-        80,
-    );
+    let mut p = interactive_connection();
     let p0: IpAddr = "10.1.0.1".parse().unwrap();
     let mut on_p0 = Vec::new();
     // 20 % of p0's segments retransmitted for 2 s, then none (it stands by).
