@@ -24,6 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::budget::SwitchBudget;
 use crate::config::{PathMode, PolicyConfig, Role};
 use crate::health::{HealthTracker, SubflowSample};
 use crate::time::{backoff_ms, Clock, Time};
@@ -225,6 +226,8 @@ struct Conn {
     /// soon as RTTs are known).
     active: Option<(IpAddr, String, bool)>,
     last_switch: Time,
+    /// Switches made on measurements, under `policy.max_handovers`.
+    budget: SwitchBudget,
     /// Paths left on measurements: until when they are not taken back,
     /// and how many times in a row.
     suspect: BTreeMap<IpAddr, (Time, u32)>,
@@ -421,6 +424,7 @@ impl ConnPolicy {
                 failed_over: false,
                 active: None,
                 last_switch: now,
+                budget: SwitchBudget::default(),
                 suspect: BTreeMap::new(),
             },
         );
@@ -634,7 +638,31 @@ impl ConnPolicy {
         } else {
             troubles.len() == primaries.len()
         };
+        let (max, window) = (self.tuning.max_handovers, self.tuning.handover_window_ms);
+        let Some(c) = self.conns.get_mut(&token) else {
+            return (Vec::new(), String::new());
+        };
+        // Leaving the primaries on measurements is rate-limited; taking
+        // them back is not (as in the host-wide mode).
+        let mut failed = failed;
+        let mut held_back = None;
+        if failed && !c.failed_over {
+            match c.budget.check(now, max, window) {
+                Ok(()) => {
+                    c.budget.spend(now);
+                }
+                Err(why) => {
+                    failed = false;
+                    held_back = Some(why);
+                }
+            }
+        }
         let why = match (failed, c.failed_over) {
+            _ if held_back.is_some() => format!(
+                "{}; the primary keeps traffic: {}",
+                troubles.join("; "),
+                held_back.unwrap_or_default()
+            ),
             (true, false) => format!("{}: the secondary takes over", troubles.join("; ")),
             (true, true) => match primaries.iter().filter_map(|a| c.suspected(*a, now)).min() {
                 Some(ms) => format!(
@@ -650,17 +678,15 @@ impl ConnPolicy {
             ),
             (false, false) => "the primary carries traffic, the secondary stands by".into(),
         };
-        if let Some(c) = self.conns.get_mut(&token) {
-            if c.failed_over != failed {
-                c.last_switch = now;
-                if failed {
-                    for a in &primaries {
-                        c.left_for_cause(*a, now);
-                    }
+        if c.failed_over != failed {
+            c.last_switch = now;
+            if failed {
+                for a in &primaries {
+                    c.left_for_cause(*a, now);
                 }
             }
-            c.failed_over = failed;
         }
+        c.failed_over = failed;
         (if failed { primaries } else { secondaries }, why)
     }
 
@@ -707,8 +733,16 @@ impl ConnPolicy {
             );
         };
         let current = c.active.clone().filter(|(a, _, _)| addrs.contains(a));
-        let lowest = || (best, format!("{best} has the lowest RTT ({})", fmt(best)));
-        let (active, why) = match current {
+        let lowest = || {
+            (
+                best,
+                format!("{best} has the lowest RTT ({})", fmt(best)),
+                false,
+            )
+        };
+        // The last of each: whether this is a switch made on measurements
+        // (rate-limited).
+        let (active, why, measured) = match current.clone() {
             None => lowest(),
             Some((cur, _, false))
                 if self.problem(c, cur).is_none() && self.srtt(c, best).is_some() =>
@@ -722,6 +756,7 @@ impl ConnPolicy {
                     self.problem(c, cur).unwrap_or_default(),
                     fmt(best)
                 ),
+                best != cur,
             ),
             Some((cur, _, _))
                 if best != cur
@@ -737,25 +772,44 @@ impl ConnPolicy {
                         fmt(best),
                         t.rtt_margin_ms
                     ),
+                    true,
                 )
             }
-            Some((cur, kept, _)) => (cur, kept),
+            Some((cur, kept, _)) => (cur, kept, false),
         };
+        let (max, window) = (t.max_handovers, t.handover_window_ms);
         let informed = self.srtt(c, active).is_some();
         let left = c
             .active
             .as_ref()
             .map(|(a, _, _)| *a)
             .filter(|a| *a != active && self.problem(c, *a).is_some());
-        if let Some(c) = self.conns.get_mut(&token) {
-            if c.active.as_ref().map(|(a, _, _)| *a) != Some(active) {
-                c.last_switch = now;
-            }
-            if let Some(a) = left {
-                c.left_for_cause(a, now);
-            }
-            c.active = Some((active, why.clone(), informed));
+        let Some(c) = self.conns.get_mut(&token) else {
+            return (Vec::new(), String::new());
+        };
+        let (active, why, left) = match (measured, current) {
+            (true, Some((cur, _, cur_informed))) => match c.budget.check(now, max, window) {
+                Ok(()) => {
+                    c.budget.spend(now);
+                    (active, why, left)
+                }
+                Err(held) => {
+                    c.active = Some((cur, format!("{why}; staying: {held}"), cur_informed));
+                    return (
+                        addrs.iter().copied().filter(|a| *a != cur).collect(),
+                        format!("{why}; staying on {cur}: {held}"),
+                    );
+                }
+            },
+            _ => (active, why, left),
+        };
+        if c.active.as_ref().map(|(a, _, _)| *a) != Some(active) {
+            c.last_switch = now;
         }
+        if let Some(a) = left {
+            c.left_for_cause(a, now);
+        }
+        c.active = Some((active, why.clone(), informed));
         (
             addrs.iter().copied().filter(|a| *a != active).collect(),
             why,

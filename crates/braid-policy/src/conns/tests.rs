@@ -556,3 +556,55 @@ fn the_initial_address_is_reopened_with_a_new_id() {
     assert_eq!(ids.len(), 1, "{ds:?}");
     assert_ne!(ids[0], 0, "id 0 is the initial subflow's");
 }
+
+#[test]
+fn a_connection_leaves_its_primary_at_most_max_handovers_times_per_window() {
+    let rules = vec![AppRule {
+        unit: Some("ssh.service".into()),
+        mode: PathMode::Handover,
+        ..AppRule::default()
+    }];
+    let tuning = PolicyConfig {
+        max_handovers: 1,
+        handover_window_ms: 120_000,
+        ..PolicyConfig::default()
+    };
+    let mut p = ConnPolicy::new(rules, tuning);
+    p.handle(two_paths(), 0);
+    p.handle(created(1, ssh(), "192.0.2.1:22"), 0);
+    p.handle(ConnEvent::Established { token: 1 }, 0);
+    p.handle(
+        ConnEvent::SubEstablished {
+            token: 1,
+            local: sa("10.2.0.1:50001"),
+            remote: sa("192.0.2.1:22"),
+        },
+        80,
+    );
+    let round = |stalled_ack: u32| {
+        health(vec![
+            (
+                1,
+                sample("10.1.0.1:40000", "192.0.2.1:22", 2, 20, 5, stalled_ack),
+            ),
+            (1, sample("10.2.0.1:50001", "192.0.2.1:22", 3, 80, 0, 10)),
+        ])
+    };
+    let p0: IpAddr = "10.1.0.1".parse().unwrap();
+    p.handle(round(5), 100);
+    // First stall: the secondary takes over (the budget's one switch).
+    let ds = p.handle(round(300), 400);
+    assert!(flips(&ds).contains(&(1, p0, true)), "{ds:?}");
+    // Healthy past the distrust: traffic goes back (not rate-limited).
+    p.handle(round(5), 500);
+    let ds = p.handle(round(5), 31_000);
+    assert!(flips(&ds).contains(&(1, p0, false)), "{ds:?}");
+    // Stalled again within the window: held back, and the reason says so.
+    let ds = p.handle(round(300), 40_000);
+    assert!(flips(&ds).is_empty(), "{ds:?}");
+    assert_eq!(p.conns[&1].failed_over, false);
+    // After the window, the next stall moves it.
+    p.handle(round(5), 120_300);
+    let ds = p.handle(round(300), 120_600);
+    assert!(flips(&ds).contains(&(1, p0, true)), "{ds:?}");
+}

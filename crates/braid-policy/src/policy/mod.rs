@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::budget::SwitchBudget;
 use crate::config::{glob, Config, Flag, Mode, PathMode, Role};
 use crate::health::{HealthTracker, PathHealth, MIN_WITNESSES, PROBE_AFTER_MIN_MS};
 use crate::model::*;
@@ -203,7 +204,7 @@ pub struct Policy {
     last_switch: Time,
     /// When switches of traffic were made on measurements (within
     /// `policy.handover_window_ms`), for `policy.max_handovers`.
-    handovers: VecDeque<Time>,
+    handovers: SwitchBudget,
     /// Why a switch on measurements is being held back, if one is.
     handover_held: Option<String>,
     /// Interactive: why the active path was chosen.
@@ -386,7 +387,7 @@ impl Policy {
             active_path: None,
             active_informed: false,
             last_switch: Time::ZERO,
-            handovers: VecDeque::new(),
+            handovers: SwitchBudget::default(),
             handover_held: None,
             active_reason: String::new(),
             path_state: String::new(),
@@ -494,8 +495,7 @@ impl Policy {
         let held = self
             .handover_held
             .as_ref()
-            .and_then(|_| self.handovers.front())
-            .map(move |t| t.plus(window));
+            .and_then(|_| self.handovers.frees_at(window));
         // A path healthy for hold_ms may take traffic back (handover) or
         // be switched to (interactive): that moment needs no event either.
         let hold = self.config.policy.hold_ms;

@@ -79,29 +79,8 @@ impl Policy {
     pub(super) fn handover_budget(&mut self) -> Result<(), String> {
         let now = self.clock.now();
         let pc = &self.config.policy;
-        let (max, window) = (pc.max_handovers as usize, pc.handover_window_ms);
-        while self
-            .handovers
-            .front()
-            .is_some_and(|t| now.since(*t) >= window)
-        {
-            self.handovers.pop_front();
-        }
-        if self.spent_this_round() || self.handovers.len() < max {
-            return Ok(());
-        }
-        let next = self.handovers.front().map_or(now, |t| t.plus(window));
-        Err(format!(
-            "{} switches were made on measurements in the last {window} ms (policy.max_handovers = {max} per policy.handover_window_ms); the next is allowed in {} ms",
-            self.handovers.len(),
-            now.until(next)
-        ))
-    }
-
-    /// A switch was made (or a reset decided) on measurements in this
-    /// round: what follows in the same round comes with it.
-    pub(super) fn spent_this_round(&self) -> bool {
-        self.handovers.back() == Some(&self.clock.now())
+        self.handovers
+            .check(now, pc.max_handovers, pc.handover_window_ms)
     }
 
     /// A change of the paths carrying traffic, by cause (see
@@ -111,8 +90,7 @@ impl Policy {
     }
 
     pub(super) fn spend_handover(&mut self) {
-        if !self.spent_this_round() {
-            self.handovers.push_back(self.clock.now());
+        if self.handovers.spend(self.clock.now()) {
             self.counters.handovers += 1;
         }
     }
