@@ -602,7 +602,7 @@ fn a_connection_leaves_its_primary_at_most_max_handovers_times_per_window() {
     // Stalled again within the window: held back, and the reason says so.
     let ds = p.handle(round(300), 40_000);
     assert!(flips(&ds).is_empty(), "{ds:?}");
-    assert_eq!(p.conns[&1].failed_over, false);
+    assert!(!p.conns[&1].failed_over);
     // After the window, the next stall moves it.
     p.handle(round(5), 120_300);
     let ds = p.handle(round(300), 120_600);
