@@ -7,8 +7,9 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use braid_kernel::cgroup::CgroupPaths;
 use braid_kernel::events::{Event as KernelEvent, EventKind};
-use braid_kernel::owner::{exe_of_socket, CgroupPaths};
+use braid_kernel::owner::exe_of_socket;
 use braid_kernel::pm::PathManager;
 use braid_policy::config::Config;
 use braid_policy::conns::rules::Owner;

@@ -8,7 +8,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub const HOOK: &str = "update_socket_protocol";
 const BTF_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
@@ -248,31 +248,6 @@ pub fn probe() -> Result<(), BpfError> {
     let prog = load(0)?;
     drop(prog);
     Ok(())
-}
-
-/// Where cgroup v2 is mounted.
-pub fn cgroup2_root() -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        let mount_point = pre.split_whitespace().nth(4)?;
-        post.starts_with("cgroup2 ")
-            .then(|| PathBuf::from(mount_point))
-    })
-}
-
-/// A cgroup's id as the kernel reports it to BPF: its directory's inode.
-pub fn cgroup_id(path: &Path) -> std::io::Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    Ok(std::fs::metadata(path)?.ino())
-}
-
-/// The cgroup v2 directory of the calling process.
-pub fn own_cgroup() -> Option<PathBuf> {
-    let root = cgroup2_root()?;
-    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    Some(root.join(rel.trim_start_matches('/')))
 }
 
 #[cfg(test)]

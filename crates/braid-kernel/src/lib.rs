@@ -9,6 +9,7 @@
 //! [`netns`] to reach another one.
 
 pub mod bpf;
+pub mod cgroup;
 pub mod check;
 pub mod conntrack;
 pub mod counters;

@@ -25,40 +25,11 @@ fn local_nets() -> Vec<IpNet> {
         .unwrap_or_default()
 }
 
-/// Where the cgroup v2 hierarchy is mounted, from /proc/self/mountinfo
-/// (`/sys/fs/cgroup` on most systems, `/sys/fs/cgroup/unified` on hybrid
-/// ones): the mount point and the hierarchy path it shows.
-fn cgroup2_mount() -> Option<(String, String)> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mounts: Vec<(String, String)> = text
-        .lines()
-        .filter_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            if after.split_whitespace().next()? != "cgroup2" {
-                return None;
-            }
-            let f: Vec<&str> = before.split_whitespace().collect();
-            // Fields: id, parent, major:minor, root, mount point, ...
-            let unescape = |s: &str| s.replace("\\040", " ");
-            Some((unescape(f.get(4)?), unescape(f.get(3)?)))
-        })
-        .collect();
-    // A later mount may hide an earlier one: the last one still reachable.
-    mounts
-        .into_iter()
-        .rev()
-        .find(|(m, _)| std::path::Path::new(m).join("cgroup.controllers").exists())
-}
-
 /// A cgroup v2 path's level (its depth below the root of the hierarchy,
 /// as nftables counts) and id (the inode of its directory).
 fn cgroup(path: &str) -> Option<(u32, u64)> {
-    let (mount, root) = cgroup2_mount()?;
     // The path is from the hierarchy's root; the mount may show a subtree.
-    let below = path
-        .strip_prefix(root.trim_end_matches('/'))
-        .unwrap_or(path);
-    let meta = std::fs::metadata(format!("{mount}{below}")).ok()?;
+    let meta = std::fs::metadata(braid_kernel::cgroup::mount()?.dir_of(path)).ok()?;
     let level = path.split('/').filter(|p| !p.is_empty()).count() as u32;
     Some((level, meta.ino()))
 }

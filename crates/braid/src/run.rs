@@ -6,8 +6,10 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use braid_kernel::bpf;
 use braid_kernel::Error;
+use braid_kernel::{bpf, cgroup};
+use braid_policy::config::PathMode;
+use braid_policy::conns::rules::run_cgroup_name;
 use clap::Args;
 
 use crate::{print_json, Ctx};
@@ -30,6 +32,11 @@ pub struct RunArgs {
     /// reaches static binaries); needs a kernel that allows fmod_ret programs.
     #[arg(long)]
     pub bpf: bool,
+    /// The MPTCP mode of the program's connections, whatever braidd's rules
+    /// say: the program runs in a cgroup whose name carries it. Applied by
+    /// braidd with pm = "userspace".
+    #[arg(long, value_parser = ["aggregate", "handover", "interactive"])]
+    pub mode: Option<String>,
     /// The program and its arguments.
     #[arg(
         required = true,
@@ -163,8 +170,14 @@ pub fn run(a: RunArgs) -> Result<(), Error> {
     if a.debug {
         cmd.env("BRAID_MPTCP_DEBUG", "1");
     }
-    if a.bpf {
-        return run_with_bpf(cmd);
+    let mode = a.mode.as_deref().map(parse_mode).transpose()?;
+    if let Some(m) = mode {
+        if let Some(why) = mode_not_applied(m) {
+            eprintln!("braid: {why}");
+        }
+    }
+    if a.bpf || mode.is_some() {
+        return run_in_cgroup(cmd, mode, a.bpf);
     }
     // Replace braid with the program: its exit code and signals are its own.
     let err = cmd.exec();
@@ -174,27 +187,76 @@ pub fn run(a: RunArgs) -> Result<(), Error> {
     )))
 }
 
-/// Run the program in a fresh cgroup with the BPF program attached for that
-/// cgroup only; detach and remove the cgroup when it ends.
-fn run_with_bpf(mut cmd: Command) -> Result<(), Error> {
-    let parent = bpf::own_cgroup().ok_or_else(|| {
-        Error::Invalid(
-            "--bpf needs cgroup v2 (no cgroup2 mount or no unified cgroup for this process)".into(),
-        )
+fn parse_mode(name: &str) -> Result<PathMode, Error> {
+    [
+        PathMode::Aggregate,
+        PathMode::Handover,
+        PathMode::Interactive,
+    ]
+    .into_iter()
+    .find(|m| m.name() == name)
+    .ok_or_else(|| {
+        Error::Invalid(format!(
+            "unknown mode '{name}': aggregate, handover or interactive"
+        ))
+    })
+}
+
+/// Why `--mode` will not be applied here, if it will not: only braidd's
+/// userspace path manager applies per-connection modes.
+fn mode_not_applied(mode: PathMode) -> Option<String> {
+    match braid_kernel::sysctl::path_manager() {
+        Ok(pm) if pm == "userspace" => None,
+        Ok(pm) => Some(format!(
+            "--mode {} is applied by braidd with pm = \"userspace\"; this network namespace's path manager is '{pm}', so these connections get the host-wide mode (see 'braid status')",
+            mode.name()
+        )),
+        Err(e) => Some(format!(
+            "--mode {}: the path manager cannot be read ({e}); the mode is applied only by braidd with pm = \"userspace\"",
+            mode.name()
+        )),
+    }
+}
+
+/// Run the program in a fresh cgroup: named for `mode` (braidd reads the
+/// mode from the name), with the BPF program attached for that cgroup only
+/// when `bpf`; detach and remove the cgroup when it ends.
+fn run_in_cgroup(mut cmd: Command, mode: Option<PathMode>, bpf: bool) -> Result<(), Error> {
+    let why = if bpf { "--bpf" } else { "--mode" };
+    let parent = cgroup::own().ok_or_else(|| {
+        Error::Invalid(format!(
+            "{why} needs cgroup v2 (no cgroup2 mount or no unified cgroup for this process)"
+        ))
     })?;
-    let cg = parent.join(format!("braid-run-{}", std::process::id()));
-    std::fs::create_dir(&cg)
-        .map_err(|e| Error::Invalid(format!("creating cgroup {}: {e}", cg.display())))?;
+    let pid = std::process::id();
+    let name = match mode {
+        Some(m) => run_cgroup_name(pid, m),
+        None => format!("braid-run-{pid}"),
+    };
+    let cg = parent.join(name);
+    std::fs::create_dir(&cg).map_err(|e| {
+        Error::Invalid(format!(
+            "{why}: creating cgroup {}: {e} (the program runs in a cgroup of its own, made under this shell's; run as root or from a delegated cgroup, e.g. under systemd-run --user --scope)",
+            cg.display()
+        ))
+    })?;
     let cleanup = |cg: &Path| {
         let _ = std::fs::remove_dir(cg);
     };
-    let id = bpf::cgroup_id(&cg).map_err(|e| Error::Invalid(e.to_string()))?;
-    let link = match bpf::load(id).and_then(|p| bpf::attach(&p)) {
-        Ok(l) => l,
-        Err(e) => {
-            cleanup(&cg);
-            return Err(Error::Invalid(format!("cannot force MPTCP with BPF: {e}")));
+    let link = if bpf {
+        let attached = cgroup::id(&cg)
+            .map_err(|e| e.to_string())
+            .and_then(|id| bpf::load(id).map_err(|e| e.to_string()))
+            .and_then(|p| bpf::attach(&p).map_err(|e| e.to_string()));
+        match attached {
+            Ok(l) => Some(l),
+            Err(e) => {
+                cleanup(&cg);
+                return Err(Error::Invalid(format!("cannot force MPTCP with BPF: {e}")));
+            }
         }
+    } else {
+        None
     };
     let procs = cg.join("cgroup.procs");
     unsafe {
@@ -522,7 +584,7 @@ pub fn bpf_cmd(ctx: &Ctx, c: BpfCmd) -> Result<(), Error> {
             pin,
         } => {
             let cg = match (self_cgroup, cgroup) {
-                (true, _) => bpf::own_cgroup()
+                (true, _) => cgroup::own()
                     .ok_or_else(|| Error::Invalid("no cgroup v2 for this process".into()))?,
                 (_, Some(c)) => c,
                 _ => {
@@ -531,8 +593,8 @@ pub fn bpf_cmd(ctx: &Ctx, c: BpfCmd) -> Result<(), Error> {
                     ))
                 }
             };
-            let id = bpf::cgroup_id(&cg)
-                .map_err(|e| Error::Invalid(format!("{}: {e}", cg.display())))?;
+            let id =
+                cgroup::id(&cg).map_err(|e| Error::Invalid(format!("{}: {e}", cg.display())))?;
             let link = bpf::load(id)
                 .and_then(|p| bpf::attach(&p))
                 .map_err(|e| Error::Invalid(e.to_string()))?;

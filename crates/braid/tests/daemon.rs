@@ -1675,13 +1675,50 @@ fn path_manager(lab: &Lab) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// An unmodified program (curl, through the preload library) started
+/// with `braid run --mode interactive` to a port whose rule says handover:
+/// its connection gets interactive, from the cgroup `braid run` made.
+fn braid_run_mode_overrides_the_rules(lab: &Lab, ep: &braid_lab::traffic::Endpoints, d: &Daemon) {
+    let listen: std::net::SocketAddr = "0.0.0.0:5304".parse().unwrap();
+    let listener = common::in_ns(&lab.server, move || {
+        braid_kernel::socket::listen(listen).map(|(l, _)| l)
+    })
+    .expect("listening on 5304 for curl");
+    // Accept and hold the connection while curl waits for an answer; the
+    // listener stays open for the joins.
+    let holder = std::thread::spawn(move || {
+        let conn = listener.accept();
+        std::thread::sleep(Duration::from_secs(4));
+        drop((conn, listener));
+    });
+    let url = format!("http://{}:5304/", ep.server_addr);
+    let mut curl = Command::new(BRAID)
+        .args(["-n", &lab.client, "run", "--mode", "interactive", "--"])
+        .args(["curl", "-s", "--max-time", "3", &url])
+        .spawn()
+        .expect("running braid run");
+    let decided = wait_for(3, || {
+        d.log().lines().any(|l| {
+            l.contains("connection decision")
+                && l.contains("interactive mode (braid run --mode interactive (cgroup braid-run-")
+        })
+    });
+    let _ = curl.wait();
+    holder.join().unwrap();
+    assert!(
+        decided,
+        "curl under braid run --mode interactive should get interactive: {}",
+        d.log_tail(20)
+    );
+}
+
 #[test]
 fn userspace_pm_gives_each_connection_its_rules_mode_and_re_creates_killed_subflows() {
     let lab = Lab::up("us", &["--rate", "20mbit"]);
     let before = path_manager(&lab);
     let mut d = Daemon::start(
         &lab,
-        "pm = \"userspace\"\n[policy]\nmode = \"aggregate\"\n[[app]]\ndport = 5303\nmode = \"handover\"\n",
+        "pm = \"userspace\"\n[policy]\nmode = \"aggregate\"\n[[app]]\ndport = 5303\nmode = \"handover\"\n[[app]]\ndport = 5304\nmode = \"handover\"\n",
         &[],
     );
     assert_eq!(path_manager(&lab), "userspace");
@@ -1743,6 +1780,7 @@ fn userspace_pm_gives_each_connection_its_rules_mode_and_re_creates_killed_subfl
         .unwrap();
     let conns = String::from_utf8_lossy(&conns.stdout);
     assert!(conns.contains("handover (rule 1 (dport 5303))"), "{conns}");
+    braid_run_mode_overrides_the_rules(&lab, &ep, &d);
     // Killed: re-created by the daemon (the in-kernel PM never does).
     if !kill_subflows(&lab, "10.2.0.1", 5303) {
         eprintln!("skipped the kill: this kernel cannot abort a socket (ss -K)");

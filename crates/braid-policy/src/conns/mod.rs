@@ -401,9 +401,18 @@ impl ConnPolicy {
         owner: &Owner,
     ) {
         let now = self.clock.now();
-        let (mode, rule) = match first_match(&self.rules, owner, remote) {
-            Some((i, r)) => (r.mode, format!("rule {} ({})", i + 1, r.describe())),
-            None => (self.default_mode, "default".to_string()),
+        // What `braid run --mode` asked for comes before the rules: it is
+        // the most specific wish there is.
+        let (mode, rule) = match (
+            rules::run_mode(owner),
+            first_match(&self.rules, owner, remote),
+        ) {
+            (Some((mode, cgroup)), _) => (
+                mode,
+                format!("braid run --mode {} (cgroup {cgroup})", mode.name()),
+            ),
+            (None, Some((i, r))) => (r.mode, format!("rule {} ({})", i + 1, r.describe())),
+            (None, None) => (self.default_mode, "default".to_string()),
         };
         let mut ids = BTreeMap::new();
         ids.insert(local.ip(), 0);

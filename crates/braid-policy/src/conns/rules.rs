@@ -123,6 +123,33 @@ pub fn first_match<'a>(
         .find(|(_, r)| r.matches(owner, remote))
 }
 
+/// The cgroup `braid run --mode MODE` puts a program in: its name carries
+/// the mode, so the daemon needs no message from `braid run`, nothing is
+/// left to clean up when the program ends, and a daemon started (or
+/// restarted) later still knows.
+pub fn run_cgroup_name(pid: u32, mode: PathMode) -> String {
+    format!("{RUN_CGROUP_PREFIX}{pid}.{}", mode.name())
+}
+
+const RUN_CGROUP_PREFIX: &str = "braid-run-";
+
+/// The mode `braid run --mode` asked for, if the owner runs in (or below)
+/// a cgroup made by it, and that cgroup's name.
+pub fn run_mode(owner: &Owner) -> Option<(PathMode, &str)> {
+    let cgroup = owner.cgroup.as_deref()?;
+    cgroup.rsplit('/').find_map(|c| {
+        let (_, mode) = c.strip_prefix(RUN_CGROUP_PREFIX)?.rsplit_once('.')?;
+        let mode = [
+            PathMode::Aggregate,
+            PathMode::Handover,
+            PathMode::Interactive,
+        ]
+        .into_iter()
+        .find(|m| m.name() == mode)?;
+        Some((mode, c))
+    })
+}
+
 fn parse_prefix(s: &str) -> Result<(IpAddr, u8), String> {
     let bad =
         || format!("dst '{s}' is not an address prefix such as 203.0.113.0/24 or 2001:db8::/32");
@@ -214,6 +241,27 @@ mod tests {
         assert_eq!(first_match(&rules, &nobody, to22).unwrap().0, 1);
         let to_net: SocketAddr = "[::ffff:203.0.113.9]:80".parse().unwrap();
         assert_eq!(first_match(&rules, &nobody, to_net).unwrap().0, 3);
+    }
+
+    #[test]
+    fn braid_runs_cgroup_carries_the_mode() {
+        let name = run_cgroup_name(4242, PathMode::Interactive);
+        assert_eq!(name, "braid-run-4242.interactive");
+        let o = owner(&format!("/user.slice/session-3.scope/{name}"), "ssh", 0);
+        assert_eq!(run_mode(&o), Some((PathMode::Interactive, name.as_str())));
+        // A child cgroup the program made itself still counts.
+        let o = owner(&format!("/{name}/inner"), "ssh", 0);
+        assert_eq!(run_mode(&o).map(|m| m.0), Some(PathMode::Interactive));
+        // --bpf without --mode, other names, unknown modes: no mode.
+        for c in [
+            "/braid-run-4242",
+            "/braid-run-1.fast",
+            "/x/ssh.service",
+            "/run-1.handover",
+        ] {
+            assert_eq!(run_mode(&owner(c, "x", 0)), None, "{c}");
+        }
+        assert_eq!(run_mode(&Owner::default()), None);
     }
 
     #[test]
