@@ -1,8 +1,10 @@
 //! Reading and checking the daemon's TOML configuration, with errors that
 //! name the file, the line, the key and what is allowed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use braid_policy::config::{PathMode, PmKind};
+use braid_policy::conns::rules::AppRule;
 use braid_policy::Config;
 use serde::Deserialize;
 
@@ -16,6 +18,9 @@ pub const DEFAULT_PATH: &str = "/etc/braid/braid.toml";
 pub struct Settings {
     pub config: Config,
     pub metrics: MetricsConfig,
+    /// What was read but cannot apply, for the log and `braid status`
+    /// (rules of `braid enable --mode` while pm is not "userspace").
+    pub notes: Vec<String>,
 }
 
 /// The sections the shell reads itself (the policy's are checked by
@@ -34,11 +39,11 @@ pub fn load(path: &Path, explicit: bool) -> Result<Config, String> {
 
 /// [`load`], with the shell's sections (`[metrics]`).
 pub fn load_settings(path: &Path, explicit: bool) -> Result<Settings, String> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
-            return Ok(Settings::default())
+    let mut settings = match std::fs::read_to_string(path) {
+        Ok(text) => {
+            parse_settings(&text).map_err(|e| format!("configuration {}: {e}", path.display()))?
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Settings::default(),
         Err(e) => {
             return Err(format!(
                 "cannot read the configuration {}: {e}",
@@ -46,7 +51,93 @@ pub fn load_settings(path: &Path, explicit: bool) -> Result<Settings, String> {
             ))
         }
     };
-    parse_settings(&text).map_err(|e| format!("configuration {}: {e}", path.display()))
+    let dir = apps_dir(path);
+    let rules = load_app_files(&dir)?;
+    if rules.is_empty() {
+        return Ok(settings);
+    }
+    if settings.config.pm != PmKind::Userspace {
+        settings.notes.push(format!(
+            "{} rule(s) in {} (braid enable --mode) are not applied: they need pm = \"userspace\" in {}",
+            rules.len(),
+            dir.display(),
+            path.display()
+        ));
+        return Ok(settings);
+    }
+    // Rules for one unit (`braid enable --mode`) come before the
+    // configuration's: they are the most specific.
+    settings.config.apps.splice(0..0, rules);
+    Ok(settings)
+}
+
+/// The directory of the per-unit rule files `braid enable --mode` writes:
+/// `apps.d` next to the configuration file.
+pub fn apps_dir(config: &Path) -> PathBuf {
+    config.parent().unwrap_or(Path::new("/")).join("apps.d")
+}
+
+/// The rule file of `unit` in `apps_dir`.
+pub fn app_file(apps_dir: &Path, unit: &str) -> PathBuf {
+    apps_dir.join(format!("{unit}.toml"))
+}
+
+/// The rule file `braid enable --mode MODE UNIT` writes.
+pub fn app_file_text(unit: &str, mode: PathMode) -> String {
+    format!(
+        "# Written by 'braid enable --mode {m} {unit}'; removed by 'braid disable {unit}'.\n\
+         # braidd (pm = \"userspace\") gives the unit's connections this mode,\n\
+         # before the rules of its configuration.\n\
+         [[app]]\nunit = \"{unit}\"\nmode = \"{m}\"\n",
+        m = mode.name()
+    )
+}
+
+/// Only `[[app]]` tables in a rule file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppFile {
+    #[serde(default)]
+    app: Vec<AppRule>,
+}
+
+/// Every `*.toml` of `dir` in name order (none if it does not exist),
+/// each checked, errors naming the file.
+fn load_app_files(dir: &Path) -> Result<Vec<AppRule>, String> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(format!(
+                "cannot read the rule directory {}: {e}",
+                dir.display()
+            ))
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    let mut rules = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f)
+            .map_err(|e| format!("cannot read the rule file {}: {e}", f.display()))?;
+        let file: AppFile = toml::from_str(&text).map_err(|e| {
+            format!(
+                "rule file {}: {} (it may hold only [[app]] tables)",
+                f.display(),
+                toml_error(e)
+            )
+        })?;
+        for (i, r) in file.app.iter().enumerate() {
+            r.validate()
+                .map_err(|e| format!("rule file {}, app[{i}]: {e}", f.display()))?;
+        }
+        rules.extend(file.app);
+    }
+    Ok(rules)
 }
 
 pub fn parse(text: &str) -> Result<Config, String> {
@@ -73,6 +164,7 @@ pub fn parse_settings(text: &str) -> Result<Settings, String> {
     Ok(Settings {
         config: cfg,
         metrics: shell.metrics,
+        notes: Vec::new(),
     })
 }
 
@@ -116,6 +208,54 @@ mod tests {
         let e = parse("mode = 3\n").unwrap_err();
         assert!(e.contains("line 1") && e.contains("mode"), "{e}");
         assert!(parse("").is_ok());
+    }
+
+    #[test]
+    fn rule_files_of_braid_enable_come_first_and_need_userspace() {
+        let dir = std::env::temp_dir().join(format!("braid-apps-{}", std::process::id()));
+        let apps = dir.join("apps.d");
+        std::fs::create_dir_all(&apps).unwrap();
+        let config = dir.join("braid.toml");
+        std::fs::write(
+            &config,
+            "pm = \"userspace\"\n[[app]]\ndport = 22\nmode = \"handover\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            app_file(&apps, "ssh.service"),
+            app_file_text("ssh.service", PathMode::Interactive),
+        )
+        .unwrap();
+        std::fs::write(apps.join("notes.txt"), "not a rule file").unwrap();
+        let s = load_settings(&config, true).unwrap();
+        assert_eq!(s.config.apps.len(), 2);
+        assert_eq!(s.config.apps[0].unit.as_deref(), Some("ssh.service"));
+        assert_eq!(s.config.apps[0].mode, PathMode::Interactive);
+        assert!(s.notes.is_empty());
+        // With the in-kernel path manager they are read, not applied, and said so.
+        std::fs::write(&config, "").unwrap();
+        let s = load_settings(&config, true).unwrap();
+        assert!(s.config.apps.is_empty());
+        assert!(
+            s.notes[0].contains("need pm = \"userspace\""),
+            "{:?}",
+            s.notes
+        );
+        // A bad file is an error that names it.
+        std::fs::write(apps.join("bad.toml"), "[policy]\nmode = \"handover\"\n").unwrap();
+        let e = load_settings(&config, true).unwrap_err();
+        assert!(e.contains("bad.toml") && e.contains("only [[app]]"), "{e}");
+        std::fs::write(
+            apps.join("bad.toml"),
+            "[[app]]\nunit = \"/x/y\"\nmode = \"handover\"\n",
+        )
+        .unwrap();
+        let e = load_settings(&config, true).unwrap_err();
+        assert!(
+            e.contains("bad.toml, app[0]") && e.contains("unit name"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -65,8 +65,11 @@ fn main() -> ExitCode {
     let explicit = config.is_some();
     let path = config.unwrap_or_else(|| PathBuf::from(config_file::DEFAULT_PATH));
     if check {
-        return match config_file::load(&path, explicit) {
-            Ok(_) => {
+        return match config_file::load_settings(&path, explicit) {
+            Ok(s) => {
+                for n in s.notes {
+                    eprintln!("braidd: note: {n}");
+                }
                 println!("{}: configuration is valid", path.display());
                 ExitCode::SUCCESS
             }

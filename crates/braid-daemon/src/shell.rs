@@ -709,7 +709,10 @@ impl Shell {
         match config_file::load_settings(&self.opts.config_path, self.opts.config_explicit) {
             Ok(settings) => {
                 let cfg = settings.config;
-                info!(config = %self.opts.config_path.display(), "configuration reloaded");
+                info!(config = %self.opts.config_path.display(), rules = cfg.apps.len(), "configuration reloaded");
+                for n in &settings.notes {
+                    warn!("{n}");
+                }
                 if settings.metrics != self.metrics_config {
                     warn!(
                         "[metrics] changed: the new settings take effect when the daemon restarts"
@@ -1169,7 +1172,10 @@ impl Gate {
 pub async fn run(opts: Options) -> Result<(), String> {
     let settings = config_file::load_settings(&opts.config_path, opts.config_explicit)?;
     let (config, metrics_config) = (settings.config, settings.metrics);
-    let mut shell_warnings = Vec::new();
+    for n in &settings.notes {
+        warn!("{n}");
+    }
+    let mut shell_warnings = settings.notes;
     let saved = read_saved(&opts.state_file, &mut shell_warnings);
     let mut pm = PathManager::open().map_err(|e| e.to_string())?;
     // Subscribe before the first dump so no change falls in between.

@@ -65,7 +65,11 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<(), Error> {
     }
     let (path, explicit) = config_path(&a);
     if a.check_config {
-        let cfg = config_file::load(&path, explicit).map_err(Error::Invalid)?;
+        let settings = config_file::load_settings(&path, explicit).map_err(Error::Invalid)?;
+        for n in &settings.notes {
+            eprintln!("braid: note: {n}");
+        }
+        let cfg = settings.config;
         if ctx.json {
             print_json(&cfg);
         } else if explicit || path.exists() {

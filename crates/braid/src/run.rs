@@ -64,6 +64,16 @@ pub struct EnableArgs {
     /// Also force MPTCP with BPF in the unit's cgroup (ExecStartPre/ExecStopPost).
     #[arg(long)]
     pub bpf: bool,
+    /// The MPTCP mode of the unit's connections: a rule file in apps.d next
+    /// to braidd's configuration, before its own rules (pm = "userspace").
+    #[arg(long, value_parser = ["aggregate", "handover", "interactive"])]
+    pub mode: Option<String>,
+    /// braidd's configuration (its apps.d directory gets the rule).
+    #[arg(long, default_value = braid_daemon::config_file::DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// braidd's control socket, to have it read the rule at once.
+    #[arg(long, default_value = "/run/braid/braid.sock")]
+    pub socket: PathBuf,
     /// Where 'braid install' put braid and the preload library (PREFIX/bin,
     /// PREFIX/lib/braid); looked at before the copies next to this binary.
     /// Only files that only root can change are written into the drop-in.
@@ -78,6 +88,38 @@ pub struct DisableArgs {
     pub dry_run: bool,
     #[arg(long, default_value = "/")]
     pub root: PathBuf,
+    /// braidd's configuration (its apps.d directory holds the unit's rule).
+    #[arg(long, default_value = braid_daemon::config_file::DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// braidd's control socket, to have it drop the rule at once.
+    #[arg(long, default_value = "/run/braid/braid.sock")]
+    pub socket: PathBuf,
+}
+
+/// Where the unit's `--mode` rule file is, under `root`.
+fn app_rule_path(root: &Path, config: &Path, unit: &str) -> PathBuf {
+    use braid_daemon::config_file::{app_file, apps_dir};
+    app_file(&apps_dir(&under(root, &config.to_string_lossy())), unit)
+}
+
+/// Ask braidd to read its configuration and rules again; what happened,
+/// in words.
+fn reload_braidd(root: &Path, socket: &Path) -> String {
+    if root != Path::new("/") {
+        return "braidd reads it when it next starts or reloads".into();
+    }
+    use braid_daemon::control::{request, Request};
+    match request(socket, &Request::Reload) {
+        Ok(r) if r.ok => "braidd reloaded: the unit's new connections get this mode".into(),
+        Ok(r) => format!(
+            "braidd refused to reload: {} (fix it, then 'braid daemon reload')",
+            r.error.unwrap_or_default()
+        ),
+        Err(e) => format!(
+            "braidd does not answer on {} ({e}): the rule applies when it starts",
+            socket.display()
+        ),
+    }
 }
 
 fn scope(listen_only: bool, connect_only: bool) -> &'static str {
@@ -418,8 +460,27 @@ fn systemd_running(root: &Path) -> bool {
     root == Path::new("/") && Path::new("/run/systemd/system").exists()
 }
 
+/// `--mode`: the unit's rule file for braidd, then a reload.
+fn write_mode_rule(a: &EnableArgs, unit: &str, mode: PathMode) -> Result<(PathBuf, String), Error> {
+    let path = app_rule_path(&a.root, &a.config, unit);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Invalid(format!("creating {}: {e}", dir.display())))?;
+    }
+    let text = braid_daemon::config_file::app_file_text(unit, mode);
+    std::fs::write(&path, text)
+        .map_err(|e| Error::Invalid(format!("writing {}: {e}", path.display())))?;
+    if a.root == Path::new("/") {
+        if let Some(why) = mode_not_applied(mode) {
+            eprintln!("braid: {why}");
+        }
+    }
+    Ok((path, reload_braidd(&a.root, &a.socket)))
+}
+
 pub fn enable(ctx: &Ctx, a: EnableArgs) -> Result<(), Error> {
     let unit = unit_name(&a.unit)?;
+    let mode = a.mode.as_deref().map(parse_mode).transpose()?;
     // Only files that only root can change (issue 11): the unit loads the
     // library, and with --bpf runs braid as root.
     let (lib, exe) = crate::install::enable_paths(&unit, &a.prefix, a.bpf)?;
@@ -454,10 +515,22 @@ pub fn enable(ctx: &Ctx, a: EnableArgs) -> Result<(), Error> {
                 "braid: systemd is not present here; this is the drop-in that would be written:"
             );
         }
+        let rule = mode.map(|m| {
+            (
+                app_rule_path(&a.root, &a.config, &unit),
+                braid_daemon::config_file::app_file_text(&unit, m),
+            )
+        });
         if ctx.json {
-            print_json(&serde_json::json!({"path": path, "content": text, "written": false}));
+            print_json(
+                &serde_json::json!({"path": path, "content": text, "written": false,
+                "mode_rule": rule.as_ref().map(|(p, t)| serde_json::json!({"path": p, "content": t}))}),
+            );
         } else {
             println!("# {}\n{text}", path.display());
+            if let Some((p, t)) = &rule {
+                println!("# {}\n{t}", p.display());
+            }
         }
         return Ok(());
     }
@@ -465,13 +538,18 @@ pub fn enable(ctx: &Ctx, a: EnableArgs) -> Result<(), Error> {
         .map_err(|e| Error::Invalid(format!("creating {}: {e}", dir.display())))?;
     std::fs::write(&path, &text)
         .map_err(|e| Error::Invalid(format!("writing {}: {e}", path.display())))?;
+    let rule = mode.map(|m| write_mode_rule(&a, &unit, m)).transpose()?;
     let reloaded = reload_systemd(&a.root);
     if ctx.json {
         print_json(
-            &serde_json::json!({"path": path, "content": text, "written": true, "systemd_reloaded": reloaded}),
+            &serde_json::json!({"path": path, "content": text, "written": true, "systemd_reloaded": reloaded,
+                "mode_rule": rule.as_ref().map(|(p, said)| serde_json::json!({"path": p, "braidd": said}))}),
         );
     } else {
         println!("wrote {}", path.display());
+        if let Some((p, said)) = &rule {
+            println!("wrote {} ({said})", p.display());
+        }
         if reloaded {
             println!("systemd reloaded; restart the unit to apply: systemctl restart {unit}");
         } else {
@@ -496,24 +574,44 @@ pub fn disable(ctx: &Ctx, a: DisableArgs) -> Result<(), Error> {
     let unit = unit_name(&a.unit)?;
     let dir = under(&a.root, "/etc/systemd/system").join(format!("{unit}.d"));
     let path = dir.join(DROPIN_NAME);
-    if !path.exists() {
+    let rule = app_rule_path(&a.root, &a.config, &unit);
+    let found: Vec<&PathBuf> = [&path, &rule].into_iter().filter(|p| p.exists()).collect();
+    if found.is_empty() {
         return Err(Error::Invalid(format!(
-            "MPTCP is not enabled for {unit} (no {})",
-            path.display()
+            "MPTCP is not enabled for {unit} (no {} and no {})",
+            path.display(),
+            rule.display()
         )));
     }
     if a.dry_run {
-        println!("would remove {}", path.display());
+        for p in found {
+            println!("would remove {}", p.display());
+        }
         return Ok(());
     }
-    std::fs::remove_file(&path)
-        .map_err(|e| Error::Invalid(format!("removing {}: {e}", path.display())))?;
+    for p in &found {
+        std::fs::remove_file(p)
+            .map_err(|e| Error::Invalid(format!("removing {}: {e}", p.display())))?;
+    }
     let _ = std::fs::remove_dir(&dir); // only if empty
     let reloaded = reload_systemd(&a.root);
+    let braidd = found
+        .contains(&&rule)
+        .then(|| reload_braidd(&a.root, &a.socket));
     if ctx.json {
-        print_json(&serde_json::json!({"removed": path, "systemd_reloaded": reloaded}));
+        print_json(
+            &serde_json::json!({"removed": found, "systemd_reloaded": reloaded, "braidd": braidd}),
+        );
     } else {
-        println!("removed {}", path.display());
+        for p in &found {
+            println!("removed {}", p.display());
+        }
+        if let Some(said) = braidd {
+            println!(
+                "{}",
+                said.replace("get this mode", "follow braidd's own rules again")
+            );
+        }
     }
     Ok(())
 }

@@ -436,6 +436,72 @@ fn enable_and_disable_write_and_remove_a_merged_dropin() {
 }
 
 #[test]
+fn enable_mode_writes_a_rule_braidd_reads_first_and_disable_removes_it() {
+    let root = std::env::temp_dir().join(format!("braid-mode-root-{}", std::process::id()));
+    let unitdir = root.join("lib/systemd/system");
+    std::fs::create_dir_all(&unitdir).unwrap();
+    std::fs::write(
+        unitdir.join("web.service"),
+        "[Service]\nExecStart=/usr/bin/web\n",
+    )
+    .unwrap();
+    let etc = root.join("etc/braid");
+    std::fs::create_dir_all(&etc).unwrap();
+    let config = etc.join("braid.toml");
+    std::fs::write(
+        &config,
+        "pm = \"userspace\"\n[[app]]\ndport = 443\nmode = \"aggregate\"\n",
+    )
+    .unwrap();
+    let root_s = root.to_str().unwrap();
+    let out = Command::new(BRAID)
+        .args(["enable", "--root", root_s, "--mode", "interactive", "web"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rule = etc.join("apps.d/web.service.toml");
+    assert!(said.contains(rule.to_str().unwrap()), "{said}");
+    // braidd reads it, before the configuration's own rules.
+    let check = Command::new(BRAID)
+        .args(["--json", "daemon", "--check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let cfg: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(cfg["app"][0]["unit"], "web.service", "{cfg}");
+    assert_eq!(cfg["app"][0]["mode"], "interactive", "{cfg}");
+    assert_eq!(cfg["app"][1]["dport"], 443, "{cfg}");
+    // A bad mode is refused before anything is written.
+    let bad = Command::new(BRAID)
+        .args(["enable", "--root", root_s, "--mode", "fast", "web"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let out = Command::new(BRAID)
+        .args(["disable", "--root", root_s, "web"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!rule.exists());
+    assert!(!root.join("etc/systemd/system/web.service.d").exists());
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
 fn bpf_forcing_is_detected_or_works() {
     let out = Command::new(BRAID)
         .args(["--json", "bpf", "probe"])
