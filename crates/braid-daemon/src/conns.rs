@@ -13,7 +13,9 @@ use braid_kernel::owner::exe_of_socket;
 use braid_kernel::pm::PathManager;
 use braid_policy::config::Config;
 use braid_policy::conns::rules::Owner;
-use braid_policy::conns::{ConnAction, ConnDecision, ConnEvent, ConnPolicy, ConnView, LocalPath};
+use braid_policy::conns::{
+    AdoptedSubflow, ConnAction, ConnDecision, ConnEvent, ConnPolicy, ConnView, LocalPath,
+};
 use braid_policy::health::SubflowSample;
 use tracing::{debug, info, warn};
 
@@ -73,15 +75,56 @@ impl ConnShell {
             .reconfigure(config.apps.clone(), config.policy.clone());
     }
 
-    /// Forget connections the kernel no longer has (MPTCP events were
-    /// lost, or a periodic check).
-    pub fn resync(&mut self) {
-        match braid_kernel::diag::connections(false) {
-            Ok(list) => {
-                let tokens = list.iter().filter_map(|c| c.token).collect();
-                self.policy.keep_only(&tokens);
+    /// Bring the model to the kernel's connections: forget those it no
+    /// longer has, adopt those never heard of (the daemon started after
+    /// them, or their events were lost). At start, on lost events, and
+    /// periodically.
+    pub fn resync(&mut self, now_ms: u64, pm: &mut PathManager, journal: &mut Journal) {
+        let list = match braid_kernel::diag::connections(true) {
+            Ok(list) => list,
+            Err(e) => {
+                debug!(error = %e, "listing MPTCP connections failed; kept as they are");
+                return;
             }
-            Err(e) => debug!(error = %e, "listing MPTCP connections failed; kept as they are"),
+        };
+        let (listeners, conns): (Vec<_>, Vec<_>) =
+            list.into_iter().partition(|c| c.state == "listen");
+        let tokens = conns.iter().filter_map(|c| c.token).collect();
+        self.policy.keep_only(&tokens);
+        for c in conns {
+            let Some(token) = c.token.filter(|t| !self.policy.knows(*t)) else {
+                continue;
+            };
+            // Not established yet: its events are still to come.
+            if c.state != "established" || c.fell_back {
+                continue;
+            }
+            // Accepted from one of this host's listeners: the server side.
+            let server_side = listeners.iter().any(|l| {
+                l.local.port() == c.local.port()
+                    && (l.local.ip().is_unspecified() || l.local.ip() == c.local.ip())
+            });
+            let subflows = c
+                .subflows
+                .iter()
+                .filter(|sf| sf.state == "established")
+                .map(|sf| AdoptedSubflow {
+                    local: sf.local,
+                    remote: sf.remote,
+                    local_id: sf.local_id,
+                    backup: sf.backup_local,
+                })
+                .collect();
+            let event = ConnEvent::Adopted {
+                token,
+                local: c.local,
+                remote: c.remote,
+                server_side,
+                owner: self.owner(token),
+                subflows,
+            };
+            let ds = self.policy.handle(event, now_ms);
+            self.carry_out(ds, now_ms, pm, journal);
         }
     }
 

@@ -401,8 +401,9 @@ impl Shell {
             Ok(StreamItem::Overflow) => {
                 self.tallies.error("mptcp_events_lost");
                 warn!("MPTCP events were lost (ENOBUFS)");
+                let now = self.now_ms();
                 if let Some(c) = self.conns.as_mut() {
-                    c.resync();
+                    c.resync(now, &mut self.pm, &mut self.journal);
                 }
                 self.journal.record(
                     unix_ms_now(),
@@ -688,8 +689,9 @@ impl Shell {
                 },
             );
         }
+        let now = self.now_ms();
         if let Some(c) = self.conns.as_mut() {
-            c.resync();
+            c.resync(now, &mut self.pm, &mut self.journal);
         }
         match snapshot(&mut self.pm) {
             Ok(ev) => {
@@ -1252,6 +1254,11 @@ pub async fn run(opts: Options) -> Result<(), String> {
         },
     );
     shell.feed(first);
+    // Connections older than this daemon get their mode and subflows too.
+    let now = shell.now_ms();
+    if let Some(c) = shell.conns.as_mut() {
+        c.resync(now, &mut shell.pm, &mut shell.journal);
+    }
     if shell.metrics.is_some() {
         log_feature(&shell.metrics_feature());
     }

@@ -1810,6 +1810,38 @@ fn userspace_pm_gives_each_connection_its_rules_mode_and_re_creates_killed_subfl
 }
 
 #[test]
+fn userspace_pm_adopts_a_connection_older_than_the_daemon() {
+    // The transfer starts before braidd, with the in-kernel path manager
+    // and no endpoints: one subflow. The daemon finds it in the kernel's
+    // dump, gives it its rule's mode and opens the p1 subflow.
+    let lab = Lab::up("ua", &["--rate", "20mbit"]);
+    let ep = transfer_endpoints(&lab);
+    let bulk = braid_lab::traffic::Bulk::start(&ep, 5308, Duration::from_secs(6)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(subflows_on(&lab, "10.2.0.1", 5308), 0);
+    let d = Daemon::start(
+        &lab,
+        "pm = \"userspace\"\n[[app]]\ndport = 5308\nmode = \"handover\"\n",
+        &[],
+    );
+    assert!(
+        wait_for(3, || subflows_on(&lab, "10.2.0.1", 5308) == 1),
+        "the daemon did not open the p1 subflow of the older connection: {}",
+        d.log_tail(20)
+    );
+    let log = d.log();
+    assert!(
+        log.lines().any(|l| l.contains("connection decision")
+            && l.contains("adopted")
+            && l.contains("handover mode (rule 1 (dport 5308))")),
+        "{}",
+        d.log_tail(20)
+    );
+    let r = bulk.finish().unwrap();
+    assert_eq!(r.bytes_corrupt, 0);
+}
+
+#[test]
 fn userspace_pm_moves_one_connection_off_a_stalled_primary_and_leaves_the_others() {
     // Two uploads at once: port 5305 under a handover rule, port 5306 in
     // the default aggregate mode. p0 turns into a blackhole: the handover

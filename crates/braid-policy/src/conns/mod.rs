@@ -71,6 +71,18 @@ pub enum ConnEvent {
         server_side: bool,
         owner: Owner,
     },
+    /// A connection the kernel has and this policy never heard of: its
+    /// CREATED event was missed (the daemon started after it, or events
+    /// were lost). Its subflows as the kernel lists them, with the backup
+    /// flag this side gave each.
+    Adopted {
+        token: u32,
+        local: SocketAddr,
+        remote: SocketAddr,
+        server_side: bool,
+        owner: Owner,
+        subflows: Vec<AdoptedSubflow>,
+    },
     /// Fully established: subflows can join now.
     Established {
         token: u32,
@@ -104,6 +116,16 @@ pub enum ConnEvent {
     },
     /// Time passed (see [`ConnPolicy::wake_at_ms`]).
     Tick,
+}
+
+/// One subflow of an adopted connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdoptedSubflow {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The address id this side gave it (0: the initial subflow's).
+    pub local_id: u8,
+    pub backup: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -314,8 +336,44 @@ impl ConnPolicy {
                 server_side,
                 owner,
             } => {
-                self.created(token, local, remote, server_side, &owner);
+                // Already adopted from a dump that came before this event.
+                if !self.conns.contains_key(&token) {
+                    self.created(token, local, remote, server_side, &owner);
+                }
                 return out;
+            }
+            ConnEvent::Adopted {
+                token,
+                local,
+                remote,
+                server_side,
+                owner,
+                subflows,
+            } => {
+                if self.conns.contains_key(&token) {
+                    return out;
+                }
+                self.created(token, local, remote, server_side, &owner);
+                let Some(c) = self.conns.get_mut(&token) else {
+                    return out;
+                };
+                c.established = true;
+                for sf in subflows {
+                    c.ids.insert(sf.local.ip(), sf.local_id);
+                    c.subflows.insert(
+                        sf.local.ip(),
+                        Subflow {
+                            local: sf.local,
+                            remote: sf.remote,
+                            backup: sf.backup,
+                            since: now,
+                        },
+                    );
+                }
+                (
+                    vec![token],
+                    "adopted (its creation was missed: the daemon started after it, or events were lost)".into(),
+                )
             }
             ConnEvent::Established { token } => {
                 let Some(c) = self.conns.get_mut(&token) else {
@@ -525,6 +583,11 @@ impl ConnPolicy {
     /// was lost when the event socket overflowed).
     pub fn keep_only(&mut self, tokens: &std::collections::BTreeSet<u32>) {
         self.conns.retain(|t, _| tokens.contains(t));
+    }
+
+    /// Whether connection `token` is known (else the shell adopts it).
+    pub fn knows(&self, token: u32) -> bool {
+        self.conns.contains_key(&token)
     }
 
     /// New rules and tuning (a reload): connections created from now on

@@ -608,3 +608,64 @@ fn a_connection_leaves_its_primary_at_most_max_handovers_times_per_window() {
     let ds = p.handle(round(300), 120_600);
     assert!(flips(&ds).contains(&(1, p0, true)), "{ds:?}");
 }
+
+#[test]
+fn a_connection_whose_creation_was_missed_is_adopted_with_its_subflows() {
+    let mut p = policy();
+    let remote = sa("192.0.2.1:22");
+    let adopted = |subflows| ConnEvent::Adopted {
+        token: 9,
+        local: sa("10.1.0.1:40000"),
+        remote,
+        server_side: false,
+        owner: ssh(),
+        subflows,
+    };
+    // It has its initial subflow on p0 and a p1 subflow the kernel flags
+    // backup: handover by its rule wants exactly that, so only the view
+    // changes.
+    let ds = p.handle(
+        adopted(vec![
+            AdoptedSubflow {
+                local: sa("10.1.0.1:40000"),
+                remote,
+                local_id: 0,
+                backup: false,
+            },
+            AdoptedSubflow {
+                local: sa("10.2.0.1:50000"),
+                remote,
+                local_id: 3,
+                backup: true,
+            },
+        ]),
+        10,
+    );
+    assert!(ds.is_empty(), "{ds:?}");
+    assert_eq!(p.view()[0].mode, PathMode::Handover);
+    assert_eq!(p.view()[0].subflows, 2);
+    // Adopted again (the next resync): nothing changes.
+    assert!(p.handle(adopted(Vec::new()), 20).is_empty());
+    // One adopted without its p1 subflow gets one, as a backup, with an id
+    // that is not taken.
+    let mut q = policy();
+    let ds = q.handle(
+        ConnEvent::Adopted {
+            token: 4,
+            local: sa("10.1.0.1:40001"),
+            remote,
+            server_side: false,
+            owner: ssh(),
+            subflows: vec![AdoptedSubflow {
+                local: sa("10.1.0.1:40001"),
+                remote,
+                local_id: 0,
+                backup: false,
+            }],
+        },
+        10,
+    );
+    let p1: IpAddr = "10.2.0.1".parse().unwrap();
+    assert_eq!(creates(&ds), vec![(4, p1, true)], "{ds:?}");
+    assert!(ds[0].reason.starts_with("adopted"), "{}", ds[0].reason);
+}
