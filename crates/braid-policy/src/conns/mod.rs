@@ -231,8 +231,9 @@ struct Conn {
     mode: PathMode,
     rule: String,
     established: bool,
-    /// Established subflows by local address (one per address).
-    subflows: BTreeMap<IpAddr, Subflow>,
+    /// Established subflows by (local, remote) address: a client opens one
+    /// per local address, a server's come from the client's addresses.
+    subflows: BTreeMap<(SocketAddr, SocketAddr), Subflow>,
     /// Creates asked for and not yet established or failed, with the
     /// backup flag asked for.
     creating: BTreeMap<IpAddr, (Time, bool)>,
@@ -361,7 +362,7 @@ impl ConnPolicy {
                 for sf in subflows {
                     c.ids.insert(sf.local.ip(), sf.local_id);
                     c.subflows.insert(
-                        sf.local.ip(),
+                        (sf.local, sf.remote),
                         Subflow {
                             local: sf.local,
                             remote: sf.remote,
@@ -382,7 +383,7 @@ impl ConnPolicy {
                 c.established = true;
                 // The initial subflow, until an event says more.
                 let (local, remote) = (c.initial_local, c.remote);
-                c.subflows.entry(local.ip()).or_insert(Subflow {
+                c.subflows.entry((local, remote)).or_insert(Subflow {
                     local,
                     remote,
                     backup: false,
@@ -402,7 +403,7 @@ impl ConnPolicy {
                 // opened starts without.
                 let backup = c.creating.remove(&local.ip()).is_some_and(|(_, b)| b);
                 c.subflows.insert(
-                    local.ip(),
+                    (local, remote),
                     Subflow {
                         local,
                         remote,
@@ -412,8 +413,12 @@ impl ConnPolicy {
                 );
                 (vec![token], "a subflow was established".into())
             }
-            ConnEvent::SubClosed { token, local, .. } => {
-                self.subflow_closed(token, local);
+            ConnEvent::SubClosed {
+                token,
+                local,
+                remote,
+            } => {
+                self.subflow_closed(token, local, remote);
                 (vec![token], format!("the subflow from {local} closed"))
             }
             ConnEvent::Closed { token } => {
@@ -499,13 +504,16 @@ impl ConnPolicy {
 
     /// A subflow (or a join that never came up) closed: opened again at
     /// once if it had worked for `STABLE_MS`, else after a back-off.
-    fn subflow_closed(&mut self, token: u32, local: SocketAddr) {
+    fn subflow_closed(&mut self, token: u32, local: SocketAddr, remote: SocketAddr) {
         let now = self.clock.now();
         let Some(c) = self.conns.get_mut(&token) else {
             return;
         };
         let joining = c.creating.remove(&local.ip()).is_some();
-        let lived = c.subflows.remove(&local.ip()).map(|s| now.since(s.since));
+        let lived = c
+            .subflows
+            .remove(&(local, remote))
+            .map(|s| now.since(s.since));
         if !joining && lived.is_none() {
             return; // not one of ours (a peer's join that never came up)
         }
@@ -538,9 +546,14 @@ impl ConnPolicy {
                 r.failures += 1;
                 r.at = Some(now.plus(backoff_ms(RETRY_FIRST_MS, RETRY_MAX_MS, r.failures)));
             }
-            ConnAction::SetBackup { local, backup, .. } => {
+            ConnAction::SetBackup {
+                local,
+                remote,
+                backup,
+                ..
+            } => {
                 // Tried again at the next reconcile.
-                if let Some(s) = c.subflows.get_mut(&local.ip()) {
+                if let Some(s) = c.subflows.get_mut(&(*local, *remote)) {
                     s.backup = !backup;
                 }
             }
@@ -941,7 +954,7 @@ impl ConnPolicy {
         }
         for p in &usable {
             let waiting = c.retries.get(&p.addr).and_then(|r| r.at);
-            if c.subflows.contains_key(&p.addr)
+            if c.subflows.keys().any(|(l, _)| l.ip() == p.addr)
                 || c.creating.contains_key(&p.addr)
                 || waiting.is_some_and(|t| t > now)
             {

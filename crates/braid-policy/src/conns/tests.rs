@@ -669,3 +669,37 @@ fn a_connection_whose_creation_was_missed_is_adopted_with_its_subflows() {
     assert_eq!(creates(&ds), vec![(4, p1, true)], "{ds:?}");
     assert!(ds[0].reason.starts_with("adopted"), "{}", ds[0].reason);
 }
+
+#[test]
+fn a_servers_subflows_from_each_client_address_are_counted_apart() {
+    let mut p = policy();
+    let server = sa("10.1.0.1:443");
+    p.handle(
+        ConnEvent::Created {
+            token: 3,
+            local: server,
+            remote: sa("198.51.100.1:40000"),
+            server_side: true,
+            owner: Owner::default(),
+        },
+        0,
+    );
+    p.handle(ConnEvent::Established { token: 3 }, 0);
+    let joined = |port| ConnEvent::SubEstablished {
+        token: 3,
+        local: server,
+        remote: sa(&format!("198.51.100.{port}:40000")),
+    };
+    p.handle(joined(2), 10);
+    p.handle(joined(3), 10);
+    assert_eq!(p.view()[0].subflows, 3);
+    p.handle(
+        ConnEvent::SubClosed {
+            token: 3,
+            local: server,
+            remote: sa("198.51.100.2:40000"),
+        },
+        20,
+    );
+    assert_eq!(p.view()[0].subflows, 2);
+}
