@@ -20,6 +20,7 @@ use braid_policy::health::SubflowSample;
 use tracing::{debug, info, warn};
 
 use crate::journal::{unix_ms_now, Journal, What};
+use crate::logging::RateLimit;
 
 pub struct ConnShell {
     policy: ConnPolicy,
@@ -29,7 +30,13 @@ pub struct ConnShell {
     need_exe: bool,
     /// The path manager as found, put back on stop.
     restore: Option<String>,
+    /// Per-connection decisions and refusals in the log (the journal keeps
+    /// them all).
+    log_budget: RateLimit,
 }
+
+/// Lines of per-connection decisions a second, at most.
+const DECISION_LINES_PER_SECOND: u32 = 20;
 
 impl ConnShell {
     /// Switch this namespace to the userspace path manager.
@@ -55,6 +62,7 @@ impl ConnShell {
             cgroups: CgroupPaths::new(),
             need_exe: config.apps.iter().any(|a| a.exe.is_some()),
             restore: Some(original),
+            log_budget: RateLimit::new(DECISION_LINES_PER_SECOND),
         })
     }
 
@@ -261,7 +269,13 @@ impl ConnShell {
         while !ds.is_empty() {
             let mut next = Vec::new();
             for d in ds {
-                info!(action = %d.action, reason = %d.reason, "connection decision");
+                let (log, held) = self.log_budget.allow(now_ms);
+                if held > 0 {
+                    info!(held, "more connection decisions than {DECISION_LINES_PER_SECOND} a second: {held} were not logged ('braid monitor' shows every one)");
+                }
+                if log {
+                    info!(action = %d.action, reason = %d.reason, "connection decision");
+                }
                 journal.record(
                     unix_ms_now(),
                     What::ConnDecision {
@@ -271,7 +285,9 @@ impl ConnShell {
                 );
                 if let Err(e) = execute(pm, &d.action) {
                     let error = e.to_string();
-                    warn!(action = %d.action, %error, "the kernel refused the connection action");
+                    if log {
+                        warn!(action = %d.action, %error, "the kernel refused the connection action");
+                    }
                     journal.record(
                         unix_ms_now(),
                         What::ConnRefused {
