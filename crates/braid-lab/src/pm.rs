@@ -29,6 +29,13 @@ pub enum PmKind {
     BraidHandover,
     /// Braid's daemon in interactive mode.
     BraidInteractive,
+    /// Braid's daemon as the userspace path manager, each connection in
+    /// aggregate mode.
+    BraidConn,
+    /// ... each connection in handover mode.
+    BraidConnHandover,
+    /// ... each connection in interactive mode.
+    BraidConnInteractive,
     /// Debian's mptcpd with --addr-flags=subflow.
     Mptcpd,
 }
@@ -42,9 +49,12 @@ impl PmKind {
             "braid" | "braid:aggregate" => Ok(PmKind::Braid),
             "braid:handover" => Ok(PmKind::BraidHandover),
             "braid:interactive" => Ok(PmKind::BraidInteractive),
+            "braid-conn" | "braid-conn:aggregate" => Ok(PmKind::BraidConn),
+            "braid-conn:handover" => Ok(PmKind::BraidConnHandover),
+            "braid-conn:interactive" => Ok(PmKind::BraidConnInteractive),
             "mptcpd" => Ok(PmKind::Mptcpd),
             other => Err(LabError::Invalid(format!(
-                "unknown path manager '{other}': choose none, kernel, kernel:backup, braid, braid:handover, braid:interactive or mptcpd"
+                "unknown path manager '{other}': choose none, kernel, kernel:backup, braid, braid:handover, braid:interactive, braid-conn, braid-conn:handover, braid-conn:interactive (the per-connection path manager) or mptcpd"
             ))),
         }
     }
@@ -57,6 +67,9 @@ impl PmKind {
             PmKind::Braid => "braid",
             PmKind::BraidHandover => "braid:handover",
             PmKind::BraidInteractive => "braid:interactive",
+            PmKind::BraidConn => "braid-conn",
+            PmKind::BraidConnHandover => "braid-conn:handover",
+            PmKind::BraidConnInteractive => "braid-conn:interactive",
             PmKind::Mptcpd => "mptcpd",
         }
     }
@@ -65,11 +78,24 @@ impl PmKind {
     pub fn unavailable(self) -> Option<String> {
         match self {
             PmKind::None | PmKind::Kernel | PmKind::KernelBackup => None,
-            PmKind::Braid | PmKind::BraidHandover | PmKind::BraidInteractive => None,
             PmKind::Mptcpd if !Path::new(MPTCPD).exists() => Some(format!(
                 "mptcpd is not installed ({MPTCPD} is missing): 'apt-get install mptcpd' to compare with it"
             )),
-            PmKind::Mptcpd => None,
+            _ => None,
+        }
+    }
+
+    /// Braid's daemon: its mode, and whether it is the per-connection
+    /// (userspace) path manager.
+    pub fn braid(self) -> Option<(&'static str, bool)> {
+        match self {
+            PmKind::Braid => Some(("aggregate", false)),
+            PmKind::BraidHandover => Some(("handover", false)),
+            PmKind::BraidInteractive => Some(("interactive", false)),
+            PmKind::BraidConn => Some(("aggregate", true)),
+            PmKind::BraidConnHandover => Some(("handover", true)),
+            PmKind::BraidConnInteractive => Some(("interactive", true)),
+            _ => None,
         }
     }
 }
@@ -128,19 +154,19 @@ pub fn start(kind: PmKind, lab: &Lab, braid_exe: &Path) -> Result<RunningPm, Lab
         Ok(())
     })?;
     let dir = crate::lab::state_dir(&st.name);
-    let child = match kind {
-        PmKind::Braid | PmKind::BraidHandover | PmKind::BraidInteractive => {
+    let child = match kind.braid() {
+        Some((mode, per_connection)) => {
             let socket = dir.join("braid.sock");
             let config = dir.join("braid.toml");
-            let mode = match kind {
-                PmKind::BraidHandover => "handover",
-                PmKind::BraidInteractive => "interactive",
-                _ => "aggregate",
+            let pm = if per_connection {
+                "pm = \"userspace\"\n"
+            } else {
+                ""
             };
             std::fs::write(
                 &config,
                 format!(
-                    "[control]\nsocket = \"{}\"\n[policy]\nmode = \"{mode}\"\n",
+                    "{pm}[control]\nsocket = \"{}\"\n[policy]\nmode = \"{mode}\"\n",
                     socket.display()
                 ),
             )
@@ -170,7 +196,7 @@ pub fn start(kind: PmKind, lab: &Lab, braid_exe: &Path) -> Result<RunningPm, Lab
             }
             Some(child)
         }
-        PmKind::Mptcpd => Some(spawn_in_netns(
+        None if kind == PmKind::Mptcpd => Some(spawn_in_netns(
             &ns,
             Command::new(MPTCPD).args([
                 "--log=stderr",
