@@ -418,7 +418,7 @@ fn unit_text(text: &str, prefix: &Path) -> String {
 
 /// The preload library: the one `--preload` names, else the first found
 /// next to the executable.
-fn find_preload(preload: Option<&PathBuf>, dir: &Path, exe: &Path) -> Result<PathBuf, Error> {
+fn preload_to_install(preload: Option<&PathBuf>, dir: &Path, exe: &Path) -> Result<PathBuf, Error> {
     match preload {
         Some(p) if p.is_file() => Ok(p.clone()),
         Some(p) => Err(Error::Invalid(format!(
@@ -534,7 +534,7 @@ pub fn install(ctx: &Ctx, a: InstallArgs) -> Result<(), Error> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::Invalid(format!("cannot find the braid executable: {e}")))?;
     let dir = exe.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let lib = find_preload(a.preload.as_ref(), &dir, &exe)?;
+    let lib = preload_to_install(a.preload.as_ref(), &dir, &exe)?;
     let bin = staged(destdir, &a.prefix.join("bin"));
     let libdir = staged(destdir, &a.prefix.join("lib/braid"));
     let mut items = vec![Item {
