@@ -566,6 +566,16 @@ const ACCUMULATED: &str = "Accumulated by the daemon from each MPTCP subflow's t
 /// The exposition text (Prometheus text format 0.0.4) of `s`.
 pub fn render(s: &Snapshot) -> String {
     let mut o = Out::default();
+    render_info(&mut o, s);
+    render_paths(&mut o, s);
+    render_decisions(&mut o, s);
+    render_kernel_events(&mut o, s);
+    render_daemon_health(&mut o, s);
+    render_kernel_counters(&mut o, s);
+    o.text
+}
+
+fn render_info(o: &mut Out, s: &Snapshot) {
     o.family(
         "braid_info",
         GAUGE,
@@ -585,8 +595,10 @@ pub fn render(s: &Snapshot) -> String {
         "When the daemon started, in seconds since the Unix epoch.",
         Value::Float(s.start_time_seconds),
     );
+}
 
-    // Paths: one address family of one interface each.
+/// Paths: one address family of one interface each.
+fn render_paths(o: &mut Out, s: &Snapshot) {
     o.family(
         "braid_path_state",
         GAUGE,
@@ -656,8 +668,9 @@ pub fn render(s: &Snapshot) -> String {
             .iter()
             .map(|p| (path_labels(p), Value::Int(p.retransmits))),
     );
+}
 
-    // Decisions and switches.
+fn render_decisions(o: &mut Out, s: &Snapshot) {
     o.family(
         "braid_decisions_total",
         COUNTER,
@@ -697,8 +710,10 @@ pub fn render(s: &Snapshot) -> String {
         "ICMP probes of silent or stalled paths that went unanswered.",
         Value::Int(s.probes_unanswered),
     );
+}
 
-    // What the kernel said.
+/// What the kernel said.
+fn render_kernel_events(o: &mut Out, s: &Snapshot) {
     o.family(
         "braid_mptcp_events_total",
         COUNTER,
@@ -730,8 +745,9 @@ pub fn render(s: &Snapshot) -> String {
             vec![("braid", s.endpoints_braid), ("other", s.endpoints_other)],
         ),
     );
+}
 
-    // The daemon's health.
+fn render_daemon_health(o: &mut Out, s: &Snapshot) {
     o.single(
         "braid_resyncs_total",
         COUNTER,
@@ -756,8 +772,10 @@ pub fn render(s: &Snapshot) -> String {
         "The daemon's own errors, by kind: health_poll (sock_diag failed), state_file (writing it failed), rtnetlink and mptcp_events (reading failed), mptcp_events_lost (the kernel dropped events: ENOBUFS), textfile (writing metrics.textfile failed).",
         by_label("kind", known_then_rest(&ERRORS, statics(&s.errors))),
     );
+}
 
-    // The kernel's counters.
+/// The kernel's counters.
+fn render_kernel_counters(o: &mut Out, s: &Snapshot) {
     o.single(
         "braid_kernel_mptcp_counters_available",
         GAUGE,
@@ -788,7 +806,6 @@ pub fn render(s: &Snapshot) -> String {
             Value::Int(v),
         );
     }
-    o.text
 }
 
 #[cfg(test)]

@@ -1170,8 +1170,25 @@ impl Gate {
     }
 }
 
-/// Run the daemon until SIGTERM or SIGINT.
-pub async fn run(opts: Options) -> Result<(), String> {
+/// What the daemon listens to, besides the shell. The fields are in the
+/// reverse of the order they are made in: they are dropped, after the
+/// shell, as locals of one function would be.
+struct Io {
+    probe_rx: tokio::sync::mpsc::UnboundedReceiver<ProbeOutcome>,
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+    sighup: tokio::signal::unix::Signal,
+    socket_path: PathBuf,
+    group: Option<u32>,
+    listener: tokio::net::UnixListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    mptcp: EventStream,
+    monitor: Monitor,
+}
+
+/// Everything up to the daemon's readiness: the configuration, the kernel's
+/// state, the sockets and signals, and the shell around the policy.
+async fn start(opts: Options) -> Result<(Io, Shell), String> {
     let settings = config_file::load_settings(&opts.config_path, opts.config_explicit)?;
     let (config, metrics_config) = (settings.config, settings.metrics);
     for n in &settings.notes {
@@ -1181,17 +1198,17 @@ pub async fn run(opts: Options) -> Result<(), String> {
     let saved = read_saved(&opts.state_file, &mut shell_warnings);
     let mut pm = PathManager::open().map_err(|e| e.to_string())?;
     // Subscribe before the first dump so no change falls in between.
-    let mut monitor = Monitor::subscribe(opts.netlink_rcvbuf).map_err(|e| e.to_string())?;
-    let mut mptcp = EventStream::subscribe().map_err(|e| e.to_string())?;
+    let monitor = Monitor::subscribe(opts.netlink_rcvbuf).map_err(|e| e.to_string())?;
+    let mptcp = EventStream::subscribe().map_err(|e| e.to_string())?;
     // Metrics are an extra: a port that cannot be had turns them off (the
     // status says why), it does not stop the path manager. Bound before
     // the control socket, whose answer tells that the daemon is up.
     let (metrics_listener, metrics_listen) = bind_metrics(&metrics_config).await;
     let (listener, group, control_group) = bind_control(&config)?;
     let socket_path = PathBuf::from(&config.control.socket);
-    let mut sighup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let sighup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
 
     info!(config = %opts.config_path.display(), mode = ?config.mode, "braid daemon starting");
     let probe = ProbeSupport::detect(config.policy.probe_silent_paths);
@@ -1219,7 +1236,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
     let mut policy = Policy::new(config, adopted);
     policy.set_probing(probe.v4.is_ok(), probe.v6.is_ok());
     policy.adopt_changed_routes(saved.changed_routes.clone());
-    let (probe_results, mut probe_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (probe_results, probe_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut shell = Shell {
         policy,
         pm,
@@ -1264,6 +1281,27 @@ pub async fn run(opts: Options) -> Result<(), String> {
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     info!("ready");
+    Ok((
+        Io {
+            probe_rx,
+            sigint,
+            sigterm,
+            sighup,
+            socket_path,
+            group,
+            listener,
+            metrics_listener,
+            mptcp,
+            monitor,
+        },
+        shell,
+    ))
+}
+
+/// Run the daemon until SIGTERM or SIGINT.
+pub async fn run(opts: Options) -> Result<(), String> {
+    let (mut io, mut shell) = start(opts).await?;
+    let metrics_listener = &io.metrics_listener;
     // Health is polled only while MPTCP connections exist: an MPTCP event
     // starts the timer, a round without subflows stops it. A failing
     // round is retried: an error is not "no subflows".
@@ -1312,22 +1350,23 @@ pub async fn run(opts: Options) -> Result<(), String> {
                 shell.resync("periodic check", true);
                 resync_at = next_resync(tokio::time::Instant::now());
             }
-            Some(outcome) = probe_rx.recv() => shell.probe_done(outcome),
-            change = monitor.next() => {
+            Some(outcome) = io.probe_rx.recv() => shell.probe_done(outcome),
+            change = io.monitor.next() => {
                 if shell.take_change(change) {
                     resync_at = next_resync(tokio::time::Instant::now());
                 }
             }
-            item = mptcp.next() => {
+            item = io.mptcp.next() => {
                 if shell.take_mptcp(item) && poll.is_none() {
                     poll = Some(next_poll(&shell));
                 }
             }
-            conn = listener.accept() => {
+            conn = io.listener.accept() => {
                 let Ok((stream, _)) = conn else { continue };
                 match control_gate.admit() {
                     Some(slot) => {
                         let to_loop = ctl_tx.clone();
+                        let group = io.group;
                         tokio::spawn(async move {
                             control::serve(stream, group, to_loop).await;
                             drop(slot);
@@ -1356,9 +1395,9 @@ pub async fn run(opts: Options) -> Result<(), String> {
                 shell.write_textfile();
                 textfile_at = Some(tokio::time::Instant::now() + textfile_every);
             }
-            _ = sighup.recv() => { let _ = shell.reload(); }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            _ = io.sighup.recv() => { let _ = shell.reload(); }
+            _ = io.sigterm.recv() => break,
+            _ = io.sigint.recv() => break,
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
@@ -1367,6 +1406,6 @@ pub async fn run(opts: Options) -> Result<(), String> {
     if let Some(c) = shell.conns.as_mut() {
         c.stop();
     }
-    let _ = std::fs::remove_file(&socket_path);
+    let _ = std::fs::remove_file(&io.socket_path);
     Ok(())
 }

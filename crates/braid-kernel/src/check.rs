@@ -315,41 +315,68 @@ pub fn verdict(o: &Observations) -> Verdict {
         }
     }
     if let Some(why) = &o.events_unavailable {
-        // MPTCP_INFO still lists the subflows: a join can be seen, the
-        // rest cannot.
-        reasons.push(format!("MPTCP events could not be read ({why}): announced addresses and the C flag are unknown"));
-        let join = if o.joins.iter().any(|j| j.established) {
-            reasons.push("a second subflow joined (seen with MPTCP_FULL_INFO)".into());
-            Tri::Yes
-        } else {
-            let hint = if o.local_paths.subflow_endpoints.is_empty() {
-                format!("; {}", no_endpoint_reason(&o.local_paths))
-            } else {
-                "; without events the reason is unknown".to_string()
-            };
-            reasons.push(format!(
-                "no second subflow was seen with MPTCP_FULL_INFO within the wait{hint}"
-            ));
-            Tri::Unknown
-        };
-        let join_text = if join == Tri::Yes {
-            "join OK"
-        } else {
-            "join unknown"
-        };
-        return Verdict {
-            mptcp,
-            announced: None,
-            join,
-            c_flag: Tri::Unknown,
-            summary: format!("MPTCP yes — announcements unknown, {join_text}, C flag unknown (no access to MPTCP events: run as root)"),
-            reasons,
-        };
+        return verdict_without_events(o, mptcp, reasons, why);
     }
     if o.events_overflowed {
         reasons.push("the kernel dropped MPTCP events during the check (busy host): what follows may miss some".into());
     }
-    // C flag.
+    let (c_flag, c_text) = c_flag_of(o, &mut reasons);
+    let n = o.announced.len();
+    let ann_text = announced_text(o, &mut reasons);
+    let (join, join_text) = join_of(o, c_flag, n, &mut reasons);
+    Verdict {
+        mptcp,
+        announced: Some(n),
+        join,
+        c_flag,
+        summary: format!("MPTCP yes — {ann_text}, {join_text}, {c_text}"),
+        reasons,
+    }
+}
+
+/// MPTCP held, but its events could not be read: only MPTCP_INFO is left.
+fn verdict_without_events(
+    o: &Observations,
+    mptcp: Mptcp,
+    mut reasons: Vec<String>,
+    why: &str,
+) -> Verdict {
+    // MPTCP_INFO still lists the subflows: a join can be seen, the
+    // rest cannot.
+    reasons.push(format!(
+        "MPTCP events could not be read ({why}): announced addresses and the C flag are unknown"
+    ));
+    let join = if o.joins.iter().any(|j| j.established) {
+        reasons.push("a second subflow joined (seen with MPTCP_FULL_INFO)".into());
+        Tri::Yes
+    } else {
+        let hint = if o.local_paths.subflow_endpoints.is_empty() {
+            format!("; {}", no_endpoint_reason(&o.local_paths))
+        } else {
+            "; without events the reason is unknown".to_string()
+        };
+        reasons.push(format!(
+            "no second subflow was seen with MPTCP_FULL_INFO within the wait{hint}"
+        ));
+        Tri::Unknown
+    };
+    let join_text = if join == Tri::Yes {
+        "join OK"
+    } else {
+        "join unknown"
+    };
+    Verdict {
+        mptcp,
+        announced: None,
+        join,
+        c_flag: Tri::Unknown,
+        summary: format!("MPTCP yes — announcements unknown, {join_text}, C flag unknown (no access to MPTCP events: run as root)"),
+        reasons,
+    }
+}
+
+/// The C flag, and how the summary says it.
+fn c_flag_of(o: &Observations, reasons: &mut Vec<String>) -> (Tri, String) {
     let c_flag = match o.deny_join_id0 {
         Some(true) => Tri::Yes,
         Some(false) if o.kernel_reports_c_flag => Tri::No,
@@ -370,9 +397,13 @@ pub fn verdict(o: &Observations) -> Verdict {
             "C flag unknown".to_string()
         }
     };
-    // Announcements.
+    (c_flag, c_text)
+}
+
+/// The server's other addresses, and how the summary says them.
+fn announced_text(o: &Observations, reasons: &mut Vec<String>) -> String {
     let n = o.announced.len();
-    let ann_text = match n {
+    match n {
         0 => "no other address announced".to_string(),
         _ => {
             let list: Vec<String> = o
@@ -389,10 +420,13 @@ pub fn verdict(o: &Observations) -> Verdict {
                 plural(n, "other address", "other addresses")
             )
         }
-    };
-    // Join.
+    }
+}
+
+/// Whether a second subflow joined, and how the summary says it.
+fn join_of(o: &Observations, c_flag: Tri, n: usize, reasons: &mut Vec<String>) -> (Tri, String) {
     let ok = o.joins.iter().find(|j| j.established);
-    let (join, join_text) = if let Some(j) = ok {
+    if let Some(j) = ok {
         let path = match (j.local, j.remote) {
             (Some(l), Some(r)) => format!(" ({l} -> {r})"),
             _ => String::new(),
@@ -407,40 +441,35 @@ pub fn verdict(o: &Observations) -> Verdict {
         ));
         (Tri::No, "join failed".to_string())
     } else {
-        let lp = &o.local_paths;
-        let why = if !o.fully_established && !o.byte_sent {
-            "the handshake was not completed: no byte was sent (--no-data) and the server sent nothing, and the kernel opens further subflows only after that".to_string()
-        } else if !o.fully_established {
-            "the handshake did not complete within the wait (the server did not acknowledge with MPTCP)".to_string()
-        } else if lp.path_manager.as_deref() == Some("userspace") {
-            "this namespace uses the userspace path manager, which opens subflows only when a program asks it".to_string()
-        } else if lp.unreadable.is_some() && lp.subflow_endpoints.is_empty() {
-            format!(
-                "this host's path manager could not be read ({})",
-                lp.unreadable.clone().unwrap_or_default()
-            )
-        } else if lp.subflows_limit == Some(0) {
-            "this host's limit 'subflows' is 0 (braid limits set subflows 2)".to_string()
-        } else if c_flag == Tri::Yes && n == 0 {
-            "the C flag forbids joining the first address and the server announced no other"
-                .to_string()
-        } else if lp.subflow_endpoints.is_empty()
-            && (n == 0 || lp.add_addr_accepted_limit == Some(0))
-        {
-            no_endpoint_reason(lp)
-        } else {
-            "the kernel did not open a second subflow within the wait".to_string()
-        };
+        let why = not_tried_reason(o, c_flag, n);
         reasons.push(format!("join not tried: {why}"));
         (Tri::Unknown, "join not tried".to_string())
-    };
-    Verdict {
-        mptcp,
-        announced: Some(n),
-        join,
-        c_flag,
-        summary: format!("MPTCP yes — {ann_text}, {join_text}, {c_text}"),
-        reasons,
+    }
+}
+
+/// Why the kernel did not try a second subflow, as far as this host can tell.
+fn not_tried_reason(o: &Observations, c_flag: Tri, n: usize) -> String {
+    let lp = &o.local_paths;
+    if !o.fully_established && !o.byte_sent {
+        "the handshake was not completed: no byte was sent (--no-data) and the server sent nothing, and the kernel opens further subflows only after that".to_string()
+    } else if !o.fully_established {
+        "the handshake did not complete within the wait (the server did not acknowledge with MPTCP)"
+            .to_string()
+    } else if lp.path_manager.as_deref() == Some("userspace") {
+        "this namespace uses the userspace path manager, which opens subflows only when a program asks it".to_string()
+    } else if lp.unreadable.is_some() && lp.subflow_endpoints.is_empty() {
+        format!(
+            "this host's path manager could not be read ({})",
+            lp.unreadable.clone().unwrap_or_default()
+        )
+    } else if lp.subflows_limit == Some(0) {
+        "this host's limit 'subflows' is 0 (braid limits set subflows 2)".to_string()
+    } else if c_flag == Tri::Yes && n == 0 {
+        "the C flag forbids joining the first address and the server announced no other".to_string()
+    } else if lp.subflow_endpoints.is_empty() && (n == 0 || lp.add_addr_accepted_limit == Some(0)) {
+        no_endpoint_reason(lp)
+    } else {
+        "the kernel did not open a second subflow within the wait".to_string()
     }
 }
 
@@ -641,44 +670,7 @@ pub fn probe_keep(
         Ok(s) => (Some(s), None),
         Err(e) => (None, Some(e.to_string())),
     };
-    let mut failed = Vec::new();
-    let mut connected = None;
-    for addr in &addrs {
-        let domain = socket2::Domain::for_address(*addr);
-        let sock = match socket2::Socket::new(
-            domain,
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::MPTCP),
-        ) {
-            Ok(s) => s,
-            Err(e) if is_mptcp_unavailable(&e) => {
-                return Err(CheckError::NoLocalMptcp {
-                    detail: errno_text(&e),
-                })
-            }
-            Err(e) => {
-                failed.push(Failure {
-                    address: *addr,
-                    error: errno_text(&e),
-                });
-                continue;
-            }
-        };
-        let t0 = Instant::now();
-        match sock.connect_timeout(&(*addr).into(), opts.connect_timeout) {
-            Ok(()) => {
-                connected = Some((*addr, sock, t0.elapsed()));
-                break;
-            }
-            Err(e) => failed.push(Failure {
-                address: *addr,
-                error: connect_error(&e, opts.connect_timeout),
-            }),
-        }
-    }
-    let Some((address, sock, connect_time)) = connected else {
-        return Err(CheckError::Connect { failures: failed });
-    };
+    let (address, sock, connect_time, failed) = connect_first(&addrs, opts)?;
     let connected_at = Instant::now();
     let local = sock.local_addr().ok().and_then(|a| a.as_socket());
     let mut local_paths = local_paths;
@@ -724,73 +716,7 @@ pub fn probe_keep(
             // rest, most others wait for a full request line.
             o.byte_sent = socket2::SockRef::from(&sock.as_fd()).send(&[0x16]).is_ok();
         }
-        let deadline = connected_at + opts.wait;
-        // The server announces its addresses as soon as its side of the
-        // handshake completes (on the ACK that also carries our byte), so
-        // ADD_ADDR arrives with, or just after, the handshake's last ACK:
-        // one more round trip after `established` covers it.
-        let settle = rtt.unwrap_or(Duration::ZERO).max(Duration::from_millis(20));
-        let mut established_at: Option<Instant> = None;
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            if !is_mptcp_active(&sock).unwrap_or(false) {
-                o.mptcp_at_end = false;
-                break;
-            }
-            let Some(stream) = events.as_mut() else {
-                // Without events (no CAP_NET_ADMIN), MPTCP_FULL_INFO still
-                // lists the subflows: a join shows there.
-                if let Ok((_, subflows)) = subflow_info(&sock) {
-                    if o.joins.is_empty() {
-                        o.joins.extend(
-                            subflows
-                                .iter()
-                                .filter(|s| s.local.is_some() && s.local != o.local)
-                                .map(|s| JoinAttempt {
-                                    local: s.local.map(|a| a.ip()),
-                                    remote: s.remote,
-                                    established: true,
-                                    error: None,
-                                }),
-                        );
-                    }
-                }
-                let settled = now >= connected_at + settle.max(Duration::from_millis(100));
-                if !o.joins.is_empty() || (settled && !join_expected(&o)) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            };
-            if let Some(at) = established_at {
-                let join_resolved = !o.joins.is_empty() || !join_expected(&o);
-                if join_resolved && now >= at + settle {
-                    break;
-                }
-            }
-            let slice = deadline
-                .saturating_duration_since(now)
-                .min(Duration::from_millis(10));
-            match stream.next_timeout(slice) {
-                Ok(Some(StreamItem::Event(ev))) => {
-                    if ev.token.is_some() && ev.token == token {
-                        observe(&mut o, &ev);
-                        if o.fully_established && established_at.is_none() {
-                            established_at = Some(Instant::now());
-                        }
-                    }
-                }
-                Ok(Some(StreamItem::Overflow)) => o.events_overflowed = true,
-                Ok(None) => {}
-                Err(e) => {
-                    o.events_unavailable = Some(e.to_string());
-                    events = None;
-                }
-            }
-        }
+        watch(&mut o, &sock, &mut events, token, connected_at, rtt, opts);
         if o.mptcp_at_end {
             o.mptcp_at_end = is_mptcp_active(&sock).unwrap_or(false);
         }
@@ -804,6 +730,138 @@ pub fn probe_keep(
         sock.into(),
         connected_at,
     ))
+}
+
+/// A connection to the first of `addrs` that takes one, with how long it
+/// took and why the ones before failed.
+fn connect_first(
+    addrs: &[SocketAddr],
+    opts: &Options,
+) -> Result<(SocketAddr, socket2::Socket, Duration, Vec<Failure>), CheckError> {
+    let mut failed = Vec::new();
+    let mut connected = None;
+    for addr in addrs {
+        let domain = socket2::Domain::for_address(*addr);
+        let sock = match socket2::Socket::new(
+            domain,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::MPTCP),
+        ) {
+            Ok(s) => s,
+            Err(e) if is_mptcp_unavailable(&e) => {
+                return Err(CheckError::NoLocalMptcp {
+                    detail: errno_text(&e),
+                })
+            }
+            Err(e) => {
+                failed.push(Failure {
+                    address: *addr,
+                    error: errno_text(&e),
+                });
+                continue;
+            }
+        };
+        let t0 = Instant::now();
+        match sock.connect_timeout(&(*addr).into(), opts.connect_timeout) {
+            Ok(()) => {
+                connected = Some((*addr, sock, t0.elapsed()));
+                break;
+            }
+            Err(e) => failed.push(Failure {
+                address: *addr,
+                error: connect_error(&e, opts.connect_timeout),
+            }),
+        }
+    }
+    let Some((address, sock, connect_time)) = connected else {
+        return Err(CheckError::Connect { failures: failed });
+    };
+    Ok((address, sock, connect_time, failed))
+}
+
+/// Waits, up to `opts.wait` after the connection, for what the server
+/// announces and for a second subflow, or until MPTCP falls back.
+fn watch(
+    o: &mut Observations,
+    sock: &socket2::Socket,
+    events: &mut Option<EventStream>,
+    token: Option<u32>,
+    connected_at: Instant,
+    rtt: Option<Duration>,
+    opts: &Options,
+) {
+    let deadline = connected_at + opts.wait;
+    // The server announces its addresses as soon as its side of the
+    // handshake completes (on the ACK that also carries our byte), so
+    // ADD_ADDR arrives with, or just after, the handshake's last ACK:
+    // one more round trip after `established` covers it.
+    let settle = rtt.unwrap_or(Duration::ZERO).max(Duration::from_millis(20));
+    let mut established_at: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        if !is_mptcp_active(sock).unwrap_or(false) {
+            o.mptcp_at_end = false;
+            break;
+        }
+        let Some(stream) = events.as_mut() else {
+            // Without events (no CAP_NET_ADMIN), MPTCP_FULL_INFO still
+            // lists the subflows: a join shows there.
+            joins_from_full_info(o, sock);
+            let settled = now >= connected_at + settle.max(Duration::from_millis(100));
+            if !o.joins.is_empty() || (settled && !join_expected(o)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        };
+        if let Some(at) = established_at {
+            let join_resolved = !o.joins.is_empty() || !join_expected(o);
+            if join_resolved && now >= at + settle {
+                break;
+            }
+        }
+        let slice = deadline
+            .saturating_duration_since(now)
+            .min(Duration::from_millis(10));
+        match stream.next_timeout(slice) {
+            Ok(Some(StreamItem::Event(ev))) => {
+                if ev.token.is_some() && ev.token == token {
+                    observe(o, &ev);
+                    if o.fully_established && established_at.is_none() {
+                        established_at = Some(Instant::now());
+                    }
+                }
+            }
+            Ok(Some(StreamItem::Overflow)) => o.events_overflowed = true,
+            Ok(None) => {}
+            Err(e) => {
+                o.events_unavailable = Some(e.to_string());
+                *events = None;
+            }
+        }
+    }
+}
+
+/// The joins MPTCP_FULL_INFO lists, if none is known yet.
+fn joins_from_full_info(o: &mut Observations, sock: &socket2::Socket) {
+    if let Ok((_, subflows)) = subflow_info(sock) {
+        if o.joins.is_empty() {
+            o.joins.extend(
+                subflows
+                    .iter()
+                    .filter(|s| s.local.is_some() && s.local != o.local)
+                    .map(|s| JoinAttempt {
+                        local: s.local.map(|a| a.ip()),
+                        remote: s.remote,
+                        established: true,
+                        error: None,
+                    }),
+            );
+        }
+    }
 }
 
 /// Whether the kernel will try a second subflow for this connection.

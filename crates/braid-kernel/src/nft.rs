@@ -792,6 +792,43 @@ fn run_batch(objects: &[NfTablesMessage], op: Op) -> Result<()> {
     let sock = NlSocket::open(netlink_sys::protocols::NETLINK_NETFILTER, op)?.into_socket();
     let n = objects.len() as u32;
     let base = first_seq();
+    let tx = batch(objects, base);
+
+    // The kernel takes a batch only whole, and queues one answer per object
+    // (each costs about a kilobyte of receive buffer).
+    grow_buffer(
+        &sock,
+        libc::SO_SNDBUFFORCE,
+        libc::SO_SNDBUF,
+        tx.len() * 2 + 4096,
+    );
+    grow_buffer(
+        &sock,
+        libc::SO_RCVBUFFORCE,
+        libc::SO_RCVBUF,
+        (n as usize + 2) * 2048,
+    );
+    socket2::SockRef::from(&sock)
+        .set_read_timeout(Some(std::time::Duration::from_secs(REPLY_TIMEOUT_SECS)))
+        .map_err(|e| Error::io(op, e))?;
+    let sent = sock.send(&tx, 0).map_err(|e| Error::io(op, e))?;
+    if sent != tx.len() {
+        return Err(Error::io(
+            op,
+            io::Error::new(
+                io::ErrorKind::WriteZero,
+                "nf_tables batch sent only in part",
+            ),
+        ));
+    }
+
+    collect_answers(&sock, op, base, n)
+}
+
+/// The transaction's bytes: BATCH_BEGIN, one message per object (each
+/// asking for an acknowledgement), BATCH_END; sequence numbers from `base`.
+fn batch(objects: &[NfTablesMessage], base: u32) -> Vec<u8> {
+    let n = objects.len() as u32;
     let mut tx = Vec::new();
     let control = |c: ControlMessage| {
         NetfilterMessage::new(
@@ -827,35 +864,12 @@ fn run_batch(objects: &[NfTablesMessage], op: Op) -> Result<()> {
         NLM_F_REQUEST,
         end_seq,
     );
+    tx
+}
 
-    // The kernel takes a batch only whole, and queues one answer per object
-    // (each costs about a kilobyte of receive buffer).
-    grow_buffer(
-        &sock,
-        libc::SO_SNDBUFFORCE,
-        libc::SO_SNDBUF,
-        tx.len() * 2 + 4096,
-    );
-    grow_buffer(
-        &sock,
-        libc::SO_RCVBUFFORCE,
-        libc::SO_RCVBUF,
-        (n as usize + 2) * 2048,
-    );
-    socket2::SockRef::from(&sock)
-        .set_read_timeout(Some(std::time::Duration::from_secs(REPLY_TIMEOUT_SECS)))
-        .map_err(|e| Error::io(op, e))?;
-    let sent = sock.send(&tx, 0).map_err(|e| Error::io(op, e))?;
-    if sent != tx.len() {
-        return Err(Error::io(
-            op,
-            io::Error::new(
-                io::ErrorKind::WriteZero,
-                "nf_tables batch sent only in part",
-            ),
-        ));
-    }
-
+/// Reads the kernel's answers to a batch of `n` objects sent from sequence
+/// number `base`, until each object has one or the batch failed.
+fn collect_answers(sock: &netlink_sys::Socket, op: Op, base: u32, n: u32) -> Result<()> {
     let mut answered = vec![false; n as usize];
     let mut remaining = n as usize;
     // (object index or None for the batch framing, errno, extack)

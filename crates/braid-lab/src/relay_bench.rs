@@ -169,6 +169,50 @@ pub struct ThroughputReport {
     pub gbit_per_s_per_client_core: Option<f64>,
 }
 
+/// An error naming the first of `vias` this host cannot run, if any.
+pub fn check_available(vias: &[Via]) -> Result<(), LabError> {
+    for v in vias {
+        if let Some(why) = v.unavailable() {
+            return Err(LabError::Invalid(format!("--via {}: {why}", v.name())));
+        }
+    }
+    Ok(())
+}
+
+/// The proxy settings `ttfb` measures through `via`, in order:
+/// `fast_open` and `early_reply` are "on", "off" or "both". Direct always
+/// has fast open, and only the relay has an early reply.
+pub fn ttfb_options(via: Via, fast_open: &str, early_reply: &str) -> Vec<ProxyOptions> {
+    let choices = |s: &str| -> &'static [bool] {
+        match s {
+            "on" => &[true],
+            "off" => &[false],
+            _ => &[true, false],
+        }
+    };
+    let fos = if via == Via::Direct {
+        &[true][..]
+    } else {
+        choices(fast_open)
+    };
+    let ers = if via == Via::Relay {
+        choices(early_reply)
+    } else {
+        &[false][..]
+    };
+    let mut out = Vec::new();
+    for fo in fos {
+        for er in ers {
+            out.push(ProxyOptions {
+                fast_open: *fo,
+                early_reply: *er,
+                quic: "block",
+            });
+        }
+    }
+    out
+}
+
 /// One TCP download from the origin through `via` for `duration`, on veth
 /// paths at full speed.
 pub fn throughput(

@@ -7,12 +7,12 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::guard::LabGuard;
-use crate::lab::{Cut, LabConfig, Sysctl};
+use crate::lab::{Cut, Lab, LabConfig, LabState, Sysctl};
 use crate::pm::{self, PmKind};
 use crate::runlogs::RunLogs;
 use crate::spec::PathSpec;
 use crate::traffic::{Bulk, BulkResult, Endpoints, Probe, ProbeResult};
-use crate::via::{self, Via};
+use crate::via::{self, RunningVia, Via};
 use crate::LabError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -180,17 +180,7 @@ fn sysctl_notes(cfg: &RunConfig) -> Vec<String> {
 
 /// Run one scenario in a fresh lab that is removed afterwards.
 pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
-    if let Some(why) = cfg.pm.unavailable().or_else(|| cfg.via.unavailable()) {
-        return Err(LabError::Invalid(why));
-    }
-    if cfg.paths.len() < 2 {
-        return Err(LabError::Invalid("scenarios need at least 2 paths".into()));
-    }
-    let mut paths = cfg.paths.clone();
-    // The primary is lossy: 10 % unless the paths say how lossy.
-    if cfg.scenario == Scenario::LossyPrimary && paths[0].loss == 0.0 {
-        paths[0].loss = 0.10;
-    }
+    let paths = scenario_paths(cfg)?;
     let absent = if cfg.scenario == Scenario::LateInterface {
         vec![1]
     } else {
@@ -210,32 +200,9 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
     };
     let _pm = pm::start(cfg.pm, guard.lab(), &cfg.emulator_exe)?;
     let st = guard.lab().state.clone();
-    for (ns, list) in [
-        (&st.client_ns, &cfg.client_sysctls),
-        (&st.server_ns, &cfg.server_sysctls),
-    ] {
-        let list = list.clone();
-        braid_kernel::netns::run_in::<_, LabError>(ns, move || {
-            list.iter().try_for_each(Sysctl::apply)
-        })?;
-    }
+    apply_sysctls(&st, cfg)?;
     let proxies = via::start(cfg.via, guard.lab(), &cfg.emulator_exe)?;
-    let (server_ns, server_addr) = match &st.origin {
-        Some(o) if proxies.is_some() => (o.ns.clone(), o.addr),
-        _ => (st.server_ns.clone(), st.paths[0].server_addr),
-    };
-    let ep = Endpoints {
-        client_ns: st.client_ns.clone(),
-        server_ns,
-        server_addr,
-        mptcp_server_ns: st.server_ns.clone(),
-        path_client_addrs: st.paths.iter().map(|p| p.client_addr).collect(),
-        way: proxies
-            .as_ref()
-            .map(|p| p.way)
-            .unwrap_or(crate::traffic::ClientWay::Mptcp),
-    };
-    let d_ms = cfg.duration.as_secs_f64() * 1000.0;
+    let ep = endpoints(&st, &proxies);
     let mut events = Vec::new();
 
     if cfg.scenario == Scenario::LossyPrimary {
@@ -252,29 +219,7 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
         if let Some(l) = logs {
             l.finish(guard.lab());
         }
-        let survived = p.lost == 0 || p.replies > 0;
-        return Ok(Report {
-            scenario: cfg.scenario.name(),
-            pm: cfg.pm.name(),
-            via: cfg.via.name(),
-            direction: "request/response",
-            duration_s: cfg.duration.as_secs_f64(),
-            paths,
-            survived,
-            bytes_sent: p.sent * 1024,
-            bytes_verified: (p.replies - p.corrupt) * 1024,
-            bytes_corrupt: p.corrupt * 1024,
-            transport: "mptcp".into(),
-            metrics: Metrics {
-                probe: Some(p),
-                ..Default::default()
-            },
-            events,
-            sysctls: sysctl_notes(cfg),
-            error: None,
-            series_total_mbps: Vec::new(),
-            series_path_mbps: Vec::new(),
-        });
+        return Ok(lossy_primary_report(cfg, paths, p, events));
     }
 
     let dir = if cfg.upload {
@@ -283,11 +228,126 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
         crate::traffic::Direction::Download
     };
     let bulk = Bulk::start_dir(&ep, BULK_PORT, cfg.duration, dir)?;
-    let t0 = bulk.t0();
     let lab = guard.lab_mut();
-    let mut fail_at = None;
-    let mut restore_at = None;
-    let mut addr_at = None;
+    let at = inject(cfg, lab, &bulk, &mut events, &mut logs)?;
+    let r = bulk.finish()?;
+    drop(proxies);
+    drop(_pm);
+    if let Some(l) = logs {
+        l.finish(guard.lab());
+    }
+    drop(guard);
+    Ok(report(
+        cfg,
+        paths,
+        r,
+        events,
+        at.fail_at,
+        at.addr_at,
+        at.restore_at,
+    ))
+}
+
+/// The lab's paths for `cfg`, once it is known the scenario can run.
+fn scenario_paths(cfg: &RunConfig) -> Result<Vec<PathSpec>, LabError> {
+    if let Some(why) = cfg.pm.unavailable().or_else(|| cfg.via.unavailable()) {
+        return Err(LabError::Invalid(why));
+    }
+    if cfg.paths.len() < 2 {
+        return Err(LabError::Invalid("scenarios need at least 2 paths".into()));
+    }
+    let mut paths = cfg.paths.clone();
+    // The primary is lossy: 10 % unless the paths say how lossy.
+    if cfg.scenario == Scenario::LossyPrimary && paths[0].loss == 0.0 {
+        paths[0].loss = 0.10;
+    }
+    Ok(paths)
+}
+
+/// The run's sysctls, in the client's and the server's namespaces.
+fn apply_sysctls(st: &LabState, cfg: &RunConfig) -> Result<(), LabError> {
+    for (ns, list) in [
+        (&st.client_ns, &cfg.client_sysctls),
+        (&st.server_ns, &cfg.server_sysctls),
+    ] {
+        let list = list.clone();
+        braid_kernel::netns::run_in::<_, LabError>(ns, move || {
+            list.iter().try_for_each(Sysctl::apply)
+        })?;
+    }
+    Ok(())
+}
+
+/// Where the traffic goes: to the origin behind the proxies when there are
+/// any, else straight to the server over MPTCP.
+fn endpoints(st: &LabState, proxies: &Option<RunningVia>) -> Endpoints {
+    let (server_ns, server_addr) = match &st.origin {
+        Some(o) if proxies.is_some() => (o.ns.clone(), o.addr),
+        _ => (st.server_ns.clone(), st.paths[0].server_addr),
+    };
+    Endpoints {
+        client_ns: st.client_ns.clone(),
+        server_ns,
+        server_addr,
+        mptcp_server_ns: st.server_ns.clone(),
+        path_client_addrs: st.paths.iter().map(|p| p.client_addr).collect(),
+        way: proxies
+            .as_ref()
+            .map(|p| p.way)
+            .unwrap_or(crate::traffic::ClientWay::Mptcp),
+    }
+}
+
+fn lossy_primary_report(
+    cfg: &RunConfig,
+    paths: Vec<PathSpec>,
+    p: ProbeResult,
+    events: Vec<TimedEvent>,
+) -> Report {
+    let survived = p.lost == 0 || p.replies > 0;
+    Report {
+        scenario: cfg.scenario.name(),
+        pm: cfg.pm.name(),
+        via: cfg.via.name(),
+        direction: "request/response",
+        duration_s: cfg.duration.as_secs_f64(),
+        paths,
+        survived,
+        bytes_sent: p.sent * 1024,
+        bytes_verified: (p.replies - p.corrupt) * 1024,
+        bytes_corrupt: p.corrupt * 1024,
+        transport: "mptcp".into(),
+        metrics: Metrics {
+            probe: Some(p),
+            ..Default::default()
+        },
+        events,
+        sysctls: sysctl_notes(cfg),
+        error: None,
+        series_total_mbps: Vec::new(),
+        series_path_mbps: Vec::new(),
+    }
+}
+
+/// When the scenario's events happened (ms into the bulk transfer).
+#[derive(Default)]
+struct EventTimes {
+    fail_at: Option<f64>,
+    addr_at: Option<f64>,
+    restore_at: Option<f64>,
+}
+
+/// The scenario's events on the lab, each at its point of the transfer.
+fn inject(
+    cfg: &RunConfig,
+    lab: &mut Lab,
+    bulk: &Bulk,
+    events: &mut Vec<TimedEvent>,
+    logs: &mut Option<RunLogs>,
+) -> Result<EventTimes, LabError> {
+    let t0 = bulk.t0();
+    let d_ms = cfg.duration.as_secs_f64() * 1000.0;
+    let mut at = EventTimes::default();
     match cfg.scenario {
         Scenario::Aggregate | Scenario::LossyPrimary => {}
         Scenario::FailoverCarrier | Scenario::FailoverBlackhole => {
@@ -300,8 +360,8 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
             };
             lab.cut(0, how)?;
             record(
-                &mut events,
-                &mut logs,
+                events,
+                logs,
                 bulk.elapsed_ms(),
                 format!(
                     "path 0 {}",
@@ -312,69 +372,57 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
                     }
                 ),
             );
-            fail_at = Some(events.last().unwrap().t_ms);
+            at.fail_at = Some(events.last().unwrap().t_ms);
         }
         Scenario::FailoverAddress => {
             sleep_until(t0, d_ms * 0.4);
             lab.remove_client_addr(0)?;
             record(
-                &mut events,
-                &mut logs,
+                events,
+                logs,
                 bulk.elapsed_ms(),
                 "path 0 loses the client's address".into(),
             );
-            fail_at = Some(events.last().unwrap().t_ms);
+            at.fail_at = Some(events.last().unwrap().t_ms);
         }
         Scenario::LateInterface => {
             sleep_until(t0, d_ms * 0.3);
             lab.add_client_addr(1)?;
             record(
-                &mut events,
-                &mut logs,
+                events,
+                logs,
                 bulk.elapsed_ms(),
                 "path 1 gets its address".into(),
             );
-            addr_at = Some(events.last().unwrap().t_ms);
+            at.addr_at = Some(events.last().unwrap().t_ms);
             sleep_until(t0, d_ms * 0.6);
             lab.cut(0, Cut::Carrier)?;
             record(
-                &mut events,
-                &mut logs,
+                events,
+                logs,
                 bulk.elapsed_ms(),
                 "path 0 loses carrier".into(),
             );
-            fail_at = Some(events.last().unwrap().t_ms);
+            at.fail_at = Some(events.last().unwrap().t_ms);
         }
         Scenario::Flap => {
             sleep_until(t0, d_ms * 0.3);
             lab.remove_client_addr(0)?;
             lab.cut(0, Cut::Carrier)?;
             record(
-                &mut events,
-                &mut logs,
+                events,
+                logs,
                 bulk.elapsed_ms(),
                 "path 0 goes away (address and carrier)".into(),
             );
-            fail_at = Some(events.last().unwrap().t_ms);
+            at.fail_at = Some(events.last().unwrap().t_ms);
             sleep_until(t0, d_ms * 0.6);
             lab.restore(0)?;
-            record(
-                &mut events,
-                &mut logs,
-                bulk.elapsed_ms(),
-                "path 0 comes back".into(),
-            );
-            restore_at = Some(events.last().unwrap().t_ms);
+            record(events, logs, bulk.elapsed_ms(), "path 0 comes back".into());
+            at.restore_at = Some(events.last().unwrap().t_ms);
         }
     }
-    let r = bulk.finish()?;
-    drop(proxies);
-    drop(_pm);
-    if let Some(l) = logs {
-        l.finish(guard.lab());
-    }
-    drop(guard);
-    Ok(report(cfg, paths, r, events, fail_at, addr_at, restore_at))
+    Ok(at)
 }
 
 fn report(

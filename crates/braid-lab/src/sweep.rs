@@ -740,12 +740,54 @@ fn ratio_color(r: f64) -> String {
     format!("rgb({:.0},{:.0},{:.0})", red, green, blue)
 }
 
+/// Heatmap cell sizes, in pixels.
+const CW: f64 = 160.0;
+const CH: f64 = 34.0;
+
+/// One cell of a mode's panel at (`x`, `y`): grey when not measured,
+/// framed when the mode missed its goal there.
+fn heatmap_cell(s: &mut String, cell: Option<&CellSummary>, mode: &str, x: f64, y: f64) {
+    let Some(cell) = cell else {
+        s.push_str(&format!(
+            "<rect x=\"{x}\" y=\"{y}\" width=\"{CW}\" height=\"{CH}\" fill=\"#eeeeee\" stroke=\"white\"/>\n"
+        ));
+        return;
+    };
+    let braid = cell.pm(mode).and_then(|p| p.value.as_ref());
+    let (fill, text) = match (braid, cell.best_kernel_median()) {
+        (Some(b), Some((k, _))) => {
+            let ratio = if k > 0.0 { b.median / k } else { 1.0 };
+            (
+                ratio_color(ratio),
+                format!("{ratio:.2}  ({:.0}/{:.0} vs {k:.0})", b.median, b.worst),
+            )
+        }
+        (Some(b), None) => ("#eeeeee".into(), format!("{:.0}/{:.0}", b.median, b.worst)),
+        _ => ("#eeeeee".into(), String::new()),
+    };
+    let missed = mode != "braid"
+        && cell.goals.iter().any(|g| {
+            !g.met
+                && ((g.goal == 1 && mode == "braid:handover")
+                    || (g.goal == 3 && mode == "braid:interactive"))
+        });
+    let stroke = if missed {
+        "stroke=\"black\" stroke-width=\"2\""
+    } else {
+        "stroke=\"white\""
+    };
+    s.push_str(&format!(
+        "<rect x=\"{x}\" y=\"{y}\" width=\"{CW}\" height=\"{CH}\" fill=\"{fill}\" {stroke}/>\n<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"10\">{}</text>\n",
+        x + CW / 2.0,
+        y + CH / 2.0 + 4.0,
+        esc(&text)
+    ));
+}
+
 /// A heat map per Braid mode: for each cell the ratio of Braid's median
 /// (stall, or probe p99) to the better kernel median, with both figures
 /// written in; a cell that misses goal 1 or 3 is framed in black.
 pub fn heatmap_svg(cells: &[CellSummary]) -> String {
-    const CW: f64 = 160.0;
-    const CH: f64 = 34.0;
     const LEFT: f64 = 150.0;
     const TOP: f64 = 70.0;
     let modes: Vec<&str> = ["braid", "braid:handover", "braid:interactive"]
@@ -818,43 +860,7 @@ pub fn heatmap_svg(cells: &[CellSummary]) -> String {
                             c.cell.primary_loss_bp,
                         ) == (*p, *q, *loss)
                 });
-                let Some(cell) = cell else {
-                    s.push_str(&format!(
-                        "<rect x=\"{x}\" y=\"{y}\" width=\"{CW}\" height=\"{CH}\" fill=\"#eeeeee\" stroke=\"white\"/>\n"
-                    ));
-                    continue;
-                };
-                let braid = cell.pm(mode).and_then(|p| p.value.as_ref());
-                let (fill, text) = match (braid, cell.best_kernel_median()) {
-                    (Some(b), Some((k, _))) => {
-                        let ratio = if k > 0.0 { b.median / k } else { 1.0 };
-                        (
-                            ratio_color(ratio),
-                            format!("{ratio:.2}  ({:.0}/{:.0} vs {k:.0})", b.median, b.worst),
-                        )
-                    }
-                    (Some(b), None) => {
-                        ("#eeeeee".into(), format!("{:.0}/{:.0}", b.median, b.worst))
-                    }
-                    _ => ("#eeeeee".into(), String::new()),
-                };
-                let missed = *mode != "braid"
-                    && cell.goals.iter().any(|g| {
-                        !g.met
-                            && ((g.goal == 1 && *mode == "braid:handover")
-                                || (g.goal == 3 && *mode == "braid:interactive"))
-                    });
-                let stroke = if missed {
-                    "stroke=\"black\" stroke-width=\"2\""
-                } else {
-                    "stroke=\"white\""
-                };
-                s.push_str(&format!(
-                    "<rect x=\"{x}\" y=\"{y}\" width=\"{CW}\" height=\"{CH}\" fill=\"{fill}\" {stroke}/>\n<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"10\">{}</text>\n",
-                    x + CW / 2.0,
-                    y + CH / 2.0 + 4.0,
-                    esc(&text)
-                ));
+                heatmap_cell(&mut s, cell, mode, x, y);
             }
         }
     }

@@ -247,16 +247,12 @@ pub fn start_at(
     opts: ProxyOptions,
 ) -> Result<Option<RunningVia>, LabError> {
     let fast_open = opts.fast_open;
-    let early_reply = opts.early_reply;
-    let quic = opts.quic;
     if via == Via::Direct {
         return Ok(None);
     }
     if let Some(why) = via.unavailable() {
         return Err(LabError::Invalid(why));
     }
-    let dir = site.dir.clone();
-    let relay_addr = SocketAddr::new(site.server_addr, RELAY_PORT);
     // Both ends take data in the SYN where they can (the relay uses it for
     // its first message; ss-libev with --fast-open too).
     let tfo = if fast_open { "3" } else { "1" };
@@ -277,117 +273,143 @@ pub fn start_at(
     };
     match via {
         Via::Direct => unreachable!(),
-        Via::Relay | Via::Transparent => {
-            let relay_key = new_key(&dir.join("relay.key"))?;
-            let client_key = new_key(&dir.join("relay-client.key"))?;
-            let server_sock = dir.join("relay.sock");
-            let client_sock = dir.join("relay-client.sock");
-            let cfg = dir.join("relay.toml");
-            let transparent = via == Via::Transparent;
-            let socks = if transparent {
-                "off".to_string()
-            } else {
-                SOCKS_ADDR.to_string()
-            };
-            write(
-                &cfg,
-                &format!(
-                    "[relay.server]\nlisten = [\"0.0.0.0:{RELAY_PORT}\"]\nkey_file = \"{}\"\ncontrol_socket = \"{}\"\nfast_open = {fast_open}\nmax_connections = 100000\nmax_handshakes = 10000\nmax_handshakes_per_source = 10000\n\n[relay.server.destinations]\nallow = [\"{}/{}\"]\n\n[[relay.server.client]]\nname = \"lab\"\npublic_key = \"{}\"\n\n[relay.client]\nrelay = \"{relay_addr}\"\nrelay_public_key = \"{}\"\nkey_file = \"{}\"\nsocks = \"{socks}\"\nhttp = \"off\"\nfast_open = {fast_open}\nearly_reply = {early_reply}\ncontrol_socket = \"{}\"\ntransparent = {transparent}\nfallback = \"block\"\nquic = \"{quic}\"\n",
-                    dir.join("relay.key").display(),
-                    server_sock.display(),
-                    site.origin_addr,
-                    crate::lab::ORIGIN_PREFIX,
-                    client_key.public(),
-                    relay_key.public(),
-                    dir.join("relay-client.key").display(),
-                    client_sock.display(),
-                ),
-            )?;
-            let server_log = dir.join("relay-server.log");
-            let child = spawn_in_netns(
-                &site.server_ns,
-                Command::new(braid_exe)
-                    .args(["relay", "serve", "-c"])
-                    .arg(&cfg),
-                &server_log,
-            )?;
-            running.add(child, &server_log);
-            wait_ready("the relay", &server_log, || {
-                braid_relay::control::request_status(&server_sock).is_ok()
-            })?;
-            let client_log = dir.join("relay-client.log");
-            let child = spawn_in_netns(
-                &site.client_ns,
-                Command::new(braid_exe)
-                    .args(["relay", "connect", "-c"])
-                    .arg(&cfg),
-                &client_log,
-            )?;
-            running.add(child, &client_log);
-            wait_ready("the relay client", &client_log, || {
-                braid_relay::control::request_status(&client_sock).is_ok()
-            })?;
-        }
-        Via::Shadowsocks => {
-            let password = format!("lab-{:016x}", fastrand::u64(..));
-            let server_log = dir.join("ss-server.log");
-            let child = spawn_in_netns(
-                &site.server_ns,
-                Command::new(MPTCPIZE)
-                    .args([
-                        "run",
-                        SS_SERVER,
-                        "-s",
-                        "0.0.0.0",
-                        "-p",
-                        &SS_PORT.to_string(),
-                        "-k",
-                        &password,
-                        "-m",
-                        SS_METHOD,
-                        "--no-delay",
-                    ])
-                    .args(fast_open.then_some("--fast-open")),
-                &server_log,
-            )?;
-            running.add(child, &server_log);
-            let ss_addr = SocketAddr::new(site.server_addr, SS_PORT);
-            let server_ns = site.server_ns.clone();
-            wait_ready("ss-server", &server_log, || {
-                listening_in(&server_ns, ss_addr)
-            })?;
-            let client_log = dir.join("ss-local.log");
-            let child = spawn_in_netns(
-                &site.client_ns,
-                Command::new(MPTCPIZE)
-                    .args([
-                        "run",
-                        SS_LOCAL,
-                        "-s",
-                        &ss_addr.ip().to_string(),
-                        "-p",
-                        &SS_PORT.to_string(),
-                        "-b",
-                        &SOCKS_ADDR.ip().to_string(),
-                        "-l",
-                        &SOCKS_ADDR.port().to_string(),
-                        "-k",
-                        &password,
-                        "-m",
-                        SS_METHOD,
-                        "--no-delay",
-                    ])
-                    .args(fast_open.then_some("--fast-open")),
-                &client_log,
-            )?;
-            running.add(child, &client_log);
-            let client_ns = site.client_ns.clone();
-            wait_ready("ss-local", &client_log, || {
-                listening_in(&client_ns, SOCKS_ADDR)
-            })?;
-        }
+        Via::Relay | Via::Transparent => start_relay(&mut running, via, site, braid_exe, opts)?,
+        Via::Shadowsocks => start_shadowsocks(&mut running, site, opts.fast_open)?,
     }
     Ok(Some(running))
+}
+
+/// Braid's relay server, and its client in SOCKS or transparent mode.
+fn start_relay(
+    running: &mut RunningVia,
+    via: Via,
+    site: &Site,
+    braid_exe: &Path,
+    opts: ProxyOptions,
+) -> Result<(), LabError> {
+    let ProxyOptions {
+        fast_open,
+        early_reply,
+        quic,
+    } = opts;
+    let dir = &site.dir;
+    let relay_addr = SocketAddr::new(site.server_addr, RELAY_PORT);
+    let relay_key = new_key(&dir.join("relay.key"))?;
+    let client_key = new_key(&dir.join("relay-client.key"))?;
+    let server_sock = dir.join("relay.sock");
+    let client_sock = dir.join("relay-client.sock");
+    let cfg = dir.join("relay.toml");
+    let transparent = via == Via::Transparent;
+    let socks = if transparent {
+        "off".to_string()
+    } else {
+        SOCKS_ADDR.to_string()
+    };
+    write(
+        &cfg,
+        &format!(
+            "[relay.server]\nlisten = [\"0.0.0.0:{RELAY_PORT}\"]\nkey_file = \"{}\"\ncontrol_socket = \"{}\"\nfast_open = {fast_open}\nmax_connections = 100000\nmax_handshakes = 10000\nmax_handshakes_per_source = 10000\n\n[relay.server.destinations]\nallow = [\"{}/{}\"]\n\n[[relay.server.client]]\nname = \"lab\"\npublic_key = \"{}\"\n\n[relay.client]\nrelay = \"{relay_addr}\"\nrelay_public_key = \"{}\"\nkey_file = \"{}\"\nsocks = \"{socks}\"\nhttp = \"off\"\nfast_open = {fast_open}\nearly_reply = {early_reply}\ncontrol_socket = \"{}\"\ntransparent = {transparent}\nfallback = \"block\"\nquic = \"{quic}\"\n",
+            dir.join("relay.key").display(),
+            server_sock.display(),
+            site.origin_addr,
+            crate::lab::ORIGIN_PREFIX,
+            client_key.public(),
+            relay_key.public(),
+            dir.join("relay-client.key").display(),
+            client_sock.display(),
+        ),
+    )?;
+    let server_log = dir.join("relay-server.log");
+    let child = spawn_in_netns(
+        &site.server_ns,
+        Command::new(braid_exe)
+            .args(["relay", "serve", "-c"])
+            .arg(&cfg),
+        &server_log,
+    )?;
+    running.add(child, &server_log);
+    wait_ready("the relay", &server_log, || {
+        braid_relay::control::request_status(&server_sock).is_ok()
+    })?;
+    let client_log = dir.join("relay-client.log");
+    let child = spawn_in_netns(
+        &site.client_ns,
+        Command::new(braid_exe)
+            .args(["relay", "connect", "-c"])
+            .arg(&cfg),
+        &client_log,
+    )?;
+    running.add(child, &client_log);
+    wait_ready("the relay client", &client_log, || {
+        braid_relay::control::request_status(&client_sock).is_ok()
+    })?;
+    Ok(())
+}
+
+/// ss-server and ss-local, both under mptcpize.
+fn start_shadowsocks(
+    running: &mut RunningVia,
+    site: &Site,
+    fast_open: bool,
+) -> Result<(), LabError> {
+    let dir = &site.dir;
+    let password = format!("lab-{:016x}", fastrand::u64(..));
+    let server_log = dir.join("ss-server.log");
+    let child = spawn_in_netns(
+        &site.server_ns,
+        Command::new(MPTCPIZE)
+            .args([
+                "run",
+                SS_SERVER,
+                "-s",
+                "0.0.0.0",
+                "-p",
+                &SS_PORT.to_string(),
+                "-k",
+                &password,
+                "-m",
+                SS_METHOD,
+                "--no-delay",
+            ])
+            .args(fast_open.then_some("--fast-open")),
+        &server_log,
+    )?;
+    running.add(child, &server_log);
+    let ss_addr = SocketAddr::new(site.server_addr, SS_PORT);
+    let server_ns = site.server_ns.clone();
+    wait_ready("ss-server", &server_log, || {
+        listening_in(&server_ns, ss_addr)
+    })?;
+    let client_log = dir.join("ss-local.log");
+    let child = spawn_in_netns(
+        &site.client_ns,
+        Command::new(MPTCPIZE)
+            .args([
+                "run",
+                SS_LOCAL,
+                "-s",
+                &ss_addr.ip().to_string(),
+                "-p",
+                &SS_PORT.to_string(),
+                "-b",
+                &SOCKS_ADDR.ip().to_string(),
+                "-l",
+                &SOCKS_ADDR.port().to_string(),
+                "-k",
+                &password,
+                "-m",
+                SS_METHOD,
+                "--no-delay",
+            ])
+            .args(fast_open.then_some("--fast-open")),
+        &client_log,
+    )?;
+    running.add(child, &client_log);
+    let client_ns = site.client_ns.clone();
+    wait_ready("ss-local", &client_log, || {
+        listening_in(&client_ns, SOCKS_ADDR)
+    })?;
+    Ok(())
 }
 
 /// CPU time (user + system) a process has used so far.

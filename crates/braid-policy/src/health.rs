@@ -476,6 +476,130 @@ struct SubflowDelta {
     outstanding_since: Option<u64>,
 }
 
+/// The path's retransmission rate, and the remote hosts that see it.
+fn observe_loss(
+    h: &mut PathHealth,
+    subs: &[&SubflowSample],
+    delta: &HashMap<SubflowKey, SubflowDelta>,
+    now_ms: u64,
+    loss_threshold: f64,
+    decay_ms: u64,
+) {
+    for s in subs {
+        let d = &delta[&(s.local, s.remote)];
+        h.meter.add(d.retrans, d.segs);
+    }
+    h.meter.round(&mut h.loss, now_ms, decay_ms);
+    if h.loss > loss_threshold {
+        h.lossy = true;
+    } else if h.loss < loss_threshold / 2.0 {
+        h.lossy = false;
+    }
+    // The same, per remote host: who sees the loss.
+    for s in subs {
+        let d = &delta[&(s.local, s.remote)];
+        let r = h.remote_loss.entry(s.remote.ip()).or_default();
+        r.seen_ms = now_ms;
+        r.meter.add(d.retrans, d.segs);
+    }
+    for r in h.remote_loss.values_mut() {
+        r.meter.round(&mut r.loss, now_ms, decay_ms);
+    }
+    // Hosts no longer talked to are forgotten after the same time.
+    h.remote_loss
+        .retain(|_, r| now_ms.saturating_sub(r.seen_ms) < decay_ms.max(1));
+    h.loss_witnesses = h
+        .remote_loss
+        .values()
+        .filter(|r| r.loss > loss_threshold)
+        .count();
+}
+
+/// Stalled: some subflow has waited for an ACK since its data went out,
+/// and no subflow of the path has heard anything since. Returns the time
+/// since the path's freshest ACK, in ms.
+fn observe_stall(
+    h: &mut PathHealth,
+    subs: &[&SubflowSample],
+    delta: &HashMap<SubflowKey, SubflowDelta>,
+    now_ms: u64,
+    stall_ms: u64,
+) -> u32 {
+    let waits: Vec<(u64, &SubflowSample)> = subs
+        .iter()
+        .filter_map(|s| {
+            let since = delta[&(s.local, s.remote)].outstanding_since?;
+            let waited = (s.last_ack_recv_ms as u64).min(now_ms.saturating_sub(since));
+            Some((waited, *s))
+        })
+        .collect();
+    let waiting = waits.iter().map(|(w, _)| *w).max();
+    let freshest = subs.iter().map(|s| s.last_ack_recv_ms).min().unwrap_or(0);
+    h.stalled_ms = waiting.map_or(0, |w| w.min(freshest as u64));
+    h.outstanding = waiting.is_some();
+    // Who sees it: distinct remote hosts past the threshold (and
+    // past the point where a stall would be probed).
+    let hosts_past = |t: u64| {
+        waits
+            .iter()
+            .filter(|(w, _)| *w >= t)
+            .map(|(_, s)| s.remote.ip())
+            .collect::<BTreeSet<IpAddr>>()
+            .len()
+    };
+    h.stall_witnesses = if h.is_stalled(stall_ms) {
+        hosts_past(h.stall_threshold_ms(stall_ms))
+    } else {
+        0
+    };
+    let probe_at = h.stall_probe_at_ms(stall_ms);
+    h.waiting_witnesses = hosts_past(probe_at);
+    h.stall_pair = waits
+        .iter()
+        .max_by_key(|(w, _)| *w)
+        .map(|(_, s)| (s.local.ip(), s.remote.ip()));
+    if h.stalled_ms < probe_at {
+        // Nothing waits (long) any more: the next wait is a new one.
+        h.stall_probe = None;
+    } else if h.is_stalled(stall_ms) && h.unreachable.is_none() {
+        // The probe sent before the threshold went unanswered.
+        if let Some(why) = h
+            .stall_probe
+            .as_ref()
+            .and_then(|p| p.unanswered_why.clone())
+        {
+            h.mark_unreachable(why);
+        }
+    }
+    freshest
+}
+
+/// Receiving: data arrived in bulk since the last round.
+fn observe_receiving(
+    h: &mut PathHealth,
+    subs: &[&SubflowSample],
+    delta: &HashMap<SubflowKey, SubflowDelta>,
+    now_ms: u64,
+) {
+    let busiest = subs
+        .iter()
+        .map(|s| (delta[&(s.local, s.remote)].received, *s))
+        .max_by_key(|(grew, _)| *grew);
+    if let Some((grew, s)) = busiest {
+        if grew >= RX_ACTIVE_BYTES {
+            h.rx_active_ms = Some(now_ms);
+            h.probed = false;
+            h.clear_unreachable();
+            h.probe_pair = Some((s.local.ip(), s.remote.ip()));
+        }
+    }
+    h.rx_recent = h
+        .rx_active_ms
+        .is_some_and(|t| now_ms.saturating_sub(t) <= RX_MEMORY_MS);
+    let quiet = subs.iter().map(|s| s.last_data_recv_ms).min().unwrap_or(0) as u64;
+    h.rx_silent_ms = if h.rx_recent { quiet } else { 0 };
+}
+
 #[derive(Default)]
 pub struct HealthTracker {
     subflows: HashMap<SubflowKey, SubflowMemory>,
@@ -494,37 +618,7 @@ impl HealthTracker {
         decay_ms: u64,
         loss_hosts: usize,
     ) {
-        // One pass over the subflows: what changed, and what to remember.
-        let mut memory: HashMap<SubflowKey, SubflowMemory> = HashMap::new();
-        let mut delta: HashMap<SubflowKey, SubflowDelta> = HashMap::new();
-        for s in samples {
-            let key = (s.local, s.remote);
-            let now = SubflowMemory {
-                total_retrans: s.total_retrans,
-                segs_out: s.segs_out,
-                bytes_received: s.bytes_received,
-                outstanding_since: None,
-            };
-            let before = self.subflows.get(&key).copied().unwrap_or(now);
-            let outstanding_since =
-                (s.unacked > 0).then(|| before.outstanding_since.unwrap_or(now_ms));
-            delta.insert(
-                key,
-                SubflowDelta {
-                    retrans: s.total_retrans.saturating_sub(before.total_retrans) as u64,
-                    segs: s.segs_out.wrapping_sub(before.segs_out) as u64 % (1 << 31),
-                    received: s.bytes_received.saturating_sub(before.bytes_received),
-                    outstanding_since,
-                },
-            );
-            memory.insert(
-                key,
-                SubflowMemory {
-                    outstanding_since,
-                    ..now
-                },
-            );
-        }
+        let (memory, delta) = self.compare(now_ms, samples);
         let mut per_if: BTreeMap<u32, Vec<&SubflowSample>> = BTreeMap::new();
         for s in samples {
             per_if.entry(s.ifindex).or_default().push(s);
@@ -546,100 +640,9 @@ impl HealthTracker {
                 h.srtt_ms = Some(best.rtt_us as f64 / 1000.0);
                 h.rttvar_ms = Some(best.rttvar_us as f64 / 1000.0);
             }
-            for s in subs {
-                let d = &delta[&(s.local, s.remote)];
-                h.meter.add(d.retrans, d.segs);
-            }
-            h.meter.round(&mut h.loss, now_ms, decay_ms);
-            if h.loss > loss_threshold {
-                h.lossy = true;
-            } else if h.loss < loss_threshold / 2.0 {
-                h.lossy = false;
-            }
-            // The same, per remote host: who sees the loss.
-            for s in subs {
-                let d = &delta[&(s.local, s.remote)];
-                let r = h.remote_loss.entry(s.remote.ip()).or_default();
-                r.seen_ms = now_ms;
-                r.meter.add(d.retrans, d.segs);
-            }
-            for r in h.remote_loss.values_mut() {
-                r.meter.round(&mut r.loss, now_ms, decay_ms);
-            }
-            // Hosts no longer talked to are forgotten after the same time.
-            h.remote_loss
-                .retain(|_, r| now_ms.saturating_sub(r.seen_ms) < decay_ms.max(1));
-            h.loss_witnesses = h
-                .remote_loss
-                .values()
-                .filter(|r| r.loss > loss_threshold)
-                .count();
-            // Stalled: some subflow has waited for an ACK since its data
-            // went out, and no subflow of the path has heard anything since.
-            let waits: Vec<(u64, &SubflowSample)> = subs
-                .iter()
-                .filter_map(|s| {
-                    let since = delta[&(s.local, s.remote)].outstanding_since?;
-                    let waited = (s.last_ack_recv_ms as u64).min(now_ms.saturating_sub(since));
-                    Some((waited, *s))
-                })
-                .collect();
-            let waiting = waits.iter().map(|(w, _)| *w).max();
-            let freshest = subs.iter().map(|s| s.last_ack_recv_ms).min().unwrap_or(0);
-            h.stalled_ms = waiting.map_or(0, |w| w.min(freshest as u64));
-            h.outstanding = waiting.is_some();
-            // Who sees it: distinct remote hosts past the threshold (and
-            // past the point where a stall would be probed).
-            let hosts_past = |t: u64| {
-                waits
-                    .iter()
-                    .filter(|(w, _)| *w >= t)
-                    .map(|(_, s)| s.remote.ip())
-                    .collect::<BTreeSet<IpAddr>>()
-                    .len()
-            };
-            h.stall_witnesses = if h.is_stalled(stall_ms) {
-                hosts_past(h.stall_threshold_ms(stall_ms))
-            } else {
-                0
-            };
-            let probe_at = h.stall_probe_at_ms(stall_ms);
-            h.waiting_witnesses = hosts_past(probe_at);
-            h.stall_pair = waits
-                .iter()
-                .max_by_key(|(w, _)| *w)
-                .map(|(_, s)| (s.local.ip(), s.remote.ip()));
-            if h.stalled_ms < probe_at {
-                // Nothing waits (long) any more: the next wait is a new one.
-                h.stall_probe = None;
-            } else if h.is_stalled(stall_ms) && h.unreachable.is_none() {
-                // The probe sent before the threshold went unanswered.
-                if let Some(why) = h
-                    .stall_probe
-                    .as_ref()
-                    .and_then(|p| p.unanswered_why.clone())
-                {
-                    h.mark_unreachable(why);
-                }
-            }
-            // Receiving: data arrived in bulk since the last round.
-            let busiest = subs
-                .iter()
-                .map(|s| (delta[&(s.local, s.remote)].received, *s))
-                .max_by_key(|(grew, _)| *grew);
-            if let Some((grew, s)) = busiest {
-                if grew >= RX_ACTIVE_BYTES {
-                    h.rx_active_ms = Some(now_ms);
-                    h.probed = false;
-                    h.clear_unreachable();
-                    h.probe_pair = Some((s.local.ip(), s.remote.ip()));
-                }
-            }
-            h.rx_recent = h
-                .rx_active_ms
-                .is_some_and(|t| now_ms.saturating_sub(t) <= RX_MEMORY_MS);
-            let quiet = subs.iter().map(|s| s.last_data_recv_ms).min().unwrap_or(0) as u64;
-            h.rx_silent_ms = if h.rx_recent { quiet } else { 0 };
+            observe_loss(h, subs, &delta, now_ms, loss_threshold, decay_ms);
+            let freshest = observe_stall(h, subs, &delta, now_ms, stall_ms);
+            observe_receiving(h, subs, &delta, now_ms);
             h.subflow_keys = subs.iter().map(|s| (s.local, s.remote)).collect();
             // A subflow the path did not have when the probe failed: the
             // path answers handshakes again.
@@ -670,6 +673,49 @@ impl HealthTracker {
         // Paths without subflows now keep their last estimate (a backup
         // path has no fresh data); interfaces gone are forgotten by the policy.
         self.subflows = memory;
+    }
+
+    /// One pass over the subflows: what changed since the last round, and
+    /// what to remember for the next.
+    fn compare(
+        &self,
+        now_ms: u64,
+        samples: &[SubflowSample],
+    ) -> (
+        HashMap<SubflowKey, SubflowMemory>,
+        HashMap<SubflowKey, SubflowDelta>,
+    ) {
+        let mut memory: HashMap<SubflowKey, SubflowMemory> = HashMap::new();
+        let mut delta: HashMap<SubflowKey, SubflowDelta> = HashMap::new();
+        for s in samples {
+            let key = (s.local, s.remote);
+            let now = SubflowMemory {
+                total_retrans: s.total_retrans,
+                segs_out: s.segs_out,
+                bytes_received: s.bytes_received,
+                outstanding_since: None,
+            };
+            let before = self.subflows.get(&key).copied().unwrap_or(now);
+            let outstanding_since =
+                (s.unacked > 0).then(|| before.outstanding_since.unwrap_or(now_ms));
+            delta.insert(
+                key,
+                SubflowDelta {
+                    retrans: s.total_retrans.saturating_sub(before.total_retrans) as u64,
+                    segs: s.segs_out.wrapping_sub(before.segs_out) as u64 % (1 << 31),
+                    received: s.bytes_received.saturating_sub(before.bytes_received),
+                    outstanding_since,
+                },
+            );
+            memory.insert(
+                key,
+                SubflowMemory {
+                    outstanding_since,
+                    ..now
+                },
+            );
+        }
+        (memory, delta)
     }
 
     /// How long until some path would be declared stalled if no ACK

@@ -416,6 +416,106 @@ fn unit_text(text: &str, prefix: &Path) -> String {
     }
 }
 
+/// The preload library: the one `--preload` names, else the first found
+/// next to the executable.
+fn preload_to_install(preload: Option<&PathBuf>, dir: &Path, exe: &Path) -> Result<PathBuf, Error> {
+    match preload {
+        Some(p) if p.is_file() => Ok(p.clone()),
+        Some(p) => Err(Error::Invalid(format!(
+            "--preload {}: no such file",
+            p.display()
+        ))),
+        None => {
+            let candidates = preload_candidates(dir, None);
+            match candidates.iter().find(|p| p.is_file()) {
+                Some(p) => Ok(p.canonicalize().unwrap_or_else(|_| p.clone())),
+                None => Err(Error::Invalid(format!(
+                    "{PRELOAD_NAME} is not next to {} (looked for {}): build it with \
+                     'cargo build --release -p braid-preload' (it lands next to braid in \
+                     target/release) or name it with --preload FILE",
+                    exe.display(),
+                    candidates
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))),
+            }
+        }
+    }
+}
+
+/// The directories, then the files, of `items`.
+fn copy_all(items: &[Item], destdir: Option<&Path>) -> Result<(), Error> {
+    // Every directory first: on the real system each must be one only root
+    // can change, or the copies would be no safer than the originals.
+    let mut dirs: Vec<&Path> = items.iter().filter_map(|i| i.to.parent()).collect();
+    dirs.dedup();
+    for d in &dirs {
+        create_dirs(d).map_err(|e| Error::Invalid(format!("creating {}: {e}", d.display())))?;
+        if destdir.is_none() {
+            trusted_path(d).map_err(|u| {
+                Error::Invalid(format!(
+                    "not installing into {}: {u}; services must not run files from there \
+                     (make it root's: chown root:root, chmod go-w; or choose another --prefix)",
+                    d.display()
+                ))
+            })?;
+        }
+    }
+    for i in items {
+        write_atomic(&i.from, &i.to, i.mode, destdir.is_none()).map_err(|e| {
+            Error::Invalid(format!(
+                "installing {} as {}: {e}",
+                i.from.describe(),
+                i.to.display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+fn print_installed(
+    ctx: &Ctx,
+    items: &[Item],
+    missing_braidd: bool,
+    exe: &Path,
+    destdir: Option<&Path>,
+    units: bool,
+) {
+    if ctx.json {
+        print_json(&serde_json::json!({
+            "installed": items.iter().map(|i| serde_json::json!({
+                "path": i.to,
+                "from": i.from.describe(),
+                "mode": format!("{:04o}", i.mode),
+            })).collect::<Vec<_>>(),
+            "braidd_missing": missing_braidd,
+        }));
+        return;
+    }
+    for i in items {
+        println!(
+            "installed {} (mode {:04o}, from {})",
+            i.to.display(),
+            i.mode,
+            i.from.describe()
+        );
+    }
+    if missing_braidd {
+        println!(
+            "braidd is not next to {}, not installed (build it with 'cargo build --release -p braid-daemon')",
+            exe.display()
+        );
+    }
+    if destdir.is_none() {
+        println!("'braid enable UNIT' now uses these copies");
+        if units {
+            println!("then: systemctl daemon-reload && systemctl enable --now braid");
+        }
+    }
+}
+
 pub fn install(ctx: &Ctx, a: InstallArgs) -> Result<(), Error> {
     if !a.prefix.is_absolute() {
         return Err(Error::Invalid(format!(
@@ -434,34 +534,7 @@ pub fn install(ctx: &Ctx, a: InstallArgs) -> Result<(), Error> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::Invalid(format!("cannot find the braid executable: {e}")))?;
     let dir = exe.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let lib = match &a.preload {
-        Some(p) if p.is_file() => p.clone(),
-        Some(p) => {
-            return Err(Error::Invalid(format!(
-                "--preload {}: no such file",
-                p.display()
-            )))
-        }
-        None => {
-            let candidates = preload_candidates(&dir, None);
-            match candidates.iter().find(|p| p.is_file()) {
-                Some(p) => p.canonicalize().unwrap_or_else(|_| p.clone()),
-                None => {
-                    return Err(Error::Invalid(format!(
-                        "{PRELOAD_NAME} is not next to {} (looked for {}): build it with \
-                         'cargo build --release -p braid-preload' (it lands next to braid in \
-                         target/release) or name it with --preload FILE",
-                        exe.display(),
-                        candidates
-                            .iter()
-                            .map(|p| p.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )))
-                }
-            }
-        }
-    };
+    let lib = preload_to_install(a.preload.as_ref(), &dir, &exe)?;
     let bin = staged(destdir, &a.prefix.join("bin"));
     let libdir = staged(destdir, &a.prefix.join("lib/braid"));
     let mut items = vec![Item {
@@ -493,62 +566,8 @@ pub fn install(ctx: &Ctx, a: InstallArgs) -> Result<(), Error> {
             });
         }
     }
-    // Every directory first: on the real system each must be one only root
-    // can change, or the copies would be no safer than the originals.
-    let mut dirs: Vec<&Path> = items.iter().filter_map(|i| i.to.parent()).collect();
-    dirs.dedup();
-    for d in &dirs {
-        create_dirs(d).map_err(|e| Error::Invalid(format!("creating {}: {e}", d.display())))?;
-        if destdir.is_none() {
-            trusted_path(d).map_err(|u| {
-                Error::Invalid(format!(
-                    "not installing into {}: {u}; services must not run files from there \
-                     (make it root's: chown root:root, chmod go-w; or choose another --prefix)",
-                    d.display()
-                ))
-            })?;
-        }
-    }
-    for i in &items {
-        write_atomic(&i.from, &i.to, i.mode, destdir.is_none()).map_err(|e| {
-            Error::Invalid(format!(
-                "installing {} as {}: {e}",
-                i.from.describe(),
-                i.to.display()
-            ))
-        })?;
-    }
-    if ctx.json {
-        print_json(&serde_json::json!({
-            "installed": items.iter().map(|i| serde_json::json!({
-                "path": i.to,
-                "from": i.from.describe(),
-                "mode": format!("{:04o}", i.mode),
-            })).collect::<Vec<_>>(),
-            "braidd_missing": missing_braidd,
-        }));
-        return Ok(());
-    }
-    for i in &items {
-        println!(
-            "installed {} (mode {:04o}, from {})",
-            i.to.display(),
-            i.mode,
-            i.from.describe()
-        );
-    }
-    if missing_braidd {
-        println!(
-            "braidd is not next to {}, not installed (build it with 'cargo build --release -p braid-daemon')",
-            exe.display()
-        );
-    }
-    if destdir.is_none() {
-        println!("'braid enable UNIT' now uses these copies");
-        if a.units {
-            println!("then: systemctl daemon-reload && systemctl enable --now braid");
-        }
-    }
+    copy_all(&items, destdir)?;
+    print_installed(ctx, &items, missing_braidd, &exe, destdir, a.units);
     Ok(())
 }
 

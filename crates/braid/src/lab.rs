@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use braid_kernel::Error;
 use braid_lab::lab::{self, Cut, Lab, LabConfig, Sysctl};
+use braid_lab::relay_bench;
 use braid_lab::spec::{self, PathSpec};
 use braid_lab::LabError;
 use clap::{Args, Subcommand};
@@ -399,40 +400,8 @@ fn run_lab(ctx: &Ctx, cmd: LabCmd) -> Result<(), LabError> {
             Ok(())
         }
         LabCmd::Down { name } => lab::teardown(&name, None),
-        LabCmd::List => {
-            let labs: Vec<Lab> = lab::list()
-                .iter()
-                .filter_map(|n| Lab::open(n).ok())
-                .collect();
-            if ctx.json {
-                print_json(&labs.iter().map(|l| &l.state).collect::<Vec<_>>());
-            } else if labs.is_empty() {
-                println!("no labs are up");
-            } else {
-                for l in &labs {
-                    print_lab(ctx, l);
-                }
-            }
-            Ok(())
-        }
-        LabCmd::Set(a) => {
-            let k = parse_path(&a.path)?;
-            let mut lab = Lab::open(&a.name)?;
-            let mut spec = lab.path(k)?.spec;
-            if let Some(r) = &a.rate {
-                spec.rate_bps = parse_rate_opt(r)?;
-            }
-            if let Some(d) = &a.delay {
-                spec.delay_us = spec::parse_duration_us(d)?;
-            }
-            if let Some(j) = &a.jitter {
-                spec.jitter_us = spec::parse_duration_us(j)?;
-            }
-            if let Some(l) = &a.loss {
-                spec.loss = spec::parse_loss(l)?;
-            }
-            lab.set(k, spec)
-        }
+        LabCmd::List => list_labs(ctx),
+        LabCmd::Set(a) => set_path(a),
         LabCmd::Cut {
             path,
             name,
@@ -485,40 +454,7 @@ fn run_lab(ctx: &Ctx, cmd: LabCmd) -> Result<(), LabError> {
         }
         LabCmd::Sweep(a) => sweep(ctx, a),
         LabCmd::Demo(d) => demo(ctx, d),
-        LabCmd::BenchEmulator(b) => {
-            install_signal_teardown();
-            let r = braid_lab::bench::accuracy(
-                std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?,
-                &unique_lab_name(99),
-                spec::parse_rate(&b.rate)?,
-                b.packets,
-                spec::parse_duration_us(&b.delay)?,
-                spec::parse_loss(&b.loss)?,
-            )?;
-            if ctx.json {
-                print_json(&r);
-            } else {
-                println!(
-                    "rate {} ({} packets of {} bytes)",
-                    spec::format_rate(r.rate_bps),
-                    r.packets_sent,
-                    r.packet_bytes
-                );
-                println!("delay: set {:.3} ms, added {:.3} ms (error {:+.3} ms; base {:.3} ms, p99 {:.3} ms)", r.set_delay_ms, r.added_delay_ms, r.delay_error_ms, r.base_delay_ms, r.p99_delay_ms);
-                println!(
-                    "loss: set {:.2}%, measured {:.2}% ({:+.1}% relative)",
-                    r.set_loss * 100.0,
-                    r.measured_loss * 100.0,
-                    r.loss_error_relative * 100.0
-                );
-                println!(
-                    "received {:.1} Mbit/s; emulator CPU {:.0}% of one core",
-                    r.received_bps / 1e6,
-                    r.emulator_cpu * 100.0
-                );
-            }
-            Ok(())
-        }
+        LabCmd::BenchEmulator(b) => bench_emulator(ctx, b),
         LabCmd::BenchRelay(b) => bench_relay(ctx, b),
         LabCmd::Emulate { config } => {
             let bytes = std::fs::read(&config)
@@ -534,6 +470,80 @@ fn run_lab(ctx: &Ctx, cmd: LabCmd) -> Result<(), LabError> {
     }
 }
 
+fn list_labs(ctx: &Ctx) -> Result<(), LabError> {
+    let labs: Vec<Lab> = lab::list()
+        .iter()
+        .filter_map(|n| Lab::open(n).ok())
+        .collect();
+    if ctx.json {
+        print_json(&labs.iter().map(|l| &l.state).collect::<Vec<_>>());
+    } else if labs.is_empty() {
+        println!("no labs are up");
+    } else {
+        for l in &labs {
+            print_lab(ctx, l);
+        }
+    }
+    Ok(())
+}
+
+fn set_path(a: SetArgs) -> Result<(), LabError> {
+    let k = parse_path(&a.path)?;
+    let mut lab = Lab::open(&a.name)?;
+    let mut spec = lab.path(k)?.spec;
+    if let Some(r) = &a.rate {
+        spec.rate_bps = parse_rate_opt(r)?;
+    }
+    if let Some(d) = &a.delay {
+        spec.delay_us = spec::parse_duration_us(d)?;
+    }
+    if let Some(j) = &a.jitter {
+        spec.jitter_us = spec::parse_duration_us(j)?;
+    }
+    if let Some(l) = &a.loss {
+        spec.loss = spec::parse_loss(l)?;
+    }
+    lab.set(k, spec)
+}
+
+fn bench_emulator(ctx: &Ctx, b: BenchArgs) -> Result<(), LabError> {
+    install_signal_teardown();
+    let r = braid_lab::bench::accuracy(
+        std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?,
+        &unique_lab_name(99),
+        spec::parse_rate(&b.rate)?,
+        b.packets,
+        spec::parse_duration_us(&b.delay)?,
+        spec::parse_loss(&b.loss)?,
+    )?;
+    if ctx.json {
+        print_json(&r);
+    } else {
+        println!(
+            "rate {} ({} packets of {} bytes)",
+            spec::format_rate(r.rate_bps),
+            r.packets_sent,
+            r.packet_bytes
+        );
+        println!(
+            "delay: set {:.3} ms, added {:.3} ms (error {:+.3} ms; base {:.3} ms, p99 {:.3} ms)",
+            r.set_delay_ms, r.added_delay_ms, r.delay_error_ms, r.base_delay_ms, r.p99_delay_ms
+        );
+        println!(
+            "loss: set {:.2}%, measured {:.2}% ({:+.1}% relative)",
+            r.set_loss * 100.0,
+            r.measured_loss * 100.0,
+            r.loss_error_relative * 100.0
+        );
+        println!(
+            "received {:.1} Mbit/s; emulator CPU {:.0}% of one core",
+            r.received_bps / 1e6,
+            r.emulator_cpu * 100.0
+        );
+    }
+    Ok(())
+}
+
 fn onoff(b: bool) -> &'static str {
     if b {
         "on"
@@ -542,249 +552,267 @@ fn onoff(b: bool) -> &'static str {
     }
 }
 
+/// What every relay benchmark runs with.
+struct RelayBench<'a> {
+    ctx: &'a Ctx,
+    exe: PathBuf,
+    name: String,
+}
+
 fn bench_relay(ctx: &Ctx, b: BenchRelayCmd) -> Result<(), LabError> {
-    use braid_lab::relay_bench;
     install_signal_teardown();
     let exe = std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?;
     let name = format!("rb{}", std::process::id() % 100_000);
-    let check = |vias: &[Via]| -> Result<(), LabError> {
-        for v in vias {
-            if let Some(why) = v.unavailable() {
-                return Err(LabError::Invalid(format!("--via {}: {why}", v.name())));
-            }
-        }
-        Ok(())
-    };
+    let rb = RelayBench { ctx, exe, name };
     match b {
         BenchRelayCmd::Throughput {
             via,
             paths,
             duration,
-        } => {
-            let vias = parse_vias(&via)?;
-            check(&vias)?;
-            let d = std::time::Duration::from_micros(spec::parse_duration_us(&duration)?);
-            let mut reports = Vec::new();
-            for v in vias {
-                eprintln!("braid: one download through {} for {d:?}", v.name());
-                reports.push(relay_bench::throughput(&exe, &name, v, paths, d)?);
-            }
-            if ctx.json {
-                print_json(&reports);
-            } else {
-                println!(
-                    "{:<12} {:>9} {:>16} {:>17} {:>19} {:>20}",
-                    "via",
-                    "Gbit/s",
-                    "relay CPU s/GB",
-                    "client CPU s/GB",
-                    "Gbit/s per relay core",
-                    "Gbit/s per client core"
-                );
-                for r in &reports {
-                    println!(
-                        "{:<12} {:>9.2} {:>16} {:>17} {:>19} {:>20}",
-                        r.via,
-                        r.gbit_per_s,
-                        opt(r.relay_cpu_s_per_gb, 2),
-                        opt(r.client_cpu_s_per_gb, 2),
-                        opt(r.gbit_per_s_per_relay_core, 2),
-                        opt(r.gbit_per_s_per_client_core, 2)
-                    );
-                }
-            }
-        }
+        } => bench_throughput(&rb, &via, paths, &duration),
         BenchRelayCmd::Ttfb {
             via,
             samples,
             fast_open,
             early_reply,
             link,
-        } => {
-            let vias = parse_vias(&via)?;
-            check(&vias)?;
-            let mut reports = Vec::new();
-            for v in vias {
-                let choices = |s: &str| -> &'static [bool] {
-                    match s {
-                        "on" => &[true],
-                        "off" => &[false],
-                        _ => &[true, false],
-                    }
-                };
-                let fos = if v == Via::Direct {
-                    &[true][..]
-                } else {
-                    choices(&fast_open)
-                };
-                let ers = if v == Via::Relay {
-                    choices(&early_reply)
-                } else {
-                    &[false][..]
-                };
-                for fo in fos {
-                    for er in ers {
-                        eprintln!(
-                            "braid: {samples} short requests through {} (fast open {}, early reply {})",
-                            v.name(),
-                            onoff(*fo),
-                            onoff(*er)
-                        );
-                        let opts = braid_lab::via::ProxyOptions {
-                            fast_open: *fo,
-                            early_reply: *er,
-                            quic: "block",
-                        };
-                        reports.push(relay_bench::ttfb(
-                            &exe,
-                            &name,
-                            v,
-                            opts,
-                            path_specs(2, &link)?,
-                            samples,
-                        )?);
-                    }
-                }
-            }
-            if ctx.json {
-                print_json(&reports);
-            } else {
-                println!(
-                    "{:<12} {:>9} {:>11} {:>9} {:>9} {:>9} {:>14} {:>9}",
-                    "via",
-                    "fast open",
-                    "early reply",
-                    "p50 ms",
-                    "p90 ms",
-                    "max ms",
-                    "path RTT ms",
-                    "no answer"
-                );
-                for r in &reports {
-                    let direct = r.via == "direct";
-                    println!(
-                        "{:<12} {:>9} {:>11} {:>9.1} {:>9.1} {:>9.1} {:>14.1} {:>9}",
-                        r.via,
-                        if direct { "-" } else { onoff(r.fast_open) },
-                        if direct { "-" } else { onoff(r.early_reply) },
-                        r.p50_ms,
-                        r.p90_ms,
-                        r.max_ms,
-                        r.path_rtt_ms,
-                        format!("{}/{}", r.failures, r.samples + r.failures)
-                    );
-                }
-            }
-        }
+        } => bench_ttfb(&rb, &via, samples, &fast_open, &early_reply, &link),
         BenchRelayCmd::Pageload {
             via,
             connections,
             bytes,
             runs,
             link,
-        } => {
-            let vias = parse_vias(&via)?;
-            check(&vias)?;
-            let mut reports = Vec::new();
-            for v in vias {
-                eprintln!(
-                    "braid: {runs} pages of {connections} connections through {}",
-                    v.name()
-                );
-                reports.push(relay_bench::page_load(
-                    &exe,
-                    &name,
-                    v,
-                    path_specs(2, &link)?,
-                    connections,
-                    bytes,
-                    runs,
-                )?);
-            }
-            if ctx.json {
-                print_json(&reports);
-            } else {
-                println!(
-                    "{:<12} {:>12} {:>14} {:>12} {:>12}",
-                    "via", "connections", "response bytes", "median ms", "worst ms"
-                );
-                for r in &reports {
-                    println!(
-                        "{:<12} {:>12} {:>14} {:>12.1} {:>12.1}",
-                        if r.via == "direct" {
-                            "direct (TCP, primary)"
-                        } else {
-                            r.via
-                        },
-                        r.connections,
-                        r.response_bytes,
-                        r.median_ms,
-                        r.worst_ms
-                    );
-                }
-            }
-        }
-        BenchRelayCmd::Quic { samples, link } => {
-            check(&[Via::Transparent])?;
-            let mut reports = Vec::new();
-            for mode in ["block", "relay", "allow"] {
-                eprintln!("braid: {samples} QUIC-first requests with quic = {mode}");
-                reports.push(relay_bench::quic_first(
-                    &exe,
-                    &name,
-                    mode,
-                    path_specs(2, &link)?,
-                    samples,
-                )?);
-            }
-            if ctx.json {
-                print_json(&reports);
-            } else {
-                println!(
-                    "{:<8} {:>9} {:>10} {:>9} {:>9}",
-                    "quic", "samples", "over QUIC", "p50 ms", "worst ms"
-                );
-                for r in &reports {
-                    println!(
-                        "{:<8} {:>9} {:>10} {:>9.1} {:>9.1}",
-                        r.quic, r.samples, r.over_quic, r.p50_ms, r.worst_ms
-                    );
-                }
-            }
-        }
+        } => bench_page_load(&rb, &via, connections, bytes, runs, &link),
+        BenchRelayCmd::Quic { samples, link } => bench_quic(&rb, samples, &link),
         BenchRelayCmd::Scale {
             via,
             clients,
             per_client,
-        } => {
-            let vias = parse_vias(&via)?;
-            check(&vias)?;
-            let mut reports = Vec::new();
-            for v in vias {
-                eprintln!(
-                    "braid: {clients} clients x {per_client} connections through {}",
-                    v.name()
-                );
-                reports.push(relay_bench::scale(&exe, &name, v, clients, per_client)?);
-            }
-            if ctx.json {
-                print_json(&reports);
-            } else {
-                for r in &reports {
-                    println!(
-                        "{}: {} connections ({} failed) open in {:.2} s; CONNECT answered p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; first response p50 {:.1} ms, p99 {:.1} ms",
-                        r.via, r.connections, r.failures, r.all_open_s, r.setup_p50_ms, r.setup_p99_ms, r.setup_max_ms, r.response_p50_ms, r.response_p99_ms
-                    );
-                    println!(
-                        "  relay:  RSS {} -> {} KiB ({:.1} KiB per connection), fds {} -> {} -> {} after close, CPU {:.3} ms per connection",
-                        r.relay_rss_idle_kib, r.relay_rss_peak_kib, r.relay_rss_per_connection_kib, r.relay_fds_idle, r.relay_fds_peak, r.relay_fds_after, r.relay_cpu_ms_per_connection
-                    );
-                    println!(
-                        "  client: RSS {} -> {} KiB ({:.1} KiB per connection), fds {} -> {} after close, CPU {:.3} ms per connection",
-                        r.client_rss_idle_kib, r.client_rss_peak_kib, r.client_rss_per_connection_kib, r.client_fds_idle, r.client_fds_after, r.client_cpu_ms_per_connection
-                    );
-                }
-            }
+        } => bench_scale(&rb, &via, clients, per_client),
+    }
+}
+
+fn bench_throughput(
+    rb: &RelayBench,
+    via: &str,
+    paths: usize,
+    duration: &str,
+) -> Result<(), LabError> {
+    let RelayBench { ctx, exe, name } = rb;
+    let vias = parse_vias(via)?;
+    relay_bench::check_available(&vias)?;
+    let d = std::time::Duration::from_micros(spec::parse_duration_us(duration)?);
+    let mut reports = Vec::new();
+    for v in vias {
+        eprintln!("braid: one download through {} for {d:?}", v.name());
+        reports.push(relay_bench::throughput(exe, name, v, paths, d)?);
+    }
+    if ctx.json {
+        print_json(&reports);
+    } else {
+        println!(
+            "{:<12} {:>9} {:>16} {:>17} {:>19} {:>20}",
+            "via",
+            "Gbit/s",
+            "relay CPU s/GB",
+            "client CPU s/GB",
+            "Gbit/s per relay core",
+            "Gbit/s per client core"
+        );
+        for r in &reports {
+            println!(
+                "{:<12} {:>9.2} {:>16} {:>17} {:>19} {:>20}",
+                r.via,
+                r.gbit_per_s,
+                opt(r.relay_cpu_s_per_gb, 2),
+                opt(r.client_cpu_s_per_gb, 2),
+                opt(r.gbit_per_s_per_relay_core, 2),
+                opt(r.gbit_per_s_per_client_core, 2)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn bench_ttfb(
+    rb: &RelayBench,
+    via: &str,
+    samples: usize,
+    fast_open: &str,
+    early_reply: &str,
+    link: &LinkArgs,
+) -> Result<(), LabError> {
+    let RelayBench { ctx, exe, name } = rb;
+    let vias = parse_vias(via)?;
+    relay_bench::check_available(&vias)?;
+    let mut reports = Vec::new();
+    for v in vias {
+        for opts in relay_bench::ttfb_options(v, fast_open, early_reply) {
+            eprintln!(
+                "braid: {samples} short requests through {} (fast open {}, early reply {})",
+                v.name(),
+                onoff(opts.fast_open),
+                onoff(opts.early_reply)
+            );
+            reports.push(relay_bench::ttfb(
+                exe,
+                name,
+                v,
+                opts,
+                path_specs(2, link)?,
+                samples,
+            )?);
+        }
+    }
+    if ctx.json {
+        print_json(&reports);
+    } else {
+        println!(
+            "{:<12} {:>9} {:>11} {:>9} {:>9} {:>9} {:>14} {:>9}",
+            "via",
+            "fast open",
+            "early reply",
+            "p50 ms",
+            "p90 ms",
+            "max ms",
+            "path RTT ms",
+            "no answer"
+        );
+        for r in &reports {
+            let direct = r.via == "direct";
+            println!(
+                "{:<12} {:>9} {:>11} {:>9.1} {:>9.1} {:>9.1} {:>14.1} {:>9}",
+                r.via,
+                if direct { "-" } else { onoff(r.fast_open) },
+                if direct { "-" } else { onoff(r.early_reply) },
+                r.p50_ms,
+                r.p90_ms,
+                r.max_ms,
+                r.path_rtt_ms,
+                format!("{}/{}", r.failures, r.samples + r.failures)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn bench_page_load(
+    rb: &RelayBench,
+    via: &str,
+    connections: usize,
+    bytes: usize,
+    runs: usize,
+    link: &LinkArgs,
+) -> Result<(), LabError> {
+    let RelayBench { ctx, exe, name } = rb;
+    let vias = parse_vias(via)?;
+    relay_bench::check_available(&vias)?;
+    let mut reports = Vec::new();
+    for v in vias {
+        eprintln!(
+            "braid: {runs} pages of {connections} connections through {}",
+            v.name()
+        );
+        reports.push(relay_bench::page_load(
+            exe,
+            name,
+            v,
+            path_specs(2, link)?,
+            connections,
+            bytes,
+            runs,
+        )?);
+    }
+    if ctx.json {
+        print_json(&reports);
+    } else {
+        println!(
+            "{:<12} {:>12} {:>14} {:>12} {:>12}",
+            "via", "connections", "response bytes", "median ms", "worst ms"
+        );
+        for r in &reports {
+            println!(
+                "{:<12} {:>12} {:>14} {:>12.1} {:>12.1}",
+                if r.via == "direct" {
+                    "direct (TCP, primary)"
+                } else {
+                    r.via
+                },
+                r.connections,
+                r.response_bytes,
+                r.median_ms,
+                r.worst_ms
+            );
+        }
+    }
+    Ok(())
+}
+
+fn bench_quic(rb: &RelayBench, samples: usize, link: &LinkArgs) -> Result<(), LabError> {
+    let RelayBench { ctx, exe, name } = rb;
+    relay_bench::check_available(&[Via::Transparent])?;
+    let mut reports = Vec::new();
+    for mode in ["block", "relay", "allow"] {
+        eprintln!("braid: {samples} QUIC-first requests with quic = {mode}");
+        reports.push(relay_bench::quic_first(
+            exe,
+            name,
+            mode,
+            path_specs(2, link)?,
+            samples,
+        )?);
+    }
+    if ctx.json {
+        print_json(&reports);
+    } else {
+        println!(
+            "{:<8} {:>9} {:>10} {:>9} {:>9}",
+            "quic", "samples", "over QUIC", "p50 ms", "worst ms"
+        );
+        for r in &reports {
+            println!(
+                "{:<8} {:>9} {:>10} {:>9.1} {:>9.1}",
+                r.quic, r.samples, r.over_quic, r.p50_ms, r.worst_ms
+            );
+        }
+    }
+    Ok(())
+}
+
+fn bench_scale(
+    rb: &RelayBench,
+    via: &str,
+    clients: usize,
+    per_client: usize,
+) -> Result<(), LabError> {
+    let RelayBench { ctx, exe, name } = rb;
+    let vias = parse_vias(via)?;
+    relay_bench::check_available(&vias)?;
+    let mut reports = Vec::new();
+    for v in vias {
+        eprintln!(
+            "braid: {clients} clients x {per_client} connections through {}",
+            v.name()
+        );
+        reports.push(relay_bench::scale(exe, name, v, clients, per_client)?);
+    }
+    if ctx.json {
+        print_json(&reports);
+    } else {
+        for r in &reports {
+            println!(
+                "{}: {} connections ({} failed) open in {:.2} s; CONNECT answered p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; first response p50 {:.1} ms, p99 {:.1} ms",
+                r.via, r.connections, r.failures, r.all_open_s, r.setup_p50_ms, r.setup_p99_ms, r.setup_max_ms, r.response_p50_ms, r.response_p99_ms
+            );
+            println!(
+                "  relay:  RSS {} -> {} KiB ({:.1} KiB per connection), fds {} -> {} -> {} after close, CPU {:.3} ms per connection",
+                r.relay_rss_idle_kib, r.relay_rss_peak_kib, r.relay_rss_per_connection_kib, r.relay_fds_idle, r.relay_fds_peak, r.relay_fds_after, r.relay_cpu_ms_per_connection
+            );
+            println!(
+                "  client: RSS {} -> {} KiB ({:.1} KiB per connection), fds {} -> {} after close, CPU {:.3} ms per connection",
+                r.client_rss_idle_kib, r.client_rss_peak_kib, r.client_rss_per_connection_kib, r.client_fds_idle, r.client_fds_after, r.client_cpu_ms_per_connection
+            );
         }
     }
     Ok(())

@@ -82,25 +82,25 @@ pub(super) struct TunnelError {
     pub relay_down: bool,
 }
 
-/// Connect to the relay, send the request in the first flight, read the
-/// answer. The error carries the status to give the program.
-pub(super) async fn open_tunnel(
+/// The relay could not be reached, or did not answer as the relay: counted,
+/// and told to the program as a general failure.
+fn relay_unreachable(shared: &Shared, why: String) -> TunnelError {
+    fail(shared, Refusal::RelayUnreachable, why.clone());
+    shared.relay_health.failed();
+    TunnelError {
+        status: Status::GeneralFailure,
+        why,
+        relay_down: true,
+    }
+}
+
+/// A connection to the first of the relay's addresses that takes one
+/// before `deadline`, and that address (remembered as one of the relay's).
+async fn connect_relay(
     shared: &Shared,
-    kind: Kind,
-    dest: &Destination,
-    early_data: Vec<u8>,
-) -> Result<(TcpStream, Tunnel), TunnelError> {
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_millis(shared.cfg.connect_timeout_ms);
-    let unreachable = |why: String| {
-        fail(shared, Refusal::RelayUnreachable, why.clone());
-        shared.relay_health.failed();
-        TunnelError {
-            status: Status::GeneralFailure,
-            why,
-            relay_down: true,
-        }
-    };
+    deadline: tokio::time::Instant,
+) -> Result<(TcpStream, SocketAddr), TunnelError> {
+    let unreachable = |why: String| relay_unreachable(shared, why);
     let addrs = relay_addrs(shared).await.map_err(unreachable)?;
     let mut stream = None;
     let mut last_err = String::from("no address");
@@ -123,7 +123,7 @@ pub(super) async fn open_tunnel(
             Err(_) => last_err = format!("{addr}: timed out"),
         }
     }
-    let Some((mut stream, addr)) = stream else {
+    let Some((stream, addr)) = stream else {
         let name = match &shared.relay.host {
             Host::Name(_) => format!("{} ", shared.relay),
             Host::Ip(_) => String::new(),
@@ -138,6 +138,56 @@ pub(super) async fn open_tunnel(
             seen.push(addr);
         }
     }
+    Ok((stream, addr))
+}
+
+/// The relay's answer (one whole message), read from `stream` at `addr`
+/// before `deadline`; what follows it stays in `reader`.
+async fn read_answer(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    reader: &mut MessageReader,
+    addr: SocketAddr,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<u8>, TunnelError> {
+    let unreachable = |why: String| relay_unreachable(shared, why);
+    let silent = || {
+        format!(
+            "the relay {} did not answer within {} ms: it is unreachable, or it does not accept this client (check that relay_public_key is the relay's key, and that this client's key {} is listed in the relay's [[relay.server.client]])",
+            shared.relay, shared.cfg.connect_timeout_ms, shared.public
+        )
+    };
+    loop {
+        if let Some(m) = reader.next_message() {
+            return Ok(m.to_vec());
+        }
+        let spare = reader.spare();
+        match timeout_at(deadline, stream.read(spare)).await {
+            Ok(Ok(0)) => return Err(unreachable(silent())),
+            Ok(Ok(n)) => reader.filled(n),
+            Ok(Err(e)) => {
+                return Err(unreachable(format!(
+                    "reading the answer of the relay {} ({addr}): {e}",
+                    shared.relay
+                )))
+            }
+            Err(_) => return Err(unreachable(silent())),
+        }
+    }
+}
+
+/// Connect to the relay, send the request in the first flight, read the
+/// answer. The error carries the status to give the program.
+pub(super) async fn open_tunnel(
+    shared: &Shared,
+    kind: Kind,
+    dest: &Destination,
+    early_data: Vec<u8>,
+) -> Result<(TcpStream, Tunnel), TunnelError> {
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(shared.cfg.connect_timeout_ms);
+    let unreachable = |why: String| relay_unreachable(shared, why);
+    let (mut stream, addr) = connect_relay(shared, deadline).await?;
     let mut initiator = Initiator::new(&shared.key, &shared.cfg.relay_public_key)
         .map_err(|e| unreachable(e.to_string()))?;
     let request = Request {
@@ -159,29 +209,7 @@ pub(super) async fn open_tunnel(
         )));
     }
     let mut reader = MessageReader::new();
-    let silent = || {
-        format!(
-            "the relay {} did not answer within {} ms: it is unreachable, or it does not accept this client (check that relay_public_key is the relay's key, and that this client's key {} is listed in the relay's [[relay.server.client]])",
-            shared.relay, shared.cfg.connect_timeout_ms, shared.public
-        )
-    };
-    let answer = loop {
-        if let Some(m) = reader.next_message() {
-            break m.to_vec();
-        }
-        let spare = reader.spare();
-        match timeout_at(deadline, stream.read(spare)).await {
-            Ok(Ok(0)) => return Err(unreachable(silent())),
-            Ok(Ok(n)) => reader.filled(n),
-            Ok(Err(e)) => {
-                return Err(unreachable(format!(
-                    "reading the answer of the relay {} ({addr}): {e}",
-                    shared.relay
-                )))
-            }
-            Err(_) => return Err(unreachable(silent())),
-        }
-    };
+    let answer = read_answer(shared, &mut stream, &mut reader, addr, deadline).await?;
     let (payload, session) = initiator.read_reply(&answer).map_err(|_| {
         unreachable(format!(
             "the relay's answer failed authentication: {} is not the relay whose key is relay_public_key",

@@ -7,7 +7,7 @@ use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Direction, Layout, Rect};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Paragraph};
+use ratatui::widgets::{Block, Borders, Paragraph, Widget};
 
 use super::model::{ConnStat, Group, GroupRow, IfaceStat, Model, Row, SubflowStat, ViewOpts};
 
@@ -332,43 +332,8 @@ pub fn render(area: Rect, buf: &mut Buffer, ui: &Ui) {
             Constraint::Length(1),
         ],
     );
-    use ratatui::widgets::Widget;
-
-    // Header.
-    let subtitle = if ui.paused { "  PAUSED" } else { "" };
-    let paths = if ui.subflow_ms > ui.interval_ms {
-        format!(", subflows {} ms", ui.subflow_ms)
-    } else {
-        String::new()
-    };
-    Paragraph::new(Line::styled(
-        format!(
-            "braid top  {}  refresh {} ms{paths}{}{}",
-            ui.clock,
-            ui.interval_ms,
-            subtitle,
-            ui.error
-                .map(|e| format!("  error: {e}"))
-                .unwrap_or_default()
-        ),
-        Style::default().add_modifier(Modifier::REVERSED),
-    ))
-    .render(parts[0], buf);
-
-    // Paths.
-    let w = parts[1].width as usize;
-    let mut lines = vec![];
-    for i in &ui.model.ifaces {
-        lines.push(Line::from(iface_line(i, w)));
-    }
-    if ui.model.ifaces.is_empty() {
-        lines.push(Line::from("no interfaces"));
-    }
-    Paragraph::new(lines)
-        .block(title(
-            " paths: IFACE STATE ROLE SUBFLOWS(b=backup) RTT LOSS IN/s OUT/s HISTORY ".into(),
-        ))
-        .render(parts[1], buf);
+    render_header(parts[0], buf, ui);
+    render_paths(parts[1], buf, ui);
 
     // Connections.
     let room = parts[2].height.saturating_sub(1) as usize;
@@ -388,7 +353,61 @@ pub fn render(area: Rect, buf: &mut Buffer, ui: &Ui) {
     } else {
         (parts[3], parts[4])
     };
-    let ev_room = ev_area.height.saturating_sub(1) as usize;
+    render_events(ev_area, buf, ui);
+
+    // The daemon's path state, then its latest changes and decisions.
+    Paragraph::new(
+        ui.daemon
+            .iter()
+            .map(|l| Line::from(l.clone()))
+            .collect::<Vec<_>>(),
+    )
+    .block(title(" daemon decisions ".into()))
+    .render(daemon_area, buf);
+
+    render_footer(parts[5], buf, ui);
+}
+
+fn render_header(area: Rect, buf: &mut Buffer, ui: &Ui) {
+    let subtitle = if ui.paused { "  PAUSED" } else { "" };
+    let paths = if ui.subflow_ms > ui.interval_ms {
+        format!(", subflows {} ms", ui.subflow_ms)
+    } else {
+        String::new()
+    };
+    Paragraph::new(Line::styled(
+        format!(
+            "braid top  {}  refresh {} ms{paths}{}{}",
+            ui.clock,
+            ui.interval_ms,
+            subtitle,
+            ui.error
+                .map(|e| format!("  error: {e}"))
+                .unwrap_or_default()
+        ),
+        Style::default().add_modifier(Modifier::REVERSED),
+    ))
+    .render(area, buf);
+}
+
+fn render_paths(area: Rect, buf: &mut Buffer, ui: &Ui) {
+    let w = area.width as usize;
+    let mut lines = vec![];
+    for i in &ui.model.ifaces {
+        lines.push(Line::from(iface_line(i, w)));
+    }
+    if ui.model.ifaces.is_empty() {
+        lines.push(Line::from("no interfaces"));
+    }
+    Paragraph::new(lines)
+        .block(title(
+            " paths: IFACE STATE ROLE SUBFLOWS(b=backup) RTT LOSS IN/s OUT/s HISTORY ".into(),
+        ))
+        .render(area, buf);
+}
+
+fn render_events(area: Rect, buf: &mut Buffer, ui: &Ui) {
+    let ev_room = area.height.saturating_sub(1) as usize;
     let mut ev: Vec<Line> = match &ui.events_note {
         Some(n) => vec![Line::from(n.clone())],
         None => vec![],
@@ -403,19 +422,11 @@ pub fn render(area: Rect, buf: &mut Buffer, ui: &Ui) {
     }
     Paragraph::new(ev)
         .block(title(" MPTCP events (newest last) ".into()))
-        .render(ev_area, buf);
+        .render(area, buf);
+}
 
-    // The daemon's path state, then its latest changes and decisions.
-    Paragraph::new(
-        ui.daemon
-            .iter()
-            .map(|l| Line::from(l.clone()))
-            .collect::<Vec<_>>(),
-    )
-    .block(title(" daemon decisions ".into()))
-    .render(daemon_area, buf);
-
-    // Footer: keys, or the filter being typed.
+/// Keys, or the filter being typed.
+fn render_footer(area: Rect, buf: &mut Buffer, ui: &Ui) {
     let footer = match ui.editing {
         Some(t) => format!("filter: {t}_   Enter apply, Esc cancel"),
         None => format!(
@@ -428,7 +439,7 @@ pub fn render(area: Rect, buf: &mut Buffer, ui: &Ui) {
         footer,
         Style::default().add_modifier(Modifier::REVERSED),
     ))
-    .render(parts[5], buf);
+    .render(area, buf);
 }
 
 /// A buffer as plain text, trailing blanks trimmed.
