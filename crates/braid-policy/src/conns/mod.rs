@@ -351,25 +351,8 @@ impl ConnPolicy {
                 owner,
                 subflows,
             } => {
-                if self.conns.contains_key(&token) {
+                if !self.adopted(token, local, remote, server_side, &owner, subflows) {
                     return out;
-                }
-                self.created(token, local, remote, server_side, &owner);
-                let Some(c) = self.conns.get_mut(&token) else {
-                    return out;
-                };
-                c.established = true;
-                for sf in subflows {
-                    c.ids.insert(sf.local.ip(), sf.local_id);
-                    c.subflows.insert(
-                        (sf.local, sf.remote),
-                        Subflow {
-                            local: sf.local,
-                            remote: sf.remote,
-                            backup: sf.backup,
-                            since: now,
-                        },
-                    );
                 }
                 (
                     vec![token],
@@ -500,6 +483,41 @@ impl ConnPolicy {
                 suspect: BTreeMap::new(),
             },
         );
+    }
+
+    /// A connection the kernel has and this policy never heard of, with
+    /// the subflows it has. False if it was known already.
+    fn adopted(
+        &mut self,
+        token: u32,
+        local: SocketAddr,
+        remote: SocketAddr,
+        server_side: bool,
+        owner: &Owner,
+        subflows: Vec<AdoptedSubflow>,
+    ) -> bool {
+        if self.conns.contains_key(&token) {
+            return false;
+        }
+        let now = self.clock.now();
+        self.created(token, local, remote, server_side, owner);
+        let Some(c) = self.conns.get_mut(&token) else {
+            return false;
+        };
+        c.established = true;
+        for sf in subflows {
+            c.ids.insert(sf.local.ip(), sf.local_id);
+            c.subflows.insert(
+                (sf.local, sf.remote),
+                Subflow {
+                    local: sf.local,
+                    remote: sf.remote,
+                    backup: sf.backup,
+                    since: now,
+                },
+            );
+        }
+        true
     }
 
     /// A subflow (or a join that never came up) closed: opened again at
@@ -872,22 +890,16 @@ impl ConnPolicy {
         let Some(c) = self.conns.get_mut(&token) else {
             return (Vec::new(), String::new());
         };
-        let (active, why, left) = match (measured, current) {
-            (true, Some((cur, _, cur_informed))) => match c.budget.check(now, max, window) {
-                Ok(()) => {
-                    c.budget.spend(now);
-                    (active, why, left)
-                }
-                Err(held) => {
-                    c.active = Some((cur, format!("{why}; staying: {held}"), cur_informed));
-                    return (
-                        addrs.iter().copied().filter(|a| *a != cur).collect(),
-                        format!("{why}; staying on {cur}: {held}"),
-                    );
-                }
-            },
-            _ => (active, why, left),
-        };
+        if let (true, Some((cur, _, cur_informed))) = (measured, current) {
+            if let Err(held) = c.budget.check(now, max, window) {
+                c.active = Some((cur, format!("{why}; staying: {held}"), cur_informed));
+                return (
+                    addrs.iter().copied().filter(|a| *a != cur).collect(),
+                    format!("{why}; staying on {cur}: {held}"),
+                );
+            }
+            c.budget.spend(now);
+        }
         if c.active.as_ref().map(|(a, _, _)| *a) != Some(active) {
             c.last_switch = now;
         }
