@@ -370,7 +370,14 @@ fn verdict_without_events(
         announced: None,
         join,
         c_flag: Tri::Unknown,
-        summary: format!("MPTCP yes — announcements unknown, {join_text}, C flag unknown (no access to MPTCP events: run as root)"),
+        summary: format!(
+            "MPTCP yes — announcements unknown, {join_text}, C flag unknown ({})",
+            if why.contains("ermission") || why.contains("EPERM") {
+                "no access to MPTCP events: run as root".to_string()
+            } else {
+                format!("MPTCP events could not be read: {why}")
+            }
+        ),
         reasons,
     }
 }

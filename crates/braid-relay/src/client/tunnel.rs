@@ -201,12 +201,20 @@ pub(super) async fn open_tunnel(
         .map_err(|e| unreachable(e.to_string()))?;
     let mut flight = wire::length_prefix(msg.len()).to_vec();
     flight.extend_from_slice(&msg);
-    if let Err(e) = timeout_at(deadline, net::write_first_flight(&stream, &flight)).await {
-        let _ = e;
-        return Err(unreachable(format!(
-            "the relay {} did not accept the connection in time",
-            shared.relay
-        )));
+    match timeout_at(deadline, net::write_first_flight(&stream, &flight)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(unreachable(format!(
+                "connecting to the relay {} failed: {e}",
+                shared.relay
+            )))
+        }
+        Err(_) => {
+            return Err(unreachable(format!(
+                "the relay {} did not accept the connection in time",
+                shared.relay
+            )))
+        }
     }
     let mut reader = MessageReader::new();
     let answer = read_answer(shared, &mut stream, &mut reader, addr, deadline).await?;
@@ -241,7 +249,6 @@ pub(super) async fn open_tunnel(
         shared.over_tcp.fetch_add(1, Ordering::Relaxed);
     }
     let (sealer, opener) = session.split();
-    let _ = &mut stream;
     Ok((
         stream,
         Tunnel {
