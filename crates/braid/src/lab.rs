@@ -128,7 +128,7 @@ impl Default for LinkArgs {
 pub struct RunArgs {
     /// aggregate, failover-carrier, failover-blackhole, failover-address, late-interface, flap or lossy-primary.
     pub scenario: String,
-    /// Path manager(s): none, kernel, kernel:backup, braid, braid:handover, braid:interactive, mptcpd (comma-separated for compare).
+    /// Path manager(s): none, kernel, kernel:backup, braid, braid:handover, braid:interactive, braid-conn, braid-conn:handover, braid-conn:interactive (Braid as the per-connection userspace path manager), mptcpd (comma-separated for compare).
     #[arg(long, default_value = "kernel")]
     pub pm: String,
     /// How long the traffic runs.
