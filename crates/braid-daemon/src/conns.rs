@@ -5,7 +5,7 @@
 //! owner, and carries out the decisions with the userspace PM commands.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use braid_kernel::cgroup::CgroupPaths;
 use braid_kernel::events::{Event as KernelEvent, EventKind};
@@ -33,6 +33,9 @@ pub struct ConnShell {
     /// Per-connection decisions and refusals in the log (the journal keeps
     /// them all).
     log_budget: RateLimit,
+    /// Loss echoes the policy asked for, for the daemon's prober:
+    /// (ifindex, local, remote, timeout_ms).
+    echoes: Vec<(u32, IpAddr, IpAddr, u64)>,
 }
 
 /// Lines of per-connection decisions a second, at most.
@@ -63,6 +66,7 @@ impl ConnShell {
             need_exe: config.apps.iter().any(|a| a.exe.is_some()),
             restore: Some(original),
             log_budget: RateLimit::new(DECISION_LINES_PER_SECOND),
+            echoes: Vec::new(),
         })
     }
 
@@ -176,6 +180,27 @@ impl ConnShell {
         self.carry_out(ds, now_ms, pm, journal);
     }
 
+    /// The echoes asked for since the last call, to be sent by the
+    /// daemon's prober (answers come back through `loss_echo`).
+    pub fn take_echoes(&mut self) -> Vec<(u32, IpAddr, IpAddr, u64)> {
+        std::mem::take(&mut self.echoes)
+    }
+
+    /// A loss echo's outcome.
+    pub fn loss_echo(
+        &mut self,
+        ifindex: u32,
+        answered: bool,
+        now_ms: u64,
+        pm: &mut PathManager,
+        journal: &mut Journal,
+    ) {
+        let ds = self
+            .policy
+            .handle(ConnEvent::LossEcho { ifindex, answered }, now_ms);
+        self.carry_out(ds, now_ms, pm, journal);
+    }
+
     pub fn tick(&mut self, now_ms: u64, pm: &mut PathManager, journal: &mut Journal) {
         let ds = self.policy.handle(ConnEvent::Tick, now_ms);
         self.carry_out(ds, now_ms, pm, journal);
@@ -269,6 +294,19 @@ impl ConnShell {
         while !ds.is_empty() {
             let mut next = Vec::new();
             for d in ds {
+                // Loss echoes go to the daemon's prober, ten a second while
+                // a path is measured: not logged.
+                if let ConnAction::ProbeLoss {
+                    ifindex,
+                    local,
+                    remote,
+                    timeout_ms,
+                } = d.action
+                {
+                    debug!(action = %d.action, reason = %d.reason, "connection decision");
+                    self.echoes.push((ifindex, local, remote, timeout_ms));
+                    continue;
+                }
                 let (log, held) = self.log_budget.allow(now_ms);
                 if held > 0 {
                     info!(held, "more connection decisions than {DECISION_LINES_PER_SECOND} a second: {held} were not logged ('braid monitor' shows every one)");
@@ -325,5 +363,8 @@ fn execute(pm: &mut PathManager, a: &ConnAction) -> braid_kernel::Result<()> {
             backup,
         } => pm.set_subflow_backup(*token, *local, *remote, *backup),
         ConnAction::Announce { token, id, addr } => pm.announce(*token, *id, *addr, None),
+        ConnAction::Remove { token, id, .. } => pm.remove(*token, *id),
+        // Sent by the daemon's prober (see `carry_out`).
+        ConnAction::ProbeLoss { .. } => Ok(()),
     }
 }

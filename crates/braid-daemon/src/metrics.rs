@@ -356,7 +356,7 @@ pub struct Snapshot {
 }
 
 /// Every action the policy decides, by the name its JSON uses.
-pub const ACTIONS: [&str; 7] = [
+pub const ACTIONS: [&str; 8] = [
     "add_endpoint",
     "remove_endpoint",
     "set_endpoint_flags",
@@ -364,6 +364,7 @@ pub const ACTIONS: [&str; 7] = [
     "set_sysctl",
     "probe_path",
     "set_route_initcwnd",
+    "probe_loss",
 ];
 
 pub fn action_name(a: &braid_policy::Action) -> &'static str {
@@ -376,6 +377,7 @@ pub fn action_name(a: &braid_policy::Action) -> &'static str {
         A::SetSysctl { .. } => ACTIONS[4],
         A::ProbePath { .. } => ACTIONS[5],
         A::SetRouteInitcwnd { .. } => ACTIONS[6],
+        A::ProbeLoss { .. } => ACTIONS[7],
     }
 }
 
@@ -1036,6 +1038,12 @@ mod tests {
                 table: 254,
                 ipv6: false,
                 initcwnd: None,
+            },
+            Action::ProbeLoss {
+                ifindex: 1,
+                local: ip,
+                remote: ip,
+                timeout_ms: 1,
             },
         ] {
             assert_eq!(serde_json::to_value(&a).unwrap()["action"], action_name(&a));

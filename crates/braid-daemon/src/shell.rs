@@ -144,6 +144,9 @@ struct ProbeOutcome {
     /// The decision that sent the probe.
     id: u64,
     action: Action,
+    /// Asked for by the per-connection path manager (its answer goes
+    /// there).
+    for_conns: bool,
     result: braid_kernel::Result<Option<Duration>>,
 }
 
@@ -280,15 +283,21 @@ impl Shell {
             self.save_state(intent);
         }
         for d in decisions {
-            info!(action = %d.action, reason = %d.reason, "decision");
-            self.journal.record(
-                unix_ms_now(),
-                What::Decision {
-                    id: d.id,
-                    action: d.action.clone(),
-                    reason: d.reason.clone(),
-                },
-            );
+            // Loss echoes go ten a second while a lossy path stands by:
+            // the path's state says why, the log and journal need not.
+            if matches!(d.action, Action::ProbeLoss { .. }) {
+                debug!(action = %d.action, reason = %d.reason, "decision");
+            } else {
+                info!(action = %d.action, reason = %d.reason, "decision");
+                self.journal.record(
+                    unix_ms_now(),
+                    What::Decision {
+                        id: d.id,
+                        action: d.action.clone(),
+                        reason: d.reason.clone(),
+                    },
+                );
+            }
             let kind = metrics::action_name(&d.action);
             *self.tallies.decisions.entry(kind).or_default() += 1;
             crash::around("before", &d.action);
@@ -350,8 +359,20 @@ impl Shell {
         let samples = token_samples(subflows).collect();
         let problems = self.policy.path_problems();
         let now = self.now_ms();
-        if let Some(c) = self.conns.as_mut() {
-            c.health(samples, problems, now, &mut self.pm, &mut self.journal);
+        let Some(c) = self.conns.as_mut() else {
+            return;
+        };
+        c.health(samples, problems, now, &mut self.pm, &mut self.journal);
+        for echo in c.take_echoes() {
+            let action = Action::ProbeLoss {
+                ifindex: echo.0,
+                local: echo.1,
+                remote: echo.2,
+                timeout_ms: echo.3,
+            };
+            if let Err(f) = self.send_echo(0, action, true) {
+                debug!(error = %f.error, "loss echo not sent");
+            }
         }
     }
 
@@ -581,26 +602,8 @@ impl Shell {
                 .pm
                 .set_limits(Some(*subflows), Some(*add_addr_accepted))?,
             Action::SetSysctl { name, value } => braid_kernel::sysctl::write(name, value)?,
-            Action::ProbePath {
-                ifindex,
-                local,
-                remote,
-                timeout_ms,
-            } => {
-                let method = self.probe.method(remote.is_ipv6()).map_err(|why| Failure {
-                    error: format!("path probing is off: {why}"),
-                    quiet: true,
-                })?;
-                let (ifindex, local, remote) = (*ifindex, *local, *remote);
-                let timeout = Duration::from_millis(*timeout_ms);
-                let tx = self.probe_results.clone();
-                let action = a.clone();
-                tokio::spawn(async move {
-                    let result =
-                        braid_kernel::probe::echo_with(method, local, remote, ifindex, timeout)
-                            .await;
-                    let _ = tx.send(ProbeOutcome { id, action, result });
-                });
+            Action::ProbePath { .. } | Action::ProbeLoss { .. } => {
+                self.send_echo(id, a.clone(), false)?
             }
             Action::SetRouteInitcwnd {
                 ifindex,
@@ -614,17 +617,72 @@ impl Shell {
         Ok(())
     }
 
+    /// An ICMP echo for a probe action, in the background; its outcome
+    /// comes back through `probe_results`.
+    fn send_echo(&self, id: u64, action: Action, for_conns: bool) -> Result<(), Failure> {
+        let (Action::ProbePath {
+            ifindex,
+            local,
+            remote,
+            timeout_ms,
+        }
+        | Action::ProbeLoss {
+            ifindex,
+            local,
+            remote,
+            timeout_ms,
+        }) = action
+        else {
+            return Ok(());
+        };
+        let method = self.probe.method(remote.is_ipv6()).map_err(|why| Failure {
+            error: format!("path probing is off: {why}"),
+            quiet: true,
+        })?;
+        let timeout = Duration::from_millis(timeout_ms);
+        let tx = self.probe_results.clone();
+        tokio::spawn(async move {
+            let result =
+                braid_kernel::probe::echo_with(method, local, remote, ifindex, timeout).await;
+            let _ = tx.send(ProbeOutcome {
+                id,
+                action,
+                for_conns,
+                result,
+            });
+        });
+        Ok(())
+    }
+
     /// A probe's result: fed back to the policy; a probe that could not be
     /// sent is logged once per kind of error, and a refused socket makes
     /// the daemon find out again how (or whether) it can probe.
     fn probe_done(&mut self, o: ProbeOutcome) {
-        let Action::ProbePath {
-            ifindex, remote, ..
-        } = o.action
-        else {
-            return;
+        let (ifindex, remote, loss_echo) = match o.action {
+            Action::ProbePath {
+                ifindex, remote, ..
+            } => (ifindex, remote, false),
+            Action::ProbeLoss {
+                ifindex, remote, ..
+            } => (ifindex, remote, true),
+            _ => return,
         };
         match o.result {
+            Ok(rtt) if loss_echo => {
+                if self.probe_errors.clear() {
+                    info!("path probes are sent again");
+                }
+                debug!(%remote, answered = rtt.is_some(), "loss echo");
+                let answered = rtt.is_some();
+                if o.for_conns {
+                    let now = self.now_ms();
+                    if let Some(c) = self.conns.as_mut() {
+                        c.loss_echo(ifindex, answered, now, &mut self.pm, &mut self.journal);
+                    }
+                } else {
+                    self.feed(Event::LossEcho { ifindex, answered });
+                }
+            }
             Ok(rtt) => {
                 if self.probe_errors.clear() {
                     info!("path probes are sent again");

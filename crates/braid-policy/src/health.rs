@@ -101,6 +101,16 @@ pub struct PathHealth {
     subflows_when_unreachable: Vec<SubflowKey>,
     #[serde(skip)]
     meter: LossMeter,
+    /// The loss figure comes from echoes, not from traffic: the path was
+    /// lossy and then carried none (it stands by after it was left).
+    #[serde(default)]
+    pub loss_probed: bool,
+    /// Echoes sent to measure that loss since the last sample: answers
+    /// heard and echoes lost.
+    #[serde(skip)]
+    echoes: (u32, u32),
+    #[serde(skip)]
+    last_echo_ms: Option<u64>,
 }
 
 /// What makes a smoothed retransmission rate (the rate itself is kept by
@@ -111,7 +121,11 @@ pub struct PathHealth {
 struct LossMeter {
     acc_retrans: u64,
     acc_segs: u64,
+    /// When the last sample from traffic was taken.
     last_traffic_ms: u64,
+    /// When the rate last changed (a sample of traffic or echoes, or a
+    /// halving): what the fading counts from.
+    last_sample_ms: u64,
 }
 
 impl LossMeter {
@@ -131,10 +145,16 @@ impl LossMeter {
             self.acc_retrans = 0;
             self.acc_segs = 0;
             self.last_traffic_ms = now_ms;
-        } else if now_ms.saturating_sub(self.last_traffic_ms) >= decay_ms && *loss > 0.0 {
+            self.last_sample_ms = now_ms;
+        } else if now_ms.saturating_sub(self.last_sample_ms) >= decay_ms && *loss > 0.0 {
             *loss /= 2.0;
-            self.last_traffic_ms = now_ms;
+            self.last_sample_ms = now_ms;
         }
+    }
+
+    /// Whether a sample from traffic was taken in the last round.
+    fn sampled_traffic_at(&self, now_ms: u64) -> bool {
+        self.last_traffic_ms == now_ms
     }
 }
 
@@ -174,6 +194,40 @@ impl PathHealth {
             && !self.probed
             && self.unreachable.is_none()
             && self.probe_pair.is_some()
+    }
+
+    /// Whether an echo should go now to measure this path's loss: it is
+    /// lossy, has carried too little traffic to measure for
+    /// `LOSS_IDLE_MS`, and the last echo went `LOSS_ECHO_INTERVAL_MS` ago.
+    /// Without this an idle path's loss fades and the path is taken back,
+    /// as lossy as it was (a standby carries nothing).
+    pub fn wants_loss_echo(&self, now_ms: u64) -> bool {
+        self.lossy
+            && self.unreachable.is_none()
+            && self.measured()
+            && now_ms.saturating_sub(self.meter.last_traffic_ms) >= LOSS_IDLE_MS
+            && self
+                .last_echo_ms
+                .is_none_or(|t| now_ms.saturating_sub(t) >= LOSS_ECHO_INTERVAL_MS)
+    }
+
+    /// Local and remote address of a subflow of this path: what a loss
+    /// echo goes between.
+    pub fn echo_pair(&self) -> Option<(IpAddr, IpAddr)> {
+        self.subflow_keys.first().map(|(l, r)| (l.ip(), r.ip()))
+    }
+
+    pub fn loss_echo_sent(&mut self, now_ms: u64) {
+        self.last_echo_ms = Some(now_ms);
+    }
+
+    /// A loss echo came back, or did not.
+    pub fn loss_echo_result(&mut self, answered: bool) {
+        if answered {
+            self.echoes.0 += 1;
+        } else {
+            self.echoes.1 += 1;
+        }
     }
 
     fn clear_unreachable(&mut self) {
@@ -320,10 +374,13 @@ impl PathHealth {
                 self.stalled_ms, self.stall_witnesses
             ));
         }
-        if self.lossy && self.loss_witnesses >= loss_hosts.max(1) {
+        // Echoes keep the verdict the connections gave before the path
+        // went idle: its witnesses' own figures fade meanwhile.
+        if self.lossy && (self.loss_probed || self.loss_witnesses >= loss_hosts.max(1)) {
             return Some(format!(
-                "lossy: {:.1} % of segments retransmitted (threshold {:.1} %; on connections to {} hosts)",
+                "lossy: {:.1} % of {} (threshold {:.1} %; on connections to {} hosts)",
                 self.loss * 100.0,
+                self.loss_measure(),
                 loss_threshold * 100.0,
                 self.loss_witnesses
             ));
@@ -383,12 +440,22 @@ impl PathHealth {
         }
         if self.lossy {
             return Some(format!(
-                "lossy: {:.1} % of segments retransmitted (threshold {:.1} %)",
+                "lossy: {:.1} % of {} (threshold {:.1} %)",
                 self.loss * 100.0,
+                self.loss_measure(),
                 loss_threshold * 100.0
             ));
         }
         None
+    }
+
+    /// What the loss figure counts.
+    fn loss_measure(&self) -> &'static str {
+        if self.loss_probed {
+            "echoes lost while it carries no traffic"
+        } else {
+            "segments retransmitted"
+        }
     }
 
     pub fn describe(&self) -> String {
@@ -423,6 +490,16 @@ const STALL_REPROBE_FIRST_MS: u64 = 1000;
 const STALL_REPROBE_MAX_MS: u64 = 60_000;
 /// Minimum sent segments before a retransmission rate is trusted.
 const MIN_SEGS: u64 = 20;
+/// A lossy path is measured with echoes once it has carried too little
+/// traffic to measure for this long, one echo every
+/// `LOSS_ECHO_INTERVAL_MS`, a sample of `LOSS_ECHO_SAMPLE` at a time: 10
+/// echoes a second on that path only, and a sample every 2 s. The rate
+/// is averaged like traffic samples, so a path that lost 19 % of its
+/// echoes is trusted again (under half the threshold) after three clean
+/// samples, 6 s.
+const LOSS_IDLE_MS: u64 = 500;
+pub const LOSS_ECHO_INTERVAL_MS: u64 = 100;
+const LOSS_ECHO_SAMPLE: u32 = 20;
 /// A path received at least this much between two rounds: it is in the
 /// middle of a transfer, and a sudden silence means something.
 const RX_ACTIVE_BYTES: u64 = 16 * 1024;
@@ -489,7 +566,22 @@ fn observe_loss(
         let d = &delta[&(s.local, s.remote)];
         h.meter.add(d.retrans, d.segs);
     }
+    // Echoes measure it: it does not fade meanwhile.
+    let echoed = h
+        .last_echo_ms
+        .is_some_and(|t| now_ms.saturating_sub(t) < 10 * LOSS_ECHO_INTERVAL_MS);
+    let decay_ms = if echoed { u64::MAX } else { decay_ms };
     h.meter.round(&mut h.loss, now_ms, decay_ms);
+    if h.meter.sampled_traffic_at(now_ms) {
+        h.loss_probed = false;
+        h.echoes = (0, 0);
+    } else if h.echoes.0 + h.echoes.1 >= LOSS_ECHO_SAMPLE {
+        let (heard, lost) = std::mem::take(&mut h.echoes);
+        let sample = f64::from(lost) / f64::from(heard + lost);
+        h.loss = 0.5 * h.loss + 0.5 * sample;
+        h.meter.last_sample_ms = now_ms;
+        h.loss_probed = true;
+    }
     if h.loss > loss_threshold {
         h.lossy = true;
     } else if h.loss < loss_threshold / 2.0 {
@@ -1046,5 +1138,60 @@ mod tests {
         assert!(l > 0.2);
         t.update(1200, &[s(1, 20, 40, 0, 0, 1)], 300, 0.05, 1000, 1);
         assert!(t.paths[&1].loss < l);
+    }
+
+    /// A lossy path that goes idle (it stands by): echoes keep its loss
+    /// measured instead of letting it fade, and clear it when they come
+    /// back again.
+    #[test]
+    fn an_idle_lossy_paths_loss_is_measured_by_echoes_not_forgotten() {
+        let mut t = HealthTracker::default();
+        let decay = 1000;
+        t.update(0, &[s(1, 0, 0, 0, 0, 1)], 300, 0.05, decay, 1);
+        t.update(100, &[s(1, 20, 100, 0, 0, 1)], 300, 0.05, decay, 1);
+        assert!(t.paths[&1].lossy);
+        // Idle from now on (no more segments): not yet for LOSS_IDLE_MS.
+        assert!(!t.paths[&1].wants_loss_echo(200));
+        let mut now = 100;
+        let mut sent = 0;
+        // 20 % of the echoes lost, for ten times the decay time.
+        while now < 10 * decay {
+            now += 100;
+            t.update(now, &[s(1, 20, 100, 0, 0, 1)], 300, 0.05, decay, 1);
+            let h = t.paths.get_mut(&1).unwrap();
+            if h.wants_loss_echo(now) {
+                assert_eq!(
+                    h.echo_pair().map(|p| p.1.to_string()).as_deref(),
+                    Some("10.9.9.9")
+                );
+                h.loss_echo_sent(now);
+                h.loss_echo_result(sent % 5 != 0);
+                sent += 1;
+            }
+        }
+        let h = &t.paths[&1];
+        assert!(sent >= 90, "{sent} echoes");
+        assert!(h.lossy && h.loss_probed, "{h:?}");
+        assert!((h.loss - 0.2).abs() < 0.05, "{}", h.loss);
+        assert!(
+            h.problem(300, 0.05).unwrap().contains("echoes lost"),
+            "{:?}",
+            h.problem(300, 0.05)
+        );
+        // Every echo answered: trusted again within a few samples.
+        let healed_by = now + 8 * 20 * LOSS_ECHO_INTERVAL_MS;
+        while now < healed_by && t.paths[&1].lossy {
+            now += 100;
+            t.update(now, &[s(1, 20, 100, 0, 0, 1)], 300, 0.05, decay, 1);
+            let h = t.paths.get_mut(&1).unwrap();
+            if h.wants_loss_echo(now) {
+                h.loss_echo_sent(now);
+                h.loss_echo_result(true);
+            }
+        }
+        assert!(!t.paths[&1].lossy, "{:?}", t.paths[&1]);
+        // Traffic again: its own figure, not the echoes'.
+        t.update(now + 100, &[s(1, 20, 200, 0, 0, 1)], 300, 0.05, decay, 1);
+        assert!(!t.paths[&1].loss_probed);
     }
 }

@@ -56,6 +56,11 @@ pub enum Event {
         remote: IpAddr,
         rtt_ms: Option<f64>,
     },
+    /// The answer to `Action::ProbeLoss`: whether the echo came back.
+    LossEcho {
+        ifindex: u32,
+        answered: bool,
+    },
     /// An action the shell could not carry out: decision `id` (0 if it
     /// came from no numbered decision).
     ActionFailed {
@@ -126,9 +131,11 @@ impl Event {
                 None => format!("probe of {remote} dev #{ifindex} not answered"),
             },
             Event::Stopping => "daemon stopping".to_string(),
-            Event::ActionFailed { .. } | Event::Mptcp(_) | Event::Health(_) | Event::Tick => {
-                return None
-            }
+            Event::ActionFailed { .. }
+            | Event::Mptcp(_)
+            | Event::Health(_)
+            | Event::LossEcho { .. }
+            | Event::Tick => return None,
         })
     }
 }
@@ -164,6 +171,16 @@ pub enum Action {
     /// `ifindex` and report with `Event::ProbeResult` whether it was
     /// answered within `timeout_ms`.
     ProbePath {
+        ifindex: u32,
+        local: IpAddr,
+        remote: IpAddr,
+        timeout_ms: u64,
+    },
+    /// Send one echo from `local` to `remote` out of `ifindex` to measure
+    /// the loss of a lossy path that carries no traffic, and report with
+    /// `Event::LossEcho` whether it came back within `timeout_ms`. Ten a
+    /// second on such a path: logged at debug level only.
+    ProbeLoss {
         ifindex: u32,
         local: IpAddr,
         remote: IpAddr,
@@ -236,6 +253,15 @@ impl std::fmt::Display for Action {
             } => write!(
                 f,
                 "probe {remote} from {local} dev #{ifindex} (answer within {timeout_ms} ms)"
+            ),
+            Action::ProbeLoss {
+                ifindex,
+                local,
+                remote,
+                timeout_ms,
+            } => write!(
+                f,
+                "loss echo to {remote} from {local} dev #{ifindex} (answer within {timeout_ms} ms)"
             ),
             Action::SetRouteInitcwnd {
                 ifindex,

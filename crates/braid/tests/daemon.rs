@@ -1885,7 +1885,27 @@ fn userspace_pm_moves_one_connection_off_a_stalled_primary_and_leaves_the_others
         moved.iter().all(|l| l.contains("5305")),
         "only the handover connection's flags change: {moved:?}"
     );
-    assert!(moved.iter().any(|l| l.contains("stalled")), "{moved:?}");
+    // Its own stall, or the host's probe of the path after a shorter
+    // wait (the host-wide policy probes for the per-connection modes).
+    assert!(
+        moved
+            .iter()
+            .any(|l| l.contains("stalled") || l.contains("did not answer a probe")),
+        "{moved:?}"
+    );
+    // The dead primary is removed from that connection (RM_ADDR), so the
+    // server resends on the secondary at once.
+    let removed = d
+        .log()
+        .lines()
+        .filter(|l| l.contains("connection decision") && l.contains(": remove 10.1.0.1 id 0"))
+        .count();
+    assert_eq!(
+        removed,
+        1,
+        "only the handover connection: {}",
+        d.log_tail(30)
+    );
     let (ra, rb) = (a.finish().unwrap(), b.finish().unwrap());
     assert!(ra.survived, "the handover upload survives: {:?}", ra.error);
     assert_eq!((ra.bytes_corrupt, rb.bytes_corrupt), (0, 0));

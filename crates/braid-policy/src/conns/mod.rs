@@ -114,6 +114,11 @@ pub enum ConnEvent {
         samples: Vec<(u32, SubflowSample)>,
         path_problems: BTreeMap<u32, String>,
     },
+    /// The answer to `ConnAction::ProbeLoss`: whether the echo came back.
+    LossEcho {
+        ifindex: u32,
+        answered: bool,
+    },
     /// Time passed (see [`ConnPolicy::wake_at_ms`]).
     Tick,
 }
@@ -148,6 +153,21 @@ pub enum ConnAction {
     },
     /// ANNOUNCE (ADD_ADDR) of a server address to one connection.
     Announce { token: u32, id: u8, addr: IpAddr },
+    /// REMOVE of local address id `id` (`addr`) on one connection: the
+    /// peer hears RM_ADDR and closes its subflows from it, and this side's
+    /// are closed; what was in flight on them is resent on the others at
+    /// once instead of after their timeouts.
+    Remove { token: u32, id: u8, addr: IpAddr },
+    /// One echo from `local` to `remote` out of `ifindex`, answered with
+    /// `ConnEvent::LossEcho`: a path some connection left for loss carries
+    /// none of its traffic, so only echoes tell whether it is still lossy.
+    /// One per path and interval, whatever the number of connections.
+    ProbeLoss {
+        ifindex: u32,
+        local: IpAddr,
+        remote: IpAddr,
+        timeout_ms: u64,
+    },
 }
 
 impl std::fmt::Display for ConnAction {
@@ -177,16 +197,31 @@ impl std::fmt::Display for ConnAction {
             ConnAction::Announce { token, id, addr } => {
                 write!(f, "token {token:08x}: announce {addr} id {id}")
             }
+            ConnAction::Remove { token, id, addr } => {
+                write!(f, "token {token:08x}: remove {addr} id {id}")
+            }
+            ConnAction::ProbeLoss {
+                ifindex,
+                local,
+                remote,
+                timeout_ms,
+            } => write!(
+                f,
+                "loss echo to {remote} from {local} dev #{ifindex} (answer within {timeout_ms} ms)"
+            ),
         }
     }
 }
 
 impl ConnAction {
+    /// The connection it is for (0: a path's, for every connection).
     pub fn token(&self) -> u32 {
         match self {
             ConnAction::CreateSubflow { token, .. }
             | ConnAction::SetBackup { token, .. }
-            | ConnAction::Announce { token, .. } => *token,
+            | ConnAction::Announce { token, .. }
+            | ConnAction::Remove { token, .. } => *token,
+            ConnAction::ProbeLoss { .. } => 0,
         }
     }
 }
@@ -254,6 +289,11 @@ struct Conn {
     /// Paths left on measurements: until when they are not taken back,
     /// and how many times in a row.
     suspect: BTreeMap<IpAddr, (Time, u32)>,
+    /// Local addresses to remove from the connection (REMOVE) at the next
+    /// reconcile, with why: gone, or a dead primary handed over from.
+    to_remove: BTreeMap<IpAddr, String>,
+    /// Local addresses removed and not used by a subflow since.
+    removed: std::collections::BTreeSet<IpAddr>,
 }
 
 impl Conn {
@@ -277,6 +317,34 @@ impl Conn {
 }
 
 impl Conn {
+    /// REMOVE for the local addresses this connection uses that are no
+    /// longer usable, and for those handed over from as dead; each once.
+    fn removals(&mut self, usable: &[IpAddr], why: &str, token: u32, out: &mut Vec<ConnDecision>) {
+        let gone: Vec<IpAddr> = self
+            .subflows
+            .keys()
+            .map(|(l, _)| l.ip())
+            .filter(|a| !usable.contains(a) && !self.removed.contains(a))
+            .collect();
+        for a in gone {
+            self.to_remove.entry(a).or_insert_with(|| {
+                format!("{why}: {a} is no longer usable; the peer is told so it resends what was in flight on the other subflows at once")
+            });
+        }
+        for (addr, reason) in std::mem::take(&mut self.to_remove) {
+            let Some(id) = self.ids.get(&addr).copied() else {
+                continue;
+            };
+            if !self.removed.insert(addr) {
+                continue;
+            }
+            out.push(ConnDecision {
+                action: ConnAction::Remove { token, id, addr },
+                reason,
+            });
+        }
+    }
+
     /// The address id for a new subflow or announcement from `addr`.
     /// Never 0: that is the initial subflow's, and SUBFLOW_CREATE refuses
     /// it ("missing local addr id"), so re-opening the initial address
@@ -385,6 +453,7 @@ impl ConnPolicy {
                 // Ours carries the flag it was created with; one the peer
                 // opened starts without.
                 let backup = c.creating.remove(&local.ip()).is_some_and(|(_, b)| b);
+                c.removed.remove(&local.ip());
                 c.subflows.insert(
                     (local, remote),
                     Subflow {
@@ -419,17 +488,16 @@ impl ConnPolicy {
                 path_problems,
             } => {
                 self.measured(samples, path_problems);
+                self.loss_echoes_due(&mut out);
                 (self.conns.keys().copied().collect(), "measurements".into())
             }
-            ConnEvent::Tick => {
-                let due = self
-                    .conns
-                    .iter()
-                    .filter(|(_, c)| c.retries.values().any(|r| r.at.is_some_and(|t| t <= now)))
-                    .map(|(t, _)| *t)
-                    .collect();
-                (due, "its back-off is over".into())
+            // Counted into each connection's view of the path at the next
+            // round of measurements.
+            ConnEvent::LossEcho { ifindex, answered } => {
+                self.loss_echo(ifindex, answered);
+                return out;
             }
+            ConnEvent::Tick => (self.retries_due(), "its back-off is over".into()),
         };
         for t in tokens {
             self.reconcile(t, &why, &mut out);
@@ -481,6 +549,8 @@ impl ConnPolicy {
                 last_switch: now,
                 budget: SwitchBudget::default(),
                 suspect: BTreeMap::new(),
+                to_remove: BTreeMap::new(),
+                removed: std::collections::BTreeSet::new(),
             },
         );
     }
@@ -578,6 +648,10 @@ impl ConnPolicy {
             ConnAction::Announce { addr, .. } => {
                 c.ids.remove(addr);
             }
+            // Its subflows close with the path anyway.
+            ConnAction::Remove { .. } => {}
+            // Sent again at the next interval.
+            ConnAction::ProbeLoss { .. } => {}
         }
     }
 
@@ -607,6 +681,64 @@ impl ConnPolicy {
             // forgotten (its event was lost): it may be tried again.
             c.creating
                 .retain(|_, (at, _)| now.since(*at) < CREATE_TIMEOUT_MS);
+        }
+    }
+
+    /// An echo's outcome, for every connection that finds the path lossy.
+    fn loss_echo(&mut self, ifindex: u32, answered: bool) {
+        for c in self.conns.values_mut() {
+            if let Some(h) = c.health.paths.get_mut(&ifindex).filter(|h| h.lossy) {
+                h.loss_echo_result(answered);
+            }
+        }
+    }
+
+    /// The connections with a re-creation whose back-off is over.
+    fn retries_due(&self) -> Vec<u32> {
+        let now = self.clock.now();
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.retries.values().any(|r| r.at.is_some_and(|t| t <= now)))
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    /// Echoes for the paths some connection left for loss and no longer
+    /// measures with its traffic: one per path, for all of them.
+    fn loss_echoes_due(&mut self, out: &mut Vec<ConnDecision>) {
+        let now = self.clock.now().ms();
+        let mut due: BTreeMap<u32, (IpAddr, IpAddr, u64, f64)> = BTreeMap::new();
+        for c in self.conns.values_mut() {
+            for (ifindex, h) in c.health.paths.iter_mut() {
+                if !h.wants_loss_echo(now) {
+                    continue;
+                }
+                let Some((local, remote)) = h.echo_pair() else {
+                    continue;
+                };
+                h.loss_echo_sent(now);
+                due.entry(*ifindex)
+                    .or_insert((local, remote, h.probe_timeout_ms(), h.loss));
+            }
+        }
+        for (ifindex, (local, remote, timeout_ms, loss)) in due {
+            let name = self
+                .paths
+                .iter()
+                .find(|p| p.ifindex == ifindex)
+                .map_or_else(|| format!("#{ifindex}"), |p| p.name.clone());
+            out.push(ConnDecision {
+                action: ConnAction::ProbeLoss {
+                    ifindex,
+                    local,
+                    remote,
+                    timeout_ms,
+                },
+                reason: format!(
+                    "a connection left {name} for loss ({:.1} %) and sends nothing on it: echoes measure it, so its loss does not fade unmeasured",
+                    loss * 100.0
+                ),
+            });
         }
     }
 
@@ -787,6 +919,15 @@ impl ConnPolicy {
                 for a in &primaries {
                     c.left_for_cause(*a, now);
                 }
+                // A dead primary (stalled, unreachable; not a lossy one,
+                // which still delivers) is removed from the connection:
+                // the peer hears it and resends on the secondary at once,
+                // as the host-wide handover does by re-adding the endpoint.
+                for (a, why) in primaries.iter().zip(&troubles) {
+                    if !why.contains("lossy") {
+                        c.to_remove.insert(*a, why.clone());
+                    }
+                }
             }
         }
         c.failed_over = failed;
@@ -933,6 +1074,7 @@ impl ConnPolicy {
             .cloned()
             .collect();
         let addrs: Vec<IpAddr> = usable.iter().map(|p| p.addr).collect();
+        let all_usable: Vec<IpAddr> = self.paths.iter().map(|p| p.addr).collect();
         let server_side = c.server_side;
         let (standby, choice) = if server_side {
             (Vec::new(), String::new())
@@ -962,6 +1104,7 @@ impl ConnPolicy {
                     ),
                 });
             }
+            c.removals(&all_usable, why, token, out);
             return;
         }
         for p in &usable {
@@ -1004,10 +1147,12 @@ impl ConnPolicy {
                 r.at = None;
             }
         }
+        c.removals(&all_usable, why, token, out);
         for s in c.subflows.values_mut() {
             // One on an address that is no longer usable keeps its flag:
-            // the kernel closes it, or it comes back.
-            if !addrs.contains(&s.local.ip()) {
+            // the kernel closes it, or it comes back. One being removed
+            // is closing.
+            if !addrs.contains(&s.local.ip()) || c.removed.contains(&s.local.ip()) {
                 continue;
             }
             let want = standby_of(s.local.ip());

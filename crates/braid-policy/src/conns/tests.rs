@@ -353,11 +353,13 @@ fn a_stall_on_one_connections_primary_moves_that_connection_only() {
     let ds = p.handle(round(300), 400);
     let p0: IpAddr = "10.1.0.1".parse().unwrap();
     let p1: IpAddr = "10.2.0.1".parse().unwrap();
-    let mut f = flips(&ds);
-    f.sort();
-    assert_eq!(f, vec![(1, p0, true), (1, p1, false)], "{ds:?}");
+    // The secondary carries it; the dead primary is removed (the server
+    // resends at once) and comes back as a backup.
+    assert_eq!(flips(&ds), vec![(1, p1, false)], "{ds:?}");
     assert!(ds.iter().all(|d| d.action.token() == 1), "{ds:?}");
     assert!(ds[0].reason.contains("stalled"), "{}", ds[0].reason);
+    let ds = reopened(&mut p, 1, "192.0.2.1:22", 450);
+    assert_eq!(creates(&ds), vec![(1, p0, true)], "{ds:?}");
     // ACKs again: healthy for hold_ms (3 s) is not enough after a
     // failure on measurements: it is not trusted for 30 s.
     assert!(flips(&p.handle(round(5), 500)).is_empty());
@@ -594,7 +596,8 @@ fn a_connection_leaves_its_primary_at_most_max_handovers_times_per_window() {
     p.handle(round(5), 100);
     // First stall: the secondary takes over (the budget's one switch).
     let ds = p.handle(round(300), 400);
-    assert!(flips(&ds).contains(&(1, p0, true)), "{ds:?}");
+    assert_eq!(removals(&ds), vec![(1, 0, p0)], "{ds:?}");
+    reopened(&mut p, 1, "192.0.2.1:22", 450);
     // Healthy past the distrust: traffic goes back (not rate-limited).
     p.handle(round(5), 500);
     let ds = p.handle(round(5), 31_000);
@@ -606,7 +609,30 @@ fn a_connection_leaves_its_primary_at_most_max_handovers_times_per_window() {
     // After the window, the next stall moves it.
     p.handle(round(5), 120_300);
     let ds = p.handle(round(300), 120_600);
-    assert!(flips(&ds).contains(&(1, p0, true)), "{ds:?}");
+    // (id 2: p1 took 1, the reopened p0 the next.)
+    assert_eq!(removals(&ds), vec![(1, 2, p0)], "{ds:?}");
+}
+
+/// The primary's subflow of connection `token` closes after its removal
+/// and the one re-created from the same address comes up.
+fn reopened(p: &mut ConnPolicy, token: u32, remote: &str, at: u64) -> Vec<ConnDecision> {
+    let ds = p.handle(
+        ConnEvent::SubClosed {
+            token,
+            local: sa("10.1.0.1:40000"),
+            remote: sa(remote),
+        },
+        at,
+    );
+    p.handle(
+        ConnEvent::SubEstablished {
+            token,
+            local: sa("10.1.0.1:40100"),
+            remote: sa(remote),
+        },
+        at + 5,
+    );
+    ds
 }
 
 #[test]
@@ -702,4 +728,98 @@ fn a_servers_subflows_from_each_client_address_are_counted_apart() {
         20,
     );
     assert_eq!(p.view()[0].subflows, 2);
+}
+
+#[test]
+fn a_path_left_for_loss_is_measured_with_echoes_and_retaken_only_once_they_come_back() {
+    let mut p = interactive_connection();
+    let p0: IpAddr = "10.1.0.1".parse().unwrap();
+    let (mut echoes, mut lost) = (0u32, true);
+    let on_p0_at = |p: &ConnPolicy| p.conns[&5].active.as_ref().map(|(a, _, _)| *a) == Some(p0);
+    let mut retaken = None;
+    for round in 1..=1000u32 {
+        let t = u64::from(round) * 100;
+        // 20 % of p0's segments retransmitted for 2 s, then it stands by.
+        let (segs, retrans) = if round <= 20 {
+            (round * 100, round * 20)
+        } else {
+            (2000, 400)
+        };
+        let mut s0 = sample("10.1.0.1:40000", "192.0.2.1:22", 2, 20, 0, 5);
+        s0.segs_out = segs;
+        s0.total_retrans = retrans;
+        let s1 = sample("10.2.0.1:50005", "192.0.2.1:22", 3, 80, 0, 5);
+        // Echoes lose 20 % for 70 s, then none.
+        if t == 70_000 {
+            lost = false;
+        }
+        let ds = p.handle(health(vec![(5, s0), (5, s1)]), t);
+        for d in &ds {
+            if let ConnAction::ProbeLoss { ifindex, .. } = d.action {
+                assert_eq!(ifindex, 2, "only the lossy path is echoed: {d:?}");
+                echoes += 1;
+                let answered = !(lost && echoes % 5 == 0);
+                p.handle(ConnEvent::LossEcho { ifindex, answered }, t);
+            }
+        }
+        let on = on_p0_at(&p);
+        if t > 3_000 && t < 70_000 {
+            assert!(!on, "retaken at {t} ms while its echoes are lost");
+        }
+        if t >= 70_000 && on && retaken.is_none() {
+            retaken = Some(t);
+        }
+    }
+    assert!(echoes >= 600, "{echoes} echoes");
+    let at = retaken.expect("taken back once the echoes come back");
+    assert!(at <= 80_000, "retaken only at {at} ms");
+}
+
+fn removals(ds: &[ConnDecision]) -> Vec<(u32, u8, IpAddr)> {
+    ds.iter()
+        .filter_map(|d| match d.action {
+            ConnAction::Remove { token, id, addr } => Some((token, id, addr)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_peer_is_told_when_a_path_goes_or_a_dead_primary_is_left() {
+    let mut p = two_connections();
+    let p0: IpAddr = "10.1.0.1".parse().unwrap();
+    // p0 stalls for the handover connection (1): it is left and removed
+    // from that connection only (id 0: its initial subflow's).
+    let round = |stalled_ack: u32| {
+        health(vec![
+            (
+                1,
+                sample("10.1.0.1:40000", "192.0.2.1:22", 2, 20, 5, stalled_ack),
+            ),
+            (1, sample("10.2.0.1:50001", "192.0.2.1:22", 3, 80, 0, 10)),
+            (2, sample("10.1.0.1:40000", "192.0.2.1:443", 2, 20, 0, 5)),
+            (2, sample("10.2.0.1:50002", "192.0.2.1:443", 3, 80, 0, 10)),
+        ])
+    };
+    p.handle(round(5), 100);
+    let ds = p.handle(round(300), 400);
+    assert_eq!(removals(&ds), vec![(1, 0, p0)], "{ds:?}");
+    assert!(
+        ds.iter()
+            .any(|d| matches!(d.action, ConnAction::Remove { .. }) && d.reason.contains("stalled")),
+        "{ds:?}"
+    );
+    // Once only.
+    assert!(removals(&p.handle(round(400), 500)).is_empty());
+    // p0 goes for everyone: the aggregate connection (2) hears it too; the
+    // handover one was told already.
+    let ds = p.handle(
+        ConnEvent::Paths(vec![path(3, "10.2.0.1", Role::Secondary)]),
+        600,
+    );
+    assert_eq!(removals(&ds), vec![(2, 0, p0)], "{ds:?}");
+    assert!(
+        ds.iter().any(|d| d.reason.contains("no longer usable")),
+        "{ds:?}"
+    );
 }

@@ -14,6 +14,13 @@ impl Policy {
                 remote,
                 rtt_ms,
             } => return self.take_probe_result(ifindex, remote, rtt_ms),
+            // Counted into the path's loss at the next health round.
+            Event::LossEcho { ifindex, answered } => {
+                if let Some(h) = self.health.paths.get_mut(&ifindex) {
+                    h.loss_echo_result(answered);
+                }
+                return false;
+            }
             Event::Snapshot {
                 links,
                 addresses,
@@ -113,10 +120,12 @@ impl Policy {
         self.health
             .update(now_ms, &samples, stall, loss, decay, hosts);
         self.note_missing_subflows();
-        if self.config.policy.mode == PathMode::Aggregate {
+        if !self.watches_paths() {
             return self.due() || !self.rejoin_pending.is_empty();
         }
-        self.note_stalls();
+        if self.config.policy.mode != PathMode::Aggregate {
+            self.note_stalls();
+        }
         self.probes_due();
         true
     }
@@ -128,7 +137,7 @@ impl Policy {
         if !answered {
             self.counters.probes_unanswered += 1;
         }
-        if self.config.policy.mode == PathMode::Aggregate {
+        if !self.watches_paths() {
             return false; // aggregate acts on no measurement
         }
         let stall_ms = self.config.policy.stall_ms;

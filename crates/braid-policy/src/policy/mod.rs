@@ -8,8 +8,10 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::budget::SwitchBudget;
-use crate::config::{glob, Config, Flag, Mode, PathMode, Role};
-use crate::health::{HealthTracker, PathHealth, MIN_WITNESSES, PROBE_AFTER_MIN_MS};
+use crate::config::{glob, Config, Flag, Mode, PathMode, PmKind, Role};
+use crate::health::{
+    HealthTracker, PathHealth, LOSS_ECHO_INTERVAL_MS, MIN_WITNESSES, PROBE_AFTER_MIN_MS,
+};
 use crate::model::*;
 use crate::time::{backoff_ms, Clock, Time};
 use braid_types::endpoint::EndpointFlags;
@@ -419,6 +421,14 @@ impl Policy {
         self.can_probe_v6 = v6;
     }
 
+    /// Whether the paths' health is acted on: by the host-wide handover
+    /// and interactive modes, and by the per-connection path manager,
+    /// whose connections' modes take this policy's verdicts (probes) on a
+    /// path whatever the host-wide mode.
+    fn watches_paths(&self) -> bool {
+        self.config.policy.mode != PathMode::Aggregate || self.config.pm == PmKind::Userspace
+    }
+
     /// Whether paths towards IPv4 and IPv6 hosts are probed.
     fn probing(&self) -> (bool, bool) {
         let on = self.config.policy.probe_silent_paths;
@@ -676,6 +686,8 @@ impl Policy {
                     h.probe_failed(*remote);
                 }
             }
+            // The echo is sent again at the next interval.
+            Action::ProbeLoss { .. } => {}
             Action::SetRouteInitcwnd {
                 ifindex,
                 table,

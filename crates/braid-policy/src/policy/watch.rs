@@ -34,6 +34,29 @@ impl Policy {
                 .push(probe_decision(*ifindex, local, remote, h, reason));
         }
         for (ifindex, h) in self.health.paths.iter_mut() {
+            if !h.wants_loss_echo(now) {
+                continue;
+            }
+            let Some((local, remote)) = h.echo_pair().filter(|(_, r)| can_probe(r)) else {
+                continue;
+            };
+            h.loss_echo_sent(now);
+            self.probes_pending.push(Decision {
+                id: 0,
+                action: Action::ProbeLoss {
+                    ifindex: *ifindex,
+                    local,
+                    remote,
+                    timeout_ms: h.probe_timeout_ms(),
+                },
+                reason: format!(
+                    "{} is lossy ({:.1} %) and carries too little traffic to tell whether it still is: echoes every {LOSS_ECHO_INTERVAL_MS} ms measure it, so its loss does not fade unmeasured",
+                    link_name(&self.links, *ifindex),
+                    h.loss * 100.0
+                ),
+            });
+        }
+        for (ifindex, h) in self.health.paths.iter_mut() {
             if !h.wants_probe() {
                 continue;
             }
