@@ -364,6 +364,11 @@ fn execute(pm: &mut PathManager, a: &ConnAction) -> braid_kernel::Result<()> {
         } => pm.set_subflow_backup(*token, *local, *remote, *backup),
         ConnAction::Announce { token, id, addr } => pm.announce(*token, *id, *addr, None),
         ConnAction::Remove { token, id, .. } => pm.remove(*token, *id),
+        ConnAction::DestroySubflow {
+            token,
+            local,
+            remote,
+        } => pm.subflow_destroy(*token, *local, *remote),
         // Sent by the daemon's prober (see `carry_out`).
         ConnAction::ProbeLoss { .. } => Ok(()),
     }

@@ -87,38 +87,34 @@ pub fn address_from_message(msg: &AddressMessage) -> Option<Address> {
     })
 }
 
+/// A dump request, each reply that `pick` keeps.
+fn dump<T>(
+    request: RouteNetlinkMessage,
+    pick: impl FnMut(RouteNetlinkMessage) -> Option<T>,
+) -> Result<Vec<T>> {
+    let replies: Vec<RouteNetlinkMessage> =
+        open()?.request(request, Kind::Dump, 0, Op::Rtnetlink)?;
+    Ok(replies.into_iter().filter_map(pick).collect())
+}
+
 pub fn links() -> Result<Vec<Link>> {
-    let mut sock = open()?;
-    let replies: Vec<RouteNetlinkMessage> = sock.request(
+    dump(
         RouteNetlinkMessage::GetLink(LinkMessage::default()),
-        Kind::Dump,
-        0,
-        Op::Rtnetlink,
-    )?;
-    Ok(replies
-        .iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewLink(l) => Some(link_from_message(l)),
+        |m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(link_from_message(&l)),
             _ => None,
-        })
-        .collect())
+        },
+    )
 }
 
 pub fn addresses() -> Result<Vec<Address>> {
-    let mut sock = open()?;
-    let replies: Vec<RouteNetlinkMessage> = sock.request(
+    dump(
         RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-        Kind::Dump,
-        0,
-        Op::Rtnetlink,
-    )?;
-    Ok(replies
-        .iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewAddress(a) => address_from_message(a),
+        |m| match m {
+            RouteNetlinkMessage::NewAddress(a) => address_from_message(&a),
             _ => None,
-        })
-        .collect())
+        },
+    )
 }
 
 /// The index of the interface called `name`.
@@ -330,19 +326,10 @@ pub fn default_routes_of(msg: &RouteMessage) -> Vec<DefaultRoute> {
 fn route_dump(family: AddressFamily) -> Result<Vec<RouteMessage>> {
     let mut msg = RouteMessage::default();
     msg.header.address_family = family;
-    let replies: Vec<RouteNetlinkMessage> = open()?.request(
-        RouteNetlinkMessage::GetRoute(msg),
-        Kind::Dump,
-        0,
-        Op::Rtnetlink,
-    )?;
-    Ok(replies
-        .into_iter()
-        .filter_map(|r| match r {
-            RouteNetlinkMessage::NewRoute(m) => Some(m),
-            _ => None,
-        })
-        .collect())
+    dump(RouteNetlinkMessage::GetRoute(msg), |r| match r {
+        RouteNetlinkMessage::NewRoute(m) => Some(m),
+        _ => None,
+    })
 }
 
 pub fn default_routes() -> Result<Vec<DefaultRoute>> {

@@ -183,12 +183,23 @@ pub enum PathMode {
 }
 
 impl PathMode {
+    pub const ALL: [PathMode; 3] = [
+        PathMode::Aggregate,
+        PathMode::Handover,
+        PathMode::Interactive,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             PathMode::Aggregate => "aggregate",
             PathMode::Handover => "handover",
             PathMode::Interactive => "interactive",
         }
+    }
+
+    /// The mode called `name` (as `name` gives it).
+    pub fn parse(name: &str) -> Option<PathMode> {
+        PathMode::ALL.into_iter().find(|m| m.name() == name)
     }
 }
 

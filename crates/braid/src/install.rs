@@ -20,8 +20,8 @@ use std::path::{Component, Path, PathBuf};
 use braid_kernel::Error;
 use clap::Args;
 
-use crate::run::{preload_candidates, PRELOAD_NAME};
 use crate::{print_json, Ctx};
+use braid_apps::preload::{preload_candidates, PRELOAD_NAME};
 
 /// Where `braid install` puts its copies, and where `braid enable` looks first.
 pub const DEFAULT_PREFIX: &str = "/usr/local";

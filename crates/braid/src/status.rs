@@ -79,7 +79,7 @@ fn gather(socket: &std::path::Path) -> Status {
         hints: Vec::new(),
         daemon: crate::daemon::daemon_status(socket),
         relays: crate::relay::running(),
-        mptcp_units: crate::run::enabled_units(std::path::Path::new("/")),
+        mptcp_units: braid_apps::systemd::enabled_units(std::path::Path::new("/")),
     };
     if !available {
         hint(&mut hints, Severity::Error,

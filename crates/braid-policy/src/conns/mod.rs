@@ -158,6 +158,14 @@ pub enum ConnAction {
     /// are closed; what was in flight on them is resent on the others at
     /// once instead of after their timeouts.
     Remove { token: u32, id: u8, addr: IpAddr },
+    /// SUBFLOW_DESTROY of one subflow: what it had in flight is sent again
+    /// on the others at once (a REMOVE tells the peer, not this side's
+    /// sender).
+    DestroySubflow {
+        token: u32,
+        local: SocketAddr,
+        remote: SocketAddr,
+    },
     /// One echo from `local` to `remote` out of `ifindex`, answered with
     /// `ConnEvent::LossEcho`: a path some connection left for loss carries
     /// none of its traffic, so only echoes tell whether it is still lossy.
@@ -200,6 +208,11 @@ impl std::fmt::Display for ConnAction {
             ConnAction::Remove { token, id, addr } => {
                 write!(f, "token {token:08x}: remove {addr} id {id}")
             }
+            ConnAction::DestroySubflow {
+                token,
+                local,
+                remote,
+            } => write!(f, "token {token:08x}: destroy subflow {local} -> {remote}"),
             ConnAction::ProbeLoss {
                 ifindex,
                 local,
@@ -220,7 +233,8 @@ impl ConnAction {
             ConnAction::CreateSubflow { token, .. }
             | ConnAction::SetBackup { token, .. }
             | ConnAction::Announce { token, .. }
-            | ConnAction::Remove { token, .. } => *token,
+            | ConnAction::Remove { token, .. }
+            | ConnAction::DestroySubflow { token, .. } => *token,
             ConnAction::ProbeLoss { .. } => 0,
         }
     }
@@ -340,8 +354,20 @@ impl Conn {
             }
             out.push(ConnDecision {
                 action: ConnAction::Remove { token, id, addr },
-                reason,
+                reason: reason.clone(),
             });
+            for (local, remote) in self.subflows.keys().filter(|(l, _)| l.ip() == addr) {
+                out.push(ConnDecision {
+                    action: ConnAction::DestroySubflow {
+                        token,
+                        local: *local,
+                        remote: *remote,
+                    },
+                    reason: format!(
+                        "{reason}; its data in flight is sent again on the other subflows"
+                    ),
+                });
+            }
         }
     }
 
@@ -649,7 +675,7 @@ impl ConnPolicy {
                 c.ids.remove(addr);
             }
             // Its subflows close with the path anyway.
-            ConnAction::Remove { .. } => {}
+            ConnAction::Remove { .. } | ConnAction::DestroySubflow { .. } => {}
             // Sent again at the next interval.
             ConnAction::ProbeLoss { .. } => {}
         }
