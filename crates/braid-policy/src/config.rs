@@ -252,7 +252,9 @@ pub struct PolicyConfig {
     /// A receiver has nothing outstanding, so without this a download only
     /// fails over on the server's own timeouts. The same probe confirms a
     /// stall seen on connections to one remote host only (sent before the
-    /// stall threshold is reached, so it costs no time). Needs CAP_NET_RAW.
+    /// stall threshold is reached, so it costs no time). Echoes also
+    /// measure the loss of a lossy path that stands by and carries no
+    /// traffic (`PathHealth::wants_loss_echo`). Needs CAP_NET_RAW.
     pub probe_silent_paths: bool,
     /// A link whose carrier comes back (or that is set up again) is used
     /// again only once it has kept carrier this long, doubled for each
