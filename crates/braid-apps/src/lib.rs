@@ -8,3 +8,4 @@ pub mod cgroup_run;
 pub mod modes;
 pub mod preload;
 pub mod systemd;
+pub mod trust;

@@ -488,6 +488,25 @@ fn leaving_a_path_mode_restores_the_routes_previous_window() {
 }
 
 #[test]
+fn per_connection_handover_rules_give_the_secondary_the_standby_window() {
+    let (mut s, ds) = sim(PathMode::Aggregate);
+    assert!(initcwnd_changes(&ds).is_empty());
+    // The per-connection path manager, aggregate by default, one rule
+    // for handover: the secondary stands by for those connections.
+    let cfg: Config = toml::from_str(
+        "pm = \"userspace\"\n[policy]\nmode = \"aggregate\"\n[[app]]\ndport = 22\nmode = \"handover\"\n",
+    )
+    .unwrap();
+    let ds = s.at(10, Event::ConfigReloaded(Box::new(cfg)));
+    assert_eq!(initcwnd_changes(&ds), vec![(3, 200, Some(40))]);
+    assert!(
+        ds.iter()
+            .any(|d| d.reason.contains("for connections in handover mode")),
+        "{ds:?}"
+    );
+}
+
+#[test]
 fn a_refused_window_is_a_warning_and_is_retried_when_the_route_changes() {
     let (mut s, ds) = sim(PathMode::Handover);
     let set = ds

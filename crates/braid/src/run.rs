@@ -157,7 +157,7 @@ pub fn enable(ctx: &Ctx, a: EnableArgs) -> Result<(), Error> {
     let mode = a.mode.as_deref().map(parse_mode).transpose()?;
     // Only files that only root can change (issue 11): the unit loads the
     // library, and with --bpf runs braid as root.
-    let (lib, exe) = crate::install::enable_paths(&unit, &a.prefix, a.bpf)?;
+    let (lib, exe) = braid_apps::trust::enable_paths(&unit, &a.prefix, a.bpf)?;
     let lib = lib.to_string_lossy().into_owned();
     let exe = exe.map(|p| p.to_string_lossy().into_owned());
     let (preload, godebug, envfile) = unit_environment(&a.root, &unit);

@@ -3,17 +3,31 @@
 use super::*;
 
 impl Policy {
-    /// The interfaces that stand by and may have to take over at once.
-    pub(super) fn standby_interfaces(&self, wanted: &[Want]) -> BTreeSet<u32> {
-        let on = |w: &&Want| match self.config.policy.mode {
+    /// The modes connections here may be in: the host-wide one, and with
+    /// the per-connection path manager each rule's as well.
+    fn modes_in_use(&self) -> Vec<PathMode> {
+        let mut modes = vec![self.config.policy.mode];
+        if self.config.pm == PmKind::Userspace {
+            modes.extend(self.config.apps.iter().map(|a| a.mode));
+        }
+        modes
+    }
+
+    /// The mode in which `w` stands by for some connection, if one does.
+    fn standby_in(&self, w: &Want) -> Option<PathMode> {
+        self.modes_in_use().into_iter().find(|m| match m {
             PathMode::Aggregate => false,
             PathMode::Interactive => true,
             PathMode::Handover => self.role_of(w) == Role::Secondary,
-        };
+        })
+    }
+
+    /// The interfaces that stand by and may have to take over at once,
+    /// with the mode that makes them.
+    pub(super) fn standby_interfaces(&self, wanted: &[Want]) -> BTreeMap<u32, PathMode> {
         wanted
             .iter()
-            .filter(on)
-            .filter_map(|w| self.ifindex_of(w.addr))
+            .filter_map(|w| Some((self.ifindex_of(w.addr)?, self.standby_in(w)?)))
             .collect()
     }
 
@@ -23,7 +37,7 @@ impl Policy {
     pub(super) fn reconcile_standby_windows(&mut self, wanted: &[Want], out: &mut Vec<Decision>) {
         let window = self.config.policy.standby_initcwnd;
         let standby = if window == 0 {
-            BTreeSet::new()
+            BTreeMap::new()
         } else {
             self.standby_interfaces(wanted)
         };
@@ -34,13 +48,17 @@ impl Policy {
                 continue;
             }
             let name = link_name(&self.links, r.ifindex);
-            let (target, reason) = if standby.contains(&r.ifindex) {
+            let (target, reason) = if let Some(mode) = standby.get(&r.ifindex) {
                 self.initcwnd_set.entry(key).or_insert(r.initcwnd);
+                let whose = if self.config.pm == PmKind::Userspace {
+                    format!("for connections in {} mode", mode.name())
+                } else {
+                    format!("{} mode", mode.name())
+                };
                 (
                     Some(window),
                     format!(
-                        "{name} stands by ({} mode): when it takes over it resends the failed path's data in flight, so TCP starts there with {window} segments instead of 10 (policy.standby_initcwnd)",
-                        self.config.policy.mode.name()
+                        "{name} stands by ({whose}): when it takes over it resends the failed path's data in flight, so TCP starts there with {window} segments instead of 10 (policy.standby_initcwnd)"
                     ),
                 )
             } else if let Some(before) = self.initcwnd_set.remove(&key) {
