@@ -13,7 +13,11 @@ pub const DROPIN_NAME: &str = "50-braid-mptcp.conf";
 
 /// A unit name (".service" added when no type is given).
 pub fn unit_name(u: &str) -> Result<String, Error> {
-    if u.is_empty() || u.contains('/') || u.starts_with('.') {
+    if u.is_empty()
+        || u.contains('/')
+        || u.starts_with('.')
+        || u.chars().any(|c| c == '\'' || c == '"' || c.is_control())
+    {
         return Err(Error::Invalid(format!("'{u}' is not a systemd unit name")));
     }
     Ok(if u.contains('.') {

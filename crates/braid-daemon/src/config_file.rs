@@ -82,13 +82,16 @@ pub fn app_file(apps_dir: &Path, unit: &str) -> PathBuf {
     apps_dir.join(format!("{unit}.toml"))
 }
 
-/// The rule file `braid enable --mode MODE UNIT` writes.
+/// The rule file `braid enable --mode MODE UNIT` writes. The unit is a
+/// TOML literal string: systemd's escapes (`\x2d`) stay as they are
+/// (`braid_apps::systemd::unit_name` refuses quotes and control
+/// characters).
 pub fn app_file_text(unit: &str, mode: PathMode) -> String {
     format!(
         "# Written by 'braid enable --mode {m} {unit}'; removed by 'braid disable {unit}'.\n\
          # braidd (pm = \"userspace\") gives the unit's connections this mode,\n\
          # before the rules of its configuration.\n\
-         [[app]]\nunit = \"{unit}\"\nmode = \"{m}\"\n",
+         [[app]]\nunit = '{unit}'\nmode = \"{m}\"\n",
         m = mode.name()
     )
 }

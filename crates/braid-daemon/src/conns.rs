@@ -33,6 +33,10 @@ pub struct ConnShell {
     /// Per-connection decisions and refusals in the log (the journal keeps
     /// them all).
     log_budget: RateLimit,
+    /// Refusals in the log, apart from the decisions' budget.
+    refusal_budget: RateLimit,
+    /// Listing the kernel's connections failed (told once).
+    listing_failed: bool,
     /// Loss echoes the policy asked for, for the daemon's prober:
     /// (ifindex, local, remote, timeout_ms).
     echoes: Vec<(u32, IpAddr, IpAddr, u64)>,
@@ -66,6 +70,8 @@ impl ConnShell {
             need_exe: config.apps.iter().any(|a| a.exe.is_some()),
             restore: Some(original),
             log_budget: RateLimit::new(DECISION_LINES_PER_SECOND),
+            refusal_budget: RateLimit::new(DECISION_LINES_PER_SECOND),
+            listing_failed: false,
             echoes: Vec::new(),
         })
     }
@@ -95,10 +101,13 @@ impl ConnShell {
         let list = match braid_kernel::diag::connections(true) {
             Ok(list) => list,
             Err(e) => {
-                debug!(error = %e, "listing MPTCP connections failed; kept as they are");
+                if !std::mem::replace(&mut self.listing_failed, true) {
+                    warn!(error = %e, "cannot list the kernel's MPTCP connections (sock_diag, mptcp_diag): connections older than braidd, or whose events were lost, are not managed; load the mptcp_diag module and run braidd with CAP_NET_ADMIN");
+                }
                 return;
             }
         };
+        self.listing_failed = false;
         let (listeners, conns): (Vec<_>, Vec<_>) =
             list.into_iter().partition(|c| c.state == "listen");
         let tokens = conns.iter().filter_map(|c| c.token).collect();
@@ -323,7 +332,11 @@ impl ConnShell {
                 );
                 if let Err(e) = execute(pm, &d.action) {
                     let error = e.to_string();
-                    if log {
+                    let (log_refusal, _) = self.refusal_budget.allow(now_ms);
+                    if matches!(d.action, ConnAction::DestroySubflow { .. }) {
+                        // Often closed already by the REMOVE before it.
+                        debug!(action = %d.action, %error, "subflow not destroyed");
+                    } else if log_refusal {
                         warn!(action = %d.action, %error, "the kernel refused the connection action");
                     }
                     journal.record(

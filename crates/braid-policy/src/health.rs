@@ -111,6 +111,18 @@ pub struct PathHealth {
     echoes: (u32, u32),
     #[serde(skip)]
     last_echo_ms: Option<u64>,
+    /// When the last echo's outcome came back: while they come, the loss
+    /// does not fade (an echo never sent, or refused, stops that).
+    #[serde(skip)]
+    last_echo_result_ms: Option<u64>,
+    /// Some echo to this path's peer was answered: only then do lost ones
+    /// count (many hosts drop ICMP echo; their silence says nothing).
+    #[serde(skip)]
+    echo_heard: bool,
+    /// A full sample went unanswered before any answer: the peer drops
+    /// echoes, so none are sent until the path is no longer lossy.
+    #[serde(skip)]
+    echo_deaf: bool,
 }
 
 /// What makes a smoothed retransmission rate (the rate itself is kept by
@@ -203,6 +215,7 @@ impl PathHealth {
     /// as lossy as it was (a standby carries nothing).
     pub fn wants_loss_echo(&self, now_ms: u64) -> bool {
         self.lossy
+            && !self.echo_deaf
             && self.unreachable.is_none()
             && self.measured()
             && now_ms.saturating_sub(self.meter.last_traffic_ms) >= LOSS_IDLE_MS
@@ -221,8 +234,10 @@ impl PathHealth {
         self.last_echo_ms = Some(now_ms);
     }
 
-    /// A loss echo came back, or did not.
-    pub fn loss_echo_result(&mut self, answered: bool) {
+    /// A loss echo came back, or did not, at `now_ms`.
+    pub fn loss_echo_result(&mut self, answered: bool, now_ms: u64) {
+        self.last_echo_result_ms = Some(now_ms);
+        self.echo_heard |= answered;
         if answered {
             self.echoes.0 += 1;
         } else {
@@ -568,13 +583,18 @@ fn observe_loss(
     }
     // Echoes measure it: it does not fade meanwhile.
     let echoed = h
-        .last_echo_ms
+        .last_echo_result_ms
         .is_some_and(|t| now_ms.saturating_sub(t) < 10 * LOSS_ECHO_INTERVAL_MS);
     let decay_ms = if echoed { u64::MAX } else { decay_ms };
     h.meter.round(&mut h.loss, now_ms, decay_ms);
     if h.meter.sampled_traffic_at(now_ms) {
         h.loss_probed = false;
         h.echoes = (0, 0);
+    } else if h.echoes.0 + h.echoes.1 >= LOSS_ECHO_SAMPLE && !h.echo_heard {
+        // Not one answer: the peer drops echoes; the loss fades as before.
+        h.echoes = (0, 0);
+        h.echo_deaf = true;
+        h.last_echo_result_ms = None;
     } else if h.echoes.0 + h.echoes.1 >= LOSS_ECHO_SAMPLE {
         let (heard, lost) = std::mem::take(&mut h.echoes);
         let sample = f64::from(lost) / f64::from(heard + lost);
@@ -586,6 +606,7 @@ fn observe_loss(
         h.lossy = true;
     } else if h.loss < loss_threshold / 2.0 {
         h.lossy = false;
+        h.echo_deaf = false;
     }
     // The same, per remote host: who sees the loss.
     for s in subs {
@@ -1165,7 +1186,7 @@ mod tests {
                     Some("10.9.9.9")
                 );
                 h.loss_echo_sent(now);
-                h.loss_echo_result(sent % 5 != 0);
+                h.loss_echo_result(sent % 5 != 0, now);
                 sent += 1;
             }
         }
@@ -1186,10 +1207,30 @@ mod tests {
             let h = t.paths.get_mut(&1).unwrap();
             if h.wants_loss_echo(now) {
                 h.loss_echo_sent(now);
-                h.loss_echo_result(true);
+                h.loss_echo_result(true, now);
             }
         }
         assert!(!t.paths[&1].lossy, "{:?}", t.paths[&1]);
+        // A peer that drops every echo: after one sample with no answer
+        // the echoes stop, and the loss fades as it did without them.
+        let mut d = HealthTracker::default();
+        d.update(0, &[s(1, 0, 0, 0, 0, 1)], 300, 0.05, decay, 1);
+        d.update(100, &[s(1, 20, 100, 0, 0, 1)], 300, 0.05, decay, 1);
+        let mut at = 100;
+        while at < 20 * decay {
+            at += 100;
+            d.update(at, &[s(1, 20, 100, 0, 0, 1)], 300, 0.05, decay, 1);
+            let h = d.paths.get_mut(&1).unwrap();
+            if h.wants_loss_echo(at) {
+                h.loss_echo_sent(at);
+                h.loss_echo_result(false, at);
+            }
+        }
+        assert!(
+            !d.paths[&1].lossy && !d.paths[&1].loss_probed,
+            "{:?}",
+            d.paths[&1]
+        );
         // Traffic again: its own figure, not the echoes'.
         t.update(now + 100, &[s(1, 20, 200, 0, 0, 1)], 300, 0.05, decay, 1);
         assert!(!t.paths[&1].loss_probed);

@@ -331,25 +331,21 @@ impl Conn {
 }
 
 impl Conn {
-    /// REMOVE for the local addresses this connection uses that are no
-    /// longer usable, and for those handed over from as dead; each once.
-    fn removals(&mut self, usable: &[IpAddr], why: &str, token: u32, out: &mut Vec<ConnDecision>) {
-        let gone: Vec<IpAddr> = self
-            .subflows
-            .keys()
-            .map(|(l, _)| l.ip())
-            .filter(|a| !usable.contains(a) && !self.removed.contains(a))
-            .collect();
-        for a in gone {
-            self.to_remove.entry(a).or_insert_with(|| {
-                format!("{why}: {a} is no longer usable; the peer is told so it resends what was in flight on the other subflows at once")
-            });
-        }
+    /// REMOVE (and SUBFLOW_DESTROY) of the addresses asked for: those that
+    /// left the usable paths, and dead primaries handed over from; each
+    /// once.
+    fn removals(&mut self, token: u32, out: &mut Vec<ConnDecision>) {
         for (addr, reason) in std::mem::take(&mut self.to_remove) {
             let Some(id) = self.ids.get(&addr).copied() else {
                 continue;
             };
-            if !self.removed.insert(addr) {
+            // Never the connection's last subflows: with nothing else to
+            // carry it, removing them would end it; the path may come back.
+            let carried_elsewhere = self
+                .subflows
+                .keys()
+                .any(|(l, _)| l.ip() != addr && !self.removed.contains(&l.ip()));
+            if !carried_elsewhere || !self.removed.insert(addr) {
                 continue;
             }
             out.push(ConnDecision {
@@ -363,9 +359,7 @@ impl Conn {
                         local: *local,
                         remote: *remote,
                     },
-                    reason: format!(
-                        "{reason}; its data in flight is sent again on the other subflows"
-                    ),
+                    reason: format!("{reason}; its data in flight goes on the other subflows"),
                 });
             }
         }
@@ -415,10 +409,9 @@ impl ConnPolicy {
         let mut out = Vec::new();
         let (tokens, why): (Vec<u32>, String) = match ev {
             ConnEvent::Paths(paths) => {
-                if paths == self.paths {
+                if !self.paths_changed(paths) {
                     return out;
                 }
-                self.paths = paths;
                 (
                     self.conns.keys().copied().collect(),
                     "the usable paths changed".into(),
@@ -457,6 +450,11 @@ impl ConnPolicy {
                 let Some(c) = self.conns.get_mut(&token) else {
                     return out;
                 };
+                // Adopted from a dump before this event came: the dump
+                // listed its subflows as they are.
+                if c.established {
+                    return out;
+                }
                 c.established = true;
                 // The initial subflow, until an event says more.
                 let (local, remote) = (c.initial_local, c.remote);
@@ -473,22 +471,9 @@ impl ConnPolicy {
                 local,
                 remote,
             } => {
-                let Some(c) = self.conns.get_mut(&token) else {
+                if !self.subflow_up(token, local, remote) {
                     return out;
-                };
-                // Ours carries the flag it was created with; one the peer
-                // opened starts without.
-                let backup = c.creating.remove(&local.ip()).is_some_and(|(_, b)| b);
-                c.removed.remove(&local.ip());
-                c.subflows.insert(
-                    (local, remote),
-                    Subflow {
-                        local,
-                        remote,
-                        backup,
-                        since: now,
-                    },
-                );
+                }
                 (vec![token], "a subflow was established".into())
             }
             ConnEvent::SubClosed {
@@ -579,6 +564,52 @@ impl ConnPolicy {
                 removed: std::collections::BTreeSet::new(),
             },
         );
+    }
+
+    /// New usable paths; false if nothing changed. The connections'
+    /// subflows on addresses that left them are to be removed.
+    fn paths_changed(&mut self, paths: Vec<LocalPath>) -> bool {
+        if paths == self.paths {
+            return false;
+        }
+        // Only addresses that were usable and no longer are: one
+        // Braid never managed (loopback, a VPN) is left alone.
+        let left: Vec<IpAddr> = self
+            .paths
+            .iter()
+            .map(|p| p.addr)
+            .filter(|a| !paths.iter().any(|p| p.addr == *a))
+            .collect();
+        for c in self.conns.values_mut() {
+            for a in &left {
+                if c.subflows.keys().any(|(l, _)| l.ip() == *a) && !c.removed.contains(a) {
+                    c.to_remove.insert(*a, format!("{a} is no longer usable: the peer is told, so it resends what was in flight on the other subflows"));
+                }
+            }
+        }
+        self.paths = paths;
+        true
+    }
+
+    /// A subflow came up; false if the connection is not known.
+    fn subflow_up(&mut self, token: u32, local: SocketAddr, remote: SocketAddr) -> bool {
+        let now = self.clock.now();
+        let Some(c) = self.conns.get_mut(&token) else {
+            return false;
+        };
+        // Ours carries the flag it was created with; one the peer opened
+        // starts without.
+        let backup = c.creating.remove(&local.ip()).is_some_and(|(_, b)| b);
+        c.removed.remove(&local.ip());
+        // One adopted from a dump before this event came keeps what the
+        // dump said.
+        c.subflows.entry((local, remote)).or_insert(Subflow {
+            local,
+            remote,
+            backup,
+            since: now,
+        });
+        true
     }
 
     /// A connection the kernel has and this policy never heard of, with
@@ -712,9 +743,10 @@ impl ConnPolicy {
 
     /// An echo's outcome, for every connection that finds the path lossy.
     fn loss_echo(&mut self, ifindex: u32, answered: bool) {
+        let now = self.clock.now().ms();
         for c in self.conns.values_mut() {
             if let Some(h) = c.health.paths.get_mut(&ifindex).filter(|h| h.lossy) {
-                h.loss_echo_result(answered);
+                h.loss_echo_result(answered, now);
             }
         }
     }
@@ -1100,7 +1132,6 @@ impl ConnPolicy {
             .cloned()
             .collect();
         let addrs: Vec<IpAddr> = usable.iter().map(|p| p.addr).collect();
-        let all_usable: Vec<IpAddr> = self.paths.iter().map(|p| p.addr).collect();
         let server_side = c.server_side;
         let (standby, choice) = if server_side {
             (Vec::new(), String::new())
@@ -1130,7 +1161,7 @@ impl ConnPolicy {
                     ),
                 });
             }
-            c.removals(&all_usable, why, token, out);
+            c.removals(token, out);
             return;
         }
         for p in &usable {
@@ -1173,7 +1204,7 @@ impl ConnPolicy {
                 r.at = None;
             }
         }
-        c.removals(&all_usable, why, token, out);
+        c.removals(token, out);
         for s in c.subflows.values_mut() {
             // One on an address that is no longer usable keeps its flag:
             // the kernel closes it, or it comes back. One being removed

@@ -823,3 +823,51 @@ fn the_peer_is_told_when_a_path_goes_or_a_dead_primary_is_left() {
         "{ds:?}"
     );
 }
+
+#[test]
+fn addresses_braid_never_managed_and_last_subflows_are_not_removed() {
+    let mut p = policy();
+    // A connection from loopback (not a usable path) with a p1 subflow,
+    // and one whose only subflow is on p0.
+    for (t, local) in [(7, "127.0.0.1:5000"), (8, "10.1.0.1:40008")] {
+        p.handle(
+            ConnEvent::Created {
+                token: t,
+                local: sa(local),
+                remote: sa("192.0.2.1:443"),
+                server_side: false,
+                owner: Owner::default(),
+            },
+            0,
+        );
+        p.handle(ConnEvent::Established { token: t }, 0);
+    }
+    p.handle(
+        ConnEvent::SubEstablished {
+            token: 7,
+            local: sa("10.2.0.1:50007"),
+            remote: sa("192.0.2.1:443"),
+        },
+        10,
+    );
+    p.handle(
+        ConnEvent::Failed {
+            action: ConnAction::CreateSubflow {
+                token: 8,
+                local_id: 1,
+                local: "10.2.0.1".parse().unwrap(),
+                remote: sa("192.0.2.1:443"),
+                backup: false,
+            },
+            error: "refused".into(),
+        },
+        10,
+    );
+    let mut ds = p.handle(ConnEvent::Tick, 20);
+    // p0 goes: loopback was never a path; connection 8 has nothing else.
+    ds.extend(p.handle(
+        ConnEvent::Paths(vec![path(3, "10.2.0.1", Role::Secondary)]),
+        30,
+    ));
+    assert!(removals(&ds).is_empty(), "{ds:?}");
+}

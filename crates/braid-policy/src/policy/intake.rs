@@ -16,8 +16,9 @@ impl Policy {
             } => return self.take_probe_result(ifindex, remote, rtt_ms),
             // Counted into the path's loss at the next health round.
             Event::LossEcho { ifindex, answered } => {
+                let now = self.clock.now().ms();
                 if let Some(h) = self.health.paths.get_mut(&ifindex) {
-                    h.loss_echo_result(answered);
+                    h.loss_echo_result(answered, now);
                 }
                 return false;
             }

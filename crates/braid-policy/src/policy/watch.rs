@@ -33,8 +33,11 @@ impl Policy {
             self.probes_pending
                 .push(probe_decision(*ifindex, local, remote, h, reason));
         }
+        // With the per-connection path manager, it echoes the paths its
+        // connections left (one stream per path, not two).
+        let echoes = self.config.pm != PmKind::Userspace;
         for (ifindex, h) in self.health.paths.iter_mut() {
-            if !h.wants_loss_echo(now) {
+            if !echoes || !h.wants_loss_echo(now) {
                 continue;
             }
             let Some((local, remote)) = h.echo_pair().filter(|(_, r)| can_probe(r)) else {
