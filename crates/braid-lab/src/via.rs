@@ -319,30 +319,36 @@ fn start_relay(
             client_sock.display(),
         ),
     )?;
-    let server_log = dir.join("relay-server.log");
-    let child = spawn_in_netns(
-        &site.server_ns,
-        Command::new(braid_exe)
-            .args(["relay", "serve", "-c"])
-            .arg(&cfg),
-        &server_log,
-    )?;
-    running.add(child, &server_log);
-    wait_ready("the relay", &server_log, || {
-        braid_relay::control::request_status(&server_sock).is_ok()
-    })?;
-    let client_log = dir.join("relay-client.log");
-    let child = spawn_in_netns(
-        &site.client_ns,
-        Command::new(braid_exe)
-            .args(["relay", "connect", "-c"])
-            .arg(&cfg),
-        &client_log,
-    )?;
-    running.add(child, &client_log);
-    wait_ready("the relay client", &client_log, || {
-        braid_relay::control::request_status(&client_sock).is_ok()
-    })?;
+    let ends = [
+        (
+            "the relay",
+            &site.server_ns,
+            "serve",
+            "relay-server.log",
+            server_sock,
+        ),
+        (
+            "the relay client",
+            &site.client_ns,
+            "connect",
+            "relay-client.log",
+            client_sock,
+        ),
+    ];
+    for (what, ns, command, log, sock) in ends {
+        let log = dir.join(log);
+        let child = spawn_in_netns(
+            ns,
+            Command::new(braid_exe)
+                .args(["relay", command, "-c"])
+                .arg(&cfg),
+            &log,
+        )?;
+        running.add(child, &log);
+        wait_ready(what, &log, || {
+            braid_relay::control::request_status(&sock).is_ok()
+        })?;
+    }
     Ok(())
 }
 

@@ -84,17 +84,7 @@ async fn socks_connection(mut app: TcpStream, peer: SocketAddr, shared: Arc<Shar
             }
             used
         }
-        Err(e) => {
-            if let Some(a) = e.answer {
-                let _ = app.write_all(&a).await;
-            }
-            fail(
-                &shared,
-                Refusal::BadProxyRequest,
-                format!("SOCKS client {peer}: {}", e.why),
-            );
-            return info!(%peer, "SOCKS: {}", e.why);
-        }
+        Err(e) => return refuse_socks(&mut app, peer, &shared, e).await,
     };
     buf.drain(..used);
     let request = match read_until(&mut app, &mut buf, deadline, socks::parse_request).await {
@@ -104,17 +94,7 @@ async fn socks_connection(mut app: TcpStream, peer: SocketAddr, shared: Arc<Shar
     let (dest, used) = match request {
         Ok((socks::Command::Connect(d), used)) => (d, used),
         Ok((socks::Command::UdpAssociate, _)) => return udp_associate(app, peer, shared).await,
-        Err(e) => {
-            if let Some(a) = e.answer {
-                let _ = app.write_all(&a).await;
-            }
-            fail(
-                &shared,
-                Refusal::BadProxyRequest,
-                format!("SOCKS client {peer}: {}", e.why),
-            );
-            return info!(%peer, "SOCKS: {}", e.why);
-        }
+        Err(e) => return refuse_socks(&mut app, peer, &shared, e).await,
     };
     buf.drain(..used);
     serve_connect(app, peer, &shared, dest, buf, Proxy::Socks).await;
@@ -123,6 +103,25 @@ async fn socks_connection(mut app: TcpStream, peer: SocketAddr, shared: Arc<Shar
 /// SOCKS5 UDP ASSOCIATE: a UDP socket for the program, next to the
 /// listener; each destination it sends to becomes a flow through the
 /// relay, until the request's TCP connection closes.
+/// A SOCKS request that cannot be served: the client gets the answer the
+/// parser chose (if any), the refusal is counted and logged.
+async fn refuse_socks(
+    app: &mut TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    e: socks::SocksError,
+) {
+    if let Some(a) = e.answer {
+        let _ = app.write_all(&a).await;
+    }
+    fail(
+        shared,
+        Refusal::BadProxyRequest,
+        format!("SOCKS client {peer}: {}", e.why),
+    );
+    info!(%peer, "SOCKS: {}", e.why);
+}
+
 async fn udp_associate(mut app: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let local = match app.local_addr() {
         Ok(a) => a,
