@@ -189,6 +189,21 @@ impl ConnShell {
         self.carry_out(ds, now_ms, pm, journal);
     }
 
+    /// The host-wide policy's failing paths, when a probe changed them
+    /// (between health rounds).
+    pub fn path_problems(
+        &mut self,
+        problems: BTreeMap<u32, String>,
+        now_ms: u64,
+        pm: &mut PathManager,
+        journal: &mut Journal,
+    ) {
+        let ds = self
+            .policy
+            .handle(ConnEvent::PathProblems(problems), now_ms);
+        self.carry_out(ds, now_ms, pm, journal);
+    }
+
     /// The echoes asked for since the last call, to be sent by the
     /// daemon's prober (answers come back through `loss_echo`).
     pub fn take_echoes(&mut self) -> Vec<(u32, IpAddr, IpAddr, u64)> {

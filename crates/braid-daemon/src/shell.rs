@@ -697,6 +697,13 @@ impl Shell {
                     remote,
                     rtt_ms,
                 });
+                // The connections' modes act on the verdict now, not at
+                // the next health round.
+                let problems = self.policy.path_problems();
+                let now = self.now_ms();
+                if let Some(c) = self.conns.as_mut() {
+                    c.path_problems(problems, now, &mut self.pm, &mut self.journal);
+                }
             }
             Err(e) => {
                 *self

@@ -230,7 +230,23 @@ impl PathHealth {
         self.subflow_keys.first().map(|(l, r)| (l.ip(), r.ip()))
     }
 
-    pub fn loss_echo_sent(&mut self, now_ms: u64) {
+    /// The echo to send now for this path's loss, if one is due and
+    /// `can_echo` its peer: (local, remote, timeout_ms); marked as sent.
+    pub fn loss_echo_due(
+        &mut self,
+        now_ms: u64,
+        can_echo: impl Fn(&IpAddr) -> bool,
+    ) -> Option<(IpAddr, IpAddr, u64)> {
+        if !self.wants_loss_echo(now_ms) {
+            return None;
+        }
+        let (local, remote) = self.echo_pair().filter(|(_, r)| can_echo(r))?;
+        self.last_echo_ms = Some(now_ms);
+        Some((local, remote, self.probe_timeout_ms()))
+    }
+
+    #[cfg(test)]
+    fn loss_echo_sent(&mut self, now_ms: u64) {
         self.last_echo_ms = Some(now_ms);
     }
 

@@ -212,6 +212,11 @@ pub fn flag_names(flags: u32) -> String {
     braid_types::endpoint::EndpointFlags(flags).to_string()
 }
 
+/// A loss echo in words (host-wide and per-connection actions alike).
+pub fn loss_echo_text(ifindex: u32, local: IpAddr, remote: IpAddr, timeout_ms: u64) -> String {
+    format!("loss echo to {remote} from {local} dev #{ifindex} (answer within {timeout_ms} ms)")
+}
+
 impl std::fmt::Display for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -259,10 +264,7 @@ impl std::fmt::Display for Action {
                 local,
                 remote,
                 timeout_ms,
-            } => write!(
-                f,
-                "loss echo to {remote} from {local} dev #{ifindex} (answer within {timeout_ms} ms)"
-            ),
+            } => f.write_str(&loss_echo_text(*ifindex, *local, *remote, *timeout_ms)),
             Action::SetRouteInitcwnd {
                 ifindex,
                 table,

@@ -114,6 +114,9 @@ pub enum ConnEvent {
         samples: Vec<(u32, SubflowSample)>,
         path_problems: BTreeMap<u32, String>,
     },
+    /// The host-wide policy's failing paths changed between rounds of
+    /// measurements (a probe went unanswered): acted on at once.
+    PathProblems(BTreeMap<u32, String>),
     /// The answer to `ConnAction::ProbeLoss`: whether the echo came back.
     LossEcho {
         ifindex: u32,
@@ -218,10 +221,12 @@ impl std::fmt::Display for ConnAction {
                 local,
                 remote,
                 timeout_ms,
-            } => write!(
-                f,
-                "loss echo to {remote} from {local} dev #{ifindex} (answer within {timeout_ms} ms)"
-            ),
+            } => f.write_str(&crate::model::loss_echo_text(
+                *ifindex,
+                *local,
+                *remote,
+                *timeout_ms,
+            )),
         }
     }
 }
@@ -502,6 +507,15 @@ impl ConnPolicy {
                 self.loss_echoes_due(&mut out);
                 (self.conns.keys().copied().collect(), "measurements".into())
             }
+            ConnEvent::PathProblems(problems) => {
+                if std::mem::replace(&mut self.path_problems, problems) == self.path_problems {
+                    return out;
+                }
+                (
+                    self.conns.keys().copied().collect(),
+                    "the host's verdict on a path changed".into(),
+                )
+            }
             // Counted into each connection's view of the path at the next
             // round of measurements.
             ConnEvent::LossEcho { ifindex, answered } => {
@@ -768,15 +782,10 @@ impl ConnPolicy {
         let mut due: BTreeMap<u32, (IpAddr, IpAddr, u64, f64)> = BTreeMap::new();
         for c in self.conns.values_mut() {
             for (ifindex, h) in c.health.paths.iter_mut() {
-                if !h.wants_loss_echo(now) {
-                    continue;
+                if let Some((local, remote, timeout_ms)) = h.loss_echo_due(now, |_| true) {
+                    due.entry(*ifindex)
+                        .or_insert((local, remote, timeout_ms, h.loss));
                 }
-                let Some((local, remote)) = h.echo_pair() else {
-                    continue;
-                };
-                h.loss_echo_sent(now);
-                due.entry(*ifindex)
-                    .or_insert((local, remote, h.probe_timeout_ms(), h.loss));
             }
         }
         for (ifindex, (local, remote, timeout_ms, loss)) in due {

@@ -871,3 +871,15 @@ fn addresses_braid_never_managed_and_last_subflows_are_not_removed() {
     ));
     assert!(removals(&ds).is_empty(), "{ds:?}");
 }
+
+#[test]
+fn a_host_verdict_between_rounds_is_acted_on_at_once() {
+    let mut p = two_connections();
+    let problems: BTreeMap<u32, String> =
+        [(2, "unreachable: a probe went unanswered".to_string())].into();
+    let ds = p.handle(ConnEvent::PathProblems(problems.clone()), 100);
+    let p1: IpAddr = "10.2.0.1".parse().unwrap();
+    assert!(flips(&ds).contains(&(1, p1, false)), "{ds:?}");
+    // The same verdict again changes nothing.
+    assert!(p.handle(ConnEvent::PathProblems(problems), 110).is_empty());
+}

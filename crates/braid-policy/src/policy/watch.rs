@@ -37,20 +37,19 @@ impl Policy {
         // connections left (one stream per path, not two).
         let echoes = self.config.pm != PmKind::Userspace;
         for (ifindex, h) in self.health.paths.iter_mut() {
-            if !echoes || !h.wants_loss_echo(now) {
-                continue;
+            if !echoes {
+                break;
             }
-            let Some((local, remote)) = h.echo_pair().filter(|(_, r)| can_probe(r)) else {
+            let Some((local, remote, timeout_ms)) = h.loss_echo_due(now, can_probe) else {
                 continue;
             };
-            h.loss_echo_sent(now);
             self.probes_pending.push(Decision {
                 id: 0,
                 action: Action::ProbeLoss {
                     ifindex: *ifindex,
                     local,
                     remote,
-                    timeout_ms: h.probe_timeout_ms(),
+                    timeout_ms,
                 },
                 reason: format!(
                     "{} is lossy ({:.1} %) and carries too little traffic to tell whether it still is: echoes every {LOSS_ECHO_INTERVAL_MS} ms measure it, so its loss does not fade unmeasured",
