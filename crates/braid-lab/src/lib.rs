@@ -7,6 +7,7 @@ pub mod guard;
 pub mod lab;
 pub mod plot;
 pub mod pm;
+pub mod reaction;
 pub mod relay_bench;
 pub mod runlogs;
 pub mod scenario;
