@@ -240,6 +240,56 @@ mod tests {
         )
     }
 
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// A builder with a fixed ephemeral key, so that the messages are the
+    /// same at every run.
+    fn fixed<'a>(own: &'a PrivateKey, ephemeral: &'a [u8; KEY_LEN]) -> Builder<'a> {
+        Builder::new(params())
+            .local_private_key(own.bytes())
+            .unwrap()
+            .fixed_ephemeral_key_for_testing_only(ephemeral)
+            .prologue(PROLOGUE)
+            .unwrap()
+    }
+
+    /// The bytes on the wire from fixed keys: the protocol name, the
+    /// prologue and the layout of the messages must not drift, or deployed
+    /// clients and relays stop understanding each other.
+    #[test]
+    fn wire_bytes_are_pinned() {
+        let client = PrivateKey::from_bytes([1; KEY_LEN]);
+        let relay = PrivateKey::from_bytes([2; KEY_LEN]);
+        let mut i = Initiator {
+            hs: fixed(&client, &[3; KEY_LEN])
+                .remote_public_key(&relay.public().0)
+                .unwrap()
+                .build_initiator()
+                .unwrap(),
+        };
+        let mut r = Responder {
+            hs: fixed(&relay, &[4; KEY_LEN]).build_responder().unwrap(),
+        };
+        let m1 = i.first_message(b"request").unwrap();
+        assert_eq!(r.read_first(&m1).unwrap().payload, b"request");
+        let (m2, rs) = r.reply(b"ok").unwrap();
+        let (p, cs) = i.read_reply(&m2).unwrap();
+        assert_eq!(p, b"ok");
+        let mut sealed = vec![0u8; 64];
+        let n = cs.split().0.seal(b"data", &mut sealed).unwrap();
+        let mut opened = vec![0u8; 64];
+        let m = rs.split().1.open(&sealed[..n], &mut opened).unwrap();
+        assert_eq!(&opened[..m], b"data");
+        assert_eq!(hex(&m1), "5dfedd3b6bd47f6fa28ee15d969d5bb0ea53774d488bdaf9df1c6e0124b3ef224391bcfef3f1b0f051873c2103356110f8056ef928c4354783347c74dc7b71b794323afa1dd3f98e17e017b3f31eeb759d678b14f348073e46bd4282b68764be1d9e1dd2185a19");
+        assert_eq!(hex(&m2), "ac01b2209e86354fb853237b5de0f4fab13c7fcbf433a61c019369617fecf10bc686c922cc64cf4cfdfa9b3bf780cb94d92d");
+        assert_eq!(
+            hex(&sealed[..n]),
+            "729e1f1d29d0a4fb985d30979c6ddd318274de2a"
+        );
+    }
+
     #[test]
     fn handshake_authenticates_both_and_transports_both_ways() {
         let (client, relay) = pair();
