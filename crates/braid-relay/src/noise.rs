@@ -59,6 +59,34 @@ fn other(e: snow::Error) -> CryptoError {
     CryptoError::Other(e.to_string())
 }
 
+/// One handshake message carrying `payload`; `overhead` is what its place
+/// in the pattern adds (keys and tags).
+fn write_handshake(
+    hs: &mut HandshakeState,
+    payload: &[u8],
+    overhead: usize,
+) -> Result<Vec<u8>, CryptoError> {
+    if payload.len() + overhead > MAX_MESSAGE {
+        return Err(CryptoError::TooLarge);
+    }
+    let mut out = vec![0u8; payload.len() + overhead];
+    let n = hs.write_message(payload, &mut out).map_err(other)?;
+    out.truncate(n);
+    Ok(out)
+}
+
+/// The payload of the peer's handshake message. Any failure is reported as
+/// [`CryptoError::Handshake`]: from outside, a wrong key and tampering look
+/// the same.
+fn read_handshake(hs: &mut HandshakeState, msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let mut payload = vec![0u8; msg.len()];
+    let n = hs
+        .read_message(msg, &mut payload)
+        .map_err(|_| CryptoError::Handshake)?;
+    payload.truncate(n);
+    Ok(payload)
+}
+
 /// The client's side of the handshake.
 pub struct Initiator {
     hs: HandshakeState,
@@ -77,23 +105,12 @@ impl Initiator {
 
     /// The first message, carrying `payload`.
     pub fn first_message(&mut self, payload: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        if payload.len() + FIRST_MESSAGE_OVERHEAD > MAX_MESSAGE {
-            return Err(CryptoError::TooLarge);
-        }
-        let mut out = vec![0u8; payload.len() + FIRST_MESSAGE_OVERHEAD];
-        let n = self.hs.write_message(payload, &mut out).map_err(other)?;
-        out.truncate(n);
-        Ok(out)
+        write_handshake(&mut self.hs, payload, FIRST_MESSAGE_OVERHEAD)
     }
 
     /// Read the relay's answer: its payload and the transport ciphers.
     pub fn read_reply(mut self, msg: &[u8]) -> Result<(Vec<u8>, Session), CryptoError> {
-        let mut payload = vec![0u8; msg.len()];
-        let n = self
-            .hs
-            .read_message(msg, &mut payload)
-            .map_err(|_| CryptoError::Handshake)?;
-        payload.truncate(n);
+        let payload = read_handshake(&mut self.hs, msg)?;
         let st = self.hs.into_stateless_transport_mode().map_err(other)?;
         Ok((payload, Session::new(st)))
     }
@@ -130,12 +147,7 @@ impl Responder {
         if msg.len() < FIRST_MESSAGE_OVERHEAD {
             return Err(CryptoError::Handshake);
         }
-        let mut payload = vec![0u8; msg.len()];
-        let n = self
-            .hs
-            .read_message(msg, &mut payload)
-            .map_err(|_| CryptoError::Handshake)?;
-        payload.truncate(n);
+        let payload = read_handshake(&mut self.hs, msg)?;
         let client = self
             .hs
             .get_remote_static()
@@ -151,12 +163,7 @@ impl Responder {
 
     /// The answer, carrying `payload`, and the transport ciphers.
     pub fn reply(mut self, payload: &[u8]) -> Result<(Vec<u8>, Session), CryptoError> {
-        if payload.len() + REPLY_OVERHEAD > MAX_MESSAGE {
-            return Err(CryptoError::TooLarge);
-        }
-        let mut out = vec![0u8; payload.len() + REPLY_OVERHEAD];
-        let n = self.hs.write_message(payload, &mut out).map_err(other)?;
-        out.truncate(n);
+        let out = write_handshake(&mut self.hs, payload, REPLY_OVERHEAD)?;
         let st = self.hs.into_stateless_transport_mode().map_err(other)?;
         Ok((out, Session::new(st)))
     }
