@@ -187,7 +187,6 @@ impl Server {
             .collect()
     }
 
-    /// Serve until `stop` completes.
     /// Serve until `stop` completes; `ready` is called once everything is
     /// in place.
     pub async fn run(
