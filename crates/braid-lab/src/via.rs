@@ -358,64 +358,68 @@ fn start_shadowsocks(
     site: &Site,
     fast_open: bool,
 ) -> Result<(), LabError> {
-    let dir = &site.dir;
     let password = format!("lab-{:016x}", fastrand::u64(..));
-    let server_log = dir.join("ss-server.log");
-    let child = spawn_in_netns(
-        &site.server_ns,
-        Command::new(MPTCPIZE)
-            .args([
-                "run",
-                SS_SERVER,
-                "-s",
-                "0.0.0.0",
-                "-p",
-                &SS_PORT.to_string(),
-                "-k",
-                &password,
-                "-m",
-                SS_METHOD,
-                "--no-delay",
-            ])
-            .args(fast_open.then_some("--fast-open")),
-        &server_log,
-    )?;
-    running.add(child, &server_log);
     let ss_addr = SocketAddr::new(site.server_addr, SS_PORT);
-    let server_ns = site.server_ns.clone();
-    wait_ready("ss-server", &server_log, || {
-        listening_in(&server_ns, ss_addr)
-    })?;
-    let client_log = dir.join("ss-local.log");
-    let child = spawn_in_netns(
-        &site.client_ns,
-        Command::new(MPTCPIZE)
-            .args([
-                "run",
-                SS_LOCAL,
-                "-s",
-                &ss_addr.ip().to_string(),
-                "-p",
-                &SS_PORT.to_string(),
-                "-b",
-                &SOCKS_ADDR.ip().to_string(),
-                "-l",
-                &SOCKS_ADDR.port().to_string(),
-                "-k",
-                &password,
-                "-m",
-                SS_METHOD,
-                "--no-delay",
-            ])
-            .args(fast_open.then_some("--fast-open")),
-        &client_log,
-    )?;
-    running.add(child, &client_log);
-    let client_ns = site.client_ns.clone();
-    wait_ready("ss-local", &client_log, || {
-        listening_in(&client_ns, SOCKS_ADDR)
-    })?;
-    Ok(())
+    let server = ShadowsocksEnd {
+        name: "ss-server",
+        program: SS_SERVER,
+        ns: &site.server_ns,
+        place: &["-s", "0.0.0.0", "-p", &SS_PORT.to_string()],
+        listen: ss_addr,
+    };
+    server.start(running, &site.dir, &password, fast_open)?;
+    let client = ShadowsocksEnd {
+        name: "ss-local",
+        program: SS_LOCAL,
+        ns: &site.client_ns,
+        place: &[
+            "-s",
+            &ss_addr.ip().to_string(),
+            "-p",
+            &SS_PORT.to_string(),
+            "-b",
+            &SOCKS_ADDR.ip().to_string(),
+            "-l",
+            &SOCKS_ADDR.port().to_string(),
+        ],
+        listen: SOCKS_ADDR,
+    };
+    client.start(running, &site.dir, &password, fast_open)
+}
+
+/// One end of shadowsocks: where it listens and what it talks to (`place`);
+/// the key, cipher and socket options are the same at both ends.
+struct ShadowsocksEnd<'a> {
+    name: &'a str,
+    program: &'a str,
+    ns: &'a str,
+    place: &'a [&'a str],
+    listen: SocketAddr,
+}
+
+impl ShadowsocksEnd<'_> {
+    /// Runs it under mptcpize, logging to `<name>.log`, and waits until it
+    /// listens.
+    fn start(
+        &self,
+        running: &mut RunningVia,
+        dir: &Path,
+        password: &str,
+        fast_open: bool,
+    ) -> Result<(), LabError> {
+        let log = dir.join(format!("{}.log", self.name));
+        let child = spawn_in_netns(
+            self.ns,
+            Command::new(MPTCPIZE)
+                .args(["run", self.program])
+                .args(self.place)
+                .args(["-k", password, "-m", SS_METHOD, "--no-delay"])
+                .args(fast_open.then_some("--fast-open")),
+            &log,
+        )?;
+        running.add(child, &log);
+        wait_ready(self.name, &log, || listening_in(self.ns, self.listen))
+    }
 }
 
 /// CPU time (user + system) a process has used so far.

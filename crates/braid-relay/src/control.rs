@@ -76,10 +76,12 @@ impl ControlListener {
         })
     }
 
-    /// Answer status requests with what `status` reports, until dropped.
-    pub async fn serve<F, Fut>(mut self, status: F)
+    /// Answer status requests with what `status` makes of (a clone of)
+    /// `state`, until dropped.
+    pub async fn serve<S, F, Fut>(mut self, state: S, status: F)
     where
-        F: Fn() -> Fut + Send + Sync + 'static,
+        S: Clone + Send + Sync + 'static,
+        F: Fn(S) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Status> + Send,
     {
         let Some(std) = self.listener.take() else {
@@ -88,7 +90,7 @@ impl ControlListener {
         let Ok(listener) = tokio::net::UnixListener::from_std(std) else {
             return;
         };
-        let status = Arc::new(status);
+        let status = Arc::new(move || status(state.clone()));
         let slots = Arc::new(Semaphore::new(MAX_AT_ONCE));
         loop {
             let Ok((stream, _)) = listener.accept().await else {

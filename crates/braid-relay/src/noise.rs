@@ -59,6 +59,34 @@ fn other(e: snow::Error) -> CryptoError {
     CryptoError::Other(e.to_string())
 }
 
+/// One handshake message carrying `payload`; `overhead` is what its place
+/// in the pattern adds (keys and tags).
+fn write_handshake(
+    hs: &mut HandshakeState,
+    payload: &[u8],
+    overhead: usize,
+) -> Result<Vec<u8>, CryptoError> {
+    if payload.len() + overhead > MAX_MESSAGE {
+        return Err(CryptoError::TooLarge);
+    }
+    let mut out = vec![0u8; payload.len() + overhead];
+    let n = hs.write_message(payload, &mut out).map_err(other)?;
+    out.truncate(n);
+    Ok(out)
+}
+
+/// The payload of the peer's handshake message. Any failure is reported as
+/// [`CryptoError::Handshake`]: from outside, a wrong key and tampering look
+/// the same.
+fn read_handshake(hs: &mut HandshakeState, msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let mut payload = vec![0u8; msg.len()];
+    let n = hs
+        .read_message(msg, &mut payload)
+        .map_err(|_| CryptoError::Handshake)?;
+    payload.truncate(n);
+    Ok(payload)
+}
+
 /// The client's side of the handshake.
 pub struct Initiator {
     hs: HandshakeState,
@@ -77,23 +105,12 @@ impl Initiator {
 
     /// The first message, carrying `payload`.
     pub fn first_message(&mut self, payload: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        if payload.len() + FIRST_MESSAGE_OVERHEAD > MAX_MESSAGE {
-            return Err(CryptoError::TooLarge);
-        }
-        let mut out = vec![0u8; payload.len() + FIRST_MESSAGE_OVERHEAD];
-        let n = self.hs.write_message(payload, &mut out).map_err(other)?;
-        out.truncate(n);
-        Ok(out)
+        write_handshake(&mut self.hs, payload, FIRST_MESSAGE_OVERHEAD)
     }
 
     /// Read the relay's answer: its payload and the transport ciphers.
     pub fn read_reply(mut self, msg: &[u8]) -> Result<(Vec<u8>, Session), CryptoError> {
-        let mut payload = vec![0u8; msg.len()];
-        let n = self
-            .hs
-            .read_message(msg, &mut payload)
-            .map_err(|_| CryptoError::Handshake)?;
-        payload.truncate(n);
+        let payload = read_handshake(&mut self.hs, msg)?;
         let st = self.hs.into_stateless_transport_mode().map_err(other)?;
         Ok((payload, Session::new(st)))
     }
@@ -130,12 +147,7 @@ impl Responder {
         if msg.len() < FIRST_MESSAGE_OVERHEAD {
             return Err(CryptoError::Handshake);
         }
-        let mut payload = vec![0u8; msg.len()];
-        let n = self
-            .hs
-            .read_message(msg, &mut payload)
-            .map_err(|_| CryptoError::Handshake)?;
-        payload.truncate(n);
+        let payload = read_handshake(&mut self.hs, msg)?;
         let client = self
             .hs
             .get_remote_static()
@@ -151,12 +163,7 @@ impl Responder {
 
     /// The answer, carrying `payload`, and the transport ciphers.
     pub fn reply(mut self, payload: &[u8]) -> Result<(Vec<u8>, Session), CryptoError> {
-        if payload.len() + REPLY_OVERHEAD > MAX_MESSAGE {
-            return Err(CryptoError::TooLarge);
-        }
-        let mut out = vec![0u8; payload.len() + REPLY_OVERHEAD];
-        let n = self.hs.write_message(payload, &mut out).map_err(other)?;
-        out.truncate(n);
+        let out = write_handshake(&mut self.hs, payload, REPLY_OVERHEAD)?;
         let st = self.hs.into_stateless_transport_mode().map_err(other)?;
         Ok((out, Session::new(st)))
     }
@@ -238,6 +245,56 @@ mod tests {
             PrivateKey::generate().unwrap(),
             PrivateKey::generate().unwrap(),
         )
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// A builder with a fixed ephemeral key, so that the messages are the
+    /// same at every run.
+    fn fixed<'a>(own: &'a PrivateKey, ephemeral: &'a [u8; KEY_LEN]) -> Builder<'a> {
+        Builder::new(params())
+            .local_private_key(own.bytes())
+            .unwrap()
+            .fixed_ephemeral_key_for_testing_only(ephemeral)
+            .prologue(PROLOGUE)
+            .unwrap()
+    }
+
+    /// The bytes on the wire from fixed keys: the protocol name, the
+    /// prologue and the layout of the messages must not drift, or deployed
+    /// clients and relays stop understanding each other.
+    #[test]
+    fn wire_bytes_are_pinned() {
+        let client = PrivateKey::from_bytes([1; KEY_LEN]);
+        let relay = PrivateKey::from_bytes([2; KEY_LEN]);
+        let mut i = Initiator {
+            hs: fixed(&client, &[3; KEY_LEN])
+                .remote_public_key(&relay.public().0)
+                .unwrap()
+                .build_initiator()
+                .unwrap(),
+        };
+        let mut r = Responder {
+            hs: fixed(&relay, &[4; KEY_LEN]).build_responder().unwrap(),
+        };
+        let m1 = i.first_message(b"request").unwrap();
+        assert_eq!(r.read_first(&m1).unwrap().payload, b"request");
+        let (m2, rs) = r.reply(b"ok").unwrap();
+        let (p, cs) = i.read_reply(&m2).unwrap();
+        assert_eq!(p, b"ok");
+        let mut sealed = vec![0u8; 64];
+        let n = cs.split().0.seal(b"data", &mut sealed).unwrap();
+        let mut opened = vec![0u8; 64];
+        let m = rs.split().1.open(&sealed[..n], &mut opened).unwrap();
+        assert_eq!(&opened[..m], b"data");
+        assert_eq!(hex(&m1), "5dfedd3b6bd47f6fa28ee15d969d5bb0ea53774d488bdaf9df1c6e0124b3ef224391bcfef3f1b0f051873c2103356110f8056ef928c4354783347c74dc7b71b794323afa1dd3f98e17e017b3f31eeb759d678b14f348073e46bd4282b68764be1d9e1dd2185a19");
+        assert_eq!(hex(&m2), "ac01b2209e86354fb853237b5de0f4fab13c7fcbf433a61c019369617fecf10bc686c922cc64cf4cfdfa9b3bf780cb94d92d");
+        assert_eq!(
+            hex(&sealed[..n]),
+            "729e1f1d29d0a4fb985d30979c6ddd318274de2a"
+        );
     }
 
     #[test]

@@ -187,7 +187,6 @@ impl Server {
             .collect()
     }
 
-    /// Serve until `stop` completes.
     /// Serve until `stop` completes; `ready` is called once everything is
     /// in place.
     pub async fn run(
@@ -208,14 +207,9 @@ impl Server {
             tasks.spawn(accept_loop(l, shared.clone()));
         }
         if let Some(c) = self.control.take() {
-            let sh = shared.clone();
-            tasks.spawn(async move {
-                c.serve(move || {
-                    let sh = sh.clone();
-                    async move { StatusReport::Server(Box::new(status(&sh).await)) }
-                })
-                .await
-            });
+            tasks.spawn(c.serve(shared.clone(), |sh| async move {
+                StatusReport::Server(Box::new(status(&sh).await))
+            }));
         }
         let sh = shared.clone();
         tasks.spawn(async move {

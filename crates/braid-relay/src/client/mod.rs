@@ -298,14 +298,9 @@ impl Client {
             tasks.spawn(accept_loop(l, shared.clone(), Proxy::Http));
         }
         if let Some(c) = self.control.take() {
-            let sh = shared.clone();
-            tasks.spawn(async move {
-                c.serve(move || {
-                    let sh = sh.clone();
-                    async move { StatusReport::Client(Box::new(status(&sh).await)) }
-                })
-                .await
-            });
+            tasks.spawn(c.serve(shared.clone(), |sh| async move {
+                StatusReport::Client(Box::new(status(&sh).await))
+            }));
         }
         if let Some(listeners) = self.transparent.take() {
             // Listeners first, then the rules that send traffic to them.
