@@ -8,6 +8,8 @@ pub mod lab;
 pub mod plot;
 pub mod pm;
 pub mod relay_bench;
+pub mod relay_bench_table;
+pub mod report_table;
 pub mod runlogs;
 pub mod scenario;
 pub mod shaper;

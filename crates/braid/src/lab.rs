@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use braid_kernel::Error;
 use braid_lab::lab::{self, Cut, Lab, LabConfig, Sysctl};
-use braid_lab::relay_bench;
 use braid_lab::spec::{self, PathSpec};
 use braid_lab::LabError;
+use braid_lab::{relay_bench, relay_bench_table, report_table};
 use clap::{Args, Subcommand};
 
 use crate::{print_json, Ctx};
@@ -544,11 +544,12 @@ fn bench_emulator(ctx: &Ctx, b: BenchArgs) -> Result<(), LabError> {
     Ok(())
 }
 
-fn onoff(b: bool) -> &'static str {
-    if b {
-        "on"
+/// Reports as JSON, or as the table `table` makes of them.
+fn print_reports<R: serde::Serialize>(ctx: &Ctx, reports: &[R], table: fn(&[R]) -> String) {
+    if ctx.json {
+        print_json(&reports);
     } else {
-        "off"
+        print!("{}", table(reports));
     }
 }
 
@@ -608,42 +609,8 @@ fn bench_throughput(
         eprintln!("braid: one download through {} for {d:?}", v.name());
         reports.push(relay_bench::throughput(exe, name, v, paths, d)?);
     }
-    if ctx.json {
-        print_json(&reports);
-    } else {
-        print!("{}", throughput_table(&reports));
-    }
+    print_reports(ctx, &reports, relay_bench_table::throughput);
     Ok(())
-}
-
-fn throughput_table(reports: &[relay_bench::ThroughputReport]) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    writeln!(
-        out,
-        "{:<12} {:>9} {:>16} {:>17} {:>19} {:>20}",
-        "via",
-        "Gbit/s",
-        "relay CPU s/GB",
-        "client CPU s/GB",
-        "Gbit/s per relay core",
-        "Gbit/s per client core"
-    )
-    .unwrap();
-    for r in reports {
-        writeln!(
-            out,
-            "{:<12} {:>9.2} {:>16} {:>17} {:>19} {:>20}",
-            r.via,
-            r.gbit_per_s,
-            opt(r.relay_cpu_s_per_gb, 2),
-            opt(r.client_cpu_s_per_gb, 2),
-            opt(r.gbit_per_s_per_relay_core, 2),
-            opt(r.gbit_per_s_per_client_core, 2)
-        )
-        .unwrap();
-    }
-    out
 }
 
 fn bench_ttfb(
@@ -663,8 +630,8 @@ fn bench_ttfb(
             eprintln!(
                 "braid: {samples} short requests through {} (fast open {}, early reply {})",
                 v.name(),
-                onoff(opts.fast_open),
-                onoff(opts.early_reply)
+                relay_bench_table::on_off(opts.fast_open),
+                relay_bench_table::on_off(opts.early_reply)
             );
             reports.push(relay_bench::ttfb(
                 exe,
@@ -676,40 +643,8 @@ fn bench_ttfb(
             )?);
         }
     }
-    if ctx.json {
-        print_json(&reports);
-    } else {
-        print!("{}", ttfb_table(&reports));
-    }
+    print_reports(ctx, &reports, relay_bench_table::ttfb);
     Ok(())
-}
-
-fn ttfb_table(reports: &[relay_bench::TtfbReport]) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    writeln!(
-        out,
-        "{:<12} {:>9} {:>11} {:>9} {:>9} {:>9} {:>14} {:>9}",
-        "via", "fast open", "early reply", "p50 ms", "p90 ms", "max ms", "path RTT ms", "no answer"
-    )
-    .unwrap();
-    for r in reports {
-        let direct = r.via == "direct";
-        writeln!(
-            out,
-            "{:<12} {:>9} {:>11} {:>9.1} {:>9.1} {:>9.1} {:>14.1} {:>9}",
-            r.via,
-            if direct { "-" } else { onoff(r.fast_open) },
-            if direct { "-" } else { onoff(r.early_reply) },
-            r.p50_ms,
-            r.p90_ms,
-            r.max_ms,
-            r.path_rtt_ms,
-            format!("{}/{}", r.failures, r.samples + r.failures)
-        )
-        .unwrap();
-    }
-    out
 }
 
 fn bench_page_load(
@@ -739,40 +674,8 @@ fn bench_page_load(
             runs,
         )?);
     }
-    if ctx.json {
-        print_json(&reports);
-    } else {
-        print!("{}", page_load_table(&reports));
-    }
+    print_reports(ctx, &reports, relay_bench_table::page_load);
     Ok(())
-}
-
-fn page_load_table(reports: &[relay_bench::PageLoadReport]) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    writeln!(
-        out,
-        "{:<12} {:>12} {:>14} {:>12} {:>12}",
-        "via", "connections", "response bytes", "median ms", "worst ms"
-    )
-    .unwrap();
-    for r in reports {
-        writeln!(
-            out,
-            "{:<12} {:>12} {:>14} {:>12.1} {:>12.1}",
-            if r.via == "direct" {
-                "direct (TCP, primary)"
-            } else {
-                r.via
-            },
-            r.connections,
-            r.response_bytes,
-            r.median_ms,
-            r.worst_ms
-        )
-        .unwrap();
-    }
-    out
 }
 
 fn bench_quic(rb: &RelayBench, samples: usize, link: &LinkArgs) -> Result<(), LabError> {
@@ -789,32 +692,8 @@ fn bench_quic(rb: &RelayBench, samples: usize, link: &LinkArgs) -> Result<(), La
             samples,
         )?);
     }
-    if ctx.json {
-        print_json(&reports);
-    } else {
-        print!("{}", quic_table(&reports));
-    }
+    print_reports(ctx, &reports, relay_bench_table::quic_first);
     Ok(())
-}
-
-fn quic_table(reports: &[relay_bench::QuicFirstReport]) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    writeln!(
-        out,
-        "{:<8} {:>9} {:>10} {:>9} {:>9}",
-        "quic", "samples", "over QUIC", "p50 ms", "worst ms"
-    )
-    .unwrap();
-    for r in reports {
-        writeln!(
-            out,
-            "{:<8} {:>9} {:>10} {:>9.1} {:>9.1}",
-            r.quic, r.samples, r.over_quic, r.p50_ms, r.worst_ms
-        )
-        .unwrap();
-    }
-    out
 }
 
 fn bench_scale(
@@ -834,35 +713,8 @@ fn bench_scale(
         );
         reports.push(relay_bench::scale(exe, name, v, clients, per_client)?);
     }
-    if ctx.json {
-        print_json(&reports);
-    } else {
-        print!("{}", scale_lines(&reports));
-    }
+    print_reports(ctx, &reports, relay_bench_table::scale);
     Ok(())
-}
-
-fn scale_lines(reports: &[relay_bench::ScaleReport]) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    for r in reports {
-        writeln!(
-        out,
-            "{}: {} connections ({} failed) open in {:.2} s; CONNECT answered p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; first response p50 {:.1} ms, p99 {:.1} ms",
-            r.via, r.connections, r.failures, r.all_open_s, r.setup_p50_ms, r.setup_p99_ms, r.setup_max_ms, r.response_p50_ms, r.response_p99_ms
-        ).unwrap();
-        writeln!(
-        out,
-            "  relay:  RSS {} -> {} KiB ({:.1} KiB per connection), fds {} -> {} -> {} after close, CPU {:.3} ms per connection",
-            r.relay_rss_idle_kib, r.relay_rss_peak_kib, r.relay_rss_per_connection_kib, r.relay_fds_idle, r.relay_fds_peak, r.relay_fds_after, r.relay_cpu_ms_per_connection
-        ).unwrap();
-        writeln!(
-        out,
-            "  client: RSS {} -> {} KiB ({:.1} KiB per connection), fds {} -> {} after close, CPU {:.3} ms per connection",
-            r.client_rss_idle_kib, r.client_rss_peak_kib, r.client_rss_per_connection_kib, r.client_fds_idle, r.client_fds_after, r.client_cpu_ms_per_connection
-        ).unwrap();
-    }
-    out
 }
 
 fn print_lab(ctx: &Ctx, lab: &Lab) {
@@ -1010,78 +862,6 @@ fn run_all(a: &RunArgs, pms: &[PmKind]) -> Result<Vec<Report>, LabError> {
     Ok(reports)
 }
 
-/// Median and worst per configuration, one column each.
-pub fn summary_table(reports: &[Report]) -> String {
-    use braid_lab::summary;
-    let groups = summary::summarize(reports);
-    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
-    rows.push((
-        "path manager".into(),
-        groups.iter().map(|g| g.pm.to_string()).collect(),
-    ));
-    if groups.iter().any(|g| g.via != "direct") {
-        rows.push((
-            "via".into(),
-            groups.iter().map(|g| g.via.to_string()).collect(),
-        ));
-    }
-    rows.push((
-        "runs".into(),
-        groups.iter().map(|g| g.runs.to_string()).collect(),
-    ));
-    rows.push((
-        "connection died".into(),
-        groups.iter().map(|g| g.died.to_string()).collect(),
-    ));
-    for (name, _) in summary::MEASUREMENTS {
-        if !groups
-            .iter()
-            .any(|g| g.measurements.iter().any(|(n, _)| n == name))
-        {
-            continue;
-        }
-        let digits = if *name == "aggregation_ratio" { 3 } else { 1 };
-        rows.push((
-            format!("{name} (median / worst)"),
-            groups
-                .iter()
-                .map(|g| {
-                    g.measurements
-                        .iter()
-                        .find(|(n, _)| n == name)
-                        .map(|(_, s)| format!("{:.digits$} / {:.digits$}", s.median, s.worst))
-                        .unwrap_or_else(|| "-".into())
-                })
-                .collect(),
-        ));
-    }
-    rows.push((
-        "bytes corrupt".into(),
-        groups.iter().map(|g| g.bytes_corrupt.to_string()).collect(),
-    ));
-    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..groups.len())
-        .map(|i| rows.iter().map(|r| r.1[i].len()).max().unwrap_or(0).max(8))
-        .collect();
-    let mut out = String::new();
-    if let Some(first) = reports.first() {
-        out.push_str(&format!(
-            "scenario {} ({:.0} s), {} runs in all\n",
-            first.scenario,
-            first.duration_s,
-            reports.len()
-        ));
-    }
-    for (name, vals) in &rows {
-        out.push_str(&format!("{name:<w0$}"));
-        for (v, w) in vals.iter().zip(&widths) {
-            out.push_str(&format!("  {v:>w$}"));
-        }
-        out.push('\n');
-    }
-    out
-}
-
 fn output(ctx: &Ctx, a: &RunArgs, reports: &[Report]) -> Result<(), LabError> {
     if let Some(p) = &a.plot {
         // The first round of runs: repeats would draw over each other.
@@ -1101,115 +881,11 @@ fn output(ctx: &Ctx, a: &RunArgs, reports: &[Report]) -> Result<(), LabError> {
     if ctx.json {
         print_json(&reports);
     } else if a.repeat > 1 {
-        print!("{}", summary_table(reports));
+        print!("{}", report_table::summary(reports));
     } else {
-        print!("{}", table(reports));
+        print!("{}", report_table::per_run(reports));
     }
     Ok(())
-}
-
-fn opt(v: Option<f64>, digits: usize) -> String {
-    v.map(|x| format!("{x:.digits$}"))
-        .unwrap_or_else(|| "-".into())
-}
-
-/// One column per report, one row per metric.
-pub fn table(reports: &[Report]) -> String {
-    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
-    let mut row = |name: &str, f: &dyn Fn(&Report) -> String| {
-        rows.push((name.to_string(), reports.iter().map(f).collect()));
-    };
-    row("path manager", &|r| r.pm.to_string());
-    if reports.iter().any(|r| r.via != "direct") {
-        row("via", &|r| r.via.to_string());
-    }
-    row("survived", &|r| {
-        if r.survived {
-            "yes".into()
-        } else {
-            "NO".into()
-        }
-    });
-    row("transport", &|r| r.transport.clone());
-    let has = |f: &dyn Fn(&Report) -> bool| reports.iter().any(f);
-    if has(&|r| r.metrics.goodput_mbps.is_some()) {
-        row("goodput (Mbit/s)", &|r| opt(r.metrics.goodput_mbps, 1));
-        row("per path (Mbit/s)", &|r| {
-            r.metrics
-                .per_path_mbps
-                .iter()
-                .map(|v| format!("{v:.1}"))
-                .collect::<Vec<_>>()
-                .join(" / ")
-        });
-    }
-    if has(&|r| r.metrics.aggregation_ratio.is_some()) {
-        row("aggregation ratio", &|r| {
-            opt(r.metrics.aggregation_ratio, 2)
-        });
-    }
-    if has(&|r| r.metrics.stall_ms.is_some()) {
-        row("data resumes after (ms)", &|r| opt(r.metrics.resume_ms, 0));
-        row("stall at failure (ms)", &|r| opt(r.metrics.stall_ms, 0));
-        row("recovery (ms)", &|r| opt(r.metrics.recovery_ms, 0));
-    }
-    if has(&|r| r.metrics.longest_stall_ms.is_some()) {
-        row("longest stall (ms)", &|r| {
-            opt(r.metrics.longest_stall_ms, 0)
-        });
-    }
-    if has(&|r| r.scenario == "late-interface") {
-        row("new path carries data (ms)", &|r| {
-            opt(r.metrics.new_path_ms, 0)
-        });
-    }
-    if has(&|r| r.scenario == "flap") {
-        row("primary reused after (ms)", &|r| opt(r.metrics.reuse_ms, 0));
-    }
-    if has(&|r| r.metrics.probe.is_some()) {
-        let p = |f: fn(&braid_lab::traffic::ProbeResult) -> String| {
-            move |r: &Report| {
-                r.metrics
-                    .probe
-                    .as_ref()
-                    .map(f)
-                    .unwrap_or_else(|| "-".into())
-            }
-        };
-        row("probe p50 (ms)", &p(|p| format!("{:.1}", p.p50_ms)));
-        row("probe p95 (ms)", &p(|p| format!("{:.1}", p.p95_ms)));
-        row("probe p99 (ms)", &p(|p| format!("{:.1}", p.p99_ms)));
-        row("probe max (ms)", &p(|p| format!("{:.1}", p.max_ms)));
-        row("probe late/lost", &p(|p| format!("{}/{}", p.late, p.lost)));
-    }
-    row("bytes verified", &|r| r.bytes_verified.to_string());
-    row("bytes corrupt", &|r| r.bytes_corrupt.to_string());
-    row("error", &|r| r.error.clone().unwrap_or_else(|| "-".into()));
-    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..reports.len())
-        .map(|i| rows.iter().map(|r| r.1[i].len()).max().unwrap_or(0).max(8))
-        .collect();
-    let mut out = String::new();
-    if let Some(first) = reports.first() {
-        out.push_str(&format!(
-            "scenario {} ({:.0} s)\n",
-            first.scenario, first.duration_s
-        ));
-        for e in &first.events {
-            out.push_str(&format!("  at {:>6.0} ms: {}\n", e.t_ms, e.what));
-        }
-        for s in &first.sysctls {
-            out.push_str(&format!("  sysctl {s}\n"));
-        }
-    }
-    for (name, vals) in &rows {
-        out.push_str(&format!("{name:<w0$}"));
-        for (v, w) in vals.iter().zip(&widths) {
-            out.push_str(&format!("  {v:>w$}"));
-        }
-        out.push('\n');
-    }
-    out
 }
 
 fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), LabError> {
@@ -1363,354 +1039,4 @@ fn demo(ctx: &Ctx, d: DemoArgs) -> Result<(), LabError> {
         println!("every lab made for the demo has been removed");
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod scenario_table_tests {
-    use braid_lab::scenario::{Metrics, Report, TimedEvent};
-    use braid_lab::traffic::ProbeResult;
-
-    use super::{summary_table, table};
-
-    /// A flap run: every metric row present on the first report.
-    fn flap(pm: &'static str, via: &'static str, stall_ms: f64) -> Report {
-        Report {
-            scenario: "flap",
-            pm,
-            via,
-            direction: "download",
-            duration_s: 20.0,
-            paths: Vec::new(),
-            survived: true,
-            bytes_sent: 200_000_000,
-            bytes_verified: 123_456_789,
-            bytes_corrupt: 0,
-            transport: "mptcp".into(),
-            metrics: Metrics {
-                goodput_mbps: Some(41.27),
-                aggregation_ratio: Some(0.9134),
-                per_path_mbps: vec![20.5, 20.77],
-                longest_stall_ms: Some(stall_ms + 60.0),
-                resume_ms: Some(120.4),
-                stall_ms: Some(stall_ms),
-                recovery_ms: Some(900.6),
-                new_path_ms: None,
-                reuse_ms: Some(1500.2),
-                probe: Some(ProbeResult {
-                    late: 2,
-                    lost: 1,
-                    p50_ms: 21.04,
-                    p95_ms: 48.96,
-                    p99_ms: 250.5,
-                    max_ms: 310.0,
-                    ..ProbeResult::default()
-                }),
-            },
-            events: vec![
-                TimedEvent {
-                    t_ms: 5000.0,
-                    what: "path 0 down".into(),
-                },
-                TimedEvent {
-                    t_ms: 10000.4,
-                    what: "path 0 up".into(),
-                },
-            ],
-            sysctls: vec!["client: net.ipv4.tcp_rmem=4096 131072 6291456".into()],
-            error: None,
-            series_total_mbps: Vec::new(),
-            series_path_mbps: Vec::new(),
-        }
-    }
-
-    /// A run that died, with few metrics.
-    fn died(pm: &'static str, via: &'static str) -> Report {
-        Report {
-            survived: false,
-            bytes_verified: 0,
-            bytes_corrupt: 3,
-            transport: "tcp".into(),
-            metrics: Metrics {
-                goodput_mbps: None,
-                aggregation_ratio: None,
-                per_path_mbps: Vec::new(),
-                probe: None,
-                ..flap(pm, via, 0.0).metrics
-            },
-            error: Some("connection reset".into()),
-            ..flap(pm, via, 0.0)
-        }
-    }
-
-    const TWO_RUNS: &str = concat!(
-        "scenario flap (20 s)\n",
-        "  at   5000 ms: path 0 down\n",
-        "  at  10000 ms: path 0 up\n",
-        "  sysctl client: net.ipv4.tcp_rmem=4096 131072 6291456\n",
-        "path manager                    kernel             braid\n",
-        "via                             direct             relay\n",
-        "survived                           yes                NO\n",
-        "transport                        mptcp               tcp\n",
-        "goodput (Mbit/s)                  41.3                 -\n",
-        "per path (Mbit/s)          20.5 / 20.8                  \n",
-        "aggregation ratio                 0.91                 -\n",
-        "data resumes after (ms)            120               120\n",
-        "stall at failure (ms)              250                 0\n",
-        "recovery (ms)                      901               901\n",
-        "longest stall (ms)                 310                60\n",
-        "primary reused after (ms)         1500              1500\n",
-        "probe p50 (ms)                    21.0                 -\n",
-        "probe p95 (ms)                    49.0                 -\n",
-        "probe p99 (ms)                   250.5                 -\n",
-        "probe max (ms)                   310.0                 -\n",
-        "probe late/lost                    2/1                 -\n",
-        "bytes verified               123456789                 0\n",
-        "bytes corrupt                        0                 3\n",
-        "error                                -  connection reset\n",
-    );
-
-    const ONE_RUN: &str = concat!(
-        "scenario flap (20 s)\n",
-        "  at   5000 ms: path 0 down\n",
-        "  at  10000 ms: path 0 up\n",
-        "  sysctl client: net.ipv4.tcp_rmem=4096 131072 6291456\n",
-        "path manager                    kernel\n",
-        "survived                           yes\n",
-        "transport                        mptcp\n",
-        "goodput (Mbit/s)                  41.3\n",
-        "per path (Mbit/s)          20.5 / 20.8\n",
-        "aggregation ratio                 0.91\n",
-        "data resumes after (ms)            120\n",
-        "stall at failure (ms)              250\n",
-        "recovery (ms)                      901\n",
-        "longest stall (ms)                 310\n",
-        "primary reused after (ms)         1500\n",
-        "probe p50 (ms)                    21.0\n",
-        "probe p95 (ms)                    49.0\n",
-        "probe p99 (ms)                   250.5\n",
-        "probe max (ms)                   310.0\n",
-        "probe late/lost                    2/1\n",
-        "bytes verified               123456789\n",
-        "bytes corrupt                        0\n",
-        "error                                -\n",
-    );
-
-    const SUMMARY: &str = concat!(
-        "scenario flap (20 s), 4 runs in all\n",
-        "path manager                                 kernel            braid\n",
-        "via                                          direct            relay\n",
-        "runs                                              2                2\n",
-        "connection died                                   0                1\n",
-        "goodput_mbps (median / worst)           41.3 / 41.3      41.3 / 41.3\n",
-        "aggregation_ratio (median / worst)    0.913 / 0.913    0.913 / 0.913\n",
-        "resume_ms (median / worst)            120.4 / 120.4    120.4 / 120.4\n",
-        "stall_ms (median / worst)             250.0 / 410.0       0.0 / 90.0\n",
-        "recovery_ms (median / worst)          900.6 / 900.6    900.6 / 900.6\n",
-        "longest_stall_ms (median / worst)     310.0 / 470.0     60.0 / 150.0\n",
-        "reuse_ms (median / worst)           1500.2 / 1500.2  1500.2 / 1500.2\n",
-        "probe_p99_ms (median / worst)         250.5 / 250.5    250.5 / 250.5\n",
-        "bytes corrupt                                     0                3\n",
-    );
-
-    #[test]
-    fn one_column_per_run() {
-        let reports = [flap("kernel", "direct", 250.0), died("braid", "relay")];
-        assert_eq!(table(&reports), TWO_RUNS);
-    }
-
-    #[test]
-    fn no_via_row_when_every_run_is_direct() {
-        assert_eq!(table(&[flap("kernel", "direct", 250.0)]), ONE_RUN);
-    }
-
-    #[test]
-    fn median_and_worst_per_configuration() {
-        let reports = [
-            flap("kernel", "direct", 250.0),
-            flap("kernel", "direct", 410.0),
-            flap("braid", "relay", 90.0),
-            died("braid", "relay"),
-        ];
-        assert_eq!(summary_table(&reports), SUMMARY);
-    }
-}
-
-#[cfg(test)]
-mod relay_bench_table_tests {
-    use braid_lab::relay_bench::{
-        PageLoadReport, QuicFirstReport, ScaleReport, ThroughputReport, TtfbReport,
-    };
-
-    use super::{page_load_table, quic_table, scale_lines, throughput_table, ttfb_table};
-
-    const THROUGHPUT: &str = concat!(
-        "via             Gbit/s   relay CPU s/GB   client CPU s/GB Gbit/s per relay core Gbit/s per client core\n",
-        "direct            9.88                -              0.21                   -                37.50\n",
-        "transparent       3.50             1.00              0.90                7.96                 8.88\n",
-    );
-
-    const TTFB: &str = concat!(
-        "via          fast open early reply    p50 ms    p90 ms    max ms    path RTT ms no answer\n",
-        "direct               -           -      40.3      41.0      45.5           40.0      0/50\n",
-        "socks               on         off     120.0     123.0    5000.0           40.0      2/50\n",
-    );
-
-    const PAGE_LOAD: &str = concat!(
-        "via           connections response bytes    median ms     worst ms\n",
-        "direct (TCP, primary)            6         100000        210.4        260.1\n",
-        "http                    6         100000        330.0       1402.8\n",
-    );
-
-    const QUIC: &str = concat!(
-        "quic       samples  over QUIC    p50 ms  worst ms\n",
-        "block           20          0      41.2      45.0\n",
-        "allow           20         20      30.1    1033.3\n",
-    );
-
-    const SCALE: &str = concat!(
-        "socks: 1000 connections (3 failed) open in 1.55 s; CONNECT answered p50 1.3 ms, p99 8.0 ms, max 20.0 ms; first response p50 2.5 ms, p99 9.9 ms\n",
-        "  relay:  RSS 4000 -> 52000 KiB (48.0 KiB per connection), fds 10 -> 2010 -> 10 after close, CPU 0.123 ms per connection\n",
-        "  client: RSS 3000 -> 41000 KiB (38.0 KiB per connection), fds 8 -> 8 after close, CPU 0.050 ms per connection\n",
-    );
-
-    #[test]
-    fn throughput() {
-        assert_eq!(
-            throughput_table(&[
-                ThroughputReport {
-                    via: "direct",
-                    paths: 2,
-                    seconds: 10.0,
-                    bytes: 1,
-                    gbit_per_s: 9.876,
-                    relay_cpu_s_per_gb: None,
-                    client_cpu_s_per_gb: Some(0.214),
-                    gbit_per_s_per_relay_core: None,
-                    gbit_per_s_per_client_core: Some(37.5)
-                },
-                ThroughputReport {
-                    via: "transparent",
-                    paths: 2,
-                    seconds: 10.0,
-                    bytes: 1,
-                    gbit_per_s: 3.5,
-                    relay_cpu_s_per_gb: Some(1.005),
-                    client_cpu_s_per_gb: Some(0.9),
-                    gbit_per_s_per_relay_core: Some(7.96),
-                    gbit_per_s_per_client_core: Some(8.88)
-                },
-            ]),
-            THROUGHPUT
-        );
-    }
-
-    #[test]
-    fn ttfb() {
-        assert_eq!(
-            ttfb_table(&[
-                TtfbReport {
-                    via: "direct",
-                    fast_open: true,
-                    early_reply: true,
-                    samples: 50,
-                    failures: 0,
-                    p50_ms: 40.26,
-                    p90_ms: 41.0,
-                    max_ms: 45.55,
-                    path_rtt_ms: 40.0
-                },
-                TtfbReport {
-                    via: "socks",
-                    fast_open: true,
-                    early_reply: false,
-                    samples: 48,
-                    failures: 2,
-                    p50_ms: 120.04,
-                    p90_ms: 122.96,
-                    max_ms: 5000.0,
-                    path_rtt_ms: 40.0
-                },
-            ]),
-            TTFB
-        );
-    }
-
-    #[test]
-    fn page_load() {
-        assert_eq!(
-            page_load_table(&[
-                PageLoadReport {
-                    via: "direct",
-                    connections: 6,
-                    response_bytes: 100000,
-                    runs: 5,
-                    median_ms: 210.44,
-                    worst_ms: 260.06
-                },
-                PageLoadReport {
-                    via: "http",
-                    connections: 6,
-                    response_bytes: 100000,
-                    runs: 5,
-                    median_ms: 330.0,
-                    worst_ms: 1402.75
-                },
-            ]),
-            PAGE_LOAD
-        );
-    }
-
-    #[test]
-    fn quic_first() {
-        assert_eq!(
-            quic_table(&[
-                QuicFirstReport {
-                    quic: "block",
-                    samples: 20,
-                    over_quic: 0,
-                    p50_ms: 41.2,
-                    worst_ms: 45.0
-                },
-                QuicFirstReport {
-                    quic: "allow",
-                    samples: 20,
-                    over_quic: 20,
-                    p50_ms: 30.06,
-                    worst_ms: 1033.3
-                },
-            ]),
-            QUIC
-        );
-    }
-
-    #[test]
-    fn scale() {
-        assert_eq!(
-            scale_lines(&[ScaleReport {
-                via: "socks",
-                connections: 1000,
-                failures: 3,
-                setup_p50_ms: 1.26,
-                setup_p99_ms: 8.04,
-                setup_max_ms: 20.0,
-                response_p50_ms: 2.5,
-                response_p99_ms: 9.95,
-                relay_cpu_ms_per_connection: 0.1234,
-                client_cpu_ms_per_connection: 0.05,
-                all_open_s: 1.555,
-                relay_rss_idle_kib: 4000,
-                relay_rss_peak_kib: 52000,
-                relay_rss_per_connection_kib: 48.0,
-                client_rss_idle_kib: 3000,
-                client_rss_peak_kib: 41000,
-                client_rss_per_connection_kib: 38.04,
-                relay_fds_idle: 10,
-                relay_fds_peak: 2010,
-                relay_fds_after: 10,
-                client_fds_idle: 8,
-                client_fds_after: 8
-            }]),
-            SCALE
-        );
-    }
 }
