@@ -594,6 +594,24 @@ fn bench_relay(ctx: &Ctx, b: BenchRelayCmd) -> Result<(), LabError> {
     }
 }
 
+/// Parse `via`, check each way is available, run the benchmark through
+/// each in turn and print what they report.
+fn bench_each_via<R: serde::Serialize>(
+    ctx: &Ctx,
+    via: &str,
+    table: fn(&[R]) -> String,
+    mut run: impl FnMut(Via) -> Result<Vec<R>, LabError>,
+) -> Result<(), LabError> {
+    let vias = parse_vias(via)?;
+    relay_bench::check_available(&vias)?;
+    let mut reports = Vec::new();
+    for v in vias {
+        reports.extend(run(v)?);
+    }
+    print_reports(ctx, &reports, table);
+    Ok(())
+}
+
 fn bench_throughput(
     rb: &RelayBench,
     via: &str,
@@ -601,16 +619,12 @@ fn bench_throughput(
     duration: &str,
 ) -> Result<(), LabError> {
     let RelayBench { ctx, exe, name } = rb;
-    let vias = parse_vias(via)?;
-    relay_bench::check_available(&vias)?;
-    let d = std::time::Duration::from_micros(spec::parse_duration_us(duration)?);
-    let mut reports = Vec::new();
-    for v in vias {
+    bench_each_via(ctx, via, relay_bench_table::throughput, |v| {
+        // Here, so that a bad --via is reported before a bad duration.
+        let d = std::time::Duration::from_micros(spec::parse_duration_us(duration)?);
         eprintln!("braid: one download through {} for {d:?}", v.name());
-        reports.push(relay_bench::throughput(exe, name, v, paths, d)?);
-    }
-    print_reports(ctx, &reports, relay_bench_table::throughput);
-    Ok(())
+        Ok(vec![relay_bench::throughput(exe, name, v, paths, d)?])
+    })
 }
 
 fn bench_ttfb(
@@ -622,10 +636,8 @@ fn bench_ttfb(
     link: &LinkArgs,
 ) -> Result<(), LabError> {
     let RelayBench { ctx, exe, name } = rb;
-    let vias = parse_vias(via)?;
-    relay_bench::check_available(&vias)?;
-    let mut reports = Vec::new();
-    for v in vias {
+    bench_each_via(ctx, via, relay_bench_table::ttfb, |v| {
+        let mut reports = Vec::new();
         for opts in relay_bench::ttfb_options(v, fast_open, early_reply) {
             eprintln!(
                 "braid: {samples} short requests through {} (fast open {}, early reply {})",
@@ -642,9 +654,8 @@ fn bench_ttfb(
                 samples,
             )?);
         }
-    }
-    print_reports(ctx, &reports, relay_bench_table::ttfb);
-    Ok(())
+        Ok(reports)
+    })
 }
 
 fn bench_page_load(
@@ -656,15 +667,12 @@ fn bench_page_load(
     link: &LinkArgs,
 ) -> Result<(), LabError> {
     let RelayBench { ctx, exe, name } = rb;
-    let vias = parse_vias(via)?;
-    relay_bench::check_available(&vias)?;
-    let mut reports = Vec::new();
-    for v in vias {
+    bench_each_via(ctx, via, relay_bench_table::page_load, |v| {
         eprintln!(
             "braid: {runs} pages of {connections} connections through {}",
             v.name()
         );
-        reports.push(relay_bench::page_load(
+        Ok(vec![relay_bench::page_load(
             exe,
             name,
             v,
@@ -672,10 +680,8 @@ fn bench_page_load(
             connections,
             bytes,
             runs,
-        )?);
-    }
-    print_reports(ctx, &reports, relay_bench_table::page_load);
-    Ok(())
+        )?])
+    })
 }
 
 fn bench_quic(rb: &RelayBench, samples: usize, link: &LinkArgs) -> Result<(), LabError> {
@@ -703,18 +709,13 @@ fn bench_scale(
     per_client: usize,
 ) -> Result<(), LabError> {
     let RelayBench { ctx, exe, name } = rb;
-    let vias = parse_vias(via)?;
-    relay_bench::check_available(&vias)?;
-    let mut reports = Vec::new();
-    for v in vias {
+    bench_each_via(ctx, via, relay_bench_table::scale, |v| {
         eprintln!(
             "braid: {clients} clients x {per_client} connections through {}",
             v.name()
         );
-        reports.push(relay_bench::scale(exe, name, v, clients, per_client)?);
-    }
-    print_reports(ctx, &reports, relay_bench_table::scale);
-    Ok(())
+        Ok(vec![relay_bench::scale(exe, name, v, clients, per_client)?])
+    })
 }
 
 fn print_lab(ctx: &Ctx, lab: &Lab) {
