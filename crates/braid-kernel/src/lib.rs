@@ -18,6 +18,7 @@ pub mod error;
 pub mod events;
 pub mod genl;
 pub mod info;
+pub mod interfaces;
 mod netlink;
 pub mod netns;
 pub mod nft;

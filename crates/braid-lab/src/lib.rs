@@ -9,6 +9,8 @@ pub mod plot;
 pub mod pm;
 pub mod reaction;
 pub mod relay_bench;
+pub mod relay_bench_table;
+pub mod report_table;
 pub mod runlogs;
 pub mod scenario;
 pub mod shaper;

@@ -5,8 +5,8 @@ use braid_kernel::Result;
 use clap::Args;
 use serde::Serialize;
 
-use crate::names::Interfaces;
 use crate::{print_json, Ctx};
+use braid_kernel::interfaces::Interfaces;
 
 #[derive(Args)]
 pub struct ConnsArgs {

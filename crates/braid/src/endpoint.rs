@@ -10,8 +10,8 @@ use braid_kernel::{Error, Result};
 use clap::Subcommand;
 use serde::Serialize;
 
-use crate::names::Interfaces;
 use crate::{print_json, Ctx};
+use braid_kernel::interfaces::Interfaces;
 
 #[derive(Subcommand)]
 pub enum EndpointCmd {

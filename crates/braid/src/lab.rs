@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use braid_kernel::Error;
 use braid_lab::lab::{self, Cut, Lab, LabConfig, Sysctl};
-use braid_lab::relay_bench;
 use braid_lab::spec::{self, PathSpec};
 use braid_lab::LabError;
+use braid_lab::{relay_bench, relay_bench_table, report_table};
 use clap::{Args, Subcommand};
 
 use crate::{print_json, Ctx};
@@ -544,11 +544,12 @@ fn bench_emulator(ctx: &Ctx, b: BenchArgs) -> Result<(), LabError> {
     Ok(())
 }
 
-fn onoff(b: bool) -> &'static str {
-    if b {
-        "on"
+/// Reports as JSON, or as the table `table` makes of them.
+fn print_reports<R: serde::Serialize>(ctx: &Ctx, reports: &[R], table: fn(&[R]) -> String) {
+    if ctx.json {
+        print_json(&reports);
     } else {
-        "off"
+        print!("{}", table(reports));
     }
 }
 
@@ -593,6 +594,24 @@ fn bench_relay(ctx: &Ctx, b: BenchRelayCmd) -> Result<(), LabError> {
     }
 }
 
+/// Parse `via`, check each way is available, run the benchmark through
+/// each in turn and print what they report.
+fn bench_each_via<R: serde::Serialize>(
+    ctx: &Ctx,
+    via: &str,
+    table: fn(&[R]) -> String,
+    mut run: impl FnMut(Via) -> Result<Vec<R>, LabError>,
+) -> Result<(), LabError> {
+    let vias = parse_vias(via)?;
+    relay_bench::check_available(&vias)?;
+    let mut reports = Vec::new();
+    for v in vias {
+        reports.extend(run(v)?);
+    }
+    print_reports(ctx, &reports, table);
+    Ok(())
+}
+
 fn bench_throughput(
     rb: &RelayBench,
     via: &str,
@@ -600,39 +619,12 @@ fn bench_throughput(
     duration: &str,
 ) -> Result<(), LabError> {
     let RelayBench { ctx, exe, name } = rb;
-    let vias = parse_vias(via)?;
-    relay_bench::check_available(&vias)?;
-    let d = std::time::Duration::from_micros(spec::parse_duration_us(duration)?);
-    let mut reports = Vec::new();
-    for v in vias {
+    bench_each_via(ctx, via, relay_bench_table::throughput, |v| {
+        // Here, so that a bad --via is reported before a bad duration.
+        let d = std::time::Duration::from_micros(spec::parse_duration_us(duration)?);
         eprintln!("braid: one download through {} for {d:?}", v.name());
-        reports.push(relay_bench::throughput(exe, name, v, paths, d)?);
-    }
-    if ctx.json {
-        print_json(&reports);
-    } else {
-        println!(
-            "{:<12} {:>9} {:>16} {:>17} {:>19} {:>20}",
-            "via",
-            "Gbit/s",
-            "relay CPU s/GB",
-            "client CPU s/GB",
-            "Gbit/s per relay core",
-            "Gbit/s per client core"
-        );
-        for r in &reports {
-            println!(
-                "{:<12} {:>9.2} {:>16} {:>17} {:>19} {:>20}",
-                r.via,
-                r.gbit_per_s,
-                opt(r.relay_cpu_s_per_gb, 2),
-                opt(r.client_cpu_s_per_gb, 2),
-                opt(r.gbit_per_s_per_relay_core, 2),
-                opt(r.gbit_per_s_per_client_core, 2)
-            );
-        }
-    }
-    Ok(())
+        Ok(vec![relay_bench::throughput(exe, name, v, paths, d)?])
+    })
 }
 
 fn bench_ttfb(
@@ -644,16 +636,14 @@ fn bench_ttfb(
     link: &LinkArgs,
 ) -> Result<(), LabError> {
     let RelayBench { ctx, exe, name } = rb;
-    let vias = parse_vias(via)?;
-    relay_bench::check_available(&vias)?;
-    let mut reports = Vec::new();
-    for v in vias {
+    bench_each_via(ctx, via, relay_bench_table::ttfb, |v| {
+        let mut reports = Vec::new();
         for opts in relay_bench::ttfb_options(v, fast_open, early_reply) {
             eprintln!(
                 "braid: {samples} short requests through {} (fast open {}, early reply {})",
                 v.name(),
-                onoff(opts.fast_open),
-                onoff(opts.early_reply)
+                relay_bench_table::on_off(opts.fast_open),
+                relay_bench_table::on_off(opts.early_reply)
             );
             reports.push(relay_bench::ttfb(
                 exe,
@@ -664,37 +654,8 @@ fn bench_ttfb(
                 samples,
             )?);
         }
-    }
-    if ctx.json {
-        print_json(&reports);
-    } else {
-        println!(
-            "{:<12} {:>9} {:>11} {:>9} {:>9} {:>9} {:>14} {:>9}",
-            "via",
-            "fast open",
-            "early reply",
-            "p50 ms",
-            "p90 ms",
-            "max ms",
-            "path RTT ms",
-            "no answer"
-        );
-        for r in &reports {
-            let direct = r.via == "direct";
-            println!(
-                "{:<12} {:>9} {:>11} {:>9.1} {:>9.1} {:>9.1} {:>14.1} {:>9}",
-                r.via,
-                if direct { "-" } else { onoff(r.fast_open) },
-                if direct { "-" } else { onoff(r.early_reply) },
-                r.p50_ms,
-                r.p90_ms,
-                r.max_ms,
-                r.path_rtt_ms,
-                format!("{}/{}", r.failures, r.samples + r.failures)
-            );
-        }
-    }
-    Ok(())
+        Ok(reports)
+    })
 }
 
 fn bench_page_load(
@@ -706,15 +667,12 @@ fn bench_page_load(
     link: &LinkArgs,
 ) -> Result<(), LabError> {
     let RelayBench { ctx, exe, name } = rb;
-    let vias = parse_vias(via)?;
-    relay_bench::check_available(&vias)?;
-    let mut reports = Vec::new();
-    for v in vias {
+    bench_each_via(ctx, via, relay_bench_table::page_load, |v| {
         eprintln!(
             "braid: {runs} pages of {connections} connections through {}",
             v.name()
         );
-        reports.push(relay_bench::page_load(
+        Ok(vec![relay_bench::page_load(
             exe,
             name,
             v,
@@ -722,31 +680,8 @@ fn bench_page_load(
             connections,
             bytes,
             runs,
-        )?);
-    }
-    if ctx.json {
-        print_json(&reports);
-    } else {
-        println!(
-            "{:<12} {:>12} {:>14} {:>12} {:>12}",
-            "via", "connections", "response bytes", "median ms", "worst ms"
-        );
-        for r in &reports {
-            println!(
-                "{:<12} {:>12} {:>14} {:>12.1} {:>12.1}",
-                if r.via == "direct" {
-                    "direct (TCP, primary)"
-                } else {
-                    r.via
-                },
-                r.connections,
-                r.response_bytes,
-                r.median_ms,
-                r.worst_ms
-            );
-        }
-    }
-    Ok(())
+        )?])
+    })
 }
 
 fn bench_quic(rb: &RelayBench, samples: usize, link: &LinkArgs) -> Result<(), LabError> {
@@ -763,20 +698,7 @@ fn bench_quic(rb: &RelayBench, samples: usize, link: &LinkArgs) -> Result<(), La
             samples,
         )?);
     }
-    if ctx.json {
-        print_json(&reports);
-    } else {
-        println!(
-            "{:<8} {:>9} {:>10} {:>9} {:>9}",
-            "quic", "samples", "over QUIC", "p50 ms", "worst ms"
-        );
-        for r in &reports {
-            println!(
-                "{:<8} {:>9} {:>10} {:>9.1} {:>9.1}",
-                r.quic, r.samples, r.over_quic, r.p50_ms, r.worst_ms
-            );
-        }
-    }
+    print_reports(ctx, &reports, relay_bench_table::quic_first);
     Ok(())
 }
 
@@ -787,35 +709,13 @@ fn bench_scale(
     per_client: usize,
 ) -> Result<(), LabError> {
     let RelayBench { ctx, exe, name } = rb;
-    let vias = parse_vias(via)?;
-    relay_bench::check_available(&vias)?;
-    let mut reports = Vec::new();
-    for v in vias {
+    bench_each_via(ctx, via, relay_bench_table::scale, |v| {
         eprintln!(
             "braid: {clients} clients x {per_client} connections through {}",
             v.name()
         );
-        reports.push(relay_bench::scale(exe, name, v, clients, per_client)?);
-    }
-    if ctx.json {
-        print_json(&reports);
-    } else {
-        for r in &reports {
-            println!(
-                "{}: {} connections ({} failed) open in {:.2} s; CONNECT answered p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; first response p50 {:.1} ms, p99 {:.1} ms",
-                r.via, r.connections, r.failures, r.all_open_s, r.setup_p50_ms, r.setup_p99_ms, r.setup_max_ms, r.response_p50_ms, r.response_p99_ms
-            );
-            println!(
-                "  relay:  RSS {} -> {} KiB ({:.1} KiB per connection), fds {} -> {} -> {} after close, CPU {:.3} ms per connection",
-                r.relay_rss_idle_kib, r.relay_rss_peak_kib, r.relay_rss_per_connection_kib, r.relay_fds_idle, r.relay_fds_peak, r.relay_fds_after, r.relay_cpu_ms_per_connection
-            );
-            println!(
-                "  client: RSS {} -> {} KiB ({:.1} KiB per connection), fds {} -> {} after close, CPU {:.3} ms per connection",
-                r.client_rss_idle_kib, r.client_rss_peak_kib, r.client_rss_per_connection_kib, r.client_fds_idle, r.client_fds_after, r.client_cpu_ms_per_connection
-            );
-        }
-    }
-    Ok(())
+        Ok(vec![relay_bench::scale(exe, name, v, clients, per_client)?])
+    })
 }
 
 fn print_lab(ctx: &Ctx, lab: &Lab) {
@@ -963,78 +863,6 @@ fn run_all(a: &RunArgs, pms: &[PmKind]) -> Result<Vec<Report>, LabError> {
     Ok(reports)
 }
 
-/// Median and worst per configuration, one column each.
-pub fn summary_table(reports: &[Report]) -> String {
-    use braid_lab::summary;
-    let groups = summary::summarize(reports);
-    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
-    rows.push((
-        "path manager".into(),
-        groups.iter().map(|g| g.pm.to_string()).collect(),
-    ));
-    if groups.iter().any(|g| g.via != "direct") {
-        rows.push((
-            "via".into(),
-            groups.iter().map(|g| g.via.to_string()).collect(),
-        ));
-    }
-    rows.push((
-        "runs".into(),
-        groups.iter().map(|g| g.runs.to_string()).collect(),
-    ));
-    rows.push((
-        "connection died".into(),
-        groups.iter().map(|g| g.died.to_string()).collect(),
-    ));
-    for (name, _) in summary::MEASUREMENTS {
-        if !groups
-            .iter()
-            .any(|g| g.measurements.iter().any(|(n, _)| n == name))
-        {
-            continue;
-        }
-        let digits = if *name == "aggregation_ratio" { 3 } else { 1 };
-        rows.push((
-            format!("{name} (median / worst)"),
-            groups
-                .iter()
-                .map(|g| {
-                    g.measurements
-                        .iter()
-                        .find(|(n, _)| n == name)
-                        .map(|(_, s)| format!("{:.digits$} / {:.digits$}", s.median, s.worst))
-                        .unwrap_or_else(|| "-".into())
-                })
-                .collect(),
-        ));
-    }
-    rows.push((
-        "bytes corrupt".into(),
-        groups.iter().map(|g| g.bytes_corrupt.to_string()).collect(),
-    ));
-    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..groups.len())
-        .map(|i| rows.iter().map(|r| r.1[i].len()).max().unwrap_or(0).max(8))
-        .collect();
-    let mut out = String::new();
-    if let Some(first) = reports.first() {
-        out.push_str(&format!(
-            "scenario {} ({:.0} s), {} runs in all\n",
-            first.scenario,
-            first.duration_s,
-            reports.len()
-        ));
-    }
-    for (name, vals) in &rows {
-        out.push_str(&format!("{name:<w0$}"));
-        for (v, w) in vals.iter().zip(&widths) {
-            out.push_str(&format!("  {v:>w$}"));
-        }
-        out.push('\n');
-    }
-    out
-}
-
 fn output(ctx: &Ctx, a: &RunArgs, reports: &[Report]) -> Result<(), LabError> {
     if let Some(p) = &a.plot {
         // The first round of runs: repeats would draw over each other.
@@ -1054,115 +882,11 @@ fn output(ctx: &Ctx, a: &RunArgs, reports: &[Report]) -> Result<(), LabError> {
     if ctx.json {
         print_json(&reports);
     } else if a.repeat > 1 {
-        print!("{}", summary_table(reports));
+        print!("{}", report_table::summary(reports));
     } else {
-        print!("{}", table(reports));
+        print!("{}", report_table::per_run(reports));
     }
     Ok(())
-}
-
-fn opt(v: Option<f64>, digits: usize) -> String {
-    v.map(|x| format!("{x:.digits$}"))
-        .unwrap_or_else(|| "-".into())
-}
-
-/// One column per report, one row per metric.
-pub fn table(reports: &[Report]) -> String {
-    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
-    let mut row = |name: &str, f: &dyn Fn(&Report) -> String| {
-        rows.push((name.to_string(), reports.iter().map(f).collect()));
-    };
-    row("path manager", &|r| r.pm.to_string());
-    if reports.iter().any(|r| r.via != "direct") {
-        row("via", &|r| r.via.to_string());
-    }
-    row("survived", &|r| {
-        if r.survived {
-            "yes".into()
-        } else {
-            "NO".into()
-        }
-    });
-    row("transport", &|r| r.transport.clone());
-    let has = |f: &dyn Fn(&Report) -> bool| reports.iter().any(f);
-    if has(&|r| r.metrics.goodput_mbps.is_some()) {
-        row("goodput (Mbit/s)", &|r| opt(r.metrics.goodput_mbps, 1));
-        row("per path (Mbit/s)", &|r| {
-            r.metrics
-                .per_path_mbps
-                .iter()
-                .map(|v| format!("{v:.1}"))
-                .collect::<Vec<_>>()
-                .join(" / ")
-        });
-    }
-    if has(&|r| r.metrics.aggregation_ratio.is_some()) {
-        row("aggregation ratio", &|r| {
-            opt(r.metrics.aggregation_ratio, 2)
-        });
-    }
-    if has(&|r| r.metrics.stall_ms.is_some()) {
-        row("data resumes after (ms)", &|r| opt(r.metrics.resume_ms, 0));
-        row("stall at failure (ms)", &|r| opt(r.metrics.stall_ms, 0));
-        row("recovery (ms)", &|r| opt(r.metrics.recovery_ms, 0));
-    }
-    if has(&|r| r.metrics.longest_stall_ms.is_some()) {
-        row("longest stall (ms)", &|r| {
-            opt(r.metrics.longest_stall_ms, 0)
-        });
-    }
-    if has(&|r| r.scenario == "late-interface") {
-        row("new path carries data (ms)", &|r| {
-            opt(r.metrics.new_path_ms, 0)
-        });
-    }
-    if has(&|r| r.scenario == "flap") {
-        row("primary reused after (ms)", &|r| opt(r.metrics.reuse_ms, 0));
-    }
-    if has(&|r| r.metrics.probe.is_some()) {
-        let p = |f: fn(&braid_lab::traffic::ProbeResult) -> String| {
-            move |r: &Report| {
-                r.metrics
-                    .probe
-                    .as_ref()
-                    .map(f)
-                    .unwrap_or_else(|| "-".into())
-            }
-        };
-        row("probe p50 (ms)", &p(|p| format!("{:.1}", p.p50_ms)));
-        row("probe p95 (ms)", &p(|p| format!("{:.1}", p.p95_ms)));
-        row("probe p99 (ms)", &p(|p| format!("{:.1}", p.p99_ms)));
-        row("probe max (ms)", &p(|p| format!("{:.1}", p.max_ms)));
-        row("probe late/lost", &p(|p| format!("{}/{}", p.late, p.lost)));
-    }
-    row("bytes verified", &|r| r.bytes_verified.to_string());
-    row("bytes corrupt", &|r| r.bytes_corrupt.to_string());
-    row("error", &|r| r.error.clone().unwrap_or_else(|| "-".into()));
-    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..reports.len())
-        .map(|i| rows.iter().map(|r| r.1[i].len()).max().unwrap_or(0).max(8))
-        .collect();
-    let mut out = String::new();
-    if let Some(first) = reports.first() {
-        out.push_str(&format!(
-            "scenario {} ({:.0} s)\n",
-            first.scenario, first.duration_s
-        ));
-        for e in &first.events {
-            out.push_str(&format!("  at {:>6.0} ms: {}\n", e.t_ms, e.what));
-        }
-        for s in &first.sysctls {
-            out.push_str(&format!("  sysctl {s}\n"));
-        }
-    }
-    for (name, vals) in &rows {
-        out.push_str(&format!("{name:<w0$}"));
-        for (v, w) in vals.iter().zip(&widths) {
-            out.push_str(&format!("  {v:>w$}"));
-        }
-        out.push('\n');
-    }
-    out
 }
 
 fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), LabError> {

@@ -9,7 +9,6 @@ mod endpoint;
 mod install;
 mod lab;
 mod monitor;
-mod names;
 mod relay;
 mod run;
 mod status;

@@ -11,8 +11,8 @@ use braid_kernel::events::{reset_reason_name, Event, EventStream, StreamItem};
 use braid_kernel::Result;
 use serde::Serialize;
 
-use crate::names::Interfaces;
 use crate::Ctx;
+use braid_kernel::interfaces::Interfaces;
 
 #[derive(Serialize)]
 struct EventLine<'a> {

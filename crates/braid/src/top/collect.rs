@@ -17,7 +17,7 @@ use braid_kernel::events::{EventStream, StreamItem};
 use braid_kernel::pm::PathManager;
 
 use super::model::{map_with, ConnIn, FastMap, IfaceIn, Snapshot, SubflowIn};
-use crate::names::Interfaces;
+use braid_kernel::interfaces::Interfaces;
 
 /// How often the slow things are read again.
 pub const SLOW_PERIOD: Duration = Duration::from_secs(2);

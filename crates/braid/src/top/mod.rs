@@ -85,6 +85,11 @@ impl App {
         let shared = Shared::new(collect::read_slow(&args.socket, None));
         collect::spawn_events(shared.clone());
         collect::spawn_slow(shared.clone(), args.socket.clone());
+        App::starting(shared, args.interval.max(Duration::from_millis(10)))
+    }
+
+    /// Nothing read yet, nothing typed, nothing paused.
+    fn starting(shared: Arc<Shared>, interval: Duration) -> App {
         App {
             shared,
             model: Model::new(),
@@ -93,7 +98,7 @@ impl App {
             frozen_events: None,
             editing: None,
             start: Instant::now(),
-            interval: args.interval.max(Duration::from_millis(10)),
+            interval,
             error: None,
             subflows_at: None,
             subflow_period: Duration::ZERO,
@@ -355,19 +360,10 @@ mod tests {
     use super::*;
 
     fn bare_app() -> App {
-        App {
-            shared: Shared::new(collect::Slow::default()),
-            model: Model::new(),
-            opts: ViewOpts::default(),
-            paused: false,
-            frozen_events: None,
-            editing: None,
-            start: Instant::now(),
-            interval: Duration::from_millis(250),
-            error: None,
-            subflows_at: None,
-            subflow_period: Duration::ZERO,
-        }
+        App::starting(
+            Shared::new(collect::Slow::default()),
+            Duration::from_millis(250),
+        )
     }
 
     #[test]

@@ -904,6 +904,28 @@ mod tests {
         m
     }
 
+    /// The connections the rows show, in order: none may be a group.
+    fn conn_rows(r: &Rows) -> Vec<usize> {
+        r.rows
+            .iter()
+            .map(|row| match row {
+                Row::Conn(i) => *i,
+                Row::Group(_) => panic!("not grouped"),
+            })
+            .collect()
+    }
+
+    /// The group rows, in order: none may be a connection.
+    fn group_rows(r: &Rows) -> Vec<&GroupRow> {
+        r.rows
+            .iter()
+            .map(|row| match row {
+                Row::Group(g) => g,
+                Row::Conn(_) => panic!("grouped"),
+            })
+            .collect()
+    }
+
     #[test]
     fn top_n_by_rate_with_and_more() {
         let m = many(20, 20);
@@ -913,14 +935,7 @@ mod tests {
         };
         let r = m.rows(&opts, 5);
         assert_eq!((r.matched, r.more, r.rows.len()), (20, 15, 5));
-        let rates: Vec<u64> = r
-            .rows
-            .iter()
-            .map(|row| match row {
-                Row::Conn(i) => m.conns[*i].out_bps,
-                Row::Group(_) => panic!("not grouped"),
-            })
-            .collect();
+        let rates: Vec<u64> = conn_rows(&r).iter().map(|i| m.conns[*i].out_bps).collect();
         assert_eq!(rates, [19, 18, 17, 16, 15]);
         let none = m.rows(&opts, 0);
         assert_eq!((none.rows.len(), none.more), (0, 20));
@@ -932,9 +947,7 @@ mod tests {
         let r = m.rows(&ViewOpts::default(), 10);
         assert_eq!(r.group, Group::Remote);
         assert_eq!((r.rows.len(), r.more, r.matched), (4, 0, 1000));
-        let Row::Group(g) = &r.rows[0] else {
-            panic!("grouped")
-        };
+        let g = group_rows(&r)[0];
         // 10.9.9.3 has connections 3, 7, ..., 999: the most goodput.
         assert_eq!(g.key, "10.9.9.3:443");
         assert_eq!((g.conns, g.subflows), (250, 250));
@@ -952,13 +965,9 @@ mod tests {
             filter: String::new(),
         };
         let r = m.rows(&opts, 10);
-        let keys: Vec<String> = r
-            .rows
+        let keys: Vec<String> = group_rows(&r)
             .iter()
-            .map(|x| match x {
-                Row::Group(g) => format!("{}:{}", g.key, g.conns),
-                Row::Conn(_) => panic!(),
-            })
+            .map(|g| format!("{}:{}", g.key, g.conns))
             .collect();
         assert_eq!(keys, ["proc0:10", "proc1:10", "proc2:10"]);
         let f = ViewOpts {
@@ -1000,13 +1009,9 @@ mod tests {
             filter: String::new(),
         };
         let r = m.rows(&opts, 3);
-        let remotes: Vec<String> = r
-            .rows
+        let remotes: Vec<String> = conn_rows(&r)
             .iter()
-            .map(|x| match x {
-                Row::Conn(i) => sock(m.conns[*i].remote),
-                Row::Group(_) => panic!(),
-            })
+            .map(|i| sock(m.conns[*i].remote))
             .collect();
         assert_eq!(remotes, ["10.9.9.0:443", "10.9.9.1:443", "10.9.9.2:443"]);
     }

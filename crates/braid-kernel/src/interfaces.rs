@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use braid_kernel::rtnl::{self, Address, Link};
-use braid_kernel::Result;
+use crate::error::Result;
+use crate::rtnl::{self, Address, Link};
 
 pub struct Interfaces {
     pub links: Vec<Link>,
@@ -14,18 +14,20 @@ pub struct Interfaces {
 
 impl Interfaces {
     pub fn load() -> Result<Self> {
-        let links = rtnl::links()?;
-        let addrs = rtnl::addresses()?;
+        Ok(Self::new(rtnl::links()?, rtnl::addresses()?))
+    }
+
+    pub fn new(links: Vec<Link>, addrs: Vec<Address>) -> Self {
         let by_index = links
             .iter()
             .enumerate()
             .map(|(i, l)| (l.index, i))
             .collect();
-        Ok(Interfaces {
+        Interfaces {
             links,
             addrs,
             by_index,
-        })
+        }
     }
 
     pub fn link(&self, index: u32) -> Option<&Link> {
