@@ -106,15 +106,27 @@ pub enum Answer {
 
 /// Ask a running daemon (blocking; for the CLI).
 pub fn request(socket: &Path, req: &Request) -> Result<Reply, String> {
-    use std::io::{BufRead, BufReader};
+    exchange(socket, req).map(|(reply, _)| reply)
+}
+
+/// Send `req` and read the reply line (5 s at most); the reader is
+/// returned for what the daemon streams after it.
+fn exchange(
+    socket: &Path,
+    req: &Request,
+) -> Result<(Reply, std::io::BufReader<std::os::unix::net::UnixStream>), String> {
+    use std::io::BufRead;
     let s = send(socket, req)?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .ok();
+    let mut lines = std::io::BufReader::new(s);
     let mut line = String::new();
-    BufReader::new(&s)
+    lines
         .read_line(&mut line)
         .map_err(|e| format!("no reply from the daemon: {e}"))?;
-    serde_json::from_str(&line).map_err(|e| format!("malformed reply from the daemon: {e}"))
+    let reply =
+        serde_json::from_str(&line).map_err(|e| format!("malformed reply from the daemon: {e}"))?;
+    Ok((reply, lines))
 }
 
 /// A live view of the daemon's journal (blocking; for the CLI).
@@ -161,8 +173,7 @@ pub fn recent_entries(socket: &Path, since_ms: u64) -> Result<Vec<Entry>, String
 
 /// Follow the daemon's journal, starting `since_ms` ago.
 pub fn follow(socket: &Path, since_ms: Option<u64>) -> Result<Follower, String> {
-    use std::io::BufRead;
-    let s = send(
+    let (reply, lines) = exchange(
         socket,
         &Request::Journal {
             since_ms,
@@ -170,15 +181,6 @@ pub fn follow(socket: &Path, since_ms: Option<u64>) -> Result<Follower, String> 
             without_mptcp: false,
         },
     )?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .ok();
-    let mut lines = std::io::BufReader::new(s);
-    let mut line = String::new();
-    lines
-        .read_line(&mut line)
-        .map_err(|e| format!("no reply from the daemon: {e}"))?;
-    let reply: Reply =
-        serde_json::from_str(&line).map_err(|e| format!("malformed reply from the daemon: {e}"))?;
     if !reply.ok {
         return Err(reply.error.unwrap_or_else(|| "refused".into()));
     }
