@@ -2,6 +2,7 @@
 //! userspace path manager reads the mode from the name), with the
 //! MPTCP-forcing BPF program attached for that cgroup only when asked.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitStatus};
@@ -55,15 +56,34 @@ pub fn run_in_cgroup(
     } else {
         None
     };
-    let procs = cg.join("cgroup.procs");
+    // Opened before the fork: between fork and exec only async-signal-safe
+    // calls are sound (no allocation), so the child just write(2)s to it.
+    // std opens it close-on-exec, so the program does not inherit it.
+    let procs_path = cg.join("cgroup.procs");
+    let procs = match std::fs::OpenOptions::new().write(true).open(&procs_path) {
+        Ok(f) => f,
+        Err(e) => {
+            drop(link);
+            cleanup(&cg);
+            return Err(Error::Invalid(format!(
+                "{why}: opening {}: {e}",
+                procs_path.display()
+            )));
+        }
+    };
+    let procs_fd = procs.as_raw_fd();
     unsafe {
         cmd.pre_exec(move || {
-            // Move this child into the cgroup before exec.
-            std::fs::write(&procs, b"0")?;
-            Ok(())
+            // Move this child into the cgroup before exec ("0": the writer).
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) == 1 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
         });
     }
     let status = cmd.status();
+    drop(procs);
     drop(link);
     cleanup(&cg);
     status.map_err(|e| Error::Invalid(format!("cannot run the program: {e}")))
