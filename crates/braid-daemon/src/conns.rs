@@ -174,7 +174,7 @@ impl ConnShell {
     pub fn health(
         &mut self,
         samples: Vec<(u32, SubflowSample)>,
-        path_problems: BTreeMap<u32, String>,
+        path_problems: BTreeMap<u32, braid_policy::health::PathProblem>,
         now_ms: u64,
         pm: &mut PathManager,
         journal: &mut Journal,
@@ -193,7 +193,7 @@ impl ConnShell {
     /// (between health rounds).
     pub fn path_problems(
         &mut self,
-        problems: BTreeMap<u32, String>,
+        problems: BTreeMap<u32, braid_policy::health::PathProblem>,
         now_ms: u64,
         pm: &mut PathManager,
         journal: &mut Journal,

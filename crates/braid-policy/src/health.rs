@@ -170,6 +170,52 @@ impl LossMeter {
     }
 }
 
+/// What is wrong with a path, and why in words (for decisions' reasons).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathProblem {
+    pub kind: ProblemKind,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// A probe went unanswered.
+    Unreachable,
+    /// Nothing acknowledged with data outstanding.
+    Stalled,
+    /// Too many segments (or echoes) lost: it still delivers.
+    Lossy,
+}
+
+impl PathProblem {
+    pub fn new(kind: ProblemKind, why: String) -> PathProblem {
+        PathProblem { kind, why }
+    }
+
+    /// Whether the path still delivers data: a lossy path does, so its
+    /// subflows are kept (as standbys) rather than removed.
+    pub fn still_delivers(&self) -> bool {
+        self.kind == ProblemKind::Lossy
+    }
+}
+
+impl ProblemKind {
+    /// As counted in the switch counters and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProblemKind::Unreachable => "unreachable",
+            ProblemKind::Stalled => "stalled",
+            ProblemKind::Lossy => "lossy",
+        }
+    }
+}
+
+impl std::fmt::Display for PathProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
 impl PathHealth {
     /// Stalled: nothing acknowledged for `stall_ms`, or two smoothed RTTs
     /// if that is longer (a slow path is given its due).
@@ -395,25 +441,31 @@ impl PathHealth {
         stall_ms: u64,
         loss_threshold: f64,
         loss_hosts: usize,
-    ) -> Option<String> {
+    ) -> Option<PathProblem> {
         if let Some(why) = &self.unreachable {
-            return Some(why.clone());
+            return Some(PathProblem::new(ProblemKind::Unreachable, why.clone()));
         }
         if self.is_stalled(stall_ms) && self.stall_witnesses >= MIN_WITNESSES {
-            return Some(format!(
-                "stalled: nothing acknowledged for {} ms with data outstanding (on connections to {} hosts)",
-                self.stalled_ms, self.stall_witnesses
+            return Some(PathProblem::new(
+                ProblemKind::Stalled,
+                format!(
+                    "stalled: nothing acknowledged for {} ms with data outstanding (on connections to {} hosts)",
+                    self.stalled_ms, self.stall_witnesses
+                ),
             ));
         }
         // Echoes keep the verdict the connections gave before the path
         // went idle: its witnesses' own figures fade meanwhile.
         if self.lossy && (self.loss_probed || self.loss_witnesses >= loss_hosts.max(1)) {
-            return Some(format!(
-                "lossy: {:.1} % of {} (threshold {:.1} %; on connections to {} hosts)",
-                self.loss * 100.0,
-                self.loss_measure(),
-                loss_threshold * 100.0,
-                self.loss_witnesses
+            return Some(PathProblem::new(
+                ProblemKind::Lossy,
+                format!(
+                    "lossy: {:.1} % of {} (threshold {:.1} %; on connections to {} hosts)",
+                    self.loss * 100.0,
+                    self.loss_measure(),
+                    loss_threshold * 100.0,
+                    self.loss_witnesses
+                ),
             ));
         }
         None
@@ -459,22 +511,28 @@ impl PathHealth {
 
     /// Why the path's measurements look bad, whoever's connections they
     /// come from (see `host_problem` for what the policy acts on), or None.
-    pub fn problem(&self, stall_ms: u64, loss_threshold: f64) -> Option<String> {
+    pub fn problem(&self, stall_ms: u64, loss_threshold: f64) -> Option<PathProblem> {
         if let Some(why) = &self.unreachable {
-            return Some(why.clone());
+            return Some(PathProblem::new(ProblemKind::Unreachable, why.clone()));
         }
         if self.is_stalled(stall_ms) {
-            return Some(format!(
-                "stalled: nothing acknowledged for {} ms with data outstanding",
-                self.stalled_ms
+            return Some(PathProblem::new(
+                ProblemKind::Stalled,
+                format!(
+                    "stalled: nothing acknowledged for {} ms with data outstanding",
+                    self.stalled_ms
+                ),
             ));
         }
         if self.lossy {
-            return Some(format!(
-                "lossy: {:.1} % of {} (threshold {:.1} %)",
-                self.loss * 100.0,
-                self.loss_measure(),
-                loss_threshold * 100.0
+            return Some(PathProblem::new(
+                ProblemKind::Lossy,
+                format!(
+                    "lossy: {:.1} % of {} (threshold {:.1} %)",
+                    self.loss * 100.0,
+                    self.loss_measure(),
+                    loss_threshold * 100.0
+                ),
             ));
         }
         None
@@ -938,11 +996,16 @@ mod tests {
         assert!(t.paths[&1].problem(300, 0.05).is_none());
         assert_eq!(t.paths[&1].healthy_since_ms, Some(0));
         t.update(400, &two(5, 400), 300, 0.05, 3000, 1);
-        assert!(t.paths[&1].problem(300, 0.05).unwrap().contains("stalled"));
+        assert!(t.paths[&1]
+            .problem(300, 0.05)
+            .unwrap()
+            .why
+            .contains("stalled"));
         assert_eq!(t.paths[&1].stall_witnesses, 2);
         assert!(t.paths[&1]
             .host_problem(300, 0.05, 1)
             .unwrap()
+            .why
             .contains("on connections to 2 hosts"));
         assert_eq!(t.paths[&1].healthy_since_ms, None);
         // Nothing outstanding: an idle path is not stalled.
@@ -971,7 +1034,7 @@ mod tests {
         t.update(0, &one_host(50), 300, 0.05, 3000, 1);
         t.update(400, &one_host(400), 300, 0.05, 3000, 1);
         let h = &t.paths[&1];
-        assert!(h.problem(300, 0.05).unwrap().contains("stalled"));
+        assert!(h.problem(300, 0.05).unwrap().why.contains("stalled"));
         assert_eq!(h.stall_witnesses, 1);
         assert_eq!(h.host_problem(300, 0.05, 1), None);
         assert_eq!(h.healthy_since_ms, Some(0), "healthy for the host");
@@ -986,6 +1049,7 @@ mod tests {
         assert!(h
             .host_problem(300, 0.05, 1)
             .unwrap()
+            .why
             .contains("unreachable"));
         // An ACK heard after that: the path is there after all.
         t.update(500, &one_host(10), 300, 0.05, 3000, 1);
@@ -1096,7 +1160,10 @@ mod tests {
         );
         let h = &t.paths[&1];
         assert_eq!(h.loss_witnesses, 2);
-        assert!(h.host_problem(300, 0.05, 2).unwrap().contains("lossy"));
+        assert_eq!(
+            h.host_problem(300, 0.05, 2).unwrap().kind,
+            ProblemKind::Lossy
+        );
     }
 
     /// The tracker takes whatever time it is given: a clock that jumps
@@ -1140,7 +1207,11 @@ mod tests {
         assert_eq!(t.paths[&1].stalled_ms, 100);
         assert_eq!(t.until_next_stall_ms(150, true), Some(60));
         t.update(260, &[s(1, 0, 40, 30, 4260, 80_000)], 150, 0.05, 3000, 1);
-        assert!(t.paths[&1].problem(150, 0.05).unwrap().contains("stalled"));
+        assert!(t.paths[&1]
+            .problem(150, 0.05)
+            .unwrap()
+            .why
+            .contains("stalled"));
         assert_eq!(t.until_next_stall_ms(150, true), None);
     }
 
@@ -1211,7 +1282,7 @@ mod tests {
         assert!(h.lossy && h.loss_probed, "{h:?}");
         assert!((h.loss - 0.2).abs() < 0.05, "{}", h.loss);
         assert!(
-            h.problem(300, 0.05).unwrap().contains("echoes lost"),
+            h.problem(300, 0.05).unwrap().why.contains("echoes lost"),
             "{:?}",
             h.problem(300, 0.05)
         );

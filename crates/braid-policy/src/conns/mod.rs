@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::budget::SwitchBudget;
 use crate::config::{PathMode, PolicyConfig, Role};
-use crate::health::{HealthTracker, SubflowSample};
+use crate::health::{HealthTracker, PathProblem, SubflowSample};
 use crate::time::{backoff_ms, Clock, Time};
 use rules::{first_match, AppRule, Owner};
 
@@ -112,11 +112,11 @@ pub enum ConnEvent {
     /// failing, by interface, with why.
     Health {
         samples: Vec<(u32, SubflowSample)>,
-        path_problems: BTreeMap<u32, String>,
+        path_problems: BTreeMap<u32, PathProblem>,
     },
     /// The host-wide policy's failing paths changed between rounds of
     /// measurements (a probe went unanswered): acted on at once.
-    PathProblems(BTreeMap<u32, String>),
+    PathProblems(BTreeMap<u32, PathProblem>),
     /// The answer to `ConnAction::ProbeLoss`: whether the echo came back.
     LossEcho {
         ifindex: u32,
@@ -390,7 +390,7 @@ pub struct ConnPolicy {
     /// Thresholds and hold times, as for the host-wide modes.
     tuning: PolicyConfig,
     /// The host-wide policy's failing paths, by interface.
-    path_problems: BTreeMap<u32, String>,
+    path_problems: BTreeMap<u32, PathProblem>,
     paths: Vec<LocalPath>,
     conns: BTreeMap<u32, Conn>,
     clock: Clock,
@@ -730,7 +730,7 @@ impl ConnPolicy {
     fn measured(
         &mut self,
         samples: Vec<(u32, SubflowSample)>,
-        path_problems: BTreeMap<u32, String>,
+        path_problems: BTreeMap<u32, PathProblem>,
     ) {
         let now = self.clock.now();
         self.path_problems = path_problems;
@@ -863,7 +863,7 @@ impl ConnPolicy {
     /// What is wrong with the path of `addr` for connection `c`: the
     /// host-wide policy's verdict (it probes), or the connection's own
     /// subflow's measurements.
-    fn problem(&self, c: &Conn, addr: IpAddr) -> Option<String> {
+    fn problem(&self, c: &Conn, addr: IpAddr) -> Option<PathProblem> {
         let ifindex = self.path_of(addr)?.ifindex;
         if let Some(p) = self.path_problems.get(&ifindex) {
             return Some(p.clone());
@@ -928,9 +928,9 @@ impl ConnPolicy {
             }
             return (Vec::new(), why.into());
         }
-        let troubles: Vec<String> = primaries
+        let troubles: Vec<(IpAddr, PathProblem)> = primaries
             .iter()
-            .filter_map(|a| self.problem(c, *a).map(|p| format!("{a} is {p}")))
+            .filter_map(|a| Some((*a, self.problem(c, *a)?)))
             .collect();
         let now = self.clock.now();
         let failed = if c.failed_over {
@@ -959,13 +959,17 @@ impl ConnPolicy {
                 }
             }
         }
+        let said = troubles
+            .iter()
+            .map(|(a, p)| format!("{a} is {p}"))
+            .collect::<Vec<_>>()
+            .join("; ");
         let why = match (failed, c.failed_over) {
             _ if held_back.is_some() => format!(
-                "{}; the primary keeps traffic: {}",
-                troubles.join("; "),
+                "{said}; the primary keeps traffic: {}",
                 held_back.unwrap_or_default()
             ),
-            (true, false) => format!("{}: the secondary takes over", troubles.join("; ")),
+            (true, false) => format!("{said}: the secondary takes over"),
             (true, true) => match primaries.iter().filter_map(|a| c.suspected(*a, now)).min() {
                 Some(ms) => format!(
                     "the primary failed on measurements and is not trusted for another {ms} ms: the secondary keeps traffic"
@@ -990,9 +994,9 @@ impl ConnPolicy {
                 // which still delivers) is removed from the connection:
                 // the peer hears it and resends on the secondary at once,
                 // as the host-wide handover does by re-adding the endpoint.
-                for (a, why) in primaries.iter().zip(&troubles) {
-                    if !why.contains("lossy") {
-                        c.to_remove.insert(*a, why.clone());
+                for (a, problem) in &troubles {
+                    if !problem.still_delivers() {
+                        c.to_remove.insert(*a, format!("{a} is {problem}"));
                     }
                 }
             }
@@ -1064,7 +1068,7 @@ impl ConnPolicy {
                 best,
                 format!(
                     "{cur} is {}: switching to {best} ({})",
-                    self.problem(c, cur).unwrap_or_default(),
+                    self.problem(c, cur).map(|p| p.why).unwrap_or_default(),
                     fmt(best)
                 ),
                 best != cur,

@@ -1,5 +1,6 @@
 use super::*;
 use crate::config::PolicyConfig;
+use crate::health::ProblemKind;
 
 fn path(ifindex: u32, addr: &str, role: Role) -> LocalPath {
     LocalPath {
@@ -381,7 +382,7 @@ fn the_host_policys_verdict_on_a_path_counts_for_every_connection() {
     let ds = p.handle(
         ConnEvent::Health {
             samples: Vec::new(),
-            path_problems: [(2, "unreachable: a probe went unanswered".to_string())].into(),
+            path_problems: [(2, unreachable())].into(),
         },
         100,
     );
@@ -875,11 +876,17 @@ fn addresses_braid_never_managed_and_last_subflows_are_not_removed() {
 #[test]
 fn a_host_verdict_between_rounds_is_acted_on_at_once() {
     let mut p = two_connections();
-    let problems: BTreeMap<u32, String> =
-        [(2, "unreachable: a probe went unanswered".to_string())].into();
+    let problems: BTreeMap<u32, PathProblem> = [(2, unreachable())].into();
     let ds = p.handle(ConnEvent::PathProblems(problems.clone()), 100);
     let p1: IpAddr = "10.2.0.1".parse().unwrap();
     assert!(flips(&ds).contains(&(1, p1, false)), "{ds:?}");
     // The same verdict again changes nothing.
     assert!(p.handle(ConnEvent::PathProblems(problems), 110).is_empty());
+}
+
+fn unreachable() -> PathProblem {
+    PathProblem::new(
+        ProblemKind::Unreachable,
+        "unreachable: a probe went unanswered".into(),
+    )
 }

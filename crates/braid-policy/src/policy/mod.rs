@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::budget::SwitchBudget;
 use crate::config::{glob, Config, Flag, Mode, PathMode, PmKind, Role};
 use crate::health::{
-    HealthTracker, PathHealth, LOSS_ECHO_INTERVAL_MS, MIN_WITNESSES, PROBE_AFTER_MIN_MS,
+    HealthTracker, PathHealth, PathProblem, LOSS_ECHO_INTERVAL_MS, MIN_WITNESSES,
+    PROBE_AFTER_MIN_MS,
 };
 use crate::model::*;
 use crate::time::{backoff_ms, Clock, Time};
@@ -330,7 +331,7 @@ pub struct ChangedRoute {
 struct Candidate {
     ifindex: u32,
     srtt: Option<f64>,
-    problem: Option<String>,
+    problem: Option<PathProblem>,
     healthy_since: Option<u64>,
 }
 
@@ -732,13 +733,6 @@ fn probe_decision(
 
 /// The cause of a switch away from a path with `problem` (see
 /// `PathHealth::host_problem`), as a word for the counters.
-fn switch_cause(problem: &str) -> &'static str {
-    ["unreachable", "stalled", "lossy"]
-        .into_iter()
-        .find(|c| problem.starts_with(*c))
-        .unwrap_or("unhealthy")
-}
-
 fn fmt_rtt(ms: Option<f64>) -> String {
     ms.map(|m| format!("{m:.1} ms"))
         .unwrap_or_else(|| "rtt unknown".into())

@@ -39,7 +39,7 @@ impl Policy {
 
     /// A problem of the path for every connection (see
     /// `PathHealth::host_problem`): what the modes act on.
-    pub(super) fn path_problem(&self, ifindex: Option<u32>) -> Option<String> {
+    pub(super) fn path_problem(&self, ifindex: Option<u32>) -> Option<PathProblem> {
         let p = &self.config.policy;
         ifindex
             .and_then(|i| self.health.paths.get(&i))
@@ -207,7 +207,7 @@ impl Policy {
                 primaries
                     .iter()
                     .find_map(|i| self.path_problem(self.ifindex_of(wanted[*i].addr)))
-                    .map_or("unhealthy", |p| switch_cause(&p))
+                    .map_or("unhealthy", |p| p.kind.name())
             };
             self.count_switch(cause);
         } else if !failed && self.failed_over {
@@ -255,7 +255,7 @@ impl Policy {
                     "{} {}",
                     w.iface,
                     self.path_problem(self.ifindex_of(w.addr))
-                        .unwrap_or_else(|| "not healthy long enough".into())
+                        .map_or_else(|| "not healthy long enough".into(), |p| p.why)
                 )
             })
             .collect::<Vec<_>>()
@@ -297,7 +297,7 @@ impl Policy {
         if let Some(cur) = self.active_path.filter(|c| *c != active) {
             let cause = match paths.iter().find(|p| p.ifindex == cur) {
                 None => "path_gone",
-                Some(p) => p.problem.as_deref().map_or("rtt", switch_cause),
+                Some(p) => p.problem.as_ref().map_or("rtt", |x| x.kind.name()),
             };
             self.count_switch(cause);
         }

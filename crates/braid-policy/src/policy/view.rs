@@ -132,7 +132,7 @@ impl Policy {
 
     /// The paths (by interface) this policy finds failing for every
     /// connection, with why: the per-connection manager counts them too.
-    pub fn path_problems(&self) -> BTreeMap<u32, String> {
+    pub fn path_problems(&self) -> BTreeMap<u32, PathProblem> {
         self.health
             .paths
             .keys()
