@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -30,19 +31,18 @@ const RESPONSE: usize = 1000;
 struct Server {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
-    addr: SocketAddr,
-    ns: String,
+    /// The listening socket (a second handle), to wake the accept loop.
+    listener: std::net::TcpListener,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop, from inside its namespace.
-        let addr = self.addr;
-        let _ = braid_kernel::netns::run_in::<_, LabError>(&self.ns, move || {
-            let _ = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200));
-            Ok(())
-        });
+        // shutdown(2) on a listening socket makes a blocked accept(2)
+        // return at once, whatever became of its namespace (a connection
+        // to wake it cannot be made once the lab is gone, and the join
+        // below then waited for ever).
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -62,8 +62,7 @@ enum Serve {
 /// its paths), one thread per connection.
 fn serve(ns: &str, addr: SocketAddr, mptcp: bool, what: Serve) -> Result<Server, LabError> {
     let stop = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    let ns_name = ns.to_string();
+    let (tx, rx) = std::sync::mpsc::channel::<Result<std::net::TcpListener, String>>();
     let ns = ns.to_string();
     let stop2 = stop.clone();
     let thread = std::thread::spawn(move || {
@@ -83,7 +82,15 @@ fn serve(ns: &str, addr: SocketAddr, mptcp: bool, what: Serve) -> Result<Server,
                 return;
             }
         };
-        let _ = tx.send(Ok(()));
+        match listener.try_clone() {
+            Ok(second) => {
+                let _ = tx.send(Ok(second));
+            }
+            Err(e) => {
+                let _ = tx.send(Err(format!("listening on {addr}: {e}")));
+                return;
+            }
+        }
         for conn in listener.incoming() {
             if stop2.load(Ordering::Relaxed) {
                 break;
@@ -115,11 +122,10 @@ fn serve(ns: &str, addr: SocketAddr, mptcp: bool, what: Serve) -> Result<Server,
         }
     });
     match rx.recv_timeout(Duration::from_secs(5)) {
-        Ok(Ok(())) => Ok(Server {
+        Ok(Ok(listener)) => Ok(Server {
             stop,
             thread: Some(thread),
-            addr,
-            ns: ns_name,
+            listener,
         }),
         Ok(Err(e)) => Err(LabError::Io(e)),
         Err(_) => Err(LabError::Io("the benchmark server did not start".into())),
@@ -312,7 +318,7 @@ pub fn ttfb(
     let es = emulated_site(exe, name, via_kind, opts, paths)?;
     let target = SocketAddr::new(es.server_ip, ECHO_PORT);
     let direct = via_kind == Via::Direct;
-    let _server = serve(&es.server_ns, target, direct, Serve::RespondBytes(RESPONSE))?;
+    let server = serve(&es.server_ns, target, direct, Serve::RespondBytes(RESPONSE))?;
     // Directly: over MPTCP to the server (page_load's direct is plain TCP).
     let proxy = if direct { ClientWay::Mptcp } else { es.way };
     let times = in_ns(&es.site.client_ns, move || {
@@ -350,6 +356,8 @@ pub fn ttfb(
         Ok((times, failures))
     });
     let (mut times, failures) = explain(times, &es.proxies)?;
+    // The server before its lab.
+    drop(server);
     drop(es);
     times.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     Ok(TtfbReport {
@@ -774,4 +782,45 @@ pub fn quic_first(
         p50_ms: percentile(&times, 50.0),
         worst_ms: times.last().copied().unwrap_or(0.0),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs root (a network namespace); skipped otherwise.
+    #[test]
+    fn a_server_stops_at_once_even_after_its_namespace_is_gone() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to create a network namespace");
+            return;
+        }
+        let ns = format!("braid-test-srv-{}", std::process::id());
+        struct Removed(String);
+        impl Drop for Removed {
+            fn drop(&mut self) {
+                let _ = braid_kernel::netns::delete(&self.0);
+            }
+        }
+        braid_kernel::netns::create(&ns).unwrap();
+        let removed = Removed(ns.clone());
+        let server = serve(
+            &ns,
+            "0.0.0.0:5999".parse().unwrap(),
+            false,
+            Serve::RespondBytes(1),
+        )
+        .unwrap();
+        // As the ttfb benchmark did: the lab first, then its server.
+        drop(removed);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(server);
+            let _ = tx.send(());
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "dropping the server hung (its accept was never woken)"
+        );
+    }
 }
