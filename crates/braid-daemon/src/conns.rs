@@ -347,11 +347,11 @@ impl ConnShell {
                 );
                 if let Err(e) = execute(pm, &d.action) {
                     let error = e.to_string();
-                    let (log_refusal, _) = self.refusal_budget.allow(now_ms);
                     if matches!(d.action, ConnAction::DestroySubflow { .. }) {
-                        // Often closed already by the REMOVE before it.
+                        // Often closed already by the REMOVE before it:
+                        // not a refusal worth the log's budget.
                         debug!(action = %d.action, %error, "subflow not destroyed");
-                    } else if log_refusal {
+                    } else if self.refusal_budget.allow(now_ms).0 {
                         warn!(action = %d.action, %error, "the kernel refused the connection action");
                     }
                     journal.record(
