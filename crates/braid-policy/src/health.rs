@@ -27,6 +27,8 @@ pub struct SubflowSample {
     /// Bytes received so far, and milliseconds since data last arrived.
     pub bytes_received: u64,
     pub last_data_recv_ms: u32,
+    /// The lowest RTT the subflow has seen (tcpi_min_rtt; 0 if unknown).
+    pub min_rtt_us: u32,
 }
 
 /// What the policy knows about one interface's paths.
@@ -34,6 +36,14 @@ pub struct SubflowSample {
 pub struct PathHealth {
     pub srtt_ms: Option<f64>,
     pub rttvar_ms: Option<f64>,
+    /// The lowest RTT any of its subflows has seen: the path with no
+    /// queue of ours in it.
+    #[serde(default)]
+    pub min_rtt_ms: Option<f64>,
+    /// The slowest answer to a path probe lately (it decays): a silence
+    /// probe waits at least twice that.
+    #[serde(skip)]
+    slow_echo: Option<SlowEcho>,
     /// Smoothed retransmission rate (retransmitted / sent segments).
     pub loss: f64,
     /// Over the threshold; cleared only below half of it (hysteresis).
@@ -241,6 +251,55 @@ impl PathHealth {
         match (self.srtt_ms, self.rttvar_ms) {
             (Some(srtt), Some(var)) => (srtt + (4.0 * var).max(10.0)) as u64,
             _ => 200,
+        }
+    }
+
+    /// How long to wait for the answer to a probe of a silent receiving
+    /// path: no data of ours is queued on it (none arrives), so the echo
+    /// takes about the path's minimum RTT. Twice that, at least
+    /// `min_rtt + SILENT_PROBE_SLACK_MS`, never more than `probe_timeout_ms`
+    /// and never less than twice the slowest recent answer. A client
+    /// that only receives has its srtt and rttvar from the handshake alone
+    /// (rttvar = srtt / 2 by RFC 6298), so srtt + 4 rttvar is 3 RTTs:
+    /// 300 ms of a 450 ms detection on a 100 ms path.
+    pub fn silence_probe_timeout_ms(&self, now_ms: u64) -> u64 {
+        let tcp = self.probe_timeout_ms();
+        let Some(min_rtt) = self.min_rtt_ms.filter(|m| *m > 0.0) else {
+            return tcp;
+        };
+        let quiet = (2.0 * min_rtt).max(min_rtt + SILENT_PROBE_SLACK_MS as f64) as u64;
+        let seen = self
+            .slow_echo
+            .as_ref()
+            .map_or(0, |e| (2.0 * e.rtt_at(now_ms)) as u64);
+        quiet.min(tcp).max(seen)
+    }
+
+    /// Why a silence probe waits what it waits (for its reason).
+    pub fn silence_probe_basis(&self, now_ms: u64) -> String {
+        let timeout = self.silence_probe_timeout_ms(now_ms);
+        match self.min_rtt_ms.filter(|m| *m > 0.0) {
+            None => format!("{timeout} ms: srtt + 4 rttvar, the path's minimum RTT is unknown"),
+            Some(_) if timeout == self.probe_timeout_ms() => {
+                format!("{timeout} ms: srtt + 4 rttvar")
+            }
+            Some(m) => format!(
+                "{timeout} ms: twice the minimum RTT ({m:.1} ms, at least {SILENT_PROBE_SLACK_MS} ms over it) or of the slowest recent answer, since nothing of ours is queued on a silent path"
+            ),
+        }
+    }
+
+    /// A probe of this path was answered after `rtt_ms`.
+    pub fn probe_answered(&mut self, rtt_ms: f64, now_ms: u64) {
+        let keep = self
+            .slow_echo
+            .as_ref()
+            .is_some_and(|e| e.rtt_at(now_ms) >= rtt_ms);
+        if !keep {
+            self.slow_echo = Some(SlowEcho {
+                rtt_ms,
+                at_ms: now_ms,
+            });
         }
     }
 
@@ -595,6 +654,26 @@ const RX_ACTIVE_BYTES: u64 = 16 * 1024;
 /// A silence counts only this long after the path last received actively.
 const RX_MEMORY_MS: u64 = 2000;
 pub const PROBE_AFTER_MIN_MS: u64 = 40;
+/// A silence probe waits at least this much over the path's minimum RTT
+/// (the daemon's own echo handling took 4-8 ms in the lab).
+pub const SILENT_PROBE_SLACK_MS: u64 = 20;
+/// How long a slow answer to a probe keeps silence probes patient: its
+/// weight halves every this many ms.
+const SLOW_ECHO_HALF_LIFE_MS: u64 = 60_000;
+
+/// The slowest answer to a path probe, fading with time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SlowEcho {
+    rtt_ms: f64,
+    at_ms: u64,
+}
+
+impl SlowEcho {
+    fn rtt_at(&self, now_ms: u64) -> f64 {
+        let halvings = now_ms.saturating_sub(self.at_ms) as f64 / SLOW_ECHO_HALF_LIFE_MS as f64;
+        self.rtt_ms * 0.5f64.powf(halvings)
+    }
+}
 
 pub type SubflowKey = (SocketAddr, SocketAddr);
 
@@ -827,6 +906,9 @@ impl HealthTracker {
                 h.srtt_ms = Some(best.rtt_us as f64 / 1000.0);
                 h.rttvar_ms = Some(best.rttvar_us as f64 / 1000.0);
             }
+            if let Some(m) = subs.iter().map(|s| s.min_rtt_us).filter(|m| *m > 0).min() {
+                h.min_rtt_ms = Some(m as f64 / 1000.0);
+            }
             observe_loss(h, subs, &delta, now_ms, loss_threshold, decay_ms);
             let freshest = observe_stall(h, subs, &delta, now_ms, stall_ms);
             observe_receiving(h, subs, &delta, now_ms);
@@ -959,6 +1041,7 @@ mod tests {
             last_ack_recv_ms: last_ack,
             bytes_received: 0,
             last_data_recv_ms: 0,
+            min_rtt_us: 0,
         }
     }
 
@@ -1321,5 +1404,50 @@ mod tests {
         // Traffic again: its own figure, not the echoes'.
         t.update(now + 100, &[s(1, 20, 200, 0, 0, 1)], 300, 0.05, decay, 1);
         assert!(!t.paths[&1].loss_probed);
+    }
+
+    /// A client that only receives: srtt from the handshake, rttvar half of
+    /// it (RFC 6298's first sample), so srtt + 4 rttvar is 3 RTTs. Measured
+    /// in the sweep at 50/100 ms: the daemon acted 450 ms after a blackhole,
+    /// 300 of them waiting for the probe's answer.
+    #[test]
+    fn a_silent_paths_probe_waits_twice_its_minimum_rtt_or_its_slowest_answer() {
+        let mut t = HealthTracker::default();
+        let receiving = SubflowSample {
+            rttvar_us: 50_000,
+            min_rtt_us: 100_000,
+            ..s(1, 0, 100, 0, 0, 100_000)
+        };
+        t.update(0, &[receiving], 300, 0.05, 3000, 1);
+        let h = t.paths.get_mut(&1).unwrap();
+        assert_eq!(h.probe_timeout_ms(), 300);
+        assert_eq!(h.silence_probe_timeout_ms(0), 200);
+        assert!(h
+            .silence_probe_basis(0)
+            .contains("twice the minimum RTT (100.0 ms"));
+        // A short path: at least 20 ms over its minimum RTT, never more
+        // than srtt + 4 rttvar.
+        h.min_rtt_ms = Some(2.0);
+        assert_eq!(h.silence_probe_timeout_ms(0), 22);
+        h.srtt_ms = Some(2.0);
+        h.rttvar_ms = Some(1.0);
+        assert_eq!(h.silence_probe_timeout_ms(0), 12);
+        assert!(h.silence_probe_basis(0).contains("srtt + 4 rttvar"));
+        // A slow answer makes the next silence probes wait twice it, less
+        // and less over minutes.
+        h.min_rtt_ms = Some(100.0);
+        h.srtt_ms = Some(100.0);
+        h.rttvar_ms = Some(50.0);
+        h.probe_answered(140.0, 1000);
+        h.probe_answered(110.0, 2000);
+        assert_eq!(h.silence_probe_timeout_ms(2000), 276);
+        assert_eq!(
+            h.silence_probe_timeout_ms(1000 + SLOW_ECHO_HALF_LIFE_MS),
+            200
+        );
+        // Without a minimum RTT, TCP's figure.
+        h.min_rtt_ms = None;
+        assert_eq!(h.silence_probe_timeout_ms(2000), 300);
+        assert!(h.silence_probe_basis(2000).contains("unknown"));
     }
 }

@@ -155,6 +155,8 @@ fn sample() -> impl Strategy<Value = SubflowSample> {
                 last_ack_recv_ms,
                 bytes_received,
                 last_data_recv_ms,
+                // Unknown, equal to or below the smoothed RTT.
+                min_rtt_us: rtt_us / u32::from(port - 40000 + 1) * u32::from(port != 40002),
             },
         )
 }

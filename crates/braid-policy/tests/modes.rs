@@ -110,6 +110,7 @@ impl Sim {
             last_ack_recv_ms: p.last_ack_ms,
             bytes_received: p.rx_bytes,
             last_data_recv_ms: p.last_rx_ms,
+            min_rtt_us: 0,
         };
         let samples = (0..self.hosts)
             .flat_map(|h| {
@@ -679,6 +680,7 @@ fn an_unanswered_probe_hands_over_and_reopens_the_silent_path() {
             last_ack_recv_ms: 5,
             bytes_received: 0,
             last_data_recv_ms: 5,
+            min_rtt_us: 0,
         };
         s.at(
             t,
@@ -776,6 +778,7 @@ fn a_path_without_subflows_is_re_added_so_the_kernel_opens_them() {
                 last_ack_recv_ms: 5,
                 bytes_received: 0,
                 last_data_recv_ms: 5,
+                min_rtt_us: 0,
             }]),
         )
     };

@@ -142,9 +142,13 @@ impl Policy {
             return false; // aggregate acts on no measurement
         }
         let stall_ms = self.config.policy.stall_ms;
+        let now_ms = self.clock.now().ms();
         let Some(h) = self.health.paths.get_mut(&ifindex) else {
             return false;
         };
+        if let Some(rtt) = rtt_ms {
+            h.probe_answered(rtt, now_ms);
+        }
         // A probe about a wait for an ACK: unanswered while the path is
         // stalled, the path is unreachable.
         let mut changed = h.stall_probe_result(remote, answered, stall_ms);
@@ -155,7 +159,7 @@ impl Policy {
             let why = format!(
                 "unreachable: data stopped {} ms ago and {remote} did not answer a probe within {} ms",
                 h.rx_silent_ms,
-                h.probe_timeout_ms()
+                h.silence_probe_timeout_ms(now_ms)
             );
             h.mark_unreachable(why);
             changed = true;

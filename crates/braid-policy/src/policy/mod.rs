@@ -710,13 +710,14 @@ fn link_name(links: &BTreeMap<u32, Link>, i: u32) -> String {
         .unwrap_or_else(|| format!("#{i}"))
 }
 
-/// A probe of the path `ifindex` from `local` to `remote`, waiting what
-/// the path's measurements say an answer may take.
+/// A probe of the path `ifindex` from `local` to `remote`, waiting
+/// `timeout_ms` for the answer (what the path's measurements say it may
+/// take).
 fn probe_decision(
     ifindex: u32,
     local: IpAddr,
     remote: IpAddr,
-    h: &PathHealth,
+    timeout_ms: u64,
     reason: String,
 ) -> Decision {
     Decision {
@@ -725,7 +726,7 @@ fn probe_decision(
             ifindex,
             local,
             remote,
-            timeout_ms: h.probe_timeout_ms(),
+            timeout_ms,
         },
         reason,
     }

@@ -30,8 +30,9 @@ impl Policy {
                 link_name(&self.links, *ifindex),
                 h.stalled_ms
             );
+            let timeout_ms = h.probe_timeout_ms();
             self.probes_pending
-                .push(probe_decision(*ifindex, local, remote, h, reason));
+                .push(probe_decision(*ifindex, local, remote, timeout_ms, reason));
         }
         // With the per-connection path manager, it echoes the paths its
         // connections left (one stream per path, not two).
@@ -67,13 +68,15 @@ impl Policy {
             };
             h.probed = true;
             let reason = format!(
-                "{} was receiving and no data has come for {} ms (probed after {} ms: one smoothed RTT, at least {PROBE_AFTER_MIN_MS}): is the path still there?",
+                "{} was receiving and no data has come for {} ms (probed after {} ms: one smoothed RTT, at least {PROBE_AFTER_MIN_MS}): is the path still there? (an answer is due within {})",
                 link_name(&self.links, *ifindex),
                 h.rx_silent_ms,
-                h.probe_after_ms()
+                h.probe_after_ms(),
+                h.silence_probe_basis(now)
             );
+            let timeout_ms = h.silence_probe_timeout_ms(now);
             self.probes_pending
-                .push(probe_decision(*ifindex, local, remote, h, reason));
+                .push(probe_decision(*ifindex, local, remote, timeout_ms, reason));
         }
     }
 
