@@ -4,6 +4,7 @@
 //! status` and `braid daemon reload` on a Unix socket and, when asked to,
 //! serves Prometheus metrics.
 
+pub mod census;
 pub mod config_file;
 pub mod conns;
 pub mod control;

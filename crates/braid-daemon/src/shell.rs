@@ -17,6 +17,7 @@ use braid_policy::{Config, Policy};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, error, info, warn};
 
+use crate::census::{Census, Plan};
 use crate::config_file;
 use crate::conns::ConnShell;
 use crate::control::{self, Answer, DaemonStatus, JournalReply, Pending, Reply, Request};
@@ -198,6 +199,8 @@ struct Shell {
     control_group: Feature,
     health: HealthPolls,
     health_errors: LoggedOnce,
+    /// Which subflows the health rounds read, and whether by dump.
+    census: Census,
     /// Problems found by the shell itself (a corrupt state file kept aside...).
     shell_warnings: Vec<String>,
     /// Warnings last logged, so each is logged when it appears.
@@ -407,6 +410,15 @@ impl Shell {
         match item {
             Ok(StreamItem::Event(ev)) => {
                 let kind = ev.kind;
+                if matches!(
+                    kind,
+                    EventKind::Created
+                        | EventKind::Established
+                        | EventKind::SubEstablished
+                        | EventKind::Unknown(_)
+                ) {
+                    self.census.may_have_new();
+                }
                 self.journal
                     .record(unix_ms_now(), What::Mptcp { event: ev.clone() });
                 let now = self.now_ms();
@@ -420,6 +432,7 @@ impl Shell {
                 )
             }
             Ok(StreamItem::Overflow) => {
+                self.census.may_have_new();
                 self.tallies.error("mptcp_events_lost");
                 warn!("MPTCP events were lost (ENOBUFS)");
                 let now = self.now_ms();
@@ -1007,10 +1020,26 @@ enum HealthRound {
     Failed(braid_kernel::Error),
 }
 
-fn health_round() -> HealthRound {
-    let subflows = match braid_kernel::diag::subflows() {
-        Ok(s) => s,
-        Err(e) => return HealthRound::Failed(e),
+fn health_round(census: &mut Census, now_ms: u64) -> HealthRound {
+    let subflows = match census.plan(now_ms) {
+        Plan::Lookup(keys) => match braid_kernel::diag::lookup_subflows(&keys) {
+            Ok(found) => census.looked_up(&keys, found),
+            Err(e) => return HealthRound::Failed(e),
+        },
+        Plan::Dump => Vec::new(),
+    };
+    // Dumped when planned, and when every subflow looked up has gone (to
+    // tell "none left" from "others came").
+    let subflows = if subflows.is_empty() {
+        match braid_kernel::diag::subflows() {
+            Ok(s) => {
+                census.dumped(&s, now_ms);
+                s
+            }
+            Err(e) => return HealthRound::Failed(e),
+        }
+    } else {
+        subflows
     };
     if subflows.is_empty() {
         return HealthRound::NoSubflows;
@@ -1056,7 +1085,8 @@ fn token_samples(
 /// Run one health round and say when the next is due (None: no polling
 /// until an MPTCP event).
 fn poll_health(shell: &mut Shell) -> Option<tokio::time::Instant> {
-    match health_round() {
+    let now_ms = shell.now_ms();
+    match health_round(&mut shell.census, now_ms) {
         HealthRound::Subflows(subflows) => {
             shell.health_ok();
             shell.account_subflows(&subflows);
@@ -1316,6 +1346,7 @@ async fn start(opts: Options) -> Result<(Io, Shell), String> {
         control_group,
         health: HealthPolls::default(),
         health_errors: LoggedOnce::default(),
+        census: Census::default(),
         shell_warnings,
         warnings: Vec::new(),
         tallies: Tallies::default(),
