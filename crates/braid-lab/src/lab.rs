@@ -546,6 +546,34 @@ pub(crate) fn build_origin(server_ns: &str, o: &OriginInfo) -> Result<(), LabErr
     })
 }
 
+/// Stop the emulator `pid` (SIGTERM, SIGKILL after 3 s) and, when this
+/// process started it, reap it: a zombie's command line is empty, so
+/// checking `pid_is_our_emulator` alone let the sweep keep one zombie per
+/// run (150 after 130 runs) until it ended.
+fn stop_emulator(pid: u32, name: &str) {
+    let pid = pid as i32;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    loop {
+        let reaped = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        if reaped == pid {
+            return;
+        }
+        // Not our child (another `braid lab down`): gone is enough.
+        if reaped < 0 && !pid_is_our_emulator(pid as u32, name) {
+            return;
+        }
+        if Instant::now() > deadline {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            if reaped == 0 {
+                unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn pid_is_our_emulator(pid: u32, name: &str) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
@@ -594,16 +622,7 @@ pub fn teardown(name: &str, state: Option<&LabState>) -> Result<(), LabError> {
     };
     for pid in pids {
         if pid != 0 && pid_is_our_emulator(pid, name) {
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while pid_is_our_emulator(pid, name) && Instant::now() < deadline {
-                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-                std::thread::sleep(Duration::from_millis(20));
-                unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
-            }
-            if pid_is_our_emulator(pid, name) {
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), 0) };
-            }
+            stop_emulator(pid, name);
         }
     }
     let origin_ns = format!("{name}-o");
