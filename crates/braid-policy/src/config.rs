@@ -247,8 +247,10 @@ pub struct PolicyConfig {
     /// routes alone. Restored when the daemon stops.
     pub standby_initcwnd: u32,
     /// Handover and interactive: when a path that was receiving goes
-    /// silent for two RTTs, send it an ICMP echo (two, 10 ms apart); no
-    /// answer within srtt + 4 x rttvar marks it unreachable, like a stall.
+    /// silent for one RTT (at least 40 ms), send it an ICMP echo (two,
+    /// 10 ms apart); no answer in time (twice the path's minimum RTT, see
+    /// `PathHealth::silence_probe_timeout_ms`) marks it unreachable, like a
+    /// stall.
     /// A receiver has nothing outstanding, so without this a download only
     /// fails over on the server's own timeouts. The same probe confirms a
     /// stall seen on connections to one remote host only (sent before the

@@ -148,6 +148,9 @@ impl Policy {
         };
         if let Some(rtt) = rtt_ms {
             h.probe_answered(rtt, now_ms);
+            if h.probe_pair.is_some_and(|(_, r)| r == remote) {
+                h.silence_probe_answered();
+            }
         }
         // A probe about a wait for an ACK: unanswered while the path is
         // stalled, the path is unreachable.

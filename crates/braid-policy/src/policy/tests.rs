@@ -164,3 +164,53 @@ fn a_failed_stall_probe_is_no_longer_under_way() {
     let ds = p.handle(waiting(1300), 1300);
     assert_eq!(probes(&ds).len(), 1, "{ds:?}");
 }
+
+/// A path can fail in the middle of a silence a probe found harmless:
+/// while the silence goes on, it is probed again, each time after twice
+/// the wait, and the first unanswered probe makes it unreachable.
+#[test]
+fn a_silence_goes_on_being_probed_after_an_answer() {
+    let mut p = handover();
+    let remote = "203.0.113.1:443";
+    let ds = silence(&mut p, remote);
+    assert_eq!(probes(&ds).len(), 1, "{ds:?}");
+    let answer = |p: &mut Policy, rtt_ms: Option<f64>, now: u64| {
+        p.handle(
+            Event::ProbeResult {
+                ifindex: 2,
+                remote: remote.parse::<SocketAddr>().unwrap().ip(),
+                rtt_ms,
+            },
+            now,
+        )
+    };
+    answer(&mut p, Some(5.0), 145);
+    // Not again before the silence has gone on for another 40 ms.
+    let ds = p.handle(receiving(remote, 500_000, 70), 170);
+    assert!(probes(&ds).is_empty(), "{ds:?}");
+    let ds = p.handle(receiving(remote, 500_000, 80), 180);
+    assert!(
+        ds.iter()
+            .any(|d| matches!(d.action, Action::ProbePath { .. })
+                && d.reason
+                    .contains("again, an earlier probe of this silence was answered")),
+        "{ds:?}"
+    );
+    answer(&mut p, Some(5.0), 185);
+    // Then 80 ms after that one.
+    let ds = p.handle(receiving(remote, 500_000, 150), 250);
+    assert!(probes(&ds).is_empty(), "{ds:?}");
+    let ds = p.handle(receiving(remote, 500_000, 160), 260);
+    assert_eq!(probes(&ds).len(), 1, "{ds:?}");
+    // Unanswered: the path is unreachable and the secondary takes over.
+    let ds = answer(&mut p, None, 300);
+    assert!(
+        ds.iter()
+            .any(|d| d.reason.contains("the secondary takes over")),
+        "{ds:?}"
+    );
+    // Data again: a new silence starts from the first wait.
+    p.handle(receiving(remote, 900_000, 1), 400);
+    let ds = p.handle(receiving(remote, 900_000, 40), 440);
+    assert_eq!(probes(&ds).len(), 1, "{ds:?}");
+}

@@ -66,9 +66,14 @@ impl Policy {
             let Some((local, remote)) = h.probe_pair.filter(|(_, r)| can_probe(r)) else {
                 continue;
             };
-            h.probed = true;
+            let again = if h.next_silence_probe_ms() > h.probe_after_ms() {
+                " again, an earlier probe of this silence was answered"
+            } else {
+                ""
+            };
+            h.silence_probe_sent();
             let reason = format!(
-                "{} was receiving and no data has come for {} ms (probed after {} ms: one smoothed RTT, at least {PROBE_AFTER_MIN_MS}): is the path still there? (an answer is due within {})",
+                "{} was receiving and no data has come for {} ms (probed after {} ms: one smoothed RTT, at least {PROBE_AFTER_MIN_MS}{again}): is the path still there? (an answer is due within {})",
                 link_name(&self.links, *ifindex),
                 h.rx_silent_ms,
                 h.probe_after_ms(),
