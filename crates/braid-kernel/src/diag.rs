@@ -336,10 +336,15 @@ pub fn lookup_subflows(keys: &[SocketKey]) -> Result<Vec<Option<Subflow>>> {
             }
             Err(e) => return Err(e),
         };
+        // With no established socket for the key, the kernel's lookup
+        // falls back to a listener on the local port, and an MPTCP
+        // listener's TCP socket carries the MPTCP ULP too: only the
+        // socket with these very addresses is the subflow asked for.
         let mut found = None;
         for reply in replies {
             if let SockDiagMessage::InetResponse(resp) = reply {
-                found = subflow_from(&dumped_socket(*resp))?;
+                found = subflow_from(&dumped_socket(*resp))?
+                    .filter(|sf| sf.local == key.local && sf.remote == key.remote);
             }
         }
         out.push(found);

@@ -19,13 +19,18 @@ fn a_subflow_looked_up_by_its_addresses_is_the_one_the_dump_lists() {
     ]);
     let any: SocketAddr = "0.0.0.0:5003".parse().unwrap();
     let (ready_tx, ready_rx) = mpsc::channel();
-    // The listener stays open for the whole test: joins arrive there.
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    // The listener stays open for the whole test: joins arrive there, and
+    // a lookup of a closed server-side subflow must not find it instead.
     let server = lab.server.spawn(move || {
         let (l, _) = socket::listen(any).unwrap();
         ready_tx.send(()).unwrap();
         let (mut s, _) = l.accept().unwrap();
         let mut sink = Vec::new();
         s.read_to_end(&mut sink).unwrap();
+        drop(s);
+        stop_rx.recv().unwrap();
+        drop(l);
         sink.len()
     });
     ready_rx.recv().unwrap();
@@ -81,10 +86,29 @@ fn a_subflow_looked_up_by_its_addresses_is_the_one_the_dump_lists() {
         }
         Ok(keys)
     });
+    let server_keys = lab.server.run(|| {
+        diag::subflows()
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.state == "established")
+            .map(|s| s.key())
+            .collect::<Vec<_>>()
+    });
     done_tx.send(()).unwrap();
     client.join().unwrap();
-    assert_eq!(server.join().unwrap(), 4096);
     let keys = result.unwrap();
+    assert_eq!(server_keys.len(), 2, "{server_keys:?}");
+    let server_gone = lab.server.run(move || {
+        wait_for(5, || {
+            diag::lookup_subflows(&server_keys)
+                .unwrap()
+                .iter()
+                .all(Option::is_none)
+        })
+    });
+    stop_tx.send(()).unwrap();
+    assert_eq!(server.join().unwrap(), 4096);
+    assert!(server_gone, "a closed subflow's lookup found the listener");
 
     // Closed: the same keys find nothing (a socket in TIME_WAIT is no
     // subflow).
