@@ -547,20 +547,26 @@ pub(crate) fn build_origin(server_ns: &str, o: &OriginInfo) -> Result<(), LabErr
 }
 
 /// Stop the emulator `pid` (SIGTERM, SIGKILL after 3 s) and, when this
-/// process started it, reap it: a zombie's command line is empty, so
-/// checking `pid_is_our_emulator` alone let the sweep keep one zombie per
-/// run (150 after 130 runs) until it ended.
+/// process started it, reap it. It exits as soon as it has answered
+/// `Stop`, and a zombie's command line is empty: checking
+/// `pid_is_our_emulator` first let the sweep keep one zombie per run (150
+/// after 130 runs) until it ended.
 fn stop_emulator(pid: u32, name: &str) {
     let pid = pid as i32;
+    let reaped = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+    if reaped == pid {
+        return;
+    }
+    // Not our child (another `braid lab down`): only a process that is
+    // still our emulator is signalled (its pid may have been reused).
+    if reaped < 0 && !pid_is_our_emulator(pid as u32, name) {
+        return;
+    }
     let deadline = Instant::now() + Duration::from_secs(3);
     unsafe { libc::kill(pid, libc::SIGTERM) };
     loop {
         let reaped = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
-        if reaped == pid {
-            return;
-        }
-        // Not our child (another `braid lab down`): gone is enough.
-        if reaped < 0 && !pid_is_our_emulator(pid as u32, name) {
+        if reaped == pid || (reaped < 0 && !pid_is_our_emulator(pid as u32, name)) {
             return;
         }
         if Instant::now() > deadline {
@@ -620,10 +626,8 @@ pub fn teardown(name: &str, state: Option<&LabState>) -> Result<(), LabError> {
             })
             .unwrap_or_default(),
     };
-    for pid in pids {
-        if pid != 0 && pid_is_our_emulator(pid, name) {
-            stop_emulator(pid, name);
-        }
+    for pid in pids.into_iter().filter(|p| *p != 0) {
+        stop_emulator(pid, name);
     }
     let origin_ns = format!("{name}-o");
     let mut first_err = None;
