@@ -1012,7 +1012,9 @@ fn log_feature(f: &Feature) {
 
 /// One round of health polling.
 enum HealthRound {
-    /// Every MPTCP subflow, whatever its state.
+    /// The MPTCP subflows, whatever their state: every one after a dump,
+    /// the ones still there of those the last dump found otherwise (see
+    /// `census`).
     Subflows(Vec<braid_kernel::diag::Subflow>),
     /// No MPTCP subflow exists: polling stops until the next MPTCP event.
     NoSubflows,

@@ -36,10 +36,13 @@ pub struct SubflowSample {
 pub struct PathHealth {
     pub srtt_ms: Option<f64>,
     pub rttvar_ms: Option<f64>,
-    /// The lowest RTT any of its subflows has seen: the path with no
-    /// queue of ours in it.
+    /// The lowest RTT the subflows to the remote of `probe_pair` have
+    /// seen: the path with no queue of ours in it.
     #[serde(default)]
     pub min_rtt_ms: Option<f64>,
+    /// srtt and rttvar of the best subflow to that remote.
+    #[serde(skip)]
+    probed_rtt_ms: Option<(f64, f64)>,
     /// The slowest answer to a path probe lately (it decays): a silence
     /// probe waits at least twice that.
     #[serde(skip)]
@@ -100,10 +103,10 @@ pub struct PathHealth {
     /// A probe of the current silence is under way (or went unanswered).
     #[serde(skip)]
     pub probed: bool,
-    /// Probes of the current silence so far, and how long it had lasted
-    /// when the last went out.
+    /// Probes of the current silence so far, how long it had lasted when
+    /// the last went out, and how long that one waits for its answer.
     #[serde(skip)]
-    silence_probes: (u32, u64),
+    silence_probes: (u32, u64, u64),
     #[serde(skip)]
     rx_active_ms: Option<u64>,
     /// Received in bulk within `RX_MEMORY_MS`.
@@ -267,7 +270,7 @@ impl PathHealth {
     /// (rttvar = srtt / 2 by RFC 6298), so srtt + 4 rttvar is 3 RTTs:
     /// 300 ms of a 450 ms detection on a 100 ms path.
     pub fn silence_probe_timeout_ms(&self, now_ms: u64) -> u64 {
-        let tcp = self.probe_timeout_ms();
+        let tcp = self.silence_probe_tcp_ms();
         let Some(min_rtt) = self.min_rtt_ms.filter(|m| *m > 0.0) else {
             return tcp;
         };
@@ -279,12 +282,21 @@ impl PathHealth {
         quiet.min(tcp).max(seen)
     }
 
+    /// srtt + 4 rttvar (at least srtt + 10) of the probed remote's best
+    /// subflow, else of the path's.
+    fn silence_probe_tcp_ms(&self) -> u64 {
+        match self.probed_rtt_ms {
+            Some((srtt, var)) => (srtt + (4.0 * var).max(10.0)) as u64,
+            None => self.probe_timeout_ms(),
+        }
+    }
+
     /// Why a silence probe waits what it waits (for its reason).
     pub fn silence_probe_basis(&self, now_ms: u64) -> String {
         let timeout = self.silence_probe_timeout_ms(now_ms);
         match self.min_rtt_ms.filter(|m| *m > 0.0) {
             None => format!("{timeout} ms: srtt + 4 rttvar, the path's minimum RTT is unknown"),
-            Some(_) if timeout == self.probe_timeout_ms() => {
+            Some(_) if timeout == self.silence_probe_tcp_ms() => {
                 format!("{timeout} ms: srtt + 4 rttvar")
             }
             Some(m) => format!(
@@ -293,8 +305,8 @@ impl PathHealth {
         }
     }
 
-    /// A probe of this path was answered after `rtt_ms`.
-    pub fn probe_answered(&mut self, rtt_ms: f64, now_ms: u64) {
+    /// A silence probe of this path was answered after `rtt_ms`.
+    fn probe_answered(&mut self, rtt_ms: f64, now_ms: u64) {
         let keep = self
             .slow_echo
             .as_ref()
@@ -317,21 +329,45 @@ impl PathHealth {
     pub fn next_silence_probe_ms(&self) -> u64 {
         let after = self.probe_after_ms();
         match self.silence_probes {
-            (0, _) => after,
-            (n, at) => at.saturating_add(after.saturating_mul(1 << (n - 1).min(6))),
+            (0, _, _) => after,
+            (n, at, _) => at.saturating_add(after.saturating_mul(1 << (n - 1).min(6))),
         }
     }
 
-    /// A probe of the current silence went out.
-    pub fn silence_probe_sent(&mut self) {
+    /// A probe of the current silence went out, waiting `timeout_ms`.
+    pub fn silence_probe_sent(&mut self, timeout_ms: u64) {
         self.probed = true;
-        self.silence_probes = (self.silence_probes.0.saturating_add(1), self.rx_silent_ms);
+        self.silence_probes = (
+            self.silence_probes.0.saturating_add(1),
+            self.rx_silent_ms,
+            timeout_ms,
+        );
     }
 
-    /// The probe of the current silence was answered: the next may go
-    /// (`next_silence_probe_ms`).
-    pub fn silence_probe_answered(&mut self) {
+    /// How long the last probe of the silence waited for its answer.
+    pub fn silence_probe_waited_ms(&self) -> u64 {
+        self.silence_probes.2
+    }
+
+    /// Whether a probe of this path's silence to `remote` is under way.
+    pub fn silence_probe_under_way(&self, remote: IpAddr) -> bool {
+        self.probed && self.probe_pair.is_some_and(|(_, r)| r == remote)
+    }
+
+    /// Whether a probe of a wait for an ACK to `remote` is under way.
+    pub fn stall_probe_under_way(&self, remote: IpAddr) -> bool {
+        self.stall_probe
+            .as_ref()
+            .is_some_and(|p| p.remote == remote && p.answered.is_none() && !p.failed)
+    }
+
+    /// The probe of the current silence was answered after `rtt_ms`: the
+    /// next may go (`next_silence_probe_ms`), and later silences wait at
+    /// least twice that. Only silence probes teach it: a stall probe's
+    /// answer waits behind our own queued data.
+    pub fn silence_probe_answered(&mut self, rtt_ms: f64, now_ms: u64) {
         self.probed = false;
+        self.probe_answered(rtt_ms, now_ms);
     }
 
     /// Whether the path should be probed now: it was receiving, data has
@@ -340,6 +376,10 @@ impl PathHealth {
         self.rx_silent_ms > 0
             && self.rx_silent_ms >= self.next_silence_probe_ms()
             && !self.probed
+            && !self
+                .stall_probe
+                .as_ref()
+                .is_some_and(|p| p.answered.is_none() && !p.failed)
             && self.unreachable.is_none()
             && self.probe_pair.is_some()
     }
@@ -439,7 +479,10 @@ impl PathHealth {
     /// would confirm it without a probe), and this wait was not probed yet
     /// (or the path answered and the wait goes on: again after a back-off).
     pub fn wants_stall_probe(&self, stall_ms: u64, now_ms: u64) -> bool {
+        // One probe of a path at a time: a silence probe's result would
+        // be taken for this one's.
         if self.unreachable.is_some()
+            || self.probed
             || self.stall_pair.is_none()
             || self.stalled_ms == 0
             || self.stalled_ms < self.stall_probe_at_ms(stall_ms)
@@ -482,8 +525,10 @@ impl PathHealth {
         {
             p.failed = true;
         }
-        if self.probe_pair.is_some_and(|(_, r)| r == remote) {
+        if self.silence_probe_under_way(remote) {
+            // Not sent: it does not count, the next round sends it again.
             self.probed = false;
+            self.silence_probes.0 = self.silence_probes.0.saturating_sub(1);
         }
     }
 
@@ -887,7 +932,7 @@ fn observe_receiving(
         if grew >= RX_ACTIVE_BYTES {
             h.rx_active_ms = Some(now_ms);
             h.probed = false;
-            h.silence_probes = (0, 0);
+            h.silence_probes = (0, 0, 0);
             h.clear_unreachable();
             h.probe_pair = Some((s.local.ip(), s.remote.ip()));
         }
@@ -899,7 +944,7 @@ fn observe_receiving(
     h.rx_silent_ms = if h.rx_recent { quiet } else { 0 };
     // Data came since the last probe went out: a new silence.
     if h.rx_silent_ms < h.silence_probes.1 {
-        h.silence_probes = (0, 0);
+        h.silence_probes = (0, 0, 0);
     }
 }
 
@@ -943,12 +988,27 @@ impl HealthTracker {
                 h.srtt_ms = Some(best.rtt_us as f64 / 1000.0);
                 h.rttvar_ms = Some(best.rttvar_us as f64 / 1000.0);
             }
-            if let Some(m) = subs.iter().map(|s| s.min_rtt_us).filter(|m| *m > 0).min() {
-                h.min_rtt_ms = Some(m as f64 / 1000.0);
-            }
             observe_loss(h, subs, &delta, now_ms, loss_threshold, decay_ms);
             let freshest = observe_stall(h, subs, &delta, now_ms, stall_ms);
             observe_receiving(h, subs, &delta, now_ms);
+            // A silence probe goes to `probe_pair`'s remote: the minimum
+            // RTT is that remote's (another server on the same interface
+            // may be much nearer).
+            let probed_remote = h.probe_pair.map(|(_, r)| r);
+            let to_probed = || {
+                subs.iter()
+                    .filter(move |s| Some(s.remote.ip()) == probed_remote)
+            };
+            if let Some(m) = to_probed().map(|s| s.min_rtt_us).filter(|m| *m > 0).min() {
+                h.min_rtt_ms = Some(m as f64 / 1000.0);
+            }
+            if let Some(best) = to_probed()
+                .filter(|s| s.rtt_us > 0)
+                .min_by_key(|s| s.rtt_us)
+            {
+                h.probed_rtt_ms =
+                    Some((best.rtt_us as f64 / 1000.0, best.rttvar_us as f64 / 1000.0));
+            }
             h.subflow_keys = subs.iter().map(|s| (s.local, s.remote)).collect();
             // A subflow the path did not have when the probe failed: the
             // path answers handshakes again.
@@ -1450,14 +1510,31 @@ mod tests {
     #[test]
     fn a_silent_paths_probe_waits_twice_its_minimum_rtt_or_its_slowest_answer() {
         let mut t = HealthTracker::default();
-        let receiving = SubflowSample {
+        let receiving = |bytes| SubflowSample {
             rttvar_us: 50_000,
             min_rtt_us: 100_000,
+            bytes_received: bytes,
             ..s(1, 0, 100, 0, 0, 100_000)
         };
-        t.update(0, &[receiving], 300, 0.05, 3000, 1);
+        // A nearer server on the same interface, which the probe does not
+        // go to: its 5 ms are not the probed remote's.
+        let near = SubflowSample {
+            local: "10.0.1.1:1001".parse().unwrap(),
+            remote: "10.8.8.8:80".parse().unwrap(),
+            min_rtt_us: 5_000,
+            ..s(1, 0, 100, 0, 0, 5_000)
+        };
+        t.update(0, &[receiving(0), near.clone()], 300, 0.05, 3000, 1);
+        t.update(50, &[receiving(500_000), near], 300, 0.05, 3000, 1);
         let h = t.paths.get_mut(&1).unwrap();
-        assert_eq!(h.probe_timeout_ms(), 300);
+        assert_eq!(
+            h.probe_pair.map(|(_, r)| r.to_string()),
+            Some("10.9.9.9".into())
+        );
+        // The path's srtt is its best subflow's (the near server's); the
+        // probe's cap is the probed remote's srtt + 4 rttvar.
+        assert_eq!(h.srtt_ms, Some(5.0));
+        assert_eq!(h.silence_probe_tcp_ms(), 300);
         assert_eq!(h.silence_probe_timeout_ms(0), 200);
         assert!(h
             .silence_probe_basis(0)
@@ -1466,15 +1543,13 @@ mod tests {
         // than srtt + 4 rttvar.
         h.min_rtt_ms = Some(2.0);
         assert_eq!(h.silence_probe_timeout_ms(0), 22);
-        h.srtt_ms = Some(2.0);
-        h.rttvar_ms = Some(1.0);
+        h.probed_rtt_ms = Some((2.0, 1.0));
         assert_eq!(h.silence_probe_timeout_ms(0), 12);
         assert!(h.silence_probe_basis(0).contains("srtt + 4 rttvar"));
         // A slow answer makes the next silence probes wait twice it, less
         // and less over minutes.
         h.min_rtt_ms = Some(100.0);
-        h.srtt_ms = Some(100.0);
-        h.rttvar_ms = Some(50.0);
+        h.probed_rtt_ms = Some((100.0, 50.0));
         h.probe_answered(140.0, 1000);
         h.probe_answered(110.0, 2000);
         assert_eq!(h.silence_probe_timeout_ms(2000), 276);
@@ -1482,9 +1557,47 @@ mod tests {
             h.silence_probe_timeout_ms(1000 + SLOW_ECHO_HALF_LIFE_MS),
             200
         );
-        // Without a minimum RTT, TCP's figure.
+        // Without a minimum RTT, TCP's figure; without the probed
+        // remote's, the path's.
         h.min_rtt_ms = None;
         assert_eq!(h.silence_probe_timeout_ms(2000), 300);
+        h.probed_rtt_ms = None;
+        assert_eq!(
+            h.silence_probe_timeout_ms(2000),
+            15,
+            "the near server's 5 + 10"
+        );
         assert!(h.silence_probe_basis(2000).contains("unknown"));
+    }
+
+    /// Results name only the path and the remote: with two probes of one
+    /// path under way, one's answer was taken for the other's.
+    #[test]
+    fn one_probe_of_a_path_is_under_way_at_a_time() {
+        let local: IpAddr = "10.0.1.1".parse().unwrap();
+        let remote: IpAddr = "10.9.9.9".parse().unwrap();
+        let mut h = PathHealth {
+            rx_silent_ms: 50,
+            probe_pair: Some((local, remote)),
+            stall_pair: Some((local, remote)),
+            stalled_ms: 1000,
+            outstanding: true,
+            ..Default::default()
+        };
+        assert!(h.wants_probe());
+        assert!(h.wants_stall_probe(300, 0));
+        h.stall_probe_sent(remote, 0);
+        assert!(!h.wants_probe(), "a stall probe is under way");
+        assert!(h.stall_probe_under_way(remote) && !h.silence_probe_under_way(remote));
+        h.stall_probe_result(remote, true, 300);
+        assert!(h.wants_probe());
+        h.silence_probe_sent(40);
+        assert!(h.silence_probe_under_way(remote) && !h.stall_probe_under_way(remote));
+        assert!(
+            !h.wants_stall_probe(300, 5000),
+            "a silence probe is under way"
+        );
+        h.silence_probe_answered(3.0, 5000);
+        assert!(h.wants_stall_probe(300, 5000));
     }
 }

@@ -596,12 +596,12 @@ fn receiving(rx_bytes: u64, last_rx_ms: u32) -> P {
 }
 
 #[test]
-fn a_receiving_path_that_goes_silent_is_probed_once() {
+fn a_receiving_path_that_goes_silent_is_probed() {
     let (mut s, _) = sim(PathMode::Handover);
     s.health(0, receiving(0, 0), ok(60, 0));
     s.health(100, receiving(500_000, 1), ok(60, 0));
-    // Silent for 20 ms: not yet (2 RTTs = 40 ms); the next round is due
-    // when the silence would reach it.
+    // Silent for 20 ms: not yet (one RTT, at least 40 ms); the next round
+    // is due when the silence would reach it.
     assert!(probes(&s.health(120, receiving(500_000, 20), ok(60, 0))).is_empty());
     assert_eq!(s.p.health_check_due_in_ms(), Some(20));
     let ds = s.health(140, receiving(500_000, 40), ok(60, 0));
@@ -612,7 +612,7 @@ fn a_receiving_path_that_goes_silent_is_probed_once() {
         "{}",
         ds[0].reason
     );
-    // Once per silence.
+    // Not again while it is under way.
     assert!(probes(&s.health(200, receiving(500_000, 100), ok(60, 0))).is_empty());
     // Answered: the sender just has nothing to send; nothing changes.
     let ds = s.at(

@@ -146,27 +146,34 @@ impl Policy {
         let Some(h) = self.health.paths.get_mut(&ifindex) else {
             return false;
         };
-        if let Some(rtt) = rtt_ms {
-            h.probe_answered(rtt, now_ms);
-            if h.probe_pair.is_some_and(|(_, r)| r == remote) {
-                h.silence_probe_answered();
+        // One probe of a path is under way at a time (`wants_probe`,
+        // `wants_stall_probe`), so the result is that probe's.
+        let changed = if h.stall_probe_under_way(remote) {
+            // About a wait for an ACK: unanswered while the path is
+            // stalled, the path is unreachable.
+            h.stall_probe_result(remote, answered, stall_ms)
+        } else if h.silence_probe_under_way(remote) {
+            match rtt_ms {
+                Some(rtt) => {
+                    h.silence_probe_answered(rtt, now_ms);
+                    false
+                }
+                // Unanswered while data is still missing (data coming back
+                // meanwhile ends the silence the probe was about).
+                None if h.rx_silent_ms >= h.probe_after_ms() && h.unreachable.is_none() => {
+                    let why = format!(
+                        "unreachable: data stopped {} ms ago and {remote} did not answer a probe within {} ms",
+                        h.rx_silent_ms,
+                        h.silence_probe_waited_ms()
+                    );
+                    h.mark_unreachable(why);
+                    true
+                }
+                None => false,
             }
-        }
-        // A probe about a wait for an ACK: unanswered while the path is
-        // stalled, the path is unreachable.
-        let mut changed = h.stall_probe_result(remote, answered, stall_ms);
-        // A probe about a silence: answered, or data came back meanwhile
-        // (which ends the silence the probe was for), the path is there.
-        if !answered && h.probed && h.rx_silent_ms >= h.probe_after_ms() && h.unreachable.is_none()
-        {
-            let why = format!(
-                "unreachable: data stopped {} ms ago and {remote} did not answer a probe within {} ms",
-                h.rx_silent_ms,
-                h.silence_probe_timeout_ms(now_ms)
-            );
-            h.mark_unreachable(why);
-            changed = true;
-        }
+        } else {
+            false
+        };
         if !changed {
             return false;
         }

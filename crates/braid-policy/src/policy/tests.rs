@@ -107,7 +107,7 @@ fn a_probe_that_could_not_be_sent_is_sent_again() {
     let ds = silence(&mut p, "203.0.113.1:443");
     let sent = probes(&ds);
     assert_eq!(sent.len(), 1, "{ds:?}");
-    // Once per silence while it is under way.
+    // Not again while it is under way.
     let ds = p.handle(receiving("203.0.113.1:443", 500_000, 60), 160);
     assert!(probes(&ds).is_empty(), "{ds:?}");
     p.handle(
@@ -118,7 +118,7 @@ fn a_probe_that_could_not_be_sent_is_sent_again() {
         },
         170,
     );
-    let ds = p.handle(receiving("203.0.113.1:443", 500_000, 80), 180);
+    let ds = p.handle(receiving("203.0.113.1:443", 500_000, 60), 180);
     assert_eq!(probes(&ds), sent, "{ds:?}");
 }
 

@@ -8,9 +8,11 @@ impl Policy {
     /// its subflows makes the kernel resend their unacknowledged data at
     /// once on the path that takes over, instead of waiting for timeouts on
     /// the dead one. Reopened subflows tell when the path works again.
-    /// A path that was receiving and went silent is probed once: a
-    /// receiver has nothing outstanding, so silence alone cannot tell a
-    /// dead path from a sender with nothing to send.
+    /// A path that was receiving and went silent is probed, and probed
+    /// again while the silence lasts if it answered (see
+    /// `PathHealth::next_silence_probe_ms`): a receiver has nothing
+    /// outstanding, so silence alone cannot tell a dead path from a
+    /// sender with nothing to send. One probe of a path at a time.
     pub(super) fn probes_due(&mut self) {
         let (v4, v6) = self.probing();
         let can_probe = |remote: &IpAddr| if remote.is_ipv6() { v6 } else { v4 };
@@ -71,7 +73,8 @@ impl Policy {
             } else {
                 ""
             };
-            h.silence_probe_sent();
+            let timeout_ms = h.silence_probe_timeout_ms(now);
+            h.silence_probe_sent(timeout_ms);
             let reason = format!(
                 "{} was receiving and no data has come for {} ms (probed after {} ms: one smoothed RTT, at least {PROBE_AFTER_MIN_MS}{again}): is the path still there? (an answer is due within {})",
                 link_name(&self.links, *ifindex),
@@ -79,7 +82,6 @@ impl Policy {
                 h.probe_after_ms(),
                 h.silence_probe_basis(now)
             );
-            let timeout_ms = h.silence_probe_timeout_ms(now);
             self.probes_pending
                 .push(probe_decision(*ifindex, local, remote, timeout_ms, reason));
         }
