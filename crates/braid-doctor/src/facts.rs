@@ -14,8 +14,8 @@ pub struct Facts {
     /// `net.mptcp.path_manager`, when readable.
     pub path_manager: Option<String>,
     /// The in-kernel path manager's limits and endpoints, or why they could
-    /// not be read.
-    pub pm_table: Result<PmTable, Error>,
+    /// not be read; None when not asked (no MPTCP in this kernel).
+    pub pm_table: Option<Result<PmTable, Error>>,
     /// Links and addresses, when they could be read.
     pub interfaces: Option<Interfaces>,
     /// MPTCP sockets, when sock_diag answered.
@@ -72,7 +72,7 @@ pub fn read(daemon_answers: bool) -> Facts {
         mptcp_enabled: sysctl::read("enabled").ok().map(|v| v == "1"),
         path_manager: sysctl::path_manager().ok(),
         // Not asked: without MPTCP there is no path manager to ask.
-        pm_table: Err(Error::NoMptcpFamily),
+        pm_table: None,
         interfaces: None,
         connections: None,
         no_dss_in_window: 0,
@@ -82,12 +82,12 @@ pub fn read(daemon_answers: bool) -> Facts {
         return facts;
     }
     facts.interfaces = Interfaces::load().ok();
-    facts.pm_table = PathManager::open().and_then(|mut pm| {
+    facts.pm_table = Some(PathManager::open().and_then(|mut pm| {
         Ok(PmTable {
             limits: pm.limits()?,
             endpoints: pm.endpoints()?,
         })
-    });
+    }));
     facts.connections = diag::connections(true)
         .ok()
         .map(|conns| ConnectionSummary::of(&conns));

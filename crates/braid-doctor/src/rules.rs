@@ -50,17 +50,19 @@ pub fn hints(facts: &Facts) -> Vec<Hint> {
     }
     let pm = facts.path_manager.as_deref();
     match &facts.pm_table {
-        Ok(table) => {
+        Some(Ok(table)) => {
             limit_hints(&mut hints, &table.limits, &table.endpoints, pm);
             if let Some(ifs) = &facts.interfaces {
                 interface_hints(&mut hints, &table.endpoints, ifs);
             }
         }
-        Err(e) => pm_unreadable(&mut hints, e),
+        Some(Err(e)) => pm_unreadable(&mut hints, e),
+        // Only without MPTCP, which returned above.
+        None => {}
     }
     let endpoints = match &facts.pm_table {
-        Ok(PmTable { endpoints, .. }) => endpoints.as_slice(),
-        Err(_) => &[],
+        Some(Ok(PmTable { endpoints, .. })) => endpoints.as_slice(),
+        _ => &[],
     };
     server_hints(&mut hints, facts, endpoints);
     if facts.no_dss_in_window > 0 {

@@ -50,8 +50,8 @@ fn gather(socket: &std::path::Path) -> Status {
         ..
     } = facts;
     let (limits, endpoints) = match pm_table {
-        Ok(t) => (Some(t.limits), t.endpoints),
-        Err(_) => (None, Vec::new()),
+        Some(Ok(t)) => (Some(t.limits), t.endpoints),
+        _ => (None, Vec::new()),
     };
     let connections = connections.unwrap_or_default();
     Status {

@@ -48,13 +48,13 @@ fn healthy() -> Facts {
         mptcp_available: true,
         mptcp_enabled: Some(true),
         path_manager: Some("kernel".into()),
-        pm_table: Ok(PmTable {
+        pm_table: Some(Ok(PmTable {
             limits: Limits {
                 subflows: 2,
                 add_addr_accepted: 1,
             },
             endpoints: vec![endpoint(1, "192.0.2.2", SUBFLOW, Some(2))],
-        }),
+        })),
         interfaces: Some(Interfaces::new(
             vec![link(1, "eth0", true, true), link(2, "wlan0", true, true)],
             vec![address(1, "192.0.2.1"), address(2, "192.0.2.2")],
@@ -66,7 +66,7 @@ fn healthy() -> Facts {
 }
 
 fn table(f: &mut Facts) -> &mut PmTable {
-    f.pm_table.as_mut().ok().unwrap()
+    f.pm_table.as_mut().unwrap().as_mut().ok().unwrap()
 }
 
 fn problems(f: &Facts) -> Vec<String> {
@@ -111,7 +111,7 @@ fn disabled_mptcp() {
 
 fn unreadable_fix(e: Error) -> String {
     let mut f = healthy();
-    f.pm_table = Err(e);
+    f.pm_table = Some(Err(e));
     // Without a table the 'no endpoints' rule fires too, unless a daemon
     // answers.
     f.daemon_answers = true;
