@@ -12,6 +12,7 @@
 use std::collections::BTreeSet;
 
 use braid_kernel::diag::{SocketKey, Subflow};
+use braid_kernel::events::EventKind;
 
 /// A full dump at least this often.
 pub const FULL_EVERY_MS: u64 = 2000;
@@ -69,10 +70,25 @@ impl Census {
         out
     }
 
-    /// A subflow may have come that no lookup would find (a connection or
-    /// a subflow established, MPTCP events lost): the next round dumps.
+    /// A subflow may have come that no lookup would find (MPTCP events
+    /// lost): the next round dumps.
     pub fn may_have_new(&mut self) {
         self.last_dump_ms = None;
+    }
+
+    /// An MPTCP event: one that can bring a subflow (a connection created
+    /// or established, a subflow established, a kind this version does
+    /// not know) makes the next round dump.
+    pub fn mptcp_event(&mut self, kind: EventKind) {
+        if matches!(
+            kind,
+            EventKind::Created
+                | EventKind::Established
+                | EventKind::SubEstablished
+                | EventKind::Unknown(_)
+        ) {
+            self.may_have_new();
+        }
     }
 }
 
@@ -123,7 +139,12 @@ mod tests {
     fn new_subflows_lost_events_none_known_or_too_many_make_a_dump() {
         let mut c = Census::default();
         c.dumped(&[subflow(1000)], 0);
-        c.may_have_new();
+        c.mptcp_event(EventKind::SubClosed);
+        assert!(
+            matches!(c.plan(5), Plan::Lookup(_)),
+            "a closed subflow is not a new one"
+        );
+        c.mptcp_event(EventKind::SubEstablished);
         assert_eq!(c.plan(10), Plan::Dump);
         c.dumped(&[], 20);
         assert_eq!(c.plan(30), Plan::Dump, "nothing to look up");

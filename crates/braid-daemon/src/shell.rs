@@ -410,15 +410,7 @@ impl Shell {
         match item {
             Ok(StreamItem::Event(ev)) => {
                 let kind = ev.kind;
-                if matches!(
-                    kind,
-                    EventKind::Created
-                        | EventKind::Established
-                        | EventKind::SubEstablished
-                        | EventKind::Unknown(_)
-                ) {
-                    self.census.may_have_new();
-                }
+                self.census.mptcp_event(kind);
                 self.journal
                     .record(unix_ms_now(), What::Mptcp { event: ev.clone() });
                 let now = self.now_ms();
@@ -1023,26 +1015,24 @@ enum HealthRound {
 }
 
 fn health_round(census: &mut Census, now_ms: u64) -> HealthRound {
-    let subflows = match census.plan(now_ms) {
-        Plan::Lookup(keys) => match braid_kernel::diag::lookup_subflows(&keys) {
-            Ok(found) => census.looked_up(&keys, found),
-            Err(e) => return HealthRound::Failed(e),
-        },
-        Plan::Dump => Vec::new(),
-    };
-    // Dumped when planned, and when every subflow looked up has gone (to
-    // tell "none left" from "others came").
-    let subflows = if subflows.is_empty() {
-        match braid_kernel::diag::subflows() {
-            Ok(s) => {
-                census.dumped(&s, now_ms);
-                s
+    if let Plan::Lookup(keys) = census.plan(now_ms) {
+        match braid_kernel::diag::lookup_subflows(&keys) {
+            Ok(found) => {
+                let left = census.looked_up(&keys, found);
+                if !left.is_empty() {
+                    return HealthRound::Subflows(left);
+                }
             }
             Err(e) => return HealthRound::Failed(e),
         }
-    } else {
-        subflows
+    }
+    // A dump: planned, or every subflow looked up has gone (to tell "none
+    // left" from "others came").
+    let subflows = match braid_kernel::diag::subflows() {
+        Ok(s) => s,
+        Err(e) => return HealthRound::Failed(e),
     };
+    census.dumped(&subflows, now_ms);
     if subflows.is_empty() {
         return HealthRound::NoSubflows;
     }
