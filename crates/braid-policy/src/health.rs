@@ -256,7 +256,7 @@ impl PathHealth {
     /// srtt + 10 ms.
     pub fn probe_timeout_ms(&self) -> u64 {
         match (self.srtt_ms, self.rttvar_ms) {
-            (Some(srtt), Some(var)) => (srtt + (4.0 * var).max(10.0)) as u64,
+            (Some(srtt), Some(var)) => ack_wait_ms(srtt, var),
             _ => 200,
         }
     }
@@ -286,7 +286,7 @@ impl PathHealth {
     /// subflow, else of the path's.
     fn silence_probe_tcp_ms(&self) -> u64 {
         match self.probed_rtt_ms {
-            Some((srtt, var)) => (srtt + (4.0 * var).max(10.0)) as u64,
+            Some((srtt, var)) => ack_wait_ms(srtt, var),
             None => self.probe_timeout_ms(),
         }
     }
@@ -358,7 +358,7 @@ impl PathHealth {
     pub fn stall_probe_under_way(&self, remote: IpAddr) -> bool {
         self.stall_probe
             .as_ref()
-            .is_some_and(|p| p.remote == remote && p.answered.is_none() && !p.failed)
+            .is_some_and(|p| p.remote == remote && p.pending())
     }
 
     /// The probe of the current silence was answered after `rtt_ms`: the
@@ -376,10 +376,7 @@ impl PathHealth {
         self.rx_silent_ms > 0
             && self.rx_silent_ms >= self.next_silence_probe_ms()
             && !self.probed
-            && !self
-                .stall_probe
-                .as_ref()
-                .is_some_and(|p| p.answered.is_none() && !p.failed)
+            && !self.stall_probe.as_ref().is_some_and(StallProbe::pending)
             && self.unreachable.is_none()
             && self.probe_pair.is_some()
     }
@@ -767,6 +764,19 @@ pub struct StallProbe {
     pub unanswered_why: Option<String>,
     /// It could not be sent: no answer will come.
     pub failed: bool,
+}
+
+impl StallProbe {
+    /// Sent, and neither answered nor known to have failed.
+    fn pending(&self) -> bool {
+        self.answered.is_none() && !self.failed
+    }
+}
+
+/// What TCP would wait for an ACK before its (minimum-free) timeout:
+/// srtt + 4 rttvar, at least srtt + 10 ms.
+fn ack_wait_ms(srtt_ms: f64, rttvar_ms: f64) -> u64 {
+    (srtt_ms + (4.0 * rttvar_ms).max(10.0)) as u64
 }
 
 /// One remote host's retransmission rate on a path, kept like the path's.
