@@ -70,11 +70,7 @@ fn setup(tag: &str) -> (String, common::Namespaces) {
     (ns, guard)
 }
 
-/// One redirected UDP exchange: `sender` sends to `target` (redirected to
-/// `relay`, bound at `relay_addr`); the relay finds the original
-/// destination and answers, and the sender sees the answer come from
-/// `target`. Returns (peer as the relay saw it, original destination,
-/// where the answer came from).
+/// Bind `addr`, retrying for up to 1 s while the port is still in use.
 fn bind_retrying(addr: SocketAddr) -> Result<UdpSocket, Error> {
     let mut tries = 0;
     loop {
@@ -88,6 +84,11 @@ fn bind_retrying(addr: SocketAddr) -> Result<UdpSocket, Error> {
     }
 }
 
+/// One redirected UDP exchange: `sender` sends to `target` (redirected to
+/// `relay`, bound at `relay_addr`); the relay finds the original
+/// destination and answers, and the sender sees the answer come from
+/// `target`. Returns (peer as the relay saw it, original destination,
+/// where the answer came from).
 fn udp_exchange(
     relay: &UdpSocket,
     relay_addr: SocketAddr,
