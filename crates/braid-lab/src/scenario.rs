@@ -358,6 +358,9 @@ fn inject(
             } else {
                 Cut::Blackhole
             };
+            if how == Cut::Carrier {
+                lab.wait_for_quiet_link_watch();
+            }
             lab.cut(0, how)?;
             record(
                 events,
@@ -396,6 +399,7 @@ fn inject(
             );
             at.addr_at = Some(events.last().unwrap().t_ms);
             sleep_until(t0, d_ms * 0.6);
+            lab.wait_for_quiet_link_watch();
             lab.cut(0, Cut::Carrier)?;
             record(
                 events,
@@ -407,6 +411,7 @@ fn inject(
         }
         Scenario::Flap => {
             sleep_until(t0, d_ms * 0.3);
+            lab.wait_for_quiet_link_watch();
             lab.remove_client_addr(0)?;
             lab.cut(0, Cut::Carrier)?;
             record(

@@ -199,7 +199,9 @@ pub struct SweepArgs {
     /// Runs per cell and path manager.
     #[arg(long, default_value_t = 5)]
     pub repeat: usize,
-    /// Length of a failover run (the primary fails at 40 %).
+    /// Length of a failover run (the primary fails at 40 %, a carrier cut
+    /// no sooner than 2 s after the lab came up: see the kernel's link watch
+    /// in docs/benchmarks.md).
     #[arg(long, default_value = "4s")]
     pub duration: String,
     /// Length of a lossy-primary probe run.
