@@ -31,6 +31,17 @@ pub struct SubflowSample {
     pub min_rtt_us: u32,
 }
 
+/// The probes of a receiving path's current silence.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct SilenceProbes {
+    /// How many went out.
+    sent: u32,
+    /// How long the silence had lasted when the last went out.
+    last_at_silence_ms: u64,
+    /// How long the last waits for its answer.
+    last_waits_ms: u64,
+}
+
 /// What the policy knows about one interface's paths.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct PathHealth {
@@ -103,10 +114,8 @@ pub struct PathHealth {
     /// A probe of the current silence is under way (or went unanswered).
     #[serde(skip)]
     pub probed: bool,
-    /// Probes of the current silence so far, how long it had lasted when
-    /// the last went out, and how long that one waits for its answer.
     #[serde(skip)]
-    silence_probes: (u32, u64, u64),
+    silence_probes: SilenceProbes,
     #[serde(skip)]
     rx_active_ms: Option<u64>,
     /// Received in bulk within `RX_MEMORY_MS`.
@@ -328,25 +337,28 @@ impl PathHealth {
     /// kernel's own timers took 526 ms in the lab (1/10 ms, 1 % loss).
     pub fn next_silence_probe_ms(&self) -> u64 {
         let after = self.probe_after_ms();
-        match self.silence_probes {
-            (0, _, _) => after,
-            (n, at, _) => at.saturating_add(after.saturating_mul(1 << (n - 1).min(6))),
+        match self.silence_probes.sent {
+            0 => after,
+            n => self
+                .silence_probes
+                .last_at_silence_ms
+                .saturating_add(after.saturating_mul(1 << (n - 1).min(6))),
         }
     }
 
     /// A probe of the current silence went out, waiting `timeout_ms`.
     pub fn silence_probe_sent(&mut self, timeout_ms: u64) {
         self.probed = true;
-        self.silence_probes = (
-            self.silence_probes.0.saturating_add(1),
-            self.rx_silent_ms,
-            timeout_ms,
-        );
+        self.silence_probes = SilenceProbes {
+            sent: self.silence_probes.sent.saturating_add(1),
+            last_at_silence_ms: self.rx_silent_ms,
+            last_waits_ms: timeout_ms,
+        };
     }
 
     /// How long the last probe of the silence waited for its answer.
     pub fn silence_probe_waited_ms(&self) -> u64 {
-        self.silence_probes.2
+        self.silence_probes.last_waits_ms
     }
 
     /// Whether a probe of this path's silence to `remote` is under way.
@@ -525,7 +537,7 @@ impl PathHealth {
         if self.silence_probe_under_way(remote) {
             // Not sent: it does not count, the next round sends it again.
             self.probed = false;
-            self.silence_probes.0 = self.silence_probes.0.saturating_sub(1);
+            self.silence_probes.sent = self.silence_probes.sent.saturating_sub(1);
         }
     }
 
@@ -942,7 +954,7 @@ fn observe_receiving(
         if grew >= RX_ACTIVE_BYTES {
             h.rx_active_ms = Some(now_ms);
             h.probed = false;
-            h.silence_probes = (0, 0, 0);
+            h.silence_probes = SilenceProbes::default();
             h.clear_unreachable();
             h.probe_pair = Some((s.local.ip(), s.remote.ip()));
         }
@@ -953,8 +965,8 @@ fn observe_receiving(
     let quiet = subs.iter().map(|s| s.last_data_recv_ms).min().unwrap_or(0) as u64;
     h.rx_silent_ms = if h.rx_recent { quiet } else { 0 };
     // Data came since the last probe went out: a new silence.
-    if h.rx_silent_ms < h.silence_probes.1 {
-        h.silence_probes = (0, 0, 0);
+    if h.rx_silent_ms < h.silence_probes.last_at_silence_ms {
+        h.silence_probes = SilenceProbes::default();
     }
 }
 
