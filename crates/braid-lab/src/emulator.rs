@@ -61,6 +61,15 @@ pub struct DirCounters {
 struct Direction {
     shaper: Mutex<Shaper>,
     stats: DirStats,
+    /// The path's carrier, as at the client's end of the wire (a cable
+    /// pull or a radio lost there): cut, nothing more leaves the client,
+    /// and nothing still on the wire reaches it. Needed besides the
+    /// devices' carrier: a TUN device without carrier still takes the
+    /// packets written to it, and its kernel goes on sending into it until
+    /// its link watch runs (up to a second later when that is busy).
+    carrier: AtomicBool,
+    /// Server to client (else client to server).
+    to_client: bool,
 }
 
 struct PathState {
@@ -68,7 +77,6 @@ struct PathState {
     server_fd: Arc<OwnedFd>,
     /// [client->server, server->client]
     dirs: [Arc<Direction>; 2],
-    carrier: AtomicBool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -107,6 +115,10 @@ fn pump(input: Arc<OwnedFd>, output: Arc<OwnedFd>, dir: Arc<Direction>, stop: Ar
         let now = mono_ns();
         while queue.peek().is_some_and(|Reverse((t, _, _))| *t <= now) {
             let Reverse((_, _, pkt)) = queue.pop().unwrap();
+            if dir.to_client && !dir.carrier.load(Ordering::Relaxed) {
+                dir.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             // SAFETY: writing a buffer we own to an open descriptor.
             let n = unsafe {
                 libc::write(
@@ -119,7 +131,7 @@ fn pump(input: Arc<OwnedFd>, output: Arc<OwnedFd>, dir: Arc<Direction>, stop: Ar
                 dir.stats.packets_out.fetch_add(1, Ordering::Relaxed);
                 dir.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
             } else {
-                // The far side has no carrier or is gone: the packet is lost.
+                // The far side is gone: the packet is lost.
                 dir.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -151,7 +163,11 @@ fn pump(input: Arc<OwnedFd>, output: Arc<OwnedFd>, dir: Arc<Direction>, stop: Ar
             let n = n as usize;
             let now = mono_ns();
             dir.stats.packets_in.fetch_add(1, Ordering::Relaxed);
-            let verdict = dir.shaper.lock().unwrap().on_packet(now, n);
+            let verdict = if dir.to_client || dir.carrier.load(Ordering::Relaxed) {
+                dir.shaper.lock().unwrap().on_packet(now, n)
+            } else {
+                Verdict::Drop
+            };
             match verdict {
                 Verdict::Drop => {
                     dir.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -207,9 +223,12 @@ fn handle(req: Request, paths: &[PathState], stop: &AtomicBool) -> Reply {
             ok
         }),
         Request::Carrier { path: k, up } => path(k).and_then(|p| {
+            // Packets stop (or flow again) first, then the kernels hear.
+            for d in &p.dirs {
+                d.carrier.store(up, Ordering::Relaxed);
+            }
             tun::set_carrier(&p.client_fd, up).map_err(|e| e.to_string())?;
             tun::set_carrier(&p.server_fd, up).map_err(|e| e.to_string())?;
-            p.carrier.store(up, Ordering::Relaxed);
             Ok(ok)
         }),
         Request::Stats => Ok(Reply {
@@ -243,6 +262,8 @@ pub fn run(cfg: EmulatorConfig) -> Result<(), LabError> {
             Arc::new(Direction {
                 shaper: Mutex::new(Shaper::new(*spec, cfg.seed.wrapping_add(k as u64 * 2 + d))),
                 stats: DirStats::default(),
+                carrier: AtomicBool::new(true),
+                to_client: d == 1,
             })
         });
         for (d, (input, output)) in [
@@ -264,7 +285,6 @@ pub fn run(cfg: EmulatorConfig) -> Result<(), LabError> {
             client_fd,
             server_fd,
             dirs,
-            carrier: AtomicBool::new(true),
         });
     }
     let _ = std::fs::remove_file(&cfg.control);
