@@ -74,7 +74,6 @@ struct Direction {
 
 struct PathState {
     client_fd: Arc<OwnedFd>,
-    server_fd: Arc<OwnedFd>,
     /// [client->server, server->client]
     dirs: [Arc<Direction>; 2],
 }
@@ -223,12 +222,15 @@ fn handle(req: Request, paths: &[PathState], stop: &AtomicBool) -> Reply {
             ok
         }),
         Request::Carrier { path: k, up } => path(k).and_then(|p| {
-            // Packets stop (or flow again) first, then the kernels hear.
+            // Packets stop (or flow again) first, then the client's kernel
+            // hears. The server's device keeps its carrier: a server is far
+            // from the client's cable or radio, and its kernel goes on
+            // sending into the path (with its queue and rate) until TCP or
+            // MPTCP gives up on it.
             for d in &p.dirs {
                 d.carrier.store(up, Ordering::Relaxed);
             }
             tun::set_carrier(&p.client_fd, up).map_err(|e| e.to_string())?;
-            tun::set_carrier(&p.server_fd, up).map_err(|e| e.to_string())?;
             Ok(ok)
         }),
         Request::Stats => Ok(Reply {
@@ -281,11 +283,7 @@ pub fn run(cfg: EmulatorConfig) -> Result<(), LabError> {
                     .map_err(|e| LabError::Io(format!("spawning emulator thread: {e}")))?,
             );
         }
-        paths.push(PathState {
-            client_fd,
-            server_fd,
-            dirs,
-        });
+        paths.push(PathState { client_fd, dirs });
     }
     let _ = std::fs::remove_file(&cfg.control);
     let listener = UnixListener::bind(&cfg.control).map_err(|e| {

@@ -98,7 +98,9 @@ pub const LINK_WATCH_QUIET: Duration = Duration::from_millis(2050);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cut {
-    /// Carrier loss on both ends of the path (a cable pull).
+    /// Carrier loss at the client's end of the path (a cable pulled or a
+    /// radio lost there): nothing passes from that moment, the client's
+    /// device has NO-CARRIER, the server's keeps its carrier.
     Carrier,
     /// Everything silently dropped; links stay up.
     Blackhole,
