@@ -341,6 +341,7 @@ pub struct Snapshot {
     pub probes: u64,
     pub probes_unanswered: u64,
     pub link_events: u64,
+    pub carrier_losses_polled: u64,
     pub address_events: u64,
     pub route_events: u64,
     pub resyncs: u64,
@@ -408,8 +409,9 @@ pub const MPTCP_EVENTS: [&str; 11] = [
 ];
 
 /// The daemon's own errors, by kind.
-pub const ERRORS: [&str; 6] = [
+pub const ERRORS: [&str; 7] = [
     "health_poll",
+    "link_poll",
     "state_file",
     "rtnetlink",
     "mptcp_events",
@@ -738,6 +740,12 @@ fn render_kernel_events(o: &mut Out, s: &Snapshot) {
             ],
         ),
     );
+    o.single(
+        "braid_carrier_losses_polled_total",
+        COUNTER,
+        "Carrier losses read in a health round before the kernel announced them over rtnetlink (its link watch holds such a change up to a second).",
+        Value::Int(s.carrier_losses_polled),
+    );
     o.family(
         "braid_endpoints",
         GAUGE,
@@ -771,7 +779,7 @@ fn render_daemon_health(o: &mut Out, s: &Snapshot) {
     o.family(
         "braid_errors_total",
         COUNTER,
-        "The daemon's own errors, by kind: health_poll (sock_diag failed), state_file (writing it failed), rtnetlink and mptcp_events (reading failed), mptcp_events_lost (the kernel dropped events: ENOBUFS), textfile (writing metrics.textfile failed).",
+        "The daemon's own errors, by kind: health_poll (sock_diag failed), link_poll (reading the links in a health round failed), state_file (writing it failed), rtnetlink and mptcp_events (reading failed), mptcp_events_lost (the kernel dropped events: ENOBUFS), textfile (writing metrics.textfile failed).",
         by_label("kind", known_then_rest(&ERRORS, statics(&s.errors))),
     );
 }

@@ -267,9 +267,15 @@ impl Shell {
         let now = self.now_ms();
         // What may change which paths exist or carry traffic without a
         // decision (a snapshot, a link or address change).
-        let paths_may_change = !matches!(
+        let polled_before = self.policy.counters().carrier_losses_polled;
+        let polled = matches!(ev, Event::LinksPolled(_));
+        let mut paths_may_change = !matches!(
             ev,
-            Event::Health(_) | Event::Mptcp(_) | Event::ProbeResult { .. } | Event::Tick
+            Event::Health(_)
+                | Event::Mptcp(_)
+                | Event::ProbeResult { .. }
+                | Event::Tick
+                | Event::LinksPolled(_)
         );
         if !matches!(ev, Event::Snapshot { .. }) {
             if let Some(text) = ev.summary() {
@@ -278,6 +284,19 @@ impl Shell {
         }
         let decisions = self.policy.handle(ev, now);
         let count = decisions.len();
+        if polled && self.policy.counters().carrier_losses_polled > polled_before {
+            paths_may_change = true;
+            info!(
+                "a carrier loss was read in a health round before the kernel announced it \
+                 (its link watch holds such a change up to a second)"
+            );
+            self.journal.record(
+                unix_ms_now(),
+                What::Change {
+                    text: "carrier loss read before the kernel announced it".into(),
+                },
+            );
+        }
         if decisions.iter().any(|d| touches_state(&d.action)) {
             // Intent first: the file names every endpoint and route this
             // batch may leave changed before the kernel is touched, so a
@@ -375,6 +394,22 @@ impl Shell {
             };
             if let Err(f) = self.send_echo(0, action, true) {
                 debug!(error = %f.error, "loss echo not sent");
+            }
+        }
+    }
+
+    /// Read the links while connections are measured: a carrier loss the
+    /// kernel has not announced yet is taken at once (see
+    /// `Event::LinksPolled`). A failed read is counted, not fatal: the
+    /// announcement still comes.
+    fn poll_links(&mut self) {
+        match rtnl::links() {
+            Ok(links) => {
+                self.feed(Event::LinksPolled(links));
+            }
+            Err(e) => {
+                self.tallies.error("link_poll");
+                debug!(error = %e, "reading the links in a health round failed");
             }
         }
     }
@@ -479,6 +514,7 @@ impl Shell {
             probes: c.probes,
             probes_unanswered: c.probes_unanswered,
             link_events: c.link_events,
+            carrier_losses_polled: c.carrier_losses_polled,
             address_events: c.address_events,
             route_events: c.route_events,
             resyncs: c.resyncs,
@@ -1081,6 +1117,7 @@ fn poll_health(shell: &mut Shell) -> Option<tokio::time::Instant> {
     match health_round(&mut shell.census, now_ms) {
         HealthRound::Subflows(subflows) => {
             shell.health_ok();
+            shell.poll_links();
             shell.account_subflows(&subflows);
             shell.feed(Event::Health(samples_of(&subflows)));
             shell.conns_health(&subflows);

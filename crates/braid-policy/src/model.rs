@@ -41,6 +41,13 @@ pub enum Event {
         limits: Limits,
     },
     LinkChanged(Link),
+    /// The links as read during a health round. The kernel announces a
+    /// carrier loss through its link watch, which holds a change that is
+    /// not urgent (a NIC's or a TUN's carrier loss is not) up to a second
+    /// after its previous run, for all namespaces together; a read shows
+    /// the carrier as it is. Only a carrier loss not yet announced is
+    /// taken from it: the rest comes with the announcements.
+    LinksPolled(Vec<Link>),
     LinkRemoved {
         index: u32,
     },
@@ -134,6 +141,7 @@ impl Event {
             Event::ActionFailed { .. }
             | Event::Mptcp(_)
             | Event::Health(_)
+            | Event::LinksPolled(_)
             | Event::LossEcho { .. }
             | Event::Tick => return None,
         })

@@ -196,6 +196,67 @@ fn carrier_loss_removes_and_recovery_restores() {
         .is_empty());
 }
 
+/// The kernel announces a carrier loss through its link watch, up to a
+/// second late; the links read in a health round show it at once. Only
+/// that is taken from a read: a carrier that came back, a link that went
+/// down, anything else waits for the kernel's announcement.
+#[test]
+fn a_carrier_loss_read_before_the_kernel_announces_it_is_acted_on() {
+    let mut s = Sim::new(Config::default());
+    s.snapshot(vec![]);
+    let read = |wlan0_carrier: bool| {
+        Event::LinksPolled(vec![
+            link(2, "eth0"),
+            Link {
+                carrier: wlan0_carrier,
+                ..link(3, "wlan0")
+            },
+        ])
+    };
+    assert!(s.send(read(true)).is_empty(), "nothing changed");
+    let ds = s.send(read(false));
+    assert_eq!(removes(&ds), vec![ip("192.168.1.5")]);
+    assert!(
+        ds[0].reason.contains("wlan0 has no carrier"),
+        "{}",
+        ds[0].reason
+    );
+    assert_eq!(s.p.counters().carrier_losses_polled, 1);
+    let announced_before = s.p.counters().link_events;
+    // The announcement that follows changes nothing more, and reads while
+    // it is lost count nothing more.
+    assert!(s.send(read(false)).is_empty());
+    assert!(s
+        .send(Event::LinkChanged(Link {
+            carrier: false,
+            ..link(3, "wlan0")
+        }))
+        .is_empty());
+    assert_eq!(s.p.counters().carrier_losses_polled, 1);
+    assert_eq!(s.p.counters().link_events, announced_before + 1);
+    // A returning carrier is not taken from a read: it waits for the
+    // announcement (and then for policy.carrier_debounce_ms).
+    assert!(s.send(read(true)).is_empty());
+    assert_eq!(
+        s.p.wake_at_ms(),
+        None,
+        "a read carrier return starts no debounce"
+    );
+    // Nor is a link read as down, or one the policy does not know.
+    let ds = s.send(Event::LinksPolled(vec![
+        Link {
+            up: false,
+            ..link(2, "eth0")
+        },
+        Link {
+            carrier: false,
+            ..link(9, "usb0")
+        },
+    ]));
+    assert!(ds.is_empty(), "{ds:?}");
+    assert_eq!(s.p.counters().carrier_losses_polled, 1);
+}
+
 /// The debounce keeps a flapping link out while another path carries
 /// traffic; when the returning link is the only one, waiting would only
 /// leave the host without any path, so it is used at once.

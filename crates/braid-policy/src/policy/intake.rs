@@ -31,13 +31,22 @@ impl Policy {
             } => self.take_snapshot(links, addresses, default_routes, endpoints, limits),
             Event::LinkChanged(link) => {
                 self.counters.link_events += 1;
-                self.forget_refusals_on(link.index);
-                if !(link.up && link.carrier) {
-                    // Its measurements are about a path that is gone.
-                    self.health.paths.remove(&link.index);
+                self.take_link(link);
+            }
+            Event::LinksPolled(links) => {
+                let mut changed = false;
+                for link in links {
+                    let had_carrier = self
+                        .links
+                        .get(&link.index)
+                        .is_some_and(|known| known.up && known.carrier);
+                    if had_carrier && link.up && !link.carrier {
+                        self.counters.carrier_losses_polled += 1;
+                        self.take_link(link);
+                        changed = true;
+                    }
                 }
-                self.note_carrier(&link);
-                self.links.insert(link.index, link);
+                return changed;
             }
             Event::LinkRemoved { index } => {
                 self.counters.link_events += 1;
@@ -99,6 +108,17 @@ impl Policy {
             }
         }
         true
+    }
+
+    /// A link as it is now, announced or read.
+    fn take_link(&mut self, link: Link) {
+        self.forget_refusals_on(link.index);
+        if !(link.up && link.carrier) {
+            // Its measurements are about a path that is gone.
+            self.health.paths.remove(&link.index);
+        }
+        self.note_carrier(&link);
+        self.links.insert(link.index, link);
     }
 
     /// A round of subflow measurements.

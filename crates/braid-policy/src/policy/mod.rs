@@ -59,6 +59,10 @@ pub struct LoggedDecision {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Counters {
     pub link_events: u64,
+    /// Carrier losses read in a health round before the kernel announced
+    /// them (not in `link_events`: those are the announcements).
+    #[serde(default)]
+    pub carrier_losses_polled: u64,
     pub address_events: u64,
     pub route_events: u64,
     pub resyncs: u64,
