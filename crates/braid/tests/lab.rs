@@ -65,6 +65,32 @@ fn assert_gone(name: &str) {
     );
 }
 
+/// Whether a UDP datagram sent from `from` (in namespace `from_ns`) reaches
+/// `to` (in `to_ns`) within 500 ms: a few are sent, one is enough.
+fn udp_crosses(from_ns: &str, from: std::net::IpAddr, to_ns: &str, to: std::net::IpAddr) -> bool {
+    use std::net::{SocketAddr, UdpSocket};
+    let bind = |ns: &str, ip: std::net::IpAddr| {
+        braid_kernel::netns::run_in(ns, move || {
+            UdpSocket::bind(SocketAddr::new(ip, 0))
+                .map_err(|e| braid_kernel::Error::io(braid_kernel::error::Op::Socket, e))
+        })
+        .unwrap()
+    };
+    let rx = bind(to_ns, to);
+    let tx = bind(from_ns, from);
+    rx.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    let dest = rx.local_addr().unwrap();
+    let mut buf = [0u8; 16];
+    for _ in 0..5 {
+        let _ = tx.send_to(b"crossing", dest);
+        if rx.recv(&mut buf).is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
 /// Removes the lab even if the test fails half way.
 struct Down(String);
 impl Drop for Down {
@@ -107,15 +133,38 @@ fn up_and_down_leave_nothing_behind() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already up"));
     assert_eq!(emulators_of(&name), 1);
-    // Live changes work on the running lab.
+    // Live changes work on the running lab. A carrier cut is a cable
+    // pulled at the client's end: its device loses carrier, the server's
+    // keeps it (a far server does not see the client's cable go), and the
+    // path carries nothing either way, although a TUN device without
+    // carrier would still take what is written to it.
+    let server = format!("{name}-s");
+    let addr = |k: usize, side: &str| -> std::net::IpAddr {
+        st["paths"][k][side].as_str().unwrap().parse().unwrap()
+    };
+    let (c1, s1) = (addr(1, "client_addr"), addr(1, "server_addr"));
+    assert!(
+        udp_crosses(&server, s1, &client, c1),
+        "path 1 carries before the cut"
+    );
     assert!(braid(&["lab", "cut", "1", "--name", &name, "--carrier"])
         .status
         .success());
     let links = braid_kernel::netns::run_in(&client, braid_kernel::rtnl::links).unwrap();
     assert!(!links.iter().find(|l| l.name == "p1").unwrap().carrier);
+    let links = braid_kernel::netns::run_in(&server, braid_kernel::rtnl::links).unwrap();
+    assert!(links.iter().find(|l| l.name == "p1").unwrap().carrier);
+    assert!(
+        !udp_crosses(&server, s1, &client, c1),
+        "server to client after the cut"
+    );
     assert!(braid(&["lab", "restore", "1", "--name", &name])
         .status
         .success());
+    assert!(
+        udp_crosses(&server, s1, &client, c1),
+        "path 1 carries once restored"
+    );
     assert!(braid(&["lab", "addr", "2", "--name", &name, "--remove"])
         .status
         .success());
