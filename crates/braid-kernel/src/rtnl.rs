@@ -56,6 +56,10 @@ pub fn link_from_message(msg: &LinkMessage) -> Link {
             _ => None,
         })
         .unwrap_or_default();
+    let carrier_changes = msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::CarrierChanges(n) => Some(*n),
+        _ => None,
+    });
     let flags = msg.header.flags;
     Link {
         index: msg.header.index,
@@ -63,6 +67,7 @@ pub fn link_from_message(msg: &LinkMessage) -> Link {
         up: flags.contains(LinkFlags::Up),
         carrier: flags.contains(LinkFlags::LowerUp),
         loopback: flags.contains(LinkFlags::Loopback),
+        carrier_changes,
     }
 }
 

@@ -69,6 +69,7 @@ fn link() -> impl Strategy<Value = Link> {
         up: up || carrier,
         carrier,
         loopback: index == 1,
+        carrier_changes: None,
     })
 }
 
@@ -799,6 +800,7 @@ proptest! {
                     name: NAMES[i as usize - 1].into(),
                     up: true,
                     carrier: true,
+                    carrier_changes: None,
                     loopback: false,
                 }).collect(),
                 addresses: (2..=5).flat_map(|i| (0..4).map(move |n| Address {

@@ -64,6 +64,7 @@ impl Sim {
                     up: true,
                     carrier: true,
                     loopback: true,
+                    carrier_changes: None,
                 },
                 link(2, "eth0"),
                 link(3, "wlan0"),
@@ -255,6 +256,34 @@ fn a_carrier_loss_read_before_the_kernel_announces_it_is_acted_on() {
     ]));
     assert!(ds.is_empty(), "{ds:?}");
     assert_eq!(s.p.counters().carrier_losses_polled, 1);
+}
+
+/// An announcement that waited in the socket while a read brought a newer
+/// carrier change (a wireless event sent just before the loss, say) does
+/// not undo it: IFLA_CARRIER_CHANGES orders them.
+#[test]
+fn an_announcement_older_than_a_read_does_not_undo_it() {
+    let mut s = Sim::new(Config::default());
+    s.snapshot(vec![]);
+    let wlan0 = |carrier: bool, changes: u32| Link {
+        carrier,
+        carrier_changes: Some(changes),
+        ..link(3, "wlan0")
+    };
+    assert!(s.send(Event::LinkChanged(wlan0(true, 4))).is_empty());
+    let ds = s.send(Event::LinksPolled(vec![wlan0(false, 5)]));
+    assert_eq!(removes(&ds), vec![ip("192.168.1.5")]);
+    assert!(s.send(Event::LinkChanged(wlan0(true, 4))).is_empty());
+    assert_eq!(
+        s.p.wake_at_ms(),
+        None,
+        "no debounce: the carrier never came back"
+    );
+    // The loss's own announcement changes nothing; a real return is taken
+    // (and waits for the debounce).
+    assert!(s.send(Event::LinkChanged(wlan0(false, 5))).is_empty());
+    assert!(s.send(Event::LinkChanged(wlan0(true, 6))).is_empty());
+    assert!(s.p.wake_at_ms().is_some(), "the return's debounce");
 }
 
 /// The debounce keeps a flapping link out while another path carries

@@ -13,6 +13,10 @@ pub struct Link {
     /// Carrier present (IFF_LOWER_UP).
     pub carrier: bool,
     pub loopback: bool,
+    /// How many times its carrier changed (IFLA_CARRIER_CHANGES), when the
+    /// kernel says: orders an announcement against a read of the link.
+    #[serde(default)]
+    pub carrier_changes: Option<u32>,
 }
 
 /// A default route (any table) and the interface it leaves by.

@@ -30,6 +30,7 @@ fn link(index: u32, name: &str, up: bool, carrier: bool) -> Link {
         up,
         carrier,
         loopback: false,
+        carrier_changes: None,
     }
 }
 

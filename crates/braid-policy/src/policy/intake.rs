@@ -31,6 +31,15 @@ impl Policy {
             } => self.take_snapshot(links, addresses, default_routes, endpoints, limits),
             Event::LinkChanged(link) => {
                 self.counters.link_events += 1;
+                // An announcement sent before a carrier change that a read
+                // already brought (it waited in the socket while the read
+                // was made) would undo that change.
+                let known = self.links.get(&link.index).and_then(|l| l.carrier_changes);
+                if let (Some(known), Some(sent)) = (known, link.carrier_changes) {
+                    if sent < known {
+                        return false;
+                    }
+                }
                 self.take_link(link);
             }
             Event::LinksPolled(links) => {

@@ -14,6 +14,7 @@ fn handover() -> Policy {
         up: true,
         carrier: true,
         loopback: false,
+        carrier_changes: None,
     };
     let addr = |ifindex: u32, ip: &str| Address {
         ifindex,

@@ -9,6 +9,7 @@ pub fn link(index: u32, name: &str) -> Link {
         up: true,
         carrier: true,
         loopback: false,
+        carrier_changes: None,
     }
 }
 
