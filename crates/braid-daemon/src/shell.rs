@@ -201,6 +201,8 @@ struct Shell {
     health_errors: LoggedOnce,
     /// Which subflows the health rounds read, and whether by dump.
     census: Census,
+    /// When a health round last read the links (ms on the policy's clock).
+    links_read_at_ms: Option<u64>,
     /// Problems found by the shell itself (a corrupt state file kept aside...).
     shell_warnings: Vec<String>,
     /// Warnings last logged, so each is logged when it appears.
@@ -400,9 +402,20 @@ impl Shell {
 
     /// Read the links while connections are measured: a carrier loss the
     /// kernel has not announced yet is taken at once (see
-    /// `Event::LinksPolled`). A failed read is counted, not fatal: the
+    /// `Event::LinksPolled`). At most once per `policy.poll_interval_ms`:
+    /// rounds come sooner when a stall threshold is near, and each read is
+    /// a dump of every interface. A failed read is counted, not fatal: the
     /// announcement still comes.
     fn poll_links(&mut self) {
+        let now = self.now_ms();
+        let every = self.policy.config().policy.poll_interval_ms;
+        if self
+            .links_read_at_ms
+            .is_some_and(|at| now.saturating_sub(at) < every)
+        {
+            return;
+        }
+        self.links_read_at_ms = Some(now);
         match rtnl::links() {
             Ok(links) => {
                 self.feed(Event::LinksPolled(links));
@@ -1376,6 +1389,7 @@ async fn start(opts: Options) -> Result<(Io, Shell), String> {
         health: HealthPolls::default(),
         health_errors: LoggedOnce::default(),
         census: Census::default(),
+        links_read_at_ms: None,
         shell_warnings,
         warnings: Vec::new(),
         tallies: Tallies::default(),
