@@ -227,10 +227,17 @@ fn handle(req: Request, paths: &[PathState], stop: &AtomicBool) -> Reply {
             // from the client's cable or radio, and its kernel goes on
             // sending into the path (with its queue and rate) until TCP or
             // MPTCP gives up on it.
-            for d in &p.dirs {
-                d.carrier.store(up, Ordering::Relaxed);
+            let set_wire = |on: bool| {
+                for d in &p.dirs {
+                    d.carrier.store(on, Ordering::Relaxed);
+                }
+            };
+            set_wire(up);
+            if let Err(e) = tun::set_carrier(&p.client_fd, up) {
+                // The device did not change: neither does the wire.
+                set_wire(!up);
+                return Err(e.to_string());
             }
-            tun::set_carrier(&p.client_fd, up).map_err(|e| e.to_string())?;
             Ok(ok)
         }),
         Request::Stats => Ok(Reply {

@@ -421,7 +421,10 @@ fn inject(
                 "path 0 goes away (address and carrier)".into(),
             );
             at.fail_at = Some(events.last().unwrap().t_ms);
-            sleep_until(t0, d_ms * 0.6);
+            // The cut may have waited for the link watch: the path stays
+            // away for at least 30 % of the run all the same.
+            let away_until = (d_ms * 0.6).max(at.fail_at.unwrap_or(0.0) + d_ms * 0.3);
+            sleep_until(t0, away_until);
             lab.restore(0)?;
             record(events, logs, bulk.elapsed_ms(), "path 0 comes back".into());
             at.restore_at = Some(events.last().unwrap().t_ms);

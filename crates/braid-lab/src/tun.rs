@@ -53,7 +53,9 @@ pub fn open_tun_in(netns: &str, name: &str) -> Result<OwnedFd, LabError> {
     .map_err(|_| LabError::Io("TUN creation thread panicked".into()))?
 }
 
-/// Switch a TUN device's carrier (NO-CARRIER when off), as a cable pull.
+/// Switch a TUN device's carrier (NO-CARRIER when off). Not a cable pull
+/// by itself: the device still takes what is written to it, and its kernel
+/// sends into it until the link watch runs (the emulator stops the wire).
 pub fn set_carrier(fd: &OwnedFd, on: bool) -> Result<(), LabError> {
     let mut v: libc::c_int = on as libc::c_int;
     // SAFETY: TUNSETCARRIER reads one int.

@@ -158,6 +158,10 @@ fn up_and_down_leave_nothing_behind() {
         !udp_crosses(&server, s1, &client, c1),
         "server to client after the cut"
     );
+    assert!(
+        !udp_crosses(&client, c1, &server, s1),
+        "client to server after the cut"
+    );
     assert!(braid(&["lab", "restore", "1", "--name", &name])
         .status
         .success());
