@@ -98,27 +98,23 @@ fn a_subflow_looked_up_by_its_addresses_is_the_one_the_dump_lists() {
     client.join().unwrap();
     let keys = result.unwrap();
     assert_eq!(server_keys.len(), 2, "{server_keys:?}");
-    let server_gone = lab.server.run(move || {
-        wait_for(5, || {
-            diag::lookup_subflows(&server_keys)
-                .unwrap()
-                .iter()
-                .all(Option::is_none)
-        })
-    });
+    let server_gone = lab.server.run(move || all_gone_within(5, &server_keys));
     stop_tx.send(()).unwrap();
     assert_eq!(server.join().unwrap(), 4096);
     assert!(server_gone, "a closed subflow's lookup found the listener");
 
     // Closed: the same keys find nothing (a socket in TIME_WAIT is no
     // subflow).
-    let gone = lab.client.run(move || {
-        wait_for(5, || {
-            diag::lookup_subflows(&keys)
-                .unwrap()
-                .iter()
-                .all(Option::is_none)
-        })
-    });
+    let gone = lab.client.run(move || all_gone_within(5, &keys));
     assert!(gone, "closed subflows are still found");
+}
+
+/// Whether, within `secs` seconds, a lookup of every key finds nothing.
+fn all_gone_within(secs: u64, keys: &[diag::SocketKey]) -> bool {
+    wait_for(secs, || {
+        diag::lookup_subflows(keys)
+            .unwrap()
+            .iter()
+            .all(Option::is_none)
+    })
 }
