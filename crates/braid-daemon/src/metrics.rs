@@ -342,6 +342,7 @@ pub struct Snapshot {
     pub probes_unanswered: u64,
     pub link_events: u64,
     pub carrier_losses_polled: u64,
+    pub standby_endpoints_kept: u64,
     pub address_events: u64,
     pub route_events: u64,
     pub resyncs: u64,
@@ -745,6 +746,12 @@ fn render_kernel_events(o: &mut Out, s: &Snapshot) {
         COUNTER,
         "Carrier losses read in a health round before the kernel announced them over rtnetlink (its link watch holds such a change up to a second).",
         Value::Int(s.carrier_losses_polled),
+    );
+    o.single(
+        "braid_standby_endpoints_kept_total",
+        COUNTER,
+        "Times a standby path lost carrier and its endpoint was kept: removing it would close its subflows, and the kernels would resend all data in flight over the path carrying traffic.",
+        Value::Int(s.standby_endpoints_kept),
     );
     o.family(
         "braid_endpoints",

@@ -269,8 +269,6 @@ impl Shell {
         let now = self.now_ms();
         // What may change which paths exist or carry traffic without a
         // decision (a snapshot, a link or address change).
-        let polled_before = self.policy.counters().carrier_losses_polled;
-        let polled = matches!(ev, Event::LinksPolled(_));
         let mut paths_may_change = !matches!(
             ev,
             Event::Health(_)
@@ -286,18 +284,14 @@ impl Shell {
         }
         let decisions = self.policy.handle(ev, now);
         let count = decisions.len();
-        if polled && self.policy.counters().carrier_losses_polled > polled_before {
+        // What the policy learnt or chose not to do (a carrier loss read
+        // ahead of its announcement, a standby endpoint kept): the paths
+        // may have changed without a decision.
+        for note in self.policy.take_notes() {
             paths_may_change = true;
-            info!(
-                "a carrier loss was read in a health round before the kernel announced it \
-                 (its link watch holds such a change up to a second)"
-            );
-            self.journal.record(
-                unix_ms_now(),
-                What::Change {
-                    text: "carrier loss read before the kernel announced it".into(),
-                },
-            );
+            info!(note = %note, "policy");
+            self.journal
+                .record(unix_ms_now(), What::Change { text: note });
         }
         if decisions.iter().any(|d| touches_state(&d.action)) {
             // Intent first: the file names every endpoint and route this
@@ -530,6 +524,7 @@ impl Shell {
             probes_unanswered: c.probes_unanswered,
             link_events: c.link_events,
             carrier_losses_polled: c.carrier_losses_polled,
+            standby_endpoints_kept: c.standby_endpoints_kept,
             address_events: c.address_events,
             route_events: c.route_events,
             resyncs: c.resyncs,

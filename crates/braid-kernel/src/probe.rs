@@ -137,8 +137,10 @@ pub async fn echo(
 
 /// Send echo requests from `local` to `remote` out of `ifindex` (a second
 /// one `SECOND_AFTER` after the first, so one lost packet is not taken for
-/// a dead path) and wait up to `timeout` from the first for a reply to
-/// either. Ok(None): no reply in time (an ICMP error in reply counts as no
+/// a dead path, but within the first quarter of `timeout`: a second echo
+/// sent 10 ms into a 12 ms wait had no time to be answered, and one lost
+/// echo on a lossy path was taken for a dead path) and wait up to
+/// `timeout` from the first for a reply to either. Ok(None): no reply in time (an ICMP error in reply counts as no
 /// reply).
 pub async fn echo_with(
     method: Method,
@@ -176,7 +178,7 @@ pub async fn echo_with(
         .map_err(|e| io(e.into()))?;
     let wait = async {
         let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
-        let second = tokio::time::sleep(SECOND_AFTER);
+        let second = tokio::time::sleep(SECOND_AFTER.min(timeout / 4));
         tokio::pin!(second);
         let mut second_sent = false;
         loop {

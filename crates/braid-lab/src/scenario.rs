@@ -26,10 +26,14 @@ pub enum Scenario {
     LateInterface,
     Flap,
     LossyPrimary,
+    /// The secondary (path 1), which stands by in handover mode, loses
+    /// carrier while the primary carries the transfer: nothing should
+    /// notice.
+    StandbyCarrier,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Aggregate,
         Scenario::FailoverCarrier,
         Scenario::FailoverBlackhole,
@@ -37,6 +41,7 @@ impl Scenario {
         Scenario::LateInterface,
         Scenario::Flap,
         Scenario::LossyPrimary,
+        Scenario::StandbyCarrier,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +53,16 @@ impl Scenario {
             Scenario::LateInterface => "late-interface",
             Scenario::Flap => "flap",
             Scenario::LossyPrimary => "lossy-primary",
+            Scenario::StandbyCarrier => "standby-carrier",
+        }
+    }
+
+    /// The path the scenario takes away (path 1 only when it is the one
+    /// standing by).
+    pub fn failed_path(self) -> usize {
+        match self {
+            Scenario::StandbyCarrier => 1,
+            _ => 0,
         }
     }
 
@@ -377,6 +392,18 @@ fn inject(
             );
             at.fail_at = Some(events.last().unwrap().t_ms);
         }
+        Scenario::StandbyCarrier => {
+            sleep_until(t0, d_ms * 0.4);
+            lab.wait_for_quiet_link_watch();
+            lab.cut(1, Cut::Carrier)?;
+            record(
+                events,
+                logs,
+                bulk.elapsed_ms(),
+                "path 1 (standing by) loses carrier".into(),
+            );
+            at.fail_at = Some(events.last().unwrap().t_ms);
+        }
         Scenario::FailoverAddress => {
             sleep_until(t0, d_ms * 0.4);
             lab.remove_client_addr(0)?;
@@ -466,7 +493,13 @@ fn report(
     if let Some(t) = fail_at {
         m.stall_ms = Some(r.stall_after(t, 3000.0, d_ms));
         m.resume_ms = r.resume_after(t, 20.0);
-        let survivors: u64 = paths.iter().skip(1).map(|p| p.rate_bps.unwrap_or(0)).sum();
+        let failed = cfg.scenario.failed_path();
+        let survivors: u64 = paths
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| *k != failed)
+            .map(|(_, p)| p.rate_bps.unwrap_or(0))
+            .sum();
         let threshold = survivors as f64 * 0.5 * 0.1 / 8.0; // bytes per 100 ms bucket
         let start = (t / 100.0) as usize;
         m.recovery_ms = r

@@ -24,7 +24,7 @@ use crate::summary::{spread, Spread, Worse};
 use crate::via::Via;
 use crate::LabError;
 
-/// What happens to the primary in a cell.
+/// What happens in a cell: to the primary, or (standby) to the secondary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Fault {
@@ -37,14 +37,18 @@ pub enum Fault {
     /// Nothing fails: the primary is lossy and a request/response probe
     /// measures the latency an interactive application sees.
     Lossy,
+    /// The primary is fine; the secondary, standing by, loses carrier:
+    /// the transfer should not notice.
+    Standby,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 4] = [
+    pub const ALL: [Fault; 5] = [
         Fault::Carrier,
         Fault::Blackhole,
         Fault::Address,
         Fault::Lossy,
+        Fault::Standby,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +57,7 @@ impl Fault {
             Fault::Blackhole => "blackhole",
             Fault::Address => "address",
             Fault::Lossy => "lossy",
+            Fault::Standby => "standby",
         }
     }
 
@@ -62,7 +67,7 @@ impl Fault {
             .find(|f| f.name() == s.trim())
             .ok_or_else(|| {
                 LabError::Invalid(format!(
-                    "unknown fault '{s}': choose from carrier, blackhole, address, lossy"
+                    "unknown fault '{s}': choose from carrier, blackhole, address, lossy, standby"
                 ))
             })
     }
@@ -73,6 +78,7 @@ impl Fault {
             Fault::Blackhole => Scenario::FailoverBlackhole,
             Fault::Address => Scenario::FailoverAddress,
             Fault::Lossy => Scenario::LossyPrimary,
+            Fault::Standby => Scenario::StandbyCarrier,
         }
     }
 }

@@ -457,6 +457,16 @@ impl PathHealth {
         !self.subflow_keys.is_empty()
     }
 
+    /// Whether the path carries no data now: nothing of ours waits for an
+    /// ACK, and nothing has arrived for four smoothed RTTs (at least
+    /// `IDLE_AFTER_MS`); mid-transfer, data comes many times per RTT.
+    pub fn idle(&self) -> bool {
+        let quiet_ms = self
+            .srtt_ms
+            .map_or(IDLE_AFTER_MS, |r| ((4.0 * r) as u64).max(IDLE_AFTER_MS));
+        !self.outstanding && (!self.rx_recent || self.rx_silent_ms >= quiet_ms)
+    }
+
     /// Record a probe that went unanswered. Probes are sent in a health
     /// round, so an ACK heard after that round contradicts it.
     pub fn mark_unreachable(&mut self, why: String) {
@@ -738,6 +748,8 @@ const LOSS_ECHO_SAMPLE: u32 = 20;
 const RX_ACTIVE_BYTES: u64 = 16 * 1024;
 /// A silence counts only this long after the path last received actively.
 const RX_MEMORY_MS: u64 = 2000;
+/// The shortest silence after which a receiving path counts as idle.
+const IDLE_AFTER_MS: u64 = 200;
 pub const PROBE_AFTER_MIN_MS: u64 = 40;
 /// A silence probe waits at least this much over the path's minimum RTT
 /// (answers to probes of a 0.1 ms lab path took 0.1-8.4 ms, once 20 ms,

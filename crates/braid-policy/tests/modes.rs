@@ -945,3 +945,132 @@ fn paths_and_switches_by_cause() {
     );
     assert_eq!(switches(&s), sw(&[("lossy", 1)]));
 }
+
+/// wlan0 stands by with an idle subflow: nothing of ours outstanding,
+/// nothing received.
+fn idle() -> P {
+    P {
+        unacked: 0,
+        ..ok(60, 0)
+    }
+}
+
+fn removals(ds: &[Decision]) -> Vec<IpAddr> {
+    ds.iter()
+        .filter_map(|d| match d.action {
+            Action::RemoveEndpoint { addr, .. } => Some(addr),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_standby_path_that_loses_carrier_keeps_its_endpoint_while_idle() {
+    let (mut s, _) = sim(PathMode::Handover);
+    s.health(0, receiving(0, 0), idle());
+    s.health(100, receiving(500_000, 1), idle());
+    let lost = Link {
+        carrier: false,
+        ..link(3, "wlan0")
+    };
+    let ds = s.at(150, Event::LinkChanged(lost.clone()));
+    // Removing it would close its subflow and make both kernels resend
+    // everything in flight on eth0.
+    assert!(removals(&ds).is_empty(), "{ds:?}");
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
+    let notes = s.p.take_notes();
+    assert!(
+        notes.len() == 1 && notes[0].contains("wlan0 lost carrier while standing by"),
+        "{notes:?}"
+    );
+    assert_eq!(s.p.view().counters.standby_endpoints_kept, 1);
+    assert!(s
+        .p
+        .view()
+        .path_state
+        .contains("its endpoint 192.168.1.5 stays"));
+    // Its subflow, still there and idle, is measured in later rounds:
+    // nothing is decided about it, and no rejoin is tried without carrier.
+    for t in (200..=5000).step_by(100) {
+        let ds = s.health(t, receiving(500_000 + t * 1000, 1), idle());
+        assert!(removals(&ds).is_empty(), "at {t}: {ds:?}");
+    }
+    assert!(s.p.take_notes().is_empty(), "noted once per loss");
+    // The carrier is back and settles: the endpoint is still the one it
+    // was, nothing to add.
+    let ds = s.at(5100, Event::LinkChanged(link(3, "wlan0")));
+    assert!(
+        ds.iter()
+            .all(|d| !matches!(d.action, Action::AddEndpoint { .. })),
+        "{ds:?}"
+    );
+    let ds = s.at(20_000, Event::Tick);
+    assert!(
+        ds.iter().all(|d| !matches!(
+            d.action,
+            Action::AddEndpoint { .. } | Action::RemoveEndpoint { .. }
+        )),
+        "{ds:?}"
+    );
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
+    assert!(!s.p.view().path_state.contains("stays"));
+    // The primary goes: no path is left with carrier, the kept one goes too.
+    let ds = s.at(
+        20_100,
+        Event::LinkChanged(Link {
+            carrier: false,
+            ..link(2, "eth0")
+        }),
+    );
+    assert_eq!(
+        removals(&ds),
+        vec!["10.0.0.2".parse::<IpAddr>().unwrap()],
+        "{ds:?}"
+    );
+    let ds = s.at(20_200, Event::LinkChanged(lost));
+    assert_eq!(
+        removals(&ds),
+        vec!["192.168.1.5".parse::<IpAddr>().unwrap()],
+        "{ds:?}"
+    );
+}
+
+#[test]
+fn a_standby_path_that_carried_data_when_it_lost_carrier_is_removed() {
+    let (mut s, _) = sim(PathMode::Handover);
+    // The peer sends on wlan0 although it is a backup here (a join that
+    // missed its MP_PRIO): that data must be resent, so the subflow goes.
+    s.health(0, receiving(0, 0), receiving(0, 0));
+    s.health(100, receiving(500_000, 1), receiving(300_000, 1));
+    let ds = s.at(
+        150,
+        Event::LinkChanged(Link {
+            carrier: false,
+            ..link(3, "wlan0")
+        }),
+    );
+    assert_eq!(
+        removals(&ds),
+        vec!["192.168.1.5".parse::<IpAddr>().unwrap()],
+        "{ds:?}"
+    );
+    assert_eq!(s.p.view().counters.standby_endpoints_kept, 0);
+}
+
+#[test]
+fn an_idle_standby_without_subflows_that_loses_carrier_is_removed() {
+    let (mut s, _) = sim(PathMode::Handover);
+    // No connection: nothing to keep, and new ones should not try it.
+    let ds = s.at(
+        150,
+        Event::LinkChanged(Link {
+            carrier: false,
+            ..link(3, "wlan0")
+        }),
+    );
+    assert_eq!(
+        removals(&ds),
+        vec!["192.168.1.5".parse::<IpAddr>().unwrap()],
+        "{ds:?}"
+    );
+}

@@ -53,7 +53,7 @@ pub enum LabCmd {
         #[arg(long)]
         add: bool,
     },
-    /// Run a scenario in a fresh lab: aggregate, failover-carrier, failover-blackhole, failover-address, late-interface, flap, lossy-primary.
+    /// Run a scenario in a fresh lab: aggregate, failover-carrier, failover-blackhole, failover-address, late-interface, flap, lossy-primary, standby-carrier.
     Run(RunArgs),
     /// Run a scenario with several path managers, one after the other, and compare.
     Compare(RunArgs),
@@ -126,7 +126,7 @@ impl Default for LinkArgs {
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// aggregate, failover-carrier, failover-blackhole, failover-address, late-interface, flap or lossy-primary.
+    /// aggregate, failover-carrier, failover-blackhole, failover-address, late-interface, flap, lossy-primary or standby-carrier.
     pub scenario: String,
     /// Path manager(s): none, kernel, kernel:backup, braid, braid:handover, braid:interactive, braid-conn, braid-conn:handover, braid-conn:interactive (Braid as the per-connection userspace path manager), mptcpd (comma-separated for compare).
     #[arg(long, default_value = "kernel")]
@@ -181,8 +181,8 @@ pub struct SweepArgs {
     /// Random loss on the primary (each direction).
     #[arg(long, default_value = "0,1%,10%")]
     pub loss: String,
-    /// What happens to the primary: carrier, blackhole, address, lossy.
-    #[arg(long, default_value = "carrier,blackhole,address,lossy")]
+    /// What happens: to the primary, carrier, blackhole, address, lossy; or standby (the secondary loses carrier).
+    #[arg(long, default_value = "carrier,blackhole,address,lossy,standby")]
     pub faults: String,
     /// download, upload or both.
     #[arg(long, default_value = "download,upload")]

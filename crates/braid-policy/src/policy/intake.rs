@@ -51,6 +51,10 @@ impl Policy {
                         .is_some_and(|known| known.up && known.carrier);
                     if had_carrier && link.up && !link.carrier {
                         self.counters.carrier_losses_polled += 1;
+                        self.notes.push(format!(
+                            "{} lost carrier: read in a health round before the kernel announced it (its link watch holds such a change up to a second)",
+                            link.name
+                        ));
                         self.take_link(link);
                         changed = true;
                     }
@@ -61,6 +65,7 @@ impl Policy {
                 self.counters.link_events += 1;
                 self.forget_refusals_on(index);
                 self.carrier.remove(&index);
+                self.idle_when_lost.remove(&index);
                 self.links.remove(&index);
                 self.addresses.retain(|(i, _), _| *i != index);
                 self.default_routes.retain(|r| r.ifindex != index);
@@ -123,8 +128,15 @@ impl Policy {
     fn take_link(&mut self, link: Link) {
         self.forget_refusals_on(link.index);
         if !(link.up && link.carrier) {
-            // Its measurements are about a path that is gone.
-            self.health.paths.remove(&link.index);
+            // Its measurements are about a path that is gone; whether it
+            // carried data when it went is kept (`keep_standby`).
+            if let Some(h) = self.health.paths.remove(&link.index) {
+                if h.measured() && h.idle() {
+                    self.idle_when_lost.insert(link.index);
+                } else {
+                    self.idle_when_lost.remove(&link.index);
+                }
+            }
         }
         self.note_carrier(&link);
         self.links.insert(link.index, link);

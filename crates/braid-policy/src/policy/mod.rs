@@ -76,6 +76,10 @@ pub struct Counters {
     /// was held back by `policy.max_handovers`.
     pub handovers: u64,
     pub handovers_held_back: u64,
+    /// Times a standby path lost carrier and its endpoint was kept
+    /// (removing it would have made the kernels resend data in flight).
+    #[serde(default)]
+    pub standby_endpoints_kept: u64,
     pub mptcp_events: BTreeMap<String, u64>,
     /// Changes of the paths that carry traffic (handover and interactive),
     /// by cause: "unreachable", "stalled", "lossy" (measurements), "rtt"
@@ -245,6 +249,14 @@ pub struct Policy {
     /// Default routes the kernel would not change, with the error; tried
     /// again when the route changes.
     initcwnd_refused: BTreeMap<RouteKey, String>,
+    /// Links that carried no data (their subflows idle) when they lost
+    /// carrier, until the carrier is back and settled.
+    idle_when_lost: BTreeSet<u32>,
+    /// Standby endpoints kept while their link has no carrier, with why.
+    kept_standby: BTreeMap<IpAddr, String>,
+    /// What the policy chose not to do, or learnt, since the shell last
+    /// asked (`take_notes`): for the log, with no action to carry it.
+    notes: Vec<String>,
 }
 
 type RouteKey = (u32, u32, bool);
@@ -410,6 +422,9 @@ impl Policy {
             can_probe_v6: true,
             initcwnd_set: BTreeMap::new(),
             initcwnd_refused: BTreeMap::new(),
+            idle_when_lost: BTreeSet::new(),
+            kept_standby: BTreeMap::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -539,6 +554,12 @@ impl Policy {
 
     /// Take one event at `now_ms` (the shell's monotonic clock) and return
     /// the decisions it leads to, numbered, each with its reason.
+    /// What the policy chose not to do, or learnt without acting, since
+    /// the last call: each a sentence for the log.
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
+    }
+
     pub fn handle(&mut self, event: Event, now_ms: u64) -> Vec<Decision> {
         let now = self.clock.advance(now_ms);
         if !self.take(event) || !self.synced {

@@ -13,26 +13,11 @@ impl Policy {
     /// (`policy.carrier_debounce_ms`). Not when no other path is usable:
     /// waiting then only leaves the host without any path.
     pub(super) fn usability_with(&self, a: &Address, debounce: bool) -> Result<(), String> {
-        let f = &self.config.filter;
         let Some(link) = self.links.get(&a.ifindex) else {
             return Err(format!("interface #{} is unknown", a.ifindex));
         };
+        self.link_allowed(link)?;
         let name = &link.name;
-        if link.loopback {
-            return Err(format!("{name} is a loopback interface"));
-        }
-        if let Some(ic) = self.config.interface(name) {
-            if ic.ignore {
-                return Err(format!("{name} is ignored by the configuration"));
-            }
-        } else {
-            if f.exclude.iter().any(|p| glob(p, name)) {
-                return Err(format!("{name} is excluded by filter.exclude"));
-            }
-            if !f.include.iter().any(|p| glob(p, name)) {
-                return Err(format!("{name} is not in filter.include"));
-            }
-        }
         if !link.up {
             return Err(format!("{name} is down"));
         }
@@ -49,6 +34,35 @@ impl Policy {
                 }
             ));
         }
+        self.address_usability(a)
+    }
+
+    /// Whether the configuration lets Braid use `link` at all.
+    fn link_allowed(&self, link: &Link) -> Result<(), String> {
+        let f = &self.config.filter;
+        let name = &link.name;
+        if link.loopback {
+            return Err(format!("{name} is a loopback interface"));
+        }
+        if let Some(ic) = self.config.interface(name) {
+            if ic.ignore {
+                return Err(format!("{name} is ignored by the configuration"));
+            }
+        } else {
+            if f.exclude.iter().any(|p| glob(p, name)) {
+                return Err(format!("{name} is excluded by filter.exclude"));
+            }
+            if !f.include.iter().any(|p| glob(p, name)) {
+                return Err(format!("{name} is not in filter.include"));
+            }
+        }
+        Ok(())
+    }
+
+    /// What the address itself allows, whatever its link's state.
+    fn address_usability(&self, a: &Address) -> Result<(), String> {
+        let f = &self.config.filter;
+        let name = self.links.get(&a.ifindex).map_or("?", |l| l.name.as_str());
         if a.ip.is_ipv4() && !f.ipv4 || a.ip.is_ipv6() && !f.ipv6 {
             return Err(format!(
                 "{} addresses are disabled by the configuration",
@@ -218,7 +232,18 @@ impl Policy {
             .filter(|e| self.manages(e.id) && !wanted_addrs.contains(&e.addr))
             .cloned()
             .collect();
+        let mut kept = BTreeMap::new();
         for e in stale {
+            // Kept endpoints take room the kernel's maximum leaves.
+            let room = wanted.len() + kept.len() < KERNEL_MAX_ENDPOINTS;
+            if let Some(why) = self.keep_standby(&e, wanted).filter(|_| room) {
+                if !self.kept_standby.contains_key(&e.addr) {
+                    self.counters.standby_endpoints_kept += 1;
+                    self.notes.push(why.clone());
+                }
+                kept.insert(e.addr, why);
+                continue;
+            }
             let reason = match self.addresses.values().find(|a| a.ip == e.addr) {
                 Some(a) => match self.usability(a) {
                     Err(why) => format!("{} is no longer usable: {why}", e.addr),
@@ -231,6 +256,53 @@ impl Policy {
             };
             self.remove(&e, out, reason);
         }
+        for why in kept.values() {
+            self.path_state = if self.path_state.is_empty() {
+                why.clone()
+            } else {
+                format!("{}; {why}", self.path_state)
+            };
+        }
+        self.kept_standby = kept;
+    }
+
+    /// Why a standby endpoint whose link lost carrier is kept, if it is:
+    /// removing it closes its subflows, and a closing subflow makes the
+    /// kernel at either end send again its whole unacknowledged MPTCP
+    /// data on the paths left (`__mptcp_retransmit_pending_data`), so a
+    /// path that carried nothing would stall the one that carries the
+    /// transfer, for as long as its send buffer takes to drain (measured
+    /// with `braid lab compare standby-carrier`). Kept, it costs what the
+    /// kernel's own backup endpoint costs: new connections try a join over
+    /// it until the carrier is back. Only while another path carries
+    /// traffic: with none, the backup subflows carry it and must go.
+    fn keep_standby(&self, e: &KernelEndpoint, wanted: &[Want]) -> Option<String> {
+        if e.flags & Flag::Backup.bit() == 0 {
+            return None;
+        }
+        let carrying = wanted.iter().find(|w| w.flags & Flag::Backup.bit() == 0)?;
+        let a = self.addresses.values().find(|a| a.ip == e.addr)?;
+        let link = self.links.get(&a.ifindex)?;
+        let carrier_out = !link.carrier || self.settling(a.ifindex).is_some();
+        if !link.up || !carrier_out {
+            return None;
+        }
+        // The backup flag is this end's wish: the peer may still send on
+        // the path (a join whose handshake missed the flag's MP_PRIO, or
+        // no other subflow it can use), and that data must be resent.
+        // A path without subflows has nothing to keep.
+        if !self.idle_when_lost.contains(&a.ifindex) {
+            return None;
+        }
+        self.link_allowed(link).ok()?;
+        self.address_usability(a).ok()?;
+        Some(format!(
+            "{} {} while standing by: its endpoint {} stays, because removing it would close its subflows and make the kernels resend all data in flight over {} for nothing; new connections' joins over it wait for the carrier, as with the kernel's own backup endpoint",
+            link.name,
+            if link.carrier { "has its carrier back, still settling," } else { "lost carrier" },
+            e.addr,
+            carrying.iface
+        ))
     }
 
     /// Step 2: A wanted endpoint is there, with the wanted flags.
@@ -348,7 +420,9 @@ impl Policy {
         if !self.config.limits.manage {
             return;
         }
-        let n = wanted.len().min(KERNEL_MAX_ENDPOINTS) as u32;
+        // Kept standby endpoints still have subflows: limits cover them.
+        let kept = self.kept_standby.len();
+        let n = (wanted.len() + kept).min(KERNEL_MAX_ENDPOINTS) as u32;
         let want = match self.config.mode {
             Mode::Client => Limits {
                 subflows: n,
@@ -372,6 +446,7 @@ impl Policy {
         };
         let Some(retry) = retry else { return };
         let reason = match self.config.mode {
+            Mode::Client if kept > 0 => format!("{} usable endpoint(s) and {kept} kept without carrier: allow as many extra subflows and accepted announcements{retry}", n as usize - kept.min(n as usize)),
             Mode::Client => format!("{n} usable endpoint(s): allow as many extra subflows and accepted announcements{retry}"),
             Mode::Server => format!("a server accepts up to the kernel maximum of joins and ignores announcements{retry}"),
         };
@@ -450,6 +525,7 @@ impl Policy {
             if let Some(c) = self.carrier.get_mut(&i) {
                 c.returned = None;
             }
+            self.idle_when_lost.remove(&i);
         }
     }
 

@@ -110,6 +110,9 @@ impl Policy {
             .values()
             .filter(|e| self.manages(e.id) && e.flags & Flag::Subflow.bit() != 0)
             .filter_map(|e| self.ifindex_of(e.addr))
+            // A standby endpoint kept without carrier (`keep_standby`)
+            // cannot be joined: re-adding it would close what it has.
+            .filter(|i| self.links.get(i).is_some_and(|l| l.up && l.carrier))
             .collect();
         self.missing_subflows
             .retain(|i, _| with_endpoint.contains(i));
