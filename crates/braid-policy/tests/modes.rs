@@ -1004,6 +1004,10 @@ fn a_standby_path_that_loses_carrier_keeps_its_endpoint_while_idle() {
             .all(|d| !matches!(d.action, Action::AddEndpoint { .. })),
         "{ds:?}"
     );
+    // It waits out the carrier debounce like any returning link.
+    let wlan0: IpAddr = "192.168.1.5".parse().unwrap();
+    assert!(!s.p.usable_paths().iter().any(|p| p.addr == wlan0));
+    assert!(s.p.view().path_state.contains("still settling"));
     let ds = s.at(20_000, Event::Tick);
     assert!(
         ds.iter().all(|d| !matches!(
@@ -1013,6 +1017,7 @@ fn a_standby_path_that_loses_carrier_keeps_its_endpoint_while_idle() {
         "{ds:?}"
     );
     assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
+    assert!(s.p.usable_paths().iter().any(|p| p.addr == wlan0));
     assert!(!s.p.view().path_state.contains("stays"));
     // The primary goes: no path is left with carrier, the kept one goes too.
     let ds = s.at(
@@ -1072,5 +1077,82 @@ fn an_idle_standby_without_subflows_that_loses_carrier_is_removed() {
         removals(&ds),
         vec!["192.168.1.5".parse::<IpAddr>().unwrap()],
         "{ds:?}"
+    );
+}
+
+/// A round in which only eth0 (receiving) and, if given, wlan0's subflow
+/// are listed.
+fn round(s: &mut Sim, t: u64, rx: u64, wlan0_unacked: Option<u32>) -> Vec<Decision> {
+    let mk = |ip: [u8; 4], ifindex: u32, unacked: u32, rx: u64| SubflowSample {
+        local: SocketAddr::from((ip, 40000)),
+        remote: HOSTS[0].parse().unwrap(),
+        ifindex,
+        rtt_us: 20_000,
+        rttvar_us: 5_000,
+        total_retrans: 0,
+        segs_out: 10,
+        unacked,
+        last_ack_recv_ms: 5,
+        bytes_received: rx,
+        last_data_recv_ms: 1,
+        min_rtt_us: 0,
+    };
+    let mut samples = vec![mk([10, 0, 0, 2], 2, 0, rx)];
+    if let Some(unacked) = wlan0_unacked {
+        samples.push(mk([192, 168, 1, 5], 3, unacked, 0));
+    }
+    s.at(t, Event::Health(samples))
+}
+
+#[test]
+fn a_kept_standby_goes_once_its_subflows_do_or_ours_put_data_on_it() {
+    let wlan0: IpAddr = "192.168.1.5".parse().unwrap();
+    for (case, next) in [("subflows gone", None), ("data outstanding", Some(3))] {
+        let (mut s, _) = sim(PathMode::Handover);
+        round(&mut s, 0, 0, Some(0));
+        round(&mut s, 100, 500_000, Some(0));
+        let lost = Link {
+            carrier: false,
+            ..link(3, "wlan0")
+        };
+        let ds = s.at(150, Event::LinkChanged(lost));
+        assert!(removals(&ds).is_empty(), "{case}: {ds:?}");
+        let ds = round(&mut s, 200, 900_000, Some(0));
+        assert!(removals(&ds).is_empty(), "{case}: {ds:?}");
+        let ds = round(&mut s, 300, 1_300_000, next);
+        assert_eq!(removals(&ds), vec![wlan0], "{case}: {ds:?}");
+    }
+}
+
+#[test]
+fn a_kept_standby_is_no_path_to_reopen_the_last_working_one_onto() {
+    let (mut s, _) = sim(PathMode::Handover);
+    s.health(0, receiving(0, 0), idle());
+    s.health(100, receiving(500_000, 1), idle());
+    s.at(
+        120,
+        Event::LinkChanged(Link {
+            carrier: false,
+            ..link(3, "wlan0")
+        }),
+    );
+    // eth0, the only path with carrier, goes silent; its probe is not
+    // answered: reopening it would only resend onto itself.
+    let ds = s.health(150, receiving(500_000, 50), idle());
+    assert_eq!(probes(&ds).len(), 1, "{ds:?}");
+    let ds = s.at(
+        210,
+        Event::ProbeResult {
+            ifindex: 2,
+            remote: "203.0.113.1".parse().unwrap(),
+            rtt_ms: None,
+        },
+    );
+    assert!(removals(&ds).is_empty(), "{ds:?}");
+    let v = s.p.view();
+    assert!(
+        v.path_state.contains("no other path works"),
+        "{}",
+        v.path_state
     );
 }

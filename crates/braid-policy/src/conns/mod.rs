@@ -313,6 +313,12 @@ struct Conn {
     to_remove: BTreeMap<IpAddr, String>,
     /// Local addresses removed and not used by a subflow since.
     removed: std::collections::BTreeSet<IpAddr>,
+    /// Local addresses that left the usable paths, with their interface
+    /// and why: removed at the next reconcile, unless their subflows
+    /// stand by idle while another carries the connection (closing them
+    /// would make both kernels resend all data in flight); those are kept
+    /// for as long as that holds.
+    leaving: BTreeMap<IpAddr, (u32, String)>,
 }
 
 impl Conn {
@@ -340,6 +346,20 @@ impl Conn {
     /// left the usable paths, and dead primaries handed over from; each
     /// once.
     fn removals(&mut self, token: u32, out: &mut Vec<ConnDecision>) {
+        let left: Vec<(IpAddr, u32, String)> = self
+            .leaving
+            .iter()
+            .map(|(a, (i, why))| (*a, *i, why.clone()))
+            .collect();
+        for (addr, ifindex, reason) in left {
+            if self.stands_by_idle(addr, ifindex) {
+                continue;
+            }
+            self.leaving.remove(&addr);
+            if self.subflows.keys().any(|(l, _)| l.ip() == addr) {
+                self.to_remove.insert(addr, reason);
+            }
+        }
         for (addr, reason) in std::mem::take(&mut self.to_remove) {
             let Some(id) = self.ids.get(&addr).copied() else {
                 continue;
@@ -368,6 +388,34 @@ impl Conn {
                 });
             }
         }
+    }
+
+    /// Whether this connection's subflows from `addr` (on interface
+    /// `ifindex`) are all backups carrying nothing (per this connection's
+    /// measurements) while a subflow from another address carries it:
+    /// what a standby that lost its path looks like, and closing it would
+    /// cost a resend of everything in flight (`Policy::keep_standby`).
+    fn stands_by_idle(&self, addr: IpAddr, ifindex: u32) -> bool {
+        let mut on = self
+            .subflows
+            .values()
+            .filter(|s| s.local.ip() == addr)
+            .peekable();
+        let all_backup = on.peek().is_some() && on.all(|s| s.backup);
+        let carried = self.subflows.values().any(|s| {
+            let other = s.local.ip();
+            other != addr
+                && !s.backup
+                && !self.removed.contains(&other)
+                && !self.leaving.contains_key(&other)
+                && !self.to_remove.contains_key(&other)
+        });
+        let idle = self
+            .health
+            .paths
+            .get(&ifindex)
+            .is_some_and(|h| h.measured() && h.idle());
+        all_backup && carried && idle
     }
 
     /// The address id for a new subflow or announcement from `addr`.
@@ -576,6 +624,7 @@ impl ConnPolicy {
                 suspect: BTreeMap::new(),
                 to_remove: BTreeMap::new(),
                 removed: std::collections::BTreeSet::new(),
+                leaving: BTreeMap::new(),
             },
         );
     }
@@ -587,17 +636,20 @@ impl ConnPolicy {
             return false;
         }
         // Only addresses that were usable and no longer are: one
-        // Braid never managed (loopback, a VPN) is left alone.
-        let left: Vec<IpAddr> = self
+        // Braid never managed (loopback, a VPN) is left alone. They go at
+        // the connection's next reconcile (`Conn::removals`), unless they
+        // stand by idle there.
+        let left: Vec<(IpAddr, u32)> = self
             .paths
             .iter()
-            .map(|p| p.addr)
-            .filter(|a| !paths.iter().any(|p| p.addr == *a))
+            .filter(|p| !paths.iter().any(|q| q.addr == p.addr))
+            .map(|p| (p.addr, p.ifindex))
             .collect();
         for c in self.conns.values_mut() {
-            for a in &left {
+            c.leaving.retain(|a, _| !paths.iter().any(|p| p.addr == *a));
+            for (a, ifindex) in &left {
                 if c.subflows.keys().any(|(l, _)| l.ip() == *a) && !c.removed.contains(a) {
-                    c.to_remove.insert(*a, format!("{a} is no longer usable: the peer is told, so it resends what was in flight on the other subflows"));
+                    c.leaving.insert(*a, (*ifindex, format!("{a} is no longer usable: the peer is told, so it resends what was in flight on the other subflows")));
                 }
             }
         }
@@ -746,7 +798,14 @@ impl ConnPolicy {
         // An idle path's loss fades as in the host-wide policy.
         let decay = t.hold_ms.saturating_mul(4);
         for (token, c) in self.conns.iter_mut() {
-            let samples = by_conn.remove(token).unwrap_or_default();
+            let mut samples = by_conn.remove(token).unwrap_or_default();
+            // A subflow from an address that left the usable paths is
+            // measured on the interface it left from (`stands_by_idle`).
+            for s in samples.iter_mut().filter(|s| s.ifindex == 0) {
+                if let Some((i, _)) = c.leaving.get(&s.local.ip()) {
+                    s.ifindex = *i;
+                }
+            }
             c.health.update(now.ms(), &samples, stall, loss, decay, 1);
             // A join that neither came up nor failed for this long is
             // forgotten (its event was lost): it may be tried again.

@@ -891,3 +891,73 @@ fn unreachable() -> PathProblem {
         "unreachable: a probe went unanswered".into(),
     )
 }
+
+/// `s` receiving: `bytes` in all so far, nothing of ours outstanding.
+fn receiving(mut s: SubflowSample, bytes: u64) -> SubflowSample {
+    s.unacked = 0;
+    s.bytes_received = bytes;
+    s
+}
+
+#[test]
+fn a_standby_subflow_whose_path_goes_while_idle_is_kept_until_it_carries() {
+    let mut p = two_connections();
+    let p1: IpAddr = "10.2.0.1".parse().unwrap();
+    // Connection 1 (handover): p0 carries a download, p1 stands by idle.
+    // Connection 2 (aggregate): both carry. The shell does not know the
+    // interfaces (ifindex 0): the policy finds them, also for an address
+    // that has left the usable paths.
+    let round = |n: u64, p1_on_1: u64| {
+        health(vec![
+            (
+                1,
+                receiving(
+                    sample("10.1.0.1:40000", "192.0.2.1:22", 0, 20, 0, 5),
+                    n * 100_000,
+                ),
+            ),
+            (
+                1,
+                receiving(
+                    sample("10.2.0.1:50001", "192.0.2.1:22", 0, 80, 0, 10),
+                    p1_on_1,
+                ),
+            ),
+            (
+                2,
+                receiving(
+                    sample("10.1.0.1:40000", "192.0.2.1:443", 0, 20, 0, 5),
+                    n * 100_000,
+                ),
+            ),
+            (
+                2,
+                receiving(
+                    sample("10.2.0.1:50002", "192.0.2.1:443", 0, 80, 0, 10),
+                    n * 50_000,
+                ),
+            ),
+        ])
+    };
+    p.handle(round(1, 0), 100);
+    p.handle(round(2, 0), 200);
+    // p1 goes: only the aggregate connection, whose p1 carried data, is
+    // told; closing connection 1's idle standby would make both ends
+    // resend everything in flight on p0.
+    let ds = p.handle(
+        ConnEvent::Paths(vec![path(2, "10.1.0.1", Role::Primary)]),
+        250,
+    );
+    assert_eq!(removals(&ds), vec![(2, 1, p1)], "{ds:?}");
+    for n in 3..10 {
+        let ds = p.handle(round(n, 0), n * 100);
+        assert!(removals(&ds).is_empty(), "round {n}: {ds:?}");
+    }
+    // The peer sends on it after all (data that must be resent): it goes.
+    let ds = p.handle(round(10, 400_000), 1_000);
+    assert_eq!(removals(&ds), vec![(1, 1, p1)], "{ds:?}");
+    assert!(
+        ds.iter().any(|d| d.reason.contains("no longer usable")),
+        "{ds:?}"
+    );
+}

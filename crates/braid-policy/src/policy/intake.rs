@@ -152,6 +152,14 @@ impl Policy {
             }
             None => false,
         });
+        // Subflows on a link without carrier (a kept standby's) measure no
+        // path: they only tell whether there is still something to keep.
+        let (samples, dark): (Vec<_>, Vec<_>) = samples.into_iter().partition(|s| {
+            self.links
+                .get(&s.ifindex)
+                .is_some_and(|l| l.up && l.carrier)
+        });
+        let kept_changed = self.recheck_kept(&dark);
         let p = &self.config.policy;
         let (stall, loss, hold) = (p.stall_ms, p.loss_threshold, p.hold_ms);
         // An idle path's loss fades slowly: it is tried again only after
@@ -163,13 +171,30 @@ impl Policy {
             .update(now_ms, &samples, stall, loss, decay, hosts);
         self.note_missing_subflows();
         if !self.watches_paths() {
-            return self.due() || !self.rejoin_pending.is_empty();
+            return kept_changed || self.due() || !self.rejoin_pending.is_empty();
         }
         if self.config.policy.mode != PathMode::Aggregate {
             self.note_stalls();
         }
         self.probes_due();
         true
+    }
+
+    /// Links that lost carrier while idle stay so only while they still
+    /// have subflows and none of ours has data outstanding on them (this
+    /// host's kernel put data there after all: it must be resent); the
+    /// endpoint goes at the next reconcile otherwise. True if one changed.
+    fn recheck_kept(&mut self, dark: &[crate::health::SubflowSample]) -> bool {
+        let links = &self.links;
+        let before = self.idle_when_lost.len();
+        self.idle_when_lost.retain(|i| {
+            if links.get(i).is_some_and(|l| l.up && l.carrier) {
+                return true; // back, settling: measured like any path
+            }
+            let mut on = dark.iter().filter(|s| s.ifindex == *i).peekable();
+            on.peek().is_some() && on.all(|s| s.unacked == 0)
+        });
+        self.idle_when_lost.len() != before
     }
 
     /// A probe's answer, or its absence.
@@ -236,6 +261,7 @@ impl Policy {
         }
         let known: BTreeSet<u32> = links.iter().map(|l| l.index).collect();
         self.carrier.retain(|i, _| known.contains(i));
+        self.idle_when_lost.retain(|i| known.contains(i));
         for l in &links {
             self.note_carrier(l);
         }

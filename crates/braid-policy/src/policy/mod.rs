@@ -552,14 +552,14 @@ impl Policy {
         self.deadlines().any(|t| t <= now)
     }
 
-    /// Take one event at `now_ms` (the shell's monotonic clock) and return
-    /// the decisions it leads to, numbered, each with its reason.
     /// What the policy chose not to do, or learnt without acting, since
     /// the last call: each a sentence for the log.
     pub fn take_notes(&mut self) -> Vec<String> {
         std::mem::take(&mut self.notes)
     }
 
+    /// Take one event at `now_ms` (the shell's monotonic clock) and return
+    /// the decisions it leads to, numbered, each with its reason.
     pub fn handle(&mut self, event: Event, now_ms: u64) -> Vec<Decision> {
         let now = self.clock.advance(now_ms);
         if !self.take(event) || !self.synced {

@@ -124,7 +124,11 @@ impl Policy {
             .addresses
             .values()
             .any(|a| self.usability_with(a, true).is_ok());
-        let in_use = |ip: IpAddr| self.kernel.values().any(|e| e.addr == ip);
+        // A kept standby's endpoint (`keep_standby`) is not in use: its
+        // returning carrier waits out the debounce like any other.
+        let in_use = |ip: IpAddr| {
+            self.kernel.values().any(|e| e.addr == ip) && !self.kept_standby.contains_key(&ip)
+        };
         let carried = settled_path
             || self
                 .addresses
@@ -297,7 +301,7 @@ impl Policy {
         self.link_allowed(link).ok()?;
         self.address_usability(a).ok()?;
         Some(format!(
-            "{} {} while standing by: its endpoint {} stays, because removing it would close its subflows and make the kernels resend all data in flight over {} for nothing; new connections' joins over it wait for the carrier, as with the kernel's own backup endpoint",
+            "{} {} while standing by: its endpoint {} stays, because removing it would close its subflows and make the kernels resend all data in flight over {} for nothing; new connections' joins over it are retried by TCP until the carrier is back or they time out, as with the kernel's own backup endpoint",
             link.name,
             if link.carrier { "has its carrier back, still settling," } else { "lost carrier" },
             e.addr,
@@ -446,7 +450,7 @@ impl Policy {
         };
         let Some(retry) = retry else { return };
         let reason = match self.config.mode {
-            Mode::Client if kept > 0 => format!("{} usable endpoint(s) and {kept} kept without carrier: allow as many extra subflows and accepted announcements{retry}", n as usize - kept.min(n as usize)),
+            Mode::Client if kept > 0 => format!("{} usable endpoint(s) and {kept} kept for a standby path that lost carrier: allow as many extra subflows and accepted announcements{retry}", n as usize - kept.min(n as usize)),
             Mode::Client => format!("{n} usable endpoint(s): allow as many extra subflows and accepted announcements{retry}"),
             Mode::Server => format!("a server accepts up to the kernel maximum of joins and ignores announcements{retry}"),
         };

@@ -177,6 +177,9 @@ impl Policy {
                         let why = match (&u, extra.iter().any(|w| w.addr == a.ip)) {
                             (Ok(()), true) => "usable, but over the kernel maximum".into(),
                             (Ok(()), false) => "in use".into(),
+                            (Err(w), _) if self.kept_standby.contains_key(&a.ip) => format!(
+                                "{w}; its endpoint is kept while the path stands by idle (removing it would make the kernels resend all data in flight)"
+                            ),
                             (Err(w), _) => w.clone(),
                         };
                         AddressView {
@@ -189,8 +192,13 @@ impl Policy {
                     })
                     .collect();
                 let default_route = self.default_routes.iter().any(|r| r.ifindex == l.index);
+                let kept = addresses
+                    .iter()
+                    .find(|a| self.kept_standby.contains_key(&a.ip));
                 let role = if addresses.iter().any(|a| a.usable) {
                     flag_names(self.flags_for(&l.name))
+                } else if let Some(a) = kept {
+                    format!("kept: {}", a.why)
                 } else {
                     addresses
                         .first()

@@ -179,12 +179,14 @@ impl Policy {
         {
             self.reset_skipped = None;
         }
-        // Paths with an endpoint and no problem: where resent data can go.
+        // Paths with an endpoint, carrier and no problem: where resent data
+        // can go (a standby kept without carrier is no such path).
         let working: BTreeSet<u32> = self
             .kernel
             .values()
             .filter_map(|e| self.ifindex_of(e.addr))
             .filter(|i| !now_stalled.contains(i))
+            .filter(|i| self.links.get(i).is_some_and(|l| l.up && l.carrier))
             .collect();
         for i in now_stalled.difference(&self.stalled_paths.clone()) {
             let name = link_name(&self.links, *i);
