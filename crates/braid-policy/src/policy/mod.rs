@@ -43,6 +43,10 @@ const MAX_SETTLE_MS: u64 = 30_000;
 /// re-added after this long (then after a doubling back-off, see
 /// `note_missing_subflows`).
 const MISSING_SUBFLOW_MS: u64 = 1000;
+/// Added to the slowest other path's RTT before a reopened endpoint comes
+/// back (`readd_wait_ms`), and the least it waits.
+const READD_MARGIN_MS: u64 = 10;
+const READD_MIN_MS: u64 = 20;
 const REJOIN_FIRST_MS: u64 = 2000;
 const REJOIN_MAX_MS: u64 = 300_000;
 
@@ -252,6 +256,8 @@ pub struct Policy {
     /// Links that carried no data (their subflows idle) when they lost
     /// carrier, until the carrier is back and settled.
     idle_when_lost: BTreeSet<u32>,
+    /// Reopened endpoints waiting to be added again, until when and why.
+    readd_at: BTreeMap<IpAddr, (Time, String)>,
     /// Standby endpoints kept while their link has no carrier, with why.
     kept_standby: BTreeMap<IpAddr, String>,
     /// What the policy chose not to do, or learnt, since the shell last
@@ -423,6 +429,7 @@ impl Policy {
             initcwnd_set: BTreeMap::new(),
             initcwnd_refused: BTreeMap::new(),
             idle_when_lost: BTreeSet::new(),
+            readd_at: BTreeMap::new(),
             kept_standby: BTreeMap::new(),
             notes: Vec::new(),
         }
@@ -539,7 +546,9 @@ impl Policy {
         let switch = std::iter::once(self.last_switch.plus(hold))
             .chain(self.usable_since.values().map(move |t| t.plus(hold)))
             .filter(move |_| acts_on_health);
+        let readd = self.readd_at.values().map(|(at, _)| *at);
         settling
+            .chain(readd)
             .chain(retries)
             .chain(held)
             .chain(healthy)

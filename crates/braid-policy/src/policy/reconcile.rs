@@ -184,6 +184,8 @@ impl Policy {
         for w in &wanted {
             self.bring_endpoint(w, &mut out);
         }
+        self.readd_at
+            .retain(|a, _| wanted.iter().any(|w| w.addr == *a));
         self.reconcile_limits(&wanted, &mut out);
         self.reconcile_cflag(&mut out);
         self.end_round();
@@ -320,9 +322,21 @@ impl Policy {
             {
                 // Re-adding closes a stalled path's subflows, or makes
                 // the kernel open the ones no connection has.
-                let reason = (self.reset_pending.remove(&w.addr))
-                    .or_else(|| self.rejoin_pending.remove(&w.addr))
-                    .unwrap_or_default();
+                if let Some(reason) = self.reset_pending.remove(&w.addr) {
+                    self.remove(&e, out, reason.clone());
+                    // Its new join would take address id 0 again (the
+                    // initial subflow's address), and a REMOVE_ADDR for id
+                    // 0 still crossing a slower path closes it on arrival:
+                    // the join waits until the peer has that.
+                    let wait = self.readd_wait_ms(w.addr);
+                    let at = self.clock.now().plus(wait);
+                    self.readd_at.insert(
+                        w.addr,
+                        (at, format!("{reason}; re-added {wait} ms after its removal, once the peer has its REMOVE_ADDR (over the slowest other path: a join from the same address reuses its id, and a late REMOVE_ADDR would close it)")),
+                    );
+                    return;
+                }
+                let reason = self.rejoin_pending.remove(&w.addr).unwrap_or_default();
                 self.remove(&e, out, reason.clone());
                 self.add(w, out, reason);
             }
@@ -346,10 +360,34 @@ impl Policy {
                 self.add(w, out, "its settings changed".into());
             }
             None => {
+                if let Some((at, why)) = self.readd_at.get(&w.addr) {
+                    if self.clock.now() < *at {
+                        return;
+                    }
+                    let why = why.clone();
+                    self.readd_at.remove(&w.addr);
+                    self.add(w, out, why);
+                    return;
+                }
                 let reason = self.why_usable(w);
                 self.add(w, out, reason);
             }
         }
+    }
+
+    /// How long a reopened path's endpoint waits before it is added again:
+    /// the slowest other path's smoothed RTT (its REMOVE_ADDR crosses one
+    /// of them), plus `READD_MARGIN_MS`, at least `READD_MIN_MS`.
+    fn readd_wait_ms(&self, addr: IpAddr) -> u64 {
+        let mine = self.ifindex_of(addr);
+        let slowest = self
+            .health
+            .paths
+            .iter()
+            .filter(|(i, _)| Some(**i) != mine)
+            .filter_map(|(_, h)| h.srtt_ms)
+            .fold(0.0_f64, f64::max);
+        (slowest as u64 + READD_MARGIN_MS).max(READD_MIN_MS)
     }
 
     /// Change a live endpoint's changeable flags, unless the kernel
