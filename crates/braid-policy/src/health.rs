@@ -47,6 +47,10 @@ struct SilenceProbes {
 pub struct PathHealth {
     pub srtt_ms: Option<f64>,
     pub rttvar_ms: Option<f64>,
+    /// The smoothed RTT of the path's slowest subflow (the farthest
+    /// peer): how long a message to every peer may take.
+    #[serde(skip)]
+    pub slowest_srtt_ms: Option<f64>,
     /// The lowest RTT the subflows to the remote of `probe_pair` have
     /// seen: the path with no queue of ours in it.
     #[serde(default)]
@@ -1022,6 +1026,11 @@ impl HealthTracker {
                 h.srtt_ms = Some(best.rtt_us as f64 / 1000.0);
                 h.rttvar_ms = Some(best.rttvar_us as f64 / 1000.0);
             }
+            h.slowest_srtt_ms = rtts
+                .iter()
+                .map(|s| s.rtt_us)
+                .max()
+                .map(|r| r as f64 / 1000.0);
             observe_loss(h, subs, &delta, now_ms, loss_threshold, decay_ms);
             let freshest = observe_stall(h, subs, &delta, now_ms, stall_ms);
             observe_receiving(h, subs, &delta, now_ms);

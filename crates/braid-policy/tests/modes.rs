@@ -231,6 +231,11 @@ fn handover_on_stall_with_hold_time_and_no_flapping() {
         .iter()
         .any(|d| matches!(d.action, Action::AddEndpoint { .. })));
     assert_eq!(s.p.wake_at_ms(), Some(570));
+    assert!(
+        s.p.view().path_state.contains("added back in 70 ms"),
+        "{}",
+        s.p.view().path_state
+    );
     let ds = s.at(570, Event::Tick);
     assert!(
         ds.iter().any(

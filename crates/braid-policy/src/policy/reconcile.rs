@@ -126,8 +126,10 @@ impl Policy {
             .any(|a| self.usability_with(a, true).is_ok());
         // A kept standby's endpoint (`keep_standby`) is not in use: its
         // returning carrier waits out the debounce like any other.
+        // One waiting to be added back after a reopen is (`readd_at`).
         let in_use = |ip: IpAddr| {
             self.kernel.values().any(|e| e.addr == ip) && !self.kept_standby.contains_key(&ip)
+                || self.readd_at.contains_key(&ip)
         };
         let carried = settled_path
             || self
@@ -184,8 +186,17 @@ impl Policy {
         for w in &wanted {
             self.bring_endpoint(w, &mut out);
         }
-        self.readd_at
-            .retain(|a, _| wanted.iter().any(|w| w.addr == *a));
+        // A wait ends at its deadline, whether or not the address was
+        // wanted meanwhile (it may come back within it: it still waits).
+        let now = self.clock.now();
+        self.readd_at.retain(|_, (at, _)| now < *at);
+        for (addr, (at, _)) in &self.readd_at {
+            self.path_state = format!(
+                "{}; {addr}'s endpoint is added back in {} ms, once the peer has its REMOVE_ADDR",
+                self.path_state,
+                now.until(*at)
+            );
+        }
         self.reconcile_limits(&wanted, &mut out);
         self.reconcile_cflag(&mut out);
         self.end_round();
@@ -376,8 +387,9 @@ impl Policy {
     }
 
     /// How long a reopened path's endpoint waits before it is added again:
-    /// the slowest other path's smoothed RTT (its REMOVE_ADDR crosses one
-    /// of them), plus `READD_MARGIN_MS`, at least `READD_MIN_MS`.
+    /// the smoothed RTT of the slowest subflow on the other paths (its
+    /// REMOVE_ADDR crosses one of them, to the farthest peer too), plus
+    /// `READD_MARGIN_MS`, at least `READD_MIN_MS`.
     fn readd_wait_ms(&self, addr: IpAddr) -> u64 {
         let mine = self.ifindex_of(addr);
         let slowest = self
@@ -385,7 +397,7 @@ impl Policy {
             .paths
             .iter()
             .filter(|(i, _)| Some(**i) != mine)
-            .filter_map(|(_, h)| h.srtt_ms)
+            .filter_map(|(_, h)| h.slowest_srtt_ms)
             .fold(0.0_f64, f64::max);
         (slowest as u64 + READD_MARGIN_MS).max(READD_MIN_MS)
     }
