@@ -135,13 +135,13 @@ pub async fn echo(
     echo_with(Method::Raw, local, remote, ifindex, timeout).await
 }
 
-/// Send echo requests from `local` to `remote` out of `ifindex` (a second
-/// one `SECOND_AFTER` after the first, so one lost packet is not taken for
-/// a dead path, but within the first quarter of `timeout`: a second echo
-/// sent 10 ms into a 12 ms wait had no time to be answered, and one lost
-/// echo on a lossy path was taken for a dead path) and wait up to
-/// `timeout` from the first for a reply to either. Ok(None): no reply in time (an ICMP error in reply counts as no
-/// reply).
+/// Send echo requests from `local` to `remote` out of `ifindex` and wait
+/// up to `timeout` from the first for a reply to either. The second goes
+/// `SECOND_AFTER` after the first, so one lost packet is not taken for a
+/// dead path, but within the first quarter of `timeout`: sent 10 ms into
+/// a 12 ms wait it had no time to be answered, and one lost echo on a
+/// lossy path was taken for a dead path. Ok(None): no reply in time (an
+/// ICMP error in reply counts as no reply).
 pub async fn echo_with(
     method: Method,
     local: IpAddr,

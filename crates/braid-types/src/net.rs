@@ -19,6 +19,13 @@ pub struct Link {
     pub carrier_changes: Option<u32>,
 }
 
+impl Link {
+    /// Up with carrier: the link can carry packets now.
+    pub fn can_carry(&self) -> bool {
+        self.up && self.carrier
+    }
+}
+
 /// A default route (any table) and the interface it leaves by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DefaultRoute {

@@ -45,10 +45,7 @@ impl Policy {
             Event::LinksPolled(links) => {
                 let mut changed = false;
                 for link in links {
-                    let had_carrier = self
-                        .links
-                        .get(&link.index)
-                        .is_some_and(|known| known.up && known.carrier);
+                    let had_carrier = self.links.get(&link.index).is_some_and(Link::can_carry);
                     if had_carrier && link.up && !link.carrier {
                         self.counters.carrier_losses_polled += 1;
                         self.notes.push(format!(
@@ -127,7 +124,7 @@ impl Policy {
     /// A link as it is now, announced or read.
     fn take_link(&mut self, link: Link) {
         self.forget_refusals_on(link.index);
-        if !(link.up && link.carrier) {
+        if !link.can_carry() {
             // Its measurements are about a path that is gone; whether it
             // carried data when it went is kept (`keep_standby`).
             if let Some(h) = self.health.paths.remove(&link.index) {
@@ -154,11 +151,9 @@ impl Policy {
         });
         // Subflows on a link without carrier (a kept standby's) measure no
         // path: they only tell whether there is still something to keep.
-        let (samples, dark): (Vec<_>, Vec<_>) = samples.into_iter().partition(|s| {
-            self.links
-                .get(&s.ifindex)
-                .is_some_and(|l| l.up && l.carrier)
-        });
+        let (samples, dark): (Vec<_>, Vec<_>) = samples
+            .into_iter()
+            .partition(|s| self.links.get(&s.ifindex).is_some_and(Link::can_carry));
         let kept_changed = self.recheck_kept(&dark);
         let p = &self.config.policy;
         let (stall, loss, hold) = (p.stall_ms, p.loss_threshold, p.hold_ms);
@@ -188,7 +183,7 @@ impl Policy {
         let links = &self.links;
         let before = self.idle_when_lost.len();
         self.idle_when_lost.retain(|i| {
-            if links.get(i).is_some_and(|l| l.up && l.carrier) {
+            if links.get(i).is_some_and(Link::can_carry) {
                 return true; // back, settling: measured like any path
             }
             let mut on = dark.iter().filter(|s| s.ifindex == *i).peekable();

@@ -602,7 +602,7 @@ impl Policy {
     /// debounce. A link seen for the first time with carrier is used at once.
     fn note_carrier(&mut self, link: &Link) {
         let now = self.clock.now();
-        let ok = link.up && link.carrier;
+        let ok = link.can_carry();
         let c = self.carrier.entry(link.index).or_insert(CarrierState {
             ok,
             returned: None,

@@ -112,7 +112,7 @@ impl Policy {
             .filter_map(|e| self.ifindex_of(e.addr))
             // A standby endpoint kept without carrier (`keep_standby`)
             // cannot be joined: re-adding it would close what it has.
-            .filter(|i| self.links.get(i).is_some_and(|l| l.up && l.carrier))
+            .filter(|i| self.links.get(i).is_some_and(Link::can_carry))
             .collect();
         self.missing_subflows
             .retain(|i, _| with_endpoint.contains(i));
@@ -186,7 +186,7 @@ impl Policy {
             .values()
             .filter_map(|e| self.ifindex_of(e.addr))
             .filter(|i| !now_stalled.contains(i))
-            .filter(|i| self.links.get(i).is_some_and(|l| l.up && l.carrier))
+            .filter(|i| self.links.get(i).is_some_and(Link::can_carry))
             .collect();
         for i in now_stalled.difference(&self.stalled_paths.clone()) {
             let name = link_name(&self.links, *i);
