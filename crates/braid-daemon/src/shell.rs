@@ -691,10 +691,16 @@ impl Shell {
             quiet: true,
         })?;
         let timeout = Duration::from_millis(timeout_ms);
+        // A loss echo measures: each is one sample.
+        let echoes = match action {
+            Action::ProbeLoss { .. } => 1,
+            _ => braid_policy::model::PATH_PROBE_ECHOES,
+        };
         let tx = self.probe_results.clone();
         tokio::spawn(async move {
             let result =
-                braid_kernel::probe::echo_with(method, local, remote, ifindex, timeout).await;
+                braid_kernel::probe::echo_with(method, local, remote, ifindex, timeout, echoes)
+                    .await;
             let _ = tx.send(ProbeOutcome {
                 id,
                 action,

@@ -23,8 +23,6 @@ use crate::error::{Error, Op, Result};
 
 static SEQ: AtomicU16 = AtomicU16::new(1);
 
-const SECOND_AFTER: Duration = Duration::from_millis(10);
-
 const ECHO_REQUEST_V4: u8 = 8;
 const ECHO_REPLY_V4: u8 = 0;
 const ECHO_REQUEST_V6: u8 = 128;
@@ -125,35 +123,38 @@ fn process_groups() -> String {
     }
 }
 
-/// [`echo_with`] by raw socket.
+/// [`echo_with`] by raw socket, `echoes` echoes.
 pub async fn echo(
     local: IpAddr,
     remote: IpAddr,
     ifindex: u32,
     timeout: Duration,
+    echoes: u16,
 ) -> Result<Option<Duration>> {
-    echo_with(Method::Raw, local, remote, ifindex, timeout).await
+    echo_with(Method::Raw, local, remote, ifindex, timeout, echoes).await
 }
 
-/// Send echo requests from `local` to `remote` out of `ifindex` and wait
-/// up to `timeout` from the first for a reply to either. The second goes
-/// `SECOND_AFTER` after the first, so one lost packet is not taken for a
-/// dead path, but within the first quarter of `timeout`: sent 10 ms into
-/// a 12 ms wait it had no time to be answered, and one lost echo on a
-/// lossy path was taken for a dead path. Ok(None): no reply in time (an
-/// ICMP error in reply counts as no reply).
+/// Send `echoes` echo requests (at least one) from `local` to `remote`
+/// out of `ifindex` and wait up to `timeout` from the first for a reply
+/// to any of them. They leave `timeout / (2 x echoes)` apart, all within
+/// the first half of the wait, so each has at least half of it to be
+/// answered, and a lost packet, or a few, is not taken for a dead path.
+/// Ok(Some): how long after the first the first reply came. Ok(None): no
+/// reply in time (an ICMP error in reply counts as no reply).
 pub async fn echo_with(
     method: Method,
     local: IpAddr,
     remote: IpAddr,
     ifindex: u32,
     timeout: Duration,
+    echoes: u16,
 ) -> Result<Option<Duration>> {
     if local.is_ipv4() != remote.is_ipv4() {
         return Err(Error::Invalid(format!(
             "cannot probe {remote} from {local}: different address families"
         )));
     }
+    let echoes = echoes.max(1);
     let v6 = remote.is_ipv6();
     let (domain, proto) = family(v6);
     let io = |e| Error::io(Op::Probe, e);
@@ -168,7 +169,8 @@ pub async fn echo_with(
     let check_id = (method == Method::Raw).then_some(id);
     // A raw IPv4 socket delivers the IP header too; the others do not.
     let ip_header = method == Method::Raw && !v6;
-    let seq = SEQ.fetch_add(2, Ordering::Relaxed);
+    let seq = SEQ.fetch_add(echoes, Ordering::Relaxed);
+    let gap = timeout / (2 * u32::from(echoes));
     let to = SocketAddr::new(remote, 0).into();
     let start = Instant::now();
     sock.send_to(&echo_request(v6, id, seq), &to).map_err(io)?;
@@ -178,14 +180,15 @@ pub async fn echo_with(
         .map_err(|e| io(e.into()))?;
     let wait = async {
         let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
-        let second = tokio::time::sleep(SECOND_AFTER.min(timeout / 4));
-        tokio::pin!(second);
-        let mut second_sent = false;
+        let mut sent: u16 = 1;
+        let next = tokio::time::sleep(gap);
+        tokio::pin!(next);
         loop {
             tokio::select! {
-                _ = &mut second, if !second_sent => {
-                    second_sent = true;
-                    fd.get_ref().send_to(&echo_request(v6, id, seq.wrapping_add(1)), &to)?;
+                _ = &mut next, if sent < echoes => {
+                    fd.get_ref().send_to(&echo_request(v6, id, seq.wrapping_add(sent)), &to)?;
+                    sent += 1;
+                    next.as_mut().reset(tokio::time::Instant::from_std(start) + gap * u32::from(sent));
                 }
                 ready = fd.readable() => {
                     let mut ready = ready?;
@@ -205,7 +208,7 @@ pub async fn echo_with(
                     let bytes: &[u8] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), n) };
                     let icmp = if ip_header { strip_ipv4_header(bytes) } else { Some(bytes) };
                     let ours = icmp.is_some_and(|icmp| {
-                        is_reply(icmp, v6, check_id, seq) || is_reply(icmp, v6, check_id, seq.wrapping_add(1))
+                        (0..sent).any(|i| is_reply(icmp, v6, check_id, seq.wrapping_add(i)))
                     });
                     if from.as_socket().map(|a| a.ip()) == Some(remote) && ours {
                         return Ok::<_, std::io::Error>(start.elapsed());
@@ -338,7 +341,7 @@ mod tests {
                 .unwrap();
             let probe = |m, a: &str| {
                 let a: IpAddr = a.parse().unwrap();
-                rt.block_on(echo_with(m, a, a, 1, Duration::from_secs(2)))
+                rt.block_on(echo_with(m, a, a, 1, Duration::from_secs(2), 1))
             };
             // A new namespace lets no group open ping sockets.
             assert_eq!(ping_group_range().as_deref(), Some("1 0"));

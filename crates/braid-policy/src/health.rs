@@ -699,7 +699,7 @@ impl PathHealth {
     /// What the loss figure counts.
     fn loss_measure(&self) -> &'static str {
         if self.loss_probed {
-            "echoes lost while it carries no traffic"
+            "packets lost one way, from echoes while it carries no traffic"
         } else {
             "segments retransmitted"
         }
@@ -865,7 +865,11 @@ fn observe_loss(
         h.last_echo_result_ms = None;
     } else if h.echoes.0 + h.echoes.1 >= LOSS_ECHO_SAMPLE {
         let (heard, lost) = std::mem::take(&mut h.echoes);
-        let sample = f64::from(lost) / f64::from(heard + lost);
+        // An echo crosses the path twice; segments are retransmitted for
+        // one crossing. Taken as equal both ways, a one-way loss p loses
+        // 1 - (1 - p)^2 of the echoes.
+        let echoes_lost = f64::from(lost) / f64::from(heard + lost);
+        let sample = 1.0 - (1.0 - echoes_lost).sqrt();
         h.loss = 0.5 * h.loss + 0.5 * sample;
         h.meter.last_sample_ms = now_ms;
         h.loss_probed = true;
@@ -1503,9 +1507,10 @@ mod tests {
         let h = &t.paths[&1];
         assert!(sent >= 90, "{sent} echoes");
         assert!(h.lossy && h.loss_probed, "{h:?}");
-        assert!((h.loss - 0.2).abs() < 0.05, "{}", h.loss);
+        // 20 % of echoes: 10.6 % each way.
+        assert!((h.loss - 0.106).abs() < 0.03, "{}", h.loss);
         assert!(
-            h.problem(300, 0.05).unwrap().why.contains("echoes lost"),
+            h.problem(300, 0.05).unwrap().why.contains("from echoes"),
             "{:?}",
             h.problem(300, 0.05)
         );

@@ -148,6 +148,14 @@ impl Event {
     }
 }
 
+/// Echoes in a path probe (`Action::ProbePath`); an answer to any of them
+/// means the path carries packets. An unanswered probe closes the path's
+/// subflows, so a false verdict costs a reconnection: with two echoes, a
+/// path losing 10 % each way (19 % of echoes lost) got one in 28 probes
+/// wrong, and a lossy download, probed when silent some 25 times in a
+/// 4-second lab run, was often declared dead. With five, one in 4000.
+pub const PATH_PROBE_ECHOES: u16 = 5;
+
 /// What the policy wants done.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
@@ -175,9 +183,10 @@ pub enum Action {
         name: String,
         value: String,
     },
-    /// Send one probe (ICMP echo) from `local` to `remote` out of
-    /// `ifindex` and report with `Event::ProbeResult` whether it was
-    /// answered within `timeout_ms`.
+    /// Send a probe (`PATH_PROBE_ECHOES` ICMP echoes, spread over the
+    /// first half of the wait) from `local` to `remote` out of `ifindex`
+    /// and report with `Event::ProbeResult` whether any was answered
+    /// within `timeout_ms`.
     ProbePath {
         ifindex: u32,
         local: IpAddr,
@@ -265,7 +274,7 @@ impl std::fmt::Display for Action {
                 timeout_ms,
             } => write!(
                 f,
-                "probe {remote} from {local} dev #{ifindex} (answer within {timeout_ms} ms)"
+                "probe {remote} from {local} dev #{ifindex} ({PATH_PROBE_ECHOES} echoes, an answer within {timeout_ms} ms)"
             ),
             Action::ProbeLoss {
                 ifindex,
