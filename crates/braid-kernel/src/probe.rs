@@ -1,6 +1,7 @@
-//! One ICMP echo from a given address out of a given interface: does the
+//! ICMP echoes from a given address out of a given interface: does the
 //! path still carry packets? Used when a receiving subflow goes silent,
-//! where TCP itself cannot tell (a receiver has nothing outstanding).
+//! where TCP itself cannot tell (a receiver has nothing outstanding), and
+//! to measure the loss of a path that carries no traffic.
 //!
 //! Two ways to send it ([`Method`]): a raw ICMP socket, which needs
 //! CAP_NET_RAW, or an ICMP datagram ("ping") socket, which needs no
@@ -139,8 +140,9 @@ pub async fn echo(
 /// to any of them. They leave `timeout / (2 x echoes)` apart, all within
 /// the first half of the wait, so each has at least half of it to be
 /// answered, and a lost packet, or a few, is not taken for a dead path.
-/// Ok(Some): how long after the first the first reply came. Ok(None): no
-/// reply in time (an ICMP error in reply counts as no reply).
+/// Ok(Some): the round-trip time of the first echo answered, from its own
+/// request. Ok(None): no reply in time (an ICMP error in reply counts as
+/// no reply).
 pub async fn echo_with(
     method: Method,
     local: IpAddr,
@@ -180,15 +182,25 @@ pub async fn echo_with(
         .map_err(|e| io(e.into()))?;
     let wait = async {
         let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
-        let mut sent: u16 = 1;
+        // When each echo left: the answer's RTT is from its own request.
+        let mut sent_at = vec![start];
+        let mut sending = true;
         let next = tokio::time::sleep(gap);
         tokio::pin!(next);
         loop {
+            let sent = sent_at.len() as u16;
             tokio::select! {
-                _ = &mut next, if sent < echoes => {
-                    fd.get_ref().send_to(&echo_request(v6, id, seq.wrapping_add(sent)), &to)?;
-                    sent += 1;
-                    next.as_mut().reset(tokio::time::Instant::from_std(start) + gap * u32::from(sent));
+                _ = &mut next, if sending && sent < echoes => {
+                    let request = echo_request(v6, id, seq.wrapping_add(sent));
+                    if fd.get_ref().send_to(&request, &to).is_err() {
+                        // The first is out and may still be answered: a
+                        // later one that cannot leave (the route went
+                        // away meanwhile) ends the sending, not the wait.
+                        sending = false;
+                        continue;
+                    }
+                    sent_at.push(Instant::now());
+                    next.as_mut().reset(tokio::time::Instant::from_std(start) + gap * u32::from(sent + 1));
                 }
                 ready = fd.readable() => {
                     let mut ready = ready?;
@@ -207,11 +219,11 @@ pub async fn echo_with(
                     // SAFETY: recv_from initialised the first n bytes.
                     let bytes: &[u8] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), n) };
                     let icmp = if ip_header { strip_ipv4_header(bytes) } else { Some(bytes) };
-                    let ours = icmp.is_some_and(|icmp| {
-                        (0..sent).any(|i| is_reply(icmp, v6, check_id, seq.wrapping_add(i)))
+                    let answered = icmp.and_then(|icmp| {
+                        (0..sent).find(|i| is_reply(icmp, v6, check_id, seq.wrapping_add(*i)))
                     });
-                    if from.as_socket().map(|a| a.ip()) == Some(remote) && ours {
-                        return Ok::<_, std::io::Error>(start.elapsed());
+                    if let (Some(i), true) = (answered, from.as_socket().map(|a| a.ip()) == Some(remote)) {
+                        return Ok::<_, std::io::Error>(sent_at[usize::from(i)].elapsed());
                     }
                 }
             }

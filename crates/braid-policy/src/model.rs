@@ -56,8 +56,9 @@ pub enum Event {
     DefaultRouteAdded(DefaultRoute),
     DefaultRouteRemoved(DefaultRoute),
     ConfigReloaded(Box<Config>),
-    /// The answer to `Action::ProbePath`: the round-trip time, or None if
-    /// no answer came in time.
+    /// The answer to `Action::ProbePath`: the round-trip time of the first
+    /// echo answered (from its own request), or None if none was answered
+    /// in time.
     ProbeResult {
         ifindex: u32,
         remote: IpAddr,
