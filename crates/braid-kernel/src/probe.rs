@@ -194,8 +194,9 @@ pub async fn echo_with(
                     let request = echo_request(v6, id, seq.wrapping_add(sent));
                     if fd.get_ref().send_to(&request, &to).is_err() {
                         // The first is out and may still be answered: a
-                        // later one that cannot leave (the route went
-                        // away meanwhile) ends the sending, not the wait.
+                        // later one that cannot leave (the route went away
+                        // meanwhile, or the send buffer is full) ends the
+                        // sending, not the wait.
                         sending = false;
                         continue;
                     }

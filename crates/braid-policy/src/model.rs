@@ -153,7 +153,7 @@ impl Event {
 /// means the path carries packets. An unanswered probe closes the path's
 /// subflows, so a false verdict costs a reconnection: with two echoes, a
 /// path losing 10 % each way (19 % of echoes lost) got one in 28 probes
-/// wrong, and a lossy download, probed when silent some 25 times in a
+/// wrong, and a lossy download, probed when silent 14–24 times in a
 /// 4-second lab run, was often declared dead. With five, one in 4000.
 pub const PATH_PROBE_ECHOES: u16 = 5;
 
