@@ -1060,6 +1060,95 @@ fn a_standby_path_that_loses_carrier_keeps_its_endpoint_while_idle() {
     );
 }
 
+/// The daemon (re)starts while the standby has no carrier: as if it had
+/// seen the loss, provided a health round finds its subflows idle.
+fn restarted_with_a_dark_standby() -> (Sim, Vec<Decision>) {
+    let mut cfg = Config::default();
+    cfg.policy.mode = PathMode::Handover;
+    cfg.policy.hold_ms = 3000;
+    let mut s = Sim {
+        p: Policy::new(cfg, vec![1, 2]),
+        now: 0,
+        hosts: 1,
+    };
+    let route = |ifindex, table| DefaultRoute {
+        ifindex,
+        table,
+        ipv6: false,
+        initcwnd: None,
+    };
+    let endpoint = |id, ip: &str, flags, ifindex| KernelEndpoint {
+        id,
+        addr: ip.parse().unwrap(),
+        flags,
+        ifindex: Some(ifindex),
+    };
+    let ds = s.p.handle(
+        Event::Snapshot {
+            links: vec![
+                link(2, "eth0"),
+                Link {
+                    carrier: false,
+                    ..link(3, "wlan0")
+                },
+            ],
+            addresses: vec![addr(2, "10.0.0.2"), addr(3, "192.168.1.5")],
+            default_routes: vec![route(2, 254), route(3, 200)],
+            endpoints: vec![
+                endpoint(1, "10.0.0.2", SUBFLOW, 2),
+                endpoint(2, "192.168.1.5", SUBFLOW | BACKUP, 3),
+            ],
+            limits: Limits {
+                subflows: 2,
+                add_addr_accepted: 2,
+            },
+        },
+        0,
+    );
+    (s, ds)
+}
+
+#[test]
+fn a_standby_without_carrier_at_start_is_kept_while_a_round_finds_it_idle() {
+    let (mut s, ds) = restarted_with_a_dark_standby();
+    assert!(removals(&ds).is_empty(), "{ds:?}");
+    let notes = s.p.take_notes();
+    assert!(
+        notes.len() == 1 && notes[0].contains("had no carrier when the daemon started"),
+        "{notes:?}"
+    );
+    // Rounds find its subflow idle: kept, past the unconfirmed limit too.
+    for t in (100..=5000).step_by(100) {
+        let ds = s.health(t, receiving(t * 1000, 1), idle());
+        assert!(removals(&ds).is_empty(), "at {t}: {ds:?}");
+    }
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
+    // This host's data goes out on it after all: it must be resent.
+    let busy = P {
+        unacked: 3,
+        ..idle()
+    };
+    let ds = s.health(5100, receiving(5_100_000, 1), busy);
+    assert_eq!(
+        removals(&ds),
+        vec!["192.168.1.5".parse::<IpAddr>().unwrap()],
+        "{ds:?}"
+    );
+
+    // No subflow anywhere, so no health round: it goes when the wait ends.
+    let (mut s, ds) = restarted_with_a_dark_standby();
+    assert!(removals(&ds).is_empty(), "{ds:?}");
+    let wake =
+        s.p.wake_at_ms()
+            .expect("a deadline for the unconfirmed keep");
+    assert!(wake <= 2000, "{wake}");
+    assert!(removals(&s.at(1999, Event::Tick)).is_empty());
+    assert_eq!(
+        removals(&s.at(2000, Event::Tick)),
+        vec!["192.168.1.5".parse::<IpAddr>().unwrap()]
+    );
+}
+
 #[test]
 fn a_standby_path_that_carried_data_when_it_lost_carrier_is_removed() {
     let (mut s, _) = sim(PathMode::Handover);

@@ -63,6 +63,7 @@ impl Policy {
                 self.forget_refusals_on(index);
                 self.carrier.remove(&index);
                 self.idle_when_lost.remove(&index);
+                self.unconfirmed_idle.remove(&index);
                 self.links.remove(&index);
                 self.addresses.retain(|(i, _), _| *i != index);
                 self.default_routes.retain(|r| r.ifindex != index);
@@ -175,6 +176,34 @@ impl Policy {
         true
     }
 
+    /// At start, a link that is up without carrier and holds a backup
+    /// endpoint of ours may be a standby that lost carrier while idle
+    /// before this daemon ran (it was restarted meanwhile): removing the
+    /// endpoint would close its subflows and make both kernels resend
+    /// everything in flight. It is kept until the first health round
+    /// re-checks it (`recheck_kept`), or for `UNCONFIRMED_KEEP_MS` if
+    /// none comes (no subflow anywhere: nothing to keep).
+    fn keep_dark_standbys_found_at_start(&mut self) {
+        let until = self.clock.now().plus(UNCONFIRMED_KEEP_MS);
+        let dark: Vec<u32> = self
+            .links
+            .values()
+            .filter(|l| l.up && !l.carrier)
+            .map(|l| l.index)
+            .collect();
+        for i in dark {
+            let standby = self.kernel.values().any(|e| {
+                self.manages(e.id)
+                    && e.flags & Flag::Backup.bit() != 0
+                    && self.addresses.contains_key(&(i, e.addr))
+            });
+            if standby {
+                self.idle_when_lost.insert(i);
+                self.unconfirmed_idle.insert(i, until);
+            }
+        }
+    }
+
     /// Links that lost carrier while idle stay so only while they still
     /// have subflows and none of ours has data outstanding on them (this
     /// host's kernel put data there after all: it must be resent); the
@@ -189,6 +218,8 @@ impl Policy {
             let mut on = dark.iter().filter(|s| s.ifindex == *i).peekable();
             on.peek().is_some() && on.all(|s| s.unacked == 0)
         });
+        // A round has said, for the keeps found at start too.
+        self.unconfirmed_idle.clear();
         self.idle_when_lost.len() != before
     }
 
@@ -257,6 +288,7 @@ impl Policy {
         let known: BTreeSet<u32> = links.iter().map(|l| l.index).collect();
         self.carrier.retain(|i, _| known.contains(i));
         self.idle_when_lost.retain(|i| known.contains(i));
+        self.unconfirmed_idle.retain(|i, _| known.contains(i));
         for l in &links {
             self.note_carrier(l);
         }
@@ -280,6 +312,9 @@ impl Policy {
                 (None, _) => false,
             });
         self.limits = Some(limits);
+        if !self.synced {
+            self.keep_dark_standbys_found_at_start();
+        }
         // The kernel's state is known afresh: try everything again.
         self.refused.clear();
         self.flags_refused.clear();

@@ -47,6 +47,10 @@ const MISSING_SUBFLOW_MS: u64 = 1000;
 /// back (`readd_wait_ms`), and the least it waits.
 const READD_MARGIN_MS: u64 = 10;
 const READD_MIN_MS: u64 = 20;
+/// A standby found without carrier at start is kept this long at most
+/// without a health round to say its subflows are idle (rounds come
+/// every `policy.poll_interval_ms` while any subflow exists).
+const UNCONFIRMED_KEEP_MS: u64 = 2000;
 const REJOIN_FIRST_MS: u64 = 2000;
 const REJOIN_MAX_MS: u64 = 300_000;
 
@@ -256,6 +260,11 @@ pub struct Policy {
     /// Links that carried no data (their subflows idle) when they lost
     /// carrier, until the carrier is back and settled.
     idle_when_lost: BTreeSet<u32>,
+    /// Links found without carrier at start, holding a backup endpoint of
+    /// ours: a daemon started (or restarted) during the loss cannot know
+    /// whether the standby was idle, so it keeps the endpoint until a
+    /// health round says (`recheck_kept`), and no longer than this.
+    unconfirmed_idle: BTreeMap<u32, Time>,
     /// Reopened endpoints waiting to be added again, until when and why.
     readd_at: BTreeMap<IpAddr, (Time, String)>,
     /// Standby endpoints kept while their link has no carrier, with why.
@@ -429,6 +438,7 @@ impl Policy {
             initcwnd_set: BTreeMap::new(),
             initcwnd_refused: BTreeMap::new(),
             idle_when_lost: BTreeSet::new(),
+            unconfirmed_idle: BTreeMap::new(),
             readd_at: BTreeMap::new(),
             kept_standby: BTreeMap::new(),
             notes: Vec::new(),
@@ -547,8 +557,10 @@ impl Policy {
             .chain(self.usable_since.values().map(move |t| t.plus(hold)))
             .filter(move |_| acts_on_health);
         let readd = self.readd_at.values().map(|(at, _)| *at);
+        let unconfirmed = self.unconfirmed_idle.values().copied();
         settling
             .chain(readd)
+            .chain(unconfirmed)
             .chain(retries)
             .chain(held)
             .chain(healthy)

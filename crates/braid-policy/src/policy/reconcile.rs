@@ -181,6 +181,7 @@ impl Policy {
     /// Every decision that brings the kernel to what is wanted now.
     pub(super) fn reconcile(&mut self) -> Vec<Decision> {
         let mut out = Vec::new();
+        self.expire_unconfirmed_keeps();
         let wanted = self.wanted_now();
         self.remove_unwanted(&wanted, &mut out);
         for w in &wanted {
@@ -283,6 +284,24 @@ impl Policy {
         self.kept_standby = kept;
     }
 
+    /// A standby found without carrier at start that no health round has
+    /// confirmed idle in time is not kept: no subflow exists anywhere.
+    fn expire_unconfirmed_keeps(&mut self) {
+        let now = self.clock.now();
+        let expired: Vec<u32> = self
+            .unconfirmed_idle
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(i, _)| *i)
+            .collect();
+        for i in expired {
+            self.unconfirmed_idle.remove(&i);
+            if !self.links.get(&i).is_some_and(Link::can_carry) {
+                self.idle_when_lost.remove(&i);
+            }
+        }
+    }
+
     /// Why a standby endpoint whose link lost carrier is kept, if it is:
     /// removing it closes its subflows, and a closing subflow makes the
     /// kernel at either end send again its whole unacknowledged MPTCP
@@ -313,10 +332,16 @@ impl Policy {
         }
         self.link_allowed(link).ok()?;
         self.address_usability(a).ok()?;
+        let what = if link.carrier {
+            "has its carrier back, still settling,"
+        } else if self.unconfirmed_idle.contains_key(&a.ifindex) {
+            "had no carrier when the daemon started (a health round will tell whether its subflows are idle)"
+        } else {
+            "lost carrier"
+        };
         Some(format!(
-            "{} {} while standing by: its endpoint {} stays, because removing it would close its subflows and make the kernels resend all data in flight over {} for nothing; new connections' joins over it are retried by TCP until the carrier is back or they time out, as with the kernel's own backup endpoint",
+            "{} {what} while standing by: its endpoint {} stays, because removing it would close its subflows and make the kernels resend all data in flight over {} for nothing; new connections' joins over it are retried by TCP until the carrier is back or they time out, as with the kernel's own backup endpoint",
             link.name,
-            if link.carrier { "has its carrier back, still settling," } else { "lost carrier" },
             e.addr,
             carrying.iface
         ))
