@@ -691,11 +691,7 @@ impl Shell {
             quiet: true,
         })?;
         let timeout = Duration::from_millis(timeout_ms);
-        // A loss echo measures: each is one sample.
-        let echoes = match action {
-            Action::ProbeLoss { .. } => 1,
-            _ => braid_policy::model::PATH_PROBE_ECHOES,
-        };
+        let echoes = action.echoes().unwrap_or(1);
         let tx = self.probe_results.clone();
         tokio::spawn(async move {
             let result =

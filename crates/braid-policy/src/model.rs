@@ -157,6 +157,19 @@ impl Event {
 /// 4-second lab run, was often declared dead. With five, one in 4000.
 pub const PATH_PROBE_ECHOES: u16 = 5;
 
+impl Action {
+    /// How many ICMP echoes a probe action sends: a path probe several
+    /// (`PATH_PROBE_ECHOES`), a loss echo one (each is one sample of the
+    /// loss). None for other actions.
+    pub fn echoes(&self) -> Option<u16> {
+        match self {
+            Action::ProbePath { .. } => Some(PATH_PROBE_ECHOES),
+            Action::ProbeLoss { .. } => Some(1),
+            _ => None,
+        }
+    }
+}
+
 /// What the policy wants done.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]

@@ -660,14 +660,7 @@ fn an_unanswered_probe_hands_over_and_reopens_the_silent_path() {
         probes(&s.health(150, receiving(500_000, 50), ok(60, 0))).len(),
         1
     );
-    let ds = s.at(
-        210,
-        Event::ProbeResult {
-            ifindex: 2,
-            remote: "203.0.113.1".parse().unwrap(),
-            rtt_ms: None,
-        },
-    );
+    let ds = s.at(210, unanswered(2));
     // The dead primary's endpoint goes first (the server resends from the
     // client's DATA_ACK on the standby), then the standby is made active.
     assert!(
@@ -844,14 +837,7 @@ fn a_late_answer_after_data_resumed_changes_nothing() {
     s.health(150, receiving(500_000, 50), ok(60, 0));
     // Data came back before the probe's time ran out.
     s.health(180, receiving(600_000, 1), ok(60, 0));
-    let ds = s.at(
-        210,
-        Event::ProbeResult {
-            ifindex: 2,
-            remote: "203.0.113.1".parse().unwrap(),
-            rtt_ms: None,
-        },
-    );
+    let ds = s.at(210, unanswered(2));
     assert!(ds.is_empty(), "{ds:?}");
     assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
 }
@@ -972,6 +958,15 @@ fn idle() -> P {
     P {
         unacked: 0,
         ..ok(60, 0)
+    }
+}
+
+/// No answer to the probe of interface `ifindex` towards the first host.
+fn unanswered(ifindex: u32) -> Event {
+    Event::ProbeResult {
+        ifindex,
+        remote: HOSTS[0].parse::<SocketAddr>().unwrap().ip(),
+        rtt_ms: None,
     }
 }
 
@@ -1249,14 +1244,7 @@ fn a_kept_standby_is_no_path_to_reopen_the_last_working_one_onto() {
     // answered: reopening it would only resend onto itself.
     let ds = s.health(150, receiving(500_000, 50), idle());
     assert_eq!(probes(&ds).len(), 1, "{ds:?}");
-    let ds = s.at(
-        210,
-        Event::ProbeResult {
-            ifindex: 2,
-            remote: "203.0.113.1".parse().unwrap(),
-            rtt_ms: None,
-        },
-    );
+    let ds = s.at(210, unanswered(2));
     assert!(removals(&ds).is_empty(), "{ds:?}");
     let v = s.p.view();
     assert!(

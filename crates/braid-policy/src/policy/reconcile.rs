@@ -288,18 +288,16 @@ impl Policy {
     /// confirmed idle in time is not kept: no subflow exists anywhere.
     fn expire_unconfirmed_keeps(&mut self) {
         let now = self.clock.now();
-        let expired: Vec<u32> = self
-            .unconfirmed_idle
-            .iter()
-            .filter(|(_, until)| **until <= now)
-            .map(|(i, _)| *i)
-            .collect();
-        for i in expired {
-            self.unconfirmed_idle.remove(&i);
-            if !self.links.get(&i).is_some_and(Link::can_carry) {
-                self.idle_when_lost.remove(&i);
+        let (links, idle) = (&self.links, &mut self.idle_when_lost);
+        self.unconfirmed_idle.retain(|i, until| {
+            if now < *until {
+                return true;
             }
-        }
+            if !links.get(i).is_some_and(Link::can_carry) {
+                idle.remove(i);
+            }
+            false
+        });
     }
 
     /// Why a standby endpoint whose link lost carrier is kept, if it is:
