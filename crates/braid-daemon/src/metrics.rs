@@ -340,6 +340,7 @@ pub struct Snapshot {
     pub mptcp_events: BTreeMap<String, u64>,
     pub probes: u64,
     pub probes_unanswered: u64,
+    pub probes_unanswered_data_came: u64,
     pub link_events: u64,
     pub carrier_losses_polled: u64,
     pub standby_endpoints_kept: u64,
@@ -714,6 +715,12 @@ fn render_decisions(o: &mut Out, s: &Snapshot) {
         COUNTER,
         "ICMP probes of silent or stalled paths that went unanswered.",
         Value::Int(s.probes_unanswered),
+    );
+    o.single(
+        "braid_path_probes_unanswered_data_came_total",
+        COUNTER,
+        "Unanswered probes of silent paths not acted on: data came on the path while the probe waited.",
+        Value::Int(s.probes_unanswered_data_came),
     );
 }
 

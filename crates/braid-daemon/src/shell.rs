@@ -522,6 +522,7 @@ impl Shell {
             mptcp_events: c.mptcp_events.clone(),
             probes: c.probes,
             probes_unanswered: c.probes_unanswered,
+            probes_unanswered_data_came: c.probes_unanswered_data_came,
             link_events: c.link_events,
             carrier_losses_polled: c.carrier_losses_polled,
             standby_endpoints_kept: c.standby_endpoints_kept,
@@ -1489,7 +1490,17 @@ pub async fn run(opts: Options) -> Result<(), String> {
                 shell.resync("periodic check", true);
                 resync_at = next_resync(tokio::time::Instant::now());
             }
-            Some(outcome) = io.probe_rx.recv() => shell.probe_done(outcome),
+            Some(outcome) = io.probe_rx.recv() => {
+                shell.probe_done(outcome);
+                // An unanswered probe is judged by a fresh round (did data
+                // come while it waited?); an answered one may bring the
+                // next probe of the silence closer than the timer.
+                if shell.policy.health_check_due_in_ms() == Some(0) {
+                    poll = poll_health(&mut shell);
+                } else if let Some(at) = poll {
+                    poll = Some(at.min(next_poll(&shell)));
+                }
+            }
             change = io.monitor.next() => {
                 if shell.take_change(change) {
                     resync_at = next_resync(tokio::time::Instant::now());

@@ -165,6 +165,7 @@ impl Policy {
         let now_ms = self.clock.now().ms();
         self.health
             .update(now_ms, &samples, stall, loss, decay, hosts);
+        self.judge_unanswered_silences();
         self.note_missing_subflows();
         if !self.watches_paths() {
             return kept_changed || self.due() || !self.rejoin_pending.is_empty();
@@ -174,6 +175,19 @@ impl Policy {
         }
         self.probes_due();
         true
+    }
+
+    /// Unanswered silence probes, judged against this round: a path whose
+    /// data came back while its probe waited is not unreachable (said in a
+    /// note, and counted).
+    fn judge_unanswered_silences(&mut self) {
+        for (i, h) in self.health.paths.iter_mut() {
+            if let Some(SilenceVerdict::DataCame(why)) = h.judge_unanswered_silence() {
+                self.counters.probes_unanswered_data_came += 1;
+                self.notes
+                    .push(format!("{}: {why}", link_name(&self.links, *i)));
+            }
+        }
     }
 
     /// At start, a link that is up without carrier and holds a backup
@@ -251,15 +265,11 @@ impl Policy {
                     false
                 }
                 // Unanswered while data is still missing (data coming back
-                // meanwhile ends the silence the probe was about).
+                // meanwhile ends the silence the probe was about): judged
+                // at the round the shell makes at once.
                 None if h.rx_silent_ms >= h.probe_after_ms() && h.unreachable.is_none() => {
-                    let why = format!(
-                        "unreachable: data stopped {} ms ago and {remote} did not answer a probe within {} ms",
-                        h.rx_silent_ms,
-                        h.silence_probe_waited_ms()
-                    );
-                    h.mark_unreachable(why);
-                    true
+                    h.silence_probe_unanswered();
+                    false
                 }
                 None => false,
             }

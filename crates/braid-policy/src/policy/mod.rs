@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::budget::SwitchBudget;
 use crate::config::{glob, Config, Flag, Mode, PathMode, PmKind, Role};
 use crate::health::{
-    HealthTracker, PathHealth, PathProblem, LOSS_ECHO_INTERVAL_MS, MIN_WITNESSES,
+    HealthTracker, PathHealth, PathProblem, SilenceVerdict, LOSS_ECHO_INTERVAL_MS, MIN_WITNESSES,
     PROBE_AFTER_MIN_MS,
 };
 use crate::model::*;
@@ -80,6 +80,10 @@ pub struct Counters {
     /// Probes of silent receiving paths, and how many went unanswered.
     pub probes: u64,
     pub probes_unanswered: u64,
+    /// Unanswered silence probes that the next round contradicted: data
+    /// had come on the path while the probe waited.
+    #[serde(default)]
+    pub probes_unanswered_data_came: u64,
     /// Switches of traffic made on measurements, and how many times one
     /// was held back by `policy.max_handovers`.
     pub handovers: u64,
