@@ -99,9 +99,37 @@ pub struct Reply {
     pub stats: Vec<[DirCounters; 2]>,
 }
 
+/// Real-time priority of the emulator's threads: above every normal task,
+/// low among real-time ones.
+const PUMP_PRIORITY: libc::c_int = 10;
+
+/// Make the calling thread real-time (SCHED_FIFO). The emulator is the
+/// wire: its packets must not wait for the CPU that the traffic it carries
+/// takes (on 2 cores: a bulk sender, a receiver, two daemons). Traced
+/// before it was: a thread starved for 35-40 ms held a 0 ms path's data
+/// and a probe's answers in the qdisc, which read as a dead path. The
+/// threads sleep in ppoll between packets, and the kernel's real-time
+/// throttling (sched_rt_runtime_us) bounds them anyway.
+fn make_realtime() -> Result<(), std::io::Error> {
+    let param = libc::sched_param {
+        sched_priority: PUMP_PRIORITY,
+    };
+    // SAFETY: pid 0 is the calling thread; param is valid.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn pump(input: Arc<OwnedFd>, output: Arc<OwnedFd>, dir: Arc<Direction>, stop: Arc<AtomicBool>) {
     // Wake-ups on time matter more than power here.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000, 0, 0, 0) };
+    if let Err(e) = make_realtime() {
+        eprintln!(
+            "braid lab emulator: cannot run {} at real-time priority ({e}): its packets may wait for the CPU the traffic takes, which adds delay the path spec does not have (run as root, outside a cgroup without real-time budget)",
+            std::thread::current().name().unwrap_or("a thread")
+        );
+    }
     let in_fd = input.as_raw_fd();
     unsafe {
         let fl = libc::fcntl(in_fd, libc::F_GETFL);
