@@ -1117,6 +1117,7 @@ fn token_samples(
                 last_ack_recv_ms: t.last_ack_recv_ms,
                 bytes_received: t.bytes_received.unwrap_or(0),
                 last_data_recv_ms: t.last_data_recv_ms,
+                data_segs_in: t.data_segs_in.unwrap_or(0),
                 min_rtt_us: t.min_rtt_us.unwrap_or(0),
             };
             Some((sf.token_local, sample))

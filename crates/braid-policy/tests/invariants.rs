@@ -156,6 +156,8 @@ fn sample() -> impl Strategy<Value = SubflowSample> {
                 last_ack_recv_ms,
                 bytes_received,
                 last_data_recv_ms,
+                // In-order data, plus some out of order now and then.
+                data_segs_in: (bytes_received / 1400) as u32 + total_retrans % 7,
                 // Unknown, equal to or below the smoothed RTT.
                 min_rtt_us: rtt_us / u32::from(port - 40000 + 1) * u32::from(port != 40002),
             },

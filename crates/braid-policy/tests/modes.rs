@@ -110,6 +110,7 @@ impl Sim {
             last_ack_recv_ms: p.last_ack_ms,
             bytes_received: p.rx_bytes,
             last_data_recv_ms: p.last_rx_ms,
+            data_segs_in: 0,
             min_rtt_us: 0,
         };
         let samples = (0..self.hosts)
@@ -694,6 +695,7 @@ fn an_unanswered_probe_hands_over_and_reopens_the_silent_path() {
             last_ack_recv_ms: 5,
             bytes_received: 0,
             last_data_recv_ms: 5,
+            data_segs_in: 0,
             min_rtt_us: 0,
         };
         s.at(
@@ -795,6 +797,7 @@ fn a_path_without_subflows_is_re_added_so_the_kernel_opens_them() {
                 last_ack_recv_ms: 5,
                 bytes_received: 0,
                 last_data_recv_ms: 5,
+                data_segs_in: 0,
                 min_rtt_us: 0,
             }]),
         )
@@ -1203,6 +1206,7 @@ fn round(s: &mut Sim, t: u64, rx: u64, wlan0_unacked: Option<u32>) -> Vec<Decisi
         last_ack_recv_ms: 5,
         bytes_received: rx,
         last_data_recv_ms: 1,
+        data_segs_in: 0,
         min_rtt_us: 0,
     };
     let mut samples = vec![mk([10, 0, 0, 2], 2, 0, rx)];

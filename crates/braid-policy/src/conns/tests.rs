@@ -291,6 +291,7 @@ fn sample(
         last_ack_recv_ms: last_ack_ms,
         bytes_received: 0,
         last_data_recv_ms: 0,
+        data_segs_in: 0,
         min_rtt_us: 0,
     }
 }

@@ -61,6 +61,7 @@ fn receiving(remote: &str, rx_bytes: u64, last_rx_ms: u32) -> Event {
         last_ack_recv_ms: 5,
         bytes_received: rx_bytes,
         last_data_recv_ms: last_rx_ms,
+        data_segs_in: 0,
         min_rtt_us: 0,
     }])
 }
@@ -140,6 +141,7 @@ fn a_failed_stall_probe_is_no_longer_under_way() {
             last_ack_recv_ms: last_ack,
             bytes_received: 0,
             last_data_recv_ms: 0,
+            data_segs_in: 0,
             min_rtt_us: 0,
         }])
     };
