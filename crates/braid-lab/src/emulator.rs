@@ -105,11 +105,10 @@ const PUMP_PRIORITY: libc::c_int = 10;
 
 /// Make the calling thread real-time (SCHED_FIFO). The emulator is the
 /// wire: its packets must not wait for the CPU that the traffic it carries
-/// takes (on 2 cores: a bulk sender, a receiver, two daemons). Traced
-/// before it was: a thread starved for 35-40 ms held a 0 ms path's data
-/// and a probe's answers in the qdisc, which read as a dead path. The
-/// threads sleep in ppoll between packets, and the kernel's real-time
-/// throttling (sched_rt_runtime_us) bounds them anyway.
+/// takes (on 2 cores: a bulk sender, a receiver, two daemons): a delay
+/// the path spec does not have. The threads sleep in ppoll between
+/// packets, and the kernel's real-time throttling (sched_rt_runtime_us)
+/// bounds them anyway.
 fn make_realtime() -> Result<(), std::io::Error> {
     let param = libc::sched_param {
         sched_priority: PUMP_PRIORITY,
