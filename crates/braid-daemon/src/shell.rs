@@ -751,8 +751,9 @@ impl Shell {
                     remote,
                     rtt_ms,
                 });
-                // The connections' modes act on the verdict now, not at
-                // the next health round.
+                // The connections' modes act on a stall probe's verdict
+                // now; a silence probe's comes with the round the main
+                // loop makes at once (`silence_verdict_waiting`).
                 let problems = self.policy.path_problems();
                 let now = self.now_ms();
                 if let Some(c) = self.conns.as_mut() {
@@ -1496,7 +1497,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
                 // An unanswered probe is judged by a fresh round (did data
                 // come while it waited?); an answered one may bring the
                 // next probe of the silence closer than the timer.
-                if shell.policy.health_check_due_in_ms() == Some(0) {
+                if shell.policy.silence_verdict_waiting() {
                     poll = poll_health(&mut shell);
                 } else if let Some(at) = poll {
                     poll = Some(at.min(next_poll(&shell)));

@@ -125,7 +125,7 @@ fn pump(input: Arc<OwnedFd>, output: Arc<OwnedFd>, dir: Arc<Direction>, stop: Ar
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000, 0, 0, 0) };
     if let Err(e) = make_realtime() {
         eprintln!(
-            "braid lab emulator: cannot run {} at real-time priority ({e}): its packets may wait for the CPU the traffic takes, which adds delay the path spec does not have (run as root, outside a cgroup without real-time budget)",
+            "braid lab emulator: cannot run {} at real-time priority ({e}): its packets may wait for the CPU the traffic takes, which adds delay the path spec does not have (needs root, and a real-time budget in the cgroup when the kernel has RT group scheduling)",
             std::thread::current().name().unwrap_or("a thread")
         );
     }

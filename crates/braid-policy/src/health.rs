@@ -131,6 +131,10 @@ pub struct PathHealth {
     /// (`judge_unanswered_silence`).
     #[serde(skip)]
     silence_unanswered: Option<u64>,
+    /// Data came on the path (a segment, in order or not) in a round
+    /// after the current silence probe went out.
+    #[serde(skip)]
+    data_since_probe: bool,
     #[serde(skip)]
     rx_active_ms: Option<u64>,
     /// Received in bulk within `RX_MEMORY_MS`.
@@ -364,6 +368,7 @@ impl PathHealth {
     /// A probe of the current silence went out, waiting `timeout_ms`.
     pub fn silence_probe_sent(&mut self, timeout_ms: u64) {
         self.probed = true;
+        self.data_since_probe = false;
         self.silence_probes = SilenceProbes {
             sent: self.silence_probes.sent.saturating_add(1),
             last_at_silence_ms: self.rx_silent_ms,
@@ -402,25 +407,33 @@ impl PathHealth {
         self.silence_unanswered = Some(self.silence_probes.last_waits_ms);
     }
 
+    /// An unanswered silence probe waits for a round to be judged.
+    pub fn awaits_silence_verdict(&self) -> bool {
+        self.silence_unanswered.is_some()
+    }
+
     /// At the round after an unanswered silence probe: the path is
-    /// unreachable only if the silence it asked about goes on (data that
-    /// came since, even one segment, starts a new silence, see
-    /// `observe_receiving`). None if no verdict was waiting.
+    /// unreachable only if no data came on it, not even one segment, in
+    /// a round since the probe went out (`data_since_probe`). None if no
+    /// verdict was waiting.
     pub fn judge_unanswered_silence(&mut self) -> Option<SilenceVerdict> {
         let waited = self.silence_unanswered.take()?;
         if self.unreachable.is_some() {
             return None;
         }
         let remote = self.probe_pair.map(|(_, r)| r)?;
-        if self.silence_probes.sent == 0 || self.rx_silent_ms < self.probe_after_ms() {
+        if self.data_since_probe {
             self.probed = false;
             return Some(SilenceVerdict::DataCame(format!(
                 "{remote} did not answer a probe within {waited} ms, but data came on the path while it waited: the path works (the answer was queued or dropped behind that data)"
             )));
         }
+        let stopped = match self.rx_silent_ms {
+            0 => String::new(),
+            ms => format!("data stopped {ms} ms ago and "),
+        };
         self.mark_unreachable(format!(
-            "unreachable: data stopped {} ms ago and {remote} did not answer a probe within {waited} ms",
-            self.rx_silent_ms
+            "unreachable: {stopped}{remote} did not answer a probe within {waited} ms, and no data came meanwhile"
         ));
         Some(SilenceVerdict::Unreachable)
     }
@@ -1025,6 +1038,13 @@ fn observe_receiving(
     delta: &HashMap<SubflowKey, SubflowDelta>,
     now_ms: u64,
 ) {
+    let came = subs.iter().any(|s| {
+        let d = &delta[&(s.local, s.remote)];
+        d.data_segs > 0 || d.received > 0
+    });
+    if h.probed && came {
+        h.data_since_probe = true;
+    }
     let busiest = subs
         .iter()
         .map(|s| (delta[&(s.local, s.remote)].received, *s))
@@ -1221,6 +1241,10 @@ impl HealthTracker {
     /// How long until some path would be declared stalled if no ACK
     /// arrives: the next health check should come no later than that.
     pub fn until_next_stall_ms(&self, stall_ms: u64, probing: bool) -> Option<u64> {
+        // An unanswered silence probe is judged by a round made at once.
+        if self.paths.values().any(PathHealth::awaits_silence_verdict) {
+            return Some(0);
+        }
         let stalls = self
             .paths
             .values()
@@ -1238,10 +1262,6 @@ impl HealthTracker {
             .filter(|h| probing && h.outstanding && h.stall_probe.is_none())
             .map(|h| h.stall_probe_at_ms(stall_ms).saturating_sub(h.stalled_ms))
             .filter(|in_ms| *in_ms > 0);
-        // An unanswered silence probe is judged at once by a fresh round.
-        if self.paths.values().any(|h| h.silence_unanswered.is_some()) {
-            return Some(0);
-        }
         // A receiving path is checked when a silence would be probed.
         let silences = self
             .paths
@@ -1643,9 +1663,6 @@ mod tests {
         assert!(!t.paths[&1].loss_probed);
     }
 
-    /// A client that only receives: srtt from the handshake, rttvar half of
-    /// it (RFC 6298's first sample), so srtt + 4 rttvar is 3 RTTs. Measured
-    /// in the sweep at 50/100 ms: the daemon acted 450 ms after a blackhole,
     /// Behind a lost segment, data keeps arriving out of order while
     /// tcpi_last_data_recv (in-order data) grows: the path is not silent.
     #[test]
@@ -1682,6 +1699,9 @@ mod tests {
         assert!(t.paths[&1].wants_probe());
     }
 
+    /// A client that only receives: srtt from the handshake, rttvar half of
+    /// it (RFC 6298's first sample), so srtt + 4 rttvar is 3 RTTs. Measured
+    /// in the sweep at 50/100 ms: the daemon acted 450 ms after a blackhole,
     /// 300 of them waiting for the probe's answer.
     #[test]
     fn a_silent_paths_probe_waits_twice_its_minimum_rtt_or_its_slowest_answer() {

@@ -264,10 +264,9 @@ impl Policy {
                     h.silence_probe_answered(rtt, now_ms);
                     false
                 }
-                // Unanswered while data is still missing (data coming back
-                // meanwhile ends the silence the probe was about): judged
-                // at the round the shell makes at once.
-                None if h.rx_silent_ms >= h.probe_after_ms() && h.unreachable.is_none() => {
+                // Unanswered: judged at the round the shell makes at once,
+                // by whether data came while the probe waited.
+                None if h.unreachable.is_none() => {
                     h.silence_probe_unanswered();
                     false
                 }

@@ -480,6 +480,15 @@ impl Policy {
     /// regular interval: when a path waiting for an ACK would reach its
     /// stall threshold, so a stall is seen when it happens rather than up
     /// to a poll interval later.
+    /// An unanswered silence probe waits for a health round to be judged:
+    /// the shell makes one at once.
+    pub fn silence_verdict_waiting(&self) -> bool {
+        self.health
+            .paths
+            .values()
+            .any(PathHealth::awaits_silence_verdict)
+    }
+
     pub fn health_check_due_in_ms(&self) -> Option<u64> {
         if self.config.policy.mode == PathMode::Aggregate {
             return None;

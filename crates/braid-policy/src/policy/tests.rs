@@ -49,6 +49,11 @@ fn handover() -> Policy {
 /// A download on eth0 from `remote`: `rx_bytes` received so far, the
 /// last data `last_rx_ms` ago.
 fn receiving(remote: &str, rx_bytes: u64, last_rx_ms: u32) -> Event {
+    receiving_segs(remote, rx_bytes, last_rx_ms, 0)
+}
+
+/// As `receiving`, with the data segments received so far, in order or not.
+fn receiving_segs(remote: &str, rx_bytes: u64, last_rx_ms: u32, data_segs_in: u32) -> Event {
     Event::Health(vec![SubflowSample {
         local: "10.0.0.2:40000".parse().unwrap(),
         remote: remote.parse().unwrap(),
@@ -61,7 +66,7 @@ fn receiving(remote: &str, rx_bytes: u64, last_rx_ms: u32) -> Event {
         last_ack_recv_ms: 5,
         bytes_received: rx_bytes,
         last_data_recv_ms: last_rx_ms,
-        data_segs_in: 0,
+        data_segs_in,
         min_rtt_us: 0,
     }])
 }
@@ -268,4 +273,28 @@ fn an_unanswered_probe_is_not_acted_on_when_data_came_while_it_waited() {
     assert!(unanswered(&mut p, 215).is_empty());
     let ds = p.handle(receiving(remote, 500_100, 58), 215);
     assert!(p.health.paths[&2].unreachable.is_some(), "{ds:?}");
+}
+
+/// Segments that came early in a long wait, out of order: the in-order
+/// silence at the judging round is longer than when the probe went out,
+/// and still the path works.
+#[test]
+fn out_of_order_data_early_in_a_long_wait_drops_the_verdict() {
+    let mut p = handover();
+    let remote = "203.0.113.1:443";
+    p.handle(receiving_segs(remote, 0, 0, 0), 0);
+    p.handle(receiving_segs(remote, 500_000, 1, 400), 100);
+    let ds = p.handle(receiving_segs(remote, 500_000, 40, 400), 140);
+    assert_eq!(probes(&ds).len(), 1, "{ds:?}");
+    // Three segments came at 145 behind a hole; nothing in order since 100.
+    let ip = remote.parse::<SocketAddr>().unwrap().ip();
+    let unanswered = Event::ProbeResult {
+        ifindex: 2,
+        remote: ip,
+        rtt_ms: None,
+    };
+    assert!(p.handle(unanswered, 180).is_empty());
+    let ds = p.handle(receiving_segs(remote, 500_000, 80, 403), 180);
+    assert!(p.health.paths[&2].unreachable.is_none(), "{ds:?}");
+    assert_eq!(p.view().counters.probes_unanswered_data_came, 1);
 }
