@@ -1038,11 +1038,10 @@ fn observe_receiving(
     delta: &HashMap<SubflowKey, SubflowDelta>,
     now_ms: u64,
 ) {
-    let came = subs.iter().any(|s| {
-        let d = &delta[&(s.local, s.remote)];
-        d.data_segs > 0 || d.received > 0
-    });
-    if h.probed && came {
+    let deltas = || subs.iter().map(|s| &delta[&(s.local, s.remote)]);
+    // Kernels without tcpi_data_segs_in still show in-order bytes.
+    h.rx_arrived = deltas().any(|d| d.data_segs > 0);
+    if h.probed && (h.rx_arrived || deltas().any(|d| d.received > 0)) {
         h.data_since_probe = true;
     }
     let busiest = subs
@@ -1066,9 +1065,6 @@ fn observe_receiving(
         .map(|s| silent_ms(s, &delta[&(s.local, s.remote)]))
         .min()
         .unwrap_or(0);
-    h.rx_arrived = subs
-        .iter()
-        .any(|s| delta[&(s.local, s.remote)].data_segs > 0);
     h.rx_silent_ms = if h.rx_recent { quiet } else { 0 };
     // Data came since the last probe went out: a new silence.
     if h.rx_silent_ms < h.silence_probes.last_at_silence_ms {
@@ -1238,11 +1234,16 @@ impl HealthTracker {
         (memory, delta)
     }
 
+    /// An unanswered silence probe waits for a round to be judged.
+    pub fn silence_verdict_waiting(&self) -> bool {
+        self.paths.values().any(PathHealth::awaits_silence_verdict)
+    }
+
     /// How long until some path would be declared stalled if no ACK
     /// arrives: the next health check should come no later than that.
     pub fn until_next_stall_ms(&self, stall_ms: u64, probing: bool) -> Option<u64> {
         // An unanswered silence probe is judged by a round made at once.
-        if self.paths.values().any(PathHealth::awaits_silence_verdict) {
+        if self.silence_verdict_waiting() {
             return Some(0);
         }
         let stalls = self

@@ -483,10 +483,7 @@ impl Policy {
     /// An unanswered silence probe waits for a health round to be judged:
     /// the shell makes one at once.
     pub fn silence_verdict_waiting(&self) -> bool {
-        self.health
-            .paths
-            .values()
-            .any(PathHealth::awaits_silence_verdict)
+        self.health.silence_verdict_waiting()
     }
 
     pub fn health_check_due_in_ms(&self) -> Option<u64> {

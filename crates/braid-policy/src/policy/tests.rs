@@ -71,6 +71,15 @@ fn receiving_segs(remote: &str, rx_bytes: u64, last_rx_ms: u32, data_segs_in: u3
     }])
 }
 
+/// The result of a probe of eth0 (ifindex 2) towards `remote`.
+fn probe_result(remote: &str, rtt_ms: Option<f64>) -> Event {
+    Event::ProbeResult {
+        ifindex: 2,
+        remote: remote.parse::<SocketAddr>().unwrap().ip(),
+        rtt_ms,
+    }
+}
+
 fn probes(ds: &[Decision]) -> Vec<Action> {
     ds.iter()
         .filter(|d| matches!(d.action, Action::ProbePath { .. }))
@@ -183,16 +192,8 @@ fn a_silence_goes_on_being_probed_after_an_answer() {
     let remote = "203.0.113.1:443";
     let ds = silence(&mut p, remote);
     assert_eq!(probes(&ds).len(), 1, "{ds:?}");
-    let answer = |p: &mut Policy, rtt_ms: Option<f64>, now: u64| {
-        p.handle(
-            Event::ProbeResult {
-                ifindex: 2,
-                remote: remote.parse::<SocketAddr>().unwrap().ip(),
-                rtt_ms,
-            },
-            now,
-        )
-    };
+    let answer =
+        |p: &mut Policy, rtt_ms: Option<f64>, now: u64| p.handle(probe_result(remote, rtt_ms), now);
     answer(&mut p, Some(5.0), 145);
     // Not again before the silence has gone on for another 40 ms.
     let ds = p.handle(receiving(remote, 500_000, 70), 170);
@@ -238,16 +239,7 @@ fn an_unanswered_probe_is_not_acted_on_when_data_came_while_it_waited() {
     let remote = "203.0.113.1:443";
     let ds = silence(&mut p, remote);
     assert_eq!(probes(&ds).len(), 1, "{ds:?}");
-    let unanswered = |p: &mut Policy, now: u64| {
-        p.handle(
-            Event::ProbeResult {
-                ifindex: 2,
-                remote: remote.parse::<SocketAddr>().unwrap().ip(),
-                rtt_ms: None,
-            },
-            now,
-        )
-    };
+    let unanswered = |p: &mut Policy, now: u64| p.handle(probe_result(remote, None), now);
     assert!(unanswered(&mut p, 160).is_empty());
     // A few segments came 3 ms ago, too few to count as receiving in
     // bulk: still data, still the path working.
@@ -287,13 +279,7 @@ fn out_of_order_data_early_in_a_long_wait_drops_the_verdict() {
     let ds = p.handle(receiving_segs(remote, 500_000, 40, 400), 140);
     assert_eq!(probes(&ds).len(), 1, "{ds:?}");
     // Three segments came at 145 behind a hole; nothing in order since 100.
-    let ip = remote.parse::<SocketAddr>().unwrap().ip();
-    let unanswered = Event::ProbeResult {
-        ifindex: 2,
-        remote: ip,
-        rtt_ms: None,
-    };
-    assert!(p.handle(unanswered, 180).is_empty());
+    assert!(p.handle(probe_result(remote, None), 180).is_empty());
     let ds = p.handle(receiving_segs(remote, 500_000, 80, 403), 180);
     assert!(p.health.paths[&2].unreachable.is_none(), "{ds:?}");
     assert_eq!(p.view().counters.probes_unanswered_data_came, 1);
