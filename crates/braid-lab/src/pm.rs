@@ -181,9 +181,14 @@ pub fn start(kind: PmKind, lab: &Lab, braid_exe: &Path) -> Result<RunningPm, Lab
                     .arg(dir.join("braid-daemon-state.json")),
                 &dir.join("braid-daemon.log"),
             )?;
-            // Ready once the control socket answers.
+            // Ready once the daemon answers on its control socket: it is
+            // bound before the daemon's first decisions and connecting
+            // succeeds then, but the answer comes after them. A connection
+            // opened before the daemon's first endpoints existed never got
+            // its second subflow from the kernel (about 1 run in 10, which
+            // the daemon repaired only after a second).
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            while !daemon_answers(&socket) {
                 if std::time::Instant::now() > deadline {
                     let log =
                         std::fs::read_to_string(dir.join("braid-daemon.log")).unwrap_or_default();
@@ -213,6 +218,24 @@ pub fn start(kind: PmKind, lab: &Lab, braid_exe: &Path) -> Result<RunningPm, Lab
         std::thread::sleep(Duration::from_millis(300));
     }
     Ok(RunningPm { child })
+}
+
+/// Whether the daemon behind `socket` answers a status request.
+fn daemon_answers(socket: &Path) -> bool {
+    use std::io::{BufRead, BufReader, Write};
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"{\"cmd\":\"status\"}\n").is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    if BufReader::new(stream).read_line(&mut line).is_err() {
+        return false;
+    }
+    serde_json::from_str::<serde_json::Value>(&line)
+        .is_ok_and(|reply| reply["ok"] == serde_json::Value::Bool(true))
 }
 
 /// Start a program inside a named network namespace (setns between fork
