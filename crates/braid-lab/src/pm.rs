@@ -129,6 +129,7 @@ pub fn start(kind: PmKind, lab: &Lab, braid_exe: &Path) -> Result<RunningPm, Lab
     }
     let st = &lab.state;
     let extra: Vec<_> = st.paths.iter().skip(1).map(|p| p.client_addr).collect();
+    let extra_addrs = extra.clone();
     let ns = st.client_ns.clone();
     let limit = (st.paths.len() as u32 - 1).clamp(1, 8);
     braid_kernel::netns::run_in::<_, LabError>(&ns, move || {
@@ -213,11 +214,45 @@ pub fn start(kind: PmKind, lab: &Lab, braid_exe: &Path) -> Result<RunningPm, Lab
         )?),
         _ => None,
     };
+    let running = RunningPm { child };
     if kind == PmKind::Mptcpd {
-        // Give it time to read the existing addresses.
-        std::thread::sleep(Duration::from_millis(300));
+        wait_for_endpoints(
+            &ns,
+            &extra_addrs,
+            &crate::lab::state_dir(&st.name).join("mptcpd.log"),
+        )?;
     }
-    Ok(RunningPm { child })
+    Ok(running)
+}
+
+/// Wait until the client's endpoint table (in `ns`) holds every address
+/// of `addrs`: mptcpd adds them on its own time, and a connection made
+/// before would never get those subflows (see docs/design.md), which
+/// would compare mptcpd on one path.
+fn wait_for_endpoints(ns: &str, addrs: &[std::net::IpAddr], log: &Path) -> Result<(), LabError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let have = braid_kernel::netns::run_in::<_, LabError>(ns, || {
+            Ok(PathManager::open()?.endpoints()?)
+        })?;
+        let missing: Vec<String> = addrs
+            .iter()
+            .filter(|a| !have.iter().any(|e| e.addr == **a))
+            .map(|a| a.to_string())
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(LabError::Io(format!(
+                "mptcpd added no endpoint for {} within 5 s, so the comparison would be single-path; its log: {}",
+                missing.join(", "),
+                text.trim()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Whether the daemon behind `socket` answers a status request.
