@@ -1237,6 +1237,55 @@ fn a_kept_standby_goes_once_its_subflows_do_or_ours_put_data_on_it() {
 }
 
 #[test]
+fn a_standby_that_loses_its_address_while_idle_keeps_its_endpoint() {
+    let wlan0: IpAddr = "192.168.1.5".parse().unwrap();
+    for (case, next, kept) in [
+        ("idle", Some(0), true),
+        ("subflows gone", None, false),
+        ("data outstanding", Some(3), false),
+    ] {
+        let (mut s, _) = sim(PathMode::Handover);
+        round(&mut s, 0, 0, Some(0));
+        round(&mut s, 100, 500_000, Some(0));
+        // The standby's address goes (DHCP lease lost, `ip addr del`):
+        // removing the endpoint would close its idle subflow and make
+        // both kernels resend everything in flight on eth0.
+        let ds = s.at(150, Event::AddressRemoved(addr(3, "192.168.1.5")));
+        assert!(removals(&ds).is_empty(), "{case}: {ds:?}");
+        let notes = s.p.take_notes();
+        assert!(
+            notes.len() == 1
+                && notes[0].contains("wlan0 lost its address 192.168.1.5 while standing by"),
+            "{case}: {notes:?}"
+        );
+        let ds = round(&mut s, 200, 900_000, Some(0));
+        assert!(removals(&ds).is_empty(), "{case}: {ds:?}");
+        let ds = round(&mut s, 300, 1_300_000, next);
+        if kept {
+            assert!(removals(&ds).is_empty(), "{case}: {ds:?}");
+            // The address comes back: the endpoint is the one it was.
+            let ds = s.at(400, Event::AddressAdded(addr(3, "192.168.1.5")));
+            assert!(
+                ds.iter().all(|d| !matches!(
+                    d.action,
+                    Action::AddEndpoint { .. } | Action::RemoveEndpoint { .. }
+                )),
+                "{case}: {ds:?}"
+            );
+            assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP), "{case}");
+        } else {
+            assert_eq!(removals(&ds), vec![wlan0], "{case}: {ds:?}");
+        }
+    }
+    // A standby that carried data when its address went is removed.
+    let (mut s, _) = sim(PathMode::Handover);
+    round(&mut s, 0, 0, Some(2));
+    round(&mut s, 100, 500_000, Some(2));
+    let ds = s.at(150, Event::AddressRemoved(addr(3, "192.168.1.5")));
+    assert_eq!(removals(&ds), vec![wlan0], "{ds:?}");
+}
+
+#[test]
 fn a_kept_standby_is_no_path_to_reopen_the_last_working_one_onto() {
     let (mut s, _) = sim(PathMode::Handover);
     s.health(0, receiving(0, 0), idle());

@@ -63,6 +63,7 @@ impl Policy {
                 self.forget_refusals_on(index);
                 self.carrier.remove(&index);
                 self.idle_when_lost.remove(&index);
+                self.idle_when_address_lost.retain(|_, i| *i != index);
                 self.unconfirmed_idle.remove(&index);
                 self.links.remove(&index);
                 self.addresses.retain(|(i, _), _| *i != index);
@@ -71,11 +72,13 @@ impl Policy {
             Event::AddressAdded(a) => {
                 self.counters.address_events += 1;
                 self.forget_refusals_of(a.ip);
+                self.idle_when_address_lost.remove(&a.ip);
                 self.addresses.insert((a.ifindex, a.ip), a);
             }
             Event::AddressRemoved(a) => {
                 self.counters.address_events += 1;
                 self.forget_refusals_of(a.ip);
+                self.note_idle_address_loss(&a);
                 self.addresses.remove(&(a.ifindex, a.ip));
             }
             Event::DefaultRouteAdded(r) => {
@@ -140,8 +143,42 @@ impl Policy {
         self.links.insert(link.index, link);
     }
 
+    /// Whether the path of a standby endpoint's address that goes away
+    /// carried data: if not, the endpoint is kept (`keep_standby`), as when
+    /// a standby loses carrier. The health round before the loss says.
+    fn note_idle_address_loss(&mut self, a: &Address) {
+        let standby = self
+            .kernel
+            .values()
+            .any(|e| self.manages(e.id) && e.addr == a.ip && e.flags & Flag::Backup.bit() != 0);
+        let idle = self
+            .health
+            .paths
+            .get(&a.ifindex)
+            .is_some_and(|h| h.measured() && h.idle());
+        if standby && idle {
+            self.idle_when_address_lost.insert(a.ip, a.ifindex);
+        } else {
+            self.idle_when_address_lost.remove(&a.ip);
+        }
+    }
+
+    /// Addresses gone while idle stay kept only while subflows from them
+    /// remain and none of them has data outstanding. True if one changed.
+    fn recheck_gone_addresses(&mut self, samples: &[crate::health::SubflowSample]) -> bool {
+        let before = self.idle_when_address_lost.len();
+        self.idle_when_address_lost.retain(|ip, _| {
+            let mut on = samples.iter().filter(|s| s.local.ip() == *ip).peekable();
+            on.peek().is_some() && on.all(|s| s.unacked == 0)
+        });
+        self.idle_when_address_lost.len() != before
+    }
+
     /// A round of subflow measurements.
     fn take_health(&mut self, mut samples: Vec<crate::health::SubflowSample>) -> bool {
+        // Subflows from an address that is gone measure no path; they only
+        // tell whether a standby kept for them is still idle.
+        let gone_changed = self.recheck_gone_addresses(&samples);
         // Attribute each subflow to the interface holding its address.
         samples.retain_mut(|s| match self.ifindex_of(s.local.ip()) {
             Some(i) => {
@@ -155,7 +192,7 @@ impl Policy {
         let (samples, dark): (Vec<_>, Vec<_>) = samples
             .into_iter()
             .partition(|s| self.links.get(&s.ifindex).is_some_and(Link::can_carry));
-        let kept_changed = self.recheck_kept(&dark);
+        let kept_changed = self.recheck_kept(&dark) | gone_changed;
         let p = &self.config.policy;
         let (stall, loss, hold) = (p.stall_ms, p.loss_threshold, p.hold_ms);
         // An idle path's loss fades slowly: it is tried again only after
@@ -297,6 +334,8 @@ impl Policy {
         let known: BTreeSet<u32> = links.iter().map(|l| l.index).collect();
         self.carrier.retain(|i, _| known.contains(i));
         self.idle_when_lost.retain(|i| known.contains(i));
+        self.idle_when_address_lost
+            .retain(|ip, i| known.contains(i) && !addresses.iter().any(|a| a.ip == *ip));
         self.unconfirmed_idle.retain(|i, _| known.contains(i));
         for l in &links {
             self.note_carrier(l);

@@ -264,6 +264,10 @@ pub struct Policy {
     /// Links that carried no data (their subflows idle) when they lost
     /// carrier, until the carrier is back and settled.
     idle_when_lost: BTreeSet<u32>,
+    /// Addresses of our standby endpoints that went away while their path
+    /// carried no data, with the link they were on: kept like a standby
+    /// without carrier (`keep_standby`) while their subflows stay idle.
+    idle_when_address_lost: BTreeMap<IpAddr, u32>,
     /// Links found without carrier at start, holding a backup endpoint of
     /// ours: a daemon started (or restarted) during the loss cannot know
     /// whether the standby was idle, so it keeps the endpoint until a
@@ -442,6 +446,7 @@ impl Policy {
             initcwnd_set: BTreeMap::new(),
             initcwnd_refused: BTreeMap::new(),
             idle_when_lost: BTreeSet::new(),
+            idle_when_address_lost: BTreeMap::new(),
             unconfirmed_idle: BTreeMap::new(),
             readd_at: BTreeMap::new(),
             kept_standby: BTreeMap::new(),

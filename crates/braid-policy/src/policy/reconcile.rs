@@ -310,11 +310,26 @@ impl Policy {
     /// kernel's own backup endpoint costs: new connections try a join over
     /// it until the carrier is back. Only while another path carries
     /// traffic: with none, the backup subflows carry it and must go.
+    /// The same holds for a standby whose address went away while it was
+    /// idle (`idle_when_address_lost`): measured in the lab's address
+    /// cells, where handover had left a lossy primary and the primary's
+    /// address then went, removing the endpoint stalled the transfer on
+    /// the standby for ~440 ms.
     fn keep_standby(&self, e: &KernelEndpoint, wanted: &[Want]) -> Option<String> {
         if e.flags & Flag::Backup.bit() == 0 {
             return None;
         }
         let carrying = wanted.iter().find(|w| w.flags & Flag::Backup.bit() == 0)?;
+        if let Some(i) = self.idle_when_address_lost.get(&e.addr) {
+            if !self.addresses.values().any(|a| a.ip == e.addr) {
+                return Some(format!(
+                    "{} lost its address {} while standing by: the endpoint stays, because removing it would close its idle subflows and make the kernels resend all data in flight over {} for nothing; it goes once those subflows are gone or one has data outstanding, or when no other path carries traffic",
+                    link_name(&self.links, *i),
+                    e.addr,
+                    carrying.iface
+                ));
+            }
+        }
         let a = self.addresses.values().find(|a| a.ip == e.addr)?;
         let link = self.links.get(&a.ifindex)?;
         let carrier_out = !link.carrier || self.settling(a.ifindex).is_some();
