@@ -1277,6 +1277,18 @@ fn a_standby_that_loses_its_address_while_idle_keeps_its_endpoint() {
             assert_eq!(removals(&ds), vec![wlan0], "{case}: {ds:?}");
         }
     }
+    // Carrier first, then the address (a DHCP client drops the lease when
+    // the link goes): kept through both, as it was idle.
+    let (mut s, _) = sim(PathMode::Handover);
+    round(&mut s, 0, 0, Some(0));
+    round(&mut s, 100, 500_000, Some(0));
+    let dark = Link {
+        carrier: false,
+        ..link(3, "wlan0")
+    };
+    assert!(removals(&s.at(150, Event::LinkChanged(dark))).is_empty());
+    let ds = s.at(160, Event::AddressRemoved(addr(3, "192.168.1.5")));
+    assert!(removals(&ds).is_empty(), "{ds:?}");
     // A standby that carried data when its address went is removed.
     let (mut s, _) = sim(PathMode::Handover);
     round(&mut s, 0, 0, Some(2));

@@ -147,15 +147,23 @@ impl Policy {
     /// carried data: if not, the endpoint is kept (`keep_standby`), as when
     /// a standby loses carrier. The health round before the loss says.
     fn note_idle_address_loss(&mut self, a: &Address) {
-        let standby = self
-            .kernel
-            .values()
-            .any(|e| self.manages(e.id) && e.addr == a.ip && e.flags & Flag::Backup.bit() != 0);
+        // A signal endpoint kept would go on announcing an address the
+        // host no longer has.
+        let standby = self.kernel.values().any(|e| {
+            self.manages(e.id)
+                && e.addr == a.ip
+                && e.flags & Flag::Backup.bit() != 0
+                && e.flags & Flag::Signal.bit() == 0
+        });
+        // A link that lost carrier first (DHCP clients drop the lease
+        // then) has no path health left: whether it was idle then says.
         let idle = self
             .health
             .paths
             .get(&a.ifindex)
-            .is_some_and(|h| h.measured() && h.idle());
+            .is_some_and(|h| h.measured() && h.idle())
+            || self.idle_when_lost.contains(&a.ifindex)
+                && !self.unconfirmed_idle.contains_key(&a.ifindex);
         if standby && idle {
             self.idle_when_address_lost.insert(a.ip, a.ifindex);
         } else {

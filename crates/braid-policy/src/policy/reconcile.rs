@@ -321,7 +321,12 @@ impl Policy {
         }
         let carrying = wanted.iter().find(|w| w.flags & Flag::Backup.bit() == 0)?;
         if let Some(i) = self.idle_when_address_lost.get(&e.addr) {
-            if !self.addresses.values().any(|a| a.ip == e.addr) {
+            // Unless a reload has since left its interface out.
+            let allowed = self
+                .links
+                .get(i)
+                .is_some_and(|l| self.link_allowed(l).is_ok());
+            if allowed && !self.addresses.values().any(|a| a.ip == e.addr) {
                 return Some(format!(
                     "{} lost its address {} while standing by: the endpoint stays, because removing it would close its idle subflows and make the kernels resend all data in flight over {} for nothing; it goes once those subflows are gone or one has data outstanding, or when no other path carries traffic",
                     link_name(&self.links, *i),
