@@ -257,20 +257,8 @@ fn wait_for_endpoints(ns: &str, addrs: &[std::net::IpAddr], log: &Path) -> Resul
 
 /// Whether the daemon behind `socket` answers a status request.
 fn daemon_answers(socket: &Path) -> bool {
-    use std::io::{BufRead, BufReader, Write};
-    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    if stream.write_all(b"{\"cmd\":\"status\"}\n").is_err() {
-        return false;
-    }
-    let mut line = String::new();
-    if BufReader::new(stream).read_line(&mut line).is_err() {
-        return false;
-    }
-    serde_json::from_str::<serde_json::Value>(&line)
-        .is_ok_and(|reply| reply["ok"] == serde_json::Value::Bool(true))
+    use braid_daemon::control::{request, Request};
+    request(socket, &Request::Status).is_ok_and(|reply| reply.ok)
 }
 
 /// Start a program inside a named network namespace (setns between fork

@@ -175,10 +175,8 @@ impl Policy {
     /// remain and none of them has data outstanding. True if one changed.
     fn recheck_gone_addresses(&mut self, samples: &[crate::health::SubflowSample]) -> bool {
         let before = self.idle_when_address_lost.len();
-        self.idle_when_address_lost.retain(|ip, _| {
-            let mut on = samples.iter().filter(|s| s.local.ip() == *ip).peekable();
-            on.peek().is_some() && on.all(|s| s.unacked == 0)
-        });
+        self.idle_when_address_lost
+            .retain(|ip, _| still_idle(samples.iter().filter(|s| s.local.ip() == *ip)));
         self.idle_when_address_lost.len() != before
     }
 
@@ -274,8 +272,7 @@ impl Policy {
             if links.get(i).is_some_and(Link::can_carry) {
                 return true; // back, settling: measured like any path
             }
-            let mut on = dark.iter().filter(|s| s.ifindex == *i).peekable();
-            on.peek().is_some() && on.all(|s| s.unacked == 0)
+            still_idle(dark.iter().filter(|s| s.ifindex == *i))
         });
         // A round has said, for the keeps found at start too.
         self.unconfirmed_idle.clear();
@@ -377,4 +374,11 @@ impl Policy {
         self.limits_refused = None;
         self.synced = true;
     }
+}
+
+/// Whether a kept standby's subflows are still there to keep, and none of
+/// ours has data outstanding on them.
+fn still_idle<'a>(subflows: impl Iterator<Item = &'a crate::health::SubflowSample>) -> bool {
+    let mut on = subflows.peekable();
+    on.peek().is_some() && on.all(|s| s.unacked == 0)
 }
