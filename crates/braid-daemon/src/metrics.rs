@@ -344,6 +344,7 @@ pub struct Snapshot {
     pub link_events: u64,
     pub carrier_losses_polled: u64,
     pub standby_endpoints_kept: u64,
+    pub backup_flags_resent: u64,
     pub address_events: u64,
     pub route_events: u64,
     pub resyncs: u64,
@@ -759,6 +760,12 @@ fn render_kernel_events(o: &mut Out, s: &Snapshot) {
         COUNTER,
         "Times a standby path lost carrier and its endpoint was kept: removing it would close its subflows, and the kernels would resend all data in flight over the path carrying traffic.",
         Value::Int(s.standby_endpoints_kept),
+    );
+    o.single(
+        "braid_backup_flags_resent_total",
+        COUNTER,
+        "Times an endpoint's backup flag was set again because a subflow that was joining when it changed kept its old flag (the kernel sends no MP_PRIO before a join is complete).",
+        Value::Int(s.backup_flags_resent),
     );
     o.family(
         "braid_endpoints",

@@ -526,6 +526,7 @@ impl Shell {
             link_events: c.link_events,
             carrier_losses_polled: c.carrier_losses_polled,
             standby_endpoints_kept: c.standby_endpoints_kept,
+            backup_flags_resent: c.priorities_resent,
             address_events: c.address_events,
             route_events: c.route_events,
             resyncs: c.resyncs,
@@ -1089,9 +1090,18 @@ fn health_round(census: &mut Census, now_ms: u64) -> HealthRound {
     HealthRound::Subflows(subflows)
 }
 
-/// What the policy measures: the established subflows' tcp_info.
-fn samples_of(subflows: &[braid_kernel::diag::Subflow]) -> Vec<SubflowSample> {
-    token_samples(subflows).map(|(_, s)| s).collect()
+/// What the host-wide policy measures: the established subflows'
+/// tcp_info. Endpoint flags do not reach the connections the
+/// per-connection path manager runs: their backup flags are not compared.
+fn host_samples(shell: &Shell, subflows: &[braid_kernel::diag::Subflow]) -> Vec<SubflowSample> {
+    token_samples(subflows)
+        .map(|(token, mut s)| {
+            if shell.conns.as_ref().is_some_and(|c| c.manages(token)) {
+                s.local_backup = None;
+            }
+            s
+        })
+        .collect()
 }
 
 /// Each measurable subflow with its connection's token.
@@ -1120,9 +1130,17 @@ fn token_samples(
                 last_data_recv_ms: t.last_data_recv_ms,
                 data_segs_in: t.data_segs_in.unwrap_or(0),
                 min_rtt_us: t.min_rtt_us.unwrap_or(0),
+                local_backup: joined_and_complete(sf).then_some(sf.backup_local),
             };
             Some((sf.token_local, sample))
         })
+}
+
+/// A subflow this end opened with MP_JOIN whose join the peer has
+/// acknowledged: only then does the kernel send it an MP_PRIO.
+fn joined_and_complete(sf: &braid_kernel::diag::Subflow) -> bool {
+    use braid_kernel::diag::{SUBFLOW_FLAG_FULLY_ESTABLISHED, SUBFLOW_FLAG_JOIN_LOC};
+    sf.flags & SUBFLOW_FLAG_JOIN_LOC != 0 && sf.flags & SUBFLOW_FLAG_FULLY_ESTABLISHED != 0
 }
 
 /// Run one health round and say when the next is due (None: no polling
@@ -1134,7 +1152,8 @@ fn poll_health(shell: &mut Shell) -> Option<tokio::time::Instant> {
             shell.health_ok();
             shell.poll_links();
             shell.account_subflows(&subflows);
-            shell.feed(Event::Health(samples_of(&subflows)));
+            let samples = host_samples(shell, &subflows);
+            shell.feed(Event::Health(samples));
             shell.conns_health(&subflows);
             Some(next_poll(shell))
         }

@@ -32,6 +32,11 @@ pub struct SubflowSample {
     pub data_segs_in: u32,
     /// The lowest RTT the subflow has seen (tcpi_min_rtt; 0 if unknown).
     pub min_rtt_us: u32,
+    /// Whether this end has the subflow as a backup, for a subflow this
+    /// end joined whose join is complete, on a connection the kernel's
+    /// own path manager runs (None otherwise): what an endpoint's flag
+    /// change should have made it (see `Policy::note_missed_priorities`).
+    pub local_backup: Option<bool>,
 }
 
 /// The probes of a receiving path's current silence.
@@ -1299,6 +1304,7 @@ mod tests {
             last_data_recv_ms: 0,
             data_segs_in: 0,
             min_rtt_us: 0,
+            local_backup: None,
         }
     }
 
@@ -1710,6 +1716,7 @@ mod tests {
         let receiving = |bytes| SubflowSample {
             rttvar_us: 50_000,
             min_rtt_us: 100_000,
+            local_backup: None,
             bytes_received: bytes,
             ..s(1, 0, 100, 0, 0, 100_000)
         };
@@ -1719,6 +1726,7 @@ mod tests {
             local: "10.0.1.1:1001".parse().unwrap(),
             remote: "10.8.8.8:80".parse().unwrap(),
             min_rtt_us: 5_000,
+            local_backup: None,
             ..s(1, 0, 100, 0, 0, 5_000)
         };
         t.update(0, &[receiving(0), near.clone()], 300, 0.05, 3000, 1);

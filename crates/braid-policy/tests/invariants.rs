@@ -160,6 +160,7 @@ fn sample() -> impl Strategy<Value = SubflowSample> {
                 data_segs_in: (bytes_received / 1400) as u32 + total_retrans % 7,
                 // Unknown, equal to or below the smoothed RTT.
                 min_rtt_us: rtt_us / u32::from(port - 40000 + 1) * u32::from(port != 40002),
+                local_backup: None,
             },
         )
 }

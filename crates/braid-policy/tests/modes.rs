@@ -112,6 +112,7 @@ impl Sim {
             last_data_recv_ms: p.last_rx_ms,
             data_segs_in: 0,
             min_rtt_us: 0,
+            local_backup: None,
         };
         let samples = (0..self.hosts)
             .flat_map(|h| {
@@ -697,6 +698,7 @@ fn an_unanswered_probe_hands_over_and_reopens_the_silent_path() {
             last_data_recv_ms: 5,
             data_segs_in: 0,
             min_rtt_us: 0,
+            local_backup: None,
         };
         s.at(
             t,
@@ -799,6 +801,7 @@ fn a_path_without_subflows_is_re_added_so_the_kernel_opens_them() {
                 last_data_recv_ms: 5,
                 data_segs_in: 0,
                 min_rtt_us: 0,
+                local_backup: None,
             }]),
         )
     };
@@ -1208,6 +1211,7 @@ fn round(s: &mut Sim, t: u64, rx: u64, wlan0_unacked: Option<u32>) -> Vec<Decisi
         last_data_recv_ms: 1,
         data_segs_in: 0,
         min_rtt_us: 0,
+        local_backup: None,
     };
     let mut samples = vec![mk([10, 0, 0, 2], 2, 0, rx)];
     if let Some(unacked) = wlan0_unacked {
@@ -1322,4 +1326,75 @@ fn a_kept_standby_is_no_path_to_reopen_the_last_working_one_onto() {
         "{}",
         v.path_state
     );
+}
+
+/// A joined subflow whose backup flag is not its endpoint's (the kernel
+/// sends no MP_PRIO while a join is incomplete) gets the flag again: set
+/// to the other value and back, in that order, then with a back-off while
+/// it still differs; subflows of other path managers (None) are left alone.
+#[test]
+fn a_join_that_missed_its_backup_flag_gets_it_again() {
+    let (mut s, ds) = sim(PathMode::Handover);
+    let wlan0_id = ds
+        .iter()
+        .find_map(|d| match d.action {
+            Action::AddEndpoint { id, addr, .. } if addr.to_string() == "192.168.1.5" => Some(id),
+            _ => None,
+        })
+        .expect("wlan0 gets an endpoint");
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
+    let round = |s: &mut Sim, t: u64, wlan0_backup: Option<bool>| {
+        let mk = |ip: [u8; 4], ifindex: u32, local_backup: Option<bool>| SubflowSample {
+            local: SocketAddr::from((ip, 40000)),
+            remote: HOSTS[0].parse().unwrap(),
+            ifindex,
+            rtt_us: 20_000,
+            rttvar_us: 5_000,
+            total_retrans: 0,
+            segs_out: 100,
+            unacked: 0,
+            last_ack_recv_ms: 5,
+            bytes_received: 0,
+            last_data_recv_ms: 0,
+            data_segs_in: 0,
+            min_rtt_us: 0,
+            local_backup,
+        };
+        s.at(
+            t,
+            Event::Health(vec![
+                mk([10, 0, 0, 2], 2, None),
+                mk([192, 168, 1, 5], 3, wlan0_backup),
+            ]),
+        )
+    };
+    let sets = |ds: &[Decision]| -> Vec<(u8, u32)> {
+        ds.iter()
+            .filter_map(|d| match d.action {
+                Action::SetEndpointFlags { id, flags, .. } => Some((id, flags)),
+                _ => None,
+            })
+            .collect()
+    };
+    // Joined as a backup, as its endpoint says: nothing to do.
+    assert!(sets(&round(&mut s, 0, Some(true))).is_empty());
+    // Not a backup while its endpoint is: cleared, then set.
+    let ds = round(&mut s, 100, Some(false));
+    assert_eq!(
+        sets(&ds),
+        vec![(wlan0_id, SUBFLOW), (wlan0_id, SUBFLOW | BACKUP)],
+        "{ds:?}"
+    );
+    assert!(ds[0].reason.contains("no MP_PRIO"), "{}", ds[0].reason);
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
+    // Still differing: not again within a second, then again.
+    assert!(sets(&round(&mut s, 600, Some(false))).is_empty());
+    assert_eq!(sets(&round(&mut s, 1200, Some(false))).len(), 2);
+    assert!(sets(&round(&mut s, 1700, Some(false))).is_empty());
+    // Agreeing now: the back-off starts afresh.
+    assert!(sets(&round(&mut s, 1800, Some(true))).is_empty());
+    assert_eq!(sets(&round(&mut s, 1900, Some(false))).len(), 2);
+    // A subflow no endpoint flag reaches is never compared.
+    assert!(sets(&round(&mut s, 5000, None)).is_empty());
+    assert_eq!(s.p.view().counters.priorities_resent, 3);
 }

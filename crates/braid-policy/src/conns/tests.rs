@@ -293,6 +293,7 @@ fn sample(
         last_data_recv_ms: 0,
         data_segs_in: 0,
         min_rtt_us: 0,
+        local_backup: None,
     }
 }
 

@@ -199,6 +199,7 @@ impl Policy {
             .into_iter()
             .partition(|s| self.links.get(&s.ifindex).is_some_and(Link::can_carry));
         let kept_changed = self.recheck_kept(&dark) | gone_changed;
+        self.note_missed_priorities(&samples);
         let p = &self.config.policy;
         let (stall, loss, hold) = (p.stall_ms, p.loss_threshold, p.hold_ms);
         // An idle path's loss fades slowly: it is tried again only after
@@ -211,7 +212,10 @@ impl Policy {
         self.judge_unanswered_silences();
         self.note_missing_subflows();
         if !self.watches_paths() {
-            return kept_changed || self.due() || !self.rejoin_pending.is_empty();
+            return kept_changed
+                || self.due()
+                || !self.rejoin_pending.is_empty()
+                || !self.priority_pending.is_empty();
         }
         if self.config.policy.mode != PathMode::Aggregate {
             self.note_stalls();

@@ -19,6 +19,7 @@ use braid_types::endpoint::EndpointFlags;
 
 mod intake;
 mod modes;
+mod priority;
 mod reconcile;
 mod routes;
 mod view;
@@ -92,6 +93,10 @@ pub struct Counters {
     /// (removing it would have made the kernels resend data in flight).
     #[serde(default)]
     pub standby_endpoints_kept: u64,
+    /// Times an endpoint's backup flag was set again because a subflow
+    /// that was joining when it changed had missed it.
+    #[serde(default)]
+    pub priorities_resent: u64,
     pub mptcp_events: BTreeMap<String, u64>,
     /// Changes of the paths that carry traffic (handover and interactive),
     /// by cause: "unreachable", "stalled", "lossy" (measurements), "rtt"
@@ -277,6 +282,12 @@ pub struct Policy {
     readd_at: BTreeMap<IpAddr, (Time, String)>,
     /// Standby endpoints kept while their link has no carrier, with why.
     kept_standby: BTreeMap<IpAddr, String>,
+    /// Endpoints whose backup flag missed a joining subflow, with why:
+    /// set again this round (`priority.rs`).
+    priority_pending: BTreeMap<u8, String>,
+    /// When such an endpoint's flag was last set again, and how many times
+    /// in a row its subflows still differed.
+    priority_resent: BTreeMap<u8, (Time, u32)>,
     /// What the policy chose not to do, or learnt, since the shell last
     /// asked (`take_notes`): for the log, with no action to carry it.
     notes: Vec<String>,
@@ -450,6 +461,8 @@ impl Policy {
             unconfirmed_idle: BTreeMap::new(),
             readd_at: BTreeMap::new(),
             kept_standby: BTreeMap::new(),
+            priority_pending: BTreeMap::new(),
+            priority_resent: BTreeMap::new(),
             notes: Vec::new(),
         }
     }

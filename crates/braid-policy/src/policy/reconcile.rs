@@ -211,6 +211,9 @@ impl Policy {
             Action::SetEndpointFlags { flags, .. } if flags & Flag::Backup.bit() == 0 => 1,
             _ => 0,
         });
+        // Each in its order (the other value, then the endpoint's own),
+        // which the sort above would undo for a standby.
+        self.resend_missed_priorities(&mut out);
         out
     }
 

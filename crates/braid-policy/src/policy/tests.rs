@@ -68,6 +68,7 @@ fn receiving_segs(remote: &str, rx_bytes: u64, last_rx_ms: u32, data_segs_in: u3
         last_data_recv_ms: last_rx_ms,
         data_segs_in,
         min_rtt_us: 0,
+        local_backup: None,
     }])
 }
 
@@ -157,6 +158,7 @@ fn a_failed_stall_probe_is_no_longer_under_way() {
             last_data_recv_ms: 0,
             data_segs_in: 0,
             min_rtt_us: 0,
+            local_backup: None,
         }])
     };
     p.handle(waiting(5), 0);
