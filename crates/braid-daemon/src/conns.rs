@@ -149,12 +149,6 @@ impl ConnShell {
         }
     }
 
-    /// Whether connection `token` is run per connection (by this shell,
-    /// as the userspace path manager).
-    pub fn manages(&self, token: u32) -> bool {
-        self.policy.knows(token)
-    }
-
     pub fn view(&self) -> Vec<ConnView> {
         self.policy.view()
     }

@@ -526,7 +526,7 @@ impl Shell {
             link_events: c.link_events,
             carrier_losses_polled: c.carrier_losses_polled,
             standby_endpoints_kept: c.standby_endpoints_kept,
-            backup_flags_resent: c.priorities_resent,
+            backup_flags_resent: c.backup_flags_resent,
             address_events: c.address_events,
             route_events: c.route_events,
             resyncs: c.resyncs,
@@ -1091,12 +1091,14 @@ fn health_round(census: &mut Census, now_ms: u64) -> HealthRound {
 }
 
 /// What the host-wide policy measures: the established subflows'
-/// tcp_info. Endpoint flags do not reach the connections the
-/// per-connection path manager runs: their backup flags are not compared.
+/// tcp_info. With the per-connection path manager on, the host's path
+/// manager is the userspace one, which endpoint flags do not reach: no
+/// backup flag is compared then.
 fn host_samples(shell: &Shell, subflows: &[braid_kernel::diag::Subflow]) -> Vec<SubflowSample> {
+    let per_connection = shell.conns.is_some();
     token_samples(subflows)
-        .map(|(token, mut s)| {
-            if shell.conns.as_ref().is_some_and(|c| c.manages(token)) {
+        .map(|(_, mut s)| {
+            if per_connection {
                 s.local_backup = None;
             }
             s

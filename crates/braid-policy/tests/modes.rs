@@ -1328,26 +1328,15 @@ fn a_kept_standby_is_no_path_to_reopen_the_last_working_one_onto() {
     );
 }
 
-/// A joined subflow whose backup flag is not its endpoint's (the kernel
-/// sends no MP_PRIO while a join is incomplete) gets the flag again: set
-/// to the other value and back, in that order, then with a back-off while
-/// it still differs; subflows of other path managers (None) are left alone.
-#[test]
-fn a_join_that_missed_its_backup_flag_gets_it_again() {
-    let (mut s, ds) = sim(PathMode::Handover);
-    let wlan0_id = ds
+/// A round of subflows: (local, backup flag of a joined complete subflow).
+fn join_round(s: &mut Sim, t: u64, subflows: &[(&str, Option<bool>)]) -> Vec<Decision> {
+    let samples = subflows
         .iter()
-        .find_map(|d| match d.action {
-            Action::AddEndpoint { id, addr, .. } if addr.to_string() == "192.168.1.5" => Some(id),
-            _ => None,
-        })
-        .expect("wlan0 gets an endpoint");
-    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
-    let round = |s: &mut Sim, t: u64, wlan0_backup: Option<bool>| {
-        let mk = |ip: [u8; 4], ifindex: u32, local_backup: Option<bool>| SubflowSample {
-            local: SocketAddr::from((ip, 40000)),
+        .enumerate()
+        .map(|(n, (local, local_backup))| SubflowSample {
+            local: SocketAddr::new(local.parse().unwrap(), 40000 + n as u16),
             remote: HOSTS[0].parse().unwrap(),
-            ifindex,
+            ifindex: 0,
             rtt_us: 20_000,
             rttvar_us: 5_000,
             total_retrans: 0,
@@ -1358,43 +1347,125 @@ fn a_join_that_missed_its_backup_flag_gets_it_again() {
             last_data_recv_ms: 0,
             data_segs_in: 0,
             min_rtt_us: 0,
-            local_backup,
-        };
-        s.at(
-            t,
-            Event::Health(vec![
-                mk([10, 0, 0, 2], 2, None),
-                mk([192, 168, 1, 5], 3, wlan0_backup),
-            ]),
-        )
-    };
-    let sets = |ds: &[Decision]| -> Vec<(u8, u32)> {
-        ds.iter()
-            .filter_map(|d| match d.action {
-                Action::SetEndpointFlags { id, flags, .. } => Some((id, flags)),
-                _ => None,
-            })
-            .collect()
-    };
-    // Joined as a backup, as its endpoint says: nothing to do.
-    assert!(sets(&round(&mut s, 0, Some(true))).is_empty());
-    // Not a backup while its endpoint is: cleared, then set.
-    let ds = round(&mut s, 100, Some(false));
+            local_backup: *local_backup,
+        })
+        .collect();
+    s.at(t, Event::Health(samples))
+}
+
+fn flag_decisions(ds: &[Decision]) -> Vec<&Decision> {
+    ds.iter()
+        .filter(|d| matches!(d.action, Action::SetEndpointFlags { .. }))
+        .collect()
+}
+
+/// A joined subflow whose backup flag is not its endpoint's (the kernel
+/// sends no MP_PRIO while a join is incomplete) gets the flag again: set
+/// to the other value and back, in that order; once per subflow and
+/// flags, with a note when it still differs; subflows no endpoint flag
+/// reaches (None) are never compared.
+#[test]
+fn a_join_that_missed_its_backup_flag_gets_it_again() {
+    let (mut s, _) = sim(PathMode::Handover);
+    let (eth0, wlan0): (IpAddr, IpAddr) =
+        ("10.0.0.2".parse().unwrap(), "192.168.1.5".parse().unwrap());
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
+    // As their endpoints say: nothing to do.
+    let ds = join_round(
+        &mut s,
+        0,
+        &[("10.0.0.2", Some(false)), ("192.168.1.5", Some(true))],
+    );
+    assert!(flag_changes(&ds).is_empty(), "{ds:?}");
+    // eth0's join is a backup while its endpoint is not: set, then
+    // cleared, though another subflow from eth0 (an initial one) gets the
+    // flip too (a backup for an instant moves nothing).
+    let ds = join_round(&mut s, 100, &[("10.0.0.2", None), ("10.0.0.2", Some(true))]);
     assert_eq!(
-        sets(&ds),
-        vec![(wlan0_id, SUBFLOW), (wlan0_id, SUBFLOW | BACKUP)],
+        flag_changes(&ds),
+        vec![(eth0, SUBFLOW | BACKUP), (eth0, SUBFLOW)],
         "{ds:?}"
     );
-    assert!(ds[0].reason.contains("no MP_PRIO"), "{}", ds[0].reason);
+    let reason = &flag_decisions(&ds)[0].reason;
+    assert!(reason.contains("no MP_PRIO"), "{reason}");
+    // Still differing: not again, and said once.
+    let ds = join_round(&mut s, 200, &[("10.0.0.2", None), ("10.0.0.2", Some(true))]);
+    assert!(flag_changes(&ds).is_empty(), "{ds:?}");
+    assert!(s
+        .p
+        .take_notes()
+        .iter()
+        .any(|n| n.contains("after it was sent again")));
+    let ds = join_round(&mut s, 300, &[("10.0.0.2", None), ("10.0.0.2", Some(true))]);
+    assert!(flag_changes(&ds).is_empty(), "{ds:?}");
+    assert!(s.p.take_notes().is_empty());
+    // Agreeing, then differing again: a fresh try.
+    join_round(
+        &mut s,
+        400,
+        &[("10.0.0.2", None), ("10.0.0.2", Some(false))],
+    );
+    let ds = join_round(&mut s, 500, &[("10.0.0.2", None), ("10.0.0.2", Some(true))]);
+    assert_eq!(flag_changes(&ds).len(), 2, "{ds:?}");
+    // wlan0's join is active while its endpoint is a backup: cleared, then
+    // set, in that order (reconcile's sort puts backups first) ...
+    let ds = join_round(&mut s, 600, &[("192.168.1.5", Some(false))]);
+    assert_eq!(
+        flag_changes(&ds),
+        vec![(wlan0, SUBFLOW), (wlan0, SUBFLOW | BACKUP)],
+        "{ds:?}"
+    );
     assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
-    // Still differing: not again within a second, then again.
-    assert!(sets(&round(&mut s, 600, Some(false))).is_empty());
-    assert_eq!(sets(&round(&mut s, 1200, Some(false))).len(), 2);
-    assert!(sets(&round(&mut s, 1700, Some(false))).is_empty());
-    // Agreeing now: the back-off starts afresh.
-    assert!(sets(&round(&mut s, 1800, Some(true))).is_empty());
-    assert_eq!(sets(&round(&mut s, 1900, Some(false))).len(), 2);
+    // ... but not while another subflow from wlan0 would be made active
+    // for an instant: its peer would fill the path with data.
+    let ds = join_round(
+        &mut s,
+        700,
+        &[("192.168.1.5", Some(true)), ("192.168.1.5", Some(false))],
+    );
+    assert!(flag_changes(&ds).is_empty(), "{ds:?}");
+    assert!(s.p.take_notes().iter().any(|n| n.contains("left as it is")));
     // A subflow no endpoint flag reaches is never compared.
-    assert!(sets(&round(&mut s, 5000, None)).is_empty());
-    assert_eq!(s.p.view().counters.priorities_resent, 3);
+    assert!(flag_changes(&join_round(&mut s, 5000, &[("192.168.1.5", None)])).is_empty());
+    assert_eq!(s.p.view().counters.backup_flags_resent, 3);
+}
+
+/// Both changes of a resend refused: the model keeps the endpoint's own
+/// flags. Only the second refused: the kernel kept the other value, the
+/// model says so, and reconcile sets the endpoint's own again.
+#[test]
+fn a_refused_resend_of_a_backup_flag_leaves_the_model_true() {
+    let refuse = |s: &mut Sim, t: u64, d: &Decision| {
+        s.at(
+            t,
+            Event::ActionFailed {
+                id: d.id,
+                action: d.action.clone(),
+                error: "Invalid argument (os error 22)".into(),
+            },
+        )
+    };
+    let (mut s, _) = sim(PathMode::Handover);
+    let ds = join_round(&mut s, 100, &[("192.168.1.5", Some(false))]);
+    let steps = flag_decisions(&ds);
+    assert_eq!(steps.len(), 2, "{ds:?}");
+    refuse(&mut s, 101, steps[0]);
+    refuse(&mut s, 102, steps[1]);
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
+
+    let (mut s, _) = sim(PathMode::Handover);
+    let ds = join_round(&mut s, 100, &[("192.168.1.5", Some(false))]);
+    refuse(&mut s, 101, flag_decisions(&ds)[1]);
+    assert_eq!(
+        s.flags(),
+        (SUBFLOW, SUBFLOW),
+        "the kernel kept step 1's flags"
+    );
+    // Tried again after the refusal's back-off.
+    let ds = join_round(&mut s, 5000, &[("192.168.1.5", Some(false))]);
+    assert_eq!(
+        flag_changes(&ds).last().map(|f| f.1),
+        Some(SUBFLOW | BACKUP),
+        "{ds:?}"
+    );
 }

@@ -230,7 +230,7 @@ fn print_daemon(d: &DaemonStatus) {
     let mptcp = serde_json::to_string(&c.mptcp_events).unwrap_or_default();
     println!(
         "events          {} link ({} carrier losses read first, {} standby endpoints kept without carrier), {} backup flags set again after a join missed them, {} address, {} route, {} resyncs, {} reloads, {} actions ({} failed), {} path probes ({} unanswered, {} of them while data came), MPTCP {mptcp}",
-        c.link_events, c.carrier_losses_polled, c.standby_endpoints_kept, c.priorities_resent, c.address_events, c.route_events, c.resyncs, c.reloads, c.actions, c.failed_actions,
+        c.link_events, c.carrier_losses_polled, c.standby_endpoints_kept, c.backup_flags_resent, c.address_events, c.route_events, c.resyncs, c.reloads, c.actions, c.failed_actions,
         c.probes, c.probes_unanswered, c.probes_unanswered_data_came
     );
 }

@@ -96,7 +96,7 @@ pub struct Counters {
     /// Times an endpoint's backup flag was set again because a subflow
     /// that was joining when it changed had missed it.
     #[serde(default)]
-    pub priorities_resent: u64,
+    pub backup_flags_resent: u64,
     pub mptcp_events: BTreeMap<String, u64>,
     /// Changes of the paths that carry traffic (handover and interactive),
     /// by cause: "unreachable", "stalled", "lossy" (measurements), "rtt"
@@ -282,12 +282,14 @@ pub struct Policy {
     readd_at: BTreeMap<IpAddr, (Time, String)>,
     /// Standby endpoints kept while their link has no carrier, with why.
     kept_standby: BTreeMap<IpAddr, String>,
-    /// Endpoints whose backup flag missed a joining subflow, with why:
-    /// set again this round (`priority.rs`).
-    priority_pending: BTreeMap<u8, String>,
-    /// When such an endpoint's flag was last set again, and how many times
-    /// in a row its subflows still differed.
-    priority_resent: BTreeMap<u8, (Time, u32)>,
+    /// Endpoints whose backup flag missed joined subflows, with why and
+    /// which: set again this round (`priority.rs`).
+    priority_pending: BTreeMap<u8, (String, Vec<priority::SubflowKey>)>,
+    /// Subflows whose endpoint's flags were set again for them, with those
+    /// flags: one try each.
+    priority_resent: BTreeMap<priority::SubflowKey, u32>,
+    /// Subflows left with a flag that differs (noted once).
+    priority_given_up: BTreeSet<priority::SubflowKey>,
     /// What the policy chose not to do, or learnt, since the shell last
     /// asked (`take_notes`): for the log, with no action to carry it.
     notes: Vec<String>,
@@ -463,6 +465,7 @@ impl Policy {
             kept_standby: BTreeMap::new(),
             priority_pending: BTreeMap::new(),
             priority_resent: BTreeMap::new(),
+            priority_given_up: BTreeSet::new(),
             notes: Vec::new(),
         }
     }
@@ -727,6 +730,11 @@ impl Policy {
                         if let Some(before) = self.flags_before.remove(id) {
                             e.flags = before;
                         }
+                    } else {
+                        // A later change has been decided since (or this
+                        // was the first of two, `priority.rs`): what was
+                        // there before this one is no longer the model's.
+                        self.flags_before.remove(id);
                     }
                 }
                 let r = Refusal::after(self.flags_refused.get(id), *flags, error, now);

@@ -106,11 +106,7 @@ impl Policy {
     /// reset per stall at most).
     pub(super) fn budget_resets(&mut self, wanted: &[Want]) {
         let resets = wanted.iter().any(|w| {
-            self.reset_pending.contains_key(&w.addr)
-                && self
-                    .kernel
-                    .values()
-                    .any(|e| e.addr == w.addr && self.manages(e.id))
+            self.reset_pending.contains_key(&w.addr) && self.managed_endpoint_of(w.addr).is_some()
         });
         if !resets {
             self.reset_pending.clear();

@@ -1,81 +1,112 @@
-//! Backup flags that missed a join: an endpoint's flag change reaches a
-//! connection's subflow as an MP_PRIO, and the kernel sends none to a
-//! subflow whose join is not complete yet. It skips that subflow
-//! silently (`mptcp_pm_mp_prio_send_ack` passes over subflows that are not
+//! Backup flags that missed a join: an endpoint's flag change reaches each
+//! connection as an MP_PRIO on its first active subflow from the address,
+//! and the kernel passes over, silently, a subflow whose join is not
+//! complete (`mptcp_pm_mp_prio_send_ack` skips subflows that are not
 //! `__mptcp_subflow_active`, which a join is not until the peer has
 //! acknowledged its third ACK, one RTT of the path after its SYN-ACK). A
 //! change made in that window leaves the subflow with the flag it joined
-//! with, for good: measured in `braid lab run lossy-primary --pm
-//! braid:interactive --delay 50ms,100ms --loss 10%,0`, where interactive
-//! leaves the lossy path while the 200 ms path is still joining in about
-//! one run in five, and both subflows then stay backups, so the kernel
-//! sends on both and half the probes cross the lossy path.
+//! with, at both ends, for good: measured in `braid lab run lossy-primary
+//! --pm braid:interactive --delay 50ms,100ms --loss 10%,0`, where
+//! interactive leaves the lossy path while the 200 ms path is still
+//! joining in about one run in three; both subflows then stay backups, the
+//! kernels send on both, and half the probes cross the lossy path.
 //!
 //! Such a subflow is found in a health round (`local_backup` of a joined,
 //! complete subflow against its endpoint's flag), and the flag is set
-//! again: to the other value and back, since setting the same flags
-//! changes nothing and sends nothing. That sends two MP_PRIOs to every
-//! connection with a subflow from the address; the others end as they
-//! were.
+//! again: to the other value and back, since setting the same flags sends
+//! nothing. That sends two MP_PRIOs to every connection with a subflow
+//! from the address. Towards active, the others are backups for an
+//! instant, which moves nothing. Towards backup, they would be active for
+//! an instant, and a peer with data waiting fills the path's window at
+//! once (seen when the same flip was tried at a silence probe: design.md),
+//! so that direction is taken only when no other subflow from the address
+//! would be flipped. Each subflow gets one try per endpoint flag: one that
+//! still differs is not the first from its address in its connection, and
+//! no flip reaches it.
+
+use std::net::SocketAddr;
 
 use super::*;
 use crate::health::SubflowSample;
 
-/// A flag re-sent for an endpoint whose subflow still differs is re-sent
-/// again after this long, doubled each time, at most `RESEND_MAX_MS`.
-const RESEND_FIRST_MS: u64 = 1000;
-const RESEND_MAX_MS: u64 = 60_000;
+/// A subflow by its addresses.
+pub(super) type SubflowKey = (SocketAddr, SocketAddr);
 
 impl Policy {
     /// Note the endpoints with a joined subflow whose backup flag is not
     /// theirs (from a health round's live samples).
     pub(super) fn note_missed_priorities(&mut self, samples: &[SubflowSample]) {
-        let now = self.clock.now();
-        let mut differing = BTreeSet::new();
+        self.priority_pending.clear();
+        let mut differing = BTreeMap::new();
         for s in samples {
             let Some(backup) = s.local_backup else {
                 continue;
             };
-            let Some(e) = self
-                .kernel
-                .values()
-                .find(|e| e.addr == s.local.ip() && self.manages(e.id))
-            else {
+            let Some(e) = self.managed_endpoint_of(s.local.ip()).cloned() else {
                 continue;
             };
             let wanted = e.flags & Flag::Backup.bit() != 0;
-            // A change the kernel refused is retried by reconcile.
-            if backup == wanted || self.flags_refused.contains_key(&e.id) {
+            if backup == wanted {
                 continue;
             }
-            differing.insert(e.id);
-            if let Some((at, times)) = self.priority_resent.get(&e.id) {
-                if now.since(*at) < backoff_ms(RESEND_FIRST_MS, RESEND_MAX_MS, *times) {
+            let key = (s.local, s.remote);
+            differing.insert(key, e.flags);
+            // A change the kernel refused is tried again by reconcile.
+            if self.flags_refused.contains_key(&e.id) {
+                continue;
+            }
+            // Tried for these flags already: no flip reaches it.
+            if self.priority_resent.get(&key) == Some(&e.flags) {
+                if self.priority_given_up.insert(key) {
+                    self.notes.push(format!(
+                        "the subflow {} -> {} still has its backup flag {} after it was sent again: it is not its connection's first subflow from {}, which the kernel's MP_PRIO goes to; left as it is",
+                        s.local,
+                        s.remote,
+                        flag_state(backup),
+                        e.addr
+                    ));
+                }
+                continue;
+            }
+            if wanted {
+                let others = samples
+                    .iter()
+                    .filter(|o| o.local.ip() == e.addr && o.local_backup != Some(backup))
+                    .count();
+                if others > 0 {
+                    if self.priority_given_up.insert(key) {
+                        self.notes.push(format!(
+                            "the subflow {} -> {} is not a backup while its endpoint {} is (it was joining when the flag changed, and the kernel sends no MP_PRIO then); left as it is: setting the flag again would make the path active for an instant on {others} other subflow(s) from {}, and their peers would fill it with data",
+                            s.local, s.remote, e.addr, e.addr
+                        ));
+                    }
                     continue;
                 }
             }
-            let state = |b: bool| if b { "set" } else { "cleared" };
-            self.priority_pending.entry(e.id).or_insert_with(|| {
-                format!(
-                    "the subflow {} -> {} has its backup flag {} while its endpoint has it {}: most likely the endpoint changed while the subflow was joining, and the kernel sends no MP_PRIO before a join is complete (it skips the subflow silently); the flag is set to the other value and back, which sends it again to every connection with a subflow from {}",
+            let pending = self.priority_pending.entry(e.id).or_insert_with(|| {
+                let why = format!(
+                    "the subflow {} -> {} has its backup flag {} while its endpoint has it {}: most likely the endpoint changed while the subflow was joining, and the kernel sends no MP_PRIO before a join is complete (it skips the subflow silently); the flag is set to the other value and back, which sends it again to each connection's first subflow from {}",
                     s.local,
                     s.remote,
-                    state(backup),
-                    state(wanted),
+                    flag_state(backup),
+                    flag_state(wanted),
                     e.addr
-                )
+                );
+                (why, Vec::new())
             });
+            pending.1.push(key);
         }
-        // An endpoint whose subflows all agree starts afresh.
-        self.priority_resent.retain(|id, _| differing.contains(id));
+        // A subflow that agrees now, or is gone, starts afresh.
+        self.priority_resent
+            .retain(|k, _| differing.contains_key(k));
+        self.priority_given_up.retain(|k| differing.contains_key(k));
     }
 
-    /// Step 5: set the pending flags again, as two changes each (the other
-    /// value, then the endpoint's own). After the other decisions: a
-    /// change decided this round sends its own MP_PRIO already.
+    /// Last step: set the pending flags again, as two changes each (the
+    /// other value, then the endpoint's own). After the other decisions: a
+    /// change decided this round sends its own MP_PRIOs already.
     pub(super) fn resend_missed_priorities(&mut self, out: &mut Vec<Decision>) {
-        let now = self.clock.now();
-        for (id, why) in std::mem::take(&mut self.priority_pending) {
+        for (id, (why, subflows)) in std::mem::take(&mut self.priority_pending) {
             let decided = out.iter().any(|d| match d.action {
                 Action::SetEndpointFlags { id: i, .. } | Action::RemoveEndpoint { id: i, .. } => {
                     i == id
@@ -89,8 +120,9 @@ impl Policy {
                 continue;
             }
             let other = e.flags ^ Flag::Backup.bit();
-            // If the second change is refused, the kernel keeps the other
-            // value: `undo` puts it in the model and reconcile retries.
+            // If only the second change is refused, the kernel is left with
+            // the other value: `undo` puts it in the model, and reconcile
+            // sets the endpoint's own again.
             self.flags_before.insert(id, other);
             for (flags, step) in [(other, "1 of 2"), (e.flags, "2 of 2")] {
                 out.push(Decision {
@@ -103,9 +135,18 @@ impl Policy {
                     reason: format!("{why} (step {step})"),
                 });
             }
-            let times = self.priority_resent.get(&id).map_or(1, |(_, n)| n + 1);
-            self.priority_resent.insert(id, (now, times));
-            self.counters.priorities_resent += 1;
+            for key in subflows {
+                self.priority_resent.insert(key, e.flags);
+            }
+            self.counters.backup_flags_resent += 1;
         }
+    }
+}
+
+fn flag_state(backup: bool) -> &'static str {
+    if backup {
+        "set"
+    } else {
+        "cleared"
     }
 }

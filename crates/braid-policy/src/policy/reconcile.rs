@@ -174,6 +174,15 @@ impl Policy {
         self.config.endpoints.own_all || self.owned.contains(&id)
     }
 
+    /// The endpoint with address `ip`, if it is Braid's to manage (the
+    /// kernel holds one endpoint per address).
+    pub(super) fn managed_endpoint_of(&self, ip: IpAddr) -> Option<&KernelEndpoint> {
+        self.kernel
+            .values()
+            .find(|e| e.addr == ip)
+            .filter(|e| self.manages(e.id))
+    }
+
     pub(super) fn free_id(&self) -> Option<u8> {
         (1..=255u8).find(|id| !self.kernel.contains_key(id))
     }
