@@ -351,6 +351,10 @@ impl ConnShell {
                         // Often closed already by the REMOVE before it:
                         // not a refusal worth the log's budget.
                         debug!(action = %d.action, %error, "subflow not destroyed");
+                    } else if e.is_subflow_not_found() {
+                        // A join not complete yet takes no MP_PRIO: the
+                        // next round sets it again (design.md).
+                        info!(action = %d.action, "the subflow's priority waits for its join to complete");
                     } else if self.refusal_budget.allow(now_ms).0 {
                         warn!(action = %d.action, %error, "the kernel refused the connection action");
                     }

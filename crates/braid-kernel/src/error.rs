@@ -97,6 +97,10 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// The kernel's extended ack when a per-connection SET_FLAGS finds no
+/// active subflow with the addresses given.
+const SUBFLOW_NOT_FOUND: &str = "subflow not found";
+
 impl Error {
     pub fn io(op: Op, source: io::Error) -> Self {
         Error::Io { op, source }
@@ -107,6 +111,14 @@ impl Error {
             detail: detail.to_string(),
         }
     }
+    /// A per-connection priority change the kernel could not send: the
+    /// subflow is gone, or its join is not complete yet (a race that the
+    /// next attempt wins).
+    pub fn is_subflow_not_found(&self) -> bool {
+        matches!(self, Error::Kernel { op: Op::SetFlags, errno, extack: Some(m) }
+            if *errno == libc::EINVAL && m == SUBFLOW_NOT_FOUND)
+    }
+
     /// The errno behind this error, if any.
     pub fn errno(&self) -> Option<i32> {
         match self {
@@ -156,6 +168,11 @@ fn kernel_message(op: Op, errno: i32, extack: Option<&str>) -> String {
         (Op::AddEndpoint, libc::ERANGE) => {
             "the kernel's endpoint table is full (at most 8 endpoints are used per connection and the ids run from 1 to 255); delete unused endpoints with 'braid endpoint del'".into()
         }
+        // The userspace path manager's per-connection change, which the
+        // kernel can only send as an MP_PRIO on an active subflow.
+        (Op::SetFlags, libc::EINVAL) if extack == Some(SUBFLOW_NOT_FOUND) => {
+            "no subflow of that connection with these addresses can take the change now: it is gone, or its join is not complete yet (the kernel sends no MP_PRIO before the peer has acknowledged the join, one round trip after its SYN-ACK)".into()
+        }
         (Op::AddEndpoint | Op::SetFlags, libc::EINVAL) => {
             "the kernel rejected this endpoint: the flag combination or address is not allowed (e.g. 'fullmesh' together with 'signal', a port without 'signal', or an id of 0)".into()
         }
@@ -201,4 +218,29 @@ fn kernel_message(op: Op, errno: i32, extack: Option<&str>) -> String {
     }
     s.push_str(&format!(" [errno {}: {}]", errno, errno_name(errno)));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_priority_change_on_a_joining_subflow_is_not_called_a_bad_flag() {
+        let joining = Error::Kernel {
+            op: Op::SetFlags,
+            errno: libc::EINVAL,
+            extack: Some("subflow not found".into()),
+        };
+        assert!(joining.is_subflow_not_found());
+        let joining = joining.to_string();
+        assert!(joining.contains("join is not complete"), "{joining}");
+        assert!(!joining.contains("flag combination"), "{joining}");
+        let bad_flags = Error::Kernel {
+            op: Op::SetFlags,
+            errno: libc::EINVAL,
+            extack: None,
+        }
+        .to_string();
+        assert!(bad_flags.contains("flag combination"), "{bad_flags}");
+    }
 }
