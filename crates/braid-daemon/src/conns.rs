@@ -354,7 +354,9 @@ impl ConnShell {
                     } else if e.is_subflow_not_found() {
                         // A join not complete yet takes no MP_PRIO: the
                         // next round sets it again (design.md).
-                        info!(action = %d.action, "the subflow's priority waits for its join to complete");
+                        if self.refusal_budget.allow(now_ms).0 {
+                            info!(action = %d.action, "no active subflow for the priority change yet (joining, or gone): set again at the next round");
+                        }
                     } else if self.refusal_budget.allow(now_ms).0 {
                         warn!(action = %d.action, %error, "the kernel refused the connection action");
                     }

@@ -1395,7 +1395,7 @@ fn a_join_that_missed_its_backup_flag_gets_it_again() {
         .p
         .take_notes()
         .iter()
-        .any(|n| n.contains("after it was sent again")));
+        .any(|n| n.contains("after it was set again")));
     let ds = join_round(&mut s, 300, &[("10.0.0.2", None), ("10.0.0.2", Some(true))]);
     assert!(flag_changes(&ds).is_empty(), "{ds:?}");
     assert!(s.p.take_notes().is_empty());
@@ -1408,7 +1408,7 @@ fn a_join_that_missed_its_backup_flag_gets_it_again() {
     let ds = join_round(&mut s, 500, &[("10.0.0.2", None), ("10.0.0.2", Some(true))]);
     assert_eq!(flag_changes(&ds).len(), 2, "{ds:?}");
     // wlan0's join is active while its endpoint is a backup: cleared, then
-    // set, in that order (reconcile's sort puts backups first) ...
+    // set, in that order (reconcile's sort would reverse them) ...
     let ds = join_round(&mut s, 600, &[("192.168.1.5", Some(false))]);
     assert_eq!(
         flag_changes(&ds),

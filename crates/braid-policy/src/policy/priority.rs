@@ -37,7 +37,7 @@ impl Policy {
     /// theirs (from a health round's live samples).
     pub(super) fn note_missed_priorities(&mut self, samples: &[SubflowSample]) {
         self.priority_pending.clear();
-        let mut differing = BTreeMap::new();
+        let mut differing = BTreeSet::new();
         for s in samples {
             let Some(backup) = s.local_backup else {
                 continue;
@@ -50,7 +50,7 @@ impl Policy {
                 continue;
             }
             let key = (s.local, s.remote);
-            differing.insert(key, e.flags);
+            differing.insert(key);
             // A change the kernel refused is tried again by reconcile.
             if self.flags_refused.contains_key(&e.id) {
                 continue;
@@ -59,7 +59,7 @@ impl Policy {
             if self.priority_resent.get(&key) == Some(&e.flags) {
                 if self.priority_given_up.insert(key) {
                     self.notes.push(format!(
-                        "the subflow {} -> {} still has its backup flag {} after it was sent again: it is not its connection's first subflow from {}, which the kernel's MP_PRIO goes to; left as it is",
+                        "the subflow {} -> {} still has its backup flag {} after it was set again (unless the kernel refused that, see the log): it is most likely not its connection's first subflow from {}, which the kernel's MP_PRIO goes to; left as it is, not tried again until the endpoint's flags change",
                         s.local,
                         s.remote,
                         flag_state(backup),
@@ -97,9 +97,8 @@ impl Policy {
             pending.1.push(key);
         }
         // A subflow that agrees now, or is gone, starts afresh.
-        self.priority_resent
-            .retain(|k, _| differing.contains_key(k));
-        self.priority_given_up.retain(|k| differing.contains_key(k));
+        self.priority_resent.retain(|k, _| differing.contains(k));
+        self.priority_given_up.retain(|k| differing.contains(k));
     }
 
     /// Last step: set the pending flags again, as two changes each (the
