@@ -112,12 +112,9 @@ impl Policy {
                 }
                 _ => false,
             });
-            let Some(e) = self.kernel.get(&id).cloned() else {
+            let Some(e) = self.kernel.get(&id).cloned().filter(|_| !decided) else {
                 continue;
             };
-            if decided {
-                continue;
-            }
             let other = e.flags ^ Flag::Backup.bit();
             // If only the second change is refused, the kernel is left with
             // the other value: `undo` puts it in the model, and reconcile

@@ -338,7 +338,7 @@ impl Policy {
                 .links
                 .get(i)
                 .is_some_and(|l| self.link_allowed(l).is_ok());
-            if allowed && !self.addresses.values().any(|a| a.ip == e.addr) {
+            if allowed && self.ifindex_of(e.addr).is_none() {
                 return Some(format!(
                     "{} lost its address {} while standing by: the endpoint stays, because removing it would close its idle subflows and make the kernels resend all data in flight over {} for nothing; it goes once those subflows are gone or one has data outstanding, or when no other path carries traffic",
                     link_name(&self.links, *i),
