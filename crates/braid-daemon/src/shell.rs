@@ -1125,7 +1125,7 @@ fn token_samples(
                 rtt_us: t.rtt_us,
                 rttvar_us: t.rttvar_us,
                 total_retrans: t.total_retrans,
-                segs_out: t.segs_out.unwrap_or(0),
+                data_segs_out: t.data_segs_out.unwrap_or(0),
                 unacked: t.unacked,
                 last_ack_recv_ms: t.last_ack_recv_ms,
                 bytes_received: t.bytes_received.unwrap_or(0),

@@ -45,6 +45,9 @@ pub struct TcpInfo {
     pub min_rtt_us: Option<u32>,
     /// Segments with data received, in order or not.
     pub data_segs_in: Option<u32>,
+    /// Segments with data sent, retransmissions included (pure ACKs are
+    /// not: they are never retransmitted).
+    pub data_segs_out: Option<u32>,
     pub delivery_rate: Option<u64>,
     pub bytes_sent: Option<u64>,
     pub bytes_retrans: Option<u64>,
@@ -83,6 +86,7 @@ impl TcpInfo {
             segs_in: u32_at(b, 140),
             min_rtt_us: u32_at(b, 148),
             data_segs_in: u32_at(b, 152),
+            data_segs_out: u32_at(b, 156),
             delivery_rate: u64_at(b, 160),
             bytes_sent: u64_at(b, 200),
             bytes_retrans: u64_at(b, 208),
@@ -211,11 +215,18 @@ mod tests {
         b[0] = 1;
         b[68..72].copy_from_slice(&1234u32.to_ne_bytes());
         b[152..156].copy_from_slice(&77u32.to_ne_bytes());
+        b[156..160].copy_from_slice(&88u32.to_ne_bytes());
         b[200..208].copy_from_slice(&99u64.to_ne_bytes());
         let t = TcpInfo::parse(&b).unwrap();
         assert_eq!(
-            (t.state_name(), t.rtt_us, t.data_segs_in, t.bytes_sent),
-            ("established", 1234, Some(77), Some(99))
+            (
+                t.state_name(),
+                t.rtt_us,
+                t.data_segs_in,
+                t.data_segs_out,
+                t.bytes_sent
+            ),
+            ("established", 1234, Some(77), Some(88), Some(99))
         );
     }
 }

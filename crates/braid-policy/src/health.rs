@@ -19,7 +19,11 @@ pub struct SubflowSample {
     pub rtt_us: u32,
     pub rttvar_us: u32,
     pub total_retrans: u32,
-    pub segs_out: u32,
+    /// Segments with data sent (tcpi_data_segs_out): what a
+    /// retransmission is counted against. Not tcpi_segs_out, whose pure
+    /// ACKs are never retransmitted: on a request/response connection
+    /// they are a third of what is sent, and hid a third of the loss.
+    pub data_segs_out: u32,
     /// Segments sent and not yet acknowledged.
     pub unacked: u32,
     /// Milliseconds since the last ACK arrived on this subflow.
@@ -889,7 +893,7 @@ struct RemoteLoss {
 #[derive(Clone, Copy)]
 struct SubflowMemory {
     total_retrans: u32,
-    segs_out: u32,
+    data_segs_out: u32,
     bytes_received: u64,
     data_segs_in: u32,
     /// When (policy clock) the subflow was sampled.
@@ -1208,7 +1212,7 @@ impl HealthTracker {
             let key = (s.local, s.remote);
             let now = SubflowMemory {
                 total_retrans: s.total_retrans,
-                segs_out: s.segs_out,
+                data_segs_out: s.data_segs_out,
                 bytes_received: s.bytes_received,
                 data_segs_in: s.data_segs_in,
                 seen_ms: now_ms,
@@ -1221,7 +1225,7 @@ impl HealthTracker {
                 key,
                 SubflowDelta {
                     retrans: s.total_retrans.saturating_sub(before.total_retrans) as u64,
-                    segs: s.segs_out.wrapping_sub(before.segs_out) as u64 % (1 << 31),
+                    segs: s.data_segs_out.wrapping_sub(before.data_segs_out) as u64 % (1 << 31),
                     received: s.bytes_received.saturating_sub(before.bytes_received),
                     data_segs: s.data_segs_in.wrapping_sub(before.data_segs_in) as u64 % (1 << 31),
                     since_ms: now_ms.saturating_sub(before.seen_ms),
@@ -1297,7 +1301,7 @@ mod tests {
             rtt_us,
             rttvar_us: rtt_us / 4,
             total_retrans: retrans,
-            segs_out: segs,
+            data_segs_out: segs,
             unacked,
             last_ack_recv_ms: last_ack,
             bytes_received: 0,

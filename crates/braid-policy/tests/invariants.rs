@@ -142,7 +142,7 @@ fn sample() -> impl Strategy<Value = SubflowSample> {
         .prop_map(
             |(
                 (i, n, port, r),
-                (rtt_us, rttvar_us, total_retrans, segs_out, unacked),
+                (rtt_us, rttvar_us, total_retrans, data_segs_out, unacked),
                 (last_ack_recv_ms, bytes_received, last_data_recv_ms),
             )| SubflowSample {
                 local: SocketAddr::new(pool_ip(i, n), port),
@@ -151,7 +151,7 @@ fn sample() -> impl Strategy<Value = SubflowSample> {
                 rtt_us,
                 rttvar_us,
                 total_retrans,
-                segs_out,
+                data_segs_out,
                 unacked,
                 last_ack_recv_ms,
                 bytes_received,

@@ -286,7 +286,7 @@ fn sample(
         rtt_us: rtt_ms * 1000,
         rttvar_us: 1000,
         total_retrans: 0,
-        segs_out: 100,
+        data_segs_out: 100,
         unacked,
         last_ack_recv_ms: last_ack_ms,
         bytes_received: 0,
@@ -462,7 +462,7 @@ fn a_path_left_for_loss_is_not_retaken_on_its_rtt_while_it_is_suspect() {
             (2000, 400)
         };
         let mut s0 = sample("10.1.0.1:40000", "192.0.2.1:22", 2, 20, 0, 5);
-        s0.segs_out = segs;
+        s0.data_segs_out = segs;
         s0.total_retrans = retrans;
         let s1 = sample("10.2.0.1:50005", "192.0.2.1:22", 3, 80, 0, 5);
         p.handle(health(vec![(5, s0), (5, s1)]), t);
@@ -750,7 +750,7 @@ fn a_path_left_for_loss_is_measured_with_echoes_and_retaken_only_once_they_come_
             (2000, 400)
         };
         let mut s0 = sample("10.1.0.1:40000", "192.0.2.1:22", 2, 20, 0, 5);
-        s0.segs_out = segs;
+        s0.data_segs_out = segs;
         s0.total_retrans = retrans;
         let s1 = sample("10.2.0.1:50005", "192.0.2.1:22", 3, 80, 0, 5);
         // Echoes lose 20 % for 70 s, then none.

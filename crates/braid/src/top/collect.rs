@@ -339,7 +339,7 @@ pub fn snapshot(
                         bytes_acked: tcp.and_then(|t| t.bytes_acked).unwrap_or(0),
                         bytes_received: tcp.and_then(|t| t.bytes_received).unwrap_or(0),
                         total_retrans: tcp.map(|t| t.total_retrans).unwrap_or(0),
-                        segs_out: tcp.and_then(|t| t.segs_out).unwrap_or(0),
+                        data_segs_out: tcp.and_then(|t| t.data_segs_out).unwrap_or(0),
                     }
                 })
                 .collect(),

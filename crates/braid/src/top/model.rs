@@ -79,7 +79,7 @@ pub struct SubflowIn {
     /// Bytes received (tcp_info bytes_received).
     pub bytes_received: u64,
     pub total_retrans: u32,
-    pub segs_out: u32,
+    pub data_segs_out: u32,
 }
 
 /// One MPTCP connection as collected.
@@ -175,7 +175,7 @@ struct Counters {
     acked: u64,
     received: u64,
     retrans: u32,
-    segs_out: u32,
+    data_segs_out: u32,
 }
 
 type AddrKey = (Option<SocketAddr>, Option<SocketAddr>);
@@ -320,14 +320,18 @@ impl Model {
                 acked: sf.bytes_acked,
                 received: sf.bytes_received,
                 retrans: sf.total_retrans,
-                segs_out: sf.segs_out,
+                data_segs_out: sf.data_segs_out,
             };
             let p = prev.remove(&key);
             next.insert(key, now);
             let out = grew(p.map(|p| p.acked), now.acked, first);
             let inn = grew(p.map(|p| p.received), now.received, first);
             let retrans = grew(p.map(|p| p.retrans as u64), now.retrans as u64, first) as u32;
-            let segs = grew(p.map(|p| p.segs_out as u64), now.segs_out as u64, first) as u32;
+            let segs = grew(
+                p.map(|p| p.data_segs_out as u64),
+                now.data_segs_out as u64,
+                first,
+            ) as u32;
             let st = SubflowStat {
                 out_bps: per_second(out, dt),
                 in_bps: per_second(inn, dt),
@@ -845,7 +849,7 @@ mod tests {
         let mk = |ms, retrans, segs| {
             let mut s = sf(1, "10.0.0.1:1", "10.9.9.9:443", "tun7", 0, 0);
             s.total_retrans = retrans;
-            s.segs_out = segs;
+            s.data_segs_out = segs;
             let mut nodev = sf(1, "10.0.0.1:2", "10.9.9.9:443", "x", 0, 0);
             nodev.dev = None;
             nodev.backup = true;
