@@ -1100,6 +1100,7 @@ fn host_samples(shell: &Shell, subflows: &[braid_kernel::diag::Subflow]) -> Vec<
         .map(|(_, mut s)| {
             if per_connection {
                 s.local_backup = None;
+                s.joining = false;
             }
             s
         })
@@ -1133,6 +1134,7 @@ fn token_samples(
                 data_segs_in: t.data_segs_in.unwrap_or(0),
                 min_rtt_us: t.min_rtt_us.unwrap_or(0),
                 local_backup: joined_and_complete(sf).then_some(sf.backup_local),
+                joining: joining(sf),
             };
             Some((sf.token_local, sample))
         })
@@ -1143,6 +1145,13 @@ fn token_samples(
 fn joined_and_complete(sf: &braid_kernel::diag::Subflow) -> bool {
     use braid_kernel::diag::{SUBFLOW_FLAG_FULLY_ESTABLISHED, SUBFLOW_FLAG_JOIN_LOC};
     sf.flags & SUBFLOW_FLAG_JOIN_LOC != 0 && sf.flags & SUBFLOW_FLAG_FULLY_ESTABLISHED != 0
+}
+
+/// A subflow this end opened with MP_JOIN whose join the peer has not
+/// acknowledged yet: the kernel sends it no MP_PRIO until it has.
+fn joining(sf: &braid_kernel::diag::Subflow) -> bool {
+    use braid_kernel::diag::{SUBFLOW_FLAG_FULLY_ESTABLISHED, SUBFLOW_FLAG_JOIN_LOC};
+    sf.flags & SUBFLOW_FLAG_JOIN_LOC != 0 && sf.flags & SUBFLOW_FLAG_FULLY_ESTABLISHED == 0
 }
 
 /// Run one health round and say when the next is due (None: no polling

@@ -41,6 +41,10 @@ pub struct SubflowSample {
     /// own path manager runs (None otherwise): what an endpoint's flag
     /// change should have made it (see `Policy::note_missed_priorities`).
     pub local_backup: Option<bool>,
+    /// A subflow this end joined whose join is not complete yet, on a
+    /// connection the kernel's own path manager runs: an endpoint flag
+    /// change made now passes it over (see `Policy::note_missed_priorities`).
+    pub joining: bool,
 }
 
 /// The probes of a receiving path's current silence.
@@ -1309,6 +1313,7 @@ mod tests {
             data_segs_in: 0,
             min_rtt_us: 0,
             local_backup: None,
+            joining: false,
         }
     }
 
@@ -1721,6 +1726,7 @@ mod tests {
             rttvar_us: 50_000,
             min_rtt_us: 100_000,
             local_backup: None,
+            joining: false,
             bytes_received: bytes,
             ..s(1, 0, 100, 0, 0, 100_000)
         };
@@ -1731,6 +1737,7 @@ mod tests {
             remote: "10.8.8.8:80".parse().unwrap(),
             min_rtt_us: 5_000,
             local_backup: None,
+            joining: false,
             ..s(1, 0, 100, 0, 0, 5_000)
         };
         t.update(0, &[receiving(0), near.clone()], 300, 0.05, 3000, 1);

@@ -161,6 +161,7 @@ fn sample() -> impl Strategy<Value = SubflowSample> {
                 // Unknown, equal to or below the smoothed RTT.
                 min_rtt_us: rtt_us / u32::from(port - 40000 + 1) * u32::from(port != 40002),
                 local_backup: None,
+                joining: false,
             },
         )
 }

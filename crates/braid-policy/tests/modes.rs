@@ -23,6 +23,9 @@ struct Sim {
     /// when seen towards two hosts (or confirmed by a probe): tests of that
     /// reaction use 2. Loss needs `policy.loss_hosts` hosts (1 by default).
     hosts: usize,
+    /// wlan0's subflows as joins this end made: (still joining, their
+    /// backup flag once complete).
+    wlan0_join: (bool, Option<bool>),
 }
 
 const HOSTS: [&str; 2] = ["203.0.113.1:443", "198.51.100.7:443"];
@@ -37,6 +40,7 @@ fn sim(mode: PathMode) -> (Sim, Vec<Decision>) {
         p: Policy::new(cfg, Vec::new()),
         now: 0,
         hosts: 1,
+        wlan0_join: (false, None),
     };
     let ds = s.p.handle(
         Event::Snapshot {
@@ -112,7 +116,12 @@ impl Sim {
             last_data_recv_ms: p.last_rx_ms,
             data_segs_in: 0,
             min_rtt_us: 0,
-            local_backup: None,
+            local_backup: if ifindex == 3 {
+                self.wlan0_join.1
+            } else {
+                None
+            },
+            joining: ifindex == 3 && self.wlan0_join.0,
         };
         let samples = (0..self.hosts)
             .flat_map(|h| {
@@ -699,6 +708,7 @@ fn an_unanswered_probe_hands_over_and_reopens_the_silent_path() {
             data_segs_in: 0,
             min_rtt_us: 0,
             local_backup: None,
+            joining: false,
         };
         s.at(
             t,
@@ -802,6 +812,7 @@ fn a_path_without_subflows_is_re_added_so_the_kernel_opens_them() {
                 data_segs_in: 0,
                 min_rtt_us: 0,
                 local_backup: None,
+                joining: false,
             }]),
         )
     };
@@ -1075,6 +1086,7 @@ fn restarted_with_a_dark_standby() -> (Sim, Vec<Decision>) {
         p: Policy::new(cfg, vec![1, 2]),
         now: 0,
         hosts: 1,
+        wlan0_join: (false, None),
     };
     let route = |ifindex, table| DefaultRoute {
         ifindex,
@@ -1212,6 +1224,7 @@ fn round(s: &mut Sim, t: u64, rx: u64, wlan0_unacked: Option<u32>) -> Vec<Decisi
         data_segs_in: 0,
         min_rtt_us: 0,
         local_backup: None,
+        joining: false,
     };
     let mut samples = vec![mk([10, 0, 0, 2], 2, 0, rx)];
     if let Some(unacked) = wlan0_unacked {
@@ -1348,6 +1361,7 @@ fn join_round(s: &mut Sim, t: u64, subflows: &[(&str, Option<bool>)]) -> Vec<Dec
             data_segs_in: 0,
             min_rtt_us: 0,
             local_backup: *local_backup,
+            joining: false,
         })
         .collect();
     s.at(t, Event::Health(samples))
@@ -1468,4 +1482,50 @@ fn a_refused_resend_of_a_backup_flag_leaves_the_model_true() {
         Some(SUBFLOW | BACKUP),
         "{ds:?}"
     );
+}
+
+/// A switch made while the new path's subflow is still joining passes
+/// that subflow over (the kernel sends no MP_PRIO before a join is
+/// complete): health rounds come every 10 ms until the join is complete,
+/// its flag is set again in the first round after, and the watch ends
+/// then, or after 2 s if the join never completes.
+#[test]
+fn a_switch_during_a_join_is_looked_at_again_within_milliseconds() {
+    let quiet = |rtt_ms, segs| P {
+        unacked: 0,
+        ..ok(rtt_ms, segs)
+    };
+    let lossy = P {
+        retrans: 10,
+        ..quiet(20, 50)
+    };
+    let wlan0: IpAddr = "192.168.1.5".parse().unwrap();
+    let (mut s, _) = sim(PathMode::Interactive);
+    s.health(0, quiet(20, 0), quiet(60, 0));
+    s.wlan0_join = (true, None);
+    let ds = s.health(100, lossy, quiet(60, 0));
+    assert!(!ds.is_empty() && ds[0].reason.contains("lossy"), "{ds:?}");
+    assert_eq!(s.flags(), (SUBFLOW | BACKUP, SUBFLOW));
+    assert_eq!(s.p.health_check_due_in_ms(), Some(10));
+    s.health(110, quiet(20, 0), quiet(60, 0));
+    assert_eq!(s.p.health_check_due_in_ms(), Some(10));
+    // Complete, and still the backup it joined as: set again at once.
+    s.wlan0_join = (false, Some(true));
+    let ds = s.health(120, quiet(20, 0), quiet(60, 0));
+    assert_eq!(
+        flag_changes(&ds),
+        vec![(wlan0, SUBFLOW | BACKUP), (wlan0, SUBFLOW)],
+        "{ds:?}"
+    );
+    assert_eq!(s.p.health_check_due_in_ms(), None);
+
+    // A join that never completes is watched for 2 s.
+    let (mut s, _) = sim(PathMode::Interactive);
+    s.health(0, quiet(20, 0), quiet(60, 0));
+    s.wlan0_join = (true, None);
+    s.health(100, lossy, quiet(60, 0));
+    s.health(2000, quiet(20, 0), quiet(60, 0));
+    assert_eq!(s.p.health_check_due_in_ms(), Some(10));
+    s.health(2100, quiet(20, 0), quiet(60, 0));
+    assert_eq!(s.p.health_check_due_in_ms(), None);
 }

@@ -294,6 +294,7 @@ fn sample(
         data_segs_in: 0,
         min_rtt_us: 0,
         local_backup: None,
+        joining: false,
     }
 }
 

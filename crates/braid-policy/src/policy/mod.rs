@@ -290,6 +290,11 @@ pub struct Policy {
     priority_resent: BTreeMap<priority::SubflowKey, u32>,
     /// Subflows left with a flag that differs (noted once).
     priority_given_up: BTreeSet<priority::SubflowKey>,
+    /// Local addresses with a subflow still joining (last health round).
+    joining_from: BTreeSet<IpAddr>,
+    /// Addresses whose endpoint's flags changed while a subflow from them
+    /// was joining, watched until then (`priority.rs`).
+    joins_watched: BTreeMap<IpAddr, Time>,
     /// What the policy chose not to do, or learnt, since the shell last
     /// asked (`take_notes`): for the log, with no action to carry it.
     notes: Vec<String>,
@@ -466,6 +471,8 @@ impl Policy {
             priority_pending: BTreeMap::new(),
             priority_resent: BTreeMap::new(),
             priority_given_up: BTreeSet::new(),
+            joining_from: BTreeSet::new(),
+            joins_watched: BTreeMap::new(),
             notes: Vec::new(),
         }
     }
@@ -508,12 +515,15 @@ impl Policy {
     }
 
     pub fn health_check_due_in_ms(&self) -> Option<u64> {
+        let joins = self.join_recheck_due_in_ms();
         if self.config.policy.mode == PathMode::Aggregate {
-            return None;
+            return joins;
         }
         let (v4, v6) = self.probing();
-        self.health
-            .until_next_stall_ms(self.config.policy.stall_ms, v4 || v6)
+        let stall = self
+            .health
+            .until_next_stall_ms(self.config.policy.stall_ms, v4 || v6);
+        joins.into_iter().chain(stall).min()
     }
 
     /// Routes a previous run changed (from its state file); taken as ours

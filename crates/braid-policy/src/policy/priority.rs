@@ -23,6 +23,14 @@
 //! would be flipped. Each subflow gets one try per endpoint flag: one that
 //! still differs is not the first from its address in its connection, and
 //! no flip reaches it.
+//!
+//! A change made while a subflow from the address is joining is followed
+//! by health rounds every `JOIN_RECHECK_MS` until the join is complete,
+//! so it is set again within a few milliseconds of the join's end, not a
+//! poll interval later. In the lab's lossy cell, each 20 ms that both
+//! subflows stay backups is one more request and answer that may cross
+//! the lossy path, and each one lost there holds the probes behind it for
+//! a retransmission timeout.
 
 use std::net::SocketAddr;
 
@@ -37,6 +45,15 @@ impl Policy {
     /// theirs (from a health round's live samples).
     pub(super) fn note_missed_priorities(&mut self, samples: &[SubflowSample]) {
         self.priority_pending.clear();
+        self.joining_from = samples
+            .iter()
+            .filter(|s| s.joining)
+            .map(|s| s.local.ip())
+            .collect();
+        let now = self.clock.now();
+        let joining = &self.joining_from;
+        self.joins_watched
+            .retain(|addr, until| joining.contains(addr) && *until > now);
         let mut differing = BTreeSet::new();
         for s in samples {
             let Some(backup) = s.local_backup else {
@@ -137,7 +154,32 @@ impl Policy {
             self.counters.backup_flags_resent += 1;
         }
     }
+
+    /// Watch the joins that this round's flag changes pass over.
+    pub(super) fn watch_joins(&mut self, out: &[Decision]) {
+        let until = self.clock.now().plus(JOIN_WATCH_MAX_MS);
+        for d in out {
+            if let Action::SetEndpointFlags { addr, .. } = d.action {
+                if self.joining_from.contains(&addr) {
+                    self.joins_watched.insert(addr, until);
+                }
+            }
+        }
+    }
+
+    /// When the next health round should come for a watched join.
+    pub(super) fn join_recheck_due_in_ms(&self) -> Option<u64> {
+        (!self.joins_watched.is_empty()).then_some(JOIN_RECHECK_MS)
+    }
 }
+
+/// How often a join an endpoint flag change passed over is looked at: the
+/// cost is one subflow lookup per connection each time, for about one RTT.
+const JOIN_RECHECK_MS: u64 = 10;
+
+/// A join not complete after this is no longer watched (its third ACK
+/// unanswered: the ordinary rounds find it if it ever completes).
+const JOIN_WATCH_MAX_MS: u64 = 2_000;
 
 fn flag_state(backup: bool) -> &'static str {
     if backup {

@@ -223,6 +223,7 @@ impl Policy {
         // Each in its order (the other value, then the endpoint's own),
         // which the sort above would undo for a standby.
         self.resend_missed_priorities(&mut out);
+        self.watch_joins(&out);
         out
     }
 

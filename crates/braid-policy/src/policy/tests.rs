@@ -69,6 +69,7 @@ fn receiving_segs(remote: &str, rx_bytes: u64, last_rx_ms: u32, data_segs_in: u3
         data_segs_in,
         min_rtt_us: 0,
         local_backup: None,
+        joining: false,
     }])
 }
 
@@ -159,6 +160,7 @@ fn a_failed_stall_probe_is_no_longer_under_way() {
             data_segs_in: 0,
             min_rtt_us: 0,
             local_backup: None,
+            joining: false,
         }])
     };
     p.handle(waiting(5), 0);
