@@ -1581,6 +1581,12 @@ pub async fn run(opts: Options) -> Result<(), String> {
             _ = io.sigterm.recv() => break,
             _ = io.sigint.recv() => break,
         }
+        // A decision made on any event (a link change, a command, a
+        // deadline) may want the next health round sooner: a flag change
+        // to check on a join.
+        if let Some(at) = poll {
+            poll = Some(at.min(next_poll(&shell)));
+        }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     info!("stopping");

@@ -467,12 +467,15 @@ impl PathHealth {
     }
 
     /// Whether an echo should go now to measure this path's loss: it is
-    /// lossy, has carried too little traffic to measure for
+    /// lossy, idle, has sent too little data to measure for
     /// `LOSS_IDLE_MS`, and the last echo went `LOSS_ECHO_INTERVAL_MS` ago.
     /// Without this an idle path's loss fades and the path is taken back,
-    /// as lossy as it was (a standby carries nothing).
+    /// as lossy as it was (a standby carries nothing). Not while it
+    /// receives: a download sends no data to measure, and echoes queued
+    /// behind it would read as loss.
     pub fn wants_loss_echo(&self, now_ms: u64) -> bool {
         self.lossy
+            && self.idle()
             && !self.echo_deaf
             && self.unreachable.is_none()
             && self.measured()
@@ -1677,6 +1680,39 @@ mod tests {
         // Traffic again: its own figure, not the echoes'.
         t.update(now + 100, &[s(1, 20, 200, 0, 0, 1)], 300, 0.05, decay, 1);
         assert!(!t.paths[&1].loss_probed);
+    }
+
+    /// A lossy path that receives (a download sends no data to measure)
+    /// gets no loss echo: it would wait behind the data and read as loss.
+    /// Once the data stops, it is echoed.
+    #[test]
+    fn a_lossy_path_gets_no_loss_echo_while_it_receives() {
+        let mut t = HealthTracker::default();
+        t.update(0, &[s(1, 0, 0, 0, 0, 1_000)], 300, 0.05, 3000, 1);
+        t.update(100, &[s(1, 20, 100, 0, 0, 1_000)], 300, 0.05, 3000, 1);
+        assert!(t.paths[&1].lossy);
+        let rx = |bytes: u64, since_ms: u32| SubflowSample {
+            bytes_received: bytes,
+            data_segs_in: (bytes / 1000) as u32,
+            last_data_recv_ms: since_ms,
+            ..s(1, 20, 100, 0, 0, 1_000)
+        };
+        for at in (200..=1500).step_by(100) {
+            t.update(at, &[rx(at * 5000, 1)], 300, 0.05, 3000, 1);
+            assert!(!t.paths[&1].wants_loss_echo(at), "at {at}");
+        }
+        let echoed_at = (1600..=2500).step_by(100).find(|&at| {
+            t.update(
+                at,
+                &[rx(1500 * 5000, (at - 1500) as u32)],
+                300,
+                0.05,
+                3000,
+                1,
+            );
+            t.paths[&1].wants_loss_echo(at)
+        });
+        assert!(echoed_at.is_some(), "{:?}", t.paths[&1]);
     }
 
     /// Behind a lost segment, data keeps arriving out of order while

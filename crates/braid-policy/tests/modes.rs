@@ -1517,6 +1517,11 @@ fn a_switch_during_a_join_is_looked_at_again_within_milliseconds() {
         vec![(wlan0, SUBFLOW | BACKUP), (wlan0, SUBFLOW)],
         "{ds:?}"
     );
+    // Every flag change is looked at once more (a join may have begun
+    // since the last round); with none under way, the watch ends.
+    assert_eq!(s.p.health_check_due_in_ms(), Some(10));
+    s.wlan0_join = (false, Some(false));
+    assert!(flag_changes(&s.health(130, quiet(20, 0), quiet(60, 0))).is_empty());
     assert_eq!(s.p.health_check_due_in_ms(), None);
 
     // A join that never completes is watched for 2 s.

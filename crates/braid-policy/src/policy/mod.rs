@@ -290,8 +290,6 @@ pub struct Policy {
     priority_resent: BTreeMap<priority::SubflowKey, u32>,
     /// Subflows left with a flag that differs (noted once).
     priority_given_up: BTreeSet<priority::SubflowKey>,
-    /// Local addresses with a subflow still joining (last health round).
-    joining_from: BTreeSet<IpAddr>,
     /// Addresses whose endpoint's flags changed while a subflow from them
     /// was joining, watched until then (`priority.rs`).
     joins_watched: BTreeMap<IpAddr, Time>,
@@ -471,7 +469,6 @@ impl Policy {
             priority_pending: BTreeMap::new(),
             priority_resent: BTreeMap::new(),
             priority_given_up: BTreeSet::new(),
-            joining_from: BTreeSet::new(),
             joins_watched: BTreeMap::new(),
             notes: Vec::new(),
         }

@@ -32,7 +32,7 @@
 //! the lossy path, and each one lost there holds the probes behind it for
 //! a retransmission timeout.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::*;
 use crate::health::SubflowSample;
@@ -45,13 +45,12 @@ impl Policy {
     /// theirs (from a health round's live samples).
     pub(super) fn note_missed_priorities(&mut self, samples: &[SubflowSample]) {
         self.priority_pending.clear();
-        self.joining_from = samples
+        let joining: BTreeSet<IpAddr> = samples
             .iter()
             .filter(|s| s.joining)
             .map(|s| s.local.ip())
             .collect();
         let now = self.clock.now();
-        let joining = &self.joining_from;
         self.joins_watched
             .retain(|addr, until| joining.contains(addr) && *until > now);
         let mut differing = BTreeSet::new();
@@ -155,14 +154,16 @@ impl Policy {
         }
     }
 
-    /// Watch the joins that this round's flag changes pass over.
+    /// Watch the joins that this round's flag changes pass over. Every
+    /// changed address is watched: a change decided on an event, not in a
+    /// health round, may meet a join the last round did not see; the next
+    /// round, 10 ms later, keeps only those with a join under way.
     pub(super) fn watch_joins(&mut self, out: &[Decision]) {
         let until = self.clock.now().plus(JOIN_WATCH_MAX_MS);
         for d in out {
             if let Action::SetEndpointFlags { addr, .. } = d.action {
-                if self.joining_from.contains(&addr) {
-                    self.joins_watched.insert(addr, until);
-                }
+                // The first deadline holds: a resend's flips do not extend it.
+                self.joins_watched.entry(addr).or_insert(until);
             }
         }
     }
@@ -173,8 +174,9 @@ impl Policy {
     }
 }
 
-/// How often a join an endpoint flag change passed over is looked at: the
-/// cost is one subflow lookup per connection each time, for about one RTT.
+/// How often a join an endpoint flag change passed over is looked at: a
+/// health round each time (the known subflows looked up one by one, or a
+/// dump of ~1 ms per address family), for about one RTT of the path.
 const JOIN_RECHECK_MS: u64 = 10;
 
 /// A join not complete after this is no longer watched (its third ACK
