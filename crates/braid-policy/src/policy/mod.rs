@@ -290,8 +290,8 @@ pub struct Policy {
     priority_resent: BTreeMap<priority::SubflowKey, u32>,
     /// Subflows left with a flag that differs (noted once).
     priority_given_up: BTreeSet<priority::SubflowKey>,
-    /// Addresses whose endpoint's flags changed while a subflow from them
-    /// was joining, watched until then (`priority.rs`).
+    /// Addresses whose endpoint's flags changed, watched while a subflow
+    /// from them is joining, until when at most (`priority.rs`).
     joins_watched: BTreeMap<IpAddr, Time>,
     /// What the policy chose not to do, or learnt, since the shell last
     /// asked (`take_notes`): for the log, with no action to carry it.
