@@ -1133,25 +1133,20 @@ fn token_samples(
                 last_data_recv_ms: t.last_data_recv_ms,
                 data_segs_in: t.data_segs_in.unwrap_or(0),
                 min_rtt_us: t.min_rtt_us.unwrap_or(0),
-                local_backup: joined_and_complete(sf).then_some(sf.backup_local),
-                joining: joining(sf),
+                local_backup: (own_join(sf) == Some(true)).then_some(sf.backup_local),
+                joining: own_join(sf) == Some(false),
             };
             Some((sf.token_local, sample))
         })
 }
 
-/// A subflow this end opened with MP_JOIN whose join the peer has
-/// acknowledged: only then does the kernel send it an MP_PRIO.
-fn joined_and_complete(sf: &braid_kernel::diag::Subflow) -> bool {
+/// For a subflow this end opened with MP_JOIN, whether the peer has
+/// acknowledged the join (None for other subflows): only then does the
+/// kernel send it an MP_PRIO.
+fn own_join(sf: &braid_kernel::diag::Subflow) -> Option<bool> {
     use braid_kernel::diag::{SUBFLOW_FLAG_FULLY_ESTABLISHED, SUBFLOW_FLAG_JOIN_LOC};
-    sf.flags & SUBFLOW_FLAG_JOIN_LOC != 0 && sf.flags & SUBFLOW_FLAG_FULLY_ESTABLISHED != 0
-}
-
-/// A subflow this end opened with MP_JOIN whose join the peer has not
-/// acknowledged yet: the kernel sends it no MP_PRIO until it has.
-fn joining(sf: &braid_kernel::diag::Subflow) -> bool {
-    use braid_kernel::diag::{SUBFLOW_FLAG_FULLY_ESTABLISHED, SUBFLOW_FLAG_JOIN_LOC};
-    sf.flags & SUBFLOW_FLAG_JOIN_LOC != 0 && sf.flags & SUBFLOW_FLAG_FULLY_ESTABLISHED == 0
+    (sf.flags & SUBFLOW_FLAG_JOIN_LOC != 0)
+        .then_some(sf.flags & SUBFLOW_FLAG_FULLY_ESTABLISHED != 0)
 }
 
 /// Run one health round and say when the next is due (None: no polling

@@ -209,7 +209,7 @@ impl LossMeter {
     /// idle path's (or host's) old loss is halved every `decay_ms`, so it
     /// can be tried again.
     fn round(&mut self, loss: &mut f64, now_ms: u64, decay_ms: u64) {
-        if self.acc_segs >= MIN_SEGS {
+        if self.acc_segs >= LOSS_MIN_SEGS {
             let sample = (self.acc_retrans as f64 / self.acc_segs as f64).min(1.0);
             *loss = 0.5 * *loss + 0.5 * sample;
             self.acc_retrans = 0;
@@ -807,8 +807,9 @@ const STALL_PROBE_MARGIN_MS: u64 = 20;
 /// this long if the wait goes on, doubled each time up to the maximum.
 const STALL_REPROBE_FIRST_MS: u64 = 1000;
 const STALL_REPROBE_MAX_MS: u64 = 60_000;
-/// Minimum sent segments before a retransmission rate is trusted.
-const MIN_SEGS: u64 = 20;
+/// Minimum data segments sent before a retransmission rate is trusted
+/// (`braid top`'s figure waits for as many).
+pub const LOSS_MIN_SEGS: u64 = 20;
 /// A lossy path is measured with echoes once it has carried too little
 /// traffic to measure for this long, one echo every
 /// `LOSS_ECHO_INTERVAL_MS`, a sample of `LOSS_ECHO_SAMPLE` at a time: 10

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::budget::SwitchBudget;
 use crate::config::{glob, Config, Flag, Mode, PathMode, PmKind, Role};
 use crate::health::{
-    HealthTracker, PathHealth, PathProblem, SilenceVerdict, LOSS_ECHO_INTERVAL_MS, MIN_WITNESSES,
-    PROBE_AFTER_MIN_MS,
+    HealthTracker, PathHealth, PathProblem, SilenceVerdict, SubflowKey, LOSS_ECHO_INTERVAL_MS,
+    MIN_WITNESSES, PROBE_AFTER_MIN_MS,
 };
 use crate::model::*;
 use crate::time::{backoff_ms, Clock, Time};
@@ -284,12 +284,12 @@ pub struct Policy {
     kept_standby: BTreeMap<IpAddr, String>,
     /// Endpoints whose backup flag missed joined subflows, with why and
     /// which: set again this round (`priority.rs`).
-    priority_pending: BTreeMap<u8, (String, Vec<priority::SubflowKey>)>,
+    priority_pending: BTreeMap<u8, (String, Vec<SubflowKey>)>,
     /// Subflows whose endpoint's flags were set again for them, with those
     /// flags: one try each.
-    priority_resent: BTreeMap<priority::SubflowKey, u32>,
+    priority_resent: BTreeMap<SubflowKey, u32>,
     /// Subflows left with a flag that differs (noted once).
-    priority_given_up: BTreeSet<priority::SubflowKey>,
+    priority_given_up: BTreeSet<SubflowKey>,
     /// Addresses whose endpoint's flags changed, watched while a subflow
     /// from them is joining, until when at most (`priority.rs`).
     joins_watched: BTreeMap<IpAddr, Time>,

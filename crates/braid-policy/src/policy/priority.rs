@@ -32,13 +32,10 @@
 //! the lossy path, and each one lost there holds the probes behind it for
 //! a retransmission timeout.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use super::*;
 use crate::health::SubflowSample;
-
-/// A subflow by its addresses.
-pub(super) type SubflowKey = (SocketAddr, SocketAddr);
 
 impl Policy {
     /// Note the endpoints with a joined subflow whose backup flag is not

@@ -217,11 +217,6 @@ pub struct Model {
 /// belongs to a new socket on the same addresses (a reused 4-tuple): all it
 /// counts happened since the last read. Seen for the first time after the
 /// first refresh: also new since then. On the first refresh: unknown, 0.
-/// Fewer data segments than this in a refresh give no loss figure: a new
-/// subflow's SYN retransmission over a request or two is not 50 % loss
-/// (the daemon's meter waits for as many).
-const MIN_SEGS_FOR_LOSS: u64 = 20;
-
 fn grew(prev: Option<u64>, now: u64, first: bool) -> u64 {
     match prev {
         Some(p) if now >= p => now - p,
@@ -408,7 +403,9 @@ impl Model {
                 if row.rtt_ms.is_none() && a.rtt_n > 0 {
                     row.rtt_ms = Some(a.rtt_sum as f64 / a.rtt_n as f64 / 1000.0);
                 }
-                if row.loss.is_none() && a.segs >= MIN_SEGS_FOR_LOSS {
+                // As the daemon's meter: a new subflow's SYN retransmission
+                // over a request or two is not 50 % loss.
+                if row.loss.is_none() && a.segs >= braid_policy::health::LOSS_MIN_SEGS {
                     row.loss = Some((a.retrans as f64 / a.segs as f64).min(1.0));
                 }
             }
