@@ -179,6 +179,37 @@ impl Sysctl {
     }
 }
 
+/// The sysctl that picks a namespace's TCP congestion control. A new
+/// namespace starts with the host's (init_net's) default: results on a
+/// host running BBR differ from those on one running CUBIC, so a run says
+/// which one it had.
+const CONGESTION_SYSCTL: &str = "net/ipv4/tcp_congestion_control";
+
+/// The TCP congestion control of the calling thread's namespace.
+pub fn congestion_control() -> Result<String, LabError> {
+    std::fs::read_to_string(format!("/proc/sys/{CONGESTION_SYSCTL}"))
+        .map(|s| s.trim().to_string())
+        .map_err(|e| LabError::Io(format!("reading /proc/sys/{CONGESTION_SYSCTL}: {e}")))
+}
+
+/// Make `name` the calling thread's namespace's TCP congestion control.
+pub fn set_congestion_control(name: &str) -> Result<(), LabError> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(LabError::Invalid(format!(
+            "'{name}' is not a congestion control's name (e.g. cubic, bbr, reno)"
+        )));
+    }
+    std::fs::write(format!("/proc/sys/{CONGESTION_SYSCTL}"), name).map_err(|e| {
+        let available =
+            std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into());
+        LabError::Invalid(format!(
+            "cannot use congestion control '{name}' ({e}): this kernel has {available}; another one needs its module (modprobe tcp_{name})"
+        ))
+    })
+}
+
 pub(crate) fn write_proc_sys(path: &str, value: &str) -> Result<(), LabError> {
     std::fs::write(format!("/proc/sys/{path}"), value)
         .map_err(|e| LabError::Io(format!("writing /proc/sys/{path}: {e}")))

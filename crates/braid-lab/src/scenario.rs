@@ -101,6 +101,9 @@ pub struct RunConfig {
     /// How the client reaches the server: directly over MPTCP, or through
     /// a relay to a plain-TCP origin.
     pub via: Via,
+    /// TCP congestion control in every namespace of the lab (None: the
+    /// host's default, which new namespaces start with).
+    pub congestion: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -147,6 +150,8 @@ pub struct Report {
     pub transport: String,
     pub metrics: Metrics,
     pub events: Vec<TimedEvent>,
+    /// The TCP congestion control the lab's namespaces used.
+    pub congestion_control: String,
     /// Sysctls set for the run (`client: NAME=VALUE`, `server: ...`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sysctls: Vec<String>,
@@ -209,6 +214,7 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
         seed: 7,
         origin: cfg.via != Via::Direct,
     })?;
+    let congestion = set_congestion(guard.lab(), cfg.congestion.as_deref())?;
     let mut logs = match &cfg.logs {
         Some(dir) => Some(RunLogs::start(dir, cfg.pm, guard.lab(), &cfg.emulator_exe)?),
         None => None,
@@ -234,7 +240,7 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
         if let Some(l) = logs {
             l.finish(guard.lab());
         }
-        return Ok(lossy_primary_report(cfg, paths, p, events));
+        return Ok(lossy_primary_report(cfg, paths, congestion, p, events));
     }
 
     let dir = if cfg.upload {
@@ -255,12 +261,32 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
     Ok(report(
         cfg,
         paths,
+        congestion,
         r,
         events,
         at.fail_at,
         at.addr_at,
         at.restore_at,
     ))
+}
+
+/// Set `name` as the congestion control of every namespace of the lab
+/// (when given), and say which one the run has: the client's.
+fn set_congestion(lab: &Lab, name: Option<&str>) -> Result<String, LabError> {
+    let st = &lab.state;
+    if let Some(name) = name {
+        let name = name.to_string();
+        for ns in [&st.client_ns, &st.server_ns]
+            .into_iter()
+            .chain(st.origin.as_ref().map(|o| &o.ns))
+        {
+            let name = name.clone();
+            braid_kernel::netns::run_in::<_, LabError>(ns, move || {
+                crate::lab::set_congestion_control(&name)
+            })?;
+        }
+    }
+    braid_kernel::netns::run_in::<_, LabError>(&st.client_ns, crate::lab::congestion_control)
 }
 
 /// The lab's paths for `cfg`, once it is known the scenario can run.
@@ -271,12 +297,7 @@ fn scenario_paths(cfg: &RunConfig) -> Result<Vec<PathSpec>, LabError> {
     if cfg.paths.len() < 2 {
         return Err(LabError::Invalid("scenarios need at least 2 paths".into()));
     }
-    let mut paths = cfg.paths.clone();
-    // The primary is lossy: 10 % unless the paths say how lossy.
-    if cfg.scenario == Scenario::LossyPrimary && paths[0].loss == 0.0 {
-        paths[0].loss = 0.10;
-    }
-    Ok(paths)
+    Ok(cfg.paths.clone())
 }
 
 /// The run's sysctls, in the client's and the server's namespaces.
@@ -316,6 +337,7 @@ fn endpoints(st: &LabState, proxies: &Option<RunningVia>) -> Endpoints {
 fn lossy_primary_report(
     cfg: &RunConfig,
     paths: Vec<PathSpec>,
+    congestion_control: String,
     p: ProbeResult,
     events: Vec<TimedEvent>,
 ) -> Report {
@@ -337,6 +359,7 @@ fn lossy_primary_report(
             ..Default::default()
         },
         events,
+        congestion_control,
         sysctls: sysctl_notes(cfg),
         error: None,
         series_total_mbps: Vec::new(),
@@ -460,9 +483,11 @@ fn inject(
     Ok(at)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn report(
     cfg: &RunConfig,
     paths: Vec<PathSpec>,
+    congestion_control: String,
     r: BulkResult,
     events: Vec<TimedEvent>,
     fail_at: Option<f64>,
@@ -530,6 +555,7 @@ fn report(
         transport: r.transport.clone(),
         metrics: m,
         events,
+        congestion_control,
         sysctls: sysctl_notes(cfg),
         error: r.error.clone(),
         series_total_mbps: mbps(&r.buckets),

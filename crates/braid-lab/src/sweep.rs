@@ -152,6 +152,8 @@ pub struct SweepConfig {
     pub emulator_exe: PathBuf,
     /// Lab names are this prefix and a number.
     pub lab_prefix: String,
+    /// TCP congestion control of every run (None: the host's default).
+    pub congestion: Option<String>,
 }
 
 impl SweepConfig {
@@ -293,6 +295,10 @@ pub struct RunRecord {
     /// fault, from the run's logs (runs of earlier sweeps have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reaction: Option<Reaction>,
+    /// The TCP congestion control of the run's namespaces (runs of sweeps
+    /// before 2026-11-28 have none; they ran under this host's default, BBR).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub congestion_control: Option<String>,
 }
 
 impl RunRecord {
@@ -312,6 +318,7 @@ impl RunRecord {
             error: r.error.clone(),
             at_unix_s: unix_now(),
             reaction: None,
+            congestion_control: Some(r.congestion_control.clone()),
         }
     }
 
@@ -331,6 +338,7 @@ impl RunRecord {
             error: Some(e.to_string()),
             at_unix_s: unix_now(),
             reaction: None,
+            congestion_control: None,
         }
     }
 
@@ -413,7 +421,22 @@ pub fn run(
 ) -> Result<(), LabError> {
     std::fs::create_dir_all(&cfg.out)
         .map_err(|e| LabError::Io(format!("creating {}: {e}", cfg.out.display())))?;
-    let done: BTreeSet<(Cell, String, usize)> = load_runs(&cfg.out)?
+    let earlier = load_runs(&cfg.out)?;
+    let congestion = match &cfg.congestion {
+        Some(name) => name.clone(),
+        None => crate::lab::congestion_control()?,
+    };
+    if let Some(other) = earlier
+        .iter()
+        .filter_map(|r| r.congestion_control.as_ref())
+        .find(|c| **c != congestion)
+    {
+        return Err(LabError::Invalid(format!(
+            "{} holds runs under the congestion control {other}, and these would run under {congestion}: a sweep compares runs made alike (give --cc {other}, or another --out)",
+            cfg.out.display()
+        )));
+    }
+    let done: BTreeSet<(Cell, String, usize)> = earlier
         .into_iter()
         .map(|r| (r.cell, r.pm, r.run))
         .collect();
@@ -457,6 +480,7 @@ pub fn run(
             client_sysctls: Vec::new(),
             server_sysctls: Vec::new(),
             via: Via::Direct,
+            congestion: cfg.congestion.clone(),
         };
         let record = match scenario::run(&rc) {
             Ok(r) => RunRecord {
@@ -684,6 +708,26 @@ pub fn goals(s: &CellSummary) -> Vec<GoalCheck> {
         },
     });
     out
+}
+
+/// Which TCP congestion control the runs had, for the summary's first
+/// line.
+pub fn congestion_note(runs: &[RunRecord]) -> String {
+    let mut named: Vec<&str> = runs
+        .iter()
+        .filter_map(|r| r.congestion_control.as_deref())
+        .collect();
+    named.sort();
+    named.dedup();
+    let unrecorded = runs.iter().filter(|r| r.congestion_control.is_none()).count();
+    let mut s = format!("TCP congestion control: {}", named.join(", "));
+    if named.is_empty() {
+        s = "TCP congestion control: not recorded".into();
+    }
+    if unrecorded > 0 && !named.is_empty() {
+        s.push_str(&format!(" ({unrecorded} runs did not record theirs)"));
+    }
+    s
 }
 
 /// The sweep as a Markdown table: a row per cell, a column per path
@@ -939,6 +983,7 @@ mod tests {
             error: None,
             at_unix_s: 0,
             reaction: None,
+            congestion_control: Some("cubic".into()),
         }
     }
 
@@ -981,6 +1026,7 @@ mod tests {
             out: PathBuf::new(),
             emulator_exe: PathBuf::new(),
             lab_prefix: "t".into(),
+            congestion: None,
         };
         let cells = cfg.cells();
         // carrier: 2 directions x 2 delays x 2 losses; lossy: 2 delays x 1 loss.
@@ -1089,5 +1135,49 @@ mod tests {
             (runs[0].pm.as_str(), runs[1].pm.as_str()),
             ("kernel", "braid:handover")
         );
+    }
+
+    #[test]
+    fn a_sweep_is_not_resumed_under_another_congestion_control() {
+        let dir = std::env::temp_dir().join(format!("braid-sweep-cc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = std::fs::remove_file(dir.join(RUNS_FILE));
+        // The record helper's runs ran under cubic.
+        append_run(&dir, &record(blackhole(), "kernel", 0, 10.0, true)).unwrap();
+        let cfg = SweepConfig {
+            delays: vec![(0, 0)],
+            losses: vec![0],
+            faults: vec![Fault::Blackhole],
+            directions: vec![true],
+            pms: vec![PmKind::Kernel],
+            lossy_pms: Vec::new(),
+            repeat: 2,
+            duration: Duration::from_secs(4),
+            lossy_duration: Duration::from_secs(60),
+            rates: (None, None),
+            out: dir.clone(),
+            emulator_exe: PathBuf::new(),
+            lab_prefix: "t".into(),
+            congestion: Some("reno".into()),
+        };
+        let mut asked = 0;
+        let r = run(&cfg, |_, _, _| asked += 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("under the congestion control cubic") && e.contains("--cc cubic"), "{e}");
+        assert_eq!(asked, 0, "no run is started");
+    }
+
+    #[test]
+    fn the_summary_says_which_congestion_control_the_runs_had() {
+        let mut old = record(blackhole(), "kernel", 0, 10.0, true);
+        old.congestion_control = None;
+        let new = record(blackhole(), "kernel", 1, 10.0, true);
+        assert_eq!(
+            congestion_note(&[old.clone(), new.clone()]),
+            "TCP congestion control: cubic (1 runs did not record theirs)"
+        );
+        assert_eq!(congestion_note(&[new]), "TCP congestion control: cubic");
+        assert_eq!(congestion_note(&[old]), "TCP congestion control: not recorded");
     }
 }

@@ -100,9 +100,9 @@ pub struct LinkArgs {
     /// Jitter per path, e.g. 0,5ms.
     #[arg(long, default_value = "0")]
     pub jitter: String,
-    /// Random loss per path and direction, e.g. 0,1%.
-    #[arg(long, default_value = "0")]
-    pub loss: String,
+    /// Random loss per path and direction, e.g. 0,1% [default: 0; lossy-primary: 10%,0].
+    #[arg(long)]
+    pub loss: Option<String>,
     /// Let jitter reorder packets.
     #[arg(long)]
     pub reorder: bool,
@@ -117,7 +117,7 @@ impl Default for LinkArgs {
             rate: "40mbit,20mbit".into(),
             delay: "10ms,40ms".into(),
             jitter: "0".into(),
-            loss: "0".into(),
+            loss: None,
             reorder: false,
             rate_by: "tbf".into(),
         }
@@ -155,6 +155,10 @@ pub struct RunArgs {
     /// The same in the server's namespace.
     #[arg(long, value_name = "NAME=VALUE")]
     pub server_sysctl: Vec<String>,
+    /// TCP congestion control in the lab's namespaces, e.g. cubic, bbr
+    /// [default: the host's, which new namespaces start with].
+    #[arg(long, value_name = "NAME")]
+    pub cc: Option<String>,
     /// How the client reaches the server: direct (MPTCP), relay (Braid's
     /// relay to a plain-TCP origin behind the server, through SOCKS5) or
     /// shadowsocks (shadowsocks-libev under mptcpize, the same way);
@@ -213,6 +217,10 @@ pub struct SweepArgs {
     /// Make no runs: summarise what OUT/runs.jsonl holds.
     #[arg(long)]
     pub report_only: bool,
+    /// TCP congestion control in the lab's namespaces, e.g. cubic, bbr
+    /// [default: the host's, which new namespaces start with].
+    #[arg(long, value_name = "NAME")]
+    pub cc: Option<String>,
 }
 
 #[derive(Args)]
@@ -340,7 +348,7 @@ pub fn path_specs(n: usize, a: &LinkArgs) -> Result<Vec<PathSpec>, LabError> {
     let rates = spec::per_path(&a.rate, n, "rate")?;
     let delays = spec::per_path(&a.delay, n, "delay")?;
     let jitters = spec::per_path(&a.jitter, n, "jitter")?;
-    let losses = spec::per_path(&a.loss, n, "loss")?;
+    let losses = spec::per_path(a.loss.as_deref().unwrap_or("0"), n, "loss")?;
     (0..n)
         .map(|k| {
             Ok(PathSpec {
@@ -783,10 +791,21 @@ fn parse_vias(s: &str) -> Result<Vec<Via>, LabError> {
     s.split(',').map(|v| Via::parse(v.trim())).collect()
 }
 
+/// The primary's loss in `lossy-primary` when --loss is not given.
+const LOSSY_PRIMARY_LOSS: &str = "10%,0";
+
 fn run_config(a: &RunArgs, pm: PmKind, via: Via, i: usize) -> Result<RunConfig, LabError> {
+    let scenario = Scenario::parse(&a.scenario)?;
+    let mut link = a.link.clone();
+    // The lossy-primary scenario is about a lossy primary: 10 % unless
+    // --loss says otherwise (an explicit 0 is a clean control).
+    if scenario == Scenario::LossyPrimary && link.loss.is_none() {
+        link.loss = Some(LOSSY_PRIMARY_LOSS.into());
+    }
     // As many paths as the longest per-path list, and at least two.
-    let n = [&a.link.rate, &a.link.delay, &a.link.jitter, &a.link.loss]
+    let n = [Some(&link.rate), Some(&link.delay), Some(&link.jitter), link.loss.as_ref()]
         .iter()
+        .flatten()
         .map(|l| l.split(',').count())
         .max()
         .unwrap_or(1)
@@ -796,9 +815,9 @@ fn run_config(a: &RunArgs, pm: PmKind, via: Via, i: usize) -> Result<RunConfig, 
         return Err(LabError::Invalid("--duration must be at least 2s".into()));
     }
     Ok(RunConfig {
-        scenario: Scenario::parse(&a.scenario)?,
+        scenario,
         pm,
-        paths: path_specs(n, &a.link)?,
+        paths: path_specs(n, &link)?,
         duration: std::time::Duration::from_micros(duration_us),
         emulator_exe: std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?,
         lab_name: unique_lab_name(i),
@@ -815,6 +834,7 @@ fn run_config(a: &RunArgs, pm: PmKind, via: Via, i: usize) -> Result<RunConfig, 
             .map(|s| Sysctl::parse(s))
             .collect::<Result<_, _>>()?,
         via,
+        congestion: a.cc.clone(),
     })
 }
 
@@ -935,6 +955,7 @@ fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), LabError> {
         out: a.out.clone(),
         emulator_exe: std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?,
         lab_prefix: format!("sw{}x", std::process::id() % 10_000),
+        congestion: a.cc.clone(),
     };
     for pm in cfg.pms.iter().chain(&cfg.lossy_pms) {
         if let Some(why) = pm.unavailable() {
@@ -956,7 +977,11 @@ fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), LabError> {
     }
     let runs = sweep::load_runs(&cfg.out)?;
     let cells = sweep::summarize(&runs);
-    let md = sweep::markdown(&cells);
+    let md = format!(
+        "{}\n\n{}",
+        sweep::congestion_note(&runs),
+        sweep::markdown(&cells)
+    );
     let write = |name: &str, bytes: &[u8]| -> Result<(), LabError> {
         let p = cfg.out.join(name);
         std::fs::write(&p, bytes).map_err(|e| LabError::Io(format!("writing {}: {e}", p.display())))
@@ -1024,6 +1049,7 @@ fn demo(ctx: &Ctx, d: DemoArgs) -> Result<(), LabError> {
             logs: None,
             client_sysctl: Vec::new(),
             server_sysctl: Vec::new(),
+            cc: None,
             via: "direct".into(),
             repeat: d.repeat,
             link: LinkArgs::default(),

@@ -236,6 +236,14 @@ fn bad_lab_arguments_are_clear_errors() {
             ],
             "no sysctl net.ipv4.no_such",
         ),
+        (
+            vec!["lab", "run", "aggregate", "--cc", "../x"],
+            "not a congestion control's name",
+        ),
+        (
+            vec!["lab", "run", "aggregate", "--duration", "2s", "--cc", "nosuchcc"],
+            "cannot use congestion control 'nosuchcc'",
+        ),
     ] {
         let out = braid(&args);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -361,6 +369,12 @@ fn scenarios_short_form_with_kernel_pm() {
     let probe = &lossy["metrics"]["probe"];
     assert!(probe["replies"].as_u64().unwrap() > 50, "{probe:#}");
     assert!(probe["p99_ms"].as_f64().unwrap() >= probe["p50_ms"].as_f64().unwrap());
+    // Without --loss the primary is the lossy one; an explicit 0 is a clean
+    // control, and --cc sets the congestion control the report names.
+    assert_eq!(lossy["paths"][0]["loss"], 0.1, "{lossy:#}");
+    let clean = scenario_with("lossy-primary", "kernel", &["--loss", "0,0", "--cc", "reno"]);
+    assert_eq!(clean["paths"][0]["loss"], 0.0, "{clean:#}");
+    assert_eq!(clean["congestion_control"], "reno", "{clean:#}");
 }
 
 fn scenario_with(name: &str, pm: &str, extra: &[&str]) -> serde_json::Value {

@@ -19,6 +19,7 @@ fn flap(pm: &'static str, via: &'static str, stall_ms: f64) -> Report {
         bytes_verified: 123_456_789,
         bytes_corrupt: 0,
         transport: "mptcp".into(),
+        congestion_control: "cubic".into(),
         metrics: Metrics {
             goodput_mbps: Some(41.27),
             aggregation_ratio: Some(0.9134),
@@ -84,6 +85,7 @@ const TWO_RUNS: &str = concat!(
     "via                             direct             relay\n",
     "survived                           yes                NO\n",
     "transport                        mptcp               tcp\n",
+    "congestion control               cubic             cubic\n",
     "goodput (Mbit/s)                  41.3                 -\n",
     "per path (Mbit/s)          20.5 / 20.8                  \n",
     "aggregation ratio                 0.91                 -\n",
@@ -110,6 +112,7 @@ const ONE_RUN: &str = concat!(
     "path manager                    kernel\n",
     "survived                           yes\n",
     "transport                        mptcp\n",
+    "congestion control               cubic\n",
     "goodput (Mbit/s)                  41.3\n",
     "per path (Mbit/s)          20.5 / 20.8\n",
     "aggregation ratio                 0.91\n",
