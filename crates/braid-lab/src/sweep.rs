@@ -436,10 +436,8 @@ pub fn run(
             cfg.out.display()
         )));
     }
-    let done: BTreeSet<(Cell, String, usize)> = earlier
-        .into_iter()
-        .map(|r| (r.cell, r.pm, r.run))
-        .collect();
+    let done: BTreeSet<(Cell, String, usize)> =
+        earlier.into_iter().map(|r| (r.cell, r.pm, r.run)).collect();
     let todo: Vec<(Cell, PmKind, usize)> = cfg
         .plan()
         .into_iter()
@@ -719,7 +717,10 @@ pub fn congestion_note(runs: &[RunRecord]) -> String {
         .collect();
     named.sort();
     named.dedup();
-    let unrecorded = runs.iter().filter(|r| r.congestion_control.is_none()).count();
+    let unrecorded = runs
+        .iter()
+        .filter(|r| r.congestion_control.is_none())
+        .count();
     let mut s = format!("TCP congestion control: {}", named.join(", "));
     if named.is_empty() {
         s = "TCP congestion control: not recorded".into();
@@ -1164,7 +1165,10 @@ mod tests {
         let r = run(&cfg, |_, _, _| asked += 1);
         std::fs::remove_dir_all(&dir).unwrap();
         let e = r.unwrap_err().to_string();
-        assert!(e.contains("under the congestion control cubic") && e.contains("--cc cubic"), "{e}");
+        assert!(
+            e.contains("under the congestion control cubic") && e.contains("--cc cubic"),
+            "{e}"
+        );
         assert_eq!(asked, 0, "no run is started");
     }
 
@@ -1178,6 +1182,9 @@ mod tests {
             "TCP congestion control: cubic (1 runs did not record theirs)"
         );
         assert_eq!(congestion_note(&[new]), "TCP congestion control: cubic");
-        assert_eq!(congestion_note(&[old]), "TCP congestion control: not recorded");
+        assert_eq!(
+            congestion_note(&[old]),
+            "TCP congestion control: not recorded"
+        );
     }
 }

@@ -803,13 +803,18 @@ fn run_config(a: &RunArgs, pm: PmKind, via: Via, i: usize) -> Result<RunConfig, 
         link.loss = Some(LOSSY_PRIMARY_LOSS.into());
     }
     // As many paths as the longest per-path list, and at least two.
-    let n = [Some(&link.rate), Some(&link.delay), Some(&link.jitter), link.loss.as_ref()]
-        .iter()
-        .flatten()
-        .map(|l| l.split(',').count())
-        .max()
-        .unwrap_or(1)
-        .max(2);
+    let n = [
+        Some(&link.rate),
+        Some(&link.delay),
+        Some(&link.jitter),
+        link.loss.as_ref(),
+    ]
+    .iter()
+    .flatten()
+    .map(|l| l.split(',').count())
+    .max()
+    .unwrap_or(1)
+    .max(2);
     let duration_us = spec::parse_duration_us(&a.duration)?;
     if duration_us < 2_000_000 {
         return Err(LabError::Invalid("--duration must be at least 2s".into()));

@@ -241,7 +241,15 @@ fn bad_lab_arguments_are_clear_errors() {
             "not a congestion control's name",
         ),
         (
-            vec!["lab", "run", "aggregate", "--duration", "2s", "--cc", "nosuchcc"],
+            vec![
+                "lab",
+                "run",
+                "aggregate",
+                "--duration",
+                "2s",
+                "--cc",
+                "nosuchcc",
+            ],
             "cannot use congestion control 'nosuchcc'",
         ),
     ] {
@@ -372,7 +380,11 @@ fn scenarios_short_form_with_kernel_pm() {
     // Without --loss the primary is the lossy one; an explicit 0 is a clean
     // control, and --cc sets the congestion control the report names.
     assert_eq!(lossy["paths"][0]["loss"], 0.1, "{lossy:#}");
-    let clean = scenario_with("lossy-primary", "kernel", &["--loss", "0,0", "--cc", "reno"]);
+    let clean = scenario_with(
+        "lossy-primary",
+        "kernel",
+        &["--loss", "0,0", "--cc", "reno"],
+    );
     assert_eq!(clean["paths"][0]["loss"], 0.0, "{clean:#}");
     assert_eq!(clean["congestion_control"], "reno", "{clean:#}");
 }
