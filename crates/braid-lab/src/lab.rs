@@ -200,10 +200,20 @@ pub fn set_congestion_control(name: &str) -> Result<(), LabError> {
         )));
     }
     std::fs::write(format!("/proc/sys/{CONGESTION_SYSCTL}"), name).map_err(|e| {
-        let available =
-            std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
+        let read = |list: &str| {
+            std::fs::read_to_string(format!("/proc/sys/net/ipv4/{list}"))
                 .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "unknown".into());
+                .unwrap_or_else(|_| "unknown".into())
+        };
+        // The kernel lets a namespace other than the host's pick only an
+        // algorithm the host allows (EPERM otherwise).
+        if e.raw_os_error() == Some(libc::EPERM) {
+            let allowed = read("tcp_allowed_congestion_control");
+            return LabError::Invalid(format!(
+                "cannot use congestion control '{name}' in the lab's namespaces: the host allows only {allowed} there (net.ipv4.tcp_allowed_congestion_control); allow it with: sysctl -w net.ipv4.tcp_allowed_congestion_control=\"{allowed} {name}\""
+            ));
+        }
+        let available = read("tcp_available_congestion_control");
         LabError::Invalid(format!(
             "cannot use congestion control '{name}' ({e}): this kernel has {available}; another one needs its module (modprobe tcp_{name})"
         ))
