@@ -192,13 +192,20 @@ pub fn congestion_control() -> Result<String, LabError> {
         .map_err(|e| LabError::Io(format!("reading /proc/sys/{CONGESTION_SYSCTL}: {e}")))
 }
 
-/// Make `name` the calling thread's namespace's TCP congestion control.
-pub fn set_congestion_control(name: &str) -> Result<(), LabError> {
+/// Refuse what cannot be a congestion control's name, before any lab is
+/// made for it.
+pub fn check_congestion_name(name: &str) -> Result<(), LabError> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(LabError::Invalid(format!(
-            "'{name}' is not a congestion control's name (e.g. cubic, bbr, reno)"
+            "--cc '{name}' is not a congestion control's name (e.g. cubic, bbr, reno)"
         )));
     }
+    Ok(())
+}
+
+/// Make `name` the calling thread's namespace's TCP congestion control.
+pub fn set_congestion_control(name: &str) -> Result<(), LabError> {
+    check_congestion_name(name)?;
     std::fs::write(format!("/proc/sys/{CONGESTION_SYSCTL}"), name).map_err(|e| {
         let read = |list: &str| {
             std::fs::read_to_string(format!("/proc/sys/net/ipv4/{list}"))
@@ -214,8 +221,13 @@ pub fn set_congestion_control(name: &str) -> Result<(), LabError> {
             ));
         }
         let available = read("tcp_available_congestion_control");
+        if e.raw_os_error() == Some(libc::ENOENT) {
+            return LabError::Invalid(format!(
+                "cannot use congestion control '{name}': this kernel has no such algorithm (available: {available}) and no module tcp_{name} could be loaded"
+            ));
+        }
         LabError::Invalid(format!(
-            "cannot use congestion control '{name}' ({e}): this kernel has {available}; another one needs its module (modprobe tcp_{name})"
+            "cannot use congestion control '{name}' ({e}; available: {available})"
         ))
     })
 }

@@ -214,7 +214,7 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
         seed: 7,
         origin: cfg.via != Via::Direct,
     })?;
-    let congestion = set_congestion(guard.lab(), cfg.congestion.as_deref())?;
+    set_congestion(guard.lab(), cfg.congestion.as_deref())?;
     let mut logs = match &cfg.logs {
         Some(dir) => Some(RunLogs::start(dir, cfg.pm, guard.lab(), &cfg.emulator_exe)?),
         None => None,
@@ -222,6 +222,7 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
     let _pm = pm::start(cfg.pm, guard.lab(), &cfg.emulator_exe)?;
     let st = guard.lab().state.clone();
     apply_sysctls(&st, cfg)?;
+    let congestion = congestion_of(&st)?;
     let proxies = via::start(cfg.via, guard.lab(), &cfg.emulator_exe)?;
     let ep = endpoints(&st, &proxies);
     let mut events = Vec::new();
@@ -271,22 +272,34 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
 }
 
 /// Set `name` as the congestion control of every namespace of the lab
-/// (when given), and say which one the run has: the client's.
-fn set_congestion(lab: &Lab, name: Option<&str>) -> Result<String, LabError> {
+/// (when given).
+fn set_congestion(lab: &Lab, name: Option<&str>) -> Result<(), LabError> {
+    let Some(name) = name else {
+        return Ok(());
+    };
     let st = &lab.state;
-    if let Some(name) = name {
+    for ns in [&st.client_ns, &st.server_ns]
+        .into_iter()
+        .chain(st.origin.as_ref().map(|o| &o.ns))
+    {
         let name = name.to_string();
-        for ns in [&st.client_ns, &st.server_ns]
-            .into_iter()
-            .chain(st.origin.as_ref().map(|o| &o.ns))
-        {
-            let name = name.clone();
-            braid_kernel::netns::run_in::<_, LabError>(ns, move || {
-                crate::lab::set_congestion_control(&name)
-            })?;
-        }
+        braid_kernel::netns::run_in::<_, LabError>(ns, move || {
+            crate::lab::set_congestion_control(&name)
+        })?;
     }
-    braid_kernel::netns::run_in::<_, LabError>(&st.client_ns, crate::lab::congestion_control)
+    Ok(())
+}
+
+/// The congestion control the run has (after its sysctls): one name, or
+/// each end's when they differ (the sender's is the one that counts).
+fn congestion_of(st: &LabState) -> Result<String, LabError> {
+    let of = |ns: &str| braid_kernel::netns::run_in::<_, LabError>(ns, crate::lab::congestion_control);
+    let (client, server) = (of(&st.client_ns)?, of(&st.server_ns)?);
+    Ok(if client == server {
+        client
+    } else {
+        format!("{client} (client), {server} (server)")
+    })
 }
 
 /// The lab's paths for `cfg`, once it is known the scenario can run.

@@ -422,19 +422,16 @@ pub fn run(
     std::fs::create_dir_all(&cfg.out)
         .map_err(|e| LabError::Io(format!("creating {}: {e}", cfg.out.display())))?;
     let earlier = load_runs(&cfg.out)?;
-    let congestion = match &cfg.congestion {
-        Some(name) => name.clone(),
-        None => crate::lab::congestion_control()?,
-    };
-    if let Some(other) = earlier
+    // Every run of a directory is made under one congestion control: the
+    // first recorded one. Checked up front when --cc names it, and after
+    // each run in any case (the host's default may differ or change).
+    let mut congestion: Option<String> = earlier
         .iter()
-        .filter_map(|r| r.congestion_control.as_ref())
-        .find(|c| **c != congestion)
-    {
-        return Err(LabError::Invalid(format!(
-            "{} holds runs under the congestion control {other}, and these would run under {congestion}: a sweep compares runs made alike (give --cc {other}, or another --out)",
-            cfg.out.display()
-        )));
+        .find_map(|r| r.congestion_control.clone());
+    if let (Some(had), Some(asked)) = (&congestion, &cfg.congestion) {
+        if had != asked {
+            return Err(mixed_congestion(&cfg.out, had, asked));
+        }
     }
     let done: BTreeSet<(Cell, String, usize)> =
         earlier.into_iter().map(|r| (r.cell, r.pm, r.run)).collect();
@@ -488,14 +485,36 @@ pub fn run(
             // A run that cannot be made at all (no lab) stops the sweep:
             // every other run would fail the same way.
             Err(e @ LabError::Invalid(_)) => return Err(e),
-            Err(e) => RunRecord::failed(*cell, *pm, *run, &e),
+            Err(e) => RunRecord {
+                congestion_control: cfg.congestion.clone(),
+                ..RunRecord::failed(*cell, *pm, *run, &e)
+            },
         };
+        if let Some(had) = record.congestion_control.as_ref() {
+            match &congestion {
+                Some(first) if first != had => {
+                    let now = match cfg.congestion {
+                        Some(_) => had.clone(),
+                        None => format!("{had} (the host's default)"),
+                    };
+                    return Err(mixed_congestion(&cfg.out, first, &now));
+                }
+                _ => congestion = Some(had.clone()),
+            }
+        }
         if record.survived && record.error.is_none() && record.bytes_corrupt == 0 {
             let _ = std::fs::remove_dir_all(&logs);
         }
         append_run(&cfg.out, &record)?;
     }
     Ok(())
+}
+
+fn mixed_congestion(out: &Path, had: &str, now: &str) -> LabError {
+    LabError::Invalid(format!(
+        "{} holds runs under the congestion control {had}, and this sweep runs under {now}: a sweep compares runs made alike (give --cc {had}, or another --out)",
+        out.display()
+    ))
 }
 
 /// The daemon's reaction to the fault, from the run's logs (Braid's path
@@ -726,7 +745,8 @@ pub fn congestion_note(runs: &[RunRecord]) -> String {
         s = "TCP congestion control: not recorded".into();
     }
     if unrecorded > 0 && !named.is_empty() {
-        s.push_str(&format!(" ({unrecorded} runs did not record theirs)"));
+        let runs = if unrecorded == 1 { "run" } else { "runs" };
+        s.push_str(&format!(" ({unrecorded} {runs} did not record theirs)"));
     }
     s
 }
@@ -1146,7 +1166,7 @@ mod tests {
         // The record helper's runs ran under cubic.
         append_run(&dir, &record(blackhole(), "kernel", 0, 10.0, true)).unwrap();
         let cfg = SweepConfig {
-            delays: vec![(0, 0)],
+            delays: vec![(10_000, 40_000)],
             losses: vec![0],
             faults: vec![Fault::Blackhole],
             directions: vec![true],
@@ -1163,13 +1183,22 @@ mod tests {
         };
         let mut asked = 0;
         let r = run(&cfg, |_, _, _| asked += 1);
-        std::fs::remove_dir_all(&dir).unwrap();
         let e = r.unwrap_err().to_string();
         assert!(
             e.contains("under the congestion control cubic") && e.contains("--cc cubic"),
             "{e}"
         );
         assert_eq!(asked, 0, "no run is started");
+        // Under the same one it goes on (here: nothing left to run).
+        let same = SweepConfig {
+            repeat: 1,
+            congestion: Some("cubic".into()),
+            ..cfg
+        };
+        let r = run(&same, |_, _, _| asked += 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+        r.unwrap();
+        assert_eq!(asked, 0);
     }
 
     #[test]
@@ -1179,7 +1208,7 @@ mod tests {
         let new = record(blackhole(), "kernel", 1, 10.0, true);
         assert_eq!(
             congestion_note(&[old.clone(), new.clone()]),
-            "TCP congestion control: cubic (1 runs did not record theirs)"
+            "TCP congestion control: cubic (1 run did not record theirs)"
         );
         assert_eq!(congestion_note(&[new]), "TCP congestion control: cubic");
         assert_eq!(

@@ -100,7 +100,7 @@ pub struct LinkArgs {
     /// Jitter per path, e.g. 0,5ms.
     #[arg(long, default_value = "0")]
     pub jitter: String,
-    /// Random loss per path and direction, e.g. 0,1% [default: 0; lossy-primary: 10%,0].
+    /// Random loss per path and direction, e.g. 0,1% [default: 0].
     #[arg(long)]
     pub loss: Option<String>,
     /// Let jitter reorder packets.
@@ -124,9 +124,18 @@ impl Default for LinkArgs {
     }
 }
 
+/// The TCP congestion control of a lab's runs.
+#[derive(Args, Clone, Default)]
+pub struct CcArgs {
+    /// TCP congestion control in the lab's namespaces, e.g. cubic, bbr
+    /// [default: the host's, which new namespaces start with].
+    #[arg(long, value_name = "NAME")]
+    pub cc: Option<String>,
+}
+
 #[derive(Args)]
 pub struct RunArgs {
-    /// aggregate, failover-carrier, failover-blackhole, failover-address, late-interface, flap, lossy-primary or standby-carrier.
+    /// aggregate, failover-carrier, failover-blackhole, failover-address, late-interface, flap, lossy-primary (10 % loss on the primary unless --loss is given) or standby-carrier.
     pub scenario: String,
     /// Path manager(s): none, kernel, kernel:backup, braid, braid:handover, braid:interactive, braid-conn, braid-conn:handover, braid-conn:interactive (Braid as the per-connection userspace path manager), mptcpd (comma-separated for compare).
     #[arg(long, default_value = "kernel")]
@@ -155,10 +164,8 @@ pub struct RunArgs {
     /// The same in the server's namespace.
     #[arg(long, value_name = "NAME=VALUE")]
     pub server_sysctl: Vec<String>,
-    /// TCP congestion control in the lab's namespaces, e.g. cubic, bbr
-    /// [default: the host's, which new namespaces start with].
-    #[arg(long, value_name = "NAME")]
-    pub cc: Option<String>,
+    #[command(flatten)]
+    pub cc: CcArgs,
     /// How the client reaches the server: direct (MPTCP), relay (Braid's
     /// relay to a plain-TCP origin behind the server, through SOCKS5) or
     /// shadowsocks (shadowsocks-libev under mptcpize, the same way);
@@ -217,10 +224,8 @@ pub struct SweepArgs {
     /// Make no runs: summarise what OUT/runs.jsonl holds.
     #[arg(long)]
     pub report_only: bool,
-    /// TCP congestion control in the lab's namespaces, e.g. cubic, bbr
-    /// [default: the host's, which new namespaces start with].
-    #[arg(long, value_name = "NAME")]
-    pub cc: Option<String>,
+    #[command(flatten)]
+    pub cc: CcArgs,
 }
 
 #[derive(Args)]
@@ -792,16 +797,14 @@ fn parse_vias(s: &str) -> Result<Vec<Via>, LabError> {
 }
 
 /// The primary's loss in `lossy-primary` when --loss is not given.
-const LOSSY_PRIMARY_LOSS: &str = "10%,0";
+const LOSSY_PRIMARY_LOSS: f64 = 0.10;
 
 fn run_config(a: &RunArgs, pm: PmKind, via: Via, i: usize) -> Result<RunConfig, LabError> {
     let scenario = Scenario::parse(&a.scenario)?;
-    let mut link = a.link.clone();
-    // The lossy-primary scenario is about a lossy primary: 10 % unless
-    // --loss says otherwise (an explicit 0 is a clean control).
-    if scenario == Scenario::LossyPrimary && link.loss.is_none() {
-        link.loss = Some(LOSSY_PRIMARY_LOSS.into());
+    if let Some(name) = &a.cc.cc {
+        braid_lab::lab::check_congestion_name(name)?;
     }
+    let link = &a.link;
     // As many paths as the longest per-path list, and at least two.
     let n = [
         Some(&link.rate),
@@ -819,10 +822,16 @@ fn run_config(a: &RunArgs, pm: PmKind, via: Via, i: usize) -> Result<RunConfig, 
     if duration_us < 2_000_000 {
         return Err(LabError::Invalid("--duration must be at least 2s".into()));
     }
+    let mut paths = path_specs(n, link)?;
+    // The lossy-primary scenario is about a lossy primary: 10 % unless
+    // --loss says otherwise (an explicit 0 is a clean control).
+    if scenario == Scenario::LossyPrimary && link.loss.is_none() {
+        paths[0].loss = LOSSY_PRIMARY_LOSS;
+    }
     Ok(RunConfig {
         scenario,
         pm,
-        paths: path_specs(n, &link)?,
+        paths,
         duration: std::time::Duration::from_micros(duration_us),
         emulator_exe: std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?,
         lab_name: unique_lab_name(i),
@@ -839,7 +848,7 @@ fn run_config(a: &RunArgs, pm: PmKind, via: Via, i: usize) -> Result<RunConfig, 
             .map(|s| Sysctl::parse(s))
             .collect::<Result<_, _>>()?,
         via,
-        congestion: a.cc.clone(),
+        congestion: a.cc.cc.clone(),
     })
 }
 
@@ -960,8 +969,11 @@ fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), LabError> {
         out: a.out.clone(),
         emulator_exe: std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?,
         lab_prefix: format!("sw{}x", std::process::id() % 10_000),
-        congestion: a.cc.clone(),
+        congestion: a.cc.cc.clone(),
     };
+    if let Some(name) = &cfg.congestion {
+        braid_lab::lab::check_congestion_name(name)?;
+    }
     for pm in cfg.pms.iter().chain(&cfg.lossy_pms) {
         if let Some(why) = pm.unavailable() {
             return Err(LabError::Invalid(format!("--pm {}: {why}", pm.name())));
@@ -1054,7 +1066,7 @@ fn demo(ctx: &Ctx, d: DemoArgs) -> Result<(), LabError> {
             logs: None,
             client_sysctl: Vec::new(),
             server_sysctl: Vec::new(),
-            cc: None,
+            cc: CcArgs::default(),
             via: "direct".into(),
             repeat: d.repeat,
             link: LinkArgs::default(),
