@@ -293,7 +293,8 @@ fn set_congestion(lab: &Lab, name: Option<&str>) -> Result<(), LabError> {
 /// The congestion control the run has (after its sysctls): one name, or
 /// each end's when they differ (the sender's is the one that counts).
 fn congestion_of(st: &LabState) -> Result<String, LabError> {
-    let of = |ns: &str| braid_kernel::netns::run_in::<_, LabError>(ns, crate::lab::congestion_control);
+    let of =
+        |ns: &str| braid_kernel::netns::run_in::<_, LabError>(ns, crate::lab::congestion_control);
     let (client, server) = (of(&st.client_ns)?, of(&st.server_ns)?);
     Ok(if client == server {
         client

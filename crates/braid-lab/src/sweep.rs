@@ -425,9 +425,7 @@ pub fn run(
     // Every run of a directory is made under one congestion control: the
     // first recorded one. Checked up front when --cc names it, and after
     // each run in any case (the host's default may differ or change).
-    let mut congestion: Option<String> = earlier
-        .iter()
-        .find_map(|r| r.congestion_control.clone());
+    let mut congestion: Option<String> = earlier.iter().find_map(|r| r.congestion_control.clone());
     if let (Some(had), Some(asked)) = (&congestion, &cfg.congestion) {
         if had != asked {
             return Err(mixed_congestion(&cfg.out, had, asked));
