@@ -127,6 +127,7 @@ fn metric_rows(reports: &[Report]) -> Vec<(String, Vec<String>)> {
     });
     row("transport", &|r| r.transport.clone());
     row("congestion control", &|r| r.congestion_control.clone());
+    row("seed", &|r| r.seed.to_string());
     let has = |f: &dyn Fn(&Report) -> bool| reports.iter().any(f);
     if has(&|r| r.metrics.goodput_mbps.is_some()) {
         row("goodput (Mbit/s)", &|r| opt(r.metrics.goodput_mbps, 1));

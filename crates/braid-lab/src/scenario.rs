@@ -104,6 +104,15 @@ pub struct RunConfig {
     /// TCP congestion control in every namespace of the lab (None: the
     /// host's default, which new namespaces start with).
     pub congestion: Option<String>,
+    /// Seed of the emulator's random loss and jitter: the same seed drops
+    /// the same packets (by their order on each path and direction), so
+    /// repeated runs need different seeds to be different samples.
+    pub seed: u64,
+}
+
+/// A seed for a run that is to be a new sample.
+pub fn fresh_seed() -> u64 {
+    fastrand::u64(..)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -152,6 +161,8 @@ pub struct Report {
     pub events: Vec<TimedEvent>,
     /// The TCP congestion control the lab's namespaces used.
     pub congestion_control: String,
+    /// The emulator's seed (`--seed` makes the same losses again).
+    pub seed: u64,
     /// Sysctls set for the run (`client: NAME=VALUE`, `server: ...`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sysctls: Vec<String>,
@@ -211,7 +222,7 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
         paths: paths.clone(),
         emulator_exe: cfg.emulator_exe.clone(),
         client_addr_absent: absent,
-        seed: 7,
+        seed: cfg.seed,
         origin: cfg.via != Via::Direct,
     })?;
     set_congestion(guard.lab(), cfg.congestion.as_deref())?;
@@ -374,6 +385,7 @@ fn lossy_primary_report(
         },
         events,
         congestion_control,
+        seed: cfg.seed,
         sysctls: sysctl_notes(cfg),
         error: None,
         series_total_mbps: Vec::new(),
@@ -570,6 +582,7 @@ fn report(
         metrics: m,
         events,
         congestion_control,
+        seed: cfg.seed,
         sysctls: sysctl_notes(cfg),
         error: r.error.clone(),
         series_total_mbps: mbps(&r.buckets),

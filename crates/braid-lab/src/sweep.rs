@@ -299,6 +299,10 @@ pub struct RunRecord {
     /// before 2026-11-28 have none; they ran under this host's default, BBR).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub congestion_control: Option<String>,
+    /// The emulator's seed (runs of sweeps before 2026-11-28 have none:
+    /// they all had seed 7, so their repeats met the same losses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 impl RunRecord {
@@ -319,6 +323,7 @@ impl RunRecord {
             at_unix_s: unix_now(),
             reaction: None,
             congestion_control: Some(r.congestion_control.clone()),
+            seed: Some(r.seed),
         }
     }
 
@@ -339,6 +344,7 @@ impl RunRecord {
             at_unix_s: unix_now(),
             reaction: None,
             congestion_control: None,
+            seed: None,
         }
     }
 
@@ -474,6 +480,7 @@ pub fn run(
             server_sysctls: Vec::new(),
             via: Via::Direct,
             congestion: cfg.congestion.clone(),
+            seed: run_seed(cell, *run),
         };
         let record = match scenario::run(&rc) {
             Ok(r) => RunRecord {
@@ -485,6 +492,7 @@ pub fn run(
             Err(e @ LabError::Invalid(_)) => return Err(e),
             Err(e) => RunRecord {
                 congestion_control: cfg.congestion.clone(),
+                seed: Some(rc.seed),
                 ..RunRecord::failed(*cell, *pm, *run, &e)
             },
         };
@@ -506,6 +514,24 @@ pub fn run(
         append_run(&cfg.out, &record)?;
     }
     Ok(())
+}
+
+/// The emulator's seed for run `run` of `cell`: the same for every path
+/// manager (each meets the same losses, so they are compared on equal
+/// terms), different from run to run and cell to cell (each run a new
+/// sample of where the losses fall).
+pub fn run_seed(cell: &Cell, run: usize) -> u64 {
+    let mut x = cell.primary_delay_us
+        ^ cell.secondary_delay_us.rotate_left(20)
+        ^ (cell.primary_loss_bp as u64).rotate_left(40)
+        ^ ((cell.fault as u64) << 56)
+        ^ ((cell.upload as u64) << 62)
+        ^ (run as u64).rotate_left(48);
+    // splitmix64's finalizer: nearby inputs give unrelated seeds.
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 fn mixed_congestion(out: &Path, had: &str, now: &str) -> LabError {
@@ -1003,6 +1029,7 @@ mod tests {
             at_unix_s: 0,
             reaction: None,
             congestion_control: Some("cubic".into()),
+            seed: None,
         }
     }
 
@@ -1197,6 +1224,27 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         r.unwrap();
         assert_eq!(asked, 0);
+    }
+
+    #[test]
+    fn each_run_of_a_cell_meets_other_losses_and_each_cell_too() {
+        let other = Cell {
+            primary_loss_bp: 100,
+            ..blackhole()
+        };
+        let seeds = [
+            run_seed(&blackhole(), 0),
+            run_seed(&blackhole(), 1),
+            run_seed(&blackhole(), 2),
+            run_seed(&other, 0),
+        ];
+        for (i, a) in seeds.iter().enumerate() {
+            for b in &seeds[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        // The same run of the same cell: the same losses for every path manager.
+        assert_eq!(run_seed(&blackhole(), 1), seeds[1]);
     }
 
     #[test]

@@ -166,6 +166,11 @@ pub struct RunArgs {
     pub server_sysctl: Vec<String>,
     #[command(flatten)]
     pub cc: CcArgs,
+    /// Seed of the emulator's random loss and jitter, to make a run's
+    /// losses again (the report gives each run's; with --repeat, round k
+    /// uses SEED + k) [default: a new one per round].
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// How the client reaches the server: direct (MPTCP), relay (Braid's
     /// relay to a plain-TCP origin behind the server, through SOCKS5) or
     /// shadowsocks (shadowsocks-libev under mptcpize, the same way);
@@ -799,7 +804,13 @@ fn parse_vias(s: &str) -> Result<Vec<Via>, LabError> {
 /// The primary's loss in `lossy-primary` when --loss is not given.
 const LOSSY_PRIMARY_LOSS: f64 = 0.10;
 
-fn run_config(a: &RunArgs, pm: PmKind, via: Via, i: usize) -> Result<RunConfig, LabError> {
+fn run_config(
+    a: &RunArgs,
+    pm: PmKind,
+    via: Via,
+    i: usize,
+    seed: u64,
+) -> Result<RunConfig, LabError> {
     let scenario = Scenario::parse(&a.scenario)?;
     if let Some(name) = &a.cc.cc {
         braid_lab::lab::check_congestion_name(name)?;
@@ -849,6 +860,7 @@ fn run_config(a: &RunArgs, pm: PmKind, via: Via, i: usize) -> Result<RunConfig, 
             .collect::<Result<_, _>>()?,
         via,
         congestion: a.cc.cc.clone(),
+        seed,
     })
 }
 
@@ -876,9 +888,15 @@ fn run_all(a: &RunArgs, pms: &[PmKind]) -> Result<Vec<Report>, LabError> {
     let mut i = 0;
     // Interleaved, so a slow drift of the machine spreads over all.
     for rep in 0..a.repeat {
+        // One seed per round: every configuration meets the same losses,
+        // and each round is a new sample (--seed repeats the first).
+        let seed = match a.seed {
+            Some(s) => s.wrapping_add(rep as u64),
+            None => scenario::fresh_seed(),
+        };
         for via in &vias {
             for pm in pms {
-                let cfg = run_config(a, *pm, *via, i)?;
+                let cfg = run_config(a, *pm, *via, i, seed)?;
                 i += 1;
                 eprintln!(
                     "braid: running {} with --pm {} --via {} for {:?}{}",
@@ -1067,6 +1085,7 @@ fn demo(ctx: &Ctx, d: DemoArgs) -> Result<(), LabError> {
             client_sysctl: Vec::new(),
             server_sysctl: Vec::new(),
             cc: CcArgs::default(),
+            seed: None,
             via: "direct".into(),
             repeat: d.repeat,
             link: LinkArgs::default(),

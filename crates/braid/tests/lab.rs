@@ -383,10 +383,11 @@ fn scenarios_short_form_with_kernel_pm() {
     let clean = scenario_with(
         "lossy-primary",
         "kernel",
-        &["--loss", "0,0", "--cc", "reno"],
+        &["--loss", "0,0", "--cc", "reno", "--seed", "5"],
     );
     assert_eq!(clean["paths"][0]["loss"], 0.0, "{clean:#}");
     assert_eq!(clean["congestion_control"], "reno", "{clean:#}");
+    assert_eq!(clean["seed"], 5, "{clean:#}");
 }
 
 fn scenario_with(name: &str, pm: &str, extra: &[&str]) -> serde_json::Value {

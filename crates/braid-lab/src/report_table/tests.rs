@@ -20,6 +20,7 @@ fn flap(pm: &'static str, via: &'static str, stall_ms: f64) -> Report {
         bytes_corrupt: 0,
         transport: "mptcp".into(),
         congestion_control: "cubic".into(),
+        seed: 42,
         metrics: Metrics {
             goodput_mbps: Some(41.27),
             aggregation_ratio: Some(0.9134),
@@ -86,6 +87,7 @@ const TWO_RUNS: &str = concat!(
     "survived                           yes                NO\n",
     "transport                        mptcp               tcp\n",
     "congestion control               cubic             cubic\n",
+    "seed                                42                42\n",
     "goodput (Mbit/s)                  41.3                 -\n",
     "per path (Mbit/s)          20.5 / 20.8                  \n",
     "aggregation ratio                 0.91                 -\n",
@@ -113,6 +115,7 @@ const ONE_RUN: &str = concat!(
     "survived                           yes\n",
     "transport                        mptcp\n",
     "congestion control               cubic\n",
+    "seed                                42\n",
     "goodput (Mbit/s)                  41.3\n",
     "per path (Mbit/s)          20.5 / 20.8\n",
     "aggregation ratio                 0.91\n",
