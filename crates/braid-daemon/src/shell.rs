@@ -1133,7 +1133,8 @@ fn token_samples(
                 last_data_recv_ms: t.last_data_recv_ms,
                 data_segs_in: t.data_segs_in.unwrap_or(0),
                 min_rtt_us: t.min_rtt_us.unwrap_or(0),
-                local_backup: (own_join(sf) == Some(true)).then_some(sf.backup_local),
+                local_backup: (own_join(sf) == Some(true) || own_first(sf))
+                    .then_some(sf.backup_local),
                 joining: own_join(sf) == Some(false),
             };
             Some((sf.token_local, sample))
@@ -1147,6 +1148,14 @@ fn own_join(sf: &braid_kernel::diag::Subflow) -> Option<bool> {
     use braid_kernel::diag::{SUBFLOW_FLAG_FULLY_ESTABLISHED, SUBFLOW_FLAG_JOIN_LOC};
     (sf.flags & SUBFLOW_FLAG_JOIN_LOC != 0)
         .then_some(sf.flags & SUBFLOW_FLAG_FULLY_ESTABLISHED != 0)
+}
+
+/// Whether this end opened the connection with this subflow (it sent
+/// MP_CAPABLE): the first subflow from its address, which an endpoint's
+/// flag change always reaches.
+fn own_first(sf: &braid_kernel::diag::Subflow) -> bool {
+    use braid_kernel::diag::{SUBFLOW_FLAG_JOIN_LOC, SUBFLOW_FLAG_MCAP_LOC};
+    sf.flags & SUBFLOW_FLAG_MCAP_LOC != 0 && sf.flags & SUBFLOW_FLAG_JOIN_LOC == 0
 }
 
 /// Run one health round and say when the next is due (None: no polling

@@ -1444,6 +1444,90 @@ fn a_join_that_missed_its_backup_flag_gets_it_again() {
     assert_eq!(s.p.view().counters.backup_flags_resent, 3);
 }
 
+/// A round where eth0 (active) receives data as its endpoint says, and
+/// wlan0's subflows (backups at this end) have received `wlan0_segs_in`
+/// data segments each; `eth0_rx_ms` since eth0's data last arrived.
+fn backup_round(s: &mut Sim, t: u64, wlan0_segs_in: &[u32], eth0_rx_ms: u32) -> Vec<Decision> {
+    let mk = |local: &str, port: u16, backup: bool, segs_in: u32, last_rx: u32| SubflowSample {
+        local: SocketAddr::new(local.parse().unwrap(), port),
+        remote: HOSTS[0].parse().unwrap(),
+        ifindex: 0,
+        rtt_us: 20_000,
+        rttvar_us: 5_000,
+        total_retrans: 0,
+        data_segs_out: 100,
+        unacked: 0,
+        last_ack_recv_ms: 5,
+        bytes_received: u64::from(segs_in) * 1000,
+        last_data_recv_ms: last_rx,
+        data_segs_in: segs_in,
+        min_rtt_us: 0,
+        local_backup: Some(backup),
+        joining: false,
+    };
+    let mut samples = vec![mk("10.0.0.2", 40000, false, t as u32, eth0_rx_ms)];
+    for (n, segs) in wlan0_segs_in.iter().enumerate() {
+        samples.push(mk("192.168.1.5", 40001 + n as u16, true, *segs, 5));
+    }
+    s.at(t, Event::Health(samples))
+}
+
+/// A peer that goes on sending on a subflow this end has as a backup,
+/// while another path carries data, missed the one MP_PRIO that told it
+/// (sent once, on that path): the flag is set again (to the other value
+/// and back) after a grace of two RTTs and a window of 200 ms, at most
+/// three times; not when the peer stops, has no other path, or when the
+/// flip would make other subflows from the address active.
+#[test]
+fn a_peer_that_missed_a_backup_flag_is_told_again() {
+    let wlan0: IpAddr = "192.168.1.5".parse().unwrap();
+    let (mut s, _) = sim(PathMode::Handover);
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
+    // Data in flight when the peer was told: the grace and the window.
+    for t in [0, 100, 200] {
+        let ds = backup_round(&mut s, t, &[t as u32 / 10], 5);
+        assert!(flag_changes(&ds).is_empty(), "{ds:?}");
+    }
+    let ds = backup_round(&mut s, 300, &[30], 5);
+    assert_eq!(
+        flag_changes(&ds),
+        vec![(wlan0, SUBFLOW), (wlan0, SUBFLOW | BACKUP)],
+        "{ds:?}"
+    );
+    let reason = &flag_decisions(&ds)[0].reason;
+    assert!(
+        reason.contains("most likely lost") && reason.contains("30 data segments"),
+        "{reason}"
+    );
+    // The peer heard it: nothing more.
+    for t in (400..=1500).step_by(100) {
+        assert!(flag_changes(&backup_round(&mut s, t, &[31], 5)).is_empty());
+    }
+    // It goes on: told again, three times in all, then left with a note.
+    let mut flips = 0;
+    for (k, t) in (1600..=4000).step_by(100).enumerate() {
+        flips += flag_changes(&backup_round(&mut s, t, &[40 + 10 * k as u32], 5)).len() / 2;
+    }
+    assert_eq!(flips, 2, "two more tries after the first");
+    assert!(s.p.take_notes().iter().any(|n| n.contains("3 times")));
+
+    // Sending on the backup while nothing else carries data is what a
+    // backup is for: nothing done.
+    let (mut s, _) = sim(PathMode::Handover);
+    for t in (0..=1000).step_by(100) {
+        let ds = backup_round(&mut s, t, &[t as u32], 5_000);
+        assert!(flag_changes(&ds).is_empty(), "{ds:?}");
+    }
+    // Another connection's subflow from wlan0 would be active for an
+    // instant: left, with a note.
+    let (mut s, _) = sim(PathMode::Handover);
+    for t in (0..=1000).step_by(100) {
+        let ds = backup_round(&mut s, t, &[t as u32, 0], 5);
+        assert!(flag_changes(&ds).is_empty(), "{ds:?}");
+    }
+    assert!(s.p.take_notes().iter().any(|n| n.contains("left as it is")));
+}
+
 /// Both changes of a resend refused: the model keeps the endpoint's own
 /// flags. Only the second refused: the kernel kept the other value, the
 /// model says so, and reconcile sets the endpoint's own again.

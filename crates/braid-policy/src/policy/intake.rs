@@ -197,6 +197,7 @@ impl Policy {
             .partition(|s| self.links.get(&s.ifindex).is_some_and(Link::can_carry));
         let kept_changed = self.recheck_kept(&dark) | gone_changed;
         self.note_missed_priorities(&samples);
+        self.note_ignored_backups(&samples);
         let p = &self.config.policy;
         let (stall, loss, hold) = (p.stall_ms, p.loss_threshold, p.hold_ms);
         // An idle path's loss fades slowly: it is tried again only after

@@ -16,6 +16,7 @@ use crate::health::{
 use crate::model::*;
 use crate::time::{backoff_ms, Clock, Time};
 use braid_types::endpoint::EndpointFlags;
+use priority::BackupWatch;
 
 mod intake;
 mod modes;
@@ -293,6 +294,9 @@ pub struct Policy {
     /// Addresses whose endpoint's flags changed, watched while a subflow
     /// from them is joining, until when at most (`priority.rs`).
     joins_watched: BTreeMap<IpAddr, Time>,
+    /// Subflows this end has as backups, watched for a peer that still
+    /// sends on them (`priority.rs`).
+    backups_watched: BTreeMap<SubflowKey, BackupWatch>,
     /// What the policy chose not to do, or learnt, since the shell last
     /// asked (`take_notes`): for the log, with no action to carry it.
     notes: Vec<String>,
@@ -470,6 +474,7 @@ impl Policy {
             priority_resent: BTreeMap::new(),
             priority_given_up: BTreeSet::new(),
             joins_watched: BTreeMap::new(),
+            backups_watched: BTreeMap::new(),
             notes: Vec::new(),
         }
     }

@@ -151,6 +151,117 @@ impl Policy {
         }
     }
 
+    /// Find the subflows this end has as backups whose peer still sends
+    /// on them while another path carries data: the one MP_PRIO that told
+    /// the peer (sent once, with no retransmission, on the path being left,
+    /// which may be the lossy one) was most likely lost. Seen in `braid lab
+    /// run lossy-primary --delay 50ms,100ms --loss 10%,0`: the server's end
+    /// of the lossy subflow never had the backup flag, and it sent half of
+    /// its answers there for the whole run. The flag is set again as for a
+    /// missed join (to the other value and back).
+    pub(super) fn note_ignored_backups(&mut self, samples: &[SubflowSample]) {
+        let now = self.clock.now();
+        let backups: Vec<&SubflowSample> = samples
+            .iter()
+            .filter(|s| s.local_backup == Some(true))
+            .filter(|s| {
+                self.managed_endpoint_of(s.local.ip())
+                    .is_some_and(|e| e.flags & Flag::Backup.bit() != 0)
+            })
+            .collect();
+        self.backups_watched
+            .retain(|k, _| backups.iter().any(|s| (s.local, s.remote) == *k));
+        let mut ignored: Vec<(&SubflowSample, u32, u64)> = Vec::new();
+        for s in &backups {
+            let srtt_ms = u64::from(s.rtt_us) / 1000;
+            // Data in flight when the peer was told arrives for about two
+            // RTTs (queues included); a window of two RTTs, 200 ms at least.
+            let grace_ms = 2 * srtt_ms + 50;
+            let window_ms = (2 * srtt_ms).max(200);
+            // The peer has a path it may use: data arrived on another one.
+            let other_carries = samples.iter().any(|o| {
+                o.local.ip() != s.local.ip()
+                    && o.local_backup != Some(true)
+                    && u64::from(o.last_data_recv_ms) <= window_ms
+                    && self
+                        .managed_endpoint_of(o.local.ip())
+                        .is_some_and(|e| e.flags & Flag::Backup.bit() == 0)
+            });
+            let w = self
+                .backups_watched
+                .entry((s.local, s.remote))
+                .or_insert(BackupWatch {
+                    window_from: now.plus(grace_ms),
+                    segs_in: s.data_segs_in,
+                    tries: 0,
+                });
+            if now < w.window_from {
+                w.segs_in = s.data_segs_in;
+                continue;
+            }
+            if now.since(w.window_from) < window_ms {
+                continue;
+            }
+            let got = s.data_segs_in.wrapping_sub(w.segs_in);
+            w.window_from = now;
+            w.segs_in = s.data_segs_in;
+            if got >= IGNORED_MIN_SEGS && other_carries {
+                ignored.push((s, got, window_ms));
+            }
+        }
+        for (s, got, window_ms) in ignored {
+            let key = (s.local, s.remote);
+            let Some(e) = self.managed_endpoint_of(s.local.ip()).cloned() else {
+                continue;
+            };
+            if self.flags_refused.contains_key(&e.id) {
+                continue;
+            }
+            let Some(w) = self.backups_watched.get_mut(&key) else {
+                continue;
+            };
+            if w.tries >= IGNORED_MAX_TRIES {
+                if w.tries == IGNORED_MAX_TRIES {
+                    w.tries += 1;
+                    self.notes.push(format!(
+                        "the peer of {} -> {} still sends on it after its backup flag was set again {IGNORED_MAX_TRIES} times: left as it is (a peer may ignore MP_PRIO)",
+                        s.local, s.remote
+                    ));
+                }
+                continue;
+            }
+            // The flip makes every subflow from the address active for an
+            // instant; a peer with data waiting on another connection
+            // would fill the path at once.
+            let others = samples
+                .iter()
+                .filter(|o| o.local.ip() == e.addr && (o.local, o.remote) != key)
+                .count();
+            if others > 0 {
+                if w.tries == 0 {
+                    w.tries = IGNORED_MAX_TRIES + 1;
+                    self.notes.push(format!(
+                        "the peer of {} -> {} sends on it though it is a backup (its MP_PRIO was most likely lost); left as it is: setting the flag again would make the path active for an instant on {others} other subflow(s) from {}",
+                        s.local, s.remote, e.addr
+                    ));
+                }
+                continue;
+            }
+            w.tries += 1;
+            // The flip's own instant as an active path is not counted.
+            w.window_from = now.plus(2 * u64::from(s.rtt_us) / 1000 + 50);
+            let why = format!(
+                "the subflow {} -> {} is a backup at this end, yet its peer sent {got} data segments on it in the last {window_ms} ms while another path carried data: the MP_PRIO that told it (sent once, on this path) was most likely lost; the flag is set to the other value and back, which sends it again (try {} of {IGNORED_MAX_TRIES})",
+                s.local, s.remote, w.tries
+            );
+            self.priority_pending
+                .entry(e.id)
+                .or_insert_with(|| (why, Vec::new()))
+                .1
+                .push(key);
+        }
+    }
+
     /// Watch the joins that this round's flag changes pass over. Every
     /// changed address is watched: a change decided on an event, not in a
     /// health round, may meet a join the last round did not see; the next
@@ -179,6 +290,26 @@ const JOIN_RECHECK_MS: u64 = 10;
 /// A join not complete after this is no longer watched (its third ACK
 /// unanswered: the ordinary rounds find it if it ever completes).
 const JOIN_WATCH_MAX_MS: u64 = 2_000;
+
+/// A subflow this end has as a backup: how much data its peer sent on it
+/// in the window being measured.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BackupWatch {
+    /// When the window began (after a grace for data already in flight).
+    window_from: Time,
+    /// Data segments received when it began.
+    segs_in: u32,
+    /// Flags set again for it so far.
+    tries: u32,
+}
+
+/// Data segments a peer may still send on a subflow it was told is a
+/// backup, per window, before the telling is taken to have been lost: a
+/// few retransmissions of what was in flight.
+const IGNORED_MIN_SEGS: u32 = 4;
+
+/// How often a backup flag a peer ignores is set again before it is left.
+const IGNORED_MAX_TRIES: u32 = 3;
 
 fn flag_state(backup: bool) -> &'static str {
     if backup {
