@@ -1136,6 +1136,8 @@ fn token_samples(
                 local_backup: (own_join(sf) == Some(true) || own_first(sf))
                     .then_some(sf.backup_local),
                 joining: own_join(sf) == Some(false),
+                first: own_first(sf),
+                conn: sf.token_local,
             };
             Some((sf.token_local, sample))
         })

@@ -47,6 +47,12 @@ pub struct SubflowSample {
     /// connection the kernel's own path manager runs: an endpoint flag
     /// change made now passes it over (see `Policy::note_missed_priorities`).
     pub joining: bool,
+    /// The connection's first subflow, opened by this end (it sent
+    /// MP_CAPABLE): an endpoint's flag change always reaches it.
+    pub first: bool,
+    /// The connection's token at this end: subflows with the same one are
+    /// one connection (0 when not known).
+    pub conn: u32,
 }
 
 /// The probes of a receiving path's current silence.
@@ -1320,6 +1326,8 @@ mod tests {
             min_rtt_us: 0,
             local_backup: None,
             joining: false,
+            first: false,
+            conn: 0,
         }
     }
 
@@ -1766,6 +1774,8 @@ mod tests {
             min_rtt_us: 100_000,
             local_backup: None,
             joining: false,
+            first: false,
+            conn: 0,
             bytes_received: bytes,
             ..s(1, 0, 100, 0, 0, 100_000)
         };
@@ -1777,6 +1787,8 @@ mod tests {
             min_rtt_us: 5_000,
             local_backup: None,
             joining: false,
+            first: false,
+            conn: 0,
             ..s(1, 0, 100, 0, 0, 5_000)
         };
         t.update(0, &[receiving(0), near.clone()], 300, 0.05, 3000, 1);

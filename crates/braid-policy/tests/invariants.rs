@@ -162,6 +162,8 @@ fn sample() -> impl Strategy<Value = SubflowSample> {
                 min_rtt_us: rtt_us / u32::from(port - 40000 + 1) * u32::from(port != 40002),
                 local_backup: None,
                 joining: false,
+                first: false,
+                conn: 0,
             },
         )
 }

@@ -295,6 +295,8 @@ fn sample(
         min_rtt_us: 0,
         local_backup: None,
         joining: false,
+        first: false,
+        conn: 0,
     }
 }
 

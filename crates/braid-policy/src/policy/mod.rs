@@ -283,8 +283,9 @@ pub struct Policy {
     readd_at: BTreeMap<IpAddr, (Time, String)>,
     /// Standby endpoints kept while their link has no carrier, with why.
     kept_standby: BTreeMap<IpAddr, String>,
-    /// Endpoints whose backup flag missed joined subflows, with why and
-    /// which: set again this round (`priority.rs`).
+    /// Endpoints whose backup flag missed joined subflows, or a peer
+    /// (its MP_PRIO lost), with why and which: set again this round
+    /// (`priority.rs`).
     priority_pending: BTreeMap<u8, (String, Vec<SubflowKey>)>,
     /// Subflows whose endpoint's flags were set again for them, with those
     /// flags: one try each.

@@ -24,6 +24,14 @@
 //! still differs is not the first from its address in its connection, and
 //! no flip reaches it.
 //!
+//! The MP_PRIO itself may be lost: it is sent once, on the path whose
+//! flag changed, which is the lossy one when a path is left for loss, and
+//! nothing retransmits it. The peer then keeps the path active and sends
+//! on it. That shows as data arriving on a subflow this end has as a
+//! backup, a large share of its connection's, while another path carries
+//! data too (`note_ignored_backups`); the flag is set again the same way,
+//! at most three times.
+//!
 //! A change made while a subflow from the address is joining is followed
 //! by health rounds every `JOIN_RECHECK_MS` until the join is complete,
 //! so it is set again within a few milliseconds of the join's end, not a
@@ -51,7 +59,9 @@ impl Policy {
         self.joins_watched
             .retain(|addr, until| joining.contains(addr) && *until > now);
         let mut differing = BTreeSet::new();
-        for s in samples {
+        // A connection's first subflow always gets the MP_PRIO (see
+        // `note_ignored_backups` for one its peer missed).
+        for s in samples.iter().filter(|s| !s.first) {
             let Some(backup) = s.local_backup else {
                 continue;
             };
@@ -82,10 +92,7 @@ impl Policy {
                 continue;
             }
             if wanted {
-                let others = samples
-                    .iter()
-                    .filter(|o| o.local.ip() == e.addr && o.local_backup != Some(backup))
-                    .count();
+                let others = made_active_by_flip(samples, e.addr, key);
                 if others > 0 {
                     if self.priority_given_up.insert(key) {
                         self.notes.push(format!(
@@ -151,19 +158,21 @@ impl Policy {
         }
     }
 
-    /// Find the subflows this end has as backups whose peer still sends
-    /// on them while another path carries data: the one MP_PRIO that told
-    /// the peer (sent once, with no retransmission, on the path being left,
-    /// which may be the lossy one) was most likely lost. Seen in `braid lab
-    /// run lossy-primary --delay 50ms,100ms --loss 10%,0`: the server's end
-    /// of the lossy subflow never had the backup flag, and it sent half of
-    /// its answers there for the whole run. The flag is set again as for a
-    /// missed join (to the other value and back).
+    /// Find the subflows this end has as backups whose peer still sends a
+    /// large share of the connection's data on them: the one MP_PRIO that
+    /// told the peer (sent once, with no retransmission, on the path being
+    /// left, which may be the lossy one) was most likely lost. Seen in
+    /// `braid lab run lossy-primary --delay 50ms,100ms --loss 10%,0`: the
+    /// server's end of the lossy subflow never had the backup flag, and it
+    /// sent half of its answers there for the whole run. The flag is set
+    /// again as for a missed join (to the other value and back). After a
+    /// grace for data already in flight, one window of two RTTs (200 ms at
+    /// least) is measured at a time.
     pub(super) fn note_ignored_backups(&mut self, samples: &[SubflowSample]) {
         let now = self.clock.now();
         let backups: Vec<&SubflowSample> = samples
             .iter()
-            .filter(|s| s.local_backup == Some(true))
+            .filter(|s| s.local_backup == Some(true) && !s.joining && s.conn != 0)
             .filter(|s| {
                 self.managed_endpoint_of(s.local.ip())
                     .is_some_and(|e| e.flags & Flag::Backup.bit() != 0)
@@ -171,45 +180,57 @@ impl Policy {
             .collect();
         self.backups_watched
             .retain(|k, _| backups.iter().any(|s| (s.local, s.remote) == *k));
-        let mut ignored: Vec<(&SubflowSample, u32, u64)> = Vec::new();
+        let mut ignored: Vec<(&SubflowSample, String)> = Vec::new();
         for s in &backups {
-            let srtt_ms = u64::from(s.rtt_us) / 1000;
-            // Data in flight when the peer was told arrives for about two
-            // RTTs (queues included); a window of two RTTs, 200 ms at least.
-            let grace_ms = 2 * srtt_ms + 50;
-            let window_ms = (2 * srtt_ms).max(200);
-            // The peer has a path it may use: data arrived on another one.
-            let other_carries = samples.iter().any(|o| {
-                o.local.ip() != s.local.ip()
-                    && o.local_backup != Some(true)
-                    && u64::from(o.last_data_recv_ms) <= window_ms
-                    && self
-                        .managed_endpoint_of(o.local.ip())
-                        .is_some_and(|e| e.flags & Flag::Backup.bit() == 0)
+            let key = (s.local, s.remote);
+            // What the rest of the connection received on its active subflows.
+            let others_in: u32 = samples
+                .iter()
+                .filter(|o| o.conn == s.conn && (o.local, o.remote) != key)
+                .filter(|o| o.local_backup != Some(true))
+                .map(|o| o.data_segs_in)
+                .fold(0, u32::wrapping_add);
+            let window_ms = backup_window_ms(s);
+            let w = self.backups_watched.entry(key).or_insert(BackupWatch {
+                grace_until: now.plus(backup_grace_ms(s)),
+                window: None,
+                tries: 0,
+                noted: false,
             });
-            let w = self
-                .backups_watched
-                .entry((s.local, s.remote))
-                .or_insert(BackupWatch {
-                    window_from: now.plus(grace_ms),
-                    segs_in: s.data_segs_in,
-                    tries: 0,
-                });
-            if now < w.window_from {
-                w.segs_in = s.data_segs_in;
+            if now < w.grace_until {
                 continue;
             }
-            if now.since(w.window_from) < window_ms {
+            let Some((from, segs_in, others_then)) = w.window else {
+                w.window = Some((now, s.data_segs_in, others_in));
+                continue;
+            };
+            let elapsed = now.since(from);
+            if elapsed < window_ms {
                 continue;
             }
-            let got = s.data_segs_in.wrapping_sub(w.segs_in);
-            w.window_from = now;
-            w.segs_in = s.data_segs_in;
-            if got >= IGNORED_MIN_SEGS && other_carries {
-                ignored.push((s, got, window_ms));
+            w.window = Some((now, s.data_segs_in, others_in));
+            // Counters that went back (a new subflow with the same
+            // addresses) or rounds too far apart for a window: measured
+            // afresh.
+            if s.data_segs_in < segs_in || others_in < others_then || elapsed > 3 * window_ms {
+                continue;
+            }
+            let got = s.data_segs_in - segs_in;
+            let others_got = others_in - others_then;
+            // A few retransmissions of what was in flight are no sign; a
+            // quarter of what the connection receives, while another path
+            // receives too, is.
+            if got >= IGNORED_MIN_SEGS && others_got > 0 && got * 4 >= got + others_got {
+                ignored.push((
+                    s,
+                    format!(
+                        "{got} data segments on it in the last {elapsed} ms ({}% of what the connection received)",
+                        got * 100 / (got + others_got)
+                    ),
+                ));
             }
         }
-        for (s, got, window_ms) in ignored {
+        for (s, seen) in ignored {
             let key = (s.local, s.remote);
             let Some(e) = self.managed_endpoint_of(s.local.ip()).cloned() else {
                 continue;
@@ -217,41 +238,35 @@ impl Policy {
             if self.flags_refused.contains_key(&e.id) {
                 continue;
             }
+            let others = made_active_by_flip(samples, e.addr, key);
             let Some(w) = self.backups_watched.get_mut(&key) else {
                 continue;
             };
-            if w.tries >= IGNORED_MAX_TRIES {
-                if w.tries == IGNORED_MAX_TRIES {
-                    w.tries += 1;
-                    self.notes.push(format!(
-                        "the peer of {} -> {} still sends on it after its backup flag was set again {IGNORED_MAX_TRIES} times: left as it is (a peer may ignore MP_PRIO)",
-                        s.local, s.remote
-                    ));
+            if w.tries >= IGNORED_MAX_TRIES || others > 0 {
+                if !w.noted {
+                    w.noted = true;
+                    self.notes.push(if others > 0 {
+                        format!(
+                            "the peer of {} -> {} sends on it though it is a backup (its MP_PRIO was most likely lost); left as it is: setting the flag again would make the path active for an instant on {others} other subflow(s) from {}",
+                            s.local, s.remote, e.addr
+                        )
+                    } else {
+                        format!(
+                            "the peer of {} -> {} still sends on it after its backup flag was set again {IGNORED_MAX_TRIES} times: left as it is (a peer may ignore MP_PRIO)",
+                            s.local, s.remote
+                        )
+                    });
                 }
                 continue;
             }
-            // The flip makes every subflow from the address active for an
-            // instant; a peer with data waiting on another connection
-            // would fill the path at once.
-            let others = samples
-                .iter()
-                .filter(|o| o.local.ip() == e.addr && (o.local, o.remote) != key)
-                .count();
-            if others > 0 {
-                if w.tries == 0 {
-                    w.tries = IGNORED_MAX_TRIES + 1;
-                    self.notes.push(format!(
-                        "the peer of {} -> {} sends on it though it is a backup (its MP_PRIO was most likely lost); left as it is: setting the flag again would make the path active for an instant on {others} other subflow(s) from {}",
-                        s.local, s.remote, e.addr
-                    ));
-                }
-                continue;
-            }
+            // A try is counted even if this round's own change of the
+            // endpoint takes the resend's place: that change sends an
+            // MP_PRIO too. Its instant as an active path is not measured.
             w.tries += 1;
-            // The flip's own instant as an active path is not counted.
-            w.window_from = now.plus(2 * u64::from(s.rtt_us) / 1000 + 50);
+            w.grace_until = now.plus(backup_grace_ms(s));
+            w.window = None;
             let why = format!(
-                "the subflow {} -> {} is a backup at this end, yet its peer sent {got} data segments on it in the last {window_ms} ms while another path carried data: the MP_PRIO that told it (sent once, on this path) was most likely lost; the flag is set to the other value and back, which sends it again (try {} of {IGNORED_MAX_TRIES})",
+                "the subflow {} -> {} is a backup at this end, yet its peer sent {seen} while another path carried data: the MP_PRIO that told it (sent once, on this path) was most likely lost; the flag is set to the other value and back, which sends it again (try {} of {IGNORED_MAX_TRIES})",
                 s.local, s.remote, w.tries
             );
             self.priority_pending
@@ -261,7 +276,6 @@ impl Policy {
                 .push(key);
         }
     }
-
     /// Watch the joins that this round's flag changes pass over. Every
     /// changed address is watched: a change decided on an event, not in a
     /// health round, may meet a join the last round did not see; the next
@@ -291,16 +305,41 @@ const JOIN_RECHECK_MS: u64 = 10;
 /// unanswered: the ordinary rounds find it if it ever completes).
 const JOIN_WATCH_MAX_MS: u64 = 2_000;
 
-/// A subflow this end has as a backup: how much data its peer sent on it
-/// in the window being measured.
+/// A subflow this end has as a backup, watched for a peer that still
+/// sends on it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct BackupWatch {
-    /// When the window began (after a grace for data already in flight).
-    window_from: Time,
-    /// Data segments received when it began.
-    segs_in: u32,
+    /// Until then, data already in flight when the peer was told may come.
+    grace_until: Time,
+    /// The window being measured: when it began, the data segments
+    /// received on the subflow then, and on the rest of its connection.
+    window: Option<(Time, u32, u32)>,
     /// Flags set again for it so far.
     tries: u32,
+    /// Whether leaving it as it is was said.
+    noted: bool,
+}
+
+/// Data already in flight when a peer was told a subflow is a backup
+/// arrives for about two RTTs (queues included).
+fn backup_grace_ms(s: &SubflowSample) -> u64 {
+    2 * u64::from(s.rtt_us) / 1000 + 50
+}
+
+/// A window of two RTTs, 200 ms at least.
+fn backup_window_ms(s: &SubflowSample) -> u64 {
+    (2 * u64::from(s.rtt_us) / 1000).max(200)
+}
+
+/// The other subflows from `addr` that setting its endpoint's flag to the
+/// other value and back would make active for an instant (those not known
+/// to be active already): a peer with data waiting fills the path at once.
+fn made_active_by_flip(samples: &[SubflowSample], addr: IpAddr, except: SubflowKey) -> usize {
+    samples
+        .iter()
+        .filter(|o| o.local.ip() == addr && (o.local, o.remote) != except)
+        .filter(|o| o.local_backup != Some(false))
+        .count()
 }
 
 /// Data segments a peer may still send on a subflow it was told is a

@@ -70,6 +70,8 @@ fn receiving_segs(remote: &str, rx_bytes: u64, last_rx_ms: u32, data_segs_in: u3
         min_rtt_us: 0,
         local_backup: None,
         joining: false,
+        first: false,
+        conn: 0,
     }])
 }
 
@@ -161,6 +163,8 @@ fn a_failed_stall_probe_is_no_longer_under_way() {
             min_rtt_us: 0,
             local_backup: None,
             joining: false,
+            first: false,
+            conn: 0,
         }])
     };
     p.handle(waiting(5), 0);
