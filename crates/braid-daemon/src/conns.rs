@@ -173,7 +173,7 @@ impl ConnShell {
     /// paths the host-wide policy finds failing.
     pub fn health(
         &mut self,
-        samples: Vec<(u32, SubflowSample)>,
+        samples: Vec<SubflowSample>,
         path_problems: BTreeMap<u32, braid_policy::health::PathProblem>,
         now_ms: u64,
         pm: &mut PathManager,

@@ -374,7 +374,7 @@ impl Shell {
         if self.conns.is_none() {
             return;
         }
-        let samples = token_samples(subflows).collect();
+        let samples = subflow_samples(subflows).collect();
         let problems = self.policy.path_problems();
         let now = self.now_ms();
         let Some(c) = self.conns.as_mut() else {
@@ -1096,8 +1096,8 @@ fn health_round(census: &mut Census, now_ms: u64) -> HealthRound {
 /// backup flag is compared then.
 fn host_samples(shell: &Shell, subflows: &[braid_kernel::diag::Subflow]) -> Vec<SubflowSample> {
     let per_connection = shell.conns.is_some();
-    token_samples(subflows)
-        .map(|(_, mut s)| {
+    subflow_samples(subflows)
+        .map(|mut s| {
             if per_connection {
                 s.local_backup = None;
                 s.joining = false;
@@ -1107,10 +1107,10 @@ fn host_samples(shell: &Shell, subflows: &[braid_kernel::diag::Subflow]) -> Vec<
         .collect()
 }
 
-/// Each measurable subflow with its connection's token.
-fn token_samples(
+/// Each measurable subflow, with its connection's token.
+fn subflow_samples(
     subflows: &[braid_kernel::diag::Subflow],
-) -> impl Iterator<Item = (u32, SubflowSample)> + '_ {
+) -> impl Iterator<Item = SubflowSample> + '_ {
     subflows
         .iter()
         // A subflow still in its handshake (or closing) measures nothing
@@ -1119,7 +1119,7 @@ fn token_samples(
         .filter(|sf| sf.state == "established")
         .filter_map(|sf| {
             let t = sf.tcp.as_ref()?;
-            let sample = SubflowSample {
+            Some(SubflowSample {
                 local: sf.local,
                 remote: sf.remote,
                 ifindex: 0,
@@ -1138,8 +1138,7 @@ fn token_samples(
                 joining: own_join(sf) == Some(false),
                 first: own_first(sf),
                 conn: sf.token_local,
-            };
-            Some((sf.token_local, sample))
+            })
         })
 }
 

@@ -327,7 +327,8 @@ impl RunRecord {
         }
     }
 
-    fn failed(cell: Cell, pm: PmKind, run: usize, e: &LabError) -> RunRecord {
+    /// A run that could not be made, as `rc` asked for it.
+    fn failed(cell: Cell, pm: PmKind, run: usize, rc: &RunConfig, e: &LabError) -> RunRecord {
         RunRecord {
             cell,
             pm: pm.name().into(),
@@ -343,8 +344,8 @@ impl RunRecord {
             error: Some(e.to_string()),
             at_unix_s: unix_now(),
             reaction: None,
-            congestion_control: None,
-            seed: None,
+            congestion_control: rc.congestion.clone(),
+            seed: Some(rc.seed),
         }
     }
 
@@ -490,11 +491,7 @@ pub fn run(
             // A run that cannot be made at all (no lab) stops the sweep:
             // every other run would fail the same way.
             Err(e @ LabError::Invalid(_)) => return Err(e),
-            Err(e) => RunRecord {
-                congestion_control: cfg.congestion.clone(),
-                seed: Some(rc.seed),
-                ..RunRecord::failed(*cell, *pm, *run, &e)
-            },
+            Err(e) => RunRecord::failed(*cell, *pm, *run, &rc, &e),
         };
         if let Some(had) = record.congestion_control.as_ref() {
             match &congestion {
@@ -764,11 +761,11 @@ pub fn congestion_note(runs: &[RunRecord]) -> String {
         .iter()
         .filter(|r| r.congestion_control.is_none())
         .count();
-    let mut s = format!("TCP congestion control: {}", named.join(", "));
     if named.is_empty() {
-        s = "TCP congestion control: not recorded".into();
+        return "TCP congestion control: not recorded".into();
     }
-    if unrecorded > 0 && !named.is_empty() {
+    let mut s = format!("TCP congestion control: {}", named.join(", "));
+    if unrecorded > 0 {
         let runs = if unrecorded == 1 { "run" } else { "runs" };
         s.push_str(&format!(" ({unrecorded} {runs} did not record theirs)"));
     }

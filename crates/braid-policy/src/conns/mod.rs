@@ -107,11 +107,11 @@ pub enum ConnEvent {
         action: ConnAction,
         error: String,
     },
-    /// A round of measurements: each connection's subflows (by token,
-    /// `ifindex` filled in), and the paths the host-wide policy found
-    /// failing, by interface, with why.
+    /// A round of measurements: each connection's subflows (`conn` its
+    /// token, `ifindex` filled in), and the paths the host-wide policy
+    /// found failing, by interface, with why.
     Health {
-        samples: Vec<(u32, SubflowSample)>,
+        samples: Vec<SubflowSample>,
         path_problems: BTreeMap<u32, PathProblem>,
     },
     /// The host-wide policy's failing paths changed between rounds of
@@ -779,19 +779,15 @@ impl ConnPolicy {
     }
 
     /// A round of measurements into each connection's health.
-    fn measured(
-        &mut self,
-        samples: Vec<(u32, SubflowSample)>,
-        path_problems: BTreeMap<u32, PathProblem>,
-    ) {
+    fn measured(&mut self, samples: Vec<SubflowSample>, path_problems: BTreeMap<u32, PathProblem>) {
         let now = self.clock.now();
         self.path_problems = path_problems;
         let mut by_conn: BTreeMap<u32, Vec<SubflowSample>> = BTreeMap::new();
-        for (t, mut s) in samples {
+        for mut s in samples {
             if s.ifindex == 0 {
                 s.ifindex = self.path_of(s.local.ip()).map_or(0, |p| p.ifindex);
             }
-            by_conn.entry(t).or_default().push(s);
+            by_conn.entry(s.conn).or_default().push(s);
         }
         let t = &self.tuning;
         let (stall, loss) = (t.stall_ms, t.loss_threshold);

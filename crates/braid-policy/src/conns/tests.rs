@@ -300,9 +300,13 @@ fn sample(
     }
 }
 
+/// A round of (token, subflow) pairs.
 fn health(samples: Vec<(u32, SubflowSample)>) -> ConnEvent {
     ConnEvent::Health {
-        samples,
+        samples: samples
+            .into_iter()
+            .map(|(conn, s)| SubflowSample { conn, ..s })
+            .collect(),
         path_problems: BTreeMap::new(),
     }
 }

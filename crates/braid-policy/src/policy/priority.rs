@@ -276,6 +276,7 @@ impl Policy {
                 .push(key);
         }
     }
+
     /// Watch the joins that this round's flag changes pass over. Every
     /// changed address is watched: a change decided on an event, not in a
     /// health round, may meet a join the last round did not see; the next
