@@ -51,6 +51,9 @@ pub struct TcpInfo {
     pub delivery_rate: Option<u64>,
     pub bytes_sent: Option<u64>,
     pub bytes_retrans: Option<u64>,
+    /// Data segments that arrived behind a hole (tcpi_rcv_ooopack, 5.4+):
+    /// what the peer's losses on this subflow look like from here.
+    pub rcv_ooopack: Option<u32>,
 }
 
 /// Size of the oldest `struct tcp_info` that has every mandatory field above.
@@ -90,6 +93,7 @@ impl TcpInfo {
             delivery_rate: u64_at(b, 160),
             bytes_sent: u64_at(b, 200),
             bytes_retrans: u64_at(b, 208),
+            rcv_ooopack: u32_at(b, 224),
         })
     }
 
@@ -217,6 +221,7 @@ mod tests {
         b[152..156].copy_from_slice(&77u32.to_ne_bytes());
         b[156..160].copy_from_slice(&88u32.to_ne_bytes());
         b[200..208].copy_from_slice(&99u64.to_ne_bytes());
+        b[224..228].copy_from_slice(&5u32.to_ne_bytes());
         let t = TcpInfo::parse(&b).unwrap();
         assert_eq!(
             (
@@ -224,9 +229,11 @@ mod tests {
                 t.rtt_us,
                 t.data_segs_in,
                 t.data_segs_out,
-                t.bytes_sent
+                t.bytes_sent,
+                t.rcv_ooopack
             ),
-            ("established", 1234, Some(77), Some(88), Some(99))
+            ("established", 1234, Some(77), Some(88), Some(99), Some(5))
         );
+        assert_eq!(TcpInfo::parse(&b[..224]).unwrap().rcv_ooopack, None);
     }
 }

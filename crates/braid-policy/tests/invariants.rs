@@ -164,6 +164,7 @@ fn sample() -> impl Strategy<Value = SubflowSample> {
                 joining: false,
                 first: false,
                 conn: 0,
+                rcv_ooopack: 0,
             },
         )
 }

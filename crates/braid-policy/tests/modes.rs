@@ -124,6 +124,7 @@ impl Sim {
             joining: ifindex == 3 && self.wlan0_join.0,
             first: false,
             conn: 0,
+            rcv_ooopack: 0,
         };
         let samples = (0..self.hosts)
             .flat_map(|h| {
@@ -713,6 +714,7 @@ fn an_unanswered_probe_hands_over_and_reopens_the_silent_path() {
             joining: false,
             first: false,
             conn: 0,
+            rcv_ooopack: 0,
         };
         s.at(
             t,
@@ -819,6 +821,7 @@ fn a_path_without_subflows_is_re_added_so_the_kernel_opens_them() {
                 joining: false,
                 first: false,
                 conn: 0,
+                rcv_ooopack: 0,
             }]),
         )
     };
@@ -1233,6 +1236,7 @@ fn round(s: &mut Sim, t: u64, rx: u64, wlan0_unacked: Option<u32>) -> Vec<Decisi
         joining: false,
         first: false,
         conn: 0,
+        rcv_ooopack: 0,
     };
     let mut samples = vec![mk([10, 0, 0, 2], 2, 0, rx)];
     if let Some(unacked) = wlan0_unacked {
@@ -1372,6 +1376,7 @@ fn join_round(s: &mut Sim, t: u64, subflows: &[(&str, Option<bool>)]) -> Vec<Dec
             joining: false,
             first: false,
             conn: 0,
+            rcv_ooopack: 0,
         })
         .collect();
     s.at(t, Event::Health(samples))
@@ -1476,6 +1481,7 @@ fn backup_round(s: &mut Sim, t: u64, eth0_segs_in: u32, wlan0_segs_in: &[u32]) -
         joining: false,
         first: !backup,
         conn,
+        rcv_ooopack: 0,
     };
     let mut samples = vec![mk("10.0.0.2", 40000, false, eth0_segs_in, 1)];
     for (n, segs) in wlan0_segs_in.iter().enumerate() {

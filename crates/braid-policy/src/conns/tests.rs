@@ -297,6 +297,7 @@ fn sample(
         joining: false,
         first: false,
         conn: 0,
+        rcv_ooopack: 0,
     }
 }
 

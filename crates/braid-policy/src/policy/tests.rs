@@ -72,6 +72,7 @@ fn receiving_segs(remote: &str, rx_bytes: u64, last_rx_ms: u32, data_segs_in: u3
         joining: false,
         first: false,
         conn: 0,
+        rcv_ooopack: 0,
     }])
 }
 
@@ -165,6 +166,7 @@ fn a_failed_stall_probe_is_no_longer_under_way() {
             joining: false,
             first: false,
             conn: 0,
+            rcv_ooopack: 0,
         }])
     };
     p.handle(waiting(5), 0);
