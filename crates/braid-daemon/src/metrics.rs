@@ -121,6 +121,8 @@ pub struct SubflowCounters {
     pub bytes_acked: u64,
     pub bytes_received: u64,
     pub total_retrans: u32,
+    /// Data segments that arrived behind a hole (tcpi_rcv_ooopack).
+    pub rcv_ooopack: u32,
 }
 
 impl SubflowCounters {
@@ -135,6 +137,7 @@ impl SubflowCounters {
             bytes_acked: t.bytes_acked.unwrap_or(0),
             bytes_received: t.bytes_received.unwrap_or(0),
             total_retrans: t.total_retrans,
+            rcv_ooopack: t.rcv_ooopack.unwrap_or(0),
         })
     }
 }
@@ -146,6 +149,7 @@ struct SubflowLast {
     bytes_acked: u64,
     bytes_received: u64,
     total_retrans: u32,
+    rcv_ooopack: u32,
 }
 
 /// What the daemon keeps about one path (interface, family).
@@ -161,6 +165,7 @@ struct PathTotals {
     transmit_bytes: u64,
     receive_bytes: u64,
     retransmits: u64,
+    received_out_of_order: u64,
     /// Established subflows in the last health round, and the sum of
     /// their smoothed RTTs.
     subflows: u64,
@@ -222,6 +227,7 @@ impl Accounts {
                     transmit_bytes: 0,
                     receive_bytes: 0,
                     retransmits: 0,
+                    received_out_of_order: 0,
                     subflows: 0,
                     rtt_sum_us: 0,
                     seconds: [0.0; 3],
@@ -252,6 +258,7 @@ impl Accounts {
                     bytes_acked: sf.bytes_acked,
                     bytes_received: sf.bytes_received,
                     total_retrans: sf.total_retrans,
+                    rcv_ooopack: sf.rcv_ooopack,
                 },
             );
             // An IPv4 subflow of an IPv6 socket shows a mapped address.
@@ -273,6 +280,9 @@ impl Accounts {
             p.retransmits = p
                 .retransmits
                 .saturating_add(delta(sf.total_retrans.into(), last.total_retrans.into()));
+            p.received_out_of_order = p
+                .received_out_of_order
+                .saturating_add(delta(sf.rcv_ooopack.into(), last.rcv_ooopack.into()));
             p.seen = true;
             if sf.established {
                 p.subflows += 1;
@@ -298,6 +308,7 @@ impl Accounts {
                 transmit_bytes: t.transmit_bytes,
                 receive_bytes: t.receive_bytes,
                 retransmits: t.retransmits,
+                received_out_of_order: t.received_out_of_order,
                 active_seconds: t.seconds[0],
                 standby_seconds: t.seconds[1],
             })
@@ -317,6 +328,9 @@ pub struct PathSample {
     pub transmit_bytes: u64,
     pub receive_bytes: u64,
     pub retransmits: u64,
+    /// Data segments that arrived behind a hole: the peer's losses on the
+    /// way in (the policy's loss figure counts them, see health.rs).
+    pub received_out_of_order: u64,
     pub active_seconds: f64,
     pub standby_seconds: f64,
 }
@@ -675,6 +689,14 @@ fn render_paths(o: &mut Out, s: &Snapshot) {
             .iter()
             .map(|p| (path_labels(p), Value::Int(p.retransmits))),
     );
+    o.family(
+        "braid_path_received_out_of_order_segments_total",
+        COUNTER,
+        &format!("Data segments that arrived on a path's MPTCP subflows behind a hole (tcp_info rcv_ooopack): the peer's losses on the way in show here, not in the retransmissions. {ACCUMULATED}"),
+        s.paths
+            .iter()
+            .map(|p| (path_labels(p), Value::Int(p.received_out_of_order))),
+    );
 }
 
 fn render_decisions(o: &mut Out, s: &Snapshot) {
@@ -865,6 +887,7 @@ mod tests {
             bytes_acked: tx,
             bytes_received: rx,
             total_retrans: retrans,
+            rcv_ooopack: retrans * 2,
         }
     }
 
@@ -966,6 +989,7 @@ mod tests {
             "braid_path_transmit_bytes_total{interface=\"eth0\",role=\"primary\",family=\"ipv4\"} 1000",
             "braid_path_receive_bytes_total{interface=\"eth0\",role=\"primary\",family=\"ipv4\"} 5000",
             "braid_path_retransmitted_segments_total{interface=\"eth0\",role=\"primary\",family=\"ipv4\"} 3",
+            "braid_path_received_out_of_order_segments_total{interface=\"eth0\",role=\"primary\",family=\"ipv4\"} 6",
             "braid_path_subflows{interface=\"eth0\",role=\"primary\",family=\"ipv4\"} 1",
             // Label values escaped: the quote and the backslash.
             "braid_path_state_seconds_total{interface=\"wl\\\"an\\\\0\",role=\"primary\",family=\"ipv4\",state=\"standby\"} 2.5",
@@ -1110,6 +1134,7 @@ mod tests {
         a.observe_paths(&paths, 0);
         let totals = |a: &Accounts| {
             let p = &a.paths()[0];
+            assert_eq!(p.received_out_of_order, 2 * p.retransmits);
             (p.transmit_bytes, p.receive_bytes, p.retransmits, p.subflows)
         };
         a.observe_subflows(&[
