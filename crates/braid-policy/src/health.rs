@@ -260,7 +260,7 @@ impl LossMeter {
     /// `decay_ms`, so it can be tried again. `loss` is set to the figure.
     fn round(&mut self, loss: &mut f64, now_ms: u64, decay_ms: u64) {
         let sent = self.sent.sample(LOSS_MIN_SEGS);
-        let received = self.received.sample(LOSS_MIN_SEGS_RECEIVED);
+        let received = self.received.sample(LOSS_MIN_SEGS);
         if sent || received {
             self.last_traffic_ms = now_ms;
             self.last_sample_ms = now_ms;
@@ -868,15 +868,16 @@ const STALL_PROBE_MARGIN_MS: u64 = 20;
 /// this long if the wait goes on, doubled each time up to the maximum.
 const STALL_REPROBE_FIRST_MS: u64 = 1000;
 const STALL_REPROBE_MAX_MS: u64 = 60_000;
-/// Minimum data segments sent before a retransmission rate is trusted
-/// (`braid top`'s figure waits for as many).
-pub const LOSS_MIN_SEGS: u64 = 20;
-/// The same for segments received, whose losses are estimated: how long a
-/// hole lasts varies (a timer's resend holds more behind it than a
-/// SACK's), so one hole in 20 could read as more than the 5 % threshold.
-/// With 20, interactive left a path losing 1 % in the lab (50/100 ms,
-/// BBR): two holes in 150 segments read as 5.2 %.
-pub const LOSS_MIN_SEGS_RECEIVED: u64 = 40;
+/// Data segments counted (each way) before a sample of the loss rate is
+/// taken (`braid top`'s figure waits for as many): one loss in a sample
+/// must read as half the 5 % threshold, not as all of it. With 20, a
+/// path losing 1 % was left in the lab (50/100 ms, BBR, 60 s): one loss
+/// in each of two samples makes 3.75 %, a third with two makes 6.9 %,
+/// and estimated losses on the way in vary more (a hole a timer fills
+/// holds back more than one a SACK fills; two holes in 150 segments read
+/// as 5.2 %). At 50 segments a second, a path losing 10 % is found after
+/// two samples, about 1.6 s.
+pub const LOSS_MIN_SEGS: u64 = 40;
 /// A lossy path is measured with echoes once it has carried too little
 /// traffic to measure for this long, one echo every
 /// `LOSS_ECHO_INTERVAL_MS`, a sample of `LOSS_ECHO_SAMPLE` at a time: 10
