@@ -802,6 +802,7 @@ impl ConnPolicy {
                     s.ifindex = *i;
                 }
             }
+            c.health.loss_on_the_way_in = c.mode == PathMode::Interactive;
             c.health.update(now.ms(), &samples, stall, loss, decay, 1);
             // A join that neither came up nor failed for this long is
             // forgotten (its event was lost): it may be tried again.

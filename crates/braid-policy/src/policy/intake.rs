@@ -205,6 +205,7 @@ impl Policy {
         let decay = hold.saturating_mul(4);
         let hosts = p.loss_hosts as usize;
         let now_ms = self.clock.now().ms();
+        self.health.loss_on_the_way_in = self.config.policy.mode == PathMode::Interactive;
         self.health
             .update(now_ms, &samples, stall, loss, decay, hosts);
         self.judge_unanswered_silences();
