@@ -1470,9 +1470,17 @@ mod tests {
         assert_eq!(t.paths[&1].loss, 0.0, "10 segments are not enough");
         // The first sample is the rate; the next are averaged in.
         t.update(200, &[s(1, 4, 40, 0, 0, 20_000)], 300, 0.05, 3000, 1);
-        assert!((t.paths[&1].loss - 0.1).abs() < 1e-9, "{}", t.paths[&1].loss);
+        assert!(
+            (t.paths[&1].loss - 0.1).abs() < 1e-9,
+            "{}",
+            t.paths[&1].loss
+        );
         t.update(300, &[s(1, 4, 80, 0, 0, 20_000)], 300, 0.05, 3000, 1);
-        assert!((t.paths[&1].loss - 0.05).abs() < 1e-9, "{}", t.paths[&1].loss);
+        assert!(
+            (t.paths[&1].loss - 0.05).abs() < 1e-9,
+            "{}",
+            t.paths[&1].loss
+        );
         assert_eq!(t.paths[&1].srtt_ms, Some(20.0));
     }
 
@@ -1547,7 +1555,11 @@ mod tests {
         };
         t.update(0, &[both(0, 0)], 300, 0.05, 3000, 1);
         t.update(500, &[both(4, 40)], 300, 0.05, 3000, 1);
-        assert!((t.paths[&1].loss - 0.1).abs() < 1e-9, "{}", t.paths[&1].loss);
+        assert!(
+            (t.paths[&1].loss - 0.1).abs() < 1e-9,
+            "{}",
+            t.paths[&1].loss
+        );
         let why = t.paths[&1].problem(300, 0.05).expect("lossy").why;
         assert!(why.contains("retransmitted"), "{why}");
     }
