@@ -253,12 +253,12 @@ impl DirectionLoss {
 
 impl LossMeter {
     /// What changed on a subflow since the last round: segments sent and
-    /// retransmitted, and (if `on_the_way_in`) segments received and
-    /// estimated lost on the way in.
-    fn add(&mut self, d: &SubflowDelta, s: &SubflowSample, on_the_way_in: bool) {
+    /// retransmitted, and segments received and estimated lost on the way
+    /// in (when that is measured).
+    fn add(&mut self, d: &SubflowDelta) {
         self.sent.add(d.retrans as f64, d.segs);
-        if on_the_way_in {
-            self.received.add(d.lost_on_the_way_in(s), d.data_segs);
+        if let Some(lost) = d.lost_on_the_way_in {
+            self.received.add(lost, d.data_segs);
         }
     }
 
@@ -999,8 +999,9 @@ struct SubflowMemory {
 struct SubflowDelta {
     retrans: u64,
     segs: u64,
-    /// Data segments that arrived behind a hole.
-    out_of_order: u64,
+    /// The peer's segments estimated lost on the way here (None when not
+    /// measured: `HealthTracker::loss_on_the_way_in`).
+    lost_on_the_way_in: Option<f64>,
     received: u64,
     /// Segments with data that arrived since the last round, and how long
     /// ago that round was (0 for a subflow new in this one).
@@ -1009,43 +1010,40 @@ struct SubflowDelta {
     outstanding_since: Option<u64>,
 }
 
-impl SubflowDelta {
-    /// How many of the peer's segments were lost on the way here, from
-    /// the segments that arrived behind a hole. A receiver cannot count
-    /// retransmissions, but it sees what a hole holds back: the segment
-    /// after the lost one, and all that arrive until the resend fills
-    /// the hole. The peer resends once that next segment's SACK reached
-    /// it and its reordering window passed (RACK: a quarter of the
-    /// minimum RTT), so the resend arrives 1.25 RTT after the next
-    /// segment: a hole holds back `m = 1 + 1.25 n` segments, `n` arriving
-    /// per RTT. A segment arrives behind a hole if one of the `m` before
-    /// it was lost, so with a loss rate `p` the share behind a hole is
-    /// `f = 1 - (1 - p)^m`, and `p = 1 - (1 - f)^(1/m)`. Sparse traffic
-    /// gives `p ≈ f`; dense traffic `p ≈ f / m` while holes are apart,
-    /// and when they overlap (a bulk transfer at 10 %: every segment
-    /// behind some hole) `f` near 1 still gives a rate, where counting
-    /// holes as `out of order / m` found one per RTT. A hole the peer's
-    /// timer fills lasts longer and reads as more than one loss; a short
-    /// reordering in dense traffic holds back a few segments, a fraction
-    /// of a loss; a lone segment lost with nothing behind it leaves no
-    /// hole and is not seen. Without it, a client that mostly receives
-    /// over a lossy path measured only its own requests: 5.9 % of them
-    /// lost where 10 % went each way, and interactive left the path after
-    /// 3.3 s (lab, 50/100 ms, CUBIC).
-    fn lost_on_the_way_in(&self, s: &SubflowSample) -> f64 {
-        if self.out_of_order == 0 || self.since_ms == 0 || self.data_segs == 0 {
-            return 0.0;
-        }
-        let segs = self.data_segs as f64;
-        let rtt_ms = f64::from(s.rtt_us.max(s.min_rtt_us)) / 1000.0;
-        let per_rtt = segs * rtt_ms / self.since_ms as f64;
-        let held_back = 1.0 + 1.25 * per_rtt;
-        // All behind a hole would be a rate of 1: half a segment in order
-        // is as close as the counters tell.
-        let behind = (self.out_of_order as f64).min(segs - 0.5) / segs;
-        let rate = 1.0 - (1.0 - behind).powf(1.0 / held_back);
-        rate * segs
+/// How many of the peer's segments were lost on the way here, from
+/// the segments that arrived behind a hole. A receiver cannot count
+/// retransmissions, but it sees what a hole holds back: the segment
+/// after the lost one, and all that arrive until the resend fills
+/// the hole. The peer resends once that next segment's SACK reached
+/// it and its reordering window passed (RACK: a quarter of the
+/// minimum RTT), so the resend arrives 1.25 RTT after the next
+/// segment: a hole holds back `m = 1 + 1.25 n` segments, `n` arriving
+/// per RTT. A segment arrives behind a hole if one of the `m` before
+/// it was lost, so with a loss rate `p` the share behind a hole is
+/// `f = 1 - (1 - p)^m`, and `p = 1 - (1 - f)^(1/m)`. Sparse traffic
+/// gives `p ≈ f`; dense traffic `p ≈ f / m` while holes are apart,
+/// and when they overlap (a bulk transfer at 10 %: every segment
+/// behind some hole) `f` near 1 still gives a rate, where counting
+/// holes as `out of order / m` found one per RTT. A hole the peer's
+/// timer fills lasts longer and reads as more than one loss; a short
+/// reordering in dense traffic holds back a few segments, a fraction
+/// of a loss; a lone segment lost with nothing behind it leaves no
+/// hole and is not seen. Without it, a client that mostly receives
+/// over a lossy path measured only its own requests: 5.9 % of them
+/// lost where 10 % went each way, and interactive left the path after
+/// 3.3 s (lab, 50/100 ms, CUBIC).
+fn lost_on_the_way_in(out_of_order: u64, data_segs: u64, since_ms: u64, rtt_ms: f64) -> f64 {
+    if out_of_order == 0 || since_ms == 0 || data_segs == 0 {
+        return 0.0;
     }
+    let segs = data_segs as f64;
+    let per_rtt = segs * rtt_ms / since_ms as f64;
+    let held_back = 1.0 + 1.25 * per_rtt;
+    // All behind a hole would be a rate of 1: half a segment in order is
+    // as close as the counters tell.
+    let behind = (out_of_order as f64).min(segs - 0.5) / segs;
+    let rate = 1.0 - (1.0 - behind).powf(1.0 / held_back);
+    rate * segs
 }
 
 /// The path's loss rate both ways, and the remote hosts that see it.
@@ -1054,12 +1052,11 @@ fn observe_loss(
     subs: &[&SubflowSample],
     delta: &HashMap<SubflowKey, SubflowDelta>,
     now_ms: u64,
-    (loss_threshold, decay_ms): (f64, u64),
-    on_the_way_in: bool,
+    loss_threshold: f64,
+    decay_ms: u64,
 ) {
     for s in subs {
-        let d = &delta[&(s.local, s.remote)];
-        h.meter.add(d, s, on_the_way_in);
+        h.meter.add(&delta[&(s.local, s.remote)]);
     }
     // Echoes measure it: it does not fade meanwhile.
     let echoed = h
@@ -1096,7 +1093,7 @@ fn observe_loss(
         let d = &delta[&(s.local, s.remote)];
         let r = h.remote_loss.entry(s.remote.ip()).or_default();
         r.seen_ms = now_ms;
-        r.meter.add(d, s, on_the_way_in);
+        r.meter.add(d);
     }
     for r in h.remote_loss.values_mut() {
         r.meter.round(&mut r.loss, now_ms, decay_ms);
@@ -1233,7 +1230,7 @@ pub struct HealthTracker {
     subflows: HashMap<SubflowKey, SubflowMemory>,
     pub paths: BTreeMap<u32, PathHealth>,
     /// Whether the peer's losses on the way in count in a path's loss
-    /// (`SubflowDelta::lost_on_the_way_in`): interactive mode only. In
+    /// (`lost_on_the_way_in`): interactive mode only. In
     /// handover mode a download primary left for its loss went on
     /// carrying the server's data as a backup, and when it then failed
     /// nothing treated that as the active path's failure: 1.17 s
@@ -1280,14 +1277,7 @@ impl HealthTracker {
                 .map(|s| s.rtt_us)
                 .max()
                 .map(|r| r as f64 / 1000.0);
-            observe_loss(
-                h,
-                subs,
-                &delta,
-                now_ms,
-                (loss_threshold, decay_ms),
-                self.loss_on_the_way_in,
-            );
+            observe_loss(h, subs, &delta, now_ms, loss_threshold, decay_ms);
             let freshest = observe_stall(h, subs, &delta, now_ms, stall_ms);
             observe_receiving(h, subs, &delta, now_ms);
             // A silence probe goes to `probe_pair`'s remote: the minimum
@@ -1366,15 +1356,25 @@ impl HealthTracker {
             let before = self.subflows.get(&key).copied().unwrap_or(now);
             let outstanding_since =
                 (s.unacked > 0).then(|| before.outstanding_since.unwrap_or(now_ms));
+            let data_segs = s.data_segs_in.wrapping_sub(before.data_segs_in) as u64 % (1 << 31);
+            let since_ms = now_ms.saturating_sub(before.seen_ms);
+            let lost_in = self.loss_on_the_way_in.then(|| {
+                lost_on_the_way_in(
+                    s.rcv_ooopack.saturating_sub(before.rcv_ooopack).into(),
+                    data_segs,
+                    since_ms,
+                    f64::from(s.rtt_us.max(s.min_rtt_us)) / 1000.0,
+                )
+            });
             delta.insert(
                 key,
                 SubflowDelta {
                     retrans: s.total_retrans.saturating_sub(before.total_retrans) as u64,
                     segs: s.data_segs_out.wrapping_sub(before.data_segs_out) as u64 % (1 << 31),
-                    out_of_order: s.rcv_ooopack.saturating_sub(before.rcv_ooopack) as u64,
+                    lost_on_the_way_in: lost_in,
                     received: s.bytes_received.saturating_sub(before.bytes_received),
-                    data_segs: s.data_segs_in.wrapping_sub(before.data_segs_in) as u64 % (1 << 31),
-                    since_ms: now_ms.saturating_sub(before.seen_ms),
+                    data_segs,
+                    since_ms,
                     outstanding_since,
                 },
             );
