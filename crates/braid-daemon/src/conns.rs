@@ -314,6 +314,10 @@ impl ConnShell {
         pm: &mut PathManager,
         journal: &mut Journal,
     ) {
+        for note in self.policy.take_notes() {
+            info!(note = %note, "connection policy");
+            journal.record(unix_ms_now(), What::Change { text: note });
+        }
         // A refusal can lead to nothing at once (a retry waits), so this ends.
         while !ds.is_empty() {
             let mut next = Vec::new();

@@ -4,6 +4,7 @@
 //! returns; each action comes with the reason it was decided. No I/O, no
 //! clock, no threads: every decision is testable without a kernel.
 
+pub mod backup_watch;
 pub mod budget;
 pub mod config;
 pub mod conns;

@@ -1,5 +1,6 @@
 //! The userspace path-manager commands on a live connection: create a
-//! subflow, flag it backup, destroy it, announce and withdraw an address.
+//! subflow, flag it backup (twice: each sends an MP_PRIO), destroy it,
+//! announce and withdraw an address.
 
 mod common;
 use common::{wait_for, Monitor, TwoPaths};
@@ -48,52 +49,84 @@ fn userspace_pm_creates_and_destroys_a_subflow() {
     });
     let token = tok_rx.recv().unwrap();
 
-    // Everything below runs in the client namespace, like a userspace PM daemon would.
-    let result = lab.client.run(move || -> Result<(), String> {
-        let mut pm = PathManager::open().map_err(|e| e.to_string())?;
-        let subflows_of = || {
-            diag::subflows()
-                .unwrap()
-                .into_iter()
-                .filter(|s| s.token_local == token)
-                .collect::<Vec<_>>()
-        };
-        let remote: SocketAddr = "10.0.2.2:5001".parse().unwrap();
-        pm.subflow_create(token, 2, "10.0.2.1".parse().unwrap(), remote, false)
-            .map_err(|e| format!("subflow_create: {e}"))?;
-        if !wait_for(5, || {
-            subflows_of()
-                .iter()
-                .any(|s| s.remote == remote && s.state == "established")
-        }) {
-            return Err(format!("no second subflow: {:?}", subflows_of()));
-        }
-        let new = subflows_of()
+    // The PM commands run in the client namespace, like a userspace PM
+    // daemon's would.
+    let remote: SocketAddr = "10.0.2.2:5001".parse().unwrap();
+    let subflows_of = move || {
+        diag::subflows()
+            .unwrap()
             .into_iter()
-            .find(|s| s.remote == remote)
-            .unwrap();
-        pm.set_subflow_backup(token, new.local, remote, true)
-            .map_err(|e| format!("set backup: {e}"))?;
-        if !wait_for(5, || {
-            subflows_of()
-                .iter()
-                .any(|s| s.remote == remote && s.backup_local)
-        }) {
-            return Err("backup flag not set".into());
-        }
-        pm.subflow_destroy(token, new.local, remote)
-            .map_err(|e| format!("subflow_destroy: {e}"))?;
-        if !wait_for(5, || !subflows_of().iter().any(|s| s.remote == remote)) {
-            return Err(format!("subflow still there: {:?}", subflows_of()));
-        }
-        if subflows_of().len() != 1 {
-            return Err("the initial subflow should remain".into());
-        }
-        pm.announce(token, 5, "10.0.2.1".parse().unwrap(), None)
-            .map_err(|e| format!("announce: {e}"))?;
-        Ok(())
-    });
-    result.unwrap();
+            .filter(|s| s.token_local == token)
+            .collect::<Vec<_>>()
+    };
+    let local = lab
+        .client
+        .run(move || -> Result<SocketAddr, String> {
+            let mut pm = PathManager::open().map_err(|e| e.to_string())?;
+            pm.subflow_create(token, 2, "10.0.2.1".parse().unwrap(), remote, false)
+                .map_err(|e| format!("subflow_create: {e}"))?;
+            if !wait_for(5, || {
+                subflows_of()
+                    .iter()
+                    .any(|s| s.remote == remote && s.state == "established")
+            }) {
+                return Err(format!("no second subflow: {:?}", subflows_of()));
+            }
+            let new = subflows_of()
+                .into_iter()
+                .find(|s| s.remote == remote)
+                .unwrap();
+            // A join's MP_PRIO waits for the join to be complete.
+            if !wait_for(5, || {
+                pm.set_subflow_backup(token, new.local, remote, true)
+                    .is_ok()
+            }) {
+                return Err("set backup refused".into());
+            }
+            if !wait_for(5, || {
+                subflows_of()
+                    .iter()
+                    .any(|s| s.remote == remote && s.backup_local)
+            }) {
+                return Err("backup flag not set".into());
+            }
+            Ok(new.local)
+        })
+        .unwrap();
+    let prio = |e: &serde_json::Value| e["event"] == "sub_priority" && e["backup"] == true;
+    assert!(
+        server_monitor.wait_for(5, prio).is_some(),
+        "the server hears the MP_PRIO"
+    );
+    // The same flag set again is sent again (the per-connection policy
+    // relies on it to tell a peer that lost the first one).
+    lab.client
+        .run(move || {
+            PathManager::open()
+                .unwrap()
+                .set_subflow_backup(token, local, remote, true)
+        })
+        .unwrap();
+    assert!(
+        server_monitor.wait_for(5, prio).is_some(),
+        "the server hears the MP_PRIO again"
+    );
+    lab.client
+        .run(move || -> Result<(), String> {
+            let mut pm = PathManager::open().map_err(|e| e.to_string())?;
+            pm.subflow_destroy(token, local, remote)
+                .map_err(|e| format!("subflow_destroy: {e}"))?;
+            if !wait_for(5, || !subflows_of().iter().any(|s| s.remote == remote)) {
+                return Err(format!("subflow still there: {:?}", subflows_of()));
+            }
+            if subflows_of().len() != 1 {
+                return Err("the initial subflow should remain".into());
+            }
+            pm.announce(token, 5, "10.0.2.1".parse().unwrap(), None)
+                .map_err(|e| format!("announce: {e}"))?;
+            Ok(())
+        })
+        .unwrap();
     let announced = server_monitor.wait_for(5, |e| e["event"] == "announced" && e["rem_id"] == 5);
     let announced = announced.expect("the server sees the ADD_ADDR");
     assert_eq!(announced["daddr"], "10.0.2.1");

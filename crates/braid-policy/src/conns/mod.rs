@@ -24,6 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::backup_watch::{received_elsewhere, BackupWatch, IGNORED_MAX_TRIES};
 use crate::budget::SwitchBudget;
 use crate::config::{PathMode, PolicyConfig, Role};
 use crate::health::{HealthTracker, PathProblem, SubflowSample};
@@ -319,6 +320,11 @@ struct Conn {
     /// would make both kernels resend all data in flight); those are kept
     /// for as long as that holds.
     leaving: BTreeMap<IpAddr, (u32, String)>,
+    /// Backup subflows watched for a peer that still sends on them.
+    backups_watched: BTreeMap<(SocketAddr, SocketAddr), BackupWatch>,
+    /// Backup subflows whose peer is to be told again at the next
+    /// reconcile, with why.
+    tell_again: Vec<((SocketAddr, SocketAddr), String)>,
 }
 
 impl Conn {
@@ -418,6 +424,53 @@ impl Conn {
         all_backup && carried && idle
     }
 
+    /// Watch this connection's backup subflows (`BackupWatch`): a peer
+    /// that still sends a large share of the connection's data on one
+    /// most likely lost the MP_PRIO that told it, and is told again at the
+    /// next reconcile. With the userspace path manager, SET_FLAGS sends
+    /// the MP_PRIO even when the flag does not change, so the same flag is
+    /// set again (no flip, unlike endpoints). What is left as it is goes
+    /// into `notes`.
+    fn watch_backups(&mut self, now: Time, samples: &[SubflowSample], notes: &mut Vec<String>) {
+        self.tell_again.clear();
+        let backups: Vec<&SubflowSample> = samples
+            .iter()
+            .filter(|s| s.local_backup == Some(true) && !s.joining)
+            .filter(|s| {
+                self.subflows
+                    .get(&(s.local, s.remote))
+                    .is_some_and(|sf| sf.backup)
+            })
+            .collect();
+        self.backups_watched
+            .retain(|k, _| backups.iter().any(|s| (s.local, s.remote) == *k));
+        for s in backups {
+            let key = (s.local, s.remote);
+            let others_in = received_elsewhere(samples, s);
+            let w = self
+                .backups_watched
+                .entry(key)
+                .or_insert_with(|| BackupWatch::new(now, s));
+            let Some(seen) = w.observe(now, s, others_in) else {
+                continue;
+            };
+            match w.try_again(now, s) {
+                Some(attempt) => self.tell_again.push((
+                    key,
+                    format!(
+                        "the subflow {} -> {} is a backup at this end, yet its peer sent {seen} while another path carried data: the MP_PRIO that told it (sent once, on this path) was most likely lost; it is sent again (try {attempt} of {IGNORED_MAX_TRIES})",
+                        s.local, s.remote
+                    ),
+                )),
+                None if w.first_note() => notes.push(format!(
+                    "the peer of {} -> {} still sends on it after its backup flag was sent again {IGNORED_MAX_TRIES} times: left as it is (a peer may ignore MP_PRIO)",
+                    s.local, s.remote
+                )),
+                None => {}
+            }
+        }
+    }
+
     /// The address id for a new subflow or announcement from `addr`.
     /// Never 0: that is the initial subflow's, and SUBFLOW_CREATE refuses
     /// it ("missing local addr id"), so re-opening the initial address
@@ -442,6 +495,8 @@ pub struct ConnPolicy {
     paths: Vec<LocalPath>,
     conns: BTreeMap<u32, Conn>,
     clock: Clock,
+    /// What was found and left as it is, for the log (`take_notes`).
+    notes: Vec<String>,
 }
 
 impl ConnPolicy {
@@ -454,6 +509,7 @@ impl ConnPolicy {
             paths: Vec::new(),
             conns: BTreeMap::new(),
             clock: Clock::default(),
+            notes: Vec::new(),
         }
     }
 
@@ -625,6 +681,8 @@ impl ConnPolicy {
                 to_remove: BTreeMap::new(),
                 removed: std::collections::BTreeSet::new(),
                 leaving: BTreeMap::new(),
+                backups_watched: BTreeMap::new(),
+                tell_again: Vec::new(),
             },
         );
     }
@@ -804,6 +862,7 @@ impl ConnPolicy {
             }
             c.health.loss_on_the_way_in = c.mode == PathMode::Interactive;
             c.health.update(now.ms(), &samples, stall, loss, decay, 1);
+            c.watch_backups(now, &samples, &mut self.notes);
             // A join that neither came up nor failed for this long is
             // forgotten (its event was lost): it may be tried again.
             c.creating
@@ -863,6 +922,11 @@ impl ConnPolicy {
                 ),
             });
         }
+    }
+
+    /// What was found and left as it is since the last call, for the log.
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
     }
 
     /// Forget the connections the kernel no longer has (their CLOSED event
@@ -1298,6 +1362,27 @@ impl ConnPolicy {
                     s.local,
                     if want { "stands by" } else { "carries traffic" }
                 ),
+            });
+        }
+        // After the changes: one changed this round sent its own MP_PRIO.
+        for (key, reason) in std::mem::take(&mut c.tell_again) {
+            let standing_by = c.subflows.get(&key).is_some_and(|s| s.backup);
+            let changed = out.iter().any(|d| {
+                matches!(d.action, ConnAction::SetBackup { token: t, local, remote, .. }
+                    if t == token && (local, remote) == key)
+            });
+            let usable = addrs.contains(&key.0.ip()) && !c.removed.contains(&key.0.ip());
+            if !standing_by || changed || !usable {
+                continue;
+            }
+            out.push(ConnDecision {
+                action: ConnAction::SetBackup {
+                    token,
+                    local: key.0,
+                    remote: key.1,
+                    backup: true,
+                },
+                reason,
             });
         }
     }

@@ -971,3 +971,90 @@ fn a_standby_subflow_whose_path_goes_while_idle_is_kept_until_it_carries() {
         "{ds:?}"
     );
 }
+
+/// A peer that goes on sending on a subflow this connection has as a
+/// backup most likely lost the one MP_PRIO that told it (sent once, on
+/// that subflow): the same flag is set again (the userspace path manager
+/// sends the MP_PRIO even when nothing changes), after a grace and a
+/// window of 200 ms, at most three times, then left with a note. Not
+/// while nothing else carries data: then the backup is what carries it.
+#[test]
+fn a_peer_that_ignores_a_connections_backup_flag_is_told_again() {
+    let (p1, remote) = (sa("10.2.0.1:50001"), sa("192.0.2.1:22"));
+    let handover = || {
+        let mut p = policy();
+        p.handle(created(1, ssh(), "192.0.2.1:22"), 0);
+        p.handle(ConnEvent::Established { token: 1 }, 0);
+        let up = ConnEvent::SubEstablished {
+            token: 1,
+            local: p1,
+            remote,
+        };
+        assert!(p.handle(up, 30).is_empty(), "created as a backup");
+        p
+    };
+    // Data segments received so far on p0 (active) and p1 (a backup here).
+    let round = |p: &mut ConnPolicy, t: u64, on_p0: u32, on_p1: u32| {
+        let mut s0 = sample("10.1.0.1:40000", "192.0.2.1:22", 2, 20, 0, 5);
+        s0.data_segs_in = on_p0;
+        s0.local_backup = Some(false);
+        s0.first = true;
+        let mut s1 = sample("10.2.0.1:50001", "192.0.2.1:22", 3, 80, 0, 5);
+        s1.data_segs_in = on_p1;
+        s1.local_backup = Some(true);
+        p.handle(health(vec![(1, s0), (1, s1)]), t)
+    };
+    let told = |ds: &[ConnDecision]| -> Vec<String> {
+        ds.iter()
+            .filter(|d| {
+                d.action
+                    == ConnAction::SetBackup {
+                        token: 1,
+                        local: p1,
+                        remote,
+                        backup: true,
+                    }
+            })
+            .map(|d| d.reason.clone())
+            .collect()
+    };
+    let mut p = handover();
+    // The grace (two RTTs + 50 ms), then a window: half of the data on p1.
+    for t in [100, 200, 300, 400, 500] {
+        let ds = round(&mut p, t, t as u32 / 10, t as u32 / 10);
+        assert!(told(&ds).is_empty(), "{ds:?}");
+    }
+    let ds = round(&mut p, 600, 60, 60);
+    let reasons = told(&ds);
+    assert_eq!(reasons.len(), 1, "{ds:?}");
+    assert!(
+        reasons[0].contains("most likely lost")
+            && reasons[0].contains("20 data segments on it in the last 200 ms (50%")
+            && reasons[0].contains("try 1 of 3"),
+        "{}",
+        reasons[0]
+    );
+    // The peer heard it: a few segments more, then nothing on p1.
+    for t in (700..=1500).step_by(100) {
+        let ds = round(&mut p, t, t as u32 / 10, 63);
+        assert!(told(&ds).is_empty(), "{ds:?}");
+    }
+    // It goes on: told twice more, then left with a note.
+    let mut tries = 0;
+    for t in (1600..=4000).step_by(100) {
+        tries += told(&round(&mut p, t, t as u32 / 10, t as u32 / 10)).len();
+    }
+    assert_eq!(tries, 2, "two more tries after the first");
+    let notes = p.take_notes();
+    assert!(
+        notes.len() == 1 && notes[0].contains("3 times"),
+        "{notes:?}"
+    );
+
+    // Data on the backup while p0 receives nothing is what a backup is for.
+    let mut p = handover();
+    for t in (100..=2000).step_by(100) {
+        let ds = round(&mut p, t, 7, t as u32);
+        assert!(told(&ds).is_empty(), "{ds:?}");
+    }
+}

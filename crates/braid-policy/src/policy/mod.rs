@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backup_watch::BackupWatch;
 use crate::budget::SwitchBudget;
 use crate::config::{glob, Config, Flag, Mode, PathMode, PmKind, Role};
 use crate::health::{
@@ -16,7 +17,6 @@ use crate::health::{
 use crate::model::*;
 use crate::time::{backoff_ms, Clock, Time};
 use braid_types::endpoint::EndpointFlags;
-use priority::BackupWatch;
 
 mod intake;
 mod modes;

@@ -43,6 +43,7 @@
 use std::net::IpAddr;
 
 use super::*;
+use crate::backup_watch::{received_elsewhere, BackupWatch, IGNORED_MAX_TRIES};
 use crate::health::SubflowSample;
 
 impl Policy {
@@ -159,15 +160,9 @@ impl Policy {
     }
 
     /// Find the subflows this end has as backups whose peer still sends a
-    /// large share of the connection's data on them: the one MP_PRIO that
-    /// told the peer (sent once, with no retransmission, on the path being
-    /// left, which may be the lossy one) was most likely lost. Seen in
-    /// `braid lab run lossy-primary --delay 50ms,100ms --loss 10%,0`: the
-    /// server's end of the lossy subflow never had the backup flag, and it
-    /// sent half of its answers there for the whole run. The flag is set
-    /// again as for a missed join (to the other value and back). After a
-    /// grace for data already in flight, one window of two RTTs (200 ms at
-    /// least) is measured at a time.
+    /// large share of the connection's data on them (`BackupWatch`): the
+    /// one MP_PRIO that told the peer was most likely lost. The flag is
+    /// set again as for a missed join (to the other value and back).
     pub(super) fn note_ignored_backups(&mut self, samples: &[SubflowSample]) {
         let now = self.clock.now();
         let backups: Vec<&SubflowSample> = samples
@@ -182,52 +177,13 @@ impl Policy {
             .retain(|k, _| backups.iter().any(|s| (s.local, s.remote) == *k));
         let mut ignored: Vec<(&SubflowSample, String)> = Vec::new();
         for s in &backups {
-            let key = (s.local, s.remote);
-            // What the rest of the connection received on its active subflows.
-            let others_in: u32 = samples
-                .iter()
-                .filter(|o| o.conn == s.conn && (o.local, o.remote) != key)
-                .filter(|o| o.local_backup != Some(true))
-                .map(|o| o.data_segs_in)
-                .fold(0, u32::wrapping_add);
-            let window_ms = backup_window_ms(s);
-            let w = self.backups_watched.entry(key).or_insert(BackupWatch {
-                grace_until: now.plus(backup_grace_ms(s)),
-                window: None,
-                tries: 0,
-                noted: false,
-            });
-            if now < w.grace_until {
-                continue;
-            }
-            let Some((from, segs_in, others_then)) = w.window else {
-                w.window = Some((now, s.data_segs_in, others_in));
-                continue;
-            };
-            let elapsed = now.since(from);
-            if elapsed < window_ms {
-                continue;
-            }
-            w.window = Some((now, s.data_segs_in, others_in));
-            // Counters that went back (a new subflow with the same
-            // addresses) or rounds too far apart for a window: measured
-            // afresh.
-            if s.data_segs_in < segs_in || others_in < others_then || elapsed > 3 * window_ms {
-                continue;
-            }
-            let got = s.data_segs_in - segs_in;
-            let others_got = others_in - others_then;
-            // A few retransmissions of what was in flight are no sign; a
-            // quarter of what the connection receives, while another path
-            // receives too, is.
-            if got >= IGNORED_MIN_SEGS && others_got > 0 && got * 4 >= got + others_got {
-                ignored.push((
-                    s,
-                    format!(
-                        "{got} data segments on it in the last {elapsed} ms ({}% of what the connection received)",
-                        got * 100 / (got + others_got)
-                    ),
-                ));
+            let others_in = received_elsewhere(samples, s);
+            let w = self
+                .backups_watched
+                .entry((s.local, s.remote))
+                .or_insert_with(|| BackupWatch::new(now, s));
+            if let Some(seen) = w.observe(now, s, others_in) {
+                ignored.push((s, seen));
             }
         }
         for (s, seen) in ignored {
@@ -242,9 +198,16 @@ impl Policy {
             let Some(w) = self.backups_watched.get_mut(&key) else {
                 continue;
             };
-            if w.tries >= IGNORED_MAX_TRIES || others > 0 {
-                if !w.noted {
-                    w.noted = true;
+            // A try is counted even if this round's own change of the
+            // endpoint takes the resend's place: that change sends an
+            // MP_PRIO too. Its instant as an active path is not measured.
+            let attempt = if others > 0 {
+                None
+            } else {
+                w.try_again(now, s)
+            };
+            let Some(attempt) = attempt else {
+                if w.first_note() {
                     self.notes.push(if others > 0 {
                         format!(
                             "the peer of {} -> {} sends on it though it is a backup (its MP_PRIO was most likely lost); left as it is: setting the flag again would make the path active for an instant on {others} other subflow(s) from {}",
@@ -258,16 +221,10 @@ impl Policy {
                     });
                 }
                 continue;
-            }
-            // A try is counted even if this round's own change of the
-            // endpoint takes the resend's place: that change sends an
-            // MP_PRIO too. Its instant as an active path is not measured.
-            w.tries += 1;
-            w.grace_until = now.plus(backup_grace_ms(s));
-            w.window = None;
+            };
             let why = format!(
-                "the subflow {} -> {} is a backup at this end, yet its peer sent {seen} while another path carried data: the MP_PRIO that told it (sent once, on this path) was most likely lost; the flag is set to the other value and back, which sends it again (try {} of {IGNORED_MAX_TRIES})",
-                s.local, s.remote, w.tries
+                "the subflow {} -> {} is a backup at this end, yet its peer sent {seen} while another path carried data: the MP_PRIO that told it (sent once, on this path) was most likely lost; the flag is set to the other value and back, which sends it again (try {attempt} of {IGNORED_MAX_TRIES})",
+                s.local, s.remote
             );
             self.priority_pending
                 .entry(e.id)
@@ -306,32 +263,6 @@ const JOIN_RECHECK_MS: u64 = 10;
 /// unanswered: the ordinary rounds find it if it ever completes).
 const JOIN_WATCH_MAX_MS: u64 = 2_000;
 
-/// A subflow this end has as a backup, watched for a peer that still
-/// sends on it.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct BackupWatch {
-    /// Until then, data already in flight when the peer was told may come.
-    grace_until: Time,
-    /// The window being measured: when it began, the data segments
-    /// received on the subflow then, and on the rest of its connection.
-    window: Option<(Time, u32, u32)>,
-    /// Flags set again for it so far.
-    tries: u32,
-    /// Whether leaving it as it is was said.
-    noted: bool,
-}
-
-/// Data already in flight when a peer was told a subflow is a backup
-/// arrives for about two RTTs (queues included).
-fn backup_grace_ms(s: &SubflowSample) -> u64 {
-    2 * u64::from(s.rtt_us) / 1000 + 50
-}
-
-/// A window of two RTTs, 200 ms at least.
-fn backup_window_ms(s: &SubflowSample) -> u64 {
-    (2 * u64::from(s.rtt_us) / 1000).max(200)
-}
-
 /// The other subflows from `addr` that setting its endpoint's flag to the
 /// other value and back would make active for an instant (those not known
 /// to be active already): a peer with data waiting fills the path at once.
@@ -342,14 +273,6 @@ fn made_active_by_flip(samples: &[SubflowSample], addr: IpAddr, except: SubflowK
         .filter(|o| o.local_backup != Some(false))
         .count()
 }
-
-/// Data segments a peer may still send on a subflow it was told is a
-/// backup, per window, before the telling is taken to have been lost: a
-/// few retransmissions of what was in flight.
-const IGNORED_MIN_SEGS: u32 = 4;
-
-/// How often a backup flag a peer ignores is set again before it is left.
-const IGNORED_MAX_TRIES: u32 = 3;
 
 fn flag_state(backup: bool) -> &'static str {
     if backup {
