@@ -41,7 +41,7 @@ pub struct BackupWatch {
 }
 
 impl BackupWatch {
-    /// Start watching `s` (just seen as a backup, or just told again).
+    /// Start watching `s`, just seen as a backup.
     pub fn new(now: Time, s: &SubflowSample) -> BackupWatch {
         BackupWatch {
             grace_until: now.plus(grace_ms(s)),

@@ -37,11 +37,11 @@ pub struct SubflowSample {
     /// The lowest RTT the subflow has seen (tcpi_min_rtt; 0 if unknown).
     pub min_rtt_us: u32,
     /// Whether this end has the subflow as a backup, for a subflow this
-    /// end opened (the connection's first, or a join once complete), on a
-    /// connection the kernel's own path manager runs (None otherwise):
-    /// what an endpoint's flag change should have made it, and what the
+    /// end opened (the connection's first, or a join once complete; None
+    /// otherwise): what a flag change should have made it, and what the
     /// peer was told (see `Policy::note_missed_priorities` and
-    /// `Policy::note_ignored_backups`).
+    /// `crate::backup_watch`). The host-wide policy gets None when the
+    /// per-connection path manager runs the connections.
     pub local_backup: Option<bool>,
     /// A subflow this end joined whose join is not complete yet, on a
     /// connection the kernel's own path manager runs: an endpoint flag

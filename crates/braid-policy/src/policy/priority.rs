@@ -29,8 +29,8 @@
 //! nothing retransmits it. The peer then keeps the path active and sends
 //! on it. That shows as data arriving on a subflow this end has as a
 //! backup, a large share of its connection's, while another path carries
-//! data too (`note_ignored_backups`); the flag is set again the same way,
-//! at most three times.
+//! data too (`note_ignored_backups`, with `crate::backup_watch`); the
+//! flag is set again the same way, at most three times.
 //!
 //! A change made while a subflow from the address is joining is followed
 //! by health rounds every `JOIN_RECHECK_MS` until the join is complete,
