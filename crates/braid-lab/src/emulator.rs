@@ -190,7 +190,12 @@ fn pump(input: Arc<OwnedFd>, output: Arc<OwnedFd>, dir: Arc<Direction>, stop: Ar
             let now = mono_ns();
             dir.stats.packets_in.fetch_add(1, Ordering::Relaxed);
             let verdict = if dir.to_client || dir.carrier.load(Ordering::Relaxed) {
-                dir.shaper.lock().unwrap().on_packet(now, n)
+                let mut shaper = dir.shaper.lock().unwrap();
+                if shaper.loses_mp_prio(&buf[..n]) {
+                    Verdict::Drop
+                } else {
+                    shaper.on_packet(now, n)
+                }
             } else {
                 Verdict::Drop
             };

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod emulator;
 pub mod guard;
 pub mod lab;
+pub mod mptcp_option;
 pub mod plot;
 pub mod pm;
 pub mod reaction;

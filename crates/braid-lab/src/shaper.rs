@@ -2,6 +2,7 @@
 //! packet's arrival time and size it decides to drop it or when to release
 //! it. Deterministic for a given seed.
 
+use crate::mptcp_option::{carries_mptcp, MP_PRIO};
 use crate::spec::PathSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +19,8 @@ pub struct Shaper {
     rng: fastrand::Rng,
     last_release: u64,
     link_free_at: u64,
+    /// MP_PRIO options lost so far (`PathSpec::lose_mp_prio`).
+    mp_prio_lost: u32,
 }
 
 /// With an emulator rate, a packet waiting longer than this is tail-dropped.
@@ -31,7 +34,19 @@ impl Shaper {
             rng: fastrand::Rng::with_seed(seed),
             last_release: 0,
             link_free_at: 0,
+            mp_prio_lost: 0,
         }
+    }
+
+    /// Whether `packet` carries one of the first MP_PRIO options the spec
+    /// loses (`PathSpec::lose_mp_prio`): it is then lost, whatever else
+    /// would happen to it.
+    pub fn loses_mp_prio(&mut self, packet: &[u8]) -> bool {
+        if self.mp_prio_lost >= self.spec.lose_mp_prio || !carries_mptcp(packet, MP_PRIO) {
+            return false;
+        }
+        self.mp_prio_lost += 1;
+        true
     }
 
     pub fn on_packet(&mut self, now: u64, len: usize) -> Verdict {
@@ -78,6 +93,27 @@ mod tests {
             loss,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_first_mp_prios_asked_for_are_lost_and_nothing_else() {
+        use crate::mptcp_option::{ipv4_tcp, PRIO_OPTION};
+        let prio = ipv4_tcp(&PRIO_OPTION);
+        let ack = ipv4_tcp(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+        let mut s = Shaper::new(
+            PathSpec {
+                lose_mp_prio: 2,
+                ..spec(0, 0, 0.0)
+            },
+            1,
+        );
+        assert!(!s.loses_mp_prio(&ack));
+        assert!(s.loses_mp_prio(&prio));
+        assert!(!s.loses_mp_prio(&ack));
+        assert!(s.loses_mp_prio(&prio));
+        assert!(!s.loses_mp_prio(&prio), "only the first two");
+        let mut s = Shaper::new(spec(0, 0, 0.0), 1);
+        assert!(!s.loses_mp_prio(&prio), "none asked for");
     }
 
     #[test]

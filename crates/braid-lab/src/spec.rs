@@ -22,6 +22,12 @@ pub struct PathSpec {
     /// instead of a tbf qdisc on the path's devices.
     #[serde(default)]
     pub rate_in_emulator: bool,
+    /// The first this many MP_PRIO options (a subflow's backup flag) in
+    /// each direction are lost with their packets, as a lossy path may
+    /// lose the one MP_PRIO it is told: what makes a peer miss a backup
+    /// flag, on purpose.
+    #[serde(default)]
+    pub lose_mp_prio: u32,
 }
 
 /// `"1.5ms"` -> (1.5, "ms"), lower-cased; `what` names it in the error.
@@ -110,6 +116,16 @@ pub fn parse_loss(s: &str) -> Result<f64, LabError> {
         )));
     }
     Ok(v)
+}
+
+/// Parse a count such as `--lose-mp-prio`'s: a whole number, 0 to 1000.
+pub fn parse_count(s: &str, what: &str) -> Result<u32, LabError> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if n <= 1000 => Ok(n),
+        _ => Err(LabError::Invalid(format!(
+            "invalid --{what} '{s}': expected a whole number from 0 to 1000"
+        ))),
+    }
 }
 
 /// Split `a,b,c` into exactly `n` items; a single item applies to all.

@@ -106,6 +106,10 @@ pub struct LinkArgs {
     /// Let jitter reorder packets.
     #[arg(long)]
     pub reorder: bool,
+    /// Lose the first N MP_PRIO options (backup flags) sent each way on
+    /// each path, e.g. 1,0: a peer that misses a backup flag, on purpose.
+    #[arg(long, value_name = "N")]
+    pub lose_mp_prio: Option<String>,
     /// Where the rate is applied: a tbf qdisc on each end, or the emulator.
     #[arg(long, value_parser = ["tbf", "emulator"], default_value = "tbf")]
     pub rate_by: String,
@@ -119,6 +123,7 @@ impl Default for LinkArgs {
             jitter: "0".into(),
             loss: None,
             reorder: false,
+            lose_mp_prio: None,
             rate_by: "tbf".into(),
         }
     }
@@ -359,6 +364,7 @@ pub fn path_specs(n: usize, a: &LinkArgs) -> Result<Vec<PathSpec>, LabError> {
     let delays = spec::per_path(&a.delay, n, "delay")?;
     let jitters = spec::per_path(&a.jitter, n, "jitter")?;
     let losses = spec::per_path(a.loss.as_deref().unwrap_or("0"), n, "loss")?;
+    let lost_prios = spec::per_path(a.lose_mp_prio.as_deref().unwrap_or("0"), n, "lose-mp-prio")?;
     (0..n)
         .map(|k| {
             Ok(PathSpec {
@@ -368,6 +374,7 @@ pub fn path_specs(n: usize, a: &LinkArgs) -> Result<Vec<PathSpec>, LabError> {
                 loss: spec::parse_loss(losses[k])?,
                 reorder: a.reorder,
                 rate_in_emulator: a.rate_by == "emulator",
+                lose_mp_prio: spec::parse_count(lost_prios[k], "lose-mp-prio")?,
             })
         })
         .collect()
@@ -395,6 +402,12 @@ pub fn describe(spec: &PathSpec) -> String {
     }
     if spec.loss > 0.0 {
         s.push_str(&format!(" loss {}%", spec.loss * 100.0));
+    }
+    if spec.lose_mp_prio > 0 {
+        s.push_str(&format!(
+            " (its first {} MP_PRIO each way lost)",
+            spec.lose_mp_prio
+        ));
     }
     s
 }

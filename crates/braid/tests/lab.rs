@@ -203,6 +203,10 @@ fn bad_lab_arguments_are_clear_errors() {
             vec!["lab", "up", "--name", "x1", "--loss", "120%"],
             "out of range",
         ),
+        (
+            vec!["lab", "up", "--name", "x1", "--lose-mp-prio", "many,0"],
+            "invalid --lose-mp-prio 'many'",
+        ),
         (vec!["lab", "run", "nosuch"], "unknown scenario"),
         (
             vec!["lab", "run", "aggregate", "--pm", "magic"],
@@ -427,6 +431,58 @@ fn braid_modes_short_form() {
         p50 > 70.0,
         "interactive should move to path 1: p50 {p50} ms"
     );
+}
+
+/// A backup flag the peer never heard, its MP_PRIO lost on purpose by the
+/// emulator (`--lose-mp-prio`), is told again: by the host-wide policy
+/// (its endpoint flipped and back) and by the per-connection one (the
+/// same flag set again). The server's kernel hears it: its last
+/// sub_priority event for the lossy subflow says backup.
+#[test]
+fn a_backup_flag_whose_mp_prio_is_lost_is_told_again() {
+    let _turn = heavy();
+    for pm in ["braid:interactive", "braid-conn:interactive"] {
+        let dir = std::env::temp_dir().join(format!(
+            "braid-lost-prio-{}-{}",
+            std::process::id(),
+            pm.replace(':', "-")
+        ));
+        let logs = dir.to_str().unwrap();
+        let v = ok_json(&[
+            "--json",
+            "lab",
+            "run",
+            "lossy-primary",
+            "--pm",
+            pm,
+            "--duration",
+            "8s",
+            "--lose-mp-prio",
+            "1,0",
+            "--logs",
+            logs,
+        ]);
+        assert_eq!(v[0]["bytes_corrupt"], 0, "{pm}: {:#}", v[0]);
+        let stem = pm.replace(':', "-");
+        let log = std::fs::read_to_string(dir.join(format!("{stem}-braid-daemon.log")))
+            .expect("the daemon's log");
+        let events = std::fs::read_to_string(dir.join(format!("{stem}-server-events.jsonl")))
+            .expect("the server's MPTCP events");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            log.contains("is a backup at this end, yet its peer sent"),
+            "{pm}: the lost flag was not told again:\n{log}"
+        );
+        let last = events
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .rfind(|e| e["kind"] == "sub_priority" && e["daddr"] == "10.1.0.1");
+        assert_eq!(
+            last.as_ref().map(|e| e["backup"].clone()),
+            Some(serde_json::Value::Bool(true)),
+            "{pm}: the server never heard p0's backup flag:\n{events}\n{log}"
+        );
+    }
 }
 
 #[test]
