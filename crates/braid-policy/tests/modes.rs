@@ -498,40 +498,6 @@ fn standby_routes_get_a_larger_initial_window_until_the_daemon_stops() {
     assert_eq!(initcwnd_changes(&ds), vec![(3, 200, None)]);
 }
 
-/// Handover's standby is the path not carrying traffic: once a lossy
-/// primary is left, it is the one that takes over if the secondary fails,
-/// resending what was in flight there, so it gets the window; the
-/// secondary keeps its own (it may have to hand back at once).
-#[test]
-fn a_primary_left_by_handover_stands_by_with_the_larger_window() {
-    let (mut s, ds) = sim(PathMode::Handover);
-    assert_eq!(initcwnd_changes(&ds), vec![(3, 200, Some(40))]);
-    s.health(0, ok(20, 0), ok(60, 0));
-    let lossy = P {
-        retrans: 10,
-        ..ok(20, 50)
-    };
-    let ds = s.health(100, lossy, ok(60, 0));
-    assert_eq!(s.flags(), (SUBFLOW | BACKUP, SUBFLOW), "{ds:?}");
-    assert_eq!(initcwnd_changes(&ds), vec![(2, 254, Some(40))]);
-    assert!(
-        ds.iter()
-            .any(|d| d.reason.contains("eth0 stands by (handover mode)")),
-        "{ds:?}"
-    );
-    // Healthy for the hold time: eth0 carries traffic again, and its
-    // window is put back; wlan0's stays.
-    let mut back = Vec::new();
-    for k in 1..=8u64 {
-        back = s.health(100 + k * 500, ok(20, 100 + 50 * k as u32), ok(60, 0));
-        if !flag_changes(&back).is_empty() {
-            break;
-        }
-    }
-    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP), "{back:?}");
-    assert_eq!(initcwnd_changes(&back), vec![(2, 254, None)]);
-}
-
 #[test]
 fn leaving_a_path_mode_restores_the_routes_previous_window() {
     let (mut s, ds) = sim(PathMode::Aggregate);

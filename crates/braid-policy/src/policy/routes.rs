@@ -18,18 +18,8 @@ impl Policy {
         self.modes_in_use().into_iter().find(|m| match m {
             PathMode::Aggregate => false,
             PathMode::Interactive => true,
-            PathMode::Handover => self.role_of(w) == Role::Secondary || self.handed_over_from(w),
+            PathMode::Handover => self.role_of(w) == Role::Secondary,
         })
-    }
-
-    /// Whether `w` is a primary the host-wide handover has left (it is
-    /// failing, and the secondary carries traffic): it stands by now, and
-    /// takes over again if the secondary fails.
-    fn handed_over_from(&self, w: &Want) -> bool {
-        self.config.pm != PmKind::Userspace
-            && self.config.policy.mode == PathMode::Handover
-            && self.failed_over
-            && w.flags & Flag::Backup.bit() != 0
     }
 
     /// The interfaces that stand by and may have to take over at once,
