@@ -14,7 +14,9 @@
 //! backup subflow with a [`BackupWatch`] and tell the peer again, in the
 //! way their path manager allows, at most [`IGNORED_MAX_TRIES`] times.
 
-use crate::health::SubflowSample;
+use std::collections::BTreeMap;
+
+use crate::health::{SubflowKey, SubflowSample};
 use crate::time::Time;
 
 /// How often a backup flag a peer ignores is told again before it is left.
@@ -105,9 +107,32 @@ impl BackupWatch {
     }
 }
 
+/// One health round of a policy's watches: `backups` are this end's
+/// backup subflows among `samples`. Those no longer backups are
+/// forgotten, new ones watched; returned are those whose window closed
+/// with the peer sending on them, with what was seen.
+pub fn observe_backups<'a>(
+    watched: &mut BTreeMap<SubflowKey, BackupWatch>,
+    now: Time,
+    samples: &[SubflowSample],
+    backups: &[&'a SubflowSample],
+) -> Vec<(&'a SubflowSample, String)> {
+    watched.retain(|k, _| backups.iter().any(|s| (s.local, s.remote) == *k));
+    backups
+        .iter()
+        .filter_map(|s| {
+            let others_in = received_elsewhere(samples, s);
+            let w = watched
+                .entry((s.local, s.remote))
+                .or_insert_with(|| BackupWatch::new(now, s));
+            w.observe(now, s, others_in).map(|seen| (*s, seen))
+        })
+        .collect()
+}
+
 /// The data segments the rest of `s`'s connection received so far on its
 /// subflows that are not backups at this end.
-pub fn received_elsewhere(samples: &[SubflowSample], s: &SubflowSample) -> u32 {
+fn received_elsewhere(samples: &[SubflowSample], s: &SubflowSample) -> u32 {
     samples
         .iter()
         .filter(|o| o.conn == s.conn && (o.local, o.remote) != (s.local, s.remote))

@@ -24,7 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backup_watch::{received_elsewhere, BackupWatch, IGNORED_MAX_TRIES};
+use crate::backup_watch::{observe_backups, BackupWatch, IGNORED_MAX_TRIES};
 use crate::budget::SwitchBudget;
 use crate::config::{PathMode, PolicyConfig, Role};
 use crate::health::{HealthTracker, PathProblem, SubflowSample};
@@ -442,16 +442,9 @@ impl Conn {
                     .is_some_and(|sf| sf.backup)
             })
             .collect();
-        self.backups_watched
-            .retain(|k, _| backups.iter().any(|s| (s.local, s.remote) == *k));
-        for s in backups {
+        for (s, seen) in observe_backups(&mut self.backups_watched, now, samples, &backups) {
             let key = (s.local, s.remote);
-            let others_in = received_elsewhere(samples, s);
-            let w = self
-                .backups_watched
-                .entry(key)
-                .or_insert_with(|| BackupWatch::new(now, s));
-            let Some(seen) = w.observe(now, s, others_in) else {
+            let Some(w) = self.backups_watched.get_mut(&key) else {
                 continue;
             };
             match w.try_again(now, s) {

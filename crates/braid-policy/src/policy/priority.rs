@@ -43,7 +43,7 @@
 use std::net::IpAddr;
 
 use super::*;
-use crate::backup_watch::{received_elsewhere, BackupWatch, IGNORED_MAX_TRIES};
+use crate::backup_watch::{observe_backups, IGNORED_MAX_TRIES};
 use crate::health::SubflowSample;
 
 impl Policy {
@@ -173,19 +173,7 @@ impl Policy {
                     .is_some_and(|e| e.flags & Flag::Backup.bit() != 0)
             })
             .collect();
-        self.backups_watched
-            .retain(|k, _| backups.iter().any(|s| (s.local, s.remote) == *k));
-        let mut ignored: Vec<(&SubflowSample, String)> = Vec::new();
-        for s in &backups {
-            let others_in = received_elsewhere(samples, s);
-            let w = self
-                .backups_watched
-                .entry((s.local, s.remote))
-                .or_insert_with(|| BackupWatch::new(now, s));
-            if let Some(seen) = w.observe(now, s, others_in) {
-                ignored.push((s, seen));
-            }
-        }
+        let ignored = observe_backups(&mut self.backups_watched, now, samples, &backups);
         for (s, seen) in ignored {
             let key = (s.local, s.remote);
             let Some(e) = self.managed_endpoint_of(s.local.ip()).cloned() else {
