@@ -247,8 +247,8 @@ pub struct PolicyConfig {
     /// routes alone. Restored when the daemon stops.
     pub standby_initcwnd: u32,
     /// Handover and interactive: when a path that was receiving goes
-    /// silent for one RTT (at least 40 ms), send it an ICMP echo (two,
-    /// 10 ms apart); no answer in time (twice the path's minimum RTT, see
+    /// silent for one RTT (at least 15 ms), send it ICMP echoes (five,
+    /// spread over the first half of the wait); no answer in time (twice the path's minimum RTT, see
     /// `PathHealth::silence_probe_timeout_ms`) marks it unreachable, like a
     /// stall.
     /// A receiver has nothing outstanding, so without this a download only

@@ -212,6 +212,8 @@ struct LossMeter {
     /// When a rate last changed (a sample of traffic or echoes, or a
     /// halving): what the fading counts from.
     last_sample_ms: u64,
+    /// When the last round was.
+    last_round_ms: Option<u64>,
 }
 
 /// One direction's smoothed loss rate, and what is accumulated for the
@@ -225,6 +227,8 @@ struct DirectionLoss {
     /// with a rate of 0 it was half the loss, and a path losing 10 % took
     /// two samples, 3.1 s at 50 segments a second, to be found).
     sampled: bool,
+    /// The first round that counted segments for the sample under way.
+    opened_ms: Option<u64>,
 }
 
 impl DirectionLoss {
@@ -233,9 +237,15 @@ impl DirectionLoss {
         self.segs = self.segs.saturating_add(segs);
     }
 
-    /// Takes a sample if at least `min_segs` segments were seen.
-    fn sample(&mut self, min_segs: u64) -> bool {
-        if self.segs < min_segs {
+    /// Takes a sample if at least `min_segs` segments were seen over at
+    /// least `LOSS_SAMPLE_MIN_MS`; `last_round_ms`: when the segments
+    /// first counted started to come, at the latest.
+    fn sample(&mut self, min_segs: u64, last_round_ms: u64, now_ms: u64) -> bool {
+        if self.segs == 0 {
+            return false;
+        }
+        let opened = *self.opened_ms.get_or_insert(last_round_ms);
+        if self.segs < min_segs || now_ms.saturating_sub(opened) < LOSS_SAMPLE_MIN_MS {
             return false;
         }
         let sample = (self.lost / self.segs as f64).min(1.0);
@@ -247,6 +257,7 @@ impl DirectionLoss {
         self.sampled = true;
         self.lost = 0.0;
         self.segs = 0;
+        self.opened_ms = None;
         true
     }
 }
@@ -271,8 +282,9 @@ impl LossMeter {
     /// sample; an idle path's (or host's) old loss is halved every
     /// `decay_ms`, so it can be tried again. `loss` is set to the figure.
     fn round(&mut self, loss: &mut f64, now_ms: u64, decay_ms: u64) {
-        let sent = self.sent.sample(LOSS_MIN_SEGS);
-        let received = self.received.sample(LOSS_MIN_SEGS);
+        let last_round = self.last_round_ms.replace(now_ms).unwrap_or(now_ms);
+        let sent = self.sent.sample(LOSS_MIN_SEGS, last_round, now_ms);
+        let received = self.received.sample(LOSS_MIN_SEGS, last_round, now_ms);
         if sent || received {
             self.last_traffic_ms = now_ms;
             self.last_sample_ms = now_ms;
@@ -630,15 +642,20 @@ impl PathHealth {
     }
 
     /// How long a subflow waits for an ACK before a stall seen towards one
-    /// host is probed: early enough that the answer (or its absence) is in
-    /// when the stall threshold is reached, so confirming costs no time;
-    /// never before half the threshold.
+    /// host is probed: once TCP itself would have expected the ACK
+    /// (srtt + 4 rttvar, at least `PROBE_AFTER_MIN_MS`), and no later than
+    /// the answer (or its absence) is in when the stall threshold is
+    /// reached (never before half of it). On short paths the threshold
+    /// (100 ms) is many RTTs: probing at half of it made the daemon act
+    /// 82-87 ms after a blackhole at 0/0 and 1/10 ms; at TCP's own wait it
+    /// acts after 30-42 ms (upload 1/10 ms, 1 %: stall 95 -> 47 ms median).
     pub fn stall_probe_at_ms(&self, stall_ms: u64) -> u64 {
         let threshold = self.stall_threshold_ms(stall_ms);
-        threshold
+        let answer_by_threshold = threshold
             .saturating_sub(self.probe_timeout_ms())
             .saturating_sub(STALL_PROBE_MARGIN_MS)
-            .max(threshold / 2)
+            .max(threshold / 2);
+        answer_by_threshold.min(self.probe_timeout_ms().max(PROBE_AFTER_MIN_MS))
     }
 
     /// Whether the path's wait for an ACK should be probed now: it has
@@ -891,6 +908,14 @@ const STALL_REPROBE_MAX_MS: u64 = 60_000;
 /// as 5.2 %). The first sample is taken as the rate: at 50 segments a
 /// second, a path losing 10 % is found after 0.8 s.
 pub const LOSS_MIN_SEGS: u64 = 40;
+/// A sample of the loss rate also spans at least this long: the default
+/// poll interval, which the rates above were measured with. Health rounds
+/// brought forward for probes (every 15 ms on a 0 ms path) cut samples of
+/// 40 segments at 40 Mbit/s, and one timeout's burst of retransmissions
+/// then read as the rate: a path losing 1 % was left as losing 5.5-8.9 %
+/// in 4 of 4 lab runs (0/0 ms, upload), and given back 3 s later while
+/// it was blackholed.
+const LOSS_SAMPLE_MIN_MS: u64 = 100;
 /// A lossy path is measured with echoes once it has carried too little
 /// traffic to measure for this long, one echo every
 /// `LOSS_ECHO_INTERVAL_MS`, a sample of `LOSS_ECHO_SAMPLE` at a time: 10
@@ -908,7 +933,13 @@ const RX_ACTIVE_BYTES: u64 = 16 * 1024;
 const RX_MEMORY_MS: u64 = 2000;
 /// The shortest silence after which a receiving path counts as idle.
 const IDLE_AFTER_MS: u64 = 200;
-pub const PROBE_AFTER_MIN_MS: u64 = 40;
+/// The shortest silence (or wait for an ACK) before a path is probed. It
+/// was 40 ms, over the whole detection budget of a blackhole on a 0 ms
+/// path (30 ms: three RTTs, one resend, 30 ms). At 15 ms the daemon acts
+/// 25-35 ms after a blackhole there (download stall 53 -> 30 ms median,
+/// lab A/B, 3 runs a cell); a probe costs five echoes, and a silence that
+/// short in mid-transfer is rare: an answered probe changes nothing.
+pub const PROBE_AFTER_MIN_MS: u64 = 15;
 /// A silence probe waits at least this much over the path's minimum RTT
 /// (answers to probes of a 0.1 ms lab path took 0.1-8.4 ms, once 20 ms,
 /// with two cores busy with a transfer and the link emulator).
@@ -1484,6 +1515,23 @@ mod tests {
         assert_eq!(t.paths[&1].srtt_ms, Some(20.0));
     }
 
+    #[test]
+    fn a_sample_of_loss_spans_a_poll_interval_however_often_rounds_come() {
+        let mut t = HealthTracker::default();
+        t.update(0, &[s(1, 0, 0, 0, 0, 1_000)], 300, 0.05, 3000, 1);
+        // Rounds 15 ms apart on a fast path; one timeout resends 5 of 45.
+        t.update(15, &[s(1, 5, 45, 0, 0, 1_000)], 300, 0.05, 3000, 1);
+        assert_eq!(t.paths[&1].loss, 0.0, "15 ms is no sample yet");
+        let mut segs = 45;
+        for now in [30, 45, 60, 75, 90, 105] {
+            segs += 45;
+            t.update(now, &[s(1, 5, segs, 0, 0, 1_000)], 300, 0.05, 3000, 1);
+        }
+        let loss = t.paths[&1].loss;
+        assert!((loss - 5.0 / 315.0).abs() < 1e-9, "{loss}");
+        assert!(!t.paths[&1].lossy);
+    }
+
     /// A subflow that has received `segs` data segments, `ooo` of them
     /// behind a hole, over a 100 ms RTT.
     fn receiving(segs: u32, ooo: u32) -> SubflowSample {
@@ -1653,7 +1701,7 @@ mod tests {
         t.update(0, &[w(0, 0)], 100, 0.05, 3000, 1);
         t.update(10, &[w(5, 0)], 100, 0.05, 3000, 1);
         assert_eq!(t.paths[&1].stalled_ms, 0);
-        assert_eq!(t.until_next_stall_ms(100, true), Some(50));
+        assert_eq!(t.until_next_stall_ms(100, true), Some(40));
         assert_eq!(t.until_next_stall_ms(100, false), Some(100));
     }
 
@@ -1661,17 +1709,19 @@ mod tests {
     fn a_wait_towards_one_host_is_probed_before_the_stall_threshold() {
         let mut t = HealthTracker::default();
         // rtt 20 ms, rttvar 5 ms: a probe's answer is due within
-        // 20 + max(4 x 5, 10) = 40 ms; threshold 100 ms: probe at
-        // 100 - 40 - 20 (margin) = 40, but never before half: 50 ms.
+        // 20 + max(4 x 5, 10) = 40 ms; threshold 100 ms: the answer is in
+        // by then if the probe goes at 100 - 40 - 20 (margin) = 40 ms
+        // (never before half: 50), but TCP itself would have expected an
+        // ACK after 40: probe at 40 ms.
         let w = |unacked, last_ack| s(1, 0, 100, unacked, last_ack, 20_000);
         t.update(0, &[w(0, 5)], 100, 0.05, 3000, 1);
         t.update(10, &[w(5, 5)], 100, 0.05, 3000, 1);
-        assert_eq!(t.paths[&1].stall_probe_at_ms(100), 50);
+        assert_eq!(t.paths[&1].stall_probe_at_ms(100), 40);
         t.update(30, &[w(5, 25)], 100, 0.05, 3000, 1);
         assert_eq!(t.paths[&1].stalled_ms, 20);
         assert_eq!(
             t.until_next_stall_ms(100, true),
-            Some(30),
+            Some(20),
             "the next round comes when the probe is due"
         );
         assert_eq!(t.until_next_stall_ms(100, false), Some(80));

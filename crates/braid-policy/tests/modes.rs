@@ -632,15 +632,15 @@ fn a_receiving_path_that_goes_silent_is_probed() {
     let (mut s, _) = sim(PathMode::Handover);
     s.health(0, receiving(0, 0), ok(60, 0));
     s.health(100, receiving(500_000, 1), ok(60, 0));
-    // Silent for 20 ms: not yet (one RTT, at least 40 ms); the next round
-    // is due when the silence would reach it.
-    assert!(probes(&s.health(120, receiving(500_000, 20), ok(60, 0))).is_empty());
-    assert_eq!(s.p.health_check_due_in_ms(), Some(20));
-    let ds = s.health(140, receiving(500_000, 40), ok(60, 0));
+    // Silent for 10 ms: not yet (one RTT, 20 ms, at least 15); the next
+    // round is due when the silence would reach it.
+    assert!(probes(&s.health(110, receiving(500_000, 10), ok(60, 0))).is_empty());
+    assert_eq!(s.p.health_check_due_in_ms(), Some(10));
+    let ds = s.health(120, receiving(500_000, 20), ok(60, 0));
     let remote: IpAddr = "203.0.113.1".parse().unwrap();
     assert_eq!(probes(&ds), vec![(2, remote)], "{ds:?}");
     assert!(
-        ds[0].reason.contains("no data has come for 40 ms"),
+        ds[0].reason.contains("no data has come for 20 ms"),
         "{}",
         ds[0].reason
     );

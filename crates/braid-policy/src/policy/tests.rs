@@ -92,7 +92,7 @@ fn probes(ds: &[Decision]) -> Vec<Action> {
         .collect()
 }
 
-/// Receiving from `remote`, then silent for 40 ms (the minimum): the
+/// Receiving from `remote`, then silent for 40 ms (past the 20 ms RTT and the 15 ms minimum): the
 /// decisions of the silent round.
 fn silence(p: &mut Policy, remote: &str) -> Vec<Decision> {
     p.handle(receiving(remote, 0, 0), 0);
@@ -205,10 +205,11 @@ fn a_silence_goes_on_being_probed_after_an_answer() {
     let answer =
         |p: &mut Policy, rtt_ms: Option<f64>, now: u64| p.handle(probe_result(remote, rtt_ms), now);
     answer(&mut p, Some(5.0), 145);
-    // Not again before the silence has gone on for another 40 ms.
-    let ds = p.handle(receiving(remote, 500_000, 70), 170);
+    // Probed at 40 ms of silence; not again before it has gone on for
+    // another smoothed RTT (20 ms).
+    let ds = p.handle(receiving(remote, 500_000, 55), 155);
     assert!(probes(&ds).is_empty(), "{ds:?}");
-    let ds = p.handle(receiving(remote, 500_000, 80), 180);
+    let ds = p.handle(receiving(remote, 500_000, 60), 160);
     assert!(
         ds.iter()
             .any(|d| matches!(d.action, Action::ProbePath { .. })
@@ -216,18 +217,18 @@ fn a_silence_goes_on_being_probed_after_an_answer() {
                     .contains("again, an earlier probe of this silence was answered")),
         "{ds:?}"
     );
-    answer(&mut p, Some(5.0), 185);
-    // Then 80 ms after that one.
-    let ds = p.handle(receiving(remote, 500_000, 150), 250);
+    answer(&mut p, Some(5.0), 165);
+    // Then 40 ms after that one.
+    let ds = p.handle(receiving(remote, 500_000, 95), 195);
     assert!(probes(&ds).is_empty(), "{ds:?}");
-    let ds = p.handle(receiving(remote, 500_000, 160), 260);
+    let ds = p.handle(receiving(remote, 500_000, 100), 200);
     assert_eq!(probes(&ds).len(), 1, "{ds:?}");
     // Unanswered: a round is wanted at once; the silence goes on in it,
     // so the path is unreachable and the secondary takes over.
-    let ds = answer(&mut p, None, 300);
+    let ds = answer(&mut p, None, 230);
     assert!(ds.is_empty(), "{ds:?}");
     assert_eq!(p.health_check_due_in_ms(), Some(0));
-    let ds = p.handle(receiving(remote, 500_000, 200), 300);
+    let ds = p.handle(receiving(remote, 500_000, 130), 230);
     assert!(
         ds.iter()
             .any(|d| d.reason.contains("the secondary takes over")),
