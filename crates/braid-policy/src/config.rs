@@ -256,7 +256,9 @@ pub struct PolicyConfig {
     /// stall seen on connections to one remote host only (sent before the
     /// stall threshold is reached, so it costs no time). Echoes also
     /// measure the loss of a lossy path that stands by and carries no
-    /// traffic (`PathHealth::wants_loss_echo`). Needs CAP_NET_RAW.
+    /// traffic (`PathHealth::wants_loss_echo`), and check that a primary
+    /// standing by still answers before handover gives it the traffic
+    /// back (`PathHealth::want_check`). Needs CAP_NET_RAW.
     pub probe_silent_paths: bool,
     /// A link whose carrier comes back (or that is set up again) is used
     /// again only once it has kept carrier this long, doubled for each

@@ -193,6 +193,40 @@ pub struct PathHealth {
     /// echoes, so none are sent until the path is no longer lossy.
     #[serde(skip)]
     echo_deaf: bool,
+    /// When (policy clock, ms) the path last showed that it carries
+    /// packets: an ACK on one of its subflows, or an answer to a probe or
+    /// an echo.
+    #[serde(skip)]
+    heard_ms: Option<u64>,
+    /// The check that a standby path still works before it takes traffic
+    /// back (`want_check`).
+    #[serde(skip)]
+    check: Check,
+}
+
+/// A check that a path standing by still works, before it takes traffic
+/// back: a standby carries nothing, so a path that failed meanwhile looks
+/// as healthy as one that did not.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+enum Check {
+    #[default]
+    None,
+    Wanted,
+    Sent(IpAddr),
+    /// Unanswered by a peer never heard answering an echo on this path:
+    /// that says nothing, and the path is taken back as before.
+    Waived,
+}
+
+/// What a check's answer (or its absence) says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckVerdict {
+    Answered,
+    /// Unanswered by a peer that answers echoes: the path does not take
+    /// traffic back, and its time to be healthy starts again.
+    Unanswered,
+    /// Unanswered by a peer never heard answering: nothing learned.
+    Waived,
 }
 
 /// What makes a smoothed loss rate, one per direction: segments are
@@ -432,6 +466,7 @@ impl PathHealth {
 
     /// A silence probe of this path was answered after `rtt_ms`.
     fn probe_answered(&mut self, rtt_ms: f64, now_ms: u64) {
+        self.heard(now_ms);
         let keep = self
             .slow_echo
             .as_ref()
@@ -600,9 +635,81 @@ impl PathHealth {
         self.last_echo_result_ms = Some(now_ms);
         self.echo_heard |= answered;
         if answered {
+            self.heard(now_ms);
             self.echoes.0 += 1;
         } else {
             self.echoes.1 += 1;
+        }
+    }
+
+    /// The path showed at `at_ms` that it carries packets.
+    fn heard(&mut self, at_ms: u64) {
+        self.heard_ms = Some(self.heard_ms.map_or(at_ms, |t| t.max(at_ms)));
+    }
+
+    /// Whether the path showed within the last `ms` that it carries
+    /// packets, or a check of it was waived (its peer answers no echoes).
+    pub fn proven_within(&self, now_ms: u64, ms: u64) -> bool {
+        self.check == Check::Waived
+            || self
+                .heard_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) <= ms)
+    }
+
+    /// Ask for a check that the path still works (one at a time).
+    pub fn want_check(&mut self) {
+        if self.check == Check::None {
+            self.check = Check::Wanted;
+        }
+    }
+
+    /// The path carries traffic again (or never stood by): no check.
+    pub fn forget_check(&mut self) {
+        self.check = Check::None;
+    }
+
+    /// The check to send now, if one is wanted, no other probe of the path
+    /// is under way and `can_probe` its peer: (local, remote, timeout_ms),
+    /// marked as sent. Nothing of ours is queued on a standby: the answer
+    /// takes about the minimum RTT, as for a silent path.
+    pub fn check_due(
+        &mut self,
+        now_ms: u64,
+        can_probe: impl Fn(&IpAddr) -> bool,
+    ) -> Option<(IpAddr, IpAddr, u64)> {
+        if self.check != Check::Wanted
+            || self.probed
+            || self.stall_probe.as_ref().is_some_and(StallProbe::pending)
+        {
+            return None;
+        }
+        let (local, remote) = self.echo_pair().filter(|(_, r)| can_probe(r))?;
+        self.check = Check::Sent(remote);
+        Some((local, remote, self.silence_probe_timeout_ms(now_ms)))
+    }
+
+    /// Whether a check of this path to `remote` is under way.
+    pub fn check_under_way(&self, remote: IpAddr) -> bool {
+        self.check == Check::Sent(remote)
+    }
+
+    /// The check's answer, or its absence, at `now_ms`.
+    pub fn check_result(&mut self, answered: bool, now_ms: u64) -> CheckVerdict {
+        if answered {
+            self.check = Check::None;
+            self.echo_heard = true;
+            self.heard(now_ms);
+            return CheckVerdict::Answered;
+        }
+        // Silence probes' answers (`slow_echo`) and loss echoes' show the
+        // peer answers echoes on this path.
+        if self.echo_heard || self.slow_echo.is_some() {
+            self.check = Check::None;
+            self.healthy_since_ms = Some(now_ms);
+            CheckVerdict::Unanswered
+        } else {
+            self.check = Check::Waived;
+            CheckVerdict::Waived
         }
     }
 
@@ -702,6 +809,9 @@ impl PathHealth {
     /// again after the same back-off as one that was answered, a silence
     /// probe at the next round.
     pub fn probe_failed(&mut self, remote: IpAddr) {
+        if self.check_under_way(remote) {
+            self.check = Check::Wanted;
+        }
         if let Some(p) = self
             .stall_probe
             .as_mut()
@@ -1310,6 +1420,7 @@ impl HealthTracker {
                 .map(|r| r as f64 / 1000.0);
             observe_loss(h, subs, &delta, now_ms, loss_threshold, decay_ms);
             let freshest = observe_stall(h, subs, &delta, now_ms, stall_ms);
+            h.heard(now_ms.saturating_sub(freshest as u64));
             observe_receiving(h, subs, &delta, now_ms);
             // A silence probe goes to `probe_pair`'s remote: the minimum
             // RTT is that remote's (another server on the same interface

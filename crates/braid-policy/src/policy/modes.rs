@@ -157,7 +157,30 @@ impl Policy {
                     .is_none()
             })
             .collect();
-        let held = healthy.iter().any(|i| self.primary_held(&wanted[*i]));
+        let held: Vec<usize> = healthy
+            .iter()
+            .copied()
+            .filter(|i| self.primary_held(&wanted[*i]))
+            .collect();
+        // A primary that stood by carried nothing: failed meanwhile, it
+        // would look as healthy as one that did not. Seen in the lab: a
+        // primary left for loss, blackholed while it stood by, was given
+        // the traffic back 3 s later (a 400 ms stall). It answers a probe
+        // first.
+        let unproven =
+            self.failed_over && !held.is_empty() && !held.iter().any(|i| self.proven(&wanted[*i]));
+        if unproven {
+            for i in &held {
+                if let Some(h) = self
+                    .ifindex_of(wanted[*i].addr)
+                    .and_then(|x| self.health.paths.get_mut(&x))
+                {
+                    h.want_check();
+                }
+            }
+            self.checks_due();
+        }
+        let held = !held.is_empty() && !unproven;
         let why_down = self.why_primaries_fail(wanted, &primaries);
         let mut failed = if self.failed_over {
             !held
@@ -177,7 +200,12 @@ impl Policy {
                 }
             }
         }
-        let reason = if let Some(why) = held_back {
+        let reason = if unproven {
+            format!(
+                "handover: the primary has been healthy for {} ms, but it carried nothing while it stood by: it answers a probe before it takes traffic back; the secondary keeps traffic",
+                self.config.policy.hold_ms
+            )
+        } else if let Some(why) = held_back {
             let reason = format!("handover: {why_down}; the primary keeps traffic: {why}");
             self.hold_back_handover(why);
             reason
@@ -210,6 +238,11 @@ impl Policy {
             self.count_switch("recovered");
         }
         self.failed_over = failed;
+        if !failed {
+            for h in self.health.paths.values_mut() {
+                h.forget_check();
+            }
+        }
         self.path_state = reason.clone();
         for (i, w) in wanted.iter_mut().enumerate() {
             let standby = (roles[i] == Role::Primary) == failed;
@@ -236,6 +269,24 @@ impl Policy {
                 .get(&w.addr)
                 .is_some_and(|t| now.since(*t) >= hold_ms),
         }
+    }
+
+    /// Whether a primary standing by has shown lately that it still works
+    /// (`CHECK_FRESH_MS`), or cannot be checked: no subflow on it to
+    /// measure or probe from, or its peer's family cannot be probed.
+    fn proven(&self, w: &Want) -> bool {
+        let Some(h) = self
+            .ifindex_of(w.addr)
+            .and_then(|x| self.health.paths.get(&x))
+            .filter(|h| h.measured())
+        else {
+            return true;
+        };
+        let (v4, v6) = self.probing();
+        let can_probe = h
+            .echo_pair()
+            .is_some_and(|(_, r)| if r.is_ipv6() { v6 } else { v4 });
+        !can_probe || h.proven_within(self.clock.now().ms(), CHECK_FRESH_MS)
     }
 
     /// Why the primaries cannot (or cannot yet) carry traffic.

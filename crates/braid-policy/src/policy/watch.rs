@@ -87,6 +87,26 @@ impl Policy {
         }
     }
 
+    /// The checks wanted of paths standing by (`PathHealth::want_check`),
+    /// sent at once: a hand-back can come at a wake-up with no health
+    /// round after it (the last connection closed).
+    pub(super) fn checks_due(&mut self) {
+        let (v4, v6) = self.probing();
+        let can_probe = |remote: &IpAddr| if remote.is_ipv6() { v6 } else { v4 };
+        let now = self.clock.now().ms();
+        for (ifindex, h) in self.health.paths.iter_mut() {
+            let Some((local, remote, timeout_ms)) = h.check_due(now, can_probe) else {
+                continue;
+            };
+            let reason = format!(
+                "{} has been healthy while it stood by, but carried nothing that shows it still works: does it answer before it takes traffic back? (an answer is due within {timeout_ms} ms)",
+                link_name(&self.links, *ifindex)
+            );
+            self.probes_pending
+                .push(probe_decision(*ifindex, local, remote, timeout_ms, reason));
+        }
+    }
+
     /// A path with a subflow endpoint on which no connection has a subflow
     /// while another path's connections have one, for `MISSING_SUBFLOW_MS`,
     /// gets its endpoint re-added: the kernel's path manager never retries
