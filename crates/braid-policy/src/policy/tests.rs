@@ -92,8 +92,8 @@ fn probes(ds: &[Decision]) -> Vec<Action> {
         .collect()
 }
 
-/// Receiving from `remote`, then silent for 40 ms (past the 20 ms RTT and the 15 ms minimum): the
-/// decisions of the silent round.
+/// Receiving from `remote`, then silent for 40 ms (past one RTT, 20 ms,
+/// and the 15 ms minimum): the decisions of the silent round.
 fn silence(p: &mut Policy, remote: &str) -> Vec<Decision> {
     p.handle(receiving(remote, 0, 0), 0);
     p.handle(receiving(remote, 500_000, 1), 100);
