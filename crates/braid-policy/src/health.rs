@@ -758,11 +758,12 @@ impl PathHealth {
     /// acts after 30-42 ms (upload 1/10 ms, 1 %: stall 95 -> 47 ms median).
     pub fn stall_probe_at_ms(&self, stall_ms: u64) -> u64 {
         let threshold = self.stall_threshold_ms(stall_ms);
+        let wait = self.probe_timeout_ms();
         let answer_by_threshold = threshold
-            .saturating_sub(self.probe_timeout_ms())
+            .saturating_sub(wait)
             .saturating_sub(STALL_PROBE_MARGIN_MS)
             .max(threshold / 2);
-        answer_by_threshold.min(self.probe_timeout_ms().max(PROBE_AFTER_MIN_MS))
+        answer_by_threshold.min(wait.max(PROBE_AFTER_MIN_MS))
     }
 
     /// Whether the path's wait for an ACK should be probed now: it has

@@ -510,6 +510,13 @@ impl Policy {
         (on && self.can_probe_v4, on && self.can_probe_v6)
     }
 
+    /// Whether a host at a remote address can be probed (by its family),
+    /// as a function that holds no borrow of the policy.
+    fn probe_filter(&self) -> impl Fn(&IpAddr) -> bool + Copy {
+        let (v4, v6) = self.probing();
+        move |remote: &IpAddr| if remote.is_ipv6() { v6 } else { v4 }
+    }
+
     /// How soon the next health round should come, if sooner than the
     /// regular interval: when a path waiting for an ACK would reach its
     /// stall threshold, so a stall is seen when it happens rather than up

@@ -282,10 +282,7 @@ impl Policy {
         else {
             return true;
         };
-        let (v4, v6) = self.probing();
-        let can_probe = h
-            .echo_pair()
-            .is_some_and(|(_, r)| if r.is_ipv6() { v6 } else { v4 });
+        let can_probe = h.echo_pair().is_some_and(|(_, r)| self.probe_filter()(&r));
         !can_probe || h.proven_within(self.clock.now().ms(), CHECK_FRESH_MS)
     }
 

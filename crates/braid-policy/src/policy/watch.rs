@@ -14,8 +14,7 @@ impl Policy {
     /// outstanding, so silence alone cannot tell a dead path from a
     /// sender with nothing to send. One probe of a path at a time.
     pub(super) fn probes_due(&mut self) {
-        let (v4, v6) = self.probing();
-        let can_probe = |remote: &IpAddr| if remote.is_ipv6() { v6 } else { v4 };
+        let can_probe = self.probe_filter();
         let (now, stall_ms) = (self.clock.now().ms(), self.config.policy.stall_ms);
         for (ifindex, h) in self.health.paths.iter_mut() {
             // A connection waits for an ACK, and no other host's does:
@@ -91,8 +90,7 @@ impl Policy {
     /// sent at once: a hand-back can come at a wake-up with no health
     /// round after it (the last connection closed).
     pub(super) fn checks_due(&mut self) {
-        let (v4, v6) = self.probing();
-        let can_probe = |remote: &IpAddr| if remote.is_ipv6() { v6 } else { v4 };
+        let can_probe = self.probe_filter();
         let now = self.clock.now().ms();
         for (ifindex, h) in self.health.paths.iter_mut() {
             let Some((local, remote, timeout_ms)) = h.check_due(now, can_probe) else {
