@@ -1,6 +1,6 @@
 //! What a scenario run leaves behind when asked to (`--logs DIR`): the MPTCP
-//! events on both ends, the path manager's own log and the scenario's events,
-//! all with UTC wall-clock times so they line up with each other.
+//! events on both ends, the path manager's own log, the scenario's events and
+//! (lossy-primary) every probe's latency, all with UTC wall-clock times so they line up with each other.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -66,6 +66,29 @@ impl RunLogs {
     /// Record a scenario event (`t_ms` after the traffic started).
     pub fn note(&mut self, t_ms: f64, what: &str) {
         let _ = writeln!(self.scenario, "{} t={t_ms:.1}ms {what}", wall_clock());
+    }
+
+    /// Write each probe reply as a line `sent-at-UTC,ms-after-start,latency-ms`,
+    /// sorted by send time, so a late reply can be set beside the daemon's
+    /// decisions.
+    pub fn probe_timeline(&self, probe: &crate::traffic::ProbeResult) {
+        let Some(started) = probe.started else {
+            return;
+        };
+        let mut rows = probe.samples.clone();
+        rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut out = String::from("sent_utc,sent_ms,latency_ms\n");
+        for (sent_ms, latency_ms) in rows {
+            let at = started + std::time::Duration::from_secs_f64(sent_ms.max(0.0) / 1e3);
+            out.push_str(&format!(
+                "{},{sent_ms:.1},{latency_ms:.2}\n",
+                humantime::format_rfc3339_millis(at)
+            ));
+        }
+        let path = self.path("probe.csv");
+        if let Err(e) = std::fs::write(&path, out) {
+            eprintln!("braid: writing {}: {e}", path.display());
+        }
     }
 
     /// Copy the path manager's log out of the lab's state directory (which

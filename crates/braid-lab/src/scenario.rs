@@ -250,6 +250,7 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
         drop(proxies);
         drop(_pm);
         if let Some(l) = logs {
+            l.probe_timeline(&p);
             l.finish(guard.lab());
         }
         return Ok(lossy_primary_report(cfg, paths, congestion, p, events));

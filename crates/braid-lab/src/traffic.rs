@@ -574,8 +574,13 @@ pub struct ProbeResult {
     pub p99_ms: f64,
     pub max_ms: f64,
     pub late_threshold_ms: f64,
+    /// Per reply: (sent at, ms after the first request; latency, ms).
     #[serde(skip)]
     pub samples: Vec<(f64, f64)>,
+    /// Wall-clock time of the first request, so `samples` line up with the
+    /// daemon's log.
+    #[serde(skip)]
+    pub started: Option<std::time::SystemTime>,
 }
 
 const PROBE_SIZE: usize = 1024;
@@ -654,6 +659,7 @@ impl Probe {
             let mut reader = s.try_clone().map_err(|e| e.to_string())?;
             let mut writer = s;
             let t0 = mono_ns();
+            let started = std::time::SystemTime::now();
             let count = (duration.as_nanos() / interval.as_nanos()) as u64;
             let recv = std::thread::spawn(move || {
                 let _ = reader.set_read_timeout(Some(Duration::from_millis(200)));
@@ -719,6 +725,7 @@ impl Probe {
                 max_ms: lat.last().copied().unwrap_or(0.0),
                 late_threshold_ms: late_ms,
                 samples: got.iter().map(|g| (g.1, g.2)).collect(),
+                started: Some(started),
             })
         });
         Ok(Probe { client, server })
