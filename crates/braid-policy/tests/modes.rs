@@ -1781,3 +1781,36 @@ fn a_check_unanswered_by_a_peer_never_heard_answering_is_waived() {
         .iter()
         .any(|n| n.contains("never heard answering an echo")));
 }
+
+/// Interactive's faster path stood by and carried nothing: the RTT it is
+/// chosen on is from when it last did, and it may have failed since. It
+/// answers a probe before it takes traffic, as handover's primary does.
+#[test]
+fn interactive_checks_a_faster_path_that_stood_by_before_switching_to_it() {
+    let (mut s, _) = sim(PathMode::Interactive);
+    s.hosts = 2;
+    s.health(0, ok(50, 100), ok(20, 100));
+    assert_eq!(s.flags(), (SUBFLOW | BACKUP, SUBFLOW));
+    // wlan0 slows to 60 ms, over 1.5 x 20 + 10 ms of eth0, which has
+    // carried nothing since 0.
+    let checked = until_checked(&mut s, 500, 0);
+    assert!(checked >= 3000, "checked after {checked} ms");
+    assert!(
+        s.p.view()
+            .path_state
+            .contains("answers a probe before it takes traffic"),
+        "{}",
+        s.p.view().path_state
+    );
+    let ds = s.at(checked + 40, answer(Some(20.0)));
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP), "{ds:?}");
+    assert!(ds.iter().any(|d| d.reason.contains("switching")), "{ds:?}");
+
+    // A peer never heard answering an echo: its silence says nothing.
+    let (mut s, _) = sim(PathMode::Interactive);
+    s.hosts = 2;
+    s.health(0, ok(50, 100), ok(20, 100));
+    let checked = until_checked(&mut s, 500, 0);
+    s.at(checked + 40, answer(None));
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
+}

@@ -306,14 +306,14 @@ impl Policy {
         } else if h.check_under_way(remote) {
             let verdict = h.check_result(answered, now_ms);
             self.notes.push(match verdict {
-                CheckVerdict::Answered => format!("{} answered: it takes traffic back", link_name(&self.links, ifindex)),
+                CheckVerdict::Answered => format!("{} answered: it may take traffic", link_name(&self.links, ifindex)),
                 CheckVerdict::Unanswered => format!(
                     "{} did not answer although its peer answers echoes: it keeps standing by, and must be healthy for another {} ms",
                     link_name(&self.links, ifindex),
                     self.config.policy.hold_ms
                 ),
                 CheckVerdict::Waived => format!(
-                    "{} did not answer, but its peer was never heard answering an echo on it, which says nothing: it takes traffic back",
+                    "{} did not answer, but its peer was never heard answering an echo on it, which says nothing: it may take traffic",
                     link_name(&self.links, ifindex)
                 ),
             });

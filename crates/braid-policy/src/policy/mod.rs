@@ -45,8 +45,9 @@ const MAX_SETTLE_MS: u64 = 30_000;
 /// re-added after this long (then after a doubling back-off, see
 /// `note_missing_subflows`).
 const MISSING_SUBFLOW_MS: u64 = 1000;
-/// A primary standing by that was heard (an ACK, an answer) within this
-/// long takes traffic back without a check (`Policy::proven`).
+/// A path standing by (handover's primary, interactive's faster path)
+/// that was heard (an ACK, an answer) within this long takes traffic
+/// without a check (`Policy::proven`).
 const CHECK_FRESH_MS: u64 = 500;
 /// Added to the slowest other path's RTT before a reopened endpoint comes
 /// back (`readd_wait_ms`), and the least it waits.

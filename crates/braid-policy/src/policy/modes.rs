@@ -167,15 +167,15 @@ impl Policy {
         // primary left for loss, blackholed while it stood by, was given
         // the traffic back 3 s later (a 400 ms stall). It answers a probe
         // first.
-        let unproven =
-            self.failed_over && !held.is_empty() && !held.iter().any(|i| self.proven(&wanted[*i]));
+        let unproven = self.failed_over
+            && !held.is_empty()
+            && !held
+                .iter()
+                .any(|i| self.proven(self.ifindex_of(wanted[*i].addr)));
         if unproven {
             for i in &held {
-                if let Some(h) = self
-                    .ifindex_of(wanted[*i].addr)
-                    .and_then(|x| self.health.paths.get_mut(&x))
-                {
-                    h.want_check();
+                if let Some(x) = self.ifindex_of(wanted[*i].addr) {
+                    self.want_check(x);
                 }
             }
             self.checks_due();
@@ -274,9 +274,8 @@ impl Policy {
     /// Whether a primary standing by has shown lately that it still works
     /// (`CHECK_FRESH_MS`), or cannot be checked: no subflow on it to
     /// measure or probe from, or its peer's family cannot be probed.
-    fn proven(&self, w: &Want) -> bool {
-        let Some(h) = self
-            .ifindex_of(w.addr)
+    fn proven(&self, ifindex: Option<u32>) -> bool {
+        let Some(h) = ifindex
             .and_then(|x| self.health.paths.get(&x))
             .filter(|h| h.measured())
         else {
@@ -284,6 +283,13 @@ impl Policy {
         };
         let can_probe = h.echo_pair().is_some_and(|(_, r)| self.probe_filter()(&r));
         !can_probe || h.proven_within(self.clock.now().ms(), CHECK_FRESH_MS)
+    }
+
+    /// Ask for a check of a path standing by (sent by `checks_due`).
+    fn want_check(&mut self, ifindex: u32) {
+        if let Some(h) = self.health.paths.get_mut(&ifindex) {
+            h.want_check();
+        }
     }
 
     /// Why the primaries cannot (or cannot yet) carry traffic.
@@ -357,6 +363,9 @@ impl Policy {
             .find(|p| p.ifindex == active)
             .is_some_and(|p| p.srtt.is_some());
         self.active_path = Some(active);
+        if let Some(h) = self.health.paths.get_mut(&active) {
+            h.forget_check();
+        }
         self.path_state = reason.clone();
         for w in wanted.iter_mut() {
             let standby = self.ifindex_of(w.addr) != Some(active);
@@ -467,6 +476,21 @@ impl Policy {
             pc.rtt_margin_ms,
             name(best.ifindex)
         );
+        // The faster path stood by: its RTT is what it was when it last
+        // carried something, and it may have failed since (as handover's
+        // primary, `apply_handover`).
+        if !self.proven(Some(best.ifindex)) {
+            self.want_check(best.ifindex);
+            self.checks_due();
+            return (
+                cur.ifindex,
+                format!(
+                    "{why}; but {} carried nothing while it stood by: it answers a probe before it takes traffic; {} keeps it",
+                    name(best.ifindex),
+                    name(cur.ifindex)
+                ),
+            );
+        }
         match self.handover_budget() {
             Ok(()) => {
                 self.spend_handover();

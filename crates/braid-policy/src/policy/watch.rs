@@ -97,7 +97,7 @@ impl Policy {
                 continue;
             };
             let reason = format!(
-                "{} has been healthy while it stood by, but carried nothing that shows it still works: does it answer before it takes traffic back? (an answer is due within {timeout_ms} ms)",
+                "{} has been healthy while it stood by, but carried nothing that shows it still works: does it answer before it takes traffic? (an answer is due within {timeout_ms} ms)",
                 link_name(&self.links, *ifindex)
             );
             self.probes_pending
