@@ -17,6 +17,7 @@ use braid_policy::conns::{
     AdoptedSubflow, ConnAction, ConnDecision, ConnEvent, ConnPolicy, ConnView, LocalPath,
 };
 use braid_policy::health::SubflowSample;
+use braid_policy::model::Action;
 use tracing::{debug, info, warn};
 
 use crate::journal::{unix_ms_now, Journal, What};
@@ -37,9 +38,9 @@ pub struct ConnShell {
     refusal_budget: RateLimit,
     /// Listing the kernel's connections failed (told once).
     listing_failed: bool,
-    /// Loss echoes the policy asked for, for the daemon's prober:
-    /// (ifindex, local, remote, timeout_ms).
-    echoes: Vec<(u32, IpAddr, IpAddr, u64)>,
+    /// Loss echoes and checks the policy asked for, for the daemon's
+    /// prober (`Action::ProbeLoss`, `Action::ProbePath`).
+    echoes: Vec<Action>,
 }
 
 /// Lines of per-connection decisions a second, at most.
@@ -204,10 +205,32 @@ impl ConnShell {
         self.carry_out(ds, now_ms, pm, journal);
     }
 
-    /// The echoes asked for since the last call, to be sent by the
-    /// daemon's prober (answers come back through `loss_echo`).
-    pub fn take_echoes(&mut self) -> Vec<(u32, IpAddr, IpAddr, u64)> {
+    /// The echoes and checks asked for since the last call, to be sent by
+    /// the daemon's prober (answers come back through `loss_echo` and
+    /// `check_answer`).
+    pub fn take_echoes(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.echoes)
+    }
+
+    /// A check's outcome: None if it could not be sent.
+    pub fn check_answer(
+        &mut self,
+        ifindex: u32,
+        remote: IpAddr,
+        answered: Option<bool>,
+        now_ms: u64,
+        pm: &mut PathManager,
+        journal: &mut Journal,
+    ) {
+        let ds = self.policy.handle(
+            ConnEvent::CheckAnswer {
+                ifindex,
+                remote,
+                answered,
+            },
+            now_ms,
+        );
+        self.carry_out(ds, now_ms, pm, journal);
     }
 
     /// A loss echo's outcome.
@@ -332,8 +355,28 @@ impl ConnShell {
                 } = d.action
                 {
                     debug!(action = %d.action, reason = %d.reason, "connection decision");
-                    self.echoes.push((ifindex, local, remote, timeout_ms));
+                    self.echoes.push(Action::ProbeLoss {
+                        ifindex,
+                        local,
+                        remote,
+                        timeout_ms,
+                    });
                     continue;
+                }
+                // Checks are rare (one per hand-back): logged below.
+                if let ConnAction::CheckPath {
+                    ifindex,
+                    local,
+                    remote,
+                    timeout_ms,
+                } = d.action
+                {
+                    self.echoes.push(Action::ProbePath {
+                        ifindex,
+                        local,
+                        remote,
+                        timeout_ms,
+                    });
                 }
                 let (log, held) = self.log_budget.allow(now_ms);
                 if held > 0 {
@@ -408,6 +451,6 @@ fn execute(pm: &mut PathManager, a: &ConnAction) -> braid_kernel::Result<()> {
             remote,
         } => pm.subflow_destroy(*token, *local, *remote),
         // Sent by the daemon's prober (see `carry_out`).
-        ConnAction::ProbeLoss { .. } => Ok(()),
+        ConnAction::ProbeLoss { .. } | ConnAction::CheckPath { .. } => Ok(()),
     }
 }

@@ -2,7 +2,7 @@
 //! requests into the policy and carries out its decisions.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -381,16 +381,43 @@ impl Shell {
             return;
         };
         c.health(samples, problems, now, &mut self.pm, &mut self.journal);
-        for echo in c.take_echoes() {
-            let action = Action::ProbeLoss {
-                ifindex: echo.0,
-                local: echo.1,
-                remote: echo.2,
-                timeout_ms: echo.3,
+    }
+
+    /// Send the echoes and checks the per-connection policy asked for. A
+    /// check that cannot be sent is told as such: the connection waits
+    /// for nothing.
+    fn send_conn_echoes(&mut self) {
+        let Some(echoes) = self.conns.as_mut().map(|c| c.take_echoes()) else {
+            return;
+        };
+        for action in echoes {
+            let check = match action {
+                Action::ProbePath {
+                    ifindex, remote, ..
+                } => Some((ifindex, remote)),
+                _ => None,
             };
-            if let Err(f) = self.send_echo(0, action, true) {
-                debug!(error = %f.error, "loss echo not sent");
+            let Err(f) = self.send_echo(0, action, true) else {
+                continue;
+            };
+            debug!(error = %f.error, "connection echo not sent");
+            if let Some((ifindex, remote)) = check {
+                self.conn_check_answer(ifindex, remote, None);
             }
+        }
+    }
+
+    fn conn_check_answer(&mut self, ifindex: u32, remote: IpAddr, answered: Option<bool>) {
+        let now = self.now_ms();
+        if let Some(c) = self.conns.as_mut() {
+            c.check_answer(
+                ifindex,
+                remote,
+                answered,
+                now,
+                &mut self.pm,
+                &mut self.journal,
+            );
         }
     }
 
@@ -738,6 +765,18 @@ impl Shell {
                     self.feed(Event::LossEcho { ifindex, answered });
                 }
             }
+            Ok(rtt) if o.for_conns => {
+                if self.probe_errors.clear() {
+                    info!("path probes are sent again");
+                }
+                match rtt {
+                    Some(d) => {
+                        info!(%remote, rtt_ms = format!("{:.1}", d.as_secs_f64() * 1000.0), "connection check answered")
+                    }
+                    None => warn!(%remote, "connection check unanswered"),
+                }
+                self.conn_check_answer(ifindex, remote, Some(rtt.is_some()));
+            }
             Ok(rtt) => {
                 if self.probe_errors.clear() {
                     info!("path probes are sent again");
@@ -782,6 +821,10 @@ impl Shell {
                 }
                 if self.probe_errors.first(error_kind(&e)) {
                     warn!(error = %e, %remote, "the path probe could not be sent (logged once until probes work again)");
+                }
+                if o.for_conns && !loss_echo {
+                    self.conn_check_answer(ifindex, remote, None);
+                    return;
                 }
                 let now = self.now_ms();
                 self.policy.handle(
@@ -1587,6 +1630,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
             _ = io.sigterm.recv() => break,
             _ = io.sigint.recv() => break,
         }
+        shell.send_conn_echoes();
         // A decision made on any event (a link change, a command, a
         // deadline) may want the next health round sooner: a flag change
         // to check on a join.

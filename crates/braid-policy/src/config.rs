@@ -237,7 +237,8 @@ pub struct PolicyConfig {
     /// ... and by at least this many milliseconds.
     pub rtt_margin_ms: u64,
     /// A path must be healthy this long before it takes traffic back
-    /// (handover: the primary; interactive: any switch back).
+    /// (handover: the primary; interactive: any switch back), and answer
+    /// a probe if nothing was heard from it in the last 500 ms.
     pub hold_ms: u64,
     /// Handover and interactive: the initial congestion window (segments)
     /// set on the default routes of the paths that stand by, so a path
@@ -256,9 +257,10 @@ pub struct PolicyConfig {
     /// stall seen on connections to one remote host only (sent before the
     /// stall threshold is reached, so it costs no time). Echoes also
     /// measure the loss of a lossy path that stands by and carries no
-    /// traffic (`PathHealth::wants_loss_echo`), and check that a primary
-    /// standing by still answers before handover gives it the traffic
-    /// back (`PathHealth::want_check`). Needs CAP_NET_RAW.
+    /// traffic (`PathHealth::wants_loss_echo`), and check that a path
+    /// standing by unheard still answers before it takes traffic back
+    /// (handover's primary, interactive's faster path; host-wide and per
+    /// connection: `PathHealth::want_check`). Needs CAP_NET_RAW.
     pub probe_silent_paths: bool,
     /// A link whose carrier comes back (or that is set up again) is used
     /// again only once it has kept carrier this long, doubled for each

@@ -688,6 +688,14 @@ impl PathHealth {
         Some((local, remote, self.silence_probe_timeout_ms(now_ms)))
     }
 
+    /// The check could not be sent (probing is off): nothing says the
+    /// path failed, and it is taken as before checks were made.
+    pub fn waive_check(&mut self) {
+        if self.check != Check::None {
+            self.check = Check::Waived;
+        }
+    }
+
     /// Whether a check of this path to `remote` is under way.
     pub fn check_under_way(&self, remote: IpAddr) -> bool {
         self.check == Check::Sent(remote)
@@ -999,6 +1007,11 @@ impl PathHealth {
 /// How many distinct remote hosts must show a stall or loss before it is
 /// taken as the path's (host-wide) problem without a probe.
 pub const MIN_WITNESSES: usize = 2;
+
+/// A path standing by (handover's primary, interactive's faster path)
+/// that was heard (an ACK, an answer) within this long takes traffic
+/// without a check (`PathHealth::want_check`).
+pub const CHECK_FRESH_MS: u64 = 500;
 
 /// A stall probe goes out this much before "threshold minus the probe's
 /// timeout" (never before half the threshold): the health round that sends

@@ -1911,3 +1911,58 @@ fn userspace_pm_moves_one_connection_off_a_stalled_primary_and_leaves_the_others
     assert_eq!((ra.bytes_corrupt, rb.bytes_corrupt), (0, 0));
     d.stop();
 }
+
+#[test]
+fn userspace_pm_checks_a_primary_that_stood_by_before_giving_it_the_connection_back() {
+    // A handover connection leaves a blackholed primary, which then heals.
+    // A primary left on measurements is not trusted for 30 s; by then its
+    // subflow has stood by, carrying nothing, so nothing shows it still
+    // works: the daemon probes it (a real ICMP echo from the client's p0
+    // address) before the connection goes back to it.
+    let lab = Lab::up("uk", &["--rate", "20mbit"]);
+    let mut d = Daemon::start(
+        &lab,
+        "pm = \"userspace\"\n[[app]]\ndport = 5309\nmode = \"handover\"\n",
+        &[],
+    );
+    let ep = transfer_endpoints(&lab);
+    let up = braid_lab::traffic::Direction::Upload;
+    let bulk = braid_lab::traffic::Bulk::start_dir(&ep, 5309, Duration::from_secs(45), up).unwrap();
+    assert!(
+        wait_for(3, || subflows_on(&lab, "10.2.0.1", 5309) == 1),
+        "no p1 subflow: {}",
+        d.log_tail(20)
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(lab
+        .braid(&["lab", "cut", "0", "--blackhole"])
+        .status
+        .success());
+    assert!(
+        wait_for(3, || d.log().contains("the secondary takes over")),
+        "the connection did not move: {}",
+        d.log_tail(30)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(lab.braid(&["lab", "restore", "0"]).status.success());
+    let answered = |d: &Daemon| {
+        let log = d.log();
+        log.contains("carried nothing that shows it still works")
+            && log.contains("connection check answered")
+    };
+    assert!(
+        wait_for(40, || answered(&d)
+            && d.log().contains("it takes traffic back")),
+        "no check before the hand-back: {}",
+        d.log_tail(40)
+    );
+    // The check came before the hand-back.
+    let log = d.log();
+    let checked = log.find("connection check answered").unwrap();
+    let back = log.rfind("it takes traffic back").unwrap();
+    assert!(checked < back, "{}", d.log_tail(40));
+    let r = bulk.finish().unwrap();
+    assert!(r.survived, "the upload survives: {:?}", r.error);
+    assert_eq!(r.bytes_corrupt, 0);
+    d.stop();
+}

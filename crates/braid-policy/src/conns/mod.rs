@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::backup_watch::{observe_backups, BackupWatch, IGNORED_MAX_TRIES};
 use crate::budget::SwitchBudget;
 use crate::config::{PathMode, PolicyConfig, Role};
-use crate::health::{HealthTracker, PathProblem, SubflowSample};
+use crate::health::{CheckVerdict, HealthTracker, PathProblem, SubflowSample, CHECK_FRESH_MS};
 use crate::time::{backoff_ms, Clock, Time};
 use rules::{first_match, AppRule, Owner};
 
@@ -123,6 +123,13 @@ pub enum ConnEvent {
         ifindex: u32,
         answered: bool,
     },
+    /// The answer to `ConnAction::CheckPath`: whether an echo came back;
+    /// None if the check could not be sent (probing is off).
+    CheckAnswer {
+        ifindex: u32,
+        remote: IpAddr,
+        answered: Option<bool>,
+    },
     /// Time passed (see [`ConnPolicy::wake_at_ms`]).
     Tick,
 }
@@ -180,6 +187,16 @@ pub enum ConnAction {
         remote: IpAddr,
         timeout_ms: u64,
     },
+    /// A path probe (several echoes) from `local` to `remote` out of
+    /// `ifindex`, answered with `ConnEvent::CheckAnswer`: a primary that
+    /// stood by carried nothing, so it shows it still works before a
+    /// connection gives it traffic back.
+    CheckPath {
+        ifindex: u32,
+        local: IpAddr,
+        remote: IpAddr,
+        timeout_ms: u64,
+    },
 }
 
 impl std::fmt::Display for ConnAction {
@@ -228,6 +245,18 @@ impl std::fmt::Display for ConnAction {
                 *remote,
                 *timeout_ms,
             )),
+            ConnAction::CheckPath {
+                ifindex,
+                local,
+                remote,
+                timeout_ms,
+            } => crate::model::Action::ProbePath {
+                ifindex: *ifindex,
+                local: *local,
+                remote: *remote,
+                timeout_ms: *timeout_ms,
+            }
+            .fmt(f),
         }
     }
 }
@@ -241,7 +270,7 @@ impl ConnAction {
             | ConnAction::Announce { token, .. }
             | ConnAction::Remove { token, .. }
             | ConnAction::DestroySubflow { token, .. } => *token,
-            ConnAction::ProbeLoss { .. } => 0,
+            ConnAction::ProbeLoss { .. } | ConnAction::CheckPath { .. } => 0,
         }
     }
 }
@@ -619,11 +648,20 @@ impl ConnPolicy {
                 self.loss_echo(ifindex, answered);
                 return out;
             }
+            ConnEvent::CheckAnswer {
+                ifindex,
+                remote,
+                answered,
+            } => (
+                self.check_answer(ifindex, remote, answered),
+                "a check of a path standing by ended".into(),
+            ),
             ConnEvent::Tick => (self.retries_due(), "its back-off is over".into()),
         };
         for t in tokens {
             self.reconcile(t, &why, &mut out);
         }
+        self.checks_due(&mut out);
         out
     }
 
@@ -826,6 +864,8 @@ impl ConnPolicy {
             ConnAction::Remove { .. } | ConnAction::DestroySubflow { .. } => {}
             // Sent again at the next interval.
             ConnAction::ProbeLoss { .. } => {}
+            // The shell answers it with `CheckAnswer`, sent or not.
+            ConnAction::CheckPath { .. } => {}
         }
     }
 
@@ -873,6 +913,78 @@ impl ConnPolicy {
         }
     }
 
+    /// A check's outcome, for each connection that asked for it: the
+    /// connections to reconcile.
+    fn check_answer(&mut self, ifindex: u32, remote: IpAddr, answered: Option<bool>) -> Vec<u32> {
+        let now = self.clock.now().ms();
+        let name = self.path_name(ifindex);
+        let hold_ms = self.tuning.hold_ms;
+        let mut tokens = Vec::new();
+        for (token, c) in self.conns.iter_mut() {
+            let Some(h) = c
+                .health
+                .paths
+                .get_mut(&ifindex)
+                .filter(|h| h.check_under_way(remote))
+            else {
+                continue;
+            };
+            tokens.push(*token);
+            let Some(answered) = answered else {
+                h.waive_check();
+                continue;
+            };
+            let note = match h.check_result(answered, now) {
+                CheckVerdict::Answered => continue,
+                CheckVerdict::Unanswered => format!(
+                    "token {token:08x}: {name} did not answer a check although {remote} answers echoes: it keeps standing by, and must be healthy for another {hold_ms} ms"
+                ),
+                CheckVerdict::Waived => format!(
+                    "token {token:08x}: {name} did not answer a check, but {remote} was never heard answering an echo on it, which says nothing: it takes traffic back"
+                ),
+            };
+            self.notes.push(note);
+        }
+        tokens
+    }
+
+    /// The checks the connections' modes asked for (`choose_handover`),
+    /// one probe per path and peer.
+    fn checks_due(&mut self, out: &mut Vec<ConnDecision>) {
+        let now = self.clock.now().ms();
+        let mut due: BTreeMap<(u32, IpAddr), (IpAddr, u64)> = BTreeMap::new();
+        for c in self.conns.values_mut() {
+            for (ifindex, h) in c.health.paths.iter_mut() {
+                // Connections to the same peer share one probe: its answer
+                // comes to every connection that waits (`check_answer`).
+                if let Some((local, remote, timeout_ms)) = h.check_due(now, |_| true) {
+                    due.entry((*ifindex, remote)).or_insert((local, timeout_ms));
+                }
+            }
+        }
+        for ((ifindex, remote), (local, timeout_ms)) in due {
+            let name = self.path_name(ifindex);
+            out.push(ConnDecision {
+                action: ConnAction::CheckPath {
+                    ifindex,
+                    local,
+                    remote,
+                    timeout_ms,
+                },
+                reason: format!(
+                    "{name} has been healthy while it stood by for a connection to {remote}, but carried nothing that shows it still works: does it answer before it takes traffic back? (an answer is due within {timeout_ms} ms)"
+                ),
+            });
+        }
+    }
+
+    fn path_name(&self, ifindex: u32) -> String {
+        self.paths
+            .iter()
+            .find(|p| p.ifindex == ifindex)
+            .map_or_else(|| format!("#{ifindex}"), |p| p.name.clone())
+    }
+
     /// The connections with a re-creation whose back-off is over.
     fn retries_due(&self) -> Vec<u32> {
         let now = self.clock.now();
@@ -897,11 +1009,7 @@ impl ConnPolicy {
             }
         }
         for (ifindex, (local, remote, timeout_ms, loss)) in due {
-            let name = self
-                .paths
-                .iter()
-                .find(|p| p.ifindex == ifindex)
-                .map_or_else(|| format!("#{ifindex}"), |p| p.name.clone());
+            let name = self.path_name(ifindex);
             out.push(ConnDecision {
                 action: ConnAction::ProbeLoss {
                     ifindex,
@@ -1046,13 +1154,31 @@ impl ConnPolicy {
             .filter_map(|a| Some((*a, self.problem(c, *a)?)))
             .collect();
         let now = self.clock.now();
+        let back: Vec<IpAddr> = primaries
+            .iter()
+            .copied()
+            .filter(|a| self.held(c, *a) && c.suspected(*a, now).is_none())
+            .collect();
+        // As in the host-wide handover (`Policy::apply_handover`): a
+        // primary that stood by carried nothing, so a failure meanwhile
+        // does not show in its measurements. It answers a probe first.
+        let unproven: Vec<u32> =
+            if c.failed_over && !back.is_empty() && !back.iter().any(|a| self.proven(c, *a)) {
+                back.iter()
+                    .filter_map(|a| self.path_of(*a).map(|p| p.ifindex))
+                    .collect()
+            } else {
+                Vec::new()
+            };
         let failed = if c.failed_over {
-            !primaries
-                .iter()
-                .any(|a| self.held(c, *a) && c.suspected(*a, now).is_none())
+            back.is_empty() || !unproven.is_empty()
         } else {
             troubles.len() == primaries.len()
         };
+        let primary_paths: Vec<u32> = primaries
+            .iter()
+            .filter_map(|a| self.path_of(*a).map(|p| p.ifindex))
+            .collect();
         let (max, window) = (self.tuning.max_handovers, self.tuning.handover_window_ms);
         let Some(c) = self.conns.get_mut(&token) else {
             return (Vec::new(), String::new());
@@ -1083,6 +1209,10 @@ impl ConnPolicy {
                 held_back.unwrap_or_default()
             ),
             (true, false) => format!("{said}: the secondary takes over"),
+            (true, true) if !unproven.is_empty() => format!(
+                "the primary has been healthy for {} ms, but it carried nothing while it stood by: it answers a probe before it takes traffic back; the secondary keeps traffic",
+                self.tuning.hold_ms
+            ),
             (true, true) => match primaries.iter().filter_map(|a| c.suspected(*a, now)).min() {
                 Some(ms) => format!(
                     "the primary failed on measurements and is not trusted for another {ms} ms: the secondary keeps traffic"
@@ -1115,7 +1245,27 @@ impl ConnPolicy {
             }
         }
         c.failed_over = failed;
+        for i in &primary_paths {
+            if let Some(h) = c.health.paths.get_mut(i) {
+                if unproven.contains(i) {
+                    h.want_check();
+                } else if !failed {
+                    h.forget_check();
+                }
+            }
+        }
         (if failed { primaries } else { secondaries }, why)
+    }
+
+    /// Whether the path of `addr` showed lately (`CHECK_FRESH_MS`) that it
+    /// still works for connection `c`, or cannot be checked: no subflow of
+    /// `c` on it to measure or probe from.
+    fn proven(&self, c: &Conn, addr: IpAddr) -> bool {
+        let now = self.clock.now().ms();
+        self.path_of(addr)
+            .and_then(|p| c.health.paths.get(&p.ifindex))
+            .filter(|h| h.measured())
+            .is_none_or(|h| h.proven_within(now, CHECK_FRESH_MS))
     }
 
     /// Interactive: the healthy path with the lowest RTT for this
@@ -1168,6 +1318,14 @@ impl ConnPolicy {
                 false,
             )
         };
+        let faster = |cur: IpAddr| {
+            best != cur
+                && rtt(cur) > rtt(best) * t.rtt_ratio + t.rtt_margin_ms as f64
+                && now.since(c.last_switch) >= t.hold_ms
+        };
+        // As host-wide (`Policy::choose_interactive`): the faster path's
+        // RTT is from when it last carried something.
+        let mut check = None;
         // The last of each: whether this is a switch made on measurements
         // (rate-limited).
         let (active, why, measured) = match current.clone() {
@@ -1186,27 +1344,38 @@ impl ConnPolicy {
                 ),
                 best != cur,
             ),
-            Some((cur, _, _))
-                if best != cur
-                    && rtt(cur) > rtt(best) * t.rtt_ratio + t.rtt_margin_ms as f64
-                    && now.since(c.last_switch) >= t.hold_ms =>
-            {
-                (
-                    best,
-                    format!(
-                        "{cur} RTT {} is over {}x{} + {} ms of {best}: switching",
-                        fmt(cur),
-                        t.rtt_ratio,
-                        fmt(best),
-                        t.rtt_margin_ms
-                    ),
-                    true,
-                )
+            // `cur` stays, for the reason it was chosen.
+            Some((cur, kept, _)) if faster(cur) && !self.proven(c, best) => {
+                check = self.path_of(best).map(|p| {
+                    (
+                        p.ifindex,
+                        format!(
+                            "{cur} RTT {} is over {}x{} + {} ms of {best}, but {best} carried nothing while it stood by: it answers a probe before it takes traffic; staying on {cur}",
+                            fmt(cur),
+                            t.rtt_ratio,
+                            fmt(best),
+                            t.rtt_margin_ms
+                        ),
+                    )
+                });
+                (cur, kept, false)
             }
+            Some((cur, _, _)) if faster(cur) => (
+                best,
+                format!(
+                    "{cur} RTT {} is over {}x{} + {} ms of {best}: switching",
+                    fmt(cur),
+                    t.rtt_ratio,
+                    fmt(best),
+                    t.rtt_margin_ms
+                ),
+                true,
+            ),
             Some((cur, kept, _)) => (cur, kept, false),
         };
         let (max, window) = (t.max_handovers, t.handover_window_ms);
         let informed = self.srtt(c, active).is_some();
+        let active_path = self.path_of(active).map_or(0, |p| p.ifindex);
         let left = c
             .active
             .as_ref()
@@ -1232,6 +1401,18 @@ impl ConnPolicy {
             c.left_for_cause(a, now);
         }
         c.active = Some((active, why.clone(), informed));
+        if let Some(h) = c.health.paths.get_mut(&active_path) {
+            h.forget_check();
+        }
+        let why = match check {
+            Some((ifindex, waiting)) => {
+                if let Some(h) = c.health.paths.get_mut(&ifindex) {
+                    h.want_check();
+                }
+                waiting
+            }
+            None => why,
+        };
         (
             addrs.iter().copied().filter(|a| *a != active).collect(),
             why,

@@ -1058,3 +1058,167 @@ fn a_peer_that_ignores_a_connections_backup_flag_is_told_again() {
         assert!(told(&ds).is_empty(), "{ds:?}");
     }
 }
+
+fn check_of(ds: &[ConnDecision]) -> Option<(u32, IpAddr)> {
+    ds.iter().find_map(|d| match d.action {
+        ConnAction::CheckPath {
+            ifindex, remote, ..
+        } => Some((ifindex, remote)),
+        _ => None,
+    })
+}
+
+/// As the host-wide handover: a primary that stood by carried nothing, so
+/// a failure meanwhile would not show in its measurements. It answers a
+/// probe before a connection gives it traffic back; unanswered by a peer
+/// that answers echoes, the secondary keeps the connection for another
+/// hold time.
+#[test]
+fn a_connections_primary_that_stood_by_answers_a_check_before_it_takes_traffic_back() {
+    let mut p = two_connections();
+    let peer: IpAddr = "192.0.2.1".parse().unwrap();
+    let (p0, p1): (IpAddr, IpAddr) = ("10.1.0.1".parse().unwrap(), "10.2.0.1".parse().unwrap());
+    let round = |p0_ack: u64, p0_unacked: u32| {
+        health(vec![
+            (
+                1,
+                sample(
+                    "10.1.0.1:40100",
+                    "192.0.2.1:22",
+                    2,
+                    20,
+                    p0_unacked,
+                    p0_ack as u32,
+                ),
+            ),
+            (1, sample("10.2.0.1:50001", "192.0.2.1:22", 3, 80, 0, 10)),
+        ])
+    };
+    // Stalled at `t`: the secondary carries connection 1.
+    let stall = |p: &mut ConnPolicy, t: u64| {
+        p.handle(round(5, 2), t - 100);
+        let ds = p.handle(round(300, 5), t);
+        assert_eq!(flips(&ds), vec![(1, p1, false)], "{ds:?}");
+        reopened(p, 1, "192.0.2.1:22", t + 50);
+    };
+    // Rounds each second with p0 standing by, heard last at `heard`,
+    // until a check goes out: when.
+    let until_check = |p: &mut ConnPolicy, from: u64, heard: u64| {
+        let mut t = from;
+        loop {
+            let ds = p.handle(round(t - heard, 0), t);
+            if let Some(c) = check_of(&ds) {
+                assert_eq!(c, (2, peer));
+                assert!(flips(&ds).is_empty(), "handed back unchecked: {ds:?}");
+                return t;
+            }
+            assert!(
+                flips(&ds).is_empty(),
+                "handed back unchecked at {t}: {ds:?}"
+            );
+            t += 1_000;
+            assert!(t < from + 120_000, "never checked");
+        }
+    };
+    stall(&mut p, 400);
+    // Not trusted for 30 s after a failure on measurements, then checked.
+    let t = until_check(&mut p, 1_000, 500);
+    assert!(t >= 30_400, "checked at {t}");
+    // One check at a time.
+    assert_eq!(check_of(&p.handle(round(t + 500 - 500, 0), t + 500)), None);
+    let ds = p.handle(
+        ConnEvent::CheckAnswer {
+            ifindex: 2,
+            remote: peer,
+            answered: Some(true),
+        },
+        t + 520,
+    );
+    let mut f = flips(&ds);
+    f.sort();
+    assert_eq!(f, vec![(1, p0, false), (1, p1, true)], "{ds:?}");
+
+    // Left again; this time the check goes unanswered, and the peer has
+    // answered one: the secondary keeps the connection.
+    let again = t + 2_000;
+    stall(&mut p, again);
+    let t = until_check(&mut p, again + 1_000, again + 100);
+    let ds = p.handle(
+        ConnEvent::CheckAnswer {
+            ifindex: 2,
+            remote: peer,
+            answered: Some(false),
+        },
+        t + 20,
+    );
+    assert!(flips(&ds).is_empty(), "{ds:?}");
+    assert!(p
+        .take_notes()
+        .iter()
+        .any(|n| n.contains("did not answer a check although")));
+    // Healthy for another hold time (3 s), then checked again.
+    let third = until_check(&mut p, t + 1_000, again + 100);
+    assert!(third >= t + 20 + 3_000, "checked again at {third}");
+    // A check that could not be sent (probing is off) waits for nothing.
+    let ds = p.handle(
+        ConnEvent::CheckAnswer {
+            ifindex: 2,
+            remote: peer,
+            answered: None,
+        },
+        third + 1,
+    );
+    let mut f = flips(&ds);
+    f.sort();
+    assert_eq!(f, vec![(1, p0, false), (1, p1, true)], "{ds:?}");
+}
+
+/// Interactive per connection, as host-wide: the faster path stood by,
+/// so its RTT is from when it last carried something; it answers a probe
+/// before the connection switches to it.
+#[test]
+fn an_interactive_connection_checks_a_faster_path_that_stood_by() {
+    let mut p = interactive_connection();
+    let peer: IpAddr = "192.0.2.1".parse().unwrap();
+    let (p0, p1): (IpAddr, IpAddr) = ("10.1.0.1".parse().unwrap(), "10.2.0.1".parse().unwrap());
+    let round = |rtt1: u32, p0_ack: u64| {
+        health(vec![
+            (
+                5,
+                sample("10.1.0.1:40000", "192.0.2.1:22", 2, 20, 0, p0_ack as u32),
+            ),
+            (5, sample("10.2.0.1:50005", "192.0.2.1:22", 3, rtt1, 0, 5)),
+        ])
+    };
+    // p1 first: p0 reads 100 ms then.
+    let ds = p.handle(
+        health(vec![
+            (5, sample("10.1.0.1:40000", "192.0.2.1:22", 2, 100, 0, 5)),
+            (5, sample("10.2.0.1:50005", "192.0.2.1:22", 3, 20, 0, 5)),
+        ]),
+        100,
+    );
+    assert_eq!(flips(&ds).len(), 2, "{ds:?}");
+    // p1 slows to 200 ms; p0 (20 ms when it last carried) has been
+    // silent since 100.
+    let ds = p.handle(round(200, 6_000 - 100), 6_000);
+    assert!(flips(&ds).is_empty(), "switched unchecked: {ds:?}");
+    assert_eq!(check_of(&ds), Some((2, peer)), "{ds:?}");
+    assert!(
+        ds.iter().any(|d| d
+            .reason
+            .contains("carried nothing that shows it still works")),
+        "{ds:?}"
+    );
+    let ds = p.handle(
+        ConnEvent::CheckAnswer {
+            ifindex: 2,
+            remote: peer,
+            answered: Some(true),
+        },
+        6_030,
+    );
+    let mut f = flips(&ds);
+    f.sort();
+    assert_eq!(f, vec![(5, p0, false), (5, p1, true)], "{ds:?}");
+}

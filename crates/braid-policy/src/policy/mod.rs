@@ -12,7 +12,7 @@ use crate::budget::SwitchBudget;
 use crate::config::{glob, Config, Flag, Mode, PathMode, PmKind, Role};
 use crate::health::{
     CheckVerdict, HealthTracker, PathHealth, PathProblem, SilenceVerdict, SubflowKey,
-    LOSS_ECHO_INTERVAL_MS, MIN_WITNESSES, PROBE_AFTER_MIN_MS,
+    CHECK_FRESH_MS, LOSS_ECHO_INTERVAL_MS, MIN_WITNESSES, PROBE_AFTER_MIN_MS,
 };
 use crate::model::*;
 use crate::time::{backoff_ms, Clock, Time};
@@ -45,10 +45,6 @@ const MAX_SETTLE_MS: u64 = 30_000;
 /// re-added after this long (then after a doubling back-off, see
 /// `note_missing_subflows`).
 const MISSING_SUBFLOW_MS: u64 = 1000;
-/// A path standing by (handover's primary, interactive's faster path)
-/// that was heard (an ACK, an answer) within this long takes traffic
-/// without a check (`Policy::proven`).
-const CHECK_FRESH_MS: u64 = 500;
 /// Added to the slowest other path's RTT before a reopened endpoint comes
 /// back (`readd_wait_ms`), and the least it waits.
 const READD_MARGIN_MS: u64 = 10;
