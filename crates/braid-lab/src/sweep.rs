@@ -5,7 +5,8 @@
 //! Every run is appended to `runs.jsonl` as soon as it ends, so a sweep of
 //! hours can be stopped and resumed (runs already in the file are not run
 //! again). The logs of a run whose connection died or whose data came back
-//! wrong are kept in `failed-runs/`. The runs are reduced to the median and the worst of each cell
+//! wrong, or whose stall or probe p99 alone is over its goal's bound
+//! (`Cell::run_over_bound`), are kept in `failed-runs/`. The runs are reduced to the median and the worst of each cell
 //! and path manager (`summarize`), checked against the goals (`goals`), and
 //! drawn as a heat map (`heatmap_svg`).
 
@@ -113,6 +114,37 @@ impl Cell {
 
     pub fn secondary_rtt_ms(&self) -> f64 {
         2.0 * self.secondary_delay_us as f64 / 1000.0
+    }
+
+    /// Goal 2's bound on handover's median stall in a blackhole cell:
+    /// detection plus one resend.
+    pub fn blackhole_bound_ms(&self) -> f64 {
+        3.0 * self.primary_rtt_ms() + self.secondary_rtt_ms() + 30.0
+    }
+
+    /// Goal 3's bound on interactive's probe p99 in a lossy cell.
+    pub fn lossy_bound_ms(&self) -> f64 {
+        2.0 * self.secondary_rtt_ms() + 10.0
+    }
+
+    /// Whether one run of `pm` is over its goal's bound by itself (goal 2
+    /// for handover in a blackhole cell, goal 3 for interactive in a lossy
+    /// one): its logs are worth keeping.
+    pub fn run_over_bound(
+        &self,
+        pm: &str,
+        stall_ms: Option<f64>,
+        probe_p99_ms: Option<f64>,
+    ) -> bool {
+        match (self.fault, pm) {
+            (Fault::Blackhole, "braid:handover") => {
+                stall_ms.is_some_and(|v| v > self.blackhole_bound_ms())
+            }
+            (Fault::Lossy, "braid:interactive") if self.primary_loss_bp >= 100 => {
+                probe_p99_ms.is_some_and(|v| v > self.lossy_bound_ms())
+            }
+            _ => false,
+        }
     }
 
     pub fn label(&self) -> String {
@@ -505,7 +537,8 @@ pub fn run(
                 _ => congestion = Some(had.clone()),
             }
         }
-        if record.survived && record.error.is_none() && record.bytes_corrupt == 0 {
+        let over = cell.run_over_bound(&record.pm, record.stall_ms, record.probe_p99_ms);
+        if record.survived && record.error.is_none() && record.bytes_corrupt == 0 && !over {
             let _ = std::fs::remove_dir_all(&logs);
         }
         append_run(&cfg.out, &record)?;
@@ -690,7 +723,7 @@ pub fn goals(s: &CellSummary) -> Vec<GoalCheck> {
     }
     if c.fault == Fault::Blackhole {
         if let Some(h) = &handover {
-            let bound = 3.0 * c.primary_rtt_ms() + c.secondary_rtt_ms() + 30.0;
+            let bound = c.blackhole_bound_ms();
             let mut detail = format!(
                 "braid:handover median {:.0} ms vs 3 x {} + {} + 30 = {bound:.0} ms",
                 h.median,
@@ -718,7 +751,7 @@ pub fn goals(s: &CellSummary) -> Vec<GoalCheck> {
     }
     if c.fault == Fault::Lossy && c.primary_loss_bp >= 100 {
         if let Some(p) = s.pm("braid:interactive").and_then(|p| p.value.clone()) {
-            let bound = 2.0 * c.secondary_rtt_ms() + 10.0;
+            let bound = c.lossy_bound_ms();
             out.push(GoalCheck {
                 goal: 3,
                 met: p.worst <= bound,
@@ -1110,6 +1143,30 @@ mod tests {
         runs.push(record(c, "braid:handover", 3, 106.0, true));
         let s = &summarize(&runs)[0];
         assert!(!s.goals.iter().find(|g| g.goal == 1).unwrap().met);
+    }
+
+    #[test]
+    fn the_logs_of_a_braid_run_over_its_goals_bound_are_kept() {
+        // 3 x 20 + 80 + 30 = 170 ms, for handover only.
+        let c = blackhole();
+        assert!(c.run_over_bound("braid:handover", Some(171.0), None));
+        assert!(!c.run_over_bound("braid:handover", Some(170.0), None));
+        assert!(!c.run_over_bound("kernel:backup", Some(900.0), None));
+        // 2 x 80 + 10 = 170 ms, for interactive on a lossy primary.
+        let lossy = Cell {
+            fault: Fault::Lossy,
+            upload: false,
+            primary_loss_bp: 1000,
+            ..c
+        };
+        assert!(lossy.run_over_bound("braid:interactive", None, Some(501.0)));
+        assert!(!lossy.run_over_bound("braid:interactive", None, Some(113.0)));
+        assert!(!lossy.run_over_bound("kernel", None, Some(501.0)));
+        let clean = Cell {
+            primary_loss_bp: 0,
+            ..lossy
+        };
+        assert!(!clean.run_over_bound("braid:interactive", None, Some(501.0)));
     }
 
     #[test]
