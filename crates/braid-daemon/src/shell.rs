@@ -822,8 +822,12 @@ impl Shell {
                 if self.probe_errors.first(error_kind(&e)) {
                     warn!(error = %e, %remote, "the path probe could not be sent (logged once until probes work again)");
                 }
+                // A refused socket says nothing of the path: the check is
+                // waived. Any other error (unreachable, no such address)
+                // is the path failing to carry the echo: unanswered.
                 if o.for_conns && !loss_echo {
-                    self.conn_check_answer(ifindex, remote, None);
+                    let answered = if refused { None } else { Some(false) };
+                    self.conn_check_answer(ifindex, remote, answered);
                     return;
                 }
                 let now = self.now_ms();

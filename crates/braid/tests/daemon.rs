@@ -1947,7 +1947,7 @@ fn userspace_pm_checks_a_primary_that_stood_by_before_giving_it_the_connection_b
     assert!(lab.braid(&["lab", "restore", "0"]).status.success());
     let answered = |d: &Daemon| {
         let log = d.log();
-        log.contains("carried nothing that shows it still works")
+        log.contains("stood by for a connection to 10.1.0.2, but carried nothing")
             && log.contains("connection check answered")
     };
     assert!(

@@ -937,7 +937,7 @@ impl ConnPolicy {
             let note = match h.check_result(answered, now) {
                 CheckVerdict::Answered => continue,
                 CheckVerdict::Unanswered => format!(
-                    "token {token:08x}: {name} did not answer a check although {remote} answers echoes: it keeps standing by, and must be healthy for another {hold_ms} ms"
+                    "token {token:08x}: {name} did not answer a check although {remote} answers echoes: it keeps standing by until it has been healthy for another {hold_ms} ms"
                 ),
                 CheckVerdict::Waived => format!(
                     "token {token:08x}: {name} did not answer a check, but {remote} was never heard answering an echo on it, which says nothing: it takes traffic back"
@@ -1318,10 +1318,13 @@ impl ConnPolicy {
                 false,
             )
         };
+        // `held`: as host-wide, the faster path has been healthy for
+        // `hold_ms` (and again after a check it left unanswered).
         let faster = |cur: IpAddr| {
             best != cur
                 && rtt(cur) > rtt(best) * t.rtt_ratio + t.rtt_margin_ms as f64
                 && now.since(c.last_switch) >= t.hold_ms
+                && self.held(c, best)
         };
         // As host-wide (`Policy::choose_interactive`): the faster path's
         // RTT is from when it last carried something.
@@ -1375,7 +1378,6 @@ impl ConnPolicy {
         };
         let (max, window) = (t.max_handovers, t.handover_window_ms);
         let informed = self.srtt(c, active).is_some();
-        let active_path = self.path_of(active).map_or(0, |p| p.ifindex);
         let left = c
             .active
             .as_ref()
@@ -1401,8 +1403,13 @@ impl ConnPolicy {
             c.left_for_cause(a, now);
         }
         c.active = Some((active, why.clone(), informed));
-        if let Some(h) = c.health.paths.get_mut(&active_path) {
-            h.forget_check();
+        // Only the path being checked keeps its check: a waiver is for
+        // one switch, not for good.
+        let checking = check.as_ref().map(|(i, _)| *i);
+        for (i, h) in c.health.paths.iter_mut() {
+            if Some(*i) != checking {
+                h.forget_check();
+            }
         }
         let why = match check {
             Some((ifindex, waiting)) => {

@@ -1221,4 +1221,62 @@ fn an_interactive_connection_checks_a_faster_path_that_stood_by() {
     let mut f = flips(&ds);
     f.sort();
     assert_eq!(f, vec![(5, p0, false), (5, p1, true)], "{ds:?}");
+
+    // Each path's RTT and when it was last heard.
+    let both = |rtt0: u32, heard0: u64, rtt1: u32, heard1: u64, t: u64| {
+        health(vec![
+            (
+                5,
+                sample(
+                    "10.1.0.1:40000",
+                    "192.0.2.1:22",
+                    2,
+                    rtt0,
+                    0,
+                    (t - heard0) as u32,
+                ),
+            ),
+            (
+                5,
+                sample(
+                    "10.2.0.1:50005",
+                    "192.0.2.1:22",
+                    3,
+                    rtt1,
+                    0,
+                    (t - heard1) as u32,
+                ),
+            ),
+        ])
+    };
+    let answer = |p: &mut ConnPolicy, ifindex: u32, answered: bool, t: u64| {
+        p.handle(
+            ConnEvent::CheckAnswer {
+                ifindex,
+                remote: peer,
+                answered: Some(answered),
+            },
+            t,
+        )
+    };
+    // p0 slows; p1, silent since 100, is checked and answers.
+    let ds = p.handle(both(200, 9_100, 20, 100, 9_100), 9_100);
+    assert_eq!(check_of(&ds), Some((3, peer)), "{ds:?}");
+    assert_eq!(flips(&answer(&mut p, 3, true, 9_130)).len(), 2);
+    // p1 slows; p0, which answered a check before, now leaves one
+    // unanswered: the connection stays on p1, and p0 is not asked again
+    // until it has been healthy for another hold time.
+    let ds = p.handle(both(20, 6_030, 200, 12_200, 12_200), 12_200);
+    assert_eq!(check_of(&ds), Some((2, peer)), "{ds:?}");
+    let ds = answer(&mut p, 2, false, 12_230);
+    assert!(flips(&ds).is_empty(), "{ds:?}");
+    assert_eq!(check_of(&ds), None, "asked again at once: {ds:?}");
+    assert!(p
+        .take_notes()
+        .iter()
+        .any(|n| n.contains("did not answer a check although")));
+    let ds = p.handle(both(20, 6_030, 200, 13_000, 13_000), 13_000);
+    assert_eq!(check_of(&ds), None, "{ds:?}");
+    let ds = p.handle(both(20, 6_030, 200, 15_300, 15_300), 15_300);
+    assert_eq!(check_of(&ds), Some((2, peer)), "{ds:?}");
 }
