@@ -688,8 +688,9 @@ impl PathHealth {
         Some((local, remote, self.silence_probe_timeout_ms(now_ms)))
     }
 
-    /// The check could not be sent (probing is off): nothing says the
-    /// path failed, and it is taken as before checks were made.
+    /// The check could not be sent (probing is off, its socket was
+    /// refused): nothing says the path failed, and it is taken as before
+    /// checks were made.
     pub fn waive_check(&mut self) {
         if self.check != Check::None {
             self.check = Check::Waived;

@@ -342,6 +342,13 @@ impl Policy {
         let current = self
             .active_path
             .and_then(|a| paths.iter().find(|p| p.ifindex == a).cloned());
+        // Only the best path can be checked (`choose_interactive`): a
+        // waiver is for one switch, not for good.
+        for (i, h) in self.health.paths.iter_mut() {
+            if *i != best.ifindex {
+                h.forget_check();
+            }
+        }
         let unconfirmed = self.unconfirmed_problems(wanted);
         let (active, reason) = self.choose_interactive(current, &best);
         if let Some(cur) = self.active_path.filter(|c| *c != active) {
