@@ -1,6 +1,7 @@
 //! What a scenario run leaves behind when asked to (`--logs DIR`): the MPTCP
 //! events on both ends, the path manager's own log, the scenario's events and
-//! (lossy-primary) every probe's latency, all with UTC wall-clock times so they line up with each other.
+//! (lossy-primary) every probe's latency, all with UTC wall-clock times so
+//! they line up with each other.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -647,13 +647,15 @@ impl PathHealth {
         self.heard_ms = Some(self.heard_ms.map_or(at_ms, |t| t.max(at_ms)));
     }
 
-    /// Whether the path showed within the last `ms` that it carries
-    /// packets, or a check of it was waived (its peer answers no echoes).
-    pub fn proven_within(&self, now_ms: u64, ms: u64) -> bool {
-        self.check == Check::Waived
+    /// Whether a path standing by may take traffic without a check: it
+    /// showed within `CHECK_FRESH_MS` that it carries packets, a check of
+    /// it was waived, or it has no subflow to measure or probe from.
+    pub fn proven(&self, now_ms: u64) -> bool {
+        !self.measured()
+            || self.check == Check::Waived
             || self
                 .heard_ms
-                .is_some_and(|t| now_ms.saturating_sub(t) <= ms)
+                .is_some_and(|t| now_ms.saturating_sub(t) <= CHECK_FRESH_MS)
     }
 
     /// Ask for a check that the path still works (one at a time).
@@ -1011,8 +1013,8 @@ pub const MIN_WITNESSES: usize = 2;
 
 /// A path standing by (handover's primary, interactive's faster path)
 /// that was heard (an ACK, an answer) within this long takes traffic
-/// without a check (`PathHealth::want_check`).
-pub const CHECK_FRESH_MS: u64 = 500;
+/// without a check (`PathHealth::proven`).
+const CHECK_FRESH_MS: u64 = 500;
 
 /// A stall probe goes out this much before "threshold minus the probe's
 /// timeout" (never before half the threshold): the health round that sends

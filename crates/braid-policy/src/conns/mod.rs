@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::backup_watch::{observe_backups, BackupWatch, IGNORED_MAX_TRIES};
 use crate::budget::SwitchBudget;
 use crate::config::{PathMode, PolicyConfig, Role};
-use crate::health::{CheckVerdict, HealthTracker, PathProblem, SubflowSample, CHECK_FRESH_MS};
+use crate::health::{CheckVerdict, HealthTracker, PathProblem, SubflowSample};
 use crate::time::{backoff_ms, Clock, Time};
 use rules::{first_match, AppRule, Owner};
 
@@ -1257,15 +1257,13 @@ impl ConnPolicy {
         (if failed { primaries } else { secondaries }, why)
     }
 
-    /// Whether the path of `addr` showed lately (`CHECK_FRESH_MS`) that it
-    /// still works for connection `c`, or cannot be checked: no subflow of
-    /// `c` on it to measure or probe from.
+    /// Whether the path of `addr` may take connection `c` without a check
+    /// (`PathHealth::proven`, by `c`'s own measurements).
     fn proven(&self, c: &Conn, addr: IpAddr) -> bool {
         let now = self.clock.now().ms();
         self.path_of(addr)
             .and_then(|p| c.health.paths.get(&p.ifindex))
-            .filter(|h| h.measured())
-            .is_none_or(|h| h.proven_within(now, CHECK_FRESH_MS))
+            .is_none_or(|h| h.proven(now))
     }
 
     /// Interactive: the healthy path with the lowest RTT for this

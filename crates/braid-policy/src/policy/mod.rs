@@ -12,7 +12,7 @@ use crate::budget::SwitchBudget;
 use crate::config::{glob, Config, Flag, Mode, PathMode, PmKind, Role};
 use crate::health::{
     CheckVerdict, HealthTracker, PathHealth, PathProblem, SilenceVerdict, SubflowKey,
-    CHECK_FRESH_MS, LOSS_ECHO_INTERVAL_MS, MIN_WITNESSES, PROBE_AFTER_MIN_MS,
+    LOSS_ECHO_INTERVAL_MS, MIN_WITNESSES, PROBE_AFTER_MIN_MS,
 };
 use crate::model::*;
 use crate::time::{backoff_ms, Clock, Time};

@@ -271,18 +271,15 @@ impl Policy {
         }
     }
 
-    /// Whether a primary standing by has shown lately that it still works
-    /// (`CHECK_FRESH_MS`), or cannot be checked: no subflow on it to
-    /// measure or probe from, or its peer's family cannot be probed.
+    /// Whether a path standing by may take traffic without a check
+    /// (`PathHealth::proven`), or cannot be checked: its peer's family
+    /// cannot be probed.
     fn proven(&self, ifindex: Option<u32>) -> bool {
-        let Some(h) = ifindex
+        let now = self.clock.now().ms();
+        let can_probe = self.probe_filter();
+        ifindex
             .and_then(|x| self.health.paths.get(&x))
-            .filter(|h| h.measured())
-        else {
-            return true;
-        };
-        let can_probe = h.echo_pair().is_some_and(|(_, r)| self.probe_filter()(&r));
-        !can_probe || h.proven_within(self.clock.now().ms(), CHECK_FRESH_MS)
+            .is_none_or(|h| h.proven(now) || !h.echo_pair().is_some_and(|(_, r)| can_probe(&r)))
     }
 
     /// Ask for a check of a path standing by (sent by `checks_due`).
@@ -342,13 +339,6 @@ impl Policy {
         let current = self
             .active_path
             .and_then(|a| paths.iter().find(|p| p.ifindex == a).cloned());
-        // Only the best path can be checked (`choose_interactive`): a
-        // waiver is for one switch, not for good.
-        for (i, h) in self.health.paths.iter_mut() {
-            if *i != best.ifindex {
-                h.forget_check();
-            }
-        }
         let unconfirmed = self.unconfirmed_problems(wanted);
         let (active, reason) = self.choose_interactive(current, &best);
         if let Some(cur) = self.active_path.filter(|c| *c != active) {
@@ -370,8 +360,12 @@ impl Policy {
             .find(|p| p.ifindex == active)
             .is_some_and(|p| p.srtt.is_some());
         self.active_path = Some(active);
-        if let Some(h) = self.health.paths.get_mut(&active) {
-            h.forget_check();
+        // Only the best path, while it has not taken traffic, keeps its
+        // check (`choose_interactive`): a waiver is for one switch.
+        for (i, h) in self.health.paths.iter_mut() {
+            if *i != best.ifindex || *i == active {
+                h.forget_check();
+            }
         }
         self.path_state = reason.clone();
         for w in wanted.iter_mut() {
