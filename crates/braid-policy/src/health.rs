@@ -212,10 +212,37 @@ enum Check {
     #[default]
     None,
     Wanted,
-    Sent(IpAddr),
+    /// To `remote`; taken as lost if no outcome is reported by `lost_ms`
+    /// (`CHECK_REPORT_GRACE_MS` after the answer was due).
+    Sent {
+        remote: IpAddr,
+        lost_ms: u64,
+    },
     /// Unanswered by a peer never heard answering an echo on this path:
     /// that says nothing, and the path is taken back as before.
     Waived,
+}
+
+/// A check to send (`PathHealth::check_due`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckDue {
+    pub local: IpAddr,
+    pub remote: IpAddr,
+    /// How long the prober waits for the answer.
+    pub timeout_ms: u64,
+    /// Sent again: the last check's outcome never came.
+    pub again: bool,
+}
+
+impl CheckDue {
+    /// What the reason of a check sent again adds.
+    pub fn again_note(&self) -> &'static str {
+        if self.again {
+            " (sent again: the last check's outcome never came)"
+        } else {
+            ""
+        }
+    }
 }
 
 /// What a check's answer (or its absence) says.
@@ -671,23 +698,38 @@ impl PathHealth {
     }
 
     /// The check to send now, if one is wanted, no other probe of the path
-    /// is under way and `can_probe` its peer: (local, remote, timeout_ms),
-    /// marked as sent. Nothing of ours is queued on a standby: the answer
-    /// takes about the minimum RTT, as for a silent path.
+    /// is under way and `can_probe` its peer, marked as sent. Nothing of
+    /// ours is queued on a standby: the answer takes about the minimum RTT,
+    /// as for a silent path. A check sent whose outcome never came (the
+    /// prober died) is sent again rather than waited on for ever: the path
+    /// would stand by for good.
     pub fn check_due(
         &mut self,
         now_ms: u64,
         can_probe: impl Fn(&IpAddr) -> bool,
-    ) -> Option<(IpAddr, IpAddr, u64)> {
-        if self.check != Check::Wanted
-            || self.probed
-            || self.stall_probe.as_ref().is_some_and(StallProbe::pending)
-        {
+    ) -> Option<CheckDue> {
+        let again = match self.check {
+            Check::Wanted => false,
+            Check::Sent { lost_ms, .. } if now_ms >= lost_ms => true,
+            _ => return None,
+        };
+        if self.probed || self.stall_probe.as_ref().is_some_and(StallProbe::pending) {
             return None;
         }
         let (local, remote) = self.echo_pair().filter(|(_, r)| can_probe(r))?;
-        self.check = Check::Sent(remote);
-        Some((local, remote, self.silence_probe_timeout_ms(now_ms)))
+        let timeout_ms = self.silence_probe_timeout_ms(now_ms);
+        self.check = Check::Sent {
+            remote,
+            lost_ms: now_ms
+                .saturating_add(timeout_ms)
+                .saturating_add(CHECK_REPORT_GRACE_MS),
+        };
+        Some(CheckDue {
+            local,
+            remote,
+            timeout_ms,
+            again,
+        })
     }
 
     /// The check could not be sent (probing is off, its socket was
@@ -701,7 +743,7 @@ impl PathHealth {
 
     /// Whether a check of this path to `remote` is under way.
     pub fn check_under_way(&self, remote: IpAddr) -> bool {
-        self.check == Check::Sent(remote)
+        matches!(self.check, Check::Sent { remote: r, .. } if r == remote)
     }
 
     /// The check's answer, or its absence, at `now_ms`.
@@ -1015,6 +1057,10 @@ pub const MIN_WITNESSES: usize = 2;
 /// that was heard (an ACK, an answer) within this long takes traffic
 /// without a check (`PathHealth::proven`).
 const CHECK_FRESH_MS: u64 = 500;
+/// A check whose outcome has not come this long after its answer was due
+/// is taken as lost and sent again: the prober reports every probe at its
+/// timeout, so only a prober that died is this late.
+const CHECK_REPORT_GRACE_MS: u64 = 1_000;
 
 /// A stall probe goes out this much before "threshold minus the probe's
 /// timeout" (never before half the threshold): the health round that sends

@@ -400,6 +400,103 @@ fn interactive_leaves_a_lossy_path_at_once() {
     assert!(v.health["eth0"].loss > 0.05, "{:?}", v.health);
 }
 
+/// Interactive has left eth0 for loss; eth0's subflow still holds data
+/// that waits for an ACK past TCP's own expectation: a lost segment, which
+/// the switch does not move. eth0's subflows are reopened so the kernel
+/// resends it on wlan0 at once instead of after eth0's timeout; once per
+/// wait.
+#[test]
+fn interactive_reopens_a_path_left_for_loss_whose_data_waits_for_an_ack() {
+    let (mut s, _) = sim(PathMode::Interactive);
+    s.health(0, ok(20, 0), ok(60, 0));
+    let lossy = |unacked: u32, last_ack_ms: u32| P {
+        retrans: 10,
+        unacked,
+        last_ack_ms,
+        ..ok(20, 50)
+    };
+    s.health(100, lossy(2, 5), ok(60, 0));
+    assert_eq!(s.flags(), (SUBFLOW | BACKUP, SUBFLOW));
+    // Within what TCP expects (srtt + 4 rttvar = 40 ms): nothing.
+    let ds = s.health(120, lossy(2, 25), ok(60, 10));
+    assert!(removals(&ds).is_empty(), "{ds:?}");
+    let ds = s.health(140, lossy(2, 60), ok(60, 20));
+    let eth0: IpAddr = "10.0.0.2".parse().unwrap();
+    assert_eq!(removals(&ds), vec![eth0], "{ds:?}");
+    let why = &ds
+        .iter()
+        .find(|d| matches!(d.action, Action::RemoveEndpoint { .. }))
+        .unwrap()
+        .reason;
+    assert!(
+        why.contains("left for loss") && why.contains("resent on wlan0"),
+        "{why}"
+    );
+    // The same wait is not acted on again; eth0 comes back as a standby.
+    let ds = s.health(160, lossy(2, 80), ok(60, 30));
+    assert!(removals(&ds).is_empty(), "{ds:?}");
+    let mut t = 160;
+    while s.flags().0 == 0 {
+        t += 20;
+        assert!(t < 1_000, "eth0 never added back");
+        s.at(t, Event::Tick);
+    }
+    assert_eq!(s.flags(), (SUBFLOW | BACKUP, SUBFLOW));
+}
+
+/// A connection whose only subflow is on the path left for loss would have
+/// none left after a reopen: the wait is noted, nothing is closed.
+#[test]
+fn a_path_left_for_loss_is_not_reopened_under_a_connection_with_no_other_subflow() {
+    let (mut s, _) = sim(PathMode::Interactive);
+    s.health(0, ok(20, 0), ok(60, 0));
+    s.health(
+        100,
+        P {
+            retrans: 10,
+            ..ok(20, 50)
+        },
+        ok(60, 0),
+    );
+    assert_eq!(s.flags(), (SUBFLOW | BACKUP, SUBFLOW));
+    let sample = |ifindex: u32, ip: [u8; 4], host: &str, last_ack_ms: u32| SubflowSample {
+        local: SocketAddr::from((ip, 40000)),
+        remote: host.parse().unwrap(),
+        ifindex,
+        rtt_us: if ifindex == 2 { 20_000 } else { 60_000 },
+        rttvar_us: if ifindex == 2 { 5_000 } else { 15_000 },
+        total_retrans: if ifindex == 2 { 10 } else { 0 },
+        data_segs_out: 50,
+        unacked: 2,
+        last_ack_recv_ms: last_ack_ms,
+        bytes_received: 0,
+        last_data_recv_ms: 0,
+        data_segs_in: 0,
+        min_rtt_us: 0,
+        local_backup: None,
+        joining: false,
+        first: false,
+        conn: 0,
+        rcv_ooopack: 0,
+    };
+    let ds = s.at(
+        140,
+        Event::Health(vec![
+            sample(2, [10, 0, 0, 2], HOSTS[0], 60),
+            sample(2, [10, 0, 0, 2], HOSTS[1], 60),
+            sample(3, [192, 168, 1, 5], HOSTS[0], 5),
+        ]),
+    );
+    assert!(removals(&ds).is_empty(), "{ds:?}");
+    let notes = s.p.take_notes();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("198.51.100.7:443 has no subflow on wlan0")),
+        "{notes:?}"
+    );
+}
+
 /// One connection's loss moves traffic by default (`policy.loss_hosts = 1`);
 /// with `loss_hosts = 2` it is noted, and nothing moves.
 #[test]
@@ -1760,6 +1857,28 @@ fn a_primary_that_stood_by_answers_a_probe_before_it_takes_traffic_back() {
         "checked again after {third} ms"
     );
     s.at(third + 120, answer(Some(20.0)));
+    assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
+}
+
+/// A check whose outcome never comes (the prober died) is sent again once
+/// its answer is well overdue: waited on for ever, the primary would stand
+/// by for good.
+#[test]
+fn a_check_whose_outcome_never_comes_is_sent_again() {
+    let (mut s, _) = sim(PathMode::Handover);
+    s.hosts = 2;
+    s.health(0, ok(20, 100), ok(60, 0));
+    stall_eth0(&mut s, 500);
+    let checked = until_checked(&mut s, 1000, 500);
+    let host = HOSTS[0].parse::<SocketAddr>().unwrap().ip();
+    let t = checked + 1_000;
+    assert!(!probes(&s.health(t, standing_by(t, 500), ok(60, 9000))).contains(&(2, host)));
+    let t = checked + 5_000;
+    let ds = s.health(t, standing_by(t, 500), ok(60, 9000));
+    assert!(probes(&ds).contains(&(2, host)), "{ds:?}");
+    assert!(ds.iter().any(|d| d.reason.contains("sent again")), "{ds:?}");
+    assert_eq!(s.flags(), (SUBFLOW | BACKUP, SUBFLOW));
+    s.at(t + 120, answer(Some(20.0)));
     assert_eq!(s.flags(), (SUBFLOW, SUBFLOW | BACKUP));
 }
 

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::backup_watch::{observe_backups, BackupWatch, IGNORED_MAX_TRIES};
 use crate::budget::SwitchBudget;
 use crate::config::{PathMode, PolicyConfig, Role};
-use crate::health::{CheckVerdict, HealthTracker, PathProblem, SubflowSample};
+use crate::health::{CheckDue, CheckVerdict, HealthTracker, PathProblem, SubflowSample};
 use crate::time::{backoff_ms, Clock, Time};
 use rules::{first_match, AppRule, Owner};
 
@@ -952,27 +952,29 @@ impl ConnPolicy {
     /// one probe per path and peer.
     fn checks_due(&mut self, out: &mut Vec<ConnDecision>) {
         let now = self.clock.now().ms();
-        let mut due: BTreeMap<(u32, IpAddr), (IpAddr, u64)> = BTreeMap::new();
+        let mut due: BTreeMap<(u32, IpAddr), CheckDue> = BTreeMap::new();
         for c in self.conns.values_mut() {
             for (ifindex, h) in c.health.paths.iter_mut() {
                 // Connections to the same peer share one probe: its answer
                 // comes to every connection that waits (`check_answer`).
-                if let Some((local, remote, timeout_ms)) = h.check_due(now, |_| true) {
-                    due.entry((*ifindex, remote)).or_insert((local, timeout_ms));
+                if let Some(d) = h.check_due(now, |_| true) {
+                    due.entry((*ifindex, d.remote)).or_insert(d);
                 }
             }
         }
-        for ((ifindex, remote), (local, timeout_ms)) in due {
+        for ((ifindex, remote), d) in due {
             let name = self.path_name(ifindex);
+            let timeout_ms = d.timeout_ms;
             out.push(ConnDecision {
                 action: ConnAction::CheckPath {
                     ifindex,
-                    local,
+                    local: d.local,
                     remote,
                     timeout_ms,
                 },
                 reason: format!(
-                    "{name} has been healthy while it stood by for a connection to {remote}, but carried nothing that shows it still works: does it answer before it takes traffic back? (an answer is due within {timeout_ms} ms)"
+                    "{name} has been healthy while it stood by for a connection to {remote}, but carried nothing that shows it still works: does it answer before it takes traffic back? (an answer is due within {timeout_ms} ms){}",
+                    d.again_note()
                 ),
             });
         }

@@ -1126,13 +1126,24 @@ fn a_connections_primary_that_stood_by_answers_a_check_before_it_takes_traffic_b
     assert!(t >= 30_400, "checked at {t}");
     // One check at a time.
     assert_eq!(check_of(&p.handle(round(t + 500 - 500, 0), t + 500)), None);
+    assert_eq!(
+        check_of(&p.handle(round(t + 1_000 - 500, 0), t + 1_000)),
+        None
+    );
+    // A check whose outcome never comes (the prober died) is sent again
+    // once its answer is well overdue, rather than waited on for ever.
+    let ds = p.handle(round(t + 5_000 - 500, 0), t + 5_000);
+    assert_eq!(check_of(&ds), Some((2, peer)), "{ds:?}");
+    assert!(flips(&ds).is_empty(), "{ds:?}");
+    assert!(ds.iter().any(|d| d.reason.contains("sent again")), "{ds:?}");
+    let answered_at = t + 5_020;
     let ds = p.handle(
         ConnEvent::CheckAnswer {
             ifindex: 2,
             remote: peer,
             answered: Some(true),
         },
-        t + 520,
+        answered_at,
     );
     let mut f = flips(&ds);
     f.sort();
@@ -1140,7 +1151,7 @@ fn a_connections_primary_that_stood_by_answers_a_check_before_it_takes_traffic_b
 
     // Left again; this time the check goes unanswered, and the peer has
     // answered one: the secondary keeps the connection.
-    let again = t + 2_000;
+    let again = answered_at + 1_500;
     stall(&mut p, again);
     let t = until_check(&mut p, again + 1_000, again + 100);
     let ds = p.handle(

@@ -219,6 +219,7 @@ impl Policy {
         if self.config.policy.mode != PathMode::Aggregate {
             self.note_stalls();
         }
+        self.note_lossy_waits(&samples);
         self.probes_due();
         true
     }

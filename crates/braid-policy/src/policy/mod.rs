@@ -11,8 +11,8 @@ use crate::backup_watch::BackupWatch;
 use crate::budget::SwitchBudget;
 use crate::config::{glob, Config, Flag, Mode, PathMode, PmKind, Role};
 use crate::health::{
-    CheckVerdict, HealthTracker, PathHealth, PathProblem, SilenceVerdict, SubflowKey,
-    LOSS_ECHO_INTERVAL_MS, MIN_WITNESSES, PROBE_AFTER_MIN_MS,
+    CheckVerdict, HealthTracker, PathHealth, PathProblem, ProblemKind, SilenceVerdict, SubflowKey,
+    SubflowSample, LOSS_ECHO_INTERVAL_MS, MIN_WITNESSES, PROBE_AFTER_MIN_MS,
 };
 use crate::model::*;
 use crate::time::{backoff_ms, Clock, Time};
@@ -243,6 +243,10 @@ pub struct Policy {
     mode_reasons: BTreeMap<IpAddr, String>,
     /// Interfaces seen stalled (to act once per stall).
     stalled_paths: BTreeSet<u32>,
+    /// Interactive: paths left for loss whose data waits for an ACK past
+    /// TCP's own expectation (to reopen them once per wait,
+    /// `note_lossy_waits`).
+    lossy_waits: BTreeSet<u32>,
     /// A stalled path whose subflows were not reopened, and why (shown in
     /// the path state while the stall lasts).
     reset_skipped: Option<(u32, String)>,
@@ -456,6 +460,7 @@ impl Policy {
             path_state: String::new(),
             mode_reasons: BTreeMap::new(),
             stalled_paths: BTreeSet::new(),
+            lossy_waits: BTreeSet::new(),
             reset_skipped: None,
             missing_subflows: BTreeMap::new(),
             rejoined: BTreeMap::new(),
