@@ -819,6 +819,15 @@ impl PathHealth {
         answer_by_threshold.min(wait.max(PROBE_AFTER_MIN_MS))
     }
 
+    /// Data on the path has waited for an ACK past the point TCP itself
+    /// expected one (`stall_probe_at_ms`): how long, and that point (ms).
+    /// On a path left for loss this is a lost segment waiting for the
+    /// path's retransmission timeout (`left_for_loss_wait`).
+    pub fn overdue_ack(&self, stall_ms: u64) -> Option<(u64, u64)> {
+        let expected = self.stall_probe_at_ms(stall_ms);
+        (self.stalled_ms > 0 && self.stalled_ms >= expected).then_some((self.stalled_ms, expected))
+    }
+
     /// Whether the path's wait for an ACK should be probed now: it has
     /// waited long enough, fewer than `MIN_WITNESSES` hosts show it (more
     /// would confirm it without a probe), and this wait was not probed yet
@@ -1047,6 +1056,14 @@ impl PathHealth {
             }
         )
     }
+}
+
+/// Why data waiting on path `name`, left for loss, is worth resending
+/// elsewhere (`PathHealth::overdue_ack`): host-wide and per connection.
+pub fn left_for_loss_wait(name: &str, waited_ms: u64, expected_ms: u64) -> String {
+    format!(
+        "{name} was left for loss, and data on it has waited {waited_ms} ms for an ACK (TCP expected one within {expected_ms} ms): a lost segment, which would wait for {name}'s retransmission timeout with everything sent after it"
+    )
 }
 
 /// How many distinct remote hosts must show a stall or loss before it is

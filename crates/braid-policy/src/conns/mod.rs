@@ -27,7 +27,10 @@ use serde::{Deserialize, Serialize};
 use crate::backup_watch::{observe_backups, BackupWatch, IGNORED_MAX_TRIES};
 use crate::budget::SwitchBudget;
 use crate::config::{PathMode, PolicyConfig, Role};
-use crate::health::{CheckDue, CheckVerdict, HealthTracker, PathProblem, SubflowSample};
+use crate::health::{
+    left_for_loss_wait, CheckDue, CheckVerdict, HealthTracker, PathProblem, ProblemKind,
+    SubflowSample,
+};
 use crate::time::{backoff_ms, Clock, Time};
 use rules::{first_match, AppRule, Owner};
 
@@ -354,6 +357,10 @@ struct Conn {
     /// Backup subflows whose peer is to be told again at the next
     /// reconcile, with why.
     tell_again: Vec<((SocketAddr, SocketAddr), String)>,
+    /// Interactive: interfaces left for loss whose data waits for an ACK
+    /// past TCP's own expectation, their subflows closed for this wait
+    /// (`PolicyConns::lossy_waits`).
+    lossy_waits: std::collections::BTreeSet<u32>,
 }
 
 impl Conn {
@@ -714,6 +721,7 @@ impl ConnPolicy {
                 leaving: BTreeMap::new(),
                 backups_watched: BTreeMap::new(),
                 tell_again: Vec::new(),
+                lossy_waits: std::collections::BTreeSet::new(),
             },
         );
     }
@@ -1426,6 +1434,77 @@ impl ConnPolicy {
         )
     }
 
+    /// Interactive, as host-wide (`Policy::note_lossy_waits`): the
+    /// connection's subflows on a path it left for loss whose data has
+    /// waited for an ACK past what TCP expected hold a lost segment, which
+    /// would wait for that path's retransmission timeout with everything
+    /// sent after it. They are closed, so the kernel resends their data
+    /// on the chosen path at once, and re-created as backups (a working
+    /// subflow that closes is replaced at once, `subflow_closed`): it costs
+    /// this connection only. Once per wait, and only while the connection
+    /// has a subflow on the chosen path. The interfaces waiting now, and
+    /// the closes.
+    fn lossy_waits(
+        &self,
+        token: u32,
+        why: &str,
+    ) -> (std::collections::BTreeSet<u32>, Vec<ConnDecision>) {
+        let mut waiting = std::collections::BTreeSet::new();
+        let mut closes = Vec::new();
+        let Some(c) = self.conns.get(&token) else {
+            return (waiting, closes);
+        };
+        let Some((active, _, _)) = c
+            .active
+            .as_ref()
+            .filter(|_| c.mode == PathMode::Interactive)
+        else {
+            return (waiting, closes);
+        };
+        let carried =
+            c.subflows.keys().any(|(l, _)| l.ip() == *active) && self.problem(c, *active).is_none();
+        if !carried || c.server_side {
+            return (waiting, closes);
+        }
+        let stall_ms = self.tuning.stall_ms;
+        for p in self.paths.iter().filter(|p| p.addr != *active) {
+            // Its own loss flag, or the host's verdict: a wait that
+            // reaches the stall threshold makes the connection's own
+            // verdict "stalled", still on a path left for loss.
+            let Some(h) = c.health.paths.get(&p.ifindex) else {
+                continue;
+            };
+            let host_lossy = self
+                .path_problems
+                .get(&p.ifindex)
+                .is_some_and(|x| x.kind == ProblemKind::Lossy);
+            if !h.lossy && !host_lossy {
+                continue;
+            }
+            let Some((waited_ms, expected_ms)) = h.overdue_ack(stall_ms) else {
+                continue;
+            };
+            waiting.insert(p.ifindex);
+            if c.lossy_waits.contains(&p.ifindex) {
+                continue;
+            }
+            for (local, remote) in c.subflows.keys().filter(|(l, _)| l.ip() == p.addr) {
+                closes.push(ConnDecision {
+                    action: ConnAction::DestroySubflow {
+                        token,
+                        local: *local,
+                        remote: *remote,
+                    },
+                    reason: format!(
+                        "{why}: {}; closing the subflow so its data is resent on {active} at once (it is re-created as a backup)",
+                        left_for_loss_wait(&p.name, waited_ms, expected_ms)
+                    ),
+                });
+            }
+        }
+        (waiting, closes)
+    }
+
     /// Bring one connection to what its mode wants: subflows on every
     /// usable address of the remote's family, backup flags as the mode
     /// says; a server announces its other addresses.
@@ -1453,9 +1532,12 @@ impl ConnPolicy {
             self.choose(token, &addrs)
         };
         let standby_of = |a: IpAddr| standby.contains(&a);
+        let (waiting, closes) = self.lossy_waits(token, why);
         let Some(c) = self.conns.get_mut(&token) else {
             return;
         };
+        c.lossy_waits = waiting;
+        out.extend(closes);
         let label = format!("{} mode ({}): {choice}", mode.name(), c.rule);
         if c.server_side {
             for p in &usable {

@@ -1291,3 +1291,72 @@ fn an_interactive_connection_checks_a_faster_path_that_stood_by() {
     let ds = p.handle(both(20, 6_030, 200, 15_300, 15_300), 15_300);
     assert_eq!(check_of(&ds), Some((2, peer)), "{ds:?}");
 }
+
+fn destroys(ds: &[ConnDecision]) -> Vec<(u32, SocketAddr)> {
+    ds.iter()
+        .filter_map(|d| match d.action {
+            ConnAction::DestroySubflow { token, local, .. } => Some((token, local)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// As host-wide (`Policy::note_lossy_waits`): the connection's subflow on
+/// the path it left for loss holds data that has waited for an ACK past
+/// what TCP expected, a lost segment the switch does not move. It is
+/// closed, so its data goes on the chosen path at once, and re-created as
+/// a backup; once per wait.
+#[test]
+fn an_interactive_connection_closes_its_subflow_on_a_path_left_for_loss_when_data_waits() {
+    let mut p = interactive_connection();
+    let p0: IpAddr = "10.1.0.1".parse().unwrap();
+    let round = |p: &mut ConnPolicy, t: u64, unacked: u32, last_ack_ms: u32| {
+        let mut s0 = sample(
+            "10.1.0.1:40000",
+            "192.0.2.1:22",
+            2,
+            20,
+            unacked,
+            last_ack_ms,
+        );
+        s0.data_segs_out = 2000;
+        s0.total_retrans = 400;
+        let s1 = sample("10.2.0.1:50005", "192.0.2.1:22", 3, 80, 0, 5);
+        p.handle(health(vec![(5, s0), (5, s1)]), t)
+    };
+    // 20 % of p0's segments retransmitted: the connection leaves it.
+    for r in 1..=20u32 {
+        let mut s0 = sample("10.1.0.1:40000", "192.0.2.1:22", 2, 20, 0, 5);
+        s0.data_segs_out = r * 100;
+        s0.total_retrans = r * 20;
+        let s1 = sample("10.2.0.1:50005", "192.0.2.1:22", 3, 80, 0, 5);
+        p.handle(health(vec![(5, s0), (5, s1)]), u64::from(r) * 100);
+    }
+    assert_ne!(
+        p.conns[&5].active.as_ref().map(|(a, _, _)| *a),
+        Some(p0),
+        "p0 is left for its loss"
+    );
+    // Data on p0 waits within what TCP expects: nothing.
+    assert!(destroys(&round(&mut p, 2_100, 2, 5)).is_empty());
+    assert!(destroys(&round(&mut p, 2_110, 2, 15)).is_empty());
+    // Past it: p0's subflow is closed.
+    let ds = round(&mut p, 2_180, 2, 85);
+    assert_eq!(destroys(&ds), vec![(5, sa("10.1.0.1:40000"))], "{ds:?}");
+    assert!(
+        ds.iter().any(|d| d.reason.contains("left for loss")),
+        "{ds:?}"
+    );
+    // The same wait, once (past the stall threshold too).
+    assert!(destroys(&round(&mut p, 2_200, 2, 105)).is_empty());
+    // Closed: re-created at once, as a backup.
+    let ds = p.handle(
+        ConnEvent::SubClosed {
+            token: 5,
+            local: sa("10.1.0.1:40000"),
+            remote: sa("192.0.2.1:22"),
+        },
+        2_220,
+    );
+    assert_eq!(creates(&ds), vec![(5, p0, true)], "{ds:?}");
+}

@@ -11,8 +11,9 @@ use crate::backup_watch::BackupWatch;
 use crate::budget::SwitchBudget;
 use crate::config::{glob, Config, Flag, Mode, PathMode, PmKind, Role};
 use crate::health::{
-    CheckVerdict, HealthTracker, PathHealth, PathProblem, ProblemKind, SilenceVerdict, SubflowKey,
-    SubflowSample, LOSS_ECHO_INTERVAL_MS, MIN_WITNESSES, PROBE_AFTER_MIN_MS,
+    left_for_loss_wait, CheckVerdict, HealthTracker, PathHealth, PathProblem, ProblemKind,
+    SilenceVerdict, SubflowKey, SubflowSample, LOSS_ECHO_INTERVAL_MS, MIN_WITNESSES,
+    PROBE_AFTER_MIN_MS,
 };
 use crate::model::*;
 use crate::time::{backoff_ms, Clock, Time};

@@ -136,7 +136,7 @@ impl Policy {
             return;
         }
         let stall_ms = self.config.policy.stall_ms;
-        let left: Vec<(u32, u64, u64)> = self
+        let left: Vec<(u32, (u64, u64))> = self
             .health
             .paths
             .iter()
@@ -145,17 +145,17 @@ impl Policy {
                 self.path_problem(Some(**i))
                     .is_some_and(|p| p.kind == ProblemKind::Lossy)
             })
-            .filter(|(_, h)| h.stalled_ms > 0 && h.stalled_ms >= h.stall_probe_at_ms(stall_ms))
-            .map(|(i, h)| (*i, h.stalled_ms, h.stall_probe_at_ms(stall_ms)))
+            .filter_map(|(i, h)| Some((*i, h.overdue_ack(stall_ms)?)))
             .collect();
-        for (i, waited_ms, expected_ms) in left {
+        for (i, (waited_ms, expected_ms)) in left {
             self.lossy_waits.insert(i);
             if waiting_before.contains(&i) {
                 continue;
             }
             let (name, chosen) = (link_name(&self.links, i), link_name(&self.links, active));
             let what = format!(
-                "interactive: {name} was left for loss, and data on it has waited {waited_ms} ms for an ACK (TCP expected one within {expected_ms} ms): a lost segment, which would wait for {name}'s retransmission timeout with everything sent after it"
+                "interactive: {}",
+                left_for_loss_wait(&name, waited_ms, expected_ms)
             );
             if let Some(alone) = only_on_path(samples, i, active) {
                 self.notes.push(format!(
