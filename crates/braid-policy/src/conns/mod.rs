@@ -19,7 +19,7 @@
 
 pub mod rules;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
@@ -345,7 +345,7 @@ struct Conn {
     /// reconcile, with why: gone, or a dead primary handed over from.
     to_remove: BTreeMap<IpAddr, String>,
     /// Local addresses removed and not used by a subflow since.
-    removed: std::collections::BTreeSet<IpAddr>,
+    removed: BTreeSet<IpAddr>,
     /// Local addresses that left the usable paths, with their interface
     /// and why: removed at the next reconcile, unless their subflows
     /// stand by idle while another carries the connection (closing them
@@ -359,8 +359,8 @@ struct Conn {
     tell_again: Vec<((SocketAddr, SocketAddr), String)>,
     /// Interactive: interfaces left for loss whose data waits for an ACK
     /// past TCP's own expectation, their subflows closed for this wait
-    /// (`PolicyConns::lossy_waits`).
-    lossy_waits: std::collections::BTreeSet<u32>,
+    /// (`ConnPolicy::lossy_waits`).
+    lossy_waits: BTreeSet<u32>,
 }
 
 impl Conn {
@@ -717,11 +717,11 @@ impl ConnPolicy {
                 budget: SwitchBudget::default(),
                 suspect: BTreeMap::new(),
                 to_remove: BTreeMap::new(),
-                removed: std::collections::BTreeSet::new(),
+                removed: BTreeSet::new(),
                 leaving: BTreeMap::new(),
                 backups_watched: BTreeMap::new(),
                 tell_again: Vec::new(),
-                lossy_waits: std::collections::BTreeSet::new(),
+                lossy_waits: BTreeSet::new(),
             },
         );
     }
@@ -1042,7 +1042,7 @@ impl ConnPolicy {
 
     /// Forget the connections the kernel no longer has (their CLOSED event
     /// was lost when the event socket overflowed).
-    pub fn keep_only(&mut self, tokens: &std::collections::BTreeSet<u32>) {
+    pub fn keep_only(&mut self, tokens: &BTreeSet<u32>) {
         self.conns.retain(|t, _| tokens.contains(t));
     }
 
@@ -1444,12 +1444,8 @@ impl ConnPolicy {
     /// this connection only. Once per wait, and only while the connection
     /// has a subflow on the chosen path. The interfaces waiting now, and
     /// the closes.
-    fn lossy_waits(
-        &self,
-        token: u32,
-        why: &str,
-    ) -> (std::collections::BTreeSet<u32>, Vec<ConnDecision>) {
-        let mut waiting = std::collections::BTreeSet::new();
+    fn lossy_waits(&self, token: u32, why: &str) -> (BTreeSet<u32>, Vec<ConnDecision>) {
+        let mut waiting = BTreeSet::new();
         let mut closes = Vec::new();
         let Some(c) = self.conns.get(&token) else {
             return (waiting, closes);

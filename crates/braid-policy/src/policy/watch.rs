@@ -120,7 +120,7 @@ impl Policy {
     /// doubled if the resend is lost too) and everything the connection
     /// sent after it waits in the same byte stream. Seen in the lab
     /// (10/40 ms, 10 % loss): a request sent 34 ms before the switch took
-    /// 639 ms, and 32 requests behind it more than 170 ms. Closing the
+    /// 639 ms, and the 23 requests behind it more than 170 ms. Closing the
     /// subflows makes the kernel resend their data on the chosen path at
     /// once. Only when every connection on the path has a subflow on the
     /// chosen one, once per wait.
