@@ -40,7 +40,7 @@ pub struct ConnShell {
     listing_failed: bool,
     /// Loss echoes and checks the policy asked for, for the daemon's
     /// prober (`Action::ProbeLoss`, `Action::ProbePath`).
-    echoes: Vec<Action>,
+    probes: Vec<Action>,
 }
 
 /// Lines of per-connection decisions a second, at most.
@@ -73,7 +73,7 @@ impl ConnShell {
             log_budget: RateLimit::new(DECISION_LINES_PER_SECOND),
             refusal_budget: RateLimit::new(DECISION_LINES_PER_SECOND),
             listing_failed: false,
-            echoes: Vec::new(),
+            probes: Vec::new(),
         })
     }
 
@@ -205,11 +205,11 @@ impl ConnShell {
         self.carry_out(ds, now_ms, pm, journal);
     }
 
-    /// The echoes and checks asked for since the last call, to be sent by
+    /// The loss echoes and checks asked for since the last call, to be sent by
     /// the daemon's prober (answers come back through `loss_echo` and
     /// `check_answer`).
-    pub fn take_echoes(&mut self) -> Vec<Action> {
-        std::mem::take(&mut self.echoes)
+    pub fn take_probes(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.probes)
     }
 
     /// A check's outcome: None if it could not be sent.
@@ -355,7 +355,7 @@ impl ConnShell {
                 } = d.action
                 {
                     debug!(action = %d.action, reason = %d.reason, "connection decision");
-                    self.echoes.push(Action::ProbeLoss {
+                    self.probes.push(Action::ProbeLoss {
                         ifindex,
                         local,
                         remote,
@@ -371,7 +371,7 @@ impl ConnShell {
                     timeout_ms,
                 } = d.action
                 {
-                    self.echoes.push(Action::ProbePath {
+                    self.probes.push(Action::ProbePath {
                         ifindex,
                         local,
                         remote,

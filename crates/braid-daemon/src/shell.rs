@@ -383,14 +383,14 @@ impl Shell {
         c.health(samples, problems, now, &mut self.pm, &mut self.journal);
     }
 
-    /// Send the echoes and checks the per-connection policy asked for. A
+    /// Send the loss echoes and checks the per-connection policy asked for. A
     /// check that cannot be sent is told as such: the connection waits
     /// for nothing.
-    fn send_conn_echoes(&mut self) {
-        let Some(echoes) = self.conns.as_mut().map(|c| c.take_echoes()) else {
+    fn send_conn_probes(&mut self) {
+        let Some(probes) = self.conns.as_mut().map(|c| c.take_probes()) else {
             return;
         };
-        for action in echoes {
+        for action in probes {
             let check = match action {
                 Action::ProbePath {
                     ifindex, remote, ..
@@ -400,7 +400,7 @@ impl Shell {
             let Err(f) = self.send_echo(0, action, true) else {
                 continue;
             };
-            debug!(error = %f.error, "connection echo not sent");
+            debug!(error = %f.error, "connection probe not sent");
             if let Some((ifindex, remote)) = check {
                 self.conn_check_answer(ifindex, remote, None);
             }
@@ -1634,7 +1634,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
             _ = io.sigterm.recv() => break,
             _ = io.sigint.recv() => break,
         }
-        shell.send_conn_echoes();
+        shell.send_conn_probes();
         // A decision made on any event (a link change, a command, a
         // deadline) may want the next health round sooner: a flag change
         // to check on a join.

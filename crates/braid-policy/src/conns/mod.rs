@@ -1334,6 +1334,15 @@ impl ConnPolicy {
                 && now.since(c.last_switch) >= t.hold_ms
                 && self.held(c, best)
         };
+        let over = |cur: IpAddr| {
+            format!(
+                "{cur} RTT {} is over {}x{} + {} ms of {best}",
+                fmt(cur),
+                t.rtt_ratio,
+                fmt(best),
+                t.rtt_margin_ms
+            )
+        };
         // As host-wide (`Policy::choose_interactive`): the faster path's
         // RTT is from when it last carried something.
         let mut check = None;
@@ -1361,27 +1370,14 @@ impl ConnPolicy {
                     (
                         p.ifindex,
                         format!(
-                            "{cur} RTT {} is over {}x{} + {} ms of {best}, but {best} carried nothing while it stood by: it answers a probe before it takes traffic; staying on {cur}",
-                            fmt(cur),
-                            t.rtt_ratio,
-                            fmt(best),
-                            t.rtt_margin_ms
+                            "{}, but {best} carried nothing while it stood by: it answers a probe before it takes traffic; staying on {cur}",
+                            over(cur)
                         ),
                     )
                 });
                 (cur, kept, false)
             }
-            Some((cur, _, _)) if faster(cur) => (
-                best,
-                format!(
-                    "{cur} RTT {} is over {}x{} + {} ms of {best}: switching",
-                    fmt(cur),
-                    t.rtt_ratio,
-                    fmt(best),
-                    t.rtt_margin_ms
-                ),
-                true,
-            ),
+            Some((cur, _, _)) if faster(cur) => (best, format!("{}: switching", over(cur)), true),
             Some((cur, kept, _)) => (cur, kept, false),
         };
         let (max, window) = (t.max_handovers, t.handover_window_ms);
