@@ -88,9 +88,11 @@ pub struct PathHealth {
     /// data answered this end there (`rcv_rtt_ms`).
     #[serde(default)]
     pub min_rtt_ms: Option<f64>,
-    /// How soon data answers this end's ACKs on the best subflow to the
-    /// remote of `probe_pair`, as the receiver measures it (tcpi_rcv_rtt).
-    /// A subflow that only receives sends no data to time, so its srtt
+    /// How soon data answers this end's ACKs, as the receiver measures it
+    /// (tcpi_rcv_rtt, with TCP timestamps): the lowest over the subflows
+    /// to the remote of `probe_pair`, sending ones included (a stale low
+    /// value only makes a probe sooner and its wait shorter, down to their
+    /// floors). A subflow that only receives sends no data to time, so its srtt
     /// and minimum RTT are its handshake's: traced in the lab (1/10 ms,
     /// 10 % loss), a lost SYN-ACK left a 2 ms path at srtt 1003 ms, its
     /// silence was first probed a second after a blackhole, and the
@@ -466,7 +468,7 @@ impl PathHealth {
     pub fn probe_after_basis(&self) -> String {
         match (self.srtt_ms, self.rcv_rtt_ms) {
             (Some(s), Some(r)) if r < s => format!(
-                "one RTT as the receiver measures it ({r:.1} ms; the smoothed RTT, {s:.1} ms, is the handshake's on a subflow that only receives), at least {PROBE_AFTER_MIN_MS}"
+                "one RTT as the receiver measures it ({r:.1} ms, below the smoothed RTT of {s:.1} ms, which a subflow that only receives takes from its handshake), at least {PROBE_AFTER_MIN_MS}"
             ),
             _ => format!("one smoothed RTT, at least {PROBE_AFTER_MIN_MS}"),
         }
