@@ -298,7 +298,6 @@ fn sample(
         first: false,
         conn: 0,
         rcv_ooopack: 0,
-        rcv_rtt_us: 0,
     }
 }
 
