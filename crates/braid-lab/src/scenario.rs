@@ -379,7 +379,7 @@ fn lossy_primary_report(
         bytes_sent: p.sent * 1024,
         bytes_verified: (p.replies - p.corrupt) * 1024,
         bytes_corrupt: p.corrupt * 1024,
-        transport: "mptcp".into(),
+        transport: p.transport.clone(),
         metrics: Metrics {
             probe: Some(p),
             ..Default::default()

@@ -335,6 +335,13 @@ pub struct RunRecord {
     /// they all had seed 7, so their repeats met the same losses).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// How the measured connection travelled: "mptcp", or "tcp (fell
+    /// back)" when the kernel gave up on MPTCP in the handshake (after two
+    /// lost SYNs, `net.mptcp.syn_retrans_before_tcp_fallback`), so that no
+    /// path manager could act on it. Runs of sweeps before 2026-11-28 have
+    /// none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
 }
 
 impl RunRecord {
@@ -356,6 +363,7 @@ impl RunRecord {
             reaction: None,
             congestion_control: Some(r.congestion_control.clone()),
             seed: Some(r.seed),
+            transport: Some(r.transport.clone()),
         }
     }
 
@@ -378,7 +386,14 @@ impl RunRecord {
             reaction: None,
             congestion_control: rc.congestion.clone(),
             seed: Some(rc.seed),
+            transport: None,
         }
+    }
+
+    /// The kernel fell back to plain TCP in the handshake: the run
+    /// measured TCP on the primary, not the path manager.
+    pub fn fell_back(&self) -> bool {
+        self.transport.as_deref().is_some_and(|t| t != "mptcp")
     }
 
     /// The measurement the cell is about.
@@ -593,6 +608,9 @@ pub struct PmCell {
     /// Runs whose connection died or whose data came back wrong, or that
     /// could not be made.
     pub died: usize,
+    /// Runs whose connection the kernel made plain TCP in the handshake
+    /// (counted in `value`, as a user would meet them, and named beside it).
+    pub fell_back: usize,
     pub bytes_corrupt: u64,
     pub errors: Vec<String>,
 }
@@ -673,6 +691,7 @@ pub fn summarize(runs: &[RunRecord]) -> Vec<CellSummary> {
                             .iter()
                             .filter(|r| !r.survived || r.bytes_corrupt > 0 || r.error.is_some())
                             .count(),
+                        fell_back: these.iter().filter(|r| r.fell_back()).count(),
                         bytes_corrupt: these.iter().map(|r| r.bytes_corrupt).sum(),
                         errors: these.iter().filter_map(|r| r.error.clone()).collect(),
                     }
@@ -838,6 +857,9 @@ pub fn markdown(cells: &[CellSummary]) -> String {
                         .unwrap_or_else(|| "-".into());
                     if p.died > 0 {
                         v.push_str(&format!(" ({} died)", p.died));
+                    }
+                    if p.fell_back > 0 {
+                        v.push_str(&format!(" ({} fell back to TCP)", p.fell_back));
                     }
                     v
                 }
@@ -1060,6 +1082,7 @@ mod tests {
             reaction: None,
             congestion_control: Some("cubic".into()),
             seed: None,
+            transport: Some("mptcp".into()),
         }
     }
 
@@ -1214,6 +1237,27 @@ mod tests {
         assert!(g4.detail.contains("kernel: 1 of 1"), "{}", g4.detail);
         assert!(markdown(&summarize(&runs)).contains("(1 died)"));
         assert!(heatmap_svg(&summarize(&runs)).contains("<svg"));
+    }
+
+    #[test]
+    fn a_run_the_kernel_made_plain_tcp_is_named_beside_the_figure() {
+        let c = blackhole();
+        let mut fell = record(c, "braid:handover", 1, 400.0, true);
+        fell.transport = Some("tcp (fell back)".into());
+        let mut older = record(c, "braid:handover", 2, 60.0, true);
+        older.transport = None;
+        let runs = vec![record(c, "braid:handover", 0, 50.0, true), fell, older];
+        let s = &summarize(&runs)[0];
+        let h = s.pm("braid:handover").unwrap();
+        assert_eq!(h.fell_back, 1);
+        // Still counted: a user on that path meets it too.
+        assert_eq!(h.value.as_ref().unwrap().worst, 400.0);
+        assert!(markdown(&summarize(&runs)).contains("(1 fell back to TCP)"));
+        // An old line without the field reads as not known, not as fallen back.
+        let line = serde_json::to_string(&runs[2]).unwrap();
+        assert!(!line.contains("transport"), "{line}");
+        let back: RunRecord = serde_json::from_str(&line).unwrap();
+        assert!(!back.fell_back());
     }
 
     #[test]

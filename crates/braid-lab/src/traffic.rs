@@ -581,6 +581,10 @@ pub struct ProbeResult {
     /// daemon's log.
     #[serde(skip)]
     pub started: Option<std::time::SystemTime>,
+    /// How the probe's connection travelled: "mptcp", or "tcp (fell back)"
+    /// when the kernel gave up on MPTCP during the handshake.
+    #[serde(skip)]
+    pub transport: String,
 }
 
 const PROBE_SIZE: usize = 1024;
@@ -654,7 +658,8 @@ impl Probe {
         let target = SocketAddr::new(ep.server_addr, port);
         let way = ep.way;
         let client = in_thread(&ep.client_ns, move || -> Result<ProbeResult, String> {
-            let (s, _) = client_connect(way, target).map_err(|e| format!("probe connect: {e}"))?;
+            let (s, transport) =
+                client_connect(way, target).map_err(|e| format!("probe connect: {e}"))?;
             let _ = s.set_nodelay(true);
             let mut reader = s.try_clone().map_err(|e| e.to_string())?;
             let mut writer = s;
@@ -726,6 +731,7 @@ impl Probe {
                 late_threshold_ms: late_ms,
                 samples: got.iter().map(|g| (g.1, g.2)).collect(),
                 started: Some(started),
+                transport,
             })
         });
         Ok(Probe { client, server })
