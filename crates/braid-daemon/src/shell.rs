@@ -36,6 +36,9 @@ pub const STATE_FILE: &str = "/run/braid/daemon-state.json";
 pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 
 /// A failing health round is retried at least this far apart.
+/// How often the kernel's count of namespace-wide MPTCP shutdowns is read
+/// (a few kB of /proc/net/netstat).
+const BLACKHOLE_CHECK: Duration = Duration::from_secs(2);
 const FAILED_POLL_RETRY: Duration = Duration::from_secs(1);
 
 pub struct Options {
@@ -207,6 +210,10 @@ struct Shell {
     shell_warnings: Vec<String>,
     /// Warnings last logged, so each is logged when it appears.
     warnings: Vec<String>,
+    /// MPTcpExtBlackhole as last read, so each rise is told once.
+    blackholes_seen: u64,
+    /// The kernel turned active MPTCP off (see `check_active_mptcp`).
+    active_mptcp_off: Option<String>,
     /// Decisions, refusals and the shell's own errors, counted for the metrics.
     tallies: Tallies,
     /// `[metrics]` as the daemon started with it (changes need a restart).
@@ -642,6 +649,33 @@ impl Shell {
         }
     }
 
+    /// Tell when the kernel has turned active MPTCP off for the namespace
+    /// (its blackhole detection, `braid_kernel::counters::active_mptcp_off`):
+    /// connections then open as plain TCP and no path manager can help
+    /// them. Checked at start, then every `BLACKHOLE_CHECK` (a fallen-back
+    /// connection brings no MPTCP event and no subflow to watch); the
+    /// kernel shows the count, not whether the window is still open.
+    fn check_active_mptcp(&mut self) {
+        let Ok(counters) = braid_kernel::counters::mptcp() else {
+            return;
+        };
+        let times = counters.get("Blackhole").copied().unwrap_or(0);
+        if times <= self.blackholes_seen {
+            return;
+        }
+        self.blackholes_seen = times;
+        let timeout = braid_kernel::sysctl::read("blackhole_timeout")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        if let Some((problem, fix)) = braid_kernel::counters::active_mptcp_off(times, timeout) {
+            let text = format!("{problem}; {fix}");
+            warn!("{text}");
+            self.journal
+                .record(unix_ms_now(), What::Note { text: text.clone() });
+            self.active_mptcp_off = Some(text);
+        }
+    }
+
     fn log_new_warnings(&mut self) {
         let now = self.policy.warnings();
         for w in now.iter().filter(|w| !self.warnings.contains(w)) {
@@ -1017,7 +1051,12 @@ impl Shell {
             config: self.opts.config_path.clone(),
             uptime_s: self.start.elapsed().as_secs(),
             features: self.features(),
-            warnings: self.shell_warnings.clone(),
+            warnings: self
+                .shell_warnings
+                .iter()
+                .chain(&self.active_mptcp_off)
+                .cloned()
+                .collect(),
             health_polls: self.health.clone(),
             view: self.policy.view(),
             connections: self.conns.as_ref().map(|c| c.view()).unwrap_or_default(),
@@ -1477,6 +1516,8 @@ async fn start(opts: Options) -> Result<(Io, Shell), String> {
         links_read_at_ms: None,
         shell_warnings,
         warnings: Vec::new(),
+        blackholes_seen: 0,
+        active_mptcp_off: None,
         tallies: Tallies::default(),
         metrics: metrics_config.enabled().then(metrics::Accounts::default),
         metrics_config,
@@ -1504,6 +1545,7 @@ async fn start(opts: Options) -> Result<(Io, Shell), String> {
     if shell.metrics.is_some() {
         log_feature(&shell.metrics_feature());
     }
+    shell.check_active_mptcp();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     info!("ready");
     Ok((
@@ -1534,6 +1576,11 @@ pub async fn run(opts: Options) -> Result<(), String> {
     let resync_every = shell.opts.resync_interval;
     let next_resync = |now: tokio::time::Instant| resync_every.map(|d| now + d);
     let mut resync_at = next_resync(tokio::time::Instant::now());
+    let mut blackhole_check = tokio::time::interval_at(
+        tokio::time::Instant::now() + BLACKHOLE_CHECK,
+        BLACKHOLE_CHECK,
+    );
+    blackhole_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     // Control clients: each in its own task, a bounded number at once.
     let (ctl_tx, mut ctl_rx) = tokio::sync::mpsc::channel::<Pending>(control::MAX_CLIENTS);
@@ -1571,6 +1618,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
                     c.tick(now, &mut shell.pm, &mut shell.journal);
                 }
             }
+            _ = blackhole_check.tick() => shell.check_active_mptcp(),
             _ = resync_tick => {
                 shell.resync("periodic check", true);
                 resync_at = next_resync(tokio::time::Instant::now());

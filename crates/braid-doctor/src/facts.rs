@@ -23,6 +23,14 @@ pub struct Facts {
     /// MPTcpExtNoDSSInWindow: data segments dropped for lack of receive
     /// buffer.
     pub no_dss_in_window: u64,
+    /// MPTcpExtBlackhole: times the kernel turned active MPTCP off, taking
+    /// unanswered MP_CAPABLE SYNs for a middlebox that drops MPTCP.
+    pub mptcp_blackholes: u64,
+    /// MPTcpExtMPCapableSYNTXDrop: connections this host opened that fell
+    /// back to TCP after their MP_CAPABLE SYNs went unanswered.
+    pub mpc_syn_drops: u64,
+    /// `net.mptcp.blackhole_timeout` (seconds; 0: the detection is off).
+    pub blackhole_timeout_s: Option<u64>,
     /// A Braid daemon answers on its control socket.
     pub daemon_answers: bool,
 }
@@ -76,6 +84,11 @@ pub fn read(daemon_answers: bool) -> Facts {
         interfaces: None,
         connections: None,
         no_dss_in_window: 0,
+        mptcp_blackholes: 0,
+        mpc_syn_drops: 0,
+        blackhole_timeout_s: sysctl::read("blackhole_timeout")
+            .ok()
+            .and_then(|v| v.parse().ok()),
         daemon_answers,
     };
     if !available {
@@ -91,10 +104,11 @@ pub fn read(daemon_answers: bool) -> Facts {
     facts.connections = diag::connections(true)
         .ok()
         .map(|conns| ConnectionSummary::of(&conns));
-    facts.no_dss_in_window = braid_kernel::counters::mptcp()
-        .ok()
-        .and_then(|c| c.get("NoDSSInWindow").copied())
-        .unwrap_or(0);
+    let counters = braid_kernel::counters::mptcp().unwrap_or_default();
+    let counter = |name: &str| counters.get(name).copied().unwrap_or(0);
+    facts.no_dss_in_window = counter("NoDSSInWindow");
+    facts.mptcp_blackholes = counter("Blackhole");
+    facts.mpc_syn_drops = counter("MPCapableSYNTXDrop");
     facts
 }
 

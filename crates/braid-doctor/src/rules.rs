@@ -71,6 +71,7 @@ pub fn hints(facts: &Facts) -> Vec<Hint> {
             format!("the kernel dropped {dropped} MPTCP data segment(s) for lack of receive buffer (MPTcpExtNoDSSInWindow): subflows had already acknowledged them, so only slow MPTCP-level retransmissions recover them and downloads crawl for seconds; typical when a path rejoins a download that ran on a slower one"),
             "start TCP receive buffers larger: sysctl -w net.ipv4.tcp_rmem='4096 16777216 33554432' (all TCP; memory is used only while data waits; see docs/benchmarks.md, flap)".into());
     }
+    syn_fallback_hints(&mut hints, facts);
     if pm == Some("userspace") && !facts.daemon_answers {
         hint(&mut hints, Severity::Warning,
             "net.mptcp.path_manager is 'userspace' and no Braid daemon answers: existing connections keep the subflows they have, new MPTCP connections get none beyond their first (nothing opens them)".into(),
@@ -83,6 +84,22 @@ pub fn hints(facts: &Facts) -> Vec<Hint> {
     }
     hints.sort_by_key(|h| h.severity);
     hints
+}
+
+/// Connections that fell back to TCP when their MP_CAPABLE SYNs went
+/// unanswered, and the kernel's namespace-wide verdict that may follow
+/// (`braid_kernel::counters::active_mptcp_off`).
+fn syn_fallback_hints(hints: &mut Vec<Hint>, facts: &Facts) {
+    if let Some((problem, fix)) =
+        braid_kernel::counters::active_mptcp_off(facts.mptcp_blackholes, facts.blackhole_timeout_s)
+    {
+        hint(hints, Severity::Warning, problem, fix);
+    } else if facts.mpc_syn_drops > 0 {
+        let n = facts.mpc_syn_drops;
+        hint(hints, Severity::Info,
+            format!("{n} connection(s) opened from here fell back to plain TCP after their MP_CAPABLE SYN and its retransmissions went unanswered (MPTcpExtMPCapableSYNTXDrop): they stay single-path for their whole life; lost SYNs on a lossy path, or a middlebox dropping MPTCP options"),
+            "nothing to do for one-off losses; to wait longer before falling back: sysctl -w net.mptcp.syn_retrans_before_tcp_fallback=4".into());
+    }
 }
 
 fn pm_unreadable(hints: &mut Vec<Hint>, e: &Error) {

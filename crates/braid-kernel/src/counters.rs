@@ -12,6 +12,31 @@ pub fn mptcp() -> Result<BTreeMap<String, u64>> {
     parse(&text, "MPTcpExt")
 }
 
+/// The kernel's verdict that a middlebox drops MPTCP (kernel 6.12+), in
+/// words: a connection whose MP_CAPABLE SYN and its retransmissions went
+/// unanswered (`net.mptcp.syn_retrans_before_tcp_fallback`, 2 by default:
+/// three SYNs, one second apart) falls back to TCP, and when the plain SYN
+/// after them is answered at once the kernel turns active MPTCP off for
+/// the whole namespace for `blackhole_timeout` seconds, doubling each time
+/// up to 64 times (MPTcpExtBlackhole counts the times). On a lossy path
+/// three failed handshakes in a row are enough: about 1 connection in 150
+/// at 10 % loss each way. Returns what
+/// happened and how to undo it, for `times` > 0 and a timeout that is not 0.
+pub fn active_mptcp_off(times: u64, timeout_s: Option<u64>) -> Option<(String, String)> {
+    if times == 0 || timeout_s == Some(0) {
+        return None;
+    }
+    let window = match timeout_s {
+        Some(t) => format!("{t} s after the last time, doubling each time (up to 64 x)"),
+        None => "net.mptcp.blackhole_timeout seconds, doubling each time".into(),
+    };
+    let current = timeout_s.unwrap_or(3600);
+    Some((
+        format!("the kernel turned active MPTCP off {times} time(s) since this namespace started (MPTcpExtBlackhole): an MP_CAPABLE SYN and its retransmissions went unanswered (net.mptcp.syn_retrans_before_tcp_fallback) and a plain SYN was answered, which it takes for a middlebox that drops MPTCP; for {window}, connections opened from here are plain single-path TCP. On a lossy path three failed handshakes in a row are enough, with no middlebox at all"),
+        format!("turn it back on now: sysctl -w net.mptcp.blackhole_timeout={current} (writing the setting clears the kernel's verdict); if no middlebox on your paths drops MPTCP options, sysctl -w net.mptcp.blackhole_timeout=0 turns the detection off (connections still fall back one by one)"),
+    ))
+}
+
 /// The `prefix:` header line and the value line after it, zipped.
 #[doc(hidden)]
 pub fn parse(text: &str, prefix: &str) -> Result<BTreeMap<String, u64>> {

@@ -191,7 +191,7 @@ fn pump(input: Arc<OwnedFd>, output: Arc<OwnedFd>, dir: Arc<Direction>, stop: Ar
             dir.stats.packets_in.fetch_add(1, Ordering::Relaxed);
             let verdict = if dir.to_client || dir.carrier.load(Ordering::Relaxed) {
                 let mut shaper = dir.shaper.lock().unwrap();
-                if shaper.loses_mp_prio(&buf[..n]) {
+                if shaper.loses_on_purpose(&buf[..n]) {
                     Verdict::Drop
                 } else {
                     shaper.on_packet(now, n)

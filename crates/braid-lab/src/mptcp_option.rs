@@ -5,6 +5,9 @@
 
 /// TCP option kind of MPTCP (RFC 8684, section 3).
 const MPTCP_KIND: u8 = 30;
+/// MPTCP option subtype of MP_CAPABLE, which opens a connection (RFC
+/// 8684, section 3.1).
+pub const MP_CAPABLE: u8 = 0x0;
 /// MPTCP option subtype of MP_PRIO, a subflow's backup flag (RFC 8684,
 /// section 3.3.8).
 pub const MP_PRIO: u8 = 0x5;
@@ -20,9 +23,28 @@ pub fn carries_mptcp(packet: &[u8], subtype: u8) -> bool {
     })
 }
 
+/// Whether `packet` is a TCP SYN that opens an MPTCP connection: SYN
+/// without ACK, with MP_CAPABLE. What a middlebox that drops MPTCP drops.
+pub fn is_mp_capable_syn(packet: &[u8]) -> bool {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    tcp_header(packet).is_some_and(|tcp| tcp.get(13).is_some_and(|f| f & (SYN | ACK) == SYN))
+        && carries_mptcp(packet, MP_CAPABLE)
+}
+
 /// The TCP options of an IPv4 or IPv6 packet (IPv6 without extension
 /// headers, as the lab's traffic is), if it is TCP.
 fn tcp_options(packet: &[u8]) -> Option<&[u8]> {
+    let tcp = tcp_header(packet)?;
+    let data_offset = usize::from(tcp.get(12)? >> 4) * 4;
+    if data_offset < 20 {
+        return None;
+    }
+    tcp.get(20..data_offset)
+}
+
+/// The TCP header and what follows it, if the packet is TCP.
+fn tcp_header(packet: &[u8]) -> Option<&[u8]> {
     const TCP: u8 = 6;
     let tcp = match packet.first()? >> 4 {
         4 => {
@@ -40,11 +62,7 @@ fn tcp_options(packet: &[u8]) -> Option<&[u8]> {
         }
         _ => return None,
     };
-    let data_offset = usize::from(tcp.get(12)? >> 4) * 4;
-    if data_offset < 20 {
-        return None;
-    }
-    tcp.get(20..data_offset)
+    (tcp.len() >= 20).then_some(tcp)
 }
 
 /// TCP options as (kind, what follows the length byte), up to the end of
@@ -109,6 +127,25 @@ mod tests {
         opts.extend_from_slice(&DSS);
         assert!(!carries_mptcp(&ipv4_tcp(&opts), MP_PRIO));
         assert!(carries_mptcp(&ipv4_tcp(&opts), 0x2));
+    }
+
+    #[test]
+    fn an_mp_capable_syn_is_told_from_its_syn_ack_and_a_plain_syn() {
+        // MP_CAPABLE v1 in a SYN: 4 bytes, no key.
+        let mpc = [30, 4, 0x01, 0x81];
+        let mut syn = ipv4_tcp(&mpc);
+        syn[20 + 13] = 0x02;
+        assert!(is_mp_capable_syn(&syn));
+        let mut syn_ack = syn.clone();
+        syn_ack[20 + 13] = 0x12;
+        assert!(!is_mp_capable_syn(&syn_ack));
+        let mut plain_syn = ipv4_tcp(&TIMESTAMPS);
+        plain_syn[20 + 13] = 0x02;
+        assert!(!is_mp_capable_syn(&plain_syn));
+        assert!(!is_mp_capable_syn(&ipv4_tcp(&mpc)), "an ACK");
+        for n in 0..syn.len() {
+            assert!(!is_mp_capable_syn(&syn[..n]), "cut at {n}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! packet's arrival time and size it decides to drop it or when to release
 //! it. Deterministic for a given seed.
 
-use crate::mptcp_option::{carries_mptcp, MP_PRIO};
+use crate::mptcp_option::{carries_mptcp, is_mp_capable_syn, MP_PRIO};
 use crate::spec::PathSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +21,8 @@ pub struct Shaper {
     link_free_at: u64,
     /// MP_PRIO options lost so far (`PathSpec::lose_mp_prio`).
     mp_prio_lost: u32,
+    /// MP_CAPABLE SYNs lost so far (`PathSpec::lose_mp_capable_syn`).
+    mp_capable_syns_lost: u32,
 }
 
 /// With an emulator rate, a packet waiting longer than this is tail-dropped.
@@ -35,18 +37,24 @@ impl Shaper {
             last_release: 0,
             link_free_at: 0,
             mp_prio_lost: 0,
+            mp_capable_syns_lost: 0,
         }
     }
 
-    /// Whether `packet` carries one of the first MP_PRIO options the spec
-    /// loses (`PathSpec::lose_mp_prio`): it is then lost, whatever else
-    /// would happen to it.
-    pub fn loses_mp_prio(&mut self, packet: &[u8]) -> bool {
-        if self.mp_prio_lost >= self.spec.lose_mp_prio || !carries_mptcp(packet, MP_PRIO) {
-            return false;
+    /// Whether `packet` is one the spec loses on purpose, whatever else
+    /// would happen to it: one of the first MP_PRIO options
+    /// (`PathSpec::lose_mp_prio`) or MP_CAPABLE SYNs
+    /// (`PathSpec::lose_mp_capable_syn`).
+    pub fn loses_on_purpose(&mut self, packet: &[u8]) -> bool {
+        if self.mp_prio_lost < self.spec.lose_mp_prio && carries_mptcp(packet, MP_PRIO) {
+            self.mp_prio_lost += 1;
+            return true;
         }
-        self.mp_prio_lost += 1;
-        true
+        if self.mp_capable_syns_lost < self.spec.lose_mp_capable_syn && is_mp_capable_syn(packet) {
+            self.mp_capable_syns_lost += 1;
+            return true;
+        }
+        false
     }
 
     pub fn on_packet(&mut self, now: u64, len: usize) -> Verdict {
@@ -107,13 +115,30 @@ mod tests {
             },
             1,
         );
-        assert!(!s.loses_mp_prio(&ack));
-        assert!(s.loses_mp_prio(&prio));
-        assert!(!s.loses_mp_prio(&ack));
-        assert!(s.loses_mp_prio(&prio));
-        assert!(!s.loses_mp_prio(&prio), "only the first two");
+        assert!(!s.loses_on_purpose(&ack));
+        assert!(s.loses_on_purpose(&prio));
+        assert!(!s.loses_on_purpose(&ack));
+        assert!(s.loses_on_purpose(&prio));
+        assert!(!s.loses_on_purpose(&prio), "only the first two");
         let mut s = Shaper::new(spec(0, 0, 0.0), 1);
-        assert!(!s.loses_mp_prio(&prio), "none asked for");
+        assert!(!s.loses_on_purpose(&prio), "none asked for");
+    }
+
+    #[test]
+    fn the_first_mp_capable_syns_asked_for_are_lost() {
+        use crate::mptcp_option::ipv4_tcp;
+        let mut syn = ipv4_tcp(&[30, 4, 0x01, 0x81]);
+        syn[20 + 13] = 0x02;
+        let mut s = Shaper::new(
+            PathSpec {
+                lose_mp_capable_syn: 2,
+                ..spec(0, 0, 0.0)
+            },
+            1,
+        );
+        assert!(s.loses_on_purpose(&syn));
+        assert!(s.loses_on_purpose(&syn));
+        assert!(!s.loses_on_purpose(&syn), "only the first two");
     }
 
     #[test]

@@ -28,6 +28,13 @@ pub struct PathSpec {
     /// flag, on purpose.
     #[serde(default)]
     pub lose_mp_prio: u32,
+    /// The first this many SYNs with MP_CAPABLE sent towards the server on
+    /// this path are lost: three (the SYN and the two retransmissions of
+    /// `net.mptcp.syn_retrans_before_tcp_fallback`) make the kernel fall
+    /// back to plain TCP, and then turn active MPTCP off as if a middlebox
+    /// dropped it (a large number is such a middlebox).
+    #[serde(default)]
+    pub lose_mp_capable_syn: u32,
 }
 
 /// `"1.5ms"` -> (1.5, "ms"), lower-cased; `what` names it in the error.

@@ -110,6 +110,11 @@ pub struct LinkArgs {
     /// each path, e.g. 1,0: a peer that misses a backup flag, on purpose.
     #[arg(long, value_name = "N")]
     pub lose_mp_prio: Option<String>,
+    /// Lose the first N SYNs with MP_CAPABLE sent to the server on each
+    /// path, e.g. 3,0: three make the kernel fall back to TCP and turn
+    /// active MPTCP off (a large N is a middlebox that drops MPTCP).
+    #[arg(long, value_name = "N")]
+    pub lose_mp_capable_syn: Option<String>,
     /// Where the rate is applied: a tbf qdisc on each end, or the emulator.
     #[arg(long, value_parser = ["tbf", "emulator"], default_value = "tbf")]
     pub rate_by: String,
@@ -124,6 +129,7 @@ impl Default for LinkArgs {
             loss: None,
             reorder: false,
             lose_mp_prio: None,
+            lose_mp_capable_syn: None,
             rate_by: "tbf".into(),
         }
     }
@@ -365,6 +371,11 @@ pub fn path_specs(n: usize, a: &LinkArgs) -> Result<Vec<PathSpec>, LabError> {
     let jitters = spec::per_path(&a.jitter, n, "jitter")?;
     let losses = spec::per_path(a.loss.as_deref().unwrap_or("0"), n, "loss")?;
     let lost_prios = spec::per_path(a.lose_mp_prio.as_deref().unwrap_or("0"), n, "lose-mp-prio")?;
+    let lost_syns = spec::per_path(
+        a.lose_mp_capable_syn.as_deref().unwrap_or("0"),
+        n,
+        "lose-mp-capable-syn",
+    )?;
     (0..n)
         .map(|k| {
             Ok(PathSpec {
@@ -375,6 +386,7 @@ pub fn path_specs(n: usize, a: &LinkArgs) -> Result<Vec<PathSpec>, LabError> {
                 reorder: a.reorder,
                 rate_in_emulator: a.rate_by == "emulator",
                 lose_mp_prio: spec::parse_count(lost_prios[k], "lose-mp-prio")?,
+                lose_mp_capable_syn: spec::parse_count(lost_syns[k], "lose-mp-capable-syn")?,
             })
         })
         .collect()
@@ -407,6 +419,12 @@ pub fn describe(spec: &PathSpec) -> String {
         s.push_str(&format!(
             " (its first {} MP_PRIO each way lost)",
             spec.lose_mp_prio
+        ));
+    }
+    if spec.lose_mp_capable_syn > 0 {
+        s.push_str(&format!(
+            " (its first {} MP_CAPABLE SYNs lost)",
+            spec.lose_mp_capable_syn
         ));
     }
     s

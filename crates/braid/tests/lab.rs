@@ -21,6 +21,26 @@ fn ok_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("JSON output")
 }
 
+/// A lab run whose connection is MPTCP. With 10 % loss on the primary,
+/// three failed handshakes in a row (about 1 run in 150) make the kernel
+/// give up on MPTCP and connect with plain TCP
+/// (`net.mptcp.syn_retrans_before_tcp_fallback`; seen in CI, 2026-11-28):
+/// such a run, which the report names "tcp (fell back)", cannot show what a
+/// path manager does, so it is made again, up to three times. `before`
+/// runs ahead of each try (a fresh logs directory).
+fn mptcp_run(args: &[&str], before: &dyn Fn()) -> serde_json::Value {
+    for attempt in 1..=3 {
+        before();
+        let v = ok_json(args);
+        let transport = v[0]["transport"].as_str().unwrap_or("").to_string();
+        if transport != "tcp (fell back)" {
+            return v;
+        }
+        eprintln!("braid {args:?}: try {attempt} fell back to TCP in the handshake; again");
+    }
+    panic!("braid {args:?}: the connection fell back to TCP three times in a row")
+}
+
 /// Timing-sensitive tests take turns so they do not disturb each other on
 /// a 2-core machine.
 static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -397,7 +417,7 @@ fn scenarios_short_form_with_kernel_pm() {
 fn scenario_with(name: &str, pm: &str, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["--json", "lab", "run", name, "--pm", pm, "--duration", "4s"];
     args.extend_from_slice(extra);
-    let v = ok_json(&args);
+    let v = mptcp_run(&args, &|| {});
     let r = v[0].clone();
     assert_eq!(r["bytes_corrupt"], 0, "{name} {pm}: corrupt bytes: {r:#}");
     r
@@ -452,20 +472,25 @@ fn a_backup_flag_whose_mp_prio_is_lost_is_told_again() {
             pm.replace(':', "-")
         ));
         let logs = dir.to_str().unwrap();
-        let v = ok_json(&[
-            "--json",
-            "lab",
-            "run",
-            "lossy-primary",
-            "--pm",
-            pm,
-            "--duration",
-            "8s",
-            "--lose-mp-prio",
-            "1,0",
-            "--logs",
-            logs,
-        ]);
+        let v = mptcp_run(
+            &[
+                "--json",
+                "lab",
+                "run",
+                "lossy-primary",
+                "--pm",
+                pm,
+                "--duration",
+                "8s",
+                "--lose-mp-prio",
+                "1,0",
+                "--logs",
+                logs,
+            ],
+            &|| {
+                let _ = std::fs::remove_dir_all(&dir);
+            },
+        );
         assert_eq!(v[0]["bytes_corrupt"], 0, "{pm}: {:#}", v[0]);
         let stem = pm.replace(':', "-");
         let log = std::fs::read_to_string(dir.join(format!("{stem}-braid-daemon.log")))
@@ -491,6 +516,43 @@ fn a_backup_flag_whose_mp_prio_is_lost_is_told_again() {
             "{pm}: the server never heard p0's backup flag:\n{events}\n{log}"
         );
     }
+}
+
+/// A middlebox that drops MP_CAPABLE SYNs, made by the emulator: the
+/// connection falls back to TCP after three, the report says so, and the
+/// kernel then turns active MPTCP off for the namespace, which the daemon
+/// tells, with the command that turns it back on.
+#[test]
+fn a_connection_the_kernel_made_plain_tcp_is_named_and_the_daemon_tells_why() {
+    let _turn = heavy();
+    let dir = std::env::temp_dir().join(format!("braid-mpc-syn-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let v = ok_json(&[
+        "--json",
+        "lab",
+        "run",
+        "lossy-primary",
+        "--loss",
+        "0,0",
+        "--lose-mp-capable-syn",
+        "3,0",
+        "--pm",
+        "braid:interactive",
+        "--duration",
+        "3s",
+        "--logs",
+        dir.to_str().unwrap(),
+    ]);
+    let log = std::fs::read_to_string(dir.join("braid-interactive-braid-daemon.log"))
+        .expect("the daemon's log");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(v[0]["transport"], "tcp (fell back)", "{:#}", v[0]);
+    assert_eq!(v[0]["bytes_corrupt"], 0, "{:#}", v[0]);
+    assert!(
+        log.contains("the kernel turned active MPTCP off 1 time(s)")
+            && log.contains("sysctl -w net.mptcp.blackhole_timeout="),
+        "{log}"
+    );
 }
 
 #[test]

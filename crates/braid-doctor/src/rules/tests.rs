@@ -62,6 +62,9 @@ fn healthy() -> Facts {
         )),
         connections: Some(ConnectionSummary::default()),
         no_dss_in_window: 0,
+        mptcp_blackholes: 0,
+        mpc_syn_drops: 0,
+        blackhole_timeout_s: Some(3600),
         daemon_answers: false,
     }
 }
@@ -274,6 +277,25 @@ fn dropped_data_segments() {
     let (severity, problem, _) = only_hint(&f);
     assert_eq!(severity, Severity::Warning);
     assert!(problem.starts_with("the kernel dropped 12 MPTCP data segment(s)"));
+}
+
+#[test]
+fn active_mptcp_turned_off_by_the_kernels_blackhole_detection() {
+    let mut f = healthy();
+    f.mpc_syn_drops = 2;
+    f.mptcp_blackholes = 1;
+    let (severity, problem, fix) = only_hint(&f);
+    assert_eq!(severity, Severity::Warning);
+    assert!(problem.starts_with("the kernel turned active MPTCP off 1 time(s)"));
+    assert!(problem.contains("3600 s after the last time"), "{problem}");
+    assert!(fix.starts_with("turn it back on now: sysctl -w net.mptcp.blackhole_timeout=3600"));
+    // Detection off: what is counted no longer applies.
+    f.blackhole_timeout_s = Some(0);
+    let (severity, problem, _) = only_hint(&f);
+    assert_eq!(severity, Severity::Info);
+    assert!(problem.starts_with("2 connection(s) opened from here fell back"));
+    f.mpc_syn_drops = 0;
+    assert!(hints(&f).is_empty());
 }
 
 #[test]
