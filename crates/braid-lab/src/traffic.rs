@@ -353,9 +353,21 @@ fn receive_pattern(
             }
         }
     }
+    side.transport = fallen_back_since(s, side.transport);
     // The sender waits for this close before it finishes.
     let _ = s.shutdown(std::net::Shutdown::Both);
     side
+}
+
+/// `transport` as the connection ends: one that was MPTCP when it opened
+/// may have fallen back since (the peer's end fell back in the handshake,
+/// a middlebox stripped options), which the start did not see.
+fn fallen_back_since(s: &std::net::TcpStream, transport: String) -> String {
+    if transport == "mptcp" && matches!(socket::is_mptcp_active(s), Ok(false)) {
+        "tcp (fell back)".into()
+    } else {
+        transport
+    }
 }
 
 fn transport_of(s: &std::net::TcpStream, t: socket::Transport) -> String {
@@ -715,6 +727,7 @@ impl Probe {
             let (got, corrupt) = recv
                 .join()
                 .map_err(|_| "probe receiver panicked".to_string())?;
+            let transport = fallen_back_since(&writer, transport);
             let _ = writer.shutdown(std::net::Shutdown::Both);
             let mut lat: Vec<f64> = got.iter().map(|g| g.2).collect();
             lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
