@@ -798,6 +798,7 @@ fn inconsistencies(
     ifindex: &BTreeMap<String, u64>,
     before: &[Route],
     paths: &[PathModel; PATHS],
+    failed_over: bool,
 ) -> Vec<String> {
     let mut p = Vec::new();
     let view = &status["view"];
@@ -948,16 +949,24 @@ fn inconsistencies(
             ));
         }
     }
-    // Backup flags are the standby paths (handover); none in aggregate.
+    // Backup flags are the standby paths (handover), or, failed over, the
+    // primary's alone; none in aggregate.
     for e in &obs.endpoints {
         let backup = e.flags & 4 != 0;
-        let expect = mode == Mode::Handover && standby.contains_key(&e.dev);
+        let standby_route = standby.contains_key(&e.dev);
+        let expect = mode == Mode::Handover && standby_route != failed_over;
         if backup != expect {
             p.push(format!(
-                "{e:?}: backup {backup}, but standing by: {}",
-                standby.contains_key(&e.dev)
+                "{e:?}: backup {backup}, but standing by: {standby_route}{}",
+                if failed_over { " (failed over)" } else { "" }
             ));
         }
+    }
+    if failed_over && !view["path_state"].as_str().is_some_and(|s| s.contains("takes over")) {
+        p.push(format!(
+            "failed over, but the daemon's path state does not say so: {}",
+            view["path_state"]
+        ));
     }
     if mode == Mode::Aggregate && !standby.is_empty() {
         p.push(format!("aggregate mode, yet standby routes: {standby:?}"));
@@ -966,9 +975,13 @@ fn inconsistencies(
 }
 
 /// All paths back: one endpoint per path; in handover mode the
-/// secondaries standing by (or, `failed_over`, the primary).
+/// secondaries standing by (or, `failed_over`, the primary). The larger
+/// initial window goes with the role, not with who carries traffic now
+/// (`policy::routes::standby_in`): a failed-over daemon keeps it on the
+/// secondaries, which would take over again if the one carrying failed.
 fn unsettled(obs: &Observed, mode: Mode, failed_over: bool) -> Vec<String> {
     let standby = |dev: &str| mode == Mode::Handover && (dev == "p0") == failed_over;
+    let secondary = |dev: &str| mode == Mode::Handover && dev != "p0";
     let want: Vec<Endpoint> = (0..PATHS)
         .map(|k| Endpoint {
             id: 0,
@@ -988,10 +1001,10 @@ fn unsettled(obs: &Observed, mode: Mode, failed_over: bool) -> Vec<String> {
         p.push(format!("endpoints {have:?}, expected {want:?}"));
     }
     for r in &obs.routes {
-        if standby(&r.dev) != (r.initcwnd == Some(STANDBY_INITCWND)) {
+        if secondary(&r.dev) != (r.initcwnd == Some(STANDBY_INITCWND)) {
             p.push(format!(
-                "{r:?}: standing by: {} (initcwnd {STANDBY_INITCWND})",
-                standby(&r.dev)
+                "{r:?}: a secondary: {} (initcwnd {STANDBY_INITCWND})",
+                secondary(&r.dev)
             ));
         }
     }
@@ -1154,9 +1167,17 @@ fn chaos_keeps_one_connection_and_every_byte() {
     loop {
         let obs = observe(&lab, &daemon);
         let status = daemon.status().unwrap_or(Value::Null);
-        let agree = inconsistencies(&obs, &status, mode, &ifindex, &routes_before, &paths);
         let shape = unsettled(&obs, mode, false);
         let failed_over = mode == Mode::Handover && unsettled(&obs, mode, true).is_empty();
+        let agree = inconsistencies(
+            &obs,
+            &status,
+            mode,
+            &ifindex,
+            &routes_before,
+            &paths,
+            failed_over,
+        );
         let stable = last
             .as_ref()
             .is_some_and(|(prev, _, i)| *prev == obs && i.is_empty());
