@@ -1219,6 +1219,7 @@ fn subflow_samples(
                 last_data_recv_ms: t.last_data_recv_ms,
                 data_segs_in: t.data_segs_in.unwrap_or(0),
                 min_rtt_us: t.min_rtt_us.unwrap_or(0),
+                rcv_rtt_us: t.rcv_rtt_us,
                 rcv_ooopack: t.rcv_ooopack.unwrap_or(0),
                 local_backup: (own_join(sf) == Some(true) || own_first(sf))
                     .then_some(sf.backup_local),

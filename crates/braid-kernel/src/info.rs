@@ -36,6 +36,10 @@ pub struct TcpInfo {
     pub rtt_us: u32,
     pub rttvar_us: u32,
     pub snd_cwnd: u32,
+    /// The receiver's RTT estimate in microseconds (0 if none yet): how
+    /// soon data answers this end's ACKs. A subflow that only receives
+    /// has `rtt_us` from its handshake alone.
+    pub rcv_rtt_us: u32,
     pub total_retrans: u32,
     pub pacing_rate: Option<u64>,
     pub bytes_acked: Option<u64>,
@@ -81,6 +85,7 @@ impl TcpInfo {
             rtt_us: u32_at(b, 68)?,
             rttvar_us: u32_at(b, 72)?,
             snd_cwnd: u32_at(b, 80)?,
+            rcv_rtt_us: u32_at(b, 92)?,
             total_retrans: u32_at(b, 100)?,
             pacing_rate: u64_at(b, 104),
             bytes_acked: u64_at(b, 120),
@@ -218,6 +223,7 @@ mod tests {
         let mut b = vec![0u8; TCP_INFO_SIZE];
         b[0] = 1;
         b[68..72].copy_from_slice(&1234u32.to_ne_bytes());
+        b[92..96].copy_from_slice(&5333u32.to_ne_bytes());
         b[152..156].copy_from_slice(&77u32.to_ne_bytes());
         b[156..160].copy_from_slice(&88u32.to_ne_bytes());
         b[200..208].copy_from_slice(&99u64.to_ne_bytes());
@@ -227,12 +233,21 @@ mod tests {
             (
                 t.state_name(),
                 t.rtt_us,
+                t.rcv_rtt_us,
                 t.data_segs_in,
                 t.data_segs_out,
                 t.bytes_sent,
                 t.rcv_ooopack
             ),
-            ("established", 1234, Some(77), Some(88), Some(99), Some(5))
+            (
+                "established",
+                1234,
+                5333,
+                Some(77),
+                Some(88),
+                Some(99),
+                Some(5)
+            )
         );
         assert_eq!(TcpInfo::parse(&b[..224]).unwrap().rcv_ooopack, None);
     }

@@ -165,6 +165,8 @@ fn sample() -> impl Strategy<Value = SubflowSample> {
                 first: false,
                 conn: 0,
                 rcv_ooopack: 0,
+                // Unknown, or below or above the smoothed RTT.
+                rcv_rtt_us: rttvar_us / 3 * u32::from(bytes_received > 0),
             },
         )
 }

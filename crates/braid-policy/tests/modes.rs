@@ -81,6 +81,8 @@ struct P {
     last_ack_ms: u32,
     rx_bytes: u64,
     last_rx_ms: u32,
+    /// tcpi_rcv_rtt (0: unknown).
+    rcv_rtt_ms: u32,
 }
 
 fn ok(rtt_ms: u32, segs: u32) -> P {
@@ -92,6 +94,7 @@ fn ok(rtt_ms: u32, segs: u32) -> P {
         last_ack_ms: 5,
         rx_bytes: 0,
         last_rx_ms: 0,
+        rcv_rtt_ms: 0,
     }
 }
 
@@ -125,6 +128,7 @@ impl Sim {
             first: false,
             conn: 0,
             rcv_ooopack: 0,
+            rcv_rtt_us: p.rcv_rtt_ms * 1000,
         };
         let samples = (0..self.hosts)
             .flat_map(|h| {
@@ -478,6 +482,7 @@ fn a_path_left_for_loss_is_not_reopened_under_a_connection_with_no_other_subflow
         first: false,
         conn: 0,
         rcv_ooopack: 0,
+        rcv_rtt_us: 0,
     };
     let ds = s.at(
         140,
@@ -767,6 +772,33 @@ fn a_receiving_path_that_goes_silent_is_probed() {
 }
 
 #[test]
+fn a_receiving_path_whose_srtt_is_its_handshakes_is_probed_after_the_rtt_it_receives_at() {
+    // Traced in the lab (1/10 ms, 10 % loss): the SYN-ACK was lost, the
+    // client's subflow measured 1003 ms at its handshake and, only
+    // receiving, never measured again; its silence went unprobed for a
+    // second after a blackhole. tcpi_rcv_rtt said 5.3 ms.
+    let (mut s, _) = sim(PathMode::Handover);
+    let handshake = |rx_bytes, last_rx_ms| P {
+        rtt_ms: 1003,
+        rcv_rtt_ms: 5,
+        ..receiving(rx_bytes, last_rx_ms)
+    };
+    s.health(0, handshake(0, 0), ok(60, 0));
+    s.health(100, handshake(500_000, 1), ok(60, 0));
+    assert!(probes(&s.health(110, handshake(500_000, 10), ok(60, 0))).is_empty());
+    let ds = s.health(120, handshake(500_000, 20), ok(60, 0));
+    let remote: IpAddr = "203.0.113.1".parse().unwrap();
+    assert_eq!(probes(&ds), vec![(2, remote)], "{ds:?}");
+    let why = &ds[0].reason;
+    assert!(
+        why.contains("probed after 15 ms: one RTT as the receiver measures it (5.0 ms"),
+        "{why}"
+    );
+    // Its answer is waited for as on a 5 ms path, not a 1003 ms one.
+    assert!(why.contains("an answer is due within 25 ms"), "{why}");
+}
+
+#[test]
 fn an_unanswered_probe_hands_over_and_reopens_the_silent_path() {
     let (mut s, _) = sim(PathMode::Handover);
     s.health(0, receiving(0, 0), ok(60, 0));
@@ -816,6 +848,7 @@ fn an_unanswered_probe_hands_over_and_reopens_the_silent_path() {
             first: false,
             conn: 0,
             rcv_ooopack: 0,
+            rcv_rtt_us: 0,
         };
         s.at(
             t,
@@ -923,6 +956,7 @@ fn a_path_without_subflows_is_re_added_so_the_kernel_opens_them() {
                 first: false,
                 conn: 0,
                 rcv_ooopack: 0,
+                rcv_rtt_us: 0,
             }]),
         )
     };
@@ -1338,6 +1372,7 @@ fn round(s: &mut Sim, t: u64, rx: u64, wlan0_unacked: Option<u32>) -> Vec<Decisi
         first: false,
         conn: 0,
         rcv_ooopack: 0,
+        rcv_rtt_us: 0,
     };
     let mut samples = vec![mk([10, 0, 0, 2], 2, 0, rx)];
     if let Some(unacked) = wlan0_unacked {
@@ -1478,6 +1513,7 @@ fn join_round(s: &mut Sim, t: u64, subflows: &[(&str, Option<bool>)]) -> Vec<Dec
             first: false,
             conn: 0,
             rcv_ooopack: 0,
+            rcv_rtt_us: 0,
         })
         .collect();
     s.at(t, Event::Health(samples))
@@ -1583,6 +1619,7 @@ fn backup_round(s: &mut Sim, t: u64, eth0_segs_in: u32, wlan0_segs_in: &[u32]) -
         first: !backup,
         conn,
         rcv_ooopack: 0,
+        rcv_rtt_us: 0,
     };
     let mut samples = vec![mk("10.0.0.2", 40000, false, eth0_segs_in, 1)];
     for (n, segs) in wlan0_segs_in.iter().enumerate() {

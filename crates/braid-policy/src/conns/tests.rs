@@ -298,6 +298,7 @@ fn sample(
         first: false,
         conn: 0,
         rcv_ooopack: 0,
+        rcv_rtt_us: 0,
     }
 }
 

@@ -13,7 +13,6 @@ use crate::config::{glob, Config, Flag, Mode, PathMode, PmKind, Role};
 use crate::health::{
     left_for_loss_wait, CheckVerdict, HealthTracker, PathHealth, PathProblem, ProblemKind,
     SilenceVerdict, SubflowKey, SubflowSample, LOSS_ECHO_INTERVAL_MS, MIN_WITNESSES,
-    PROBE_AFTER_MIN_MS,
 };
 use crate::model::*;
 use crate::time::{backoff_ms, Clock, Time};

@@ -73,6 +73,7 @@ fn receiving_segs(remote: &str, rx_bytes: u64, last_rx_ms: u32, data_segs_in: u3
         first: false,
         conn: 0,
         rcv_ooopack: 0,
+        rcv_rtt_us: 0,
     }])
 }
 
@@ -167,6 +168,7 @@ fn a_failed_stall_probe_is_no_longer_under_way() {
             first: false,
             conn: 0,
             rcv_ooopack: 0,
+            rcv_rtt_us: 0,
         }])
     };
     p.handle(waiting(5), 0);

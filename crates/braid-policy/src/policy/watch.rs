@@ -75,10 +75,11 @@ impl Policy {
             let timeout_ms = h.silence_probe_timeout_ms(now);
             h.silence_probe_sent(timeout_ms);
             let reason = format!(
-                "{} was receiving and no data has come for {} ms (probed after {} ms: one smoothed RTT, at least {PROBE_AFTER_MIN_MS}{again}): is the path still there? (an answer is due within {})",
+                "{} was receiving and no data has come for {} ms (probed after {} ms: {}{again}): is the path still there? (an answer is due within {})",
                 link_name(&self.links, *ifindex),
                 h.rx_silent_ms,
                 h.probe_after_ms(),
+                h.probe_after_basis(),
                 h.silence_probe_basis(now)
             );
             self.probes_pending
