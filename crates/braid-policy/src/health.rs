@@ -90,9 +90,9 @@ pub struct PathHealth {
     pub min_rtt_ms: Option<f64>,
     /// How soon data answers this end's ACKs, as the receiver measures it
     /// (tcpi_rcv_rtt, with TCP timestamps): the lowest over the subflows
-    /// to the remote of `probe_pair`, sending ones included (a stale low
-    /// value only makes a probe sooner and its wait shorter, down to their
-    /// floors). A subflow that only receives sends no data to time, so its srtt
+    /// to the remote of `probe_pair` that only receive now (`only_receives`;
+    /// a sending one's can be stale, and a too-low value would shorten the
+    /// probe's wait). A subflow that only receives sends no data to time, so its srtt
     /// and minimum RTT are its handshake's: traced in the lab (1/10 ms,
     /// 10 % loss), a lost SYN-ACK left a 2 ms path at srtt 1003 ms, its
     /// silence was first probed a second after a blackhole, and the
@@ -1466,6 +1466,13 @@ fn observe_receiving(
     }
 }
 
+/// Whether a subflow only receives now: nothing of ours outstanding and
+/// no data sent since the last round. Its srtt then ages (a download's is
+/// its handshake's), and how soon data answers its ACKs is the RTT.
+fn only_receives(s: &SubflowSample, d: &SubflowDelta) -> bool {
+    s.unacked == 0 && d.segs == 0
+}
+
 /// How long no data has come on a subflow. `tcpi_last_data_recv` moves
 /// only with in-order data: behind a lost segment, data keeps arriving out
 /// of order until the retransmission fills the hole, and the path is
@@ -1547,7 +1554,14 @@ impl HealthTracker {
                 subs.iter()
                     .filter(move |s| Some(s.remote.ip()) == probed_remote)
             };
-            let rcv_rtt = to_probed().map(|s| s.rcv_rtt_us).filter(|r| *r > 0).min();
+            // Only a subflow that receives and sends nothing now: one that
+            // sends has an srtt of its own, and its tcpi_rcv_rtt can be
+            // stale (it rises slowly, an eighth per sample).
+            let rcv_rtt = to_probed()
+                .filter(|s| only_receives(s, &delta[&(s.local, s.remote)]))
+                .map(|s| s.rcv_rtt_us)
+                .filter(|r| *r > 0)
+                .min();
             h.rcv_rtt_ms = rcv_rtt.map(|r| r as f64 / 1000.0);
             let min_rtt = to_probed().map(|s| s.min_rtt_us).filter(|m| *m > 0).min();
             if let Some(m) = min_rtt.into_iter().chain(rcv_rtt).min() {

@@ -796,6 +796,18 @@ fn a_receiving_path_whose_srtt_is_its_handshakes_is_probed_after_the_rtt_it_rece
     );
     // Its answer is waited for as on a 5 ms path, not a 1003 ms one.
     assert!(why.contains("an answer is due within 25 ms"), "{why}");
+
+    // A subflow that also sends has an srtt of its own, and its
+    // tcpi_rcv_rtt may be stale: the srtt is taken.
+    let (mut s, _) = sim(PathMode::Handover);
+    let sending = |rx_bytes, last_rx_ms, segs| P {
+        segs,
+        ..handshake(rx_bytes, last_rx_ms)
+    };
+    s.health(0, sending(0, 0, 10), ok(60, 0));
+    s.health(100, sending(500_000, 1, 20), ok(60, 0));
+    let ds = s.health(120, sending(500_000, 20, 30), ok(60, 0));
+    assert!(probes(&ds).is_empty(), "{ds:?}");
 }
 
 #[test]

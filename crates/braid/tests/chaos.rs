@@ -962,7 +962,11 @@ fn inconsistencies(
             ));
         }
     }
-    if failed_over && !view["path_state"].as_str().is_some_and(|s| s.contains("takes over")) {
+    if failed_over
+        && !view["path_state"]
+            .as_str()
+            .is_some_and(|s| s.contains("takes over"))
+    {
         p.push(format!(
             "failed over, but the daemon's path state does not say so: {}",
             view["path_state"]
