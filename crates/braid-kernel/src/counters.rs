@@ -7,8 +7,10 @@ use crate::error::{Error, Op, Result};
 
 /// Every MPTcpExt counter by name (without the prefix), e.g. `NoDSSInWindow`.
 pub fn mptcp() -> Result<BTreeMap<String, u64>> {
-    let text =
-        std::fs::read_to_string("/proc/net/netstat").map_err(|e| Error::io(Op::Counters, e))?;
+    // /proc/net is the process's namespace (its first thread's); a thread
+    // that entered another one reads its own through thread-self.
+    let text = std::fs::read_to_string("/proc/thread-self/net/netstat")
+        .map_err(|e| Error::io(Op::Counters, e))?;
     parse(&text, "MPTcpExt")
 }
 
