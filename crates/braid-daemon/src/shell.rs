@@ -36,10 +36,10 @@ pub const STATE_FILE: &str = "/run/braid/daemon-state.json";
 pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 
 /// A failing health round is retried at least this far apart.
-/// How often the kernel's count of namespace-wide MPTCP shutdowns is read
-/// (a few kB of /proc/net/netstat).
-const BLACKHOLE_CHECK: Duration = Duration::from_secs(2);
 const FAILED_POLL_RETRY: Duration = Duration::from_secs(1);
+/// The kernel's count of namespace-wide MPTCP shutdowns is read at most
+/// this often while health rounds run (a few kB of /proc/net/netstat).
+const BLACKHOLE_CHECK: Duration = Duration::from_secs(1);
 
 pub struct Options {
     pub config_path: PathBuf,
@@ -210,8 +210,10 @@ struct Shell {
     shell_warnings: Vec<String>,
     /// Warnings last logged, so each is logged when it appears.
     warnings: Vec<String>,
-    /// MPTcpExtBlackhole as last read, so each rise is told once.
+    /// MPTcpExtBlackhole as last read, so each rise is told once, and
+    /// when it was read.
     blackholes_seen: u64,
+    blackholes_read_at: Option<Instant>,
     /// The kernel turned active MPTCP off (see `check_active_mptcp`).
     active_mptcp_off: Option<String>,
     /// Decisions, refusals and the shell's own errors, counted for the metrics.
@@ -652,10 +654,14 @@ impl Shell {
     /// Tell when the kernel has turned active MPTCP off for the namespace
     /// (its blackhole detection, `braid_kernel::counters::active_mptcp_off`):
     /// connections then open as plain TCP and no path manager can help
-    /// them. Checked at start, then every `BLACKHOLE_CHECK` (a fallen-back
-    /// connection brings no MPTCP event and no subflow to watch); the
-    /// kernel shows the count, not whether the window is still open.
+    /// them. Checked at start, with each periodic resynchronisation, and
+    /// at most every `BLACKHOLE_CHECK` while health rounds run: a
+    /// fallen-back connection brings no MPTCP event, and an idle daemon
+    /// must not wake for it (issue 4). So with no other MPTCP connection
+    /// the warning comes within `resync_interval` (30 s). The kernel shows
+    /// the count, not whether the window is still open.
     fn check_active_mptcp(&mut self) {
+        self.blackholes_read_at = Some(Instant::now());
         let Ok(counters) = braid_kernel::counters::mptcp() else {
             return;
         };
@@ -1259,6 +1265,12 @@ fn poll_health(shell: &mut Shell) -> Option<tokio::time::Instant> {
             let samples = host_samples(shell, &subflows);
             shell.feed(Event::Health(samples));
             shell.conns_health(&subflows);
+            if shell
+                .blackholes_read_at
+                .is_none_or(|t| t.elapsed() >= BLACKHOLE_CHECK)
+            {
+                shell.check_active_mptcp();
+            }
             Some(next_poll(shell))
         }
         HealthRound::NoSubflows => {
@@ -1518,6 +1530,7 @@ async fn start(opts: Options) -> Result<(Io, Shell), String> {
         shell_warnings,
         warnings: Vec::new(),
         blackholes_seen: 0,
+        blackholes_read_at: None,
         active_mptcp_off: None,
         tallies: Tallies::default(),
         metrics: metrics_config.enabled().then(metrics::Accounts::default),
@@ -1577,11 +1590,6 @@ pub async fn run(opts: Options) -> Result<(), String> {
     let resync_every = shell.opts.resync_interval;
     let next_resync = |now: tokio::time::Instant| resync_every.map(|d| now + d);
     let mut resync_at = next_resync(tokio::time::Instant::now());
-    let mut blackhole_check = tokio::time::interval_at(
-        tokio::time::Instant::now() + BLACKHOLE_CHECK,
-        BLACKHOLE_CHECK,
-    );
-    blackhole_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     // Control clients: each in its own task, a bounded number at once.
     let (ctl_tx, mut ctl_rx) = tokio::sync::mpsc::channel::<Pending>(control::MAX_CLIENTS);
@@ -1619,9 +1627,9 @@ pub async fn run(opts: Options) -> Result<(), String> {
                     c.tick(now, &mut shell.pm, &mut shell.journal);
                 }
             }
-            _ = blackhole_check.tick() => shell.check_active_mptcp(),
             _ = resync_tick => {
                 shell.resync("periodic check", true);
+                shell.check_active_mptcp();
                 resync_at = next_resync(tokio::time::Instant::now());
             }
             Some(outcome) = io.probe_rx.recv() => {

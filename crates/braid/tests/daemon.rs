@@ -512,6 +512,53 @@ fn restart_under_a_live_transfer() {
     );
 }
 
+/// The kernel turns active MPTCP off for the namespace after a
+/// connection's MP_CAPABLE SYNs go unanswered (the lab's emulator loses the
+/// first three) and its plain SYN is answered: the daemon tells it, with
+/// the command that undoes it, in its log and its status; `braid status`'s
+/// own hints say it too.
+#[test]
+fn the_kernels_mptcp_shutdown_after_lost_mp_capable_syns_is_told() {
+    let lab = Lab::up("bh", &["--rate", "none", "--lose-mp-capable-syn", "3,0"]);
+    let d = Daemon::start(&lab, "", &["--resync-interval-ms", "300"]);
+    let ep = transfer_endpoints(&lab);
+    let bulk = braid_lab::traffic::Bulk::start(&ep, 5302, Duration::from_secs(1)).unwrap();
+    let r = bulk.finish().unwrap();
+    assert_eq!(r.transport, "tcp (fell back)", "{:?}", r.error);
+    assert_eq!(r.bytes_corrupt, 0);
+    let told = |v: &serde_json::Value| {
+        v["warnings"].as_array().is_some_and(|w| {
+            w.iter().any(|w| {
+                w.as_str().is_some_and(|w| {
+                    w.contains("the kernel turned active MPTCP off 1 time(s)")
+                        && w.contains("sysctl -w net.mptcp.blackhole_timeout=3600")
+                })
+            })
+        })
+    };
+    assert!(
+        wait_for(5, || told(&d.status())),
+        "status: {:#}\nlog: {}",
+        d.status(),
+        d.log()
+    );
+    assert!(
+        d.log().contains("the kernel turned active MPTCP off"),
+        "{}",
+        d.log()
+    );
+    let out = Command::new(BRAID)
+        .args(["-n", &lab.client, "status"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("turned active MPTCP off"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Subflows of the client's MPTCP connections whose local address is `addr`.
 fn subflows_from(lab: &Lab, addr: &str) -> usize {
     subflows_on(lab, addr, 5302)
