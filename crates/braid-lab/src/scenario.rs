@@ -168,6 +168,12 @@ pub struct Report {
     pub sysctls: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The client namespace's counters of connections the kernel made
+    /// plain TCP, where not 0: `MPCapableSYNTXDrop` (MP_CAPABLE SYNs went
+    /// unanswered) and `Blackhole` (the kernel then turned active MPTCP
+    /// off for the namespace).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub client_fallbacks: std::collections::BTreeMap<String, u64>,
     /// Goodput series (Mbit/s per 100 ms): total, then per path.
     pub series_total_mbps: Vec<f64>,
     pub series_path_mbps: Vec<Vec<f64>>,
@@ -253,7 +259,9 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
             l.probe_timeline(&p);
             l.finish(guard.lab());
         }
-        return Ok(lossy_primary_report(cfg, paths, congestion, p, events));
+        let mut report = lossy_primary_report(cfg, paths, congestion, p, events);
+        report.client_fallbacks = client_fallbacks(guard.lab());
+        return Ok(report);
     }
 
     let dir = if cfg.upload {
@@ -270,8 +278,9 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
     if let Some(l) = logs {
         l.finish(guard.lab());
     }
+    let fallbacks = client_fallbacks(guard.lab());
     drop(guard);
-    Ok(report(
+    let mut report = report(
         cfg,
         paths,
         congestion,
@@ -280,7 +289,22 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
         at.fail_at,
         at.addr_at,
         at.restore_at,
-    ))
+    );
+    report.client_fallbacks = fallbacks;
+    Ok(report)
+}
+
+/// `Report::client_fallbacks`, read in the client's namespace (empty if
+/// the counters cannot be read).
+fn client_fallbacks(lab: &Lab) -> std::collections::BTreeMap<String, u64> {
+    let counters = braid_kernel::netns::run_in::<_, LabError>(&lab.state.client_ns, || {
+        Ok(braid_kernel::counters::mptcp().unwrap_or_default())
+    })
+    .unwrap_or_default();
+    ["MPCapableSYNTXDrop", "Blackhole"]
+        .into_iter()
+        .filter_map(|n| Some((n.to_string(), *counters.get(n).filter(|v| **v > 0)?)))
+        .collect()
 }
 
 /// Set `name` as the congestion control of every namespace of the lab
@@ -389,6 +413,7 @@ fn lossy_primary_report(
         seed: cfg.seed,
         sysctls: sysctl_notes(cfg),
         error: None,
+        client_fallbacks: Default::default(),
         series_total_mbps: Vec::new(),
         series_path_mbps: Vec::new(),
     }
@@ -586,6 +611,7 @@ fn report(
         seed: cfg.seed,
         sysctls: sysctl_notes(cfg),
         error: r.error.clone(),
+        client_fallbacks: Default::default(),
         series_total_mbps: mbps(&r.buckets),
         series_path_mbps: r.path_buckets.iter().map(|b| mbps(b)).collect(),
     }

@@ -53,6 +53,7 @@ fn flap(pm: &'static str, via: &'static str, stall_ms: f64) -> Report {
         ],
         sysctls: vec!["client: net.ipv4.tcp_rmem=4096 131072 6291456".into()],
         error: None,
+        client_fallbacks: Default::default(),
         series_total_mbps: Vec::new(),
         series_path_mbps: Vec::new(),
     }
