@@ -665,7 +665,10 @@ impl Shell {
         let Ok(counters) = braid_kernel::counters::mptcp() else {
             return;
         };
-        let times = counters.get("Blackhole").copied().unwrap_or(0);
+        let times = counters
+            .get(braid_kernel::counters::BLACKHOLES)
+            .copied()
+            .unwrap_or(0);
         if times <= self.blackholes_seen {
             return;
         }

@@ -107,8 +107,8 @@ pub fn read(daemon_answers: bool) -> Facts {
     let counters = braid_kernel::counters::mptcp().unwrap_or_default();
     let counter = |name: &str| counters.get(name).copied().unwrap_or(0);
     facts.no_dss_in_window = counter("NoDSSInWindow");
-    facts.mptcp_blackholes = counter("Blackhole");
-    facts.mpc_syn_drops = counter("MPCapableSYNTXDrop");
+    facts.mptcp_blackholes = counter(braid_kernel::counters::BLACKHOLES);
+    facts.mpc_syn_drops = counter(braid_kernel::counters::MPC_SYN_DROPS);
     facts
 }
 

@@ -14,6 +14,13 @@ pub fn mptcp() -> Result<BTreeMap<String, u64>> {
     parse(&text, "MPTcpExt")
 }
 
+/// MPTcpExt counter of connections opened here that fell back to TCP
+/// because their MP_CAPABLE SYNs went unanswered.
+pub const MPC_SYN_DROPS: &str = "MPCapableSYNTXDrop";
+/// MPTcpExt counter of the times the kernel turned active MPTCP off for
+/// the namespace (`active_mptcp_off`).
+pub const BLACKHOLES: &str = "Blackhole";
+
 /// The kernel's verdict that a middlebox drops MPTCP (kernel 6.12+), in
 /// words: a connection whose MP_CAPABLE SYN and its retransmissions went
 /// unanswered (`net.mptcp.syn_retrans_before_tcp_fallback`, 2 by default:

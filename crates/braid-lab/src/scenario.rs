@@ -301,7 +301,8 @@ fn client_fallbacks(lab: &Lab) -> std::collections::BTreeMap<String, u64> {
         Ok(braid_kernel::counters::mptcp().unwrap_or_default())
     })
     .unwrap_or_default();
-    ["MPCapableSYNTXDrop", "Blackhole"]
+    use braid_kernel::counters::{BLACKHOLES, MPC_SYN_DROPS};
+    [MPC_SYN_DROPS, BLACKHOLES]
         .into_iter()
         .filter_map(|n| Some((n.to_string(), *counters.get(n).filter(|v| **v > 0)?)))
         .collect()

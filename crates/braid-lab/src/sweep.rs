@@ -393,7 +393,7 @@ impl RunRecord {
     /// The kernel fell back to plain TCP in the handshake: the run
     /// measured TCP on the primary, not the path manager.
     pub fn fell_back(&self) -> bool {
-        self.transport.as_deref().is_some_and(|t| t != "mptcp")
+        self.transport.as_deref() == Some(crate::traffic::FELL_BACK)
     }
 
     /// The measurement the cell is about.
@@ -1243,7 +1243,7 @@ mod tests {
     fn a_run_the_kernel_made_plain_tcp_is_named_beside_the_figure() {
         let c = blackhole();
         let mut fell = record(c, "braid:handover", 1, 400.0, true);
-        fell.transport = Some("tcp (fell back)".into());
+        fell.transport = Some(crate::traffic::FELL_BACK.into());
         let mut older = record(c, "braid:handover", 2, 60.0, true);
         older.transport = None;
         let runs = vec![record(c, "braid:handover", 0, 50.0, true), fell, older];

@@ -359,23 +359,23 @@ fn receive_pattern(
     side
 }
 
-/// `transport` as the connection ends: one that was MPTCP when it opened
-/// may have fallen back since (the peer's end fell back in the handshake,
-/// a middlebox stripped options), which the start did not see.
+/// The transport of an MPTCP socket whose connection the kernel made plain
+/// TCP (in the handshake, or since).
+pub const FELL_BACK: &str = "tcp (fell back)";
+
+/// `transport` as it is now: a connection that was MPTCP may have fallen
+/// back since it was last looked at (the peer's end fell back in the
+/// handshake, a middlebox stripped options).
 fn fallen_back_since(s: &std::net::TcpStream, transport: String) -> String {
     if transport == "mptcp" && matches!(socket::is_mptcp_active(s), Ok(false)) {
-        "tcp (fell back)".into()
+        FELL_BACK.into()
     } else {
         transport
     }
 }
 
 fn transport_of(s: &std::net::TcpStream, t: socket::Transport) -> String {
-    if t == socket::Transport::Mptcp && !socket::is_mptcp_active(s).unwrap_or(false) {
-        "tcp (fell back)".into()
-    } else {
-        format!("{t:?}").to_lowercase()
-    }
+    fallen_back_since(s, format!("{t:?}").to_lowercase())
 }
 
 impl Bulk {
