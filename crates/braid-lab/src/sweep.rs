@@ -335,11 +335,11 @@ pub struct RunRecord {
     /// they all had seed 7, so their repeats met the same losses).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
-    /// How the measured connection travelled: "mptcp", or "tcp (fell
-    /// back)" when the kernel gave up on MPTCP in the handshake (after two
-    /// lost SYNs, `net.mptcp.syn_retrans_before_tcp_fallback`), so that no
-    /// path manager could act on it. Runs of sweeps before 2026-11-28 have
-    /// none.
+    /// How the measured connection travelled: "mptcp", or
+    /// `traffic::FELL_BACK` when the kernel gave up on MPTCP (after three
+    /// unanswered MP_CAPABLE SYNs, `net.mptcp.syn_retrans_before_tcp_fallback`),
+    /// so that no path manager could act on it. Runs of sweeps before
+    /// 2026-11-28 have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<String>,
 }
