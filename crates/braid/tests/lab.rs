@@ -498,11 +498,29 @@ fn a_backup_flag_whose_mp_prio_is_lost_is_told_again() {
         let events = std::fs::read_to_string(dir.join(format!("{stem}-server-events.jsonl")))
             .expect("the server's MPTCP events");
         let _ = std::fs::remove_dir_all(&dir);
-        assert!(
-            log.contains("is a backup at this end, yet its peer sent")
-                || log.contains("was left for loss, and data on it has waited"),
-            "{pm}: the lost flag was not told again, nor its subflow reopened:\n{log}"
-        );
+        // The emulator loses p0's first MP_PRIO. If the daemon cleared
+        // p0's flag before it first set it (a false verdict early in the
+        // run, then a switch back), the one lost said "not a backup", and
+        // the backup flag after it reached the server: nothing to tell
+        // again (seen in CI, 2026-11-28). The server's last word is still
+        // checked below.
+        let cleared = log.find("set endpoint 10.1.0.1 id 1 flags 'subflow' ");
+        let set = log.find("set endpoint 10.1.0.1 id 1 flags 'subflow backup'");
+        let lost_was_backup = match (cleared, set) {
+            (Some(c), Some(b)) => b < c,
+            _ => true,
+        };
+        if lost_was_backup {
+            assert!(
+                log.contains("is a backup at this end, yet its peer sent")
+                    || log.contains("was left for loss, and data on it has waited"),
+                "{pm}: the lost flag was not told again, nor its subflow reopened:\n{log}"
+            );
+        } else {
+            eprintln!(
+                "{pm}: the lost MP_PRIO cleared p0's flag; the backup flag after it was not lost"
+            );
+        }
         let last = events
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
