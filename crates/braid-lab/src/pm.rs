@@ -121,9 +121,154 @@ impl Drop for RunningPm {
     }
 }
 
+/// One setting of the lab daemon's `[policy]` (`--policy NAME=VALUE`),
+/// to try a policy setting in the lab against the defaults it ships with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySetting {
+    pub name: String,
+    /// A TOML value, written as given: `10`, `false`, `"text"`.
+    pub value: String,
+}
+
+impl PolicySetting {
+    pub fn parse(s: &str) -> Result<PolicySetting, LabError> {
+        let bad = |why: &str| {
+            LabError::Invalid(format!(
+                "--policy '{s}': {why} (expected NAME=VALUE with a name of the daemon's [policy] section, e.g. standby_initcwnd=10; contrib/braid.toml lists them)"
+            ))
+        };
+        let (name, value) = s.split_once('=').ok_or_else(|| bad("no '='"))?;
+        let (name, value) = (name.trim(), value.trim());
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(bad("the name is not a setting's name"));
+        }
+        if name == "mode" {
+            return Err(bad(
+                "the mode is the path manager's: --pm braid, braid:handover or braid:interactive",
+            ));
+        }
+        if value.is_empty() {
+            return Err(bad("no value"));
+        }
+        if value.contains(['\n', '\r']) {
+            return Err(bad("the value is not one line"));
+        }
+        Ok(PolicySetting {
+            name: name.to_string(),
+            value: value.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for PolicySetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} = {}", self.name, self.value)
+    }
+}
+
+/// The settings as a run of `kind` records them (`NAME = VALUE`): none
+/// for a path manager other than Braid's daemon, which alone reads them.
+pub fn policy_record(kind: PmKind, policy: &[PolicySetting]) -> Vec<String> {
+    if kind.braid().is_none() {
+        return Vec::new();
+    }
+    policy.iter().map(|p| p.to_string()).collect()
+}
+
+/// The lab daemon's configuration file: its control socket, its mode and
+/// the run's policy settings.
+pub fn daemon_config(
+    socket: &Path,
+    mode: &str,
+    per_connection: bool,
+    policy: &[PolicySetting],
+) -> String {
+    let pm = if per_connection {
+        "pm = \"userspace\"\n"
+    } else {
+        ""
+    };
+    let mut text = format!(
+        "{pm}[control]\nsocket = \"{}\"\n[policy]\nmode = \"{mode}\"\n",
+        socket.display()
+    );
+    for setting in policy {
+        text.push_str(&format!("{setting}\n"));
+    }
+    text
+}
+
+/// Whether the daemon would take these policy settings: checked before
+/// any lab is made, with the daemon's own parser, so that a typo fails at
+/// once and says why rather than in the daemon's log of the first run.
+pub fn check_policy(policy: &[PolicySetting]) -> Result<(), LabError> {
+    let parse = |settings: &[PolicySetting]| {
+        let text = daemon_config(
+            Path::new("/run/braid/check.sock"),
+            "handover",
+            false,
+            settings,
+        );
+        braid_daemon::config_file::parse(&text).map(|_| ())
+    };
+    for (i, setting) in policy.iter().enumerate() {
+        if policy[..i].iter().any(|p| p.name == setting.name) {
+            return Err(LabError::Invalid(format!(
+                "--policy {} is given more than once: give each setting once",
+                setting.name
+            )));
+        }
+    }
+    // One by one, to name the setting at fault; then together, as the
+    // daemon will read them.
+    for setting in policy {
+        parse(std::slice::from_ref(setting)).map_err(|e| {
+            LabError::Invalid(format!(
+                "--policy {}={}: {}",
+                setting.name,
+                setting.value,
+                without_file_position(&e)
+            ))
+        })?;
+    }
+    parse(policy).map_err(|e| {
+        LabError::Invalid(format!(
+            "--policy settings together: {}",
+            without_file_position(&e)
+        ))
+    })
+}
+
+/// The parser's message without where in the generated file it was (a
+/// user gave one setting, not the file): its last line, which says what
+/// is wrong, less a leading "line N, ".
+fn without_file_position(message: &str) -> &str {
+    let last = message
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(message);
+    match last.split_once(", ") {
+        Some((head, rest))
+            if head
+                .strip_prefix("line ")
+                .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit())) =>
+        {
+            rest
+        }
+        _ => last,
+    }
+}
+
 /// Configure the client side of `lab` for `kind` and start what it needs.
-/// `braid_exe` is the `braid` binary (for `--pm braid`).
-pub fn start(kind: PmKind, lab: &Lab, braid_exe: &Path) -> Result<RunningPm, LabError> {
+/// `braid_exe` is the `braid` binary (for `--pm braid`); `policy` goes to
+/// its daemon's `[policy]`.
+pub fn start(
+    kind: PmKind,
+    lab: &Lab,
+    braid_exe: &Path,
+    policy: &[PolicySetting],
+) -> Result<RunningPm, LabError> {
     if let Some(why) = kind.unavailable() {
         return Err(LabError::Invalid(why));
     }
@@ -159,17 +304,9 @@ pub fn start(kind: PmKind, lab: &Lab, braid_exe: &Path) -> Result<RunningPm, Lab
         Some((mode, per_connection)) => {
             let socket = dir.join("braid.sock");
             let config = dir.join("braid.toml");
-            let pm = if per_connection {
-                "pm = \"userspace\"\n"
-            } else {
-                ""
-            };
             std::fs::write(
                 &config,
-                format!(
-                    "{pm}[control]\nsocket = \"{}\"\n[policy]\nmode = \"{mode}\"\n",
-                    socket.display()
-                ),
+                daemon_config(&socket, mode, per_connection, policy),
             )
             .map_err(|e| LabError::Io(format!("writing {}: {e}", config.display())))?;
             let child = spawn_in_netns(
@@ -288,4 +425,59 @@ pub fn spawn_in_netns(ns: &str, cmd: &mut Command, log: &Path) -> Result<Child, 
         .map_err(|e| LabError::Io(format!("starting {:?}: {e}", cmd.get_program())))?;
     drop(file);
     Ok(child)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_settings_reach_the_daemons_config_and_bad_ones_say_why() {
+        let ok = PolicySetting::parse(" standby_initcwnd = 10 ").unwrap();
+        assert_eq!(ok.to_string(), "standby_initcwnd = 10");
+        let text = daemon_config(
+            Path::new("/run/x.sock"),
+            "handover",
+            true,
+            std::slice::from_ref(&ok),
+        );
+        let cfg = braid_daemon::config_file::parse(&text).unwrap();
+        assert_eq!(cfg.policy.standby_initcwnd, 10);
+        assert!(text.starts_with("pm = \"userspace\"\n"), "{text}");
+        check_policy(&[ok]).unwrap();
+
+        for (arg, why) in [
+            ("stall_ms", "no '='"),
+            ("=5", "not a setting's name"),
+            ("a.b=5", "not a setting's name"),
+            ("stall_ms=", "no value"),
+            ("mode=\"aggregate\"", "the mode is the path manager's"),
+            ("stall_ms=1\n[control]", "not one line"),
+        ] {
+            let e = PolicySetting::parse(arg).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains("NAME=VALUE"), "{arg}: {e}");
+        }
+        for (arg, why) in [
+            ("no_such=1", "--policy no_such=1: unknown field `no_such`"),
+            (
+                "stall_ms=\"soon\"",
+                "--policy stall_ms=\"soon\": invalid type",
+            ),
+            (
+                "standby_initcwnd=1000",
+                "--policy standby_initcwnd=1000: key 'policy.standby_initcwnd': must be between 0",
+            ),
+        ] {
+            let e = check_policy(&[PolicySetting::parse(arg).unwrap()])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why) && !e.contains('\n'), "{arg}: {e}");
+        }
+        let twice = ["stall_ms=150", "stall_ms=200"].map(|a| PolicySetting::parse(a).unwrap());
+        let e = check_policy(&twice).unwrap_err().to_string();
+        assert!(
+            e.contains("--policy stall_ms is given more than once"),
+            "{e}"
+        );
+    }
 }

@@ -606,7 +606,7 @@ fn emulated_site(
         seed: 3,
         origin: true,
     })?;
-    let pm = pm::start(PmKind::Kernel, guard.lab(), exe)?;
+    let pm = pm::start(PmKind::Kernel, guard.lab(), exe, &[])?;
     let site = Site::of(guard.lab())?;
     let proxies = via::start_at(via_kind, &site, exe, opts)?;
     let origin_ns = guard

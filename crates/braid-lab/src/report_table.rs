@@ -104,6 +104,11 @@ pub fn per_run(reports: &[Report]) -> String {
             out.push_str(&format!("  sysctl {s}\n"));
         }
     }
+    if let Some(r) = reports.iter().find(|r| !r.policy.is_empty()) {
+        for s in &r.policy {
+            out.push_str(&format!("  Braid's policy: {s}\n"));
+        }
+    }
     out.push_str(&grid(&metric_rows(reports), reports.len()));
     out
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::guard::LabGuard;
 use crate::lab::{Cut, Lab, LabConfig, LabState, Sysctl};
-use crate::pm::{self, PmKind};
+use crate::pm::{self, PmKind, PolicySetting};
 use crate::runlogs::RunLogs;
 use crate::spec::PathSpec;
 use crate::traffic::{Bulk, BulkResult, Endpoints, Probe, ProbeResult};
@@ -98,6 +98,9 @@ pub struct RunConfig {
     /// traffic starts.
     pub client_sysctls: Vec<Sysctl>,
     pub server_sysctls: Vec<Sysctl>,
+    /// Settings of Braid's daemon's `[policy]` for the run (none: its
+    /// defaults); other path managers have no such settings.
+    pub policy: Vec<PolicySetting>,
     /// How the client reaches the server: directly over MPTCP, or through
     /// a relay to a plain-TCP origin.
     pub via: Via,
@@ -166,6 +169,10 @@ pub struct Report {
     /// Sysctls set for the run (`client: NAME=VALUE`, `server: ...`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sysctls: Vec<String>,
+    /// The daemon's policy settings for the run (`NAME = VALUE`), where
+    /// not its defaults.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policy: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// The client namespace's counters of connections the kernel made
@@ -236,7 +243,7 @@ pub fn run(cfg: &RunConfig) -> Result<Report, LabError> {
         Some(dir) => Some(RunLogs::start(dir, cfg.pm, guard.lab(), &cfg.emulator_exe)?),
         None => None,
     };
-    let _pm = pm::start(cfg.pm, guard.lab(), &cfg.emulator_exe)?;
+    let _pm = pm::start(cfg.pm, guard.lab(), &cfg.emulator_exe, &cfg.policy)?;
     let st = guard.lab().state.clone();
     apply_sysctls(&st, cfg)?;
     let congestion = congestion_of(&st)?;
@@ -413,6 +420,7 @@ fn lossy_primary_report(
         congestion_control,
         seed: cfg.seed,
         sysctls: sysctl_notes(cfg),
+        policy: pm::policy_record(cfg.pm, &cfg.policy),
         error: None,
         client_fallbacks: Default::default(),
         series_total_mbps: Vec::new(),
@@ -611,6 +619,7 @@ fn report(
         congestion_control,
         seed: cfg.seed,
         sysctls: sysctl_notes(cfg),
+        policy: pm::policy_record(cfg.pm, &cfg.policy),
         error: r.error.clone(),
         client_fallbacks: Default::default(),
         series_total_mbps: mbps(&r.buckets),

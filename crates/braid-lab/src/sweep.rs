@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pm::PmKind;
+use crate::pm::{PmKind, PolicySetting};
 use crate::reaction::{self, Reaction};
 use crate::scenario::{self, Report, RunConfig, Scenario};
 use crate::spec::{self, PathSpec};
@@ -186,6 +186,9 @@ pub struct SweepConfig {
     pub lab_prefix: String,
     /// TCP congestion control of every run (None: the host's default).
     pub congestion: Option<String>,
+    /// Settings of Braid's daemon's `[policy]` in its runs (none: its
+    /// defaults).
+    pub policy: Vec<PolicySetting>,
 }
 
 impl SweepConfig {
@@ -342,6 +345,10 @@ pub struct RunRecord {
     /// 2026-11-28 have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<String>,
+    /// Braid's runs: the daemon's policy settings where not its defaults
+    /// (`NAME = VALUE`, from `--policy`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policy: Vec<String>,
 }
 
 impl RunRecord {
@@ -364,6 +371,7 @@ impl RunRecord {
             congestion_control: Some(r.congestion_control.clone()),
             seed: Some(r.seed),
             transport: Some(r.transport.clone()),
+            policy: r.policy.clone(),
         }
     }
 
@@ -387,6 +395,7 @@ impl RunRecord {
             congestion_control: rc.congestion.clone(),
             seed: Some(rc.seed),
             transport: None,
+            policy: crate::pm::policy_record(pm, &rc.policy),
         }
     }
 
@@ -485,6 +494,14 @@ pub fn run(
             return Err(mixed_congestion(&cfg.out, had, asked));
         }
     }
+    // Likewise one policy for Braid's runs: a sweep under another is
+    // another sweep.
+    let asked = cfg.policy.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    if let Some(had) = earlier.iter().find(|r| is_braid(&r.pm)).map(|r| &r.policy) {
+        if *had != asked && cfg.plan().iter().any(|(_, pm, _)| pm.braid().is_some()) {
+            return Err(mixed_policy(&cfg.out, had, &asked));
+        }
+    }
     let done: BTreeSet<(Cell, String, usize)> =
         earlier.into_iter().map(|r| (r.cell, r.pm, r.run)).collect();
     let todo: Vec<(Cell, PmKind, usize)> = cfg
@@ -526,6 +543,7 @@ pub fn run(
             logs: Some(logs.clone()),
             client_sysctls: Vec::new(),
             server_sysctls: Vec::new(),
+            policy: cfg.policy.clone(),
             via: Via::Direct,
             congestion: cfg.congestion.clone(),
             seed: run_seed(cell, *run),
@@ -584,6 +602,46 @@ fn mixed_congestion(out: &Path, had: &str, now: &str) -> LabError {
         "{} holds runs under the congestion control {had}, and this sweep runs under {now}: a sweep compares runs made alike (give --cc {had}, or another --out)",
         out.display()
     ))
+}
+
+fn mixed_policy(out: &Path, had: &[String], now: &[String]) -> LabError {
+    let list = |l: &[String]| {
+        if l.is_empty() {
+            "its defaults".to_string()
+        } else {
+            l.join(", ")
+        }
+    };
+    LabError::Invalid(format!(
+        "{} holds Braid runs under the policy settings {}, and this sweep asks for {}: a sweep compares runs made alike (give the same --policy, or another --out)",
+        out.display(),
+        list(had),
+        list(now)
+    ))
+}
+
+/// Whether `pm` (a recorded name) is one of Braid's path managers.
+fn is_braid(pm: &str) -> bool {
+    PmKind::parse(pm).is_ok_and(|k| k.braid().is_some())
+}
+
+/// Braid's policy settings in the runs, for the summary's first lines
+/// (None: its defaults everywhere).
+pub fn policy_note(runs: &[RunRecord]) -> Option<String> {
+    let mut seen: Vec<&Vec<String>> = runs
+        .iter()
+        .filter(|r| is_braid(&r.pm) && !r.policy.is_empty())
+        .map(|r| &r.policy)
+        .collect();
+    seen.sort();
+    seen.dedup();
+    (!seen.is_empty()).then(|| {
+        let sets: Vec<String> = seen.iter().map(|p| p.join(", ")).collect();
+        format!(
+            "Braid's policy settings (not its defaults): {}",
+            sets.join("; ")
+        )
+    })
 }
 
 /// The daemon's reaction to the fault, from the run's logs (Braid's path
@@ -1083,6 +1141,7 @@ mod tests {
             congestion_control: Some("cubic".into()),
             seed: None,
             transport: Some("mptcp".into()),
+            policy: Vec::new(),
         }
     }
 
@@ -1126,6 +1185,7 @@ mod tests {
             emulator_exe: PathBuf::new(),
             lab_prefix: "t".into(),
             congestion: None,
+            policy: Vec::new(),
         };
         let cells = cfg.cells();
         // carrier: 2 directions x 2 delays x 2 losses; lossy: 2 delays x 1 loss.
@@ -1303,6 +1363,7 @@ mod tests {
             emulator_exe: PathBuf::new(),
             lab_prefix: "t".into(),
             congestion: Some("reno".into()),
+            policy: Vec::new(),
         };
         let mut asked = 0;
         let r = run(&cfg, |_, _, _| asked += 1);
@@ -1322,6 +1383,64 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         r.unwrap();
         assert_eq!(asked, 0);
+    }
+
+    #[test]
+    fn a_sweep_is_not_resumed_under_other_policy_settings() {
+        let dir = std::env::temp_dir().join(format!("braid-sweep-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = std::fs::remove_file(dir.join(RUNS_FILE));
+        let tuned = RunRecord {
+            policy: vec!["standby_initcwnd = 10".into()],
+            ..record(blackhole(), "braid:handover", 0, 10.0, true)
+        };
+        append_run(&dir, &record(blackhole(), "kernel", 0, 10.0, true)).unwrap();
+        append_run(&dir, &tuned).unwrap();
+        let cfg = SweepConfig {
+            delays: vec![(10_000, 40_000)],
+            losses: vec![0],
+            faults: vec![Fault::Blackhole],
+            directions: vec![true],
+            pms: vec![PmKind::Kernel, PmKind::BraidHandover],
+            lossy_pms: Vec::new(),
+            repeat: 1,
+            duration: Duration::from_secs(4),
+            lossy_duration: Duration::from_secs(60),
+            rates: (None, None),
+            out: dir.clone(),
+            emulator_exe: PathBuf::new(),
+            lab_prefix: "t".into(),
+            congestion: None,
+            policy: Vec::new(),
+        };
+        let mut asked = 0;
+        let e = run(&cfg, |_, _, _| asked += 1).unwrap_err().to_string();
+        assert!(
+            e.contains("standby_initcwnd = 10") && e.contains("its defaults"),
+            "{e}"
+        );
+        assert_eq!(asked, 0, "no run is started");
+        // Kernel runs alone have no policy to differ in.
+        let kernel_only = SweepConfig {
+            pms: vec![PmKind::Kernel],
+            ..cfg.clone()
+        };
+        run(&kernel_only, |_, _, _| asked += 1).unwrap();
+        // The same settings go on (nothing left to run).
+        let same = SweepConfig {
+            policy: vec![PolicySetting::parse("standby_initcwnd=10").unwrap()],
+            ..cfg
+        };
+        let r = run(&same, |_, _, _| asked += 1);
+        let runs = load_runs(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        r.unwrap();
+        assert_eq!(asked, 0);
+        assert_eq!(
+            policy_note(&runs).as_deref(),
+            Some("Braid's policy settings (not its defaults): standby_initcwnd = 10")
+        );
+        assert_eq!(policy_note(&runs[..1]), None, "a kernel run has none");
     }
 
     #[test]

@@ -175,6 +175,11 @@ pub struct RunArgs {
     /// The same in the server's namespace.
     #[arg(long, value_name = "NAME=VALUE")]
     pub server_sysctl: Vec<String>,
+    /// A setting of Braid's daemon's [policy] for the run (repeatable),
+    /// e.g. standby_initcwnd=10 or stall_ms=150, to try it against the
+    /// defaults (contrib/braid.toml lists them). Braid's path managers only.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub policy: Vec<String>,
     #[command(flatten)]
     pub cc: CcArgs,
     /// Seed of the emulator's random loss and jitter, to make a run's
@@ -226,6 +231,10 @@ pub struct SweepArgs {
     /// Runs per cell and path manager.
     #[arg(long, default_value_t = 5)]
     pub repeat: usize,
+    /// A setting of Braid's daemon's [policy] in its runs (repeatable), as
+    /// for `lab run`; a directory's Braid runs all have the same.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub policy: Vec<String>,
     /// Length of a failover run (the primary fails at 40 %, a carrier cut
     /// no sooner than 2 s after the lab came up: see the kernel's link watch
     /// in docs/benchmarks.md).
@@ -802,7 +811,7 @@ fn print_lab(ctx: &Ctx, lab: &Lab) {
     );
 }
 
-use braid_lab::pm::PmKind;
+use braid_lab::pm::{PmKind, PolicySetting};
 use braid_lab::scenario::{self, Report, RunConfig, Scenario};
 use braid_lab::via::Via;
 
@@ -835,12 +844,32 @@ fn parse_vias(s: &str) -> Result<Vec<Via>, LabError> {
 /// The primary's loss in `lossy-primary` when --loss is not given.
 const LOSSY_PRIMARY_LOSS: f64 = 0.10;
 
+/// `--policy` settings, checked against the daemon's parser, for path
+/// managers `pms`: refused when none of them is Braid's daemon, which
+/// alone reads them.
+fn lab_policy(settings: &[String], pms: &[PmKind]) -> Result<Vec<PolicySetting>, LabError> {
+    let policy = settings
+        .iter()
+        .map(|s| PolicySetting::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !policy.is_empty() && pms.iter().all(|p| p.braid().is_none()) {
+        let names: Vec<&str> = pms.iter().map(|p| p.name()).collect();
+        return Err(LabError::Invalid(format!(
+            "--policy sets Braid's daemon's [policy], and no path manager given runs it (--pm {}): add braid, braid:handover or braid:interactive",
+            names.join(",")
+        )));
+    }
+    braid_lab::pm::check_policy(&policy)?;
+    Ok(policy)
+}
+
 fn run_config(
     a: &RunArgs,
     pm: PmKind,
     via: Via,
     i: usize,
     seed: u64,
+    policy: &[PolicySetting],
 ) -> Result<RunConfig, LabError> {
     let scenario = Scenario::parse(&a.scenario)?;
     if let Some(name) = &a.cc.cc {
@@ -889,6 +918,7 @@ fn run_config(
             .iter()
             .map(|s| Sysctl::parse(s))
             .collect::<Result<_, _>>()?,
+        policy: policy.to_vec(),
         via,
         congestion: a.cc.cc.clone(),
         seed,
@@ -904,6 +934,7 @@ fn run_all(a: &RunArgs, pms: &[PmKind]) -> Result<Vec<Report>, LabError> {
             return Err(LabError::Invalid(format!("--pm {}: {why}", pm.name())));
         }
     }
+    let policy = lab_policy(&a.policy, pms)?;
     let vias = parse_vias(&a.via)?;
     for via in &vias {
         if let Some(why) = via.unavailable() {
@@ -927,7 +958,7 @@ fn run_all(a: &RunArgs, pms: &[PmKind]) -> Result<Vec<Report>, LabError> {
         };
         for via in &vias {
             for pm in pms {
-                let cfg = run_config(a, *pm, *via, i, seed)?;
+                let cfg = run_config(a, *pm, *via, i, seed, &policy)?;
                 i += 1;
                 eprintln!(
                     "braid: running {} with --pm {} --via {} for {:?}{}",
@@ -1019,6 +1050,12 @@ fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), LabError> {
         emulator_exe: std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?,
         lab_prefix: format!("sw{}x", std::process::id() % 10_000),
         congestion: a.cc.cc.clone(),
+        policy: Vec::new(),
+    };
+    let all_pms: Vec<PmKind> = cfg.pms.iter().chain(&cfg.lossy_pms).copied().collect();
+    let cfg = SweepConfig {
+        policy: lab_policy(&a.policy, &all_pms)?,
+        ..cfg
     };
     if let Some(name) = &cfg.congestion {
         braid_lab::lab::check_congestion_name(name)?;
@@ -1043,8 +1080,11 @@ fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), LabError> {
     }
     let runs = sweep::load_runs(&cfg.out)?;
     let cells = sweep::summarize(&runs);
+    let policy_note = sweep::policy_note(&runs)
+        .map(|n| format!("{n}\n\n"))
+        .unwrap_or_default();
     let md = format!(
-        "{}\n\n{}",
+        "{}\n\n{policy_note}{}",
         sweep::congestion_note(&runs),
         sweep::markdown(&cells)
     );
@@ -1115,6 +1155,7 @@ fn demo(ctx: &Ctx, d: DemoArgs) -> Result<(), LabError> {
             logs: None,
             client_sysctl: Vec::new(),
             server_sysctl: Vec::new(),
+            policy: Vec::new(),
             cc: CcArgs::default(),
             seed: None,
             via: "direct".into(),

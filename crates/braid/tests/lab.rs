@@ -276,6 +276,58 @@ fn bad_lab_arguments_are_clear_errors() {
             ],
             "cannot use congestion control 'nosuchcc'",
         ),
+        (
+            vec![
+                "lab",
+                "run",
+                "aggregate",
+                "--pm",
+                "braid",
+                "--policy",
+                "stall_ms",
+            ],
+            "--policy 'stall_ms': no '='",
+        ),
+        (
+            vec![
+                "lab",
+                "run",
+                "aggregate",
+                "--pm",
+                "braid",
+                "--policy",
+                "no_such=1",
+            ],
+            "--policy no_such=1: unknown field `no_such`",
+        ),
+        (
+            vec![
+                "lab",
+                "run",
+                "aggregate",
+                "--pm",
+                "braid",
+                "--policy",
+                "standby_initcwnd=1000",
+            ],
+            "policy.standby_initcwnd': must be between 0",
+        ),
+        (
+            vec![
+                "lab",
+                "run",
+                "aggregate",
+                "--pm",
+                "braid",
+                "--policy",
+                "mode=\"handover\"",
+            ],
+            "the mode is the path manager's",
+        ),
+        (
+            vec!["lab", "run", "aggregate", "--policy", "stall_ms=150"],
+            "no path manager given runs it (--pm kernel)",
+        ),
     ] {
         let out = braid(&args);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -434,7 +486,31 @@ fn braid_modes_short_form() {
         "{late:#}"
     );
     // Handover: the standby path takes over when the primary loses carrier.
-    let ho = scenario_with("failover-carrier", "braid:handover", &[]);
+    // With a policy setting of the run's own (--policy), which reaches the
+    // daemon and the report.
+    let logs = std::env::temp_dir().join(format!("braid-policy-logs-{}", std::process::id()));
+    let ho = scenario_with(
+        "failover-carrier",
+        "braid:handover",
+        &[
+            "--policy",
+            "standby_initcwnd=12",
+            "--logs",
+            logs.to_str().unwrap(),
+        ],
+    );
+    let daemon_log =
+        std::fs::read_to_string(logs.join("braid-handover-braid-daemon.log")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&logs);
+    assert!(
+        daemon_log.contains("set initcwnd 12 on default routes"),
+        "{daemon_log}"
+    );
+    assert_eq!(
+        ho["policy"],
+        serde_json::json!(["standby_initcwnd = 12"]),
+        "{ho:#}"
+    );
     assert_eq!(ho["survived"], true, "{ho:#}");
     assert!(
         ho["metrics"]["per_path_mbps"][1].as_f64().unwrap() > 1.0,

@@ -52,6 +52,7 @@ fn flap(pm: &'static str, via: &'static str, stall_ms: f64) -> Report {
             },
         ],
         sysctls: vec!["client: net.ipv4.tcp_rmem=4096 131072 6291456".into()],
+        policy: Vec::new(),
         error: None,
         client_fallbacks: Default::default(),
         series_total_mbps: Vec::new(),
@@ -74,6 +75,7 @@ fn died(pm: &'static str, via: &'static str) -> Report {
             ..flap(pm, via, 0.0).metrics
         },
         error: Some("connection reset".into()),
+        policy: vec!["stall_ms = 150".into()],
         ..flap(pm, via, 0.0)
     }
 }
@@ -83,6 +85,7 @@ const TWO_RUNS: &str = concat!(
     "  at   5000 ms: path 0 down\n",
     "  at  10000 ms: path 0 up\n",
     "  sysctl client: net.ipv4.tcp_rmem=4096 131072 6291456\n",
+    "  Braid's policy: stall_ms = 150\n",
     "path manager                    kernel             braid\n",
     "via                             direct             relay\n",
     "survived                           yes                NO\n",
