@@ -1031,6 +1031,10 @@ fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), LabError> {
             "--repeat must be between 1 and 100".into(),
         ));
     }
+    let pms = parse_pms(&a.pm)?;
+    let lossy_pms = parse_pms(&a.lossy_pm)?;
+    let all_pms: Vec<PmKind> = pms.iter().chain(&lossy_pms).copied().collect();
+    let policy = lab_policy(&a.policy, &all_pms)?;
     let cfg = SweepConfig {
         delays: sweep::parse_delays(&a.delays)?,
         losses: sweep::parse_losses(&a.loss)?,
@@ -1040,8 +1044,8 @@ fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), LabError> {
             .map(Fault::parse)
             .collect::<Result<_, _>>()?,
         directions,
-        pms: parse_pms(&a.pm)?,
-        lossy_pms: parse_pms(&a.lossy_pm)?,
+        pms,
+        lossy_pms,
         repeat: a.repeat,
         duration: duration(&a.duration, "--duration")?,
         lossy_duration: duration(&a.lossy_duration, "--lossy-duration")?,
@@ -1050,12 +1054,7 @@ fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), LabError> {
         emulator_exe: std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?,
         lab_prefix: format!("sw{}x", std::process::id() % 10_000),
         congestion: a.cc.cc.clone(),
-        policy: Vec::new(),
-    };
-    let all_pms: Vec<PmKind> = cfg.pms.iter().chain(&cfg.lossy_pms).copied().collect();
-    let cfg = SweepConfig {
-        policy: lab_policy(&a.policy, &all_pms)?,
-        ..cfg
+        policy,
     };
     if let Some(name) = &cfg.congestion {
         braid_lab::lab::check_congestion_name(name)?;
