@@ -198,10 +198,29 @@ pub fn daemon_config(
     text
 }
 
+/// `--policy` arguments for runs of path managers `pms`, parsed and
+/// checked (`check_policy`); refused when none of `pms` is Braid's
+/// daemon, which alone reads them.
+pub fn policy_settings(args: &[String], pms: &[PmKind]) -> Result<Vec<PolicySetting>, LabError> {
+    let policy = args
+        .iter()
+        .map(|s| PolicySetting::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !policy.is_empty() && pms.iter().all(|p| p.braid().is_none()) {
+        let names: Vec<&str> = pms.iter().map(|p| p.name()).collect();
+        return Err(LabError::Invalid(format!(
+            "--policy sets Braid's daemon's [policy], and no path manager given runs it (--pm {}): add braid, braid:handover or braid:interactive",
+            names.join(",")
+        )));
+    }
+    check_policy(&policy)?;
+    Ok(policy)
+}
+
 /// Whether the daemon would take these policy settings: checked before
 /// any lab is made, with the daemon's own parser, so that a typo fails at
 /// once and says why rather than in the daemon's log of the first run.
-pub fn check_policy(policy: &[PolicySetting]) -> Result<(), LabError> {
+fn check_policy(policy: &[PolicySetting]) -> Result<(), LabError> {
     let parse = |settings: &[PolicySetting]| {
         let text = daemon_config(
             Path::new("/run/braid/check.sock"),

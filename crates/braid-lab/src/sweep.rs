@@ -1341,6 +1341,27 @@ mod tests {
         );
     }
 
+    /// A sweep of `blackhole()` alone, one run of each of `pms`, into `out`.
+    fn blackhole_sweep(out: &Path, pms: Vec<PmKind>) -> SweepConfig {
+        SweepConfig {
+            delays: vec![(10_000, 40_000)],
+            losses: vec![0],
+            faults: vec![Fault::Blackhole],
+            directions: vec![true],
+            pms,
+            lossy_pms: Vec::new(),
+            repeat: 1,
+            duration: Duration::from_secs(4),
+            lossy_duration: Duration::from_secs(60),
+            rates: (None, None),
+            out: out.to_path_buf(),
+            emulator_exe: PathBuf::new(),
+            lab_prefix: "t".into(),
+            congestion: None,
+            policy: Vec::new(),
+        }
+    }
+
     #[test]
     fn a_sweep_is_not_resumed_under_another_congestion_control() {
         let dir = std::env::temp_dir().join(format!("braid-sweep-cc-{}", std::process::id()));
@@ -1349,21 +1370,9 @@ mod tests {
         // The record helper's runs ran under cubic.
         append_run(&dir, &record(blackhole(), "kernel", 0, 10.0, true)).unwrap();
         let cfg = SweepConfig {
-            delays: vec![(10_000, 40_000)],
-            losses: vec![0],
-            faults: vec![Fault::Blackhole],
-            directions: vec![true],
-            pms: vec![PmKind::Kernel],
-            lossy_pms: Vec::new(),
             repeat: 2,
-            duration: Duration::from_secs(4),
-            lossy_duration: Duration::from_secs(60),
-            rates: (None, None),
-            out: dir.clone(),
-            emulator_exe: PathBuf::new(),
-            lab_prefix: "t".into(),
             congestion: Some("reno".into()),
-            policy: Vec::new(),
+            ..blackhole_sweep(&dir, vec![PmKind::Kernel])
         };
         let mut asked = 0;
         let r = run(&cfg, |_, _, _| asked += 1);
@@ -1396,23 +1405,7 @@ mod tests {
         };
         append_run(&dir, &record(blackhole(), "kernel", 0, 10.0, true)).unwrap();
         append_run(&dir, &tuned).unwrap();
-        let cfg = SweepConfig {
-            delays: vec![(10_000, 40_000)],
-            losses: vec![0],
-            faults: vec![Fault::Blackhole],
-            directions: vec![true],
-            pms: vec![PmKind::Kernel, PmKind::BraidHandover],
-            lossy_pms: Vec::new(),
-            repeat: 1,
-            duration: Duration::from_secs(4),
-            lossy_duration: Duration::from_secs(60),
-            rates: (None, None),
-            out: dir.clone(),
-            emulator_exe: PathBuf::new(),
-            lab_prefix: "t".into(),
-            congestion: None,
-            policy: Vec::new(),
-        };
+        let cfg = blackhole_sweep(&dir, vec![PmKind::Kernel, PmKind::BraidHandover]);
         let mut asked = 0;
         let e = run(&cfg, |_, _, _| asked += 1).unwrap_err().to_string();
         assert!(

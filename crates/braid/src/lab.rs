@@ -844,25 +844,6 @@ fn parse_vias(s: &str) -> Result<Vec<Via>, LabError> {
 /// The primary's loss in `lossy-primary` when --loss is not given.
 const LOSSY_PRIMARY_LOSS: f64 = 0.10;
 
-/// `--policy` settings, checked against the daemon's parser, for path
-/// managers `pms`: refused when none of them is Braid's daemon, which
-/// alone reads them.
-fn lab_policy(settings: &[String], pms: &[PmKind]) -> Result<Vec<PolicySetting>, LabError> {
-    let policy = settings
-        .iter()
-        .map(|s| PolicySetting::parse(s))
-        .collect::<Result<Vec<_>, _>>()?;
-    if !policy.is_empty() && pms.iter().all(|p| p.braid().is_none()) {
-        let names: Vec<&str> = pms.iter().map(|p| p.name()).collect();
-        return Err(LabError::Invalid(format!(
-            "--policy sets Braid's daemon's [policy], and no path manager given runs it (--pm {}): add braid, braid:handover or braid:interactive",
-            names.join(",")
-        )));
-    }
-    braid_lab::pm::check_policy(&policy)?;
-    Ok(policy)
-}
-
 fn run_config(
     a: &RunArgs,
     pm: PmKind,
@@ -934,7 +915,7 @@ fn run_all(a: &RunArgs, pms: &[PmKind]) -> Result<Vec<Report>, LabError> {
             return Err(LabError::Invalid(format!("--pm {}: {why}", pm.name())));
         }
     }
-    let policy = lab_policy(&a.policy, pms)?;
+    let policy = braid_lab::pm::policy_settings(&a.policy, pms)?;
     let vias = parse_vias(&a.via)?;
     for via in &vias {
         if let Some(why) = via.unavailable() {
@@ -1034,7 +1015,7 @@ fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), LabError> {
     let pms = parse_pms(&a.pm)?;
     let lossy_pms = parse_pms(&a.lossy_pm)?;
     let all_pms: Vec<PmKind> = pms.iter().chain(&lossy_pms).copied().collect();
-    let policy = lab_policy(&a.policy, &all_pms)?;
+    let policy = braid_lab::pm::policy_settings(&a.policy, &all_pms)?;
     let cfg = SweepConfig {
         delays: sweep::parse_delays(&a.delays)?,
         losses: sweep::parse_losses(&a.loss)?,
