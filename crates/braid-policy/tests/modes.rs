@@ -589,15 +589,15 @@ fn wlan0_route(initcwnd: Option<u32>) -> Event {
 fn standby_routes_get_a_larger_initial_window_until_the_daemon_stops() {
     let (mut s, ds) = sim(PathMode::Handover);
     // Only the secondary stands by.
-    assert_eq!(initcwnd_changes(&ds), vec![(3, 200, Some(40))]);
+    assert_eq!(initcwnd_changes(&ds), vec![(3, 200, Some(200))]);
     assert!(ds.iter().any(|d| d.reason.contains("wlan0 stands by")));
-    assert_eq!(s.p.view().interfaces[1].standby_initcwnd, Some(40));
+    assert_eq!(s.p.view().interfaces[1].standby_initcwnd, Some(200));
     // The kernel's echo of the change asks for nothing more.
-    assert!(initcwnd_changes(&s.at(10, wlan0_route(Some(40)))).is_empty());
+    assert!(initcwnd_changes(&s.at(10, wlan0_route(Some(200)))).is_empty());
     // A DHCP renewal puts the route back without it: set again.
     assert_eq!(
         initcwnd_changes(&s.at(20, wlan0_route(None))),
-        vec![(3, 200, Some(40))]
+        vec![(3, 200, Some(200))]
     );
     // Stopping puts back what the route had, whatever remove_on_stop says.
     let ds = s.at(30, Event::Stopping);
@@ -616,7 +616,7 @@ fn leaving_a_path_mode_restores_the_routes_previous_window() {
     // Interactive: any path may stand by.
     assert_eq!(
         initcwnd_changes(&ds),
-        vec![(2, 254, Some(40)), (3, 200, Some(40))]
+        vec![(2, 254, Some(200)), (3, 200, Some(200))]
     );
     cfg.policy.mode = PathMode::Aggregate;
     let ds = s.at(30, Event::ConfigReloaded(Box::new(cfg)));
@@ -637,7 +637,7 @@ fn per_connection_handover_rules_give_the_secondary_the_standby_window() {
     )
     .unwrap();
     let ds = s.at(10, Event::ConfigReloaded(Box::new(cfg)));
-    assert_eq!(initcwnd_changes(&ds), vec![(3, 200, Some(40))]);
+    assert_eq!(initcwnd_changes(&ds), vec![(3, 200, Some(200))]);
     assert!(
         ds.iter()
             .any(|d| d.reason.contains("for connections in handover mode")),
@@ -675,7 +675,7 @@ fn a_refused_window_is_a_warning_and_is_retried_when_the_route_changes() {
     // ... a change of the route does.
     assert_eq!(
         initcwnd_changes(&s.at(200, wlan0_route(None))),
-        vec![(3, 200, Some(40))]
+        vec![(3, 200, Some(200))]
     );
 }
 

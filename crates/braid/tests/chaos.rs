@@ -40,7 +40,7 @@ const FIRST_EVENT_MS: u64 = 1_000;
 const LAST_EVENT_MS: u64 = 57_000;
 const PORT: u16 = 5470;
 /// `policy.standby_initcwnd`'s default.
-const STANDBY_INITCWND: u64 = 40;
+const STANDBY_INITCWND: u64 = 200;
 /// The operator's own initcwnd on path 2's default route (table 102).
 const OPERATOR_INITCWND: u64 = 15;
 /// Carrier losses per path: each one within a minute doubles the daemon's

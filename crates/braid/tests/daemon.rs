@@ -339,7 +339,7 @@ fn handover_gives_the_standby_route_a_larger_initial_window() {
     ]);
     let mut d = Daemon::start(&lab, "[policy]\nmode = \"handover\"\n", &[]);
     assert!(
-        wait_for(5, || route(&lab, "101").contains("initcwnd 40")),
+        wait_for(5, || route(&lab, "101").contains("initcwnd 200")),
         "standby route: {}\n{}",
         route(&lab, "101"),
         d.log()
@@ -360,11 +360,11 @@ fn handover_gives_the_standby_route_a_larger_initial_window() {
         .iter()
         .find(|i| i["name"] == "p1")
         .unwrap();
-    assert_eq!(p1["standby_initcwnd"], 40, "{ifs:#}");
+    assert_eq!(p1["standby_initcwnd"], 200, "{ifs:#}");
     // Someone replaces the route without it: the daemon sets it again.
     lab.ip(&["route", "replace", "table", "101", "default", "dev", "p1"]);
     assert!(
-        wait_for(5, || route(&lab, "101").contains("initcwnd 40")),
+        wait_for(5, || route(&lab, "101").contains("initcwnd 200")),
         "{}",
         route(&lab, "101")
     );
@@ -966,7 +966,7 @@ fn under_the_units_privileges_it_probes_and_manages_endpoints() {
         "under the unit's privileges",
     );
     assert!(
-        wait_for(5, || route(&lab, "101").contains("initcwnd 40")),
+        wait_for(5, || route(&lab, "101").contains("initcwnd 200")),
         "routes are changed too"
     );
     let probe = d.feature("path_probe");
@@ -1224,7 +1224,7 @@ fn scenario(
     };
     let both = |o: &Observed| {
         o.endpoints.len() == 2
-            && o.route.contains("initcwnd 40")
+            && o.route.contains("initcwnd 200")
             && o.state
                 .as_ref()
                 .is_some_and(|s| s["owned"].as_array().unwrap().len() == 2)
