@@ -247,7 +247,9 @@ pub struct PolicyConfig {
     /// the ~240 kB a 40 Mbit/s primary with a 100 ms RTT has in flight; 40
     /// took three round trips of a 200 ms secondary to resend it. It
     /// applies to every TCP connection using those routes, not only
-    /// MPTCP. 0 leaves routes alone. Restored when the daemon stops.
+    /// MPTCP; in interactive mode, where every path stands by, at most
+    /// `INTERACTIVE_MAX_INITCWND`. 0 leaves routes alone. Restored when
+    /// the daemon stops.
     pub standby_initcwnd: u32,
     /// Handover and interactive: when a path that was receiving goes
     /// silent for one RTT (at least 15 ms), send it ICMP echoes (five,
@@ -472,6 +474,13 @@ impl Config {
 
 /// A larger initial window than this is a burst no path is likely to take.
 pub const MAX_INITCWND: u32 = 256;
+/// The most `policy.standby_initcwnd` gives in interactive mode. Every
+/// path stands by there, the one that carries the host's unbound
+/// connections too, so the window is every new TCP connection's first
+/// flight: the default of 200 is sized for a handover secondary's resend,
+/// not for that. 40 is the window interactive mode was measured with
+/// (docs/benchmarks.md, sweep53).
+pub const INTERACTIVE_MAX_INITCWND: u32 = 40;
 /// An hour: longer holds are typos, not policies.
 pub const MAX_HOLD_MS: u64 = 3_600_000;
 /// A path 100 times slower than another is not "comparable" any more.

@@ -613,10 +613,16 @@ fn leaving_a_path_mode_restores_the_routes_previous_window() {
     let mut cfg = Config::default();
     cfg.policy.mode = PathMode::Interactive;
     let ds = s.at(20, Event::ConfigReloaded(Box::new(cfg.clone())));
-    // Interactive: any path may stand by.
+    // Interactive: any path may stand by, the one of the host's unbound
+    // connections too, so the window is capped.
     assert_eq!(
         initcwnd_changes(&ds),
-        vec![(2, 254, Some(200)), (3, 200, Some(200))]
+        vec![(2, 254, Some(40)), (3, 200, Some(40))]
+    );
+    assert!(
+        ds.iter()
+            .any(|d| d.reason.contains("at most 40 in interactive mode")),
+        "{ds:?}"
     );
     cfg.policy.mode = PathMode::Aggregate;
     let ds = s.at(30, Event::ConfigReloaded(Box::new(cfg)));
@@ -641,6 +647,28 @@ fn per_connection_handover_rules_give_the_secondary_the_standby_window() {
     assert!(
         ds.iter()
             .any(|d| d.reason.contains("for connections in handover mode")),
+        "{ds:?}"
+    );
+}
+
+#[test]
+fn a_handover_rule_gives_its_secondary_the_full_window_under_an_interactive_default() {
+    let (mut s, _) = sim(PathMode::Aggregate);
+    let cfg: Config = toml::from_str(
+        "pm = \"userspace\"\n[policy]\nmode = \"interactive\"\n[[app]]\ndport = 22\nmode = \"handover\"\n",
+    )
+    .unwrap();
+    let ds = s.at(10, Event::ConfigReloaded(Box::new(cfg)));
+    // The primary stands by for interactive connections only: capped. The
+    // secondary stands by for handover ones too: the larger window.
+    assert_eq!(
+        initcwnd_changes(&ds),
+        vec![(2, 254, Some(40)), (3, 200, Some(200))]
+    );
+    assert!(
+        ds.iter().any(|d| d
+            .reason
+            .contains("wlan0 stands by (for connections in handover mode)")),
         "{ds:?}"
     );
 }

@@ -1,6 +1,7 @@
-//! The standby route's larger initial window (handover mode).
+//! The standby route's larger initial window (handover and interactive).
 
 use super::*;
+use crate::config::INTERACTIVE_MAX_INITCWND;
 
 impl Policy {
     /// The modes connections here may be in: the host-wide one, and with
@@ -13,13 +14,26 @@ impl Policy {
         modes
     }
 
-    /// The mode in which `w` stands by for some connection, if one does.
+    /// The window a path standing by in `mode` gets.
+    fn window_in(&self, mode: PathMode) -> u32 {
+        let window = self.config.policy.standby_initcwnd;
+        match mode {
+            PathMode::Interactive => window.min(INTERACTIVE_MAX_INITCWND),
+            PathMode::Aggregate | PathMode::Handover => window,
+        }
+    }
+
+    /// The mode in which `w` stands by for some connection, if one does;
+    /// of several, the one with the larger window.
     fn standby_in(&self, w: &Want) -> Option<PathMode> {
-        self.modes_in_use().into_iter().find(|m| match m {
-            PathMode::Aggregate => false,
-            PathMode::Interactive => true,
-            PathMode::Handover => self.role_of(w) == Role::Secondary,
-        })
+        self.modes_in_use()
+            .into_iter()
+            .filter(|m| match m {
+                PathMode::Aggregate => false,
+                PathMode::Interactive => true,
+                PathMode::Handover => self.role_of(w) == Role::Secondary,
+            })
+            .max_by_key(|m| self.window_in(*m))
     }
 
     /// The interfaces that stand by and may have to take over at once,
@@ -35,8 +49,7 @@ impl Policy {
     /// (`policy.standby_initcwnd`) and put back what other routes had.
     /// `wanted` empty (stopping): every route Braid changed is restored.
     pub(super) fn reconcile_standby_windows(&mut self, wanted: &[Want], out: &mut Vec<Decision>) {
-        let window = self.config.policy.standby_initcwnd;
-        let standby = if window == 0 {
+        let standby = if self.config.policy.standby_initcwnd == 0 {
             BTreeMap::new()
         } else {
             self.standby_interfaces(wanted)
@@ -48,17 +61,23 @@ impl Policy {
                 continue;
             }
             let name = link_name(&self.links, r.ifindex);
-            let (target, reason) = if let Some(mode) = standby.get(&r.ifindex) {
+            let (target, reason) = if let Some(&mode) = standby.get(&r.ifindex) {
                 self.initcwnd_set.entry(key).or_insert(r.initcwnd);
                 let whose = if self.config.pm == PmKind::Userspace {
                     format!("for connections in {} mode", mode.name())
                 } else {
                     format!("{} mode", mode.name())
                 };
+                let window = self.window_in(mode);
+                let capped = if window < self.config.policy.standby_initcwnd {
+                    format!(", at most {INTERACTIVE_MAX_INITCWND} in interactive mode, where every path stands by, the one of the host's unbound connections too")
+                } else {
+                    String::new()
+                };
                 (
                     Some(window),
                     format!(
-                        "{name} stands by ({whose}): when it takes over it resends the failed path's data in flight, so TCP starts there with {window} segments instead of 10 (policy.standby_initcwnd)"
+                        "{name} stands by ({whose}): when it takes over it resends the failed path's data in flight, so TCP starts there with {window} segments instead of 10 (policy.standby_initcwnd{capped})"
                     ),
                 )
             } else if let Some(before) = self.initcwnd_set.remove(&key) {
