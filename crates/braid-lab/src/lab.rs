@@ -133,7 +133,6 @@ fn server_addr(k: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, k as u8 + 1, 0, 2))
 }
 
-/// Write a sysctl outside net.mptcp (IPv4 settings) in the calling thread's namespace.
 /// A sysctl to set in one of the lab's namespaces, e.g.
 /// `net.ipv4.tcp_rmem=4096 16777216 33554432`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
