@@ -1063,8 +1063,11 @@ fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), LabError> {
     let policy_note = sweep::policy_note(&runs)
         .map(|n| format!("{n}\n\n"))
         .unwrap_or_default();
+    let moved = sweep::moved_markdown(&cells)
+        .map(|t| format!("\n{t}"))
+        .unwrap_or_default();
     let md = format!(
-        "{}\n\n{policy_note}{}",
+        "{}\n\n{policy_note}{}{moved}",
         sweep::congestion_note(&runs),
         sweep::markdown(&cells)
     );
