@@ -229,7 +229,11 @@ pub struct PolicyConfig {
     /// A path with data outstanding and no acknowledgement for this long
     /// (or two smoothed RTTs, if longer) is stalled.
     pub stall_ms: u64,
-    /// A retransmission rate above this marks a path lossy (0.05 = 5 %).
+    /// A retransmission rate above this marks a path lossy (0.05 = 5 %),
+    /// and handover and interactive leave it. Right under CUBIC, whose
+    /// window collapses with loss; under BBR a lossy path can still carry
+    /// more than a slower standby (docs/benchmarks.md, "Data moved beside
+    /// the stall").
     pub loss_threshold: f64,
     /// Interactive: switch when the active path's RTT exceeds the best
     /// other's by this factor ...
