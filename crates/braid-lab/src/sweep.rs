@@ -668,9 +668,9 @@ pub struct PmCell {
     /// whose logs say.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acted: Option<Spread>,
-    /// Data the run moved (MB) in failover cells, over the runs that
-    /// survived: what a policy's choice of path costs or gains beside the
-    /// stall (worst is the least).
+    /// Data the run moved (MB: received and verified) in failover cells,
+    /// over the runs that survived: what a policy's choice of path costs
+    /// or gains beside the stall (worst is the least).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub moved_mb: Option<Spread>,
     /// Runs whose connection died or whose data came back wrong, or that
@@ -759,7 +759,7 @@ pub fn summarize(runs: &[RunRecord]) -> Vec<CellSummary> {
                             these
                                 .iter()
                                 .filter(|r| cell.fault != Fault::Lossy && r.intact())
-                                .map(|r| r.bytes_sent as f64 / 1e6)
+                                .map(|r| r.bytes_verified as f64 / 1e6)
                                 .collect(),
                             Worse::Lower,
                         ),
@@ -1326,7 +1326,7 @@ mod tests {
         let mut add = |pm: &str, mb: &[f64]| {
             for (i, m) in mb.iter().enumerate() {
                 let mut r = record(c, pm, i, 50.0, true);
-                r.bytes_sent = (m * 1e6) as u64;
+                r.bytes_verified = (m * 1e6) as u64;
                 runs.push(r);
             }
         };
@@ -1336,7 +1336,7 @@ mod tests {
         add("braid", &[12.5, 13.0, 13.0]);
         // A dead run's short count is not data moved.
         let mut dead = record(c, "braid:handover", 3, 50.0, false);
-        dead.bytes_sent = 1_000;
+        dead.bytes_verified = 1_000;
         runs.push(dead);
         let cells = summarize(&runs);
         let handover = cells[0].pm("braid:handover").unwrap();
