@@ -911,19 +911,26 @@ fn pm_names<'a>(cells: impl Iterator<Item = &'a CellSummary>) -> Vec<String> {
     names
 }
 
+/// A table's first two lines: the cell, a column per path manager, and
+/// `last` for what the row says of them.
+fn table_head(names: &[String], last: &str) -> String {
+    let mut s = String::from("| cell |");
+    for n in names {
+        s.push_str(&format!(" {n} |"));
+    }
+    s.push_str(&format!(" {last} |\n|---|"));
+    for _ in names {
+        s.push_str("---|");
+    }
+    s.push_str("---|\n");
+    s
+}
+
 /// The sweep as a Markdown table: a row per cell, a column per path
 /// manager (median / worst), then the goals not met.
 pub fn markdown(cells: &[CellSummary]) -> String {
     let names = pm_names(cells.iter());
-    let mut s = String::from("| cell |");
-    for n in &names {
-        s.push_str(&format!(" {n} |"));
-    }
-    s.push_str(" goals |\n|---|");
-    for _ in &names {
-        s.push_str("---|");
-    }
-    s.push_str("---|\n");
+    let mut s = table_head(&names, "goals");
     for c in cells {
         s.push_str(&format!("| {} |", c.label));
         for n in &names {
@@ -1003,15 +1010,11 @@ pub fn moved_markdown(cells: &[CellSummary]) -> Option<String> {
         return None;
     }
     let names = pm_names(cells.iter().copied());
-    let mut s = String::from("Data moved in each run (MB): median / least\n\n| cell |");
-    for n in &names {
-        s.push_str(&format!(" {n} |"));
-    }
-    s.push_str(" moved less than the kernel set up alike |\n|---|");
-    for _ in &names {
-        s.push_str("---|");
-    }
-    s.push_str("---|\n");
+    let mut s = String::from("Data moved in each run (MB): median / least\n\n");
+    s.push_str(&table_head(
+        &names,
+        "moved less than the kernel set up alike",
+    ));
     for c in cells {
         s.push_str(&format!("| {} |", c.label));
         for n in &names {
