@@ -1046,6 +1046,21 @@ pub fn moved_markdown(cells: &[CellSummary]) -> Option<String> {
     Some(s)
 }
 
+/// The sweep's `summary.md`: the congestion control, Braid's policy
+/// settings where not the defaults, the stall table with the goals, and
+/// the data moved.
+pub fn summary_markdown(runs: &[RunRecord], cells: &[CellSummary]) -> String {
+    let mut s = format!("{}\n\n", congestion_note(runs));
+    if let Some(note) = policy_note(runs) {
+        s.push_str(&format!("{note}\n\n"));
+    }
+    s.push_str(&markdown(cells));
+    if let Some(moved) = moved_markdown(cells) {
+        s.push_str(&format!("\n{moved}"));
+    }
+    s
+}
+
 /// Goals met and missed over the whole sweep, per goal.
 pub fn goal_totals(cells: &[CellSummary]) -> Vec<(u8, usize, usize)> {
     (1..=4)

@@ -1060,17 +1060,7 @@ fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), LabError> {
     }
     let runs = sweep::load_runs(&cfg.out)?;
     let cells = sweep::summarize(&runs);
-    let policy_note = sweep::policy_note(&runs)
-        .map(|n| format!("{n}\n\n"))
-        .unwrap_or_default();
-    let moved = sweep::moved_markdown(&cells)
-        .map(|t| format!("\n{t}"))
-        .unwrap_or_default();
-    let md = format!(
-        "{}\n\n{policy_note}{}{moved}",
-        sweep::congestion_note(&runs),
-        sweep::markdown(&cells)
-    );
+    let md = sweep::summary_markdown(&runs, &cells);
     let write = |name: &str, bytes: &[u8]| -> Result<(), LabError> {
         let p = cfg.out.join(name);
         std::fs::write(&p, bytes).map_err(|e| LabError::Io(format!("writing {}: {e}", p.display())))
