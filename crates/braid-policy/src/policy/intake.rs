@@ -8,7 +8,8 @@ impl Policy {
     /// is decided (nothing to reconcile).
     pub(super) fn take(&mut self, event: Event) -> bool {
         match event {
-            Event::Health(samples) => return self.take_health(samples),
+            // Every round may change a verdict the modes act on.
+            Event::Health(samples) => self.take_health(samples),
             Event::ProbeResult {
                 ifindex,
                 remote,
@@ -169,19 +170,17 @@ impl Policy {
     }
 
     /// Addresses gone while idle stay kept only while subflows from them
-    /// remain and none of them has data outstanding. True if one changed.
-    fn recheck_gone_addresses(&mut self, samples: &[crate::health::SubflowSample]) -> bool {
-        let before = self.idle_when_address_lost.len();
+    /// remain and none of them has data outstanding.
+    fn recheck_gone_addresses(&mut self, samples: &[crate::health::SubflowSample]) {
         self.idle_when_address_lost
             .retain(|ip, _| still_idle(samples.iter().filter(|s| s.local.ip() == *ip)));
-        self.idle_when_address_lost.len() != before
     }
 
     /// A round of subflow measurements.
-    fn take_health(&mut self, mut samples: Vec<crate::health::SubflowSample>) -> bool {
+    fn take_health(&mut self, mut samples: Vec<crate::health::SubflowSample>) {
         // Subflows from an address that is gone measure no path; they only
         // tell whether a standby kept for them is still idle.
-        let gone_changed = self.recheck_gone_addresses(&samples);
+        self.recheck_gone_addresses(&samples);
         // Attribute each subflow to the interface holding its address.
         samples.retain_mut(|s| match self.ifindex_of(s.local.ip()) {
             Some(i) => {
@@ -195,7 +194,7 @@ impl Policy {
         let (samples, dark): (Vec<_>, Vec<_>) = samples
             .into_iter()
             .partition(|s| self.links.get(&s.ifindex).is_some_and(Link::can_carry));
-        let kept_changed = self.recheck_kept(&dark) | gone_changed;
+        self.recheck_kept(&dark);
         self.note_missed_priorities(&samples);
         self.note_ignored_backups(&samples);
         let p = &self.config.policy;
@@ -210,18 +209,9 @@ impl Policy {
             .update(now_ms, &samples, stall, loss, decay, hosts);
         self.judge_unanswered_silences();
         self.note_missing_subflows();
-        if !self.watches_paths() {
-            return kept_changed
-                || self.due()
-                || !self.rejoin_pending.is_empty()
-                || !self.priority_pending.is_empty();
-        }
-        if self.config.policy.mode != PathMode::Aggregate {
-            self.note_stalls();
-        }
+        self.note_stalls();
         self.note_lossy_waits(&samples);
         self.probes_due();
-        true
     }
 
     /// Unanswered silence probes, judged against this round: a path whose
@@ -268,10 +258,9 @@ impl Policy {
     /// Links that lost carrier while idle stay so only while they still
     /// have subflows and none of ours has data outstanding on them (this
     /// host's kernel put data there after all: it must be resent); the
-    /// endpoint goes at the next reconcile otherwise. True if one changed.
-    fn recheck_kept(&mut self, dark: &[crate::health::SubflowSample]) -> bool {
+    /// endpoint goes at the next reconcile otherwise.
+    fn recheck_kept(&mut self, dark: &[crate::health::SubflowSample]) {
         let links = &self.links;
-        let before = self.idle_when_lost.len();
         self.idle_when_lost.retain(|i| {
             if links.get(i).is_some_and(Link::can_carry) {
                 return true; // back, settling: measured like any path
@@ -280,7 +269,6 @@ impl Policy {
         });
         // A round has said, for the keeps found at start too.
         self.unconfirmed_idle.clear();
-        self.idle_when_lost.len() != before
     }
 
     /// A probe's answer, or its absence.
@@ -289,9 +277,6 @@ impl Policy {
         let answered = rtt_ms.is_some();
         if !answered {
             self.counters.probes_unanswered += 1;
-        }
-        if !self.watches_paths() {
-            return false; // aggregate acts on no measurement
         }
         let stall_ms = self.config.policy.stall_ms;
         let now_ms = self.clock.now().ms();

@@ -498,14 +498,6 @@ impl Policy {
         self.can_probe_v6 = v6;
     }
 
-    /// Whether the paths' health is acted on: by the host-wide handover
-    /// and interactive modes, and by the per-connection path manager,
-    /// whose connections' modes take this policy's verdicts (probes) on a
-    /// path whatever the host-wide mode.
-    fn watches_paths(&self) -> bool {
-        self.config.policy.mode != PathMode::Aggregate || self.config.pm == PmKind::Userspace
-    }
-
     /// Whether paths towards IPv4 and IPv6 hosts are probed.
     fn probing(&self) -> (bool, bool) {
         let on = self.config.policy.probe_silent_paths;
@@ -531,9 +523,6 @@ impl Policy {
 
     pub fn health_check_due_in_ms(&self) -> Option<u64> {
         let joins = self.join_recheck_due_in_ms();
-        if self.config.policy.mode == PathMode::Aggregate {
-            return joins;
-        }
         let (v4, v6) = self.probing();
         let stall = self
             .health
@@ -621,12 +610,6 @@ impl Policy {
             .chain(held)
             .chain(healthy)
             .chain(switch)
-    }
-
-    /// Whether a deadline (see `wake_at_ms`) has passed.
-    fn due(&self) -> bool {
-        let now = self.clock.now();
-        self.deadlines().any(|t| t <= now)
     }
 
     /// What the policy chose not to do, or learnt without acting, since
