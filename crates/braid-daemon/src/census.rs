@@ -110,6 +110,7 @@ mod tests {
             backup_local: false,
             backup_remote: false,
             tcp: None,
+            rcvbuf: None,
         }
     }
 

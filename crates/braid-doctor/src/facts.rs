@@ -1,5 +1,7 @@
 //! What the rules look at, and the one place that reads it from the kernel.
 
+use std::net::SocketAddr;
+
 use braid_kernel::diag::{self, Connection};
 use braid_kernel::interfaces::Interfaces;
 use braid_kernel::pm::{Endpoint, Limits, PathManager};
@@ -33,6 +35,67 @@ pub struct Facts {
     pub blackhole_timeout_s: Option<u64>,
     /// A Braid daemon answers on its control socket.
     pub daemon_answers: bool,
+    /// Subflows receiving with tcp_rmem's initial buffer while a sibling's
+    /// grew (`small_receive_buffers`), and tcp_rmem's initial size.
+    pub small_receive_buffers: Vec<SmallBuffer>,
+}
+
+/// A subflow that receives with its receive buffer still at
+/// `net.ipv4.tcp_rmem`'s initial size while another subflow of its
+/// connection has a buffer several times larger. The kernel raises
+/// subflows' buffers only when it raises the connection's
+/// (`mptcp_rcv_space_adjust`): a subflow joined after the last raise keeps
+/// the initial one, and the window it advertises caps its path (lab,
+/// sweep60: 80 kB a 200 ms round trip, 3.3 Mbit/s on a 20 Mbit/s path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SmallBuffer {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub rcvbuf: u32,
+    /// The largest receive buffer among the connection's other subflows.
+    pub grown: u32,
+}
+
+/// A sibling's buffer this many times the subflow's shows the
+/// connection's autotuning raised the others and passed this one over.
+const GROWN_FACTOR: u32 = 4;
+/// Received at least this much: the subflow carries a transfer in, not a
+/// few requests (whose window never fills).
+const RECEIVED_ENOUGH: u64 = 1 << 20;
+
+/// The subflows of `conns` that receive with a buffer no larger than
+/// `initial` (tcp_rmem's middle value) while a sibling's is at least
+/// `GROWN_FACTOR` times larger.
+pub fn small_receive_buffers(conns: &[Connection], initial: u32) -> Vec<SmallBuffer> {
+    let mut out = Vec::new();
+    for c in conns {
+        for (i, sf) in c.subflows.iter().enumerate() {
+            let Some(rcvbuf) = sf.rcvbuf.filter(|b| *b <= initial) else {
+                continue;
+            };
+            let received = sf.tcp.as_ref().and_then(|t| t.bytes_received);
+            if sf.state != "established" || received.unwrap_or(0) < RECEIVED_ENOUGH {
+                continue;
+            }
+            let grown = c
+                .subflows
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .filter_map(|(_, o)| o.rcvbuf)
+                .max()
+                .unwrap_or(0);
+            if grown >= rcvbuf.saturating_mul(GROWN_FACTOR) {
+                out.push(SmallBuffer {
+                    local: sf.local,
+                    remote: sf.remote,
+                    rcvbuf,
+                    grown,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// The in-kernel path manager's table.
@@ -90,6 +153,7 @@ pub fn read(daemon_answers: bool) -> Facts {
             .ok()
             .and_then(|v| v.parse().ok()),
         daemon_answers,
+        small_receive_buffers: Vec::new(),
     };
     if !available {
         return facts;
@@ -101,9 +165,11 @@ pub fn read(daemon_answers: bool) -> Facts {
             endpoints: pm.endpoints()?,
         })
     }));
-    facts.connections = diag::connections(true)
-        .ok()
-        .map(|conns| ConnectionSummary::of(&conns));
+    let conns = diag::connections(true).ok();
+    facts.connections = conns.as_deref().map(ConnectionSummary::of);
+    if let (Some(conns), Ok([_, initial, _])) = (&conns, sysctl::tcp_rmem()) {
+        facts.small_receive_buffers = small_receive_buffers(conns, initial);
+    }
     let counters = braid_kernel::counters::mptcp().unwrap_or_default();
     let counter = |name: &str| counters.get(name).copied().unwrap_or(0);
     facts.no_dss_in_window = counter("NoDSSInWindow");
@@ -127,6 +193,69 @@ mod tests {
             info: None,
             subflows: Vec::new(),
         }
+    }
+
+    fn subflow(local: &str, rcvbuf: u32, received: u64) -> diag::Subflow {
+        let tcp = braid_kernel::info::TcpInfo {
+            bytes_received: Some(received),
+            ..Default::default()
+        };
+        diag::Subflow {
+            local: local.parse().unwrap(),
+            remote: "198.51.100.1:443".parse().unwrap(),
+            bound_ifindex: 0,
+            state: "established",
+            token_local: 1,
+            token_remote: 2,
+            local_id: 0,
+            remote_id: 0,
+            flags: 0,
+            backup_local: false,
+            backup_remote: false,
+            tcp: Some(tcp),
+            rcvbuf: Some(rcvbuf),
+        }
+    }
+
+    fn with(subflows: Vec<diag::Subflow>) -> Connection {
+        Connection {
+            subflows,
+            ..conn("established", "192.0.2.1:50000")
+        }
+    }
+
+    /// sweep60's trace: the first subflow's buffer grew to 3 MB, the
+    /// joined one's stayed at 128 KB while it carried the transfer.
+    #[test]
+    fn a_receiving_subflow_left_at_the_initial_buffer_is_found() {
+        let c = with(vec![
+            subflow("192.0.2.1:50000", 3_145_728, 40 << 20),
+            subflow("192.0.2.2:50001", 131_072, 8 << 20),
+        ]);
+        let found = small_receive_buffers(&[c], 131_072);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].local, "192.0.2.2:50001".parse().unwrap());
+        assert_eq!((found[0].rcvbuf, found[0].grown), (131_072, 3_145_728));
+    }
+
+    #[test]
+    fn grown_or_idle_or_lone_subflows_are_not_reported() {
+        // Both grew; one small but hardly received; a lone subflow.
+        let grown = with(vec![
+            subflow("192.0.2.1:50000", 3_145_728, 40 << 20),
+            subflow("192.0.2.2:50001", 1_048_576, 8 << 20),
+        ]);
+        let idle = with(vec![
+            subflow("192.0.2.1:50000", 3_145_728, 40 << 20),
+            subflow("192.0.2.2:50001", 131_072, 4096),
+        ]);
+        let alone = with(vec![subflow("192.0.2.2:50001", 131_072, 8 << 20)]);
+        // Siblings not much larger: nothing raised the others either.
+        let close = with(vec![
+            subflow("192.0.2.1:50000", 262_144, 40 << 20),
+            subflow("192.0.2.2:50001", 131_072, 8 << 20),
+        ]);
+        assert!(small_receive_buffers(&[grown, idle, alone, close], 131_072).is_empty());
     }
 
     #[test]

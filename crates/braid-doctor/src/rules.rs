@@ -71,6 +71,7 @@ pub fn hints(facts: &Facts) -> Vec<Hint> {
             format!("the kernel dropped {dropped} MPTCP data segment(s) for lack of receive buffer (MPTcpExtNoDSSInWindow): subflows had already acknowledged them, so only slow MPTCP-level retransmissions recover them and downloads crawl for seconds; typical when a path rejoins a download that ran on a slower one"),
             "start TCP receive buffers larger: sysctl -w net.ipv4.tcp_rmem='4096 16777216 33554432' (all TCP; memory is used only while data waits; see docs/benchmarks.md, flap)".into());
     }
+    small_buffer_hint(&mut hints, &facts.small_receive_buffers);
     syn_fallback_hints(&mut hints, facts);
     if pm == Some("userspace") && !facts.daemon_answers {
         hint(&mut hints, Severity::Warning,
@@ -202,3 +203,16 @@ fn interface_hints(hints: &mut Vec<Hint>, eps: &[Endpoint], ifs: &Interfaces) {
 
 #[cfg(test)]
 mod tests;
+
+/// Subflows receiving with tcp_rmem's initial buffer while a sibling's
+/// grew (`crate::facts::small_receive_buffers`).
+fn small_buffer_hint(hints: &mut Vec<Hint>, small: &[crate::facts::SmallBuffer]) {
+    let Some(first) = small.first() else {
+        return;
+    };
+    let kb = |b: u32| b / 1024;
+    hint(hints, Severity::Warning,
+        format!("{} MPTCP subflow(s) receive with a {} KB buffer, net.ipv4.tcp_rmem's initial size, while another subflow of the same connection has {} KB (e.g. {} from {}): the kernel raises subflows' receive buffers only when it raises the connection's, so a subflow joined after that keeps the initial one, and the window it advertises caps that path (measured: 3.3 Mbit/s on a 20 Mbit/s path with a 200 ms RTT)",
+            small.len(), kb(first.rcvbuf), kb(first.grown), first.local, first.remote),
+        "start TCP receive buffers larger: sysctl -w net.ipv4.tcp_rmem='4096 4194304 33554432' (all TCP; memory is used only while data waits; on a relay server too, which receives its clients' uploads; see docs/benchmarks.md, sweep60)".into());
+}

@@ -24,6 +24,10 @@ use crate::netlink::{attrs, push_attr, Kind, NlSocket};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const INET_DIAG_INFO: u16 = 2;
+const INET_DIAG_SKMEMINFO: u16 = 7;
+/// What a dump asks for besides the socket: tcp_info (or mptcp_info)
+/// and the socket's memory (its receive buffer).
+const DUMP_EXT: u8 = (1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_SKMEMINFO - 1));
 const INET_DIAG_ULP_INFO: u16 = 19;
 const INET_DIAG_REQ_PROTOCOL: u16 = 3;
 const INET_DIAG_CGROUP_ID: u16 = 21;
@@ -64,6 +68,8 @@ pub struct Subflow {
     /// The peer marked the subflow as backup.
     pub backup_remote: bool,
     pub tcp: Option<TcpInfo>,
+    /// The subflow's receive buffer (sk_rcvbuf, from INET_DIAG_SKMEMINFO).
+    pub rcvbuf: Option<u32>,
 }
 
 /// One MPTCP connection (an MPTCP socket, `msk`) with its subflows.
@@ -177,6 +183,7 @@ struct DumpedSocket {
     inode: u32,
     info: Option<Vec<u8>>,
     ulp: Option<Vec<u8>>,
+    rcvbuf: Option<u32>,
 }
 
 fn dump(protocol: u32) -> Result<Vec<DumpedSocket>> {
@@ -197,7 +204,7 @@ fn dump_families(protocol: u32, v6: bool, states: u32) -> Result<Vec<DumpedSocke
         let req = DiagRequest {
             family,
             protocol,
-            ext: 1 << (INET_DIAG_INFO - 1),
+            ext: DUMP_EXT,
             states,
             cookie: None,
             socket: None,
@@ -237,10 +244,12 @@ fn dumped_socket(resp: InetResponse) -> DumpedSocket {
         inode: resp.header.inode,
         info: None,
         ulp: None,
+        rcvbuf: None,
     };
     for nla in resp.nlas {
         match nla {
             DiagNla::TcpInfo(bytes) => s.info = Some(bytes),
+            DiagNla::MemInfo(m) => s.rcvbuf = Some(m.receive_queue_max),
             DiagNla::Other(raw) if raw.kind() & 0x3fff == INET_DIAG_ULP_INFO => {
                 let mut v = vec![0u8; raw.value_len()];
                 raw.emit_value(&mut v);
@@ -323,7 +332,7 @@ pub fn lookup_subflows(keys: &[SocketKey]) -> Result<Vec<Option<Subflow>>> {
         let req = DiagRequest {
             family: family as u8,
             protocol: libc::IPPROTO_TCP as u32,
-            ext: 1 << (INET_DIAG_INFO - 1),
+            ext: DUMP_EXT,
             states: u32::MAX,
             cookie: None,
             socket: Some(*key),
@@ -374,6 +383,7 @@ fn subflow_from(s: &DumpedSocket) -> Result<Option<Subflow>> {
         backup_local: flags & SUBFLOW_FLAG_BKUP_LOC != 0,
         backup_remote: flags & SUBFLOW_FLAG_BKUP_REM != 0,
         tcp: s.info.as_deref().and_then(TcpInfo::parse),
+        rcvbuf: s.rcvbuf,
     }))
 }
 

@@ -1,4 +1,4 @@
-//! `net.mptcp.*` sysctls of the current network namespace, through
+//! `net.mptcp.*` sysctls (and `net.ipv4.tcp_rmem`) of the current network namespace, through
 //! /proc/sys (which always shows the namespace of the calling thread).
 //! Use [`crate::netns::run_in`] to reach another namespace.
 
@@ -92,4 +92,36 @@ pub fn all() -> Result<Vec<(String, String)>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// `net.ipv4.tcp_rmem` (minimum, initial, maximum receive buffer, bytes):
+/// the one TCP sysctl Braid reads, for the doctor's receive-buffer hint.
+pub fn tcp_rmem() -> Result<[u32; 3]> {
+    const PATH: &str = "/proc/sys/net/ipv4/tcp_rmem";
+    let text = fs::read_to_string(PATH).map_err(|e| Error::io(Op::Sysctl, e))?;
+    parse_tcp_rmem(&text)
+        .ok_or_else(|| Error::Invalid(format!("{PATH} holds '{}', not three numbers", text.trim())))
+}
+
+fn parse_tcp_rmem(text: &str) -> Option<[u32; 3]> {
+    let v: Vec<u32> = text
+        .split_whitespace()
+        .map(|w| w.parse().ok())
+        .collect::<Option<_>>()?;
+    v.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_tcp_rmem;
+
+    #[test]
+    fn tcp_rmem_is_three_numbers() {
+        assert_eq!(
+            parse_tcp_rmem("4096\t131072\t6291456\n"),
+            Some([4096, 131072, 6291456])
+        );
+        assert_eq!(parse_tcp_rmem("4096 131072"), None);
+        assert_eq!(parse_tcp_rmem("4096 x 6291456"), None);
+    }
 }

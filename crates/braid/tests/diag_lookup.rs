@@ -1,6 +1,7 @@
 //! Subflows looked up one by one (what the daemon's health rounds do
 //! between full dumps) are the ones a dump lists, including a subflow
-//! bound to its interface by an endpoint's `dev`; gone ones are not found.
+//! bound to its interface by an endpoint's `dev`, with their tcp_info and
+//! receive buffer; gone ones are not found.
 
 mod common;
 use common::{wait_for, TwoPaths};
@@ -82,6 +83,11 @@ fn a_subflow_looked_up_by_its_addresses_is_the_one_the_dump_lists() {
             );
             if !same || f.tcp.is_none() {
                 return Err(format!("looked up {f:?}, dumped {d:?}"));
+            }
+            // The receive buffer comes with both (the doctor's hint on
+            // subflows left at tcp_rmem's initial size reads it).
+            if !(d.rcvbuf.is_some_and(|b| b > 0) && f.rcvbuf.is_some_and(|b| b > 0)) {
+                return Err(format!("no receive buffer: looked up {f:?}, dumped {d:?}"));
             }
         }
         Ok(keys)

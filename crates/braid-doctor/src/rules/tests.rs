@@ -66,6 +66,7 @@ fn healthy() -> Facts {
         mpc_syn_drops: 0,
         blackhole_timeout_s: Some(3600),
         daemon_answers: false,
+        small_receive_buffers: Vec::new(),
     }
 }
 
@@ -317,4 +318,26 @@ fn errors_come_first() {
     f.mptcp_enabled = Some(false);
     let severities: Vec<_> = hints(&f).into_iter().map(|h| h.severity).collect();
     assert_eq!(severities, [Severity::Error, Severity::Warning]);
+}
+
+#[test]
+fn a_subflow_left_at_the_initial_receive_buffer_says_how_to_start_larger() {
+    let mut f = healthy();
+    f.small_receive_buffers = vec![crate::facts::SmallBuffer {
+        local: "192.0.2.2:50001".parse().unwrap(),
+        remote: "198.51.100.1:443".parse().unwrap(),
+        rcvbuf: 131_072,
+        grown: 3_145_728,
+    }];
+    let (severity, problem, fix) = only_hint(&f);
+    assert_eq!(severity, Severity::Warning);
+    assert!(
+        problem.starts_with("1 MPTCP subflow(s) receive with a 128 KB buffer")
+            && problem.contains("has 3072 KB (e.g. 192.0.2.2:50001 from 198.51.100.1:443)"),
+        "{problem}"
+    );
+    assert!(
+        fix.contains("net.ipv4.tcp_rmem='4096 4194304 33554432'"),
+        "{fix}"
+    );
 }
