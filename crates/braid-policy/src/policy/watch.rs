@@ -286,6 +286,17 @@ impl Policy {
                 },
                 None => format!("{name} stalled"),
             };
+            if let Some(answered_ms) = self
+                .health
+                .paths
+                .get(i)
+                .and_then(PathHealth::carried_nothing_when_lost)
+            {
+                self.notes.push(format!(
+                    "{what}; its subflows are left as they are: nothing of ours waits for an ACK there, and it answered a probe {answered_ms} ms into its silence, long enough for the peer to have resent anything lost on it, so nothing was in flight there (reopening would resend nothing, and the kernels would send everything in flight on the other paths again)"
+                ));
+                continue;
+            }
             if working.iter().all(|w| w == i) {
                 // Reopening the last path would resend its data onto the
                 // same path, after a handshake: only slower. Seen in the lab
