@@ -255,7 +255,7 @@ pub struct PolicyConfig {
     /// `INTERACTIVE_MAX_INITCWND`. 0 leaves routes alone. Restored when
     /// the daemon stops.
     pub standby_initcwnd: u32,
-    /// Handover and interactive: when a path that was receiving goes
+    /// Every mode: when a path that was receiving goes
     /// silent for one RTT (at least 15 ms), send it ICMP echoes (five,
     /// spread over the first half of the wait); no answer in time (twice the path's minimum RTT, see
     /// `PathHealth::silence_probe_timeout_ms`) marks it unreachable, like a
@@ -277,10 +277,10 @@ pub struct PolicyConfig {
     /// carrier still acts at once (the failover time does not change).
     /// 0 uses a link the moment its carrier returns.
     pub carrier_debounce_ms: u64,
-    /// Handover and interactive: at most this many switches of traffic
-    /// made on measurements (a stall, loss, an unanswered probe, RTT) in
-    /// any `handover_window_ms`, each with the resets of the failed path's
-    /// subflows it brings. Measurements pool every user's connections, so
+    /// At most this many switches of traffic made on measurements (a
+    /// stall, loss, an unanswered probe, RTT) in any `handover_window_ms`,
+    /// each with the resets of the failed path's subflows it brings; in
+    /// aggregate mode, which switches nothing, the resets alone. Measurements pool every user's connections, so
     /// this bounds what any one of them can cause. Switches because a path
     /// is gone (carrier, address, route) are never held back.
     pub max_handovers: u32,

@@ -597,23 +597,29 @@ impl PathHealth {
         self.probe_answered(rtt_ms, now_ms);
     }
 
-    /// Whether the path held nothing in flight when it was lost, and how
-    /// long its silence had lasted when a probe last showed it working:
+    /// Whether the path held nothing of the peer's in flight when the
+    /// answered probe went out, and how long its silence had lasted then:
     /// nothing of ours waits for an ACK, and the path answered a probe
     /// after it had been silent long enough for the peer's TCP to resend
-    /// anything lost on it (its minimum retransmission timeout, 200 ms,
-    /// plus two round trips). A path that works carries what is resent
-    /// on it, so a peer with data there would have broken the silence.
-    /// Such a path is left alone when it fails (`Policy::note_stalls`):
-    /// reopening it resends nothing, and closing a subflow makes the
-    /// kernel resend everything in flight on the connection's other
+    /// anything lost on it (a Linux peer's minimum retransmission timeout,
+    /// 200 ms, not backed off, plus two smoothed round trips). A path that
+    /// works carries what is resent on it, so a peer with data there would
+    /// have broken the silence. It says nothing of data the peer sent
+    /// after the probe: only a path standing by, on which the peer
+    /// schedules nothing new, is left alone on it (`Policy::note_stalls`).
+    /// Reopening such a path resends nothing, and closing a subflow makes
+    /// the kernel resend everything in flight on the connection's other
     /// subflows. Traced in the lab (interactive, 10/40 ms, 10 % loss, a
     /// download): a path left for loss 1.4 s before its blackhole was
     /// found unreachable 200-370 ms after it, reopened, and the download
     /// stalled 1.06-1.17 s while the server sent its data again.
     pub fn carried_nothing_when_lost(&self) -> Option<u64> {
         let answered = self.silence_probes.answered_at_silence_ms?;
-        let resent_by = TCP_MIN_RTO_MS + 2 * self.probe_after_ms();
+        let rtt_ms = self
+            .srtt_ms
+            .map_or(0, |r| r as u64)
+            .max(self.probe_after_ms());
+        let resent_by = TCP_MIN_RTO_MS + 2 * rtt_ms;
         (!self.outstanding && answered >= resent_by).then_some(answered)
     }
 
@@ -1490,6 +1496,11 @@ fn observe_receiving(
     // Data came since the last probe went out: a new silence.
     if h.rx_silent_ms < h.silence_probes.last_at_silence_ms {
         h.silence_probes = SilenceProbes::default();
+    }
+    // A segment came (in order or not): the peer sent on the path after
+    // the answered probe, which no longer shows it held nothing.
+    if h.rx_arrived {
+        h.silence_probes.answered_at_silence_ms = None;
     }
 }
 

@@ -340,4 +340,8 @@ fn a_subflow_left_at_the_initial_receive_buffer_says_how_to_start_larger() {
         fix.contains("net.ipv4.tcp_rmem='4096 4194304 33554432'"),
         "{fix}"
     );
+    // Started at 4 MB already, with a sibling at 16: nothing to advise.
+    f.small_receive_buffers[0].rcvbuf = 4_194_304;
+    f.small_receive_buffers[0].grown = 16_777_216;
+    assert!(hints(&f).is_empty());
 }

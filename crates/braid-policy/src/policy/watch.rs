@@ -36,8 +36,10 @@ impl Policy {
                 .push(probe_decision(*ifindex, local, remote, timeout_ms, reason));
         }
         // With the per-connection path manager, it echoes the paths its
-        // connections left (one stream per path, not two).
-        let echoes = self.config.pm != PmKind::Userspace;
+        // connections left (one stream per path, not two). Aggregate mode
+        // acts on no loss: nothing to measure it for.
+        let echoes =
+            self.config.pm != PmKind::Userspace && self.config.policy.mode != PathMode::Aggregate;
         for (ifindex, h) in self.health.paths.iter_mut() {
             if !echoes {
                 break;
@@ -286,14 +288,15 @@ impl Policy {
                 },
                 None => format!("{name} stalled"),
             };
-            if let Some(answered_ms) = self
+            let left_idle = self
                 .health
                 .paths
                 .get(i)
                 .and_then(PathHealth::carried_nothing_when_lost)
-            {
+                .filter(|_| self.stands_by(*i));
+            if let Some(answered_ms) = left_idle {
                 self.notes.push(format!(
-                    "{what}; its subflows are left as they are: nothing of ours waits for an ACK there, and it answered a probe {answered_ms} ms into its silence, long enough for the peer to have resent anything lost on it, so nothing was in flight there (reopening would resend nothing, and the kernels would send everything in flight on the other paths again)"
+                    "{what}; its subflows are left as they are: it stands by, nothing of ours waits for an ACK there, and it answered a probe {answered_ms} ms into its silence, long enough for the peer to have resent anything lost on it, so nothing was in flight there (reopening would resend nothing, and the kernels would send everything in flight on the other paths again)"
                 ));
                 continue;
             }
@@ -320,6 +323,19 @@ impl Policy {
             }
         }
         self.stalled_paths = now_stalled;
+    }
+}
+
+impl Policy {
+    /// Whether every endpoint of Braid's on interface `ifindex` is a
+    /// backup: the peer schedules no new data on the path.
+    fn stands_by(&self, ifindex: u32) -> bool {
+        let mut ours = self
+            .kernel
+            .values()
+            .filter(|e| self.manages(e.id) && self.ifindex_of(e.addr) == Some(ifindex))
+            .peekable();
+        ours.peek().is_some() && ours.all(|e| e.flags & Flag::Backup.bit() != 0)
     }
 }
 
