@@ -601,11 +601,17 @@ impl PathHealth {
     /// answered probe went out, and how long its silence had lasted then:
     /// nothing of ours waits for an ACK, and the path answered a probe
     /// after it had been silent long enough for the peer's TCP to resend
-    /// anything lost on it (a Linux peer's minimum retransmission timeout,
-    /// 200 ms, not backed off, plus two smoothed round trips). A path that
-    /// works carries what is resent on it, so a peer with data there would
-    /// have broken the silence. It says nothing of data the peer sent
-    /// after the probe: only a path standing by, on which the peer
+    /// anything lost on it. A Linux peer resends after its srtt plus at
+    /// least 200 ms (not backed off), and the lost segment may have left
+    /// up to a flight after the last one that arrived: 200 ms and two
+    /// round trips. The round trip is the receiver's (`probe_after_ms`):
+    /// a subflow that only receives keeps the srtt of its handshake,
+    /// which a queue or a lost SYN-ACK can make far too high (tried: all
+    /// three runs of sweep63's 50/100 ms lossy cell then reopened the
+    /// path, two of three had left it alone in sweep62). A path
+    /// that works carries what is resent on it, so a peer with data there
+    /// would have broken the silence. It says nothing of data the peer
+    /// sent after the probe: only a path standing by, on which the peer
     /// schedules nothing new, is left alone on it (`Policy::note_stalls`).
     /// Reopening such a path resends nothing, and closing a subflow makes
     /// the kernel resend everything in flight on the connection's other
@@ -615,11 +621,7 @@ impl PathHealth {
     /// stalled 1.06-1.17 s while the server sent its data again.
     pub fn carried_nothing_when_lost(&self) -> Option<u64> {
         let answered = self.silence_probes.answered_at_silence_ms?;
-        let rtt_ms = self
-            .srtt_ms
-            .map_or(0, |r| r as u64)
-            .max(self.probe_after_ms());
-        let resent_by = TCP_MIN_RTO_MS + 2 * rtt_ms;
+        let resent_by = TCP_MIN_RTO_MS + 2 * self.probe_after_ms();
         (!self.outstanding && answered >= resent_by).then_some(answered)
     }
 
