@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Config, Flag};
 
 pub use braid_types::endpoint::Limits;
 pub use braid_types::net::{DefaultRoute, Link};
@@ -25,6 +25,14 @@ pub struct KernelEndpoint {
     pub addr: IpAddr,
     pub flags: u32,
     pub ifindex: Option<u32>,
+}
+
+impl KernelEndpoint {
+    /// The endpoint's subflows are backups: the peer sends on them only
+    /// when no other subflow can carry.
+    pub fn is_backup(&self) -> bool {
+        self.flags & Flag::Backup.bit() != 0
+    }
 }
 
 pub use braid_types::event::EventKind as MptcpEventKind;

@@ -1110,15 +1110,8 @@ fn late_answered_silence_then_lost(s: &mut Sim, on: u32) -> Vec<Decision> {
         let ds = round(s, t, receiving(500_000, silence));
         let probed = probes(&ds);
         assert_eq!(probed.len(), 1, "at {silence} ms of silence: {ds:?}");
-        let answered = s.at(
-            t + 5,
-            Event::ProbeResult {
-                ifindex: on,
-                remote: probed[0].1,
-                rtt_ms: Some(21.0),
-            },
-        );
-        assert!(answered.is_empty(), "{answered:?}");
+        let ds = s.at(t + 5, answered(on, probed[0].1));
+        assert!(ds.is_empty(), "{ds:?}");
     }
     assert_eq!(probes(&round(s, 830, receiving(500_000, 730))).len(), 1);
     assert!(s.at(840, unanswered(on)).is_empty());
@@ -1170,15 +1163,7 @@ fn a_silent_path_that_answered_early_in_its_silence_is_reopened_when_lost() {
     s.health(0, receiving(0, 0), ok(60, 0));
     s.health(100, receiving(500_000, 1), ok(60, 0));
     let ds = s.health(150, receiving(500_000, 50), ok(60, 0));
-    let remote = probes(&ds)[0].1;
-    s.at(
-        155,
-        Event::ProbeResult {
-            ifindex: 2,
-            remote,
-            rtt_ms: Some(21.0),
-        },
-    );
+    s.at(155, answered(2, probes(&ds)[0].1));
     assert_eq!(
         probes(&s.health(200, receiving(500_000, 100), ok(60, 0))).len(),
         1
@@ -1197,15 +1182,7 @@ fn aggregate_leaves_a_silent_path_that_answers_alone() {
     s.health(0, receiving(0, 0), ok(60, 0));
     s.health(100, receiving(500_000, 1), ok(60, 0));
     let ds = s.health(150, receiving(500_000, 50), ok(60, 0));
-    let (_, remote) = probes(&ds)[0];
-    let ds = s.at(
-        160,
-        Event::ProbeResult {
-            ifindex: 2,
-            remote,
-            rtt_ms: Some(21.0),
-        },
-    );
+    let ds = s.at(160, answered(2, probes(&ds)[0].1));
     assert!(ds.is_empty(), "{ds:?}");
     let ds = s.health(210, receiving(500_000, 110), ok(60, 0));
     assert!(removals(&ds).is_empty(), "{ds:?}");
@@ -1319,6 +1296,15 @@ fn idle() -> P {
     P {
         unacked: 0,
         ..ok(60, 0)
+    }
+}
+
+/// The probe of interface `ifindex` towards `remote`, answered in 21 ms.
+fn answered(ifindex: u32, remote: IpAddr) -> Event {
+    Event::ProbeResult {
+        ifindex,
+        remote,
+        rtt_ms: Some(21.0),
     }
 }
 

@@ -150,9 +150,9 @@ impl Policy {
     fn note_idle_address_loss(&mut self, a: &Address) {
         // A signal endpoint kept would go on announcing an address the
         // host no longer has.
-        let standby = self.managed_endpoint_of(a.ip).is_some_and(|e| {
-            e.flags & Flag::Backup.bit() != 0 && e.flags & Flag::Signal.bit() == 0
-        });
+        let standby = self
+            .managed_endpoint_of(a.ip)
+            .is_some_and(|e| e.is_backup() && e.flags & Flag::Signal.bit() == 0);
         // A link that lost carrier first (DHCP clients drop the lease
         // then) has no path health left: whether it was idle then says.
         let idle = self
@@ -244,9 +244,7 @@ impl Policy {
             .collect();
         for i in dark {
             let standby = self.kernel.values().any(|e| {
-                self.manages(e.id)
-                    && e.flags & Flag::Backup.bit() != 0
-                    && self.addresses.contains_key(&(i, e.addr))
+                self.manages(e.id) && e.is_backup() && self.addresses.contains_key(&(i, e.addr))
             });
             if standby {
                 self.idle_when_lost.insert(i);

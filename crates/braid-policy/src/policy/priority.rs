@@ -69,7 +69,7 @@ impl Policy {
             let Some(e) = self.managed_endpoint_of(s.local.ip()).cloned() else {
                 continue;
             };
-            let wanted = e.flags & Flag::Backup.bit() != 0;
+            let wanted = e.is_backup();
             if backup == wanted {
                 continue;
             }
@@ -170,7 +170,7 @@ impl Policy {
             .filter(|s| s.local_backup == Some(true) && !s.joining && s.conn != 0)
             .filter(|s| {
                 self.managed_endpoint_of(s.local.ip())
-                    .is_some_and(|e| e.flags & Flag::Backup.bit() != 0)
+                    .is_some_and(KernelEndpoint::is_backup)
             })
             .collect();
         let ignored = observe_backups(&mut self.backups_watched, now, samples, &backups);

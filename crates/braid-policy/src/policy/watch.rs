@@ -333,9 +333,9 @@ impl Policy {
         let mut ours = self
             .kernel
             .values()
-            .filter(|e| self.manages(e.id) && self.ifindex_of(e.addr) == Some(ifindex))
+            .filter(|e| self.manages(e.id) && self.addresses.contains_key(&(ifindex, e.addr)))
             .peekable();
-        ours.peek().is_some() && ours.all(|e| e.flags & Flag::Backup.bit() != 0)
+        ours.peek().is_some() && ours.all(KernelEndpoint::is_backup)
     }
 }
 
