@@ -38,6 +38,11 @@ pub struct Facts {
     /// Subflows receiving with tcp_rmem's initial buffer while a sibling's
     /// grew (`small_receive_buffers`), and tcp_rmem's initial size.
     pub small_receive_buffers: Vec<SmallBuffer>,
+    /// Subflows of multipath connections holding a long queue not yet sent
+    /// (`deep_send_queues`).
+    pub deep_send_queues: Vec<DeepSendQueue>,
+    /// `net.ipv4.tcp_wmem` (minimum, initial, maximum), when readable.
+    pub send_buffer_sizes: Option<[u32; 3]>,
 }
 
 /// A subflow that receives with its receive buffer still at
@@ -91,6 +96,74 @@ pub fn small_receive_buffers(conns: &[Connection], initial: u32) -> Vec<SmallBuf
                     remote: sf.remote,
                     rcvbuf,
                     grown,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A subflow holding more unsent data than it delivers in
+/// `DEEP_QUEUE_MS`, in a connection with another subflow. When a path of
+/// the connection fails, the kernel resends its data on a surviving
+/// subflow behind that queue, and the transfer waits for the queue to
+/// drain: the failover stall of aggregate mode and of the kernel alone
+/// (lab: 2.6 MB queued on a 20 Mbit/s path under tcp_wmem's 4 MB maximum,
+/// stalls of 450–840 ms; `net.ipv4.tcp_notsent_lowat` did not bound a
+/// subflow's queue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeepSendQueue {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub notsent: u32,
+    /// How long the subflow takes to send that queue at its delivery rate.
+    pub queued_ms: u64,
+    /// The connection's largest bandwidth × RTT among its subflows
+    /// (bytes): what a smaller send buffer must still leave room for.
+    pub largest_bdp: u64,
+}
+
+/// A queue this long (in time at the subflow's delivery rate) is what a
+/// failover waits for.
+pub(crate) const DEEP_QUEUE_MS: u64 = 200;
+/// ... and this large: a short queue on a slow path is no stall to speak of.
+const DEEP_QUEUE_BYTES: u32 = 256 * 1024;
+
+/// The subflows of `conns` whose unsent queue takes `DEEP_QUEUE_MS` or
+/// longer to send, in connections with two established subflows or more.
+pub fn deep_send_queues(conns: &[Connection]) -> Vec<DeepSendQueue> {
+    let mut out = Vec::new();
+    for c in conns {
+        let established: Vec<_> = c
+            .subflows
+            .iter()
+            .filter(|sf| sf.state == "established")
+            .collect();
+        if established.len() < 2 {
+            continue;
+        }
+        let largest_bdp = established
+            .iter()
+            .filter_map(|sf| sf.tcp.as_ref())
+            .map(|t| t.delivery_rate.unwrap_or(0) * u64::from(t.rtt_us) / 1_000_000)
+            .max()
+            .unwrap_or(0);
+        for sf in &established {
+            let Some(t) = &sf.tcp else { continue };
+            let (Some(notsent), Some(rate)) = (t.notsent_bytes, t.delivery_rate) else {
+                continue;
+            };
+            if notsent < DEEP_QUEUE_BYTES || rate == 0 {
+                continue;
+            }
+            let queued_ms = u64::from(notsent) * 1000 / rate;
+            if queued_ms >= DEEP_QUEUE_MS {
+                out.push(DeepSendQueue {
+                    local: sf.local,
+                    remote: sf.remote,
+                    notsent,
+                    queued_ms,
+                    largest_bdp,
                 });
             }
         }
@@ -154,6 +227,8 @@ pub fn read(daemon_answers: bool) -> Facts {
             .and_then(|v| v.parse().ok()),
         daemon_answers,
         small_receive_buffers: Vec::new(),
+        deep_send_queues: Vec::new(),
+        send_buffer_sizes: sysctl::tcp_wmem().ok(),
     };
     if !available {
         return facts;
@@ -169,6 +244,9 @@ pub fn read(daemon_answers: bool) -> Facts {
     facts.connections = conns.as_deref().map(ConnectionSummary::of);
     if let (Some(conns), Ok([_, initial, _])) = (&conns, sysctl::tcp_rmem()) {
         facts.small_receive_buffers = small_receive_buffers(conns, initial);
+    }
+    if let Some(conns) = &conns {
+        facts.deep_send_queues = deep_send_queues(conns);
     }
     let counters = braid_kernel::counters::mptcp().unwrap_or_default();
     let counter = |name: &str| counters.get(name).copied().unwrap_or(0);
@@ -256,6 +334,55 @@ mod tests {
             subflow("192.0.2.2:50001", 131_072, 8 << 20),
         ]);
         assert!(small_receive_buffers(&[grown, idle, alone, close], 131_072).is_empty());
+    }
+
+    /// A subflow sending: `notsent` bytes queued, delivering `rate`
+    /// bytes a second over `rtt_ms`.
+    fn sending(local: &str, notsent: u32, rate: u64, rtt_ms: u32) -> diag::Subflow {
+        let mut sf = subflow(local, 131_072, 0);
+        let tcp = sf.tcp.as_mut().unwrap();
+        tcp.notsent_bytes = Some(notsent);
+        tcp.delivery_rate = Some(rate);
+        tcp.rtt_us = rtt_ms * 1000;
+        sf
+    }
+
+    /// The lab's trace (late-interface, 10/40 ms, tcp_wmem's 4 MB
+    /// maximum): 2.6 MB queued on the 20 Mbit/s path, 1.5 MB on the 40.
+    #[test]
+    fn a_subflow_with_a_second_of_unsent_data_is_found() {
+        let c = with(vec![
+            sending("192.0.2.1:50000", 1_500_000, 5_000_000, 22),
+            sending("192.0.2.2:50001", 2_600_000, 2_500_000, 83),
+        ]);
+        let found = deep_send_queues(&[c]);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[1].local, "192.0.2.2:50001".parse().unwrap());
+        assert_eq!((found[1].notsent, found[1].queued_ms), (2_600_000, 1040));
+        assert_eq!(found[0].queued_ms, 300);
+        // 2.5 MB/s × 83 ms against 5 MB/s × 22 ms.
+        assert_eq!(found[0].largest_bdp, 207_500);
+    }
+
+    #[test]
+    fn short_or_small_or_lone_queues_are_not_reported() {
+        // 1 MB at 10 MB/s is 100 ms; 200 KB at 0.5 MB/s is 400 ms but
+        // small; a lone subflow has nowhere else to resend; a subflow
+        // that has delivered nothing yet has no rate.
+        let short = with(vec![
+            sending("192.0.2.1:50000", 1_000_000, 10_000_000, 20),
+            sending("192.0.2.2:50001", 0, 2_500_000, 80),
+        ]);
+        let small = with(vec![
+            sending("192.0.2.1:50000", 200_000, 500_000, 20),
+            sending("192.0.2.2:50001", 0, 2_500_000, 80),
+        ]);
+        let alone = with(vec![sending("192.0.2.2:50001", 2_600_000, 2_500_000, 80)]);
+        let no_rate = with(vec![
+            sending("192.0.2.1:50000", 2_600_000, 0, 20),
+            sending("192.0.2.2:50001", 0, 2_500_000, 80),
+        ]);
+        assert!(deep_send_queues(&[short, small, alone, no_rate]).is_empty());
     }
 
     #[test]

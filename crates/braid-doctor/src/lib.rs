@@ -8,5 +8,5 @@
 pub mod facts;
 pub mod rules;
 
-pub use facts::{ConnectionSummary, Facts, PmTable, SmallBuffer};
+pub use facts::{ConnectionSummary, DeepSendQueue, Facts, PmTable, SmallBuffer};
 pub use rules::{hints, Hint, Severity};

@@ -46,6 +46,9 @@ pub struct TcpInfo {
     pub bytes_received: Option<u64>,
     pub segs_out: Option<u32>,
     pub segs_in: Option<u32>,
+    /// Bytes written to the socket and not yet sent (tcpi_notsent_bytes):
+    /// on a subflow, data the MPTCP connection handed to this path.
+    pub notsent_bytes: Option<u32>,
     pub min_rtt_us: Option<u32>,
     /// Segments with data received, in order or not.
     pub data_segs_in: Option<u32>,
@@ -92,6 +95,7 @@ impl TcpInfo {
             bytes_received: u64_at(b, 128),
             segs_out: u32_at(b, 136),
             segs_in: u32_at(b, 140),
+            notsent_bytes: u32_at(b, 144),
             min_rtt_us: u32_at(b, 148),
             data_segs_in: u32_at(b, 152),
             data_segs_out: u32_at(b, 156),
@@ -228,7 +232,9 @@ mod tests {
         b[156..160].copy_from_slice(&88u32.to_ne_bytes());
         b[200..208].copy_from_slice(&99u64.to_ne_bytes());
         b[224..228].copy_from_slice(&5u32.to_ne_bytes());
+        b[144..148].copy_from_slice(&2_600_000u32.to_ne_bytes());
         let t = TcpInfo::parse(&b).unwrap();
+        assert_eq!(t.notsent_bytes, Some(2_600_000));
         assert_eq!(
             (
                 t.state_name(),

@@ -94,16 +94,26 @@ pub fn all() -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-/// `net.ipv4.tcp_rmem` (minimum, initial, maximum receive buffer, bytes):
-/// the one TCP sysctl Braid reads, for the doctor's receive-buffer hint.
+/// `net.ipv4.tcp_rmem` (minimum, initial, maximum receive buffer, bytes),
+/// for the doctor's receive-buffer hint.
 pub fn tcp_rmem() -> Result<[u32; 3]> {
-    const PATH: &str = "/proc/sys/net/ipv4/tcp_rmem";
-    let text = fs::read_to_string(PATH).map_err(|e| Error::io(Op::Sysctl, e))?;
-    parse_tcp_rmem(&text)
-        .ok_or_else(|| Error::Invalid(format!("{PATH} holds '{}', not three numbers", text.trim())))
+    tcp_buffer_sizes("tcp_rmem")
 }
 
-fn parse_tcp_rmem(text: &str) -> Option<[u32; 3]> {
+/// `net.ipv4.tcp_wmem` (minimum, initial, maximum send buffer, bytes), for
+/// the doctor's send-queue hint.
+pub fn tcp_wmem() -> Result<[u32; 3]> {
+    tcp_buffer_sizes("tcp_wmem")
+}
+
+fn tcp_buffer_sizes(name: &str) -> Result<[u32; 3]> {
+    let path = format!("/proc/sys/net/ipv4/{name}");
+    let text = fs::read_to_string(&path).map_err(|e| Error::io(Op::Sysctl, e))?;
+    parse_buffer_sizes(&text)
+        .ok_or_else(|| Error::Invalid(format!("{path} holds '{}', not three numbers", text.trim())))
+}
+
+fn parse_buffer_sizes(text: &str) -> Option<[u32; 3]> {
     let v: Vec<u32> = text
         .split_whitespace()
         .map(|w| w.parse().ok())
@@ -113,15 +123,15 @@ fn parse_tcp_rmem(text: &str) -> Option<[u32; 3]> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_tcp_rmem;
+    use super::parse_buffer_sizes;
 
     #[test]
-    fn tcp_rmem_is_three_numbers() {
+    fn buffer_sizes_are_three_numbers() {
         assert_eq!(
-            parse_tcp_rmem("4096\t131072\t6291456\n"),
+            parse_buffer_sizes("4096\t131072\t6291456\n"),
             Some([4096, 131072, 6291456])
         );
-        assert_eq!(parse_tcp_rmem("4096 131072"), None);
-        assert_eq!(parse_tcp_rmem("4096 x 6291456"), None);
+        assert_eq!(parse_buffer_sizes("4096 131072"), None);
+        assert_eq!(parse_buffer_sizes("4096 x 6291456"), None);
     }
 }

@@ -139,7 +139,7 @@ pub fn run(ctx: &Ctx, args: ConnsArgs) -> Result<()> {
             };
             let tcp = sf.tcp.as_ref();
             println!(
-                "  {:<22} -> {:<22} {:<8} {:<11} ids {}/{}{} rtt {:.1}ms cwnd {} retrans {} sent {} recv {}",
+                "  {:<22} -> {:<22} {:<8} {:<11} ids {}/{}{} rtt {:.1}ms cwnd {} retrans {} sent {} unsent {} recv {}",
                 sf.local.to_string(),
                 sf.remote.to_string(),
                 s.dev.as_deref().unwrap_or("-"),
@@ -151,6 +151,7 @@ pub fn run(ctx: &Ctx, args: ConnsArgs) -> Result<()> {
                 tcp.map(|t| t.snd_cwnd).unwrap_or(0),
                 tcp.map(|t| t.total_retrans).unwrap_or(0),
                 human_bytes(tcp.and_then(|t| t.bytes_sent).unwrap_or(0)),
+                human_bytes(u64::from(tcp.and_then(|t| t.notsent_bytes).unwrap_or(0))),
                 human_bytes(tcp.and_then(|t| t.bytes_received).unwrap_or(0)),
             );
         }

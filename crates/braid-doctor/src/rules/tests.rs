@@ -67,6 +67,8 @@ fn healthy() -> Facts {
         blackhole_timeout_s: Some(3600),
         daemon_answers: false,
         small_receive_buffers: Vec::new(),
+        deep_send_queues: Vec::new(),
+        send_buffer_sizes: Some([4096, 16384, 4_194_304]),
     }
 }
 
@@ -343,5 +345,34 @@ fn a_subflow_left_at_the_initial_receive_buffer_says_how_to_start_larger() {
     // Started at 4 MB already, with a sibling at 16: nothing to advise.
     f.small_receive_buffers[0].rcvbuf = 4_194_304;
     f.small_receive_buffers[0].grown = 16_777_216;
+    assert!(hints(&f).is_empty());
+}
+
+#[test]
+fn a_long_unsent_queue_says_how_to_cap_send_buffers_and_keeps_room_for_the_paths() {
+    let mut f = healthy();
+    f.deep_send_queues = vec![crate::facts::DeepSendQueue {
+        local: "10.1.0.2:5201".parse().unwrap(),
+        remote: "10.2.0.1:59787".parse().unwrap(),
+        notsent: 2_600_000,
+        queued_ms: 1040,
+        largest_bdp: 207_500,
+    }];
+    let (severity, problem, fix) = only_hint(&f);
+    assert_eq!(severity, Severity::Warning);
+    assert!(
+        problem.starts_with("1 MPTCP subflow(s) hold more unsent data than they send in 200 ms (e.g. 2539 KB from 10.1.0.2:5201 to 10.2.0.1:59787, 1040 ms"),
+        "{problem}"
+    );
+    assert!(
+        fix.contains("net.ipv4.tcp_wmem='4096 16384 1048576'") && fix.contains("202 KB"),
+        "{fix}"
+    );
+    // Capped there already: nothing to give.
+    f.send_buffer_sizes = Some([4096, 16384, 1_048_576]);
+    assert!(hints(&f).is_empty());
+    // Paths with 1 MB of bandwidth × RTT need the 4 MB there is.
+    f.send_buffer_sizes = Some([4096, 16384, 4_194_304]);
+    f.deep_send_queues[0].largest_bdp = 1_000_000;
     assert!(hints(&f).is_empty());
 }
