@@ -145,7 +145,12 @@ pub fn deep_send_queues(conns: &[Connection]) -> Vec<DeepSendQueue> {
         let largest_bdp = established
             .iter()
             .filter_map(|sf| sf.tcp.as_ref())
-            .map(|t| t.delivery_rate.unwrap_or(0) * u64::from(t.rtt_us) / 1_000_000)
+            .map(|t| {
+                t.delivery_rate
+                    .unwrap_or(0)
+                    .saturating_mul(u64::from(t.rtt_us))
+                    / 1_000_000
+            })
             .max()
             .unwrap_or(0);
         for sf in &established {

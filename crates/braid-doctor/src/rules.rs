@@ -246,8 +246,10 @@ fn deep_queue_hint(
         return;
     };
     let largest_bdp = queues.iter().map(|q| q.largest_bdp).max().unwrap_or(0);
-    let cap = (WMEM_PER_BDP * largest_bdp)
-        .next_power_of_two()
+    let cap = WMEM_PER_BDP
+        .saturating_mul(largest_bdp)
+        .checked_next_power_of_two()
+        .unwrap_or(u64::MAX)
         .max(SMALLEST_MAX_WMEM);
     let [min, initial, max] = sizes.unwrap_or([4096, 16384, u32::MAX]);
     // A smaller cap would cost throughput: nothing to give.
