@@ -41,6 +41,9 @@ pub struct Facts {
     /// Subflows of multipath connections holding a long queue not yet sent
     /// (`deep_send_queues`).
     pub deep_send_queues: Vec<DeepSendQueue>,
+    /// The largest bandwidth × RTT among the MPTCP subflows seen
+    /// (`largest_bdp`).
+    pub largest_bdp: u64,
     /// `net.ipv4.tcp_wmem` (minimum, initial, maximum), when readable.
     pub send_buffer_sizes: Option<[u32; 3]>,
 }
@@ -104,13 +107,15 @@ pub fn small_receive_buffers(conns: &[Connection], initial: u32) -> Vec<SmallBuf
 }
 
 /// A subflow holding more unsent data than it delivers in
-/// `DEEP_QUEUE_MS`, in a connection with another subflow. When a path of
-/// the connection fails, the kernel resends its data on a surviving
-/// subflow behind that queue, and the transfer waits for the queue to
-/// drain: the failover stall of aggregate mode and of the kernel alone
-/// (lab: 2.6 MB queued on a 20 Mbit/s path under tcp_wmem's 4 MB maximum,
-/// stalls of 450–840 ms; `net.ipv4.tcp_notsent_lowat` did not bound a
-/// subflow's queue).
+/// `DEEP_QUEUE_MS`, in a connection where another subflow carries data
+/// too. When that other path fails, the kernel resends its data on the
+/// surviving subflow behind this queue, and the transfer waits for the
+/// queue to drain: the failover stall of aggregate mode and of the kernel
+/// alone (lab, 10/40 ms paths: 393–644 ms under tcp_wmem's 4 MB maximum,
+/// 212–234 with 1 MB; `net.ipv4.tcp_notsent_lowat` did not bound a
+/// subflow's queue). A standby (backup) subflow carries nothing, so a
+/// queue beside one is no such hazard: what was queued moves to an empty
+/// path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeepSendQueue {
     pub local: SocketAddr,
@@ -118,49 +123,47 @@ pub struct DeepSendQueue {
     pub notsent: u32,
     /// How long the subflow takes to send that queue at its delivery rate.
     pub queued_ms: u64,
-    /// The connection's largest bandwidth × RTT among its subflows
-    /// (bytes): what a smaller send buffer must still leave room for.
-    pub largest_bdp: u64,
 }
 
 /// A queue this long (in time at the subflow's delivery rate) is what a
 /// failover waits for.
 pub(crate) const DEEP_QUEUE_MS: u64 = 200;
 /// ... and this large: a short queue on a slow path is no stall to speak of.
-const DEEP_QUEUE_BYTES: u32 = 256 * 1024;
+pub(crate) const DEEP_QUEUE_BYTES: u32 = 256 * 1024;
+/// Acknowledged at least this much: past its first round trips, whose
+/// rate samples are low while the window opens.
+const ACKED_ENOUGH: u64 = 1 << 20;
+
+/// The subflow's delivery rate (bytes/s) when its sample says what the
+/// path carries: a sample taken while the sender had too little to send,
+/// or before `ACKED_ENOUGH` was acknowledged, says less.
+fn measured_rate(sf: &diag::Subflow) -> Option<u64> {
+    let t = sf.tcp.as_ref()?;
+    let acked = t.bytes_acked.unwrap_or(0);
+    (!t.delivery_rate_app_limited && acked >= ACKED_ENOUGH)
+        .then_some(t.delivery_rate?)
+        .filter(|rate| *rate > 0)
+}
+
+/// A subflow the sender schedules data on: neither end marked it backup.
+fn carries(sf: &diag::Subflow) -> bool {
+    sf.state == "established" && !sf.backup_local && !sf.backup_remote
+}
 
 /// The subflows of `conns` whose unsent queue takes `DEEP_QUEUE_MS` or
-/// longer to send, in connections with two established subflows or more.
+/// longer to send, in connections with two carrying subflows or more.
 pub fn deep_send_queues(conns: &[Connection]) -> Vec<DeepSendQueue> {
     let mut out = Vec::new();
     for c in conns {
-        let established: Vec<_> = c
-            .subflows
-            .iter()
-            .filter(|sf| sf.state == "established")
-            .collect();
-        if established.len() < 2 {
+        let carrying: Vec<_> = c.subflows.iter().filter(|sf| carries(sf)).collect();
+        if carrying.len() < 2 {
             continue;
         }
-        let largest_bdp = established
-            .iter()
-            .filter_map(|sf| sf.tcp.as_ref())
-            .map(|t| {
-                t.delivery_rate
-                    .unwrap_or(0)
-                    .saturating_mul(u64::from(t.rtt_us))
-                    / 1_000_000
-            })
-            .max()
-            .unwrap_or(0);
-        for sf in &established {
-            let Some(t) = &sf.tcp else { continue };
-            let (Some(notsent), Some(rate)) = (t.notsent_bytes, t.delivery_rate) else {
+        for sf in carrying {
+            let notsent = sf.tcp.as_ref().and_then(|t| t.notsent_bytes).unwrap_or(0);
+            let Some(rate) = measured_rate(sf).filter(|_| notsent >= DEEP_QUEUE_BYTES) else {
                 continue;
             };
-            if notsent < DEEP_QUEUE_BYTES || rate == 0 {
-                continue;
-            }
             let queued_ms = u64::from(notsent) * 1000 / rate;
             if queued_ms >= DEEP_QUEUE_MS {
                 out.push(DeepSendQueue {
@@ -168,12 +171,26 @@ pub fn deep_send_queues(conns: &[Connection]) -> Vec<DeepSendQueue> {
                     remote: sf.remote,
                     notsent,
                     queued_ms,
-                    largest_bdp,
                 });
             }
         }
     }
     out
+}
+
+/// The largest bandwidth × RTT (bytes) among the MPTCP subflows of
+/// `conns` whose rate is measured: what a smaller send buffer must still
+/// leave room for. Plain TCP connections are not seen.
+pub fn largest_bdp(conns: &[Connection]) -> u64 {
+    conns
+        .iter()
+        .flat_map(|c| &c.subflows)
+        .filter_map(|sf| {
+            let rtt_us = sf.tcp.as_ref()?.rtt_us;
+            Some(measured_rate(sf)?.saturating_mul(u64::from(rtt_us)) / 1_000_000)
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// The in-kernel path manager's table.
@@ -233,6 +250,7 @@ pub fn read(daemon_answers: bool) -> Facts {
         daemon_answers,
         small_receive_buffers: Vec::new(),
         deep_send_queues: Vec::new(),
+        largest_bdp: 0,
         send_buffer_sizes: sysctl::tcp_wmem().ok(),
     };
     if !available {
@@ -252,6 +270,7 @@ pub fn read(daemon_answers: bool) -> Facts {
     }
     if let Some(conns) = &conns {
         facts.deep_send_queues = deep_send_queues(conns);
+        facts.largest_bdp = largest_bdp(conns);
     }
     let counters = braid_kernel::counters::mptcp().unwrap_or_default();
     let counter = |name: &str| counters.get(name).copied().unwrap_or(0);
@@ -342,38 +361,42 @@ mod tests {
     }
 
     /// A subflow sending: `notsent` bytes queued, delivering `rate`
-    /// bytes a second over `rtt_ms`.
+    /// bytes a second over `rtt_ms`, 8 MB acknowledged.
     fn sending(local: &str, notsent: u32, rate: u64, rtt_ms: u32) -> diag::Subflow {
         let mut sf = subflow(local, 131_072, 0);
         let tcp = sf.tcp.as_mut().unwrap();
         tcp.notsent_bytes = Some(notsent);
         tcp.delivery_rate = Some(rate);
+        tcp.bytes_acked = Some(8 << 20);
         tcp.rtt_us = rtt_ms * 1000;
         sf
     }
 
     /// The lab's trace (late-interface, 10/40 ms, tcp_wmem's 4 MB
     /// maximum): 2.6 MB queued on the 20 Mbit/s path, 1.5 MB on the 40.
-    #[test]
-    fn a_subflow_with_a_second_of_unsent_data_is_found() {
-        let c = with(vec![
+    fn lab_trace() -> Connection {
+        with(vec![
             sending("192.0.2.1:50000", 1_500_000, 5_000_000, 22),
             sending("192.0.2.2:50001", 2_600_000, 2_500_000, 83),
-        ]);
-        let found = deep_send_queues(&[c]);
+        ])
+    }
+
+    #[test]
+    fn a_subflow_with_a_second_of_unsent_data_is_found() {
+        let found = deep_send_queues(&[lab_trace()]);
         assert_eq!(found.len(), 2, "{found:?}");
         assert_eq!(found[1].local, "192.0.2.2:50001".parse().unwrap());
         assert_eq!((found[1].notsent, found[1].queued_ms), (2_600_000, 1040));
         assert_eq!(found[0].queued_ms, 300);
         // 2.5 MB/s × 83 ms against 5 MB/s × 22 ms.
-        assert_eq!(found[0].largest_bdp, 207_500);
+        assert_eq!(largest_bdp(&[lab_trace()]), 207_500);
     }
 
     #[test]
     fn short_or_small_or_lone_queues_are_not_reported() {
         // 1 MB at 10 MB/s is 100 ms; 200 KB at 0.5 MB/s is 400 ms but
-        // small; a lone subflow has nowhere else to resend; a subflow
-        // that has delivered nothing yet has no rate.
+        // small; a lone subflow has nowhere else to resend from; a
+        // subflow that has delivered nothing yet has no rate.
         let short = with(vec![
             sending("192.0.2.1:50000", 1_000_000, 10_000_000, 20),
             sending("192.0.2.2:50001", 0, 2_500_000, 80),
@@ -388,6 +411,39 @@ mod tests {
             sending("192.0.2.2:50001", 0, 2_500_000, 80),
         ]);
         assert!(deep_send_queues(&[short, small, alone, no_rate]).is_empty());
+    }
+
+    /// Handover: the primary holds the queue, the standby nothing; when
+    /// the primary fails its data goes to an empty path (81 ms in the lab
+    /// under the default 4 MB maximum).
+    #[test]
+    fn a_queue_beside_a_standby_is_no_failover_hazard() {
+        let mut c = lab_trace();
+        c.subflows[0].backup_remote = true;
+        assert!(deep_send_queues(&[c.clone()]).is_empty());
+        c.subflows[0].backup_remote = false;
+        c.subflows[0].backup_local = true;
+        assert!(deep_send_queues(&[c]).is_empty());
+    }
+
+    /// A rate sampled while the sender had little to send, or in the
+    /// first round trips, is below what the path carries: it would make
+    /// the queue look longer and the paths' bandwidth × RTT smaller.
+    #[test]
+    fn rates_sampled_app_limited_or_early_are_not_used() {
+        let mut c = lab_trace();
+        c.subflows[1]
+            .tcp
+            .as_mut()
+            .unwrap()
+            .delivery_rate_app_limited = true;
+        let found = deep_send_queues(&[c.clone()]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].local, "192.0.2.1:50000".parse().unwrap());
+        assert_eq!(largest_bdp(&[c.clone()]), 110_000);
+        c.subflows[0].tcp.as_mut().unwrap().bytes_acked = Some(500_000);
+        assert!(deep_send_queues(&[c.clone()]).is_empty());
+        assert_eq!(largest_bdp(&[c]), 0);
     }
 
     #[test]

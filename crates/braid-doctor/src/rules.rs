@@ -72,7 +72,7 @@ pub fn hints(facts: &Facts) -> Vec<Hint> {
             "start TCP receive buffers larger: sysctl -w net.ipv4.tcp_rmem='4096 16777216 33554432' (all TCP; memory is used only while data waits; see docs/benchmarks.md, flap)".into());
     }
     small_buffer_hint(&mut hints, &facts.small_receive_buffers);
-    deep_queue_hint(&mut hints, &facts.deep_send_queues, facts.send_buffer_sizes);
+    deep_queue_hint(&mut hints, facts);
     syn_fallback_hints(&mut hints, facts);
     if pm == Some("userspace") && !facts.daemon_answers {
         hint(&mut hints, Severity::Warning,
@@ -221,10 +221,9 @@ fn small_buffer_hint(hints: &mut Vec<Hint>, small: &[crate::facts::SmallBuffer])
     else {
         return;
     };
-    let kb = |b: u32| b / 1024;
     hint(hints, Severity::Warning,
         format!("{} MPTCP subflow(s) receive with a {} KB buffer, net.ipv4.tcp_rmem's initial size, while another subflow of the same connection has {} KB (e.g. {} from {}): the kernel raises subflows' receive buffers only when it raises the connection's, so a subflow joined after that keeps the initial one, and the window it advertises caps that path (measured: 3.3 Mbit/s on a 20 Mbit/s path with a 200 ms RTT)",
-            small.len(), kb(first.rcvbuf), kb(first.grown), first.local, first.remote),
+            small.len(), kib(first.rcvbuf.into()), kib(first.grown.into()), first.local, first.remote),
         format!("start TCP receive buffers larger: sysctl -w net.ipv4.tcp_rmem='4096 {RECOMMENDED_INITIAL_RMEM} 33554432' (all TCP; memory is used only while data waits; on a relay server too, which receives its clients' uploads; see docs/benchmarks.md, sweep60)"));
 }
 
@@ -235,31 +234,36 @@ const SMALLEST_MAX_WMEM: u64 = 1024 * 1024;
 /// about twice it in flight, and the buffer counts memory, not payload.
 const WMEM_PER_BDP: u64 = 3;
 
+fn kib(bytes: u64) -> u64 {
+    bytes / 1024
+}
+
 /// Subflows whose unsent queue a failover would wait for
 /// (`crate::facts::deep_send_queues`).
-fn deep_queue_hint(
-    hints: &mut Vec<Hint>,
-    queues: &[crate::facts::DeepSendQueue],
-    sizes: Option<[u32; 3]>,
-) {
-    let Some(worst) = queues.iter().max_by_key(|q| q.queued_ms) else {
+fn deep_queue_hint(hints: &mut Vec<Hint>, facts: &Facts) {
+    let queues = &facts.deep_send_queues;
+    let (Some(worst), Some([min, initial, max])) = (
+        queues.iter().max_by_key(|q| q.queued_ms),
+        facts.send_buffer_sizes,
+    ) else {
         return;
     };
-    let largest_bdp = queues.iter().map(|q| q.largest_bdp).max().unwrap_or(0);
     let cap = WMEM_PER_BDP
-        .saturating_mul(largest_bdp)
+        .saturating_mul(facts.largest_bdp)
         .checked_next_power_of_two()
         .unwrap_or(u64::MAX)
         .max(SMALLEST_MAX_WMEM);
-    let [min, initial, max] = sizes.unwrap_or([4096, 16384, u32::MAX]);
-    // A smaller cap would cost throughput: nothing to give.
+    // The paths seen need the maximum in force, or more: a cap below it
+    // would cost them throughput.
     if cap >= u64::from(max) {
         return;
     }
-    let kb = |b: u64| b / 1024;
+    // The kernel starts a socket's buffer at the initial size whatever
+    // the maximum: it must not be above the cap.
+    let initial = u64::from(initial).min(cap);
     hint(hints, Severity::Warning,
-        format!("{} MPTCP subflow(s) hold more unsent data than they send in {} ms (e.g. {} KB from {} to {}, {} ms at its delivery rate): when another path of the connection fails, the kernel resends that path's data behind this queue, and the transfer stalls about that long (lab, 10/40 ms paths: 390–840 ms on the 20 Mbit/s path with tcp_wmem's 4 MB maximum, 190–235 ms with 1 MB)",
-            queues.len(), crate::facts::DEEP_QUEUE_MS, kb(u64::from(worst.notsent)), worst.local, worst.remote, worst.queued_ms),
-        format!("cap TCP send buffers: sysctl -w net.ipv4.tcp_wmem='{min} {initial} {cap}' (all TCP on this host; {} KB leaves room for {WMEM_PER_BDP} times the largest bandwidth × RTT seen, {} KB, so throughput is kept; net.ipv4.tcp_notsent_lowat does not bound an MPTCP subflow's queue; see docs/benchmarks.md, \"A failover waits for the send queue\")",
-            kb(cap), kb(largest_bdp)));
+        format!("{} MPTCP subflow(s) hold {} ms or more of unsent data at their delivery rate, beside another subflow that carries data (e.g. {} KB from {} to {}, {} ms): when that other path fails, the kernel resends its data behind this queue, and the transfer stalls about that long (lab, 10/40 ms paths: 393–644 ms with tcp_wmem's 4 MB maximum, 212–234 ms with 1 MB)",
+            queues.len(), crate::facts::DEEP_QUEUE_MS, kib(u64::from(worst.notsent)), worst.local, worst.remote, worst.queued_ms),
+        format!("cap TCP send buffers: sysctl -w net.ipv4.tcp_wmem='{min} {initial} {cap}' (all TCP on this host; {} KB leaves room for {WMEM_PER_BDP} times the largest bandwidth × RTT among the MPTCP subflows seen now, {} KB; a plain TCP connection with more would be slowed; net.ipv4.tcp_notsent_lowat does not bound an MPTCP subflow's queue; see docs/benchmarks.md, \"A failover waits for the send queue\")",
+            kib(cap), kib(facts.largest_bdp)));
 }

@@ -56,12 +56,24 @@ pub struct TcpInfo {
     /// not: they are never retransmitted).
     pub data_segs_out: Option<u32>,
     pub delivery_rate: Option<u64>,
+    /// The delivery-rate sample was taken while the sender had too little
+    /// to send (tcpi_delivery_rate_app_limited): it says less than the
+    /// path could carry.
+    pub delivery_rate_app_limited: bool,
     pub bytes_sent: Option<u64>,
     pub bytes_retrans: Option<u64>,
     /// Data segments that arrived behind a hole (tcpi_rcv_ooopack, 5.4+):
     /// what the peer's losses on this subflow look like from here.
     pub rcv_ooopack: Option<u32>,
 }
+
+/// `tcpi_delivery_rate_app_limited` is the first one-bit field of byte 7,
+/// which C compilers place at the low bit on little-endian targets and at
+/// the high bit on big-endian ones.
+#[cfg(target_endian = "little")]
+const APP_LIMITED_BIT: u8 = 0x01;
+#[cfg(target_endian = "big")]
+const APP_LIMITED_BIT: u8 = 0x80;
 
 /// Size of the oldest `struct tcp_info` that has every mandatory field above.
 const TCP_INFO_MIN: usize = 104;
@@ -100,6 +112,7 @@ impl TcpInfo {
             data_segs_in: u32_at(b, 152),
             data_segs_out: u32_at(b, 156),
             delivery_rate: u64_at(b, 160),
+            delivery_rate_app_limited: u8_at(b, 7)? & APP_LIMITED_BIT != 0,
             bytes_sent: u64_at(b, 200),
             bytes_retrans: u64_at(b, 208),
             rcv_ooopack: u32_at(b, 224),
@@ -233,8 +246,12 @@ mod tests {
         b[200..208].copy_from_slice(&99u64.to_ne_bytes());
         b[224..228].copy_from_slice(&5u32.to_ne_bytes());
         b[144..148].copy_from_slice(&2_600_000u32.to_ne_bytes());
+        b[7] = !APP_LIMITED_BIT; // TCP Fast Open's failure bits, not app-limited
         let t = TcpInfo::parse(&b).unwrap();
         assert_eq!(t.notsent_bytes, Some(2_600_000));
+        assert!(!t.delivery_rate_app_limited);
+        b[7] = APP_LIMITED_BIT;
+        assert!(TcpInfo::parse(&b).unwrap().delivery_rate_app_limited);
         assert_eq!(
             (
                 t.state_name(),

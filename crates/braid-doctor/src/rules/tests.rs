@@ -68,6 +68,7 @@ fn healthy() -> Facts {
         daemon_answers: false,
         small_receive_buffers: Vec::new(),
         deep_send_queues: Vec::new(),
+        largest_bdp: 0,
         send_buffer_sizes: Some([4096, 16384, 4_194_304]),
     }
 }
@@ -356,26 +357,35 @@ fn a_long_unsent_queue_says_how_to_cap_send_buffers_and_keeps_room_for_the_paths
         remote: "10.2.0.1:59787".parse().unwrap(),
         notsent: 2_600_000,
         queued_ms: 1040,
-        largest_bdp: 207_500,
     }];
+    f.largest_bdp = 207_500;
     let (severity, problem, fix) = only_hint(&f);
     assert_eq!(severity, Severity::Warning);
     assert!(
-        problem.starts_with("1 MPTCP subflow(s) hold more unsent data than they send in 200 ms (e.g. 2539 KB from 10.1.0.2:5201 to 10.2.0.1:59787, 1040 ms"),
+        problem.starts_with(
+            "1 MPTCP subflow(s) hold 200 ms or more of unsent data at their delivery rate"
+        ) && problem.contains("(e.g. 2539 KB from 10.1.0.2:5201 to 10.2.0.1:59787, 1040 ms)"),
         "{problem}"
     );
     assert!(
-        fix.contains("net.ipv4.tcp_wmem='4096 16384 1048576'") && fix.contains("202 KB"),
+        fix.contains("net.ipv4.tcp_wmem='4096 16384 1048576'") && fix.contains("seen now, 202 KB"),
         "{fix}"
     );
+    // An initial size above the cap comes down to it.
+    f.send_buffer_sizes = Some([4096, 2_097_152, 4_194_304]);
+    let (_, _, fix) = only_hint(&f);
+    assert!(fix.contains("tcp_wmem='4096 1048576 1048576'"), "{fix}");
     // Capped there already: nothing to give.
     f.send_buffer_sizes = Some([4096, 16384, 1_048_576]);
     assert!(hints(&f).is_empty());
+    // tcp_wmem unreadable: no sizes to give.
+    f.send_buffer_sizes = None;
+    assert!(hints(&f).is_empty());
     // Paths with 1 MB of bandwidth × RTT need the 4 MB there is.
     f.send_buffer_sizes = Some([4096, 16384, 4_194_304]);
-    f.deep_send_queues[0].largest_bdp = 1_000_000;
+    f.largest_bdp = 1_000_000;
     assert!(hints(&f).is_empty());
     // Absurd figures from the kernel are no reason to panic.
-    f.deep_send_queues[0].largest_bdp = u64::MAX;
+    f.largest_bdp = u64::MAX;
     assert!(hints(&f).is_empty());
 }
