@@ -123,6 +123,8 @@ pub struct SubflowCounters {
     pub total_retrans: u32,
     /// Data segments that arrived behind a hole (tcpi_rcv_ooopack).
     pub rcv_ooopack: u32,
+    /// Bytes written to the subflow and not yet sent (tcpi_notsent_bytes).
+    pub unsent_bytes: u32,
 }
 
 impl SubflowCounters {
@@ -138,6 +140,7 @@ impl SubflowCounters {
             bytes_received: t.bytes_received.unwrap_or(0),
             total_retrans: t.total_retrans,
             rcv_ooopack: t.rcv_ooopack.unwrap_or(0),
+            unsent_bytes: t.notsent_bytes.unwrap_or(0),
         })
     }
 }
@@ -170,6 +173,8 @@ struct PathTotals {
     /// their smoothed RTTs.
     subflows: u64,
     rtt_sum_us: u64,
+    /// Unsent bytes on those subflows in the last health round.
+    unsent_bytes: u64,
     seconds: [f64; 3],
 }
 
@@ -230,6 +235,7 @@ impl Accounts {
                     received_out_of_order: 0,
                     subflows: 0,
                     rtt_sum_us: 0,
+                    unsent_bytes: 0,
                     seconds: [0.0; 3],
                 });
             if t.interface != p.interface {
@@ -247,6 +253,7 @@ impl Accounts {
         for p in self.paths.values_mut() {
             p.subflows = 0;
             p.rtt_sum_us = 0;
+            p.unsent_bytes = 0;
         }
         let mut current = HashMap::with_capacity(subflows.len());
         for sf in subflows {
@@ -287,6 +294,7 @@ impl Accounts {
             if sf.established {
                 p.subflows += 1;
                 p.rtt_sum_us += u64::from(sf.rtt_us);
+                p.unsent_bytes += u64::from(sf.unsent_bytes);
             }
         }
         self.subflows = current;
@@ -305,6 +313,7 @@ impl Accounts {
                 subflows: t.subflows,
                 rtt_seconds: (t.subflows > 0)
                     .then(|| t.rtt_sum_us as f64 / t.subflows as f64 / 1e6),
+                unsent_bytes: t.unsent_bytes,
                 transmit_bytes: t.transmit_bytes,
                 receive_bytes: t.receive_bytes,
                 retransmits: t.retransmits,
@@ -325,6 +334,9 @@ pub struct PathSample {
     pub state: PathState,
     pub subflows: u64,
     pub rtt_seconds: Option<f64>,
+    /// Bytes on the path's subflows not yet sent: data resent here after
+    /// another path fails waits behind them.
+    pub unsent_bytes: u64,
     pub transmit_bytes: u64,
     pub receive_bytes: u64,
     pub retransmits: u64,
@@ -666,6 +678,14 @@ fn render_paths(o: &mut Out, s: &Snapshot) {
             .filter_map(|p| Some((path_labels(p), Value::Float(p.rtt_seconds?)))),
     );
     o.family(
+        "braid_path_unsent_bytes",
+        GAUGE,
+        "Bytes written to a path's established MPTCP subflows and not yet sent (tcp_info notsent_bytes) at the last health round: when another path fails, the data resent on this one waits behind them (bounded by net.ipv4.tcp_wmem's maximum, not by tcp_notsent_lowat).",
+        s.paths
+            .iter()
+            .map(|p| (path_labels(p), Value::Int(p.unsent_bytes))),
+    );
+    o.family(
         "braid_path_transmit_bytes_total",
         COUNTER,
         &format!("Bytes sent on a path's MPTCP subflows and acknowledged by the peer (retransmissions not counted again). {ACCUMULATED}"),
@@ -888,6 +908,7 @@ mod tests {
             bytes_received: rx,
             total_retrans: retrans,
             rcv_ooopack: retrans * 2,
+            unsent_bytes: 4096,
         }
     }
 
@@ -991,6 +1012,7 @@ mod tests {
             "braid_path_retransmitted_segments_total{interface=\"eth0\",role=\"primary\",family=\"ipv4\"} 3",
             "braid_path_received_out_of_order_segments_total{interface=\"eth0\",role=\"primary\",family=\"ipv4\"} 6",
             "braid_path_subflows{interface=\"eth0\",role=\"primary\",family=\"ipv4\"} 1",
+            "braid_path_unsent_bytes{interface=\"eth0\",role=\"primary\",family=\"ipv4\"} 4096",
             // Label values escaped: the quote and the backslash.
             "braid_path_state_seconds_total{interface=\"wl\\\"an\\\\0\",role=\"primary\",family=\"ipv4\",state=\"standby\"} 2.5",
             "braid_decisions_total{action=\"add_endpoint\"} 2",

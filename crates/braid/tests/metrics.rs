@@ -235,6 +235,10 @@ fn metrics_are_served_checked_by_promtool_and_cheap() {
         !values(&during, "braid_path_rtt_seconds", &["interface=\"p0\""]).is_empty(),
         "p0's RTT while it has subflows:\n{during}"
     );
+    assert!(
+        !values(&during, "braid_path_unsent_bytes", &["interface=\"p0\""]).is_empty(),
+        "p0's unsent bytes while it has subflows:\n{during}"
+    );
     let (text, took) = scrape(&lab.client);
     eprintln!(
         "scrape after the download: {took:?}, {} bytes, {} samples",
