@@ -844,15 +844,18 @@ fn a_receiving_path_whose_srtt_is_its_handshakes_is_probed_after_the_rtt_it_rece
     assert!(probes(&ds).is_empty(), "{ds:?}");
 }
 
+/// eth0 (path 2) receives, then goes silent for 50 ms: the decisions of
+/// that round, which probes it.
+fn eth0_goes_silent(s: &mut Sim) -> Vec<Decision> {
+    s.health(0, receiving(0, 0), ok(60, 0));
+    s.health(100, receiving(500_000, 1), ok(60, 0));
+    s.health(150, receiving(500_000, 50), ok(60, 0))
+}
+
 #[test]
 fn an_unanswered_probe_hands_over_and_reopens_the_silent_path() {
     let (mut s, _) = sim(PathMode::Handover);
-    s.health(0, receiving(0, 0), ok(60, 0));
-    s.health(100, receiving(500_000, 1), ok(60, 0));
-    assert_eq!(
-        probes(&s.health(150, receiving(500_000, 50), ok(60, 0))).len(),
-        1
-    );
+    assert_eq!(probes(&eth0_goes_silent(&mut s)).len(), 1);
     // Judged at the round the shell makes at once: the silence goes on.
     assert!(s.at(210, unanswered(2)).is_empty());
     let ds = s.health(210, receiving(500_000, 110), ok(60, 0));
@@ -920,9 +923,7 @@ fn the_last_working_path_is_not_reopened_when_it_goes_silent_too() {
     // probed while its queue filled with the failed path's data; the probe
     // timed out and both paths were reopened (stall 250 ms instead of 55).
     let (mut s, _) = sim(PathMode::Handover);
-    s.health(0, receiving(0, 0), ok(60, 0));
-    s.health(100, receiving(500_000, 1), ok(60, 0));
-    s.health(150, receiving(500_000, 50), ok(60, 0));
+    eth0_goes_silent(&mut s);
     let eth0 = "203.0.113.1".parse().unwrap();
     s.at(
         210,
@@ -1043,9 +1044,7 @@ fn a_path_without_subflows_is_re_added_so_the_kernel_opens_them() {
 #[test]
 fn a_late_answer_after_data_resumed_changes_nothing() {
     let (mut s, _) = sim(PathMode::Handover);
-    s.health(0, receiving(0, 0), ok(60, 0));
-    s.health(100, receiving(500_000, 1), ok(60, 0));
-    s.health(150, receiving(500_000, 50), ok(60, 0));
+    eth0_goes_silent(&mut s);
     // Data came back before the probe's time ran out.
     s.health(180, receiving(600_000, 1), ok(60, 0));
     let ds = s.at(210, unanswered(2));
@@ -1160,9 +1159,7 @@ fn a_carrying_path_that_answered_long_into_its_silence_is_reopened_when_lost() {
 #[test]
 fn a_silent_path_that_answered_early_in_its_silence_is_reopened_when_lost() {
     let (mut s, _) = sim(PathMode::Handover);
-    s.health(0, receiving(0, 0), ok(60, 0));
-    s.health(100, receiving(500_000, 1), ok(60, 0));
-    let ds = s.health(150, receiving(500_000, 50), ok(60, 0));
+    let ds = eth0_goes_silent(&mut s);
     s.at(155, answered(2, probes(&ds)[0].1));
     assert_eq!(
         probes(&s.health(200, receiving(500_000, 100), ok(60, 0))).len(),
@@ -1179,9 +1176,7 @@ fn a_silent_path_that_answered_early_in_its_silence_is_reopened_when_lost() {
 #[test]
 fn aggregate_leaves_a_silent_path_that_answers_alone() {
     let (mut s, _) = sim(PathMode::Aggregate);
-    s.health(0, receiving(0, 0), ok(60, 0));
-    s.health(100, receiving(500_000, 1), ok(60, 0));
-    let ds = s.health(150, receiving(500_000, 50), ok(60, 0));
+    let ds = eth0_goes_silent(&mut s);
     let ds = s.at(160, answered(2, probes(&ds)[0].1));
     assert!(ds.is_empty(), "{ds:?}");
     let ds = s.health(210, receiving(500_000, 110), ok(60, 0));

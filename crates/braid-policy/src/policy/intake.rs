@@ -243,9 +243,7 @@ impl Policy {
             .map(|l| l.index)
             .collect();
         for i in dark {
-            let standby = self.kernel.values().any(|e| {
-                self.manages(e.id) && e.is_backup() && self.addresses.contains_key(&(i, e.addr))
-            });
+            let standby = self.managed_endpoints_on(i).any(KernelEndpoint::is_backup);
             if standby {
                 self.idle_when_lost.insert(i);
                 self.unconfirmed_idle.insert(i, until);

@@ -183,6 +183,16 @@ impl Policy {
             .filter(|e| self.manages(e.id))
     }
 
+    /// Braid's endpoints on addresses of interface `ifindex`.
+    pub(super) fn managed_endpoints_on(
+        &self,
+        ifindex: u32,
+    ) -> impl Iterator<Item = &KernelEndpoint> + '_ {
+        self.kernel
+            .values()
+            .filter(move |e| self.manages(e.id) && self.addresses.contains_key(&(ifindex, e.addr)))
+    }
+
     pub(super) fn free_id(&self) -> Option<u8> {
         (1..=255u8).find(|id| !self.kernel.contains_key(id))
     }
@@ -329,7 +339,7 @@ impl Policy {
     /// address then went, removing the endpoint stalled the transfer on
     /// the standby for ~440 ms.
     fn keep_standby(&self, e: &KernelEndpoint, wanted: &[Want]) -> Option<String> {
-        if e.flags & Flag::Backup.bit() == 0 {
+        if !e.is_backup() {
             return None;
         }
         let carrying = wanted.iter().find(|w| w.flags & Flag::Backup.bit() == 0)?;

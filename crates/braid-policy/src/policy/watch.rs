@@ -330,11 +330,7 @@ impl Policy {
     /// Whether every endpoint of Braid's on interface `ifindex` is a
     /// backup: the peer schedules no new data on the path.
     fn stands_by(&self, ifindex: u32) -> bool {
-        let mut ours = self
-            .kernel
-            .values()
-            .filter(|e| self.manages(e.id) && self.addresses.contains_key(&(ifindex, e.addr)))
-            .peekable();
+        let mut ours = self.managed_endpoints_on(ifindex).peekable();
         ours.peek().is_some() && ours.all(KernelEndpoint::is_backup)
     }
 }
